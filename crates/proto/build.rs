@@ -16,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         "somastack/v1/capsule_repo.proto",
         "somastack/v1/analytics.proto",
         "spiffe/workload.proto",
+        "grpc/health/v1/health.proto",
     ];
     let mut compiler = protox::Compiler::new([&root])?;
     compiler.include_imports(true).include_source_info(true).open_files(files)?;

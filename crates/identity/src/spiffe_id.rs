@@ -245,17 +245,16 @@ fn check_path(path: &str) -> Result<(), SpiffeIdError> {
     if path.is_empty() {
         return Ok(());
     }
-    if !path.starts_with('/') {
+    let Some(segments) = path.strip_prefix('/') else {
         return Err(SpiffeIdError::NoLeadingSlash);
-    }
-    if path.len() > 1 && path.ends_with('/') && !path.ends_with("//") {
-        return Err(SpiffeIdError::TrailingSlash);
-    }
-    if path == "/" {
-        return Err(SpiffeIdError::TrailingSlash);
-    }
-    for segment in path[1..].split('/') {
+    };
+    // Segments are checked left to right, so that the reason given is the one
+    // for the first offending segment (as go-spiffe reports it): `/a/./` is a
+    // dot segment, `/a/` a trailing slash, `//a` an empty segment.
+    let count = segments.split('/').count();
+    for (index, segment) in segments.split('/').enumerate() {
         match segment {
+            "" if index + 1 == count => return Err(SpiffeIdError::TrailingSlash),
             "" => return Err(SpiffeIdError::EmptySegment),
             "." | ".." => return Err(SpiffeIdError::DotSegment),
             _ => {}
@@ -268,4 +267,34 @@ fn check_path(path: &str) -> Result<(), SpiffeIdError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_offending_segment_decides_the_reason() {
+        let cases = [
+            ("spiffe://td/a/./", SpiffeIdError::DotSegment),
+            ("spiffe://td/a/", SpiffeIdError::TrailingSlash),
+            ("spiffe://td/", SpiffeIdError::TrailingSlash),
+            ("spiffe://td//", SpiffeIdError::EmptySegment),
+            ("spiffe://td//a", SpiffeIdError::EmptySegment),
+            ("spiffe://td/a//", SpiffeIdError::EmptySegment),
+            ("spiffe://td/a b/./", SpiffeIdError::BadPathSegmentChar),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(SpiffeId::parse(input), Err(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn trust_domain_accepts_bare_name_and_root_id() {
+        assert_eq!(TrustDomain::parse("example.org").unwrap().name(), "example.org");
+        assert_eq!(TrustDomain::parse("spiffe://example.org").unwrap().name(), "example.org");
+        assert_eq!(TrustDomain::parse("example.org").unwrap().id_string(), "spiffe://example.org");
+        assert_eq!(TrustDomain::parse("Example.org"), Err(SpiffeIdError::UppercaseTrustDomain));
+        assert_eq!(TrustDomain::parse(""), Err(SpiffeIdError::MissingTrustDomain));
+    }
 }

@@ -1,1 +1,35 @@
-//! placeholder
+//! The runtime every SomaStack service shares.
+//!
+//! It owns the mTLS listener (SPIFFE X.509-SVIDs from `soma-identity`, with a
+//! handshake timeout), per-method authorization read from the
+//! `somastack.v1.policy` option of each RPC, the verification of the
+//! gateway's signed `VerifiedClaims` envelope, `grpc.health.v1`, server
+//! reflection (v1 and v1alpha), explicit message limits, graceful shutdown,
+//! a plaintext admin listener on loopback (`/live`, `/ready`, `/metrics`),
+//! typed settings, and client channels that present the own SVID and verify
+//! the server's expected SPIFFE ID.
+//!
+//! It does not implement any SomaStack RPC, nor tenant authentication (the
+//! gateway's JWT pipeline): handlers receive an already verified [`Caller`].
+//!
+//! Security-relevant default: deny. A method without a policy, a caller whose
+//! SPIFFE ID is not listed, a caller from another trust domain, and a claims
+//! envelope that does not verify are all refused before the handler runs.
+
+mod admin;
+mod authz;
+mod caller;
+mod client;
+mod error;
+mod metrics;
+mod server;
+mod settings;
+
+pub use admin::{AdminServer, Readiness};
+pub use authz::AuthzLayer;
+pub use caller::{Caller, PeerInfo};
+pub use client::{MeshChannel, channel};
+pub use error::MeshError;
+pub use metrics::Metrics;
+pub use server::{Application, ServiceSpec, builtin_policies};
+pub use settings::{ConfigError, Limits, MeshSettings, Peers, ServiceKind};

@@ -1,1 +1,158 @@
-fn main() {}
+//! `soma`: the SomaStack operator binary.
+//!
+//! - `soma up`: the development authority and the four services on loopback.
+//! - `soma serve <service>`: one service, identity from the Workload API
+//!   (`SPIFFE_ENDPOINT_SOCKET`), the production path.
+//! - `soma ca issue`: an SVID for an operator (grpcurl, scripts).
+
+mod ca;
+mod serve;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use soma_mesh::ServiceKind;
+
+/// Exit code of a bad configuration or usage (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "soma", version, about = "SomaStack: a gRPC service mesh with SPIFFE mTLS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the development authority and the four services on loopback.
+    Up {
+        /// Directory for the authority, the databases, keys and endpoints.json.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the development authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+        /// Lifetime of each service SVID (rotated at half-life).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        svid_ttl: Duration,
+        /// Address of the HTTP/JSON edge.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        edge_addr: std::net::SocketAddr,
+    },
+    /// Run one service; its identity comes from SPIFFE_ENDPOINT_SOCKET.
+    Serve {
+        /// gateway, tool-registry, capsule-repo or analytics.
+        service: ServiceKind,
+        /// TOML settings file; environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop when standard input closes (used by `soma up` for its children).
+        #[arg(long, hide = true)]
+        stop_on_stdin_eof: bool,
+    },
+    /// The development authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Issue an SVID to files: svid.pem, key.pem, bundle.pem.
+    Issue {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE ID to issue, e.g. spiffe://somastack.local/operator/alice.
+        #[arg(long)]
+        spiffe_id: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(2) {
+        return Err("must be at least 2s".to_owned());
+    }
+    Ok(d)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("soma: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up { data_dir, trust_domain, svid_ttl, edge_addr } => {
+                up::run(up::UpArgs { data_dir, trust_domain, svid_ttl, edge_addr }).await
+            }
+            Command::Serve { service, config, stop_on_stdin_eof } => {
+                serve::run(service, config, stop_on_stdin_eof).await
+            }
+            Command::Ca { command: CaCommand::Issue { data_dir, spiffe_id, out, ttl } } => {
+                ca::issue(&data_dir, &spiffe_id, &out, ttl)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("soma: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to standard error (standard output is for the commands' own
+/// output); `RUST_LOG` filters them, `info` by default.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// A usage or configuration error: one line on standard error, exit 64.
+fn config_error(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("soma: {message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,1 +1,35 @@
-//! placeholder
+//! CapsuleRepo: attested capsule submissions, reviews with an append-only
+//! history, per-tenant installations with rollback, verified template import.
+//!
+//! What is built so far is the service's place in the mesh: its routes,
+//! message limits, readiness and migrations. Every RPC answers
+//! `UNIMPLEMENTED` until it is built.
+
+use soma_mesh::{Limits, Readiness, ServiceSpec};
+use soma_proto::v1::capsule_repo_server::{CapsuleRepo, CapsuleRepoServer};
+use soma_store::{Database, Migrations};
+use tonic::service::Routes;
+
+/// The service's migrations (none yet).
+pub static MIGRATIONS: Migrations = Migrations(&[]);
+
+/// The CapsuleRepo service.
+#[derive(Clone, Debug)]
+pub struct CapsuleRepoService {
+    _db: Database,
+}
+
+#[tonic::async_trait]
+impl CapsuleRepo for CapsuleRepoService {}
+
+/// The service as the mesh runtime serves it.
+pub fn spec(db: Database, limits: &Limits) -> ServiceSpec {
+    let server = CapsuleRepoServer::new(CapsuleRepoService { _db: db.clone() })
+        .max_decoding_message_size(limits.max_recv_message_bytes)
+        .max_encoding_message_size(limits.max_send_message_bytes);
+    ServiceSpec {
+        name: "somastack.v1.CapsuleRepo",
+        routes: Routes::new(server),
+        readiness: Readiness::of_database(db),
+    }
+}

@@ -1,0 +1,387 @@
+//! The SPIFFE Workload API (X.509 half) served on a Unix socket.
+//!
+//! Attestation is by the kernel: the pid of the caller's connection
+//! (`SO_PEERCRED`) is looked up in the [`Registry`]. Every request must carry
+//! the `workload.spiffe.io: true` metadata, which a browser or a confused
+//! proxy cannot forge into a request by accident.
+//!
+//! SVIDs are cached per SPIFFE ID: every caller entitled to the same ID shares
+//! one SVID, published through a `tokio::sync::watch` channel. One background
+//! task per cached ID re-issues it at half its lifetime (±10 % jitter, so that
+//! the identities of a whole `soma up` do not all rotate in the same instant)
+//! and publishes the new SVID to every open stream. The old SVID stays valid
+//! for the other half of its lifetime, so a peer that has not yet switched
+//! keeps working. The task forgets the ID once no stream is left reading it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt as _;
+use rand::Rng as _;
+use soma_identity::SpiffeId;
+use soma_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
+use soma_proto::workload::{X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::codegen::BoxStream;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+use tracing::{debug, error, info, warn};
+
+use crate::authority::{Authority, IssueOptions, IssuedSvid};
+use crate::error::CaError;
+use crate::registry::Registry;
+
+/// The metadata key every Workload API request must carry, with value `true`.
+const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// Message of the `InvalidArgument` answer to a request without the header.
+const HEADER_MISSING: &str = "security header missing from request";
+
+/// Message of the `PermissionDenied` answer to a caller without an identity.
+const NO_IDENTITY: &str = "no identity issued";
+
+/// Shortest SVID lifetime the server accepts: below it, rotation would be
+/// busier than serving.
+const MIN_SVID_TTL: Duration = Duration::from_secs(2);
+
+/// Rotation happens at half the lifetime, scaled by a factor in this range.
+const JITTER: std::ops::RangeInclusive<f64> = 0.9..=1.1;
+
+/// Settings of the Workload API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkloadApiConfig {
+    /// Lifetime of the SVIDs handed out; each is replaced at half-life ±10 %.
+    pub svid_ttl: Duration,
+}
+
+impl Default for WorkloadApiConfig {
+    /// One hour, SPIRE's default X509-SVID lifetime.
+    fn default() -> Self {
+        Self { svid_ttl: Duration::from_secs(60 * 60) }
+    }
+}
+
+/// The Workload API server: hands each registered workload its X509-SVID and
+/// the trust bundle, and pushes every rotation.
+#[derive(Debug)]
+pub struct WorkloadApi {
+    shared: Arc<Shared>,
+}
+
+impl WorkloadApi {
+    /// A server that issues with `authority` to the callers `registry` names.
+    pub fn new(authority: Arc<Authority>, registry: Registry, config: WorkloadApiConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                authority,
+                registry,
+                config,
+                svids: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Serves the Workload API on an already-bound Unix listener until
+    /// `shutdown` resolves, then shuts down gracefully: open streams are ended
+    /// (they would otherwise keep the server waiting forever), rotation tasks
+    /// stop, and the call returns once every connection has closed.
+    pub async fn serve(
+        self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CaError> {
+        if self.shared.config.svid_ttl < MIN_SVID_TTL {
+            return Err(CaError::InvalidTtl { reason: "workload api svid ttl is shorter than two seconds" });
+        }
+        // `stop` turns true when shutdown begins; if the server fails instead,
+        // the sender is dropped, which every waiter also reads as "stop".
+        let (stop_tx, stop) = watch::channel(false);
+        let signal = async move {
+            shutdown.await;
+            info!("workload api shutting down");
+            stop_tx.send_replace(true);
+        };
+        let service = Service { shared: self.shared, stop };
+        info!("workload api serving");
+        tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(service))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+            .await
+            .map_err(CaError::Serve)
+    }
+}
+
+/// State shared by the service and the rotation tasks.
+#[derive(Debug)]
+struct Shared {
+    authority: Arc<Authority>,
+    registry: Registry,
+    config: WorkloadApiConfig,
+    /// The current SVID of every identity someone is reading, one publisher each.
+    svids: Mutex<HashMap<SpiffeId, watch::Sender<Arc<IssuedSvid>>>>,
+}
+
+impl Shared {
+    /// A receiver of the current SVID of `id`, issuing it (and starting its
+    /// rotation task) if nobody holds one yet.
+    fn subscribe(
+        self: &Arc<Self>,
+        id: &SpiffeId,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<watch::Receiver<Arc<IssuedSvid>>, CaError> {
+        let mut svids = self.svids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(publisher) = svids.get(id) {
+            return Ok(publisher.subscribe());
+        }
+        // Issued under the lock, so that callers arriving together for a new
+        // ID share one SVID instead of each minting their own.
+        let svid = Arc::new(self.issue(id)?);
+        let (publisher, receiver) = watch::channel(Arc::clone(&svid));
+        svids.insert(id.clone(), publisher);
+        drop(svids);
+        tokio::spawn(rotate(Arc::clone(self), id.clone(), svid, stop.clone()));
+        Ok(receiver)
+    }
+
+    fn issue(&self, id: &SpiffeId) -> Result<IssuedSvid, CaError> {
+        self.authority.issue(id, self.config.svid_ttl, IssueOptions { loopback_sans: true })
+    }
+
+    /// Whether `id` still has a reader. When it has none it is forgotten, and
+    /// its rotation task must end. The check and the removal happen under the lock that
+    /// [`Shared::subscribe`] takes, so a new reader either arrives before
+    /// (and is counted) or after (and starts a fresh entry).
+    fn still_read(&self, id: &SpiffeId) -> bool {
+        let mut svids = self.svids.lock().unwrap_or_else(PoisonError::into_inner);
+        match svids.get(id) {
+            Some(publisher) if publisher.receiver_count() > 0 => true,
+            Some(_) => {
+                svids.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Publishes `svid` as the current SVID of `id`, waking every stream.
+    fn publish(&self, id: &SpiffeId, svid: Arc<IssuedSvid>) {
+        let svids = self.svids.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(publisher) = svids.get(id) {
+            publisher.send_replace(svid);
+        }
+    }
+}
+
+/// The rotation task of one identity: re-issues its SVID at half-life ±10 %
+/// until shutdown or until nobody reads it any more.
+///
+/// A failed issuance is retried after a tenth of the remaining lifetime (at
+/// least one second), while the current SVID, still valid, stays published.
+async fn rotate(shared: Arc<Shared>, id: SpiffeId, first: Arc<IssuedSvid>, mut stop: watch::Receiver<bool>) {
+    let mut wait = rotation_delay(&first);
+    let mut current = first;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(&mut stop) => return,
+        }
+        if !shared.still_read(&id) {
+            debug!(spiffe_id = %id, "no reader left; svid cache entry dropped");
+            return;
+        }
+        match shared.issue(&id) {
+            Ok(svid) => {
+                let svid = Arc::new(svid);
+                info!(
+                    spiffe_id = %id,
+                    serial = %svid.serial_hex(),
+                    previous_serial = %current.serial_hex(),
+                    not_after = ?svid.not_after,
+                    "rotated x509-svid"
+                );
+                shared.publish(&id, Arc::clone(&svid));
+                wait = rotation_delay(&svid);
+                current = svid;
+            }
+            Err(e) => {
+                let remaining = remaining_lifetime(&current);
+                wait = (remaining / 10).max(Duration::from_secs(1));
+                error!(spiffe_id = %id, error = %e, retry_in = ?wait, "cannot rotate x509-svid");
+            }
+        }
+    }
+}
+
+/// Half the remaining lifetime of `svid`, scaled by a random factor in 0.9..=1.1.
+fn rotation_delay(svid: &IssuedSvid) -> Duration {
+    let factor = rand::rng().random_range(JITTER);
+    (remaining_lifetime(svid) / 2).mul_f64(factor)
+}
+
+fn remaining_lifetime(svid: &IssuedSvid) -> Duration {
+    svid.not_after.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+}
+
+/// Resolves once `stop` is true or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // Either outcome means "stop"; the value itself is not needed.
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// The gRPC service: one per `serve` call.
+#[derive(Debug)]
+struct Service {
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for Service {
+    #[tracing::instrument(name = "FetchX509SVID", skip_all, fields(pid, spiffe_id))]
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<BoxStream<X509svidResponse>>, Status> {
+        check_security_header(&request)?;
+        let pid = caller_pid(&request)?;
+        tracing::Span::current().record("pid", pid);
+        let Some(id) = self.shared.registry.lookup(pid) else {
+            warn!(pid, "caller has no registered identity");
+            return Err(Status::permission_denied(NO_IDENTITY));
+        };
+        tracing::Span::current().record("spiffe_id", tracing::field::display(&id));
+        let svids = self.shared.subscribe(&id, &self.stop).map_err(|e| {
+            error!(error = %e, "cannot issue x509-svid");
+            Status::internal("cannot issue x509-svid")
+        })?;
+        debug!("x509-svid stream opened");
+        let state = SvidStream {
+            svids,
+            stop: self.stop.clone(),
+            bundle: self.shared.authority.bundle_der(),
+            registry: self.shared.registry.clone(),
+            pid,
+            id,
+            phase: Phase::First,
+        };
+        Ok(Response::new(futures::stream::unfold(state, SvidStream::next).boxed()))
+    }
+
+    #[tracing::instrument(name = "FetchX509Bundles", skip_all)]
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<BoxStream<X509BundlesResponse>>, Status> {
+        check_security_header(&request)?;
+        let authority = &self.shared.authority;
+        let message = X509BundlesResponse {
+            crl: Vec::new(),
+            bundles: HashMap::from([(authority.trust_domain().id_string(), authority.bundle_der())]),
+        };
+        let stop = self.stop.clone();
+        // The bundle never changes while the server runs (the root is not
+        // rotated), so the stream is the one full-state message, then kept
+        // open until shutdown as the specification asks.
+        let stream = futures::stream::once(async move { Ok(message) })
+            .chain(futures::stream::once(async move {
+                let mut stop = stop;
+                stopped(&mut stop).await;
+            })
+            .filter_map(|()| async { None }));
+        Ok(Response::new(stream.boxed()))
+    }
+}
+
+/// Where an X509-SVID stream stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The current SVID has not been sent yet.
+    First,
+    /// Waiting for the next rotation.
+    Rotations,
+    /// The stream has ended.
+    Done,
+}
+
+/// State of one FetchX509SVID stream.
+struct SvidStream {
+    svids: watch::Receiver<Arc<IssuedSvid>>,
+    stop: watch::Receiver<bool>,
+    bundle: Vec<u8>,
+    registry: Registry,
+    pid: u32,
+    id: SpiffeId,
+    phase: Phase,
+}
+
+impl SvidStream {
+    /// The next message: the current SVID at once, then one per rotation.
+    ///
+    /// On each rotation the caller is attested again: if its pid no longer
+    /// maps to this identity, the stream ends with `PermissionDenied` rather
+    /// than keep feeding it fresh SVIDs.
+    async fn next(mut self) -> Option<(Result<X509svidResponse, Status>, Self)> {
+        match self.phase {
+            Phase::Done => return None,
+            Phase::First => self.phase = Phase::Rotations,
+            Phase::Rotations => {
+                tokio::select! {
+                    changed = self.svids.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
+                    () = stopped(&mut self.stop) => return None,
+                }
+                if self.registry.lookup(self.pid).as_ref() != Some(&self.id) {
+                    warn!(pid = self.pid, spiffe_id = %self.id, "caller lost its identity; ending stream");
+                    self.phase = Phase::Done;
+                    return Some((Err(Status::permission_denied(NO_IDENTITY)), self));
+                }
+            }
+        }
+        let svid = Arc::clone(&self.svids.borrow_and_update());
+        debug!(pid = self.pid, spiffe_id = %self.id, serial = %svid.serial_hex(), "sending x509-svid");
+        let message = X509svidResponse {
+            svids: vec![X509svid {
+                spiffe_id: svid.spiffe_id.to_string(),
+                x509_svid: svid.chain_der_concatenated(),
+                x509_svid_key: svid.key_pkcs8_der.clone(),
+                bundle: self.bundle.clone(),
+                hint: String::new(),
+            }],
+            crl: Vec::new(),
+            federated_bundles: HashMap::new(),
+        };
+        Some((Ok(message), self))
+    }
+}
+
+/// Refuses a request without `workload.spiffe.io: true`.
+fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.metadata().get(SECURITY_HEADER).map(|value| value.to_str()) {
+        Some(Ok("true")) => Ok(()),
+        _ => {
+            warn!("{HEADER_MISSING}");
+            Err(Status::invalid_argument(HEADER_MISSING))
+        }
+    }
+}
+
+/// The pid of the process at the other end of the caller's connection.
+fn caller_pid<T>(request: &Request<T>) -> Result<u32, Status> {
+    request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .and_then(|cred| cred.pid())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .ok_or_else(|| {
+            warn!("caller pid unavailable from the connection");
+            Status::permission_denied(NO_IDENTITY)
+        })
+}

@@ -1,0 +1,383 @@
+//! Typed settings of a service, loaded and validated before any port is
+//! bound: a TOML file (optional) overridden by environment variables.
+//! Strings become domain types here, once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which of the four services a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceKind {
+    /// The gateway.
+    Gateway,
+    /// The tool registry.
+    ToolRegistry,
+    /// The capsule repository.
+    CapsuleRepo,
+    /// Analytics.
+    Analytics,
+}
+
+impl ServiceKind {
+    /// All four, in start-up order (callees before callers).
+    pub const ALL: [Self; 4] = [Self::Analytics, Self::CapsuleRepo, Self::ToolRegistry, Self::Gateway];
+
+    /// Short name: `gateway`, `tool-registry`, `capsule-repo`, `analytics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::ToolRegistry => "tool-registry",
+            Self::CapsuleRepo => "capsule-repo",
+            Self::Analytics => "analytics",
+        }
+    }
+
+    /// Fully-qualified gRPC service name.
+    pub fn grpc_name(self) -> &'static str {
+        match self {
+            Self::Gateway => "somastack.v1.Gateway",
+            Self::ToolRegistry => "somastack.v1.ToolRegistry",
+            Self::CapsuleRepo => "somastack.v1.CapsuleRepo",
+            Self::Analytics => "somastack.v1.Analytics",
+        }
+    }
+
+    /// Path of the service's SPIFFE ID: `/svc/<name>`.
+    pub fn spiffe_path(self) -> String {
+        format!("/svc/{}", self.name())
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ServiceKind {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| ConfigError::Invalid {
+            key: "service",
+            reason: format!("{s:?} is not one of gateway, tool-registry, capsule-repo, analytics"),
+        })
+    }
+}
+
+/// Resource limits of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request message accepted, bytes.
+    pub max_recv_message_bytes: usize,
+    /// Largest response message sent, bytes.
+    pub max_send_message_bytes: usize,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time in-flight calls get to finish at shutdown.
+    pub drain_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_recv_message_bytes: 4 * 1024 * 1024,
+            max_send_message_bytes: 4 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Addresses of the other services this one calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers {
+    /// The gateway.
+    pub gateway: Option<SocketAddr>,
+    /// The tool registry.
+    pub tool_registry: Option<SocketAddr>,
+    /// The capsule repository.
+    pub capsule_repo: Option<SocketAddr>,
+    /// Analytics.
+    pub analytics: Option<SocketAddr>,
+}
+
+/// Everything a service needs to start.
+#[derive(Clone, Debug)]
+pub struct MeshSettings {
+    /// The service this process runs.
+    pub service: ServiceKind,
+    /// mTLS gRPC listen address.
+    pub listen_addr: SocketAddr,
+    /// Plaintext admin listen address (loopback by default).
+    pub admin_addr: SocketAddr,
+    /// Workload API endpoint (`unix:///path`); `None`: `SPIFFE_ENDPOINT_SOCKET`.
+    pub workload_api_socket: Option<String>,
+    /// How long to wait for the first SVID at start-up.
+    pub identity_timeout: Duration,
+    /// Directory of the embedded SQLite databases.
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL; `None`: embedded SQLite.
+    pub database_url: Option<String>,
+    /// The gateway's Ed25519 claims public key (PEM), for backends.
+    pub gateway_claims_public_key_file: Option<PathBuf>,
+    /// The gateway's Ed25519 claims private key (PKCS#8 PEM), for the gateway.
+    pub gateway_claims_key_file: Option<PathBuf>,
+    /// Id of the gateway's claims key.
+    pub claims_key_id: String,
+    /// Other services.
+    pub peers: Peers,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Why the settings are unusable. The binary prints it on one line and
+/// exits with code 64.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("config file {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A setting has an invalid value.
+    #[error("setting {key}: {reason}")]
+    Invalid {
+        /// The setting (file key or environment variable).
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The config file's shape; every field optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen_addr: Option<String>,
+    admin_addr: Option<String>,
+    workload_api_socket: Option<String>,
+    identity_timeout: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    gateway_claims_public_key_file: Option<PathBuf>,
+    gateway_claims_key_file: Option<PathBuf>,
+    claims_key_id: Option<String>,
+    #[serde(default)]
+    peers: FilePeers,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeers {
+    gateway: Option<String>,
+    tool_registry: Option<String>,
+    capsule_repo: Option<String>,
+    analytics: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_recv_message_bytes: Option<usize>,
+    max_send_message_bytes: Option<usize>,
+    handshake_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    max_concurrent_streams: Option<u32>,
+}
+
+impl MeshSettings {
+    /// Loads the settings of `service` from `file` (if any), then the
+    /// environment as read by `env` (the process environment in `main`).
+    pub fn load(
+        service: ServiceKind,
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let f = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                toml::from_str::<FileSettings>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.message().to_owned() })?
+            }
+            None => FileSettings::default(),
+        };
+        // The environment wins over the file; empty variables count as unset.
+        let pick = |var: &str, from_file: Option<String>| env(var).filter(|v| !v.is_empty()).or(from_file);
+        let defaults = Limits::default();
+        Ok(Self {
+            service,
+            listen_addr: addr("SOMA_SERVICE_ADDR", pick("SOMA_SERVICE_ADDR", f.listen_addr))?
+                .unwrap_or_else(loopback_any),
+            admin_addr: addr("SOMA_ADMIN_ADDR", pick("SOMA_ADMIN_ADDR", f.admin_addr))?
+                .unwrap_or_else(loopback_any),
+            workload_api_socket: pick("SPIFFE_ENDPOINT_SOCKET", f.workload_api_socket),
+            identity_timeout: duration("SOMA_IDENTITY_TIMEOUT", pick("SOMA_IDENTITY_TIMEOUT", f.identity_timeout))?
+                .unwrap_or(Duration::from_secs(30)),
+            data_dir: pick("SOMA_DATA_DIR", f.data_dir.map(|p| p.to_string_lossy().into_owned()))
+                .map_or_else(|| PathBuf::from("./data"), PathBuf::from),
+            database_url: pick("DATABASE_URL", f.database_url),
+            gateway_claims_public_key_file: pick(
+                "SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE",
+                f.gateway_claims_public_key_file.map(|p| p.to_string_lossy().into_owned()),
+            )
+            .map(PathBuf::from),
+            gateway_claims_key_file: pick(
+                "SOMA_GATEWAY_CLAIMS_KEY_FILE",
+                f.gateway_claims_key_file.map(|p| p.to_string_lossy().into_owned()),
+            )
+            .map(PathBuf::from),
+            claims_key_id: pick("SOMA_CLAIMS_KEY_ID", f.claims_key_id).unwrap_or_else(|| "gateway-1".to_owned()),
+            peers: Peers {
+                gateway: addr("SOMA_PEER_GATEWAY", pick("SOMA_PEER_GATEWAY", f.peers.gateway))?,
+                tool_registry: addr("SOMA_PEER_TOOL_REGISTRY", pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry))?,
+                capsule_repo: addr("SOMA_PEER_CAPSULE_REPO", pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo))?,
+                analytics: addr("SOMA_PEER_ANALYTICS", pick("SOMA_PEER_ANALYTICS", f.peers.analytics))?,
+            },
+            limits: Limits {
+                max_recv_message_bytes: bytes(
+                    "SOMA_MAX_RECV_MESSAGE_BYTES",
+                    env("SOMA_MAX_RECV_MESSAGE_BYTES"),
+                    f.limits.max_recv_message_bytes,
+                )?
+                .unwrap_or(defaults.max_recv_message_bytes),
+                max_send_message_bytes: bytes(
+                    "SOMA_MAX_SEND_MESSAGE_BYTES",
+                    env("SOMA_MAX_SEND_MESSAGE_BYTES"),
+                    f.limits.max_send_message_bytes,
+                )?
+                .unwrap_or(defaults.max_send_message_bytes),
+                handshake_timeout: duration(
+                    "SOMA_HANDSHAKE_TIMEOUT",
+                    pick("SOMA_HANDSHAKE_TIMEOUT", f.limits.handshake_timeout),
+                )?
+                .unwrap_or(defaults.handshake_timeout),
+                drain_timeout: duration("SOMA_DRAIN_TIMEOUT", pick("SOMA_DRAIN_TIMEOUT", f.limits.drain_timeout))?
+                    .unwrap_or(defaults.drain_timeout),
+                max_concurrent_streams: f.limits.max_concurrent_streams.unwrap_or(defaults.max_concurrent_streams),
+            },
+        })
+    }
+}
+
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn addr(key: &'static str, value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+    value
+        .map(|v| {
+            v.trim().parse().map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not host:port ({e})") })
+        })
+        .transpose()
+}
+
+fn duration(key: &'static str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|v| {
+            humantime::parse_duration(v.trim())
+                .map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not a duration ({e})") })
+                .and_then(|d| {
+                    if d.is_zero() {
+                        Err(ConfigError::Invalid { key, reason: "must be greater than zero".to_owned() })
+                    } else {
+                        Ok(d)
+                    }
+                })
+        })
+        .transpose()
+}
+
+fn bytes(key: &'static str, env: Option<String>, file: Option<usize>) -> Result<Option<usize>, ConfigError> {
+    let value = match env.filter(|v| !v.is_empty()) {
+        Some(v) => Some(
+            v.trim()
+                .parse::<usize>()
+                .map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not a byte count ({e})") })?,
+        ),
+        None => file,
+    };
+    match value {
+        Some(0) => Err(ConfigError::Invalid { key, reason: "must be greater than zero".to_owned() }),
+        other => Ok(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn defaults_bind_loopback_and_use_sqlite() {
+        let s = MeshSettings::load(ServiceKind::Analytics, None, env_of(&[])).unwrap();
+        assert!(s.listen_addr.ip().is_loopback());
+        assert!(s.admin_addr.ip().is_loopback());
+        assert_eq!(s.database_url, None);
+        assert_eq!(s.limits, Limits::default());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_bad_values_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("soma-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("soma.toml");
+        std::fs::write(&file, "listen_addr = \"127.0.0.1:7000\"\n[peers]\nanalytics = \"127.0.0.1:7001\"\n").unwrap();
+        let s = MeshSettings::load(ServiceKind::Gateway, Some(&file), env_of(&[("SOMA_SERVICE_ADDR", "127.0.0.1:7100")]))
+            .unwrap();
+        assert_eq!(s.listen_addr, "127.0.0.1:7100".parse().unwrap());
+        assert_eq!(s.peers.analytics, Some("127.0.0.1:7001".parse().unwrap()));
+
+        struct Case {
+            name: &'static str,
+            env: &'static [(&'static str, &'static str)],
+            key: &'static str,
+        }
+        let cases = [
+            Case { name: "bad listen", env: &[("SOMA_SERVICE_ADDR", "localhost")], key: "SOMA_SERVICE_ADDR" },
+            Case { name: "bad peer", env: &[("SOMA_PEER_ANALYTICS", "x:y")], key: "SOMA_PEER_ANALYTICS" },
+            Case { name: "zero timeout", env: &[("SOMA_HANDSHAKE_TIMEOUT", "0s")], key: "SOMA_HANDSHAKE_TIMEOUT" },
+            Case { name: "bad limit", env: &[("SOMA_MAX_RECV_MESSAGE_BYTES", "-1")], key: "SOMA_MAX_RECV_MESSAGE_BYTES" },
+        ];
+        for c in cases {
+            match MeshSettings::load(ServiceKind::Gateway, None, env_of(c.env)) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, c.key, "{}", c.name),
+                other => panic!("{}: expected invalid {}, got {other:?}", c.name, c.key),
+            }
+        }
+
+        std::fs::write(&file, "listen_adr = \"127.0.0.1:7000\"\n").unwrap();
+        assert!(matches!(
+            MeshSettings::load(ServiceKind::Gateway, Some(&file), env_of(&[])),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

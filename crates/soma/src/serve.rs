@@ -1,0 +1,126 @@
+//! `soma serve <service>`: one service, the production path.
+//!
+//! telemetry → settings → identity (Workload API) → database → build →
+//! run until stopped. When the service listens, one JSON line goes to
+//! standard output (`soma up` reads it to learn the bound addresses).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use soma_auth::ClaimsVerifier;
+use soma_identity::{SpiffeId, WorkloadIdentity};
+use soma_mesh::{Application, MeshSettings, ServiceKind};
+use soma_store::{Database, StoreSettings};
+use tokio::io::AsyncReadExt as _;
+
+/// The line a started service prints on standard output.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReadyLine {
+    /// Service name.
+    pub service: String,
+    /// The service's SPIFFE ID.
+    pub spiffe_id: String,
+    /// mTLS gRPC address.
+    pub grpc_addr: String,
+    /// Admin address.
+    pub admin_addr: String,
+}
+
+pub async fn run(kind: ServiceKind, config: Option<PathBuf>, stop_on_stdin_eof: bool) -> anyhow::Result<ExitCode> {
+    let settings = match MeshSettings::load(kind, config.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => return Ok(crate::config_error(e)),
+    };
+
+    let identity = WorkloadIdentity::connect(settings.workload_api_socket.as_deref(), None, settings.identity_timeout)
+        .await
+        .context("fetching the workload's X.509-SVID from the Workload API")?;
+    let store = identity.store();
+    let own_id = store.own_id().clone();
+    if own_id.path() != kind.spiffe_path() {
+        return Ok(crate::config_error(format_args!(
+            "the Workload API issued {own_id}, but {kind} must run as spiffe://<trust-domain>{}",
+            kind.spiffe_path()
+        )));
+    }
+
+    let claims = match &settings.gateway_claims_public_key_file {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the gateway claims key {}", path.display()))?;
+            let key = match ClaimsVerifier::public_key_from_spki_pem(&pem) {
+                Ok(k) => k,
+                Err(e) => return Ok(crate::config_error(format_args!("{}: {e}", path.display()))),
+            };
+            let gateway = SpiffeId::from_parts(own_id.trust_domain(), &ServiceKind::Gateway.spiffe_path())?;
+            Some(ClaimsVerifier::new(gateway, own_id.clone(), vec![(settings.claims_key_id.clone(), key)]))
+        }
+        None => {
+            tracing::warn!("no gateway claims public key configured: every claims envelope will be refused");
+            None
+        }
+    };
+
+    let store_settings =
+        StoreSettings { data_dir: settings.data_dir.clone(), database_url: settings.database_url.clone() };
+    let db = Database::connect(&store_settings, kind.name()).await.context("opening the database")?;
+    let limits = settings.limits;
+    let spec = match kind {
+        ServiceKind::Gateway => {
+            db.migrate(&soma_gateway::MIGRATIONS).await?;
+            soma_gateway::spec(db.clone(), &limits)
+        }
+        ServiceKind::ToolRegistry => {
+            db.migrate(&soma_tool_registry::MIGRATIONS).await?;
+            soma_tool_registry::spec(db.clone(), &limits)
+        }
+        ServiceKind::CapsuleRepo => {
+            db.migrate(&soma_capsule_repo::MIGRATIONS).await?;
+            soma_capsule_repo::spec(db.clone(), &limits)
+        }
+        ServiceKind::Analytics => {
+            db.migrate(&soma_analytics::MIGRATIONS).await?;
+            soma_analytics::spec(db.clone(), &limits)
+        }
+    };
+
+    let app = Application::build(settings, store, claims, spec).await?;
+    let ready = ReadyLine {
+        service: kind.name().to_owned(),
+        spiffe_id: own_id.to_string(),
+        grpc_addr: app.local_addr().to_string(),
+        admin_addr: app.admin_addr().to_string(),
+    };
+    #[expect(clippy::print_stdout, reason = "the ready line is this command's output")]
+    {
+        println!("{}", serde_json::to_string(&ready)?);
+    }
+
+    let shutdown = async move {
+        if stop_on_stdin_eof {
+            tokio::select! {
+                () = crate::stop_signal() => {}
+                () = stdin_closed() => {}
+            }
+        } else {
+            crate::stop_signal().await;
+        }
+    };
+    app.run_until_stopped(shutdown).await?;
+    identity.shutdown().await;
+    db.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves when standard input reaches end of file: the parent is gone.
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

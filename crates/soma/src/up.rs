@@ -1,0 +1,281 @@
+//! `soma up`: the development authority and the four services, each a
+//! child process `soma serve <service>` on its own loopback port, with its
+//! SVID from the authority's Workload API (the same path as with a SPIRE
+//! agent). Children are attested by their process id.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use soma_auth::ClaimsSigner;
+use soma_ca::{Authority, Registry, WorkloadApi, WorkloadApiConfig};
+use soma_identity::{SpiffeId, TrustDomain};
+use soma_mesh::ServiceKind;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::serve::ReadyLine;
+
+/// How long one service may take to report that it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the services get to stop after their stdin closes.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct UpArgs {
+    pub data_dir: PathBuf,
+    pub trust_domain: String,
+    pub svid_ttl: Duration,
+    pub edge_addr: SocketAddr,
+}
+
+/// `DIR/endpoints.json`.
+#[derive(Debug, serde::Serialize)]
+struct Endpoints {
+    trust_domain: String,
+    workload_api_socket: PathBuf,
+    gateway: String,
+    tool_registry: String,
+    capsule_repo: String,
+    analytics: String,
+    /// The HTTP/JSON edge; `null` until the edge is built.
+    edge: Option<String>,
+}
+
+struct Running {
+    kind: ServiceKind,
+    child: Child,
+    ready: ReadyLine,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let trust_domain = match TrustDomain::parse(&args.trust_domain) {
+        Ok(td) => td,
+        Err(e) => return Ok(crate::config_error(format_args!("--trust-domain {:?}: {e}", args.trust_domain))),
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let socket = data_dir.join("workload.sock");
+    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+        bail!("another `soma up` is serving {} (its Workload API socket answers)", data_dir.display());
+    }
+
+    let authority = Arc::new(
+        Authority::open_or_create(&data_dir, &trust_domain)
+            .with_context(|| format!("opening the authority under {}", data_dir.display()))?,
+    );
+    let (claims_key, claims_pub) = ensure_claims_key(&data_dir)?;
+
+    let registry = Registry::new();
+    let listener = soma_ca::bind_socket(&socket)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = WorkloadApi::new(Arc::clone(&authority), registry.clone(), WorkloadApiConfig { svid_ttl: args.svid_ttl });
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(api.serve(listener, async move {
+        let _ = api_stop.wait_for(|s| *s).await;
+    }));
+
+    let logs = data_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut running: Vec<Running> = Vec::new();
+    let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
+    for kind in ServiceKind::ALL {
+        let id = SpiffeId::from_parts(&trust_domain, &kind.spiffe_path())?;
+        let started = start_service(kind, &id, &data_dir, &socket, &claims_key, &claims_pub, &peers, &registry).await;
+        match started {
+            Ok(r) => {
+                peers.insert(peer_var(kind), r.ready.grpc_addr.clone());
+                running.push(r);
+            }
+            Err(e) => {
+                stop_all(&mut running).await;
+                let _ = stop_tx.send(true);
+                let _ = api_task.await;
+                return Err(e.context(format!("starting {kind} (log: {})", logs.join(format!("{kind}.log")).display())));
+            }
+        }
+    }
+
+    let addr_of = |k: ServiceKind| {
+        running.iter().find(|r| r.kind == k).map(|r| r.ready.grpc_addr.clone()).unwrap_or_default()
+    };
+    let endpoints = Endpoints {
+        trust_domain: trust_domain.to_string(),
+        workload_api_socket: socket.clone(),
+        gateway: addr_of(ServiceKind::Gateway),
+        tool_registry: addr_of(ServiceKind::ToolRegistry),
+        capsule_repo: addr_of(ServiceKind::CapsuleRepo),
+        analytics: addr_of(ServiceKind::Analytics),
+        edge: None,
+    };
+    write_atomically(&data_dir.join("endpoints.json"), &serde_json::to_vec_pretty(&endpoints)?)?;
+
+    #[expect(clippy::print_stdout, reason = "the command's output")]
+    {
+        println!("somastack up: trust domain {trust_domain}, Workload API unix://{}", socket.display());
+        for r in &running {
+            println!(
+                "  {:<14} {:<44} grpc+mtls {:<21} admin http://{}",
+                r.kind.name(),
+                r.ready.spiffe_id,
+                r.ready.grpc_addr,
+                r.ready.admin_addr
+            );
+        }
+        println!(
+            "  edge           {} requested; the HTTP/JSON edge is not built yet, so nothing listens there",
+            args.edge_addr
+        );
+        println!("  endpoints      {}", data_dir.join("endpoints.json").display());
+        println!("  logs           {}", logs.display());
+        println!("Ctrl-C to stop.");
+    }
+
+    // Run until a stop signal, or until a service dies on its own.
+    let exit = tokio::select! {
+        () = crate::stop_signal() => ExitCode::SUCCESS,
+        kind = first_exit(&mut running) => {
+            tracing::error!(service = %kind, "a service exited unexpectedly; stopping the others");
+            ExitCode::FAILURE
+        }
+    };
+    stop_all(&mut running).await;
+    let _ = stop_tx.send(true);
+    let _ = api_task.await;
+    Ok(exit)
+}
+
+fn peer_var(kind: ServiceKind) -> &'static str {
+    match kind {
+        ServiceKind::Gateway => "SOMA_PEER_GATEWAY",
+        ServiceKind::ToolRegistry => "SOMA_PEER_TOOL_REGISTRY",
+        ServiceKind::CapsuleRepo => "SOMA_PEER_CAPSULE_REPO",
+        ServiceKind::Analytics => "SOMA_PEER_ANALYTICS",
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename the list")]
+async fn start_service(
+    kind: ServiceKind,
+    id: &SpiffeId,
+    data_dir: &Path,
+    socket: &Path,
+    claims_key: &Path,
+    claims_pub: &Path,
+    peers: &BTreeMap<&'static str, String>,
+    registry: &Registry,
+) -> anyhow::Result<Running> {
+    let exe = std::env::current_exe().context("locating the soma binary")?;
+    let log = std::fs::File::create(data_dir.join("logs").join(format!("{kind}.log")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg(kind.name())
+        .arg("--stop-on-stdin-eof")
+        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
+        .env("SOMA_DATA_DIR", data_dir.join("db"))
+        .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
+        .env("SOMA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE", claims_pub)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    if kind == ServiceKind::Gateway {
+        cmd.env("SOMA_GATEWAY_CLAIMS_KEY_FILE", claims_key);
+    }
+    for (var, addr) in peers {
+        cmd.env(var, addr);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("spawning {kind}"))?;
+    // Attestation: this pid, and only this pid, is the workload `id`.
+    let pid = child.id().context("the child has no pid")?;
+    registry.register_pid(pid, id.clone());
+
+    let stdout = child.stdout.take().context("the child has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) | Ok(Err(_)) => bail!("{kind} exited before it listened"),
+        Err(_) => bail!("{kind} did not listen within {}s", START_TIMEOUT.as_secs()),
+    };
+    let ready: ReadyLine = serde_json::from_str(&line).with_context(|| format!("{kind} printed {line:?}"))?;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Running { kind, child, ready })
+}
+
+async fn first_exit(running: &mut [Running]) -> ServiceKind {
+    let waits = running.iter_mut().map(|r| {
+        let kind = r.kind;
+        Box::pin(async move {
+            let _ = r.child.wait().await;
+            kind
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+/// Closes every child's stdin (they drain and exit), waits, then kills the
+/// ones still running.
+async fn stop_all(running: &mut [Running]) {
+    for r in running.iter_mut() {
+        drop(r.child.stdin.take());
+    }
+    for r in running.iter_mut() {
+        match tokio::time::timeout(STOP_TIMEOUT, r.child.wait()).await {
+            Ok(_) => tracing::info!(service = %r.kind, "stopped"),
+            Err(_) => {
+                tracing::warn!(service = %r.kind, "did not stop in time; killing it");
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+}
+
+/// The gateway's Ed25519 claims key (PKCS#8 PEM, 0600) and its public key,
+/// created once per data dir.
+fn ensure_claims_key(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let secrets = data_dir.join("secrets");
+    let key = secrets.join("gateway-claims.key");
+    let public = secrets.join("gateway-claims.pub.pem");
+    if key.exists() && public.exists() {
+        return Ok((key, public));
+    }
+    std::fs::create_dir_all(&secrets)?;
+    set_mode(&secrets, 0o700)?;
+    let (signer, pkcs8) = ClaimsSigner::generate("gateway-1")?;
+    write_atomically(&key, pem_block("PRIVATE KEY", &pkcs8).as_bytes())?;
+    set_mode(&key, 0o600)?;
+    write_atomically(&public, signer.public_key_pem().as_bytes())?;
+    Ok((key, public))
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! Helpers shared by the integration tests: a development authority in a
+//! temp dir, SVIDs minted from it, services started in-process on
+//! 127.0.0.1:0 with real mTLS and a real SQLite database, and mTLS clients.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use soma_ca::{Authority, IssueOptions};
+use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
+use soma_mesh::{Application, MeshSettings, Metrics, ServiceKind};
+use soma_store::{Database, StoreSettings};
+use tokio::sync::oneshot;
+
+pub const TD: &str = "somastack.test";
+
+/// A development authority in a temp dir.
+pub struct Ca {
+    pub dir: tempfile::TempDir,
+    pub authority: Arc<Authority>,
+}
+
+impl Ca {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let authority = Authority::open_or_create(dir.path(), &TrustDomain::parse(TD).unwrap()).unwrap();
+        Self { dir, authority: Arc::new(authority) }
+    }
+
+    pub fn id(&self, path: &str) -> SpiffeId {
+        SpiffeId::from_parts(self.authority.trust_domain(), path).unwrap()
+    }
+
+    pub fn bundles(&self) -> BundleSet {
+        let mut set = BundleSet::new();
+        set.insert(Bundle::from_der_concat(self.authority.trust_domain().clone(), &self.authority.bundle_der()).unwrap());
+        set
+    }
+
+    /// A live identity for `path`, valid for `ttl`.
+    pub fn store(&self, path: &str, ttl: Duration) -> Arc<SvidStore> {
+        let id = self.id(path);
+        let issued = self.authority.issue(&id, ttl, IssueOptions::default()).unwrap();
+        let svid = Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der).unwrap();
+        SvidStore::new(id, svid, self.bundles()).unwrap()
+    }
+}
+
+/// One service running in-process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: Metrics,
+    pub id: SpiffeId,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+/// Starts `kind` with identity `/svc/<kind>` from `ca`, on SQLite, with
+/// `claims` as its envelope verifier.
+pub async fn start(ca: &Ca, kind: ServiceKind, claims: Option<soma_auth::ClaimsVerifier>) -> Running {
+    let store = ca.store(&kind.spiffe_path(), Duration::from_secs(3600));
+    start_with(store, kind, claims).await
+}
+
+pub async fn start_with(
+    store: Arc<SvidStore>,
+    kind: ServiceKind,
+    claims: Option<soma_auth::ClaimsVerifier>,
+) -> Running {
+    let data = tempfile::tempdir().unwrap();
+    let settings = MeshSettings::load(kind, None, |_| None).unwrap();
+    let db = Database::connect(&StoreSettings { data_dir: data.path().to_owned(), database_url: None }, kind.name())
+        .await
+        .unwrap();
+    let spec = match kind {
+        ServiceKind::Gateway => soma_gateway::spec(db, &settings.limits),
+        ServiceKind::ToolRegistry => soma_tool_registry::spec(db, &settings.limits),
+        ServiceKind::CapsuleRepo => soma_capsule_repo::spec(db, &settings.limits),
+        ServiceKind::Analytics => soma_analytics::spec(db, &settings.limits),
+    };
+    let id = store.own_id().clone();
+    let app = Application::build(settings, store, claims, spec).await.unwrap();
+    let (addr, admin, metrics) = (app.local_addr(), app.admin_addr(), app.metrics());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running { addr, admin, metrics, id, stop: Some(tx), task: Some(task), _data: data }
+}
+
+/// An mTLS channel from `client` to the service `server` at `addr`.
+pub fn channel(client: Arc<SvidStore>, addr: SocketAddr, server: &SpiffeId) -> tonic::transport::Channel {
+    soma_mesh::channel(client, addr, server.clone()).unwrap()
+}
+
+/// Health status of `service` (the empty string: the whole server).
+pub async fn health(channel: tonic::transport::Channel, service: &str) -> Result<i32, tonic::Status> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let response = client
+        .check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() })
+        .await?;
+    Ok(response.into_inner().status)
+}
+
+/// Service names listed by server reflection v1.
+pub async fn reflection_list(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let message = stream.message().await.unwrap().unwrap();
+    match message.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+/// Service names listed by server reflection v1alpha.
+pub async fn reflection_list_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let message = stream.message().await.unwrap().unwrap();
+    match message.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+/// The interpreter with the interop clients installed (`scripts/test.sh`
+/// creates it and exports SOMA_PYTHON).
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SOMA_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "the interop tests need Python with grpcio: run the suite with scripts/test.sh (it creates .venv), \
+         or set SOMA_PYTHON"
+    );
+    venv
+}
