@@ -30,10 +30,17 @@ impl Bundle {
         }
         for (index, root) in roots.iter().enumerate() {
             if let Err(source) = webpki::anchor_from_trusted_cert(root) {
-                return Err(IdentityError::BadRoot { trust_domain: td, index, source });
+                return Err(IdentityError::BadRoot {
+                    trust_domain: td,
+                    index,
+                    source,
+                });
             }
         }
-        Ok(Self { trust_domain: td, roots })
+        Ok(Self {
+            trust_domain: td,
+            roots,
+        })
     }
 
     /// Builds a bundle from concatenated DER certificates (the Workload API encoding).
@@ -114,8 +121,10 @@ pub(crate) fn split_der_certificates(
 ) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let mut certs = Vec::new();
     while !der.is_empty() {
-        let (rest, _) = x509_parser::parse_x509_certificate(der)
-            .map_err(|err| IdentityError::Der { what, reason: err.to_string() })?;
+        let (rest, _) = x509_parser::parse_x509_certificate(der).map_err(|err| IdentityError::Der {
+            what,
+            reason: err.to_string(),
+        })?;
         let used = der.len() - rest.len();
         certs.push(CertificateDer::from(der[..used].to_vec()));
         der = rest;
@@ -130,7 +139,10 @@ pub(crate) fn certificates_from_pem(
 ) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| IdentityError::Pem { what, reason: err.to_string() })
+        .map_err(|err| IdentityError::Pem {
+            what,
+            reason: err.to_string(),
+        })
 }
 
 /// One certificate as a PEM block.

@@ -43,7 +43,9 @@ pub enum SpiffeIdError {
     #[error("trust domain must be lowercase")]
     UppercaseTrustDomain,
     /// The trust domain has a character outside `[a-z0-9._-]`.
-    #[error("trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores")]
+    #[error(
+        "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"
+    )]
     BadTrustDomainChar,
     /// The trust domain is longer than 255 bytes.
     #[error("trust domain is longer than {MAX_TRUST_DOMAIN_LEN} bytes")]
@@ -210,7 +212,11 @@ impl FromStr for SpiffeId {
 /// all, and an error when the scheme is present but wrong.
 fn strip_scheme(input: &str) -> Result<Option<&str>, SpiffeIdError> {
     let Some(at) = input.find("://") else {
-        return if input.contains(':') { Err(SpiffeIdError::WrongScheme) } else { Ok(None) };
+        return if input.contains(':') {
+            Err(SpiffeIdError::WrongScheme)
+        } else {
+            Ok(None)
+        };
     };
     let (scheme, rest) = (&input[..at], &input[at + 3..]);
     if scheme == "spiffe" {
@@ -292,9 +298,18 @@ mod tests {
     #[test]
     fn trust_domain_accepts_bare_name_and_root_id() {
         assert_eq!(TrustDomain::parse("example.org").unwrap().name(), "example.org");
-        assert_eq!(TrustDomain::parse("spiffe://example.org").unwrap().name(), "example.org");
-        assert_eq!(TrustDomain::parse("example.org").unwrap().id_string(), "spiffe://example.org");
-        assert_eq!(TrustDomain::parse("Example.org"), Err(SpiffeIdError::UppercaseTrustDomain));
+        assert_eq!(
+            TrustDomain::parse("spiffe://example.org").unwrap().name(),
+            "example.org"
+        );
+        assert_eq!(
+            TrustDomain::parse("example.org").unwrap().id_string(),
+            "spiffe://example.org"
+        );
+        assert_eq!(
+            TrustDomain::parse("Example.org"),
+            Err(SpiffeIdError::UppercaseTrustDomain)
+        );
         assert_eq!(TrustDomain::parse(""), Err(SpiffeIdError::MissingTrustDomain));
     }
 }

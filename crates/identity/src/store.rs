@@ -44,7 +44,10 @@ impl SvidStore {
         );
         Ok(Arc::new(Self {
             own_id,
-            current: RwLock::new(Arc::new(Current { svid: Arc::new(svid), bundles: Arc::new(bundles) })),
+            current: RwLock::new(Arc::new(Current {
+                svid: Arc::new(svid),
+                bundles: Arc::new(bundles),
+            })),
         }))
     }
 
@@ -62,7 +65,10 @@ impl SvidStore {
             return Err(err);
         }
         let serial = svid.serial();
-        let next = Arc::new(Current { svid: Arc::new(svid), bundles: Arc::new(bundles) });
+        let next = Arc::new(Current {
+            svid: Arc::new(svid),
+            bundles: Arc::new(bundles),
+        });
         // The lock only guards an `Arc` swap, which cannot be left half done,
         // so a poisoned lock still holds consistent material.
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
@@ -106,7 +112,14 @@ impl fmt::Debug for SvidStore {
         f.debug_struct("SvidStore")
             .field("own_id", &self.own_id.to_string())
             .field("svid", &current.svid)
-            .field("trust_domains", &current.bundles.iter().map(|b| b.trust_domain().name()).collect::<Vec<_>>())
+            .field(
+                "trust_domains",
+                &current
+                    .bundles
+                    .iter()
+                    .map(|b| b.trust_domain().name())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -115,7 +128,10 @@ impl fmt::Debug for SvidStore {
 /// against its own trust domain's bundle, for either TLS role.
 fn check(own_id: &SpiffeId, svid: &Svid, bundles: &BundleSet) -> Result<(), IdentityError> {
     if svid.spiffe_id() != own_id {
-        return Err(IdentityError::IdMismatch { expected: own_id.clone(), found: svid.spiffe_id().clone() });
+        return Err(IdentityError::IdMismatch {
+            expected: own_id.clone(),
+            found: svid.spiffe_id().clone(),
+        });
     }
     validate_chain(
         svid.chain(),

@@ -40,8 +40,10 @@ impl Svid {
     /// From a PEM chain (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1).
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, IdentityError> {
         let chain = certificates_from_pem(chain_pem, "svid chain")?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|err| IdentityError::Pem { what: "svid key", reason: err.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| IdentityError::Pem {
+            what: "svid key",
+            reason: err.to_string(),
+        })?;
         Self::from_parts(chain, key)
     }
 
@@ -51,19 +53,30 @@ impl Svid {
     ) -> Result<Self, IdentityError> {
         let leaf = chain.first().ok_or(IdentityError::EmptyChain)?;
         let (spiffe_id, serial, not_after) = {
-            let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|err| {
-                SvidError::Malformed { index: 0, reason: err.to_string() }
-            })?;
+            let (_, x509) =
+                x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|err| SvidError::Malformed {
+                    index: 0,
+                    reason: err.to_string(),
+                })?;
             let spiffe_id = check_leaf(&x509)?;
             // A negative notAfter (before 1970) is clamped to the epoch: such a
             // certificate is expired either way.
             let secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
-            (spiffe_id, x509.raw_serial().to_vec(), UNIX_EPOCH + Duration::from_secs(secs))
+            (
+                spiffe_id,
+                x509.raw_serial().to_vec(),
+                UNIX_EPOCH + Duration::from_secs(secs),
+            )
         };
         let provider = rustls::crypto::ring::default_provider();
         // `from_der` loads the key and refuses one whose public half is not the leaf's.
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(IdentityError::PrivateKey)?;
-        Ok(Self { spiffe_id, serial, not_after, certified: Arc::new(certified) })
+        Ok(Self {
+            spiffe_id,
+            serial,
+            not_after,
+            certified: Arc::new(certified),
+        })
     }
 
     /// The SPIFFE ID of the leaf's URI SAN.

@@ -5,12 +5,19 @@
 //! next handshake and established connections are untouched), and verify the
 //! peer with [`validate_svid`] against the store's current bundles. The DNS
 //! server name is ignored: SPIFFE authentication is by the URI SAN. Only the
-//! ring provider is used; TLS 1.3 and 1.2; ALPN `h2`.
+//! ring provider is used; TLS 1.3 and 1.2; ALPN `h2`. Session resumption is
+//! off on both sides, so that every connection is authenticated by a full
+//! handshake against the current SVID and bundles.
+//!
+//! A refusal by the verifiers is logged once (`refused peer svid`, with the
+//! reason) and returned as `rustls::Error::InvalidCertificate(
+//! CertificateError::Other(OtherError(..)))` holding the [`SvidError`] itself,
+//! which callers can downcast.
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -67,12 +74,20 @@ impl ExpectedPeer {
 /// the server certificate is the store's newest SVID at each handshake.
 pub fn server_config(store: Arc<SvidStore>) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(SvidClientVerifier { store: Arc::clone(&store), provider: Arc::clone(&provider) });
+    let verifier = Arc::new(SvidClientVerifier {
+        store: Arc::clone(&store),
+        provider: Arc::clone(&provider),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(NewestSvid { store }));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: a resumed session skips certificates, so it would carry
+    // the identity of an earlier handshake past a rotation (the old SVID, the
+    // old bundles). Every connection is a full handshake with fresh checks.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -95,6 +110,8 @@ pub fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(NewestSvid { store }));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption, for the same reason as on the server side.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -105,7 +122,10 @@ fn refuse(err: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }
 
-fn full_chain<'a>(end_entity: &CertificateDer<'a>, intermediates: &[CertificateDer<'a>]) -> Vec<CertificateDer<'a>> {
+fn full_chain<'a>(
+    end_entity: &CertificateDer<'a>,
+    intermediates: &[CertificateDer<'a>],
+) -> Vec<CertificateDer<'a>> {
     let mut chain = Vec::with_capacity(1 + intermediates.len());
     chain.push(end_entity.clone());
     chain.extend(intermediates.iter().cloned());
@@ -125,7 +145,11 @@ impl ResolvesServerCert for NewestSvid {
 }
 
 impl ResolvesClientCert for NewestSvid {
-    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         Some(self.store.svid().certified_key())
     }
 
@@ -179,7 +203,12 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -188,11 +217,18 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -217,7 +253,8 @@ impl ServerCertVerifier for SvidServerVerifier {
         let chain = full_chain(end_entity, intermediates);
         let local = self.store.trust_domain();
         let allowed = self.expected.allowed(local);
-        let id = validate_svid(&chain, &self.store.bundles(), &allowed, now, PeerRole::Server).map_err(refuse)?;
+        let id =
+            validate_svid(&chain, &self.store.bundles(), &allowed, now, PeerRole::Server).map_err(refuse)?;
         if !self.expected.matches(&id, local) {
             return Err(refuse(SvidError::UnexpectedPeer { id }));
         }
@@ -231,7 +268,12 @@ impl ServerCertVerifier for SvidServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -240,11 +282,18 @@ impl ServerCertVerifier for SvidServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -255,7 +304,9 @@ impl ServerCertVerifier for SvidServerVerifier {
 /// logged with their reason and are not logged twice. Call it with the error
 /// of a failed `accept`/`connect`.
 pub fn log_refused_handshake(err: &std::io::Error) {
-    let rustls_err = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let rustls_err = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_err {
         Some(rustls::Error::InvalidCertificate(CertificateError::Other(_))) => {}
         Some(rustls::Error::NoCertificatesPresented) => {

@@ -101,19 +101,23 @@ pub(crate) fn validate_chain(
     }
     let x509 = parse(leaf, 0)?;
     let id = check_leaf(&x509)?;
-    let ee = EndEntityCert::try_from(leaf)
-        .map_err(|err| SvidError::Malformed { index: 0, reason: format!("{err:?}") })?;
+    let ee = EndEntityCert::try_from(leaf).map_err(|err| SvidError::Malformed {
+        index: 0,
+        reason: format!("{err:?}"),
+    })?;
     if is_self_signed(&x509, leaf, &ee, now) {
         return Err(SvidError::SelfSignedLeaf);
     }
 
     let td = id.trust_domain();
     if !allowed.allows(td) {
-        return Err(SvidError::TrustDomainNotAllowed { trust_domain: td.clone() });
+        return Err(SvidError::TrustDomainNotAllowed {
+            trust_domain: td.clone(),
+        });
     }
-    let bundle = bundles
-        .get(td)
-        .ok_or_else(|| SvidError::NoBundle { trust_domain: td.clone() })?;
+    let bundle = bundles.get(td).ok_or_else(|| SvidError::NoBundle {
+        trust_domain: td.clone(),
+    })?;
     if bundle.roots().iter().any(|root| root.as_ref() == leaf.as_ref()) {
         return Err(SvidError::SelfSignedLeaf);
     }
@@ -150,21 +154,31 @@ pub(crate) fn check_leaf(x509: &X509Certificate<'_>) -> Result<SpiffeId, SvidErr
 
     let basic = x509
         .get_extension_unique(&OID_X509_EXT_BASIC_CONSTRAINTS)
-        .map_err(|_| SvidError::UnparseableExtension { extension: "basic constraints" })?;
+        .map_err(|_| SvidError::UnparseableExtension {
+            extension: "basic constraints",
+        })?;
     if let Some(ext) = basic {
         match ext.parsed_extension() {
             ParsedExtension::BasicConstraints(bc) if bc.ca => return Err(SvidError::LeafIsCa),
             ParsedExtension::BasicConstraints(_) => {}
-            _ => return Err(SvidError::UnparseableExtension { extension: "basic constraints" }),
+            _ => {
+                return Err(SvidError::UnparseableExtension {
+                    extension: "basic constraints",
+                });
+            }
         }
     }
 
     let key_usage = x509
         .get_extension_unique(&OID_X509_EXT_KEY_USAGE)
-        .map_err(|_| SvidError::UnparseableExtension { extension: "key usage" })?
+        .map_err(|_| SvidError::UnparseableExtension {
+            extension: "key usage",
+        })?
         .ok_or(SvidError::MissingKeyUsage)?;
     let ParsedExtension::KeyUsage(ku) = key_usage.parsed_extension() else {
-        return Err(SvidError::UnparseableExtension { extension: "key usage" });
+        return Err(SvidError::UnparseableExtension {
+            extension: "key usage",
+        });
     };
     if !key_usage.critical {
         return Err(SvidError::KeyUsageNotCritical);
@@ -185,10 +199,14 @@ pub(crate) fn check_leaf(x509: &X509Certificate<'_>) -> Result<SpiffeId, SvidErr
 fn leaf_spiffe_id(x509: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     let san = x509
         .get_extension_unique(&OID_X509_EXT_SUBJECT_ALT_NAME)
-        .map_err(|_| SvidError::UnparseableExtension { extension: "subject alternative name" })?
+        .map_err(|_| SvidError::UnparseableExtension {
+            extension: "subject alternative name",
+        })?
         .ok_or(SvidError::NoUriSan)?;
     let ParsedExtension::SubjectAlternativeName(names) = san.parsed_extension() else {
-        return Err(SvidError::UnparseableExtension { extension: "subject alternative name" });
+        return Err(SvidError::UnparseableExtension {
+            extension: "subject alternative name",
+        });
     };
     let uris = names
         .general_names
@@ -208,7 +226,12 @@ fn leaf_spiffe_id(x509: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
 /// A self-issued leaf whose signature verifies with its own key: it vouches
 /// for itself, which the X509-SVID model (leaf issued by a signing authority
 /// of the trust domain) never allows, whatever the bundle holds.
-fn is_self_signed(x509: &X509Certificate<'_>, leaf: &CertificateDer<'_>, ee: &EndEntityCert<'_>, now: UnixTime) -> bool {
+fn is_self_signed(
+    x509: &X509Certificate<'_>,
+    leaf: &CertificateDer<'_>,
+    ee: &EndEntityCert<'_>,
+    now: UnixTime,
+) -> bool {
     if x509.subject().as_raw() != x509.issuer().as_raw() {
         return false;
     }
@@ -216,32 +239,47 @@ fn is_self_signed(x509: &X509Certificate<'_>, leaf: &CertificateDer<'_>, ee: &En
         return false;
     };
     let anchors = [anchor];
-    [KeyUsage::server_auth(), KeyUsage::client_auth()].into_iter().any(|eku| {
-        match ee.verify_for_usage(algorithms(), &anchors, &[], now, eku, None, None) {
-            Ok(_) => true,
-            // The signature was checked and held; only time or EKU failed.
-            Err(err) => matches!(
-                err,
-                webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
-            ) || is_eku_error(&err),
-        }
-    })
+    [KeyUsage::server_auth(), KeyUsage::client_auth()]
+        .into_iter()
+        .any(|eku| {
+            match ee.verify_for_usage(algorithms(), &anchors, &[], now, eku, None, None) {
+                Ok(_) => true,
+                // The signature was checked and held; only time or EKU failed.
+                Err(err) => {
+                    matches!(
+                        err,
+                        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
+                    ) || is_eku_error(&err)
+                }
+            }
+        })
 }
 
 fn parse<'a>(cert: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificate<'a>, SvidError> {
     match x509_parser::parse_x509_certificate(cert.as_ref()) {
-        Ok((rest, x509)) if rest.is_empty() => Ok(x509),
-        Ok(_) => Err(SvidError::Malformed { index, reason: "trailing data after certificate".into() }),
-        Err(err) => Err(SvidError::Malformed { index, reason: err.to_string() }),
+        Ok(([], x509)) => Ok(x509),
+        Ok(_) => Err(SvidError::Malformed {
+            index,
+            reason: "trailing data after certificate".into(),
+        }),
+        Err(err) => Err(SvidError::Malformed {
+            index,
+            reason: err.to_string(),
+        }),
     }
 }
 
 /// The signature algorithms of the ring provider, the only provider in use.
 pub(crate) fn algorithms() -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm] {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms.all
+    rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all
 }
 
-#[expect(deprecated, reason = "webpki still returns the deprecated variant in some paths")]
+#[expect(
+    deprecated,
+    reason = "webpki still returns the deprecated variant in some paths"
+)]
 fn is_eku_error(err: &webpki::Error) -> bool {
     matches!(
         err,
@@ -251,13 +289,17 @@ fn is_eku_error(err: &webpki::Error) -> bool {
 
 fn map_webpki_error(err: webpki::Error, td: &TrustDomain, usage: Usage) -> SvidError {
     match err {
-        webpki::Error::CertExpired { time, not_after } => {
-            SvidError::Expired { not_after: not_after.as_secs(), now: time.as_secs() }
-        }
-        webpki::Error::CertNotValidYet { time, not_before } => {
-            SvidError::NotYetValid { not_before: not_before.as_secs(), now: time.as_secs() }
-        }
-        webpki::Error::UnknownIssuer => SvidError::UnknownIssuer { trust_domain: td.clone() },
+        webpki::Error::CertExpired { time, not_after } => SvidError::Expired {
+            not_after: not_after.as_secs(),
+            now: time.as_secs(),
+        },
+        webpki::Error::CertNotValidYet { time, not_before } => SvidError::NotYetValid {
+            not_before: not_before.as_secs(),
+            now: time.as_secs(),
+        },
+        webpki::Error::UnknownIssuer => SvidError::UnknownIssuer {
+            trust_domain: td.clone(),
+        },
         webpki::Error::InvalidSignatureForPublicKey => SvidError::BadSignature,
         err if is_eku_error(&err) => SvidError::ExtendedKeyUsage {
             role: match usage {

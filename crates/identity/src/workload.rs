@@ -91,7 +91,11 @@ impl WorkloadIdentity {
             }
         };
         let updater = tokio::spawn(follow_updates(Arc::clone(&source), Arc::clone(&store)));
-        Ok(Self { store, source, updater })
+        Ok(Self {
+            store,
+            source,
+            updater,
+        })
     }
 
     /// The live identity.
@@ -130,7 +134,11 @@ async fn follow_updates(source: Arc<spiffe::X509Source>, store: Arc<SvidStore>) 
 /// The selected SVID and all bundles of the source, in this crate's types.
 fn material(source: &spiffe::X509Source) -> Result<(Svid, BundleSet), IdentityError> {
     let x509 = source.svid().map_err(IdentityError::WorkloadApi)?;
-    let chain = x509.cert_chain().iter().flat_map(|cert| cert.as_bytes().iter().copied()).collect::<Vec<u8>>();
+    let chain = x509
+        .cert_chain()
+        .iter()
+        .flat_map(|cert| cert.as_bytes().iter().copied())
+        .collect::<Vec<u8>>();
     let svid = Svid::from_der(&chain, x509.private_key().as_bytes())?;
 
     let mut bundles = BundleSet::new();
@@ -148,7 +156,12 @@ fn material(source: &spiffe::X509Source) -> Result<(Svid, BundleSet), IdentityEr
 
 /// Only Unix socket and TCP endpoints exist in the Workload API spec.
 fn check_endpoint(endpoint: &str) -> Result<(), IdentityError> {
-    let bad = |reason| Err(IdentityError::BadEndpoint { endpoint: endpoint.to_owned(), reason });
+    let bad = |reason| {
+        Err(IdentityError::BadEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason,
+        })
+    };
     if let Some(path) = endpoint.strip_prefix("unix://") {
         if !path.starts_with('/') {
             return bad("a unix socket path must be absolute (unix:///abs/path.sock)");
@@ -169,7 +182,13 @@ mod tests {
     fn endpoint_forms() {
         assert!(check_endpoint("unix:///run/spire/agent.sock").is_ok());
         assert!(check_endpoint("tcp://127.0.0.1:8081").is_ok());
-        assert!(matches!(check_endpoint("unix://relative.sock"), Err(IdentityError::BadEndpoint { .. })));
-        assert!(matches!(check_endpoint("/run/agent.sock"), Err(IdentityError::BadEndpoint { .. })));
+        assert!(matches!(
+            check_endpoint("unix://relative.sock"),
+            Err(IdentityError::BadEndpoint { .. })
+        ));
+        assert!(matches!(
+            check_endpoint("/run/agent.sock"),
+            Err(IdentityError::BadEndpoint { .. })
+        ));
     }
 }

@@ -42,11 +42,6 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
         s.not_before = now + 600;
         s.not_after = now + 7200;
     });
-    // A self-signed leaf that someone put in the bundle itself: webpki alone
-    // would accept it as its own anchor.
-    let self_signed = LeafSpec::svid("spiffe://a.test/workload").self_signed();
-    let mut poisoned_set = bundle_set.clone();
-    poisoned_set.insert(Bundle::new(td("a.test"), vec![ca_a.cert.clone(), self_signed.cert.clone()]).unwrap());
 
     let cases = vec![
         Case {
@@ -65,7 +60,10 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
         },
         Case {
             name: "valid through an intermediate",
-            chain: intermediate_a.svid("spiffe://a.test/workload").with_intermediate(&intermediate_a).chain(),
+            chain: intermediate_a
+                .svid("spiffe://a.test/workload")
+                .with_intermediate(&intermediate_a)
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Ok("spiffe://a.test/workload"),
@@ -82,28 +80,38 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
             chain: intermediate_a.svid("spiffe://a.test/workload").chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::UnknownIssuer { trust_domain: td("a.test") }),
+            expected: Err(SvidError::UnknownIssuer {
+                trust_domain: td("a.test"),
+            }),
         },
         Case {
             name: "chain to another ca",
             chain: rogue.svid("spiffe://a.test/workload").chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::UnknownIssuer { trust_domain: td("a.test") }),
+            expected: Err(SvidError::UnknownIssuer {
+                trust_domain: td("a.test"),
+            }),
         },
         Case {
             name: "expired",
             chain: ca_a.issue(&expired).chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::Expired { not_after: now - 60, now }),
+            expected: Err(SvidError::Expired {
+                not_after: now - 60,
+                now,
+            }),
         },
         Case {
             name: "not yet valid",
             chain: ca_a.issue(&not_yet).chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::NotYetValid { not_before: now + 600, now }),
+            expected: Err(SvidError::NotYetValid {
+                not_before: now + 600,
+                now,
+            }),
         },
         Case {
             name: "two uri sans",
@@ -123,17 +131,23 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
         },
         Case {
             name: "uri san is not a spiffe id",
-            chain: ca_a.issue(&with(&|s| s.uris = vec!["https://a.test/workload".into()])).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.uris = vec!["https://a.test/workload".into()]))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Err(SvidError::InvalidSpiffeId(SpiffeIdError::WrongScheme)),
         },
         Case {
             name: "uri san is the trust domain id",
-            chain: ca_a.issue(&with(&|s| s.uris = vec!["spiffe://a.test".into()])).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.uris = vec!["spiffe://a.test".into()]))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::RootSpiffeId { id: id("spiffe://a.test") }),
+            expected: Err(SvidError::RootSpiffeId {
+                id: id("spiffe://a.test"),
+            }),
         },
         Case {
             name: "ca certificate as leaf",
@@ -151,42 +165,54 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
         },
         Case {
             name: "key usage not critical",
-            chain: ca_a.issue(&with(&|s| s.key_usage = KeyUsageSpec::NotCritical)).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.key_usage = KeyUsageSpec::NotCritical))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Err(SvidError::KeyUsageNotCritical),
         },
         Case {
             name: "leaf without digitalSignature",
-            chain: ca_a.issue(&with(&|s| s.key_usage = KeyUsageSpec::NoDigitalSignature)).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.key_usage = KeyUsageSpec::NoDigitalSignature))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Err(SvidError::MissingDigitalSignature),
         },
         Case {
             name: "leaf with keyCertSign",
-            chain: ca_a.issue(&with(&|s| s.key_usage = KeyUsageSpec::WithKeyCertSign)).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.key_usage = KeyUsageSpec::WithKeyCertSign))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Err(SvidError::LeafHasKeyCertSign),
         },
         Case {
             name: "leaf with cRLSign",
-            chain: ca_a.issue(&with(&|s| s.key_usage = KeyUsageSpec::WithCrlSign)).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.key_usage = KeyUsageSpec::WithCrlSign))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Err(SvidError::LeafHasCrlSign),
         },
         Case {
             name: "server-only eku used as client",
-            chain: ca_a.issue(&with(&|s| s.ekus = vec![ExtendedKeyUsagePurpose::ServerAuth])).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.ekus = vec![ExtendedKeyUsagePurpose::ServerAuth]))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
             expected: Err(SvidError::ExtendedKeyUsage { role: "client" }),
         },
         Case {
             name: "client-only eku used as server",
-            chain: ca_a.issue(&with(&|s| s.ekus = vec![ExtendedKeyUsagePurpose::ClientAuth])).chain(),
+            chain: ca_a
+                .issue(&with(&|s| s.ekus = vec![ExtendedKeyUsagePurpose::ClientAuth]))
+                .chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Server,
             expected: Err(SvidError::ExtendedKeyUsage { role: "server" }),
@@ -196,14 +222,18 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
             chain: ca_b.svid("spiffe://b.test/workload").chain(),
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::TrustDomainNotAllowed { trust_domain: td("b.test") }),
+            expected: Err(SvidError::TrustDomainNotAllowed {
+                trust_domain: td("b.test"),
+            }),
         },
         Case {
             name: "svid of another trust domain, allowed but without bundle",
             chain: ca_a.svid("spiffe://c.test/workload").chain(),
             allowed: vec!["a.test", "c.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::NoBundle { trust_domain: td("c.test") }),
+            expected: Err(SvidError::NoBundle {
+                trust_domain: td("c.test"),
+            }),
         },
         Case {
             name: "svid of other allowed trust domain with its own bundle",
@@ -217,7 +247,9 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
             chain: ca_a.svid("spiffe://b.test/workload").chain(),
             allowed: vec!["a.test", "b.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::UnknownIssuer { trust_domain: td("b.test") }),
+            expected: Err(SvidError::UnknownIssuer {
+                trust_domain: td("b.test"),
+            }),
         },
         Case {
             name: "self-signed leaf not in any bundle",
@@ -238,7 +270,10 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
             chain: vec![CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])],
             allowed: vec!["a.test"],
             role: PeerRole::Client,
-            expected: Err(SvidError::Malformed { index: 0, reason: String::new() }),
+            expected: Err(SvidError::Malformed {
+                index: 0,
+                reason: String::new(),
+            }),
         },
     ];
 
@@ -252,17 +287,30 @@ fn presented_chains_are_judged_by_the_x509_svid_rules() {
                 assert_eq!(index, want, "case {:?}", case.name);
             }
             (got, expected) => {
-                assert_eq!(got.clone().map(|id| id.to_string()), expected.clone().map(str::to_owned), "case {:?}", case.name);
+                assert_eq!(
+                    got.clone().map(|id| id.to_string()),
+                    expected.clone().map(str::to_owned),
+                    "case {:?}",
+                    case.name
+                );
             }
         }
     }
+}
 
-    // The self-signed leaf is refused even when it was slipped into the bundle.
+#[test]
+fn a_self_signed_leaf_slipped_into_the_bundle_is_still_refused() {
+    // Path validation alone would accept this leaf as its own trust anchor.
+    let ca_a = Ca::root("ca a");
+    let self_signed = LeafSpec::svid("spiffe://a.test/workload").self_signed();
+    let poisoned = bundles(vec![
+        Bundle::new(td("a.test"), vec![ca_a.cert.clone(), self_signed.cert.clone()]).unwrap(),
+    ]);
     let got = validate_svid(
         &self_signed.chain(),
-        &poisoned_set,
+        &poisoned,
         &AllowedTrustDomains::local(&td("a.test")),
-        unix(now),
+        unix(now_secs()),
         PeerRole::Client,
     );
     assert_eq!(got, Err(SvidError::SelfSignedLeaf));
@@ -274,14 +322,20 @@ fn every_refusal_reads_as_a_lowercase_reason() {
         SvidError::NoUriSan.to_string(),
         SvidError::LeafIsCa.to_string(),
         SvidError::MultipleUriSans { count: 2 }.to_string(),
-        SvidError::UnknownIssuer { trust_domain: td("b.test") }.to_string(),
+        SvidError::UnknownIssuer {
+            trust_domain: td("b.test"),
+        }
+        .to_string(),
         SvidError::SelfSignedLeaf.to_string(),
     ];
     for reason in reasons {
         assert!(reason.starts_with(|c: char| c.is_ascii_lowercase()), "{reason}");
     }
     assert_eq!(
-        SvidError::UnknownIssuer { trust_domain: td("b.test") }.to_string(),
+        SvidError::UnknownIssuer {
+            trust_domain: td("b.test")
+        }
+        .to_string(),
         "chain does not lead to a root in the bundle of trust domain b.test"
     );
 }
@@ -293,7 +347,10 @@ fn svid_construction_checks_the_leaf_and_the_key() {
     let svid = Svid::from_der(&leaf.chain_der(), &leaf.key_der()).unwrap();
     assert_eq!(svid.spiffe_id(), &id("spiffe://a.test/workload"));
     assert_eq!(svid.chain(), leaf.chain().as_slice());
-    assert_eq!(peer_spiffe_id(svid.chain()).unwrap(), id("spiffe://a.test/workload"));
+    assert_eq!(
+        peer_spiffe_id(svid.chain()).unwrap(),
+        id("spiffe://a.test/workload")
+    );
 
     // PEM input gives the same SVID.
     let pem = pem_of(&leaf.cert);
@@ -313,7 +370,10 @@ fn svid_construction_checks_the_leaf_and_the_key() {
     let err = Svid::from_der(&ca_leaf.chain_der(), &ca_leaf.key_der()).unwrap_err();
     assert!(matches!(err, IdentityError::Svid(SvidError::LeafIsCa)), "{err}");
 
-    assert!(matches!(Svid::from_der(&[], &leaf.key_der()), Err(IdentityError::EmptyChain)));
+    assert!(matches!(
+        Svid::from_der(&[], &leaf.key_der()),
+        Err(IdentityError::EmptyChain)
+    ));
 }
 
 #[test]
@@ -331,8 +391,14 @@ fn bundles_round_trip_through_pem_and_der() {
     assert_eq!(from_der, bundle);
     assert_eq!(from_der.trust_domain(), &td("a.test"));
 
-    assert!(matches!(Bundle::new(td("a.test"), vec![]), Err(IdentityError::EmptyBundle { .. })));
-    assert!(matches!(Bundle::from_der_concat(td("a.test"), &concat[..concat.len() - 1]), Err(IdentityError::Der { .. })));
+    assert!(matches!(
+        Bundle::new(td("a.test"), vec![]),
+        Err(IdentityError::EmptyBundle { .. })
+    ));
+    assert!(matches!(
+        Bundle::from_der_concat(td("a.test"), &concat[..concat.len() - 1]),
+        Err(IdentityError::Der { .. })
+    ));
     assert!(matches!(
         Bundle::new(td("a.test"), vec![CertificateDer::from(vec![0x30, 0x00])]),
         Err(IdentityError::BadRoot { index: 0, .. })
@@ -341,5 +407,7 @@ fn bundles_round_trip_through_pem_and_der() {
 
 fn pem_of(cert: &CertificateDer<'_>) -> String {
     // Reuse the bundle encoder: a one-root bundle is one CERTIFICATE block.
-    Bundle::new(td("a.test"), vec![cert.clone().into_owned()]).unwrap().to_pem()
+    Bundle::new(td("a.test"), vec![cert.clone().into_owned()])
+        .unwrap()
+        .to_pem()
 }

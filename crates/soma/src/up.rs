@@ -48,6 +48,9 @@ struct Endpoints {
 struct Running {
     kind: ServiceKind,
     child: Child,
+    /// The child's stdin, held apart from `child`: `Child::wait` closes the
+    /// stdin it holds, and a closed stdin is the child's stop signal.
+    stdin: Option<tokio::process::ChildStdin>,
     ready: ReadyLine,
 }
 
@@ -196,6 +199,7 @@ async fn start_service(
     let pid = child.id().context("the child has no pid")?;
     registry.register_pid(pid, id.clone());
 
+    let stdin = child.stdin.take();
     let stdout = child.stdout.take().context("the child has no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
@@ -206,7 +210,7 @@ async fn start_service(
     let ready: ReadyLine = serde_json::from_str(&line).with_context(|| format!("{kind} printed {line:?}"))?;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Running { kind, child, ready })
+    Ok(Running { kind, child, stdin, ready })
 }
 
 async fn first_exit(running: &mut [Running]) -> ServiceKind {
@@ -224,7 +228,7 @@ async fn first_exit(running: &mut [Running]) -> ServiceKind {
 /// ones still running.
 async fn stop_all(running: &mut [Running]) {
     for r in running.iter_mut() {
-        drop(r.child.stdin.take());
+        drop(r.stdin.take());
     }
     for r in running.iter_mut() {
         match tokio::time::timeout(STOP_TIMEOUT, r.child.wait()).await {

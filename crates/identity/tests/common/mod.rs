@@ -80,7 +80,11 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let params = spec.params();
         let cert = params.signed_by(&key, &self.issuer()).unwrap().der().clone();
-        Leaf { cert, key, chain_tail: Vec::new() }
+        Leaf {
+            cert,
+            key,
+            chain_tail: Vec::new(),
+        }
     }
 
     /// Issues a standard SVID for `uri`.
@@ -92,10 +96,16 @@ impl Ca {
 fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "SomaStack test");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "SomaStack test");
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = now_secs();
     params.not_before = at(now - 3600);
     params.not_after = at(now + 30 * 24 * 3600);
@@ -142,7 +152,10 @@ impl LeafSpec {
             dns: vec!["localhost".to_owned()],
             is_ca: false,
             key_usage: KeyUsageSpec::Standard,
-            ekus: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            ekus: vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             not_before: now - 3600,
             not_after: now + 24 * 3600,
         }
@@ -151,7 +164,9 @@ impl LeafSpec {
     fn params(&self) -> CertificateParams {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::OrganizationName, "SomaStack test workload");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "SomaStack test workload");
         let mut sans = Vec::new();
         for uri in &self.uris {
             sans.push(SanType::URI(uri.as_str().try_into().unwrap()));
@@ -160,12 +175,18 @@ impl LeafSpec {
             sans.push(SanType::DnsName(dns.as_str().try_into().unwrap()));
         }
         params.subject_alt_names = sans;
-        params.is_ca = if self.is_ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+        params.is_ca = if self.is_ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
         params.key_usages = match self.key_usage {
             KeyUsageSpec::Standard => vec![KeyUsagePurpose::DigitalSignature],
             KeyUsageSpec::Absent | KeyUsageSpec::NotCritical => vec![],
             KeyUsageSpec::NoDigitalSignature => vec![KeyUsagePurpose::KeyEncipherment],
-            KeyUsageSpec::WithKeyCertSign => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign],
+            KeyUsageSpec::WithKeyCertSign => {
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]
+            }
             KeyUsageSpec::WithCrlSign => vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign],
         };
         if let KeyUsageSpec::NotCritical = self.key_usage {
@@ -185,7 +206,11 @@ impl LeafSpec {
     pub fn self_signed(&self) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let cert = self.params().self_signed(&key).unwrap().der().clone();
-        Leaf { cert, key, chain_tail: Vec::new() }
+        Leaf {
+            cert,
+            key,
+            chain_tail: Vec::new(),
+        }
     }
 }
 

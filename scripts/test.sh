@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole SomaStack test suite, on a fresh machine: a Python venv with the
+# independent interop clients, PostgreSQL reachable (started if it is down),
+# DATABASE_URL set so the storage tests run on SQLite and on PostgreSQL,
+# then every Rust test of the workspace.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# Python interop clients (grpcio: an independent gRPC + TLS stack).
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/scripts/requirements-interop.txt"
+fi
+export SOMA_PYTHON="$venv/bin/python"
+
+# PostgreSQL.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
+  fi
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+cargo test --workspace --all-targets "$@"
