@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::{DecodePaddingMode, Engine as _};
 use tonic::metadata::{BinaryMetadataValue, MetadataKey, MetadataMap};
 
 use crate::error::AuthError;
@@ -49,7 +49,10 @@ impl SignedClaims {
     /// Sets both metadata entries on `md`, replacing any already there (so an
     /// envelope a client sent can never travel beside the gateway's own).
     pub fn insert_into(&self, md: &mut MetadataMap) {
-        md.insert_bin(MetadataKey::from_static(CLAIMS_METADATA), BinaryMetadataValue::from_bytes(&self.encoded));
+        md.insert_bin(
+            MetadataKey::from_static(CLAIMS_METADATA),
+            BinaryMetadataValue::from_bytes(&self.encoded),
+        );
         md.insert_bin(
             MetadataKey::from_static(SIGNATURE_METADATA),
             BinaryMetadataValue::from_bytes(&self.signature),
@@ -67,6 +70,8 @@ pub(crate) fn signing_input(encoded: &[u8]) -> Vec<u8> {
 
 /// `time` as whole Unix seconds.
 pub(crate) fn unix_seconds(time: SystemTime) -> Result<i64, AuthError> {
-    let since_epoch = time.duration_since(UNIX_EPOCH).map_err(|_| AuthError::ClockOutOfRange)?;
+    let since_epoch = time
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| AuthError::ClockOutOfRange)?;
     i64::try_from(since_epoch.as_secs()).map_err(|_| AuthError::ClockOutOfRange)
 }

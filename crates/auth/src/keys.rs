@@ -8,7 +8,9 @@ use crate::error::AuthError;
 /// DER prefix of an Ed25519 `SubjectPublicKeyInfo` (RFC 8410 §4): SEQUENCE,
 /// AlgorithmIdentifier { id-Ed25519 (1.3.101.112) }, BIT STRING of 33 bytes
 /// (no unused bits, then the 32-byte key).
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// Length of an Ed25519 public key.
 pub(crate) const ED25519_PUBLIC_KEY_LEN: usize = 32;
@@ -18,10 +20,17 @@ pub(crate) const ED25519_PUBLIC_KEY_LEN: usize = 32;
 pub(crate) fn decode_pem(pem: &str, label: &'static str) -> Result<Vec<u8>, AuthError> {
     let begin = format!("-----BEGIN {label}-----");
     let end = format!("-----END {label}-----");
-    let start = pem.find(&begin).ok_or(AuthError::InvalidPem("no block of the expected type"))? + begin.len();
-    let len = pem[start..].find(&end).ok_or(AuthError::InvalidPem("block is not terminated"))?;
+    let start = pem
+        .find(&begin)
+        .ok_or(AuthError::InvalidPem("no block of the expected type"))?
+        + begin.len();
+    let len = pem[start..]
+        .find(&end)
+        .ok_or(AuthError::InvalidPem("block is not terminated"))?;
     let body: String = pem[start..start + len].split_ascii_whitespace().collect();
-    STANDARD.decode(body).map_err(|_| AuthError::InvalidPem("block is not valid base64"))
+    STANDARD
+        .decode(body)
+        .map_err(|_| AuthError::InvalidPem("block is not valid base64"))
 }
 
 /// `der` as a PEM block, lines of 64 characters.

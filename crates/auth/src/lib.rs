@@ -21,7 +21,8 @@ mod signer;
 mod verifier;
 
 pub use envelope::{
-    CLAIMS_METADATA, DOMAIN_SEPARATOR, MAX_CLOCK_SKEW, MAX_ENVELOPE_LIFETIME, SIGNATURE_METADATA, SignedClaims,
+    CLAIMS_METADATA, DOMAIN_SEPARATOR, MAX_CLOCK_SKEW, MAX_ENVELOPE_LIFETIME, SIGNATURE_METADATA,
+    SignedClaims,
 };
 pub use error::AuthError;
 pub use signer::ClaimsSigner;

@@ -48,7 +48,11 @@ impl ClaimsSigner {
             .map_err(|rejected| AuthError::InvalidKey(rejected.to_string()))?;
         let public_key = <[u8; ED25519_PUBLIC_KEY_LEN]>::try_from(key_pair.public_key().as_ref())
             .map_err(|_| AuthError::InvalidKey("public key is not 32 bytes".to_owned()))?;
-        Ok(Self { key_id: key_id.to_owned(), key_pair, public_key })
+        Ok(Self {
+            key_id: key_id.to_owned(),
+            key_pair,
+            public_key,
+        })
     }
 
     /// The id verifiers know this key by.
@@ -85,7 +89,9 @@ impl ClaimsSigner {
         }
         let issued_at = unix_seconds(now)?;
         // `ttl` is at most 60, so the cast is exact.
-        let expires_at = issued_at.checked_add(ttl as i64).ok_or(AuthError::ClockOutOfRange)?;
+        let expires_at = issued_at
+            .checked_add(ttl as i64)
+            .ok_or(AuthError::ClockOutOfRange)?;
         claims.key_id.clone_from(&self.key_id);
         claims.audience = audience.to_string();
         claims.issued_at = issued_at;
@@ -101,6 +107,8 @@ impl ClaimsSigner {
 // The private key is never printed.
 impl fmt::Debug for ClaimsSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClaimsSigner").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("ClaimsSigner")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }

@@ -37,7 +37,11 @@ impl ClaimsVerifier {
     /// the required audience; `keys`: key id → raw Ed25519 public key (a key
     /// id listed twice keeps its last key).
     pub fn new(gateway_id: SpiffeId, own_id: SpiffeId, keys: Vec<(String, [u8; 32])>) -> Self {
-        Self { gateway_id, audience: own_id.to_string(), keys: keys.into_iter().collect() }
+        Self {
+            gateway_id,
+            audience: own_id.to_string(),
+            keys: keys.into_iter().collect(),
+        }
     }
 
     /// The raw key of a `PUBLIC KEY` PEM block holding an Ed25519
@@ -103,7 +107,9 @@ impl ClaimsVerifier {
             [one] => *one,
             _ => return Err(AuthError::DuplicateSignature),
         };
-        let encoded = METADATA_BASE64.decode(claims_entry.as_bytes()).map_err(|_| AuthError::MalformedClaims)?;
+        let encoded = METADATA_BASE64
+            .decode(claims_entry.as_bytes())
+            .map_err(|_| AuthError::MalformedClaims)?;
         let signature: [u8; 64] = METADATA_BASE64
             .decode(signature_entry.as_bytes())
             .ok()
@@ -113,15 +119,20 @@ impl ClaimsVerifier {
         // Decoded before the signature is checked only to learn the key id;
         // nothing else of it is used until the signature holds.
         let claims = VerifiedClaims::decode(encoded.as_slice()).map_err(|_| AuthError::MalformedClaims)?;
-        let public_key = self.keys.get(&claims.key_id).ok_or_else(|| AuthError::UnknownKey {
-            key_id: claims.key_id.chars().take(MAX_REPORTED_KEY_ID).collect(),
-        })?;
+        let public_key = self
+            .keys
+            .get(&claims.key_id)
+            .ok_or_else(|| AuthError::UnknownKey {
+                key_id: claims.key_id.chars().take(MAX_REPORTED_KEY_ID).collect(),
+            })?;
         UnparsedPublicKey::new(&ED25519, public_key)
             .verify(&signing_input(&encoded), &signature)
             .map_err(|_| AuthError::BadSignature)?;
 
         if claims.audience != self.audience {
-            return Err(AuthError::WrongAudience { audience: claims.audience });
+            return Err(AuthError::WrongAudience {
+                audience: claims.audience,
+            });
         }
         let now = unix_seconds(now)?;
         // Both constants are a few seconds: the casts are exact.

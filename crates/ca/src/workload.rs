@@ -246,14 +246,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<BoxStream<X509svidResponse>>, Status> {
-        check_security_header(&request)?;
-        let pid = caller_pid(&request)?;
-        tracing::Span::current().record("pid", pid);
-        let Some(id) = self.shared.registry.lookup(pid) else {
-            warn!(pid, "caller has no registered identity");
-            return Err(Status::permission_denied(NO_IDENTITY));
-        };
-        tracing::Span::current().record("spiffe_id", tracing::field::display(&id));
+        let (pid, id) = self.attest(&request)?;
         let svids = self.shared.subscribe(&id, &self.stop).map_err(|e| {
             error!(error = %e, "cannot issue x509-svid");
             Status::internal("cannot issue x509-svid")
@@ -271,12 +264,15 @@ impl SpiffeWorkloadApi for Service {
         Ok(Response::new(futures::stream::unfold(state, SvidStream::next).boxed()))
     }
 
-    #[tracing::instrument(name = "FetchX509Bundles", skip_all)]
+    /// Like SPIRE (without its `allow_unauthenticated_verifiers` option), the
+    /// bundles go only to a caller that has an identity.
+    #[tracing::instrument(name = "FetchX509Bundles", skip_all, fields(pid, spiffe_id))]
     async fn fetch_x509_bundles(
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<BoxStream<X509BundlesResponse>>, Status> {
-        check_security_header(&request)?;
+        self.attest(&request)?;
+        debug!("x509 bundles stream opened");
         let authority = &self.shared.authority;
         let message = X509BundlesResponse {
             crl: Vec::new(),
@@ -293,6 +289,22 @@ impl SpiffeWorkloadApi for Service {
             })
             .filter_map(|()| async { None }));
         Ok(Response::new(stream.boxed()))
+    }
+}
+
+impl Service {
+    /// Checks the security header, then finds the caller's identity from the
+    /// pid of its connection. Records both in the current span.
+    fn attest<T>(&self, request: &Request<T>) -> Result<(u32, SpiffeId), Status> {
+        check_security_header(request)?;
+        let pid = caller_pid(request)?;
+        tracing::Span::current().record("pid", pid);
+        let Some(id) = self.shared.registry.lookup(pid) else {
+            warn!(pid, "caller has no registered identity");
+            return Err(Status::permission_denied(NO_IDENTITY));
+        };
+        tracing::Span::current().record("spiffe_id", tracing::field::display(&id));
+        Ok((pid, id))
     }
 }
 

@@ -310,7 +310,7 @@ pub fn log_refused_handshake(err: &std::io::Error) {
     match rustls_err {
         Some(rustls::Error::InvalidCertificate(CertificateError::Other(_))) => {}
         Some(rustls::Error::NoCertificatesPresented) => {
-            tracing::warn!(reason = "peer presented no certificate", "refused peer svid");
+            tracing::warn!(reason = %SvidError::EmptyChain, "refused peer svid");
         }
         Some(other) => tracing::warn!(reason = %other, "refused tls handshake"),
         None => tracing::warn!(reason = %err, "refused tls handshake"),

@@ -317,3 +317,61 @@ async fn the_client_refuses_a_server_that_is_not_the_expected_peer() {
     .debug();
     assert!(err.contains(&reason), "{err:?} lacks {reason:?}");
 }
+
+/// Captured log output of the current thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn take(&self) -> String {
+        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+    }
+}
+
+// A current-thread runtime: the server task runs on this thread, under the
+// thread's capturing subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn each_refusal_is_logged_once_with_its_reason() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pki = pki();
+    let mut ca_leaf = LeafSpec::svid(CLIENT_ID);
+    ca_leaf.is_ca = true;
+    let cases = [
+        (Some(pki.ca_a.issue(&ca_leaf)), SvidError::LeafIsCa.to_string()),
+        (None, "peer presented no certificate".to_owned()),
+    ];
+    for (client, reason) in cases {
+        let (addr, server) = serve_once(server_config(Arc::clone(&pki.server)).unwrap()).await;
+        let _client_side = talk(
+            addr,
+            plain_client(&pki.ca_a, client.as_ref(), rustls::DEFAULT_VERSIONS),
+        )
+        .await;
+        assert!(server.await.unwrap().is_err());
+        let logs = captured.take();
+        assert_eq!(logs.matches("refused peer svid").count(), 1, "{logs}");
+        assert!(
+            logs.contains(&format!("reason={reason}")),
+            "{logs} lacks {reason:?}"
+        );
+    }
+}

@@ -72,7 +72,7 @@ fn rotate_refuses_bad_svids_and_keeps_the_current_one() {
     );
     assert_eq!(
         store.bundles().get(&common::td("a.test")).unwrap().roots(),
-        &[ca.cert.clone()]
+        std::slice::from_ref(&ca.cert)
     );
 
     // A valid one is taken, with its bundles.
@@ -108,7 +108,9 @@ fn new_refuses_an_svid_that_is_not_the_workloads_own() {
 }
 
 /// Serves echo connections until the test ends, reporting each client's ID.
-async fn echo_server(config: Arc<rustls::ServerConfig>) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+async fn echo_server(
+    config: Arc<rustls::ServerConfig>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<(String, Vec<u8>)>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = TlsAcceptor::from(config);
@@ -122,8 +124,9 @@ async fn echo_server(config: Arc<rustls::ServerConfig>) -> (SocketAddr, mpsc::Un
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates().unwrap()).unwrap();
-                let _ = tx.send(peer.to_string());
+                let certs = tls.get_ref().1.peer_certificates().unwrap();
+                let peer = peer_spiffe_id(certs).unwrap();
+                let _ = tx.send((peer.to_string(), serial_of(&certs[0])));
                 let mut buf = [0u8; 64];
                 loop {
                     match tls.read(&mut buf).await {
@@ -169,13 +172,17 @@ async fn after_rotation_new_handshakes_present_the_new_svid_and_old_connections_
     let set = || bundles(vec![ca.bundle("a.test")]);
     let server_first = ca.svid(SERVER_ID).svid();
     let server = SvidStore::new(id(SERVER_ID), server_first.clone(), set()).unwrap();
-    let client = SvidStore::new(id(CLIENT_ID), ca.svid(CLIENT_ID).svid(), set()).unwrap();
+    let client_first = ca.svid(CLIENT_ID).svid();
+    let client = SvidStore::new(id(CLIENT_ID), client_first.clone(), set()).unwrap();
     let (addr, mut seen) = echo_server(server_config(Arc::clone(&server)).unwrap()).await;
     let client_tls = client_config(Arc::clone(&client), ExpectedPeer::Exact(id(SERVER_ID))).unwrap();
 
     let mut before = connect(addr, Arc::clone(&client_tls)).await;
     echo(&mut before, b"before rotation").await;
-    assert_eq!(seen.recv().await.unwrap(), CLIENT_ID);
+    assert_eq!(
+        seen.recv().await.unwrap(),
+        (CLIENT_ID.to_owned(), client_first.serial())
+    );
     assert_eq!(server_leaf(&before), server_first.chain()[0]);
 
     let server_next = ca.svid(SERVER_ID).svid();
@@ -186,6 +193,10 @@ async fn after_rotation_new_handshakes_present_the_new_svid_and_old_connections_
     // A new handshake presents the new SVID, with the new serial.
     let mut after = connect(addr, Arc::clone(&client_tls)).await;
     echo(&mut after, b"after rotation").await;
+    assert_eq!(
+        seen.recv().await.unwrap(),
+        (CLIENT_ID.to_owned(), client_first.serial())
+    );
     let leaf = server_leaf(&after);
     assert_eq!(leaf, server_next.chain()[0]);
     assert_eq!(serial_of(&leaf), server_next.serial());
@@ -194,13 +205,17 @@ async fn after_rotation_new_handshakes_present_the_new_svid_and_old_connections_
     echo(&mut before, b"still alive after rotation").await;
     assert_eq!(server_leaf(&before), server_first.chain()[0]);
 
-    // The client side rotates too: the server sees the same ID on a new
-    // handshake made with the new client SVID.
+    // The client side rotates too: the server sees the same ID, with the new
+    // client serial, on the next handshake.
     let client_next = ca.svid(CLIENT_ID).svid();
     client.rotate(client_next.clone(), set()).unwrap();
     let mut third = connect(addr, Arc::clone(&client_tls)).await;
     echo(&mut third, b"third").await;
-    assert_eq!(seen.recv().await.unwrap(), CLIENT_ID);
+    assert_eq!(
+        seen.recv().await.unwrap(),
+        (CLIENT_ID.to_owned(), client_next.serial())
+    );
+    assert_ne!(client_next.serial(), client_first.serial());
     echo(&mut before, b"and still alive").await;
 }
 

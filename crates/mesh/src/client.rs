@@ -2,7 +2,6 @@
 //! at every handshake), and accept the server only if its SVID verifies and
 //! carries the expected SPIFFE ID. DNS names play no part.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
@@ -12,16 +11,23 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::MeshError;
+use crate::settings::PeerAddr;
 
 /// A channel to one SomaStack service over mTLS.
 pub type MeshChannel = Channel;
 
-/// A lazily connecting channel to `addr` whose server must be `expected`.
+/// A lazily connecting channel to `addr` (`host:port`, resolved at each
+/// connect) whose server must be `expected`.
 ///
 /// Every new connection dials TCP, runs the TLS handshake with the client's
 /// current SVID, and verifies the server's SVID and SPIFFE ID; an
 /// established HTTP/2 connection is reused for every call.
-pub fn channel(store: Arc<SvidStore>, addr: SocketAddr, expected: SpiffeId) -> Result<MeshChannel, MeshError> {
+pub fn channel(
+    store: Arc<SvidStore>,
+    addr: impl Into<PeerAddr>,
+    expected: SpiffeId,
+) -> Result<MeshChannel, MeshError> {
+    let addr: PeerAddr = addr.into();
     let target = format!("{expected} at {addr}");
     let config = soma_identity::client_config(store, ExpectedPeer::Exact(expected))
         .map_err(|e| MeshError::Channel { target: target.clone(), reason: e.to_string() })?;
@@ -35,8 +41,9 @@ pub fn channel(store: Arc<SvidStore>, addr: SocketAddr, expected: SpiffeId) -> R
         .keep_alive_while_idle(true);
     let service = tower::service_fn(move |_uri: http::Uri| {
         let connector = connector.clone();
+        let addr = addr.clone();
         async move {
-            let tcp = TcpStream::connect(addr).await?;
+            let tcp = TcpStream::connect(addr.as_str()).await?;
             tcp.set_nodelay(true)?;
             // SPIFFE authenticates the server by the URI SAN in its SVID;
             // this name is only sent as SNI.

@@ -32,4 +32,4 @@ pub use client::{MeshChannel, channel};
 pub use error::MeshError;
 pub use metrics::Metrics;
 pub use server::{Application, ServiceSpec, builtin_policies};
-pub use settings::{ConfigError, Limits, MeshSettings, Peers, ServiceKind};
+pub use settings::{ConfigError, Limits, MeshSettings, PeerAddr, Peers, ServiceKind};

@@ -97,17 +97,64 @@ impl Default for Limits {
     }
 }
 
+/// Where another service listens: `host:port`, the host a DNS name or an IP
+/// address, resolved at each connect (so a Kubernetes Service name works).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddr(String);
+
+impl PeerAddr {
+    /// Parses `host:port` (`[v6]:port` for IPv6 literals).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        if let Ok(addr) = value.parse::<SocketAddr>() {
+            return Ok(Self(addr.to_string()));
+        }
+        let (host, port) = value.rsplit_once(':').ok_or_else(|| format!("{value:?} is not host:port"))?;
+        port.parse::<u16>().map_err(|_| format!("{value:?} has no valid port"))?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_host {
+            return Err(format!("{value:?} has an invalid host name"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The `host:port` text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        Self(addr.to_string())
+    }
+}
+
 /// Addresses of the other services this one calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Peers {
     /// The gateway.
-    pub gateway: Option<SocketAddr>,
+    pub gateway: Option<PeerAddr>,
     /// The tool registry.
-    pub tool_registry: Option<SocketAddr>,
+    pub tool_registry: Option<PeerAddr>,
     /// The capsule repository.
-    pub capsule_repo: Option<SocketAddr>,
+    pub capsule_repo: Option<PeerAddr>,
     /// Analytics.
-    pub analytics: Option<SocketAddr>,
+    pub analytics: Option<PeerAddr>,
 }
 
 /// Everything a service needs to start.
@@ -253,10 +300,10 @@ impl MeshSettings {
             .map(PathBuf::from),
             claims_key_id: pick("SOMA_CLAIMS_KEY_ID", f.claims_key_id).unwrap_or_else(|| "gateway-1".to_owned()),
             peers: Peers {
-                gateway: addr("SOMA_PEER_GATEWAY", pick("SOMA_PEER_GATEWAY", f.peers.gateway))?,
-                tool_registry: addr("SOMA_PEER_TOOL_REGISTRY", pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry))?,
-                capsule_repo: addr("SOMA_PEER_CAPSULE_REPO", pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo))?,
-                analytics: addr("SOMA_PEER_ANALYTICS", pick("SOMA_PEER_ANALYTICS", f.peers.analytics))?,
+                gateway: peer("SOMA_PEER_GATEWAY", pick("SOMA_PEER_GATEWAY", f.peers.gateway))?,
+                tool_registry: peer("SOMA_PEER_TOOL_REGISTRY", pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry))?,
+                capsule_repo: peer("SOMA_PEER_CAPSULE_REPO", pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo))?,
+                analytics: peer("SOMA_PEER_ANALYTICS", pick("SOMA_PEER_ANALYTICS", f.peers.analytics))?,
             },
             limits: Limits {
                 max_recv_message_bytes: bytes(
@@ -294,6 +341,10 @@ fn addr(key: &'static str, value: Option<String>) -> Result<Option<SocketAddr>, 
             v.trim().parse().map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not host:port ({e})") })
         })
         .transpose()
+}
+
+fn peer(key: &'static str, value: Option<String>) -> Result<Option<PeerAddr>, ConfigError> {
+    value.map(|v| PeerAddr::parse(&v).map_err(|reason| ConfigError::Invalid { key, reason })).transpose()
 }
 
 fn duration(key: &'static str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
@@ -353,7 +404,10 @@ mod tests {
         let s = MeshSettings::load(ServiceKind::Gateway, Some(&file), env_of(&[("SOMA_SERVICE_ADDR", "127.0.0.1:7100")]))
             .unwrap();
         assert_eq!(s.listen_addr, "127.0.0.1:7100".parse().unwrap());
-        assert_eq!(s.peers.analytics, Some("127.0.0.1:7001".parse().unwrap()));
+        assert_eq!(s.peers.analytics.unwrap().as_str(), "127.0.0.1:7001");
+        let s = MeshSettings::load(ServiceKind::Gateway, None, env_of(&[("SOMA_PEER_ANALYTICS", "analytics.somastack.svc:8443")]))
+            .unwrap();
+        assert_eq!(s.peers.analytics.unwrap().as_str(), "analytics.somastack.svc:8443");
 
         struct Case {
             name: &'static str,
@@ -362,7 +416,9 @@ mod tests {
         }
         let cases = [
             Case { name: "bad listen", env: &[("SOMA_SERVICE_ADDR", "localhost")], key: "SOMA_SERVICE_ADDR" },
-            Case { name: "bad peer", env: &[("SOMA_PEER_ANALYTICS", "x:y")], key: "SOMA_PEER_ANALYTICS" },
+            Case { name: "bad peer port", env: &[("SOMA_PEER_ANALYTICS", "x:y")], key: "SOMA_PEER_ANALYTICS" },
+            Case { name: "peer without port", env: &[("SOMA_PEER_ANALYTICS", "analytics")], key: "SOMA_PEER_ANALYTICS" },
+            Case { name: "bad peer host", env: &[("SOMA_PEER_ANALYTICS", "ana_lytics:80")], key: "SOMA_PEER_ANALYTICS" },
             Case { name: "zero timeout", env: &[("SOMA_HANDSHAKE_TIMEOUT", "0s")], key: "SOMA_HANDSHAKE_TIMEOUT" },
             Case { name: "bad limit", env: &[("SOMA_MAX_RECV_MESSAGE_BYTES", "-1")], key: "SOMA_MAX_RECV_MESSAGE_BYTES" },
         ];
