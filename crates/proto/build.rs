@@ -19,10 +19,16 @@ fn main() -> anyhow::Result<()> {
         "grpc/health/v1/health.proto",
     ];
     let mut compiler = protox::Compiler::new([&root])?;
-    compiler.include_imports(true).include_source_info(true).open_files(files)?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(files)?;
     // The encoded set keeps custom options (google.api.http, the policy) as
     // extension fields; prost-types' structs would drop them.
-    std::fs::write(out.join("descriptor_set.bin"), compiler.encode_file_descriptor_set())?;
+    std::fs::write(
+        out.join("descriptor_set.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
     let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()

@@ -65,12 +65,12 @@ impl Authority {
         let ca_dir = dir.join("ca");
         let cert_path = ca_dir.join("ca.pem");
         let key_path = ca_dir.join("ca.key");
-        match fs::read(&cert_path) {
+        match fs::metadata(&cert_path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_root(&ca_dir, &cert_path, &key_path, trust_domain)?;
             }
-            Err(e) => return Err(CaError::io("cannot read", &cert_path)(e)),
+            Err(e) => return Err(CaError::io("cannot inspect", &cert_path)(e)),
         }
         Self::open(&cert_path, &key_path, trust_domain)
     }
@@ -90,20 +90,27 @@ impl Authority {
     /// positive serial; subject and authority key identifiers.
     pub fn issue(&self, id: &SpiffeId, ttl: Duration, opts: IssueOptions) -> Result<IssuedSvid, CaError> {
         if id.trust_domain() != &self.trust_domain {
-            return Err(CaError::ForeignIdentity { id: id.clone(), trust_domain: self.trust_domain.clone() });
+            return Err(CaError::ForeignIdentity {
+                id: id.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
         }
         if id.path().is_empty() {
             return Err(CaError::TrustDomainIdentity { id: id.clone() });
         }
         if ttl.as_secs() == 0 {
-            return Err(CaError::InvalidTtl { reason: "shorter than one second" });
+            return Err(CaError::InvalidTtl {
+                reason: "shorter than one second",
+            });
         }
 
         // Certificates carry whole seconds: truncate first so that the times
         // returned to the caller are exactly the ones in the certificate.
         let now = whole_seconds(SystemTime::now());
         if now >= self.root_not_after {
-            return Err(CaError::RootExpired { path: self.root_path.clone() });
+            return Err(CaError::RootExpired {
+                path: self.root_path.clone(),
+            });
         }
         let not_before = now.checked_sub(BACKDATE).unwrap_or(UNIX_EPOCH);
         let not_after = now
@@ -116,23 +123,34 @@ impl Authority {
         params.distinguished_name = organization_name();
         params.subject_alt_names = vec![SanType::URI(ia5(id.to_string())?)];
         if opts.loopback_sans {
-            params.subject_alt_names.push(SanType::DnsName(ia5("localhost".to_owned())?));
-            params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(ia5("localhost".to_owned())?));
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.not_before = offset_date_time(not_before)?;
         params.not_after = offset_date_time(not_after)?;
         params.use_authority_key_identifier_extension = true;
 
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|source| CaError::Crypto { action: "generate svid key", source })?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Crypto {
+            action: "generate svid key",
+            source,
+        })?;
         let cert = params
             .signed_by(&key, &self.issuer)
-            .map_err(|source| CaError::Crypto { action: "sign svid", source })?;
+            .map_err(|source| CaError::Crypto {
+                action: "sign svid",
+                source,
+            })?;
 
         info!(
             spiffe_id = %id,
@@ -176,7 +194,10 @@ impl Authority {
 
     /// Reads and checks a persisted root.
     fn open(cert_path: &Path, key_path: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
-        let invalid = |path: &Path, reason: String| CaError::InvalidRoot { path: path.to_owned(), reason };
+        let invalid = |path: &Path, reason: String| CaError::InvalidRoot {
+            path: path.to_owned(),
+            reason,
+        };
 
         let cert_pem = fs::read(cert_path).map_err(CaError::io("cannot read", cert_path))?;
         let mut blocks = Vec::new();
@@ -185,23 +206,35 @@ impl Authority {
             blocks.push(block);
         }
         let [block] = blocks.as_slice() else {
-            return Err(invalid(cert_path, format!("{} pem blocks, expected one", blocks.len())));
+            return Err(invalid(
+                cert_path,
+                format!("{} pem blocks, expected one", blocks.len()),
+            ));
         };
         if block.label != pem::CERTIFICATE {
-            return Err(invalid(cert_path, format!("pem block is {:?}, expected a certificate", block.label)));
+            return Err(invalid(
+                cert_path,
+                format!("pem block is {:?}, expected a certificate", block.label),
+            ));
         }
         let root_der = block.contents.clone();
         let (rest, cert) = X509Certificate::from_der(&root_der)
             .map_err(|e| invalid(cert_path, format!("bad certificate: {e}")))?;
         if !rest.is_empty() {
-            return Err(invalid(cert_path, "trailing bytes after the certificate".to_owned()));
+            return Err(invalid(
+                cert_path,
+                "trailing bytes after the certificate".to_owned(),
+            ));
         }
 
         // The trust domain first: it is the mistake an operator is most
         // likely to make, and it deserves its own error.
         let uris = uri_sans(&cert).map_err(|reason| invalid(cert_path, reason))?;
         let [uri] = uris.as_slice() else {
-            return Err(invalid(cert_path, format!("{} uri sans, expected one", uris.len())));
+            return Err(invalid(
+                cert_path,
+                format!("{} uri sans, expected one", uris.len()),
+            ));
         };
         if *uri != trust_domain.id_string() {
             return Err(CaError::TrustDomainMismatch {
@@ -220,7 +253,9 @@ impl Authority {
         }
         let root_not_after = unix_time(cert.validity().not_after.timestamp());
         if root_not_after <= SystemTime::now() {
-            return Err(CaError::RootExpired { path: cert_path.to_owned() });
+            return Err(CaError::RootExpired {
+                path: cert_path.to_owned(),
+            });
         }
 
         let key_pem = fs::read_to_string(key_path).map_err(CaError::io("cannot read", key_path))?;
@@ -230,11 +265,17 @@ impl Authority {
             return Err(invalid(key_path, "not an ecdsa p-256 key".to_owned()));
         }
         if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
-            return Err(invalid(key_path, "key does not match the certificate in ca.pem".to_owned()));
+            return Err(invalid(
+                key_path,
+                "key does not match the certificate in ca.pem".to_owned(),
+            ));
         }
 
-        let issuer = Issuer::from_ca_cert_der(&root_der.as_slice().into(), key)
-            .map_err(|source| CaError::Crypto { action: "load ca root", source })?;
+        let issuer =
+            Issuer::from_ca_cert_der(&root_der.as_slice().into(), key).map_err(|source| CaError::Crypto {
+                action: "load ca root",
+                source,
+            })?;
         info!(
             trust_domain = %trust_domain,
             serial = %hex(&cert.tbs_certificate.serial.to_bytes_be()),
@@ -362,29 +403,39 @@ fn create_root(
     let now = whole_seconds(SystemTime::now());
     let mut params = CertificateParams::default();
     params.distinguished_name = organization_name();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("SomaStack development CA {trust_domain}"));
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("SomaStack development CA {trust_domain}"),
+    );
     params.subject_alt_names = vec![SanType::URI(ia5(trust_domain.id_string())?)];
     // pathLen 0: this root signs SVIDs only, never an intermediate CA.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let mut serial = vec![0u8; SERIAL_LEN];
-    SystemRandom::new().fill(&mut serial).map_err(|_| CaError::Random)?;
+    SystemRandom::new()
+        .fill(&mut serial)
+        .map_err(|_| CaError::Random)?;
     serial[0] |= 0x40; // never zero, so the DER encoding keeps all 16 bytes
     params.serial_number = Some(SerialNumber::from_slice(&serial));
     params.not_before = offset_date_time(now.checked_sub(BACKDATE).unwrap_or(UNIX_EPOCH))?;
     params.not_after = offset_date_time(now + ROOT_LIFETIME)?;
 
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(|source| CaError::Crypto { action: "generate ca key", source })?;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|source| CaError::Crypto { action: "sign ca root", source })?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Crypto {
+        action: "generate ca key",
+        source,
+    })?;
+    let cert = params.self_signed(&key).map_err(|source| CaError::Crypto {
+        action: "sign ca root",
+        source,
+    })?;
 
     files::create_dir(ca_dir, 0o700)?;
     files::write_atomic(key_path, key.serialize_pem().as_bytes(), PRIVATE_FILE)?;
-    files::write_atomic(cert_path, pem::encode(pem::CERTIFICATE, cert.der()).as_bytes(), PUBLIC_FILE)?;
+    files::write_atomic(
+        cert_path,
+        pem::encode(pem::CERTIFICATE, cert.der()).as_bytes(),
+        PUBLIC_FILE,
+    )?;
     info!(
         trust_domain = %trust_domain,
         serial = %hex(&serial),
@@ -397,7 +448,9 @@ fn create_root(
 
 /// The URI SANs of a certificate.
 fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, String> {
-    let san = cert.subject_alternative_name().map_err(|e| format!("bad subject alternative name: {e}"))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("bad subject alternative name: {e}"))?;
     Ok(san
         .map(|san| {
             san.value
@@ -429,7 +482,10 @@ fn organization_name() -> DistinguishedName {
 }
 
 fn ia5(value: String) -> Result<Ia5String, CaError> {
-    Ia5String::try_from(value).map_err(|source| CaError::Crypto { action: "encode subject alternative name", source })
+    Ia5String::try_from(value).map_err(|source| CaError::Crypto {
+        action: "encode subject alternative name",
+        source,
+    })
 }
 
 /// `t` truncated to whole seconds.

@@ -30,7 +30,10 @@ pub(crate) fn create_dir(dir: &Path, mode: u32) -> Result<(), CaError> {
 /// The temporary file is created fresh (`O_EXCL`) with `mode`, so a private
 /// key is never readable by others, not even for an instant.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     // A leftover from a crashed run may exist with another mode: remove it
     // rather than reuse it.

@@ -25,13 +25,21 @@ impl Registry {
     /// Entitles process `pid` to `id`, replacing any previous entry for it.
     pub fn register_pid(&self, pid: u32, id: SpiffeId) {
         info!(pid, spiffe_id = %id, "registered workload");
-        self.entries.write().unwrap_or_else(PoisonError::into_inner).insert(pid, id);
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(pid, id);
     }
 
     /// Removes the entry of process `pid` (for instance when it exits, before
     /// the kernel can reuse the pid).
     pub fn unregister_pid(&self, pid: u32) {
-        if let Some(id) = self.entries.write().unwrap_or_else(PoisonError::into_inner).remove(&pid) {
+        if let Some(id) = self
+            .entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid)
+        {
             info!(pid, spiffe_id = %id, "unregistered workload");
         }
     }
@@ -40,6 +48,10 @@ impl Registry {
     pub fn lookup(&self, pid: u32) -> Option<SpiffeId> {
         // A panic while holding the lock cannot leave the map half updated
         // (insert and remove are single calls), so a poisoned lock is usable.
-        self.entries.read().unwrap_or_else(PoisonError::into_inner).get(&pid).cloned()
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .cloned()
     }
 }

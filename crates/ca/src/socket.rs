@@ -33,17 +33,23 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, CaError> {
         files::create_dir(parent, PARENT_DIR_MODE)?;
     }
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => return Err(CaError::SocketInUse { path: path.to_owned() }),
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    info!(path = %path.display(), "removing stale workload api socket");
-                    fs::remove_file(path).map_err(CaError::io("cannot remove stale socket", path))?;
-                }
-                Err(e) => return Err(CaError::io("cannot probe existing socket", path)(e)),
+        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(CaError::SocketInUse {
+                    path: path.to_owned(),
+                });
             }
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                info!(path = %path.display(), "removing stale workload api socket");
+                fs::remove_file(path).map_err(CaError::io("cannot remove stale socket", path))?;
+            }
+            Err(e) => return Err(CaError::io("cannot probe existing socket", path)(e)),
+        },
+        Ok(_) => {
+            return Err(CaError::NotASocket {
+                path: path.to_owned(),
+            });
         }
-        Ok(_) => return Err(CaError::NotASocket { path: path.to_owned() }),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(CaError::io("cannot inspect", path)(e)),
     }

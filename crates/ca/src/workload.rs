@@ -22,7 +22,9 @@ use futures::StreamExt as _;
 use rand::Rng as _;
 use soma_identity::SpiffeId;
 use soma_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
-use soma_proto::workload::{X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse};
+use soma_proto::workload::{
+    X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
+};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -55,13 +57,16 @@ const JITTER: std::ops::RangeInclusive<f64> = 0.9..=1.1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkloadApiConfig {
     /// Lifetime of the SVIDs handed out; each is replaced at half-life ±10 %.
+    /// [`WorkloadApi::serve`] refuses less than two seconds.
     pub svid_ttl: Duration,
 }
 
 impl Default for WorkloadApiConfig {
     /// One hour, SPIRE's default X509-SVID lifetime.
     fn default() -> Self {
-        Self { svid_ttl: Duration::from_secs(60 * 60) }
+        Self {
+            svid_ttl: Duration::from_secs(60 * 60),
+        }
     }
 }
 
@@ -95,7 +100,9 @@ impl WorkloadApi {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CaError> {
         if self.shared.config.svid_ttl < MIN_SVID_TTL {
-            return Err(CaError::InvalidTtl { reason: "workload api svid ttl is shorter than two seconds" });
+            return Err(CaError::InvalidTtl {
+                reason: "workload api svid ttl is shorter than two seconds",
+            });
         }
         // `stop` turns true when shutdown begins; if the server fails instead,
         // the sender is dropped, which every waiter also reads as "stop".
@@ -105,7 +112,10 @@ impl WorkloadApi {
             info!("workload api shutting down");
             stop_tx.send_replace(true);
         };
-        let service = Service { shared: self.shared, stop };
+        let service = Service {
+            shared: self.shared,
+            stop,
+        };
         info!("workload api serving");
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
@@ -148,7 +158,8 @@ impl Shared {
     }
 
     fn issue(&self, id: &SpiffeId) -> Result<IssuedSvid, CaError> {
-        self.authority.issue(id, self.config.svid_ttl, IssueOptions { loopback_sans: true })
+        self.authority
+            .issue(id, self.config.svid_ttl, IssueOptions { loopback_sans: true })
     }
 
     /// Whether `id` still has a reader. When it has none it is forgotten, and
@@ -223,7 +234,9 @@ fn rotation_delay(svid: &IssuedSvid) -> Duration {
 }
 
 fn remaining_lifetime(svid: &IssuedSvid) -> Duration {
-    svid.not_after.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    svid.not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Resolves once `stop` is true or its sender is gone.
@@ -261,7 +274,9 @@ impl SpiffeWorkloadApi for Service {
             id,
             phase: Phase::First,
         };
-        Ok(Response::new(futures::stream::unfold(state, SvidStream::next).boxed()))
+        Ok(Response::new(
+            futures::stream::unfold(state, SvidStream::next).boxed(),
+        ))
     }
 
     /// Like SPIRE (without its `allow_unauthenticated_verifiers` option), the
@@ -282,12 +297,13 @@ impl SpiffeWorkloadApi for Service {
         // The bundle never changes while the server runs (the root is not
         // rotated), so the stream is the one full-state message, then kept
         // open until shutdown as the specification asks.
-        let stream = futures::stream::once(async move { Ok(message) })
-            .chain(futures::stream::once(async move {
+        let stream = futures::stream::once(async move { Ok(message) }).chain(
+            futures::stream::once(async move {
                 let mut stop = stop;
                 stopped(&mut stop).await;
             })
-            .filter_map(|()| async { None }));
+            .filter_map(|()| async { None }),
+        );
         Ok(Response::new(stream.boxed()))
     }
 }
@@ -375,7 +391,11 @@ impl SvidStream {
 
 /// Refuses a request without `workload.spiffe.io: true`.
 fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.metadata().get(SECURITY_HEADER).map(|value| value.to_str()) {
+    match request
+        .metadata()
+        .get(SECURITY_HEADER)
+        .map(|value| value.to_str())
+    {
         Some(Ok("true")) => Ok(()),
         _ => {
             warn!("{HEADER_MISSING}");

@@ -63,7 +63,13 @@ fn reopening_the_same_dir_yields_the_same_root() {
 
     // An SVID issued by the first instance chains to the second's bundle:
     // the same key, not only the same certificate.
-    let svid = first.issue(&spiffe_id("/svc"), Duration::from_secs(60), IssueOptions::default()).unwrap();
+    let svid = first
+        .issue(
+            &spiffe_id("/svc"),
+            Duration::from_secs(60),
+            IssueOptions::default(),
+        )
+        .unwrap();
     verify_as_client(&second.bundle_der(), &svid.chain_der[0]).unwrap();
 }
 
@@ -74,7 +80,11 @@ fn reopening_with_another_trust_domain_fails() {
     let other = TrustDomain::parse("other.test").unwrap();
     let err = Authority::open_or_create(dir.path(), &other).unwrap_err();
     match &err {
-        CaError::TrustDomainMismatch { expected, found, path } => {
+        CaError::TrustDomainMismatch {
+            expected,
+            found,
+            path,
+        } => {
             assert_eq!(expected, &other);
             assert_eq!(found, "spiffe://somastack.test");
             assert_eq!(path, &dir.path().join("ca/ca.pem"));
@@ -103,7 +113,9 @@ fn damaged_root_directories_are_refused() {
     let cases = [
         Case {
             name: "key of another root",
-            damage: |ca, other| std::fs::copy(other.join("ca.key"), ca.join("ca.key")).map(drop).unwrap(),
+            damage: |ca, other| {
+                std::fs::copy(other.join("ca.key"), ca.join("ca.key")).unwrap();
+            },
             expected: ("ca.key", "key does not match the certificate in ca.pem"),
         },
         Case {
@@ -122,7 +134,9 @@ fn damaged_root_directories_are_refused() {
         },
         Case {
             name: "key pem in the certificate file",
-            damage: |ca, _| std::fs::copy(ca.join("ca.key"), ca.join("ca.pem")).map(drop).unwrap(),
+            damage: |ca, _| {
+                std::fs::copy(ca.join("ca.key"), ca.join("ca.pem")).unwrap();
+            },
             expected: ("ca.pem", "pem block is \"PRIVATE KEY\", expected a certificate"),
         },
     ];
@@ -161,7 +175,13 @@ fn root_has_exactly_the_ca_extensions() {
     assert!(!ku.value.digital_signature() && !ku.value.key_encipherment() && !ku.value.key_agreement());
     assert_eq!(uri_sans(&root), ["spiffe://somastack.test"]);
     assert_eq!(
-        root.public_key().algorithm.parameters.as_ref().unwrap().as_oid().unwrap(),
+        root.public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap(),
         x509_parser::oid_registry::OID_EC_P256
     );
     let validity = root.validity();
@@ -194,8 +214,18 @@ fn issued_svids_have_exactly_the_svid_extensions() {
         expected_ips: &'static [[u8; 4]],
     }
     let cases = [
-        Case { name: "with loopback sans", loopback_sans: true, expected_dns: &["localhost"], expected_ips: &[[127, 0, 0, 1]] },
-        Case { name: "uri san only", loopback_sans: false, expected_dns: &[], expected_ips: &[] },
+        Case {
+            name: "with loopback sans",
+            loopback_sans: true,
+            expected_dns: &["localhost"],
+            expected_ips: &[[127, 0, 0, 1]],
+        },
+        Case {
+            name: "uri san only",
+            loopback_sans: false,
+            expected_dns: &[],
+            expected_ips: &[],
+        },
     ];
     let dir = tempfile::tempdir().unwrap();
     let authority = Authority::open_or_create(dir.path(), &trust_domain()).unwrap();
@@ -203,9 +233,22 @@ fn issued_svids_have_exactly_the_svid_extensions() {
     let ttl = Duration::from_secs(3600);
 
     for case in cases {
-        let svid = authority.issue(&id, ttl, IssueOptions { loopback_sans: case.loopback_sans }).unwrap();
+        let svid = authority
+            .issue(
+                &id,
+                ttl,
+                IssueOptions {
+                    loopback_sans: case.loopback_sans,
+                },
+            )
+            .unwrap();
         assert_eq!(svid.spiffe_id, id, "{}", case.name);
-        assert_eq!(svid.chain_der.len(), 1, "{}: leaf only; the root is the bundle", case.name);
+        assert_eq!(
+            svid.chain_der.len(),
+            1,
+            "{}: leaf only; the root is the bundle",
+            case.name
+        );
         let (rest, leaf) = x509_parser::parse_x509_certificate(&svid.chain_der[0]).unwrap();
         assert!(rest.is_empty());
 
@@ -245,7 +288,11 @@ fn issued_svids_have_exactly_the_svid_extensions() {
         assert!(!bc.value.ca, "{}", case.name);
         let ku = leaf.key_usage().unwrap().unwrap();
         assert!(ku.critical, "{}", case.name);
-        assert_eq!(ku.value.flags, 1, "{}: digitalSignature (bit 0) and nothing else", case.name);
+        assert_eq!(
+            ku.value.flags, 1,
+            "{}: digitalSignature (bit 0) and nothing else",
+            case.name
+        );
         assert!(ku.value.digital_signature());
         let eku = leaf.extended_key_usage().unwrap().unwrap();
         assert!(eku.value.server_auth && eku.value.client_auth, "{}", case.name);
@@ -267,7 +314,8 @@ fn issued_svids_have_exactly_the_svid_extensions() {
             .parsed_extension()
         {
             ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                let (_, root) = x509_parser::parse_x509_certificate(&authority.bundle_der()).unwrap();
+                let root_der = authority.bundle_der();
+                let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
                 let ski = root
                     .extensions()
                     .iter()
@@ -276,20 +324,44 @@ fn issued_svids_have_exactly_the_svid_extensions() {
                         _ => None,
                     })
                     .unwrap();
-                assert_eq!(aki.key_identifier.as_ref().unwrap().0, ski.as_slice(), "{}", case.name);
+                assert_eq!(
+                    aki.key_identifier.as_ref().unwrap().0,
+                    ski.as_slice(),
+                    "{}",
+                    case.name
+                );
             }
             other => panic!("{}: unexpected {other:?}", case.name),
         }
 
         // Serial: 128 bits, positive, the one reported.
-        assert_eq!(leaf.tbs_certificate.serial.to_bytes_be(), svid.serial, "{}", case.name);
+        assert_eq!(
+            leaf.tbs_certificate.serial.to_bytes_be(),
+            svid.serial,
+            "{}",
+            case.name
+        );
         assert_eq!(svid.serial.len(), 16, "{}", case.name);
-        assert!(leaf.raw_serial()[0] & 0x80 == 0, "{}: DER INTEGER is positive", case.name);
+        assert!(
+            leaf.raw_serial()[0] & 0x80 == 0,
+            "{}: DER INTEGER is positive",
+            case.name
+        );
 
         // Validity: from ten seconds ago for exactly the ttl.
         let validity = leaf.validity();
-        assert_eq!(validity.not_before.timestamp(), unix(svid.not_before), "{}", case.name);
-        assert_eq!(validity.not_after.timestamp(), unix(svid.not_after), "{}", case.name);
+        assert_eq!(
+            validity.not_before.timestamp(),
+            unix(svid.not_before),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            validity.not_after.timestamp(),
+            unix(svid.not_after),
+            "{}",
+            case.name
+        );
         assert_eq!(
             validity.not_after.timestamp() - validity.not_before.timestamp(),
             3600 + 10,
@@ -299,12 +371,25 @@ fn issued_svids_have_exactly_the_svid_extensions() {
 
         // Independent consumers accept it.
         let parsed = spiffe::X509Svid::parse_from_der(&svid.chain_der.concat(), &svid.key_pkcs8_der).unwrap();
-        assert_eq!(parsed.spiffe_id().to_string(), "spiffe://somastack.test/service/gateway");
+        assert_eq!(
+            parsed.spiffe_id().to_string(),
+            "spiffe://somastack.test/service/gateway"
+        );
         verify_as_client(&authority.bundle_der(), &svid.chain_der[0]).unwrap();
         let as_localhost = verify_as_server(&authority.bundle_der(), &svid.chain_der[0], "localhost");
         let as_loopback_ip = verify_as_server(&authority.bundle_der(), &svid.chain_der[0], "127.0.0.1");
-        assert_eq!(as_localhost.is_ok(), case.loopback_sans, "{}: {as_localhost:?}", case.name);
-        assert_eq!(as_loopback_ip.is_ok(), case.loopback_sans, "{}: {as_loopback_ip:?}", case.name);
+        assert_eq!(
+            as_localhost.is_ok(),
+            case.loopback_sans,
+            "{}: {as_localhost:?}",
+            case.name
+        );
+        assert_eq!(
+            as_loopback_ip.is_ok(),
+            case.loopback_sans,
+            "{}: {as_loopback_ip:?}",
+            case.name
+        );
     }
 }
 
@@ -314,10 +399,20 @@ fn svids_do_not_chain_to_another_root() {
     let other_dir = tempfile::tempdir().unwrap();
     let authority = Authority::open_or_create(dir.path(), &trust_domain()).unwrap();
     let other = Authority::open_or_create(other_dir.path(), &trust_domain()).unwrap();
-    let svid = authority.issue(&spiffe_id("/svc"), Duration::from_secs(60), IssueOptions::default()).unwrap();
+    let svid = authority
+        .issue(
+            &spiffe_id("/svc"),
+            Duration::from_secs(60),
+            IssueOptions::default(),
+        )
+        .unwrap();
+    // Both roots carry the same subject name, so webpki takes the other root
+    // for the issuer and rejects the signature.
     assert_eq!(
         verify_as_client(&other.bundle_der(), &svid.chain_der[0]),
-        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature
+        ))
     );
 }
 
@@ -326,8 +421,12 @@ fn every_svid_has_its_own_key_and_serial() {
     let dir = tempfile::tempdir().unwrap();
     let authority = Authority::open_or_create(dir.path(), &trust_domain()).unwrap();
     let id = spiffe_id("/svc");
-    let a = authority.issue(&id, Duration::from_secs(60), IssueOptions::default()).unwrap();
-    let b = authority.issue(&id, Duration::from_secs(60), IssueOptions::default()).unwrap();
+    let a = authority
+        .issue(&id, Duration::from_secs(60), IssueOptions::default())
+        .unwrap();
+    let b = authority
+        .issue(&id, Duration::from_secs(60), IssueOptions::default())
+        .unwrap();
     assert_ne!(a.serial, b.serial);
     assert_ne!(a.key_pkcs8_der, b.key_pkcs8_der);
 }
@@ -376,9 +475,14 @@ fn issue_refuses_what_is_not_a_workload_of_the_trust_domain() {
     let authority = Authority::open_or_create(dir.path(), &trust_domain()).unwrap();
     for case in cases {
         let id = SpiffeId::parse(case.id).unwrap();
-        let err = authority.issue(&id, case.ttl, IssueOptions::default()).unwrap_err();
+        let err = authority
+            .issue(&id, case.ttl, IssueOptions::default())
+            .unwrap_err();
         match (&err, case.name) {
-            (CaError::ForeignIdentity { .. }, "another trust domain" | "sub-domain is another trust domain")
+            (
+                CaError::ForeignIdentity { .. },
+                "another trust domain" | "sub-domain is another trust domain",
+            )
             | (CaError::TrustDomainIdentity { .. }, "the trust domain itself")
             | (CaError::InvalidTtl { .. }, "zero ttl" | "sub-second ttl") => {}
             _ => panic!("{}: unexpected error {err:?}", case.name),
@@ -396,7 +500,9 @@ fn issue_to_dir_writes_chain_key_and_bundle() {
 
     for round in 0..2 {
         // The second round replaces the files of the first.
-        let svid = authority.issue_to_dir(&id, Duration::from_secs(600), &out).unwrap();
+        let svid = authority
+            .issue_to_dir(&id, Duration::from_secs(600), &out)
+            .unwrap();
         assert_eq!(mode(&out.join("key.pem")), 0o600, "round {round}");
 
         let chain: Vec<Vec<u8>> = CertificateDer::pem_file_iter(out.join("svid.pem"))
@@ -405,17 +511,32 @@ fn issue_to_dir_writes_chain_key_and_bundle() {
             .collect();
         assert_eq!(chain, svid.chain_der, "round {round}");
         let key = PrivatePkcs8KeyDer::from_pem_file(out.join("key.pem")).unwrap();
-        assert_eq!(key.secret_pkcs8_der(), svid.key_pkcs8_der.as_slice(), "round {round}");
-        assert_eq!(std::fs::read_to_string(out.join("bundle.pem")).unwrap(), authority.bundle_pem());
-        assert_eq!(std::fs::read_to_string(out.join("svid.pem")).unwrap(), svid.chain_pem());
-        assert_eq!(std::fs::read_to_string(out.join("key.pem")).unwrap(), svid.key_pem());
+        assert_eq!(
+            key.secret_pkcs8_der(),
+            svid.key_pkcs8_der.as_slice(),
+            "round {round}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("bundle.pem")).unwrap(),
+            authority.bundle_pem()
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("svid.pem")).unwrap(),
+            svid.chain_pem()
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("key.pem")).unwrap(),
+            svid.key_pem()
+        );
 
         // The files on disk are a usable SVID for spiffe.
         let parsed = spiffe::X509Svid::parse_from_der(&chain.concat(), key.secret_pkcs8_der()).unwrap();
         assert_eq!(parsed.spiffe_id().to_string(), id.to_string());
         // No temporary file is left behind.
-        let mut names: Vec<String> =
-            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, ["bundle.pem", "key.pem", "svid.pem"], "round {round}");
     }

@@ -16,7 +16,12 @@ async fn bind_creates_parent_and_restricts_modes() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("a").join("b").join("api.sock");
     let _listener = bind_socket(&socket).unwrap();
-    assert!(std::fs::symlink_metadata(&socket).unwrap().file_type().is_socket());
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     assert_eq!(mode(&socket), 0o770);
     // 0750 at most; the process umask may only remove bits.
     assert_eq!(mode(&dir.path().join("a").join("b")) & !0o750, 0);
@@ -64,13 +69,21 @@ async fn existing_paths() {
             (Ok(_), None) => {}
             (Err(e), Some(expected)) => {
                 assert!(expected(&e), "{}: unexpected error {e:?}", case.name);
-                assert!(e.to_string().contains(&path.display().to_string()), "{}: {e}", case.name);
+                assert!(
+                    e.to_string().contains(&path.display().to_string()),
+                    "{}: {e}",
+                    case.name
+                );
             }
             (Ok(_), Some(_)) => panic!("{}: bind succeeded", case.name),
             (Err(e), None) => panic!("{}: {e:?}", case.name),
         }
         if case.name == "regular file" {
-            assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me", "the file is left alone");
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                "keep me",
+                "the file is left alone"
+            );
         }
     }
 }

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use http::StatusCode;
 use tokio::net::TcpListener;
 
 use crate::error::MeshError;
@@ -77,9 +77,17 @@ struct AdminState {
 impl AdminServer {
     /// Binds the admin listener.
     pub async fn bind(addr: SocketAddr, metrics: Metrics, readiness: Readiness) -> Result<Self, MeshError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| MeshError::Bind { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| MeshError::Bind { addr, source })?;
-        Ok(Self { listener, local_addr, state: AdminState { metrics, readiness } })
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| MeshError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| MeshError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            state: AdminState { metrics, readiness },
+        })
     }
 
     /// The bound address.
@@ -94,7 +102,10 @@ impl AdminServer {
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .with_state(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await.map_err(MeshError::Admin)
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(MeshError::Admin)
     }
 }
 
@@ -110,7 +121,10 @@ async fn ready(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

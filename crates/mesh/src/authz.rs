@@ -46,7 +46,14 @@ impl AuthzLayer {
         claims: Option<ClaimsVerifier>,
         metrics: Metrics,
     ) -> Self {
-        Self { state: Arc::new(State { trust_domain, policies, claims, metrics }) }
+        Self {
+            state: Arc::new(State {
+                trust_domain,
+                policies,
+                claims,
+                metrics,
+            }),
+        }
     }
 }
 
@@ -54,7 +61,10 @@ impl<S> Layer<S> for AuthzLayer {
     type Service = Authz<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Authz { inner, state: Arc::clone(&self.state) }
+        Authz {
+            inner,
+            state: Arc::clone(&self.state),
+        }
     }
 }
 
@@ -86,7 +96,10 @@ impl State {
             return Err(Denial {
                 code: tonic::Code::PermissionDenied,
                 reason: "foreign_trust_domain",
-                message: format!("caller {} is not in trust domain {}", peer.spiffe_id, self.trust_domain),
+                message: format!(
+                    "caller {} is not in trust domain {}",
+                    peer.spiffe_id, self.trust_domain
+                ),
             });
         }
         let Some(policy) = self.policies.get(path) else {
@@ -123,7 +136,7 @@ impl State {
         if let Some(claims) = &claims {
             // Defence in depth: the gateway checked these already, but a
             // backend never acts on claims that do not grant the method.
-            if policy.capability.is_empty() || !claims.capabilities.iter().any(|c| *c == policy.capability) {
+            if policy.capability.is_empty() || !claims.capabilities.contains(&policy.capability) {
                 return Err(Denial {
                     code: tonic::Code::PermissionDenied,
                     reason: "caller_not_allowed",
@@ -138,7 +151,10 @@ impl State {
                 });
             }
         }
-        Ok(Caller { peer: peer.clone(), claims })
+        Ok(Caller {
+            peer: peer.clone(),
+            claims,
+        })
     }
 }
 
@@ -153,10 +169,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<
-        S::Future,
-        std::future::Ready<Result<Self::Response, Self::Error>>,
-    >;
+    type Future = futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -171,7 +184,10 @@ where
             }
             Err(denial) => {
                 let path = req.uri().path();
-                let peer = req.extensions().get::<PeerInfo>().map(|p| p.spiffe_id.to_string());
+                let peer = req
+                    .extensions()
+                    .get::<PeerInfo>()
+                    .map(|p| p.spiffe_id.to_string());
                 tracing::warn!(
                     method = path,
                     peer = peer.as_deref().unwrap_or("-"),

@@ -29,13 +29,20 @@ pub fn channel(
 ) -> Result<MeshChannel, MeshError> {
     let addr: PeerAddr = addr.into();
     let target = format!("{expected} at {addr}");
-    let config = soma_identity::client_config(store, ExpectedPeer::Exact(expected))
-        .map_err(|e| MeshError::Channel { target: target.clone(), reason: e.to_string() })?;
+    let config = soma_identity::client_config(store, ExpectedPeer::Exact(expected)).map_err(|e| {
+        MeshError::Channel {
+            target: target.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let connector = TlsConnector::from(config);
     // The URI only names the :authority; the connector below decides where
     // the bytes go and how the peer is authenticated.
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| MeshError::Channel { target: target.clone(), reason: e.to_string() })?
+        .map_err(|e| MeshError::Channel {
+            target: target.clone(),
+            reason: e.to_string(),
+        })?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true);

@@ -9,8 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Reasons a request or handshake is refused, as metric labels.
-const DENY_REASONS: [&str; 5] =
-    ["no_policy", "caller_not_allowed", "foreign_trust_domain", "no_peer_identity", "claims_rejected"];
+const DENY_REASONS: [&str; 5] = [
+    "no_policy",
+    "caller_not_allowed",
+    "foreign_trust_domain",
+    "no_peer_identity",
+    "claims_rejected",
+];
 
 #[derive(Debug, Default)]
 struct MethodCounters {
@@ -36,8 +41,16 @@ struct Inner {
 impl Metrics {
     /// Counters for these method paths (`/package.Service/Method`).
     pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
-        let methods = paths.into_iter().map(|p| (p.to_owned(), MethodCounters::default())).collect();
-        Self { inner: Arc::new(Inner { methods, ..Inner::default() }) }
+        let methods = paths
+            .into_iter()
+            .map(|p| (p.to_owned(), MethodCounters::default()))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                methods,
+                ..Inner::default()
+            }),
+        }
     }
 
     fn method(&self, path: &str) -> &MethodCounters {
@@ -82,7 +95,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let inner = &self.inner;
-        out.push_str("# HELP soma_rpc_dispatched_total Requests handed to their handler after authorization.\n");
+        out.push_str(
+            "# HELP soma_rpc_dispatched_total Requests handed to their handler after authorization.\n",
+        );
         out.push_str("# TYPE soma_rpc_dispatched_total counter\n");
         for (path, c) in &inner.methods {
             let _ = writeln!(
@@ -93,7 +108,11 @@ impl Metrics {
         }
         out.push_str("# HELP soma_rpc_denied_total Requests refused before their handler, by reason.\n");
         out.push_str("# TYPE soma_rpc_denied_total counter\n");
-        let all = inner.methods.iter().map(|(p, c)| (p.as_str(), c)).chain([("unknown", &inner.unknown_method)]);
+        let all = inner
+            .methods
+            .iter()
+            .map(|(p, c)| (p.as_str(), c))
+            .chain([("unknown", &inner.unknown_method)]);
         for (path, c) in all {
             for (i, reason) in DENY_REASONS.iter().enumerate() {
                 let _ = writeln!(
@@ -103,14 +122,20 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP soma_tls_handshakes_total mTLS handshakes on the service listener, by outcome.\n");
+        out.push_str(
+            "# HELP soma_tls_handshakes_total mTLS handshakes on the service listener, by outcome.\n",
+        );
         out.push_str("# TYPE soma_tls_handshakes_total counter\n");
         for (outcome, c) in [
             ("ok", &inner.handshakes_ok),
             ("failed", &inner.handshakes_failed),
             ("timed_out", &inner.handshakes_timed_out),
         ] {
-            let _ = writeln!(out, "soma_tls_handshakes_total{{outcome=\"{outcome}\"}} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "soma_tls_handshakes_total{{outcome=\"{outcome}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         out
     }

@@ -76,7 +76,8 @@ pub struct Application {
     local_addr: SocketAddr,
     admin: AdminServer,
     acceptor: TlsAcceptor,
-    router: tonic::transport::server::Router<tower::layer::util::Stack<AuthzLayer, tower::layer::util::Identity>>,
+    router:
+        tonic::transport::server::Router<tower::layer::util::Stack<AuthzLayer, tower::layer::util::Identity>>,
     settings: Arc<MeshSettings>,
     metrics: Metrics,
     health: tonic_health::server::HealthReporter,
@@ -108,12 +109,15 @@ impl Application {
             policies.insert(p);
         }
         let metrics = Metrics::new(policies.iter().map(|p| p.path.as_str()));
-        let authz =
-            AuthzLayer::new(identity.trust_domain().clone(), policies, claims, metrics.clone());
+        let authz = AuthzLayer::new(identity.trust_domain().clone(), policies, claims, metrics.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status(spec.name, tonic_health::ServingStatus::Serving).await;
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status(spec.name, tonic_health::ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
 
         let reflection_v1 = reflection_builder(spec.name)
             .build_v1()
@@ -139,9 +143,14 @@ impl Application {
 
         let listener = TcpListener::bind(settings.listen_addr)
             .await
-            .map_err(|source| MeshError::Bind { addr: settings.listen_addr, source })?;
-        let local_addr =
-            listener.local_addr().map_err(|source| MeshError::Bind { addr: settings.listen_addr, source })?;
+            .map_err(|source| MeshError::Bind {
+                addr: settings.listen_addr,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| MeshError::Bind {
+            addr: settings.listen_addr,
+            source,
+        })?;
         let admin = AdminServer::bind(settings.admin_addr, metrics.clone(), spec.readiness).await?;
 
         Ok(Self {
@@ -175,9 +184,22 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting, reports
     /// NOT_SERVING, lets in-flight calls finish within the drain timeout,
     /// and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MeshError> {
-        let Self { listener, admin, acceptor, router, settings, metrics, health, service_name, local_addr, .. } =
-            self;
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MeshError> {
+        let Self {
+            listener,
+            admin,
+            acceptor,
+            router,
+            settings,
+            metrics,
+            health,
+            service_name,
+            local_addr,
+            ..
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (conn_tx, conn_rx) = mpsc::channel::<io::Result<MtlsStream>>(64);
 
@@ -269,7 +291,11 @@ async fn accept_loop(
                     }
                     Ok(Err(e)) => {
                         metrics.handshake(HandshakeOutcome::Failed);
-                        tracing::warn!(remote = %remote_addr, reason = %e, "tls handshake refused");
+                        // The SVID verifier logged its own refusals; this
+                        // logs the ones rustls makes before it (no client
+                        // certificate, protocol errors).
+                        soma_identity::log_refused_handshake(&e);
+                        tracing::debug!(remote = %remote_addr, reason = %e, "tls handshake refused");
                     }
                     Ok(Ok(tls)) => {
                         let peer = tls
@@ -314,7 +340,11 @@ impl Connected for MtlsStream {
 }
 
 impl AsyncRead for MtlsStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }

@@ -25,7 +25,12 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// All four, in start-up order (callees before callers).
-    pub const ALL: [Self; 4] = [Self::Analytics, Self::CapsuleRepo, Self::ToolRegistry, Self::Gateway];
+    pub const ALL: [Self; 4] = [
+        Self::Analytics,
+        Self::CapsuleRepo,
+        Self::ToolRegistry,
+        Self::Gateway,
+    ];
 
     /// Short name: `gateway`, `tool-registry`, `capsule-repo`, `analytics`.
     pub fn name(self) -> &'static str {
@@ -63,10 +68,13 @@ impl FromStr for ServiceKind {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| ConfigError::Invalid {
-            key: "service",
-            reason: format!("{s:?} is not one of gateway, tool-registry, capsule-repo, analytics"),
-        })
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "service",
+                reason: format!("{s:?} is not one of gateway, tool-registry, capsule-repo, analytics"),
+            })
     }
 }
 
@@ -109,8 +117,11 @@ impl PeerAddr {
         if let Ok(addr) = value.parse::<SocketAddr>() {
             return Ok(Self(addr.to_string()));
         }
-        let (host, port) = value.rsplit_once(':').ok_or_else(|| format!("{value:?} is not host:port"))?;
-        port.parse::<u16>().map_err(|_| format!("{value:?} has no valid port"))?;
+        let (host, port) = value
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{value:?} is not host:port"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("{value:?} has no valid port"))?;
         let valid_host = !host.is_empty()
             && host.len() <= 253
             && host.split('.').all(|label| {
@@ -266,10 +277,14 @@ impl MeshSettings {
     ) -> Result<Self, ConfigError> {
         let f = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                toml::from_str::<FileSettings>(&text)
-                    .map_err(|e| ConfigError::Parse { path: path.to_owned(), reason: e.message().to_owned() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str::<FileSettings>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    reason: e.message().to_owned(),
+                })?
             }
             None => FileSettings::default(),
         };
@@ -283,27 +298,45 @@ impl MeshSettings {
             admin_addr: addr("SOMA_ADMIN_ADDR", pick("SOMA_ADMIN_ADDR", f.admin_addr))?
                 .unwrap_or_else(loopback_any),
             workload_api_socket: pick("SPIFFE_ENDPOINT_SOCKET", f.workload_api_socket),
-            identity_timeout: duration("SOMA_IDENTITY_TIMEOUT", pick("SOMA_IDENTITY_TIMEOUT", f.identity_timeout))?
-                .unwrap_or(Duration::from_secs(30)),
-            data_dir: pick("SOMA_DATA_DIR", f.data_dir.map(|p| p.to_string_lossy().into_owned()))
-                .map_or_else(|| PathBuf::from("./data"), PathBuf::from),
+            identity_timeout: duration(
+                "SOMA_IDENTITY_TIMEOUT",
+                pick("SOMA_IDENTITY_TIMEOUT", f.identity_timeout),
+            )?
+            .unwrap_or(Duration::from_secs(30)),
+            data_dir: pick(
+                "SOMA_DATA_DIR",
+                f.data_dir.map(|p| p.to_string_lossy().into_owned()),
+            )
+            .map_or_else(|| PathBuf::from("./data"), PathBuf::from),
             database_url: pick("DATABASE_URL", f.database_url),
             gateway_claims_public_key_file: pick(
                 "SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE",
-                f.gateway_claims_public_key_file.map(|p| p.to_string_lossy().into_owned()),
+                f.gateway_claims_public_key_file
+                    .map(|p| p.to_string_lossy().into_owned()),
             )
             .map(PathBuf::from),
             gateway_claims_key_file: pick(
                 "SOMA_GATEWAY_CLAIMS_KEY_FILE",
-                f.gateway_claims_key_file.map(|p| p.to_string_lossy().into_owned()),
+                f.gateway_claims_key_file
+                    .map(|p| p.to_string_lossy().into_owned()),
             )
             .map(PathBuf::from),
-            claims_key_id: pick("SOMA_CLAIMS_KEY_ID", f.claims_key_id).unwrap_or_else(|| "gateway-1".to_owned()),
+            claims_key_id: pick("SOMA_CLAIMS_KEY_ID", f.claims_key_id)
+                .unwrap_or_else(|| "gateway-1".to_owned()),
             peers: Peers {
                 gateway: peer("SOMA_PEER_GATEWAY", pick("SOMA_PEER_GATEWAY", f.peers.gateway))?,
-                tool_registry: peer("SOMA_PEER_TOOL_REGISTRY", pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry))?,
-                capsule_repo: peer("SOMA_PEER_CAPSULE_REPO", pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo))?,
-                analytics: peer("SOMA_PEER_ANALYTICS", pick("SOMA_PEER_ANALYTICS", f.peers.analytics))?,
+                tool_registry: peer(
+                    "SOMA_PEER_TOOL_REGISTRY",
+                    pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry),
+                )?,
+                capsule_repo: peer(
+                    "SOMA_PEER_CAPSULE_REPO",
+                    pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo),
+                )?,
+                analytics: peer(
+                    "SOMA_PEER_ANALYTICS",
+                    pick("SOMA_PEER_ANALYTICS", f.peers.analytics),
+                )?,
             },
             limits: Limits {
                 max_recv_message_bytes: bytes(
@@ -323,9 +356,15 @@ impl MeshSettings {
                     pick("SOMA_HANDSHAKE_TIMEOUT", f.limits.handshake_timeout),
                 )?
                 .unwrap_or(defaults.handshake_timeout),
-                drain_timeout: duration("SOMA_DRAIN_TIMEOUT", pick("SOMA_DRAIN_TIMEOUT", f.limits.drain_timeout))?
-                    .unwrap_or(defaults.drain_timeout),
-                max_concurrent_streams: f.limits.max_concurrent_streams.unwrap_or(defaults.max_concurrent_streams),
+                drain_timeout: duration(
+                    "SOMA_DRAIN_TIMEOUT",
+                    pick("SOMA_DRAIN_TIMEOUT", f.limits.drain_timeout),
+                )?
+                .unwrap_or(defaults.drain_timeout),
+                max_concurrent_streams: f
+                    .limits
+                    .max_concurrent_streams
+                    .unwrap_or(defaults.max_concurrent_streams),
             },
         })
     }
@@ -338,23 +377,34 @@ fn loopback_any() -> SocketAddr {
 fn addr(key: &'static str, value: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
     value
         .map(|v| {
-            v.trim().parse().map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not host:port ({e})") })
+            v.trim().parse().map_err(|e| ConfigError::Invalid {
+                key,
+                reason: format!("{v:?} is not host:port ({e})"),
+            })
         })
         .transpose()
 }
 
 fn peer(key: &'static str, value: Option<String>) -> Result<Option<PeerAddr>, ConfigError> {
-    value.map(|v| PeerAddr::parse(&v).map_err(|reason| ConfigError::Invalid { key, reason })).transpose()
+    value
+        .map(|v| PeerAddr::parse(&v).map_err(|reason| ConfigError::Invalid { key, reason }))
+        .transpose()
 }
 
 fn duration(key: &'static str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
     value
         .map(|v| {
             humantime::parse_duration(v.trim())
-                .map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not a duration ({e})") })
+                .map_err(|e| ConfigError::Invalid {
+                    key,
+                    reason: format!("{v:?} is not a duration ({e})"),
+                })
                 .and_then(|d| {
                     if d.is_zero() {
-                        Err(ConfigError::Invalid { key, reason: "must be greater than zero".to_owned() })
+                        Err(ConfigError::Invalid {
+                            key,
+                            reason: "must be greater than zero".to_owned(),
+                        })
                     } else {
                         Ok(d)
                     }
@@ -365,15 +415,17 @@ fn duration(key: &'static str, value: Option<String>) -> Result<Option<Duration>
 
 fn bytes(key: &'static str, env: Option<String>, file: Option<usize>) -> Result<Option<usize>, ConfigError> {
     let value = match env.filter(|v| !v.is_empty()) {
-        Some(v) => Some(
-            v.trim()
-                .parse::<usize>()
-                .map_err(|e| ConfigError::Invalid { key, reason: format!("{v:?} is not a byte count ({e})") })?,
-        ),
+        Some(v) => Some(v.trim().parse::<usize>().map_err(|e| ConfigError::Invalid {
+            key,
+            reason: format!("{v:?} is not a byte count ({e})"),
+        })?),
         None => file,
     };
     match value {
-        Some(0) => Err(ConfigError::Invalid { key, reason: "must be greater than zero".to_owned() }),
+        Some(0) => Err(ConfigError::Invalid {
+            key,
+            reason: "must be greater than zero".to_owned(),
+        }),
         other => Ok(other),
     }
 }
@@ -400,14 +452,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("soma-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("soma.toml");
-        std::fs::write(&file, "listen_addr = \"127.0.0.1:7000\"\n[peers]\nanalytics = \"127.0.0.1:7001\"\n").unwrap();
-        let s = MeshSettings::load(ServiceKind::Gateway, Some(&file), env_of(&[("SOMA_SERVICE_ADDR", "127.0.0.1:7100")]))
-            .unwrap();
+        std::fs::write(
+            &file,
+            "listen_addr = \"127.0.0.1:7000\"\n[peers]\nanalytics = \"127.0.0.1:7001\"\n",
+        )
+        .unwrap();
+        let s = MeshSettings::load(
+            ServiceKind::Gateway,
+            Some(&file),
+            env_of(&[("SOMA_SERVICE_ADDR", "127.0.0.1:7100")]),
+        )
+        .unwrap();
         assert_eq!(s.listen_addr, "127.0.0.1:7100".parse().unwrap());
         assert_eq!(s.peers.analytics.unwrap().as_str(), "127.0.0.1:7001");
-        let s = MeshSettings::load(ServiceKind::Gateway, None, env_of(&[("SOMA_PEER_ANALYTICS", "analytics.somastack.svc:8443")]))
-            .unwrap();
-        assert_eq!(s.peers.analytics.unwrap().as_str(), "analytics.somastack.svc:8443");
+        let s = MeshSettings::load(
+            ServiceKind::Gateway,
+            None,
+            env_of(&[("SOMA_PEER_ANALYTICS", "analytics.somastack.svc:8443")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.peers.analytics.unwrap().as_str(),
+            "analytics.somastack.svc:8443"
+        );
 
         struct Case {
             name: &'static str,
@@ -415,12 +482,36 @@ mod tests {
             key: &'static str,
         }
         let cases = [
-            Case { name: "bad listen", env: &[("SOMA_SERVICE_ADDR", "localhost")], key: "SOMA_SERVICE_ADDR" },
-            Case { name: "bad peer port", env: &[("SOMA_PEER_ANALYTICS", "x:y")], key: "SOMA_PEER_ANALYTICS" },
-            Case { name: "peer without port", env: &[("SOMA_PEER_ANALYTICS", "analytics")], key: "SOMA_PEER_ANALYTICS" },
-            Case { name: "bad peer host", env: &[("SOMA_PEER_ANALYTICS", "ana_lytics:80")], key: "SOMA_PEER_ANALYTICS" },
-            Case { name: "zero timeout", env: &[("SOMA_HANDSHAKE_TIMEOUT", "0s")], key: "SOMA_HANDSHAKE_TIMEOUT" },
-            Case { name: "bad limit", env: &[("SOMA_MAX_RECV_MESSAGE_BYTES", "-1")], key: "SOMA_MAX_RECV_MESSAGE_BYTES" },
+            Case {
+                name: "bad listen",
+                env: &[("SOMA_SERVICE_ADDR", "localhost")],
+                key: "SOMA_SERVICE_ADDR",
+            },
+            Case {
+                name: "bad peer port",
+                env: &[("SOMA_PEER_ANALYTICS", "x:y")],
+                key: "SOMA_PEER_ANALYTICS",
+            },
+            Case {
+                name: "peer without port",
+                env: &[("SOMA_PEER_ANALYTICS", "analytics")],
+                key: "SOMA_PEER_ANALYTICS",
+            },
+            Case {
+                name: "bad peer host",
+                env: &[("SOMA_PEER_ANALYTICS", "ana_lytics:80")],
+                key: "SOMA_PEER_ANALYTICS",
+            },
+            Case {
+                name: "zero timeout",
+                env: &[("SOMA_HANDSHAKE_TIMEOUT", "0s")],
+                key: "SOMA_HANDSHAKE_TIMEOUT",
+            },
+            Case {
+                name: "bad limit",
+                env: &[("SOMA_MAX_RECV_MESSAGE_BYTES", "-1")],
+                key: "SOMA_MAX_RECV_MESSAGE_BYTES",
+            },
         ];
         for c in cases {
             match MeshSettings::load(ServiceKind::Gateway, None, env_of(c.env)) {

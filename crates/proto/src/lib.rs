@@ -12,7 +12,16 @@ mod policy;
 pub use policy::{MethodPolicy as PolicyView, PolicyError, PolicyTable, descriptor_pool};
 
 /// `google.api`: the HTTP mapping annotations.
-#[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations, unused_qualifications)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications
+)]
 pub mod google {
     /// `google.api`.
     pub mod api {
@@ -21,13 +30,31 @@ pub mod google {
 }
 
 /// `somastack.v1`: the four services and their messages.
-#[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations, unused_qualifications)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications
+)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/somastack.v1.rs"));
 }
 
 /// The SPIFFE Workload API (a package-less proto).
-#[allow(clippy::all, clippy::pedantic, missing_docs, missing_debug_implementations, unused_qualifications)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::nursery,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications
+)]
 pub mod workload {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }

@@ -70,7 +70,9 @@ impl MethodPolicy {
     /// Whether a caller with this SPIFFE ID path (the trust domain having
     /// been checked already) may call the method over mTLS.
     pub fn allows_path(&self, caller_path: &str) -> bool {
-        self.allowed_callers.iter().any(|p| pattern_matches(p, caller_path))
+        self.allowed_callers
+            .iter()
+            .any(|p| pattern_matches(p, caller_path))
     }
 }
 
@@ -94,7 +96,9 @@ fn valid_pattern(pattern: &str) -> bool {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
         })
 }
 
@@ -155,13 +159,20 @@ fn read_policy(
     }
     let value = options.get_extension(ext);
     let Some(message) = value.as_message() else {
-        return Err(PolicyError::BadPolicy { method: path.to_owned(), reason: "not a message".to_owned() });
+        return Err(PolicyError::BadPolicy {
+            method: path.to_owned(),
+            reason: "not a message".to_owned(),
+        });
     };
-    let proto: PolicyProto = message
-        .transcode_to()
-        .map_err(|e| PolicyError::BadPolicy { method: path.to_owned(), reason: e.to_string() })?;
+    let proto: PolicyProto = message.transcode_to().map_err(|e| PolicyError::BadPolicy {
+        method: path.to_owned(),
+        reason: e.to_string(),
+    })?;
     if let Some(bad) = proto.allowed_callers.iter().find(|p| !valid_pattern(p)) {
-        return Err(PolicyError::BadCallerPattern { method: path.to_owned(), pattern: bad.clone() });
+        return Err(PolicyError::BadCallerPattern {
+            method: path.to_owned(),
+            pattern: bad.clone(),
+        });
     }
     Ok(Some(MethodPolicy {
         path: path.to_owned(),
@@ -185,17 +196,55 @@ mod tests {
             expected: bool,
         }
         let cases = [
-            Case { pattern: "/svc/gateway", path: "/svc/gateway", expected: true },
-            Case { pattern: "/svc/gateway", path: "/svc/gateway2", expected: false },
-            Case { pattern: "/svc/gateway", path: "/svc/gateway/x", expected: false },
-            Case { pattern: "/operator/*", path: "/operator/alice", expected: true },
-            Case { pattern: "/operator/*", path: "/operator/a/b", expected: true },
-            Case { pattern: "/operator/*", path: "/operator", expected: false },
-            Case { pattern: "/operator/*", path: "/operator/", expected: false },
-            Case { pattern: "/operator/*", path: "/operatorx/alice", expected: false },
+            Case {
+                pattern: "/svc/gateway",
+                path: "/svc/gateway",
+                expected: true,
+            },
+            Case {
+                pattern: "/svc/gateway",
+                path: "/svc/gateway2",
+                expected: false,
+            },
+            Case {
+                pattern: "/svc/gateway",
+                path: "/svc/gateway/x",
+                expected: false,
+            },
+            Case {
+                pattern: "/operator/*",
+                path: "/operator/alice",
+                expected: true,
+            },
+            Case {
+                pattern: "/operator/*",
+                path: "/operator/a/b",
+                expected: true,
+            },
+            Case {
+                pattern: "/operator/*",
+                path: "/operator",
+                expected: false,
+            },
+            Case {
+                pattern: "/operator/*",
+                path: "/operator/",
+                expected: false,
+            },
+            Case {
+                pattern: "/operator/*",
+                path: "/operatorx/alice",
+                expected: false,
+            },
         ];
         for c in cases {
-            assert_eq!(pattern_matches(c.pattern, c.path), c.expected, "{} vs {}", c.pattern, c.path);
+            assert_eq!(
+                pattern_matches(c.pattern, c.path),
+                c.expected,
+                "{} vs {}",
+                c.pattern,
+                c.path
+            );
         }
     }
 
@@ -208,7 +257,10 @@ mod tests {
             for method in pool.get_service_by_name(name).unwrap().methods() {
                 let path = format!("/{}/{}", name, method.name());
                 assert!(table.get(&path).is_some(), "{path} has no policy");
-                assert!(method.options().has_extension(&http), "{path} has no google.api.http");
+                assert!(
+                    method.options().has_extension(&http),
+                    "{path} has no google.api.http"
+                );
             }
         }
     }

@@ -20,7 +20,11 @@ use soma_mesh::ServiceKind;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "soma", version, about = "SomaStack: a gRPC service mesh with SPIFFE mTLS")]
+#[command(
+    name = "soma",
+    version,
+    about = "SomaStack: a gRPC service mesh with SPIFFE mTLS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,6 +92,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+#[expect(
+    clippy::print_stderr,
+    reason = "a fatal error before or after logging exists goes to stderr"
+)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -100,15 +108,34 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up { data_dir, trust_domain, svid_ttl, edge_addr } => {
-                up::run(up::UpArgs { data_dir, trust_domain, svid_ttl, edge_addr }).await
+            Command::Up {
+                data_dir,
+                trust_domain,
+                svid_ttl,
+                edge_addr,
+            } => {
+                up::run(up::UpArgs {
+                    data_dir,
+                    trust_domain,
+                    svid_ttl,
+                    edge_addr,
+                })
+                .await
             }
-            Command::Serve { service, config, stop_on_stdin_eof } => {
-                serve::run(service, config, stop_on_stdin_eof).await
-            }
-            Command::Ca { command: CaCommand::Issue { data_dir, spiffe_id, out, ttl } } => {
-                ca::issue(&data_dir, &spiffe_id, &out, ttl)
-            }
+            Command::Serve {
+                service,
+                config,
+                stop_on_stdin_eof,
+            } => serve::run(service, config, stop_on_stdin_eof).await,
+            Command::Ca {
+                command:
+                    CaCommand::Issue {
+                        data_dir,
+                        spiffe_id,
+                        out,
+                        ttl,
+                    },
+            } => ca::issue(&data_dir, &spiffe_id, &out, ttl),
         }
     });
     match result {
@@ -125,10 +152,14 @@ fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A usage or configuration error: one line on standard error, exit 64.
+#[expect(clippy::print_stderr, reason = "the one-line reason is the command's output")]
 fn config_error(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("soma: {message}");
     ExitCode::from(EXIT_CONFIG)

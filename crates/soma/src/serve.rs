@@ -27,15 +27,23 @@ pub struct ReadyLine {
     pub admin_addr: String,
 }
 
-pub async fn run(kind: ServiceKind, config: Option<PathBuf>, stop_on_stdin_eof: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    kind: ServiceKind,
+    config: Option<PathBuf>,
+    stop_on_stdin_eof: bool,
+) -> anyhow::Result<ExitCode> {
     let settings = match MeshSettings::load(kind, config.as_deref(), |k| std::env::var(k).ok()) {
         Ok(s) => s,
         Err(e) => return Ok(crate::config_error(e)),
     };
 
-    let identity = WorkloadIdentity::connect(settings.workload_api_socket.as_deref(), None, settings.identity_timeout)
-        .await
-        .context("fetching the workload's X.509-SVID from the Workload API")?;
+    let identity = WorkloadIdentity::connect(
+        settings.workload_api_socket.as_deref(),
+        None,
+        settings.identity_timeout,
+    )
+    .await
+    .context("fetching the workload's X.509-SVID from the Workload API")?;
     let store = identity.store();
     let own_id = store.own_id().clone();
     if own_id.path() != kind.spiffe_path() {
@@ -54,7 +62,11 @@ pub async fn run(kind: ServiceKind, config: Option<PathBuf>, stop_on_stdin_eof: 
                 Err(e) => return Ok(crate::config_error(format_args!("{}: {e}", path.display()))),
             };
             let gateway = SpiffeId::from_parts(own_id.trust_domain(), &ServiceKind::Gateway.spiffe_path())?;
-            Some(ClaimsVerifier::new(gateway, own_id.clone(), vec![(settings.claims_key_id.clone(), key)]))
+            Some(ClaimsVerifier::new(
+                gateway,
+                own_id.clone(),
+                vec![(settings.claims_key_id.clone(), key)],
+            ))
         }
         None => {
             tracing::warn!("no gateway claims public key configured: every claims envelope will be refused");
@@ -62,9 +74,13 @@ pub async fn run(kind: ServiceKind, config: Option<PathBuf>, stop_on_stdin_eof: 
         }
     };
 
-    let store_settings =
-        StoreSettings { data_dir: settings.data_dir.clone(), database_url: settings.database_url.clone() };
-    let db = Database::connect(&store_settings, kind.name()).await.context("opening the database")?;
+    let store_settings = StoreSettings {
+        data_dir: settings.data_dir.clone(),
+        database_url: settings.database_url.clone(),
+    };
+    let db = Database::connect(&store_settings, kind.name())
+        .await
+        .context("opening the database")?;
     let limits = settings.limits;
     let spec = match kind {
         ServiceKind::Gateway => {

@@ -57,14 +57,22 @@ struct Running {
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let trust_domain = match TrustDomain::parse(&args.trust_domain) {
         Ok(td) => td,
-        Err(e) => return Ok(crate::config_error(format_args!("--trust-domain {:?}: {e}", args.trust_domain))),
+        Err(e) => {
+            return Ok(crate::config_error(format_args!(
+                "--trust-domain {:?}: {e}",
+                args.trust_domain
+            )));
+        }
     };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let socket = data_dir.join("workload.sock");
     if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-        bail!("another `soma up` is serving {} (its Workload API socket answers)", data_dir.display());
+        bail!(
+            "another `soma up` is serving {} (its Workload API socket answers)",
+            data_dir.display()
+        );
     }
 
     let authority = Arc::new(
@@ -76,7 +84,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::new();
     let listener = soma_ca::bind_socket(&socket)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = WorkloadApi::new(Arc::clone(&authority), registry.clone(), WorkloadApiConfig { svid_ttl: args.svid_ttl });
+    let api = WorkloadApi::new(
+        Arc::clone(&authority),
+        registry.clone(),
+        WorkloadApiConfig {
+            svid_ttl: args.svid_ttl,
+        },
+    );
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(api.serve(listener, async move {
         let _ = api_stop.wait_for(|s| *s).await;
@@ -88,7 +102,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
     for kind in ServiceKind::ALL {
         let id = SpiffeId::from_parts(&trust_domain, &kind.spiffe_path())?;
-        let started = start_service(kind, &id, &data_dir, &socket, &claims_key, &claims_pub, &peers, &registry).await;
+        let started = start_service(
+            kind,
+            &id,
+            &data_dir,
+            &socket,
+            &claims_key,
+            &claims_pub,
+            &peers,
+            &registry,
+        )
+        .await;
         match started {
             Ok(r) => {
                 peers.insert(peer_var(kind), r.ready.grpc_addr.clone());
@@ -98,13 +122,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 stop_all(&mut running).await;
                 let _ = stop_tx.send(true);
                 let _ = api_task.await;
-                return Err(e.context(format!("starting {kind} (log: {})", logs.join(format!("{kind}.log")).display())));
+                return Err(e.context(format!(
+                    "starting {kind} (log: {})",
+                    logs.join(format!("{kind}.log")).display()
+                )));
             }
         }
     }
 
     let addr_of = |k: ServiceKind| {
-        running.iter().find(|r| r.kind == k).map(|r| r.ready.grpc_addr.clone()).unwrap_or_default()
+        running
+            .iter()
+            .find(|r| r.kind == k)
+            .map(|r| r.ready.grpc_addr.clone())
+            .unwrap_or_default()
     };
     let endpoints = Endpoints {
         trust_domain: trust_domain.to_string(),
@@ -115,11 +146,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         analytics: addr_of(ServiceKind::Analytics),
         edge: None,
     };
-    write_atomically(&data_dir.join("endpoints.json"), &serde_json::to_vec_pretty(&endpoints)?)?;
+    write_atomically(
+        &data_dir.join("endpoints.json"),
+        &serde_json::to_vec_pretty(&endpoints)?,
+    )?;
 
     #[expect(clippy::print_stdout, reason = "the command's output")]
     {
-        println!("somastack up: trust domain {trust_domain}, Workload API unix://{}", socket.display());
+        println!(
+            "somastack up: trust domain {trust_domain}, Workload API unix://{}",
+            socket.display()
+        );
         for r in &running {
             println!(
                 "  {:<14} {:<44} grpc+mtls {:<21} admin http://{}",
@@ -161,7 +198,10 @@ fn peer_var(kind: ServiceKind) -> &'static str {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename the list")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename the list"
+)]
 async fn start_service(
     kind: ServiceKind,
     id: &SpiffeId,
@@ -210,7 +250,12 @@ async fn start_service(
     let ready: ReadyLine = serde_json::from_str(&line).with_context(|| format!("{kind} printed {line:?}"))?;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Running { kind, child, stdin, ready })
+    Ok(Running {
+        kind,
+        child,
+        stdin,
+        ready,
+    })
 }
 
 async fn first_exit(running: &mut [Running]) -> ServiceKind {

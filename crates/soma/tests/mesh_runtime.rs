@@ -26,10 +26,20 @@ async fn every_service_is_serving_and_listed_by_reflection_v1_and_v1alpha() {
         let svc = start(&ca, kind, None).await;
         let ch = channel(operator.clone(), svc.addr, &svc.id);
         assert_eq!(health(ch.clone(), "").await.unwrap(), SERVING, "{kind}");
-        assert_eq!(health(ch.clone(), kind.grpc_name()).await.unwrap(), SERVING, "{kind}");
-        for list in [reflection_list(ch.clone()).await, reflection_list_v1alpha(ch.clone()).await] {
+        assert_eq!(
+            health(ch.clone(), kind.grpc_name()).await.unwrap(),
+            SERVING,
+            "{kind}"
+        );
+        for list in [
+            reflection_list(ch.clone()).await,
+            reflection_list_v1alpha(ch.clone()).await,
+        ] {
             assert!(list.iter().any(|s| s == kind.grpc_name()), "{kind}: {list:?}");
-            assert!(list.iter().any(|s| s == "grpc.health.v1.Health"), "{kind}: {list:?}");
+            assert!(
+                list.iter().any(|s| s == "grpc.health.v1.Health"),
+                "{kind}: {list:?}"
+            );
         }
         svc.stop().await;
     }
@@ -51,25 +61,66 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
     }
     let cases = [
         // RecordBillingEvent is callable by the tool registry only.
-        Case { name: "capsule-repo", caller: "/svc/capsule-repo", expected: Code::PermissionDenied, reason: Some("caller_not_allowed") },
-        Case { name: "gateway", caller: "/svc/gateway", expected: Code::PermissionDenied, reason: Some("caller_not_allowed") },
-        Case { name: "operator", caller: "/operator/alice", expected: Code::PermissionDenied, reason: Some("caller_not_allowed") },
-        Case { name: "look-alike path", caller: "/svc/tool-registry2", expected: Code::PermissionDenied, reason: Some("caller_not_allowed") },
-        Case { name: "sub-path", caller: "/svc/tool-registry/x", expected: Code::PermissionDenied, reason: Some("caller_not_allowed") },
+        Case {
+            name: "capsule-repo",
+            caller: "/svc/capsule-repo",
+            expected: Code::PermissionDenied,
+            reason: Some("caller_not_allowed"),
+        },
+        Case {
+            name: "gateway",
+            caller: "/svc/gateway",
+            expected: Code::PermissionDenied,
+            reason: Some("caller_not_allowed"),
+        },
+        Case {
+            name: "operator",
+            caller: "/operator/alice",
+            expected: Code::PermissionDenied,
+            reason: Some("caller_not_allowed"),
+        },
+        Case {
+            name: "look-alike path",
+            caller: "/svc/tool-registry2",
+            expected: Code::PermissionDenied,
+            reason: Some("caller_not_allowed"),
+        },
+        Case {
+            name: "sub-path",
+            caller: "/svc/tool-registry/x",
+            expected: Code::PermissionDenied,
+            reason: Some("caller_not_allowed"),
+        },
         // The allowed caller reaches the handler, which answers
         // UNIMPLEMENTED until billing is built: the counter moves.
-        Case { name: "tool-registry", caller: "/svc/tool-registry", expected: Code::Unimplemented, reason: None },
+        Case {
+            name: "tool-registry",
+            caller: "/svc/tool-registry",
+            expected: Code::Unimplemented,
+            reason: None,
+        },
     ];
     for c in cases {
         let before = svc.metrics.dispatched_count(BILLING);
         let client_id = ca.store(c.caller, Duration::from_secs(600));
         let mut client = AnalyticsClient::new(channel(client_id, svc.addr, &svc.id));
-        let status = client.record_billing_event(RecordBillingEventRequest::default()).await.unwrap_err();
+        let status = client
+            .record_billing_event(RecordBillingEventRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
-        let reason = status.metadata().get("soma-reason").map(|v| v.to_str().unwrap().to_owned());
+        let reason = status
+            .metadata()
+            .get("soma-reason")
+            .map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(reason.as_deref(), c.reason, "{}", c.name);
         let ran = svc.metrics.dispatched_count(BILLING) - before;
-        assert_eq!(ran, u64::from(c.reason.is_none()), "{}: handler runs = {ran}", c.name);
+        assert_eq!(
+            ran,
+            u64::from(c.reason.is_none()),
+            "{}: handler runs = {ran}",
+            c.name
+        );
     }
     assert_eq!(svc.metrics.denied_count(BILLING, "caller_not_allowed"), 5);
     svc.stop().await;
@@ -85,10 +136,17 @@ async fn a_method_without_a_policy_is_denied_by_default() {
     let ch = channel(client_id, svc.addr, &svc.id);
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<soma_proto::v1::VerifyStoreRequest, soma_proto::v1::VerifyStoreResponse>::default();
+    let codec = tonic_prost::ProstCodec::<
+        soma_proto::v1::VerifyStoreRequest,
+        soma_proto::v1::VerifyStoreResponse,
+    >::default();
     let path = http::uri::PathAndQuery::from_static("/somastack.v1.Analytics/DropAllTables");
     let status = grpc
-        .unary(tonic::Request::new(soma_proto::v1::VerifyStoreRequest {}), path, codec)
+        .unary(
+            tonic::Request::new(soma_proto::v1::VerifyStoreRequest {}),
+            path,
+            codec,
+        )
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -114,7 +172,11 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
     let (signer, _) = ClaimsSigner::generate("gateway-1").unwrap();
     let (forger, _) = ClaimsSigner::generate("gateway-1").unwrap();
     let analytics_id = ca.id("/svc/analytics");
-    let verifier = ClaimsVerifier::new(ca.id("/svc/gateway"), analytics_id.clone(), vec![("gateway-1".into(), signer.public_key())]);
+    let verifier = ClaimsVerifier::new(
+        ca.id("/svc/gateway"),
+        analytics_id.clone(),
+        vec![("gateway-1".into(), signer.public_key())],
+    );
     let svc = start(&ca, ServiceKind::Analytics, Some(verifier)).await;
     let gateway = ca.store("/svc/gateway", Duration::from_secs(600));
     let tool_registry = ca.store("/svc/tool-registry", Duration::from_secs(600));
@@ -131,45 +193,64 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
         Case {
             name: "valid envelope from the gateway",
             from_gateway: true,
-            envelope: signer.sign(claims("analytics:ingest"), &analytics_id, ttl, now).unwrap(),
+            envelope: signer
+                .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
+                .unwrap(),
             expected: Code::Unimplemented,
         },
         Case {
             name: "forged signature (another key, same key id)",
             from_gateway: true,
-            envelope: forger.sign(claims("analytics:ingest"), &analytics_id, ttl, now).unwrap(),
+            envelope: forger
+                .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
+                .unwrap(),
             expected: Code::Unauthenticated,
         },
         Case {
             name: "wrong audience",
             from_gateway: true,
-            envelope: signer.sign(claims("analytics:ingest"), &ca.id("/svc/capsule-repo"), ttl, now).unwrap(),
+            envelope: signer
+                .sign(claims("analytics:ingest"), &ca.id("/svc/capsule-repo"), ttl, now)
+                .unwrap(),
             expected: Code::Unauthenticated,
         },
         Case {
             name: "expired",
             from_gateway: true,
             envelope: signer
-                .sign(claims("analytics:ingest"), &analytics_id, ttl, now - Duration::from_secs(120))
+                .sign(
+                    claims("analytics:ingest"),
+                    &analytics_id,
+                    ttl,
+                    now - Duration::from_secs(120),
+                )
                 .unwrap(),
             expected: Code::Unauthenticated,
         },
         Case {
             name: "valid envelope sent by a non-gateway peer",
             from_gateway: false,
-            envelope: signer.sign(claims("analytics:ingest"), &analytics_id, ttl, now).unwrap(),
+            envelope: signer
+                .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
+                .unwrap(),
             expected: Code::Unauthenticated,
         },
         Case {
             name: "valid envelope without the method's capability",
             from_gateway: true,
-            envelope: signer.sign(claims("analytics:export"), &analytics_id, ttl, now).unwrap(),
+            envelope: signer
+                .sign(claims("analytics:export"), &analytics_id, ttl, now)
+                .unwrap(),
             expected: Code::PermissionDenied,
         },
     ];
     for c in cases {
         let before = svc.metrics.dispatched_count(CAPSULE_RUN);
-        let peer = if c.from_gateway { gateway.clone() } else { tool_registry.clone() };
+        let peer = if c.from_gateway {
+            gateway.clone()
+        } else {
+            tool_registry.clone()
+        };
         let mut client = AnalyticsClient::new(channel(peer, svc.addr, &svc.id));
         let mut request = tonic::Request::new(RecordCapsuleRunRequest::default());
         c.envelope.insert_into(request.metadata_mut());
@@ -187,8 +268,15 @@ async fn gateway_who_am_i_returns_the_verified_peer() {
     let svc = start(&ca, ServiceKind::Gateway, None).await;
     let operator = ca.store("/operator/alice", Duration::from_secs(600));
     let mut client = soma_proto::v1::gateway_client::GatewayClient::new(channel(operator, svc.addr, &svc.id));
-    let me = client.who_am_i(soma_proto::v1::WhoAmIRequest {}).await.unwrap().into_inner();
-    assert_eq!(me.peer_spiffe_id, format!("spiffe://{}/operator/alice", common::TD));
+    let me = client
+        .who_am_i(soma_proto::v1::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        me.peer_spiffe_id,
+        format!("spiffe://{}/operator/alice", common::TD)
+    );
     assert!(me.tenant.is_empty());
     svc.stop().await;
 }
@@ -201,10 +289,12 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
     // to this service's bundle.
     let rogue = Ca::new();
     let rogue_client = rogue.store("/svc/tool-registry", Duration::from_secs(600));
-    let mut client = AnalyticsClient::new(
-        soma_mesh::channel(rogue_client, svc.addr, svc.id.clone()).unwrap(),
-    );
-    let status = client.record_billing_event(RecordBillingEventRequest::default()).await.unwrap_err();
+    let mut client =
+        AnalyticsClient::new(soma_mesh::channel(rogue_client, svc.addr, svc.id.clone()).unwrap());
+    let status = client
+        .record_billing_event(RecordBillingEventRequest::default())
+        .await
+        .unwrap_err();
     // The client cannot even verify the server (other root), and the server
     // would refuse the client: no request reaches the service.
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -216,11 +306,13 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
     for root in ca.bundles().iter().flat_map(|b| b.roots().to_vec()) {
         roots.add(root).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -251,7 +343,9 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
 async fn reqwest_metrics(admin: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     tcp.read_to_string(&mut body).await.unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");

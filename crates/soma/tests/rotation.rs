@@ -30,7 +30,11 @@ async fn calls_never_fail_across_svid_rotations() {
     let socket = dir.path().join("workload.sock");
     let listener = soma_ca::bind_socket(&socket).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = WorkloadApi::new(authority, registry.clone(), WorkloadApiConfig { svid_ttl: SVID_TTL });
+    let api = WorkloadApi::new(
+        authority,
+        registry.clone(),
+        WorkloadApiConfig { svid_ttl: SVID_TTL },
+    );
     let api_task = tokio::spawn(api.serve(listener, async move {
         let _ = stop_rx.await;
     }));
@@ -53,14 +57,24 @@ async fn calls_never_fail_across_svid_rotations() {
         .unwrap();
     registry.register_pid(child.id().unwrap(), server_id.clone());
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready: serde_json::Value =
-        serde_json::from_str(&tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap())
-            .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     let addr: std::net::SocketAddr = ready["grpc_addr"].as_str().unwrap().parse().unwrap();
 
     // The client: this process, attested by its pid, rotating too.
-    registry.register_pid(std::process::id(), SpiffeId::from_parts(&td, "/operator/rotation").unwrap());
-    let client = WorkloadIdentity::connect(Some(&endpoint), None, Duration::from_secs(10)).await.unwrap();
+    registry.register_pid(
+        std::process::id(),
+        SpiffeId::from_parts(&td, "/operator/rotation").unwrap(),
+    );
+    let client = WorkloadIdentity::connect(Some(&endpoint), None, Duration::from_secs(10))
+        .await
+        .unwrap();
     let store = client.store();
     let long_lived = common::channel(store.clone(), addr, &server_id);
     let tls = tokio_rustls::TlsConnector::from(
@@ -80,7 +94,10 @@ async fn calls_never_fail_across_svid_rotations() {
         // Fresh connection: a new handshake, whose server certificate we
         // record, and a call on a new channel.
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        match tls.connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp).await {
+        match tls
+            .connect(rustls::pki_types::ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+        {
             Ok(conn) => {
                 let leaf = conn.get_ref().1.peer_certificates().unwrap()[0].clone();
                 let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
@@ -96,12 +113,23 @@ async fn calls_never_fail_across_svid_rotations() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    assert!(failures.is_empty(), "{} of {calls} calls failed: {failures:#?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {failures:#?}",
+        failures.len()
+    );
     assert!(serials.len() >= 3, "server serials seen: {}", serials.len());
-    assert!(client_serials.len() >= 3, "client serials seen: {}", client_serials.len());
+    assert!(
+        client_serials.len() >= 3,
+        "client serials seen: {}",
+        client_serials.len()
+    );
 
     drop(child.stdin.take());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success());
     client.shutdown().await;
     let _ = stop_tx.send(());

@@ -38,9 +38,15 @@ fn soma_up(data_dir: &Path) -> Child {
 
 async fn stop(mut child: Child) {
     let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "soma up exited with {exit:?}");
 }
 
@@ -52,13 +58,20 @@ fn issue_operator(data_dir: &Path, out: &Path) {
         .arg(out)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn operator_store(out: &Path) -> std::sync::Arc<SvidStore> {
     let td = TrustDomain::parse("somastack.local").unwrap();
-    let svid = Svid::from_pem(&std::fs::read(out.join("svid.pem")).unwrap(), &std::fs::read(out.join("key.pem")).unwrap())
-        .unwrap();
+    let svid = Svid::from_pem(
+        &std::fs::read(out.join("svid.pem")).unwrap(),
+        &std::fs::read(out.join("key.pem")).unwrap(),
+    )
+    .unwrap();
     let mut bundles = BundleSet::new();
     bundles.insert(Bundle::from_pem(td, &std::fs::read(out.join("bundle.pem")).unwrap()).unwrap());
     SvidStore::new(svid.spiffe_id().clone(), svid, bundles).unwrap()
@@ -108,7 +121,15 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
     keys.sort();
     assert_eq!(
         keys,
-        ["analytics", "capsule_repo", "edge", "gateway", "tool_registry", "trust_domain", "workload_api_socket"]
+        [
+            "analytics",
+            "capsule_repo",
+            "edge",
+            "gateway",
+            "tool_registry",
+            "trust_domain",
+            "workload_api_socket"
+        ]
     );
     assert_eq!(endpoints["trust_domain"], "somastack.local");
     let socket = PathBuf::from(endpoints["workload_api_socket"].as_str().unwrap());
@@ -145,12 +166,23 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
     std::fs::remove_file(data_dir.join("endpoints.json")).unwrap();
     let child = soma_up(&data_dir);
     let restarted = Instant::now();
-    wait_serving(&data_dir, &dir.path().join("operator2"), restarted + Duration::from_secs(10)).await;
+    wait_serving(
+        &data_dir,
+        &dir.path().join("operator2"),
+        restarted + Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(std::fs::read(data_dir.join("ca/ca.pem")).unwrap(), ca_before);
     let old_operator = operator_store(&op);
-    let endpoints: serde_json::Value = serde_json::from_slice(&std::fs::read(data_dir.join("endpoints.json")).unwrap()).unwrap();
+    let endpoints: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("endpoints.json")).unwrap()).unwrap();
     let addr = endpoints["analytics"].as_str().unwrap().parse().unwrap();
     let id = SpiffeId::parse("spiffe://somastack.local/svc/analytics").unwrap();
-    assert_eq!(common::health(common::channel(old_operator, addr, &id), "").await.unwrap(), 1);
+    assert_eq!(
+        common::health(common::channel(old_operator, addr, &id), "")
+            .await
+            .unwrap(),
+        1
+    );
     stop(child).await;
 }

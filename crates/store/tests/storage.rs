@@ -480,9 +480,9 @@ async fn sqlite_lives_in_a_private_data_dir_in_wal_mode() {
     let mut t = None;
     for e in engines("layout").await {
         if e.label == "sqlite" {
-            t = Some(e)
+            t = Some(e);
         } else {
-            e.cleanup().await
+            e.cleanup().await;
         }
     }
     let t = t.unwrap();

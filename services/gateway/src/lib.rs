@@ -28,7 +28,10 @@ impl Gateway for GatewayService {
     #[tracing::instrument(skip_all, name = "Gateway/WhoAmI")]
     async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
         let caller = Caller::of(&request).ok_or_else(|| Status::unauthenticated("no verified caller"))?;
-        let mut response = WhoAmIResponse { peer_spiffe_id: caller.peer.spiffe_id.to_string(), ..Default::default() };
+        let mut response = WhoAmIResponse {
+            peer_spiffe_id: caller.peer.spiffe_id.to_string(),
+            ..Default::default()
+        };
         if let Some(c) = &caller.claims {
             response.tenant.clone_from(&c.tenant);
             response.subject.clone_from(&c.subject);
@@ -46,5 +49,9 @@ pub fn spec(db: Database, limits: &Limits) -> ServiceSpec {
     let server = GatewayServer::new(GatewayService { _db: db.clone() })
         .max_decoding_message_size(limits.max_recv_message_bytes)
         .max_encoding_message_size(limits.max_send_message_bytes);
-    ServiceSpec { name: "somastack.v1.Gateway", routes: Routes::new(server), readiness: Readiness::of_database(db) }
+    ServiceSpec {
+        name: "somastack.v1.Gateway",
+        routes: Routes::new(server),
+        readiness: Readiness::of_database(db),
+    }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
-use rustls::client::danger::ServerCertVerifier as _;
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use soma_ca::{Authority, CaError, Registry, WorkloadApi, WorkloadApiConfig, bind_socket};
@@ -20,9 +20,9 @@ use soma_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::Request;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::Request;
 
 /// The trust domain every test authority is created for.
 pub const TRUST_DOMAIN: &str = "somastack.test";
@@ -52,12 +52,23 @@ impl TestServer {
         let registry = Registry::new();
         let socket = dir.path().join("run").join("workload.sock");
         let listener = bind_socket(&socket).unwrap();
-        let api = WorkloadApi::new(Arc::clone(&authority), registry.clone(), WorkloadApiConfig { svid_ttl });
+        let api = WorkloadApi::new(
+            Arc::clone(&authority),
+            registry.clone(),
+            WorkloadApiConfig { svid_ttl },
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(api.serve(listener, async move {
             let _ = rx.await;
         }));
-        Self { dir, socket, authority, registry, shutdown: Some(tx), handle: Some(handle) }
+        Self {
+            dir,
+            socket,
+            authority,
+            registry,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     /// `unix:///abs/path`, the endpoint form SPIFFE clients take.
@@ -96,7 +107,9 @@ pub async fn raw_client(socket: &Path) -> SpiffeWorkloadApiClient<Channel> {
 /// A request carrying `workload.spiffe.io: true`.
 pub fn with_header<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert("workload.spiffe.io", MetadataValue::from_static("true"));
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", MetadataValue::from_static("true"));
     request
 }
 
@@ -118,7 +131,9 @@ pub fn verify_as_client(root: &[u8], leaf: &[u8]) -> Result<(), rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(root.to_vec())).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .unwrap();
     verifier
         .verify_client_cert(&CertificateDer::from(leaf.to_vec()), &[], UnixTime::now())
         .map(|_| ())
@@ -130,9 +145,17 @@ pub fn verify_as_server(root: &[u8], leaf: &[u8], name: &str) -> Result<(), rust
     let mut roots = RootCertStore::empty();
     roots.add(CertificateDer::from(root.to_vec())).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .unwrap();
     let name = ServerName::try_from(name.to_owned()).unwrap();
     verifier
-        .verify_server_cert(&CertificateDer::from(leaf.to_vec()), &[], &name, &[], UnixTime::now())
+        .verify_server_cert(
+            &CertificateDer::from(leaf.to_vec()),
+            &[],
+            &name,
+            &[],
+            UnixTime::now(),
+        )
         .map(|_| ())
 }

@@ -26,7 +26,10 @@ impl Ca {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let authority = Authority::open_or_create(dir.path(), &TrustDomain::parse(TD).unwrap()).unwrap();
-        Self { dir, authority: Arc::new(authority) }
+        Self {
+            dir,
+            authority: Arc::new(authority),
+        }
     }
 
     pub fn id(&self, path: &str) -> SpiffeId {
@@ -35,7 +38,13 @@ impl Ca {
 
     pub fn bundles(&self) -> BundleSet {
         let mut set = BundleSet::new();
-        set.insert(Bundle::from_der_concat(self.authority.trust_domain().clone(), &self.authority.bundle_der()).unwrap());
+        set.insert(
+            Bundle::from_der_concat(
+                self.authority.trust_domain().clone(),
+                &self.authority.bundle_der(),
+            )
+            .unwrap(),
+        );
         set
     }
 
@@ -84,9 +93,15 @@ pub async fn start_with(
 ) -> Running {
     let data = tempfile::tempdir().unwrap();
     let settings = MeshSettings::load(kind, None, |_| None).unwrap();
-    let db = Database::connect(&StoreSettings { data_dir: data.path().to_owned(), database_url: None }, kind.name())
-        .await
-        .unwrap();
+    let db = Database::connect(
+        &StoreSettings {
+            data_dir: data.path().to_owned(),
+            database_url: None,
+        },
+        kind.name(),
+    )
+    .await
+    .unwrap();
     let spec = match kind {
         ServiceKind::Gateway => soma_gateway::spec(db, &settings.limits),
         ServiceKind::ToolRegistry => soma_tool_registry::spec(db, &settings.limits),
@@ -104,7 +119,15 @@ pub async fn start_with(
         .await
         .unwrap();
     });
-    Running { addr, admin, metrics, id, stop: Some(tx), task: Some(task), _data: data }
+    Running {
+        addr,
+        admin,
+        metrics,
+        id,
+        stop: Some(tx),
+        task: Some(task),
+        _data: data,
+    }
 }
 
 /// An mTLS channel from `client` to the service `server` at `addr`.
@@ -116,20 +139,29 @@ pub fn channel(client: Arc<SvidStore>, addr: SocketAddr, server: &SpiffeId) -> t
 pub async fn health(channel: tonic::transport::Channel, service: &str) -> Result<i32, tonic::Status> {
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let response = client
-        .check(tonic_health::pb::HealthCheckRequest { service: service.to_owned() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
         .await?;
     Ok(response.into_inner().status)
 }
 
 /// Service names listed by server reflection v1.
 pub async fn reflection_list(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let message = stream.message().await.unwrap().unwrap();
     match message.message_response.unwrap() {
         MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
@@ -139,13 +171,20 @@ pub async fn reflection_list(channel: tonic::transport::Channel) -> Vec<String> 
 
 /// Service names listed by server reflection v1alpha.
 pub async fn reflection_list_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
     let message = stream.message().await.unwrap().unwrap();
     match message.message_response.unwrap() {
         MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),

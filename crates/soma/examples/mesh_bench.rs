@@ -1,0 +1,623 @@
+//! Unary RPC cost of the mesh runtime, against a bare tonic server measured
+//! in the same run.
+//!
+//! Two servers answer `grpc.health.v1.Health/Check`:
+//!
+//! - baseline: a plaintext tonic server with tonic-health's `HealthServer`
+//!   and nothing else (no TLS, no layers);
+//! - mesh: the full `soma_mesh::Application` of the Gateway service (mTLS
+//!   with SVIDs minted at run time by a development authority in a temp dir,
+//!   per-method authorization, health, reflection), called by a
+//!   `/operator/bench` SVID.
+//!
+//! Each server runs alone on its own OS thread with a current-thread tokio
+//! runtime, so the server's whole CPU time is that thread's `utime + stime`
+//! (`/proc/self/task/<tid>/stat`; `schedstat` gives the same in nanoseconds
+//! where the kernel has it). The client runs on the main thread's runtime.
+//!
+//! Two measurements:
+//!
+//! 1. closed loop: after a warm-up, `--requests` calls one after the other on
+//!    one HTTP/2 connection; server CPU per request, in alternating rounds;
+//! 2. open loop: one call launched every `1/--rate` s on its own task for
+//!    `--seconds` s, over one long-lived connection per server; p50 and p99.
+//!
+//! Nothing here passes or fails on timing: the targets are printed next to
+//! the measurements. The process fails only when a call fails (then the
+//! numbers would not describe the RPC).
+//!
+//! The last lines are `result.<key>=<value>`, for `scripts/bench/mesh.sh`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use soma_ca::{Authority, IssueOptions};
+use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
+use soma_mesh::{Application, MeshSettings, Metrics, ServiceKind};
+use soma_store::{Database, StoreSettings};
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const TRUST_DOMAIN: &str = "somastack.bench";
+const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+
+/// Targets set by the issue; printed, never asserted.
+const TARGET_CPU_RATIO: f64 = 1.2;
+const TARGET_ADDED_P50_US: f64 = 50.0;
+const TARGET_ADDED_P99_US: f64 = 200.0;
+
+#[derive(Debug, Parser)]
+#[command(about = "Server CPU per call and latency of the mesh runtime against bare tonic")]
+struct Args {
+    /// Closed-loop calls measured per round and server.
+    #[arg(long, default_value_t = 20_000)]
+    requests: u32,
+    /// Closed-loop calls before measuring, per server.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: u32,
+    /// Closed-loop rounds (baseline and mesh alternate).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Open-loop calls per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u32,
+    /// Open-loop duration per server, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.requests == 0 || args.rounds == 0 || args.rate == 0 || args.seconds == 0 {
+        bail!("--requests, --rounds, --rate and --seconds must be greater than zero");
+    }
+    let ticks_per_second = clock_ticks_per_second()?;
+
+    let ca_dir = tempfile::tempdir()?;
+    let data_dir = tempfile::tempdir()?;
+    let authority = Authority::open_or_create(ca_dir.path(), &TrustDomain::parse(TRUST_DOMAIN)?)
+        .context("opening the authority")?;
+    let server_store = identity(&authority, &ServiceKind::Gateway.spiffe_path())?;
+    let client_store = identity(&authority, "/operator/bench")?;
+    let server_id = server_store.own_id().clone();
+
+    let baseline = ServerThread::spawn("bench-baseline", |stop| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve: Serve = Box::pin(async move {
+            // The reporter lives as long as the server: it owns the statuses.
+            let _reporter = reporter;
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.await;
+                })
+                .await
+                .context("baseline server")
+        });
+        Ok(Started {
+            addr,
+            serve,
+            metrics: None,
+        })
+    })?;
+
+    let db_dir = data_dir.path().to_owned();
+    let mesh = ServerThread::spawn("bench-mesh", move |stop| async move {
+        let kind = ServiceKind::Gateway;
+        let settings = MeshSettings::load(kind, None, |_| None)?;
+        let db = Database::connect(
+            &StoreSettings {
+                data_dir: db_dir,
+                database_url: None,
+            },
+            kind.name(),
+        )
+        .await?;
+        db.migrate(&soma_gateway::MIGRATIONS).await?;
+        let spec = soma_gateway::spec(db, &settings.limits);
+        let app = Application::build(settings, server_store, None, spec).await?;
+        let (addr, metrics) = (app.local_addr(), app.metrics());
+        let serve: Serve = Box::pin(async move {
+            app.run_until_stopped(async move {
+                let _ = stop.await;
+            })
+            .await
+            .context("mesh server")
+        });
+        Ok(Started {
+            addr,
+            serve,
+            metrics: Some(metrics),
+        })
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(
+        &args,
+        ticks_per_second,
+        &baseline,
+        &mesh,
+        client_store,
+        server_id,
+    ));
+    // The channels are gone with the client runtime; stop the servers either way.
+    drop(runtime);
+    let stopped = baseline.stop().and(mesh.stop());
+    let report = report?;
+    stopped?;
+    report.print(&args);
+    Ok(())
+}
+
+/// A fresh identity for `path`, valid for an hour: one run.
+fn identity(authority: &Authority, path: &str) -> anyhow::Result<Arc<SvidStore>> {
+    let id = SpiffeId::from_parts(authority.trust_domain(), path)?;
+    let issued = authority.issue(&id, Duration::from_secs(3600), IssueOptions::default())?;
+    let svid = Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der)?;
+    let mut bundles = BundleSet::new();
+    bundles.insert(Bundle::from_der_concat(
+        authority.trust_domain().clone(),
+        &authority.bundle_der(),
+    )?);
+    Ok(SvidStore::new(id, svid, bundles)?)
+}
+
+async fn run(
+    args: &Args,
+    ticks_per_second: u64,
+    baseline: &ServerThread,
+    mesh: &ServerThread,
+    client_store: Arc<SvidStore>,
+    server_id: SpiffeId,
+) -> anyhow::Result<Report> {
+    let baseline_channel = Endpoint::from_shared(format!("http://{}", baseline.addr))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the baseline server")?;
+    let mesh_channel = soma_mesh::channel(client_store, mesh.addr, server_id)?;
+
+    let mut baseline_client = HealthClient::new(baseline_channel.clone());
+    let mut mesh_client = HealthClient::new(mesh_channel.clone());
+    closed_loop(&mut baseline_client, args.warmup.max(1))
+        .await
+        .context("baseline warm-up")?;
+    closed_loop(&mut mesh_client, args.warmup.max(1))
+        .await
+        .context("mesh warm-up")?;
+    let dispatched_before = mesh.dispatched();
+
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let b = measure_cpu(
+            &mut baseline_client,
+            baseline.tid,
+            args.requests,
+            ticks_per_second,
+        )
+        .await?;
+        let m = measure_cpu(&mut mesh_client, mesh.tid, args.requests, ticks_per_second).await?;
+        let line = format!(
+            "round {round}: server CPU per call  baseline {:>7.2} µs  mesh {:>7.2} µs  ratio {:.3}   \
+             (schedstat: {} / {})   throughput {:.0} / {:.0} calls/s",
+            b.cpu_us_per_call(),
+            m.cpu_us_per_call(),
+            m.cpu_us_per_call() / b.cpu_us_per_call(),
+            b.sched_us_per_call()
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2} µs")),
+            m.sched_us_per_call()
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2} µs")),
+            b.calls_per_second(),
+            m.calls_per_second(),
+        );
+        progress(&line);
+        rounds.push((b, m));
+    }
+    let dispatched = mesh.dispatched().saturating_sub(dispatched_before);
+
+    let period = Duration::from_secs(1) / args.rate;
+    let duration = Duration::from_secs(u64::from(args.seconds));
+    progress(&format!(
+        "open loop: baseline, {} calls/s for {} s",
+        args.rate, args.seconds
+    ));
+    let baseline_latency = open_loop(&baseline_channel, period, duration)
+        .await
+        .context("baseline open loop")?;
+    progress(&format!(
+        "open loop: mesh, {} calls/s for {} s",
+        args.rate, args.seconds
+    ));
+    let mesh_latency = open_loop(&mesh_channel, period, duration)
+        .await
+        .context("mesh open loop")?;
+
+    Ok(Report {
+        rounds,
+        dispatched,
+        baseline_latency,
+        mesh_latency,
+    })
+}
+
+/// `n` calls, each awaited before the next.
+async fn closed_loop(client: &mut HealthClient<Channel>, n: u32) -> anyhow::Result<()> {
+    for _ in 0..n {
+        check(client).await?;
+    }
+    Ok(())
+}
+
+/// One Check of the whole server, which must answer SERVING.
+async fn check(client: &mut HealthClient<Channel>) -> anyhow::Result<()> {
+    let response = client
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    if response.status != ServingStatus::Serving as i32 {
+        bail!(
+            "health check answered status {}, expected SERVING",
+            response.status
+        );
+    }
+    Ok(())
+}
+
+async fn measure_cpu(
+    client: &mut HealthClient<Channel>,
+    tid: u32,
+    calls: u32,
+    ticks_per_second: u64,
+) -> anyhow::Result<CpuSample> {
+    let before = ThreadCpu::read(tid, ticks_per_second)?;
+    let start = Instant::now();
+    closed_loop(client, calls).await?;
+    let wall = start.elapsed();
+    let after = ThreadCpu::read(tid, ticks_per_second)?;
+    Ok(CpuSample {
+        calls,
+        cpu: after.stat.saturating_sub(before.stat),
+        sched: after.sched.zip(before.sched).map(|(a, b)| a.saturating_sub(b)),
+        wall,
+    })
+}
+
+/// Launches one call every `period` on its own task for `duration`; returns
+/// each call's latency, from just before the call to its response.
+async fn open_loop(channel: &Channel, period: Duration, duration: Duration) -> anyhow::Result<Latencies> {
+    let count = duration.as_nanos() / period.as_nanos().max(1);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..count {
+        ticker.tick().await;
+        let mut client = HealthClient::new(channel.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            check(&mut client).await.map(|()| sent.elapsed())
+        });
+    }
+    let launched_in = start.elapsed();
+    let mut samples = Vec::with_capacity(tasks.len());
+    while let Some(joined) = tasks.join_next().await {
+        samples.push(joined??);
+    }
+    samples.sort_unstable();
+    Ok(Latencies { samples, launched_in })
+}
+
+type Serve = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
+
+/// What a server thread's start-up hands back.
+struct Started {
+    addr: SocketAddr,
+    serve: Serve,
+    metrics: Option<Metrics>,
+}
+
+/// A server alone on its OS thread, with a current-thread runtime.
+struct ServerThread {
+    addr: SocketAddr,
+    tid: u32,
+    metrics: Option<Metrics>,
+    stop: oneshot::Sender<()>,
+    join: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServerThread {
+    fn spawn<F, Fut>(name: &str, start: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<Started>>,
+    {
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::channel::<anyhow::Result<(SocketAddr, u32, Option<Metrics>)>>();
+        let (stop, stop_rx) = oneshot::channel();
+        let join =
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || -> anyhow::Result<()> {
+                    let started = own_tid().and_then(|tid| {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        Ok((tid, runtime))
+                    });
+                    let (tid, runtime) = match started {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    runtime.block_on(async move {
+                        match start(stop_rx).await {
+                            Ok(Started { addr, serve, metrics }) => {
+                                let _ = ready_tx.send(Ok((addr, tid, metrics)));
+                                serve.await
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                Ok(())
+                            }
+                        }
+                    })
+                })?;
+        let (addr, tid, metrics) = ready_rx
+            .recv()
+            .context("the server thread ended before it listened")??;
+        Ok(Self {
+            addr,
+            tid,
+            metrics,
+            stop,
+            join,
+        })
+    }
+
+    /// Calls of Check that passed the mesh's authorization (0 for baseline).
+    fn dispatched(&self) -> u64 {
+        self.metrics
+            .as_ref()
+            .map_or(0, |m| m.dispatched_count(CHECK_PATH))
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match self.join.join() {
+            Ok(result) => result,
+            Err(_) => bail!("a server thread panicked"),
+        }
+    }
+}
+
+/// This thread's id, from `/proc/thread-self` (`<pid>/task/<tid>`).
+fn own_tid() -> anyhow::Result<u32> {
+    let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+    let tid = link
+        .file_name()
+        .and_then(|s| s.to_str())
+        .context("/proc/thread-self has no tid")?;
+    tid.parse()
+        .with_context(|| format!("/proc/thread-self names {tid:?}"))
+}
+
+/// `USER_HZ`, the unit of `utime` and `stime`.
+fn clock_ticks_per_second() -> anyhow::Result<u64> {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running getconf CLK_TCK")?;
+    let text = String::from_utf8(out.stdout)?;
+    let hz: u64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("getconf CLK_TCK printed {text:?}"))?;
+    if hz == 0 {
+        bail!("getconf CLK_TCK printed 0");
+    }
+    Ok(hz)
+}
+
+/// One thread's CPU time so far.
+#[derive(Clone, Copy, Debug)]
+struct ThreadCpu {
+    /// `utime + stime` from `stat`.
+    stat: Duration,
+    /// Time on CPU from `schedstat`, when the kernel keeps it.
+    sched: Option<Duration>,
+}
+
+impl ThreadCpu {
+    fn read(tid: u32, ticks_per_second: u64) -> anyhow::Result<Self> {
+        let path = format!("/proc/self/task/{tid}/stat");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // The command name (field 2) may hold spaces and parentheses: the
+        // fields are counted from the last ')'. utime and stime are fields
+        // 14 and 15, so the 12th and 13th after it.
+        let rest = text
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .with_context(|| format!("{path}: no ')'"))?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| -> anyhow::Result<u64> {
+            let v = fields.get(i).with_context(|| format!("{path}: too few fields"))?;
+            v.parse().with_context(|| format!("{path}: field {v:?}"))
+        };
+        let ticks = field(11)? + field(12)?;
+        let stat = Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_second);
+        let sched = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+            .map(Duration::from_nanos);
+        Ok(Self { stat, sched })
+    }
+}
+
+/// One closed-loop measurement.
+#[derive(Clone, Copy, Debug)]
+struct CpuSample {
+    calls: u32,
+    cpu: Duration,
+    sched: Option<Duration>,
+    wall: Duration,
+}
+
+impl CpuSample {
+    fn cpu_us_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / f64::from(self.calls)
+    }
+
+    fn sched_us_per_call(&self) -> Option<f64> {
+        self.sched.map(|s| s.as_secs_f64() * 1e6 / f64::from(self.calls))
+    }
+
+    fn calls_per_second(&self) -> f64 {
+        f64::from(self.calls) / self.wall.as_secs_f64()
+    }
+}
+
+/// Sorted latencies of one open-loop run.
+#[derive(Debug)]
+struct Latencies {
+    samples: Vec<Duration>,
+    launched_in: Duration,
+}
+
+impl Latencies {
+    /// Nearest-rank percentile, in µs.
+    fn percentile_us(&self, p: f64) -> f64 {
+        let n = self.samples.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "n is a sample count far below 2^52; the rank is in 1..=n"
+        )]
+        let rank = ((p / 100.0) * n as f64).ceil().clamp(1.0, n as f64) as usize;
+        self.samples[rank - 1].as_secs_f64() * 1e6
+    }
+
+    #[expect(clippy::cast_precision_loss, reason = "a sample count far below 2^52")]
+    fn achieved_rate(&self) -> f64 {
+        self.samples.len() as f64 / self.launched_in.as_secs_f64()
+    }
+}
+
+#[derive(Debug)]
+struct Report {
+    rounds: Vec<(CpuSample, CpuSample)>,
+    dispatched: u64,
+    baseline_latency: Latencies,
+    mesh_latency: Latencies,
+}
+
+impl Report {
+    #[expect(clippy::print_stdout, reason = "the benchmark's output")]
+    fn print(&self, args: &Args) {
+        let median = |f: &dyn Fn(&(CpuSample, CpuSample)) -> f64| -> f64 {
+            let mut v: Vec<f64> = self.rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base_cpu = median(&|r| r.0.cpu_us_per_call());
+        let mesh_cpu = median(&|r| r.1.cpu_us_per_call());
+        let ratio = median(&|r| r.1.cpu_us_per_call() / r.0.cpu_us_per_call());
+        let sched = self
+            .rounds
+            .iter()
+            .all(|(b, m)| b.sched.is_some() && m.sched.is_some());
+        let (base_b, lat_m) = (&self.baseline_latency, &self.mesh_latency);
+        let (b50, b99, m50, m99) = (
+            base_b.percentile_us(50.0),
+            base_b.percentile_us(99.0),
+            lat_m.percentile_us(50.0),
+            lat_m.percentile_us(99.0),
+        );
+        let expected = u64::from(args.requests) * u64::from(args.rounds);
+
+        println!();
+        println!(
+            "== unary grpc.health.v1.Health/Check: server CPU per call (closed loop, one HTTP/2 connection)"
+        );
+        println!(
+            "   {} rounds x {} calls per server after {} warm-up calls; median of rounds",
+            args.rounds, args.requests, args.warmup
+        );
+        println!("   baseline (bare tonic, plaintext)  {base_cpu:>8.2} µs/call");
+        println!("   mesh (mTLS + authz, Gateway)      {mesh_cpu:>8.2} µs/call");
+        println!("   ratio mesh/baseline               {ratio:>8.3}x   (target <= {TARGET_CPU_RATIO}x)");
+        if sched {
+            let sb = median(&|r| r.0.sched_us_per_call().unwrap_or(f64::NAN));
+            let sm = median(&|r| r.1.sched_us_per_call().unwrap_or(f64::NAN));
+            println!(
+                "   schedstat cross-check             {sb:.2} / {sm:.2} µs/call, ratio {:.3}x",
+                sm / sb
+            );
+        }
+        println!(
+            "   mesh authorization dispatched {} of {expected} measured calls",
+            self.dispatched
+        );
+        println!();
+        println!(
+            "== latency, open loop at {} calls/s for {} s per server (one long-lived connection each)",
+            args.rate, args.seconds
+        );
+        println!(
+            "   baseline  p50 {b50:>8.1} µs  p99 {b99:>8.1} µs  ({} calls, {:.0} launched/s)",
+            base_b.samples.len(),
+            base_b.achieved_rate()
+        );
+        println!(
+            "   mesh      p50 {m50:>8.1} µs  p99 {m99:>8.1} µs  ({} calls, {:.0} launched/s)",
+            lat_m.samples.len(),
+            lat_m.achieved_rate()
+        );
+        println!(
+            "   added     p50 {:>8.1} µs  p99 {:>8.1} µs  (targets <= {TARGET_ADDED_P50_US} µs p50, <= {TARGET_ADDED_P99_US} µs p99)",
+            m50 - b50,
+            m99 - b99
+        );
+        println!();
+        println!("result.cpu_us_baseline={base_cpu:.3}");
+        println!("result.cpu_us_mesh={mesh_cpu:.3}");
+        println!("result.cpu_ratio={ratio:.4}");
+        println!("result.cpu_ratio_target={TARGET_CPU_RATIO}");
+        println!("result.dispatched={}", self.dispatched);
+        println!("result.dispatched_expected={expected}");
+        println!("result.p50_us_baseline={b50:.1}");
+        println!("result.p99_us_baseline={b99:.1}");
+        println!("result.p50_us_mesh={m50:.1}");
+        println!("result.p99_us_mesh={m99:.1}");
+        println!("result.p50_us_added={:.1}", m50 - b50);
+        println!("result.p99_us_added={:.1}", m99 - b99);
+        println!("result.p50_us_added_target={TARGET_ADDED_P50_US}");
+        println!("result.p99_us_added_target={TARGET_ADDED_P99_US}");
+    }
+}
+
+/// Progress goes to standard error; the report to standard output.
+#[expect(clippy::print_stderr, reason = "the benchmark's progress lines")]
+fn progress(line: &str) {
+    eprintln!("{line}");
+}

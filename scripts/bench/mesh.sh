@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Performance benchmarks of the mesh layer, each against a baseline measured
+# in the same run:
+#
+#   1. unary RPC cost (crates/soma/examples/mesh_bench.rs): server CPU per
+#      grpc.health.v1.Health/Check and open-loop latency, the mesh runtime
+#      (mTLS + authorization) against a bare plaintext tonic server;
+#   2. full mTLS handshakes per second, the mesh runtime
+#      (crates/soma/examples/bench_server.rs) against `openssl s_server`
+#      with the same P-256 key and certificate, both driven by `openssl s_time -new`;
+#   3. idle RSS of each `soma serve` child of `soma up`.
+#
+# Targets are printed next to the measurements and never asserted: the exit
+# status is 0 when the measurements ran, whatever they show.
+#
+# Environment (optional): BENCH_REQUESTS (20000), BENCH_ROUNDS (3),
+# BENCH_RATE (1000), BENCH_SECONDS (10), BENCH_HANDSHAKE_SECONDS (10),
+# BENCH_HANDSHAKE_ROUNDS (2).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+REQUESTS="${BENCH_REQUESTS:-20000}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+RATE="${BENCH_RATE:-1000}"
+SECONDS_OPEN="${BENCH_SECONDS:-10}"
+HS_SECONDS="${BENCH_HANDSHAKE_SECONDS:-10}"
+HS_ROUNDS="${BENCH_HANDSHAKE_ROUNDS:-2}"
+RSS_TARGET_MB=30
+
+log() { printf '\n### %s\n' "$*" >&2; }
+
+# --- tools ------------------------------------------------------------------
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
+command -v ps >/dev/null 2>&1 || missing+=(procps)
+command -v getconf >/dev/null 2>&1 || missing+=(libc-bin)
+command -v awk >/dev/null 2>&1 || missing+=(gawk)
+if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# --- build --------------------------------------------------------------------
+log "cargo build --release -p soma --bins --examples"
+cargo build --release -p soma --bins --examples
+BIN="$ROOT/target/release"
+EXAMPLES="$BIN/examples"
+
+WORK="$(mktemp -d -t soma-bench.XXXXXX)"
+PIDS_TO_STOP=()
+cleanup() {
+    local pid
+    for pid in "${PIDS_TO_STOP[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS_TO_STOP[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+forget_pid() {
+    local keep=() pid
+    for pid in "${PIDS_TO_STOP[@]}"; do
+        [[ $pid == "$1" ]] || keep+=("$pid")
+    done
+    PIDS_TO_STOP=("${keep[@]}")
+}
+
+# Value of `result.KEY=VALUE` in FILE.
+result() { sed -n "s/^result\.$2=//p" "$1"; }
+
+# --- 1. unary RPC cost ----------------------------------------------------------
+log "1. unary RPC: bare tonic vs mesh runtime (examples/mesh_bench)"
+"$EXAMPLES/mesh_bench" --requests "$REQUESTS" --rounds "$ROUNDS" --rate "$RATE" --seconds "$SECONDS_OPEN" \
+    | tee "$WORK/unary.txt"
+
+# --- 2. handshakes per second -------------------------------------------------
+log "2. full mTLS handshakes/s: mesh runtime vs openssl s_server (same key)"
+HS="$WORK/handshake"
+mkdir -p "$HS"
+mkfifo "$HS/server.stdin" "$HS/openssl.stdin"
+
+"$EXAMPLES/bench_server" "$HS" <"$HS/server.stdin" >"$HS/server.out" 2>"$HS/server.err" &
+SERVER_PID=$!
+PIDS_TO_STOP+=("$SERVER_PID")
+exec 3>"$HS/server.stdin" # held open: the server stops when it closes
+MESH_ADDR=""
+for _ in $(seq 1 200); do
+    MESH_ADDR="$(sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' "$HS/server.out" | head -n1)"
+    [[ -n $MESH_ADDR ]] && break
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+done
+if [[ -z $MESH_ADDR ]]; then
+    cat "$HS/server.err" >&2
+    echo "bench_server did not report its address" >&2
+    exit 1
+fi
+echo "mesh runtime (Gateway) listening on $MESH_ADDR"
+
+# A free port for s_server: bind, read, release.
+OPENSSL_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || true)"
+if [[ -z $OPENSSL_PORT ]]; then
+    OPENSSL_PORT=$((20000 + RANDOM % 20000))
+fi
+# -num_tickets 0: the mesh sends no TLS 1.3 session tickets (resumption is
+# off), so OpenSSL is asked for the same work per handshake.
+openssl s_server -accept "127.0.0.1:$OPENSSL_PORT" \
+    -cert "$HS/server/svid.pem" -key "$HS/server/key.pem" -CAfile "$HS/server/bundle.pem" \
+    -Verify 1 -num_tickets 0 -naccept 100000000 -quiet \
+    <"$HS/openssl.stdin" >"$HS/openssl.out" 2>"$HS/openssl.err" &
+OPENSSL_PID=$!
+PIDS_TO_STOP+=("$OPENSSL_PID")
+exec 4>"$HS/openssl.stdin" # s_server stops at the end of its standard input
+for _ in $(seq 1 100); do
+    (exec 5<>"/dev/tcp/127.0.0.1/$OPENSSL_PORT") 2>/dev/null && break
+    kill -0 "$OPENSSL_PID" 2>/dev/null || {
+        cat "$HS/openssl.err" >&2
+        echo "openssl s_server exited" >&2
+        exit 1
+    }
+    sleep 0.1
+done
+echo "openssl s_server listening on 127.0.0.1:$OPENSSL_PORT"
+
+S_TIME_VERSION=()
+if openssl s_time -help 2>&1 | grep -q -- '-tls1_3'; then
+    S_TIME_VERSION=(-tls1_3)
+fi
+
+# One s_time run against ADDR; prints "CONNECTIONS WALL_SECONDS REAL_SECONDS".
+s_time_run() {
+    local addr=$1 out start end
+    out="$WORK/s_time.$RANDOM.txt"
+    start=$(date +%s%N)
+    openssl s_time -connect "$addr" -new -time "$HS_SECONDS" "${S_TIME_VERSION[@]}" \
+        -cert "$HS/client/svid.pem" -key "$HS/client/key.pem" -CAfile "$HS/client/bundle.pem" >"$out" 2>&1
+    end=$(date +%s%N)
+    local line conns real
+    line="$(grep -E 'connections in [0-9]+ real seconds' "$out" | tail -n1 || true)"
+    if [[ -z $line ]]; then
+        cat "$out" >&2
+        echo "openssl s_time printed no result for $addr" >&2
+        return 1
+    fi
+    grep -E 'connections/user sec' "$out" | sed 's/^/    s_time: /' >&2
+    echo "    s_time: $line" >&2
+    conns="$(awk '{print $1}' <<<"$line")"
+    real="$(sed -E 's/.*connections in ([0-9]+) real seconds.*/\1/' <<<"$line")"
+    awk -v c="$conns" -v s="$start" -v e="$end" -v r="$real" 'BEGIN { printf "%d %.6f %d\n", c, (e - s) / 1e9, r }'
+}
+
+mesh_conns=0 mesh_wall=0 ossl_conns=0 ossl_wall=0
+for round in $(seq 1 "$HS_ROUNDS"); do
+    echo "round $round: mesh runtime ($MESH_ADDR), ${HS_SECONDS} s"
+    res="$(s_time_run "$MESH_ADDR")"
+    read -r c w _ <<<"$res"
+    echo "    $c handshakes in $w s: $(awk -v c="$c" -v w="$w" 'BEGIN { printf "%.1f", c / w }')/s"
+    mesh_conns=$((mesh_conns + c))
+    mesh_wall="$(awk -v a="$mesh_wall" -v b="$w" 'BEGIN { printf "%.6f", a + b }')"
+    echo "round $round: openssl s_server (127.0.0.1:$OPENSSL_PORT), ${HS_SECONDS} s"
+    res="$(s_time_run "127.0.0.1:$OPENSSL_PORT")"
+    read -r c w _ <<<"$res"
+    echo "    $c handshakes in $w s: $(awk -v c="$c" -v w="$w" 'BEGIN { printf "%.1f", c / w }')/s"
+    ossl_conns=$((ossl_conns + c))
+    ossl_wall="$(awk -v a="$ossl_wall" -v b="$w" 'BEGIN { printf "%.6f", a + b }')"
+done
+HS_MESH="$(awk -v c="$mesh_conns" -v w="$mesh_wall" 'BEGIN { printf "%.1f", c / w }')"
+HS_OSSL="$(awk -v c="$ossl_conns" -v w="$ossl_wall" 'BEGIN { printf "%.1f", c / w }')"
+HS_RATIO="$(awk -v m="$HS_MESH" -v o="$HS_OSSL" 'BEGIN { printf "%.3f", m / o }')"
+HANDSHAKES_REFUSED="$(grep -c 'handshake refused' "$HS/server.err" || true)"
+
+exec 4>&-
+kill "$OPENSSL_PID" 2>/dev/null || true
+wait "$OPENSSL_PID" 2>/dev/null || true
+forget_pid "$OPENSSL_PID"
+exec 3>&- # end of input: the mesh server drains and exits
+wait "$SERVER_PID" || echo "bench_server exited with status $?" >&2
+forget_pid "$SERVER_PID"
+
+# --- 3. idle RSS ------------------------------------------------------------------
+log "3. idle RSS of the soma serve children of soma up"
+UP_DIR="$(mktemp -d -t soma-bench-up.XXXXXX)"
+"$BIN/soma" up --data-dir "$UP_DIR" >"$WORK/up.out" 2>"$WORK/up.err" &
+UP_PID=$!
+PIDS_TO_STOP+=("$UP_PID")
+for _ in $(seq 1 600); do
+    [[ -f $UP_DIR/endpoints.json ]] && break
+    if ! kill -0 "$UP_PID" 2>/dev/null; then
+        cat "$WORK/up.err" >&2
+        echo "soma up exited before writing endpoints.json" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [[ ! -f $UP_DIR/endpoints.json ]]; then
+    echo "soma up wrote no endpoints.json within 60 s" >&2
+    exit 1
+fi
+sleep 3
+RSS_ROWS=()
+UP_RSS_KB="$(awk '/^VmRSS:/ { print $2 }' "/proc/$UP_PID/status")"
+for child in $(pgrep -P "$UP_PID" -f 'soma serve' || true); do
+    name="$(tr '\0' ' ' <"/proc/$child/cmdline" | awk '{ for (i = 1; i < NF; i++) if ($i == "serve") { print $(i + 1); exit } }')"
+    kb="$(awk '/^VmRSS:/ { print $2 }' "/proc/$child/status")"
+    RSS_ROWS+=("$name $child $kb")
+    printf '  %-14s pid %-7s VmRSS %8s kB = %6.1f MB\n' "$name" "$child" "$kb" "$(awk -v k="$kb" 'BEGIN { print k / 1024 }')"
+done
+if ((${#RSS_ROWS[@]} == 0)); then
+    echo "no soma serve children of soma up (pid $UP_PID)" >&2
+    exit 1
+fi
+kill -TERM "$UP_PID"
+UP_STATUS=0
+wait "$UP_PID" || UP_STATUS=$?
+forget_pid "$UP_PID"
+echo "soma up stopped on SIGTERM with status $UP_STATUS"
+rm -rf "$UP_DIR"
+
+# --- summary ------------------------------------------------------------------------
+U="$WORK/unary.txt"
+row() { printf '| %-44s | %14s | %14s | %16s | %-14s |\n' "$@"; }
+rule() { printf '|%s|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..16})" \
+    "$(printf -- '-%.0s' {1..16})" "$(printf -- '-%.0s' {1..18})" "$(printf -- '-%.0s' {1..16})"; }
+
+echo
+echo "== SomaStack mesh benchmark summary ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ))"
+echo "   baselines measured in the same run; targets are printed, not asserted"
+echo
+row "measurement" "baseline" "mesh" "mesh vs base" "target"
+rule
+row "server CPU per unary call (closed loop)" "$(result "$U" cpu_us_baseline) µs" "$(result "$U" cpu_us_mesh) µs" \
+    "$(result "$U" cpu_ratio)x" "<= $(result "$U" cpu_ratio_target)x"
+row "latency p50 @ ${RATE}/s open loop" "$(result "$U" p50_us_baseline) µs" "$(result "$U" p50_us_mesh) µs" \
+    "+$(result "$U" p50_us_added) µs" "<= +$(result "$U" p50_us_added_target) µs"
+row "latency p99 @ ${RATE}/s open loop" "$(result "$U" p99_us_baseline) µs" "$(result "$U" p99_us_mesh) µs" \
+    "+$(result "$U" p99_us_added) µs" "<= +$(result "$U" p99_us_added_target) µs"
+row "full mTLS handshakes/s (openssl s_time -new)" "$HS_OSSL /s" "$HS_MESH /s" "${HS_RATIO}x" ">= 1.0x"
+for r in "${RSS_ROWS[@]}"; do
+    read -r name pid kb <<<"$r"
+    row "idle RSS, soma serve $name" "-" "$(awk -v k="$kb" 'BEGIN { printf "%.1f MB", k / 1024 }')" "-" \
+        "<= ${RSS_TARGET_MB} MB"
+done
+row "idle RSS, soma up (authority, for reference)" "-" "$(awk -v k="$UP_RSS_KB" 'BEGIN { printf "%.1f MB", k / 1024 }')" "-" "-"
+echo
+echo "   baseline of the unary rows: bare tonic HealthServer, plaintext, no layers;"
+echo "   baseline of the handshake row: openssl s_server (same P-256 key and chain, client cert required)."
+echo "   mesh authorization dispatched $(result "$U" dispatched) of $(result "$U" dispatched_expected) measured calls;" \
+    "handshakes refused by the mesh during the s_time runs: $HANDSHAKES_REFUSED."
