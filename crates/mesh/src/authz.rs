@@ -139,14 +139,14 @@ impl State {
             if policy.capability.is_empty() || !claims.capabilities.contains(&policy.capability) {
                 return Err(Denial {
                     code: tonic::Code::PermissionDenied,
-                    reason: "caller_not_allowed",
+                    reason: "insufficient_scope",
                     message: format!("claims do not grant capability {:?}", policy.capability),
                 });
             }
             if policy.mfa_required && !claims.mfa {
                 return Err(Denial {
                     code: tonic::Code::PermissionDenied,
-                    reason: "caller_not_allowed",
+                    reason: "mfa_required",
                     message: "method requires multi-factor authentication".to_owned(),
                 });
             }

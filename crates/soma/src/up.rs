@@ -119,7 +119,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 running.push(r);
             }
             Err(e) => {
-                stop_all(&mut running).await;
+                stop_all(&mut running, &registry).await;
                 let _ = stop_tx.send(true);
                 let _ = api_task.await;
                 return Err(e.context(format!(
@@ -183,7 +183,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     };
-    stop_all(&mut running).await;
+    stop_all(&mut running, &registry).await;
     let _ = stop_tx.send(true);
     let _ = api_task.await;
     Ok(exit)
@@ -270,18 +270,23 @@ async fn first_exit(running: &mut [Running]) -> ServiceKind {
 }
 
 /// Closes every child's stdin (they drain and exit), waits, then kills the
-/// ones still running.
-async fn stop_all(running: &mut [Running]) {
+/// ones still running, and withdraws their attestation (a later process
+/// reusing the pid gets no identity).
+async fn stop_all(running: &mut [Running], registry: &Registry) {
     for r in running.iter_mut() {
         drop(r.stdin.take());
     }
     for r in running.iter_mut() {
+        let pid = r.child.id();
         match tokio::time::timeout(STOP_TIMEOUT, r.child.wait()).await {
             Ok(_) => tracing::info!(service = %r.kind, "stopped"),
             Err(_) => {
                 tracing::warn!(service = %r.kind, "did not stop in time; killing it");
                 let _ = r.child.kill().await;
             }
+        }
+        if let Some(pid) = pid {
+            registry.unregister_pid(pid);
         }
     }
 }

@@ -351,3 +351,30 @@ async fn reqwest_metrics(admin: std::net::SocketAddr) -> String {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_cut_off_at_the_handshake_timeout() {
+    let ca = Ca::new();
+    let store = ca.store("/svc/analytics", Duration::from_secs(600));
+    let svc = common::start_with(
+        store,
+        ServiceKind::Analytics,
+        None,
+        &[("SOMA_HANDSHAKE_TIMEOUT", "300ms")],
+    )
+    .await;
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+    // Send nothing: the server must close the connection by itself.
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = reqwest_metrics(svc.admin).await;
+    assert!(
+        metrics.contains("soma_tls_handshakes_total{outcome=\"timed_out\"} 1"),
+        "{metrics}"
+    );
+    svc.stop().await;
+}

@@ -83,16 +83,21 @@ impl Running {
 /// `claims` as its envelope verifier.
 pub async fn start(ca: &Ca, kind: ServiceKind, claims: Option<soma_auth::ClaimsVerifier>) -> Running {
     let store = ca.store(&kind.spiffe_path(), Duration::from_secs(3600));
-    start_with(store, kind, claims).await
+    start_with(store, kind, claims, &[]).await
 }
 
+/// Starts `kind` with this identity and these settings variables.
 pub async fn start_with(
     store: Arc<SvidStore>,
     kind: ServiceKind,
     claims: Option<soma_auth::ClaimsVerifier>,
+    env: &[(&str, &str)],
 ) -> Running {
     let data = tempfile::tempdir().unwrap();
-    let settings = MeshSettings::load(kind, None, |_| None).unwrap();
+    let settings = MeshSettings::load(kind, None, |k| {
+        env.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap();
     let db = Database::connect(
         &StoreSettings {
             data_dir: data.path().to_owned(),
