@@ -313,6 +313,19 @@ pub fn log_refused_handshake(err: &std::io::Error) {
             tracing::warn!(reason = %SvidError::EmptyChain, "refused peer svid");
         }
         Some(other) => tracing::warn!(reason = %other, "refused tls handshake"),
+        // The peer went away mid-handshake (reset, EOF): nothing was
+        // refused, and a client that drops connections must not be able to
+        // flood the log at warn level.
+        None if matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionAborted
+        ) =>
+        {
+            tracing::debug!(reason = %err, "tls handshake abandoned by the peer");
+        }
         None => tracing::warn!(reason = %err, "refused tls handshake"),
     }
 }

@@ -7,8 +7,8 @@
 //! SVID (`spiffe://somastack.bench/operator/bench`) to `DIR/client/`
 //! (`svid.pem`, `key.pem`, `bundle.pem` each), starts the Gateway with the
 //! server SVID read back from those files (the very key OpenSSL is given),
-//! prints `{"addr":"127.0.0.1:PORT"}` on standard output and serves until
-//! its standard input closes.
+//! prints `{"addr":"127.0.0.1:PORT","admin":"127.0.0.1:PORT"}` on standard
+//! output and serves until its standard input closes.
 //!
 //! The runtime is the multi-thread one `soma serve` uses. Logs (warnings by
 //! default, `RUST_LOG` to change) go to standard error.
@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
 
     let dir: PathBuf = std::env::args_os()
@@ -82,7 +83,12 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
     let spec = soma_gateway::spec(db, &settings.limits);
     let app = Application::build(settings, store, None, spec).await?;
 
-    ready(&serde_json::json!({ "addr": app.local_addr().to_string() }));
+    // `admin` serves `/metrics`, whose handshake counters tell how many
+    // handshakes the server itself completed.
+    ready(&serde_json::json!({
+        "addr": app.local_addr().to_string(),
+        "admin": app.admin_addr().to_string(),
+    }));
     app.run_until_stopped(async {
         let mut sink = Vec::new();
         let _ = tokio::io::stdin().read_to_end(&mut sink).await;
