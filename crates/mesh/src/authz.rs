@@ -85,7 +85,7 @@ struct Denial {
 impl State {
     fn authorize(&self, req: &http::Request<Body>) -> Result<Caller, Denial> {
         let path = req.uri().path();
-        let Some(peer) = req.extensions().get::<PeerInfo>() else {
+        let Some(peer) = req.extensions().get::<Arc<PeerInfo>>() else {
             return Err(Denial {
                 code: tonic::Code::Unauthenticated,
                 reason: "no_peer_identity",
@@ -186,7 +186,7 @@ where
                 let path = req.uri().path();
                 let peer = req
                     .extensions()
-                    .get::<PeerInfo>()
+                    .get::<Arc<PeerInfo>>()
                     .map(|p| p.spiffe_id.to_string());
                 tracing::warn!(
                     method = path,

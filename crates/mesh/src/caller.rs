@@ -1,13 +1,15 @@
 //! The verified caller of an RPC, as handlers see it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use soma_identity::SpiffeId;
 use soma_proto::v1::VerifiedClaims;
 
 /// The mTLS peer of a connection, established by the handshake.
 ///
-/// Inserted into every request's extensions by the runtime (tonic's
+/// Inserted into every request's extensions by the runtime, as an
+/// `Arc<PeerInfo>` shared by every request of the connection (tonic's
 /// connect-info mechanism); never parsed from anything the client sends.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -25,7 +27,7 @@ pub struct PeerInfo {
 #[derive(Clone, Debug)]
 pub struct Caller {
     /// The authorized mTLS peer.
-    pub peer: PeerInfo,
+    pub peer: Arc<PeerInfo>,
     /// Verified tenant claims, when the gateway forwarded a tenant request.
     pub claims: Option<VerifiedClaims>,
 }

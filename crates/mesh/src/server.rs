@@ -308,7 +308,8 @@ async fn accept_loop(
                             Ok(spiffe_id) => {
                                 metrics.handshake(HandshakeOutcome::Ok);
                                 tracing::debug!(remote = %remote_addr, peer = %spiffe_id, "mtls peer connected");
-                                let stream = MtlsStream { tls, peer: PeerInfo { spiffe_id, remote_addr } };
+                                let stream =
+                                    MtlsStream { tls, peer: Arc::new(PeerInfo { spiffe_id, remote_addr }) };
                                 let _ = conns.send(Ok(stream)).await;
                             }
                             Err(e) => {
@@ -328,14 +329,14 @@ async fn accept_loop(
 #[derive(Debug)]
 struct MtlsStream {
     tls: TlsStream<TcpStream>,
-    peer: PeerInfo,
+    peer: Arc<PeerInfo>,
 }
 
 impl Connected for MtlsStream {
-    type ConnectInfo = PeerInfo;
+    type ConnectInfo = Arc<PeerInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.peer.clone()
+        Arc::clone(&self.peer)
     }
 }
 
