@@ -12,7 +12,7 @@ venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ]; then
+if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe, cryptography, rfc8785' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/scripts/requirements-interop.txt"
 fi
 export SOMA_PYTHON="$venv/bin/python"

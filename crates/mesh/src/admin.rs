@@ -49,7 +49,8 @@ impl Readiness {
         })
     }
 
-    async fn check(&self) -> Result<(), String> {
+    /// Runs the check.
+    pub async fn check(&self) -> Result<(), String> {
         (self.0)().await
     }
 }

@@ -74,6 +74,20 @@ pub async fn run(
         }
     };
 
+    // Service-specific settings, validated before anything is opened.
+    let analytics_config = match kind {
+        ServiceKind::Analytics => {
+            match soma_analytics::AnalyticsConfig::from_env(
+                |k| std::env::var(k).ok(),
+                own_id.trust_domain().name(),
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => return Ok(crate::config_error(e)),
+            }
+        }
+        _ => None,
+    };
+
     let store_settings = StoreSettings {
         data_dir: settings.data_dir.clone(),
         database_url: settings.database_url.clone(),
@@ -97,7 +111,12 @@ pub async fn run(
         }
         ServiceKind::Analytics => {
             db.migrate(&soma_analytics::MIGRATIONS).await?;
-            soma_analytics::spec(db.clone(), &limits)
+            soma_analytics::spec(
+                db.clone(),
+                &limits,
+                analytics_config.context("analytics settings")?,
+            )
+            .await?
         }
     };
 

@@ -80,6 +80,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("opening the authority under {}", data_dir.display()))?,
     );
     let (claims_key, claims_pub) = ensure_claims_key(&data_dir)?;
+    let analytics_keys = ensure_analytics_keys(&data_dir)?;
 
     let registry = Registry::new();
     let listener = soma_ca::bind_socket(&socket)?;
@@ -102,17 +103,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
     for kind in ServiceKind::ALL {
         let id = SpiffeId::from_parts(&trust_domain, &kind.spiffe_path())?;
-        let started = start_service(
-            kind,
-            &id,
-            &data_dir,
-            &socket,
-            &claims_key,
-            &claims_pub,
-            &peers,
-            &registry,
-        )
-        .await;
+        let keys = ServiceKeys {
+            claims_key: &claims_key,
+            claims_pub: &claims_pub,
+            analytics: &analytics_keys,
+        };
+        let started = start_service(kind, &id, &data_dir, &socket, &keys, &peers, &registry).await;
         match started {
             Ok(r) => {
                 peers.insert(peer_var(kind), r.ready.grpc_addr.clone());
@@ -198,17 +194,19 @@ fn peer_var(kind: ServiceKind) -> &'static str {
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename the list"
-)]
+/// The key files `soma up` hands its services.
+struct ServiceKeys<'a> {
+    claims_key: &'a Path,
+    claims_pub: &'a Path,
+    analytics: &'a AnalyticsKeys,
+}
+
 async fn start_service(
     kind: ServiceKind,
     id: &SpiffeId,
     data_dir: &Path,
     socket: &Path,
-    claims_key: &Path,
-    claims_pub: &Path,
+    keys: &ServiceKeys<'_>,
     peers: &BTreeMap<&'static str, String>,
     registry: &Registry,
 ) -> anyhow::Result<Running> {
@@ -222,14 +220,22 @@ async fn start_service(
         .env("SOMA_DATA_DIR", data_dir.join("db"))
         .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
         .env("SOMA_ADMIN_ADDR", "127.0.0.1:0")
-        .env("SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE", claims_pub)
+        .env("SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE", keys.claims_pub)
         .env_remove("DATABASE_URL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
-    if kind == ServiceKind::Gateway {
-        cmd.env("SOMA_GATEWAY_CLAIMS_KEY_FILE", claims_key);
+    match kind {
+        ServiceKind::Gateway => {
+            cmd.env("SOMA_GATEWAY_CLAIMS_KEY_FILE", keys.claims_key);
+        }
+        ServiceKind::Analytics => {
+            cmd.env("SOMA_ANALYTICS_ROW_KEYS_FILE", &keys.analytics.row_keys)
+                .env("SOMA_ANALYTICS_SIGNING_KEY_FILE", &keys.analytics.signing_key)
+                .env("SOMA_ANALYTICS_SIGNING_KEY_ID", ANALYTICS_SIGNING_KEY_ID);
+        }
+        ServiceKind::ToolRegistry | ServiceKind::CapsuleRepo => {}
     }
     for (var, addr) in peers {
         cmd.env(var, addr);
@@ -307,6 +313,51 @@ fn ensure_claims_key(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     set_mode(&key, 0o600)?;
     write_atomically(&public, signer.public_key_pem().as_bytes())?;
     Ok((key, public))
+}
+
+/// Id of the development Analytics signing key (checkpoints, exports).
+const ANALYTICS_SIGNING_KEY_ID: &str = "analytics-1";
+
+/// Analytics' key files.
+struct AnalyticsKeys {
+    row_keys: PathBuf,
+    signing_key: PathBuf,
+}
+
+/// Analytics' row MAC keyring and Ed25519 signing key, created once per
+/// data dir; the public key is (re)written as PEM under
+/// `DIR/public-keys/<key id>.pem` for offline verifiers.
+fn ensure_analytics_keys(data_dir: &Path) -> anyhow::Result<AnalyticsKeys> {
+    let secrets = data_dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    set_mode(&secrets, 0o700)?;
+    let row_keys = secrets.join("analytics-row-keys.json");
+    if !row_keys.exists() {
+        let (_, json) = soma_sign::HmacKeyring::generate("row-1")?;
+        write_atomically(&row_keys, &json)?;
+        set_mode(&row_keys, 0o600)?;
+    }
+    let signing_key = secrets.join("analytics-signing.key");
+    if !signing_key.exists() {
+        let (_, pkcs8) =
+            soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new(ANALYTICS_SIGNING_KEY_ID)?)?;
+        write_atomically(&signing_key, pem_block("PRIVATE KEY", &pkcs8).as_bytes())?;
+        set_mode(&signing_key, 0o600)?;
+    }
+    let signer = soma_sign::Ed25519Signer::from_pkcs8_pem(
+        soma_sign::KeyId::new(ANALYTICS_SIGNING_KEY_ID)?,
+        &std::fs::read_to_string(&signing_key)?,
+    )?;
+    let public = data_dir.join("public-keys");
+    std::fs::create_dir_all(&public)?;
+    write_atomically(
+        &public.join(format!("{ANALYTICS_SIGNING_KEY_ID}.pem")),
+        signer.public_key_pem().as_bytes(),
+    )?;
+    Ok(AnalyticsKeys {
+        row_keys,
+        signing_key,
+    })
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {

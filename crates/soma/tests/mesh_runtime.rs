@@ -91,12 +91,12 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
             expected: Code::PermissionDenied,
             reason: Some("caller_not_allowed"),
         },
-        // The allowed caller reaches the handler, which answers
-        // UNIMPLEMENTED until billing is built: the counter moves.
+        // The allowed caller reaches the handler, whose validation refuses
+        // the empty request: the counter moves.
         Case {
             name: "tool-registry",
             caller: "/svc/tool-registry",
-            expected: Code::Unimplemented,
+            expected: Code::InvalidArgument,
             reason: None,
         },
     ];
@@ -113,7 +113,12 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
             .metadata()
             .get("soma-reason")
             .map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(reason.as_deref(), c.reason, "{}", c.name);
+        assert_eq!(
+            reason.as_deref(),
+            Some(c.reason.unwrap_or("invalid_argument")),
+            "{}",
+            c.name
+        );
         let ran = svc.metrics.dispatched_count(BILLING) - before;
         assert_eq!(
             ran,
@@ -196,7 +201,7 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
             envelope: signer
                 .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
                 .unwrap(),
-            expected: Code::Unimplemented,
+            expected: Code::InvalidArgument,
         },
         Case {
             name: "forged signature (another key, same key id)",
@@ -257,7 +262,7 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
         let status = client.record_capsule_run(request).await.unwrap_err();
         assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
         let ran = svc.metrics.dispatched_count(CAPSULE_RUN) - before;
-        assert_eq!(ran, u64::from(c.expected == Code::Unimplemented), "{}", c.name);
+        assert_eq!(ran, u64::from(c.expected == Code::InvalidArgument), "{}", c.name);
     }
     svc.stop().await;
 }

@@ -1,36 +1,136 @@
-//! Analytics: billing, capsule-run, drill, persona-regression and anomaly
-//! data in a MACed store and an RFC 9162 Merkle ledger, with signed exports.
+//! Analytics: billing and capsule-run events in MACed rows and an RFC 9162
+//! Merkle ledger with signed checkpoints.
 //!
-//! What is built so far is the service's place in the mesh: its routes,
-//! message limits, readiness and migrations. Every RPC answers
-//! `UNIMPLEMENTED` until the ledger and the store it needs exist; nothing
-//! here pretends otherwise.
+//! Built: ingestion (`RecordCapsuleRun`, `RecordBillingEvent`), each event
+//! and its leaf committed in one transaction by a group-committing writer;
+//! start-up verification of the stored tree (writes refused on mismatch,
+//! with the first bad index); the ledger RPCs (`LedgerCheckpoint`,
+//! `InclusionProof`, `ConsistencyProof`), tenant-scoped; and the row sweep
+//! (`VerifyStore`). Exports, drills, persona regressions and anomaly scans
+//! answer `UNIMPLEMENTED` until they are built.
+//!
+//! Security-relevant defaults: billing is accepted only from the tool
+//! registry's SPIFFE ID (the method policy), a tenant's claims never reach
+//! another tenant's rows, and a row whose MAC fails is never served.
 
+mod db;
+mod error;
+mod ledger;
+mod read;
+mod rows;
+mod service;
+mod validate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use soma_ledger::CheckpointSigner;
 use soma_mesh::{Limits, Readiness, ServiceSpec};
-use soma_proto::v1::analytics_server::{Analytics, AnalyticsServer};
-use soma_store::{Database, Migrations};
+use soma_proto::v1::analytics_server::AnalyticsServer;
+use soma_sign::HmacKeyring;
+use soma_store::{Database, Migration, Migrations};
 use tonic::service::Routes;
 
-/// The service's migrations (none yet: no table exists before the ledger).
-pub static MIGRATIONS: Migrations = Migrations(&[]);
+pub use error::AnalyticsError;
+pub use service::AnalyticsService;
 
-/// The Analytics service.
-#[derive(Clone, Debug)]
-pub struct AnalyticsService {
-    _db: Database,
+/// The service's migrations.
+pub static MIGRATIONS: Migrations = Migrations(&[Migration {
+    version: 1,
+    description: "ledger and events",
+    sqlite: include_str!("../migrations/sqlite/0001_ledger_and_events.sql"),
+    postgres: include_str!("../migrations/postgres/0001_ledger_and_events.sql"),
+}]);
+
+/// Analytics' own settings: its keys, read from files so that rotation is
+/// a file change.
+#[derive(Debug)]
+pub struct AnalyticsConfig {
+    /// Row MAC keys (versioned; the primary signs).
+    pub row_keys: HmacKeyring,
+    /// Ed25519 key (PKCS#8 PEM) that signs checkpoints and exports.
+    pub signing_key_pem: String,
+    /// Id of that key.
+    pub signing_key_id: String,
+    /// Checkpoint origin, e.g. `somastack.local/analytics`.
+    pub ledger_origin: String,
 }
 
-#[tonic::async_trait]
-impl Analytics for AnalyticsService {}
+impl AnalyticsConfig {
+    /// Reads `SOMA_ANALYTICS_ROW_KEYS_FILE`, `SOMA_ANALYTICS_SIGNING_KEY_FILE`,
+    /// `SOMA_ANALYTICS_SIGNING_KEY_ID` (default `analytics-1`) and
+    /// `SOMA_ANALYTICS_LEDGER_ORIGIN` (default `<trust domain>/analytics`).
+    pub fn from_env(
+        env: impl Fn(&str) -> Option<String>,
+        trust_domain: &str,
+    ) -> Result<Self, AnalyticsError> {
+        let file = |var: &str| -> Result<PathBuf, AnalyticsError> {
+            env(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .ok_or_else(|| AnalyticsError::Config(format!("{var} is not set")))
+        };
+        let keys_path = file("SOMA_ANALYTICS_ROW_KEYS_FILE")?;
+        let row_keys = HmacKeyring::load(&keys_path)
+            .map_err(|e| AnalyticsError::Config(format!("{}: {e}", keys_path.display())))?;
+        let signing_path = file("SOMA_ANALYTICS_SIGNING_KEY_FILE")?;
+        let signing_key_pem = std::fs::read_to_string(&signing_path)
+            .map_err(|e| AnalyticsError::Config(format!("{}: {e}", signing_path.display())))?;
+        let config = Self {
+            row_keys,
+            signing_key_pem,
+            signing_key_id: env("SOMA_ANALYTICS_SIGNING_KEY_ID")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "analytics-1".to_owned()),
+            ledger_origin: env("SOMA_ANALYTICS_LEDGER_ORIGIN")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| format!("{trust_domain}/analytics")),
+        };
+        // Fail now, before any port is bound, if the key does not load.
+        CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)
+            .map_err(|e| AnalyticsError::Config(format!("{}: {e}", signing_path.display())))?;
+        Ok(config)
+    }
+}
 
-/// The service as the mesh runtime serves it.
-pub fn spec(db: Database, limits: &Limits) -> ServiceSpec {
-    let server = AnalyticsServer::new(AnalyticsService { _db: db.clone() })
+/// The service as the mesh runtime serves it: verifies the stored ledger
+/// and starts its writer first.
+pub async fn spec(
+    db: Database,
+    limits: &Limits,
+    config: AnalyticsConfig,
+) -> Result<ServiceSpec, AnalyticsError> {
+    let signer = CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)?;
+    let keys = Arc::new(config.row_keys);
+    let ledger = ledger::Ledger::open(db.clone(), Arc::clone(&keys), signer, config.signing_key_id).await?;
+    let service = AnalyticsService {
+        db: db.clone(),
+        ledger: ledger.clone(),
+        keys,
+    };
+    let server = AnalyticsServer::new(service)
         .max_decoding_message_size(limits.max_recv_message_bytes)
         .max_encoding_message_size(limits.max_send_message_bytes);
-    ServiceSpec {
+    let database = Readiness::of_database(db);
+    let readiness = Readiness::new(move || {
+        let database = database.clone();
+        let ledger = ledger.clone();
+        async move {
+            database.check().await?;
+            match ledger.health().await {
+                ledger::Health::Sound => Ok(()),
+                ledger::Health::Corrupt {
+                    first_bad_index,
+                    reason,
+                } => Err(format!(
+                    "ledger integrity check failed at index {first_bad_index}: {reason}"
+                )),
+            }
+        }
+    });
+    Ok(ServiceSpec {
         name: "somastack.v1.Analytics",
         routes: Routes::new(server),
-        readiness: Readiness::of_database(db),
-    }
+        readiness,
+    })
 }

@@ -107,11 +107,20 @@ pub async fn start_with(
     )
     .await
     .unwrap();
+    let migrations = match kind {
+        ServiceKind::Gateway => &soma_gateway::MIGRATIONS,
+        ServiceKind::ToolRegistry => &soma_tool_registry::MIGRATIONS,
+        ServiceKind::CapsuleRepo => &soma_capsule_repo::MIGRATIONS,
+        ServiceKind::Analytics => &soma_analytics::MIGRATIONS,
+    };
+    db.migrate(migrations).await.unwrap();
     let spec = match kind {
         ServiceKind::Gateway => soma_gateway::spec(db, &settings.limits),
         ServiceKind::ToolRegistry => soma_tool_registry::spec(db, &settings.limits),
         ServiceKind::CapsuleRepo => soma_capsule_repo::spec(db, &settings.limits),
-        ServiceKind::Analytics => soma_analytics::spec(db, &settings.limits),
+        ServiceKind::Analytics => soma_analytics::spec(db, &settings.limits, analytics_config())
+            .await
+            .unwrap(),
     };
     let id = store.own_id().clone();
     let app = Application::build(settings, store, claims, spec).await.unwrap();
@@ -133,6 +142,34 @@ pub async fn start_with(
         task: Some(task),
         _data: data,
     }
+}
+
+/// Fresh Analytics keys: a row keyring and an Ed25519 signing key.
+pub fn analytics_config() -> soma_analytics::AnalyticsConfig {
+    let (row_keys, _) = soma_sign::HmacKeyring::generate("row-1").unwrap();
+    let (_, pkcs8) =
+        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
+    soma_analytics::AnalyticsConfig {
+        row_keys,
+        signing_key_pem: pem("PRIVATE KEY", &pkcs8),
+        signing_key_id: "analytics-1".to_owned(),
+        ledger_origin: format!("{TD}/analytics"),
+    }
+}
+
+/// A PEM block.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let body: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        body.join("\n")
+    )
 }
 
 /// An mTLS channel from `client` to the service `server` at `addr`.

@@ -1,0 +1,110 @@
+//! Errors of the Analytics service, and the one place they become
+//! `tonic::Status`.
+
+use soma_ledger::LedgerError;
+use soma_sign::SignError;
+
+/// What can go wrong in Analytics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnalyticsError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the proto.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The caller may not act on this tenant's data.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// An event id was reused for different content.
+    #[error("event {event_id} was already recorded with different content")]
+    EventIdConflict {
+        /// The event id.
+        event_id: String,
+    },
+    /// The ledger failed its integrity check; writes are refused.
+    #[error("ledger integrity check failed at index {first_bad_index}: {reason}")]
+    LedgerCorrupt {
+        /// The first index found bad.
+        first_bad_index: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// A stored row failed its MAC check.
+    #[error("row {table}/{primary_key} failed its integrity check")]
+    RowIntegrity {
+        /// The table.
+        table: &'static str,
+        /// The row's primary key.
+        primary_key: String,
+    },
+    /// The ledger writer is gone (shutting down).
+    #[error("the ledger writer is not running")]
+    WriterStopped,
+    /// A database error.
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+    /// A Merkle ledger error.
+    #[error("ledger")]
+    Ledger(#[from] LedgerError),
+    /// A signing or MAC error.
+    #[error("signing")]
+    Sign(#[from] SignError),
+    /// Configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl AnalyticsError {
+    /// Stable machine-readable reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "invalid_argument",
+            Self::PermissionDenied(_) => "tenant_denied",
+            Self::NotFound(_) => "not_found",
+            Self::EventIdConflict { .. } => "event_id_conflict",
+            Self::LedgerCorrupt { .. } => "ledger_integrity",
+            Self::RowIntegrity { .. } => "row_integrity",
+            Self::WriterStopped => "unavailable",
+            Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) => "internal",
+        }
+    }
+}
+
+impl From<AnalyticsError> for tonic::Status {
+    fn from(err: AnalyticsError) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            AnalyticsError::InvalidArgument { .. } => Code::InvalidArgument,
+            AnalyticsError::PermissionDenied(_) => Code::PermissionDenied,
+            AnalyticsError::NotFound(_) => Code::NotFound,
+            AnalyticsError::EventIdConflict { .. } => Code::AlreadyExists,
+            AnalyticsError::LedgerCorrupt { .. } => Code::FailedPrecondition,
+            AnalyticsError::RowIntegrity { .. } => Code::DataLoss,
+            AnalyticsError::WriterStopped => Code::Unavailable,
+            AnalyticsError::Database(_)
+            | AnalyticsError::Ledger(_)
+            | AnalyticsError::Sign(_)
+            | AnalyticsError::Config(_) => Code::Internal,
+        };
+        let message = if code == Code::Internal {
+            // Internal causes are logged here, once; the caller gets a safe message.
+            tracing::error!(error = ?err, "analytics internal error");
+            "internal error".to_owned()
+        } else {
+            tracing::warn!(reason = err.reason(), "{err}");
+            err.to_string()
+        };
+        let mut status = Self::new(code, message);
+        if let Ok(value) = err.reason().parse() {
+            status.metadata_mut().insert("soma-reason", value);
+        }
+        status
+    }
+}

@@ -1,0 +1,630 @@
+//! The persisted Merkle ledger: group-committed appends, start-up
+//! verification, checkpoints and proofs.
+//!
+//! One writer task per process takes every pending append it can (up to
+//! [`MAX_BATCH`]) and commits them in one transaction: the head row is
+//! locked first (so writers in other processes serialize on it), each event
+//! gets the next index (the leaf table's primary key makes indices unique;
+//! the head's size makes them contiguous), its row and leaf are inserted,
+//! the head moves, and a signed checkpoint for the new size is stored. Only
+//! after the commit is any caller acknowledged, so an acknowledged append is
+//! durable, and a crash before it leaves nothing behind.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash};
+use soma_sign::HmacKeyring;
+use soma_store::Database;
+use sqlx::Row as _;
+use tokio::sync::{RwLock, mpsc, oneshot};
+
+use crate::db::on_pool;
+use crate::error::AnalyticsError;
+use crate::rows::{EventRow as _, NewRow};
+
+/// Most appends committed in one transaction.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// Where an event landed in the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Appended {
+    pub index: u64,
+    pub leaf_hash: Hash,
+}
+
+/// The ledger's health, decided at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    Sound,
+    Corrupt { first_bad_index: u64, reason: String },
+}
+
+struct Append {
+    row: NewRow,
+    reply: oneshot::Sender<Result<Appended, AnalyticsError>>,
+}
+
+/// Handle to the ledger: appends go to the writer task, reads go to the
+/// database directly.
+#[derive(Clone)]
+pub(crate) struct Ledger {
+    db: Database,
+    appends: mpsc::Sender<Append>,
+    health: Arc<RwLock<Health>>,
+    signer: Arc<CheckpointSigner>,
+    signer_key_id: String,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("origin", &self.signer.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    /// Verifies the stored ledger and starts the writer task.
+    pub(crate) async fn open(
+        db: Database,
+        keys: Arc<HmacKeyring>,
+        signer: CheckpointSigner,
+        signer_key_id: String,
+    ) -> Result<Self, AnalyticsError> {
+        let health = verify(&db).await?;
+        if let Health::Corrupt {
+            first_bad_index,
+            reason,
+        } = &health
+        {
+            tracing::error!(
+                first_bad_index,
+                reason = %reason,
+                "ledger integrity check failed at start-up: refusing writes"
+            );
+        } else {
+            tracing::info!("ledger verified at start-up");
+        }
+        let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
+        let signer = Arc::new(signer);
+        let health = Arc::new(RwLock::new(health));
+        tokio::spawn(writer(
+            db.clone(),
+            keys,
+            Arc::clone(&signer),
+            signer_key_id.clone(),
+            Arc::clone(&health),
+            rx,
+        ));
+        Ok(Self {
+            db,
+            appends,
+            health,
+            signer,
+            signer_key_id,
+        })
+    }
+
+    /// The checkpoint origin (the signer's key name).
+    pub(crate) fn origin(&self) -> &str {
+        self.signer.name()
+    }
+
+    /// The start-up verdict.
+    pub(crate) async fn health(&self) -> Health {
+        self.health.read().await.clone()
+    }
+
+    /// Appends one event and its row; returns once committed.
+    pub(crate) async fn append(&self, row: NewRow) -> Result<Appended, AnalyticsError> {
+        if let Health::Corrupt {
+            first_bad_index,
+            reason,
+        } = &*self.health.read().await
+        {
+            return Err(AnalyticsError::LedgerCorrupt {
+                first_bad_index: *first_bad_index,
+                reason: reason.clone(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.appends
+            .send(Append { row, reply })
+            .await
+            .map_err(|_| AnalyticsError::WriterStopped)?;
+        rx.await.map_err(|_| AnalyticsError::WriterStopped)?
+    }
+
+    /// The latest checkpoint; a freshly signed empty one before any append.
+    pub(crate) async fn latest_checkpoint(&self) -> Result<StoredCheckpoint, AnalyticsError> {
+        let row = on_pool!(self.db, pool => sqlx::query(
+            "SELECT tree_size, root, note, key_id FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+        .map(|r| stored_checkpoint(&r))
+        .transpose()?);
+        match row {
+            Some(cp) => Ok(cp),
+            None => {
+                let empty = Checkpoint::new(self.signer.name(), 0, soma_ledger::EMPTY_ROOT)?;
+                Ok(StoredCheckpoint {
+                    tree_size: 0,
+                    root: soma_ledger::EMPTY_ROOT,
+                    note: self.signer.sign(&empty),
+                    key_id: self.signer_key_id.clone(),
+                })
+            }
+        }
+    }
+
+    /// The checkpoint stored for exactly `tree_size`.
+    pub(crate) async fn checkpoint_at(&self, tree_size: u64) -> Result<StoredCheckpoint, AnalyticsError> {
+        let size = to_i64(tree_size)?;
+        on_pool!(self.db, pool => sqlx::query(
+            "SELECT tree_size, root, note, key_id FROM ledger_checkpoints WHERE tree_size = $1",
+        )
+        .bind(size)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| stored_checkpoint(&r))
+        .transpose()?)
+        .ok_or_else(|| AnalyticsError::NotFound(format!("no checkpoint at tree size {tree_size}")))
+    }
+
+    /// The leaf of an event: index, tenant, hash.
+    pub(crate) async fn leaf_of(&self, event_id: &str) -> Result<(u64, String, Hash), AnalyticsError> {
+        let row = on_pool!(self.db, pool => sqlx::query(
+            "SELECT leaf_index, tenant, leaf_hash FROM ledger_leaves WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| -> Result<_, AnalyticsError> {
+            Ok((
+                to_u64(r.try_get::<i64, _>("leaf_index")?)?,
+                r.try_get::<String, _>("tenant")?,
+                Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
+            ))
+        })
+        .transpose()?);
+        row.ok_or_else(|| AnalyticsError::NotFound(format!("no ledger leaf for event {event_id}")))
+    }
+
+    /// The first `tree_size` leaf hashes, in order.
+    pub(crate) async fn leaf_hashes(&self, tree_size: u64) -> Result<Vec<Hash>, AnalyticsError> {
+        let size = to_i64(tree_size)?;
+        let rows = on_pool!(self.db, pool => sqlx::query(
+            "SELECT leaf_hash FROM ledger_leaves WHERE leaf_index < $1 ORDER BY leaf_index",
+        )
+        .bind(size)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| -> Result<Hash, AnalyticsError> { Ok(Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?) })
+        .collect::<Result<Vec<_>, _>>()?);
+        if rows.len() as u64 != tree_size {
+            return Err(AnalyticsError::LedgerCorrupt {
+                first_bad_index: rows.len() as u64,
+                reason: "leaf missing".to_owned(),
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// A checkpoint row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StoredCheckpoint {
+    pub tree_size: u64,
+    pub root: Hash,
+    pub note: String,
+    pub key_id: String,
+}
+
+fn stored_checkpoint<R: sqlx::Row>(r: &R) -> Result<StoredCheckpoint, AnalyticsError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredCheckpoint {
+        tree_size: to_u64(r.try_get::<i64, _>("tree_size")?)?,
+        root: Hash::from_slice(&r.try_get::<Vec<u8>, _>("root")?)?,
+        note: r.try_get::<String, _>("note")?,
+        key_id: r.try_get::<String, _>("key_id")?,
+    })
+}
+
+pub(crate) fn to_i64(v: u64) -> Result<i64, AnalyticsError> {
+    i64::try_from(v).map_err(|_| AnalyticsError::InvalidArgument {
+        field: "tree_size",
+        reason: format!("{v} is out of range"),
+    })
+}
+
+pub(crate) fn to_u64(v: i64) -> Result<u64, AnalyticsError> {
+    u64::try_from(v).map_err(|_| AnalyticsError::LedgerCorrupt {
+        first_bad_index: 0,
+        reason: format!("negative value {v} stored"),
+    })
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(i64::MAX)
+}
+
+fn frontier_bytes(tree: &CompactTree) -> Vec<u8> {
+    tree.frontier()
+        .iter()
+        .flat_map(|h| h.as_bytes().iter().copied())
+        .collect()
+}
+
+fn parse_frontier(size: u64, bytes: &[u8]) -> Result<CompactTree, AnalyticsError> {
+    if !bytes.len().is_multiple_of(Hash::LEN) {
+        return Err(AnalyticsError::LedgerCorrupt {
+            first_bad_index: size,
+            reason: "stored frontier is not a whole number of hashes".to_owned(),
+        });
+    }
+    let hashes = bytes
+        .chunks(Hash::LEN)
+        .map(Hash::from_slice)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(CompactTree::from_frontier(size, hashes)?)
+}
+
+/// The writer task: batches appends into transactions until every sender
+/// is gone.
+async fn writer(
+    db: Database,
+    keys: Arc<HmacKeyring>,
+    signer: Arc<CheckpointSigner>,
+    signer_key_id: String,
+    health: Arc<RwLock<Health>>,
+    mut rx: mpsc::Receiver<Append>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<&NewRow> = batch.iter().map(|a| &a.row).collect();
+        match commit(&db, &keys, &signer, &signer_key_id, &rows).await {
+            Ok(results) => {
+                for (append, result) in batch.into_iter().zip(results) {
+                    let _ = append.reply.send(result);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was committed (one transaction);
+                // every caller gets the error and may retry.
+                let is_integrity = matches!(e, AnalyticsError::LedgerCorrupt { .. });
+                tracing::error!(error = ?e, size = batch.len(), "ledger batch failed");
+                if let AnalyticsError::LedgerCorrupt {
+                    first_bad_index,
+                    reason,
+                } = &e
+                {
+                    *health.write().await = Health::Corrupt {
+                        first_bad_index: *first_bad_index,
+                        reason: reason.clone(),
+                    };
+                }
+                for append in batch {
+                    let err = if is_integrity {
+                        AnalyticsError::LedgerCorrupt {
+                            first_bad_index: 0,
+                            reason: "see log".to_owned(),
+                        }
+                    } else {
+                        AnalyticsError::WriterStopped
+                    };
+                    let _ = append.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// Commits one batch; the outer error means nothing was written.
+async fn commit(
+    db: &Database,
+    keys: &HmacKeyring,
+    signer: &CheckpointSigner,
+    signer_key_id: &str,
+    rows: &[&NewRow],
+) -> Result<Vec<Result<Appended, AnalyticsError>>, AnalyticsError> {
+    on_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        // Take the head's row lock (the write lock on SQLite) before reading
+        // it: appenders in every process serialize here.
+        sqlx::query("UPDATE ledger_head SET tree_size = tree_size WHERE id = 1").execute(&mut *tx).await?;
+        let head = sqlx::query("SELECT tree_size, root, frontier FROM ledger_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let start = to_u64(head.try_get::<i64, _>("tree_size")?)?;
+        let mut tree = parse_frontier(start, &head.try_get::<Vec<u8>, _>("frontier")?)?;
+        if tree.root().as_bytes().as_slice() != head.try_get::<Vec<u8>, _>("root")?.as_slice() {
+            return Err(AnalyticsError::LedgerCorrupt {
+                first_bad_index: start,
+                reason: "stored head root does not match its frontier".to_owned(),
+            });
+        }
+        let now = now_nanos();
+        let mut results = Vec::with_capacity(rows.len());
+        let mut in_batch: std::collections::HashMap<&str, Appended> = std::collections::HashMap::new();
+        for row in rows {
+            let leaf_hash = match row.leaf_hash() {
+                Ok(h) => h,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let event_id = row.event_id();
+            let earlier = match in_batch.get(event_id) {
+                Some(a) => Some(*a),
+                None => sqlx::query("SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE event_id = $1")
+                    .bind(event_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| -> Result<Appended, AnalyticsError> {
+                        Ok(Appended {
+                            index: to_u64(r.try_get::<i64, _>("leaf_index")?)?,
+                            leaf_hash: Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
+                        })
+                    })
+                    .transpose()?,
+            };
+            if let Some(earlier) = earlier {
+                // Idempotent retry: the same content gets the same index;
+                // other content under the same id is a conflict.
+                results.push(if earlier.leaf_hash == leaf_hash {
+                    Ok(earlier)
+                } else {
+                    Err(AnalyticsError::EventIdConflict { event_id: event_id.to_owned() })
+                });
+                continue;
+            }
+            let index = tree.append(leaf_hash)?;
+            let index_i64 = to_i64(index)?;
+            sqlx::query(
+                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(index_i64)
+            .bind(event_id)
+            .bind(row.tenant())
+            .bind(row.kind())
+            .bind(leaf_hash.as_bytes().to_vec())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            match row {
+                NewRow::CapsuleRun(r) => {
+                    let seal = r.seal(keys)?;
+                    sqlx::query(
+                        "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
+                         duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    )
+                    .bind(&r.event_id)
+                    .bind(&r.tenant)
+                    .bind(&r.capsule_id)
+                    .bind(&r.tool)
+                    .bind(&r.run_id)
+                    .bind(&r.outcome)
+                    .bind(r.started_at)
+                    .bind(r.duration_nanos)
+                    .bind(&r.recorded_by)
+                    .bind(index_i64)
+                    .bind(seal.row_version)
+                    .bind(&seal.key_id)
+                    .bind(&seal.mac)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                NewRow::Billing(r) => {
+                    let seal = r.seal(keys)?;
+                    sqlx::query(
+                        "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
+                         fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
+                         mac_key_id, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                    )
+                    .bind(&r.event_id)
+                    .bind(&r.tenant)
+                    .bind(&r.tool)
+                    .bind(&r.tool_version)
+                    .bind(&r.currency)
+                    .bind(r.amount_micros)
+                    .bind(r.fuel_consumed)
+                    .bind(r.duration_micros)
+                    .bind(r.occurred_at)
+                    .bind(&r.run_id)
+                    .bind(&r.recorded_by)
+                    .bind(index_i64)
+                    .bind(seal.row_version)
+                    .bind(&seal.key_id)
+                    .bind(&seal.mac)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            let appended = Appended { index, leaf_hash };
+            in_batch.insert(event_id, appended);
+            results.push(Ok(appended));
+        }
+        if tree.size() > start {
+            let root = tree.root();
+            let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
+            let note = signer.sign(&checkpoint);
+            sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
+                .bind(to_i64(tree.size())?)
+                .bind(root.as_bytes().to_vec())
+                .bind(frontier_bytes(&tree))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(to_i64(tree.size())?)
+            .bind(root.as_bytes().to_vec())
+            .bind(&note)
+            .bind(signer_key_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(results)
+    })
+}
+
+/// Start-up verification: leaves contiguous from 0 to the head's size, the
+/// root recomputed from them equal to the head's and to every stored
+/// checkpoint's, no checkpoint beyond the head (a rolled-back head), and
+/// each leaf equal to the leaf recomputed from its event row where the root
+/// check points at a range.
+pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
+    let (head_size, head_root, leaves, checkpoints) = on_pool!(db, pool => {
+        let head = sqlx::query("SELECT tree_size, root FROM ledger_head WHERE id = 1").fetch_one(pool).await?;
+        let head_size = to_u64(head.try_get::<i64, _>("tree_size")?)?;
+        let head_root = head.try_get::<Vec<u8>, _>("root")?;
+        let leaves = sqlx::query("SELECT leaf_index, leaf_hash FROM ledger_leaves ORDER BY leaf_index")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
+                Ok((r.try_get::<i64, _>("leaf_index")?, r.try_get::<Vec<u8>, _>("leaf_hash")?))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let checkpoints = sqlx::query("SELECT tree_size, root FROM ledger_checkpoints ORDER BY tree_size")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
+                Ok((r.try_get::<i64, _>("tree_size")?, r.try_get::<Vec<u8>, _>("root")?))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        (head_size, head_root, leaves, checkpoints)
+    });
+
+    let corrupt = |i: u64, reason: &str| {
+        Ok(Health::Corrupt {
+            first_bad_index: i,
+            reason: reason.to_owned(),
+        })
+    };
+    let mut tree = CompactTree::new();
+    let mut next_checkpoint = checkpoints.iter().peekable();
+    let mut last_good: u64 = 0;
+    for (position, (index, hash)) in leaves.iter().enumerate() {
+        let position = position as u64;
+        if u64::try_from(*index).ok() != Some(position) {
+            return corrupt(position, "leaf missing: indices are not contiguous");
+        }
+        let Ok(hash) = Hash::from_slice(hash) else {
+            return corrupt(position, "leaf hash is not 32 bytes");
+        };
+        tree.append(hash)?;
+        while let Some((size, root)) = next_checkpoint.peek() {
+            let size = u64::try_from(*size).unwrap_or(0);
+            if size > tree.size() {
+                break;
+            }
+            if size == tree.size() {
+                if tree.root().as_bytes().as_slice() != root.as_slice() {
+                    return corrupt(
+                        last_good,
+                        "recomputed root differs from the checkpoint at this size",
+                    );
+                }
+                last_good = size;
+            }
+            next_checkpoint.next();
+        }
+    }
+    if tree.size() < head_size {
+        return corrupt(
+            tree.size(),
+            "leaf missing: fewer leaves than the head's tree size",
+        );
+    }
+    if tree.size() > head_size {
+        return corrupt(
+            head_size,
+            "more leaves than the head's tree size (head rolled back)",
+        );
+    }
+    if let Some((size, _)) = next_checkpoint.next() {
+        return corrupt(
+            head_size,
+            &format!("a checkpoint of size {size} is beyond the head (head rolled back)"),
+        );
+    }
+    if tree.root().as_bytes().as_slice() != head_root.as_slice() {
+        return corrupt(last_good, "recomputed root differs from the head's root");
+    }
+    Ok(Health::Sound)
+}
+
+/// Rows and their seals, read back for the sweep.
+pub(crate) async fn sweep(
+    db: &Database,
+    keys: &HmacKeyring,
+) -> Result<(u64, Vec<(String, String, String)>), AnalyticsError> {
+    let mut checked = 0u64;
+    let mut failures = Vec::new();
+    let runs = crate::read::all_capsule_runs(db).await?;
+    let bills = crate::read::all_billing_events(db).await?;
+    let leaves: std::collections::HashMap<String, Vec<u8>> = on_pool!(db, pool => sqlx::query(
+        "SELECT event_id, leaf_hash FROM ledger_leaves",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| -> Result<(String, Vec<u8>), AnalyticsError> {
+        Ok((r.try_get::<String, _>("event_id")?, r.try_get::<Vec<u8>, _>("leaf_hash")?))
+    })
+    .collect::<Result<_, _>>()?);
+    for (row, seal) in &runs {
+        checked += 1;
+        check_one(row, seal, keys, &leaves, &mut failures);
+    }
+    for (row, seal) in &bills {
+        checked += 1;
+        check_one(row, seal, keys, &leaves, &mut failures);
+    }
+    Ok((checked, failures))
+}
+
+fn check_one<R: crate::rows::EventRow>(
+    row: &R,
+    seal: &crate::rows::Seal,
+    keys: &HmacKeyring,
+    leaves: &std::collections::HashMap<String, Vec<u8>>,
+    failures: &mut Vec<(String, String, String)>,
+) {
+    let key = (R::TABLE.to_owned(), row.event_id().to_owned());
+    if let Err(e) = row.check(keys, seal) {
+        failures.push((key.0, key.1, format!("row mac: {e}")));
+        return;
+    }
+    match (row.leaf_hash(), leaves.get(row.event_id())) {
+        (Ok(h), Some(stored)) if h.as_bytes().as_slice() == stored.as_slice() => {}
+        (Ok(_), Some(_)) => failures.push((key.0, key.1, "ledger leaf differs from the row".to_owned())),
+        (Ok(_), None) => failures.push((key.0, key.1, "no ledger leaf for the row".to_owned())),
+        (Err(e), _) => failures.push((key.0, key.1, format!("leaf: {e}"))),
+    }
+}
