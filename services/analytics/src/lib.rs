@@ -13,10 +13,14 @@
 //! registry's SPIFFE ID (the method policy), a tenant's claims never reach
 //! another tenant's rows, and a row whose MAC fails is never served.
 
+mod anomaly;
 mod db;
+mod drills;
 mod error;
+mod export;
 mod ledger;
 mod read;
+mod regression;
 mod rows;
 mod service;
 mod validate;
@@ -31,6 +35,7 @@ use soma_sign::HmacKeyring;
 use soma_store::{Database, Migration, Migrations};
 use tonic::service::Routes;
 
+pub use drills::DrillConfig;
 pub use error::AnalyticsError;
 pub use service::AnalyticsService;
 
@@ -54,6 +59,10 @@ pub struct AnalyticsConfig {
     pub signing_key_id: String,
     /// Checkpoint origin, e.g. `somastack.local/analytics`.
     pub ledger_origin: String,
+    /// Longest `[from, to)` window one export may span.
+    pub max_export_span: std::time::Duration,
+    /// Drill objectives and webhook receivers.
+    pub drills: DrillConfig,
 }
 
 impl AnalyticsConfig {
@@ -85,12 +94,37 @@ impl AnalyticsConfig {
             ledger_origin: env("SOMA_ANALYTICS_LEDGER_ORIGIN")
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| format!("{trust_domain}/analytics")),
+            max_export_span: match env("SOMA_ANALYTICS_MAX_EXPORT_SPAN").filter(|v| !v.is_empty()) {
+                Some(v) => parse_span(&v)?,
+                None => DEFAULT_MAX_EXPORT_SPAN,
+            },
+            drills: DrillConfig::from_env(&env)?,
         };
         // Fail now, before any port is bound, if the key does not load.
         CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)
             .map_err(|e| AnalyticsError::Config(format!("{}: {e}", signing_path.display())))?;
         Ok(config)
     }
+}
+
+/// Default longest export window: 31 days.
+pub const DEFAULT_MAX_EXPORT_SPAN: std::time::Duration = std::time::Duration::from_secs(31 * 24 * 3600);
+
+/// Parses a span such as `31d` or `744h` (seconds, minutes, hours, days).
+fn parse_span(value: &str) -> Result<std::time::Duration, AnalyticsError> {
+    let bad = || AnalyticsError::Config(format!("SOMA_ANALYTICS_MAX_EXPORT_SPAN: {value:?} is not like 31d or 12h"));
+    let (number, unit) = value.split_at(value.len().saturating_sub(1));
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .filter(|s| *s > 0)
+    .ok_or_else(bad)?;
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// The service as the mesh runtime serves it: verifies the stored ledger
@@ -102,11 +136,19 @@ pub async fn spec(
 ) -> Result<ServiceSpec, AnalyticsError> {
     let signer = CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)?;
     let keys = Arc::new(config.row_keys);
-    let ledger = ledger::Ledger::open(db.clone(), Arc::clone(&keys), signer, config.signing_key_id).await?;
+    let ledger =
+        ledger::Ledger::open(db.clone(), Arc::clone(&keys), signer, config.signing_key_id.clone()).await?;
+    let export_signer = soma_sign::Ed25519Signer::from_pkcs8_pem(
+        soma_sign::KeyId::new(config.signing_key_id.clone())?,
+        &config.signing_key_pem,
+    )?;
     let service = AnalyticsService {
         db: db.clone(),
         ledger: ledger.clone(),
         keys,
+        signer: Arc::new(export_signer),
+        max_export_span: config.max_export_span,
+        drills: config.drills,
     };
     let server = AnalyticsServer::new(service)
         .max_decoding_message_size(limits.max_recv_message_bytes)

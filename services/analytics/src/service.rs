@@ -22,6 +22,12 @@ pub struct AnalyticsService {
     pub(crate) db: Database,
     pub(crate) ledger: Ledger,
     pub(crate) keys: Arc<HmacKeyring>,
+    /// Signs exports (the same key signs checkpoints).
+    pub(crate) signer: Arc<soma_sign::Ed25519Signer>,
+    /// Longest export window.
+    pub(crate) max_export_span: std::time::Duration,
+    /// Drill objectives and webhook receivers.
+    pub(crate) drills: crate::drills::DrillConfig,
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -278,6 +284,71 @@ impl Analytics for AnalyticsService {
         Ok(Response::new(
             self.consistency_proof_inner(request.into_inner()).await?,
         ))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/RecordDisasterDrill")]
+    async fn record_disaster_drill(
+        &self,
+        request: Request<pb::RecordDisasterDrillRequest>,
+    ) -> Result<Response<pb::DisasterDrill>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(crate::drills::record_disaster_drill(self, &caller, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/DisasterDrillSummary")]
+    async fn disaster_drill_summary(
+        &self,
+        request: Request<pb::DisasterDrillSummaryRequest>,
+    ) -> Result<Response<pb::DisasterDrillSummaryResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(crate::drills::disaster_drill_summary(self, &caller, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/ExportCapsuleRuns")]
+    async fn export_capsule_runs(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<crate::export::ExportStream>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(crate::export::export_capsule_runs(self, &caller, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/ExportBillingLedger")]
+    async fn export_billing_ledger(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<crate::export::ExportStream>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(crate::export::export_billing_ledger(self, &caller, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/ListVerificationKeys")]
+    async fn list_verification_keys(
+        &self,
+        request: Request<pb::ListVerificationKeysRequest>,
+    ) -> Result<Response<pb::ListVerificationKeysResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(crate::export::list_verification_keys(self, &caller, request.into_inner()).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/TransitionPersonaRegression")]
+    async fn transition_persona_regression(
+        &self,
+        request: Request<pb::TransitionPersonaRegressionRequest>,
+    ) -> Result<Response<pb::PersonaRegression>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            crate::regression::transition_persona_regression(self, &caller, request.into_inner()).await?,
+        ))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/ScanAnomalies")]
+    async fn scan_anomalies(
+        &self,
+        request: Request<pb::ScanAnomaliesRequest>,
+    ) -> Result<Response<pb::ScanAnomaliesResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(crate::anomaly::scan_anomalies(self, &caller, request.into_inner()).await?))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/VerifyStore")]

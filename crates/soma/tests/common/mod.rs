@@ -86,6 +86,65 @@ pub async fn start(ca: &Ca, kind: ServiceKind, claims: Option<soma_auth::ClaimsV
     start_with(store, kind, claims, &[]).await
 }
 
+/// Starts Analytics (identity `/svc/analytics` from `ca`) on the database
+/// of `store` (SQLite or PostgreSQL, e.g. from `soma_store::testing::engines`),
+/// with these keys, verifying claims envelopes signed by `claims` when given.
+pub async fn start_analytics(
+    ca: &Ca,
+    store: &StoreSettings,
+    config: soma_analytics::AnalyticsConfig,
+    claims: Option<&soma_auth::ClaimsSigner>,
+) -> Running {
+    let identity = ca.store("/svc/analytics", Duration::from_secs(3600));
+    let verifier = claims.map(|signer| {
+        soma_auth::ClaimsVerifier::new(
+            ca.id("/svc/gateway"),
+            ca.id("/svc/analytics"),
+            vec![(signer.key_id().to_owned(), signer.public_key())],
+        )
+    });
+    let settings = MeshSettings::load(ServiceKind::Analytics, None, |_| None).unwrap();
+    let db = Database::connect(store, "analytics").await.unwrap();
+    db.migrate(&soma_analytics::MIGRATIONS).await.unwrap();
+    let spec = soma_analytics::spec(db, &settings.limits, config).await.unwrap();
+    let id = identity.own_id().clone();
+    let app = Application::build(settings, identity, verifier, spec).await.unwrap();
+    let (addr, admin, metrics) = (app.local_addr(), app.admin_addr(), app.metrics());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running { addr, admin, metrics, id, stop: Some(tx), task: Some(task), _data: tempfile::tempdir().unwrap() }
+}
+
+/// Signed claims for `tenant` with `capabilities`, addressed to `audience`,
+/// as the gateway forwards them.
+pub fn tenant_request<T>(
+    signer: &soma_auth::ClaimsSigner,
+    audience: &SpiffeId,
+    tenant: &str,
+    capabilities: &[&str],
+    message: T,
+) -> tonic::Request<T> {
+    let claims = soma_proto::v1::VerifiedClaims {
+        tenant: tenant.to_owned(),
+        subject: format!("user@{tenant}"),
+        region: "local".to_owned(),
+        capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        mfa: true,
+        request_id: "test".to_owned(),
+        ..Default::default()
+    };
+    let signed = signer.sign(claims, audience, Duration::from_secs(30), std::time::SystemTime::now()).unwrap();
+    let mut request = tonic::Request::new(message);
+    signed.insert_into(request.metadata_mut());
+    request
+}
+
 /// Starts `kind` with this identity and these settings variables.
 pub async fn start_with(
     store: Arc<SvidStore>,
@@ -154,6 +213,8 @@ pub fn analytics_config() -> soma_analytics::AnalyticsConfig {
         signing_key_pem: pem("PRIVATE KEY", &pkcs8),
         signing_key_id: "analytics-1".to_owned(),
         ledger_origin: format!("{TD}/analytics"),
+        max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
+        drills: soma_analytics::DrillConfig::default(),
     }
 }
 
