@@ -108,7 +108,9 @@ pub async fn start_analytics(
     db.migrate(&soma_analytics::MIGRATIONS).await.unwrap();
     let spec = soma_analytics::spec(db, &settings.limits, config).await.unwrap();
     let id = identity.own_id().clone();
-    let app = Application::build(settings, identity, verifier, spec).await.unwrap();
+    let app = Application::build(settings, identity, verifier, spec)
+        .await
+        .unwrap();
     let (addr, admin, metrics) = (app.local_addr(), app.admin_addr(), app.metrics());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -118,7 +120,15 @@ pub async fn start_analytics(
         .await
         .unwrap();
     });
-    Running { addr, admin, metrics, id, stop: Some(tx), task: Some(task), _data: tempfile::tempdir().unwrap() }
+    Running {
+        addr,
+        admin,
+        metrics,
+        id,
+        stop: Some(tx),
+        task: Some(task),
+        _data: tempfile::tempdir().unwrap(),
+    }
 }
 
 /// Signed claims for `tenant` with `capabilities`, addressed to `audience`,
@@ -139,7 +149,14 @@ pub fn tenant_request<T>(
         request_id: "test".to_owned(),
         ..Default::default()
     };
-    let signed = signer.sign(claims, audience, Duration::from_secs(30), std::time::SystemTime::now()).unwrap();
+    let signed = signer
+        .sign(
+            claims,
+            audience,
+            Duration::from_secs(30),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
     let mut request = tonic::Request::new(message);
     signed.insert_into(request.metadata_mut());
     request
@@ -205,16 +222,36 @@ pub async fn start_with(
 
 /// Fresh Analytics keys: a row keyring and an Ed25519 signing key.
 pub fn analytics_config() -> soma_analytics::AnalyticsConfig {
-    let (row_keys, _) = soma_sign::HmacKeyring::generate("row-1").unwrap();
-    let (_, pkcs8) =
-        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
-    soma_analytics::AnalyticsConfig {
-        row_keys,
-        signing_key_pem: pem("PRIVATE KEY", &pkcs8),
-        signing_key_id: "analytics-1".to_owned(),
-        ledger_origin: format!("{TD}/analytics"),
-        max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
-        drills: soma_analytics::DrillConfig::default(),
+    AnalyticsKeys::generate().config()
+}
+
+/// Analytics key material that outlives one service instance (restarts).
+pub struct AnalyticsKeys {
+    pub row_keys_json: Vec<u8>,
+    pub signing_key_pem: String,
+}
+
+impl AnalyticsKeys {
+    pub fn generate() -> Self {
+        let (_, row_keys_json) = soma_sign::HmacKeyring::generate("row-1").unwrap();
+        let (_, pkcs8) =
+            soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
+        Self {
+            row_keys_json,
+            signing_key_pem: pem("PRIVATE KEY", &pkcs8),
+        }
+    }
+
+    /// A config over these keys (default settings otherwise).
+    pub fn config(&self) -> soma_analytics::AnalyticsConfig {
+        soma_analytics::AnalyticsConfig {
+            row_keys: soma_sign::HmacKeyring::from_json(&self.row_keys_json).unwrap(),
+            signing_key_pem: self.signing_key_pem.clone(),
+            signing_key_id: "analytics-1".to_owned(),
+            ledger_origin: format!("{TD}/analytics"),
+            max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
+            drills: soma_analytics::DrillConfig::default(),
+        }
     }
 }
 
