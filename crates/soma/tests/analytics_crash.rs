@@ -1,0 +1,203 @@
+//! Crash safety: `soma serve analytics` (the real binary) is killed with
+//! SIGKILL while clients stream appends, then restarted on the same
+//! database. Every acknowledged event is present exactly once, indices are
+//! contiguous, the stored root recomputes, and retries of events whose
+//! acknowledgement was lost get their original index. On PostgreSQL and on
+//! SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use soma_ca::{Authority, IssueOptions, Registry, WorkloadApi, WorkloadApiConfig};
+use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
+use soma_proto::v1 as pb;
+use soma_proto::v1::analytics_client::AnalyticsClient;
+use sqlx::Row as _;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::Child;
+
+struct Server {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+async fn spawn_server(
+    registry: &Registry,
+    id: &SpiffeId,
+    endpoint: &str,
+    store: &soma_store::StoreSettings,
+    keys_dir: &std::path::Path,
+) -> Server {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"));
+    cmd.args(["serve", "analytics"])
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+        .env("SOMA_DATA_DIR", &store.data_dir)
+        .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
+        .env("SOMA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("SOMA_ANALYTICS_ROW_KEYS_FILE", keys_dir.join("row-keys.json"))
+        .env("SOMA_ANALYTICS_SIGNING_KEY_FILE", keys_dir.join("signing.key"))
+        .env("SOMA_ANALYTICS_LEDGER_ORIGIN", "somastack.local/analytics")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    match &store.database_url {
+        Some(url) => cmd.env("DATABASE_URL", url),
+        None => cmd.env_remove("DATABASE_URL"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    registry.register_pid(child.id().unwrap(), id.clone());
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    Server { child, addr: ready["grpc_addr"].as_str().unwrap().parse().unwrap() }
+}
+
+fn billing(event_id: &str) -> pb::RecordBillingEventRequest {
+    pb::RecordBillingEventRequest {
+        event_id: event_id.to_owned(),
+        tenant: "acme".to_owned(),
+        tool: "summarize".to_owned(),
+        tool_version: "1.0.0".to_owned(),
+        amount: Some(pb::Money { currency: "EUR".to_owned(), micros: 42 }),
+        fuel_consumed: 1,
+        duration_micros: 1,
+        occurred_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+        run_id: "run-1".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
+    for db in soma_store::testing::engines("analytics").await {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::parse("somastack.local").unwrap();
+        let authority = Arc::new(Authority::open_or_create(dir.path(), &td).unwrap());
+        let registry = Registry::new();
+        let socket = dir.path().join("workload.sock");
+        let listener = soma_ca::bind_socket(&socket).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let api = WorkloadApi::new(
+            Arc::clone(&authority),
+            registry.clone(),
+            WorkloadApiConfig { svid_ttl: Duration::from_secs(3600) },
+        );
+        let api_task = tokio::spawn(api.serve(listener, async move {
+            let _ = stop_rx.await;
+        }));
+        let endpoint = format!("unix://{}", socket.display());
+
+        let keys = common::AnalyticsKeys::generate();
+        let keys_dir = dir.path().join("keys");
+        std::fs::create_dir_all(&keys_dir).unwrap();
+        std::fs::write(keys_dir.join("row-keys.json"), &keys.row_keys_json).unwrap();
+        std::fs::write(keys_dir.join("signing.key"), &keys.signing_key_pem).unwrap();
+
+        // The clients: the tool registry (appends) and an operator (reads),
+        // with SVIDs from the same authority.
+        let identity = |path: &str| {
+            let id = SpiffeId::from_parts(&td, path).unwrap();
+            let issued = authority.issue(&id, Duration::from_secs(3600), IssueOptions::default()).unwrap();
+            let mut bundles = BundleSet::new();
+            bundles.insert(Bundle::from_der_concat(td.clone(), &authority.bundle_der()).unwrap());
+            SvidStore::new(id, Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der).unwrap(), bundles)
+                .unwrap()
+        };
+        let client_store = identity("/svc/tool-registry");
+        let operator_store = identity("/operator/auditor");
+        let server_id = SpiffeId::from_parts(&td, "/svc/analytics").unwrap();
+
+        let mut server = spawn_server(&registry, &server_id, &endpoint, &db.settings, &keys_dir).await;
+        let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
+        let attempted = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let channel = soma_mesh::channel(client_store.clone(), server.addr, server_id.clone()).unwrap();
+            let (acked, attempted) = (Arc::clone(&acked), Arc::clone(&attempted));
+            writers.push(tokio::spawn(async move {
+                let mut client = AnalyticsClient::new(channel);
+                for i in 0.. {
+                    let id = format!("w{w}-{i}");
+                    attempted.lock().unwrap().push(id.clone());
+                    match client.record_billing_event(billing(&id)).await {
+                        Ok(r) => acked.lock().unwrap().push((id, r.into_inner().ledger.unwrap().index)),
+                        // The server is gone: stop this writer.
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+        // Kill it mid-stream, once a good number of appends are acknowledged.
+        while acked.lock().unwrap().len() < 400 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.child.start_kill().unwrap();
+        let _ = server.child.wait().await;
+        for w in writers {
+            w.await.unwrap();
+        }
+        let acked = acked.lock().unwrap().clone();
+        let attempted = attempted.lock().unwrap().clone();
+        assert!(acked.len() >= 400);
+
+        // Restart on the same database: the ledger verifies at start-up.
+        let server = spawn_server(&registry, &server_id, &endpoint, &db.settings, &keys_dir).await;
+        let mut client =
+            AnalyticsClient::new(soma_mesh::channel(client_store.clone(), server.addr, server_id.clone()).unwrap());
+
+        // Every acknowledged event is there, at the index it was given.
+        let sql = db.connect().await;
+        let stored: Vec<(String, i64)> = {
+            let q = "SELECT event_id, leaf_index FROM ledger_leaves ORDER BY leaf_index";
+            match (sql.as_sqlite(), sql.as_postgres()) {
+                (Some(p), _) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect(),
+                (None, Some(p)) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect(),
+                _ => unreachable!(),
+            }
+        };
+        for (position, (_, index)) in stored.iter().enumerate() {
+            assert_eq!(*index, position as i64, "{}: indices are not contiguous", db.label);
+        }
+        let stored_ids: BTreeSet<&str> = stored.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(stored_ids.len(), stored.len(), "{}: an event is stored twice", db.label);
+        for (id, index) in &acked {
+            let at = stored.iter().find(|(s, _)| s == id).map(|(_, i)| *i);
+            assert_eq!(at, Some(*index as i64), "{}: acknowledged {id} is not at index {index}", db.label);
+        }
+
+        // Retrying every attempted event: the committed ones keep their
+        // index, the others are appended once.
+        for id in &attempted {
+            let r = client.record_billing_event(billing(id)).await.unwrap().into_inner();
+            if let Some((_, index)) = stored.iter().find(|(s, _)| s == id) {
+                assert_eq!(r.ledger.unwrap().index, *index as u64, "{}: retry of {id} moved", db.label);
+            }
+        }
+        let mut operator =
+            AnalyticsClient::new(soma_mesh::channel(operator_store, server.addr, server_id.clone()).unwrap());
+        let latest = operator.ledger_checkpoint(pb::LedgerCheckpointRequest {}).await.unwrap().into_inner();
+        assert_eq!(latest.tree_size, attempted.len() as u64, "{}", db.label);
+
+        // The root recomputed from the stored leaves is the signed one.
+        let q = "SELECT leaf_hash FROM ledger_leaves ORDER BY leaf_index";
+        let hashes: Vec<Vec<u8>> = match (sql.as_sqlite(), sql.as_postgres()) {
+            (Some(p), _) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| r.get(0)).collect(),
+            (None, Some(p)) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| r.get(0)).collect(),
+            _ => unreachable!(),
+        };
+        let leaves: Vec<soma_ledger::Hash> = hashes.iter().map(|h| soma_ledger::Hash::from_slice(h).unwrap()).collect();
+        assert_eq!(soma_ledger::root(&leaves).as_bytes().as_slice(), latest.root_hash.as_slice(), "{}", db.label);
+
+        sql.close().await;
+        drop(server);
+        let _ = stop_tx.send(());
+        api_task.await.unwrap().unwrap();
+        db.cleanup().await;
+    }
+}
