@@ -4,12 +4,14 @@
 //! What it does: leaf and node hashing (SHA-256 with the RFC's 0x00 / 0x01
 //! domain separation), tree roots ([`root`], and the incremental
 //! [`CompactTree`]), inclusion and consistency proof generation from the list
-//! of leaf hashes and their offline verification, and tree heads as C2SP
-//! checkpoints signed with Ed25519 in the signed-note format.
+//! of leaf hashes (O(n) per proof) or from the in-memory [`MerkleTree`] index
+//! of perfect subtrees (O(log n) per proof, at any earlier tree size), their
+//! offline verification, and tree heads as C2SP checkpoints signed with
+//! Ed25519 in the signed-note format.
 //!
-//! What it deliberately does not do: store anything, keep interior nodes, or
-//! decide what a leaf contains. The Analytics service persists leaves and
-//! checkpoints on top of these types.
+//! What it deliberately does not do: persist anything or decide what a leaf
+//! contains. The Analytics service persists leaves and checkpoints on top of
+//! these types.
 //!
 //! Security-relevant defaults: verifiers take hostile sizes, indexes and
 //! proofs without panicking and demand the exact proof length; a consistency
@@ -21,6 +23,7 @@ mod checkpoint;
 mod compact;
 mod error;
 mod hash;
+mod merkle_tree;
 mod tree;
 mod verify;
 
@@ -30,5 +33,6 @@ pub use checkpoint::{
 pub use compact::CompactTree;
 pub use error::LedgerError;
 pub use hash::{EMPTY_ROOT, Hash, leaf_hash, node_hash};
+pub use merkle_tree::MerkleTree;
 pub use tree::{consistency_proof, inclusion_proof, root};
 pub use verify::{verify_consistency, verify_inclusion};
