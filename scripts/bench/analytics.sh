@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Performance of the Analytics ledger, each figure beside a baseline
+# measured in the same run:
+#
+#   1. durable appends/s through the real service on PostgreSQL with 16
+#      concurrent writers (crates/soma/examples/ledger_bench.rs), against
+#      pgbench's single-row INSERT rate with 16 clients on the same server;
+#   2. proofs on a 1,000,000-leaf ledger (crates/ledger/benches/proofs.rs):
+#      inclusion/consistency generation and verification, against the O(n)
+#      slice functions.
+#
+# Targets are printed, never asserted: exit 0 when the measurements ran.
+# Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
+# BENCH_SECONDS (10), BENCH_WRITERS (16).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+SECONDS_RUN="${BENCH_SECONDS:-10}"
+WRITERS="${BENCH_WRITERS:-16}"
+
+command -v pgbench >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql-contrib >/dev/null; }
+command -v psql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null; }
+
+echo "### building (release)" >&2
+cargo build --release -p soma --examples >&2
+
+echo "### 1. durable appends/s: Analytics vs pgbench single-row INSERT, $WRITERS clients, ${SECONDS_RUN}s each" >&2
+scratch="soma_pgbench_$$"
+psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $scratch" >/dev/null
+base_url="${DATABASE_URL%/*}"
+scratch_url="$base_url/$scratch"
+cleanup() { psql "$DATABASE_URL" -q -c "DROP DATABASE IF EXISTS $scratch WITH (FORCE)" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+psql "$scratch_url" -q -v ON_ERROR_STOP=1 -c \
+  "CREATE TABLE bench_insert (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL, amount_micros BIGINT NOT NULL, mac BYTEA NOT NULL)" >/dev/null
+script="$(mktemp)"
+cat >"$script" <<'SQL'
+INSERT INTO bench_insert (event_id, tenant, amount_micros, mac) VALUES (md5(random()::text || clock_timestamp()::text), 'acme', 42, '\x00112233');
+SQL
+pg_out="$(pgbench "$scratch_url" -n -c "$WRITERS" -j 2 -T "$SECONDS_RUN" -f "$script" 2>&1)"
+rm -f "$script"
+echo "$pg_out" | grep -E "tps|latency" >&2 || true
+pg_tps="$(echo "$pg_out" | awk '/^tps = / {print $3; exit}')"
+
+ours_out="$(target/release/examples/ledger_bench --writers "$WRITERS" --seconds "$SECONDS_RUN")"
+echo "$ours_out" >&2
+ours="$(echo "$ours_out" | awk -F= '/^result.appends_per_sec=/ {print $2}')"
+
+echo "### 2. proofs on a 1,000,000-leaf ledger" >&2
+proofs="$(cargo bench -p soma-ledger --bench proofs 2>/dev/null)"
+echo "$proofs" >&2
+
+echo
+echo "== SomaStack Analytics benchmark summary ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ))"
+printf '| %-52s | %12s | %12s | %10s | %-22s |\n' measurement baseline analytics ratio target
+printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "durable appends/s, PostgreSQL, $WRITERS writers" "$pg_tps" "$ours" \
+  "$(awk -v a="$ours" -v b="$pg_tps" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')" ">= 1000/s and >= 0.7x"
+echo "   baseline: pgbench, one single-row INSERT per transaction, same server, same run"
+echo "$proofs" | grep -E "inclusion proof, latest|inclusion verify, latest|consistency proof|consistency verify" | sed 's/^/   /'
