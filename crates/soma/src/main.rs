@@ -4,10 +4,12 @@
 //! - `soma serve <service>`: one service, identity from the Workload API
 //!   (`SPIFFE_ENDPOINT_SOCKET`), the production path.
 //! - `soma ca issue`: an SVID for an operator (grpcurl, scripts).
+//! - `soma verify export`: check an Analytics export's signature offline.
 
 mod ca;
 mod serve;
 mod up;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +64,11 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Check signed Analytics artifacts offline.
+    Verify {
+        #[command(subcommand)]
+        command: verify::VerifyCommand,
     },
 }
 
@@ -136,6 +143,7 @@ fn main() -> ExitCode {
                         ttl,
                     },
             } => ca::issue(&data_dir, &spiffe_id, &out, ttl),
+            Command::Verify { command } => Ok(verify::run(command)),
         }
     });
     match result {

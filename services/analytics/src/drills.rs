@@ -1,37 +1,841 @@
-//! Disaster-recovery drills: RTO/RPO computed by the server, per-region
-//! summaries, and signed webhook notifications of failed drills.
+//! Disaster-recovery drills: RTO and RPO computed by the server, a verdict
+//! against the region's objectives, per-region summaries, and signed
+//! webhook notifications of failed drills (queued in the outbox of
+//! [`crate::webhook`], in the drill's own transaction).
+//!
+//! **Computation.** RTO = `restored_at − started_at`, RPO = `started_at −
+//! last_durable_write_at`, exact to the nanosecond. A drill fails when any
+//! step failed, when its region has no objective (and there is no `*`
+//! default), or when RTO or RPO is strictly greater than the objective; each
+//! cause is one entry of `failure_reasons`, in that order. The objective
+//! applied is stored with the row, so a later change of configuration never
+//! rewrites history.
+//!
+//! **Objectives** (`SOMA_ANALYTICS_DRILL_OBJECTIVES`): entries separated by
+//! `;`, each `REGION=rto:SPAN,rpo:SPAN`, where `REGION` is a region
+//! identifier or `*` (the default for every region not listed) and `SPAN`
+//! is a whole number followed by `ms`, `s`, `m`, `h` or `d`; for example
+//! `eu-west-1=rto:15m,rpo:1m;us-east-1=rto:30m,rpo:5m;*=rto:1h,rpo:15m`.
+//!
+//! **Tenancy.** A drill recorded through the gateway on behalf of a tenant
+//! belongs to the verified claims' tenant; one recorded by a service over
+//! mTLS without claims belongs to the operations tenant [`OPS_TENANT`]. A
+//! summary asked with tenant claims covers that tenant's drills only; one
+//! asked over mTLS without claims (an operator) covers every tenant's.
+//!
+//! **Percentiles** are nearest-rank: for `n` values sorted ascending, the
+//! p-th percentile is the value of rank `⌈p·n/100⌉` (1-based, at least 1),
+//! always one of the recorded values, never an interpolation.
 
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
-use tonic::Status;
+use soma_sign::jcs;
+use soma_store::Database;
+use sqlx::Row as _;
 
+use crate::db::on_pool;
+use crate::error::AnalyticsError;
+use crate::ledger::Appended;
+use crate::rows::{EventRow, NewRow, Seal};
 use crate::service::AnalyticsService;
+use crate::validate;
+use crate::webhook::WebhookConfig;
+
+/// Tenant of drills recorded by a service without tenant claims.
+pub(crate) const OPS_TENANT: &str = "ops";
+
+/// Most steps one drill may carry.
+const MAX_STEPS: usize = 256;
+/// Longest step name, in characters.
+const MAX_STEP_NAME: usize = 128;
+/// Longest step detail, in characters.
+const MAX_STEP_DETAIL: usize = 1024;
+
+const NANOS_PER_SECOND: i64 = 1_000_000_000;
+
+/// A region's recovery objectives, in nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Objective {
+    pub rto_nanos: i64,
+    pub rpo_nanos: i64,
+}
 
 /// Drill objectives and webhook receivers.
+///
+/// Read by [`DrillConfig::from_env`]; the default has no objectives (every
+/// drill then fails with "no objectives configured for region") and no
+/// webhooks.
 #[derive(Clone, Debug, Default)]
-pub struct DrillConfig {}
+pub struct DrillConfig {
+    objectives: BTreeMap<String, Objective>,
+    default_objective: Option<Objective>,
+    pub(crate) webhooks: WebhookConfig,
+}
 
 impl DrillConfig {
-    /// Reads the drill settings from the environment.
-    pub fn from_env(_env: impl Fn(&str) -> Option<String>) -> Result<Self, crate::AnalyticsError> {
-        Ok(Self {})
+    /// Reads the drill settings from the environment:
+    /// `SOMA_ANALYTICS_DRILL_OBJECTIVES` (syntax in the module doc) and the
+    /// webhook settings (`SOMA_ANALYTICS_WEBHOOK_URLS`,
+    /// `SOMA_ANALYTICS_WEBHOOK_KEYS_FILE`, `SOMA_ANALYTICS_WEBHOOK_RETRY_BASE`,
+    /// `SOMA_ANALYTICS_WEBHOOK_RETRY_MAX`, `SOMA_ANALYTICS_WEBHOOK_TIMEOUT`).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, AnalyticsError> {
+        let mut config = Self {
+            webhooks: WebhookConfig::from_env(&env)?,
+            ..Self::default()
+        };
+        if let Some(value) = env(OBJECTIVES_VAR).filter(|v| !v.trim().is_empty()) {
+            config.parse_objectives(&value)?;
+        }
+        Ok(config)
+    }
+
+    fn parse_objectives(&mut self, value: &str) -> Result<(), AnalyticsError> {
+        for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = |why: &str| AnalyticsError::Config(format!("{OBJECTIVES_VAR}: entry {entry:?}: {why}"));
+            let (region, spec) = entry
+                .split_once('=')
+                .ok_or_else(|| bad("expected REGION=rto:SPAN,rpo:SPAN"))?;
+            let region = region.trim();
+            let (mut rto, mut rpo) = (None, None);
+            for part in spec.split(',').map(str::trim) {
+                let (name, span_text) = part
+                    .split_once(':')
+                    .ok_or_else(|| bad("expected rto:SPAN and rpo:SPAN"))?;
+                let nanos = span_nanos(span_text.trim()).map_err(|why| bad(&why))?;
+                let slot = match name.trim() {
+                    "rto" => &mut rto,
+                    "rpo" => &mut rpo,
+                    other => return Err(bad(&format!("unknown objective {other:?} (rto or rpo)"))),
+                };
+                if slot.replace(nanos).is_some() {
+                    return Err(bad(&format!("{} given twice", name.trim())));
+                }
+            }
+            let objective = Objective {
+                rto_nanos: rto.ok_or_else(|| bad("rto is missing"))?,
+                rpo_nanos: rpo.ok_or_else(|| bad("rpo is missing"))?,
+            };
+            let duplicate = if region == "*" {
+                self.default_objective.replace(objective).is_some()
+            } else {
+                validate::identifier("region", region).map_err(|e| bad(&e.to_string()))?;
+                self.objectives.insert(region.to_owned(), objective).is_some()
+            };
+            if duplicate {
+                return Err(bad("region listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The objective that applies to `region`: its own, else the `*` default.
+    pub(crate) fn objective(&self, region: &str) -> Option<Objective> {
+        self.objectives.get(region).copied().or(self.default_objective)
     }
 }
 
-/// `RecordDisasterDrill`.
-pub(crate) async fn record_disaster_drill(
-    _svc: &AnalyticsService,
-    _caller: &Caller,
-    _request: pb::RecordDisasterDrillRequest,
-) -> Result<pb::DisasterDrill, Status> {
-    Err(Status::unimplemented("RecordDisasterDrill is not built yet"))
+const OBJECTIVES_VAR: &str = "SOMA_ANALYTICS_DRILL_OBJECTIVES";
+
+/// Parses a span: a whole number followed by `ms`, `s`, `m`, `h` or `d`.
+pub(crate) fn span_nanos(text: &str) -> Result<i64, String> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not like 15m, 30s or 500ms"))?;
+    let scale: i64 = match unit {
+        "ms" => 1_000_000,
+        "s" => NANOS_PER_SECOND,
+        "m" => 60 * NANOS_PER_SECOND,
+        "h" => 3600 * NANOS_PER_SECOND,
+        "d" => 86_400 * NANOS_PER_SECOND,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// `DisasterDrillSummary`.
+/// One step of a drill, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Step {
+    pub name: String,
+    /// `passed`, `failed` or `skipped`.
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// A recorded drill row: the request's facts and the server's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DrillRow {
+    pub event_id: String,
+    pub tenant: String,
+    pub region: String,
+    pub scenario: String,
+    /// Unix nanoseconds.
+    pub started_at: i64,
+    pub failover_completed_at: i64,
+    pub restored_at: i64,
+    pub last_durable_write_at: i64,
+    pub rto_nanos: i64,
+    pub rpo_nanos: i64,
+    /// The objective applied; `None` when none was configured.
+    pub objective: Option<Objective>,
+    pub passed: bool,
+    pub failure_reasons: Vec<String>,
+    pub steps: Vec<Step>,
+    /// SPIFFE ID of the service that recorded it.
+    pub recorded_by: String,
+}
+
+impl DrillRow {
+    /// Whether `other` records the same drill facts (the verdict aside,
+    /// which depends on the objectives configured at the time).
+    fn same_facts(&self, other: &Self) -> bool {
+        (
+            &self.event_id,
+            &self.tenant,
+            &self.region,
+            &self.scenario,
+            self.started_at,
+            self.failover_completed_at,
+            self.restored_at,
+            self.last_durable_write_at,
+            &self.steps,
+            &self.recorded_by,
+        ) == (
+            &other.event_id,
+            &other.tenant,
+            &other.region,
+            &other.scenario,
+            other.started_at,
+            other.failover_completed_at,
+            other.restored_at,
+            other.last_durable_write_at,
+            &other.steps,
+            &other.recorded_by,
+        )
+    }
+
+    fn steps_value(&self) -> Value {
+        Value::Array(
+            self.steps
+                .iter()
+                .map(|s| json!({"name": s.name, "outcome": s.outcome, "detail": s.detail}))
+                .collect(),
+        )
+    }
+
+    /// The steps as stored: RFC 8785 canonical JSON.
+    pub(crate) fn steps_json(&self) -> Result<String, AnalyticsError> {
+        canonical_text(&self.steps_value())
+    }
+
+    /// The failure reasons as stored: RFC 8785 canonical JSON.
+    pub(crate) fn failure_reasons_json(&self) -> Result<String, AnalyticsError> {
+        canonical_text(&json!(self.failure_reasons))
+    }
+}
+
+fn canonical_text(value: &Value) -> Result<String, AnalyticsError> {
+    // RFC 8785 output is UTF-8 by construction.
+    String::from_utf8(jcs::canonicalize(value)?)
+        .map_err(|_| AnalyticsError::Config("non-UTF-8 JSON".to_owned()))
+}
+
+impl EventRow for DrillRow {
+    const TABLE: &'static str = "disaster_drills";
+    const KIND: &'static str = "disaster_drill";
+
+    fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn content(&self) -> Value {
+        json!({
+            "region": self.region,
+            "scenario": self.scenario,
+            "started_at": self.started_at.to_string(),
+            "failover_completed_at": self.failover_completed_at.to_string(),
+            "restored_at": self.restored_at.to_string(),
+            "last_durable_write_at": self.last_durable_write_at.to_string(),
+            "rto_nanos": self.rto_nanos.to_string(),
+            "rpo_nanos": self.rpo_nanos.to_string(),
+            "objective_rto_nanos": self.objective.map(|o| o.rto_nanos.to_string()),
+            "objective_rpo_nanos": self.objective.map(|o| o.rpo_nanos.to_string()),
+            "passed": self.passed,
+            "failure_reasons": self.failure_reasons,
+            "steps": self.steps_value(),
+            "recorded_by": self.recorded_by,
+        })
+    }
+}
+
+/// A drill waiting to be appended, with the webhook URLs to notify when it
+/// failed (its outbox rows are written in the same transaction).
+#[derive(Clone, Debug)]
+pub(crate) struct PendingDrill {
+    pub row: DrillRow,
+    pub notify: Vec<String>,
+}
+
+/// Inserts a drill row and its outbox rows inside the ledger writer's
+/// transaction `$tx` (see `commit` in `ledger.rs`): the drill, its leaf and
+/// its notifications commit together or not at all.
+macro_rules! insert_drill {
+    ($tx:ident, $keys:expr, $pending:expr, $index:expr, $leaf_hash:expr, $now:expr) => {{
+        let pending: &$crate::drills::PendingDrill = $pending;
+        let r = &pending.row;
+        let seal = $crate::rows::EventRow::seal(r, $keys)?;
+        sqlx::query(
+            "INSERT INTO disaster_drills (event_id, tenant, region, scenario, started_at, failover_completed_at, \
+             restored_at, last_durable_write_at, rto_nanos, rpo_nanos, objective_rto_nanos, objective_rpo_nanos, \
+             passed, failure_reasons, steps, recorded_by, ledger_index, row_version, mac_key_id, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        )
+        .bind(&r.event_id)
+        .bind(&r.tenant)
+        .bind(&r.region)
+        .bind(&r.scenario)
+        .bind(r.started_at)
+        .bind(r.failover_completed_at)
+        .bind(r.restored_at)
+        .bind(r.last_durable_write_at)
+        .bind(r.rto_nanos)
+        .bind(r.rpo_nanos)
+        .bind(r.objective.map(|o| o.rto_nanos))
+        .bind(r.objective.map(|o| o.rpo_nanos))
+        .bind(r.passed)
+        .bind(r.failure_reasons_json()?)
+        .bind(r.steps_json()?)
+        .bind(&r.recorded_by)
+        .bind($index)
+        .bind(seal.row_version)
+        .bind(&seal.key_id)
+        .bind(&seal.mac)
+        .execute(&mut *$tx)
+        .await?;
+        for delivery in $crate::webhook::deliveries(pending, $index, &$leaf_hash, $now)? {
+            let seal = $crate::rows::EventRow::seal(&delivery, $keys)?;
+            sqlx::query(
+                "INSERT INTO webhook_outbox (delivery_id, event_id, tenant, url, body, created_at, attempts, \
+                 next_attempt_at, row_version, mac_key_id, mac) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10)",
+            )
+            .bind(&delivery.delivery_id)
+            .bind(&delivery.event_id)
+            .bind(&delivery.tenant)
+            .bind(&delivery.url)
+            .bind(&delivery.body)
+            .bind(delivery.created_at)
+            .bind(delivery.created_at)
+            .bind(seal.row_version)
+            .bind(&seal.key_id)
+            .bind(&seal.mac)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+
+pub(crate) use insert_drill;
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
+    AnalyticsError::InvalidArgument {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Free text of a step: `1..=max` characters (empty allowed when `optional`),
+/// no control characters.
+fn step_text(
+    field: &'static str,
+    index: usize,
+    value: &str,
+    max: usize,
+    optional: bool,
+) -> Result<String, AnalyticsError> {
+    if value.is_empty() && !optional {
+        return Err(invalid(field, format!("step {index}: required")));
+    }
+    if value.chars().count() > max {
+        return Err(invalid(
+            field,
+            format!("step {index}: longer than {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("step {index}: control characters are not allowed"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn step_outcome(index: usize, value: i32) -> Result<&'static str, AnalyticsError> {
+    match pb::StepOutcome::try_from(value) {
+        Ok(pb::StepOutcome::Passed) => Ok("passed"),
+        Ok(pb::StepOutcome::Failed) => Ok("failed"),
+        Ok(pb::StepOutcome::Skipped) => Ok("skipped"),
+        Ok(pb::StepOutcome::Unspecified) => Err(invalid("steps.outcome", format!("step {index}: required"))),
+        Err(_) => Err(invalid(
+            "steps.outcome",
+            format!("step {index}: unknown value {value}"),
+        )),
+    }
+}
+
+/// A span for failure reasons: whole seconds, or seconds with the
+/// nanoseconds written out (trailing zeros trimmed).
+fn span_text(nanos: i64) -> String {
+    let (s, n) = (nanos / NANOS_PER_SECOND, nanos % NANOS_PER_SECOND);
+    if n == 0 {
+        format!("{s}s")
+    } else {
+        let fraction = format!("{n:09}");
+        format!("{s}.{}s", fraction.trim_end_matches('0'))
+    }
+}
+
+/// Validates a request and computes the drill's verdict; writes nothing.
+fn drill_from_request(
+    config: &DrillConfig,
+    caller: &Caller,
+    r: pb::RecordDisasterDrillRequest,
+) -> Result<PendingDrill, AnalyticsError> {
+    let event_id = validate::identifier("event_id", &r.event_id)?;
+    let region = validate::identifier("region", &r.region)?;
+    let scenario = validate::identifier("scenario", &r.scenario)?;
+    let started_at = validate::timestamp("started_at", r.started_at.as_ref())?;
+    let failover_completed_at =
+        validate::timestamp("failover_completed_at", r.failover_completed_at.as_ref())?;
+    let restored_at = validate::timestamp("restored_at", r.restored_at.as_ref())?;
+    let last_durable_write_at =
+        validate::timestamp("last_durable_write_at", r.last_durable_write_at.as_ref())?;
+    if failover_completed_at < started_at {
+        return Err(invalid("failover_completed_at", "is before started_at"));
+    }
+    if restored_at < failover_completed_at {
+        return Err(invalid("restored_at", "is before failover_completed_at"));
+    }
+    if last_durable_write_at > started_at {
+        return Err(invalid("last_durable_write_at", "is after started_at"));
+    }
+    let rto_nanos = restored_at
+        .checked_sub(started_at)
+        .ok_or_else(|| invalid("restored_at", "too far after started_at"))?;
+    let rpo_nanos = started_at
+        .checked_sub(last_durable_write_at)
+        .ok_or_else(|| invalid("last_durable_write_at", "too far before started_at"))?;
+    if r.steps.is_empty() {
+        return Err(invalid("steps", "at least one step is required"));
+    }
+    if r.steps.len() > MAX_STEPS {
+        return Err(invalid("steps", format!("more than {MAX_STEPS} steps")));
+    }
+    let steps = r
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| -> Result<Step, AnalyticsError> {
+            Ok(Step {
+                name: step_text("steps.name", i, &s.name, MAX_STEP_NAME, false)?,
+                outcome: step_outcome(i, s.outcome)?.to_owned(),
+                detail: step_text("steps.detail", i, &s.detail, MAX_STEP_DETAIL, true)?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let tenant = match &caller.claims {
+        Some(claims) => claims.tenant.clone(),
+        None => OPS_TENANT.to_owned(),
+    };
+
+    let mut failure_reasons: Vec<String> = steps
+        .iter()
+        .filter(|s| s.outcome == "failed")
+        .map(|s| format!("step {:?} failed", s.name))
+        .collect();
+    let objective = config.objective(&region);
+    match objective {
+        None => failure_reasons.push("no objectives configured for region".to_owned()),
+        Some(o) => {
+            if rto_nanos > o.rto_nanos {
+                failure_reasons.push(format!(
+                    "rto {} exceeds the objective {}",
+                    span_text(rto_nanos),
+                    span_text(o.rto_nanos)
+                ));
+            }
+            if rpo_nanos > o.rpo_nanos {
+                failure_reasons.push(format!(
+                    "rpo {} exceeds the objective {}",
+                    span_text(rpo_nanos),
+                    span_text(o.rpo_nanos)
+                ));
+            }
+        }
+    }
+    let passed = failure_reasons.is_empty();
+    Ok(PendingDrill {
+        notify: if passed {
+            Vec::new()
+        } else {
+            config.webhooks.urls()
+        },
+        row: DrillRow {
+            event_id,
+            tenant,
+            region,
+            scenario,
+            started_at,
+            failover_completed_at,
+            restored_at,
+            last_durable_write_at,
+            rto_nanos,
+            rpo_nanos,
+            objective,
+            passed,
+            failure_reasons,
+            steps,
+            recorded_by: caller.peer.spiffe_id.to_string(),
+        },
+    })
+}
+
+fn duration_proto(nanos: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: nanos.div_euclid(NANOS_PER_SECOND),
+        // The remainder is in 0..1e9, so it fits an i32.
+        nanos: i32::try_from(nanos.rem_euclid(NANOS_PER_SECOND)).unwrap_or(0),
+    }
+}
+
+fn timestamp_proto(nanos: i64) -> prost_types::Timestamp {
+    let d = duration_proto(nanos);
+    prost_types::Timestamp {
+        seconds: d.seconds,
+        nanos: d.nanos,
+    }
+}
+
+fn drill_proto(row: &DrillRow, appended: Appended) -> pb::DisasterDrill {
+    pb::DisasterDrill {
+        event_id: row.event_id.clone(),
+        region: row.region.clone(),
+        scenario: row.scenario.clone(),
+        rto: Some(duration_proto(row.rto_nanos)),
+        rpo: Some(duration_proto(row.rpo_nanos)),
+        passed: row.passed,
+        failure_reasons: row.failure_reasons.clone(),
+        ledger: Some(pb::LedgerEntry {
+            index: appended.index,
+            leaf_hash: appended.leaf_hash.as_bytes().to_vec(),
+        }),
+    }
+}
+
+/// `RecordDisasterDrill`: validates, computes RTO, RPO and the verdict, and
+/// appends the drill (with its outbox rows when it failed) to the ledger in
+/// one transaction. Idempotent by event id: a retry of the same drill gets
+/// the stored drill and its ledger entry back, even if the objectives have
+/// changed since (the verdict recorded first stands).
+pub(crate) async fn record_disaster_drill(
+    svc: &AnalyticsService,
+    caller: &Caller,
+    request: pb::RecordDisasterDrillRequest,
+) -> Result<pb::DisasterDrill, AnalyticsError> {
+    let pending = drill_from_request(&svc.drills, caller, request)?;
+    let failed = !pending.row.passed;
+    let row = pending.row.clone();
+    match svc.ledger.append(NewRow::Drill(Box::new(pending))).await {
+        Ok(appended) => {
+            if failed {
+                svc.drills.webhooks.wake();
+            }
+            Ok(drill_proto(&row, appended))
+        }
+        Err(AnalyticsError::EventIdConflict { event_id }) => {
+            let Some((stored, seal)) = read_drill(&svc.db, &event_id).await? else {
+                return Err(AnalyticsError::EventIdConflict { event_id });
+            };
+            stored.check(&svc.keys, &seal)?;
+            if !stored.same_facts(&row) {
+                return Err(AnalyticsError::EventIdConflict { event_id });
+            }
+            let (index, _, leaf_hash) = svc.ledger.leaf_of(&event_id).await?;
+            if stored.leaf_hash()? != leaf_hash {
+                return Err(AnalyticsError::RowIntegrity {
+                    table: "ledger_leaves",
+                    primary_key: event_id,
+                });
+            }
+            Ok(drill_proto(&stored, Appended { index, leaf_hash }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The nearest-rank `p`-th percentile of `sorted` (ascending, not empty).
+fn nearest_rank(sorted: &[i64], p: u64) -> i64 {
+    let n = sorted.len() as u64;
+    let rank = (p * n).div_ceil(100).max(1);
+    let index = usize::try_from(rank - 1).unwrap_or(usize::MAX);
+    sorted.get(index).or(sorted.last()).copied().unwrap_or(0)
+}
+
+/// `DisasterDrillSummary`: per region (or the one asked for), the count,
+/// pass rate, nearest-rank p50/p95 of RTO and RPO, and the start of the last
+/// failed drill. Every row's MAC is checked; one that fails fails the
+/// request (`DATA_LOSS`) rather than skewing the figures.
 pub(crate) async fn disaster_drill_summary(
-    _svc: &AnalyticsService,
-    _caller: &Caller,
-    _request: pb::DisasterDrillSummaryRequest,
-) -> Result<pb::DisasterDrillSummaryResponse, Status> {
-    Err(Status::unimplemented("DisasterDrillSummary is not built yet"))
+    svc: &AnalyticsService,
+    caller: &Caller,
+    request: pb::DisasterDrillSummaryRequest,
+) -> Result<pb::DisasterDrillSummaryResponse, AnalyticsError> {
+    let region = if request.region.is_empty() {
+        None
+    } else {
+        Some(validate::identifier("region", &request.region)?)
+    };
+    let scope = validate::read_scope(caller, "")?;
+    let rows = read_drills(&svc.db, region.as_deref(), scope.as_deref()).await?;
+
+    #[derive(Default)]
+    struct Acc {
+        passed: u64,
+        rto: Vec<i64>,
+        rpo: Vec<i64>,
+        last_failure: Option<i64>,
+    }
+    let mut regions: BTreeMap<String, Acc> = BTreeMap::new();
+    for (row, seal) in rows {
+        row.check(&svc.keys, &seal)?;
+        let acc = regions.entry(row.region.clone()).or_default();
+        acc.rto.push(row.rto_nanos);
+        acc.rpo.push(row.rpo_nanos);
+        if row.passed {
+            acc.passed += 1;
+        } else {
+            acc.last_failure = acc.last_failure.max(Some(row.started_at));
+        }
+    }
+    let regions = regions
+        .into_iter()
+        .map(|(region, mut acc)| {
+            acc.rto.sort_unstable();
+            acc.rpo.sort_unstable();
+            let count = acc.rto.len() as u64;
+            pb::RegionDrillSummary {
+                region,
+                count,
+                pass_rate: acc.passed as f64 / count as f64,
+                rto_p50: Some(duration_proto(nearest_rank(&acc.rto, 50))),
+                rto_p95: Some(duration_proto(nearest_rank(&acc.rto, 95))),
+                rpo_p50: Some(duration_proto(nearest_rank(&acc.rpo, 50))),
+                rpo_p95: Some(duration_proto(nearest_rank(&acc.rpo, 95))),
+                last_failure_at: acc.last_failure.map(timestamp_proto),
+            }
+        })
+        .collect();
+    Ok(pb::DisasterDrillSummaryResponse { regions })
+}
+
+const DRILL_COLUMNS: &str = "event_id, tenant, region, scenario, started_at, failover_completed_at, restored_at, \
+                             last_durable_write_at, rto_nanos, rpo_nanos, objective_rto_nanos, \
+                             objective_rpo_nanos, passed, failure_reasons, steps, recorded_by, row_version, \
+                             mac_key_id, mac";
+
+/// A stored row whose JSON columns do not parse is reported as failing its
+/// integrity check: it was not written by this service.
+fn corrupt(event_id: &str) -> AnalyticsError {
+    AnalyticsError::RowIntegrity {
+        table: DrillRow::TABLE,
+        primary_key: event_id.to_owned(),
+    }
+}
+
+fn parse_reasons(event_id: &str, text: &str) -> Result<Vec<String>, AnalyticsError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| corrupt(event_id))?;
+    value
+        .as_array()
+        .ok_or_else(|| corrupt(event_id))?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| corrupt(event_id)))
+        .collect()
+}
+
+fn parse_steps(event_id: &str, text: &str) -> Result<Vec<Step>, AnalyticsError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| corrupt(event_id))?;
+    let field = |step: &Value, name: &str| -> Result<String, AnalyticsError> {
+        step.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| corrupt(event_id))
+    };
+    value
+        .as_array()
+        .ok_or_else(|| corrupt(event_id))?
+        .iter()
+        .map(|s| {
+            Ok(Step {
+                name: field(s, "name")?,
+                outcome: field(s, "outcome")?,
+                detail: field(s, "detail")?,
+            })
+        })
+        .collect()
+}
+
+macro_rules! drill_of {
+    ($r:expr) => {{
+        let event_id: String = $r.try_get("event_id")?;
+        let objective = match (
+            $r.try_get::<Option<i64>, _>("objective_rto_nanos")?,
+            $r.try_get::<Option<i64>, _>("objective_rpo_nanos")?,
+        ) {
+            (Some(rto_nanos), Some(rpo_nanos)) => Some(Objective { rto_nanos, rpo_nanos }),
+            (None, None) => None,
+            _ => return Err(corrupt(&event_id)),
+        };
+        let row = DrillRow {
+            tenant: $r.try_get("tenant")?,
+            region: $r.try_get("region")?,
+            scenario: $r.try_get("scenario")?,
+            started_at: $r.try_get("started_at")?,
+            failover_completed_at: $r.try_get("failover_completed_at")?,
+            restored_at: $r.try_get("restored_at")?,
+            last_durable_write_at: $r.try_get("last_durable_write_at")?,
+            rto_nanos: $r.try_get("rto_nanos")?,
+            rpo_nanos: $r.try_get("rpo_nanos")?,
+            objective,
+            passed: $r.try_get("passed")?,
+            failure_reasons: parse_reasons(&event_id, &$r.try_get::<String, _>("failure_reasons")?)?,
+            steps: parse_steps(&event_id, &$r.try_get::<String, _>("steps")?)?,
+            recorded_by: $r.try_get("recorded_by")?,
+            event_id,
+        };
+        let seal = Seal {
+            row_version: $r.try_get::<i64, _>("row_version")?,
+            key_id: $r.try_get::<String, _>("mac_key_id")?,
+            mac: $r.try_get::<Vec<u8>, _>("mac")?,
+        };
+        (row, seal)
+    }};
+}
+
+/// One drill by event id, with its seal (not yet checked).
+pub(crate) async fn read_drill(
+    db: &Database,
+    event_id: &str,
+) -> Result<Option<(DrillRow, Seal)>, AnalyticsError> {
+    on_pool!(db, pool => {
+        let row = sqlx::query(&format!("SELECT {DRILL_COLUMNS} FROM disaster_drills WHERE event_id = $1"))
+            .bind(event_id)
+            .fetch_optional(pool)
+            .await?;
+        row.map(|r| -> Result<_, AnalyticsError> { Ok(drill_of!(r)) }).transpose()
+    })
+}
+
+/// Drills of `region` (every region when `None`) and of `tenant` (every
+/// tenant when `None`), with their seals (not yet checked).
+pub(crate) async fn read_drills(
+    db: &Database,
+    region: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<Vec<(DrillRow, Seal)>, AnalyticsError> {
+    on_pool!(db, pool => {
+        let rows = sqlx::query(&format!(
+            "SELECT {DRILL_COLUMNS} FROM disaster_drills \
+             WHERE ($1 = '' OR region = $1) AND ($2 = '' OR tenant = $2) ORDER BY ledger_index"
+        ))
+        .bind(region.unwrap_or(""))
+        .bind(tenant.unwrap_or(""))
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| -> Result<_, AnalyticsError> { Ok(drill_of!(r)) })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objectives_parse_with_a_default_and_refuse_bad_entries() {
+        let mut config = DrillConfig::default();
+        config
+            .parse_objectives("eu-west-1=rto:15m,rpo:1m; us-east-1 = rto:30m, rpo:5m ;*=rto:1h,rpo:500ms")
+            .unwrap();
+        let m = 60 * NANOS_PER_SECOND;
+        assert_eq!(
+            config.objective("eu-west-1"),
+            Some(Objective {
+                rto_nanos: 15 * m,
+                rpo_nanos: m
+            })
+        );
+        assert_eq!(
+            config.objective("us-east-1"),
+            Some(Objective {
+                rto_nanos: 30 * m,
+                rpo_nanos: 5 * m
+            })
+        );
+        assert_eq!(
+            config.objective("ap-south-1"),
+            Some(Objective {
+                rto_nanos: 60 * m,
+                rpo_nanos: 500_000_000
+            })
+        );
+        assert_eq!(DrillConfig::default().objective("eu-west-1"), None);
+
+        for bad in [
+            "eu-west-1",
+            "eu-west-1=rto:15m",
+            "eu-west-1=rto:15m,rpo:1m,rto:2m",
+            "eu-west-1=rto:15x,rpo:1m",
+            "eu-west-1=rto:-1m,rpo:1m",
+            "eu-west-1=rto:15m,rpo:1m,mtbf:3d",
+            "eu west=rto:15m,rpo:1m",
+            "eu-west-1=rto:15m,rpo:1m;eu-west-1=rto:1m,rpo:1m",
+            "*=rto:15m,rpo:1m;*=rto:1m,rpo:1m",
+            "x=rto:99999999999d,rpo:1m",
+        ] {
+            let mut config = DrillConfig::default();
+            assert!(
+                matches!(config.parse_objectives(bad), Err(AnalyticsError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nearest_rank_percentiles_are_recorded_values() {
+        let values = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100];
+        assert_eq!(nearest_rank(&values, 50), 50);
+        assert_eq!(nearest_rank(&values, 95), 100);
+        assert_eq!(nearest_rank(&[7], 50), 7);
+        assert_eq!(nearest_rank(&[7], 95), 7);
+        assert_eq!(nearest_rank(&[1, 2, 3], 50), 2);
+        assert_eq!(nearest_rank(&[1, 2, 3, 4], 50), 2);
+        assert_eq!(nearest_rank(&[1, 2, 3, 4], 95), 4);
+    }
+
+    #[test]
+    fn spans_print_exactly() {
+        assert_eq!(span_text(900 * NANOS_PER_SECOND), "900s");
+        assert_eq!(span_text(1_500_000_000), "1.5s");
+        assert_eq!(span_text(1), "0.000000001s");
+    }
 }

@@ -59,6 +59,26 @@ pub enum AnalyticsError {
     /// Configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// A persona regression cannot move from its current state to the one asked for.
+    #[error("regression {regression_id} is in state {current}: {current} -> {to} is not allowed")]
+    IllegalTransition {
+        /// The regression.
+        regression_id: String,
+        /// Its current state.
+        current: &'static str,
+        /// The state asked for.
+        to: &'static str,
+    },
+    /// The caller's expected state or version of a regression is not the stored one.
+    #[error("regression {regression_id} is in state {state} at version {version}")]
+    StaleRegression {
+        /// The regression.
+        regression_id: String,
+        /// Its current state.
+        state: &'static str,
+        /// Its current version.
+        version: u64,
+    },
 }
 
 impl AnalyticsError {
@@ -72,6 +92,8 @@ impl AnalyticsError {
             Self::LedgerCorrupt { .. } => "ledger_integrity",
             Self::RowIntegrity { .. } => "row_integrity",
             Self::WriterStopped => "unavailable",
+            Self::IllegalTransition { .. } => "illegal_transition",
+            Self::StaleRegression { .. } => "stale_version",
             Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) => "internal",
         }
     }
@@ -88,6 +110,8 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::LedgerCorrupt { .. } => Code::FailedPrecondition,
             AnalyticsError::RowIntegrity { .. } => Code::DataLoss,
             AnalyticsError::WriterStopped => Code::Unavailable,
+            AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
+            AnalyticsError::StaleRegression { .. } => Code::Aborted,
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)

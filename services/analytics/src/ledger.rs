@@ -392,9 +392,21 @@ async fn commit(
                 // other content under the same id is a conflict.
                 results.push(if earlier.leaf_hash == leaf_hash {
                     Ok(earlier)
+                } else if let NewRow::RegressionTransition(t) = row {
+                    // Another transition already produced this version.
+                    Err(crate::regression::current_state!(tx, &t.regression_id))
                 } else {
                     Err(AnalyticsError::EventIdConflict { event_id: event_id.to_owned() })
                 });
+                continue;
+            }
+            // A regression transition moves its state row first, guarded by
+            // the version it moves from; if the row moved meanwhile the item
+            // fails here, before its leaf touches the tree.
+            if let NewRow::RegressionTransition(t) = row
+                && let Err(e) = crate::regression::apply_transition!(tx, keys, t)
+            {
+                results.push(Err(e));
                 continue;
             }
             let index = tree.append(leaf_hash)?;
@@ -460,6 +472,9 @@ async fn commit(
                     .execute(&mut *tx)
                     .await?;
                 }
+                NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
+                NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
+                NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
             }
             let appended = Appended { index, leaf_hash };
             in_batch.insert(event_id, appended);
@@ -606,7 +621,54 @@ pub(crate) async fn sweep(
         checked += 1;
         check_one(row, seal, keys, &leaves, &mut failures);
     }
+    // Regression transitions and scans have leaves; regression state rows
+    // and findings are MAC-checked only (a scan's leaf binds its findings
+    // through their digest).
+    let (states, transitions) = crate::regression::all_rows(db).await?;
+    for (row, seal) in &transitions {
+        checked += 1;
+        check_one(row, seal, keys, &leaves, &mut failures);
+    }
+    let (scans, findings) = crate::anomaly::all_rows(db).await?;
+    for (row, seal) in &scans {
+        checked += 1;
+        check_one(row, seal, keys, &leaves, &mut failures);
+    }
+    for (row, seal) in &states {
+        checked += 1;
+        if let Some(reason) = crate::regression::check_state(row, seal, keys, &leaves) {
+            failures.push((
+                crate::regression::Regression::TABLE.to_owned(),
+                row.regression_id.clone(),
+                reason,
+            ));
+        }
+    }
+    for (row, seal) in &findings {
+        checked += 1;
+        check_mac_only(row, seal, keys, &mut failures);
+    }
+    for (row, seal) in &crate::drills::read_drills(db, None, None).await? {
+        checked += 1;
+        check_one(row, seal, keys, &leaves, &mut failures);
+    }
+    checked += crate::webhook::sweep_outbox(db, keys, &mut failures).await?;
     Ok((checked, failures))
+}
+
+fn check_mac_only<R: crate::rows::EventRow>(
+    row: &R,
+    seal: &crate::rows::Seal,
+    keys: &HmacKeyring,
+    failures: &mut Vec<(String, String, String)>,
+) {
+    if let Err(e) = row.check(keys, seal) {
+        failures.push((
+            R::TABLE.to_owned(),
+            row.event_id().to_owned(),
+            format!("row mac: {e}"),
+        ));
+    }
 }
 
 fn check_one<R: crate::rows::EventRow>(

@@ -6,8 +6,11 @@
 //! start-up verification of the stored tree (writes refused on mismatch,
 //! with the first bad index); the ledger RPCs (`LedgerCheckpoint`,
 //! `InclusionProof`, `ConsistencyProof`), tenant-scoped; and the row sweep
-//! (`VerifyStore`). Exports, drills, persona regressions and anomaly scans
-//! answer `UNIMPLEMENTED` until they are built.
+//! (`VerifyStore`); persona regressions (`TransitionPersonaRegression`: a
+//! state machine with optimistic concurrency, each transition a ledger leaf
+//! committed with the state update) and anomaly scans (`ScanAnomalies`:
+//! median/MAD modified z-scores, findings MACed, each scan a ledger leaf).
+//! Exports and drills answer `UNIMPLEMENTED` until they are built.
 //!
 //! Security-relevant defaults: billing is accepted only from the tool
 //! registry's SPIFFE ID (the method policy), a tenant's claims never reach
@@ -24,6 +27,7 @@ mod regression;
 mod rows;
 mod service;
 mod validate;
+mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,17 +39,32 @@ use soma_sign::HmacKeyring;
 use soma_store::{Database, Migration, Migrations};
 use tonic::service::Routes;
 
+pub use anomaly::{AnomalyConfig, DEFAULT_ANOMALY_MIN_SAMPLES, DEFAULT_ANOMALY_THRESHOLD};
 pub use drills::DrillConfig;
 pub use error::AnalyticsError;
 pub use service::AnalyticsService;
 
 /// The service's migrations.
-pub static MIGRATIONS: Migrations = Migrations(&[Migration {
-    version: 1,
-    description: "ledger and events",
-    sqlite: include_str!("../migrations/sqlite/0001_ledger_and_events.sql"),
-    postgres: include_str!("../migrations/postgres/0001_ledger_and_events.sql"),
-}]);
+pub static MIGRATIONS: Migrations = Migrations(&[
+    Migration {
+        version: 1,
+        description: "ledger and events",
+        sqlite: include_str!("../migrations/sqlite/0001_ledger_and_events.sql"),
+        postgres: include_str!("../migrations/postgres/0001_ledger_and_events.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "disaster-recovery drills and webhook outbox",
+        sqlite: include_str!("../migrations/sqlite/0002_drills.sql"),
+        postgres: include_str!("../migrations/postgres/0002_drills.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "persona regressions and anomaly scans",
+        sqlite: include_str!("../migrations/sqlite/0003_regressions_anomalies.sql"),
+        postgres: include_str!("../migrations/postgres/0003_regressions_anomalies.sql"),
+    },
+]);
 
 /// Analytics' own settings: its keys, read from files so that rotation is
 /// a file change.
@@ -63,6 +82,8 @@ pub struct AnalyticsConfig {
     pub max_export_span: std::time::Duration,
     /// Drill objectives and webhook receivers.
     pub drills: DrillConfig,
+    /// Anomaly scan threshold and minimum sample size.
+    pub anomaly: AnomalyConfig,
 }
 
 impl AnalyticsConfig {
@@ -99,6 +120,7 @@ impl AnalyticsConfig {
                 None => DEFAULT_MAX_EXPORT_SPAN,
             },
             drills: DrillConfig::from_env(&env)?,
+            anomaly: AnomalyConfig::from_env(&env)?,
         };
         // Fail now, before any port is bound, if the key does not load.
         CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)
@@ -112,7 +134,11 @@ pub const DEFAULT_MAX_EXPORT_SPAN: std::time::Duration = std::time::Duration::fr
 
 /// Parses a span such as `31d` or `744h` (seconds, minutes, hours, days).
 fn parse_span(value: &str) -> Result<std::time::Duration, AnalyticsError> {
-    let bad = || AnalyticsError::Config(format!("SOMA_ANALYTICS_MAX_EXPORT_SPAN: {value:?} is not like 31d or 12h"));
+    let bad = || {
+        AnalyticsError::Config(format!(
+            "SOMA_ANALYTICS_MAX_EXPORT_SPAN: {value:?} is not like 31d or 12h"
+        ))
+    };
     let (number, unit) = value.split_at(value.len().saturating_sub(1));
     let n: u64 = number.parse().map_err(|_| bad())?;
     let secs = match unit {
@@ -136,12 +162,20 @@ pub async fn spec(
 ) -> Result<ServiceSpec, AnalyticsError> {
     let signer = CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)?;
     let keys = Arc::new(config.row_keys);
-    let ledger =
-        ledger::Ledger::open(db.clone(), Arc::clone(&keys), signer, config.signing_key_id.clone()).await?;
+    let ledger = ledger::Ledger::open(
+        db.clone(),
+        Arc::clone(&keys),
+        signer,
+        config.signing_key_id.clone(),
+    )
+    .await?;
     let export_signer = soma_sign::Ed25519Signer::from_pkcs8_pem(
         soma_sign::KeyId::new(config.signing_key_id.clone())?,
         &config.signing_key_pem,
     )?;
+    // Delivers pending webhook notifications, including those left by an
+    // earlier run; it ends when the service is dropped.
+    webhook::spawn(db.clone(), Arc::clone(&keys), &config.drills.webhooks);
     let service = AnalyticsService {
         db: db.clone(),
         ledger: ledger.clone(),
@@ -149,6 +183,7 @@ pub async fn spec(
         signer: Arc::new(export_signer),
         max_export_span: config.max_export_span,
         drills: config.drills,
+        anomaly: config.anomaly,
     };
     let server = AnalyticsServer::new(service)
         .max_decoding_message_size(limits.max_recv_message_bytes)

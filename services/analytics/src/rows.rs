@@ -182,6 +182,13 @@ impl EventRow for BillingEvent {
 pub(crate) enum NewRow {
     CapsuleRun(CapsuleRun),
     Billing(BillingEvent),
+    /// A persona regression's transition; its commit also moves the
+    /// regression's state row, guarded by the version it moves from.
+    RegressionTransition(crate::regression::Transition),
+    /// An anomaly scan's audit entry, committed with its findings.
+    AnomalyScan(Box<crate::anomaly::ScanRecord>),
+    /// A disaster-recovery drill, committed with its webhook outbox rows.
+    Drill(Box<crate::drills::PendingDrill>),
 }
 
 impl NewRow {
@@ -189,6 +196,9 @@ impl NewRow {
         match self {
             Self::CapsuleRun(r) => r.event_id(),
             Self::Billing(r) => r.event_id(),
+            Self::RegressionTransition(r) => r.event_id(),
+            Self::AnomalyScan(r) => r.event_id(),
+            Self::Drill(d) => d.row.event_id(),
         }
     }
 
@@ -196,6 +206,9 @@ impl NewRow {
         match self {
             Self::CapsuleRun(r) => r.tenant(),
             Self::Billing(r) => r.tenant(),
+            Self::RegressionTransition(r) => r.tenant(),
+            Self::AnomalyScan(r) => r.tenant(),
+            Self::Drill(d) => d.row.tenant(),
         }
     }
 
@@ -203,6 +216,9 @@ impl NewRow {
         match self {
             Self::CapsuleRun(_) => CapsuleRun::KIND,
             Self::Billing(_) => BillingEvent::KIND,
+            Self::RegressionTransition(_) => crate::regression::Transition::KIND,
+            Self::AnomalyScan(_) => crate::anomaly::ScanRecord::KIND,
+            Self::Drill(_) => crate::drills::DrillRow::KIND,
         }
     }
 
@@ -210,6 +226,9 @@ impl NewRow {
         match self {
             Self::CapsuleRun(r) => r.leaf_hash(),
             Self::Billing(r) => r.leaf_hash(),
+            Self::RegressionTransition(r) => r.leaf_hash(),
+            Self::AnomalyScan(r) => r.leaf_hash(),
+            Self::Drill(d) => d.row.leaf_hash(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct AnalyticsService {
     pub(crate) max_export_span: std::time::Duration,
     /// Drill objectives and webhook receivers.
     pub(crate) drills: crate::drills::DrillConfig,
+    /// Anomaly scan threshold and minimum sample size.
+    pub(crate) anomaly: crate::anomaly::AnomalyConfig,
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -68,6 +70,15 @@ impl AnalyticsService {
             row.check(&self.keys, &seal)?;
             row.leaf_hash()?
         } else if let Some((row, seal)) = crate::read::billing_event(&self.db, event_id).await? {
+            row.check(&self.keys, &seal)?;
+            row.leaf_hash()?
+        } else if let Some((row, seal)) = crate::regression::transition_row(&self.db, event_id).await? {
+            row.check(&self.keys, &seal)?;
+            row.leaf_hash()?
+        } else if let Some((row, seal)) = crate::anomaly::scan_row(&self.db, event_id).await? {
+            row.check(&self.keys, &seal)?;
+            row.leaf_hash()?
+        } else if let Some((row, seal)) = crate::drills::read_drill(&self.db, event_id).await? {
             row.check(&self.keys, &seal)?;
             row.leaf_hash()?
         } else {
@@ -292,7 +303,9 @@ impl Analytics for AnalyticsService {
         request: Request<pb::RecordDisasterDrillRequest>,
     ) -> Result<Response<pb::DisasterDrill>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(crate::drills::record_disaster_drill(self, &caller, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::drills::record_disaster_drill(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/DisasterDrillSummary")]
@@ -301,7 +314,9 @@ impl Analytics for AnalyticsService {
         request: Request<pb::DisasterDrillSummaryRequest>,
     ) -> Result<Response<pb::DisasterDrillSummaryResponse>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(crate::drills::disaster_drill_summary(self, &caller, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::drills::disaster_drill_summary(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/ExportCapsuleRuns")]
@@ -310,7 +325,9 @@ impl Analytics for AnalyticsService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<crate::export::ExportStream>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(crate::export::export_capsule_runs(self, &caller, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::export::export_capsule_runs(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/ExportBillingLedger")]
@@ -319,7 +336,9 @@ impl Analytics for AnalyticsService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<crate::export::ExportStream>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(crate::export::export_billing_ledger(self, &caller, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::export::export_billing_ledger(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/ListVerificationKeys")]
@@ -328,7 +347,9 @@ impl Analytics for AnalyticsService {
         request: Request<pb::ListVerificationKeysRequest>,
     ) -> Result<Response<pb::ListVerificationKeysResponse>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(crate::export::list_verification_keys(self, &caller, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::export::list_verification_keys(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/TransitionPersonaRegression")]
@@ -348,7 +369,9 @@ impl Analytics for AnalyticsService {
         request: Request<pb::ScanAnomaliesRequest>,
     ) -> Result<Response<pb::ScanAnomaliesResponse>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(crate::anomaly::scan_anomalies(self, &caller, request.into_inner()).await?))
+        Ok(Response::new(
+            crate::anomaly::scan_anomalies(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/VerifyStore")]

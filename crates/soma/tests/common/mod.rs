@@ -251,6 +251,7 @@ impl AnalyticsKeys {
             ledger_origin: format!("{TD}/analytics"),
             max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
             drills: soma_analytics::DrillConfig::default(),
+            anomaly: soma_analytics::AnomalyConfig::default(),
         }
     }
 }

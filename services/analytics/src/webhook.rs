@@ -1,0 +1,672 @@
+//! Signed webhook notifications of failed drills, delivered from a
+//! transactional outbox.
+//!
+//! **Outbox.** When a drill fails, one `webhook_outbox` row per configured
+//! URL is written in the same transaction as the drill and its ledger leaf,
+//! so a notification is queued if and only if the drill is recorded, and a
+//! crash loses nothing. A background task ([`spawn`]) delivers pending rows:
+//! after a restart it simply finds them still pending. Each row carries a
+//! row MAC over its immutable part (delivery id, drill, URL, body digest,
+//! creation time), checked before every send, so a row planted or edited in
+//! the database is never signed and sent.
+//!
+//! **Wire format.** `POST <url>` with `content-type: application/json`; the
+//! body is the RFC 8785 canonical JSON of the drill event (integers as
+//! decimal strings, times as Unix nanoseconds), the exact same bytes on
+//! every attempt. Headers:
+//! - `x-soma-webhook-id`: the delivery id, stable across retries;
+//! - `x-soma-webhook-timestamp`: Unix seconds of this attempt;
+//! - `x-soma-webhook-key-id`: the id of the HMAC key used;
+//! - `x-soma-webhook-signature`: `v1=` and the lower-case hex
+//!   HMAC-SHA256 over `<timestamp>.<id>.<body>`.
+//!
+//! A receiver verifies the signature with the key named by the key id,
+//! rejects a timestamp outside its window (e.g. ±5 minutes), and drops a
+//! delivery id it has already accepted: together these refuse replays.
+//!
+//! **Retries.** Any 2xx answer marks the row delivered. Anything else (an
+//! error status, a refused connection, a timeout) counts an attempt, stores
+//! the error, and schedules the next attempt after `base · 2^(attempts−1)`,
+//! capped at the configured maximum; there is no attempt limit, so a
+//! receiver that is down gets the message once it is back. A row is claimed
+//! with a compare-and-set on its schedule before it is sent, so several
+//! processes sharing the database do not send it concurrently. Delivery is
+//! at least once (an answer lost after the receiver accepted leads to a
+//! resend with the same id), which is why receivers dedupe by id.
+//!
+//! **Configuration.** `SOMA_ANALYTICS_WEBHOOK_URLS` (comma-separated
+//! `http://` URLs; `https://` is refused for now: put a local TLS-terminating
+//! relay in front), `SOMA_ANALYTICS_WEBHOOK_KEYS_FILE` (an HMAC keyring
+//! file; required when URLs are set), `SOMA_ANALYTICS_WEBHOOK_RETRY_BASE`
+//! (default 1s), `SOMA_ANALYTICS_WEBHOOK_RETRY_MAX` (default 5m),
+//! `SOMA_ANALYTICS_WEBHOOK_TIMEOUT` (per attempt, default 10s). Spans are
+//! written as in the drill objectives (`500ms`, `1s`, `5m`).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use soma_ledger::Hash;
+use soma_sign::{HmacKeyring, jcs};
+use soma_store::Database;
+use sqlx::Row as _;
+use tokio::sync::watch;
+
+use crate::db::on_pool;
+use crate::drills::{PendingDrill, span_nanos};
+use crate::error::AnalyticsError;
+use crate::rows::{EventRow, Seal};
+
+/// Header carrying the delivery id.
+pub(crate) const ID_HEADER: &str = "x-soma-webhook-id";
+/// Header carrying the attempt's Unix seconds.
+pub(crate) const TIMESTAMP_HEADER: &str = "x-soma-webhook-timestamp";
+/// Header carrying the HMAC key id.
+pub(crate) const KEY_ID_HEADER: &str = "x-soma-webhook-key-id";
+/// Header carrying `v1=<hex HMAC-SHA256>`.
+pub(crate) const SIGNATURE_HEADER: &str = "x-soma-webhook-signature";
+
+/// Longest the task sleeps without looking at the outbox (rows queued by
+/// another process sharing the database are found at the latest then).
+const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Rows taken from the outbox per pass.
+const BATCH: i64 = 64;
+
+/// Webhook receivers, their signing keys and the retry schedule.
+#[derive(Clone, Debug)]
+pub(crate) struct WebhookConfig {
+    urls: Vec<String>,
+    keys: Option<Arc<HmacKeyring>>,
+    retry_base: Duration,
+    retry_max: Duration,
+    timeout: Duration,
+    /// Wakes the delivery task when a failed drill committed; when every
+    /// clone of the configuration is gone (the service stopped), the task
+    /// sees the channel closed and ends.
+    wake: Arc<watch::Sender<u64>>,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            keys: None,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            wake: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Reads the webhook settings (see the module doc).
+    pub(crate) fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, AnalyticsError> {
+        let mut config = Self::default();
+        let get = |var: &str| env(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        if let Some(list) = get("SOMA_ANALYTICS_WEBHOOK_URLS") {
+            for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                config.urls.push(webhook_url(url)?);
+            }
+        }
+        match get("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE") {
+            Some(path) => {
+                let keys = HmacKeyring::load(&path).map_err(|e| {
+                    AnalyticsError::Config(format!("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE: {path}: {e}"))
+                })?;
+                config.keys = Some(Arc::new(keys));
+            }
+            None if !config.urls.is_empty() => {
+                return Err(AnalyticsError::Config(
+                    "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE is required when SOMA_ANALYTICS_WEBHOOK_URLS is set"
+                        .to_owned(),
+                ));
+            }
+            None => {}
+        }
+        for (var, slot) in [
+            ("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", &mut config.retry_base),
+            ("SOMA_ANALYTICS_WEBHOOK_RETRY_MAX", &mut config.retry_max),
+            ("SOMA_ANALYTICS_WEBHOOK_TIMEOUT", &mut config.timeout),
+        ] {
+            if let Some(value) = get(var) {
+                let nanos =
+                    span_nanos(&value).map_err(|why| AnalyticsError::Config(format!("{var}: {why}")))?;
+                let nanos = u64::try_from(nanos)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| AnalyticsError::Config(format!("{var}: must be positive")))?;
+                *slot = Duration::from_nanos(nanos);
+            }
+        }
+        if config.retry_max < config.retry_base {
+            return Err(AnalyticsError::Config(
+                "SOMA_ANALYTICS_WEBHOOK_RETRY_MAX is shorter than SOMA_ANALYTICS_WEBHOOK_RETRY_BASE"
+                    .to_owned(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The URLs a failed drill notifies.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.urls.clone()
+    }
+
+    /// Tells the delivery task that new rows are pending.
+    pub(crate) fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The delay before attempt `attempts + 1`, after `attempts` failures.
+    fn backoff(&self, attempts: i64) -> Duration {
+        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        self.retry_base
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.retry_max)
+            .min(self.retry_max)
+    }
+}
+
+/// A webhook URL: `http://host[:port]/path`, checked at start-up.
+fn webhook_url(url: &str) -> Result<String, AnalyticsError> {
+    let bad = |why: &str| AnalyticsError::Config(format!("SOMA_ANALYTICS_WEBHOOK_URLS: {url:?}: {why}"));
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https webhooks are not supported yet; use an http:// URL (e.g. a local TLS-terminating relay)",
+            ));
+        }
+        _ => return Err(bad("the scheme must be http://")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URL are not allowed"));
+    }
+    Ok(uri.to_string())
+}
+
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// One queued notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub delivery_id: String,
+    /// The drill notified about.
+    pub event_id: String,
+    pub tenant: String,
+    pub url: String,
+    /// The exact bytes sent on every attempt.
+    pub body: Vec<u8>,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+}
+
+/// The outbox row's MAC covers its immutable part; it is never a ledger
+/// leaf (the drill it notifies about is).
+impl EventRow for Delivery {
+    const TABLE: &'static str = "webhook_outbox";
+    const KIND: &'static str = "webhook_delivery";
+
+    #[expect(
+        clippy::misnamed_getters,
+        reason = "the MAC's primary key of an outbox row is its delivery id, not the drill's event id"
+    )]
+    fn event_id(&self) -> &str {
+        &self.delivery_id
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    fn content(&self) -> Value {
+        json!({
+            "event_id": self.event_id,
+            "url": self.url,
+            "body_sha256": hex(&soma_sign::sha256(&self.body)),
+            "created_at": self.created_at.to_string(),
+        })
+    }
+}
+
+/// The notification body of a failed drill: its event, with its ledger
+/// position, in RFC 8785 canonical JSON.
+fn event_body(pending: &PendingDrill, index: i64, leaf_hash: &Hash) -> Result<Vec<u8>, AnalyticsError> {
+    let r = &pending.row;
+    let mut event = json!({
+        "type": "disaster_drill.failed",
+        "event_id": r.event_id,
+        "tenant": r.tenant,
+        "ledger": {"index": index.to_string(), "leaf_hash": hex(leaf_hash.as_bytes())},
+    });
+    if let (Some(event), Value::Object(content)) = (event.as_object_mut(), r.content()) {
+        event.extend(content);
+    }
+    Ok(jcs::canonicalize(&event)?)
+}
+
+/// The outbox rows of a drill just appended at `index` (none when it
+/// passed or no URL is configured). Delivery ids are derived from the drill
+/// and the URL, so they are stable and unique per pair.
+pub(crate) fn deliveries(
+    pending: &PendingDrill,
+    index: i64,
+    leaf_hash: &Hash,
+    now: i64,
+) -> Result<Vec<Delivery>, AnalyticsError> {
+    if pending.row.passed || pending.notify.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = event_body(pending, index, leaf_hash)?;
+    Ok(pending
+        .notify
+        .iter()
+        .map(|url| {
+            let mut seed = pending.row.event_id.as_bytes().to_vec();
+            seed.push(0);
+            seed.extend_from_slice(url.as_bytes());
+            Delivery {
+                delivery_id: format!("whd-{}", &hex(&soma_sign::sha256(&seed))[..32]),
+                event_id: pending.row.event_id.clone(),
+                tenant: pending.row.tenant.clone(),
+                url: url.clone(),
+                body: body.clone(),
+                created_at: now,
+            }
+        })
+        .collect())
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(i64::MAX)
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Starts the delivery task when webhook keys are configured. It runs until
+/// the service (every clone of its configuration) is gone.
+pub(crate) fn spawn(db: Database, row_keys: Arc<HmacKeyring>, config: &WebhookConfig) {
+    let Some(signing) = config.keys.clone() else {
+        return;
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<String>();
+    let deliverer = Deliverer {
+        db,
+        row_keys,
+        signing,
+        client,
+        config: WebhookConfig {
+            // The task must not hold the wake sender, or it would never see
+            // the service go away.
+            wake: Arc::new(watch::Sender::new(0)),
+            ..config.clone()
+        },
+    };
+    tokio::spawn(run(deliverer, config.wake.subscribe()));
+}
+
+struct Deliverer {
+    db: Database,
+    row_keys: Arc<HmacKeyring>,
+    signing: Arc<HmacKeyring>,
+    client: Client<HttpConnector, String>,
+    config: WebhookConfig,
+}
+
+async fn run(deliverer: Deliverer, mut wake: watch::Receiver<u64>) {
+    tracing::info!("webhook delivery started");
+    loop {
+        let idle = match deliverer.deliver_due().await {
+            Ok(idle) => idle,
+            Err(error) => {
+                tracing::warn!(error = ?error, "webhook outbox pass failed");
+                deliverer.config.retry_base.min(MAX_IDLE)
+            }
+        };
+        tokio::select! {
+            changed = wake.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep(idle) => {}
+        }
+    }
+    tracing::info!("webhook delivery stopped");
+}
+
+/// A pending outbox row as read back.
+struct Pending {
+    delivery: Delivery,
+    seal: Seal,
+    attempts: i64,
+    next_attempt_at: i64,
+}
+
+macro_rules! pending_of {
+    ($r:expr) => {
+        Pending {
+            delivery: Delivery {
+                delivery_id: $r.try_get("delivery_id")?,
+                event_id: $r.try_get("event_id")?,
+                tenant: $r.try_get("tenant")?,
+                url: $r.try_get("url")?,
+                body: $r.try_get("body")?,
+                created_at: $r.try_get("created_at")?,
+            },
+            seal: Seal {
+                row_version: $r.try_get("row_version")?,
+                key_id: $r.try_get("mac_key_id")?,
+                mac: $r.try_get("mac")?,
+            },
+            attempts: $r.try_get("attempts")?,
+            next_attempt_at: $r.try_get("next_attempt_at")?,
+        }
+    };
+}
+
+const OUTBOX_COLUMNS: &str = "delivery_id, event_id, tenant, url, body, created_at, attempts, next_attempt_at, row_version, mac_key_id, mac";
+
+impl Deliverer {
+    /// Attempts every due row; returns how long to wait for the next one.
+    async fn deliver_due(&self) -> Result<Duration, AnalyticsError> {
+        let now = now_nanos();
+        let due = on_pool!(self.db, pool => {
+            sqlx::query(&format!(
+                "SELECT {OUTBOX_COLUMNS} FROM webhook_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+                 ORDER BY next_attempt_at, delivery_id LIMIT $2"
+            ))
+            .bind(now)
+            .bind(BATCH)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| -> Result<Pending, AnalyticsError> { Ok(pending_of!(r)) })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        let full = due.len() as i64 == BATCH;
+        for pending in due {
+            self.attempt(pending).await?;
+        }
+        if full {
+            return Ok(Duration::ZERO);
+        }
+        let next: Option<i64> = on_pool!(self.db, pool => sqlx::query(
+            "SELECT MIN(next_attempt_at) AS next FROM webhook_outbox WHERE delivered_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?
+        .try_get("next")?);
+        Ok(match next {
+            None => MAX_IDLE,
+            Some(at) => {
+                let wait = u64::try_from(at.saturating_sub(now_nanos())).unwrap_or(0);
+                Duration::from_nanos(wait).min(MAX_IDLE)
+            }
+        })
+    }
+
+    /// Claims one row, checks its MAC, sends it and records the outcome.
+    async fn attempt(&self, pending: Pending) -> Result<(), AnalyticsError> {
+        let id = pending.delivery.delivery_id.clone();
+        // Claim: move the schedule past this attempt's timeout, only if no
+        // one else moved it since it was read.
+        let lease = now_nanos().saturating_add(nanos(self.config.timeout) + nanos(Duration::from_secs(5)));
+        let claimed = on_pool!(self.db, pool => sqlx::query(
+            "UPDATE webhook_outbox SET next_attempt_at = $1 \
+             WHERE delivery_id = $2 AND delivered_at IS NULL AND next_attempt_at = $3",
+        )
+        .bind(lease)
+        .bind(&id)
+        .bind(pending.next_attempt_at)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        if claimed != 1 {
+            return Ok(());
+        }
+        let outcome = match pending.delivery.check(&self.row_keys, &pending.seal) {
+            Ok(()) => self.send(&pending.delivery).await,
+            Err(_) => {
+                tracing::error!(delivery_id = %id, "outbox row failed its integrity check: not sent");
+                Err("row integrity check failed: not sent".to_owned())
+            }
+        };
+        let attempts = pending.attempts.saturating_add(1);
+        let now = now_nanos();
+        match outcome {
+            Ok(()) => {
+                tracing::info!(delivery_id = %id, url = %pending.delivery.url, attempts, "webhook delivered");
+                on_pool!(self.db, pool => sqlx::query(
+                    "UPDATE webhook_outbox SET attempts = $1, last_attempt_at = $2, last_error = NULL, \
+                     delivered_at = $2 WHERE delivery_id = $3",
+                )
+                .bind(attempts)
+                .bind(now)
+                .bind(&id)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            }
+            Err(error) => {
+                let next = now.saturating_add(nanos(self.config.backoff(attempts)));
+                tracing::warn!(
+                    delivery_id = %id,
+                    url = %pending.delivery.url,
+                    attempts,
+                    error = %error,
+                    "webhook delivery failed; will retry"
+                );
+                on_pool!(self.db, pool => sqlx::query(
+                    "UPDATE webhook_outbox SET attempts = $1, last_attempt_at = $2, last_error = $3, \
+                     next_attempt_at = $4 WHERE delivery_id = $5",
+                )
+                .bind(attempts)
+                .bind(now)
+                .bind(&error)
+                .bind(next)
+                .bind(&id)
+                .execute(pool)
+                .await?
+                .rows_affected());
+            }
+        }
+        Ok(())
+    }
+
+    /// One signed POST; `Ok` on a 2xx answer.
+    async fn send(&self, delivery: &Delivery) -> Result<(), String> {
+        let timestamp = now_nanos().div_euclid(1_000_000_000).to_string();
+        let mut message = format!("{timestamp}.{}.", delivery.delivery_id).into_bytes();
+        message.extend_from_slice(&delivery.body);
+        let (key_id, tag) = self.signing.sign(&message);
+        let body = String::from_utf8(delivery.body.clone()).map_err(|_| "body is not UTF-8".to_owned())?;
+        let request = http::Request::post(delivery.url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "soma-analytics-webhook/1")
+            .header(ID_HEADER, delivery.delivery_id.as_str())
+            .header(TIMESTAMP_HEADER, timestamp.as_str())
+            .header(KEY_ID_HEADER, key_id.as_str())
+            .header(SIGNATURE_HEADER, format!("v1={}", hex(&tag)))
+            .body(body)
+            .map_err(|e| format!("request: {e}"))?;
+        match tokio::time::timeout(self.config.timeout, self.client.request(request)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Ok(Ok(response)) if response.status().is_success() => Ok(()),
+            Ok(Ok(response)) => Err(format!("http status {}", response.status().as_u16())),
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Checks every outbox row's MAC, for the store sweep: adds failures as
+/// `(table, primary key, reason)` and returns the number of rows checked.
+pub(crate) async fn sweep_outbox(
+    db: &Database,
+    keys: &HmacKeyring,
+    failures: &mut Vec<(String, String, String)>,
+) -> Result<u64, AnalyticsError> {
+    let rows = on_pool!(db, pool => sqlx::query(&format!("SELECT {OUTBOX_COLUMNS} FROM webhook_outbox"))
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| -> Result<Pending, AnalyticsError> { Ok(pending_of!(r)) })
+        .collect::<Result<Vec<_>, _>>()?);
+    for pending in &rows {
+        if let Err(e) = pending.delivery.check(keys, &pending.seal) {
+            failures.push((
+                Delivery::TABLE.to_owned(),
+                pending.delivery.delivery_id.clone(),
+                format!("row mac: {e}"),
+            ));
+        }
+    }
+    Ok(rows.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<WebhookConfig, AnalyticsError> {
+        WebhookConfig::from_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
+    }
+
+    #[test]
+    fn urls_need_keys_and_https_is_refused_with_a_clear_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.json");
+        std::fs::write(&keys, HmacKeyring::generate("wh-1").unwrap().1).unwrap();
+        let keys = keys.to_str().unwrap();
+
+        let ok = config(&[
+            (
+                "SOMA_ANALYTICS_WEBHOOK_URLS",
+                "http://127.0.0.1:9/hook, http://hooks.local/x",
+            ),
+            ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys),
+            ("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", "200ms"),
+            ("SOMA_ANALYTICS_WEBHOOK_RETRY_MAX", "1s"),
+        ])
+        .unwrap();
+        assert_eq!(ok.urls(), ["http://127.0.0.1:9/hook", "http://hooks.local/x"]);
+        assert_eq!(ok.backoff(1), Duration::from_millis(200));
+        assert_eq!(ok.backoff(2), Duration::from_millis(400));
+        assert_eq!(ok.backoff(3), Duration::from_millis(800));
+        assert_eq!(ok.backoff(4), Duration::from_secs(1));
+        assert_eq!(ok.backoff(1000), Duration::from_secs(1));
+
+        struct Case {
+            name: &'static str,
+            vars: Vec<(&'static str, String)>,
+            expected: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "urls without keys",
+                vars: vec![("SOMA_ANALYTICS_WEBHOOK_URLS", "http://127.0.0.1:9/".to_owned())],
+                expected: "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE is required",
+            },
+            Case {
+                name: "https",
+                vars: vec![
+                    (
+                        "SOMA_ANALYTICS_WEBHOOK_URLS",
+                        "https://hooks.example/x".to_owned(),
+                    ),
+                    ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys.to_owned()),
+                ],
+                expected: "https webhooks are not supported yet",
+            },
+            Case {
+                name: "other scheme",
+                vars: vec![
+                    ("SOMA_ANALYTICS_WEBHOOK_URLS", "ftp://hooks.example/x".to_owned()),
+                    ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys.to_owned()),
+                ],
+                expected: "the scheme must be http://",
+            },
+            Case {
+                name: "credentials",
+                vars: vec![
+                    (
+                        "SOMA_ANALYTICS_WEBHOOK_URLS",
+                        "http://u:p@hooks.example/x".to_owned(),
+                    ),
+                    ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys.to_owned()),
+                ],
+                expected: "credentials in the URL are not allowed",
+            },
+            Case {
+                name: "missing keys file",
+                vars: vec![
+                    ("SOMA_ANALYTICS_WEBHOOK_URLS", "http://127.0.0.1:9/".to_owned()),
+                    (
+                        "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE",
+                        "/nonexistent/keys.json".to_owned(),
+                    ),
+                ],
+                expected: "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE: /nonexistent/keys.json",
+            },
+            Case {
+                name: "bad retry base",
+                vars: vec![("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", "soon".to_owned())],
+                expected: "SOMA_ANALYTICS_WEBHOOK_RETRY_BASE",
+            },
+            Case {
+                name: "zero timeout",
+                vars: vec![("SOMA_ANALYTICS_WEBHOOK_TIMEOUT", "0s".to_owned())],
+                expected: "SOMA_ANALYTICS_WEBHOOK_TIMEOUT: must be positive",
+            },
+            Case {
+                name: "max below base",
+                vars: vec![
+                    ("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", "10s".to_owned()),
+                    ("SOMA_ANALYTICS_WEBHOOK_RETRY_MAX", "1s".to_owned()),
+                ],
+                expected: "SOMA_ANALYTICS_WEBHOOK_RETRY_MAX is shorter",
+            },
+        ];
+        for case in cases {
+            let vars: Vec<(&str, &str)> = case.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            match config(&vars) {
+                Err(AnalyticsError::Config(message)) => {
+                    assert!(message.contains(case.expected), "{}: {message}", case.name);
+                }
+                other => panic!("{}: expected a configuration error, got {other:?}", case.name),
+            }
+        }
+    }
+}
