@@ -36,14 +36,25 @@ fn store(authority: &Authority, td: &TrustDomain, path: &str) -> anyhow::Result<
     let issued = authority.issue(&id, Duration::from_secs(3600), IssueOptions::default())?;
     let mut bundles = BundleSet::new();
     bundles.insert(Bundle::from_der_concat(td.clone(), &authority.bundle_der())?);
-    Ok(SvidStore::new(id, Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der)?, bundles)?)
+    Ok(SvidStore::new(
+        id,
+        Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der)?,
+        bundles,
+    )?)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    let lines: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -53,7 +64,11 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var_os("DATABASE_URL").is_none() {
         bail!("DATABASE_URL must point at PostgreSQL");
     }
-    let Some(db) = soma_store::testing::engines("analytics").await.into_iter().find(|d| d.label == "postgres") else {
+    let Some(db) = soma_store::testing::engines("analytics")
+        .await
+        .into_iter()
+        .find(|d| d.label == "postgres")
+    else {
         bail!("no PostgreSQL test database");
     };
 
@@ -69,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         ledger_origin: "somastack.bench/analytics".to_owned(),
         max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
         drills: soma_analytics::DrillConfig::default(),
+        anomaly: soma_analytics::AnomalyConfig::default(),
     };
     let database = db.connect().await;
     database.migrate(&soma_analytics::MIGRATIONS).await?;
@@ -102,10 +118,16 @@ async fn main() -> anyhow::Result<()> {
                     tenant: "acme".to_owned(),
                     tool: "summarize".to_owned(),
                     tool_version: "1.0.0".to_owned(),
-                    amount: Some(pb::Money { currency: "EUR".to_owned(), micros: 42 }),
+                    amount: Some(pb::Money {
+                        currency: "EUR".to_owned(),
+                        micros: 42,
+                    }),
                     fuel_consumed: 100,
                     duration_micros: 10,
-                    occurred_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+                    occurred_at: Some(prost_types::Timestamp {
+                        seconds: 1_790_000_000,
+                        nanos: 0,
+                    }),
                     run_id: format!("run-{w}-{i}"),
                 };
                 client.record_billing_event(request).await?;
@@ -122,7 +144,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let measured = deadline.duration_since(start + warmup).as_secs_f64();
     let rate = acked.load(Ordering::Relaxed) as f64 / measured;
-    println!("writers {}  seconds {}  acknowledged appends {}", args.writers, args.seconds, acked.load(Ordering::Relaxed));
+    println!(
+        "writers {}  seconds {}  acknowledged appends {}",
+        args.writers,
+        args.seconds,
+        acked.load(Ordering::Relaxed)
+    );
     println!("result.appends_per_sec={rate:.1}");
 
     let _ = stop_tx.send(());

@@ -54,9 +54,16 @@ async fn spawn_server(
     let mut child = cmd.spawn().unwrap();
     registry.register_pid(child.id().unwrap(), id.clone());
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-    Server { child, addr: ready["grpc_addr"].as_str().unwrap().parse().unwrap() }
+    Server {
+        child,
+        addr: ready["grpc_addr"].as_str().unwrap().parse().unwrap(),
+    }
 }
 
 fn billing(event_id: &str) -> pb::RecordBillingEventRequest {
@@ -65,10 +72,16 @@ fn billing(event_id: &str) -> pb::RecordBillingEventRequest {
         tenant: "acme".to_owned(),
         tool: "summarize".to_owned(),
         tool_version: "1.0.0".to_owned(),
-        amount: Some(pb::Money { currency: "EUR".to_owned(), micros: 42 }),
+        amount: Some(pb::Money {
+            currency: "EUR".to_owned(),
+            micros: 42,
+        }),
         fuel_consumed: 1,
         duration_micros: 1,
-        occurred_at: Some(prost_types::Timestamp { seconds: 1_790_000_000, nanos: 0 }),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_790_000_000,
+            nanos: 0,
+        }),
         run_id: "run-1".to_owned(),
     }
 }
@@ -86,7 +99,9 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         let api = WorkloadApi::new(
             Arc::clone(&authority),
             registry.clone(),
-            WorkloadApiConfig { svid_ttl: Duration::from_secs(3600) },
+            WorkloadApiConfig {
+                svid_ttl: Duration::from_secs(3600),
+            },
         );
         let api_task = tokio::spawn(api.serve(listener, async move {
             let _ = stop_rx.await;
@@ -103,11 +118,17 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         // with SVIDs from the same authority.
         let identity = |path: &str| {
             let id = SpiffeId::from_parts(&td, path).unwrap();
-            let issued = authority.issue(&id, Duration::from_secs(3600), IssueOptions::default()).unwrap();
+            let issued = authority
+                .issue(&id, Duration::from_secs(3600), IssueOptions::default())
+                .unwrap();
             let mut bundles = BundleSet::new();
             bundles.insert(Bundle::from_der_concat(td.clone(), &authority.bundle_der()).unwrap());
-            SvidStore::new(id, Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der).unwrap(), bundles)
-                .unwrap()
+            SvidStore::new(
+                id,
+                Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der).unwrap(),
+                bundles,
+            )
+            .unwrap()
         };
         let client_store = identity("/svc/tool-registry");
         let operator_store = identity("/operator/auditor");
@@ -126,7 +147,10 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
                     let id = format!("w{w}-{i}");
                     attempted.lock().unwrap().push(id.clone());
                     match client.record_billing_event(billing(&id)).await {
-                        Ok(r) => acked.lock().unwrap().push((id, r.into_inner().ledger.unwrap().index)),
+                        Ok(r) => acked
+                            .lock()
+                            .unwrap()
+                            .push((id, r.into_inner().ledger.unwrap().index)),
                         // The server is gone: stop this writer.
                         Err(_) => return,
                     }
@@ -148,51 +172,111 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
 
         // Restart on the same database: the ledger verifies at start-up.
         let server = spawn_server(&registry, &server_id, &endpoint, &db.settings, &keys_dir).await;
-        let mut client =
-            AnalyticsClient::new(soma_mesh::channel(client_store.clone(), server.addr, server_id.clone()).unwrap());
+        let mut client = AnalyticsClient::new(
+            soma_mesh::channel(client_store.clone(), server.addr, server_id.clone()).unwrap(),
+        );
 
         // Every acknowledged event is there, at the index it was given.
         let sql = db.connect().await;
         let stored: Vec<(String, i64)> = {
             let q = "SELECT event_id, leaf_index FROM ledger_leaves ORDER BY leaf_index";
             match (sql.as_sqlite(), sql.as_postgres()) {
-                (Some(p), _) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect(),
-                (None, Some(p)) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect(),
+                (Some(p), _) => sqlx::query(q)
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect(),
+                (None, Some(p)) => sqlx::query(q)
+                    .fetch_all(p)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1)))
+                    .collect(),
                 _ => unreachable!(),
             }
         };
         for (position, (_, index)) in stored.iter().enumerate() {
-            assert_eq!(*index, position as i64, "{}: indices are not contiguous", db.label);
+            assert_eq!(
+                *index, position as i64,
+                "{}: indices are not contiguous",
+                db.label
+            );
         }
         let stored_ids: BTreeSet<&str> = stored.iter().map(|(id, _)| id.as_str()).collect();
-        assert_eq!(stored_ids.len(), stored.len(), "{}: an event is stored twice", db.label);
+        assert_eq!(
+            stored_ids.len(),
+            stored.len(),
+            "{}: an event is stored twice",
+            db.label
+        );
         for (id, index) in &acked {
             let at = stored.iter().find(|(s, _)| s == id).map(|(_, i)| *i);
-            assert_eq!(at, Some(*index as i64), "{}: acknowledged {id} is not at index {index}", db.label);
+            assert_eq!(
+                at,
+                Some(*index as i64),
+                "{}: acknowledged {id} is not at index {index}",
+                db.label
+            );
         }
 
         // Retrying every attempted event: the committed ones keep their
         // index, the others are appended once.
         for id in &attempted {
-            let r = client.record_billing_event(billing(id)).await.unwrap().into_inner();
+            let r = client
+                .record_billing_event(billing(id))
+                .await
+                .unwrap()
+                .into_inner();
             if let Some((_, index)) = stored.iter().find(|(s, _)| s == id) {
-                assert_eq!(r.ledger.unwrap().index, *index as u64, "{}: retry of {id} moved", db.label);
+                assert_eq!(
+                    r.ledger.unwrap().index,
+                    *index as u64,
+                    "{}: retry of {id} moved",
+                    db.label
+                );
             }
         }
         let mut operator =
             AnalyticsClient::new(soma_mesh::channel(operator_store, server.addr, server_id.clone()).unwrap());
-        let latest = operator.ledger_checkpoint(pb::LedgerCheckpointRequest {}).await.unwrap().into_inner();
+        let latest = operator
+            .ledger_checkpoint(pb::LedgerCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(latest.tree_size, attempted.len() as u64, "{}", db.label);
 
         // The root recomputed from the stored leaves is the signed one.
         let q = "SELECT leaf_hash FROM ledger_leaves ORDER BY leaf_index";
         let hashes: Vec<Vec<u8>> = match (sql.as_sqlite(), sql.as_postgres()) {
-            (Some(p), _) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| r.get(0)).collect(),
-            (None, Some(p)) => sqlx::query(q).fetch_all(p).await.unwrap().iter().map(|r| r.get(0)).collect(),
+            (Some(p), _) => sqlx::query(q)
+                .fetch_all(p)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            (None, Some(p)) => sqlx::query(q)
+                .fetch_all(p)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
             _ => unreachable!(),
         };
-        let leaves: Vec<soma_ledger::Hash> = hashes.iter().map(|h| soma_ledger::Hash::from_slice(h).unwrap()).collect();
-        assert_eq!(soma_ledger::root(&leaves).as_bytes().as_slice(), latest.root_hash.as_slice(), "{}", db.label);
+        let leaves: Vec<soma_ledger::Hash> = hashes
+            .iter()
+            .map(|h| soma_ledger::Hash::from_slice(h).unwrap())
+            .collect();
+        assert_eq!(
+            soma_ledger::root(&leaves).as_bytes().as_slice(),
+            latest.root_hash.as_slice(),
+            "{}",
+            db.label
+        );
 
         sql.close().await;
         drop(server);
