@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash};
+use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, MerkleTree};
 use soma_sign::HmacKeyring;
 use soma_store::Database;
 use sqlx::Row as _;
@@ -25,6 +25,10 @@ use crate::rows::{EventRow as _, NewRow};
 
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
+
+/// Rows per multi-row statement (6 parameters each: far below SQLite's and
+/// PostgreSQL's parameter limits).
+const LOOKUP_CHUNK: usize = 256;
 
 /// Where an event landed in the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +58,10 @@ pub(crate) struct Ledger {
     health: Arc<RwLock<Health>>,
     signer: Arc<CheckpointSigner>,
     signer_key_id: String,
+    /// Every leaf, indexed for O(log n) proofs at any size; kept in step by
+    /// the writer, and caught up from the database when another process
+    /// appended.
+    tree: Arc<std::sync::RwLock<MerkleTree>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -86,6 +94,11 @@ impl Ledger {
         } else {
             tracing::info!("ledger verified at start-up");
         }
+        let tree = match health {
+            Health::Sound => MerkleTree::from_leaves(&leaves_from(&db, 0).await?),
+            Health::Corrupt { .. } => MerkleTree::new(),
+        };
+        let tree = Arc::new(std::sync::RwLock::new(tree));
         let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
@@ -95,6 +108,7 @@ impl Ledger {
             Arc::clone(&signer),
             signer_key_id.clone(),
             Arc::clone(&health),
+            Arc::clone(&tree),
             rx,
         ));
         Ok(Self {
@@ -103,6 +117,7 @@ impl Ledger {
             health,
             signer,
             signer_key_id,
+            tree,
         })
     }
 
@@ -192,26 +207,93 @@ impl Ledger {
         row.ok_or_else(|| AnalyticsError::NotFound(format!("no ledger leaf for event {event_id}")))
     }
 
-    /// The first `tree_size` leaf hashes, in order.
-    pub(crate) async fn leaf_hashes(&self, tree_size: u64) -> Result<Vec<Hash>, AnalyticsError> {
-        let size = to_i64(tree_size)?;
-        let rows = on_pool!(self.db, pool => sqlx::query(
-            "SELECT leaf_hash FROM ledger_leaves WHERE leaf_index < $1 ORDER BY leaf_index",
-        )
-        .bind(size)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| -> Result<Hash, AnalyticsError> { Ok(Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?) })
-        .collect::<Result<Vec<_>, _>>()?);
-        if rows.len() as u64 != tree_size {
+    /// An inclusion proof of leaf `index` in the tree of `tree_size`.
+    pub(crate) async fn inclusion_proof(
+        &self,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Hash>, AnalyticsError> {
+        self.catch_up(tree_size).await?;
+        Ok(read(&self.tree).inclusion_proof(index, tree_size)?)
+    }
+
+    /// A consistency proof between two tree sizes.
+    pub(crate) async fn consistency_proof(
+        &self,
+        size1: u64,
+        size2: u64,
+    ) -> Result<Vec<Hash>, AnalyticsError> {
+        self.catch_up(size2).await?;
+        Ok(read(&self.tree).consistency_proof(size1, size2)?)
+    }
+
+    /// Brings the in-memory index up to at least `tree_size` leaves from
+    /// the database (another process may have appended).
+    async fn catch_up(&self, tree_size: u64) -> Result<(), AnalyticsError> {
+        if let Health::Corrupt {
+            first_bad_index,
+            reason,
+        } = &*self.health.read().await
+        {
             return Err(AnalyticsError::LedgerCorrupt {
-                first_bad_index: rows.len() as u64,
+                first_bad_index: *first_bad_index,
+                reason: reason.clone(),
+            });
+        }
+        let have = read(&self.tree).size();
+        if have >= tree_size {
+            return Ok(());
+        }
+        let more = leaves_from(&self.db, have).await?;
+        let mut tree = write(&self.tree);
+        if tree.size() == have {
+            tree.extend(more);
+        }
+        if tree.size() < tree_size {
+            return Err(AnalyticsError::LedgerCorrupt {
+                first_bad_index: tree.size(),
                 reason: "leaf missing".to_owned(),
             });
         }
-        Ok(rows)
+        Ok(())
     }
+}
+
+fn read(tree: &std::sync::RwLock<MerkleTree>) -> std::sync::RwLockReadGuard<'_, MerkleTree> {
+    // A panic while holding the lock cannot leave the tree half-updated
+    // (push is the only mutation), so a poisoned lock is still usable.
+    tree.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write(tree: &std::sync::RwLock<MerkleTree>) -> std::sync::RwLockWriteGuard<'_, MerkleTree> {
+    tree.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The stored leaf hashes from index `from` on, checked to be contiguous.
+async fn leaves_from(db: &Database, from: u64) -> Result<Vec<Hash>, AnalyticsError> {
+    let rows: Vec<(i64, Vec<u8>)> = on_pool!(db, pool => sqlx::query(
+        "SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE leaf_index >= $1 ORDER BY leaf_index",
+    )
+    .bind(to_i64(from)?)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
+        Ok((r.try_get::<i64, _>("leaf_index")?, r.try_get::<Vec<u8>, _>("leaf_hash")?))
+    })
+    .collect::<Result<Vec<_>, _>>()?);
+    let mut hashes = Vec::with_capacity(rows.len());
+    for (offset, (index, hash)) in rows.iter().enumerate() {
+        let expected = from + offset as u64;
+        if u64::try_from(*index).ok() != Some(expected) {
+            return Err(AnalyticsError::LedgerCorrupt {
+                first_bad_index: expected,
+                reason: "leaf missing".to_owned(),
+            });
+        }
+        hashes.push(Hash::from_slice(hash)?);
+    }
+    Ok(hashes)
 }
 
 /// A checkpoint row.
@@ -289,6 +371,7 @@ async fn writer(
     signer: Arc<CheckpointSigner>,
     signer_key_id: String,
     health: Arc<RwLock<Health>>,
+    tree: Arc<std::sync::RwLock<MerkleTree>>,
     mut rx: mpsc::Receiver<Append>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -301,7 +384,14 @@ async fn writer(
         }
         let rows: Vec<&NewRow> = batch.iter().map(|a| &a.row).collect();
         match commit(&db, &keys, &signer, &signer_key_id, &rows).await {
-            Ok(results) => {
+            Ok((results, start, appended)) => {
+                // Extend the in-memory index only when it was level with the
+                // stored head; otherwise the next proof catches it up.
+                let mut tree = write(&tree);
+                if tree.size() == start {
+                    tree.extend(appended);
+                }
+                drop(tree);
                 for (append, result) in batch.into_iter().zip(results) {
                     let _ = append.reply.send(result);
                 }
@@ -344,7 +434,7 @@ async fn commit(
     signer: &CheckpointSigner,
     signer_key_id: &str,
     rows: &[&NewRow],
-) -> Result<Vec<Result<Appended, AnalyticsError>>, AnalyticsError> {
+) -> Result<(Vec<Result<Appended, AnalyticsError>>, u64, Vec<Hash>), AnalyticsError> {
     on_pool!(db, pool => {
         let mut tx = pool.begin().await?;
         // Take the head's row lock (the write lock on SQLite) before reading
@@ -364,6 +454,32 @@ async fn commit(
         let now = now_nanos();
         let mut results = Vec::with_capacity(rows.len());
         let mut in_batch: std::collections::HashMap<&str, Appended> = std::collections::HashMap::new();
+        // Idempotency: the leaves already stored for this batch's event ids,
+        // fetched in one round trip per chunk rather than one per event.
+        let mut stored: std::collections::HashMap<String, Appended> = std::collections::HashMap::new();
+        for chunk in rows.chunks(LOOKUP_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query.bind(row.event_id());
+            }
+            for r in query.fetch_all(&mut *tx).await? {
+                stored.insert(
+                    r.try_get::<String, _>("event_id")?,
+                    Appended {
+                        index: to_u64(r.try_get::<i64, _>("leaf_index")?)?,
+                        leaf_hash: Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
+                    },
+                );
+            }
+        }
+        // New leaves are inserted together after the loop, then the rows
+        // that reference them.
+        let mut new_leaves: Vec<(i64, &NewRow, Hash)> = Vec::new();
         for row in rows {
             let leaf_hash = match row.leaf_hash() {
                 Ok(h) => h,
@@ -373,20 +489,7 @@ async fn commit(
                 }
             };
             let event_id = row.event_id();
-            let earlier = match in_batch.get(event_id) {
-                Some(a) => Some(*a),
-                None => sqlx::query("SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE event_id = $1")
-                    .bind(event_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| -> Result<Appended, AnalyticsError> {
-                        Ok(Appended {
-                            index: to_u64(r.try_get::<i64, _>("leaf_index")?)?,
-                            leaf_hash: Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
-                        })
-                    })
-                    .transpose()?,
-            };
+            let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
             if let Some(earlier) = earlier {
                 // Idempotent retry: the same content gets the same index;
                 // other content under the same id is a conflict.
@@ -410,19 +513,36 @@ async fn commit(
                 continue;
             }
             let index = tree.append(leaf_hash)?;
-            let index_i64 = to_i64(index)?;
-            sqlx::query(
-                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(index_i64)
-            .bind(event_id)
-            .bind(row.tenant())
-            .bind(row.kind())
-            .bind(leaf_hash.as_bytes().to_vec())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            new_leaves.push((to_i64(index)?, *row, leaf_hash));
+            let appended = Appended { index, leaf_hash };
+            in_batch.insert(event_id, appended);
+            results.push(Ok(appended));
+        }
+        for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 6;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (index_i64, row, leaf_hash) in chunk {
+                query = query
+                    .bind(*index_i64)
+                    .bind(row.event_id())
+                    .bind(row.tenant())
+                    .bind(row.kind())
+                    .bind(leaf_hash.as_bytes().to_vec())
+                    .bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for (index_i64, row, leaf_hash) in &new_leaves {
+            let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
             match row {
                 NewRow::CapsuleRun(r) => {
                     let seal = r.seal(keys)?;
@@ -476,9 +596,6 @@ async fn commit(
                 NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
                 NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
             }
-            let appended = Appended { index, leaf_hash };
-            in_batch.insert(event_id, appended);
-            results.push(Ok(appended));
         }
         if tree.size() > start {
             let root = tree.root();
@@ -502,7 +619,7 @@ async fn commit(
             .await?;
         }
         tx.commit().await?;
-        Ok(results)
+        Ok((results, start, new_leaves.iter().map(|(_, _, hash)| *hash).collect()))
     })
 }
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use soma_ledger::{consistency_proof, inclusion_proof};
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_server::Analytics;
@@ -187,8 +186,7 @@ impl AnalyticsService {
                 reason: format!("leaf {index} is not in a tree of size {}", checkpoint.tree_size),
             });
         }
-        let leaves = self.ledger.leaf_hashes(checkpoint.tree_size).await?;
-        let proof = inclusion_proof(&leaves, index, checkpoint.tree_size)?;
+        let proof = self.ledger.inclusion_proof(index, checkpoint.tree_size).await?;
         let origin = self.ledger_origin();
         Ok(pb::InclusionProofResponse {
             leaf_index: index,
@@ -227,8 +225,7 @@ impl AnalyticsService {
                 reason: format!("{} is larger than to_size {to}", r.from_size),
             });
         }
-        let leaves = self.ledger.leaf_hashes(to).await?;
-        let proof = consistency_proof(&leaves, r.from_size, to)?;
+        let proof = self.ledger.consistency_proof(r.from_size, to).await?;
         Ok(pb::ConsistencyProofResponse {
             from_size: r.from_size,
             to_size: to,
