@@ -4,7 +4,8 @@
 //! - `soma serve <service>`: one service, identity from the Workload API
 //!   (`SPIFFE_ENDPOINT_SOCKET`), the production path.
 //! - `soma ca issue`: an SVID for an operator (grpcurl, scripts).
-//! - `soma verify export`: check an Analytics export's signature offline.
+//! - `soma verify export | store | ledger`: check an Analytics export's
+//!   signature, sweep the Analytics store, check a ledger proof, offline.
 
 mod ca;
 mod serve;
@@ -65,7 +66,7 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
-    /// Check signed Analytics artifacts offline.
+    /// Check Analytics exports and ledger proofs offline, and sweep the Analytics store.
     Verify {
         #[command(subcommand)]
         command: verify::VerifyCommand,
@@ -143,7 +144,7 @@ fn main() -> ExitCode {
                         ttl,
                     },
             } => ca::issue(&data_dir, &spiffe_id, &out, ttl),
-            Command::Verify { command } => Ok(verify::run(command)),
+            Command::Verify { command } => Ok(verify::run(command).await),
         }
     });
     match result {

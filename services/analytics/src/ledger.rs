@@ -30,6 +30,20 @@ pub(crate) const MAX_BATCH: usize = 512;
 /// PostgreSQL's parameter limits).
 const LOOKUP_CHUNK: usize = 256;
 
+/// Event rows per multi-row INSERT (up to 15 parameters each).
+const ROWS_CHUNK: usize = 128;
+
+/// `($1, ..., $k), ($k+1, ...), ...` for `rows` rows of `columns` values.
+fn values_list(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where an event landed in the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Appended {
@@ -519,15 +533,9 @@ async fn commit(
             results.push(Ok(appended));
         }
         for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 6;
-                    format!("(${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
-                values.join(", ")
+                values_list(chunk.len(), 6)
             );
             let mut query = sqlx::query(&sql);
             for (index_i64, row, leaf_hash) in chunk {
@@ -541,16 +549,29 @@ async fn commit(
             }
             query.execute(&mut *tx).await?;
         }
+        // The two high-volume tables are written with multi-row statements;
+        // the other kinds insert (and update) through their own modules.
+        let mut runs = Vec::new();
+        let mut bills = Vec::new();
         for (index_i64, row, leaf_hash) in &new_leaves {
             let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
             match row {
-                NewRow::CapsuleRun(r) => {
-                    let seal = r.seal(keys)?;
-                    sqlx::query(
-                        "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
-                         duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    )
+                NewRow::CapsuleRun(r) => runs.push((r, index_i64, r.seal(keys)?)),
+                NewRow::Billing(r) => bills.push((r, index_i64, r.seal(keys)?)),
+                NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
+                NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
+                NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
+            }
+        }
+        for chunk in runs.chunks(ROWS_CHUNK) {
+            let sql = format!(
+                "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
+                 duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
+                values_list(chunk.len(), 13)
+            );
+            let mut query = sqlx::query(&sql);
+            for (r, index_i64, seal) in chunk {
+                query = query
                     .bind(&r.event_id)
                     .bind(&r.tenant)
                     .bind(&r.capsule_id)
@@ -560,20 +581,23 @@ async fn commit(
                     .bind(r.started_at)
                     .bind(r.duration_nanos)
                     .bind(&r.recorded_by)
-                    .bind(index_i64)
+                    .bind(*index_i64)
                     .bind(seal.row_version)
                     .bind(&seal.key_id)
-                    .bind(&seal.mac)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                NewRow::Billing(r) => {
-                    let seal = r.seal(keys)?;
-                    sqlx::query(
-                        "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                         fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
-                         mac_key_id, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                    )
+                    .bind(&seal.mac);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in bills.chunks(ROWS_CHUNK) {
+            let sql = format!(
+                "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
+                 fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
+                 mac_key_id, mac) VALUES {}",
+                values_list(chunk.len(), 15)
+            );
+            let mut query = sqlx::query(&sql);
+            for (r, index_i64, seal) in chunk {
+                query = query
                     .bind(&r.event_id)
                     .bind(&r.tenant)
                     .bind(&r.tool)
@@ -585,17 +609,12 @@ async fn commit(
                     .bind(r.occurred_at)
                     .bind(&r.run_id)
                     .bind(&r.recorded_by)
-                    .bind(index_i64)
+                    .bind(*index_i64)
                     .bind(seal.row_version)
                     .bind(&seal.key_id)
-                    .bind(&seal.mac)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
-                NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
-                NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
+                    .bind(&seal.mac);
             }
+            query.execute(&mut *tx).await?;
         }
         if tree.size() > start {
             let root = tree.root();
