@@ -211,3 +211,45 @@ pub async fn spec(
         readiness,
     })
 }
+
+/// The result of a sweep of every Analytics row (the `VerifyStore` RPC and
+/// `soma verify store`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreReport {
+    /// Rows checked, failed or not.
+    pub rows_checked: u64,
+    /// The rows that failed, in sweep order.
+    pub failures: Vec<StoreFailure>,
+}
+
+/// One row that failed the sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreFailure {
+    /// Table of the row, e.g. `billing_events`.
+    pub table: String,
+    /// The row's primary key.
+    pub primary_key: String,
+    /// Why it failed (a MAC that does not verify, a leaf that differs).
+    pub reason: String,
+}
+
+/// Sweeps every Analytics row: each row's MAC under `keys` (the primary or
+/// an older enabled version; unknown and retired key ids fail), and each
+/// ledgered row's leaf recomputed and compared with the stored leaf. Only
+/// reads; the database must already carry the service's migrations.
+pub async fn verify_store(db: &Database, keys: &HmacKeyring) -> Result<StoreReport, AnalyticsError> {
+    let (rows_checked, failures) = ledger::sweep(db, keys).await?;
+    Ok(StoreReport {
+        rows_checked,
+        failures: failures
+            .into_iter()
+            .map(|(table, primary_key, reason)| StoreFailure {
+                table,
+                primary_key,
+                reason,
+            })
+            .collect(),
+    })
+}
