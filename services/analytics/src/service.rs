@@ -376,20 +376,21 @@ impl Analytics for AnalyticsService {
         &self,
         _request: Request<pb::VerifyStoreRequest>,
     ) -> Result<Response<pb::VerifyStoreResponse>, Status> {
-        let (rows_checked, failures) = crate::ledger::sweep(&self.db, &self.keys)
+        let report = crate::verify_store(&self.db, &self.keys)
             .await
             .map_err(Status::from)?;
-        for (table, key, reason) in &failures {
-            tracing::warn!(table = %table, primary_key = %key, reason = %reason, "row failed verification");
+        for f in &report.failures {
+            tracing::warn!(table = %f.table, primary_key = %f.primary_key, reason = %f.reason, "row failed verification");
         }
         Ok(Response::new(pb::VerifyStoreResponse {
-            rows_checked,
-            failures: failures
+            rows_checked: report.rows_checked,
+            failures: report
+                .failures
                 .into_iter()
-                .map(|(table, primary_key, reason)| pb::StoreFailure {
-                    table,
-                    primary_key,
-                    reason,
+                .map(|f| pb::StoreFailure {
+                    table: f.table,
+                    primary_key: f.primary_key,
+                    reason: f.reason,
                 })
                 .collect(),
         }))
