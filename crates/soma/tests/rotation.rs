@@ -1,4 +1,4 @@
-//! SVID rotation under load: `soma serve analytics` (the real binary) gets
+//! SVID rotation under load: `soma serve capsule-repo` (the real binary) gets
 //! 30-second SVIDs from a Workload API served by this test; a client whose
 //! own identity comes from the same Workload API calls it in a loop for
 //! 90 s, on one long-lived channel and on a fresh connection each time.
@@ -41,9 +41,9 @@ async fn calls_never_fail_across_svid_rotations() {
     let endpoint = format!("unix://{}", socket.display());
 
     // The server: the real binary, attested by its pid.
-    let server_id = SpiffeId::from_parts(&td, "/svc/analytics").unwrap();
+    let server_id = SpiffeId::from_parts(&td, "/svc/capsule-repo").unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args(["serve", "analytics", "--stop-on-stdin-eof"])
+        .args(["serve", "capsule-repo", "--stop-on-stdin-eof"])
         .env("SPIFFE_ENDPOINT_SOCKET", &endpoint)
         .env("SOMA_DATA_DIR", dir.path().join("db"))
         .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
