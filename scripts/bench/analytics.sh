@@ -7,17 +7,22 @@
 #      pgbench's single-row INSERT rate with 16 clients on the same server;
 #   2. proofs on a 1,000,000-leaf ledger (crates/ledger/benches/proofs.rs):
 #      inclusion/consistency generation and verification, against the O(n)
-#      slice functions.
+#      slice functions;
+#   3. one signed export of BENCH_EXPORT_ROWS billing events through the real
+#      service (crates/soma/examples/export_bench.rs): rows/s and peak RSS
+#      growth during the export, against a plain SELECT of the same rows
+#      streamed with sqlx in the same run.
 #
 # Targets are printed, never asserted: exit 0 when the measurements ran.
 # Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
-# BENCH_SECONDS (10), BENCH_WRITERS (16).
+# BENCH_SECONDS (10), BENCH_WRITERS (16), BENCH_EXPORT_ROWS (1000000).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 SECONDS_RUN="${BENCH_SECONDS:-10}"
 WRITERS="${BENCH_WRITERS:-16}"
+EXPORT_ROWS="${BENCH_EXPORT_ROWS:-1000000}"
 
 command -v pgbench >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql-contrib >/dev/null; }
 command -v psql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null; }
@@ -51,6 +56,14 @@ echo "### 2. proofs on a 1,000,000-leaf ledger" >&2
 proofs="$(cargo bench -p soma-ledger --bench proofs 2>/dev/null)"
 echo "$proofs" >&2
 
+echo "### 3. signed export of $EXPORT_ROWS billing events vs a plain SELECT of the same rows" >&2
+export_out="$(target/release/examples/export_bench --rows "$EXPORT_ROWS" --writers 256)"
+echo "$export_out" >&2
+field() { echo "$export_out" | awk -F= -v k="result.$1" '$1 == k {print $2}'; }
+export_rate="$(field export_rows_per_sec)"
+export_growth="$(field export_rss_growth_mb)"
+raw_rate="$(field raw_rows_per_sec)"
+
 echo
 echo "== SomaStack Analytics benchmark summary ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ))"
 printf '| %-52s | %12s | %12s | %10s | %-22s |\n' measurement baseline analytics ratio target
@@ -58,3 +71,7 @@ printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "durable appends/s, PostgreSQL
   "$(awk -v a="$ours" -v b="$pg_tps" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')" ">= 1000/s and >= 0.7x"
 echo "   baseline: pgbench, one single-row INSERT per transaction, same server, same run"
 echo "$proofs" | grep -E "inclusion proof, latest|inclusion verify, latest|consistency proof|consistency verify" | sed 's/^/   /'
+printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "signed export rows/s, $EXPORT_ROWS rows, PostgreSQL" "$raw_rate" "$export_rate" \
+  "$(awk -v a="$export_rate" -v b="$raw_rate" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')" ">= 100000/s"
+printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "peak RSS growth during that export, MB" "-" "$export_growth" "-" "<= 50 MB"
+echo "   baseline: SELECT * FROM billing_events WHERE tenant = \$1 ORDER BY occurred_at, ledger_index, sqlx fetch, same rows, same run"

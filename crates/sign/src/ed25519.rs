@@ -1,6 +1,8 @@
 //! Ed25519 (RFC 8032) signing with ring and strict verification.
 //!
-//! Signing uses ring. Verification is deliberately stricter than RFC 8032
+//! Signing uses ring; a message signed as a stream (see
+//! [`Ed25519Signer::stream_signer`]) is signed from the same seed by
+//! `ed25519_stream`, to the same bytes. Verification is deliberately stricter than RFC 8032
 //! §5.1.7 demands, so that exactly one signature bytestring is valid for a
 //! given key and message and no key is valid for many messages at once:
 //! wrong lengths, a non-canonical S (S ≥ ℓ), non-canonical point encodings of
@@ -9,6 +11,7 @@
 //! equation check is ed25519-dalek's `verify_strict` (cofactorless).
 
 use std::fmt;
+use std::sync::Arc;
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -16,6 +19,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
+use crate::ed25519_stream::{Ed25519StreamSigner, ExpandedKey, SEED_LEN};
 use crate::error::SignError;
 use crate::key_id::KeyId;
 use crate::pem;
@@ -40,12 +44,20 @@ const PKCS8_V1_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
+/// Where the 32-byte seed sits in a PKCS#8 document ring accepts, v1 or
+/// v2 alike: SEQUENCE { INTEGER version, AlgorithmIdentifier(id-Ed25519),
+/// OCTET STRING { OCTET STRING(32) seed } ...}. Bytes 12..16 are the two
+/// OCTET STRING headers.
+const PKCS8_SEED_AT: usize = 16;
+
 /// An Ed25519 private key with the id it is published under.
 ///
 /// `Debug` prints the key id and the public key only.
 pub struct Ed25519Signer {
     key_id: KeyId,
     key_pair: Ed25519KeyPair,
+    /// The same key expanded, for streamed signatures.
+    expanded: Arc<ExpandedKey>,
 }
 
 impl Ed25519Signer {
@@ -65,7 +77,18 @@ impl Ed25519Signer {
         .map_err(|e| SignError::InvalidPrivateKey {
             reason: e.to_string(),
         })?;
-        Ok(Self { key_id, key_pair })
+        let expanded = ExpandedKey::from_seed(&pkcs8_seed(der)?);
+        // ring parsed the same document: the seed found must be the key it signs with.
+        if expanded.public().as_slice() != key_pair.public_key().as_ref() {
+            return Err(SignError::InvalidPrivateKey {
+                reason: "the seed does not derive the document's public key".to_owned(),
+            });
+        }
+        Ok(Self {
+            key_id,
+            key_pair,
+            expanded: Arc::new(expanded),
+        })
     }
 
     /// Loads a PEM `PRIVATE KEY` document holding PKCS#8 (see [`Ed25519Signer::from_pkcs8_der`]).
@@ -93,6 +116,30 @@ impl Ed25519Signer {
         // An Ed25519 signature is always 64 bytes, so the lengths match.
         out.copy_from_slice(self.key_pair.sign(message).as_ref());
         out
+    }
+
+    /// Starts a pure Ed25519 signature over a message given in pieces,
+    /// never held whole: the exact signature [`sign`](Self::sign) makes
+    /// over the concatenation (see [`Ed25519StreamSigner`]).
+    pub fn stream_signer(&self) -> Ed25519StreamSigner {
+        Ed25519StreamSigner::new(Arc::clone(&self.expanded))
+    }
+
+    /// Signs the message that `source` hands, in pieces, to the sink it
+    /// receives; `source` is called twice and must hand the same bytes both
+    /// times. Equal to [`sign`](Self::sign) of the concatenation.
+    ///
+    /// Errors: [`SignError::StreamReplay`] when the second call fails,
+    /// [`SignError::StreamReplayMismatch`] when it hands other bytes.
+    /// A failing first call is returned as [`SignError::StreamReplay`] too.
+    pub fn sign_stream<F>(&self, mut source: F) -> Result<[u8; ED25519_SIGNATURE_LEN], SignError>
+    where
+        F: FnMut(&mut dyn FnMut(&[u8])) -> std::io::Result<()>,
+    {
+        let mut stream = self.stream_signer();
+        source(&mut |bytes: &[u8]| stream.update(bytes))
+            .map_err(|source| SignError::StreamReplay { source })?;
+        Ok(stream.finish(|sink| source(sink))?.signature)
     }
 
     /// The 32-byte public key.
@@ -124,6 +171,18 @@ impl fmt::Debug for Ed25519Signer {
             .field("public_key", &public)
             .finish_non_exhaustive()
     }
+}
+
+/// The seed of a PKCS#8 Ed25519 document that ring has accepted (v1 or v2).
+fn pkcs8_seed(der: &[u8]) -> Result<[u8; SEED_LEN], SignError> {
+    let headers_ok = der.get(5..12) == Some(&ED25519_ALGORITHM_ID[..])
+        && der.get(12..PKCS8_SEED_AT) == Some(&[0x04, 0x22, 0x04, 0x20][..]);
+    der.get(PKCS8_SEED_AT..PKCS8_SEED_AT + SEED_LEN)
+        .filter(|_| headers_ok)
+        .and_then(|seed| <[u8; SEED_LEN]>::try_from(seed).ok())
+        .ok_or_else(|| SignError::InvalidPrivateKey {
+            reason: "the pkcs#8 document does not hold the seed where rfc 8410 places it".to_owned(),
+        })
 }
 
 /// Extracts the 32-byte key from an RFC 8410 SubjectPublicKeyInfo in DER.

@@ -272,4 +272,25 @@ pub enum SignError {
     /// The signature is well formed but does not verify.
     #[error("ed25519 signature does not verify")]
     SignatureMismatch,
+
+    /// A streamed signature's replay of the message failed to read it.
+    #[error("cannot replay the streamed message for its ed25519 signature")]
+    StreamReplay {
+        /// The replay's I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A streamed signature's replay of the message differs from the message
+    /// first given; no signature is made (one nonce over two messages would
+    /// reveal the key).
+    #[error(
+        "the replayed message ({replayed_len} bytes) differs from the streamed one ({expected_len} bytes)"
+    )]
+    StreamReplayMismatch {
+        /// Length of the message of the first pass.
+        expected_len: u64,
+        /// Length of the replayed message.
+        replayed_len: u64,
+    },
 }

@@ -3,8 +3,9 @@
 //!
 //! What it does: turns JSON into the one byte string that gets signed
 //! ([`jcs`]), hashes ([`sha256`]), authenticates with rotating shared secrets
-//! ([`HmacKeyring`]), signs with ring ([`Ed25519Signer`]) and verifies
-//! Ed25519 signatures strictly ([`verify_ed25519_strict`]).
+//! ([`HmacKeyring`]), signs with ring ([`Ed25519Signer`]), signs messages
+//! too large to hold in two streamed passes ([`Ed25519StreamSigner`]) and
+//! verifies Ed25519 signatures strictly ([`verify_ed25519_strict`]).
 //!
 //! What it deliberately does not do: define envelopes, tokens or key
 //! distribution, store keys, or offer any non-strict verification mode.
@@ -17,6 +18,7 @@
 
 mod digest;
 mod ed25519;
+mod ed25519_stream;
 mod error;
 mod hmac;
 pub mod jcs;
@@ -28,6 +30,7 @@ pub use ed25519::{
     ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, Ed25519Signer, ed25519_public_key_from_pem,
     ed25519_public_key_from_spki_der, verify_ed25519_strict,
 };
+pub use ed25519_stream::{Ed25519StreamSigner, StreamSignature};
 pub use error::SignError;
 pub use hmac::{HMAC_TAG_LEN, HmacKeyring, KeyStatus, MIN_SECRET_LEN};
 pub use key_id::KeyId;

@@ -59,6 +59,9 @@ pub enum AnalyticsError {
     /// Configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The temporary file that holds an export's bytes for its signature failed.
+    #[error("export spill file")]
+    ExportSpill(#[source] std::io::Error),
     /// A persona regression cannot move from its current state to the one asked for.
     #[error("regression {regression_id} is in state {current}: {current} -> {to} is not allowed")]
     IllegalTransition {
@@ -94,7 +97,9 @@ impl AnalyticsError {
             Self::WriterStopped => "unavailable",
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::StaleRegression { .. } => "stale_version",
-            Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) => "internal",
+            Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) | Self::ExportSpill(_) => {
+                "internal"
+            }
         }
     }
 }
@@ -115,7 +120,8 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
-            | AnalyticsError::Config(_) => Code::Internal,
+            | AnalyticsError::Config(_)
+            | AnalyticsError::ExportSpill(_) => Code::Internal,
         };
         let message = if code == Code::Internal {
             // Internal causes are logged here, once; the caller gets a safe message.

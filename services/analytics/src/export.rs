@@ -29,10 +29,16 @@
 //!   the export with `DATA_LOSS` naming the row, and no signature is sent.
 //!
 //! The signature is pure Ed25519 (RFC 8032, no prehash), as any verifier
-//! (`soma verify export`, Python's `cryptography`) checks it; pure Ed25519
-//! hashes the whole message twice, so the signed bytes are kept until the
-//! end of the export (the rows themselves are not).
+//! (`soma verify export`, Python's `cryptography`) checks it. Pure Ed25519
+//! hashes the whole message twice, the second time only once the first is
+//! done, so the sent bytes are hashed as they go (the nonce, and the
+//! `sha256` of the document) and written to an unnamed temporary file,
+//! which is read back once at the end for the second hash
+//! ([`soma_sign::Ed25519StreamSigner`]). Memory stays flat whatever the
+//! export's size; the disk holds one copy of the document until it is
+//! signed.
 
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -62,6 +68,9 @@ const PAGE_ROWS: i64 = 1000;
 
 /// Chunks buffered between the reader and the client.
 const CHANNEL_CHUNKS: usize = 4;
+
+/// Bytes read per call when the spill file is replayed for the signature.
+const REPLAY_BYTES: usize = 256 * 1024;
 
 /// `ExportCapsuleRuns`.
 pub(crate) async fn export_capsule_runs(
@@ -247,12 +256,15 @@ impl From<AnalyticsError> for Abort {
     }
 }
 
-/// Accumulates the document into chunks and sends them; keeps the sent
-/// bytes for the signature.
+/// Accumulates the document into chunks and sends them; every sent byte
+/// goes into the signature's first pass and into the spill file first.
 struct ChunkWriter<'a> {
     tx: &'a mpsc::Sender<Result<pb::ExportChunk, Status>>,
     pending: Vec<u8>,
-    signed: Vec<u8>,
+    signing: soma_sign::Ed25519StreamSigner,
+    /// The sent bytes, for the signature's second pass: an unnamed
+    /// temporary file, gone when closed.
+    spill: std::fs::File,
 }
 
 impl ChunkWriter<'_> {
@@ -271,7 +283,9 @@ impl ChunkWriter<'_> {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
-        self.signed.extend_from_slice(&data);
+        self.signing.update(&data);
+        // A write of one chunk to the page cache: short enough for the task.
+        self.spill.write_all(&data).map_err(AnalyticsError::ExportSpill)?;
         self.tx
             .send(Ok(pb::ExportChunk {
                 data,
@@ -296,7 +310,8 @@ async fn write_export(
     let mut out = ChunkWriter {
         tx,
         pending: Vec::with_capacity(CHUNK_BYTES),
-        signed: Vec::new(),
+        signing: svc.signer.stream_signer(),
+        spill: tempfile::tempfile().map_err(AnalyticsError::ExportSpill)?,
     };
     let header = format!(
         "{{\"kind\":{},\"tenant\":{},\"from\":{},\"to\":{},\"checkpoint\":{{\"origin\":{},\"tree_size\":{},\
@@ -353,12 +368,10 @@ async fn write_export(
     out.write(b"]}\n").await?;
     out.flush().await?;
 
-    let signed = std::mem::take(&mut out.signed);
-    let signer = std::sync::Arc::clone(&svc.signer);
-    let (signature, sha256) =
-        tokio::task::spawn_blocking(move || (signer.sign(&signed), soma_sign::sha256(&signed)))
-            .await
-            .map_err(|e| AnalyticsError::Config(format!("export signing task: {e}")))?;
+    let ChunkWriter { signing, spill, .. } = out;
+    let signed = tokio::task::spawn_blocking(move || second_pass(signing, spill))
+        .await
+        .map_err(|e| AnalyticsError::Config(format!("export signing task: {e}")))??;
     tracing::info!(
         kind = plan.kind.name(),
         tenant = %plan.tenant,
@@ -376,14 +389,37 @@ async fn write_export(
     tx.send(Ok(pb::ExportChunk {
         data: Vec::new(),
         signature: Some(pb::ExportSignature {
-            signature: signature.to_vec(),
+            signature: signed.signature.to_vec(),
             key_id: svc.signer.key_id().as_str().to_owned(),
             checkpoint: Some(checkpoint),
-            sha256: sha256.to_vec(),
+            sha256: signed.message_sha256.to_vec(),
         }),
     }))
     .await
     .map_err(|_| Abort::ClientGone)
+}
+
+/// Reads the spill file back into the signature's second pass, which
+/// signs only if it is byte for byte what was sent.
+fn second_pass(
+    signing: soma_sign::Ed25519StreamSigner,
+    mut spill: std::fs::File,
+) -> Result<soma_sign::StreamSignature, AnalyticsError> {
+    spill
+        .seek(SeekFrom::Start(0))
+        .map_err(AnalyticsError::ExportSpill)?;
+    let mut buf = vec![0u8; REPLAY_BYTES];
+    let signed = signing.finish(|sink| {
+        loop {
+            match spill.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => sink(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })?;
+    Ok(signed)
 }
 
 /// Checks each row of a page (MAC, then its ledger leaf) and serializes

@@ -1,0 +1,407 @@
+//! Export throughput and memory of the real Analytics service: the service
+//! runs in-process (mTLS, authorization, the ledger writer) on a fresh
+//! database (`--engine postgres`, the default, needs `DATABASE_URL`;
+//! `--engine sqlite` needs nothing), `--writers` tool-registry clients
+//! record `--rows` billing events of one tenant through `RecordBillingEvent`
+//! (every row MACed and ledger-included by the service itself), the tables
+//! are analyzed (as autovacuum would; the test server runs without it),
+//! then one operator exports them all with `ExportBillingLedger`.
+//!
+//! Measured: the export's rows/s (first request to signature received) and
+//! the growth of this process's resident memory during it (`VmRSS` sampled
+//! every 50 ms, peak minus the value before the export; client and server
+//! share the process, so the figure covers both). The client keeps no
+//! document in memory: it writes the received bytes to a temporary file,
+//! and after the measurement the file is checked against the signature's
+//! SHA-256, verified with strict Ed25519, and its row count compared with
+//! the number seeded. Baseline, same run, same rows: a plain
+//! `SELECT * FROM billing_events WHERE tenant = $1 ORDER BY occurred_at,
+//! ledger_index` streamed with sqlx `fetch`.
+//!
+//! The last lines are `result.<name>=<value>`.
+
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use futures::TryStreamExt as _;
+use soma_ca::{Authority, IssueOptions};
+use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
+use soma_mesh::{Application, MeshSettings, ServiceKind};
+use soma_proto::v1 as pb;
+use soma_proto::v1::analytics_client::AnalyticsClient;
+
+#[derive(Debug, Parser)]
+#[command(about = "Signed export throughput and memory growth of Analytics")]
+struct Args {
+    /// Billing events seeded and exported.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Concurrent writers while seeding.
+    #[arg(long, default_value_t = 64)]
+    writers: u64,
+    /// `postgres` (DATABASE_URL) or `sqlite`.
+    #[arg(long, default_value = "postgres")]
+    engine: String,
+}
+
+/// The seeded tenant.
+const TENANT: &str = "acme";
+
+/// Occurred-at of event 0, Unix seconds; event `i` is `i` milliseconds later.
+const BASE_SECONDS: i64 = 1_790_000_000;
+
+/// Target export rate, rows/s.
+const TARGET_ROWS_PER_SEC: f64 = 100_000.0;
+
+/// Target peak memory growth during the export, MB.
+const TARGET_GROWTH_MB: f64 = 50.0;
+
+fn store(authority: &Authority, td: &TrustDomain, path: &str) -> anyhow::Result<Arc<SvidStore>> {
+    let id = SpiffeId::from_parts(td, path)?;
+    let issued = authority.issue(&id, Duration::from_secs(3600), IssueOptions::default())?;
+    let mut bundles = BundleSet::new();
+    bundles.insert(Bundle::from_der_concat(td.clone(), &authority.bundle_der())?);
+    Ok(SvidStore::new(
+        id,
+        Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der)?,
+        bundles,
+    )?)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<String> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `VmRSS` of this process, in bytes.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/self/status")?;
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// Samples `VmRSS` every 50 ms until stopped; returns the peak seen.
+fn sample_rss(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            if let Ok(rss) = rss_bytes() {
+                peak = peak.max(rss);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return peak;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+fn event(i: u64) -> pb::RecordBillingEventRequest {
+    let millis = i64::try_from(i).unwrap_or(i64::MAX);
+    pb::RecordBillingEventRequest {
+        event_id: format!("evt-{i:09}"),
+        tenant: TENANT.to_owned(),
+        tool: "summarize".to_owned(),
+        tool_version: "1.4.2".to_owned(),
+        amount: Some(pb::Money {
+            currency: "EUR".to_owned(),
+            micros: 1_250 + (millis % 1000),
+        }),
+        fuel_consumed: 90_000 + (i % 7919),
+        duration_micros: 1_000 + (i % 997),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: BASE_SECONDS + millis / 1000,
+            nanos: i32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
+        }),
+        run_id: format!("run-{i:09}"),
+    }
+}
+
+/// Occurrences of `needle` in a stream of pieces (a match may span pieces).
+struct Counter {
+    needle: &'static [u8],
+    tail: Vec<u8>,
+    count: u64,
+}
+
+impl Counter {
+    fn feed(&mut self, piece: &[u8]) {
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(piece);
+        self.count += joined
+            .windows(self.needle.len())
+            .filter(|w| *w == self.needle)
+            .count() as u64;
+        let keep = (self.needle.len() - 1).min(joined.len());
+        self.tail = joined[joined.len() - keep..].to_vec();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+#[expect(clippy::print_stdout, reason = "the benchmark's output")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.engine == "postgres" && std::env::var_os("DATABASE_URL").is_none() {
+        bail!("--engine postgres needs DATABASE_URL");
+    }
+    let Some(db) = soma_store::testing::engines("analytics")
+        .await
+        .into_iter()
+        .find(|d| d.label == args.engine)
+    else {
+        bail!("no {} test database (engines: sqlite, postgres)", args.engine);
+    };
+
+    let dir = tempfile::tempdir()?;
+    let td = TrustDomain::parse("somastack.bench")?;
+    let authority = Authority::open_or_create(dir.path(), &td)?;
+    let (_, row_keys_json) = soma_sign::HmacKeyring::generate("row-1")?;
+    let (signer, pkcs8) = soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1")?)?;
+    let public_key = signer.public_key();
+    let config = soma_analytics::AnalyticsConfig {
+        row_keys: soma_sign::HmacKeyring::from_json(&row_keys_json)?,
+        signing_key_pem: pem("PRIVATE KEY", &pkcs8),
+        signing_key_id: "analytics-1".to_owned(),
+        ledger_origin: "somastack.bench/analytics".to_owned(),
+        max_export_span: Duration::from_secs(3650 * 86_400),
+        drills: soma_analytics::DrillConfig::default(),
+        anomaly: soma_analytics::AnomalyConfig::default(),
+    };
+    let database = db.connect().await;
+    database.migrate(&soma_analytics::MIGRATIONS).await?;
+    let settings = MeshSettings::load(ServiceKind::Analytics, None, |_| None)?;
+    let spec = soma_analytics::spec(database.clone(), &settings.limits, config).await?;
+    let server_store = store(&authority, &td, "/svc/analytics")?;
+    let server_id = server_store.own_id().clone();
+    let app = Application::build(settings, server_store, None, spec).await?;
+    let addr = app.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // ---- seeding: every row recorded (MACed, ledger-appended) by the service
+    let registry = store(&authority, &td, "/svc/tool-registry")?;
+    let next = Arc::new(AtomicU64::new(0));
+    let seed_start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.writers {
+        let channel = soma_mesh::channel(registry.clone(), addr, server_id.clone())?;
+        let next = Arc::clone(&next);
+        let rows = args.rows;
+        tasks.push(tokio::spawn(async move {
+            let mut client = AnalyticsClient::new(channel);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= rows {
+                    return Ok::<_, tonic::Status>(());
+                }
+                client.record_billing_event(event(i)).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?.context("an append failed")?;
+    }
+    let seed_secs = seed_start.elapsed().as_secs_f64();
+    println!(
+        "seeded {} rows with {} writers in {seed_secs:.1}s ({:.0} appends/s, {})",
+        args.rows,
+        args.writers,
+        args.rows as f64 / seed_secs,
+        args.engine
+    );
+
+    // ---- planner statistics, as autovacuum's ANALYZE would have them on a
+    // server where it runs (without them PostgreSQL guesses a few rows and
+    // sorts the whole remaining window for every page)
+    let raw = soma_store::Database::connect(&db.settings, "analytics").await?;
+    if let Some(pool) = raw.as_postgres() {
+        sqlx::query("ANALYZE billing_events").execute(pool).await?;
+        sqlx::query("ANALYZE ledger_leaves").execute(pool).await?;
+    } else if let Some(pool) = raw.as_sqlite() {
+        sqlx::query("ANALYZE").execute(pool).await?;
+    }
+
+    // ---- baseline: the same rows, a plain SELECT streamed with sqlx
+    let sql = "SELECT * FROM billing_events WHERE tenant = $1 ORDER BY occurred_at, ledger_index";
+    let raw_start = Instant::now();
+    let raw_rows = if let Some(pool) = raw.as_postgres() {
+        sqlx::query(sql)
+            .bind(TENANT)
+            .fetch(pool)
+            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+            .await?
+    } else if let Some(pool) = raw.as_sqlite() {
+        sqlx::query(sql)
+            .bind(TENANT)
+            .fetch(pool)
+            .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+            .await?
+    } else {
+        bail!("unknown engine");
+    };
+    let raw_secs = raw_start.elapsed().as_secs_f64();
+    raw.close().await;
+    ensure!(
+        raw_rows == args.rows,
+        "raw read saw {raw_rows} rows, seeded {}",
+        args.rows
+    );
+    let raw_rate = raw_rows as f64 / raw_secs;
+
+    // ---- the export
+    let operator = store(&authority, &td, "/operator/bench")?;
+    let mut client = AnalyticsClient::new(soma_mesh::channel(operator, addr, server_id.clone())?);
+    let request = pb::ExportRequest {
+        tenant: TENANT.to_owned(),
+        from: Some(prost_types::Timestamp {
+            seconds: BASE_SECONDS,
+            nanos: 0,
+        }),
+        to: Some(prost_types::Timestamp {
+            seconds: BASE_SECONDS + i64::try_from(args.rows / 1000 + 1)?,
+            nanos: 0,
+        }),
+        tool: String::new(),
+        service: String::new(),
+    };
+    let mut received = tempfile::tempfile()?;
+    let mut counter = Counter {
+        needle: b"\"ledger_index\":",
+        tail: Vec::new(),
+        count: 0,
+    };
+    let mut bytes: u64 = 0;
+    let mut chunks: u64 = 0;
+    let mut signature = None;
+
+    let rss_before = rss_bytes()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_rss(Arc::clone(&stop));
+    let export_start = Instant::now();
+    let mut stream = client.export_billing_ledger(request).await?.into_inner();
+    while let Some(chunk) = stream.message().await? {
+        if let Some(sig) = chunk.signature {
+            signature = Some(sig);
+            continue;
+        }
+        bytes += chunk.data.len() as u64;
+        chunks += 1;
+        counter.feed(&chunk.data);
+        received.write_all(&chunk.data)?;
+    }
+    let export_secs = export_start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let rss_peak = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("the memory sampler panicked"))?
+        .max(rss_bytes()?);
+    let growth_mb = rss_peak.saturating_sub(rss_before) as f64 / 1e6;
+    let export_rate = counter.count as f64 / export_secs;
+
+    // ---- the export is what it claims: every row, signed, verifying
+    let signature = signature.context("the export ended without a signature")?;
+    ensure!(
+        counter.count == args.rows,
+        "exported {} rows, seeded {}",
+        counter.count,
+        args.rows
+    );
+    let mut document = Vec::with_capacity(usize::try_from(bytes)?);
+    std::io::Seek::rewind(&mut received)?;
+    received.read_to_end(&mut document)?;
+    ensure!(
+        soma_sign::sha256(&document).as_slice() == signature.sha256.as_slice(),
+        "sha256 mismatch"
+    );
+    soma_sign::verify_ed25519_strict(&public_key, &document, &signature.signature)
+        .context("the export signature does not verify")?;
+    drop(document);
+
+    println!(
+        "export: {} rows, {bytes} bytes in {chunks} chunks, {export_secs:.2}s; signature verified (strict Ed25519), sha256 matches",
+        counter.count
+    );
+    println!(
+        "memory: VmRSS before {:.1} MB, peak during export {:.1} MB",
+        rss_before as f64 / 1e6,
+        rss_peak as f64 / 1e6
+    );
+    println!(
+        "baseline: SELECT * ... ORDER BY occurred_at, ledger_index streamed with sqlx fetch: {raw_rows} rows in {raw_secs:.2}s"
+    );
+    println!();
+    println!(
+        "| {:<44} | {:>14} | {:>14} | {:<10} |",
+        "measurement", "measured", "target", "met"
+    );
+    println!(
+        "| {:<44} | {:>14.0} | {:>14} | {:<10} |",
+        "export rows/s (signed, verified rows)",
+        export_rate,
+        ">= 100000",
+        if export_rate >= TARGET_ROWS_PER_SEC {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    println!(
+        "| {:<44} | {:>14.1} | {:>14} | {:<10} |",
+        "peak RSS growth during export, MB",
+        growth_mb,
+        "<= 50",
+        if growth_mb <= TARGET_GROWTH_MB {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    println!(
+        "| {:<44} | {:>14.0} | {:>14} | {:<10} |",
+        "baseline: raw SELECT rows/s (sqlx fetch)", raw_rate, "-", "-"
+    );
+    println!(
+        "| {:<44} | {:>14.3} | {:>14} | {:<10} |",
+        "ratio export / raw",
+        export_rate / raw_rate,
+        "-",
+        "-"
+    );
+    println!("result.engine={}", args.engine);
+    println!("result.rows={}", args.rows);
+    println!("result.seed_secs={seed_secs:.1}");
+    println!("result.export_rows_per_sec={export_rate:.0}");
+    println!("result.export_rss_growth_mb={growth_mb:.1}");
+    println!("result.raw_rows_per_sec={raw_rate:.0}");
+    println!("result.export_over_raw={:.3}", export_rate / raw_rate);
+
+    let _ = stop_tx.send(());
+    server.await??;
+    database.close().await;
+    db.cleanup().await;
+    Ok(())
+}
