@@ -64,6 +64,12 @@ pub static MIGRATIONS: Migrations = Migrations(&[
         sqlite: include_str!("../migrations/sqlite/0003_regressions_anomalies.sql"),
         postgres: include_str!("../migrations/postgres/0003_regressions_anomalies.sql"),
     },
+    Migration {
+        version: 4,
+        description: "export keyset indexes",
+        sqlite: include_str!("../migrations/sqlite/0004_export_keyset_indexes.sql"),
+        postgres: include_str!("../migrations/postgres/0004_export_keyset_indexes.sql"),
+    },
 ]);
 
 /// Analytics' own settings: its keys, read from files so that rotation is
