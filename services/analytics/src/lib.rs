@@ -9,8 +9,11 @@
 //! (`VerifyStore`); persona regressions (`TransitionPersonaRegression`: a
 //! state machine with optimistic concurrency, each transition a ledger leaf
 //! committed with the state update) and anomaly scans (`ScanAnomalies`:
-//! median/MAD modified z-scores, findings MACed, each scan a ledger leaf).
-//! Exports and drills answer `UNIMPLEMENTED` until they are built.
+//! median/MAD modified z-scores, findings MACed, each scan a ledger leaf);
+//! disaster-recovery drills (`RecordDisasterDrill`, `DisasterDrillSummary`)
+//! with signed webhook notifications delivered through an outbox; and
+//! exports (`ExportCapsuleRuns`, `ExportBillingLedger`), streamed, signed over
+//! their exact bytes and bound to a checkpoint, with `ListVerificationKeys`.
 //!
 //! Security-relevant defaults: billing is accepted only from the tool
 //! registry's SPIFFE ID (the method policy), a tenant's claims never reach
