@@ -60,7 +60,16 @@ pub(crate) enum Health {
 
 struct Append {
     row: NewRow,
+    /// Computed by the caller's task, so that the writer's critical path
+    /// (which holds the head lock) does no canonicalization or hashing.
+    prepared: Prepared,
     reply: oneshot::Sender<Result<Appended, AnalyticsError>>,
+}
+
+/// The leaf hash and, for the multi-row tables, the row seal of an append.
+struct Prepared {
+    leaf_hash: Hash,
+    seal: Option<crate::rows::Seal>,
 }
 
 /// Handle to the ledger: appends go to the writer task, reads go to the
@@ -76,6 +85,8 @@ pub(crate) struct Ledger {
     /// the writer, and caught up from the database when another process
     /// appended.
     tree: Arc<std::sync::RwLock<MerkleTree>>,
+    /// Row MAC keys, to seal rows before they reach the writer.
+    keys: Arc<HmacKeyring>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -118,7 +129,7 @@ impl Ledger {
         let health = Arc::new(RwLock::new(health));
         tokio::spawn(writer(
             db.clone(),
-            keys,
+            Arc::clone(&keys),
             Arc::clone(&signer),
             signer_key_id.clone(),
             Arc::clone(&health),
@@ -132,6 +143,7 @@ impl Ledger {
             signer,
             signer_key_id,
             tree,
+            keys,
         })
     }
 
@@ -157,9 +169,18 @@ impl Ledger {
                 reason: reason.clone(),
             });
         }
+        let seal = match &row {
+            NewRow::CapsuleRun(r) => Some(r.seal(&self.keys)?),
+            NewRow::Billing(r) => Some(r.seal(&self.keys)?),
+            _ => None,
+        };
+        let prepared = Prepared {
+            leaf_hash: row.leaf_hash()?,
+            seal,
+        };
         let (reply, rx) = oneshot::channel();
         self.appends
-            .send(Append { row, reply })
+            .send(Append { row, prepared, reply })
             .await
             .map_err(|_| AnalyticsError::WriterStopped)?;
         rx.await.map_err(|_| AnalyticsError::WriterStopped)?
@@ -396,7 +417,7 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let rows: Vec<&NewRow> = batch.iter().map(|a| &a.row).collect();
+        let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
         match commit(&db, &keys, &signer, &signer_key_id, &rows).await {
             Ok((results, start, appended)) => {
                 // Extend the in-memory index only when it was level with the
@@ -447,7 +468,7 @@ async fn commit(
     keys: &HmacKeyring,
     signer: &CheckpointSigner,
     signer_key_id: &str,
-    rows: &[&NewRow],
+    rows: &[(&NewRow, &Prepared)],
 ) -> Result<(Vec<Result<Appended, AnalyticsError>>, u64, Vec<Hash>), AnalyticsError> {
     on_pool!(db, pool => {
         let mut tx = pool.begin().await?;
@@ -478,7 +499,7 @@ async fn commit(
                 placeholders.join(", ")
             );
             let mut query = sqlx::query(&sql);
-            for row in chunk {
+            for (row, _) in chunk {
                 query = query.bind(row.event_id());
             }
             for r in query.fetch_all(&mut *tx).await? {
@@ -493,15 +514,9 @@ async fn commit(
         }
         // New leaves are inserted together after the loop, then the rows
         // that reference them.
-        let mut new_leaves: Vec<(i64, &NewRow, Hash)> = Vec::new();
-        for row in rows {
-            let leaf_hash = match row.leaf_hash() {
-                Ok(h) => h,
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
-                }
-            };
+        let mut new_leaves: Vec<(i64, &NewRow, Hash, Option<&crate::rows::Seal>)> = Vec::new();
+        for (row, prepared) in rows {
+            let leaf_hash = prepared.leaf_hash;
             let event_id = row.event_id();
             let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
             if let Some(earlier) = earlier {
@@ -527,7 +542,7 @@ async fn commit(
                 continue;
             }
             let index = tree.append(leaf_hash)?;
-            new_leaves.push((to_i64(index)?, *row, leaf_hash));
+            new_leaves.push((to_i64(index)?, *row, leaf_hash, prepared.seal.as_ref()));
             let appended = Appended { index, leaf_hash };
             in_batch.insert(event_id, appended);
             results.push(Ok(appended));
@@ -538,7 +553,7 @@ async fn commit(
                 values_list(chunk.len(), 6)
             );
             let mut query = sqlx::query(&sql);
-            for (index_i64, row, leaf_hash) in chunk {
+            for (index_i64, row, leaf_hash, _) in chunk {
                 query = query
                     .bind(*index_i64)
                     .bind(row.event_id())
@@ -553,11 +568,12 @@ async fn commit(
         // the other kinds insert (and update) through their own modules.
         let mut runs = Vec::new();
         let mut bills = Vec::new();
-        for (index_i64, row, leaf_hash) in &new_leaves {
+        for (index_i64, row, leaf_hash, seal) in &new_leaves {
             let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
+            // `Ledger::append` sealed these rows before they were queued.
             match row {
-                NewRow::CapsuleRun(r) => runs.push((r, index_i64, r.seal(keys)?)),
-                NewRow::Billing(r) => bills.push((r, index_i64, r.seal(keys)?)),
+                NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
                 NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
                 NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
                 NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
@@ -638,7 +654,7 @@ async fn commit(
             .await?;
         }
         tx.commit().await?;
-        Ok((results, start, new_leaves.iter().map(|(_, _, hash)| *hash).collect()))
+        Ok((results, start, new_leaves.iter().map(|(_, _, hash, _)| *hash).collect()))
     })
 }
 
