@@ -26,6 +26,9 @@ use crate::rows::{EventRow as _, NewRow};
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
 
+/// How long the writer gathers appends after the first one of a batch.
+const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(750);
+
 /// Rows per multi-row statement (6 parameters each: far below SQLite's and
 /// PostgreSQL's parameter limits).
 const LOOKUP_CHUNK: usize = 256;
@@ -411,10 +414,18 @@ async fn writer(
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
+        // Group commit: gather what arrives within a short window, so that
+        // one transaction (one WAL flush) acknowledges many appends.
+        let window = tokio::time::sleep(GROUP_COMMIT_WINDOW);
+        tokio::pin!(window);
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+            tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    Some(next) => batch.push(next),
+                    None => break,
+                },
+                () = &mut window => break,
             }
         }
         let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
