@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::exec;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -809,15 +811,6 @@ async fn tenancy_and_the_window_are_checked_before_anything_is_exported() {
 
         env.svc.stop().await;
         db.cleanup().await;
-    }
-}
-
-/// Runs one statement on either engine.
-async fn exec(db: &Database, sql: &str) -> u64 {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        (None, Some(pool)) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        _ => unreachable!(),
     }
 }
 

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{exec, scalar};
+
 use std::time::Duration;
 
 use common::{Ca, analytics_config, channel, start_analytics, tenant_request};
@@ -67,25 +69,6 @@ fn checkpoint_verifier(config: &soma_analytics::AnalyticsConfig) -> CheckpointVe
 
 fn hash(bytes: &[u8]) -> Hash {
     Hash::from_slice(bytes).unwrap()
-}
-
-/// Runs one statement on either engine.
-async fn exec(db: &Database, sql: &str) -> u64 {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        (None, Some(pool)) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        _ => unreachable!(),
-    }
-}
-
-/// Reads one i64.
-async fn scalar(db: &Database, sql: &str) -> i64 {
-    use sqlx::Row as _;
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
-        (None, Some(pool)) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
-        _ => unreachable!(),
-    }
 }
 
 struct Clients {

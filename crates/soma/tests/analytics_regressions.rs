@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{exec, scalar};
+
 use std::time::Duration;
 
 use common::{Ca, Running, analytics_config, channel, start_analytics, tenant_request};
@@ -33,25 +35,6 @@ fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
 
 fn hash(bytes: &[u8]) -> Hash {
     Hash::from_slice(bytes).unwrap()
-}
-
-/// Reads one i64.
-async fn scalar(db: &Database, sql: &str) -> i64 {
-    use sqlx::Row as _;
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
-        (None, Some(pool)) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
-        _ => unreachable!(),
-    }
-}
-
-/// Runs one statement on either engine.
-async fn exec(db: &Database, sql: &str) -> u64 {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        (None, Some(pool)) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        _ => unreachable!(),
-    }
 }
 
 struct Env {

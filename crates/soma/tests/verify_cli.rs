@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::exec;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,15 +97,6 @@ async fn soma(args: &[OsString], database_url_env: Option<&str>) -> Outcome {
 
 fn args(items: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
     items.iter().map(|s| s.as_ref().to_owned()).collect()
-}
-
-/// Runs one statement on either engine.
-async fn exec(db: &Database, sql: &str) -> u64 {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        (None, Some(pool)) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        _ => unreachable!(),
-    }
 }
 
 /// A `soma up` data directory: the row keys under `secrets/`, the database

@@ -347,3 +347,22 @@ pub fn python() -> std::path::PathBuf {
     );
     venv
 }
+
+/// Runs one SQL statement on either engine; the rows it affected.
+pub async fn exec(db: &Database, sql: &str) -> u64 {
+    match (db.as_sqlite(), db.as_postgres()) {
+        (Some(pool), _) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
+        (None, Some(pool)) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
+        _ => unreachable!("a database is either SQLite or PostgreSQL"),
+    }
+}
+
+/// Reads one i64 on either engine.
+pub async fn scalar(db: &Database, sql: &str) -> i64 {
+    use sqlx::Row as _;
+    match (db.as_sqlite(), db.as_postgres()) {
+        (Some(pool), _) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
+        (None, Some(pool)) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
+        _ => unreachable!("a database is either SQLite or PostgreSQL"),
+    }
+}
