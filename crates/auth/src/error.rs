@@ -114,3 +114,154 @@ impl AuthError {
         }
     }
 }
+
+/// Why a tenant JWT (or a compact JWS, or a JWK) was refused.
+///
+/// The gateway answers every refusal with HTTP 401 and [`JwtError::reason`]
+/// as the reason: a stable code that names the failed check and nothing of
+/// the token or the keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtError {
+    /// The token is longer than the configured maximum; nothing was decoded.
+    #[error("token is longer than the configured maximum")]
+    TokenTooLarge,
+    /// The token is not a compact JWS with a JSON object header and payload.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// `alg` is missing, `none`, unsupported, not allowed for the issuer, or
+    /// not the algorithm of the selected key.
+    #[error("token algorithm is not allowed")]
+    AlgNotAllowed,
+    /// The header names a key by reference or embeds one (`jku`, `x5u`,
+    /// `jwk`, `x5c`); such keys are never fetched nor trusted.
+    #[error("token header carries an untrusted key reference")]
+    UntrustedKeyReference,
+    /// The header has `crit`: no extension is understood.
+    #[error("token header has critical extensions")]
+    UnknownCrit,
+    /// `kid` is not a string of 1 to 128 characters from `[A-Za-z0-9._~-]`.
+    #[error("token key id is invalid")]
+    BadKid,
+    /// `iss` is missing or is not a configured issuer.
+    #[error("token issuer is unknown")]
+    UnknownIssuer,
+    /// The issuer has no key with the token's `kid` (or the token has no
+    /// `kid` and the issuer does not have exactly one key).
+    #[error("token key id is unknown")]
+    UnknownKid,
+    /// The signature does not verify with the selected key.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// A registered claim has the wrong JSON type.
+    #[error("claim {0} has the wrong type")]
+    InvalidClaimType(&'static str),
+    /// A required claim is absent or empty.
+    #[error("claim {0} is missing")]
+    MissingClaim(&'static str),
+    /// Now is at or after `exp` plus the leeway.
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is later than now plus the leeway.
+    #[error("token is not yet valid")]
+    NotYetValid,
+    /// `iat` is later than now plus the leeway.
+    #[error("token is issued in the future")]
+    IssuedInFuture,
+    /// `aud` is absent or names none of the issuer's audiences.
+    #[error("token audience does not match")]
+    AudienceMismatch,
+    /// A JWK is unusable for verification: unsupported type or curve, bad
+    /// encoding, too short, private parameters, or not meant for signatures.
+    #[error("key is unusable: {0}")]
+    InvalidKey(&'static str),
+}
+
+impl JwtError {
+    /// A stable snake_case code naming the failure: the 401 reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TokenTooLarge => "token_too_large",
+            Self::Malformed(_) => "token_malformed",
+            Self::AlgNotAllowed => "alg_not_allowed",
+            Self::UntrustedKeyReference => "untrusted_key_reference",
+            Self::UnknownCrit => "unknown_crit",
+            Self::BadKid => "bad_kid",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::UnknownKid => "unknown_kid",
+            Self::BadSignature => "bad_signature",
+            Self::InvalidClaimType(_) => "invalid_claim_type",
+            Self::MissingClaim(_) => "missing_claim",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::AudienceMismatch => "audience_mismatch",
+            Self::InvalidKey(_) => "invalid_key",
+        }
+    }
+}
+
+/// Why a [`JwtVerifier`](crate::JwtVerifier) could not be built from its
+/// settings. A JWKS URL that does not answer is not one of them: it is
+/// logged and fetched again later.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtConfigError {
+    /// No issuer is configured.
+    #[error("no issuer is configured")]
+    NoIssuers,
+    /// An issuer string is empty.
+    #[error("an issuer is empty")]
+    EmptyIssuer,
+    /// The same issuer is configured twice.
+    #[error("issuer {0:?} is configured twice")]
+    DuplicateIssuer(String),
+    /// An issuer lists no audience.
+    #[error("issuer {0:?} has no audience")]
+    NoAudiences(String),
+    /// An issuer allows no algorithm.
+    #[error("issuer {0:?} allows no algorithm")]
+    NoAlgorithms(String),
+    /// An issuer has no key source (secret file, JWKS file or JWKS URL).
+    #[error("issuer {0:?} has no key source")]
+    NoKeySource(String),
+    /// `jwks_refresh_interval` is zero, which would allow a fetch per request.
+    #[error("issuer {0:?} has a zero jwks refresh interval")]
+    ZeroRefreshInterval(String),
+    /// `max_token_bytes` is zero.
+    #[error("max token bytes must be positive")]
+    ZeroMaxTokenBytes,
+    /// A key file could not be read.
+    #[error("cannot read {path}")]
+    ReadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file holds no usable key set.
+    #[error("{path} holds no usable keys: {reason}")]
+    InvalidKeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A JWKS URL is not an absolute `http://` or `https://` URL.
+    #[error("jwks url {url:?} is invalid: {reason}")]
+    InvalidJwksUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An `https://` JWKS URL has no usable CA file.
+    #[error("jwks ca file for {url:?} is unusable: {reason}")]
+    CaFile {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+}

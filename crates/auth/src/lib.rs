@@ -4,18 +4,32 @@
 //! ([`CLAIMS_METADATA`], [`SIGNATURE_METADATA`]); each backend checks them
 //! with a [`ClaimsVerifier`] before its handlers see the claims.
 //!
-//! It does not verify end-user tokens (JWTs); that is the gateway's first
-//! step, elsewhere. It does not map errors to gRPC statuses either: the
-//! caller turns every [`AuthError`] into `UNAUTHENTICATED`.
+//! It also verifies the tenant's bearer token that precedes all this: a
+//! [`JwtVerifier`] checks a compact JWS (HS256, RS256, ES256, EdDSA) against
+//! the keys of the configured issuers, from secret files, JWKS files and
+//! JWKS URLs, then its claims, and refuses with a [`JwtError`] whose
+//! [`JwtError::reason`] the gateway returns as the 401 reason.
+//!
+//! It does not map errors to gRPC statuses or HTTP responses: the caller
+//! turns every [`AuthError`] into `UNAUTHENTICATED` and every [`JwtError`]
+//! into a 401. It never follows key references in tokens (`jku`, `x5u`,
+//! `jwk`, `x5c`) and understands no `crit` extension.
 //!
 //! Security-relevant defaults: envelopes are accepted only from the one
 //! gateway peer identity, only for this service's audience, only for at most
 //! [`MAX_ENVELOPE_LIFETIME`]; the signature covers the exact received bytes
 //! behind a domain separator ([`DOMAIN_SEPARATOR`]); a request without an
-//! envelope yields no claims, never default ones.
+//! envelope yields no claims, never default ones. A token's algorithm is
+//! fixed by the key its `kid` selects, never by the token; `none` is never
+//! accepted; an unknown `kid` refetches a JWKS URL at most once per refresh
+//! interval, and a failing URL keeps the last good key set.
 
 mod envelope;
 mod error;
+mod jose;
+mod jwk;
+mod jwks;
+mod jwt;
 mod keys;
 mod signer;
 mod verifier;
@@ -24,7 +38,12 @@ pub use envelope::{
     CLAIMS_METADATA, DOMAIN_SEPARATOR, MAX_CLOCK_SKEW, MAX_ENVELOPE_LIFETIME, SIGNATURE_METADATA,
     SignedClaims,
 };
-pub use error::AuthError;
+pub use error::{AuthError, JwtConfigError, JwtError};
+pub use jwk::{Algorithm, Jwk};
+pub use jwt::{
+    DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, IssuerSettings, JwtSettings,
+    JwtVerifier, TokenClaims, verify_compact_jws,
+};
 pub use signer::ClaimsSigner;
 pub use soma_proto::v1::VerifiedClaims;
 pub use verifier::ClaimsVerifier;

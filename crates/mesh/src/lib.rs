@@ -26,7 +26,7 @@ mod server;
 mod settings;
 
 pub use admin::{AdminServer, Readiness};
-pub use authz::AuthzLayer;
+pub use authz::{AuthzLayer, REASON_METADATA};
 pub use caller::{Caller, PeerInfo};
 pub use client::{MeshChannel, channel};
 pub use error::MeshError;

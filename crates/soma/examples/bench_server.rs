@@ -80,7 +80,7 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     db.migrate(&soma_gateway::MIGRATIONS).await?;
-    let spec = soma_gateway::spec(db, &settings.limits);
+    let spec = gateway_spec(db, &settings, &store, &dir.join("db")).await?;
     let app = Application::build(settings, store, None, spec).await?;
 
     // `admin` serves `/metrics`, whose handshake counters tell how many
@@ -100,4 +100,18 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
 #[expect(clippy::print_stdout, reason = "the ready line is the example's output")]
 fn ready(line: &serde_json::Value) {
     println!("{line}");
+}
+
+/// The gateway as the mesh serves it, with a development issuer under `dir`.
+#[allow(unused_qualifications, reason = "one self-contained helper shared by the two bench examples")]
+async fn gateway_spec(
+    db: soma_store::Database,
+    settings: &soma_mesh::MeshSettings,
+    store: &std::sync::Arc<soma_identity::SvidStore>,
+    dir: &std::path::Path,
+) -> anyhow::Result<soma_mesh::ServiceSpec> {
+    let config = soma_gateway::GatewayConfig::dev(dir, &soma_gateway::Region::parse("local").map_err(anyhow::Error::msg)?, None)?;
+    let (signer, _) = soma_auth::ClaimsSigner::generate("gateway-1")?;
+    let gateway = soma_gateway::Gateway::build(db, &settings.limits, config, store, &settings.peers, signer).await?;
+    Ok(gateway.spec)
 }

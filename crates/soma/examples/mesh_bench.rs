@@ -113,6 +113,7 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     let db_dir = data_dir.path().to_owned();
+    let db_dir_for_gateway = db_dir.clone();
     let mesh = ServerThread::spawn("bench-mesh", move |stop| async move {
         let kind = ServiceKind::Gateway;
         let settings = MeshSettings::load(kind, None, |_| None)?;
@@ -125,7 +126,7 @@ fn main() -> anyhow::Result<()> {
         )
         .await?;
         db.migrate(&soma_gateway::MIGRATIONS).await?;
-        let spec = soma_gateway::spec(db, &settings.limits);
+        let spec = gateway_spec(db, &settings, &server_store, &db_dir_for_gateway).await?;
         let app = Application::build(settings, server_store, None, spec).await?;
         let (addr, metrics) = (app.local_addr(), app.metrics());
         let serve: Serve = Box::pin(async move {
@@ -620,4 +621,18 @@ impl Report {
 #[expect(clippy::print_stderr, reason = "the benchmark's progress lines")]
 fn progress(line: &str) {
     eprintln!("{line}");
+}
+
+/// The gateway as the mesh serves it, with a development issuer under `dir`.
+#[allow(unused_qualifications, reason = "one self-contained helper shared by the two bench examples")]
+async fn gateway_spec(
+    db: soma_store::Database,
+    settings: &soma_mesh::MeshSettings,
+    store: &std::sync::Arc<soma_identity::SvidStore>,
+    dir: &std::path::Path,
+) -> anyhow::Result<soma_mesh::ServiceSpec> {
+    let config = soma_gateway::GatewayConfig::dev(dir, &soma_gateway::Region::parse("local").map_err(anyhow::Error::msg)?, None)?;
+    let (signer, _) = soma_auth::ClaimsSigner::generate("gateway-1")?;
+    let gateway = soma_gateway::Gateway::build(db, &settings.limits, config, store, &settings.peers, signer).await?;
+    Ok(gateway.spec)
 }

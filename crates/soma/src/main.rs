@@ -3,12 +3,14 @@
 //! - `soma up`: the development authority and the four services on loopback.
 //! - `soma serve <service>`: one service, identity from the Workload API
 //!   (`SPIFFE_ENDPOINT_SOCKET`), the production path.
+//! - `soma token`: a JWT from the development issuer, for the edge.
 //! - `soma ca issue`: an SVID for an operator (grpcurl, scripts).
 //! - `soma verify export | store | ledger`: check an Analytics export's
 //!   signature, sweep the Analytics store, check a ledger proof, offline.
 
 mod ca;
 mod serve;
+mod token;
 mod up;
 mod verify;
 
@@ -49,6 +51,34 @@ enum Command {
         /// Address of the HTTP/JSON edge.
         #[arg(long, default_value = "127.0.0.1:8080")]
         edge_addr: std::net::SocketAddr,
+        /// Region of the gateway (and of its residency allow-list unless
+        /// SOMAGENT_GATEWAY_RESIDENCY_ALLOWED says otherwise).
+        #[arg(long, default_value = "local")]
+        region: String,
+    },
+    /// Print a JWT from the development issuer of a `soma up` data dir.
+    Token {
+        /// The data dir of `soma up`.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Tenant claim.
+        #[arg(long)]
+        tenant: String,
+        /// Region claim.
+        #[arg(long)]
+        region: String,
+        /// Space-separated capabilities (the `scope` claim).
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Subject claim (default `dev-user@<tenant>`).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Claim a second factor (`amr` with `otp`, `auth_time` now).
+        #[arg(long)]
+        mfa: bool,
+        /// Lifetime.
+        #[arg(long, default_value = "15m", value_parser = parse_duration)]
+        ttl: Duration,
     },
     /// Run one service; its identity comes from SPIFFE_ENDPOINT_SOCKET.
     Serve {
@@ -121,15 +151,34 @@ fn main() -> ExitCode {
                 trust_domain,
                 svid_ttl,
                 edge_addr,
+                region,
             } => {
                 up::run(up::UpArgs {
                     data_dir,
                     trust_domain,
                     svid_ttl,
                     edge_addr,
+                    region,
                 })
                 .await
             }
+            Command::Token {
+                data_dir,
+                tenant,
+                region,
+                scope,
+                subject,
+                mfa,
+                ttl,
+            } => token::run(&token::TokenArgs {
+                data_dir,
+                tenant,
+                region,
+                subject,
+                scope,
+                mfa,
+                ttl,
+            }),
             Command::Serve {
                 service,
                 config,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use soma_auth::ClaimsVerifier;
+use soma_auth::{ClaimsSigner, ClaimsVerifier};
 use soma_identity::{SpiffeId, WorkloadIdentity};
 use soma_mesh::{Application, MeshSettings, ServiceKind};
 use soma_store::{Database, StoreSettings};
@@ -25,6 +25,9 @@ pub struct ReadyLine {
     pub grpc_addr: String,
     /// Admin address.
     pub admin_addr: String,
+    /// The gateway's HTTP/JSON + gRPC edge, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_addr: Option<String>,
 }
 
 pub async fn run(
@@ -87,6 +90,29 @@ pub async fn run(
         }
         _ => None,
     };
+    let gateway_config = match kind {
+        ServiceKind::Gateway => match soma_gateway::GatewayConfig::load(|k| std::env::var(k).ok()) {
+            Ok(c) => Some(c),
+            Err(e) => return Ok(crate::config_error(e)),
+        },
+        _ => None,
+    };
+    let claims_signer = match (kind, &settings.gateway_claims_key_file) {
+        (ServiceKind::Gateway, Some(path)) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the gateway claims key {}", path.display()))?;
+            match ClaimsSigner::from_pkcs8_pem(&settings.claims_key_id, &pem) {
+                Ok(s) => Some(s),
+                Err(e) => return Ok(crate::config_error(format_args!("{}: {e}", path.display()))),
+            }
+        }
+        (ServiceKind::Gateway, None) => {
+            return Ok(crate::config_error(
+                "the gateway needs SOMA_GATEWAY_CLAIMS_KEY_FILE to sign the claims it forwards",
+            ));
+        }
+        _ => None,
+    };
 
     let store_settings = StoreSettings {
         data_dir: settings.data_dir.clone(),
@@ -96,10 +122,24 @@ pub async fn run(
         .await
         .context("opening the database")?;
     let limits = settings.limits;
+    let mut edge = None;
+    let mut poller = None;
     let spec = match kind {
         ServiceKind::Gateway => {
             db.migrate(&soma_gateway::MIGRATIONS).await?;
-            soma_gateway::spec(db.clone(), &limits)
+            let gateway = soma_gateway::Gateway::build(
+                db.clone(),
+                &limits,
+                gateway_config.context("gateway settings")?,
+                &store,
+                &settings.peers,
+                claims_signer.context("gateway claims key")?,
+            )
+            .await
+            .context("assembling the gateway")?;
+            edge = gateway.edge;
+            poller = Some(gateway.poller);
+            gateway.spec
         }
         ServiceKind::ToolRegistry => {
             db.migrate(&soma_tool_registry::MIGRATIONS).await?;
@@ -126,6 +166,7 @@ pub async fn run(
         spiffe_id: own_id.to_string(),
         grpc_addr: app.local_addr().to_string(),
         admin_addr: app.admin_addr().to_string(),
+        edge_addr: edge.as_ref().map(|e| e.local_addr().to_string()),
     };
     #[expect(clippy::print_stdout, reason = "the ready line is this command's output")]
     {
@@ -142,7 +183,32 @@ pub async fn run(
             crate::stop_signal().await;
         }
     };
-    app.run_until_stopped(shutdown).await?;
+    match edge {
+        None => app.run_until_stopped(shutdown).await?,
+        Some(edge) => {
+            // One stop signal for both listeners.
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let edge_task = tokio::spawn(edge.serve(wait(stop_rx.clone())));
+            let stopper = tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+            let served = app.run_until_stopped(wait(stop_rx)).await;
+            stopper.abort();
+            match edge_task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "the edge stopped with an error"),
+                Err(e) => tracing::error!(error = %e, "the edge task failed"),
+            }
+            served?;
+        }
+    }
+    if let Some(poller) = poller {
+        poller.abort();
+    }
     identity.shutdown().await;
     db.close().await;
     Ok(ExitCode::SUCCESS)

@@ -30,6 +30,7 @@ pub struct UpArgs {
     pub trust_domain: String,
     pub svid_ttl: Duration,
     pub edge_addr: SocketAddr,
+    pub region: String,
 }
 
 /// `DIR/endpoints.json`.
@@ -41,7 +42,7 @@ struct Endpoints {
     tool_registry: String,
     capsule_repo: String,
     analytics: String,
-    /// The HTTP/JSON edge; `null` until the edge is built.
+    /// The gateway's HTTP/JSON + gRPC edge (`http://host:port`).
     edge: Option<String>,
 }
 
@@ -79,7 +80,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Authority::open_or_create(&data_dir, &trust_domain)
             .with_context(|| format!("opening the authority under {}", data_dir.display()))?,
     );
+    if let Err(e) = soma_gateway::Region::parse(&args.region) {
+        return Ok(crate::config_error(format_args!("--region: {e}")));
+    }
     let (claims_key, claims_pub) = ensure_claims_key(&data_dir)?;
+    let gateway_config = ensure_gateway_config(&data_dir, &args)?;
     let analytics_keys = ensure_analytics_keys(&data_dir)?;
 
     let registry = Registry::new();
@@ -101,12 +106,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&logs)?;
     let mut running: Vec<Running> = Vec::new();
     let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
-    for kind in ServiceKind::ALL {
+    // The gateway last: it needs every other service's address.
+    let order = [
+        ServiceKind::Analytics,
+        ServiceKind::ToolRegistry,
+        ServiceKind::CapsuleRepo,
+        ServiceKind::Gateway,
+    ];
+    for kind in order {
         let id = SpiffeId::from_parts(&trust_domain, &kind.spiffe_path())?;
         let keys = ServiceKeys {
             claims_key: &claims_key,
             claims_pub: &claims_pub,
             analytics: &analytics_keys,
+            gateway_config: &gateway_config,
+            region: &args.region,
         };
         let started = start_service(kind, &id, &data_dir, &socket, &keys, &peers, &registry).await;
         match started {
@@ -140,7 +154,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         tool_registry: addr_of(ServiceKind::ToolRegistry),
         capsule_repo: addr_of(ServiceKind::CapsuleRepo),
         analytics: addr_of(ServiceKind::Analytics),
-        edge: None,
+        edge: running
+            .iter()
+            .find_map(|r| r.ready.edge_addr.as_ref())
+            .map(|a| format!("http://{a}")),
     };
     write_atomically(
         &data_dir.join("endpoints.json"),
@@ -162,10 +179,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 r.ready.admin_addr
             );
         }
-        println!(
-            "  edge           {} requested; the HTTP/JSON edge is not built yet, so nothing listens there",
-            args.edge_addr
-        );
+        if let Some(edge) = &endpoints.edge {
+            println!("  edge           {edge}  (HTTP/JSON and gRPC, bearer tokens; {edge}/openapi.json)");
+            println!("Try it:");
+            println!(
+                "  curl -H \"authorization: Bearer $(soma token --data-dir {} --tenant demo --region {} --scope identity:read)\" {edge}/v1/whoami",
+                data_dir.display(),
+                args.region
+            );
+        }
         println!("  endpoints      {}", data_dir.join("endpoints.json").display());
         println!("  logs           {}", logs.display());
         println!("Ctrl-C to stop.");
@@ -199,6 +221,8 @@ struct ServiceKeys<'a> {
     claims_key: &'a Path,
     claims_pub: &'a Path,
     analytics: &'a AnalyticsKeys,
+    gateway_config: &'a Path,
+    region: &'a str,
 }
 
 async fn start_service(
@@ -228,7 +252,15 @@ async fn start_service(
         .kill_on_drop(true);
     match kind {
         ServiceKind::Gateway => {
-            cmd.env("SOMA_GATEWAY_CLAIMS_KEY_FILE", keys.claims_key);
+            cmd.env("SOMA_GATEWAY_CLAIMS_KEY_FILE", keys.claims_key)
+                .env("SOMA_GATEWAY_REGION", keys.region);
+            if std::env::var_os(soma_gateway::config::CONFIG_ENV).is_none() {
+                cmd.env(soma_gateway::config::CONFIG_ENV, keys.gateway_config);
+            }
+            // The allow-list defaults to the gateway's own region.
+            if std::env::var(soma_gateway::config::RESIDENCY_ENV).map_or(true, |v| v.is_empty()) {
+                cmd.env(soma_gateway::config::RESIDENCY_ENV, keys.region);
+            }
         }
         ServiceKind::Analytics => {
             cmd.env("SOMA_ANALYTICS_ROW_KEYS_FILE", &keys.analytics.row_keys)
@@ -313,6 +345,28 @@ fn ensure_claims_key(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     set_mode(&key, 0o600)?;
     write_atomically(&public, signer.public_key_pem().as_bytes())?;
     Ok((key, public))
+}
+
+/// The development issuer's key (`DIR/secrets/dev-issuer.jwk`, created once)
+/// and the gateway's config naming it (`DIR/gateway.toml`, rewritten at each
+/// start with this run's region and edge address).
+fn ensure_gateway_config(data_dir: &Path, args: &UpArgs) -> anyhow::Result<PathBuf> {
+    let secrets = data_dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    set_mode(&secrets, 0o700)?;
+    let jwk = crate::token::dev_issuer_jwk(data_dir);
+    if !jwk.exists() {
+        write_atomically(&jwk, soma_gateway::config::generate_dev_issuer_jwk().as_bytes())?;
+        set_mode(&jwk, 0o600)?;
+    }
+    let config = data_dir.join("gateway.toml");
+    let region = soma_gateway::Region::parse(&args.region).map_err(anyhow::Error::msg)?;
+    let text = format!(
+        "# Written by `soma up` at each start.\n{}",
+        soma_gateway::config::dev_config_toml(&jwk, &region, Some(args.edge_addr))
+    );
+    write_atomically(&config, text.as_bytes())?;
+    Ok(config)
 }
 
 /// Id of the development Analytics signing key (checkpoints, exports).

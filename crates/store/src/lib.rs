@@ -22,3 +22,20 @@ pub use database::Database;
 pub use error::StoreError;
 pub use migrations::{Migration, Migrations};
 pub use settings::{Engine, StoreSettings};
+
+/// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool of
+/// `$db` (a [`Database`]).
+///
+/// Every query is written once, with `$N` placeholders (which both SQLite
+/// and PostgreSQL accept through sqlx); the macro expands the code once per
+/// engine, so the two never drift apart.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match ($db.as_sqlite(), $db.as_postgres()) {
+            (Some($pool), _) => $body,
+            (None, Some($pool)) => $body,
+            (None, None) => unreachable!("a database is either SQLite or PostgreSQL"),
+        }
+    };
+}

@@ -1,57 +1,205 @@
 //! Gateway: the tenants' only door.
 //!
-//! What is built so far: the service's place in the mesh and `WhoAmI`,
-//! which returns the caller the runtime verified (mTLS peer and, when
-//! present, the verified claims). The tenant admission pipeline (JWT,
-//! residency, capabilities, kill switches, moderation) and the JSON edge are
-//! not built yet; `RunCapsule`, `ListKillSwitches` and `SetKillSwitch`
-//! answer `UNIMPLEMENTED` until they are.
+//! It runs two listeners. The mesh listener (mTLS, SPIFFE) serves the
+//! `Gateway` service to operators' workloads like every other service. The
+//! edge listener serves tenants: HTTP/JSON transcoded from the descriptor
+//! set's `google.api.http` annotations, and gRPC with a bearer token, both
+//! through one admission pipeline — JWT, residency, capability and MFA, kill
+//! switches, moderation, rate limit — before any backend is contacted. An
+//! admitted request is forwarded over mTLS with a `VerifiedClaims` envelope
+//! signed by the gateway for that backend alone.
+//!
+//! It does not execute capsules: `RunCapsule` moderates its input, then
+//! answers `UNIMPLEMENTED` until ToolRegistry executes tools.
+//!
+//! Security-relevant defaults: a gateway without a residency allow-list or
+//! without token issuers does not start; a method without a policy, or
+//! whose policy names no capability, is refused to tenants; client-supplied
+//! regions are never read; limits on headers, body and JSON depth are
+//! enforced before any token is verified.
 
-use soma_mesh::{Caller, Limits, Readiness, ServiceSpec};
-use soma_proto::v1::gateway_server::{Gateway, GatewayServer};
-use soma_proto::v1::{WhoAmIRequest, WhoAmIResponse};
-use soma_store::{Database, Migrations};
+pub mod admission;
+pub mod config;
+pub mod context;
+pub mod edge;
+pub mod error;
+pub mod forward;
+pub mod killswitch;
+pub mod moderation;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+pub mod service;
+pub mod transcode;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use soma_auth::{ClaimsSigner, JwtVerifier};
+use soma_identity::SvidStore;
+use soma_mesh::{Limits, Peers, Readiness, ServiceSpec};
+use soma_proto::v1::gateway_server::GatewayServer;
+use soma_store::{Database, Migration, Migrations};
+use tokio::net::TcpListener;
 use tonic::service::Routes;
-use tonic::{Request, Response, Status};
 
-/// The service's migrations (none yet).
-pub static MIGRATIONS: Migrations = Migrations(&[]);
+pub use admission::{Admission, AdmissionRequest, Denial};
+pub use config::{GatewayConfig, Region, Residency};
+pub use context::{RequestContext, RequestId};
+pub use edge::EdgeState;
+pub use error::{GatewayConfigError, GatewayError};
+pub use service::GatewayService;
 
-/// The Gateway service.
-#[derive(Clone, Debug)]
-pub struct GatewayService {
-    _db: Database,
+/// The service's migrations.
+pub static MIGRATIONS: Migrations = Migrations(&[Migration {
+    version: 1,
+    description: "kill switches and moderation audit",
+    sqlite: include_str!("../migrations/sqlite/0001_kill_switches.sql"),
+    postgres: include_str!("../migrations/postgres/0001_kill_switches.sql"),
+}]);
+
+/// Why the gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A token issuer's keys could not be loaded.
+    #[error("token issuers: {0}")]
+    Jwt(String),
+    /// The moderation policy file is unusable.
+    #[error("moderation policy: {0}")]
+    Moderation(String),
+    /// The route table could not be built from the descriptors.
+    #[error("routes: {0}")]
+    Routes(String),
+    /// The kill switches could not be read.
+    #[error("kill switches: {0}")]
+    KillSwitches(#[from] GatewayError),
+    /// A backend channel could not be made.
+    #[error("backends: {0}")]
+    Mesh(#[from] soma_mesh::MeshError),
+    /// The edge listener could not be bound.
+    #[error("cannot bind the edge on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-#[tonic::async_trait]
-impl Gateway for GatewayService {
-    #[tracing::instrument(skip_all, name = "Gateway/WhoAmI")]
-    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
-        let caller = Caller::of(&request).ok_or_else(|| Status::unauthenticated("no verified caller"))?;
-        let mut response = WhoAmIResponse {
-            peer_spiffe_id: caller.peer.spiffe_id.to_string(),
-            ..Default::default()
-        };
-        if let Some(c) = &caller.claims {
-            response.tenant.clone_from(&c.tenant);
-            response.subject.clone_from(&c.subject);
-            response.region.clone_from(&c.region);
-            response.capabilities.clone_from(&c.capabilities);
-            response.mfa = c.mfa;
-            response.request_id.clone_from(&c.request_id);
-        }
-        Ok(Response::new(response))
+/// The assembled gateway: its mesh service and, when configured, its edge.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The `Gateway` service as the mesh runtime serves it.
+    pub spec: ServiceSpec,
+    /// The edge, bound and ready to serve.
+    pub edge: Option<EdgeServer>,
+    /// The kill switch poller (aborted when the gateway stops).
+    pub poller: tokio::task::JoinHandle<()>,
+}
+
+/// The bound edge listener.
+#[derive(Debug)]
+pub struct EdgeServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: Arc<EdgeState>,
+}
+
+impl EdgeServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        axum::serve(self.listener, edge::router(self.state))
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 }
 
-/// The service as the mesh runtime serves it.
-pub fn spec(db: Database, limits: &Limits) -> ServiceSpec {
-    let server = GatewayServer::new(GatewayService { _db: db.clone() })
-        .max_decoding_message_size(limits.max_recv_message_bytes)
-        .max_encoding_message_size(limits.max_send_message_bytes);
-    ServiceSpec {
-        name: "somastack.v1.Gateway",
-        routes: Routes::new(server),
-        readiness: Readiness::of_database(db),
+impl Gateway {
+    /// Assembles the gateway: token verifier, kill switches, moderator, rate
+    /// limiter, backend channels, the edge's route table and OpenAPI
+    /// document; binds the edge.
+    pub async fn build(
+        db: Database,
+        limits: &Limits,
+        config: GatewayConfig,
+        store: &Arc<SvidStore>,
+        peers: &Peers,
+        signer: ClaimsSigner,
+    ) -> Result<Self, BuildError> {
+        let leeway = config.jwt.leeway;
+        let verifier = JwtVerifier::new(config.jwt.clone())
+            .await
+            .map_err(|e| BuildError::Jwt(e.to_string()))?;
+        let kill_switches = killswitch::KillSwitches::load(db.clone()).await?;
+        let poller = kill_switches.spawn_poller(config.kill_switch_poll_interval);
+        let policy = match &config.moderation_policy_file {
+            Some(path) => moderation::ModerationPolicy::from_file(path)
+                .map_err(|e| BuildError::Moderation(e.to_string()))?,
+            None => moderation::ModerationPolicy::default_policy(),
+        };
+        let admission = Admission::new(
+            verifier,
+            config.residency.clone(),
+            config.mfa_max_age,
+            leeway,
+            kill_switches,
+            moderation::Moderator::new(policy),
+            ratelimit::RateLimiter::new(config.rate_limit),
+            db.clone(),
+        );
+        let routes = routes::RouteTable::from_descriptors(&soma_proto::SERVICE_NAMES)
+            .map_err(|e| BuildError::Routes(e.to_string()))?;
+        let methods: Vec<String> = routes.iter().map(|r| r.grpc_path.clone()).collect();
+        let service = GatewayService::new(admission.clone(), methods);
+
+        let server = GatewayServer::new(service.clone())
+            .max_decoding_message_size(limits.max_recv_message_bytes)
+            .max_encoding_message_size(limits.max_send_message_bytes);
+        let spec = ServiceSpec {
+            name: "somastack.v1.Gateway",
+            routes: Routes::new(server),
+            readiness: Readiness::of_database(db),
+        };
+
+        let edge = match config.edge_addr {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BuildError::Bind { addr, source })?;
+                let local_addr = listener
+                    .local_addr()
+                    .map_err(|source| BuildError::Bind { addr, source })?;
+                let backends = forward::Backends::new(store, peers, signer, config.envelope_ttl)?;
+                let info = openapi::OpenApiInfo {
+                    title: "SomaStack".to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    server_url: None,
+                };
+                let document = openapi::openapi(&routes, &info);
+                let state = EdgeState::new(
+                    routes,
+                    admission,
+                    backends,
+                    service,
+                    config.limits,
+                    config.cors_allowed_origins.clone(),
+                    bytes::Bytes::from(document.to_string()),
+                );
+                Some(EdgeServer {
+                    listener,
+                    local_addr,
+                    state: Arc::new(state),
+                })
+            }
+        };
+        Ok(Self { spec, edge, poller })
     }
 }

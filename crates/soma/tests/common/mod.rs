@@ -14,6 +14,8 @@ use soma_mesh::{Application, MeshSettings, Metrics, ServiceKind};
 use soma_store::{Database, StoreSettings};
 use tokio::sync::oneshot;
 
+pub mod edge;
+
 pub const TD: &str = "somastack.test";
 
 /// A development authority in a temp dir.
@@ -191,7 +193,20 @@ pub async fn start_with(
     };
     db.migrate(migrations).await.unwrap();
     let spec = match kind {
-        ServiceKind::Gateway => soma_gateway::spec(db, &settings.limits),
+        ServiceKind::Gateway => {
+            let config = soma_gateway::GatewayConfig::dev(
+                data.path(),
+                &soma_gateway::Region::parse("local").unwrap(),
+                None,
+            )
+            .unwrap();
+            let (signer, _) = soma_auth::ClaimsSigner::generate("gateway-1").unwrap();
+            let gateway =
+                soma_gateway::Gateway::build(db, &settings.limits, config, &store, &settings.peers, signer)
+                    .await
+                    .unwrap();
+            gateway.spec
+        }
         ServiceKind::ToolRegistry => soma_tool_registry::spec(db, &settings.limits),
         ServiceKind::CapsuleRepo => soma_capsule_repo::spec(db, &settings.limits),
         ServiceKind::Analytics => soma_analytics::spec(db, &settings.limits, analytics_config())
@@ -363,6 +378,16 @@ pub async fn scalar(db: &Database, sql: &str) -> i64 {
     match (db.as_sqlite(), db.as_postgres()) {
         (Some(pool), _) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
         (None, Some(pool)) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<i64, _>(0),
+        _ => unreachable!("a database is either SQLite or PostgreSQL"),
+    }
+}
+
+/// The one text value `sql` selects.
+pub async fn scalar_text(db: &Database, sql: &str) -> String {
+    use sqlx::Row as _;
+    match (db.as_sqlite(), db.as_postgres()) {
+        (Some(pool), _) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<String, _>(0),
+        (None, Some(pool)) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<String, _>(0),
         _ => unreachable!("a database is either SQLite or PostgreSQL"),
     }
 }

@@ -1,0 +1,557 @@
+//! [`JwtVerifier`]: the gateway's check of a tenant's bearer token
+//! (RFC 7515 compact JWS, RFC 7519 claims, RFC 8725 best practices).
+//!
+//! The order of the checks is part of the contract: size, then structure,
+//! then the header (which may refuse a token without looking further), then
+//! the issuer read from the unverified payload only to pick its keys, then
+//! the key and its algorithm, then the signature, and only then the claims.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::error::{JwtConfigError, JwtError};
+use crate::jose::{b64url_decode, parse_object};
+use crate::jwk::{Algorithm, Jwk, KeyKind, KeyList};
+use crate::jwks::{UrlSource, WatchedFile};
+
+/// Default clock leeway for `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default largest token accepted, in bytes.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
+/// Default least time between two fetches of a JWKS URL.
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest `kid` accepted.
+const MAX_KID_CHARS: usize = 128;
+/// Header members that point at or embed a key; a verifier that followed
+/// them would let the token pick its own key (RFC 8725 §3.10).
+const KEY_REFERENCE_MEMBERS: [&str; 4] = ["jku", "x5u", "jwk", "x5c"];
+
+/// Settings of the verifier, as the gateway's TOML file holds them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSettings {
+    /// The trusted issuers.
+    pub issuers: Vec<IssuerSettings>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (humantime, "30s").
+    #[serde(default = "default_leeway", deserialize_with = "humantime_duration")]
+    pub leeway: Duration,
+    /// Longest token accepted; checked before anything is decoded.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+/// One trusted issuer and where its keys come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// Compared byte for byte with the token's `iss`.
+    pub issuer: String,
+    /// The token's `aud` must contain at least one of these.
+    pub audiences: Vec<String>,
+    /// Algorithms accepted from this issuer.
+    pub algorithms: Vec<Algorithm>,
+    /// A JWK or JWK Set of `oct` keys, re-read when the file changes.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// A JWK Set of public keys, re-read when the file changes; also the
+    /// keys in service while `jwks_url` is down.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// An `http://` or `https://` JWK Set URL.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// PEM roots for an `https://` `jwks_url`.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Least time between two fetches of `jwks_url` (humantime, "30s").
+    #[serde(default = "default_refresh_interval", deserialize_with = "humantime_duration")]
+    pub jwks_refresh_interval: Duration,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            leeway: DEFAULT_LEEWAY,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+impl Default for IssuerSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audiences: Vec::new(),
+            algorithms: Vec::new(),
+            hmac_secret_file: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+        }
+    }
+}
+
+/// The verified claims of a tenant token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// `iss`, one of the configured issuers.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
+    /// `tenant`.
+    pub tenant: String,
+    /// `region`.
+    pub region: String,
+    /// `scope`, split on spaces.
+    pub scope: Vec<String>,
+    /// `amr`, the authentication methods.
+    pub amr: Vec<String>,
+    /// `auth_time`, Unix seconds.
+    pub auth_time: Option<i64>,
+    /// `jti`.
+    pub jti: Option<String>,
+    /// `exp`, Unix seconds.
+    pub expires_at: i64,
+    /// `iat`, Unix seconds.
+    pub issued_at: Option<i64>,
+    /// The `kid` of the key that verified the token (empty when the token
+    /// had none and the issuer's only key has none).
+    pub key_id: String,
+}
+
+/// Verifies tenant JWTs against the configured issuers. Cheap to clone:
+/// clones share keys, caches and the fetch counter.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuers: HashMap<String, IssuerState>,
+    leeway: i64,
+    max_token_bytes: usize,
+    fetch_count: Arc<AtomicU64>,
+}
+
+/// One issuer's policy and key sources.
+struct IssuerState {
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    secret_file: Option<WatchedFile>,
+    jwks_file: Option<WatchedFile>,
+    jwks_url: Option<UrlSource>,
+}
+
+impl JwtVerifier {
+    /// Validates the settings, loads the key files (an unreadable or
+    /// invalid file is an error) and fetches each JWKS URL once (a failure
+    /// is logged: the URL is tried again on the next unknown kid).
+    pub async fn new(settings: JwtSettings) -> Result<Self, JwtConfigError> {
+        if settings.issuers.is_empty() {
+            return Err(JwtConfigError::NoIssuers);
+        }
+        if settings.max_token_bytes == 0 {
+            return Err(JwtConfigError::ZeroMaxTokenBytes);
+        }
+        let fetch_count = Arc::new(AtomicU64::new(0));
+        let mut issuers = HashMap::new();
+        for s in settings.issuers {
+            if s.issuer.is_empty() {
+                return Err(JwtConfigError::EmptyIssuer);
+            }
+            if issuers.contains_key(&s.issuer) {
+                return Err(JwtConfigError::DuplicateIssuer(s.issuer));
+            }
+            if s.audiences.is_empty() {
+                return Err(JwtConfigError::NoAudiences(s.issuer));
+            }
+            if s.algorithms.is_empty() {
+                return Err(JwtConfigError::NoAlgorithms(s.issuer));
+            }
+            if s.hmac_secret_file.is_none() && s.jwks_file.is_none() && s.jwks_url.is_none() {
+                return Err(JwtConfigError::NoKeySource(s.issuer));
+            }
+            if s.jwks_refresh_interval.is_zero() {
+                return Err(JwtConfigError::ZeroRefreshInterval(s.issuer));
+            }
+            let secret_file = s
+                .hmac_secret_file
+                .as_deref()
+                .map(|p| WatchedFile::load(p, KeyKind::Secret))
+                .transpose()?;
+            let jwks_file = s
+                .jwks_file
+                .as_deref()
+                .map(|p| WatchedFile::load(p, KeyKind::Public))
+                .transpose()?;
+            let jwks_url = match &s.jwks_url {
+                Some(url) => {
+                    let source = UrlSource::new(
+                        url,
+                        s.jwks_ca_file.as_deref(),
+                        s.jwks_refresh_interval,
+                        Arc::clone(&fetch_count),
+                    )?;
+                    source.fetch_now().await;
+                    Some(source)
+                }
+                None => None,
+            };
+            let state = IssuerState {
+                audiences: s.audiences,
+                algorithms: s.algorithms,
+                secret_file,
+                jwks_file,
+                jwks_url,
+            };
+            issuers.insert(s.issuer, state);
+        }
+        let leeway = i64::try_from(settings.leeway.as_secs()).unwrap_or(i64::MAX);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                issuers,
+                leeway,
+                max_token_bytes: settings.max_token_bytes,
+                fetch_count,
+            }),
+        })
+    }
+
+    /// Verifies `token` at `now_unix` (seconds) and returns its claims, or
+    /// the first check it fails (see [`JwtError::reason`]).
+    pub async fn verify(&self, token: &str, now_unix: i64) -> Result<TokenClaims, JwtError> {
+        if token.len() > self.inner.max_token_bytes {
+            return Err(JwtError::TokenTooLarge);
+        }
+        let jws = CompactJws::parse(token)?;
+        let header = check_header(&jws.header, true)?;
+        let payload =
+            parse_object(&jws.payload).ok_or(JwtError::Malformed("payload is not a json object"))?;
+
+        // The only payload member read before the signature verifies, and
+        // only to choose whose keys to use.
+        let issuer = match payload.get("iss") {
+            None => return Err(JwtError::UnknownIssuer),
+            Some(Value::String(iss)) => iss,
+            Some(_) => return Err(JwtError::InvalidClaimType("iss")),
+        };
+        let state = self.inner.issuers.get(issuer).ok_or(JwtError::UnknownIssuer)?;
+        if !state.algorithms.contains(&header.alg) {
+            return Err(JwtError::AlgNotAllowed);
+        }
+
+        let key = state.find_key(header.kid).await?;
+        if key.algorithm() != header.alg {
+            return Err(JwtError::AlgNotAllowed);
+        }
+        key.verify(jws.signing_input, &jws.signature)?;
+
+        claims(
+            &payload,
+            issuer,
+            key.key_id().unwrap_or(""),
+            state,
+            now_unix,
+            self.inner.leeway,
+        )
+    }
+
+    /// HTTP fetches of JWKS URLs attempted since start, successful or not.
+    pub fn jwks_fetch_count(&self) -> u64 {
+        self.inner.fetch_count.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Issuer names and counters only: no key material, no file content.
+        let mut issuers: Vec<&str> = self.inner.issuers.keys().map(String::as_str).collect();
+        issuers.sort_unstable();
+        f.debug_struct("JwtVerifier")
+            .field("issuers", &issuers)
+            .field("leeway", &self.inner.leeway)
+            .field("max_token_bytes", &self.inner.max_token_bytes)
+            .field("jwks_fetch_count", &self.jwks_fetch_count())
+            .finish()
+    }
+}
+
+impl IssuerState {
+    /// The key the token names. On a miss the key files are stat'ed and the
+    /// JWKS URL refetched (rate-limited) before giving up: that is how a
+    /// rotation reaches a running verifier.
+    async fn find_key(&self, kid: Option<&str>) -> Result<Arc<Jwk>, JwtError> {
+        for file in [&self.secret_file, &self.jwks_file].into_iter().flatten() {
+            file.check_due();
+        }
+        if let Some(key) = self.lookup(kid) {
+            return Ok(key);
+        }
+        if kid.is_none() {
+            return Err(JwtError::UnknownKid);
+        }
+        for file in [&self.secret_file, &self.jwks_file].into_iter().flatten() {
+            file.check_now();
+        }
+        if let Some(url) = &self.jwks_url {
+            url.refetch_on_miss().await;
+        }
+        self.lookup(kid).ok_or(JwtError::UnknownKid)
+    }
+
+    /// Looks the kid up in the URL's set, then the JWKS file, then the
+    /// secret file. Without a kid, the issuer's only key, if it has one.
+    fn lookup(&self, kid: Option<&str>) -> Option<Arc<Jwk>> {
+        let sets: Vec<Arc<KeyList>> = self
+            .jwks_url
+            .iter()
+            .map(UrlSource::keys)
+            .chain(self.jwks_file.iter().map(WatchedFile::keys))
+            .chain(self.secret_file.iter().map(WatchedFile::keys))
+            .collect();
+        let mut all = sets.iter().flat_map(|set| set.iter());
+        match kid {
+            Some(kid) => all.find(|key| key.key_id() == Some(kid)).cloned(),
+            None => {
+                let only = all.next()?;
+                all.next().is_none().then(|| Arc::clone(only))
+            }
+        }
+    }
+}
+
+/// Verifies a compact JWS with one key and returns its payload bytes: the
+/// token path's parsing, header checks, algorithm binding and signature
+/// check, without issuers or claims. The payload need not be JSON.
+///
+/// The `kid` syntax rule is not applied: it guards key lookups, and here
+/// the caller has chosen the key. A `kid` must still be a string.
+pub fn verify_compact_jws(token: &str, key: &Jwk) -> Result<Vec<u8>, JwtError> {
+    let jws = CompactJws::parse(token)?;
+    let header = check_header(&jws.header, false)?;
+    if header.alg != key.algorithm() {
+        return Err(JwtError::AlgNotAllowed);
+    }
+    key.verify(jws.signing_input, &jws.signature)?;
+    Ok(jws.payload)
+}
+
+/// The three decoded parts of a compact JWS.
+struct CompactJws<'a> {
+    header: Map<String, Value>,
+    payload: Vec<u8>,
+    signature: Vec<u8>,
+    /// `BASE64URL(header) || '.' || BASE64URL(payload)`, as received.
+    signing_input: &'a [u8],
+}
+
+impl<'a> CompactJws<'a> {
+    /// Splits on exactly two dots into three strict base64url parts, the
+    /// header and signature non-empty. The JSON serialization, a second
+    /// signature, trailing data or whitespace all fail here, since none of
+    /// them fits that shape. An empty payload is a valid JWS (RFC 7515
+    /// §7.1); the token path refuses it as a payload that is not a JSON
+    /// object, with the same reason.
+    fn parse(token: &'a str) -> Result<Self, JwtError> {
+        let bytes = token.as_bytes();
+        let mut dots = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'.')
+            .map(|(i, _)| i);
+        let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
+            return Err(JwtError::Malformed("not three dot-separated parts"));
+        };
+        let (header, payload, signature) = (&bytes[..first], &bytes[first + 1..second], &bytes[second + 1..]);
+        if header.is_empty() || signature.is_empty() {
+            return Err(JwtError::Malformed("empty part"));
+        }
+        let header = b64url_decode(header).ok_or(JwtError::Malformed("header is not base64url"))?;
+        let payload = b64url_decode(payload).ok_or(JwtError::Malformed("payload is not base64url"))?;
+        let signature = b64url_decode(signature).ok_or(JwtError::Malformed("signature is not base64url"))?;
+        let header = parse_object(&header).ok_or(JwtError::Malformed("header is not a json object"))?;
+        Ok(Self {
+            header,
+            payload,
+            signature,
+            signing_input: &bytes[..second],
+        })
+    }
+}
+
+/// What the header contributes once it passed its checks.
+struct Header<'a> {
+    alg: Algorithm,
+    kid: Option<&'a str>,
+}
+
+/// The header checks, in order: `typ`, `alg`, key references, `crit`, `kid`.
+fn check_header(header: &Map<String, Value>, kid_syntax: bool) -> Result<Header<'_>, JwtError> {
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(typ)) if typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case("at+jwt") => {
+        }
+        Some(_) => return Err(JwtError::Malformed("typ is not JWT")),
+    }
+    // Case-sensitive: "none", "None", "NONE" and every unknown name fail.
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Algorithm::from_header)
+        .ok_or(JwtError::AlgNotAllowed)?;
+    if KEY_REFERENCE_MEMBERS.iter().any(|m| header.contains_key(*m)) {
+        return Err(JwtError::UntrustedKeyReference);
+    }
+    if header.contains_key("crit") {
+        return Err(JwtError::UnknownCrit);
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => {
+            if kid_syntax && !valid_kid(kid) {
+                return Err(JwtError::BadKid);
+            }
+            Some(kid.as_str())
+        }
+        Some(_) => return Err(JwtError::BadKid),
+    };
+    Ok(Header { alg, kid })
+}
+
+/// 1 to 128 characters from the RFC 3986 unreserved set: no path
+/// separators, quotes, spaces or SQL punctuation ever reach a lookup.
+fn valid_kid(kid: &str) -> bool {
+    (1..=MAX_KID_CHARS).contains(&kid.len())
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
+/// The claim checks, after the signature verified: every registered claim's
+/// type first, then presence, then time, then audience.
+fn claims(
+    payload: &Map<String, Value>,
+    issuer: &str,
+    key_id: &str,
+    state: &IssuerState,
+    now: i64,
+    leeway: i64,
+) -> Result<TokenClaims, JwtError> {
+    let exp = int_claim(payload, "exp")?;
+    let nbf = int_claim(payload, "nbf")?;
+    let iat = int_claim(payload, "iat")?;
+    let auth_time = int_claim(payload, "auth_time")?;
+    let sub = str_claim(payload, "sub")?;
+    let tenant = str_claim(payload, "tenant")?;
+    let region = str_claim(payload, "region")?;
+    let jti = str_claim(payload, "jti")?;
+    let scope = str_claim(payload, "scope")?;
+    let amr = match payload.get("amr") {
+        None => Vec::new(),
+        Some(value) => str_array(value).ok_or(JwtError::InvalidClaimType("amr"))?,
+    };
+    let aud = match payload.get("aud") {
+        None => None,
+        Some(Value::String(one)) => Some(vec![one.clone()]),
+        Some(value) => Some(str_array(value).ok_or(JwtError::InvalidClaimType("aud"))?),
+    };
+
+    let exp = exp.ok_or(JwtError::MissingClaim("exp"))?;
+    let sub = non_empty(sub, "sub")?;
+    let tenant = non_empty(tenant, "tenant")?;
+    let region = non_empty(region, "region")?;
+
+    if now >= exp.saturating_add(leeway) {
+        return Err(JwtError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(JwtError::NotYetValid);
+    }
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Err(JwtError::IssuedInFuture);
+    }
+    let aud = aud.ok_or(JwtError::AudienceMismatch)?;
+    if !aud.iter().any(|a| state.audiences.contains(a)) {
+        return Err(JwtError::AudienceMismatch);
+    }
+
+    Ok(TokenClaims {
+        issuer: issuer.to_owned(),
+        subject: sub.to_owned(),
+        tenant: tenant.to_owned(),
+        region: region.to_owned(),
+        scope: scope
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        amr,
+        auth_time,
+        jti: jti.map(str::to_owned),
+        expires_at: exp,
+        issued_at: iat,
+        key_id: key_id.to_owned(),
+    })
+}
+
+/// A NumericDate claim written as a JSON integer. `"123"`, `1.5`, `1.0`,
+/// `true` and `null` are type errors, not absences.
+fn int_claim(payload: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, JwtError> {
+    match payload.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) if !n.is_f64() => n.as_i64().map(Some).ok_or(JwtError::InvalidClaimType(name)),
+        Some(_) => Err(JwtError::InvalidClaimType(name)),
+    }
+}
+
+fn str_claim<'a>(payload: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, JwtError> {
+    match payload.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(JwtError::InvalidClaimType(name)),
+    }
+}
+
+fn str_array(value: &Value) -> Option<Vec<String>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn non_empty<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, JwtError> {
+    value
+        .filter(|v| !v.is_empty())
+        .ok_or(JwtError::MissingClaim(name))
+}
+
+fn default_leeway() -> Duration {
+    DEFAULT_LEEWAY
+}
+
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+
+fn default_refresh_interval() -> Duration {
+    DEFAULT_JWKS_REFRESH_INTERVAL
+}
+
+/// A humantime duration string ("30s", "1m 30s").
+fn humantime_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}

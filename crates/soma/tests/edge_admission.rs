@@ -1,0 +1,173 @@
+//! The admission pipeline through the real edge, in front of a real
+//! Analytics backend over mTLS: every refusal has its exact status and
+//! reason, and the backend's own dispatch counter proves that no refused
+//! request reached it.
+
+#![allow(clippy::unwrap_used, reason = "a test stops at the first broken expectation")]
+
+mod common;
+
+use serde_json::{Value, json};
+use soma_gateway::Residency;
+use soma_store::StoreSettings;
+
+use common::edge::{Reply, client, gateway_signer, now, send, start_edge};
+use common::{Ca, analytics_config, start_analytics};
+
+const CHECKPOINT: &str = "/somastack.v1.Analytics/LedgerCheckpoint";
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    claims: Option<Value>,
+    body: Option<Value>,
+    status: u16,
+    reason: &'static str,
+}
+
+fn sqlite(dir: &tempfile::TempDir) -> StoreSettings {
+    StoreSettings {
+        data_dir: dir.path().to_owned(),
+        database_url: None,
+    }
+}
+
+/// The sum of the backend's dispatch counters over every Analytics method.
+fn backend_calls(metrics: &soma_mesh::Metrics) -> u64 {
+    let pool = soma_proto::descriptor_pool().unwrap();
+    let service = pool.get_service_by_name("somastack.v1.Analytics").unwrap();
+    service
+        .methods()
+        .map(|m| metrics.dispatched_count(&format!("/somastack.v1.Analytics/{}", m.name())))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let signer = gateway_signer();
+    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&signer)).await;
+    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |c| {
+        c.residency = Residency::parse("local,eu-west-1,acme=eu-central-1").unwrap();
+        c.rate_limit.requests_per_second = 0.01;
+        c.rate_limit.burst = 20;
+    })
+    .await;
+    let http = client();
+    let url = |p: &str| format!("{}{p}", edge.url);
+    let old_auth = now() - 3600;
+
+    let cases = vec![
+        Case { name: "no token", method: "GET", path: "/v1/ledger/checkpoint", claims: None, body: None, status: 401, reason: "token_missing" },
+        Case { name: "region not served", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-us", "region": "us-east-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
+        Case { name: "region in upper case", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-upper", "region": "EU-WEST-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
+        Case { name: "region with a trailing space", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-space", "region": "eu-west-1 ", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
+        Case { name: "region with a Unicode hyphen", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-uni", "region": "eu\u{2011}west-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
+        Case { name: "tenant outside its own regions", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "acme", "region": "eu-west-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
+        Case { name: "missing capability", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-scope", "scope": "drills:read ledger:write"})), body: None, status: 403, reason: "insufficient_scope" },
+        Case { name: "capability prefix is not the capability", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-prefix", "scope": "ledger:rea"})), body: None, status: 403, reason: "insufficient_scope" },
+        Case { name: "method tenants may not call", method: "POST", path: "/v1/billing-events", claims: Some(json!({"tenant": "t-bill", "scope": "analytics:ingest"})), body: Some(json!({})), status: 403, reason: "not_tenant_callable" },
+        Case { name: "MFA method without a second factor", method: "POST", path: "/v1/kill-switches", claims: Some(json!({"tenant": "t-mfa", "scope": "ops:killswitch", "amr": ["pwd"]})), body: Some(json!({"scope": "KILL_SWITCH_SCOPE_GLOBAL", "engaged": true, "reason": "x"})), status: 401, reason: "insufficient_user_authentication" },
+        Case { name: "MFA method with a stale second factor", method: "POST", path: "/v1/kill-switches", claims: Some(json!({"tenant": "t-mfa2", "scope": "ops:killswitch", "amr": ["pwd", "otp"], "auth_time": old_auth})), body: Some(json!({"scope": "KILL_SWITCH_SCOPE_GLOBAL", "engaged": true, "reason": "x"})), status: 401, reason: "insufficient_user_authentication" },
+        Case { name: "moderation: a payment card number", method: "POST", path: "/v1/capsules/c1:run", claims: Some(json!({"tenant": "t-mod", "scope": "capsules:run"})), body: Some(json!({"environment": "production", "input": {"note": "card 4111 1111 1111 1111"}})), status: 422, reason: "moderation_rejected" },
+    ];
+
+    let before = backend_calls(&analytics.metrics);
+    for case in &cases {
+        let token = case.claims.clone().map(|c| edge.token(c));
+        let body = case.body.as_ref().map(Value::to_string);
+        let reply = send(&http, case.method, &url(case.path), token.as_deref(), body.as_deref(), &[]).await;
+        assert_eq!(reply.status, case.status, "{}: {}", case.name, String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.reason(), case.reason, "{}", case.name);
+        let json = reply.json();
+        assert!(json["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{}: request id", case.name);
+        assert_eq!(reply.header("x-request-id").as_deref(), json["request_id"].as_str(), "{}", case.name);
+        if case.status == 401 {
+            let challenge = reply.header("www-authenticate").unwrap_or_default();
+            assert!(challenge.starts_with("Bearer"), "{}: {challenge}", case.name);
+            if case.reason == "insufficient_user_authentication" {
+                assert!(challenge.contains("error=\"insufficient_user_authentication\""), "{challenge}");
+            }
+        }
+        if case.status == 422 {
+            assert_eq!(json["details"][0]["reason"], "pii_card_number", "{json}");
+            // The rejection is audited, without the card number itself.
+            let id = json["message"].as_str().unwrap().rsplit(' ').next().unwrap().to_owned();
+            let stored = common::scalar_text(&edge.db, &format!(
+                "SELECT findings FROM moderation_rejections WHERE decision_id = '{id}'"
+            ))
+            .await;
+            assert!(stored.contains("pii_card_number") && !stored.contains("4111"), "{stored}");
+        }
+    }
+    assert_eq!(backend_calls(&analytics.metrics), before, "a refused request reached the backend");
+
+    // Admitted: the backend is called exactly once per request.
+    let ok = edge.token(json!({"tenant": "acme", "region": "eu-central-1", "scope": "ledger:read"}));
+    let reply = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(&ok), None, &[]).await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(analytics.metrics.dispatched_count(CHECKPOINT), 1);
+
+    // Rate limit: a burst of 20, then 429 with Retry-After; the backend saw
+    // only the admitted ones.
+    let token = edge.token(json!({"tenant": "t-burst", "scope": "ledger:read"}));
+    let mut admitted = 0;
+    let mut limited = None;
+    for _ in 0..25 {
+        let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(&token), None, &[]).await;
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                limited = Some(r);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let limited: Reply = limited.expect("the burst was never limited");
+    assert_eq!(admitted, 20);
+    assert_eq!(limited.reason(), "rate_limited");
+    assert!(limited.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(analytics.metrics.dispatched_count(CHECKPOINT), 21);
+
+    // Kill switches: set with MFA, seen at once by this replica; every scope
+    // answers 503 with Retry-After and never reaches the backend.
+    let operator = edge.token(json!({"tenant": "ops", "sub": "alice@ops", "scope": "ops:killswitch ledger:read", "amr": ["pwd", "hwk"]}));
+    let t_kill = edge.token(json!({"tenant": "t-kill", "scope": "ledger:read"}));
+    let t_other = edge.token(json!({"tenant": "t-other", "scope": "ledger:read"}));
+    for (scope, target, victim) in [
+        ("KILL_SWITCH_SCOPE_TENANT", "t-kill", &t_kill),
+        ("KILL_SWITCH_SCOPE_METHOD", CHECKPOINT, &t_other),
+        ("KILL_SWITCH_SCOPE_GLOBAL", "", &t_other),
+    ] {
+        let set = json!({"scope": scope, "target": target, "engaged": true, "reason": "incident 42", "retryAfterSeconds": 30});
+        let r = send(&http, "POST", &url("/v1/kill-switches"), Some(&operator), Some(&set.to_string()), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["setBy"], "alice@ops");
+        let calls = backend_calls(&analytics.metrics);
+        let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(victim), None, &[]).await;
+        assert_eq!((r.status, r.reason().as_str()), (503, "kill_switch_engaged"), "{scope}");
+        assert_eq!(r.header("retry-after").as_deref(), Some("30"));
+        assert_eq!(backend_calls(&analytics.metrics), calls, "{scope}: the backend was called");
+        if scope == "KILL_SWITCH_SCOPE_TENANT" {
+            let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(&t_other), None, &[]).await;
+            assert_eq!(r.status, 200, "another tenant is not stopped");
+        }
+        // Listing and clearing stay possible while a switch is engaged.
+        let clear = json!({"scope": scope, "target": target, "engaged": false, "reason": "resolved"});
+        let r = send(&http, "POST", &url("/v1/kill-switches"), Some(&operator), Some(&clear.to_string()), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(victim), None, &[]).await;
+        assert_eq!(r.status, 200, "{scope}: cleared");
+    }
+    let list = send(&http, "GET", &url("/v1/kill-switches"), Some(&operator), None, &[]).await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["switches"].as_array().unwrap().len(), 3);
+    let audit = common::scalar(&edge.db, "SELECT COUNT(*) FROM kill_switch_audit WHERE set_by = 'alice@ops'").await;
+    assert_eq!(audit, 6);
+
+    edge.stop().await;
+    analytics.stop().await;
+}

@@ -1,0 +1,406 @@
+//! The gateway's settings: its region, the residency allow-list, token
+//! issuers, the edge listener and its limits, MFA, moderation and rate
+//! limits. Parsed and validated before any port is bound.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use soma_auth::JwtSettings;
+
+use crate::error::GatewayConfigError;
+use crate::ratelimit::RateLimitSettings;
+
+/// The environment variable holding the residency allow-list (the name the
+/// platform fixed; it wins over the file's `residency_allowed`).
+pub const RESIDENCY_ENV: &str = "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED";
+/// The environment variable naming the gateway's config file.
+pub const CONFIG_ENV: &str = "SOMA_GATEWAY_CONFIG";
+/// The environment variable overriding the gateway's own region.
+pub const REGION_ENV: &str = "SOMA_GATEWAY_REGION";
+/// The environment variable overriding the edge's listen address.
+pub const EDGE_ADDR_ENV: &str = "SOMA_EDGE_ADDR";
+
+/// A region name: lowercase ASCII letters, digits and inner dashes, at most
+/// 63 bytes (`eu-west-1`, `local`). Compared byte for byte, so `EU-WEST-1`,
+/// `eu-west-1 ` and look-alike code points never equal it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Region(String);
+
+impl Region {
+    /// Parses a region name from configuration.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let ok_char = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-';
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || bytes.len() > 63 {
+            return Err(format!("region {value:?} must be 1 to 63 bytes"));
+        }
+        if !bytes.iter().all(|&c| ok_char(c)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+            return Err(format!(
+                "region {value:?} may hold only lowercase ASCII letters, digits and inner dashes"
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which tenant regions this gateway may serve.
+///
+/// `SOMAGENT_GATEWAY_RESIDENCY_ALLOWED` is a comma-separated list of
+/// regions, with optional per-tenant entries `tenant=region|region`. A tenant
+/// with its own entry is served only in the regions of that entry; every
+/// other tenant only in the listed regions. Nothing the client sends takes
+/// part: the region is the verified token's `region` claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Residency {
+    regions: BTreeSet<Region>,
+    tenants: BTreeMap<String, BTreeSet<Region>>,
+}
+
+impl Residency {
+    /// Parses the allow-list. Empty entries, bad region or tenant names, a
+    /// tenant listed twice, or a list allowing nothing are errors: a gateway
+    /// with an unusable allow-list does not start (it fails closed).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut regions = BTreeSet::new();
+        let mut tenants = BTreeMap::new();
+        for entry in value.split(',') {
+            let entry = entry.trim_matches(|c| c == ' ' || c == '\t');
+            if entry.is_empty() {
+                return Err("an entry is empty".to_owned());
+            }
+            match entry.split_once('=') {
+                None => {
+                    regions.insert(Region::parse(entry)?);
+                }
+                Some((tenant, list)) => {
+                    if !crate::context::is_valid_tenant(tenant) {
+                        return Err(format!("tenant {tenant:?} is not a valid tenant name"));
+                    }
+                    let set = list
+                        .split('|')
+                        .map(Region::parse)
+                        .collect::<Result<BTreeSet<_>, _>>()?;
+                    if tenants.insert(tenant.to_owned(), set).is_some() {
+                        return Err(format!("tenant {tenant:?} is listed twice"));
+                    }
+                }
+            }
+        }
+        if regions.is_empty() && tenants.is_empty() {
+            return Err("the list allows no region".to_owned());
+        }
+        Ok(Self { regions, tenants })
+    }
+
+    /// Only `region`.
+    pub fn only(region: Region) -> Self {
+        Self {
+            regions: BTreeSet::from([region]),
+            tenants: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `tenant` may be served when its verified region is `region`
+    /// (exact bytes).
+    pub fn allows(&self, tenant: &str, region: &str) -> bool {
+        let set = self.tenants.get(tenant).unwrap_or(&self.regions);
+        set.iter().any(|r| r.as_str() == region)
+    }
+}
+
+/// Limits checked before any token is verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// Largest request body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest sum of header names and values, bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Deepest JSON nesting of a body (400 beyond).
+    pub max_json_depth: usize,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_json_depth: 32,
+        }
+    }
+}
+
+/// Everything the gateway needs beyond the mesh settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// The gateway's own region.
+    pub region: Region,
+    /// Tenant regions this gateway serves.
+    pub residency: Residency,
+    /// Token issuers.
+    pub jwt: JwtSettings,
+    /// The HTTP/JSON edge listener; `None`: no edge (gRPC over mTLS only).
+    pub edge_addr: Option<SocketAddr>,
+    /// Certificate chain (PEM) of the edge; with `edge_tls_key_file`, HTTPS.
+    pub edge_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the edge.
+    pub edge_tls_key_file: Option<PathBuf>,
+    /// Origins allowed by CORS (exact `scheme://host[:port]`).
+    pub cors_allowed_origins: Vec<String>,
+    /// Limits checked before any cryptography.
+    pub limits: EdgeLimits,
+    /// Oldest `auth_time` an MFA-required method accepts.
+    pub mfa_max_age: Duration,
+    /// How often kill switches are re-read from the database.
+    pub kill_switch_poll_interval: Duration,
+    /// Moderation policy file; `None`: the built-in default policy.
+    pub moderation_policy_file: Option<PathBuf>,
+    /// Per-tenant rate limit.
+    pub rate_limit: RateLimitSettings,
+    /// Lifetime of the forwarded claims envelopes (at most 60 s).
+    pub envelope_ttl: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    region: Option<String>,
+    residency_allowed: Option<String>,
+    jwt: Option<JwtSettings>,
+    edge_addr: Option<String>,
+    edge_tls_cert_file: Option<PathBuf>,
+    edge_tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    cors_allowed_origins: Vec<String>,
+    #[serde(default)]
+    limits: FileLimits,
+    mfa_max_age: Option<String>,
+    kill_switch_poll_interval: Option<String>,
+    moderation_policy_file: Option<PathBuf>,
+    rate_limit: Option<RateLimitSettings>,
+    envelope_ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_body_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_json_depth: Option<usize>,
+}
+
+impl GatewayConfig {
+    /// Loads the config file named by `SOMA_GATEWAY_CONFIG` (required: it
+    /// names the token issuers), then the environment overrides.
+    pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<Self, GatewayConfigError> {
+        let env = |k: &str| env(k).filter(|v| !v.is_empty());
+        let path = env(CONFIG_ENV).ok_or(GatewayConfigError::Invalid {
+            key: CONFIG_ENV,
+            reason: "not set; the gateway needs a config file naming its token issuers".to_owned(),
+        })?;
+        Self::from_file(Path::new(&path), env)
+    }
+
+    /// Loads `path`, then the environment overrides.
+    pub fn from_file(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, GatewayConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GatewayConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: FileConfig = toml::from_str(&text).map_err(|e| GatewayConfigError::Parse {
+            path: path.to_owned(),
+            reason: e.message().to_owned(),
+        })?;
+        Self::from_parts(file, env)
+    }
+
+    fn from_parts(file: FileConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self, GatewayConfigError> {
+        let invalid = |key: &'static str| move |reason: String| GatewayConfigError::Invalid { key, reason };
+        let region = match env(REGION_ENV).or(file.region) {
+            Some(r) => Region::parse(&r).map_err(invalid("region"))?,
+            None => Region::parse("local").map_err(invalid("region"))?,
+        };
+        // Fail closed: no allow-list, no gateway. `soma up` sets it to its
+        // own region when the operator did not.
+        let residency = env(RESIDENCY_ENV)
+            .or(file.residency_allowed)
+            .ok_or_else(|| GatewayConfigError::Invalid {
+                key: RESIDENCY_ENV,
+                reason: "not set; the gateway refuses to guess which regions it may serve".to_owned(),
+            })
+            .and_then(|v| Residency::parse(&v).map_err(invalid(RESIDENCY_ENV)))?;
+        let jwt = file.jwt.ok_or(GatewayConfigError::Invalid {
+            key: "jwt",
+            reason: "no token issuers configured".to_owned(),
+        })?;
+        if jwt.issuers.is_empty() {
+            return Err(GatewayConfigError::Invalid {
+                key: "jwt.issuers",
+                reason: "no token issuers configured".to_owned(),
+            });
+        }
+        let edge_addr = env(EDGE_ADDR_ENV)
+            .or(file.edge_addr)
+            .map(|a| a.parse::<SocketAddr>().map_err(|e| invalid("edge_addr")(e.to_string())))
+            .transpose()?;
+        if file.edge_tls_cert_file.is_some() != file.edge_tls_key_file.is_some() {
+            return Err(GatewayConfigError::Invalid {
+                key: "edge_tls_cert_file",
+                reason: "edge_tls_cert_file and edge_tls_key_file go together".to_owned(),
+            });
+        }
+        for origin in &file.cors_allowed_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin.is_ascii()
+                && !origin.contains(char::is_whitespace);
+            if !ok {
+                return Err(invalid("cors_allowed_origins")(format!(
+                    "{origin:?} is not an origin (scheme://host[:port])"
+                )));
+            }
+        }
+        let defaults = EdgeLimits::default();
+        let limits = EdgeLimits {
+            max_body_bytes: file.limits.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_header_bytes: file.limits.max_header_bytes.unwrap_or(defaults.max_header_bytes),
+            max_json_depth: file.limits.max_json_depth.unwrap_or(defaults.max_json_depth),
+        };
+        if limits.max_body_bytes == 0 || limits.max_header_bytes == 0 || limits.max_json_depth == 0 {
+            return Err(invalid("limits")("limits must be positive".to_owned()));
+        }
+        let duration = |key: &'static str, v: Option<String>, default: Duration| match v {
+            Some(v) => humantime::parse_duration(&v).map_err(|e| invalid(key)(e.to_string())),
+            None => Ok(default),
+        };
+        let envelope_ttl = duration("envelope_ttl", file.envelope_ttl, Duration::from_secs(30))?;
+        if envelope_ttl.is_zero() || envelope_ttl > soma_auth::MAX_ENVELOPE_LIFETIME {
+            return Err(invalid("envelope_ttl")("must be between 1 s and 60 s".to_owned()));
+        }
+        let kill_switch_poll_interval =
+            duration("kill_switch_poll_interval", file.kill_switch_poll_interval, Duration::from_millis(500))?;
+        if kill_switch_poll_interval.is_zero() || kill_switch_poll_interval > Duration::from_secs(2) {
+            return Err(invalid("kill_switch_poll_interval")(
+                "must be between 1 ms and 2 s (replicas must see a switch within 2 s)".to_owned(),
+            ));
+        }
+        let rate_limit = file.rate_limit.unwrap_or_default();
+        rate_limit
+            .validate()
+            .map_err(|e| invalid("rate_limit")(e.to_string()))?;
+        Ok(Self {
+            region,
+            residency,
+            jwt,
+            edge_addr,
+            edge_tls_cert_file: file.edge_tls_cert_file,
+            edge_tls_key_file: file.edge_tls_key_file,
+            cors_allowed_origins: file.cors_allowed_origins,
+            limits,
+            mfa_max_age: duration("mfa_max_age", file.mfa_max_age, Duration::from_secs(15 * 60))?,
+            kill_switch_poll_interval,
+            moderation_policy_file: file.moderation_policy_file,
+            rate_limit,
+            envelope_ttl,
+        })
+    }
+}
+
+/// The development issuer's name (`iss`).
+pub const DEV_ISSUER: &str = "soma-dev";
+/// The audience the development gateway accepts (`aud`).
+pub const DEV_AUDIENCE: &str = "somastack";
+/// The key id of the development issuer's key.
+pub const DEV_KEY_ID: &str = "soma-dev-1";
+
+/// A fresh development issuer key as a JSON Web Key (`kty` `oct`, `kid`,
+/// `alg` HS256, `k`: 256 random bits, base64url), so that any JWT library
+/// can mint tokens for it.
+pub fn generate_dev_issuer_jwk() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    serde_json::json!({
+        "kty": "oct",
+        "kid": DEV_KEY_ID,
+        "alg": "HS256",
+        "use": "sig",
+        "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key),
+    })
+    .to_string()
+}
+
+/// The config file of a development gateway: its region, its edge address,
+/// and the development issuer whose HS256 JWK is `jwk`.
+pub fn dev_config_toml(jwk: &Path, region: &Region, edge_addr: Option<SocketAddr>) -> String {
+    let mut text = format!("region = {:?}\n", region.as_str());
+    if let Some(addr) = edge_addr {
+        text.push_str(&format!("edge_addr = \"{addr}\"\n"));
+    }
+    text.push_str(&format!(
+        "\n[jwt]\n\n[[jwt.issuers]]\nissuer = {DEV_ISSUER:?}\naudiences = [{DEV_AUDIENCE:?}]\n\
+         algorithms = [\"HS256\"]\nhmac_secret_file = {:?}\n",
+        jwk.display().to_string()
+    ));
+    text
+}
+
+impl GatewayConfig {
+    /// A development gateway under `dir`: creates the issuer key
+    /// `dir/dev-issuer.jwk` (once) and `dir/gateway.toml`, and loads it with
+    /// the allow-list set to `region`.
+    pub fn dev(dir: &Path, region: &Region, edge_addr: Option<SocketAddr>) -> Result<Self, GatewayConfigError> {
+        let write = |path: &Path, text: &str| {
+            std::fs::write(path, text).map_err(|source| GatewayConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let jwk = dir.join("dev-issuer.jwk");
+        if !jwk.exists() {
+            write(&jwk, &generate_dev_issuer_jwk())?;
+        }
+        let config = dir.join("gateway.toml");
+        write(&config, &dev_config_toml(&jwk, region, edge_addr))?;
+        let region = region.as_str().to_owned();
+        Self::from_file(&config, move |k| (k == RESIDENCY_ENV).then(|| region.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn residency_is_exact_and_per_tenant_entries_override() {
+        let r = Residency::parse("eu-west-1, local,acme=eu-central-1|eu-west-2").unwrap();
+        assert!(r.allows("other", "eu-west-1"));
+        assert!(r.allows("other", "local"));
+        assert!(!r.allows("other", "EU-WEST-1"));
+        assert!(!r.allows("other", "eu-west-1 "));
+        assert!(!r.allows("other", "eu\u{2010}west-1"));
+        assert!(!r.allows("acme", "eu-west-1"));
+        assert!(r.allows("acme", "eu-west-2"));
+    }
+
+    #[test]
+    fn unusable_residency_lists_are_refused() {
+        for bad in ["", ",", "EU-WEST-1", "eu west", "a=", "=eu", "a=b,a=c", "eu-west-1,", "é", "-eu"] {
+            assert!(Residency::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

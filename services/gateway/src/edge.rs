@@ -1,0 +1,691 @@
+//! The edge: HTTP/JSON (HTTP/1.1 and HTTP/2) and tenant gRPC on one
+//! listener, in front of the admission pipeline.
+//!
+//! JSON requests are transcoded by the descriptor set and the
+//! `google.api.http` annotations — no handler is written per route: the
+//! route table maps method and path to an RPC, path and query parameters and
+//! the body become the request message (proto3 JSON mapping), the reply
+//! becomes JSON, and a server stream becomes newline-delimited JSON. gRPC
+//! requests (`content-type: application/grpc`, bearer token in the
+//! `authorization` metadata) pass the same pipeline and are relayed as
+//! encoded messages.
+//!
+//! Order of checks, so that hostile input costs little: header size (431),
+//! body size (413), JSON depth (400) — all before any token is verified —
+//! then the route, then admission, then transcoding and forwarding. Every
+//! refusal is one JSON body `{code, reason, message, request_id, details}`
+//! built in one place ([`ErrorReply`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use prost_reflect::DynamicMessage;
+use serde_json::{Value, json};
+use soma_proto::v1::gateway_server::GatewayServer;
+use tonic::codec::Streaming;
+
+use crate::admission::{Admission, AdmissionRequest, Denial};
+use crate::config::EdgeLimits;
+use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId};
+use crate::forward::{Backends, BytesCodec};
+use crate::routes::{Route, RouteBody, RouteMatch, RouteTable, bind_params, parse_query};
+use crate::service::GatewayService;
+use crate::transcode::{self, TranscodeError};
+
+/// Content type of server streams at the edge.
+const NDJSON: &str = "application/x-ndjson";
+
+/// Everything the edge needs, shared by every request.
+#[derive(Debug)]
+pub struct EdgeState {
+    routes: RouteTable,
+    admission: Admission,
+    backends: Backends,
+    local: GatewayService,
+    limits: EdgeLimits,
+    cors_origins: Vec<String>,
+    openapi: Bytes,
+}
+
+impl EdgeState {
+    /// Assembles the edge.
+    pub fn new(
+        routes: RouteTable,
+        admission: Admission,
+        backends: Backends,
+        local: GatewayService,
+        limits: EdgeLimits,
+        cors_origins: Vec<String>,
+        openapi: Bytes,
+    ) -> Self {
+        Self {
+            routes,
+            admission,
+            backends,
+            local,
+            limits,
+            cors_origins,
+            openapi,
+        }
+    }
+}
+
+/// The edge's router: one fallback handler serves everything.
+pub fn router(state: Arc<EdgeState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
+/// A refusal or failure, as the edge answers it.
+#[derive(Debug)]
+pub struct ErrorReply {
+    status: StatusCode,
+    code: tonic::Code,
+    reason: String,
+    message: String,
+    details: Vec<Value>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ErrorReply {
+    fn new(status: StatusCode, code: tonic::Code, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.to_owned(),
+            message: message.into(),
+            details: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn from_denial(d: Denial) -> Self {
+        let mut reply = Self::new(d.http, d.grpc, d.reason, d.message);
+        reply.details = d.details;
+        if let Some(seconds) = d.retry_after {
+            reply.headers.push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+        }
+        if let Some(challenge) = d.www_authenticate
+            && let Ok(v) = HeaderValue::from_str(&challenge)
+        {
+            reply.headers.push((header::WWW_AUTHENTICATE, v));
+        }
+        reply
+    }
+
+    /// A backend's gRPC status, mapped with grpc-gateway's table.
+    fn from_status(status: &tonic::Status) -> Self {
+        let reason = status
+            .metadata()
+            .get(soma_mesh::REASON_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| code_reason(status.code()).to_owned(), str::to_owned);
+        let mut reply = Self::new(http_status(status.code()), status.code(), &reason, status.message());
+        if let Some(v) = status.metadata().get("retry-after").and_then(|v| v.to_str().ok())
+            && let Ok(v) = HeaderValue::from_str(v)
+        {
+            reply.headers.push((header::RETRY_AFTER, v));
+        }
+        reply
+    }
+
+    fn bad_request(reason: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, reason, message)
+    }
+
+    fn body(&self, request_id: &RequestId) -> Value {
+        json!({
+            "code": self.code as i32,
+            "reason": self.reason,
+            "message": self.message,
+            "request_id": request_id.as_str(),
+            "details": self.details,
+        })
+    }
+
+    fn into_response(self, request_id: &RequestId) -> Response {
+        let body = self.body(request_id).to_string();
+        let mut response = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        for (name, value) in self.headers {
+            response.headers_mut().append(name, value);
+        }
+        response
+    }
+}
+
+/// grpc-gateway's mapping of gRPC codes to HTTP statuses.
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code as C;
+    match code {
+        C::Ok => StatusCode::OK,
+        // 499 Client Closed Request; a valid status number.
+        C::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        C::InvalidArgument | C::FailedPrecondition | C::OutOfRange => StatusCode::BAD_REQUEST,
+        C::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        C::NotFound => StatusCode::NOT_FOUND,
+        C::AlreadyExists | C::Aborted => StatusCode::CONFLICT,
+        C::PermissionDenied => StatusCode::FORBIDDEN,
+        C::Unauthenticated => StatusCode::UNAUTHORIZED,
+        C::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        C::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::Unknown | C::Internal | C::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn code_reason(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "ok",
+        C::Cancelled => "cancelled",
+        C::Unknown => "unknown",
+        C::InvalidArgument => "invalid_argument",
+        C::DeadlineExceeded => "deadline_exceeded",
+        C::NotFound => "not_found",
+        C::AlreadyExists => "already_exists",
+        C::PermissionDenied => "permission_denied",
+        C::ResourceExhausted => "resource_exhausted",
+        C::FailedPrecondition => "failed_precondition",
+        C::Aborted => "aborted",
+        C::OutOfRange => "out_of_range",
+        C::Unimplemented => "unimplemented",
+        C::Internal => "internal",
+        C::Unavailable => "unavailable",
+        C::DataLoss => "data_loss",
+        C::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// What a backend answered.
+enum Reply {
+    Unary(Bytes),
+    Stream(Streaming<Bytes>),
+}
+
+async fn handle(State(state): State<Arc<EdgeState>>, request: Request) -> Response {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::mint);
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let mut response = match serve(&state, request, &request_id).await {
+        Ok(response) => response,
+        Err(reply) => {
+            if reply.status.is_server_error() {
+                tracing::warn!(request_id = request_id.as_str(), status = reply.status.as_u16(), reason = %reply.reason, message = %reply.message, "request failed");
+            } else {
+                tracing::info!(request_id = request_id.as_str(), status = reply.status.as_u16(), reason = %reply.reason, message = %reply.message, "request refused");
+            }
+            reply.into_response(&request_id)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    if let Some(origin) = origin
+        && state.cors_allows(&origin)
+    {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after, www-authenticate"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    response
+}
+
+impl EdgeState {
+    fn cors_allows(&self, origin: &HeaderValue) -> bool {
+        origin
+            .to_str()
+            .is_ok_and(|o| self.cors_origins.iter().any(|allowed| allowed == o))
+    }
+}
+
+async fn serve(state: &Arc<EdgeState>, request: Request, request_id: &RequestId) -> Result<Response, ErrorReply> {
+    let limits = state.limits;
+    // 1. Header size, before anything reads them.
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(ErrorReply::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            tonic::Code::InvalidArgument,
+            "headers_too_large",
+            format!("request headers exceed {} bytes", limits.max_header_bytes),
+        ));
+    }
+
+    // 2. CORS preflight: answered without authentication.
+    if request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        return preflight(state, &request);
+    }
+
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if is_grpc {
+        return Ok(grpc_ingress(Arc::clone(state), request).await);
+    }
+
+    let path = request.uri().path().to_owned();
+    if path == "/openapi.json" && request.method() == Method::GET {
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            state.openapi.clone(),
+        )
+            .into_response());
+    }
+
+    // 3. Body size, from the declared length first, then while reading.
+    if let Some(len) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limits.max_body_bytes as u64
+    {
+        return Err(too_large(limits.max_body_bytes));
+    }
+
+    let (route, path_params) = match state.routes.find(request.method(), &path) {
+        RouteMatch::Found { route, path_params } => (route, path_params),
+        RouteMatch::MethodNotAllowed { allowed } => {
+            let mut reply = ErrorReply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                tonic::Code::Unimplemented,
+                "method_not_allowed",
+                format!("{} is not served for {path}", request.method()),
+            );
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                reply.headers.push((header::ALLOW, v));
+            }
+            return Err(reply);
+        }
+        RouteMatch::NotFound => {
+            return Err(ErrorReply::new(
+                StatusCode::NOT_FOUND,
+                tonic::Code::NotFound,
+                "route_not_found",
+                format!("no route for {path}"),
+            ));
+        }
+    };
+
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let body = axum::body::to_bytes(request.into_body(), limits.max_body_bytes)
+        .await
+        .map_err(|_| too_large(limits.max_body_bytes))?;
+
+    // 4. JSON depth, then syntax; still no cryptography.
+    let body_json = if matches!(route.body, RouteBody::None) {
+        if !body.is_empty() {
+            return Err(ErrorReply::bad_request(
+                "unexpected_body",
+                format!("{} {} takes no body", route.http_method, route.template),
+            ));
+        }
+        None
+    } else {
+        if !body.is_empty()
+            && let Some(ct) = content_type
+            && !ct.to_str().is_ok_and(|c| c.starts_with("application/json"))
+        {
+            return Err(ErrorReply::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                tonic::Code::InvalidArgument,
+                "unsupported_media_type",
+                "the body must be application/json",
+            ));
+        }
+        transcode::check_depth(&body, limits.max_json_depth)
+            .map_err(|e| ErrorReply::bad_request("json_too_deep", e.to_string()))?;
+        Some(transcode::parse_json(&body).map_err(|e| ErrorReply::bad_request("invalid_json", e.to_string()))?)
+    };
+
+    // 5. Admission.
+    let context = state
+        .admission
+        .admit(AdmissionRequest {
+            method: &route.grpc_path,
+            policy: route.policy.as_ref(),
+            authorization: authorization.as_ref().map(HeaderValue::as_bytes),
+            request_id: request_id.clone(),
+            input: body_json.as_ref(),
+        })
+        .await
+        .map_err(ErrorReply::from_denial)?;
+
+    // 6. Transcoding.
+    let message = build_message(route, body_json.as_ref(), &path_params, &query)?;
+    let encoded = Bytes::from(prost::Message::encode_to_vec(&message));
+
+    // 7. Forwarding.
+    let context = Arc::new(context);
+    let reply = dispatch(state, route, Arc::clone(&context), encoded)
+        .await
+        .map_err(|s| ErrorReply::from_status(&s))?;
+    let output = route.method.output();
+    match reply {
+        Reply::Unary(bytes) => {
+            let json = transcode::bytes_to_json(&output, &bytes).map_err(|e| {
+                tracing::error!(error = %e, method = %route.grpc_path, "backend reply does not decode");
+                ErrorReply::new(StatusCode::BAD_GATEWAY, tonic::Code::Internal, "bad_backend_reply", "the backend's reply does not decode")
+            })?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response())
+        }
+        Reply::Stream(stream) => Ok(ndjson(stream, output, context)),
+    }
+}
+
+fn too_large(max: usize) -> ErrorReply {
+    ErrorReply::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        tonic::Code::InvalidArgument,
+        "body_too_large",
+        format!("the body exceeds {max} bytes"),
+    )
+}
+
+fn preflight(state: &EdgeState, request: &Request) -> Result<Response, ErrorReply> {
+    let Some(origin) = request.headers().get(header::ORIGIN).filter(|o| state.cors_allows(o)) else {
+        return Err(ErrorReply::new(
+            StatusCode::FORBIDDEN,
+            tonic::Code::PermissionDenied,
+            "cors_origin_denied",
+            "this origin may not call the edge",
+        ));
+    };
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type, x-request-id"),
+    );
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    Ok(response)
+}
+
+/// The request message from the body, path and query parameters.
+fn build_message(
+    route: &Route,
+    body: Option<&Value>,
+    path_params: &[(String, String)],
+    query: &str,
+) -> Result<DynamicMessage, ErrorReply> {
+    let input = route.method.input();
+    let field_error = |e: TranscodeError| ErrorReply::bad_request("invalid_argument", e.to_string());
+    let mut message = match (&route.body, body) {
+        (RouteBody::Whole, Some(v)) => transcode::json_to_message(&input, v).map_err(field_error)?,
+        (RouteBody::Field(name), Some(v)) => {
+            let field = input.get_field_by_name(name).ok_or_else(|| {
+                ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, "bad_route", "route body field missing")
+            })?;
+            let wrapped = json!({ field.json_name(): v });
+            transcode::json_to_message(&input, &wrapped).map_err(field_error)?
+        }
+        _ => DynamicMessage::new(input),
+    };
+    let mut params = path_params.to_vec();
+    let query_params = parse_query(query).map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
+    if !query_params.is_empty() && matches!(route.body, RouteBody::Whole) {
+        return Err(ErrorReply::bad_request(
+            "invalid_argument",
+            "query parameters are not accepted when the body is the whole message",
+        ));
+    }
+    params.extend(query_params);
+    bind_params(&mut message, &params).map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
+    Ok(message)
+}
+
+/// Calls the route's RPC: the gateway's own methods in-process, every other
+/// one on its backend over mTLS with the signed claims envelope.
+async fn dispatch(
+    state: &EdgeState,
+    route: &Route,
+    context: Arc<RequestContext>,
+    message: Bytes,
+) -> Result<Reply, tonic::Status> {
+    let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
+        .map_err(|_| tonic::Status::internal("route has an invalid gRPC path"))?;
+    if route.service == "somastack.v1.Gateway" {
+        let mut request = tonic::Request::new(message);
+        if let Ok(v) = context.request_id.as_str().parse() {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, v);
+        }
+        request.extensions_mut().insert(Arc::clone(&context));
+        let mut grpc = tonic::client::Grpc::new(GatewayServer::new(state.local.clone()));
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::internal(format!("gateway service not ready: {e}")))?;
+        let call = RequestContext::scope(Arc::clone(&context), async move {
+            if route.server_streaming {
+                grpc.server_streaming(request, path, BytesCodec)
+                    .await
+                    .map(|r| Reply::Stream(r.into_inner()))
+            } else {
+                grpc.unary(request, path, BytesCodec).await.map(|r| Reply::Unary(r.into_inner()))
+            }
+        });
+        return call.await;
+    }
+    let backend = state.backends.get(&route.service).ok_or_else(|| {
+        let mut s = tonic::Status::unavailable(format!("no backend is configured for {}", route.service));
+        if let Ok(v) = "backend_not_configured".parse() {
+            s.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
+        }
+        s
+    })?;
+    let metadata = state.backends.metadata(&context, &backend.id)?;
+    let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
+    let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
+    grpc.ready().await.map_err(|e| {
+        tracing::warn!(error = %e, backend = %backend.id, "backend not reachable");
+        tonic::Status::unavailable(format!("{} is not reachable", route.service))
+    })?;
+    if route.server_streaming {
+        grpc.server_streaming(request, path, BytesCodec)
+            .await
+            .map(|r| Reply::Stream(r.into_inner()))
+    } else {
+        grpc.unary(request, path, BytesCodec).await.map(|r| Reply::Unary(r.into_inner()))
+    }
+}
+
+/// A server stream as newline-delimited JSON: one message per line; an
+/// error after the first message ends the stream with one `{"error": …}`
+/// line (the status line has been sent already).
+fn ndjson(stream: Streaming<Bytes>, output: prost_reflect::MessageDescriptor, context: Arc<RequestContext>) -> Response {
+    let lines = futures::stream::unfold(Some(stream), move |state| {
+        let output = output.clone();
+        let context = Arc::clone(&context);
+        async move {
+            let mut stream = state?;
+            match stream.next().await {
+                None => None,
+                Some(Ok(bytes)) => match transcode::bytes_to_json(&output, &bytes) {
+                    Ok(mut line) => {
+                        line.push(b'\n');
+                        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), Some(stream)))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "stream message does not decode");
+                        let reply = ErrorReply::new(StatusCode::BAD_GATEWAY, tonic::Code::Internal, "bad_backend_reply", "a streamed message does not decode");
+                        Some((Ok(error_line(&reply, &context.request_id)), None))
+                    }
+                },
+                Some(Err(status)) => {
+                    let reply = ErrorReply::from_status(&status);
+                    Some((Ok(error_line(&reply, &context.request_id)), None))
+                }
+            }
+        }
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, NDJSON)],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+fn error_line(reply: &ErrorReply, request_id: &RequestId) -> Bytes {
+    let mut line = json!({ "error": reply.body(request_id) }).to_string().into_bytes();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// gRPC from tenants: the same admission (bearer token in the metadata),
+/// then the encoded message is relayed to the RPC's backend.
+async fn grpc_ingress(state: Arc<EdgeState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    let Some(route) = state.routes.by_grpc_path(&path) else {
+        return grpc_error(tonic::Status::unimplemented(format!("unknown method {path}")));
+    };
+    let streaming = route.server_streaming;
+    let service = Relay {
+        state: Arc::clone(&state),
+        path: path.clone(),
+        headers,
+    };
+    let mut grpc = tonic::server::Grpc::new(BytesCodec);
+    let response = if streaming {
+        grpc.server_streaming(service, request).await
+    } else {
+        grpc.unary(service, request).await
+    };
+    response.map(Body::new)
+}
+
+fn grpc_error(status: tonic::Status) -> Response {
+    status.into_http::<Body>().map(Body::new)
+}
+
+/// One relayed gRPC call.
+#[derive(Clone)]
+struct Relay {
+    state: Arc<EdgeState>,
+    path: String,
+    headers: HeaderMap,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl Relay {
+    async fn admit(&self, message: &Bytes) -> Result<(&Route, Arc<RequestContext>), tonic::Status> {
+        let route = self
+            .state
+            .routes
+            .by_grpc_path(&self.path)
+            .ok_or_else(|| tonic::Status::unimplemented("unknown method"))?;
+        let request_id = self
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(RequestId::mint);
+        // Moderation needs the input in JSON form.
+        let input = if route.policy.as_ref().is_some_and(|p| p.moderate) {
+            let decoded = DynamicMessage::decode(route.method.input(), message.as_ref())
+                .map_err(|_| tonic::Status::invalid_argument("the request message does not decode"))?;
+            Some(transcode::message_to_value(&decoded).map_err(|e| tonic::Status::internal(e.to_string()))?)
+        } else {
+            None
+        };
+        let context = self
+            .state
+            .admission
+            .admit(AdmissionRequest {
+                method: &route.grpc_path,
+                policy: route.policy.as_ref(),
+                authorization: self.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+                request_id,
+                input: input.as_ref(),
+            })
+            .await
+            .map_err(denial_status)?;
+        Ok((route, Arc::new(context)))
+    }
+}
+
+fn denial_status(d: Denial) -> tonic::Status {
+    let mut status = tonic::Status::new(d.grpc, d.message);
+    let m = status.metadata_mut();
+    if let Ok(v) = d.reason.parse() {
+        m.insert(soma_mesh::REASON_METADATA, v);
+    }
+    if let Some(seconds) = d.retry_after
+        && let Ok(v) = seconds.to_string().parse()
+    {
+        m.insert("retry-after", v);
+    }
+    if let Some(challenge) = d.www_authenticate
+        && let Ok(v) = challenge.parse()
+    {
+        m.insert("www-authenticate", v);
+    }
+    status
+}
+
+impl tonic::server::UnaryService<Bytes> for Relay {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let message = request.into_inner();
+            let (route, context) = this.admit(&message).await?;
+            match dispatch(&this.state, route, context, message).await? {
+                Reply::Unary(bytes) => Ok(tonic::Response::new(bytes)),
+                Reply::Stream(_) => Err(tonic::Status::internal("a unary method answered a stream")),
+            }
+        })
+    }
+}
+
+impl tonic::server::ServerStreamingService<Bytes> for Relay {
+    type Response = Bytes;
+    type ResponseStream = Streaming<Bytes>;
+    type Future = BoxFuture<Result<tonic::Response<Streaming<Bytes>>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let message = request.into_inner();
+            let (route, context) = this.admit(&message).await?;
+            match dispatch(&this.state, route, context, message).await? {
+                Reply::Stream(stream) => Ok(tonic::Response::new(stream)),
+                Reply::Unary(_) => Err(tonic::Status::internal("a streaming method answered once")),
+            }
+        })
+    }
+}

@@ -1,0 +1,193 @@
+//! The `Gateway` gRPC service: `WhoAmI`, `ListKillSwitches`,
+//! `SetKillSwitch` and `RunCapsule`.
+//!
+//! Tenants reach these methods through the edge (JSON or gRPC), after the
+//! admission pipeline put the verified [`RequestContext`] into the request;
+//! operators with an SVID reach the read-only ones over mesh mTLS, where the
+//! runtime put the verified [`Caller`].
+
+use std::sync::Arc;
+
+use soma_mesh::Caller;
+use soma_proto::v1::gateway_server::Gateway;
+use soma_proto::v1::{
+    KillSwitch, KillSwitchScope, ListKillSwitchesRequest, ListKillSwitchesResponse, RunCapsuleRequest,
+    RunCapsuleResponse, SetKillSwitchRequest, WhoAmIRequest, WhoAmIResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::admission::Admission;
+use crate::context::{RequestContext, is_valid_tenant};
+use crate::killswitch::{Change, DEFAULT_RETRY_AFTER_SECONDS};
+
+/// Longest `reason` of a kill switch change.
+const MAX_REASON_BYTES: usize = 1024;
+/// Longest `retry_after_seconds` of a kill switch (a day).
+const MAX_RETRY_AFTER_SECONDS: u32 = 86_400;
+
+/// The Gateway service.
+#[derive(Clone, Debug)]
+pub struct GatewayService {
+    admission: Admission,
+    methods: Arc<Vec<String>>,
+}
+
+impl GatewayService {
+    /// The service over the admission pipeline; `methods` are the full
+    /// method paths a METHOD kill switch may name.
+    pub fn new(admission: Admission, methods: Vec<String>) -> Self {
+        Self {
+            admission,
+            methods: Arc::new(methods),
+        }
+    }
+}
+
+/// The admitted tenant context of a request: from its extensions (the edge
+/// puts it there), else from the task-local context.
+fn tenant_context<T>(request: &Request<T>) -> Option<Arc<RequestContext>> {
+    request
+        .extensions()
+        .get::<Arc<RequestContext>>()
+        .cloned()
+        .or_else(RequestContext::current)
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    let mut status = Status::invalid_argument(format!("{field}: {message}"));
+    if let Ok(v) = "invalid_argument".parse() {
+        status.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
+    }
+    status
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    #[tracing::instrument(skip_all, name = "Gateway/WhoAmI")]
+    async fn who_am_i(&self, request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        if let Some(c) = tenant_context(&request) {
+            return Ok(Response::new(WhoAmIResponse {
+                peer_spiffe_id: String::new(),
+                tenant: c.tenant.clone(),
+                subject: c.subject.clone(),
+                region: c.region.clone(),
+                capabilities: c.capabilities.clone(),
+                mfa: c.mfa,
+                request_id: c.request_id.as_str().to_owned(),
+            }));
+        }
+        let caller = Caller::of(&request).ok_or_else(|| Status::unauthenticated("no verified caller"))?;
+        let mut response = WhoAmIResponse {
+            peer_spiffe_id: caller.peer.spiffe_id.to_string(),
+            ..Default::default()
+        };
+        if let Some(c) = &caller.claims {
+            response.tenant.clone_from(&c.tenant);
+            response.subject.clone_from(&c.subject);
+            response.region.clone_from(&c.region);
+            response.capabilities.clone_from(&c.capabilities);
+            response.mfa = c.mfa;
+            response.request_id.clone_from(&c.request_id);
+        }
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, name = "Gateway/RunCapsule")]
+    async fn run_capsule(
+        &self,
+        request: Request<RunCapsuleRequest>,
+    ) -> Result<Response<RunCapsuleResponse>, Status> {
+        let context = tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted tenant"))?;
+        let message = request.get_ref();
+        if message.capsule_id.is_empty() {
+            return Err(invalid("capsule_id", "required"));
+        }
+        // Moderation before orchestration: the edge moderated the JSON body
+        // already; a request that arrived without a decision is moderated here.
+        if context.moderation_decision_id.is_none() {
+            let input = crate::transcode::message_to_json("somastack.v1.RunCapsuleRequest", message)
+                .map_err(|e| Status::internal(format!("request not readable for moderation: {e}")))?;
+            let decision = self
+                .admission
+                .moderator()
+                .check("/somastack.v1.Gateway/RunCapsule", &input);
+            self.admission
+                .judge("/somastack.v1.Gateway/RunCapsule", &context, decision)
+                .await
+                .map_err(|d| {
+                    let mut s = Status::new(d.grpc, d.message);
+                    if let Ok(v) = d.reason.parse() {
+                        s.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
+                    }
+                    s
+                })?;
+        }
+        // The next steps are ToolRegistry execution and the Analytics
+        // record; ToolRegistry does not execute tools yet.
+        Err(Status::unimplemented(
+            "RunCapsule: the input passed moderation, but capsule execution (ToolRegistry) is not built yet",
+        ))
+    }
+
+    #[tracing::instrument(skip_all, name = "Gateway/ListKillSwitches")]
+    async fn list_kill_switches(
+        &self,
+        _request: Request<ListKillSwitchesRequest>,
+    ) -> Result<Response<ListKillSwitchesResponse>, Status> {
+        let switches = self.admission.kill_switches().list();
+        Ok(Response::new(ListKillSwitchesResponse {
+            switches: switches.as_ref().clone(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, name = "Gateway/SetKillSwitch")]
+    async fn set_kill_switch(&self, request: Request<SetKillSwitchRequest>) -> Result<Response<KillSwitch>, Status> {
+        let context = tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted caller"))?;
+        let m = request.get_ref();
+        let scope = KillSwitchScope::try_from(m.scope)
+            .ok()
+            .filter(|s| *s != KillSwitchScope::Unspecified)
+            .ok_or_else(|| invalid("scope", "must be GLOBAL, TENANT or METHOD"))?;
+        match scope {
+            KillSwitchScope::Global if !m.target.is_empty() => {
+                return Err(invalid("target", "must be empty for a GLOBAL switch"));
+            }
+            KillSwitchScope::Tenant if !is_valid_tenant(&m.target) => {
+                return Err(invalid("target", "must be a tenant name for a TENANT switch"));
+            }
+            KillSwitchScope::Method if !self.methods.contains(&m.target) => {
+                return Err(invalid(
+                    "target",
+                    "must be a full method path such as /somastack.v1.Analytics/RecordCapsuleRun",
+                ));
+            }
+            _ => {}
+        }
+        let reason = m.reason.trim();
+        if reason.is_empty() || m.reason.len() > MAX_REASON_BYTES {
+            return Err(invalid("reason", format!("required, at most {MAX_REASON_BYTES} bytes")));
+        }
+        if m.retry_after_seconds > MAX_RETRY_AFTER_SECONDS {
+            return Err(invalid("retry_after_seconds", format!("at most {MAX_RETRY_AFTER_SECONDS}")));
+        }
+        let change = Change {
+            scope,
+            target: m.target.clone(),
+            engaged: m.engaged,
+            reason: reason.to_owned(),
+            retry_after_seconds: if m.retry_after_seconds == 0 {
+                DEFAULT_RETRY_AFTER_SECONDS
+            } else {
+                m.retry_after_seconds
+            },
+            set_by: context.subject.clone(),
+            tenant: context.tenant.clone(),
+            request_id: context.request_id.as_str().to_owned(),
+        };
+        let stored = self.admission.kill_switches().set(change).await.map_err(|e| {
+            tracing::error!(error = %e, "kill switch not stored");
+            Status::unavailable("the kill switch could not be stored")
+        })?;
+        Ok(Response::new(stored))
+    }
+}
