@@ -25,8 +25,10 @@ const SERVICES: [(&str, &str, &str); 4] = [
 
 fn soma_up(data_dir: &Path) -> Child {
     Command::new(SOMA)
-        .args(["up", "--data-dir"])
+        .args(["up", "--edge-addr", "127.0.0.1:0", "--region", "eu-west-1", "--data-dir"])
         .arg(data_dir)
+        .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
+        .env_remove("SOMA_GATEWAY_CONFIG")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -157,6 +159,8 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
         assert_eq!(line["status"], "SERVING");
     }
 
+    check_edge(&data_dir, &endpoints).await;
+
     let ca_before = std::fs::read(data_dir.join("ca/ca.pem")).unwrap();
     stop(child).await;
     assert!(!socket.exists() || tokio::net::UnixStream::connect(&socket).await.is_err());
@@ -185,4 +189,59 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
         1
     );
     stop(child).await;
+}
+
+/// The edge of `soma up`: the development issuer's JWK, `soma token`, a
+/// token minted by PyJWT from that JWK, residency from `--region`.
+async fn check_edge(data_dir: &Path, endpoints: &serde_json::Value) {
+    let edge = endpoints["edge"].as_str().expect("endpoints.json names the edge").to_owned();
+    assert!(edge.starts_with("http://127.0.0.1:"), "{edge}");
+    let jwk_path = data_dir.join("secrets/dev-issuer.jwk");
+    let jwk: serde_json::Value = serde_json::from_slice(&std::fs::read(&jwk_path).unwrap()).unwrap();
+    assert_eq!((jwk["kty"].as_str(), jwk["alg"].as_str()), (Some("oct"), Some("HS256")));
+    assert!(jwk["kid"].is_string() && jwk["k"].as_str().is_some_and(|k| k.len() >= 43), "{jwk}");
+
+    let token = |region: &str, extra: &[&str]| {
+        let out = std::process::Command::new(SOMA)
+            .args(["token", "--data-dir"])
+            .arg(data_dir)
+            .args(["--tenant", "demo", "--region", region, "--scope", "identity:read"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let http = common::edge::client();
+    let who = format!("{edge}/v1/whoami");
+    let r = common::edge::send(&http, "GET", &who, Some(&token("eu-west-1", &["--mfa"])), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!((body["tenant"].as_str(), body["region"].as_str()), (Some("demo"), Some("eu-west-1")));
+    assert_eq!(body["mfa"], true);
+    // The allow-list defaults to the gateway's own region.
+    let r = common::edge::send(&http, "GET", &who, Some(&token("local", &[])), None, &[]).await;
+    assert_eq!((r.status, r.reason().as_str()), (403, "residency_denied"));
+
+    // Any JWT library holding the JWK mints tokens the edge accepts.
+    let script = r#"
+import json, sys, time, jwt
+from jwt.utils import base64url_decode
+jwk = json.load(open(sys.argv[1]))
+key = base64url_decode(jwk["k"])
+now = int(time.time())
+claims = {"iss": "soma-dev", "aud": "somastack", "sub": "py@demo", "tenant": "demo",
+          "region": "eu-west-1", "scope": "identity:read", "iat": now, "exp": now + 300}
+print(jwt.encode(claims, key, algorithm="HS256", headers={"kid": jwk["kid"]}))
+"#;
+    let out = std::process::Command::new(common::python())
+        .args(["-c", script])
+        .arg(&jwk_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let py_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let r = common::edge::send(&http, "GET", &who, Some(&py_token), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["subject"], "py@demo");
 }
