@@ -126,25 +126,25 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("jwt");
     group.bench_function("hs256_valid", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&hs_token), NOW)))
+        b.iter(|| ready(verifier.verify(black_box(&hs_token), NOW)));
     });
     group.bench_function("eddsa_valid", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&ed_token), NOW)))
+        b.iter(|| ready(verifier.verify(black_box(&ed_token), NOW)));
     });
     group.bench_function("dalek_raw_verify", |b| {
-        b.iter(|| verifying.verify(black_box(ed_input.as_bytes()), black_box(&ed_signature)))
+        b.iter(|| verifying.verify(black_box(ed_input.as_bytes()), black_box(&ed_signature)));
     });
     group.bench_function("hostile_alg_none", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&none_token), NOW)))
+        b.iter(|| ready(verifier.verify(black_box(&none_token), NOW)));
     });
     group.bench_function("hostile_bad_signature", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&bad_sig_token), NOW)))
+        b.iter(|| ready(verifier.verify(black_box(&bad_sig_token), NOW)));
     });
     group.bench_function("hostile_expired", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&expired_token), NOW)))
+        b.iter(|| ready(verifier.verify(black_box(&expired_token), NOW)));
     });
     group.bench_function("hostile_unknown_kid", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&unknown_kid_token), NOW)))
+        b.iter(|| ready(verifier.verify(black_box(&unknown_kid_token), NOW)));
     });
     group.finish();
 }

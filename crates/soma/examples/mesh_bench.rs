@@ -11,9 +11,10 @@
 //!   `/operator/bench` SVID.
 //!
 //! Each server runs alone on its own OS thread with a current-thread tokio
-//! runtime, so the server's whole CPU time is that thread's `utime + stime`
-//! (`/proc/self/task/<tid>/stat`; `schedstat` gives the same in nanoseconds
-//! where the kernel has it). The client runs on the main thread's runtime.
+//! runtime, so the server's whole CPU time is the `utime + stime` of that
+//! thread and of its runtime's blocking pool (`/proc/self/task/<tid>/stat`;
+//! `schedstat` gives the same in nanoseconds where the kernel has it; see
+//! `common/bench.rs`). The client runs on the main thread's runtime.
 //!
 //! Two measurements:
 //!
@@ -28,23 +29,27 @@
 //!
 //! The last lines are `result.<key>=<value>`, for `scripts/bench/mesh.sh`.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
+#[path = "common/bench.rs"]
+mod bench;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use soma_ca::{Authority, IssueOptions};
-use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
-use soma_mesh::{Application, MeshSettings, Metrics, ServiceKind};
+use soma_ca::Authority;
+use soma_identity::{SpiffeId, SvidStore, TrustDomain};
+use soma_mesh::{Application, MeshSettings, ServiceKind};
 use soma_store::{Database, StoreSettings};
-use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+use crate::bench::{
+    CpuSample, Latencies, Serve, ServerThread, Started, clock_ticks_per_second, closed_loop, identity,
+    measure_cpu, open_loop, progress,
+};
 
 const TRUST_DOMAIN: &str = "somastack.bench";
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
@@ -163,19 +168,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh identity for `path`, valid for an hour: one run.
-fn identity(authority: &Authority, path: &str) -> anyhow::Result<Arc<SvidStore>> {
-    let id = SpiffeId::from_parts(authority.trust_domain(), path)?;
-    let issued = authority.issue(&id, Duration::from_secs(3600), IssueOptions::default())?;
-    let svid = Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der)?;
-    let mut bundles = BundleSet::new();
-    bundles.insert(Bundle::from_der_concat(
-        authority.trust_domain().clone(),
-        &authority.bundle_der(),
-    )?);
-    Ok(SvidStore::new(id, svid, bundles)?)
-}
-
 async fn run(
     args: &Args,
     ticks_per_second: u64,
@@ -191,26 +183,20 @@ async fn run(
         .context("connecting to the baseline server")?;
     let mesh_channel = soma_mesh::channel(client_store, mesh.addr, server_id)?;
 
-    let mut baseline_client = HealthClient::new(baseline_channel.clone());
-    let mut mesh_client = HealthClient::new(mesh_channel.clone());
-    closed_loop(&mut baseline_client, args.warmup.max(1))
+    let baseline_check = || check(HealthClient::new(baseline_channel.clone()));
+    let mesh_check = || check(HealthClient::new(mesh_channel.clone()));
+    closed_loop(args.warmup.max(1), baseline_check)
         .await
         .context("baseline warm-up")?;
-    closed_loop(&mut mesh_client, args.warmup.max(1))
+    closed_loop(args.warmup.max(1), mesh_check)
         .await
         .context("mesh warm-up")?;
-    let dispatched_before = mesh.dispatched();
+    let dispatched_before = mesh.dispatched(CHECK_PATH);
 
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
-        let b = measure_cpu(
-            &mut baseline_client,
-            baseline.tid,
-            args.requests,
-            ticks_per_second,
-        )
-        .await?;
-        let m = measure_cpu(&mut mesh_client, mesh.tid, args.requests, ticks_per_second).await?;
+        let b = measure_cpu(baseline, args.requests, ticks_per_second, baseline_check).await?;
+        let m = measure_cpu(mesh, args.requests, ticks_per_second, mesh_check).await?;
         let line = format!(
             "round {round}: server CPU per call  baseline {:>7.2} µs  mesh {:>7.2} µs  ratio {:.3}   \
              (schedstat: {} / {})   throughput {:.0} / {:.0} calls/s",
@@ -227,7 +213,7 @@ async fn run(
         progress(&line);
         rounds.push((b, m));
     }
-    let dispatched = mesh.dispatched().saturating_sub(dispatched_before);
+    let dispatched = mesh.dispatched(CHECK_PATH).saturating_sub(dispatched_before);
 
     let period = Duration::from_secs(1) / args.rate;
     let duration = Duration::from_secs(u64::from(args.seconds));
@@ -235,14 +221,14 @@ async fn run(
         "open loop: baseline, {} calls/s for {} s",
         args.rate, args.seconds
     ));
-    let baseline_latency = open_loop(&baseline_channel, period, duration)
+    let baseline_latency = open_loop(period, duration, baseline_check)
         .await
         .context("baseline open loop")?;
     progress(&format!(
         "open loop: mesh, {} calls/s for {} s",
         args.rate, args.seconds
     ));
-    let mesh_latency = open_loop(&mesh_channel, period, duration)
+    let mesh_latency = open_loop(period, duration, mesh_check)
         .await
         .context("mesh open loop")?;
 
@@ -254,16 +240,8 @@ async fn run(
     })
 }
 
-/// `n` calls, each awaited before the next.
-async fn closed_loop(client: &mut HealthClient<Channel>, n: u32) -> anyhow::Result<()> {
-    for _ in 0..n {
-        check(client).await?;
-    }
-    Ok(())
-}
-
 /// One Check of the whole server, which must answer SERVING.
-async fn check(client: &mut HealthClient<Channel>) -> anyhow::Result<()> {
+async fn check(mut client: HealthClient<Channel>) -> anyhow::Result<()> {
     let response = client
         .check(HealthCheckRequest {
             service: String::new(),
@@ -279,251 +257,6 @@ async fn check(client: &mut HealthClient<Channel>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure_cpu(
-    client: &mut HealthClient<Channel>,
-    tid: u32,
-    calls: u32,
-    ticks_per_second: u64,
-) -> anyhow::Result<CpuSample> {
-    let before = ThreadCpu::read(tid, ticks_per_second)?;
-    let start = Instant::now();
-    closed_loop(client, calls).await?;
-    let wall = start.elapsed();
-    let after = ThreadCpu::read(tid, ticks_per_second)?;
-    Ok(CpuSample {
-        calls,
-        cpu: after.stat.saturating_sub(before.stat),
-        sched: after.sched.zip(before.sched).map(|(a, b)| a.saturating_sub(b)),
-        wall,
-    })
-}
-
-/// Launches one call every `period` on its own task for `duration`; returns
-/// each call's latency, from just before the call to its response.
-async fn open_loop(channel: &Channel, period: Duration, duration: Duration) -> anyhow::Result<Latencies> {
-    let count = duration.as_nanos() / period.as_nanos().max(1);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
-    for _ in 0..count {
-        ticker.tick().await;
-        let mut client = HealthClient::new(channel.clone());
-        tasks.spawn(async move {
-            let sent = Instant::now();
-            check(&mut client).await.map(|()| sent.elapsed())
-        });
-    }
-    let launched_in = start.elapsed();
-    let mut samples = Vec::with_capacity(tasks.len());
-    while let Some(joined) = tasks.join_next().await {
-        samples.push(joined??);
-    }
-    samples.sort_unstable();
-    Ok(Latencies { samples, launched_in })
-}
-
-type Serve = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
-
-/// What a server thread's start-up hands back.
-struct Started {
-    addr: SocketAddr,
-    serve: Serve,
-    metrics: Option<Metrics>,
-}
-
-/// A server alone on its OS thread, with a current-thread runtime.
-struct ServerThread {
-    addr: SocketAddr,
-    tid: u32,
-    metrics: Option<Metrics>,
-    stop: oneshot::Sender<()>,
-    join: std::thread::JoinHandle<anyhow::Result<()>>,
-}
-
-impl ServerThread {
-    fn spawn<F, Fut>(name: &str, start: F) -> anyhow::Result<Self>
-    where
-        F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
-        Fut: Future<Output = anyhow::Result<Started>>,
-    {
-        let (ready_tx, ready_rx) =
-            std::sync::mpsc::channel::<anyhow::Result<(SocketAddr, u32, Option<Metrics>)>>();
-        let (stop, stop_rx) = oneshot::channel();
-        let join =
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(move || -> anyhow::Result<()> {
-                    let started = own_tid().and_then(|tid| {
-                        let runtime = tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()?;
-                        Ok((tid, runtime))
-                    });
-                    let (tid, runtime) = match started {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return Ok(());
-                        }
-                    };
-                    runtime.block_on(async move {
-                        match start(stop_rx).await {
-                            Ok(Started { addr, serve, metrics }) => {
-                                let _ = ready_tx.send(Ok((addr, tid, metrics)));
-                                serve.await
-                            }
-                            Err(e) => {
-                                let _ = ready_tx.send(Err(e));
-                                Ok(())
-                            }
-                        }
-                    })
-                })?;
-        let (addr, tid, metrics) = ready_rx
-            .recv()
-            .context("the server thread ended before it listened")??;
-        Ok(Self {
-            addr,
-            tid,
-            metrics,
-            stop,
-            join,
-        })
-    }
-
-    /// Calls of Check that passed the mesh's authorization (0 for baseline).
-    fn dispatched(&self) -> u64 {
-        self.metrics
-            .as_ref()
-            .map_or(0, |m| m.dispatched_count(CHECK_PATH))
-    }
-
-    fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match self.join.join() {
-            Ok(result) => result,
-            Err(_) => bail!("a server thread panicked"),
-        }
-    }
-}
-
-/// This thread's id, from `/proc/thread-self` (`<pid>/task/<tid>`).
-fn own_tid() -> anyhow::Result<u32> {
-    let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
-    let tid = link
-        .file_name()
-        .and_then(|s| s.to_str())
-        .context("/proc/thread-self has no tid")?;
-    tid.parse()
-        .with_context(|| format!("/proc/thread-self names {tid:?}"))
-}
-
-/// `USER_HZ`, the unit of `utime` and `stime`.
-fn clock_ticks_per_second() -> anyhow::Result<u64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .context("running getconf CLK_TCK")?;
-    let text = String::from_utf8(out.stdout)?;
-    let hz: u64 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("getconf CLK_TCK printed {text:?}"))?;
-    if hz == 0 {
-        bail!("getconf CLK_TCK printed 0");
-    }
-    Ok(hz)
-}
-
-/// One thread's CPU time so far.
-#[derive(Clone, Copy, Debug)]
-struct ThreadCpu {
-    /// `utime + stime` from `stat`.
-    stat: Duration,
-    /// Time on CPU from `schedstat`, when the kernel keeps it.
-    sched: Option<Duration>,
-}
-
-impl ThreadCpu {
-    fn read(tid: u32, ticks_per_second: u64) -> anyhow::Result<Self> {
-        let path = format!("/proc/self/task/{tid}/stat");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        // The command name (field 2) may hold spaces and parentheses: the
-        // fields are counted from the last ')'. utime and stime are fields
-        // 14 and 15, so the 12th and 13th after it.
-        let rest = text
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .with_context(|| format!("{path}: no ')'"))?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| -> anyhow::Result<u64> {
-            let v = fields.get(i).with_context(|| format!("{path}: too few fields"))?;
-            v.parse().with_context(|| format!("{path}: field {v:?}"))
-        };
-        let ticks = field(11)? + field(12)?;
-        let stat = Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_second);
-        let sched = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-            .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-            .map(Duration::from_nanos);
-        Ok(Self { stat, sched })
-    }
-}
-
-/// One closed-loop measurement.
-#[derive(Clone, Copy, Debug)]
-struct CpuSample {
-    calls: u32,
-    cpu: Duration,
-    sched: Option<Duration>,
-    wall: Duration,
-}
-
-impl CpuSample {
-    fn cpu_us_per_call(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / f64::from(self.calls)
-    }
-
-    fn sched_us_per_call(&self) -> Option<f64> {
-        self.sched.map(|s| s.as_secs_f64() * 1e6 / f64::from(self.calls))
-    }
-
-    fn calls_per_second(&self) -> f64 {
-        f64::from(self.calls) / self.wall.as_secs_f64()
-    }
-}
-
-/// Sorted latencies of one open-loop run.
-#[derive(Debug)]
-struct Latencies {
-    samples: Vec<Duration>,
-    launched_in: Duration,
-}
-
-impl Latencies {
-    /// Nearest-rank percentile, in µs.
-    fn percentile_us(&self, p: f64) -> f64 {
-        let n = self.samples.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss,
-            reason = "n is a sample count far below 2^52; the rank is in 1..=n"
-        )]
-        let rank = ((p / 100.0) * n as f64).ceil().clamp(1.0, n as f64) as usize;
-        self.samples[rank - 1].as_secs_f64() * 1e6
-    }
-
-    #[expect(clippy::cast_precision_loss, reason = "a sample count far below 2^52")]
-    fn achieved_rate(&self) -> f64 {
-        self.samples.len() as f64 / self.launched_in.as_secs_f64()
-    }
-}
-
 #[derive(Debug)]
 struct Report {
     rounds: Vec<(CpuSample, CpuSample)>,
@@ -535,11 +268,8 @@ struct Report {
 impl Report {
     #[expect(clippy::print_stdout, reason = "the benchmark's output")]
     fn print(&self, args: &Args) {
-        let median = |f: &dyn Fn(&(CpuSample, CpuSample)) -> f64| -> f64 {
-            let mut v: Vec<f64> = self.rounds.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median =
+            |f: &dyn Fn(&(CpuSample, CpuSample)) -> f64| bench::median(self.rounds.iter().map(f).collect());
         let base_cpu = median(&|r| r.0.cpu_us_per_call());
         let mesh_cpu = median(&|r| r.1.cpu_us_per_call());
         let ratio = median(&|r| r.1.cpu_us_per_call() / r.0.cpu_us_per_call());
@@ -615,12 +345,6 @@ impl Report {
         println!("result.p50_us_added_target={TARGET_ADDED_P50_US}");
         println!("result.p99_us_added_target={TARGET_ADDED_P99_US}");
     }
-}
-
-/// Progress goes to standard error; the report to standard output.
-#[expect(clippy::print_stderr, reason = "the benchmark's progress lines")]
-fn progress(line: &str) {
-    eprintln!("{line}");
 }
 
 /// The gateway as the mesh serves it, with a development issuer under `dir`.

@@ -1,0 +1,212 @@
+//! Tenant gRPC through the edge: the same admission pipeline with the
+//! bearer token in the `authorization` metadata, from a Rust (tonic) and a
+//! Python (grpcio) client; and kill switches shared by gateway replicas
+//! through their database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use soma_proto::v1::analytics_client::AnalyticsClient;
+use soma_proto::v1::gateway_client::GatewayClient;
+use soma_store::StoreSettings;
+use tonic::metadata::MetadataValue;
+
+use common::edge::{client, gateway_signer, send, start_edge};
+use common::{Ca, analytics_config, start_analytics};
+
+fn sqlite(dir: &tempfile::TempDir) -> StoreSettings {
+    StoreSettings {
+        data_dir: dir.path().to_owned(),
+        database_url: None,
+    }
+}
+
+fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(t) = token {
+        let value: MetadataValue<_> = format!("Bearer {t}").parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+fn reason(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get("soma-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
+    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |_| {}).await;
+    let channel = tonic::transport::Endpoint::from_shared(edge.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut gateway = GatewayClient::new(channel.clone());
+    let mut analytics_client = AnalyticsClient::new(channel);
+    let token = edge.token(json!({"tenant": "acme", "sub": "grpc@acme", "scope": "identity:read ledger:read analytics:export capsules:run"}));
+
+    // Admitted: the gateway's own method, and a forwarded one.
+    let who = gateway
+        .who_am_i(with_token(soma_proto::v1::WhoAmIRequest {}, Some(&token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((who.tenant.as_str(), who.subject.as_str()), ("acme", "grpc@acme"));
+    let checkpoint = analytics_client
+        .ledger_checkpoint(with_token(soma_proto::v1::LedgerCheckpointRequest {}, Some(&token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checkpoint.tree_size, 0);
+    assert_eq!(analytics.metrics.dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"), 1);
+
+    // A server stream relayed message by message.
+    let now = common::edge::now();
+    let mut stream = analytics_client
+        .export_capsule_runs(with_token(
+            soma_proto::v1::ExportRequest {
+                from: Some(prost_types::Timestamp { seconds: now - 3600, nanos: 0 }),
+                to: Some(prost_types::Timestamp { seconds: now + 60, nanos: 0 }),
+                ..Default::default()
+            },
+            Some(&token),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        let _ = chunk;
+        chunks += 1;
+    }
+    assert!(chunks >= 2, "data and signature chunks: {chunks}");
+
+    // Refused: exact code and reason, and the backend never called.
+    let before = analytics.metrics.dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint");
+    let cases: Vec<(Option<String>, tonic::Code, &str)> = vec![
+        (None, tonic::Code::Unauthenticated, "token_missing"),
+        (Some(format!("{token}x")), tonic::Code::Unauthenticated, "bad_signature"),
+        (Some(edge.token(json!({"tenant": "t", "region": "mars-1", "scope": "ledger:read"}))), tonic::Code::PermissionDenied, "residency_denied"),
+        (Some(edge.token(json!({"tenant": "t", "scope": "identity:read"}))), tonic::Code::PermissionDenied, "insufficient_scope"),
+    ];
+    for (t, code, why) in cases {
+        let err = analytics_client
+            .ledger_checkpoint(with_token(soma_proto::v1::LedgerCheckpointRequest {}, t.as_deref()))
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), reason(&err)), (code, why), "{err:?}");
+        if code == tonic::Code::Unauthenticated {
+            assert!(err.metadata().get("www-authenticate").is_some());
+        }
+    }
+    assert_eq!(analytics.metrics.dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"), before);
+
+    // Moderation applies to gRPC input too.
+    let mut input = prost_types::Struct::default();
+    input.fields.insert(
+        "note".to_owned(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("mail me at jane.doe@example.com".to_owned())),
+        },
+    );
+    let err = gateway
+        .run_capsule(with_token(
+            soma_proto::v1::RunCapsuleRequest {
+                capsule_id: "c1".to_owned(),
+                environment: "production".to_owned(),
+                input: Some(input),
+            },
+            Some(&token),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!((err.code(), reason(&err)), (tonic::Code::InvalidArgument, "moderation_rejected"), "{err:?}");
+
+    // An independent gRPC stack: Python grpcio, raw bytes, bearer metadata.
+    let script = r#"
+import sys, grpc
+target, token = sys.argv[1], sys.argv[2]
+channel = grpc.insecure_channel(target)
+call = channel.unary_unary("/somastack.v1.Gateway/WhoAmI", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+reply = call(b"", metadata=(("authorization", "Bearer " + token),), timeout=10)
+assert b"acme" in reply and b"grpc@acme" in reply, reply
+try:
+    call(b"", timeout=10)
+    sys.exit("admitted without a token")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
+    assert dict(e.trailing_metadata()).get("soma-reason") == "token_missing", e.trailing_metadata()
+print("ok")
+"#;
+    let out = std::process::Command::new(common::python())
+        .args(["-c", script])
+        .arg(edge.addr.to_string())
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python grpcio: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    edge.stop().await;
+    analytics.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
+    for db in soma_store::testing::engines("gateway").await {
+        let ca = Ca::new();
+        let dbs = tempfile::tempdir().unwrap();
+        let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
+        let a = start_edge(&ca, Some(&analytics), &db.settings, |_| {}).await;
+        let b = start_edge(&ca, Some(&analytics), &db.settings, |_| {}).await;
+        let http = client();
+        let operator = a.token(json!({"tenant": "ops", "sub": "bob@ops", "scope": "ops:killswitch", "amr": ["otp"]}));
+        // Both replicas share the development issuer only by configuration:
+        // each has its own key, so each mints its own tokens.
+        let victim = b.token(json!({"tenant": "noisy", "scope": "ledger:read"}));
+        let url = format!("{}/v1/ledger/checkpoint", b.url);
+        assert_eq!(send(&http, "GET", &url, Some(&victim), None, &[]).await.status, 200, "{}", db.label);
+
+        let set = json!({"scope": "KILL_SWITCH_SCOPE_TENANT", "target": "noisy", "engaged": true, "reason": "abuse report 7"});
+        let r = send(&http, "POST", &format!("{}/v1/kill-switches", a.url), Some(&operator), Some(&set.to_string()), &[]).await;
+        assert_eq!(r.status, 200, "{}: {}", db.label, String::from_utf8_lossy(&r.body));
+
+        // Replica B re-reads the switches every 500 ms (at most 2 s by
+        // configuration); a generous deadline keeps this a liveness check.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = send(&http, "GET", &url, Some(&victim), None, &[]).await;
+            if r.status == 503 {
+                assert_eq!(r.reason(), "kill_switch_engaged");
+                break;
+            }
+            assert_eq!(r.status, 200);
+            assert!(Instant::now() < deadline, "{}: replica B never saw the switch", db.label);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The audit row says who, why and when.
+        let who = common::scalar_text(&b.db, "SELECT set_by || '|' || reason FROM kill_switch_audit").await;
+        assert_eq!(who, "bob@ops|abuse report 7");
+
+        a.stop().await;
+        b.stop().await;
+        analytics.stop().await;
+        db.cleanup().await;
+    }
+}
