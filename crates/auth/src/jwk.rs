@@ -18,6 +18,8 @@ use crate::jose::{b64url_decode, parse_object};
 /// Shortest HS256 key: RFC 7518 §3.2 requires a key at least as long as the
 /// hash output.
 const MIN_HMAC_KEY_BYTES: usize = 32;
+/// Why an `oct` key of zero bytes only is refused.
+pub const ALL_ZERO_HMAC_KEY: &str = "oct key is all zero bytes";
 /// RSA moduli accepted, in bits (RFC 7518 §3.3 requires 2048 at least; the
 /// upper bound is ring's).
 const RSA_MODULUS_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
@@ -127,6 +129,10 @@ impl Jwk {
                 let k = b64_member(obj, "k")?;
                 if k.len() < MIN_HMAC_KEY_BYTES {
                     return Err(JwtError::InvalidKey("oct key is shorter than 32 bytes"));
+                }
+                // A key of zero bytes only is no secret: anyone can MAC with it.
+                if k.iter().all(|&b| b == 0) {
+                    return Err(JwtError::InvalidKey(ALL_ZERO_HMAC_KEY));
                 }
                 (
                     Algorithm::Hs256,

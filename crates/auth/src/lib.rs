@@ -39,7 +39,7 @@ pub use envelope::{
     SignedClaims,
 };
 pub use error::{AuthError, JwtConfigError, JwtError};
-pub use jwk::{Algorithm, Jwk};
+pub use jwk::{ALL_ZERO_HMAC_KEY, Algorithm, Jwk};
 pub use jwt::{
     DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, IssuerSettings, JwtSettings,
     JwtVerifier, TokenClaims, verify_compact_jws,

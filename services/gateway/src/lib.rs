@@ -77,6 +77,9 @@ pub enum BuildError {
     /// A backend channel could not be made.
     #[error("backends: {0}")]
     Mesh(#[from] soma_mesh::MeshError),
+    /// The edge's certificate or key is unusable.
+    #[error("edge TLS: {0}")]
+    Tls(String),
     /// The edge listener could not be bound.
     #[error("cannot bind the edge on {addr}: {source}")]
     Bind {
@@ -105,6 +108,7 @@ pub struct EdgeServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     state: Arc<EdgeState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl EdgeServer {
@@ -113,11 +117,25 @@ impl EdgeServer {
         self.local_addr
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Whether the edge speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(self.listener, edge::router(self.state))
-            .with_graceful_shutdown(shutdown)
-            .await
+        let router = edge::router(self.state);
+        match self.tls {
+            None => {
+                axum::serve(self.listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(config) => {
+                edge::serve_tls(self.listener, tokio_rustls::TlsAcceptor::from(config), router, shutdown).await;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -184,6 +202,10 @@ impl Gateway {
                     server_url: None,
                 };
                 let document = openapi::openapi(&routes, &info);
+                let tls = match (&config.edge_tls_cert_file, &config.edge_tls_key_file) {
+                    (Some(cert), Some(key)) => Some(edge::tls_config(cert, key).map_err(BuildError::Tls)?),
+                    _ => None,
+                };
                 let state = EdgeState::new(
                     routes,
                     admission,
@@ -197,6 +219,7 @@ impl Gateway {
                     listener,
                     local_addr,
                     state: Arc::new(state),
+                    tls,
                 })
             }
         };
