@@ -146,7 +146,15 @@ impl Protocol {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if [args.rate, args.seconds, args.rounds, args.requests, args.cpu_rounds].contains(&0) {
+    if [
+        args.rate,
+        args.seconds,
+        args.rounds,
+        args.requests,
+        args.cpu_rounds,
+    ]
+    .contains(&0)
+    {
         bail!("--rate, --seconds, --rounds, --requests and --cpu-rounds must be greater than zero");
     }
     let ticks_per_second = clock_ticks_per_second()?;
@@ -212,7 +220,8 @@ fn main() -> anyhow::Result<()> {
         let db = connect(&gateway_dir, kind).await?;
         db.migrate(&soma_gateway::MIGRATIONS).await?;
         let gateway =
-            soma_gateway::Gateway::build(db, &settings.limits, config, &edge_store, &peers, edge_signer).await?;
+            soma_gateway::Gateway::build(db, &settings.limits, config, &edge_store, &peers, edge_signer)
+                .await?;
         let server = gateway.edge.context("the gateway built no edge")?;
         let (addr, poller) = (server.local_addr(), gateway.poller);
         let serve: Serve = Box::pin(async move {
@@ -238,14 +247,7 @@ fn main() -> anyhow::Result<()> {
         channel: soma_mesh::channel(gateway_store, analytics.addr, analytics_id.clone())?,
         envelope: Envelope::new(direct_signer, analytics_id)?,
     };
-    let report = runtime.block_on(run(
-        &args,
-        ticks_per_second,
-        &edge,
-        &analytics,
-        &issuer,
-        direct,
-    ));
+    let report = runtime.block_on(run(&args, ticks_per_second, &edge, &analytics, &issuer, direct));
     // The connections are gone with the client runtime; stop the servers either way.
     drop(runtime);
     let stopped = edge.stop().and(analytics.stop());
@@ -279,7 +281,10 @@ fn analytics_config() -> anyhow::Result<soma_analytics::AnalyticsConfig> {
         .collect::<Result<_, _>>()?;
     Ok(soma_analytics::AnalyticsConfig {
         row_keys,
-        signing_key_pem: format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n")),
+        signing_key_pem: format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        ),
         signing_key_id: "analytics-1".to_owned(),
         ledger_origin: format!("{TRUST_DOMAIN}/analytics"),
         max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
@@ -321,7 +326,11 @@ async fn run(
         reply.status,
         String::from_utf8_lossy(&reply.body)
     );
-    let note = reply.json()?.get("note").and_then(Value::as_str).map(str::to_owned);
+    let note = reply
+        .json()?
+        .get("note")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let direct_note = direct.checkpoint().await?.note;
     ensure!(
         note.as_deref() == Some(direct_note.as_str()) && !direct_note.is_empty(),
@@ -335,8 +344,13 @@ async fn run(
     let period = Duration::from_secs(1) / args.rate;
     if args.warmup_seconds > 0 {
         let warmup = Duration::from_secs(u64::from(args.warmup_seconds));
-        progress(&format!("warm-up: {} s open loop on each path", args.warmup_seconds));
-        open_loop(period, warmup, edge_call).await.context("edge warm-up")?;
+        progress(&format!(
+            "warm-up: {} s open loop on each path",
+            args.warmup_seconds
+        ));
+        open_loop(period, warmup, edge_call)
+            .await
+            .context("edge warm-up")?;
         open_loop(period, warmup, &mut direct_call)
             .await
             .context("direct warm-up")?;
@@ -344,7 +358,9 @@ async fn run(
     let duration = Duration::from_secs(u64::from(args.seconds));
     let mut latency = Vec::new();
     for round in 1..=args.rounds {
-        let e = open_loop(period, duration, edge_call).await.context("edge open loop")?;
+        let e = open_loop(period, duration, edge_call)
+            .await
+            .context("edge open loop")?;
         let d = open_loop(period, duration, &mut direct_call)
             .await
             .context("direct open loop")?;
@@ -467,7 +483,12 @@ async fn edge_request(client: &HttpClient, url: &http::Uri, bearer: &HeaderValue
         .body(Full::new(Bytes::new()))?;
     let response = client.request(request).await.context("edge request")?;
     let status = response.status();
-    let body = response.into_body().collect().await.context("edge reply body")?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("edge reply body")?
+        .to_bytes();
     Ok(Reply { status, body })
 }
 
@@ -507,7 +528,10 @@ impl Direct {
                 soma_gateway::context::REQUEST_ID_HEADER,
                 AsciiMetadataValue::from_static("bench-direct"),
             );
-            let reply = client.ledger_checkpoint(request).await.context("direct LedgerCheckpoint")?;
+            let reply = client
+                .ledger_checkpoint(request)
+                .await
+                .context("direct LedgerCheckpoint")?;
             Ok(reply.into_inner())
         }
     }
@@ -674,7 +698,8 @@ impl Issuer {
             TokenKind::Garbage => {
                 // As long as a valid token, with no structure at all.
                 let valid_len = hs256(&self.secret, &header("HS256", &self.kid), &claims(now)).len();
-                let mut text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(valid_len)?);
+                let mut text =
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(valid_len)?);
                 text.truncate(valid_len);
                 text
             }
@@ -686,7 +711,11 @@ impl Issuer {
 /// A compact HS256 JWS over `claims`.
 fn hs256(secret: &[u8], header: &Value, claims: &Value) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, input.as_bytes());
     format!("{input}.{}", b64.encode(tag.as_ref()))
@@ -721,9 +750,16 @@ struct Report {
 impl Report {
     #[expect(clippy::print_stdout, reason = "the benchmark's output")]
     fn print(&self, args: &Args) {
-        let lat = |f: &dyn Fn(&(Latencies, Latencies)) -> f64| bench::median(self.latency.iter().map(f).collect());
-        let (e50, e99) = (lat(&|r| r.0.percentile_us(50.0)), lat(&|r| r.0.percentile_us(99.0)));
-        let (d50, d99) = (lat(&|r| r.1.percentile_us(50.0)), lat(&|r| r.1.percentile_us(99.0)));
+        let lat =
+            |f: &dyn Fn(&(Latencies, Latencies)) -> f64| bench::median(self.latency.iter().map(f).collect());
+        let (e50, e99) = (
+            lat(&|r| r.0.percentile_us(50.0)),
+            lat(&|r| r.0.percentile_us(99.0)),
+        );
+        let (d50, d99) = (
+            lat(&|r| r.1.percentile_us(50.0)),
+            lat(&|r| r.1.percentile_us(99.0)),
+        );
         let p50_ratio = lat(&|r| r.0.percentile_us(50.0) / r.1.percentile_us(50.0));
         let p99_ratio = lat(&|r| r.0.percentile_us(99.0) / r.1.percentile_us(99.0));
         let calls: usize = self.latency.iter().map(|r| r.0.samples.len()).sum();
@@ -741,7 +777,9 @@ impl Report {
         println!("   medians over rounds ({calls} edge requests in all):");
         println!("   edge      p50 {e50:>8.1} µs  p99 {e99:>8.1} µs");
         println!("   direct    p50 {d50:>8.1} µs  p99 {d99:>8.1} µs");
-        println!("   ratio     p50 {p50_ratio:>8.3}x    (target <= {TARGET_P50_RATIO}x; median of per-round ratios)");
+        println!(
+            "   ratio     p50 {p50_ratio:>8.3}x    (target <= {TARGET_P50_RATIO}x; median of per-round ratios)"
+        );
         println!("   ratio     p99 {p99_ratio:>8.3}x");
 
         let cpu_of = |kind: TokenKind| {

@@ -210,3 +210,49 @@ async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
         db.cleanup().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_speaks_https_over_http1_and_http2_when_a_certificate_is_configured() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (certs.path().join("edge.pem"), certs.path().join("edge.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let edge = start_edge(&ca, None, &sqlite(&dbs), |c| {
+        c.edge_tls_cert_file = Some(cert_file.clone());
+        c.edge_tls_key_file = Some(key_file.clone());
+    })
+    .await;
+    let token = edge.token(json!({"tenant": "acme", "scope": "identity:read"}));
+    let url = format!("https://localhost:{}/v1/whoami", edge.addr.port());
+    for version in ["--http1.1", "--http2"] {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", version, "--cacert"])
+            .arg(&cert_file)
+            .args(["--resolve", &format!("localhost:{}:127.0.0.1", edge.addr.port())])
+            .args(["-H", &format!("authorization: Bearer {token}")])
+            .args(["-w", "\n%{http_version} %{http_code}", &url])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "curl {version}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        let (body, status) = text.rsplit_once('\n').unwrap();
+        let expected = if version == "--http2" { "2 200" } else { "1.1 200" };
+        assert_eq!(status, expected, "{body}");
+        let who: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(who["tenant"], "acme");
+    }
+    // Plaintext HTTP to the TLS port is not served.
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        client().get(format!("http://127.0.0.1:{}/v1/whoami", edge.addr.port()).parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert!(r.is_err(), "plaintext answered on the TLS port");
+    edge.stop().await;
+}

@@ -64,39 +64,12 @@ impl ServerThread {
         if name.is_empty() || name.len() > MAX_THREAD_NAME {
             bail!("thread name {name:?} must be 1 to {MAX_THREAD_NAME} bytes: /proc keeps no more");
         }
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<(SocketAddr, Option<Metrics>)>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = oneshot::channel();
         let thread_name = name.to_owned();
         let join = std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || -> anyhow::Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .thread_name(thread_name)
-                    // Blocking threads live as long as the run, so that the
-                    // CPU time they spent stays in /proc.
-                    .thread_keep_alive(Duration::from_secs(24 * 3600))
-                    .build();
-                let runtime = match runtime {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.into()));
-                        return Ok(());
-                    }
-                };
-                runtime.block_on(async move {
-                    match start(stop_rx).await {
-                        Ok(Started { addr, serve, metrics }) => {
-                            let _ = ready_tx.send(Ok((addr, metrics)));
-                            serve.await
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            Ok(())
-                        }
-                    }
-                })
-            })?;
+            .spawn(move || serve_on_this_thread(thread_name, start, stop_rx, ready_tx))?;
         let (addr, metrics) = ready_rx
             .recv()
             .context("the server thread ended before it listened")??;
@@ -128,6 +101,47 @@ impl ServerThread {
             Err(_) => bail!("the server thread {} panicked", self.name),
         }
     }
+}
+
+/// Builds the server's runtime on the calling thread, starts the server,
+/// reports its address (or why it could not start) on `ready`, and serves
+/// until stopped.
+fn serve_on_this_thread<F, Fut>(
+    name: String,
+    start: F,
+    stop: oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<(SocketAddr, Option<Metrics>)>>,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = anyhow::Result<Started>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name(name)
+        // Blocking threads live as long as the run, so that the CPU time
+        // they spent stays in /proc.
+        .thread_keep_alive(Duration::from_secs(24 * 3600))
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return Ok(());
+        }
+    };
+    runtime.block_on(async move {
+        match start(stop).await {
+            Ok(Started { addr, serve, metrics }) => {
+                let _ = ready.send(Ok((addr, metrics)));
+                serve.await
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                Ok(())
+            }
+        }
+    })
 }
 
 /// `USER_HZ`, the unit of `utime` and `stime`.
@@ -202,7 +216,8 @@ impl CpuTime {
             let v = fields
                 .get(i)
                 .with_context(|| format!("{}: too few fields", path.display()))?;
-            v.parse().with_context(|| format!("{}: field {v:?}", path.display()))
+            v.parse()
+                .with_context(|| format!("{}: field {v:?}", path.display()))
         };
         let ticks = field(11)? + field(12)?;
         let stat = Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_second);
