@@ -7,12 +7,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# Python interop clients (grpcio: an independent gRPC + TLS stack).
+# Python interop clients: grpcio (an independent gRPC + TLS stack), PyJWT and
+# jwcrypto (independent JWT minting), schemathesis (OpenAPI fuzzing), grpcurl.
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe, cryptography, rfc8785' 2>/dev/null || [ ! -x "$venv/bin/grpcurl" ]; then
+if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe, cryptography, rfc8785, jwt, jwcrypto, openapi_spec_validator' 2>/dev/null \
+  || [ ! -x "$venv/bin/grpcurl" ] || [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/scripts/requirements-interop.txt"
 fi
 export SOMA_PYTHON="$venv/bin/python"

@@ -311,14 +311,15 @@ impl IssuerState {
     /// Looks the kid up in the URL's set, then the JWKS file, then the
     /// secret file. Without a kid, the issuer's only key, if it has one.
     fn lookup(&self, kid: Option<&str>) -> Option<Arc<Jwk>> {
-        let sets: Vec<Arc<KeyList>> = self
-            .jwks_url
-            .iter()
-            .map(UrlSource::keys)
-            .chain(self.jwks_file.iter().map(WatchedFile::keys))
-            .chain(self.secret_file.iter().map(WatchedFile::keys))
-            .collect();
-        let mut all = sets.iter().flat_map(|set| set.iter());
+        // The sources in order, each an Arc snapshot; no allocation on the
+        // request path beyond these reference counts.
+        let url = self.jwks_url.as_ref().map(UrlSource::keys);
+        let file = self.jwks_file.as_ref().map(WatchedFile::keys);
+        let secret = self.secret_file.as_ref().map(WatchedFile::keys);
+        let mut all = [url.as_deref(), file.as_deref(), secret.as_deref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|set| set.iter());
         match kid {
             Some(kid) => all.find(|key| key.key_id() == Some(kid)).cloned(),
             None => {
