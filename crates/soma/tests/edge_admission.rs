@@ -171,3 +171,103 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
     edge.stop().await;
     analytics.stop().await;
 }
+
+/// A compact JWS with this header and claims, MACed with `secret`.
+fn forge(secret: &[u8], header: &Value, claims: &Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    format!("{input}.{}", b64.encode(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tokens_are_401_with_their_own_reason_at_the_edge() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let signer = gateway_signer();
+    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&signer)).await;
+    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |_| {}).await;
+    let http = client();
+    let url = format!("{}/v1/ledger/checkpoint", edge.url);
+    let t = now();
+    let good = json!({"iss": "soma-dev", "aud": "somastack", "sub": "u", "tenant": "t", "region": "local", "scope": "ledger:read", "iat": t, "exp": t + 300});
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let hs = json!({"alg": "HS256", "typ": "JWT", "kid": edge.kid});
+    let valid = forge(&edge.secret, &hs, &good);
+    let none_token = |alg: &str| {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}.", b64.encode(json!({"alg": alg, "kid": edge.kid}).to_string()), b64.encode(good.to_string()))
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg none", none_token("none"), "token_malformed"),
+        ("alg None with a signature", format!("{}AAAA", none_token("None")), "alg_not_allowed"),
+        ("alg NONE with a signature", format!("{}AAAA", none_token("NONE")), "alg_not_allowed"),
+        ("unknown kid", forge(&edge.secret, &json!({"alg": "HS256", "kid": "other"}), &good), "unknown_kid"),
+        ("kid with a path", forge(&edge.secret, &json!({"alg": "HS256", "kid": "../../etc/passwd"}), &good), "bad_kid"),
+        ("kid with SQL", forge(&edge.secret, &json!({"alg": "HS256", "kid": "' OR 1=1 --"}), &good), "bad_kid"),
+        ("jku elsewhere", forge(&edge.secret, &json!({"alg": "HS256", "kid": edge.kid, "jku": "http://127.0.0.1:1/jwks"}), &good), "untrusted_key_reference"),
+        ("x5u elsewhere", forge(&edge.secret, &json!({"alg": "HS256", "kid": edge.kid, "x5u": "http://127.0.0.1:1/x5"}), &good), "untrusted_key_reference"),
+        ("unknown crit", forge(&edge.secret, &json!({"alg": "HS256", "kid": edge.kid, "crit": ["exp"], "exp": 1}), &good), "unknown_crit"),
+        ("string exp", forge(&edge.secret, &hs, &with("exp", json!((t + 300).to_string()))), "invalid_claim_type"),
+        ("expired", forge(&edge.secret, &hs, &with("exp", json!(t - 120))), "expired"),
+        ("nbf in the future", forge(&edge.secret, &hs, &with("nbf", json!(t + 600))), "not_yet_valid"),
+        ("iss prefix", forge(&edge.secret, &hs, &with("iss", json!("soma-de"))), "unknown_issuer"),
+        ("iss suffix", forge(&edge.secret, &hs, &with("iss", json!("soma-dev2"))), "unknown_issuer"),
+        ("aud mismatch", forge(&edge.secret, &hs, &with("aud", json!("another"))), "audience_mismatch"),
+        ("oversized", forge(&edge.secret, &hs, &with("pad", json!("p".repeat(9000)))), "token_too_large"),
+        ("two signatures", format!("{valid}.{}", valid.rsplit('.').next().unwrap()), "token_malformed"),
+        ("trailing garbage", format!("{valid}~~"), "token_malformed"),
+        ("wrong key", forge(b"a-different-secret-of-32-bytes-!", &hs, &good), "bad_signature"),
+    ];
+    let before = backend_calls(&analytics.metrics);
+    for (name, token, reason) in &cases {
+        let r = send(&http, "GET", &url, Some(token), None, &[]).await;
+        assert_eq!((r.status, r.reason().as_str()), (401, *reason), "{name}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("www-authenticate").unwrap().contains("invalid_token"), "{name}");
+    }
+    assert_eq!(backend_calls(&analytics.metrics), before);
+    let r = send(&http, "GET", &url, Some(&valid), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    edge.stop().await;
+    analytics.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_needs_no_token_and_only_configured_origins_are_allowed() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let edge = start_edge(&ca, None, &sqlite(&dbs), |c| {
+        c.cors_allowed_origins = vec!["https://app.example".to_owned()];
+    })
+    .await;
+    let http = client();
+    let url = format!("{}/v1/whoami", edge.url);
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "authorization"),
+    ];
+    let r = send(&http, "OPTIONS", &url, None, None, &preflight).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example"));
+    assert!(r.header("access-control-allow-headers").unwrap().contains("authorization"));
+    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "GET")];
+    let r = send(&http, "OPTIONS", &url, None, None, &evil).await;
+    assert_eq!((r.status, r.reason().as_str()), (403, "cors_origin_denied"));
+    assert!(r.header("access-control-allow-origin").is_none());
+    // A real request from the allowed origin carries the CORS headers, also
+    // on a refusal (so the browser can read the error).
+    let r = send(&http, "GET", &url, None, None, &[("origin", "https://app.example")]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example"));
+    assert!(r.header("access-control-expose-headers").unwrap().contains("x-request-id"));
+    let r = send(&http, "GET", &url, None, None, &[("origin", "https://evil.example")]).await;
+    assert!(r.header("access-control-allow-origin").is_none());
+    edge.stop().await;
+}
