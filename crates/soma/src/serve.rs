@@ -40,6 +40,14 @@ pub async fn run(
         Err(e) => return Ok(crate::config_error(e)),
     };
 
+    // The gateway's own settings, validated before anything is contacted.
+    let gateway_config = match kind {
+        ServiceKind::Gateway => match soma_gateway::GatewayConfig::load(|k| std::env::var(k).ok()) {
+            Ok(c) => Some(c),
+            Err(e) => return Ok(crate::config_error(e)),
+        },
+        _ => None,
+    };
     let identity = WorkloadIdentity::connect(
         settings.workload_api_socket.as_deref(),
         None,
@@ -88,13 +96,6 @@ pub async fn run(
                 Err(e) => return Ok(crate::config_error(e)),
             }
         }
-        _ => None,
-    };
-    let gateway_config = match kind {
-        ServiceKind::Gateway => match soma_gateway::GatewayConfig::load(|k| std::env::var(k).ok()) {
-            Ok(c) => Some(c),
-            Err(e) => return Ok(crate::config_error(e)),
-        },
         _ => None,
     };
     let claims_signer = match (kind, &settings.gateway_claims_key_file) {

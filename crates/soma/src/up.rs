@@ -56,6 +56,9 @@ struct Running {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = soma_gateway::Region::parse(&args.region) {
+        return Ok(crate::config_error(format_args!("--region: {e}")));
+    }
     let trust_domain = match TrustDomain::parse(&args.trust_domain) {
         Ok(td) => td,
         Err(e) => {
@@ -80,9 +83,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         Authority::open_or_create(&data_dir, &trust_domain)
             .with_context(|| format!("opening the authority under {}", data_dir.display()))?,
     );
-    if let Err(e) = soma_gateway::Region::parse(&args.region) {
-        return Ok(crate::config_error(format_args!("--region: {e}")));
-    }
     let (claims_key, claims_pub) = ensure_claims_key(&data_dir)?;
     let gateway_config = ensure_gateway_config(&data_dir, &args)?;
     let analytics_keys = ensure_analytics_keys(&data_dir)?;

@@ -398,6 +398,20 @@ mod tests {
     }
 
     #[test]
+    fn the_deployed_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/gateway.toml");
+        let config = GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned())).unwrap();
+        assert_eq!(config.region.as_str(), "eu");
+        assert_eq!(config.jwt.issuers.len(), 1);
+        assert_eq!(config.edge_addr, Some("0.0.0.0:8080".parse().unwrap()));
+        // Without the allow-list the gateway does not start.
+        let err = GatewayConfig::from_file(&path, |_| None).unwrap_err();
+        assert!(err.to_string().contains(RESIDENCY_ENV), "{err}");
+        let err = GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "EU".to_owned())).unwrap_err();
+        assert!(err.to_string().contains(RESIDENCY_ENV), "{err}");
+    }
+
+    #[test]
     fn unusable_residency_lists_are_refused() {
         for bad in ["", ",", "EU-WEST-1", "eu west", "a=", "=eu", "a=b,a=c", "eu-west-1,", "é", "-eu"] {
             assert!(Residency::parse(bad).is_err(), "{bad:?} should be refused");

@@ -475,7 +475,7 @@ fn bad_policy_files_are_load_errors_naming_the_key() {
 
 #[test]
 fn the_deployed_example_policy_loads_and_applies() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/gateway/moderation.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/moderation.toml");
     let policy = ModerationPolicy::from_file(&path).unwrap();
     let moderator = Moderator::new(policy);
     assert!(moderator.check(RUN_CAPSULE, &json!({"prompt": "hello"})).allowed);
