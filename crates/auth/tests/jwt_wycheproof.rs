@@ -78,7 +78,11 @@ fn wycheproof_json_web_signature() {
                 && e.to_string().contains(soma_auth::ALL_ZERO_HMAC_KEY)
             {
                 assert!(outcome.is_err(), "tcId {id}");
-                let label = if valid { "valid refused (all-zero HMAC key)" } else { "invalid refused (no usable key)" };
+                let label = if valid {
+                    "valid refused (all-zero HMAC key)"
+                } else {
+                    "invalid refused (no usable key)"
+                };
                 *counts.entry(label).or_default() += 1;
                 continue;
             }
@@ -165,7 +169,10 @@ fn wycheproof_json_web_signature() {
     let valid_refused = contradictions.len() - invalid_twins;
     let valid_seen = counts["valid accepted"]
         + counts["valid skipped (unsupported algorithm)"]
-        + counts.get("valid refused (all-zero HMAC key)").copied().unwrap_or(0)
+        + counts
+            .get("valid refused (all-zero HMAC key)")
+            .copied()
+            .unwrap_or(0)
         + valid_refused;
     assert_eq!(
         valid_seen,

@@ -103,15 +103,23 @@ fn ready(line: &serde_json::Value) {
 }
 
 /// The gateway as the mesh serves it, with a development issuer under `dir`.
-#[allow(unused_qualifications, reason = "one self-contained helper shared by the two bench examples")]
+#[allow(
+    unused_qualifications,
+    reason = "one self-contained helper shared by the two bench examples"
+)]
 async fn gateway_spec(
     db: soma_store::Database,
     settings: &soma_mesh::MeshSettings,
     store: &std::sync::Arc<soma_identity::SvidStore>,
     dir: &std::path::Path,
 ) -> anyhow::Result<soma_mesh::ServiceSpec> {
-    let config = soma_gateway::GatewayConfig::dev(dir, &soma_gateway::Region::parse("local").map_err(anyhow::Error::msg)?, None)?;
+    let config = soma_gateway::GatewayConfig::dev(
+        dir,
+        &soma_gateway::Region::parse("local").map_err(anyhow::Error::msg)?,
+        None,
+    )?;
     let (signer, _) = soma_auth::ClaimsSigner::generate("gateway-1")?;
-    let gateway = soma_gateway::Gateway::build(db, &settings.limits, config, store, &settings.peers, signer).await?;
+    let gateway =
+        soma_gateway::Gateway::build(db, &settings.limits, config, store, &settings.peers, signer).await?;
     Ok(gateway.spec)
 }

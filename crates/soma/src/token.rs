@@ -38,9 +38,14 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
         return Ok(crate::config_error("--tenant and --region must not be empty"));
     }
     let path = dev_issuer_jwk(&args.data_dir);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (run `soma up` on this data dir first)", path.display()))?;
-    let jwk: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (run `soma up` on this data dir first)",
+            path.display()
+        )
+    })?;
+    let jwk: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let (Some("oct"), Some(kid), Some(k)) = (
         jwk.get("kty").and_then(|v| v.as_str()),
         jwk.get("kid").and_then(|v| v.as_str()),
@@ -56,7 +61,11 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     let mut jti = [0u8; 16];
     rand::rng().fill_bytes(&mut jti);
     let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
-    let amr = if args.mfa { json!(["pwd", "otp"]) } else { json!(["pwd"]) };
+    let amr = if args.mfa {
+        json!(["pwd", "otp"])
+    } else {
+        json!(["pwd"])
+    };
     let claims = json!({
         "iss": DEV_ISSUER,
         "aud": DEV_AUDIENCE,

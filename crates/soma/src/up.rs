@@ -182,7 +182,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         if let Some(edge) = &endpoints.edge {
             println!("  edge           {edge}  (HTTP/JSON and gRPC, bearer tokens; {edge}/openapi.json)");
             println!("Try it:");
-            let soma = std::env::current_exe().map_or_else(|_| "soma".to_owned(), |p| p.display().to_string());
+            let soma =
+                std::env::current_exe().map_or_else(|_| "soma".to_owned(), |p| p.display().to_string());
             println!(
                 "  curl -H \"authorization: Bearer $({soma} token --data-dir {} --tenant demo --region {} --scope identity:read)\" {edge}/v1/whoami",
                 data_dir.display(),

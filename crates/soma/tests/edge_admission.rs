@@ -60,49 +60,187 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
     let old_auth = now() - 3600;
 
     let cases = vec![
-        Case { name: "no token", method: "GET", path: "/v1/ledger/checkpoint", claims: None, body: None, status: 401, reason: "token_missing" },
-        Case { name: "region not served", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-us", "region": "us-east-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
-        Case { name: "region in upper case", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-upper", "region": "EU-WEST-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
-        Case { name: "region with a trailing space", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-space", "region": "eu-west-1 ", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
-        Case { name: "region with a Unicode hyphen", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-uni", "region": "eu\u{2011}west-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
-        Case { name: "tenant outside its own regions", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "acme", "region": "eu-west-1", "scope": "ledger:read"})), body: None, status: 403, reason: "residency_denied" },
-        Case { name: "missing capability", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-scope", "scope": "drills:read ledger:write"})), body: None, status: 403, reason: "insufficient_scope" },
-        Case { name: "capability prefix is not the capability", method: "GET", path: "/v1/ledger/checkpoint", claims: Some(json!({"tenant": "t-prefix", "scope": "ledger:rea"})), body: None, status: 403, reason: "insufficient_scope" },
-        Case { name: "method tenants may not call", method: "POST", path: "/v1/billing-events", claims: Some(json!({"tenant": "t-bill", "scope": "analytics:ingest"})), body: Some(json!({})), status: 403, reason: "not_tenant_callable" },
-        Case { name: "MFA method without a second factor", method: "POST", path: "/v1/kill-switches", claims: Some(json!({"tenant": "t-mfa", "scope": "ops:killswitch", "amr": ["pwd"]})), body: Some(json!({"scope": "KILL_SWITCH_SCOPE_GLOBAL", "engaged": true, "reason": "x"})), status: 401, reason: "insufficient_user_authentication" },
-        Case { name: "MFA method with a stale second factor", method: "POST", path: "/v1/kill-switches", claims: Some(json!({"tenant": "t-mfa2", "scope": "ops:killswitch", "amr": ["pwd", "otp"], "auth_time": old_auth})), body: Some(json!({"scope": "KILL_SWITCH_SCOPE_GLOBAL", "engaged": true, "reason": "x"})), status: 401, reason: "insufficient_user_authentication" },
-        Case { name: "moderation: a payment card number", method: "POST", path: "/v1/capsules/c1:run", claims: Some(json!({"tenant": "t-mod", "scope": "capsules:run"})), body: Some(json!({"environment": "production", "input": {"note": "card 4111 1111 1111 1111"}})), status: 422, reason: "moderation_rejected" },
+        Case {
+            name: "no token",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: None,
+            body: None,
+            status: 401,
+            reason: "token_missing",
+        },
+        Case {
+            name: "region not served",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "t-us", "region": "us-east-1", "scope": "ledger:read"})),
+            body: None,
+            status: 403,
+            reason: "residency_denied",
+        },
+        Case {
+            name: "region in upper case",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "t-upper", "region": "EU-WEST-1", "scope": "ledger:read"})),
+            body: None,
+            status: 403,
+            reason: "residency_denied",
+        },
+        Case {
+            name: "region with a trailing space",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "t-space", "region": "eu-west-1 ", "scope": "ledger:read"})),
+            body: None,
+            status: 403,
+            reason: "residency_denied",
+        },
+        Case {
+            name: "region with a Unicode hyphen",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "t-uni", "region": "eu\u{2011}west-1", "scope": "ledger:read"})),
+            body: None,
+            status: 403,
+            reason: "residency_denied",
+        },
+        Case {
+            name: "tenant outside its own regions",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "acme", "region": "eu-west-1", "scope": "ledger:read"})),
+            body: None,
+            status: 403,
+            reason: "residency_denied",
+        },
+        Case {
+            name: "missing capability",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "t-scope", "scope": "drills:read ledger:write"})),
+            body: None,
+            status: 403,
+            reason: "insufficient_scope",
+        },
+        Case {
+            name: "capability prefix is not the capability",
+            method: "GET",
+            path: "/v1/ledger/checkpoint",
+            claims: Some(json!({"tenant": "t-prefix", "scope": "ledger:rea"})),
+            body: None,
+            status: 403,
+            reason: "insufficient_scope",
+        },
+        Case {
+            name: "method tenants may not call",
+            method: "POST",
+            path: "/v1/billing-events",
+            claims: Some(json!({"tenant": "t-bill", "scope": "analytics:ingest"})),
+            body: Some(json!({})),
+            status: 403,
+            reason: "not_tenant_callable",
+        },
+        Case {
+            name: "MFA method without a second factor",
+            method: "POST",
+            path: "/v1/kill-switches",
+            claims: Some(json!({"tenant": "t-mfa", "scope": "ops:killswitch", "amr": ["pwd"]})),
+            body: Some(json!({"scope": "KILL_SWITCH_SCOPE_GLOBAL", "engaged": true, "reason": "x"})),
+            status: 401,
+            reason: "insufficient_user_authentication",
+        },
+        Case {
+            name: "MFA method with a stale second factor",
+            method: "POST",
+            path: "/v1/kill-switches",
+            claims: Some(
+                json!({"tenant": "t-mfa2", "scope": "ops:killswitch", "amr": ["pwd", "otp"], "auth_time": old_auth}),
+            ),
+            body: Some(json!({"scope": "KILL_SWITCH_SCOPE_GLOBAL", "engaged": true, "reason": "x"})),
+            status: 401,
+            reason: "insufficient_user_authentication",
+        },
+        Case {
+            name: "moderation: a payment card number",
+            method: "POST",
+            path: "/v1/capsules/c1:run",
+            claims: Some(json!({"tenant": "t-mod", "scope": "capsules:run"})),
+            body: Some(json!({"environment": "production", "input": {"note": "card 4111 1111 1111 1111"}})),
+            status: 422,
+            reason: "moderation_rejected",
+        },
     ];
 
     let before = backend_calls(&analytics.metrics);
     for case in &cases {
         let token = case.claims.clone().map(|c| edge.token(c));
         let body = case.body.as_ref().map(Value::to_string);
-        let reply = send(&http, case.method, &url(case.path), token.as_deref(), body.as_deref(), &[]).await;
-        assert_eq!(reply.status, case.status, "{}: {}", case.name, String::from_utf8_lossy(&reply.body));
+        let reply = send(
+            &http,
+            case.method,
+            &url(case.path),
+            token.as_deref(),
+            body.as_deref(),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            reply.status,
+            case.status,
+            "{}: {}",
+            case.name,
+            String::from_utf8_lossy(&reply.body)
+        );
         assert_eq!(reply.reason(), case.reason, "{}", case.name);
         let json = reply.json();
-        assert!(json["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{}: request id", case.name);
-        assert_eq!(reply.header("x-request-id").as_deref(), json["request_id"].as_str(), "{}", case.name);
+        assert!(
+            json["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+            "{}: request id",
+            case.name
+        );
+        assert_eq!(
+            reply.header("x-request-id").as_deref(),
+            json["request_id"].as_str(),
+            "{}",
+            case.name
+        );
         if case.status == 401 {
             let challenge = reply.header("www-authenticate").unwrap_or_default();
             assert!(challenge.starts_with("Bearer"), "{}: {challenge}", case.name);
             if case.reason == "insufficient_user_authentication" {
-                assert!(challenge.contains("error=\"insufficient_user_authentication\""), "{challenge}");
+                assert!(
+                    challenge.contains("error=\"insufficient_user_authentication\""),
+                    "{challenge}"
+                );
             }
         }
         if case.status == 422 {
             assert_eq!(json["details"][0]["reason"], "pii_card_number", "{json}");
             // The rejection is audited, without the card number itself.
-            let id = json["message"].as_str().unwrap().rsplit(' ').next().unwrap().to_owned();
-            let stored = common::scalar_text(&edge.db, &format!(
-                "SELECT findings FROM moderation_rejections WHERE decision_id = '{id}'"
-            ))
+            let id = json["message"]
+                .as_str()
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_owned();
+            let stored = common::scalar_text(
+                &edge.db,
+                &format!("SELECT findings FROM moderation_rejections WHERE decision_id = '{id}'"),
+            )
             .await;
-            assert!(stored.contains("pii_card_number") && !stored.contains("4111"), "{stored}");
+            assert!(
+                stored.contains("pii_card_number") && !stored.contains("4111"),
+                "{stored}"
+            );
         }
     }
-    assert_eq!(backend_calls(&analytics.metrics), before, "a refused request reached the backend");
+    assert_eq!(
+        backend_calls(&analytics.metrics),
+        before,
+        "a refused request reached the backend"
+    );
 
     // Admitted: the backend is called exactly once per request.
     let ok = edge.token(json!({"tenant": "acme", "region": "eu-central-1", "scope": "ledger:read"}));
@@ -116,7 +254,15 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
     let mut admitted = 0;
     let mut limited = None;
     for _ in 0..25 {
-        let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(&token), None, &[]).await;
+        let r = send(
+            &http,
+            "GET",
+            &url("/v1/ledger/checkpoint"),
+            Some(&token),
+            None,
+            &[],
+        )
+        .await;
         match r.status {
             200 => admitted += 1,
             429 => {
@@ -143,29 +289,89 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
         ("KILL_SWITCH_SCOPE_GLOBAL", "", &t_other),
     ] {
         let set = json!({"scope": scope, "target": target, "engaged": true, "reason": "incident 42", "retryAfterSeconds": 30});
-        let r = send(&http, "POST", &url("/v1/kill-switches"), Some(&operator), Some(&set.to_string()), &[]).await;
+        let r = send(
+            &http,
+            "POST",
+            &url("/v1/kill-switches"),
+            Some(&operator),
+            Some(&set.to_string()),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()["setBy"], "alice@ops");
         let calls = backend_calls(&analytics.metrics);
-        let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(victim), None, &[]).await;
-        assert_eq!((r.status, r.reason().as_str()), (503, "kill_switch_engaged"), "{scope}");
+        let r = send(
+            &http,
+            "GET",
+            &url("/v1/ledger/checkpoint"),
+            Some(victim),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.reason().as_str()),
+            (503, "kill_switch_engaged"),
+            "{scope}"
+        );
         assert_eq!(r.header("retry-after").as_deref(), Some("30"));
-        assert_eq!(backend_calls(&analytics.metrics), calls, "{scope}: the backend was called");
+        assert_eq!(
+            backend_calls(&analytics.metrics),
+            calls,
+            "{scope}: the backend was called"
+        );
         if scope == "KILL_SWITCH_SCOPE_TENANT" {
-            let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(&t_other), None, &[]).await;
+            let r = send(
+                &http,
+                "GET",
+                &url("/v1/ledger/checkpoint"),
+                Some(&t_other),
+                None,
+                &[],
+            )
+            .await;
             assert_eq!(r.status, 200, "another tenant is not stopped");
         }
         // Listing and clearing stay possible while a switch is engaged.
         let clear = json!({"scope": scope, "target": target, "engaged": false, "reason": "resolved"});
-        let r = send(&http, "POST", &url("/v1/kill-switches"), Some(&operator), Some(&clear.to_string()), &[]).await;
+        let r = send(
+            &http,
+            "POST",
+            &url("/v1/kill-switches"),
+            Some(&operator),
+            Some(&clear.to_string()),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let r = send(&http, "GET", &url("/v1/ledger/checkpoint"), Some(victim), None, &[]).await;
+        let r = send(
+            &http,
+            "GET",
+            &url("/v1/ledger/checkpoint"),
+            Some(victim),
+            None,
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 200, "{scope}: cleared");
     }
-    let list = send(&http, "GET", &url("/v1/kill-switches"), Some(&operator), None, &[]).await;
+    let list = send(
+        &http,
+        "GET",
+        &url("/v1/kill-switches"),
+        Some(&operator),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(list.status, 200);
     assert_eq!(list.json()["switches"].as_array().unwrap().len(), 3);
-    let audit = common::scalar(&edge.db, "SELECT COUNT(*) FROM kill_switch_audit WHERE set_by = 'alice@ops'").await;
+    let audit = common::scalar(
+        &edge.db,
+        "SELECT COUNT(*) FROM kill_switch_audit WHERE set_by = 'alice@ops'",
+    )
+    .await;
     assert_eq!(audit, 6);
 
     edge.stop().await;
@@ -176,9 +382,16 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
 fn forge(secret: &[u8], header: &Value, claims: &Value) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-    format!("{input}.{}", b64.encode(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+    format!(
+        "{input}.{}",
+        b64.encode(ring::hmac::sign(&key, input.as_bytes()).as_ref())
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,34 +415,134 @@ async fn hostile_tokens_are_401_with_their_own_reason_at_the_edge() {
     let none_token = |alg: &str| {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!("{}.{}.", b64.encode(json!({"alg": alg, "kid": edge.kid}).to_string()), b64.encode(good.to_string()))
+        format!(
+            "{}.{}.",
+            b64.encode(json!({"alg": alg, "kid": edge.kid}).to_string()),
+            b64.encode(good.to_string())
+        )
     };
     let cases: Vec<(&str, String, &str)> = vec![
         ("alg none", none_token("none"), "token_malformed"),
-        ("alg None with a signature", format!("{}AAAA", none_token("None")), "alg_not_allowed"),
-        ("alg NONE with a signature", format!("{}AAAA", none_token("NONE")), "alg_not_allowed"),
-        ("unknown kid", forge(&edge.secret, &json!({"alg": "HS256", "kid": "other"}), &good), "unknown_kid"),
-        ("kid with a path", forge(&edge.secret, &json!({"alg": "HS256", "kid": "../../etc/passwd"}), &good), "bad_kid"),
-        ("kid with SQL", forge(&edge.secret, &json!({"alg": "HS256", "kid": "' OR 1=1 --"}), &good), "bad_kid"),
-        ("jku elsewhere", forge(&edge.secret, &json!({"alg": "HS256", "kid": edge.kid, "jku": "http://127.0.0.1:1/jwks"}), &good), "untrusted_key_reference"),
-        ("x5u elsewhere", forge(&edge.secret, &json!({"alg": "HS256", "kid": edge.kid, "x5u": "http://127.0.0.1:1/x5"}), &good), "untrusted_key_reference"),
-        ("unknown crit", forge(&edge.secret, &json!({"alg": "HS256", "kid": edge.kid, "crit": ["exp"], "exp": 1}), &good), "unknown_crit"),
-        ("string exp", forge(&edge.secret, &hs, &with("exp", json!((t + 300).to_string()))), "invalid_claim_type"),
-        ("expired", forge(&edge.secret, &hs, &with("exp", json!(t - 120))), "expired"),
-        ("nbf in the future", forge(&edge.secret, &hs, &with("nbf", json!(t + 600))), "not_yet_valid"),
-        ("iss prefix", forge(&edge.secret, &hs, &with("iss", json!("soma-de"))), "unknown_issuer"),
-        ("iss suffix", forge(&edge.secret, &hs, &with("iss", json!("soma-dev2"))), "unknown_issuer"),
-        ("aud mismatch", forge(&edge.secret, &hs, &with("aud", json!("another"))), "audience_mismatch"),
-        ("oversized", forge(&edge.secret, &hs, &with("pad", json!("p".repeat(9000)))), "token_too_large"),
-        ("two signatures", format!("{valid}.{}", valid.rsplit('.').next().unwrap()), "token_malformed"),
+        (
+            "alg None with a signature",
+            format!("{}AAAA", none_token("None")),
+            "alg_not_allowed",
+        ),
+        (
+            "alg NONE with a signature",
+            format!("{}AAAA", none_token("NONE")),
+            "alg_not_allowed",
+        ),
+        (
+            "unknown kid",
+            forge(&edge.secret, &json!({"alg": "HS256", "kid": "other"}), &good),
+            "unknown_kid",
+        ),
+        (
+            "kid with a path",
+            forge(
+                &edge.secret,
+                &json!({"alg": "HS256", "kid": "../../etc/passwd"}),
+                &good,
+            ),
+            "bad_kid",
+        ),
+        (
+            "kid with SQL",
+            forge(
+                &edge.secret,
+                &json!({"alg": "HS256", "kid": "' OR 1=1 --"}),
+                &good,
+            ),
+            "bad_kid",
+        ),
+        (
+            "jku elsewhere",
+            forge(
+                &edge.secret,
+                &json!({"alg": "HS256", "kid": edge.kid, "jku": "http://127.0.0.1:1/jwks"}),
+                &good,
+            ),
+            "untrusted_key_reference",
+        ),
+        (
+            "x5u elsewhere",
+            forge(
+                &edge.secret,
+                &json!({"alg": "HS256", "kid": edge.kid, "x5u": "http://127.0.0.1:1/x5"}),
+                &good,
+            ),
+            "untrusted_key_reference",
+        ),
+        (
+            "unknown crit",
+            forge(
+                &edge.secret,
+                &json!({"alg": "HS256", "kid": edge.kid, "crit": ["exp"], "exp": 1}),
+                &good,
+            ),
+            "unknown_crit",
+        ),
+        (
+            "string exp",
+            forge(&edge.secret, &hs, &with("exp", json!((t + 300).to_string()))),
+            "invalid_claim_type",
+        ),
+        (
+            "expired",
+            forge(&edge.secret, &hs, &with("exp", json!(t - 120))),
+            "expired",
+        ),
+        (
+            "nbf in the future",
+            forge(&edge.secret, &hs, &with("nbf", json!(t + 600))),
+            "not_yet_valid",
+        ),
+        (
+            "iss prefix",
+            forge(&edge.secret, &hs, &with("iss", json!("soma-de"))),
+            "unknown_issuer",
+        ),
+        (
+            "iss suffix",
+            forge(&edge.secret, &hs, &with("iss", json!("soma-dev2"))),
+            "unknown_issuer",
+        ),
+        (
+            "aud mismatch",
+            forge(&edge.secret, &hs, &with("aud", json!("another"))),
+            "audience_mismatch",
+        ),
+        (
+            "oversized",
+            forge(&edge.secret, &hs, &with("pad", json!("p".repeat(9000)))),
+            "token_too_large",
+        ),
+        (
+            "two signatures",
+            format!("{valid}.{}", valid.rsplit('.').next().unwrap()),
+            "token_malformed",
+        ),
         ("trailing garbage", format!("{valid}~~"), "token_malformed"),
-        ("wrong key", forge(b"a-different-secret-of-32-bytes-!", &hs, &good), "bad_signature"),
+        (
+            "wrong key",
+            forge(b"a-different-secret-of-32-bytes-!", &hs, &good),
+            "bad_signature",
+        ),
     ];
     let before = backend_calls(&analytics.metrics);
     for (name, token, reason) in &cases {
         let r = send(&http, "GET", &url, Some(token), None, &[]).await;
-        assert_eq!((r.status, r.reason().as_str()), (401, *reason), "{name}: {}", String::from_utf8_lossy(&r.body));
-        assert!(r.header("www-authenticate").unwrap().contains("invalid_token"), "{name}");
+        assert_eq!(
+            (r.status, r.reason().as_str()),
+            (401, *reason),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            r.header("www-authenticate").unwrap().contains("invalid_token"),
+            "{name}"
+        );
     }
     assert_eq!(backend_calls(&analytics.metrics), before);
     let r = send(&http, "GET", &url, Some(&valid), None, &[]).await;
@@ -255,19 +568,52 @@ async fn cors_preflight_needs_no_token_and_only_configured_origins_are_allowed()
     ];
     let r = send(&http, "OPTIONS", &url, None, None, &preflight).await;
     assert_eq!(r.status, 204);
-    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example"));
-    assert!(r.header("access-control-allow-headers").unwrap().contains("authorization"));
-    let evil = [("origin", "https://evil.example"), ("access-control-request-method", "GET")];
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    assert!(
+        r.header("access-control-allow-headers")
+            .unwrap()
+            .contains("authorization")
+    );
+    let evil = [
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "GET"),
+    ];
     let r = send(&http, "OPTIONS", &url, None, None, &evil).await;
     assert_eq!((r.status, r.reason().as_str()), (403, "cors_origin_denied"));
     assert!(r.header("access-control-allow-origin").is_none());
     // A real request from the allowed origin carries the CORS headers, also
     // on a refusal (so the browser can read the error).
-    let r = send(&http, "GET", &url, None, None, &[("origin", "https://app.example")]).await;
+    let r = send(
+        &http,
+        "GET",
+        &url,
+        None,
+        None,
+        &[("origin", "https://app.example")],
+    )
+    .await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example"));
-    assert!(r.header("access-control-expose-headers").unwrap().contains("x-request-id"));
-    let r = send(&http, "GET", &url, None, None, &[("origin", "https://evil.example")]).await;
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    assert!(
+        r.header("access-control-expose-headers")
+            .unwrap()
+            .contains("x-request-id")
+    );
+    let r = send(
+        &http,
+        "GET",
+        &url,
+        None,
+        None,
+        &[("origin", "https://evil.example")],
+    )
+    .await;
     assert!(r.header("access-control-allow-origin").is_none());
     edge.stop().await;
 }

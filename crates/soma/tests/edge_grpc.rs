@@ -65,20 +65,34 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
         .into_inner();
     assert_eq!((who.tenant.as_str(), who.subject.as_str()), ("acme", "grpc@acme"));
     let checkpoint = analytics_client
-        .ledger_checkpoint(with_token(soma_proto::v1::LedgerCheckpointRequest {}, Some(&token)))
+        .ledger_checkpoint(with_token(
+            soma_proto::v1::LedgerCheckpointRequest {},
+            Some(&token),
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(checkpoint.tree_size, 0);
-    assert_eq!(analytics.metrics.dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"), 1);
+    assert_eq!(
+        analytics
+            .metrics
+            .dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"),
+        1
+    );
 
     // A server stream relayed message by message.
     let now = common::edge::now();
     let mut stream = analytics_client
         .export_capsule_runs(with_token(
             soma_proto::v1::ExportRequest {
-                from: Some(prost_types::Timestamp { seconds: now - 3600, nanos: 0 }),
-                to: Some(prost_types::Timestamp { seconds: now + 60, nanos: 0 }),
+                from: Some(prost_types::Timestamp {
+                    seconds: now - 3600,
+                    nanos: 0,
+                }),
+                to: Some(prost_types::Timestamp {
+                    seconds: now + 60,
+                    nanos: 0,
+                }),
                 ..Default::default()
             },
             Some(&token),
@@ -94,16 +108,33 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
     assert!(chunks >= 2, "data and signature chunks: {chunks}");
 
     // Refused: exact code and reason, and the backend never called.
-    let before = analytics.metrics.dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint");
+    let before = analytics
+        .metrics
+        .dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint");
     let cases: Vec<(Option<String>, tonic::Code, &str)> = vec![
         (None, tonic::Code::Unauthenticated, "token_missing"),
-        (Some(format!("{token}x")), tonic::Code::Unauthenticated, "bad_signature"),
-        (Some(edge.token(json!({"tenant": "t", "region": "mars-1", "scope": "ledger:read"}))), tonic::Code::PermissionDenied, "residency_denied"),
-        (Some(edge.token(json!({"tenant": "t", "scope": "identity:read"}))), tonic::Code::PermissionDenied, "insufficient_scope"),
+        (
+            Some(format!("{token}x")),
+            tonic::Code::Unauthenticated,
+            "bad_signature",
+        ),
+        (
+            Some(edge.token(json!({"tenant": "t", "region": "mars-1", "scope": "ledger:read"}))),
+            tonic::Code::PermissionDenied,
+            "residency_denied",
+        ),
+        (
+            Some(edge.token(json!({"tenant": "t", "scope": "identity:read"}))),
+            tonic::Code::PermissionDenied,
+            "insufficient_scope",
+        ),
     ];
     for (t, code, why) in cases {
         let err = analytics_client
-            .ledger_checkpoint(with_token(soma_proto::v1::LedgerCheckpointRequest {}, t.as_deref()))
+            .ledger_checkpoint(with_token(
+                soma_proto::v1::LedgerCheckpointRequest {},
+                t.as_deref(),
+            ))
             .await
             .unwrap_err();
         assert_eq!((err.code(), reason(&err)), (code, why), "{err:?}");
@@ -111,14 +142,21 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
             assert!(err.metadata().get("www-authenticate").is_some());
         }
     }
-    assert_eq!(analytics.metrics.dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"), before);
+    assert_eq!(
+        analytics
+            .metrics
+            .dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"),
+        before
+    );
 
     // Moderation applies to gRPC input too.
     let mut input = prost_types::Struct::default();
     input.fields.insert(
         "note".to_owned(),
         prost_types::Value {
-            kind: Some(prost_types::value::Kind::StringValue("mail me at jane.doe@example.com".to_owned())),
+            kind: Some(prost_types::value::Kind::StringValue(
+                "mail me at jane.doe@example.com".to_owned(),
+            )),
         },
     );
     let err = gateway
@@ -132,7 +170,11 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
         ))
         .await
         .unwrap_err();
-    assert_eq!((err.code(), reason(&err)), (tonic::Code::InvalidArgument, "moderation_rejected"), "{err:?}");
+    assert_eq!(
+        (err.code(), reason(&err)),
+        (tonic::Code::InvalidArgument, "moderation_rejected"),
+        "{err:?}"
+    );
 
     // An independent gRPC stack: Python grpcio, raw bytes, bearer metadata.
     let script = r#"
@@ -172,20 +214,41 @@ async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
     for db in soma_store::testing::engines("gateway").await {
         let ca = Ca::new();
         let dbs = tempfile::tempdir().unwrap();
-        let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
+        let analytics =
+            start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
         let a = start_edge(&ca, Some(&analytics), &db.settings, |_| {}).await;
         let b = start_edge(&ca, Some(&analytics), &db.settings, |_| {}).await;
         let http = client();
-        let operator = a.token(json!({"tenant": "ops", "sub": "bob@ops", "scope": "ops:killswitch", "amr": ["otp"]}));
+        let operator =
+            a.token(json!({"tenant": "ops", "sub": "bob@ops", "scope": "ops:killswitch", "amr": ["otp"]}));
         // Both replicas share the development issuer only by configuration:
         // each has its own key, so each mints its own tokens.
         let victim = b.token(json!({"tenant": "noisy", "scope": "ledger:read"}));
         let url = format!("{}/v1/ledger/checkpoint", b.url);
-        assert_eq!(send(&http, "GET", &url, Some(&victim), None, &[]).await.status, 200, "{}", db.label);
+        assert_eq!(
+            send(&http, "GET", &url, Some(&victim), None, &[]).await.status,
+            200,
+            "{}",
+            db.label
+        );
 
         let set = json!({"scope": "KILL_SWITCH_SCOPE_TENANT", "target": "noisy", "engaged": true, "reason": "abuse report 7"});
-        let r = send(&http, "POST", &format!("{}/v1/kill-switches", a.url), Some(&operator), Some(&set.to_string()), &[]).await;
-        assert_eq!(r.status, 200, "{}: {}", db.label, String::from_utf8_lossy(&r.body));
+        let r = send(
+            &http,
+            "POST",
+            &format!("{}/v1/kill-switches", a.url),
+            Some(&operator),
+            Some(&set.to_string()),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            200,
+            "{}: {}",
+            db.label,
+            String::from_utf8_lossy(&r.body)
+        );
 
         // Replica B re-reads the switches every 500 ms (at most 2 s by
         // configuration); a generous deadline keeps this a liveness check.
@@ -197,7 +260,11 @@ async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
                 break;
             }
             assert_eq!(r.status, 200);
-            assert!(Instant::now() < deadline, "{}: replica B never saw the switch", db.label);
+            assert!(
+                Instant::now() < deadline,
+                "{}: replica B never saw the switch",
+                db.label
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The audit row says who, why and when.
@@ -239,7 +306,11 @@ async fn the_edge_speaks_https_over_http1_and_http2_when_a_certificate_is_config
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "curl {version}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "curl {version}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (body, status) = text.rsplit_once('\n').unwrap();
         let expected = if version == "--http2" { "2 200" } else { "1.1 200" };
         assert_eq!(status, expected, "{body}");
@@ -249,7 +320,11 @@ async fn the_edge_speaks_https_over_http1_and_http2_when_a_certificate_is_config
     // Plaintext HTTP to the TLS port is not served.
     let r = tokio::time::timeout(
         Duration::from_secs(15),
-        client().get(format!("http://127.0.0.1:{}/v1/whoami", edge.addr.port()).parse().unwrap()),
+        client().get(
+            format!("http://127.0.0.1:{}/v1/whoami", edge.addr.port())
+                .parse()
+                .unwrap(),
+        ),
     )
     .await
     .unwrap();

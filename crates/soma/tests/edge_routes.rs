@@ -48,8 +48,18 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
     let dbs = tempfile::tempdir().unwrap();
     let signer = gateway_signer();
     let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&signer)).await;
-    let tools = common::start(&ca, ServiceKind::ToolRegistry, Some(verifier(&ca, "/svc/tool-registry"))).await;
-    let capsules = common::start(&ca, ServiceKind::CapsuleRepo, Some(verifier(&ca, "/svc/capsule-repo"))).await;
+    let tools = common::start(
+        &ca,
+        ServiceKind::ToolRegistry,
+        Some(verifier(&ca, "/svc/tool-registry")),
+    )
+    .await;
+    let capsules = common::start(
+        &ca,
+        ServiceKind::CapsuleRepo,
+        Some(verifier(&ca, "/svc/capsule-repo")),
+    )
+    .await;
     let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |_| {}).await;
     let http = client();
     let url = |p: &str| format!("{}{p}", edge.url);
@@ -58,24 +68,89 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
 
     // (method, path, body, expected status, expected reason or "")
     let analytics_routes: Vec<(&str, String, Option<Value>, u16, &str)> = vec![
-        ("POST", "/v1/capsule-runs".into(), Some(json!({"eventId": "run-1", "capsuleId": "c1", "runId": "r1", "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": rfc3339(t0), "duration": "1.5s"})), 200, ""),
-        ("POST", "/v1/drills/disaster".into(), Some(json!({"eventId": "drill-1", "region": "local", "scenario": "primary-db-loss", "startedAt": rfc3339(t0), "failoverCompletedAt": rfc3339(t0 + 5), "restoredAt": rfc3339(t0 + 10), "lastDurableWriteAt": rfc3339(t0 - 1), "steps": [{"name": "fence", "outcome": "STEP_OUTCOME_PASSED"}]})), 200, ""),
-        ("GET", "/v1/drills/disaster/summary?region=local".into(), None, 200, ""),
+        (
+            "POST",
+            "/v1/capsule-runs".into(),
+            Some(
+                json!({"eventId": "run-1", "capsuleId": "c1", "runId": "r1", "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": rfc3339(t0), "duration": "1.5s"}),
+            ),
+            200,
+            "",
+        ),
+        (
+            "POST",
+            "/v1/drills/disaster".into(),
+            Some(
+                json!({"eventId": "drill-1", "region": "local", "scenario": "primary-db-loss", "startedAt": rfc3339(t0), "failoverCompletedAt": rfc3339(t0 + 5), "restoredAt": rfc3339(t0 + 10), "lastDurableWriteAt": rfc3339(t0 - 1), "steps": [{"name": "fence", "outcome": "STEP_OUTCOME_PASSED"}]}),
+            ),
+            200,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/drills/disaster/summary?region=local".into(),
+            None,
+            200,
+            "",
+        ),
         ("GET", "/v1/exports/keys".into(), None, 200, ""),
-        ("POST", "/v1/persona-regressions/transition".into(), Some(json!({"regressionId": "reg-1", "persona": "support-agent", "to": "REGRESSION_STATE_QUEUED", "reason": "nightly"})), 200, ""),
-        ("POST", "/v1/anomalies/scan".into(), Some(json!({"from": rfc3339(t0 - 3600), "to": rfc3339(t0 + 3600)})), 200, ""),
+        (
+            "POST",
+            "/v1/persona-regressions/transition".into(),
+            Some(
+                json!({"regressionId": "reg-1", "persona": "support-agent", "to": "REGRESSION_STATE_QUEUED", "reason": "nightly"}),
+            ),
+            200,
+            "",
+        ),
+        (
+            "POST",
+            "/v1/anomalies/scan".into(),
+            Some(json!({"from": rfc3339(t0 - 3600), "to": rfc3339(t0 + 3600)})),
+            200,
+            "",
+        ),
         ("GET", "/v1/ledger/checkpoint".into(), None, 200, ""),
-        ("GET", "/v1/ledger/inclusion-proof?eventId=run-1&treeSize=2".into(), None, 200, ""),
-        ("GET", "/v1/ledger/consistency-proof?fromSize=1&toSize=2".into(), None, 200, ""),
+        (
+            "GET",
+            "/v1/ledger/inclusion-proof?eventId=run-1&treeSize=2".into(),
+            None,
+            200,
+            "",
+        ),
+        (
+            "GET",
+            "/v1/ledger/consistency-proof?fromSize=1&toSize=2".into(),
+            None,
+            200,
+            "",
+        ),
         // Tenants may not call it (no capability in its policy).
-        ("POST", "/v1/billing-events".into(), Some(json!({})), 403, "not_tenant_callable"),
+        (
+            "POST",
+            "/v1/billing-events".into(),
+            Some(json!({})),
+            403,
+            "not_tenant_callable",
+        ),
         // Operators only: the backend's own authorization refuses the gateway.
-        ("POST", "/v1/admin/store:verify".into(), Some(json!({})), 403, "caller_not_allowed"),
+        (
+            "POST",
+            "/v1/admin/store:verify".into(),
+            Some(json!({})),
+            403,
+            "caller_not_allowed",
+        ),
     ];
     for (method, path, body, status, reason) in &analytics_routes {
         let body = body.as_ref().map(Value::to_string);
         let r = send(&http, method, &url(path), Some(&token), body.as_deref(), &[]).await;
-        assert_eq!(r.status, *status, "{method} {path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            *status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         if !reason.is_empty() {
             assert_eq!(r.reason(), *reason, "{method} {path}");
         }
@@ -83,7 +158,15 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
             assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
         }
     }
-    let inclusion = send(&http, "GET", &url("/v1/ledger/inclusion-proof?eventId=run-1&treeSize=2"), Some(&token), None, &[]).await;
+    let inclusion = send(
+        &http,
+        "GET",
+        &url("/v1/ledger/inclusion-proof?eventId=run-1&treeSize=2"),
+        Some(&token),
+        None,
+        &[],
+    )
+    .await;
     // proto3 JSON leaves default values out: leaf index 0 is absent.
     let proof = inclusion.json();
     assert!(proof.get("leafIndex").is_none_or(|i| i == "0"), "{proof}");
@@ -127,18 +210,42 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
     let token2 = edge2.token(json!({"tenant": "acme", "scope": every, "amr": ["pwd", "otp"]}));
     let mut reached = 0;
     for route in table.iter() {
-        if !matches!(route.service.as_str(), "somastack.v1.ToolRegistry" | "somastack.v1.CapsuleRepo") {
+        if !matches!(
+            route.service.as_str(),
+            "somastack.v1.ToolRegistry" | "somastack.v1.CapsuleRepo"
+        ) {
             continue;
         }
         let path = route
             .template
             .split('/')
-            .map(|seg| if seg.starts_with('{') { seg.split_once('}').map_or("x".to_owned(), |(_, rest)| format!("x{rest}")) } else { seg.to_owned() })
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    seg.split_once('}')
+                        .map_or("x".to_owned(), |(_, rest)| format!("x{rest}"))
+                } else {
+                    seg.to_owned()
+                }
+            })
             .collect::<Vec<_>>()
             .join("/");
         let body = (route.http_method != http::Method::GET).then(|| "{}".to_owned());
-        let r = send(&http, route.http_method.as_str(), &format!("{}{path}", edge2.url), Some(&token2), body.as_deref(), &[]).await;
-        assert_eq!((r.status, r.reason().as_str()), (501, "unimplemented"), "{} {path}: {}", route.http_method, String::from_utf8_lossy(&r.body));
+        let r = send(
+            &http,
+            route.http_method.as_str(),
+            &format!("{}{path}", edge2.url),
+            Some(&token2),
+            body.as_deref(),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.reason().as_str()),
+            (501, "unimplemented"),
+            "{} {path}: {}",
+            route.http_method,
+            String::from_utf8_lossy(&r.body)
+        );
         reached += 1;
     }
     assert!(reached >= 14, "{reached}");
@@ -151,10 +258,25 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
     assert!(tool_calls >= 6, "{tool_calls}");
 
     // Gateway routes, served in-process.
-    let who = send(&http, "GET", &url("/v1/whoami"), Some(&token), None, &[("x-request-id", "req-abc.1")]).await;
+    let who = send(
+        &http,
+        "GET",
+        &url("/v1/whoami"),
+        Some(&token),
+        None,
+        &[("x-request-id", "req-abc.1")],
+    )
+    .await;
     assert_eq!(who.status, 200);
     let who = who.json();
-    assert_eq!((who["tenant"].as_str(), who["region"].as_str(), who["requestId"].as_str()), (Some("acme"), Some("local"), Some("req-abc.1")));
+    assert_eq!(
+        (
+            who["tenant"].as_str(),
+            who["region"].as_str(),
+            who["requestId"].as_str()
+        ),
+        (Some("acme"), Some("local"), Some("req-abc.1"))
+    );
     assert_eq!(who["mfa"], true);
 
     edge2.stop().await;
@@ -204,18 +326,51 @@ async fn wrong_json_types_are_invalid_argument_naming_the_field_and_nothing_is_w
         (json!([1, 2]), "(body)"),
     ];
     for (body, field) in cases {
-        let r = send(&http, "POST", &format!("{}/v1/capsule-runs", edge.url), Some(&token), Some(&body.to_string()), &[]).await;
+        let r = send(
+            &http,
+            "POST",
+            &format!("{}/v1/capsule-runs", edge.url),
+            Some(&token),
+            Some(&body.to_string()),
+            &[],
+        )
+        .await;
         assert_eq!(r.status, 400, "{body}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.reason(), "invalid_argument");
         let message = r.json()["message"].as_str().unwrap().to_owned();
         assert!(message.starts_with(&format!("{field}:")), "{body}: {message}");
     }
     let nested = json!({"eventId": "d", "region": "local", "steps": [{"name": "a", "outcome": 5.5}]});
-    let r = send(&http, "POST", &format!("{}/v1/drills/disaster", edge.url), Some(&token), Some(&nested.to_string()), &[]).await;
+    let r = send(
+        &http,
+        "POST",
+        &format!("{}/v1/drills/disaster", edge.url),
+        Some(&token),
+        Some(&nested.to_string()),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 400);
-    assert!(r.json()["message"].as_str().unwrap().starts_with("steps[0].outcome:"), "{}", r.json());
-    assert_eq!(analytics.metrics.dispatched_count("/somastack.v1.Analytics/RecordCapsuleRun"), 0);
-    assert_eq!(analytics.metrics.dispatched_count("/somastack.v1.Analytics/RecordDisasterDrill"), 0);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("steps[0].outcome:"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(
+        analytics
+            .metrics
+            .dispatched_count("/somastack.v1.Analytics/RecordCapsuleRun"),
+        0
+    );
+    assert_eq!(
+        analytics
+            .metrics
+            .dispatched_count("/somastack.v1.Analytics/RecordDisasterDrill"),
+        0
+    );
     edge.stop().await;
     analytics.stop().await;
 }
@@ -260,7 +415,9 @@ async fn a_thousand_concurrent_requests_of_mixed_tenants_each_keep_their_own_con
     }
     // Every row the backend stored carries the tenant of the request that
     // wrote it (the tenant is part of each event id).
-    let db = soma_store::Database::connect(&sqlite(&dbs), "analytics").await.unwrap();
+    let db = soma_store::Database::connect(&sqlite(&dbs), "analytics")
+        .await
+        .unwrap();
     let total = common::scalar(&db, "SELECT COUNT(*) FROM capsule_runs").await;
     assert_eq!(total, 500);
     let mismatched = common::scalar(
@@ -294,10 +451,26 @@ async fn oversized_bodies_headers_and_nesting_are_refused_before_any_token_is_ve
     let r = send(&http, "POST", &url, Some(&bad), Some(&big), &[]).await;
     assert_eq!((r.status, r.reason().as_str()), (413, "body_too_large"));
     let long = "b".repeat(3000);
-    let r = send(&http, "POST", &url, Some(&bad), Some("{}"), &[("x-padding", &long)]).await;
+    let r = send(
+        &http,
+        "POST",
+        &url,
+        Some(&bad),
+        Some("{}"),
+        &[("x-padding", &long)],
+    )
+    .await;
     assert_eq!((r.status, r.reason().as_str()), (431, "headers_too_large"));
     let deep = format!("{}{}", "[".repeat(9), "]".repeat(9));
-    let r = send(&http, "POST", &url, Some(&bad), Some(&format!("{{\"x\":{deep}}}")), &[]).await;
+    let r = send(
+        &http,
+        "POST",
+        &url,
+        Some(&bad),
+        Some(&format!("{{\"x\":{deep}}}")),
+        &[],
+    )
+    .await;
     assert_eq!((r.status, r.reason().as_str()), (400, "json_too_deep"));
     // Within the limits, the same token is what refuses.
     let r = send(&http, "POST", &url, Some(&bad), Some("{}"), &[]).await;

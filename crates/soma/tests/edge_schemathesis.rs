@@ -50,7 +50,9 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let out = std::process::Command::new(SOMA)
         .args(["token", "--data-dir"])
         .arg(&data_dir)
-        .args(["--tenant", "fuzz", "--region", "local", "--mfa", "--ttl", "1h", "--scope", &scope])
+        .args([
+            "--tenant", "fuzz", "--region", "local", "--mfa", "--ttl", "1h", "--scope", &scope,
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -58,7 +60,11 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
 
     let python = common::python();
     let schemathesis = python.parent().unwrap().join("schemathesis");
-    assert!(schemathesis.exists(), "schemathesis is not installed next to {}", python.display());
+    assert!(
+        schemathesis.exists(),
+        "schemathesis is not installed next to {}",
+        python.display()
+    );
     let run = Command::new(&schemathesis)
         .arg("run")
         .arg(format!("{edge}/openapi.json"))
@@ -67,8 +73,19 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         .args(["--include-tag", "Analytics", "--include-tag", "Gateway"])
         .args(["--exclude-operation-id", "Gateway_RunCapsule"])
         .args(["--exclude-operation-id", "Gateway_SetKillSwitch"])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,ignored_auth"])
-        .args(["-n", "20", "--seed", "20261126", "--rate-limit", "40/s", "--no-color"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,ignored_auth",
+        ])
+        .args([
+            "-n",
+            "20",
+            "--seed",
+            "20261126",
+            "--rate-limit",
+            "40/s",
+            "--no-color",
+        ])
         .current_dir(dir.path())
         .output()
         .await
@@ -79,11 +96,20 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(run.status.success(), "schemathesis failed:\n{report}");
-    assert!(report.contains("Tested: 15"), "fewer operations than expected were tested:\n{report}");
+    assert!(
+        report.contains("Tested: 15"),
+        "fewer operations than expected were tested:\n{report}"
+    );
 
     let pid = up.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let exit = tokio::time::timeout(Duration::from_secs(30), up.wait()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(30), up.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "soma up exited with {exit:?}");
 }
 
@@ -95,7 +121,10 @@ async fn wait_for_edge(data_dir: &Path, deadline: Instant) -> String {
         {
             return edge.to_owned();
         }
-        assert!(Instant::now() < deadline, "soma up did not write its edge to endpoints.json");
+        assert!(
+            Instant::now() < deadline,
+            "soma up did not write its edge to endpoints.json"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -21,30 +21,70 @@ fn serve_gateway(env: &[(&str, &str)]) -> (i32, String) {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn the_gateway_does_not_start_without_a_usable_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let config = soma_gateway::GatewayConfig::dev(
-        dir.path(),
-        &soma_gateway::Region::parse("local").unwrap(),
-        None,
-    )
-    .unwrap();
+    let config =
+        soma_gateway::GatewayConfig::dev(dir.path(), &soma_gateway::Region::parse("local").unwrap(), None)
+            .unwrap();
     drop(config);
     let file = dir.path().join("gateway.toml");
     let file = file.to_str().unwrap();
 
     let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
         ("no config file", vec![], "SOMA_GATEWAY_CONFIG"),
-        ("no allow-list", vec![("SOMA_GATEWAY_CONFIG", file)], "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED"),
-        ("upper-case region", vec![("SOMA_GATEWAY_CONFIG", file), ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "EU-WEST-1")], "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED"),
-        ("empty entry", vec![("SOMA_GATEWAY_CONFIG", file), ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu-west-1,,local")], "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED"),
-        ("look-alike dash", vec![("SOMA_GATEWAY_CONFIG", file), ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu\u{2010}west-1")], "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED"),
-        ("bad own region", vec![("SOMA_GATEWAY_CONFIG", file), ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"), ("SOMA_GATEWAY_REGION", "Local ")], "region"),
-        ("missing file", vec![("SOMA_GATEWAY_CONFIG", "/nonexistent/gateway.toml"), ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local")], "/nonexistent/gateway.toml"),
+        (
+            "no allow-list",
+            vec![("SOMA_GATEWAY_CONFIG", file)],
+            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        ),
+        (
+            "upper-case region",
+            vec![
+                ("SOMA_GATEWAY_CONFIG", file),
+                ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "EU-WEST-1"),
+            ],
+            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        ),
+        (
+            "empty entry",
+            vec![
+                ("SOMA_GATEWAY_CONFIG", file),
+                ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu-west-1,,local"),
+            ],
+            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        ),
+        (
+            "look-alike dash",
+            vec![
+                ("SOMA_GATEWAY_CONFIG", file),
+                ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu\u{2010}west-1"),
+            ],
+            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        ),
+        (
+            "bad own region",
+            vec![
+                ("SOMA_GATEWAY_CONFIG", file),
+                ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
+                ("SOMA_GATEWAY_REGION", "Local "),
+            ],
+            "region",
+        ),
+        (
+            "missing file",
+            vec![
+                ("SOMA_GATEWAY_CONFIG", "/nonexistent/gateway.toml"),
+                ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
+            ],
+            "/nonexistent/gateway.toml",
+        ),
     ];
     for (name, env, needle) in cases {
         let (code, stderr) = serve_gateway(&env);
@@ -62,7 +102,12 @@ fn soma_up_and_soma_token_refuse_bad_input() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--region"));
 
     // No `soma up` ran here: there is no issuer key to sign with.

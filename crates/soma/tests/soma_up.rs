@@ -25,7 +25,14 @@ const SERVICES: [(&str, &str, &str); 4] = [
 
 fn soma_up(data_dir: &Path) -> Child {
     Command::new(SOMA)
-        .args(["up", "--edge-addr", "127.0.0.1:0", "--region", "eu-west-1", "--data-dir"])
+        .args([
+            "up",
+            "--edge-addr",
+            "127.0.0.1:0",
+            "--region",
+            "eu-west-1",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
         .env_remove("SOMA_GATEWAY_CONFIG")
@@ -194,12 +201,21 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
 /// The edge of `soma up`: the development issuer's JWK, `soma token`, a
 /// token minted by PyJWT from that JWK, residency from `--region`.
 async fn check_edge(data_dir: &Path, endpoints: &serde_json::Value) {
-    let edge = endpoints["edge"].as_str().expect("endpoints.json names the edge").to_owned();
+    let edge = endpoints["edge"]
+        .as_str()
+        .expect("endpoints.json names the edge")
+        .to_owned();
     assert!(edge.starts_with("http://127.0.0.1:"), "{edge}");
     let jwk_path = data_dir.join("secrets/dev-issuer.jwk");
     let jwk: serde_json::Value = serde_json::from_slice(&std::fs::read(&jwk_path).unwrap()).unwrap();
-    assert_eq!((jwk["kty"].as_str(), jwk["alg"].as_str()), (Some("oct"), Some("HS256")));
-    assert!(jwk["kid"].is_string() && jwk["k"].as_str().is_some_and(|k| k.len() >= 43), "{jwk}");
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["alg"].as_str()),
+        (Some("oct"), Some("HS256"))
+    );
+    assert!(
+        jwk["kid"].is_string() && jwk["k"].as_str().is_some_and(|k| k.len() >= 43),
+        "{jwk}"
+    );
 
     let token = |region: &str, extra: &[&str]| {
         let out = std::process::Command::new(SOMA)
@@ -214,10 +230,21 @@ async fn check_edge(data_dir: &Path, endpoints: &serde_json::Value) {
     };
     let http = common::edge::client();
     let who = format!("{edge}/v1/whoami");
-    let r = common::edge::send(&http, "GET", &who, Some(&token("eu-west-1", &["--mfa"])), None, &[]).await;
+    let r = common::edge::send(
+        &http,
+        "GET",
+        &who,
+        Some(&token("eu-west-1", &["--mfa"])),
+        None,
+        &[],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let body = r.json();
-    assert_eq!((body["tenant"].as_str(), body["region"].as_str()), (Some("demo"), Some("eu-west-1")));
+    assert_eq!(
+        (body["tenant"].as_str(), body["region"].as_str()),
+        (Some("demo"), Some("eu-west-1"))
+    );
     assert_eq!(body["mfa"], true);
     // The allow-list defaults to the gateway's own region.
     let r = common::edge::send(&http, "GET", &who, Some(&token("local", &[])), None, &[]).await;

@@ -75,13 +75,23 @@ impl Denial {
         };
         Self {
             www_authenticate: Some(challenge),
-            ..Self::new(StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated, reason, message)
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                tonic::Code::Unauthenticated,
+                reason,
+                message,
+            )
         }
     }
 
     /// 400 for a request the edge cannot read.
     pub fn bad_request(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, reason, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            reason,
+            message,
+        )
     }
 }
 
@@ -116,7 +126,10 @@ pub struct Admission {
 
 impl Admission {
     /// Assembles the pipeline.
-    #[expect(clippy::too_many_arguments, reason = "one argument per stage, each a distinct type")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per stage, each a distinct type"
+    )]
     pub fn new(
         verifier: JwtVerifier,
         residency: Residency,
@@ -169,8 +182,8 @@ impl Admission {
 
     async fn run(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Denial> {
         let now = SystemTime::now();
-        let now_unix = i64::try_from(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
-            .unwrap_or(i64::MAX);
+        let now_unix =
+            i64::try_from(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX);
 
         // 1. The token.
         let token = bearer_token(request.authorization)?;
@@ -295,7 +308,12 @@ impl Admission {
     }
 
     /// Turns a moderation decision into a refusal, auditing rejections.
-    pub async fn judge(&self, method: &str, context: &RequestContext, decision: Decision) -> Result<(), Denial> {
+    pub async fn judge(
+        &self,
+        method: &str,
+        context: &RequestContext,
+        decision: Decision,
+    ) -> Result<(), Denial> {
         if decision.allowed {
             return Ok(());
         }
@@ -305,7 +323,10 @@ impl Admission {
             .map(|f| json!({"reason": f.reason, "field": f.field, "detail": f.detail}))
             .collect();
         let reasons: Vec<&str> = decision.findings.iter().map(|f| f.reason).collect();
-        if let Err(e) = self.audit_rejection(method, context, &decision.id, &details).await {
+        if let Err(e) = self
+            .audit_rejection(method, context, &decision.id, &details)
+            .await
+        {
             // The request is refused either way; the audit failure is an
             // operator's problem, reported loudly.
             tracing::error!(error = %e, decision = %decision.id, "moderation rejection not audited");
@@ -314,7 +335,11 @@ impl Admission {
             StatusCode::UNPROCESSABLE_ENTITY,
             tonic::Code::InvalidArgument,
             "moderation_rejected",
-            format!("the input was rejected by moderation ({}): decision {}", reasons.join(", "), decision.id),
+            format!(
+                "the input was rejected by moderation ({}): decision {}",
+                reasons.join(", "),
+                decision.id
+            ),
         );
         denial.details = details;
         Err(denial)
@@ -387,10 +412,16 @@ fn bearer_token(value: Option<&[u8]>) -> Result<&str, Denial> {
         .split_once(' ')
         .ok_or_else(|| Denial::unauthenticated("token_missing", "the authorization header is not Bearer"))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Denial::unauthenticated("token_missing", "the authorization header is not Bearer"));
+        return Err(Denial::unauthenticated(
+            "token_missing",
+            "the authorization header is not Bearer",
+        ));
     }
     if token.is_empty() {
-        return Err(Denial::unauthenticated("token_malformed", "the bearer token is empty"));
+        return Err(Denial::unauthenticated(
+            "token_malformed",
+            "the bearer token is empty",
+        ));
     }
     Ok(token)
 }

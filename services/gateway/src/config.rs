@@ -227,7 +227,10 @@ impl GatewayConfig {
         Self::from_parts(file, env)
     }
 
-    fn from_parts(file: FileConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self, GatewayConfigError> {
+    fn from_parts(
+        file: FileConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, GatewayConfigError> {
         let invalid = |key: &'static str| move |reason: String| GatewayConfigError::Invalid { key, reason };
         let region = match env(REGION_ENV).or(file.region) {
             Some(r) => Region::parse(&r).map_err(invalid("region"))?,
@@ -254,7 +257,10 @@ impl GatewayConfig {
         }
         let edge_addr = env(EDGE_ADDR_ENV)
             .or(file.edge_addr)
-            .map(|a| a.parse::<SocketAddr>().map_err(|e| invalid("edge_addr")(e.to_string())))
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|e| invalid("edge_addr")(e.to_string()))
+            })
             .transpose()?;
         if file.edge_tls_cert_file.is_some() != file.edge_tls_key_file.is_some() {
             return Err(GatewayConfigError::Invalid {
@@ -290,8 +296,11 @@ impl GatewayConfig {
         if envelope_ttl.is_zero() || envelope_ttl > soma_auth::MAX_ENVELOPE_LIFETIME {
             return Err(invalid("envelope_ttl")("must be between 1 s and 60 s".to_owned()));
         }
-        let kill_switch_poll_interval =
-            duration("kill_switch_poll_interval", file.kill_switch_poll_interval, Duration::from_millis(500))?;
+        let kill_switch_poll_interval = duration(
+            "kill_switch_poll_interval",
+            file.kill_switch_poll_interval,
+            Duration::from_millis(500),
+        )?;
         if kill_switch_poll_interval.is_zero() || kill_switch_poll_interval > Duration::from_secs(2) {
             return Err(invalid("kill_switch_poll_interval")(
                 "must be between 1 ms and 2 s (replicas must see a switch within 2 s)".to_owned(),
@@ -363,7 +372,11 @@ impl GatewayConfig {
     /// A development gateway under `dir`: creates the issuer key
     /// `dir/dev-issuer.jwk` (once) and `dir/gateway.toml`, and loads it with
     /// the allow-list set to `region`.
-    pub fn dev(dir: &Path, region: &Region, edge_addr: Option<SocketAddr>) -> Result<Self, GatewayConfigError> {
+    pub fn dev(
+        dir: &Path,
+        region: &Region,
+        edge_addr: Option<SocketAddr>,
+    ) -> Result<Self, GatewayConfigError> {
         let write = |path: &Path, text: &str| {
             std::fs::write(path, text).map_err(|source| GatewayConfigError::Read {
                 path: path.to_owned(),
@@ -400,20 +413,33 @@ mod tests {
     #[test]
     fn the_deployed_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/gateway.toml");
-        let config = GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned())).unwrap();
+        let config =
+            GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned())).unwrap();
         assert_eq!(config.region.as_str(), "eu");
         assert_eq!(config.jwt.issuers.len(), 1);
         assert_eq!(config.edge_addr, Some("0.0.0.0:8080".parse().unwrap()));
         // Without the allow-list the gateway does not start.
         let err = GatewayConfig::from_file(&path, |_| None).unwrap_err();
         assert!(err.to_string().contains(RESIDENCY_ENV), "{err}");
-        let err = GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "EU".to_owned())).unwrap_err();
+        let err =
+            GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "EU".to_owned())).unwrap_err();
         assert!(err.to_string().contains(RESIDENCY_ENV), "{err}");
     }
 
     #[test]
     fn unusable_residency_lists_are_refused() {
-        for bad in ["", ",", "EU-WEST-1", "eu west", "a=", "=eu", "a=b,a=c", "eu-west-1,", "é", "-eu"] {
+        for bad in [
+            "",
+            ",",
+            "EU-WEST-1",
+            "eu west",
+            "a=",
+            "=eu",
+            "a=b,a=c",
+            "eu-west-1,",
+            "é",
+            "-eu",
+        ] {
             assert!(Residency::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

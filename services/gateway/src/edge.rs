@@ -110,7 +110,9 @@ impl ErrorReply {
         let mut reply = Self::new(d.http, d.grpc, d.reason, d.message);
         reply.details = d.details;
         if let Some(seconds) = d.retry_after {
-            reply.headers.push((header::RETRY_AFTER, HeaderValue::from(seconds)));
+            reply
+                .headers
+                .push((header::RETRY_AFTER, HeaderValue::from(seconds)));
         }
         if let Some(challenge) = d.www_authenticate
             && let Ok(v) = HeaderValue::from_str(&challenge)
@@ -127,7 +129,12 @@ impl ErrorReply {
             .get(soma_mesh::REASON_METADATA)
             .and_then(|v| v.to_str().ok())
             .map_or_else(|| code_reason(status.code()).to_owned(), str::to_owned);
-        let mut reply = Self::new(http_status(status.code()), status.code(), &reason, status.message());
+        let mut reply = Self::new(
+            http_status(status.code()),
+            status.code(),
+            &reason,
+            status.message(),
+        );
         if let Some(v) = status.metadata().get("retry-after").and_then(|v| v.to_str().ok())
             && let Ok(v) = HeaderValue::from_str(v)
         {
@@ -137,7 +144,12 @@ impl ErrorReply {
     }
 
     fn bad_request(reason: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, reason, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            reason,
+            message,
+        )
     }
 
     fn body(&self, request_id: &RequestId) -> Value {
@@ -253,7 +265,11 @@ impl EdgeState {
     }
 }
 
-async fn serve(state: &Arc<EdgeState>, request: Request, request_id: &RequestId) -> Result<Response, ErrorReply> {
+async fn serve(
+    state: &Arc<EdgeState>,
+    request: Request,
+    request_id: &RequestId,
+) -> Result<Response, ErrorReply> {
     let limits = state.limits;
     // 1. Header size, before anything reads them.
     let header_bytes: usize = request
@@ -271,7 +287,11 @@ async fn serve(state: &Arc<EdgeState>, request: Request, request_id: &RequestId)
     }
 
     // 2. CORS preflight: answered without authentication.
-    if request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+    if request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
         return preflight(state, &request);
     }
 
@@ -360,7 +380,10 @@ async fn serve(state: &Arc<EdgeState>, request: Request, request_id: &RequestId)
         }
         transcode::check_depth(&body, limits.max_json_depth)
             .map_err(|e| ErrorReply::bad_request("json_too_deep", e.to_string()))?;
-        Some(transcode::parse_json(&body).map_err(|e| ErrorReply::bad_request("invalid_json", e.to_string()))?)
+        Some(
+            transcode::parse_json(&body)
+                .map_err(|e| ErrorReply::bad_request("invalid_json", e.to_string()))?,
+        )
     };
 
     // 5. Admission.
@@ -390,7 +413,12 @@ async fn serve(state: &Arc<EdgeState>, request: Request, request_id: &RequestId)
         Reply::Unary(bytes) => {
             let json = transcode::bytes_to_json(&output, &bytes).map_err(|e| {
                 tracing::error!(error = %e, method = %route.grpc_path, "backend reply does not decode");
-                ErrorReply::new(StatusCode::BAD_GATEWAY, tonic::Code::Internal, "bad_backend_reply", "the backend's reply does not decode")
+                ErrorReply::new(
+                    StatusCode::BAD_GATEWAY,
+                    tonic::Code::Internal,
+                    "bad_backend_reply",
+                    "the backend's reply does not decode",
+                )
             })?;
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response())
         }
@@ -408,7 +436,11 @@ fn too_large(max: usize) -> ErrorReply {
 }
 
 fn preflight(state: &EdgeState, request: &Request) -> Result<Response, ErrorReply> {
-    let Some(origin) = request.headers().get(header::ORIGIN).filter(|o| state.cors_allows(o)) else {
+    let Some(origin) = request
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| state.cors_allows(o))
+    else {
         return Err(ErrorReply::new(
             StatusCode::FORBIDDEN,
             tonic::Code::PermissionDenied,
@@ -445,7 +477,12 @@ fn build_message(
         (RouteBody::Whole, Some(v)) => transcode::json_to_message(&input, v).map_err(field_error)?,
         (RouteBody::Field(name), Some(v)) => {
             let field = input.get_field_by_name(name).ok_or_else(|| {
-                ErrorReply::new(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, "bad_route", "route body field missing")
+                ErrorReply::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    tonic::Code::Internal,
+                    "bad_route",
+                    "route body field missing",
+                )
             })?;
             let wrapped = json!({ field.json_name(): v });
             transcode::json_to_message(&input, &wrapped).map_err(field_error)?
@@ -453,7 +490,8 @@ fn build_message(
         _ => DynamicMessage::new(input),
     };
     let mut params = path_params.to_vec();
-    let query_params = parse_query(query).map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
+    let query_params =
+        parse_query(query).map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
     if !query_params.is_empty() && matches!(route.body, RouteBody::Whole) {
         return Err(ErrorReply::bad_request(
             "invalid_argument",
@@ -461,7 +499,8 @@ fn build_message(
         ));
     }
     params.extend(query_params);
-    bind_params(&mut message, &params).map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
+    bind_params(&mut message, &params)
+        .map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
     Ok(message)
 }
 
@@ -491,7 +530,9 @@ async fn dispatch(
                     .await
                     .map(|r| Reply::Stream(r.into_inner()))
             } else {
-                grpc.unary(request, path, BytesCodec).await.map(|r| Reply::Unary(r.into_inner()))
+                grpc.unary(request, path, BytesCodec)
+                    .await
+                    .map(|r| Reply::Unary(r.into_inner()))
             }
         });
         return call.await;
@@ -515,14 +556,20 @@ async fn dispatch(
             .await
             .map(|r| Reply::Stream(r.into_inner()))
     } else {
-        grpc.unary(request, path, BytesCodec).await.map(|r| Reply::Unary(r.into_inner()))
+        grpc.unary(request, path, BytesCodec)
+            .await
+            .map(|r| Reply::Unary(r.into_inner()))
     }
 }
 
 /// A server stream as newline-delimited JSON: one message per line; an
 /// error after the first message ends the stream with one `{"error": …}`
 /// line (the status line has been sent already).
-fn ndjson(stream: Streaming<Bytes>, output: prost_reflect::MessageDescriptor, context: Arc<RequestContext>) -> Response {
+fn ndjson(
+    stream: Streaming<Bytes>,
+    output: prost_reflect::MessageDescriptor,
+    context: Arc<RequestContext>,
+) -> Response {
     let lines = futures::stream::unfold(Some(stream), move |state| {
         let output = output.clone();
         let context = Arc::clone(&context);
@@ -537,7 +584,12 @@ fn ndjson(stream: Streaming<Bytes>, output: prost_reflect::MessageDescriptor, co
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "stream message does not decode");
-                        let reply = ErrorReply::new(StatusCode::BAD_GATEWAY, tonic::Code::Internal, "bad_backend_reply", "a streamed message does not decode");
+                        let reply = ErrorReply::new(
+                            StatusCode::BAD_GATEWAY,
+                            tonic::Code::Internal,
+                            "bad_backend_reply",
+                            "a streamed message does not decode",
+                        );
                         Some((Ok(error_line(&reply, &context.request_id)), None))
                     }
                 },
@@ -557,7 +609,9 @@ fn ndjson(stream: Streaming<Bytes>, output: prost_reflect::MessageDescriptor, co
 }
 
 fn error_line(reply: &ErrorReply, request_id: &RequestId) -> Bytes {
-    let mut line = json!({ "error": reply.body(request_id) }).to_string().into_bytes();
+    let mut line = json!({ "error": reply.body(request_id) })
+        .to_string()
+        .into_bytes();
     line.push(b'\n');
     Bytes::from(line)
 }
@@ -692,7 +746,10 @@ impl tonic::server::ServerStreamingService<Bytes> for Relay {
 
 /// The edge's TLS settings: the certificate chain and key from PEM files,
 /// TLS 1.2 and 1.3 (ring), ALPN `h2` then `http/1.1`.
-pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert)

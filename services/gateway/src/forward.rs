@@ -92,9 +92,11 @@ impl Backends {
             (ServiceKind::Analytics, &peers.analytics),
         ] {
             let Some(addr) = addr else { continue };
-            let id = SpiffeId::from_parts(&td, &kind.spiffe_path()).map_err(|e| soma_mesh::MeshError::Channel {
-                target: kind.name().to_owned(),
-                reason: e.to_string(),
+            let id = SpiffeId::from_parts(&td, &kind.spiffe_path()).map_err(|e| {
+                soma_mesh::MeshError::Channel {
+                    target: kind.name().to_owned(),
+                    reason: e.to_string(),
+                }
             })?;
             let channel = soma_mesh::channel(Arc::clone(store), addr.clone(), id.clone())?;
             by_service.insert(kind.grpc_name(), Backend { channel, id });
@@ -113,7 +115,11 @@ impl Backends {
 
     /// The metadata of a forwarded call: the signed claims envelope for
     /// `audience`, the request id and the moderation decision.
-    pub fn metadata(&self, context: &RequestContext, audience: &SpiffeId) -> Result<MetadataMap, tonic::Status> {
+    pub fn metadata(
+        &self,
+        context: &RequestContext,
+        audience: &SpiffeId,
+    ) -> Result<MetadataMap, tonic::Status> {
         let claims = VerifiedClaims {
             tenant: context.tenant.clone(),
             subject: context.subject.clone(),
@@ -133,7 +139,10 @@ impl Backends {
             })?;
         let mut metadata = MetadataMap::new();
         metadata.insert_bin(CLAIMS_METADATA, BinaryMetadataValue::from_bytes(&sealed.encoded));
-        metadata.insert_bin(SIGNATURE_METADATA, BinaryMetadataValue::from_bytes(&sealed.signature));
+        metadata.insert_bin(
+            SIGNATURE_METADATA,
+            BinaryMetadataValue::from_bytes(&sealed.signature),
+        );
         // Both values were validated as header-safe ASCII when accepted.
         if let Ok(v) = AsciiMetadataValue::try_from(context.request_id.as_str()) {
             metadata.insert(REQUEST_ID_HEADER, v);

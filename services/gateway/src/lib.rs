@@ -132,7 +132,13 @@ impl EdgeServer {
                     .await
             }
             Some(config) => {
-                edge::serve_tls(self.listener, tokio_rustls::TlsAcceptor::from(config), router, shutdown).await;
+                edge::serve_tls(
+                    self.listener,
+                    tokio_rustls::TlsAcceptor::from(config),
+                    router,
+                    shutdown,
+                )
+                .await;
                 Ok(())
             }
         }

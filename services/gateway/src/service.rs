@@ -97,7 +97,8 @@ impl Gateway for GatewayService {
         &self,
         request: Request<RunCapsuleRequest>,
     ) -> Result<Response<RunCapsuleResponse>, Status> {
-        let context = tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted tenant"))?;
+        let context =
+            tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted tenant"))?;
         let message = request.get_ref();
         if message.capsule_id.is_empty() {
             return Err(invalid("capsule_id", "required"));
@@ -141,8 +142,12 @@ impl Gateway for GatewayService {
     }
 
     #[tracing::instrument(skip_all, name = "Gateway/SetKillSwitch")]
-    async fn set_kill_switch(&self, request: Request<SetKillSwitchRequest>) -> Result<Response<KillSwitch>, Status> {
-        let context = tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted caller"))?;
+    async fn set_kill_switch(
+        &self,
+        request: Request<SetKillSwitchRequest>,
+    ) -> Result<Response<KillSwitch>, Status> {
+        let context =
+            tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted caller"))?;
         let m = request.get_ref();
         let scope = KillSwitchScope::try_from(m.scope)
             .ok()
@@ -165,10 +170,16 @@ impl Gateway for GatewayService {
         }
         let reason = m.reason.trim();
         if reason.is_empty() || m.reason.len() > MAX_REASON_BYTES {
-            return Err(invalid("reason", format!("required, at most {MAX_REASON_BYTES} bytes")));
+            return Err(invalid(
+                "reason",
+                format!("required, at most {MAX_REASON_BYTES} bytes"),
+            ));
         }
         if m.retry_after_seconds > MAX_RETRY_AFTER_SECONDS {
-            return Err(invalid("retry_after_seconds", format!("at most {MAX_RETRY_AFTER_SECONDS}")));
+            return Err(invalid(
+                "retry_after_seconds",
+                format!("at most {MAX_RETRY_AFTER_SECONDS}"),
+            ));
         }
         let change = Change {
             scope,

@@ -92,8 +92,8 @@ pub fn message_to_value(message: &DynamicMessage) -> Result<Value, TranscodeErro
 
 /// Decodes `bytes` as `desc` and writes its proto3 JSON form.
 pub fn bytes_to_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, TranscodeError> {
-    let message =
-        DynamicMessage::decode(desc.clone(), bytes).map_err(|_| TranscodeError::Decode(desc.full_name().to_owned()))?;
+    let message = DynamicMessage::decode(desc.clone(), bytes)
+        .map_err(|_| TranscodeError::Decode(desc.full_name().to_owned()))?;
     let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
     let mut serializer = serde_json::Serializer::new(&mut out);
     message
@@ -121,11 +121,17 @@ fn check_types(desc: &MessageDescriptor, value: &Value, path: &str) -> Result<()
     if let Some(expected) = well_known_json(desc.full_name()) {
         return match expected(value) {
             Ok(()) => Ok(()),
-            Err(want) => Err(field_error(path, format!("expected {want}, got {}", type_name(value)))),
+            Err(want) => Err(field_error(
+                path,
+                format!("expected {want}, got {}", type_name(value)),
+            )),
         };
     }
     let Value::Object(map) = value else {
-        return Err(field_error(path, format!("expected a JSON object, got {}", type_name(value))));
+        return Err(field_error(
+            path,
+            format!("expected a JSON object, got {}", type_name(value)),
+        ));
     };
     for (key, v) in map {
         let field = desc
@@ -138,9 +144,14 @@ fn check_types(desc: &MessageDescriptor, value: &Value, path: &str) -> Result<()
         }
         if field.is_map() {
             let Value::Object(entries) = v else {
-                return Err(field_error(&here, format!("expected an object (map), got {}", type_name(v))));
+                return Err(field_error(
+                    &here,
+                    format!("expected an object (map), got {}", type_name(v)),
+                ));
             };
-            let Kind::Message(entry) = field.kind() else { continue };
+            let Kind::Message(entry) = field.kind() else {
+                continue;
+            };
             if let Kind::Message(m) = entry.map_entry_value_field().kind() {
                 for (k, ev) in entries {
                     check_types(&m, ev, &format!("{here}.{k}"))?;
@@ -150,7 +161,10 @@ fn check_types(desc: &MessageDescriptor, value: &Value, path: &str) -> Result<()
         }
         if field.is_list() {
             let Value::Array(items) = v else {
-                return Err(field_error(&here, format!("expected an array, got {}", type_name(v))));
+                return Err(field_error(
+                    &here,
+                    format!("expected an array, got {}", type_name(v)),
+                ));
             };
             for (i, item) in items.iter().enumerate() {
                 check_scalar(&field.kind(), item, &format!("{here}[{i}]"))?;
@@ -183,7 +197,10 @@ fn check_scalar(kind: &Kind, v: &Value, path: &str) -> Result<(), TranscodeError
     if ok {
         Ok(())
     } else {
-        Err(field_error(path, format!("expected {}, got {}", expected(kind), type_name(v))))
+        Err(field_error(
+            path,
+            format!("expected {}, got {}", expected(kind), type_name(v)),
+        ))
     }
 }
 
@@ -203,7 +220,11 @@ type ShapeCheck = fn(&Value) -> Result<(), &'static str>;
 fn well_known_json(name: &str) -> Option<ShapeCheck> {
     let check: ShapeCheck = match name {
         "google.protobuf.Timestamp" => |v| v.is_string().then_some(()).ok_or("an RFC 3339 timestamp string"),
-        "google.protobuf.Duration" => |v| v.is_string().then_some(()).ok_or("a duration string such as \"1.5s\""),
+        "google.protobuf.Duration" => |v| {
+            v.is_string()
+                .then_some(())
+                .ok_or("a duration string such as \"1.5s\"")
+        },
         "google.protobuf.FieldMask" | "google.protobuf.StringValue" | "google.protobuf.BytesValue" => {
             |v| v.is_string().then_some(()).ok_or("a string")
         }
@@ -213,9 +234,11 @@ fn well_known_json(name: &str) -> Option<ShapeCheck> {
         | "google.protobuf.Int64Value"
         | "google.protobuf.UInt64Value"
         | "google.protobuf.FloatValue"
-        | "google.protobuf.DoubleValue" => {
-            |v| (v.is_number() || v.is_string()).then_some(()).ok_or("a number or a decimal string")
-        }
+        | "google.protobuf.DoubleValue" => |v| {
+            (v.is_number() || v.is_string())
+                .then_some(())
+                .ok_or("a number or a decimal string")
+        },
         "google.protobuf.Struct" | "google.protobuf.Empty" | "google.protobuf.Any" => {
             |v| v.is_object().then_some(()).ok_or("an object")
         }
@@ -259,7 +282,11 @@ fn join(path: &str, key: &str) -> String {
 
 fn field_error(path: &str, reason: String) -> TranscodeError {
     TranscodeError::Field {
-        field: if path.is_empty() { "(body)".to_owned() } else { path.to_owned() },
+        field: if path.is_empty() {
+            "(body)".to_owned()
+        } else {
+            path.to_owned()
+        },
         reason,
     }
 }

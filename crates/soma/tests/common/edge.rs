@@ -18,7 +18,6 @@ use tokio::sync::oneshot;
 
 use super::{Ca, Running};
 
-
 /// The gateway's edge, running.
 pub struct Edge {
     pub url: String,
@@ -81,7 +80,11 @@ pub fn now() -> i64 {
 pub fn hs256(secret: &[u8], kid: &str, claims: &Value) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
-    let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, input.as_bytes());
     format!("{input}.{}", b64.encode(tag.as_ref()))
@@ -117,7 +120,8 @@ pub async fn start_edge_with_peers(
     )
     .unwrap();
     tweak(&mut config);
-    let jwk: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-issuer.jwk")).unwrap()).unwrap();
+    let jwk: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-issuer.jwk")).unwrap()).unwrap();
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(jwk["k"].as_str().unwrap())
         .unwrap();
@@ -128,9 +132,10 @@ pub async fn start_edge_with_peers(
     let database = soma_store::Database::connect(db, "gateway").await.unwrap();
     database.migrate(&soma_gateway::MIGRATIONS).await.unwrap();
     let signer = gateway_signer();
-    let gateway = soma_gateway::Gateway::build(database.clone(), &settings.limits, config, &store, &peers, signer)
-        .await
-        .unwrap();
+    let gateway =
+        soma_gateway::Gateway::build(database.clone(), &settings.limits, config, &store, &peers, signer)
+            .await
+            .unwrap();
     let edge = gateway.edge.unwrap();
     let addr = edge.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
@@ -215,5 +220,9 @@ pub async fn send(
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body }
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

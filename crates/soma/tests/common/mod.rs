@@ -386,8 +386,16 @@ pub async fn scalar(db: &Database, sql: &str) -> i64 {
 pub async fn scalar_text(db: &Database, sql: &str) -> String {
     use sqlx::Row as _;
     match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<String, _>(0),
-        (None, Some(pool)) => sqlx::query(sql).fetch_one(pool).await.unwrap().get::<String, _>(0),
+        (Some(pool), _) => sqlx::query(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get::<String, _>(0),
+        (None, Some(pool)) => sqlx::query(sql)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get::<String, _>(0),
         _ => unreachable!("a database is either SQLite or PostgreSQL"),
     }
 }
