@@ -278,6 +278,19 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         (Some("acme"), Some("local"), Some("req-abc.1"))
     );
     assert_eq!(who["mfa"], true);
+    // A malformed request id is replaced by a fresh one, never echoed.
+    let r = send(
+        &http,
+        "GET",
+        &url("/v1/whoami"),
+        Some(&token),
+        None,
+        &[("x-request-id", "bad id; DROP TABLE")],
+    )
+    .await;
+    let minted = r.json()["requestId"].as_str().unwrap().to_owned();
+    assert!(minted.starts_with("req_") && minted.len() == 36, "{minted}");
+    assert_eq!(r.header("x-request-id").as_deref(), Some(minted.as_str()));
 
     edge2.stop().await;
     edge.stop().await;

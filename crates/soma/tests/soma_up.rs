@@ -122,8 +122,36 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
     let op = dir.path().join("operator");
 
     let started = Instant::now();
-    let child = soma_up(&data_dir);
+    let mut child = soma_up(&data_dir);
     let endpoints = wait_serving(&data_dir, &op, started + Duration::from_secs(10)).await;
+
+    // The printed curl line works as pasted.
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let curl = loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("soma up printed no curl line");
+        if line.trim_start().starts_with("curl ") {
+            break line;
+        }
+    };
+    let out = std::process::Command::new("sh")
+        .args(["-c", curl.trim()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{curl}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (who["tenant"].as_str(), who["region"].as_str()),
+        (Some("demo"), Some("eu-west-1"))
+    );
 
     // endpoints.json has exactly the documented keys.
     let mut keys: Vec<_> = endpoints.as_object().unwrap().keys().cloned().collect();
