@@ -29,6 +29,8 @@ command -v psql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -q
 
 echo "### building (release)" >&2
 cargo build --release -p soma --examples >&2
+# The examples land in CARGO_TARGET_DIR when it is set.
+examples="${CARGO_TARGET_DIR:-target}/release/examples"
 
 echo "### 1. durable appends/s: Analytics vs pgbench single-row INSERT, $WRITERS clients, ${SECONDS_RUN}s each" >&2
 scratch="soma_pgbench_$$"
@@ -48,7 +50,7 @@ rm -f "$script"
 echo "$pg_out" | grep -E "tps|latency" >&2 || true
 pg_tps="$(echo "$pg_out" | awk '/^tps = / {print $3; exit}')"
 
-ours_out="$(target/release/examples/ledger_bench --writers "$WRITERS" --seconds "$SECONDS_RUN")"
+ours_out="$("$examples/ledger_bench" --writers "$WRITERS" --seconds "$SECONDS_RUN")"
 echo "$ours_out" >&2
 ours="$(echo "$ours_out" | awk -F= '/^result.appends_per_sec=/ {print $2}')"
 
@@ -57,7 +59,7 @@ proofs="$(cargo bench -p soma-ledger --bench proofs 2>/dev/null)"
 echo "$proofs" >&2
 
 echo "### 3. signed export of $EXPORT_ROWS billing events vs a plain SELECT of the same rows" >&2
-export_out="$(target/release/examples/export_bench --rows "$EXPORT_ROWS" --writers 256)"
+export_out="$("$examples/export_bench" --rows "$EXPORT_ROWS" --writers 256)"
 echo "$export_out" >&2
 field() { echo "$export_out" | awk -F= -v k="result.$1" '$1 == k {print $2}'; }
 export_rate="$(field export_rows_per_sec)"

@@ -6,6 +6,7 @@
 //! the issuer read from the unverified payload only to pick its keys, then
 //! the key and its algorithm, then the signature, and only then the claims.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -14,11 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{JwtConfigError, JwtError};
 use crate::jose::{b64url_decode, parse_object};
-use crate::jwk::{Algorithm, Jwk, KeyKind, KeyList};
+use crate::jwk::{Algorithm, Jwk, KeyKind};
 use crate::jwks::{UrlSource, WatchedFile};
 
 /// Default clock leeway for `exp`, `nbf` and `iat`.
@@ -234,17 +236,19 @@ impl JwtVerifier {
         }
         let jws = CompactJws::parse(token)?;
         let header = check_header(&jws.header, true)?;
-        let payload =
-            parse_object(&jws.payload).ok_or(JwtError::Malformed("payload is not a json object"))?;
+        let payload = RawClaims::parse(&jws.payload)?;
 
         // The only payload member read before the signature verifies, and
         // only to choose whose keys to use.
-        let issuer = match payload.get("iss") {
+        let issuer = match payload.iss {
             None => return Err(JwtError::UnknownIssuer),
-            Some(Value::String(iss)) => iss,
-            Some(_) => return Err(JwtError::InvalidClaimType("iss")),
+            Some(raw) => string(raw, "iss")?,
         };
-        let state = self.inner.issuers.get(issuer).ok_or(JwtError::UnknownIssuer)?;
+        let state = self
+            .inner
+            .issuers
+            .get(issuer.as_ref())
+            .ok_or(JwtError::UnknownIssuer)?;
         if !state.algorithms.contains(&header.alg) {
             return Err(JwtError::AlgNotAllowed);
         }
@@ -257,7 +261,7 @@ impl JwtVerifier {
 
         claims(
             &payload,
-            issuer,
+            &issuer,
             key.key_id().unwrap_or(""),
             state,
             now_unix,
@@ -439,31 +443,33 @@ fn valid_kid(kid: &str) -> bool {
 
 /// The claim checks, after the signature verified: every registered claim's
 /// type first, then presence, then time, then audience.
-fn claims(
-    payload: &Map<String, Value>,
+fn claims<'a>(
+    payload: &RawClaims<'a>,
     issuer: &str,
     key_id: &str,
     state: &IssuerState,
     now: i64,
     leeway: i64,
 ) -> Result<TokenClaims, JwtError> {
-    let exp = int_claim(payload, "exp")?;
-    let nbf = int_claim(payload, "nbf")?;
-    let iat = int_claim(payload, "iat")?;
-    let auth_time = int_claim(payload, "auth_time")?;
-    let sub = str_claim(payload, "sub")?;
-    let tenant = str_claim(payload, "tenant")?;
-    let region = str_claim(payload, "region")?;
-    let jti = str_claim(payload, "jti")?;
-    let scope = str_claim(payload, "scope")?;
-    let amr = match payload.get("amr") {
+    let int = |raw: Option<&RawValue>, name| raw.map(|r| integer(r, name)).transpose();
+    let text = |raw: Option<&'a RawValue>, name| raw.map(|r| string(r, name)).transpose();
+    let exp = int(payload.exp, "exp")?;
+    let nbf = int(payload.nbf, "nbf")?;
+    let iat = int(payload.iat, "iat")?;
+    let auth_time = int(payload.auth_time, "auth_time")?;
+    let sub = text(payload.sub, "sub")?;
+    let tenant = text(payload.tenant, "tenant")?;
+    let region = text(payload.region, "region")?;
+    let jti = text(payload.jti, "jti")?;
+    let scope = text(payload.scope, "scope")?;
+    let amr = match payload.amr {
         None => Vec::new(),
-        Some(value) => str_array(value).ok_or(JwtError::InvalidClaimType("amr"))?,
+        Some(raw) => strings(raw).ok_or(JwtError::InvalidClaimType("amr"))?,
     };
-    let aud = match payload.get("aud") {
+    let aud = match payload.aud {
         None => None,
-        Some(Value::String(one)) => Some(vec![one.clone()]),
-        Some(value) => Some(str_array(value).ok_or(JwtError::InvalidClaimType("aud"))?),
+        Some(raw) if raw.get().starts_with('"') => Some(vec![string(raw, "aud")?.into_owned()]),
+        Some(raw) => Some(strings(raw).ok_or(JwtError::InvalidClaimType("aud"))?),
     };
 
     let exp = exp.ok_or(JwtError::MissingClaim("exp"))?;
@@ -487,9 +493,9 @@ fn claims(
 
     Ok(TokenClaims {
         issuer: issuer.to_owned(),
-        subject: sub.to_owned(),
-        tenant: tenant.to_owned(),
-        region: region.to_owned(),
+        subject: sub.into_owned(),
+        tenant: tenant.into_owned(),
+        region: region.into_owned(),
         scope: scope
             .map(|s| {
                 s.split(' ')
@@ -500,40 +506,93 @@ fn claims(
             .unwrap_or_default(),
         amr,
         auth_time,
-        jti: jti.map(str::to_owned),
+        jti: jti.map(Cow::into_owned),
         expires_at: exp,
         issued_at: iat,
         key_id: key_id.to_owned(),
     })
 }
 
-/// A NumericDate claim written as a JSON integer. `"123"`, `1.5`, `1.0`,
-/// `true` and `null` are type errors, not absences.
-fn int_claim(payload: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, JwtError> {
-    match payload.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) if !n.is_f64() => n.as_i64().map(Some).ok_or(JwtError::InvalidClaimType(name)),
-        Some(_) => Err(JwtError::InvalidClaimType(name)),
+/// The registered and SomaStack claims of a payload, each kept as its raw
+/// JSON text so that its type is checked exactly (a `null`, a string
+/// `"123"` or a float `1.0` where an integer belongs is a type error, never
+/// an absence). Other members are validated as JSON and ignored. Reading
+/// the payload this way, borrowing from it, keeps the request path free of
+/// a generic JSON tree.
+#[derive(Deserialize)]
+struct RawClaims<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    iss: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    sub: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    aud: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    exp: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    nbf: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    iat: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    jti: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    tenant: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    region: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    scope: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    amr: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    auth_time: Option<&'a RawValue>,
+}
+
+impl<'a> RawClaims<'a> {
+    /// A JSON object (not an array: serde would read an array as a struct
+    /// by position); a claim named twice is malformed.
+    fn parse(payload: &'a [u8]) -> Result<Self, JwtError> {
+        let malformed = JwtError::Malformed("payload is not a json object");
+        if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(malformed);
+        }
+        // A repeated claim this struct reads is an error (serde refuses a
+        // duplicate field); members it ignores are never read (RFC 7519 §4).
+        serde_json::from_slice(payload).map_err(|_| malformed)
     }
 }
 
-fn str_claim<'a>(payload: &'a Map<String, Value>, name: &'static str) -> Result<Option<&'a str>, JwtError> {
-    match payload.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(JwtError::InvalidClaimType(name)),
+/// A member that is present, whatever its value (`null` included).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// A NumericDate written as a JSON integer: `-?[0-9]+`, within i64.
+fn integer(raw: &RawValue, name: &'static str) -> Result<i64, JwtError> {
+    let text = raw.get();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(JwtError::InvalidClaimType(name));
     }
+    text.parse().map_err(|_| JwtError::InvalidClaimType(name))
 }
 
-fn str_array(value: &Value) -> Option<Vec<String>> {
-    value
-        .as_array()?
-        .iter()
-        .map(|v| v.as_str().map(str::to_owned))
-        .collect()
+/// A JSON string, borrowed when it holds no escapes.
+fn string<'a>(raw: &'a RawValue, name: &'static str) -> Result<Cow<'a, str>, JwtError> {
+    if !raw.get().starts_with('"') {
+        return Err(JwtError::InvalidClaimType(name));
+    }
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| JwtError::InvalidClaimType(name))
 }
 
-fn non_empty<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, JwtError> {
+/// A JSON array of strings.
+fn strings(raw: &RawValue) -> Option<Vec<String>> {
+    if !raw.get().starts_with('[') {
+        return None;
+    }
+    serde_json::from_str::<Vec<String>>(raw.get()).ok()
+}
+
+fn non_empty<'a>(value: Option<Cow<'a, str>>, name: &'static str) -> Result<Cow<'a, str>, JwtError> {
     value
         .filter(|v| !v.is_empty())
         .ok_or(JwtError::MissingClaim(name))
