@@ -314,3 +314,95 @@ async fn hmac_secret_rotation_is_a_file_change() {
         .unwrap_err();
     assert_eq!(err.reason(), "bad_signature");
 }
+
+/// Serves `app` over HTTPS with a certificate for `localhost`; returns the
+/// URL of `/jwks.json` and the certificate's PEM.
+async fn start_https(app: Router) -> (String, String) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}/jwks.json",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                }
+            });
+        }
+    });
+    (url, cert.pem())
+}
+
+#[tokio::test]
+async fn an_https_jwks_url_is_trusted_only_through_its_ca_file() {
+    let key = EdKey::generate();
+    let server = Server {
+        served: Arc::new(Mutex::new(Served::Json(json!({"keys": [key.jwk("tls-1")]})))),
+        requests: Arc::new(AtomicU64::new(0)),
+    };
+    let app = Router::new()
+        .route("/jwks.json", get(serve))
+        .with_state(server.clone());
+    let (url, pem) = start_https(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let right = dir.path().join("right.pem");
+    std::fs::write(&right, &pem).unwrap();
+    let verifier = JwtVerifier::new(settings(IssuerSettings {
+        jwks_ca_file: Some(right),
+        ..url_issuer(&url, Duration::from_secs(30))
+    }))
+    .await
+    .unwrap();
+    let claims = verifier.verify(&ed_token(&key, "tls-1", NOW), NOW).await.unwrap();
+    assert_eq!(claims.key_id, "tls-1");
+    assert_eq!(server.requests(), 1);
+
+    // Another CA: the handshake fails, no key set is ever accepted.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&other_key)
+        .unwrap();
+    let wrong = dir.path().join("wrong.pem");
+    std::fs::write(&wrong, other.pem()).unwrap();
+    let verifier = JwtVerifier::new(settings(IssuerSettings {
+        jwks_ca_file: Some(wrong),
+        ..url_issuer(&url, Duration::from_secs(30))
+    }))
+    .await
+    .unwrap();
+    let err = verifier
+        .verify(&ed_token(&key, "tls-1", NOW), NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "unknown_kid");
+    assert_eq!(server.requests(), 1, "no request got past the handshake");
+
+    // An https URL without a CA file is a configuration error.
+    let err = JwtVerifier::new(settings(url_issuer(&url, Duration::from_secs(30))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("jwks_ca_file"), "{err}");
+}

@@ -66,7 +66,7 @@ use ring::rand::SecureRandom as _;
 use serde_json::{Value, json};
 use soma_auth::{ClaimsSigner, ClaimsVerifier, SignedClaims};
 use soma_ca::Authority;
-use soma_identity::{SpiffeId, SvidStore, TrustDomain};
+use soma_identity::{SpiffeId, TrustDomain};
 use soma_mesh::{Application, MeshSettings, Peers, ServiceKind};
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
@@ -518,7 +518,7 @@ struct Direct {
 
 impl Direct {
     /// One `LedgerCheckpoint` with the current envelope.
-    fn checkpoint(&mut self) -> impl Future<Output = anyhow::Result<pb::Checkpoint>> + Send + 'static {
+    fn checkpoint(&mut self) -> impl Future<Output = anyhow::Result<pb::Checkpoint>> + Send + use<> {
         let mut client = AnalyticsClient::new(self.channel.clone());
         let signed = self.envelope.current().cloned();
         async move {
@@ -537,7 +537,7 @@ impl Direct {
     }
 
     /// The same, its answer dropped: what the latency rounds time.
-    fn call(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+    fn call(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send + use<> {
         let checkpoint = self.checkpoint();
         async move { checkpoint.await.map(drop) }
     }
