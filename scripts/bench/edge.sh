@@ -16,9 +16,9 @@
 # status is 0 when the measurements ran, whatever they show.
 #
 # Environment (optional): BENCH_RATE (1000), BENCH_SECONDS (10),
-# BENCH_WARMUP_SECONDS (3), BENCH_ROUNDS (3), BENCH_REQUESTS (5000),
-# BENCH_CPU_ROUNDS (3), BENCH_EDGE_PROTOCOL (h2c, or http1 for HTTP/1.1
-# keep-alive).
+# BENCH_WARMUP_SECONDS (3), BENCH_ROUNDS (3), BENCH_REQUESTS (20000),
+# BENCH_CPU_ROUNDS (3), BENCH_EDGE_PROTOCOL (http1: HTTP/1.1 keep-alive, or
+# h2c: HTTP/2 with prior knowledge on one connection).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -28,9 +28,9 @@ RATE="${BENCH_RATE:-1000}"
 SECONDS_OPEN="${BENCH_SECONDS:-10}"
 WARMUP_SECONDS="${BENCH_WARMUP_SECONDS:-3}"
 ROUNDS="${BENCH_ROUNDS:-3}"
-REQUESTS="${BENCH_REQUESTS:-5000}"
+REQUESTS="${BENCH_REQUESTS:-20000}"
 CPU_ROUNDS="${BENCH_CPU_ROUNDS:-3}"
-PROTOCOL="${BENCH_EDGE_PROTOCOL:-h2c}"
+PROTOCOL="${BENCH_EDGE_PROTOCOL:-http1}"
 
 log() { printf '\n### %s\n' "$*" >&2; }
 
