@@ -127,7 +127,14 @@ impl EdgeServer {
         let router = edge::router(self.state);
         match self.tls {
             None => {
-                axum::serve(self.listener, router)
+                use axum::serve::ListenerExt as _;
+                // Small responses go out at once, not after Nagle's delay.
+                let listener = self.listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set on an edge connection");
+                    }
+                });
+                axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown)
                     .await
             }
