@@ -13,6 +13,9 @@
 //! The runtime is the multi-thread one `soma serve` uses. Logs (warnings by
 //! default, `RUST_LOG` to change) go to standard error.
 
+#[path = "common/gateway.rs"]
+mod gateway;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,7 +83,7 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     db.migrate(&soma_gateway::MIGRATIONS).await?;
-    let spec = gateway_spec(db, &settings, &store, &dir.join("db")).await?;
+    let spec = gateway::gateway_spec(db, &settings, &store, &dir.join("db")).await?;
     let app = Application::build(settings, store, None, spec).await?;
 
     // `admin` serves `/metrics`, whose handshake counters tell how many
@@ -100,26 +103,4 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
 #[expect(clippy::print_stdout, reason = "the ready line is the example's output")]
 fn ready(line: &serde_json::Value) {
     println!("{line}");
-}
-
-/// The gateway as the mesh serves it, with a development issuer under `dir`.
-#[allow(
-    unused_qualifications,
-    reason = "one self-contained helper shared by the two bench examples"
-)]
-async fn gateway_spec(
-    db: soma_store::Database,
-    settings: &soma_mesh::MeshSettings,
-    store: &std::sync::Arc<soma_identity::SvidStore>,
-    dir: &std::path::Path,
-) -> anyhow::Result<soma_mesh::ServiceSpec> {
-    let config = soma_gateway::GatewayConfig::dev(
-        dir,
-        &soma_gateway::Region::parse("local").map_err(anyhow::Error::msg)?,
-        None,
-    )?;
-    let (signer, _) = soma_auth::ClaimsSigner::generate("gateway-1")?;
-    let gateway =
-        soma_gateway::Gateway::build(db, &settings.limits, config, store, &settings.peers, signer).await?;
-    Ok(gateway.spec)
 }

@@ -31,6 +31,8 @@
 
 #[path = "common/bench.rs"]
 mod bench;
+#[path = "common/gateway.rs"]
+mod gateway;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         )
         .await?;
         db.migrate(&soma_gateway::MIGRATIONS).await?;
-        let spec = gateway_spec(db, &settings, &server_store, &db_dir_for_gateway).await?;
+        let spec = gateway::gateway_spec(db, &settings, &server_store, &db_dir_for_gateway).await?;
         let app = Application::build(settings, server_store, None, spec).await?;
         let (addr, metrics) = (app.local_addr(), app.metrics());
         let serve: Serve = Box::pin(async move {
@@ -345,26 +347,4 @@ impl Report {
         println!("result.p50_us_added_target={TARGET_ADDED_P50_US}");
         println!("result.p99_us_added_target={TARGET_ADDED_P99_US}");
     }
-}
-
-/// The gateway as the mesh serves it, with a development issuer under `dir`.
-#[allow(
-    unused_qualifications,
-    reason = "one self-contained helper shared by the two bench examples"
-)]
-async fn gateway_spec(
-    db: soma_store::Database,
-    settings: &soma_mesh::MeshSettings,
-    store: &std::sync::Arc<soma_identity::SvidStore>,
-    dir: &std::path::Path,
-) -> anyhow::Result<soma_mesh::ServiceSpec> {
-    let config = soma_gateway::GatewayConfig::dev(
-        dir,
-        &soma_gateway::Region::parse("local").map_err(anyhow::Error::msg)?,
-        None,
-    )?;
-    let (signer, _) = soma_auth::ClaimsSigner::generate("gateway-1")?;
-    let gateway =
-        soma_gateway::Gateway::build(db, &settings.limits, config, store, &settings.peers, signer).await?;
-    Ok(gateway.spec)
 }

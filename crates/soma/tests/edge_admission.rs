@@ -3,15 +3,14 @@
 //! reason, and the backend's own dispatch counter proves that no refused
 //! request reached it.
 
-#![allow(clippy::unwrap_used, reason = "a test stops at the first broken expectation")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use serde_json::{Value, json};
 use soma_gateway::Residency;
-use soma_store::StoreSettings;
 
-use common::edge::{Reply, client, gateway_signer, now, send, start_edge};
+use common::edge::{Reply, client, gateway_signer, now, send, sqlite, start_edge};
 use common::{Ca, analytics_config, start_analytics};
 
 const CHECKPOINT: &str = "/somastack.v1.Analytics/LedgerCheckpoint";
@@ -24,13 +23,6 @@ struct Case {
     body: Option<Value>,
     status: u16,
     reason: &'static str,
-}
-
-fn sqlite(dir: &tempfile::TempDir) -> StoreSettings {
-    StoreSettings {
-        data_dir: dir.path().to_owned(),
-        database_url: None,
-    }
 }
 
 /// The sum of the backend's dispatch counters over every Analytics method.

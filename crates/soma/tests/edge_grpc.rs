@@ -12,18 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::gateway_client::GatewayClient;
-use soma_store::StoreSettings;
 use tonic::metadata::MetadataValue;
 
-use common::edge::{client, gateway_signer, send, start_edge};
+use common::edge::{client, gateway_signer, send, sqlite, start_edge};
 use common::{Ca, analytics_config, start_analytics};
-
-fn sqlite(dir: &tempfile::TempDir) -> StoreSettings {
-    StoreSettings {
-        data_dir: dir.path().to_owned(),
-        database_url: None,
-    }
-}
 
 fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

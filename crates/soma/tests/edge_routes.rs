@@ -4,28 +4,22 @@
 //! their own context, and the size limits answer before any token is
 //! verified.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 use soma_mesh::ServiceKind;
-use soma_store::StoreSettings;
 
-use common::edge::{client, gateway_signer, now, send, start_edge};
+use common::edge::{client, gateway_signer, now, send, sqlite, start_edge};
 use common::{Ca, analytics_config, start_analytics};
 
 const ALL_SCOPES: &str = "analytics:ingest drills:write drills:read analytics:export regressions:write \
     anomalies:scan ledger:read ops:store-verify identity:read capsules:run ops:killswitch tools:publish \
     tools:read tools:revoke tools:execute capsules:submit capsules:read capsules:review capsules:install \
     templates:import";
-
-fn sqlite(dir: &tempfile::TempDir) -> StoreSettings {
-    StoreSettings {
-        data_dir: dir.path().to_owned(),
-        database_url: None,
-    }
-}
 
 fn rfc3339(unix: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();

@@ -27,6 +27,12 @@ fn serve_gateway(env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+struct Case<'a> {
+    name: &'a str,
+    env: Vec<(&'a str, &'a str)>,
+    needle: &'a str,
+}
+
 #[test]
 fn the_gateway_does_not_start_without_a_usable_configuration() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,56 +43,60 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
     let file = dir.path().join("gateway.toml");
     let file = file.to_str().unwrap();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
-        ("no config file", vec![], "SOMA_GATEWAY_CONFIG"),
-        (
-            "no allow-list",
-            vec![("SOMA_GATEWAY_CONFIG", file)],
-            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
-        ),
-        (
-            "upper-case region",
-            vec![
+    let cases = [
+        Case {
+            name: "no config file",
+            env: vec![],
+            needle: "SOMA_GATEWAY_CONFIG",
+        },
+        Case {
+            name: "no allow-list",
+            env: vec![("SOMA_GATEWAY_CONFIG", file)],
+            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        },
+        Case {
+            name: "upper-case region",
+            env: vec![
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "EU-WEST-1"),
             ],
-            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
-        ),
-        (
-            "empty entry",
-            vec![
+            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        },
+        Case {
+            name: "empty entry",
+            env: vec![
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu-west-1,,local"),
             ],
-            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
-        ),
-        (
-            "look-alike dash",
-            vec![
+            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        },
+        Case {
+            name: "look-alike dash",
+            env: vec![
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu\u{2010}west-1"),
             ],
-            "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
-        ),
-        (
-            "bad own region",
-            vec![
+            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+        },
+        Case {
+            name: "bad own region",
+            env: vec![
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
                 ("SOMA_GATEWAY_REGION", "Local "),
             ],
-            "region",
-        ),
-        (
-            "missing file",
-            vec![
+            needle: "region",
+        },
+        Case {
+            name: "missing file",
+            env: vec![
                 ("SOMA_GATEWAY_CONFIG", "/nonexistent/gateway.toml"),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
             ],
-            "/nonexistent/gateway.toml",
-        ),
+            needle: "/nonexistent/gateway.toml",
+        },
     ];
-    for (name, env, needle) in cases {
+    for Case { name, env, needle } in cases {
         let (code, stderr) = serve_gateway(&env);
         assert_eq!(code, 64, "{name}: {stderr}");
         assert!(stderr.contains(needle), "{name}: {stderr}");

@@ -352,13 +352,7 @@ impl Admission {
         decision_id: &str,
         details: &[Value],
     ) -> Result<(), sqlx::Error> {
-        let now_ms = i64::try_from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
+        let now_ms = crate::context::unix_millis();
         let findings = Value::Array(details.to_vec()).to_string();
         on_pool!(self.db, pool => {
             sqlx::query(

@@ -90,3 +90,12 @@ impl RequestContext {
         CONTEXT.scope(context, f).await
     }
 }
+
+/// Milliseconds since the Unix epoch, for audit rows (0 before 1970,
+/// saturating far in the future).
+pub fn unix_millis() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}

@@ -520,22 +520,9 @@ async fn dispatch(
             request.metadata_mut().insert(REQUEST_ID_HEADER, v);
         }
         request.extensions_mut().insert(Arc::clone(&context));
-        let mut grpc = tonic::client::Grpc::new(GatewayServer::new(state.local.clone()));
-        grpc.ready()
-            .await
-            .map_err(|e| tonic::Status::internal(format!("gateway service not ready: {e}")))?;
-        let call = RequestContext::scope(Arc::clone(&context), async move {
-            if route.server_streaming {
-                grpc.server_streaming(request, path, BytesCodec)
-                    .await
-                    .map(|r| Reply::Stream(r.into_inner()))
-            } else {
-                grpc.unary(request, path, BytesCodec)
-                    .await
-                    .map(|r| Reply::Unary(r.into_inner()))
-            }
-        });
-        return call.await;
+        let grpc = tonic::client::Grpc::new(GatewayServer::new(state.local.clone()));
+        let call = call(grpc, route.server_streaming, request, path);
+        return RequestContext::scope(Arc::clone(&context), call).await;
     }
     let backend = state.backends.get(&route.service).ok_or_else(|| {
         let mut s = tonic::Status::unavailable(format!("no backend is configured for {}", route.service));
@@ -546,12 +533,36 @@ async fn dispatch(
     })?;
     let metadata = state.backends.metadata(&context, &backend.id)?;
     let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
-    let mut grpc = tonic::client::Grpc::new(backend.channel.clone());
-    grpc.ready().await.map_err(|e| {
-        tracing::warn!(error = %e, backend = %backend.id, "backend not reachable");
-        tonic::Status::unavailable(format!("{} is not reachable", route.service))
-    })?;
-    if route.server_streaming {
+    let grpc = tonic::client::Grpc::new(backend.channel.clone());
+    call(grpc, route.server_streaming, request, path)
+        .await
+        .inspect_err(|status| {
+            if status.code() == tonic::Code::Unavailable
+                && status.metadata().get(soma_mesh::REASON_METADATA).is_none()
+            {
+                tracing::warn!(backend = %backend.id, message = %status.message(), "backend not reachable");
+            }
+        })
+}
+
+/// One call of `path` on `grpc` (a backend channel or the in-process
+/// gateway service), unary or server-streaming.
+async fn call<T>(
+    mut grpc: tonic::client::Grpc<T>,
+    streaming: bool,
+    request: tonic::Request<Bytes>,
+    path: http::uri::PathAndQuery,
+) -> Result<Reply, tonic::Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("the service is not reachable: {}", e.into())))?;
+    if streaming {
         grpc.server_streaming(request, path, BytesCodec)
             .await
             .map(|r| Reply::Stream(r.into_inner()))

@@ -9,7 +9,7 @@
 //! transaction.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use soma_proto::v1::{KillSwitch, KillSwitchScope};
 use soma_store::{Database, on_pool};
@@ -158,13 +158,7 @@ impl KillSwitches {
     /// Writes a change and its audit row in one transaction, then refreshes
     /// this replica's snapshot at once. Returns the switch as stored.
     pub async fn set(&self, change: Change) -> Result<KillSwitch, GatewayError> {
-        let now_ms = i64::try_from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
+        let now_ms = crate::context::unix_millis();
         let scope_name = change.scope.as_str_name();
         let engaged = i32::from(change.engaged);
         let retry = i32::try_from(change.retry_after_seconds).unwrap_or(i32::MAX);
