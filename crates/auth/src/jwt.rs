@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::{JwtConfigError, JwtError};
-use crate::jose::{b64url_decode, parse_object};
+use crate::jose::b64url_decode;
 use crate::jwk::{Algorithm, Jwk, KeyKind};
 use crate::jwks::{UrlSource, WatchedFile};
 
@@ -31,9 +30,6 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest `kid` accepted.
 const MAX_KID_CHARS: usize = 128;
-/// Header members that point at or embed a key; a verifier that followed
-/// them would let the token pick its own key (RFC 8725 §3.10).
-const KEY_REFERENCE_MEMBERS: [&str; 4] = ["jku", "x5u", "jwk", "x5c"];
 
 /// Settings of the verifier, as the gateway's TOML file holds them.
 #[derive(Debug, Clone, Deserialize)]
@@ -253,7 +249,7 @@ impl JwtVerifier {
             return Err(JwtError::AlgNotAllowed);
         }
 
-        let key = state.find_key(header.kid).await?;
+        let key = state.find_key(header.kid.as_deref()).await?;
         if key.algorithm() != header.alg {
             return Err(JwtError::AlgNotAllowed);
         }
@@ -352,7 +348,8 @@ pub fn verify_compact_jws(token: &str, key: &Jwk) -> Result<Vec<u8>, JwtError> {
 
 /// The three decoded parts of a compact JWS.
 struct CompactJws<'a> {
-    header: Map<String, Value>,
+    /// The decoded header: a JSON object, parsed by [`check_header`].
+    header: Vec<u8>,
     payload: Vec<u8>,
     signature: Vec<u8>,
     /// `BASE64URL(header) || '.' || BASE64URL(payload)`, as received.
@@ -383,7 +380,6 @@ impl<'a> CompactJws<'a> {
         let header = b64url_decode(header).ok_or(JwtError::Malformed("header is not base64url"))?;
         let payload = b64url_decode(payload).ok_or(JwtError::Malformed("payload is not base64url"))?;
         let signature = b64url_decode(signature).ok_or(JwtError::Malformed("signature is not base64url"))?;
-        let header = parse_object(&header).ok_or(JwtError::Malformed("header is not a json object"))?;
         Ok(Self {
             header,
             payload,
@@ -396,38 +392,68 @@ impl<'a> CompactJws<'a> {
 /// What the header contributes once it passed its checks.
 struct Header<'a> {
     alg: Algorithm,
-    kid: Option<&'a str>,
+    kid: Option<Cow<'a, str>>,
+}
+
+/// The header members the checks read, each kept as raw JSON so its type
+/// is checked exactly; a member named twice is malformed (serde refuses a
+/// duplicate field), other members are never read.
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    alg: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    typ: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    kid: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    crit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    jku: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    x5u: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    jwk: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    x5c: Option<&'a RawValue>,
 }
 
 /// The header checks, in order: `typ`, `alg`, key references, `crit`, `kid`.
-fn check_header(header: &Map<String, Value>, kid_syntax: bool) -> Result<Header<'_>, JwtError> {
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(typ)) if typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case("at+jwt") => {
+fn check_header(header: &[u8], kid_syntax: bool) -> Result<Header<'_>, JwtError> {
+    let malformed = JwtError::Malformed("header is not a json object");
+    if header.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(malformed);
+    }
+    let raw: RawHeader<'_> = serde_json::from_slice(header).map_err(|_| malformed)?;
+    if let Some(typ) = raw.typ {
+        let typ = string(typ, "typ").map_err(|_| JwtError::Malformed("typ is not JWT"))?;
+        if !(typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case("at+jwt")) {
+            return Err(JwtError::Malformed("typ is not JWT"));
         }
-        Some(_) => return Err(JwtError::Malformed("typ is not JWT")),
     }
     // Case-sensitive: "none", "None", "NONE" and every unknown name fail.
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .and_then(Algorithm::from_header)
+    let alg = raw
+        .alg
+        .and_then(|a| string(a, "alg").ok())
+        .and_then(|a| Algorithm::from_header(&a))
         .ok_or(JwtError::AlgNotAllowed)?;
-    if KEY_REFERENCE_MEMBERS.iter().any(|m| header.contains_key(*m)) {
+    // Members that point at or embed a key: a verifier that followed them
+    // would let the token pick its own key (RFC 8725 §3.10).
+    if raw.jku.is_some() || raw.x5u.is_some() || raw.jwk.is_some() || raw.x5c.is_some() {
         return Err(JwtError::UntrustedKeyReference);
     }
-    if header.contains_key("crit") {
+    if raw.crit.is_some() {
         return Err(JwtError::UnknownCrit);
     }
-    let kid = match header.get("kid") {
+    let kid = match raw.kid {
         None => None,
-        Some(Value::String(kid)) => {
-            if kid_syntax && !valid_kid(kid) {
+        Some(kid) => {
+            let kid = string(kid, "kid").map_err(|_| JwtError::BadKid)?;
+            if kid_syntax && !valid_kid(&kid) {
                 return Err(JwtError::BadKid);
             }
-            Some(kid.as_str())
+            Some(kid)
         }
-        Some(_) => return Err(JwtError::BadKid),
     };
     Ok(Header { alg, kid })
 }
