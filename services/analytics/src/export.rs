@@ -51,7 +51,7 @@ use tracing::Instrument as _;
 use crate::error::AnalyticsError;
 use crate::ledger::StoredCheckpoint;
 use crate::read::{ExportPage, ExportRow};
-use crate::rows::{BillingEvent, CapsuleRun, EventRow};
+use crate::rows::{BillingEvent, CapsuleRun, EventRow, push_i64, push_string};
 use crate::service::AnalyticsService;
 use crate::validate;
 
@@ -64,7 +64,7 @@ pub(crate) type ExportStream =
 pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
 
 /// Rows read per database round trip.
-const PAGE_ROWS: i64 = 1000;
+const PAGE_ROWS: i64 = 4000;
 
 /// Chunks buffered between the reader and the client.
 const CHANNEL_CHUNKS: usize = 4;
@@ -325,46 +325,10 @@ async fn write_export(
         json(&plan.checkpoint.root.to_base64()),
     );
     out.write(header.as_bytes()).await?;
-    let below_index = crate::ledger::to_i64(plan.checkpoint.tree_size)?;
-    let mut page = ExportPage {
-        tenant: &plan.tenant,
-        from: plan.from,
-        to: plan.to,
-        below_index,
-        tool: plan.tool.as_deref(),
-        after: None,
-        limit: PAGE_ROWS,
+    let exported = match plan.kind {
+        Kind::CapsuleRuns => write_rows::<CapsuleRun>(svc, plan, &mut out).await?,
+        Kind::BillingLedger => write_rows::<BillingEvent>(svc, plan, &mut out).await?,
     };
-    let mut first = true;
-    let mut exported: u64 = 0;
-    loop {
-        let (objects, last) = match plan.kind {
-            Kind::CapsuleRuns => {
-                let rows = crate::read::export_capsule_runs_page(&svc.db, &page).await?;
-                let last = rows.last().map(|(r, _, index, _)| (r.started_at, *index));
-                (checked_objects(svc, plan, rows, capsule_run_object)?, last)
-            }
-            Kind::BillingLedger => {
-                let rows = crate::read::export_billing_page(&svc.db, &page).await?;
-                let last = rows.last().map(|(r, _, index, _)| (r.occurred_at, *index));
-                (checked_objects(svc, plan, rows, billing_object)?, last)
-            }
-        };
-        for object in objects {
-            let mut bytes = Vec::with_capacity(object.len() + 1);
-            if !first {
-                bytes.push(b',');
-            }
-            first = false;
-            bytes.extend_from_slice(object.as_bytes());
-            out.write(&bytes).await?;
-            exported += 1;
-        }
-        match last {
-            Some(position) => page.after = Some(position),
-            None => break,
-        }
-    }
     out.write(b"]}\n").await?;
     out.flush().await?;
 
@@ -422,38 +386,151 @@ fn second_pass(
     Ok(signed)
 }
 
-/// Checks each row of a page (MAC, then its ledger leaf) and serializes
-/// those that pass the service filter. The first failing row fails the
-/// whole page.
-fn checked_objects<R: EventRow>(
+/// Writes the rows of the window, page after page, and returns how many.
+///
+/// Reading and checking a page runs on other tasks while the previous page
+/// is serialized and sent (the next page is asked for as soon as the keyset
+/// position it starts after is known), so the database, the checks and the
+/// writer overlap instead of taking turns. At most two pages are held: the
+/// one being written and the one being read. Rows are written in order up
+/// to the first one that failed its check; that row's error then ends the
+/// export, so nothing of it or after it is sent, and no signature.
+async fn write_rows<R: Exported>(
     svc: &AnalyticsService,
     plan: &Plan,
-    rows: Vec<ExportRow<R>>,
-    object: fn(&R, i64) -> serde_json::Value,
-) -> Result<Vec<String>, AnalyticsError> {
-    let mut objects = Vec::with_capacity(rows.len());
-    for (row, seal, index, leaf) in rows {
-        row.check(&svc.keys, &seal)?;
-        let recomputed = row.leaf_hash()?;
-        if leaf.as_deref() != Some(recomputed.as_bytes().as_slice()) {
-            return Err(AnalyticsError::RowIntegrity {
-                table: "ledger_leaves",
-                primary_key: row.event_id().to_owned(),
-            });
+    out: &mut ChunkWriter<'_>,
+) -> Result<u64, Abort> {
+    let below_index = crate::ledger::to_i64(plan.checkpoint.tree_size)?;
+    let mut next = Some(PageTask::<R>::spawn(svc, plan, below_index, None));
+    let mut first = true;
+    let mut exported: u64 = 0;
+    let mut object = Vec::with_capacity(1024);
+    while let Some(task) = next.take() {
+        let page = task.join().await?;
+        if page.failed.is_none()
+            && page.full
+            && let Some(after) = page.last
+        {
+            next = Some(PageTask::spawn(svc, plan, below_index, Some(after)));
         }
-        let value = object(&row, index);
-        if let Some(service) = &plan.service {
-            let recorded_by = value
-                .get("recorded_by")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("");
-            if service_of(recorded_by) != service {
+        for (row, index) in &page.rows {
+            if let Some(service) = &plan.service
+                && service_of(row.recorded_by()) != service
+            {
                 continue;
             }
+            object.clear();
+            if !first {
+                object.push(b',');
+            }
+            first = false;
+            row.write_object(*index, &mut object);
+            out.write(&object).await?;
+            exported += 1;
         }
-        objects.push(value.to_string());
+        if let Some(e) = page.failed {
+            return Err(Abort::Failed(e));
+        }
     }
-    Ok(objects)
+    Ok(exported)
+}
+
+/// A page read and checked, in keyset order.
+struct CheckedPage<R> {
+    /// The rows that passed, with their ledger indices, up to the first
+    /// that failed.
+    rows: Vec<(R, i64)>,
+    /// The `(time, ledger index)` of the last row read.
+    last: Option<(i64, i64)>,
+    /// Whether the page was full, so that more rows may follow.
+    full: bool,
+    /// Why the first failing row failed.
+    failed: Option<AnalyticsError>,
+}
+
+/// The task reading and checking one page; aborted when dropped (an
+/// export that stops early leaves no read behind).
+struct PageTask<R>(tokio::task::JoinHandle<Result<CheckedPage<R>, AnalyticsError>>);
+
+impl<R: Exported> PageTask<R> {
+    fn spawn(svc: &AnalyticsService, plan: &Plan, below_index: i64, after: Option<(i64, i64)>) -> Self {
+        let db = svc.db.clone();
+        let keys = std::sync::Arc::clone(&svc.keys);
+        let tenant = plan.tenant.clone();
+        let tool = plan.tool.clone();
+        let (from, to) = (plan.from, plan.to);
+        Self(tokio::spawn(
+            async move {
+                let page = ExportPage {
+                    tenant: &tenant,
+                    from,
+                    to,
+                    below_index,
+                    tool: tool.as_deref(),
+                    after,
+                    limit: PAGE_ROWS,
+                };
+                let rows = R::page(&db, &page).await?;
+                // The MAC and leaf checks are CPU work: off the async workers.
+                tokio::task::spawn_blocking(move || check_page(&keys, rows))
+                    .await
+                    .map_err(|e| AnalyticsError::Config(format!("export check task: {e}")))
+            }
+            .instrument(tracing::Span::current()),
+        ))
+    }
+
+    async fn join(mut self) -> Result<CheckedPage<R>, AnalyticsError> {
+        (&mut self.0)
+            .await
+            .map_err(|e| AnalyticsError::Config(format!("export page task: {e}")))?
+    }
+}
+
+impl<R> Drop for PageTask<R> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Checks each row of a page (its MAC, then its ledger leaf: the leaf at
+/// the row's index must be the one recomputed from the row), stopping at
+/// the first that fails.
+fn check_page<R: Exported>(keys: &soma_sign::HmacKeyring, rows: Vec<ExportRow<R>>) -> CheckedPage<R> {
+    let full = i64::try_from(rows.len()).is_ok_and(|n| n >= PAGE_ROWS);
+    let last = rows.last().map(|(row, _, index, _)| (row.time(), *index));
+    let mut checked = Vec::with_capacity(rows.len());
+    let mut failed = None;
+    for (row, seal, index, leaf) in rows {
+        if let Err(e) = check_row(keys, &row, &seal, leaf.as_deref()) {
+            failed = Some(e);
+            break;
+        }
+        checked.push((row, index));
+    }
+    CheckedPage {
+        rows: checked,
+        last,
+        full,
+        failed,
+    }
+}
+
+fn check_row<R: EventRow>(
+    keys: &soma_sign::HmacKeyring,
+    row: &R,
+    seal: &crate::rows::Seal,
+    leaf: Option<&[u8]>,
+) -> Result<(), AnalyticsError> {
+    row.check(keys, seal)?;
+    let recomputed = row.leaf_hash()?;
+    if leaf != Some(recomputed.as_bytes().as_slice()) {
+        return Err(AnalyticsError::RowIntegrity {
+            table: "ledger_leaves",
+            primary_key: row.event_id().to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// The service name of a recording SPIFFE ID: its path's last segment
@@ -462,36 +539,145 @@ fn service_of(spiffe_id: &str) -> &str {
     spiffe_id.rsplit('/').next().unwrap_or(spiffe_id)
 }
 
-fn capsule_run_object(r: &CapsuleRun, ledger_index: i64) -> serde_json::Value {
-    serde_json::json!({
-        "event_id": r.event_id,
-        "ledger_index": ledger_index,
-        "tenant": r.tenant,
-        "capsule_id": r.capsule_id,
-        "tool": r.tool,
-        "run_id": r.run_id,
-        "outcome": r.outcome,
-        "started_at": rfc3339_nanos(r.started_at),
-        "duration_nanos": r.duration_nanos,
-        "recorded_by": r.recorded_by,
-    })
+/// A row an export reads and writes.
+trait Exported: EventRow + Sized + Send + 'static {
+    /// The time column the window and the keyset order use.
+    fn time(&self) -> i64;
+
+    /// SPIFFE ID of the service that recorded the row.
+    fn recorded_by(&self) -> &str;
+
+    /// Reads one keyset page.
+    fn page<'a>(
+        db: &'a soma_store::Database,
+        page: &'a ExportPage<'a>,
+    ) -> impl Future<Output = Result<Vec<ExportRow<Self>>, AnalyticsError>> + Send + 'a;
+
+    /// Appends the row's JSON object: compact, members sorted by name
+    /// (the form serde_json gives a map), times as RFC 3339 with nine
+    /// fractional digits, integers as JSON numbers.
+    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>);
 }
 
-fn billing_object(r: &BillingEvent, ledger_index: i64) -> serde_json::Value {
-    serde_json::json!({
-        "event_id": r.event_id,
-        "ledger_index": ledger_index,
-        "tenant": r.tenant,
-        "tool": r.tool,
-        "tool_version": r.tool_version,
-        "amount_micros": r.amount_micros,
-        "currency": r.currency,
-        "fuel_consumed": r.fuel_consumed,
-        "duration_micros": r.duration_micros,
-        "occurred_at": rfc3339_nanos(r.occurred_at),
-        "run_id": r.run_id,
-        "recorded_by": r.recorded_by,
-    })
+impl Exported for CapsuleRun {
+    fn time(&self) -> i64 {
+        self.started_at
+    }
+
+    fn recorded_by(&self) -> &str {
+        &self.recorded_by
+    }
+
+    fn page<'a>(
+        db: &'a soma_store::Database,
+        page: &'a ExportPage<'a>,
+    ) -> impl Future<Output = Result<Vec<ExportRow<Self>>, AnalyticsError>> + Send + 'a {
+        crate::read::export_capsule_runs_page(db, page)
+    }
+
+    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"capsule_id\":");
+        push_string(out, &self.capsule_id);
+        out.extend_from_slice(b",\"duration_nanos\":");
+        push_i64(out, self.duration_nanos);
+        out.extend_from_slice(b",\"event_id\":");
+        push_string(out, &self.event_id);
+        out.extend_from_slice(b",\"ledger_index\":");
+        push_i64(out, ledger_index);
+        out.extend_from_slice(b",\"outcome\":");
+        push_string(out, &self.outcome);
+        out.extend_from_slice(b",\"recorded_by\":");
+        push_string(out, &self.recorded_by);
+        out.extend_from_slice(b",\"run_id\":");
+        push_string(out, &self.run_id);
+        out.extend_from_slice(b",\"started_at\":\"");
+        push_rfc3339_nanos(out, self.started_at);
+        out.extend_from_slice(b"\",\"tenant\":");
+        push_string(out, &self.tenant);
+        out.extend_from_slice(b",\"tool\":");
+        push_string(out, &self.tool);
+        out.push(b'}');
+    }
+}
+
+impl Exported for BillingEvent {
+    fn time(&self) -> i64 {
+        self.occurred_at
+    }
+
+    fn recorded_by(&self) -> &str {
+        &self.recorded_by
+    }
+
+    fn page<'a>(
+        db: &'a soma_store::Database,
+        page: &'a ExportPage<'a>,
+    ) -> impl Future<Output = Result<Vec<ExportRow<Self>>, AnalyticsError>> + Send + 'a {
+        crate::read::export_billing_page(db, page)
+    }
+
+    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"amount_micros\":");
+        push_i64(out, self.amount_micros);
+        out.extend_from_slice(b",\"currency\":");
+        push_string(out, &self.currency);
+        out.extend_from_slice(b",\"duration_micros\":");
+        push_i64(out, self.duration_micros);
+        out.extend_from_slice(b",\"event_id\":");
+        push_string(out, &self.event_id);
+        out.extend_from_slice(b",\"fuel_consumed\":");
+        push_i64(out, self.fuel_consumed);
+        out.extend_from_slice(b",\"ledger_index\":");
+        push_i64(out, ledger_index);
+        out.extend_from_slice(b",\"occurred_at\":\"");
+        push_rfc3339_nanos(out, self.occurred_at);
+        out.extend_from_slice(b"\",\"recorded_by\":");
+        push_string(out, &self.recorded_by);
+        out.extend_from_slice(b",\"run_id\":");
+        push_string(out, &self.run_id);
+        out.extend_from_slice(b",\"tenant\":");
+        push_string(out, &self.tenant);
+        out.extend_from_slice(b",\"tool\":");
+        push_string(out, &self.tool);
+        out.extend_from_slice(b",\"tool_version\":");
+        push_string(out, &self.tool_version);
+        out.push(b'}');
+    }
+}
+
+/// Appends [`rfc3339_nanos`] of `nanos` (its characters need no escape).
+fn push_rfc3339_nanos(out: &mut Vec<u8>, nanos: i64) {
+    let secs = nanos.div_euclid(1_000_000_000);
+    let frac = nanos.rem_euclid(1_000_000_000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let of_day = secs.rem_euclid(86_400);
+    push_digits(out, year, 4);
+    out.push(b'-');
+    push_digits(out, month, 2);
+    out.push(b'-');
+    push_digits(out, day, 2);
+    out.push(b'T');
+    push_digits(out, of_day / 3600, 2);
+    out.push(b':');
+    push_digits(out, (of_day % 3600) / 60, 2);
+    out.push(b':');
+    push_digits(out, of_day % 60, 2);
+    out.push(b'.');
+    push_digits(out, frac, 9);
+    out.push(b'Z');
+}
+
+/// Appends the last `width` decimal digits of a non-negative `value`,
+/// zero-padded (every RFC 3339 field fits its width: years 1677..2262).
+fn push_digits(out: &mut Vec<u8>, value: i64, width: usize) {
+    let mut buf = [b'0'; 9];
+    let mut rest = value.unsigned_abs();
+    for slot in buf[..width].iter_mut().rev() {
+        // `rest % 10` is a single digit: the cast cannot truncate.
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&buf[..width]);
 }
 
 /// Unix nanoseconds as RFC 3339 UTC with nine fractional digits, e.g.
@@ -528,7 +714,88 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{rfc3339_nanos, service_of};
+    use super::{Exported as _, push_rfc3339_nanos, rfc3339_nanos, service_of};
+    use crate::rows::{BillingEvent, CapsuleRun};
+
+    /// The `serde_json::Value` objects the direct writers replace.
+    fn capsule_run_object(r: &CapsuleRun, ledger_index: i64) -> serde_json::Value {
+        serde_json::json!({
+            "event_id": r.event_id,
+            "ledger_index": ledger_index,
+            "tenant": r.tenant,
+            "capsule_id": r.capsule_id,
+            "tool": r.tool,
+            "run_id": r.run_id,
+            "outcome": r.outcome,
+            "started_at": rfc3339_nanos(r.started_at),
+            "duration_nanos": r.duration_nanos,
+            "recorded_by": r.recorded_by,
+        })
+    }
+
+    fn billing_object(r: &BillingEvent, ledger_index: i64) -> serde_json::Value {
+        serde_json::json!({
+            "event_id": r.event_id,
+            "ledger_index": ledger_index,
+            "tenant": r.tenant,
+            "tool": r.tool,
+            "tool_version": r.tool_version,
+            "amount_micros": r.amount_micros,
+            "currency": r.currency,
+            "fuel_consumed": r.fuel_consumed,
+            "duration_micros": r.duration_micros,
+            "occurred_at": rfc3339_nanos(r.occurred_at),
+            "run_id": r.run_id,
+            "recorded_by": r.recorded_by,
+        })
+    }
+
+    #[test]
+    fn export_objects_are_the_bytes_serde_json_writes() {
+        let texts = ["acme", "", "q\"b\\s/", "\u{0}\u{1f}\u{7f}\n\t", "é 漢 \u{10348}"];
+        let times = [0, -1, 1_709_251_199_000_000_001, i64::MAX, i64::MIN];
+        for text in texts {
+            for (n, at) in times.into_iter().enumerate() {
+                let n = i64::try_from(n).unwrap() * 1_000_003;
+                let bill = BillingEvent {
+                    event_id: format!("e{text}"),
+                    tenant: text.to_owned(),
+                    tool: format!("{text}t"),
+                    tool_version: "1.0".to_owned(),
+                    currency: "EUR".to_owned(),
+                    amount_micros: n,
+                    fuel_consumed: n + 1,
+                    duration_micros: n + 2,
+                    occurred_at: at,
+                    run_id: text.to_owned(),
+                    recorded_by: format!("spiffe://td/svc/{text}"),
+                };
+                let mut out = Vec::new();
+                bill.write_object(n + 7, &mut out);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    billing_object(&bill, n + 7).to_string()
+                );
+                let run = CapsuleRun {
+                    event_id: text.to_owned(),
+                    tenant: format!("{text}x"),
+                    capsule_id: format!("c{text}"),
+                    tool: text.to_owned(),
+                    run_id: "r".to_owned(),
+                    outcome: "succeeded".to_owned(),
+                    started_at: at,
+                    duration_nanos: n,
+                    recorded_by: text.to_owned(),
+                };
+                let mut out = Vec::new();
+                run.write_object(i64::MAX - n, &mut out);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    capsule_run_object(&run, i64::MAX - n).to_string()
+                );
+            }
+        }
+    }
 
     #[test]
     fn rfc3339_formats_exactly() {
@@ -571,6 +838,14 @@ mod tests {
         ];
         for c in cases {
             assert_eq!(rfc3339_nanos(c.input), c.expected, "{}", c.name);
+            let mut pushed = Vec::new();
+            push_rfc3339_nanos(&mut pushed, c.input);
+            assert_eq!(
+                String::from_utf8(pushed).unwrap(),
+                c.expected,
+                "{} (pushed)",
+                c.name
+            );
         }
     }
 

@@ -38,9 +38,17 @@ const ROWS_CHUNK: usize = 128;
 
 /// `($1, ..., $k), ($k+1, ...), ...` for `rows` rows of `columns` values.
 fn values_list(rows: usize, columns: usize) -> String {
+    values_list_after(0, rows, columns)
+}
+
+/// [`values_list`] numbered from `$first + 1`, for a statement whose
+/// earlier parameters are taken.
+fn values_list_after(first: usize, rows: usize, columns: usize) -> String {
     (0..rows)
         .map(|r| {
-            let cells: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            let cells: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", first + r * columns + c))
+                .collect();
             format!("({})", cells.join(", "))
         })
         .collect::<Vec<_>>()
@@ -131,12 +139,14 @@ impl Ledger {
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
         tokio::spawn(writer(
-            db.clone(),
-            Arc::clone(&keys),
-            Arc::clone(&signer),
-            signer_key_id.clone(),
-            Arc::clone(&health),
-            Arc::clone(&tree),
+            Committer {
+                db: db.clone(),
+                keys: Arc::clone(&keys),
+                signer: Arc::clone(&signer),
+                signer_key_id: signer_key_id.clone(),
+                health: Arc::clone(&health),
+                tree: Arc::clone(&tree),
+            },
             rx,
         ));
         Ok(Self {
@@ -401,17 +411,19 @@ fn parse_frontier(size: u64, bytes: &[u8]) -> Result<CompactTree, AnalyticsError
     Ok(CompactTree::from_frontier(size, hashes)?)
 }
 
-/// The writer task: batches appends into transactions until every sender
-/// is gone.
-async fn writer(
+/// What the writer needs to commit a batch and answer its callers.
+struct Committer {
     db: Database,
     keys: Arc<HmacKeyring>,
     signer: Arc<CheckpointSigner>,
     signer_key_id: String,
     health: Arc<RwLock<Health>>,
     tree: Arc<std::sync::RwLock<MerkleTree>>,
-    mut rx: mpsc::Receiver<Append>,
-) {
+}
+
+/// The writer task: batches appends into transactions until every sender
+/// is gone.
+async fn writer(committer: Committer, mut rx: mpsc::Receiver<Append>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         // Group commit: gather what arrives within a short window, so that
@@ -428,12 +440,27 @@ async fn writer(
                 () = &mut window => break,
             }
         }
+        committer.settle(batch).await;
+    }
+}
+
+impl Committer {
+    /// Commits a batch and answers each of its callers.
+    async fn settle(&self, batch: Vec<Append>) {
+        let Self {
+            db,
+            keys,
+            signer,
+            signer_key_id,
+            health,
+            tree,
+        } = self;
         let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
-        match commit(&db, &keys, &signer, &signer_key_id, &rows).await {
+        match commit(db, keys, signer, signer_key_id, &rows).await {
             Ok((results, start, appended)) => {
                 // Extend the in-memory index only when it was level with the
                 // stored head; otherwise the next proof catches it up.
-                let mut tree = write(&tree);
+                let mut tree = write(tree);
                 if tree.size() == start {
                     tree.extend(appended);
                 }
@@ -485,10 +512,13 @@ async fn commit(
         let mut tx = pool.begin().await?;
         // Take the head's row lock (the write lock on SQLite) before reading
         // it: appenders in every process serialize here.
-        sqlx::query("UPDATE ledger_head SET tree_size = tree_size WHERE id = 1").execute(&mut *tx).await?;
-        let head = sqlx::query("SELECT tree_size, root, frontier FROM ledger_head WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
+        // One round trip: the no-op update takes the lock and returns the
+        // head as it is once the lock is held.
+        let head = sqlx::query(
+            "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, root, frontier",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let start = to_u64(head.try_get::<i64, _>("tree_size")?)?;
         let mut tree = parse_frontier(start, &head.try_get::<Vec<u8>, _>("frontier")?)?;
         if tree.root().as_bytes().as_slice() != head.try_get::<Vec<u8>, _>("root")?.as_slice() {
@@ -503,16 +533,28 @@ async fn commit(
         // Idempotency: the leaves already stored for this batch's event ids,
         // fetched in one round trip per chunk rather than one per event.
         let mut stored: std::collections::HashMap<String, Appended> = std::collections::HashMap::new();
+        // The ids travel as one JSON array, so the statement's text is the
+        // same for every batch size and stays prepared on each connection.
+        let lookup = if db.as_postgres().is_some() {
+            "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
+             WHERE event_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"
+        } else {
+            "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
+             WHERE event_id IN (SELECT value FROM json_each($1))"
+        };
         for chunk in rows.chunks(LOOKUP_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves WHERE event_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for (row, _) in chunk {
-                query = query.bind(row.event_id());
+            let mut ids = Vec::with_capacity(chunk.len() * 48);
+            ids.push(b'[');
+            for (i, (row, _)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    ids.push(b',');
+                }
+                crate::rows::push_string(&mut ids, row.event_id());
             }
+            ids.push(b']');
+            // Built from `&str`s and ASCII punctuation: valid UTF-8.
+            let ids = String::from_utf8(ids).map_err(|e| AnalyticsError::Config(e.to_string()))?;
+            let query = sqlx::query(lookup).bind(ids);
             for r in query.fetch_all(&mut *tx).await? {
                 stored.insert(
                     r.try_get::<String, _>("event_id")?,
@@ -558,13 +600,53 @@ async fn commit(
             in_batch.insert(event_id, appended);
             results.push(Ok(appended));
         }
-        for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
+        // On PostgreSQL a batch of billing events only (the high-volume
+        // case) is written by one statement: its leaves, its rows, the head
+        // and the checkpoint, as data-modifying CTEs that all run, in one
+        // round trip instead of four. The rows' foreign keys are checked at
+        // the end of the statement, when the leaves are in. Any other batch
+        // (and every batch on SQLite, which has no such CTEs) takes the
+        // statement-per-table path below; both end in the same commit.
+        let one_statement = db.as_postgres().is_some()
+            && !new_leaves.is_empty()
+            && new_leaves.len() <= ROWS_CHUNK
+            && new_leaves.iter().all(|(_, row, _, _)| matches!(row, NewRow::Billing(_)));
+        if one_statement {
+            let mut bills = Vec::with_capacity(new_leaves.len());
+            for (index_i64, row, _, seal) in &new_leaves {
+                if let NewRow::Billing(r) = row {
+                    // `Ledger::append` sealed these rows before they were queued.
+                    bills.push((r, *index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?));
+                }
+            }
+            let n = new_leaves.len();
+            let root = tree.root();
+            let note = signer.sign(&Checkpoint::new(signer.name(), tree.size(), root)?);
+            // Parameters: 6 per leaf, 15 per row, then the head's and the
+            // checkpoint's (size and root shared).
+            let p = 21 * n;
             let sql = format!(
-                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
-                values_list(chunk.len(), 6)
+                "WITH leaves AS (INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, \
+                 appended_at) VALUES {}), \
+                 events AS (INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, \
+                 amount_micros, fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, \
+                 row_version, mac_key_id, mac) VALUES {}), \
+                 head AS (UPDATE ledger_head SET tree_size = ${}, root = ${}, frontier = ${} WHERE id = 1) \
+                 INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
+                 VALUES (${}, ${}, ${}, ${}, ${})",
+                values_list_after(0, n, 6),
+                values_list_after(6 * n, n, 15),
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 1,
+                p + 2,
+                p + 4,
+                p + 5,
+                p + 6,
             );
             let mut query = sqlx::query(&sql);
-            for (index_i64, row, leaf_hash, _) in chunk {
+            for (index_i64, row, leaf_hash, _) in &new_leaves {
                 query = query
                     .bind(*index_i64)
                     .bind(row.event_id())
@@ -573,57 +655,7 @@ async fn commit(
                     .bind(leaf_hash.as_bytes().to_vec())
                     .bind(now);
             }
-            query.execute(&mut *tx).await?;
-        }
-        // The two high-volume tables are written with multi-row statements;
-        // the other kinds insert (and update) through their own modules.
-        let mut runs = Vec::new();
-        let mut bills = Vec::new();
-        for (index_i64, row, leaf_hash, seal) in &new_leaves {
-            let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
-            // `Ledger::append` sealed these rows before they were queued.
-            match row {
-                NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
-                NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
-                NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
-            }
-        }
-        for chunk in runs.chunks(ROWS_CHUNK) {
-            let sql = format!(
-                "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
-                 duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
-                values_list(chunk.len(), 13)
-            );
-            let mut query = sqlx::query(&sql);
-            for (r, index_i64, seal) in chunk {
-                query = query
-                    .bind(&r.event_id)
-                    .bind(&r.tenant)
-                    .bind(&r.capsule_id)
-                    .bind(&r.tool)
-                    .bind(&r.run_id)
-                    .bind(&r.outcome)
-                    .bind(r.started_at)
-                    .bind(r.duration_nanos)
-                    .bind(&r.recorded_by)
-                    .bind(*index_i64)
-                    .bind(seal.row_version)
-                    .bind(&seal.key_id)
-                    .bind(&seal.mac);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for chunk in bills.chunks(ROWS_CHUNK) {
-            let sql = format!(
-                "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                 fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
-                 mac_key_id, mac) VALUES {}",
-                values_list(chunk.len(), 15)
-            );
-            let mut query = sqlx::query(&sql);
-            for (r, index_i64, seal) in chunk {
+            for (r, index_i64, seal) in &bills {
                 query = query
                     .bind(&r.event_id)
                     .bind(&r.tenant)
@@ -641,28 +673,122 @@ async fn commit(
                     .bind(&seal.key_id)
                     .bind(&seal.mac);
             }
-            query.execute(&mut *tx).await?;
-        }
-        if tree.size() > start {
-            let root = tree.root();
-            let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
-            let note = signer.sign(&checkpoint);
-            sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
+            query
                 .bind(to_i64(tree.size())?)
                 .bind(root.as_bytes().to_vec())
                 .bind(frontier_bytes(&tree))
+                .bind(&note)
+                .bind(signer_key_id)
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(to_i64(tree.size())?)
-            .bind(root.as_bytes().to_vec())
-            .bind(&note)
-            .bind(signer_key_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        } else {
+            for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
+                    values_list(chunk.len(), 6)
+                );
+                let mut query = sqlx::query(&sql);
+                for (index_i64, row, leaf_hash, _) in chunk {
+                    query = query
+                        .bind(*index_i64)
+                        .bind(row.event_id())
+                        .bind(row.tenant())
+                        .bind(row.kind())
+                        .bind(leaf_hash.as_bytes().to_vec())
+                        .bind(now);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            // The two high-volume tables are written with multi-row statements;
+            // the other kinds insert (and update) through their own modules.
+            let mut runs = Vec::new();
+            let mut bills = Vec::new();
+            for (index_i64, row, leaf_hash, seal) in &new_leaves {
+                let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
+                // `Ledger::append` sealed these rows before they were queued.
+                match row {
+                    NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                    NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                    NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
+                    NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
+                    NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
+                }
+            }
+            for chunk in runs.chunks(ROWS_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
+                     duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
+                    values_list(chunk.len(), 13)
+                );
+                let mut query = sqlx::query(&sql);
+                for (r, index_i64, seal) in chunk {
+                    query = query
+                        .bind(&r.event_id)
+                        .bind(&r.tenant)
+                        .bind(&r.capsule_id)
+                        .bind(&r.tool)
+                        .bind(&r.run_id)
+                        .bind(&r.outcome)
+                        .bind(r.started_at)
+                        .bind(r.duration_nanos)
+                        .bind(&r.recorded_by)
+                        .bind(*index_i64)
+                        .bind(seal.row_version)
+                        .bind(&seal.key_id)
+                        .bind(&seal.mac);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            for chunk in bills.chunks(ROWS_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
+                     fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
+                     mac_key_id, mac) VALUES {}",
+                    values_list(chunk.len(), 15)
+                );
+                let mut query = sqlx::query(&sql);
+                for (r, index_i64, seal) in chunk {
+                    query = query
+                        .bind(&r.event_id)
+                        .bind(&r.tenant)
+                        .bind(&r.tool)
+                        .bind(&r.tool_version)
+                        .bind(&r.currency)
+                        .bind(r.amount_micros)
+                        .bind(r.fuel_consumed)
+                        .bind(r.duration_micros)
+                        .bind(r.occurred_at)
+                        .bind(&r.run_id)
+                        .bind(&r.recorded_by)
+                        .bind(*index_i64)
+                        .bind(seal.row_version)
+                        .bind(&seal.key_id)
+                        .bind(&seal.mac);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            if tree.size() > start {
+                let root = tree.root();
+                let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
+                let note = signer.sign(&checkpoint);
+                sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
+                    .bind(to_i64(tree.size())?)
+                    .bind(root.as_bytes().to_vec())
+                    .bind(frontier_bytes(&tree))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(to_i64(tree.size())?)
+                .bind(root.as_bytes().to_vec())
+                .bind(&note)
+                .bind(signer_key_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok((results, start, new_leaves.iter().map(|(_, _, hash, _)| *hash).collect()))

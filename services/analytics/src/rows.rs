@@ -31,17 +31,39 @@ pub(crate) trait EventRow {
     /// Every application field but the key and tenant.
     fn content(&self) -> Value;
 
-    /// The bytes the row MAC covers.
+    /// Writes the RFC 8785 canonical form of [`EventRow::content`] to `out`.
+    ///
+    /// The default canonicalizes the `Value`. The two high-volume rows
+    /// override it to write their fixed members directly: the same bytes
+    /// (a test holds them to the `Value` path), without building a map of
+    /// owned strings for every row written, exported or swept.
+    fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
+        out.extend_from_slice(&jcs::canonicalize(&self.content())?);
+        Ok(())
+    }
+
+    /// The bytes the row MAC covers: canonical `{table, primary_key,
+    /// tenant, row_version, key_id, content}`.
     fn mac_message(&self, row_version: i64, key_id: &str) -> Result<Vec<u8>, AnalyticsError> {
-        let message = json!({
-            "table": Self::TABLE,
-            "primary_key": self.event_id(),
-            "tenant": self.tenant(),
-            "row_version": row_version.to_string(),
-            "key_id": key_id,
-            "content": self.content(),
-        });
-        Ok(jcs::canonicalize(&message)?)
+        // RFC 8785 orders members by name; these names are ASCII, so by
+        // bytes: content, key_id, primary_key, row_version, table, tenant.
+        // A canonical value nested in a canonical object is canonical, so
+        // writing the content in place is the canonical form of the whole.
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"content\":");
+        self.write_content(&mut out)?;
+        out.extend_from_slice(b",\"key_id\":");
+        push_string(&mut out, key_id);
+        out.extend_from_slice(b",\"primary_key\":");
+        push_string(&mut out, self.event_id());
+        out.extend_from_slice(b",\"row_version\":\"");
+        push_i64(&mut out, row_version);
+        out.extend_from_slice(b"\",\"table\":");
+        push_string(&mut out, Self::TABLE);
+        out.extend_from_slice(b",\"tenant\":");
+        push_string(&mut out, self.tenant());
+        out.push(b'}');
+        Ok(out)
     }
 
     /// MACs the row with the keyring's primary key.
@@ -67,13 +89,18 @@ pub(crate) trait EventRow {
 
     /// The ledger leaf data: canonical `{kind, event_id, tenant, content}`.
     fn leaf_data(&self) -> Result<Vec<u8>, AnalyticsError> {
-        let leaf = json!({
-            "kind": Self::KIND,
-            "event_id": self.event_id(),
-            "tenant": self.tenant(),
-            "content": self.content(),
-        });
-        Ok(jcs::canonicalize(&leaf)?)
+        // Member order as in `mac_message`: content, event_id, kind, tenant.
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(b"{\"content\":");
+        self.write_content(&mut out)?;
+        out.extend_from_slice(b",\"event_id\":");
+        push_string(&mut out, self.event_id());
+        out.extend_from_slice(b",\"kind\":");
+        push_string(&mut out, Self::KIND);
+        out.extend_from_slice(b",\"tenant\":");
+        push_string(&mut out, self.tenant());
+        out.push(b'}');
+        Ok(out)
     }
 
     /// The RFC 9162 leaf hash of [`EventRow::leaf_data`].
@@ -88,6 +115,72 @@ pub(crate) struct Seal {
     pub row_version: i64,
     pub key_id: String,
     pub mac: Vec<u8>,
+}
+
+/// Appends `s` as a JSON string with RFC 8785 §3.2.2.2's minimal escapes
+/// (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other controls as lowercase
+/// `\u00xx`, everything else literal UTF-8), which is also how serde_json
+/// writes strings.
+pub(crate) fn push_string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0x0f)]);
+                start = i + 1;
+                continue;
+            }
+            // Bytes of multi-byte UTF-8 sequences are >= 0x80: literal.
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends the decimal digits of `n` (a leading `-` when negative).
+pub(crate) fn push_i64(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        // `rest % 10` is a single digit: the cast cannot truncate.
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `"name":"<decimal n>"`, an integer member as RFC 8785 content
+/// carries it (a string: amounts stay exact).
+fn push_int_member(out: &mut Vec<u8>, name: &[u8], n: i64) {
+    out.extend_from_slice(name);
+    out.push(b'"');
+    push_i64(out, n);
+    out.push(b'"');
 }
 
 /// A capsule run.
@@ -129,6 +222,24 @@ impl EventRow for CapsuleRun {
             "duration_nanos": self.duration_nanos.to_string(),
             "recorded_by": self.recorded_by,
         })
+    }
+
+    fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
+        // The members of `content` in RFC 8785 (byte) order.
+        out.extend_from_slice(b"{\"capsule_id\":");
+        push_string(out, &self.capsule_id);
+        push_int_member(out, b",\"duration_nanos\":", self.duration_nanos);
+        out.extend_from_slice(b",\"outcome\":");
+        push_string(out, &self.outcome);
+        out.extend_from_slice(b",\"recorded_by\":");
+        push_string(out, &self.recorded_by);
+        out.extend_from_slice(b",\"run_id\":");
+        push_string(out, &self.run_id);
+        push_int_member(out, b",\"started_at\":", self.started_at);
+        out.extend_from_slice(b",\"tool\":");
+        push_string(out, &self.tool);
+        out.push(b'}');
+        Ok(())
     }
 }
 
@@ -174,6 +285,26 @@ impl EventRow for BillingEvent {
             "run_id": self.run_id,
             "recorded_by": self.recorded_by,
         })
+    }
+
+    fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
+        // The members of `content` in RFC 8785 (byte) order.
+        push_int_member(out, b"{\"amount_micros\":", self.amount_micros);
+        out.extend_from_slice(b",\"currency\":");
+        push_string(out, &self.currency);
+        push_int_member(out, b",\"duration_micros\":", self.duration_micros);
+        push_int_member(out, b",\"fuel_consumed\":", self.fuel_consumed);
+        push_int_member(out, b",\"occurred_at\":", self.occurred_at);
+        out.extend_from_slice(b",\"recorded_by\":");
+        push_string(out, &self.recorded_by);
+        out.extend_from_slice(b",\"run_id\":");
+        push_string(out, &self.run_id);
+        out.extend_from_slice(b",\"tool\":");
+        push_string(out, &self.tool);
+        out.extend_from_slice(b",\"tool_version\":");
+        push_string(out, &self.tool_version);
+        out.push(b'}');
+        Ok(())
     }
 }
 
@@ -229,6 +360,122 @@ impl NewRow {
             Self::RegressionTransition(r) => r.leaf_hash(),
             Self::AnomalyScan(r) => r.leaf_hash(),
             Self::Drill(d) => d.row.leaf_hash(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use soma_sign::jcs;
+
+    use super::{BillingEvent, CapsuleRun, EventRow, push_i64, push_string};
+
+    /// Strings every JSON writer must escape, or must not.
+    const AWKWARD: [&str; 6] = [
+        "plain",
+        "",
+        "quote \" backslash \\ slash /",
+        "\u{0}\u{1}\u{8}\u{9}\u{a}\u{b}\u{c}\u{d}\u{1f}\u{7f}",
+        "é ü 漢字 \u{10348} \u{2028}",
+        "spiffe://somastack.local/svc/tool-registry",
+    ];
+
+    fn billing(text: &str, n: i64) -> BillingEvent {
+        BillingEvent {
+            event_id: format!("e-{text}"),
+            tenant: format!("t{text}"),
+            tool: text.to_owned(),
+            tool_version: format!("{text}1"),
+            currency: "EUR".to_owned(),
+            amount_micros: n,
+            fuel_consumed: n / 3,
+            duration_micros: n / 7,
+            occurred_at: n.wrapping_neg(),
+            run_id: format!("r{text}"),
+            recorded_by: text.to_owned(),
+        }
+    }
+
+    fn run(text: &str, n: i64) -> CapsuleRun {
+        CapsuleRun {
+            event_id: format!("{text}-id"),
+            tenant: text.to_owned(),
+            capsule_id: format!("c{text}"),
+            tool: text.to_owned(),
+            run_id: format!("{text}r"),
+            outcome: "failed".to_owned(),
+            started_at: n,
+            duration_nanos: n.wrapping_neg(),
+            recorded_by: text.to_owned(),
+        }
+    }
+
+    /// The `Value` forms the direct writers replace.
+    fn value_mac<R: EventRow>(row: &R, row_version: i64, key_id: &str) -> Vec<u8> {
+        jcs::canonicalize(&json!({
+            "table": R::TABLE,
+            "primary_key": row.event_id(),
+            "tenant": row.tenant(),
+            "row_version": row_version.to_string(),
+            "key_id": key_id,
+            "content": row.content(),
+        }))
+        .unwrap()
+    }
+
+    fn value_leaf<R: EventRow>(row: &R) -> Vec<u8> {
+        jcs::canonicalize(&json!({
+            "kind": R::KIND,
+            "event_id": row.event_id(),
+            "tenant": row.tenant(),
+            "content": row.content(),
+        }))
+        .unwrap()
+    }
+
+    fn same_bytes<R: EventRow>(row: &R, key_id: &str) {
+        let mut content = Vec::new();
+        row.write_content(&mut content).unwrap();
+        assert_eq!(
+            String::from_utf8(content).unwrap(),
+            String::from_utf8(jcs::canonicalize(&row.content()).unwrap()).unwrap()
+        );
+        assert_eq!(
+            String::from_utf8(row.mac_message(1, key_id).unwrap()).unwrap(),
+            String::from_utf8(value_mac(row, 1, key_id)).unwrap()
+        );
+        assert_eq!(
+            String::from_utf8(row.leaf_data().unwrap()).unwrap(),
+            String::from_utf8(value_leaf(row)).unwrap()
+        );
+    }
+
+    #[test]
+    fn direct_canonical_writers_match_the_value_path_byte_for_byte() {
+        let numbers = [0, 1, -1, 42, 1_250_000, i64::MAX, i64::MIN, 9_007_199_254_740_993];
+        for text in AWKWARD {
+            for n in numbers {
+                same_bytes(&billing(text, n), text);
+                same_bytes(&run(text, n), "row-1");
+            }
+        }
+    }
+
+    #[test]
+    fn strings_and_integers_are_written_as_serde_json_writes_them() {
+        for text in AWKWARD {
+            let mut out = Vec::new();
+            push_string(&mut out, text);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::Value::from(text).to_string()
+            );
+        }
+        for n in [0, 7, -7, 10, -10, 1_000_000_007, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            push_i64(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
         }
     }
 }
