@@ -84,6 +84,27 @@ impl Denial {
         }
     }
 
+    /// The refusal as a gRPC status: its code and message, the reason in
+    /// `soma-reason`, and `retry-after` / `www-authenticate` when set.
+    pub fn into_status(self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc, self.message);
+        let m = status.metadata_mut();
+        if let Ok(v) = self.reason.parse() {
+            m.insert(soma_mesh::REASON_METADATA, v);
+        }
+        if let Some(seconds) = self.retry_after
+            && let Ok(v) = seconds.to_string().parse()
+        {
+            m.insert("retry-after", v);
+        }
+        if let Some(challenge) = self.www_authenticate
+            && let Ok(v) = challenge.parse()
+        {
+            m.insert("www-authenticate", v);
+        }
+        status
+    }
+
     /// 400 for a request the edge cannot read.
     pub fn bad_request(reason: &'static str, message: impl Into<String>) -> Self {
         Self::new(

@@ -3,6 +3,7 @@
 //! duration of one request (never in a global), so concurrent requests of
 //! different tenants cannot see each other's context.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use rand::RngCore as _;
@@ -39,7 +40,8 @@ impl RequestId {
         let mut s = String::with_capacity(36);
         s.push_str("req_");
         for b in bytes {
-            s.push_str(&format!("{b:02x}"));
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
         }
         Self(s)
     }

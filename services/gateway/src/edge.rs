@@ -696,28 +696,9 @@ impl Relay {
                 input: input.as_ref(),
             })
             .await
-            .map_err(denial_status)?;
+            .map_err(Denial::into_status)?;
         Ok((route, Arc::new(context)))
     }
-}
-
-fn denial_status(d: Denial) -> tonic::Status {
-    let mut status = tonic::Status::new(d.grpc, d.message);
-    let m = status.metadata_mut();
-    if let Ok(v) = d.reason.parse() {
-        m.insert(soma_mesh::REASON_METADATA, v);
-    }
-    if let Some(seconds) = d.retry_after
-        && let Ok(v) = seconds.to_string().parse()
-    {
-        m.insert("retry-after", v);
-    }
-    if let Some(challenge) = d.www_authenticate
-        && let Ok(v) = challenge.parse()
-    {
-        m.insert("www-authenticate", v);
-    }
-    status
 }
 
 impl tonic::server::UnaryService<Bytes> for Relay {

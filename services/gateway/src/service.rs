@@ -115,13 +115,7 @@ impl Gateway for GatewayService {
             self.admission
                 .judge("/somastack.v1.Gateway/RunCapsule", &context, decision)
                 .await
-                .map_err(|d| {
-                    let mut s = Status::new(d.grpc, d.message);
-                    if let Ok(v) = d.reason.parse() {
-                        s.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
-                    }
-                    s
-                })?;
+                .map_err(crate::admission::Denial::into_status)?;
         }
         // The next steps are ToolRegistry execution and the Analytics
         // record; ToolRegistry does not execute tools yet.
