@@ -483,6 +483,101 @@ async fn sixteen_concurrent_writers_get_contiguous_unique_indices() {
     }
 }
 
+/// Two Analytics replicas on one database, each with its own ledger writer:
+/// every commit of one moves the head under the other, which must notice
+/// (the head it expects is gone), re-read it under the lock and carry on.
+/// Retries of events first recorded on the other replica get the other
+/// replica's index back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_database_share_one_contiguous_ledger() {
+    for db in soma_store::testing::engines("analytics").await {
+        let ca = Ca::new();
+        let keys = common::AnalyticsKeys::generate();
+        let verifier = checkpoint_verifier(&keys.config());
+        let a = start_analytics(&ca, &db.settings, keys.config(), None).await;
+        let b = start_analytics(&ca, &db.settings, keys.config(), None).await;
+        let writers_of = [clients(&ca, &a).tool_registry, clients(&ca, &b).tool_registry];
+        let mut writers = Vec::new();
+        for w in 0..8 {
+            let mut client = writers_of[w % 2].clone();
+            writers.push(tokio::spawn(async move {
+                let mut acked = Vec::with_capacity(250);
+                for i in 0..250 {
+                    let id = format!("w{w}-e{i}");
+                    let r = client
+                        .record_billing_event(billing(&id, "acme", i))
+                        .await
+                        .unwrap();
+                    acked.push((id, r.into_inner().ledger.unwrap().index));
+                }
+                acked
+            }));
+        }
+        let mut acked = Vec::new();
+        for w in writers {
+            acked.extend(w.await.unwrap());
+        }
+        let mut indices: Vec<u64> = acked.iter().map(|(_, i)| *i).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, (0..2000).collect::<Vec<u64>>(), "{}", db.label);
+
+        // A retry through the other replica answers with the stored index,
+        // whichever path its batch takes, and appends nothing.
+        for (n, (id, index)) in acked.iter().step_by(97).enumerate() {
+            let w: usize = id[1..id.find('-').unwrap()].parse().unwrap();
+            let i: i64 = id[id.find('e').unwrap() + 1..].parse().unwrap();
+            // Same id, other content: a conflict, never a second leaf.
+            let r = writers_of[n % 2]
+                .clone()
+                .record_billing_event(billing(id, "acme", i + 1_000_000))
+                .await;
+            assert_eq!(
+                r.unwrap_err().code(),
+                tonic::Code::AlreadyExists,
+                "{}: {id}",
+                db.label
+            );
+            let again = writers_of[(w + 1) % 2]
+                .clone()
+                .record_billing_event(billing(id, "acme", i))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(again.ledger.unwrap().index, *index, "{}: {id}", db.label);
+        }
+        // Both replicas append after the retries, each on a head the other moved.
+        for (n, client) in writers_of.iter().enumerate() {
+            let r = client
+                .clone()
+                .record_billing_event(billing(&format!("late-{n}"), "acme", 1))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(r.ledger.unwrap().index, 2000 + n as u64, "{}", db.label);
+        }
+
+        let sql = db.connect().await;
+        assert_eq!(scalar(&sql, "SELECT COUNT(*) FROM ledger_leaves").await, 2002);
+        assert_eq!(scalar(&sql, "SELECT COUNT(*) FROM billing_events").await, 2002);
+        let leaves = leaf_hashes(&sql).await;
+        for svc in [&a, &b] {
+            let latest = clients(&ca, svc)
+                .operator
+                .ledger_checkpoint(pb::LedgerCheckpointRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let note = verifier.verify(&latest.note).unwrap();
+            assert_eq!(note.tree_size(), 2002, "{}", db.label);
+            assert_eq!(soma_ledger::root(&leaves), *note.root(), "{}", db.label);
+        }
+        sql.close().await;
+        a.stop().await;
+        b.stop().await;
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn a_tenant_cannot_get_proofs_of_another_tenants_leaves() {
     for db in soma_store::testing::engines("analytics").await {

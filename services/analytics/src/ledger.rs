@@ -26,9 +26,6 @@ use crate::rows::{EventRow as _, NewRow};
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// How long the writer gathers appends after the first one of a batch.
-const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(750);
-
 /// Rows per multi-row statement (6 parameters each: far below SQLite's and
 /// PostgreSQL's parameter limits).
 const LOOKUP_CHUNK: usize = 256;
@@ -146,6 +143,7 @@ impl Ledger {
                 signer_key_id: signer_key_id.clone(),
                 health: Arc::clone(&health),
                 tree: Arc::clone(&tree),
+                head: None,
             },
             rx,
         ));
@@ -419,25 +417,38 @@ struct Committer {
     signer_key_id: String,
     health: Arc<RwLock<Health>>,
     tree: Arc<std::sync::RwLock<MerkleTree>>,
+    /// The stored head as this writer last committed it: what the
+    /// single-statement path expects to find (see [`commit_expecting`]).
+    /// `None` until the first commit, and after any failure, when only the
+    /// stored head is known.
+    head: Option<CompactTree>,
 }
 
-/// The writer task: batches appends into transactions until every sender
-/// is gone.
-async fn writer(committer: Committer, mut rx: mpsc::Receiver<Append>) {
+/// What one committed batch did.
+struct Committed {
+    /// One result per append, in batch order.
+    results: Vec<Result<Appended, AnalyticsError>>,
+    /// The tree size before the batch.
+    start: u64,
+    /// The leaf hashes the batch appended, in index order.
+    appended: Vec<Hash>,
+    /// The head after the batch.
+    head: CompactTree,
+}
+
+/// The writer task: batches appends into commits until every sender is
+/// gone.
+///
+/// Group commit without a timer: a batch is whatever is queued when the
+/// writer turns to it, so while one batch commits, the next one gathers,
+/// and a lone append waits for nothing.
+async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        // Group commit: gather what arrives within a short window, so that
-        // one transaction (one WAL flush) acknowledges many appends.
-        let window = tokio::time::sleep(GROUP_COMMIT_WINDOW);
-        tokio::pin!(window);
         while batch.len() < MAX_BATCH {
-            tokio::select! {
-                biased;
-                next = rx.recv() => match next {
-                    Some(next) => batch.push(next),
-                    None => break,
-                },
-                () = &mut window => break,
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
         }
         committer.settle(batch).await;
@@ -446,21 +457,49 @@ async fn writer(committer: Committer, mut rx: mpsc::Receiver<Append>) {
 
 impl Committer {
     /// Commits a batch and answers each of its callers.
-    async fn settle(&self, batch: Vec<Append>) {
-        let Self {
-            db,
-            keys,
-            signer,
-            signer_key_id,
-            health,
-            tree,
-        } = self;
+    async fn settle(&mut self, batch: Vec<Append>) {
         let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
-        match commit(db, keys, signer, signer_key_id, &rows).await {
-            Ok((results, start, appended)) => {
+        let expected = self.head.take();
+        let outcome = match expected {
+            Some(head) if fast_path_applies(&self.db, &rows) => {
+                match commit_expecting(&self.db, &self.signer, &self.signer_key_id, head, &rows).await {
+                    Ok(Some(committed)) => {
+                        self.head = Some(committed.head.clone());
+                        Ok(committed)
+                    }
+                    // The head moved (another process appended) or an event
+                    // id is already stored (a retry): the locked path reads
+                    // both under the head's lock and decides.
+                    Ok(None) => self.commit_locked(&rows).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => self.commit_locked(&rows).await,
+        };
+        drop(rows);
+        self.answer(batch, outcome).await;
+    }
+
+    /// The general path: under the head's lock, with the stored event ids
+    /// looked up first.
+    async fn commit_locked(&mut self, rows: &[(&NewRow, &Prepared)]) -> Result<Committed, AnalyticsError> {
+        let outcome = commit(&self.db, &self.keys, &self.signer, &self.signer_key_id, rows).await;
+        self.head = outcome.as_ref().ok().map(|c| c.head.clone());
+        outcome
+    }
+
+    /// Answers each caller of a batch with its outcome.
+    async fn answer(&self, batch: Vec<Append>, outcome: Result<Committed, AnalyticsError>) {
+        match outcome {
+            Ok(Committed {
+                results,
+                start,
+                appended,
+                head: _,
+            }) => {
                 // Extend the in-memory index only when it was level with the
                 // stored head; otherwise the next proof catches it up.
-                let mut tree = write(tree);
+                let mut tree = write(&self.tree);
                 if tree.size() == start {
                     tree.extend(appended);
                 }
@@ -479,7 +518,7 @@ impl Committer {
                     reason,
                 } = &e
                 {
-                    *health.write().await = Health::Corrupt {
+                    *self.health.write().await = Health::Corrupt {
                         first_bad_index: *first_bad_index,
                         reason: reason.clone(),
                     };
@@ -500,6 +539,287 @@ impl Committer {
     }
 }
 
+/// Whether a batch can take [`commit_expecting`]: PostgreSQL, only the two
+/// high-volume kinds (each already sealed), and no event id twice in it.
+fn fast_path_applies(db: &Database, rows: &[(&NewRow, &Prepared)]) -> bool {
+    if db.as_postgres().is_none() || rows.is_empty() {
+        return false;
+    }
+    let mut ids = std::collections::HashSet::with_capacity(rows.len());
+    rows.iter().all(|(row, prepared)| {
+        matches!(row, NewRow::Billing(_) | NewRow::CapsuleRun(_))
+            && prepared.seal.is_some()
+            && ids.insert(row.event_id())
+    })
+}
+
+/// One batch of billing events and capsule runs on PostgreSQL in a single
+/// statement, which commits on its own (one round trip, one WAL flush).
+///
+/// The batch is laid on `head`, the head this writer committed last. The
+/// head's update is guarded by that head's size and root, and every insert
+/// of the statement is conditional on the update having matched. If another
+/// process moved the head meanwhile, the guard matches no row (under READ
+/// COMMITTED the update waits for the other writer's lock, then re-checks the
+/// guard against the row it committed), nothing is written, and `Ok(None)`
+/// sends the batch to the locked path. An event id already stored (a client
+/// retry) violates `ledger_leaves`' unique constraint: the statement is
+/// rolled back whole, and the locked path answers the retry with its stored
+/// index. Arrays travel as one parameter per column, so the statement's text
+/// is the same for every batch and stays prepared on each connection.
+async fn commit_expecting(
+    db: &Database,
+    signer: &CheckpointSigner,
+    signer_key_id: &str,
+    head: CompactTree,
+    rows: &[(&NewRow, &Prepared)],
+) -> Result<Option<Committed>, AnalyticsError> {
+    const SQL: &str = "\
+        WITH head AS ( \
+            UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 \
+            WHERE id = 1 AND tree_size = $4 AND root = $5 RETURNING 1 AS moved), \
+        leaves AS ( \
+            INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
+            SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6 \
+            FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[]) \
+                AS l (leaf_index, event_id, tenant, kind, leaf_hash) \
+            WHERE EXISTS (SELECT 1 FROM head)), \
+        bills AS ( \
+            INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
+                fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
+                mac_key_id, mac) \
+            SELECT * FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+                $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[], $22::text[], \
+                $23::bigint[], $24::bigint[], $25::text[], $26::bytea[]) \
+            WHERE EXISTS (SELECT 1 FROM head)), \
+        runs AS ( \
+            INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
+                duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) \
+            SELECT * FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
+                $32::text[], $33::bigint[], $34::bigint[], $35::text[], $36::bigint[], $37::bigint[], \
+                $38::text[], $39::bytea[]) \
+            WHERE EXISTS (SELECT 1 FROM head)), \
+        checkpoint AS ( \
+            INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
+            SELECT $1, $2, $40, $41, $6 WHERE EXISTS (SELECT 1 FROM head)) \
+        SELECT count(*) AS moved FROM head";
+
+    let Some(pool) = db.as_postgres() else {
+        return Ok(None);
+    };
+    let start = head.size();
+    let start_root = head.root();
+    let mut tree = head;
+    let n = rows.len();
+    let mut leaves = LeafColumns::with_capacity(n);
+    let mut bills = BillingColumns::default();
+    let mut runs = RunColumns::default();
+    let mut results = Vec::with_capacity(n);
+    let mut appended = Vec::with_capacity(n);
+    for (row, prepared) in rows {
+        let index = tree.append(prepared.leaf_hash)?;
+        let index_i64 = to_i64(index)?;
+        leaves.push(index_i64, row, prepared.leaf_hash);
+        // `fast_path_applies` admitted only sealed rows of these two kinds.
+        match (row, &prepared.seal) {
+            (NewRow::Billing(r), Some(seal)) => bills.push(r, index_i64, seal),
+            (NewRow::CapsuleRun(r), Some(seal)) => runs.push(r, index_i64, seal),
+            _ => return Ok(None),
+        }
+        appended.push(prepared.leaf_hash);
+        results.push(Ok(Appended {
+            index,
+            leaf_hash: prepared.leaf_hash,
+        }));
+    }
+    let root = tree.root();
+    let note = signer.sign(&Checkpoint::new(signer.name(), tree.size(), root)?);
+    let query = sqlx::query(SQL)
+        .bind(to_i64(tree.size())?)
+        .bind(root.as_bytes().to_vec())
+        .bind(frontier_bytes(&tree))
+        .bind(to_i64(start)?)
+        .bind(start_root.as_bytes().to_vec())
+        .bind(now_nanos());
+    let query = leaves.bind(query);
+    let query = bills.bind(query);
+    let query = runs.bind(query);
+    let outcome = query.bind(note).bind(signer_key_id).fetch_one(pool).await;
+    match outcome {
+        Ok(row) if row.try_get::<i64, _>("moved")? == 1 => Ok(Some(Committed {
+            results,
+            start,
+            appended,
+            head: tree,
+        })),
+        Ok(_) => {
+            tracing::debug!(start, "ledger head moved elsewhere; taking the locked path");
+            Ok(None)
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            tracing::debug!(
+                constraint = e.constraint(),
+                "stored event id in batch; taking the locked path"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The leaf rows of a batch, column by column (for `UNNEST`).
+#[derive(Default)]
+struct LeafColumns<'a> {
+    index: Vec<i64>,
+    event_id: Vec<&'a str>,
+    tenant: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl<'a> LeafColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            index: Vec::with_capacity(n),
+            event_id: Vec::with_capacity(n),
+            tenant: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, index: i64, row: &'a NewRow, hash: Hash) {
+        self.index.push(index);
+        self.event_id.push(row.event_id());
+        self.tenant.push(row.tenant());
+        self.kind.push(row.kind());
+        self.hash.push(hash.as_bytes().to_vec());
+    }
+
+    fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
+        query
+            .bind(self.index)
+            .bind(self.event_id)
+            .bind(self.tenant)
+            .bind(self.kind)
+            .bind(self.hash)
+    }
+}
+
+/// Billing rows of a batch, column by column.
+#[derive(Default)]
+struct BillingColumns<'a> {
+    event_id: Vec<&'a str>,
+    tenant: Vec<&'a str>,
+    tool: Vec<&'a str>,
+    tool_version: Vec<&'a str>,
+    currency: Vec<&'a str>,
+    amount_micros: Vec<i64>,
+    fuel_consumed: Vec<i64>,
+    duration_micros: Vec<i64>,
+    occurred_at: Vec<i64>,
+    run_id: Vec<&'a str>,
+    recorded_by: Vec<&'a str>,
+    ledger_index: Vec<i64>,
+    row_version: Vec<i64>,
+    mac_key_id: Vec<&'a str>,
+    mac: Vec<&'a [u8]>,
+}
+
+impl<'a> BillingColumns<'a> {
+    fn push(&mut self, r: &'a crate::rows::BillingEvent, index: i64, seal: &'a crate::rows::Seal) {
+        self.event_id.push(&r.event_id);
+        self.tenant.push(&r.tenant);
+        self.tool.push(&r.tool);
+        self.tool_version.push(&r.tool_version);
+        self.currency.push(&r.currency);
+        self.amount_micros.push(r.amount_micros);
+        self.fuel_consumed.push(r.fuel_consumed);
+        self.duration_micros.push(r.duration_micros);
+        self.occurred_at.push(r.occurred_at);
+        self.run_id.push(&r.run_id);
+        self.recorded_by.push(&r.recorded_by);
+        self.ledger_index.push(index);
+        self.row_version.push(seal.row_version);
+        self.mac_key_id.push(&seal.key_id);
+        self.mac.push(&seal.mac);
+    }
+
+    fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
+        query
+            .bind(self.event_id)
+            .bind(self.tenant)
+            .bind(self.tool)
+            .bind(self.tool_version)
+            .bind(self.currency)
+            .bind(self.amount_micros)
+            .bind(self.fuel_consumed)
+            .bind(self.duration_micros)
+            .bind(self.occurred_at)
+            .bind(self.run_id)
+            .bind(self.recorded_by)
+            .bind(self.ledger_index)
+            .bind(self.row_version)
+            .bind(self.mac_key_id)
+            .bind(self.mac)
+    }
+}
+
+/// Capsule-run rows of a batch, column by column.
+#[derive(Default)]
+struct RunColumns<'a> {
+    event_id: Vec<&'a str>,
+    tenant: Vec<&'a str>,
+    capsule_id: Vec<&'a str>,
+    tool: Vec<&'a str>,
+    run_id: Vec<&'a str>,
+    outcome: Vec<&'a str>,
+    started_at: Vec<i64>,
+    duration_nanos: Vec<i64>,
+    recorded_by: Vec<&'a str>,
+    ledger_index: Vec<i64>,
+    row_version: Vec<i64>,
+    mac_key_id: Vec<&'a str>,
+    mac: Vec<&'a [u8]>,
+}
+
+impl<'a> RunColumns<'a> {
+    fn push(&mut self, r: &'a crate::rows::CapsuleRun, index: i64, seal: &'a crate::rows::Seal) {
+        self.event_id.push(&r.event_id);
+        self.tenant.push(&r.tenant);
+        self.capsule_id.push(&r.capsule_id);
+        self.tool.push(&r.tool);
+        self.run_id.push(&r.run_id);
+        self.outcome.push(&r.outcome);
+        self.started_at.push(r.started_at);
+        self.duration_nanos.push(r.duration_nanos);
+        self.recorded_by.push(&r.recorded_by);
+        self.ledger_index.push(index);
+        self.row_version.push(seal.row_version);
+        self.mac_key_id.push(&seal.key_id);
+        self.mac.push(&seal.mac);
+    }
+
+    fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
+        query
+            .bind(self.event_id)
+            .bind(self.tenant)
+            .bind(self.capsule_id)
+            .bind(self.tool)
+            .bind(self.run_id)
+            .bind(self.outcome)
+            .bind(self.started_at)
+            .bind(self.duration_nanos)
+            .bind(self.recorded_by)
+            .bind(self.ledger_index)
+            .bind(self.row_version)
+            .bind(self.mac_key_id)
+            .bind(self.mac)
+    }
+}
+
 /// Commits one batch; the outer error means nothing was written.
 async fn commit(
     db: &Database,
@@ -507,7 +827,7 @@ async fn commit(
     signer: &CheckpointSigner,
     signer_key_id: &str,
     rows: &[(&NewRow, &Prepared)],
-) -> Result<(Vec<Result<Appended, AnalyticsError>>, u64, Vec<Hash>), AnalyticsError> {
+) -> Result<Committed, AnalyticsError> {
     on_pool!(db, pool => {
         let mut tx = pool.begin().await?;
         // Take the head's row lock (the write lock on SQLite) before reading
@@ -600,53 +920,13 @@ async fn commit(
             in_batch.insert(event_id, appended);
             results.push(Ok(appended));
         }
-        // On PostgreSQL a batch of billing events only (the high-volume
-        // case) is written by one statement: its leaves, its rows, the head
-        // and the checkpoint, as data-modifying CTEs that all run, in one
-        // round trip instead of four. The rows' foreign keys are checked at
-        // the end of the statement, when the leaves are in. Any other batch
-        // (and every batch on SQLite, which has no such CTEs) takes the
-        // statement-per-table path below; both end in the same commit.
-        let one_statement = db.as_postgres().is_some()
-            && !new_leaves.is_empty()
-            && new_leaves.len() <= ROWS_CHUNK
-            && new_leaves.iter().all(|(_, row, _, _)| matches!(row, NewRow::Billing(_)));
-        if one_statement {
-            let mut bills = Vec::with_capacity(new_leaves.len());
-            for (index_i64, row, _, seal) in &new_leaves {
-                if let NewRow::Billing(r) = row {
-                    // `Ledger::append` sealed these rows before they were queued.
-                    bills.push((r, *index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?));
-                }
-            }
-            let n = new_leaves.len();
-            let root = tree.root();
-            let note = signer.sign(&Checkpoint::new(signer.name(), tree.size(), root)?);
-            // Parameters: 6 per leaf, 15 per row, then the head's and the
-            // checkpoint's (size and root shared).
-            let p = 21 * n;
+        for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
             let sql = format!(
-                "WITH leaves AS (INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, \
-                 appended_at) VALUES {}), \
-                 events AS (INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, \
-                 amount_micros, fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, \
-                 row_version, mac_key_id, mac) VALUES {}), \
-                 head AS (UPDATE ledger_head SET tree_size = ${}, root = ${}, frontier = ${} WHERE id = 1) \
-                 INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
-                 VALUES (${}, ${}, ${}, ${}, ${})",
-                values_list_after(0, n, 6),
-                values_list_after(6 * n, n, 15),
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 1,
-                p + 2,
-                p + 4,
-                p + 5,
-                p + 6,
+                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
+                values_list(chunk.len(), 6)
             );
             let mut query = sqlx::query(&sql);
-            for (index_i64, row, leaf_hash, _) in &new_leaves {
+            for (index_i64, row, leaf_hash, _) in chunk {
                 query = query
                     .bind(*index_i64)
                     .bind(row.event_id())
@@ -655,7 +935,57 @@ async fn commit(
                     .bind(leaf_hash.as_bytes().to_vec())
                     .bind(now);
             }
-            for (r, index_i64, seal) in &bills {
+            query.execute(&mut *tx).await?;
+        }
+        // The two high-volume tables are written with multi-row statements;
+        // the other kinds insert (and update) through their own modules.
+        let mut runs = Vec::new();
+        let mut bills = Vec::new();
+        for (index_i64, row, leaf_hash, seal) in &new_leaves {
+            let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
+            // `Ledger::append` sealed these rows before they were queued.
+            match row {
+                NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
+                NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
+                NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
+            }
+        }
+        for chunk in runs.chunks(ROWS_CHUNK) {
+            let sql = format!(
+                "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
+                 duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
+                values_list(chunk.len(), 13)
+            );
+            let mut query = sqlx::query(&sql);
+            for (r, index_i64, seal) in chunk {
+                query = query
+                    .bind(&r.event_id)
+                    .bind(&r.tenant)
+                    .bind(&r.capsule_id)
+                    .bind(&r.tool)
+                    .bind(&r.run_id)
+                    .bind(&r.outcome)
+                    .bind(r.started_at)
+                    .bind(r.duration_nanos)
+                    .bind(&r.recorded_by)
+                    .bind(*index_i64)
+                    .bind(seal.row_version)
+                    .bind(&seal.key_id)
+                    .bind(&seal.mac);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in bills.chunks(ROWS_CHUNK) {
+            let sql = format!(
+                "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
+                 fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
+                 mac_key_id, mac) VALUES {}",
+                values_list(chunk.len(), 15)
+            );
+            let mut query = sqlx::query(&sql);
+            for (r, index_i64, seal) in chunk {
                 query = query
                     .bind(&r.event_id)
                     .bind(&r.tenant)
@@ -673,125 +1003,36 @@ async fn commit(
                     .bind(&seal.key_id)
                     .bind(&seal.mac);
             }
-            query
+            query.execute(&mut *tx).await?;
+        }
+        if tree.size() > start {
+            let root = tree.root();
+            let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
+            let note = signer.sign(&checkpoint);
+            sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
                 .bind(to_i64(tree.size())?)
                 .bind(root.as_bytes().to_vec())
                 .bind(frontier_bytes(&tree))
-                .bind(&note)
-                .bind(signer_key_id)
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
-        } else {
-            for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
-                    values_list(chunk.len(), 6)
-                );
-                let mut query = sqlx::query(&sql);
-                for (index_i64, row, leaf_hash, _) in chunk {
-                    query = query
-                        .bind(*index_i64)
-                        .bind(row.event_id())
-                        .bind(row.tenant())
-                        .bind(row.kind())
-                        .bind(leaf_hash.as_bytes().to_vec())
-                        .bind(now);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            // The two high-volume tables are written with multi-row statements;
-            // the other kinds insert (and update) through their own modules.
-            let mut runs = Vec::new();
-            let mut bills = Vec::new();
-            for (index_i64, row, leaf_hash, seal) in &new_leaves {
-                let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
-                // `Ledger::append` sealed these rows before they were queued.
-                match row {
-                    NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                    NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                    NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
-                    NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
-                    NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
-                }
-            }
-            for chunk in runs.chunks(ROWS_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
-                     duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
-                    values_list(chunk.len(), 13)
-                );
-                let mut query = sqlx::query(&sql);
-                for (r, index_i64, seal) in chunk {
-                    query = query
-                        .bind(&r.event_id)
-                        .bind(&r.tenant)
-                        .bind(&r.capsule_id)
-                        .bind(&r.tool)
-                        .bind(&r.run_id)
-                        .bind(&r.outcome)
-                        .bind(r.started_at)
-                        .bind(r.duration_nanos)
-                        .bind(&r.recorded_by)
-                        .bind(*index_i64)
-                        .bind(seal.row_version)
-                        .bind(&seal.key_id)
-                        .bind(&seal.mac);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            for chunk in bills.chunks(ROWS_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                     fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
-                     mac_key_id, mac) VALUES {}",
-                    values_list(chunk.len(), 15)
-                );
-                let mut query = sqlx::query(&sql);
-                for (r, index_i64, seal) in chunk {
-                    query = query
-                        .bind(&r.event_id)
-                        .bind(&r.tenant)
-                        .bind(&r.tool)
-                        .bind(&r.tool_version)
-                        .bind(&r.currency)
-                        .bind(r.amount_micros)
-                        .bind(r.fuel_consumed)
-                        .bind(r.duration_micros)
-                        .bind(r.occurred_at)
-                        .bind(&r.run_id)
-                        .bind(&r.recorded_by)
-                        .bind(*index_i64)
-                        .bind(seal.row_version)
-                        .bind(&seal.key_id)
-                        .bind(&seal.mac);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            if tree.size() > start {
-                let root = tree.root();
-                let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
-                let note = signer.sign(&checkpoint);
-                sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
-                    .bind(to_i64(tree.size())?)
-                    .bind(root.as_bytes().to_vec())
-                    .bind(frontier_bytes(&tree))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(to_i64(tree.size())?)
-                .bind(root.as_bytes().to_vec())
-                .bind(&note)
-                .bind(signer_key_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
+            sqlx::query(
+                "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(to_i64(tree.size())?)
+            .bind(root.as_bytes().to_vec())
+            .bind(&note)
+            .bind(signer_key_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
-        Ok((results, start, new_leaves.iter().map(|(_, _, hash, _)| *hash).collect()))
+        Ok(Committed {
+            results,
+            start,
+            appended: new_leaves.iter().map(|(_, _, hash, _)| *hash).collect(),
+            head: tree,
+        })
     })
 }
 
