@@ -17,6 +17,8 @@ use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, MerkleTree};
 use soma_sign::HmacKeyring;
 use soma_store::Database;
 use sqlx::Row as _;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, Postgres};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
 use crate::db::on_pool;
@@ -144,6 +146,7 @@ impl Ledger {
                 health: Arc::clone(&health),
                 tree: Arc::clone(&tree),
                 head: None,
+                connection: None,
             },
             rx,
         ));
@@ -422,6 +425,8 @@ struct Committer {
     /// `None` until the first commit, and after any failure, when only the
     /// stored head is known.
     head: Option<CompactTree>,
+    /// See [`Committer::connection`].
+    connection: Option<PoolConnection<Postgres>>,
 }
 
 /// What one committed batch did.
@@ -461,23 +466,47 @@ impl Committer {
         let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
         let expected = self.head.take();
         let outcome = match expected {
-            Some(head) if fast_path_applies(&self.db, &rows) => {
-                match commit_expecting(&self.db, &self.signer, &self.signer_key_id, head, &rows).await {
-                    Ok(Some(committed)) => {
-                        self.head = Some(committed.head.clone());
-                        Ok(committed)
+            Some(head) if fast_path_applies(&self.db, &rows) => match self.connection().await {
+                Err(e) => Err(e),
+                Ok(mut connection) => {
+                    match commit_expecting(&mut connection, &self.signer, &self.signer_key_id, head, &rows)
+                        .await
+                    {
+                        Ok(Some(committed)) => {
+                            self.connection = Some(connection);
+                            self.head = Some(committed.head.clone());
+                            Ok(committed)
+                        }
+                        // The head moved (another process appended) or an
+                        // event id is already stored (a retry): the locked
+                        // path reads both under the head's lock and decides.
+                        Ok(None) => {
+                            self.connection = Some(connection);
+                            self.commit_locked(&rows).await
+                        }
+                        // The connection may be what failed: it goes back to
+                        // the pool, which checks it before handing it out again.
+                        Err(e) => Err(e),
                     }
-                    // The head moved (another process appended) or an event
-                    // id is already stored (a retry): the locked path reads
-                    // both under the head's lock and decides.
-                    Ok(None) => self.commit_locked(&rows).await,
-                    Err(e) => Err(e),
                 }
-            }
+            },
             _ => self.commit_locked(&rows).await,
         };
         drop(rows);
         self.answer(batch, outcome).await;
+    }
+
+    /// The writer's own PostgreSQL connection, kept from batch to batch: the
+    /// pool checks a connection with a round trip every time it hands one
+    /// out, which the hot path would otherwise pay once per batch.
+    async fn connection(&mut self) -> Result<PoolConnection<Postgres>, AnalyticsError> {
+        if let Some(connection) = self.connection.take() {
+            return Ok(connection);
+        }
+        let pool = self.db.as_postgres().ok_or_else(|| {
+            AnalyticsError::Config("the single-statement commit needs PostgreSQL".to_owned())
+        })?;
+        Ok(pool.acquire().await?)
     }
 
     /// The general path: under the head's lock, with the stored event ids
@@ -568,7 +597,7 @@ fn fast_path_applies(db: &Database, rows: &[(&NewRow, &Prepared)]) -> bool {
 /// index. Arrays travel as one parameter per column, so the statement's text
 /// is the same for every batch and stays prepared on each connection.
 async fn commit_expecting(
-    db: &Database,
+    connection: &mut PgConnection,
     signer: &CheckpointSigner,
     signer_key_id: &str,
     head: CompactTree,
@@ -604,9 +633,6 @@ async fn commit_expecting(
             SELECT $1, $2, $40, $41, $6 WHERE EXISTS (SELECT 1 FROM head)) \
         SELECT count(*) AS moved FROM head";
 
-    let Some(pool) = db.as_postgres() else {
-        return Ok(None);
-    };
     let start = head.size();
     let start_root = head.root();
     let mut tree = head;
@@ -644,7 +670,7 @@ async fn commit_expecting(
     let query = leaves.bind(query);
     let query = bills.bind(query);
     let query = runs.bind(query);
-    let outcome = query.bind(note).bind(signer_key_id).fetch_one(pool).await;
+    let outcome = query.bind(note).bind(signer_key_id).fetch_one(connection).await;
     match outcome {
         Ok(row) if row.try_get::<i64, _>("moved")? == 1 => Ok(Some(Committed {
             results,
@@ -667,7 +693,7 @@ async fn commit_expecting(
     }
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 /// The leaf rows of a batch, column by column (for `UNNEST`).
 #[derive(Default)]
