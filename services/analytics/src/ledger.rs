@@ -2,13 +2,21 @@
 //! verification, checkpoints and proofs.
 //!
 //! One writer task per process takes every pending append it can (up to
-//! [`MAX_BATCH`]) and commits them in one transaction: the head row is
-//! locked first (so writers in other processes serialize on it), each event
-//! gets the next index (the leaf table's primary key makes indices unique;
-//! the head's size makes them contiguous), its row and leaf are inserted,
-//! the head moves, and a signed checkpoint for the new size is stored. Only
+//! [`MAX_BATCH`]) and commits them in one transaction: each event gets the
+//! next index (the leaf table's primary key makes indices unique; the
+//! head's size makes them contiguous), its row and leaf are inserted, the
+//! head moves, and a signed checkpoint for the new size is stored. Only
 //! after the commit is any caller acknowledged, so an acknowledged append is
 //! durable, and a crash before it leaves nothing behind.
+//!
+//! Two paths commit a batch. The locked path (every engine, every kind of
+//! row) locks the head row first, so writers in other processes serialize
+//! on it, and looks up the batch's event ids before assigning indices. On
+//! PostgreSQL, batches of billing events and capsule runs take the
+//! single-statement path ([`commit_expecting`]) while this writer knows the
+//! stored head: one statement, guarded by that head, that writes nothing
+//! when another process moved it or when an event id is already stored,
+//! in which case the locked path decides.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
