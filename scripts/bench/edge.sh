@@ -8,6 +8,8 @@
 #      LedgerCheckpoint to the same Analytics carrying the gateway's
 #      envelope; rounds alternate edge and direct; the p50 ratio is the
 #      median of the per-round ratios (target <= 1.25x);
+#      beside it, a reference: the same client's GET to a bare HTTP server
+#      on its own thread (the loopback round trip that any edge adds);
 #   2. the edge's CPU per request, closed loop: valid tokens vs hostile ones
 #      (alg none, bad signature, expired, unknown kid, garbage), each as a
 #      ratio to valid (target <= 1.0x).
@@ -78,6 +80,8 @@ row "latency p50 @ ${RATE}/s open loop ($(result "$E" protocol))" "$(result "$E"
     "$(result "$E" p50_us_edge) us" "$(result "$E" p50_ratio)x" "<= $(result "$E" p50_ratio_target)x"
 row "latency p99 @ ${RATE}/s open loop" "$(result "$E" p99_us_direct) us" "$(result "$E" p99_us_edge) us" \
     "$(result "$E" p99_ratio)x" "-"
+row "edge p50 - direct p50 vs one bare HTTP hop p50" "$(result "$E" p50_us_hop) us" \
+    "$(result "$E" p50_us_edge_minus_direct) us" "-" "reference"
 for kind in alg_none bad_signature expired unknown_kid garbage; do
     row "edge CPU per request, $kind token" "$(result "$E" cpu_us_valid) us" "$(result "$E" "cpu_us_$kind") us" \
         "$(result "$E" "cpu_ratio_$kind")x" "<= $(result "$E" cpu_ratio_target)x"
@@ -86,6 +90,8 @@ echo
 echo "   latency rows: baseline = direct mTLS gRPC LedgerCheckpoint to the same Analytics with the gateway's"
 echo "   signed claims envelope; edge = GET /v1/ledger/checkpoint with a valid HS256 token (ledger:read);"
 echo "   medians of $ROUNDS alternating rounds x $SECONDS_OPEN s; the ratio is the median of per-round ratios."
+echo "   hop row: what the edge adds over the direct call, beside the p50 of the same client's GET to a bare"
+echo "   HTTP server on its own thread (no admission, no forwarding): the loopback round trip alone."
 echo "   CPU rows: baseline = the edge's CPU per request admitting a valid token (forwarded and answered);"
 echo "   utime+stime of the edge runtime's threads, median of $CPU_ROUNDS rounds x $REQUESTS requests per kind."
 echo "   Analytics authorized $(result "$E" backend_valid) of $(result "$E" backend_valid_sent) valid requests" \

@@ -25,12 +25,19 @@
 //!   envelope and re-signs it every few seconds, so the baseline is the
 //!   backend's own cost and the edge is charged with its signing.
 //!
+//! - hop (a reference, not a baseline): the same HTTP client and route
+//!   against a bare axum server on its own thread that answers every request
+//!   with the reply the edge gives, doing nothing else. Its latency is what
+//!   one plaintext loopback HTTP round trip between these threads costs on
+//!   this machine, the part of the edge's overhead that no edge code can
+//!   remove.
+//!
 //! Two measurements:
 //!
 //! 1. latency: one request launched every `1/--rate` s on its own task for
 //!    `--seconds` s, after `--warmup-seconds` of the same on each path; rounds
-//!    alternate edge, direct, edge, direct, …; p50 and p99 per round and the
-//!    median over rounds of the per-round p50 ratio edge/direct;
+//!    go edge, direct, hop, edge, direct, hop, …; p50 and p99 per round and
+//!    the median over rounds of the per-round p50 ratio edge/direct;
 //! 2. the edge's CPU per request (the edge runtime's threads, from /proc):
 //!    closed loop, `--requests` requests per kind and round, valid tokens vs
 //!    each hostile kind (alg none, bad signature, expired, unknown kid,
@@ -241,6 +248,38 @@ fn main() -> anyhow::Result<()> {
         })
     })?;
 
+    // The reply the hop answers with: the edge's own, fetched once below.
+    let hop_reply: Arc<std::sync::OnceLock<Bytes>> = Arc::new(std::sync::OnceLock::new());
+    let hop_body = Arc::clone(&hop_reply);
+    let hop = ServerThread::spawn("bench-hop", move |stop| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new().route(
+            ROUTE,
+            axum::routing::get(move || {
+                let body = hop_body.get().cloned().unwrap_or_default();
+                async move { ([(http::header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        );
+        let serve: Serve = Box::pin(async move {
+            // TCP_NODELAY, as the edge sets it on its plaintext connections.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.await;
+                })
+                .await
+                .context("hop")
+        });
+        Ok(Started {
+            addr,
+            serve,
+            metrics: None,
+        })
+    })?;
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -250,11 +289,15 @@ fn main() -> anyhow::Result<()> {
             channel: soma_mesh::channel(gateway_store, analytics.addr, analytics_id.clone())?,
             envelope: Envelope::new(direct_signer, analytics_id)?,
         };
-        run(&args, ticks_per_second, &edge, &analytics, &issuer, direct).await
+        let hop = Hop {
+            url: format!("http://{}{ROUTE}", hop.addr).parse()?,
+            reply: hop_reply,
+        };
+        run(&args, ticks_per_second, &edge, &analytics, &issuer, direct, hop).await
     });
     // The connections are gone with the client runtime; stop the servers either way.
     drop(runtime);
-    let stopped = edge.stop().and(analytics.stop());
+    let stopped = edge.stop().and(analytics.stop()).and(hop.stop());
     let report = report?;
     stopped?;
     report.print(&args);
@@ -304,6 +347,7 @@ async fn run(
     analytics: &ServerThread,
     issuer: &Issuer,
     mut direct: Direct,
+    hop: Hop,
 ) -> anyhow::Result<Report> {
     let client = http_client(args.protocol);
     let url: http::Uri = format!("http://{}{ROUTE}", edge.addr).parse()?;
@@ -343,6 +387,9 @@ async fn run(
 
     let edge_call = || expect_status(client.clone(), url.clone(), valid.clone(), StatusCode::OK);
     let mut direct_call = || direct.call();
+    // The hop answers with the edge's very reply, and is asked the same way.
+    let _ = hop.reply.set(reply.body.clone());
+    let hop_call = || expect_status(client.clone(), hop.url.clone(), valid.clone(), StatusCode::OK);
 
     // 1. Latency, open loop.
     let period = Duration::from_secs(1) / args.rate;
@@ -358,6 +405,7 @@ async fn run(
         open_loop(period, warmup, &mut direct_call)
             .await
             .context("direct warm-up")?;
+        open_loop(period, warmup, hop_call).await.context("hop warm-up")?;
     }
     let duration = Duration::from_secs(u64::from(args.seconds));
     let mut latency = Vec::new();
@@ -368,18 +416,23 @@ async fn run(
         let d = open_loop(period, duration, &mut direct_call)
             .await
             .context("direct open loop")?;
+        let h = open_loop(period, duration, hop_call)
+            .await
+            .context("hop open loop")?;
         progress(&format!(
             "round {round}: edge p50 {:>7.1} µs p99 {:>8.1} µs   direct p50 {:>7.1} µs p99 {:>8.1} µs   \
-             p50 ratio {:.3}   ({:.0} / {:.0} launched/s)",
+             hop p50 {:>7.1} µs   p50 ratio {:.3}   ({:.0} / {:.0} / {:.0} launched/s)",
             e.percentile_us(50.0),
             e.percentile_us(99.0),
             d.percentile_us(50.0),
             d.percentile_us(99.0),
+            h.percentile_us(50.0),
             e.percentile_us(50.0) / d.percentile_us(50.0),
             e.achieved_rate(),
             d.achieved_rate(),
+            h.achieved_rate(),
         ));
-        latency.push((e, d));
+        latency.push((e, d, h));
     }
 
     // 2. The edge's CPU per request, closed loop.
@@ -512,6 +565,13 @@ async fn expect_status(
         );
     }
     Ok(())
+}
+
+/// The reference path: a bare HTTP server that answers with the edge's reply.
+struct Hop {
+    url: http::Uri,
+    /// Set once the edge's reply is known, before the first measured call.
+    reply: Arc<std::sync::OnceLock<Bytes>>,
 }
 
 /// The direct path: the gateway's identity, its held envelope, one channel.
@@ -751,8 +811,8 @@ struct BackendCalls {
 
 #[derive(Debug)]
 struct Report {
-    /// Per round: edge, direct.
-    latency: Vec<(Latencies, Latencies)>,
+    /// Per round: edge, direct, hop.
+    latency: Vec<(Latencies, Latencies, Latencies)>,
     /// Per round: one sample per token kind, in [`TokenKind::ALL`] order.
     cpu: Vec<Vec<(TokenKind, CpuSample)>>,
     backend: BackendCalls,
@@ -762,8 +822,9 @@ struct Report {
 impl Report {
     #[expect(clippy::print_stdout, reason = "the benchmark's output")]
     fn print(&self, args: &Args) {
-        let lat =
-            |f: &dyn Fn(&(Latencies, Latencies)) -> f64| bench::median(self.latency.iter().map(f).collect());
+        let lat = |f: &dyn Fn(&(Latencies, Latencies, Latencies)) -> f64| {
+            bench::median(self.latency.iter().map(f).collect())
+        };
         let (e50, e99) = (
             lat(&|r| r.0.percentile_us(50.0)),
             lat(&|r| r.0.percentile_us(99.0)),
@@ -772,6 +833,8 @@ impl Report {
             lat(&|r| r.1.percentile_us(50.0)),
             lat(&|r| r.1.percentile_us(99.0)),
         );
+        let h50 = lat(&|r| r.2.percentile_us(50.0));
+        let overhead50 = lat(&|r| r.0.percentile_us(50.0) - r.1.percentile_us(50.0));
         let p50_ratio = lat(&|r| r.0.percentile_us(50.0) / r.1.percentile_us(50.0));
         let p99_ratio = lat(&|r| r.0.percentile_us(99.0) / r.1.percentile_us(99.0));
         let calls: usize = self.latency.iter().map(|r| r.0.samples.len()).sum();
@@ -789,6 +852,12 @@ impl Report {
         println!("   medians over rounds ({calls} edge requests in all):");
         println!("   edge      p50 {e50:>8.1} µs  p99 {e99:>8.1} µs");
         println!("   direct    p50 {d50:>8.1} µs  p99 {d99:>8.1} µs");
+        println!(
+            "   hop       p50 {h50:>8.1} µs               (bare HTTP server on its own thread, same client)"
+        );
+        println!(
+            "   edge - direct p50 {overhead50:>6.1} µs, of which one loopback HTTP round trip (hop p50) {h50:.1} µs"
+        );
         println!(
             "   ratio     p50 {p50_ratio:>8.3}x    (target <= {TARGET_P50_RATIO}x; median of per-round ratios)"
         );
@@ -863,6 +932,8 @@ impl Report {
         println!("result.p99_us_edge={e99:.1}");
         println!("result.p50_us_direct={d50:.1}");
         println!("result.p99_us_direct={d99:.1}");
+        println!("result.p50_us_hop={h50:.1}");
+        println!("result.p50_us_edge_minus_direct={overhead50:.1}");
         println!("result.p50_ratio={p50_ratio:.4}");
         println!("result.p99_ratio={p99_ratio:.4}");
         println!("result.p50_ratio_target={TARGET_P50_RATIO}");
