@@ -531,12 +531,7 @@ async fn two_replicas_on_one_database_share_one_contiguous_ledger() {
                 .clone()
                 .record_billing_event(billing(id, "acme", i + 1_000_000))
                 .await;
-            assert_eq!(
-                r.unwrap_err().code(),
-                tonic::Code::AlreadyExists,
-                "{}: {id}",
-                db.label
-            );
+            assert_eq!(r.unwrap_err().code(), Code::AlreadyExists, "{}: {id}", db.label);
             let again = writers_of[(w + 1) % 2]
                 .clone()
                 .record_billing_event(billing(id, "acme", i))

@@ -24,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, MerkleTree};
 use soma_sign::HmacKeyring;
 use soma_store::Database;
+use sqlx::Connection as _;
 use sqlx::Row as _;
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, Postgres};
 use tokio::sync::{RwLock, mpsc, oneshot};
 
@@ -145,19 +145,27 @@ impl Ledger {
         let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
-        tokio::spawn(writer(
-            Committer {
-                db: db.clone(),
-                keys: Arc::clone(&keys),
-                signer: Arc::clone(&signer),
-                signer_key_id: signer_key_id.clone(),
-                health: Arc::clone(&health),
-                tree: Arc::clone(&tree),
-                head: None,
-                connection: None,
-            },
-            rx,
-        ));
+        let committer = Committer {
+            db: db.clone(),
+            keys: Arc::clone(&keys),
+            signer: Arc::clone(&signer),
+            signer_key_id: signer_key_id.clone(),
+            health: Arc::clone(&health),
+            tree: Arc::clone(&tree),
+            head: None,
+            connection: None,
+        };
+        // The writer is the one serial step every append goes through: it
+        // runs on a thread of its own, so that the reply of its database
+        // waits for no request task queued on the service's runtime.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AnalyticsError::Config(format!("the ledger writer's runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("soma-ledger".to_owned())
+            .spawn(move || runtime.block_on(writer(committer, rx)))
+            .map_err(|e| AnalyticsError::Config(format!("the ledger writer's thread: {e}")))?;
         Ok(Self {
             db,
             appends,
@@ -434,7 +442,7 @@ struct Committer {
     /// stored head is known.
     head: Option<CompactTree>,
     /// See [`Committer::connection`].
-    connection: Option<PoolConnection<Postgres>>,
+    connection: Option<PgConnection>,
 }
 
 /// What one committed batch did.
@@ -492,8 +500,8 @@ impl Committer {
                             self.connection = Some(connection);
                             self.commit_locked(&rows).await
                         }
-                        // The connection may be what failed: it goes back to
-                        // the pool, which checks it before handing it out again.
+                        // The connection may be what failed: it is dropped,
+                        // and the next batch opens another.
                         Err(e) => Err(e),
                     }
                 }
@@ -504,23 +512,53 @@ impl Committer {
         self.answer(batch, outcome).await;
     }
 
-    /// The writer's own PostgreSQL connection, kept from batch to batch: the
-    /// pool checks a connection with a round trip every time it hands one
-    /// out, which the hot path would otherwise pay once per batch.
-    async fn connection(&mut self) -> Result<PoolConnection<Postgres>, AnalyticsError> {
+    /// The writer's own PostgreSQL connection, opened on the writer's
+    /// runtime (so that its replies wake the writer's thread) and kept from
+    /// batch to batch. A commit that fails drops it: the next batch opens a
+    /// new one.
+    async fn connection(&mut self) -> Result<PgConnection, AnalyticsError> {
         if let Some(connection) = self.connection.take() {
             return Ok(connection);
         }
         let pool = self.db.as_postgres().ok_or_else(|| {
-            AnalyticsError::Config("the single-statement commit needs PostgreSQL".to_owned())
+            AnalyticsError::Config("the writer's own connection is a PostgreSQL one".to_owned())
         })?;
-        Ok(pool.acquire().await?)
+        Ok(PgConnection::connect_with(&pool.connect_options()).await?)
     }
 
     /// The general path: under the head's lock, with the stored event ids
     /// looked up first.
     async fn commit_locked(&mut self, rows: &[(&NewRow, &Prepared)]) -> Result<Committed, AnalyticsError> {
-        let outcome = commit(&self.db, &self.keys, &self.signer, &self.signer_key_id, rows).await;
+        let outcome = if self.db.as_postgres().is_some() {
+            match self.connection().await {
+                Ok(mut connection) => {
+                    let outcome = commit(
+                        &self.db,
+                        Some(&mut connection),
+                        &self.keys,
+                        &self.signer,
+                        &self.signer_key_id,
+                        rows,
+                    )
+                    .await;
+                    if outcome.is_ok() {
+                        self.connection = Some(connection);
+                    }
+                    outcome
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            commit(
+                &self.db,
+                None,
+                &self.keys,
+                &self.signer,
+                &self.signer_key_id,
+                rows,
+            )
+            .await
+        };
         self.head = outcome.as_ref().ok().map(|c| c.head.clone());
         outcome
     }
@@ -857,217 +895,226 @@ impl<'a> RunColumns<'a> {
 /// Commits one batch; the outer error means nothing was written.
 async fn commit(
     db: &Database,
+    connection: Option<&mut PgConnection>,
     keys: &HmacKeyring,
     signer: &CheckpointSigner,
     signer_key_id: &str,
     rows: &[(&NewRow, &Prepared)],
 ) -> Result<Committed, AnalyticsError> {
-    on_pool!(db, pool => {
-        let mut tx = pool.begin().await?;
-        // Take the head's row lock (the write lock on SQLite) before reading
-        // it: appenders in every process serialize here.
-        // One round trip: the no-op update takes the lock and returns the
-        // head as it is once the lock is held.
-        let head = sqlx::query(
-            "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, root, frontier",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let start = to_u64(head.try_get::<i64, _>("tree_size")?)?;
-        let mut tree = parse_frontier(start, &head.try_get::<Vec<u8>, _>("frontier")?)?;
-        if tree.root().as_bytes().as_slice() != head.try_get::<Vec<u8>, _>("root")?.as_slice() {
-            return Err(AnalyticsError::LedgerCorrupt {
-                first_bad_index: start,
-                reason: "stored head root does not match its frontier".to_owned(),
-            });
-        }
-        let now = now_nanos();
-        let mut results = Vec::with_capacity(rows.len());
-        let mut in_batch: std::collections::HashMap<&str, Appended> = std::collections::HashMap::new();
-        // Idempotency: the leaves already stored for this batch's event ids,
-        // fetched in one round trip per chunk rather than one per event.
-        let mut stored: std::collections::HashMap<String, Appended> = std::collections::HashMap::new();
-        // The ids travel as one JSON array, so the statement's text is the
-        // same for every batch size and stays prepared on each connection.
-        let lookup = if db.as_postgres().is_some() {
-            "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
-             WHERE event_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"
-        } else {
-            "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
-             WHERE event_id IN (SELECT value FROM json_each($1))"
-        };
-        for chunk in rows.chunks(LOOKUP_CHUNK) {
-            let mut ids = Vec::with_capacity(chunk.len() * 48);
-            ids.push(b'[');
-            for (i, (row, _)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    ids.push(b',');
-                }
-                crate::rows::push_string(&mut ids, row.event_id());
-            }
-            ids.push(b']');
-            // Built from `&str`s and ASCII punctuation: valid UTF-8.
-            let ids = String::from_utf8(ids).map_err(|e| AnalyticsError::Config(e.to_string()))?;
-            let query = sqlx::query(lookup).bind(ids);
-            for r in query.fetch_all(&mut *tx).await? {
-                stored.insert(
-                    r.try_get::<String, _>("event_id")?,
-                    Appended {
-                        index: to_u64(r.try_get::<i64, _>("leaf_index")?)?,
-                        leaf_hash: Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
-                    },
-                );
-            }
-        }
-        // New leaves are inserted together after the loop, then the rows
-        // that reference them.
-        let mut new_leaves: Vec<(i64, &NewRow, Hash, Option<&crate::rows::Seal>)> = Vec::new();
-        for (row, prepared) in rows {
-            let leaf_hash = prepared.leaf_hash;
-            let event_id = row.event_id();
-            let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
-            if let Some(earlier) = earlier {
-                // Idempotent retry: the same content gets the same index;
-                // other content under the same id is a conflict.
-                results.push(if earlier.leaf_hash == leaf_hash {
-                    Ok(earlier)
-                } else if let NewRow::RegressionTransition(t) = row {
-                    // Another transition already produced this version.
-                    Err(crate::regression::current_state!(tx, &t.regression_id))
-                } else {
-                    Err(AnalyticsError::EventIdConflict { event_id: event_id.to_owned() })
+    // The locked path, on a pool of either engine or on the writer's own
+    // PostgreSQL connection (each begins the transaction its own way).
+    macro_rules! locked {
+        ($pool:ident) => {{
+            let mut tx = $pool.begin().await?;
+            // Take the head's row lock (the write lock on SQLite) before reading
+            // it: appenders in every process serialize here.
+            // One round trip: the no-op update takes the lock and returns the
+            // head as it is once the lock is held.
+            let head = sqlx::query(
+                "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, root, frontier",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let start = to_u64(head.try_get::<i64, _>("tree_size")?)?;
+            let mut tree = parse_frontier(start, &head.try_get::<Vec<u8>, _>("frontier")?)?;
+            if tree.root().as_bytes().as_slice() != head.try_get::<Vec<u8>, _>("root")?.as_slice() {
+                return Err(AnalyticsError::LedgerCorrupt {
+                    first_bad_index: start,
+                    reason: "stored head root does not match its frontier".to_owned(),
                 });
-                continue;
             }
-            // A regression transition moves its state row first, guarded by
-            // the version it moves from; if the row moved meanwhile the item
-            // fails here, before its leaf touches the tree.
-            if let NewRow::RegressionTransition(t) = row
-                && let Err(e) = crate::regression::apply_transition!(tx, keys, t)
-            {
-                results.push(Err(e));
-                continue;
+            let now = now_nanos();
+            let mut results = Vec::with_capacity(rows.len());
+            let mut in_batch: std::collections::HashMap<&str, Appended> = std::collections::HashMap::new();
+            // Idempotency: the leaves already stored for this batch's event ids,
+            // fetched in one round trip per chunk rather than one per event.
+            let mut stored: std::collections::HashMap<String, Appended> = std::collections::HashMap::new();
+            // The ids travel as one JSON array, so the statement's text is the
+            // same for every batch size and stays prepared on each connection.
+            let lookup = if db.as_postgres().is_some() {
+                "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
+                 WHERE event_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"
+            } else {
+                "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
+                 WHERE event_id IN (SELECT value FROM json_each($1))"
+            };
+            for chunk in rows.chunks(LOOKUP_CHUNK) {
+                let mut ids = Vec::with_capacity(chunk.len() * 48);
+                ids.push(b'[');
+                for (i, (row, _)) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        ids.push(b',');
+                    }
+                    crate::rows::push_string(&mut ids, row.event_id());
+                }
+                ids.push(b']');
+                // Built from `&str`s and ASCII punctuation: valid UTF-8.
+                let ids = String::from_utf8(ids).map_err(|e| AnalyticsError::Config(e.to_string()))?;
+                let query = sqlx::query(lookup).bind(ids);
+                for r in query.fetch_all(&mut *tx).await? {
+                    stored.insert(
+                        r.try_get::<String, _>("event_id")?,
+                        Appended {
+                            index: to_u64(r.try_get::<i64, _>("leaf_index")?)?,
+                            leaf_hash: Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
+                        },
+                    );
+                }
             }
-            let index = tree.append(leaf_hash)?;
-            new_leaves.push((to_i64(index)?, *row, leaf_hash, prepared.seal.as_ref()));
-            let appended = Appended { index, leaf_hash };
-            in_batch.insert(event_id, appended);
-            results.push(Ok(appended));
-        }
-        for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
-            let sql = format!(
-                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
-                values_list(chunk.len(), 6)
-            );
-            let mut query = sqlx::query(&sql);
-            for (index_i64, row, leaf_hash, _) in chunk {
-                query = query
-                    .bind(*index_i64)
-                    .bind(row.event_id())
-                    .bind(row.tenant())
-                    .bind(row.kind())
-                    .bind(leaf_hash.as_bytes().to_vec())
-                    .bind(now);
+            // New leaves are inserted together after the loop, then the rows
+            // that reference them.
+            let mut new_leaves: Vec<(i64, &NewRow, Hash, Option<&crate::rows::Seal>)> = Vec::new();
+            for (row, prepared) in rows {
+                let leaf_hash = prepared.leaf_hash;
+                let event_id = row.event_id();
+                let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
+                if let Some(earlier) = earlier {
+                    // Idempotent retry: the same content gets the same index;
+                    // other content under the same id is a conflict.
+                    results.push(if earlier.leaf_hash == leaf_hash {
+                        Ok(earlier)
+                    } else if let NewRow::RegressionTransition(t) = row {
+                        // Another transition already produced this version.
+                        Err(crate::regression::current_state!(tx, &t.regression_id))
+                    } else {
+                        Err(AnalyticsError::EventIdConflict { event_id: event_id.to_owned() })
+                    });
+                    continue;
+                }
+                // A regression transition moves its state row first, guarded by
+                // the version it moves from; if the row moved meanwhile the item
+                // fails here, before its leaf touches the tree.
+                if let NewRow::RegressionTransition(t) = row
+                    && let Err(e) = crate::regression::apply_transition!(tx, keys, t)
+                {
+                    results.push(Err(e));
+                    continue;
+                }
+                let index = tree.append(leaf_hash)?;
+                new_leaves.push((to_i64(index)?, *row, leaf_hash, prepared.seal.as_ref()));
+                let appended = Appended { index, leaf_hash };
+                in_batch.insert(event_id, appended);
+                results.push(Ok(appended));
             }
-            query.execute(&mut *tx).await?;
-        }
-        // The two high-volume tables are written with multi-row statements;
-        // the other kinds insert (and update) through their own modules.
-        let mut runs = Vec::new();
-        let mut bills = Vec::new();
-        for (index_i64, row, leaf_hash, seal) in &new_leaves {
-            let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
-            // `Ledger::append` sealed these rows before they were queued.
-            match row {
-                NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
-                NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
-                NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
+            for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
+                    values_list(chunk.len(), 6)
+                );
+                let mut query = sqlx::query(&sql);
+                for (index_i64, row, leaf_hash, _) in chunk {
+                    query = query
+                        .bind(*index_i64)
+                        .bind(row.event_id())
+                        .bind(row.tenant())
+                        .bind(row.kind())
+                        .bind(leaf_hash.as_bytes().to_vec())
+                        .bind(now);
+                }
+                query.execute(&mut *tx).await?;
             }
-        }
-        for chunk in runs.chunks(ROWS_CHUNK) {
-            let sql = format!(
-                "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
-                 duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
-                values_list(chunk.len(), 13)
-            );
-            let mut query = sqlx::query(&sql);
-            for (r, index_i64, seal) in chunk {
-                query = query
-                    .bind(&r.event_id)
-                    .bind(&r.tenant)
-                    .bind(&r.capsule_id)
-                    .bind(&r.tool)
-                    .bind(&r.run_id)
-                    .bind(&r.outcome)
-                    .bind(r.started_at)
-                    .bind(r.duration_nanos)
-                    .bind(&r.recorded_by)
-                    .bind(*index_i64)
-                    .bind(seal.row_version)
-                    .bind(&seal.key_id)
-                    .bind(&seal.mac);
+            // The two high-volume tables are written with multi-row statements;
+            // the other kinds insert (and update) through their own modules.
+            let mut runs = Vec::new();
+            let mut bills = Vec::new();
+            for (index_i64, row, leaf_hash, seal) in &new_leaves {
+                let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
+                // `Ledger::append` sealed these rows before they were queued.
+                match row {
+                    NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                    NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
+                    NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
+                    NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
+                    NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
+                }
             }
-            query.execute(&mut *tx).await?;
-        }
-        for chunk in bills.chunks(ROWS_CHUNK) {
-            let sql = format!(
-                "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                 fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
-                 mac_key_id, mac) VALUES {}",
-                values_list(chunk.len(), 15)
-            );
-            let mut query = sqlx::query(&sql);
-            for (r, index_i64, seal) in chunk {
-                query = query
-                    .bind(&r.event_id)
-                    .bind(&r.tenant)
-                    .bind(&r.tool)
-                    .bind(&r.tool_version)
-                    .bind(&r.currency)
-                    .bind(r.amount_micros)
-                    .bind(r.fuel_consumed)
-                    .bind(r.duration_micros)
-                    .bind(r.occurred_at)
-                    .bind(&r.run_id)
-                    .bind(&r.recorded_by)
-                    .bind(*index_i64)
-                    .bind(seal.row_version)
-                    .bind(&seal.key_id)
-                    .bind(&seal.mac);
+            for chunk in runs.chunks(ROWS_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
+                     duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
+                    values_list(chunk.len(), 13)
+                );
+                let mut query = sqlx::query(&sql);
+                for (r, index_i64, seal) in chunk {
+                    query = query
+                        .bind(&r.event_id)
+                        .bind(&r.tenant)
+                        .bind(&r.capsule_id)
+                        .bind(&r.tool)
+                        .bind(&r.run_id)
+                        .bind(&r.outcome)
+                        .bind(r.started_at)
+                        .bind(r.duration_nanos)
+                        .bind(&r.recorded_by)
+                        .bind(*index_i64)
+                        .bind(seal.row_version)
+                        .bind(&seal.key_id)
+                        .bind(&seal.mac);
+                }
+                query.execute(&mut *tx).await?;
             }
-            query.execute(&mut *tx).await?;
-        }
-        if tree.size() > start {
-            let root = tree.root();
-            let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
-            let note = signer.sign(&checkpoint);
-            sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
+            for chunk in bills.chunks(ROWS_CHUNK) {
+                let sql = format!(
+                    "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
+                     fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
+                     mac_key_id, mac) VALUES {}",
+                    values_list(chunk.len(), 15)
+                );
+                let mut query = sqlx::query(&sql);
+                for (r, index_i64, seal) in chunk {
+                    query = query
+                        .bind(&r.event_id)
+                        .bind(&r.tenant)
+                        .bind(&r.tool)
+                        .bind(&r.tool_version)
+                        .bind(&r.currency)
+                        .bind(r.amount_micros)
+                        .bind(r.fuel_consumed)
+                        .bind(r.duration_micros)
+                        .bind(r.occurred_at)
+                        .bind(&r.run_id)
+                        .bind(&r.recorded_by)
+                        .bind(*index_i64)
+                        .bind(seal.row_version)
+                        .bind(&seal.key_id)
+                        .bind(&seal.mac);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            if tree.size() > start {
+                let root = tree.root();
+                let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
+                let note = signer.sign(&checkpoint);
+                sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
+                    .bind(to_i64(tree.size())?)
+                    .bind(root.as_bytes().to_vec())
+                    .bind(frontier_bytes(&tree))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
                 .bind(to_i64(tree.size())?)
                 .bind(root.as_bytes().to_vec())
-                .bind(frontier_bytes(&tree))
+                .bind(&note)
+                .bind(signer_key_id)
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(to_i64(tree.size())?)
-            .bind(root.as_bytes().to_vec())
-            .bind(&note)
-            .bind(signer_key_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Committed {
-            results,
-            start,
-            appended: new_leaves.iter().map(|(_, _, hash, _)| *hash).collect(),
-            head: tree,
-        })
-    })
+            }
+            tx.commit().await?;
+            Ok(Committed {
+                results,
+                start,
+                appended: new_leaves.iter().map(|(_, _, hash, _)| *hash).collect(),
+                head: tree,
+            })
+        }};
+    }
+    match connection {
+        Some(connection) => locked!(connection),
+        None => on_pool!(db, pool => locked!(pool)),
+    }
 }
 
 /// Start-up verification: leaves contiguous from 0 to the head's size, the
