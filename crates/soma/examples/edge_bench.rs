@@ -17,13 +17,13 @@
 //! - edge: `GET /v1/ledger/checkpoint` with `authorization: Bearer <HS256
 //!   token holding ledger:read>`, over HTTP/1.1 keep-alive (`--protocol h2c`
 //!   for HTTP/2 with prior knowledge on one connection instead): JWT,
-//!   residency, capability, kill switches, rate limit, transcoding, a claims
-//!   envelope signed per request and the mTLS hop to Analytics;
+//!   residency, capability, kill switches, rate limit, transcoding, the
+//!   claims envelope (signed anew when the one for these claims is half its
+//!   lifetime old) and the mTLS hop to Analytics;
 //! - direct: the same RPC over one mTLS HTTP/2 connection to the same
 //!   Analytics, from the gateway's SVID, carrying a claims envelope signed by
 //!   the same gateway key — what the gateway sends. The caller holds its
-//!   envelope and re-signs it every few seconds, so the baseline is the
-//!   backend's own cost and the edge is charged with its signing.
+//!   envelope and re-signs it every few seconds, as the edge does.
 //!
 //! - hop (a reference, not a baseline): the same HTTP client and route
 //!   against a bare axum server on its own thread that answers every request

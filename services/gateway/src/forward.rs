@@ -3,15 +3,17 @@
 //! Each call carries a `VerifiedClaims` envelope signed with the gateway's
 //! Ed25519 key for the target service only (audience = its SPIFFE ID), with a
 //! lifetime of at most 60 s, plus the request id and the moderation
-//! decision. Messages travel as encoded bytes: the edge transcodes JSON with
-//! the descriptors, so the forwarder needs no generated types.
+//! decision. An envelope is reused for requests with the same claims while
+//! it is younger than half its lifetime (see [`EnvelopeCache`]). Messages
+//! travel as encoded bytes: the edge transcodes JSON with the descriptors,
+//! so the forwarder needs no generated types.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf as _, BufMut as _, Bytes};
-use soma_auth::{CLAIMS_METADATA, ClaimsSigner, SIGNATURE_METADATA};
+use soma_auth::{CLAIMS_METADATA, ClaimsSigner, SIGNATURE_METADATA, SignedClaims};
 use soma_identity::{SpiffeId, SvidStore};
 use soma_mesh::{MeshChannel, Peers, ServiceKind};
 use soma_proto::v1::VerifiedClaims;
@@ -73,6 +75,7 @@ pub struct Backends {
     by_service: Arc<HashMap<&'static str, Backend>>,
     signer: Arc<ClaimsSigner>,
     ttl: Duration,
+    envelopes: Arc<EnvelopeCache>,
 }
 
 impl Backends {
@@ -105,6 +108,7 @@ impl Backends {
             by_service: Arc::new(by_service),
             signer: Arc::new(signer),
             ttl,
+            envelopes: Arc::new(EnvelopeCache::default()),
         })
     }
 
@@ -126,23 +130,32 @@ impl Backends {
             region: context.region.clone(),
             capabilities: context.capabilities.clone(),
             mfa: context.mfa,
-            request_id: context.request_id.as_str().to_owned(),
-            moderation_decision_id: context.moderation_decision_id.clone().unwrap_or_default(),
             ..Default::default()
         };
-        let sealed = self
-            .signer
-            .sign(claims, audience, self.ttl, SystemTime::now())
-            .map_err(|e| {
-                tracing::error!(error = %e, "claims envelope not signed");
-                tonic::Status::internal("the gateway could not seal the verified claims")
-            })?;
+        let sealed = match &context.moderation_decision_id {
+            // Admitted by a moderation decision: sealed for this request
+            // alone, with the decision and the request id.
+            Some(decision) => {
+                let claims = VerifiedClaims {
+                    request_id: context.request_id.as_str().to_owned(),
+                    moderation_decision_id: decision.clone(),
+                    ..claims
+                };
+                self.signer
+                    .sign(claims, audience, self.ttl, SystemTime::now())
+                    .map(|signed| Sealed::from(&signed))
+            }
+            None => self
+                .envelopes
+                .sealed(&self.signer, claims, audience, self.ttl, SystemTime::now()),
+        }
+        .map_err(|e| {
+            tracing::error!(error = %e, "claims envelope not signed");
+            tonic::Status::internal("the gateway could not seal the verified claims")
+        })?;
         let mut metadata = MetadataMap::new();
-        metadata.insert_bin(CLAIMS_METADATA, BinaryMetadataValue::from_bytes(&sealed.encoded));
-        metadata.insert_bin(
-            SIGNATURE_METADATA,
-            BinaryMetadataValue::from_bytes(&sealed.signature),
-        );
+        metadata.insert_bin(CLAIMS_METADATA, sealed.claims);
+        metadata.insert_bin(SIGNATURE_METADATA, sealed.signature);
         // Both values were validated as header-safe ASCII when accepted.
         if let Ok(v) = AsciiMetadataValue::try_from(context.request_id.as_str()) {
             metadata.insert(REQUEST_ID_HEADER, v);
@@ -153,5 +166,224 @@ impl Backends {
             metadata.insert(MODERATION_DECISION_METADATA, v);
         }
         Ok(metadata)
+    }
+}
+
+/// An envelope ready for the metadata of a call.
+#[derive(Clone, Debug)]
+struct Sealed {
+    claims: BinaryMetadataValue,
+    signature: BinaryMetadataValue,
+}
+
+impl From<&SignedClaims> for Sealed {
+    fn from(signed: &SignedClaims) -> Self {
+        Self {
+            claims: BinaryMetadataValue::from_bytes(&signed.encoded),
+            signature: BinaryMetadataValue::from_bytes(&signed.signature),
+        }
+    }
+}
+
+/// Envelopes most kept at once; a full cache is emptied and refilled.
+const MAX_CACHED_ENVELOPES: usize = 4096;
+
+/// Signed envelopes reused across requests with the same claims and
+/// audience, so that the edge does not pay an Ed25519 signature per request.
+///
+/// Reuse gives a backend nothing a fresh envelope would not: a backend
+/// accepts an envelope only over mTLS from the gateway's SPIFFE ID,
+/// addressed to itself, before its expiry, and a reused one is handed only
+/// to a request whose token passed the whole admission pipeline and whose
+/// claims are exactly the envelope's. Reuse stops when an envelope is half
+/// its lifetime old, so every receiver has at least that much left before
+/// expiry. A reused envelope carries no request id (the request id travels
+/// beside it, in `x-request-id`) and no moderation decision (a request
+/// admitted by one is sealed alone).
+#[derive(Debug, Default)]
+pub(crate) struct EnvelopeCache {
+    entries: std::sync::Mutex<HashMap<EnvelopeKey, Cached>>,
+}
+
+/// What an envelope says, besides its times and key id.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EnvelopeKey {
+    tenant: String,
+    subject: String,
+    region: String,
+    capabilities: Vec<String>,
+    mfa: bool,
+    audience: String,
+}
+
+#[derive(Debug)]
+struct Cached {
+    sealed: Sealed,
+    reuse_until: SystemTime,
+}
+
+impl EnvelopeCache {
+    /// The envelope of `claims` (no request id, no moderation decision) for
+    /// `audience`: a cached one while younger than half of `ttl`, else a new
+    /// one, signed now and cached.
+    fn sealed(
+        &self,
+        signer: &ClaimsSigner,
+        claims: VerifiedClaims,
+        audience: &SpiffeId,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Sealed, soma_auth::AuthError> {
+        let key = EnvelopeKey {
+            tenant: claims.tenant.clone(),
+            subject: claims.subject.clone(),
+            region: claims.region.clone(),
+            capabilities: claims.capabilities.clone(),
+            mfa: claims.mfa,
+            audience: audience.to_string(),
+        };
+        if let Some(cached) = self.lock().get(&key)
+            && now < cached.reuse_until
+            // A clock stepped back never extends an envelope's reuse.
+            && cached.reuse_until.duration_since(now).unwrap_or(Duration::MAX) <= ttl / 2
+        {
+            return Ok(cached.sealed.clone());
+        }
+        let sealed = Sealed::from(&signer.sign(claims, audience, ttl, now)?);
+        if let Some(reuse_until) = now.checked_add(ttl / 2) {
+            let mut entries = self.lock();
+            if entries.len() >= MAX_CACHED_ENVELOPES {
+                entries.clear();
+            }
+            entries.insert(
+                key,
+                Cached {
+                    sealed: sealed.clone(),
+                    reuse_until,
+                },
+            );
+        }
+        Ok(sealed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<EnvelopeKey, Cached>> {
+        // Entries are inserted whole: a panic elsewhere cannot leave one
+        // half-written, so a poisoned map is still sound.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use soma_auth::ClaimsVerifier;
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn claims(tenant: &str) -> VerifiedClaims {
+        VerifiedClaims {
+            tenant: tenant.to_owned(),
+            subject: "alice".to_owned(),
+            region: "eu-west-1".to_owned(),
+            capabilities: vec!["ledger:read".to_owned()],
+            mfa: false,
+            ..Default::default()
+        }
+    }
+
+    fn id(path: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://somastack.test{path}")).unwrap()
+    }
+
+    /// What the backend at `audience` makes of an envelope sent by the gateway.
+    fn received(
+        verifier: &ClaimsVerifier,
+        sealed: &Sealed,
+        now: SystemTime,
+    ) -> Result<Option<VerifiedClaims>, soma_auth::AuthError> {
+        let mut metadata = MetadataMap::new();
+        metadata.insert_bin(CLAIMS_METADATA, sealed.claims.clone());
+        metadata.insert_bin(SIGNATURE_METADATA, sealed.signature.clone());
+        verifier.verify(Some(&id("/svc/gateway")), &metadata.into_headers(), now)
+    }
+
+    #[test]
+    fn an_envelope_is_reused_for_the_same_claims_until_half_its_lifetime() {
+        let (signer, _) = ClaimsSigner::generate("gateway-1").unwrap();
+        let analytics = id("/svc/analytics");
+        let verifier = ClaimsVerifier::new(
+            id("/svc/gateway"),
+            analytics.clone(),
+            vec![("gateway-1".to_owned(), signer.public_key())],
+        );
+        let cache = EnvelopeCache::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let bytes = |s: &Sealed| (s.claims.to_bytes().unwrap(), s.signature.to_bytes().unwrap());
+
+        let first = cache
+            .sealed(&signer, claims("acme"), &analytics, TTL, t0)
+            .unwrap();
+        let seen = received(&verifier, &first, t0).unwrap().unwrap();
+        assert_eq!(seen.tenant, "acme");
+        assert_eq!(seen.request_id, "", "a reusable envelope names no request");
+        assert_eq!(seen.expires_at - seen.issued_at, 30);
+
+        // Same claims, same audience, younger than 15 s: the same bytes.
+        let later = t0 + Duration::from_secs(14);
+        let again = cache
+            .sealed(&signer, claims("acme"), &analytics, TTL, later)
+            .unwrap();
+        assert_eq!(bytes(&again), bytes(&first));
+        // Still valid at the backend for the other half of its lifetime.
+        assert!(
+            received(&verifier, &again, later + Duration::from_secs(15))
+                .unwrap()
+                .is_some()
+        );
+
+        // Other claims or another audience: another envelope.
+        let other = cache
+            .sealed(&signer, claims("globex"), &analytics, TTL, later)
+            .unwrap();
+        assert_ne!(bytes(&other), bytes(&first));
+        assert_eq!(
+            received(&verifier, &other, later).unwrap().unwrap().tenant,
+            "globex"
+        );
+        let mut more = claims("acme");
+        more.capabilities.push("ledger:export".to_owned());
+        assert_ne!(
+            bytes(&cache.sealed(&signer, more, &analytics, TTL, later).unwrap()),
+            bytes(&first)
+        );
+        let elsewhere = cache
+            .sealed(&signer, claims("acme"), &id("/svc/tool-registry"), TTL, later)
+            .unwrap();
+        assert_ne!(bytes(&elsewhere), bytes(&first));
+        assert!(
+            received(&verifier, &elsewhere, later).is_err(),
+            "addressed to another service"
+        );
+
+        // Half its lifetime old: signed anew.
+        let half = t0 + Duration::from_secs(15);
+        let renewed = cache
+            .sealed(&signer, claims("acme"), &analytics, TTL, half)
+            .unwrap();
+        assert_ne!(bytes(&renewed), bytes(&first));
+        assert_eq!(
+            received(&verifier, &renewed, half).unwrap().unwrap().issued_at,
+            1_800_000_015
+        );
+
+        // A clock stepped back never stretches the reuse of the newest one.
+        let back = half - Duration::from_secs(20);
+        let fresh = cache
+            .sealed(&signer, claims("acme"), &analytics, TTL, back)
+            .unwrap();
+        assert_ne!(bytes(&fresh), bytes(&renewed));
     }
 }
