@@ -1,11 +1,12 @@
 //! The persisted Merkle ledger: group-committed appends, start-up
 //! verification, checkpoints and proofs.
 //!
-//! One writer task per process takes every pending append it can (up to
-//! [`MAX_BATCH`]) and commits them in one transaction: each event gets the
-//! next index (the leaf table's primary key makes indices unique; the
-//! head's size makes them contiguous), its row and leaf are inserted, the
-//! head moves, and a signed checkpoint for the new size is stored. Only
+//! One writer per process, on a thread of its own, takes every pending
+//! append it can (up to [`MAX_BATCH`]) and commits them in one
+//! transaction: each event gets the next index (the leaf table's primary
+//! key makes indices unique; the head's size makes them contiguous), its
+//! row and leaf are inserted, the head moves, and a signed checkpoint for
+//! the new size is stored. Only
 //! after the commit is any caller acknowledged, so an acknowledged append is
 //! durable, and a crash before it leaves nothing behind.
 //!
@@ -90,7 +91,7 @@ struct Prepared {
     seal: Option<crate::rows::Seal>,
 }
 
-/// Handle to the ledger: appends go to the writer task, reads go to the
+/// Handle to the ledger: appends go to the writer, reads go to the
 /// database directly.
 #[derive(Clone)]
 pub(crate) struct Ledger {
@@ -116,7 +117,7 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Verifies the stored ledger and starts the writer task.
+    /// Verifies the stored ledger and starts the writer on its thread.
     pub(crate) async fn open(
         db: Database,
         keys: Arc<HmacKeyring>,
