@@ -485,36 +485,41 @@ impl Committer {
     /// Commits a batch and answers each of its callers.
     async fn settle(&mut self, batch: Vec<Append>) {
         let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
-        let expected = self.head.take();
-        let outcome = match expected {
-            Some(head) if fast_path_applies(&self.db, &rows) => match self.connection().await {
-                Err(e) => Err(e),
-                Ok(mut connection) => {
-                    match commit_expecting(&mut connection, &self.signer, &self.signer_key_id, head, &rows)
-                        .await
-                    {
-                        Ok(Some(committed)) => {
-                            self.connection = Some(connection);
-                            self.head = Some(committed.head.clone());
-                            Ok(committed)
-                        }
-                        // The head moved (another process appended) or an
-                        // event id is already stored (a retry): the locked
-                        // path reads both under the head's lock and decides.
-                        Ok(None) => {
-                            self.connection = Some(connection);
-                            self.commit_locked(&rows).await
-                        }
-                        // The connection may be what failed: it is dropped,
-                        // and the next batch opens another.
-                        Err(e) => Err(e),
-                    }
-                }
-            },
-            _ => self.commit_locked(&rows).await,
+        let fast = match self.head.take() {
+            Some(head) if fast_path_applies(&self.db, &rows) => self.commit_fast(head, &rows).await,
+            _ => Ok(None),
+        };
+        let outcome = match fast {
+            Ok(Some(committed)) => Ok(committed),
+            // No single-statement path for this batch, or the head moved
+            // (another process appended), or an event id is already stored
+            // (a retry): the locked path reads both under the head's lock
+            // and decides.
+            Ok(None) => self.commit_locked(&rows).await,
+            Err(e) => Err(e),
         };
         drop(rows);
+        // After a failure only the stored head is known: the next batch
+        // takes the locked path, which reads it.
+        self.head = outcome.as_ref().ok().map(|c| c.head.clone());
         self.answer(batch, outcome).await;
+    }
+
+    /// The single-statement path on the writer's own connection, laid on
+    /// `head` (see [`commit_expecting`]).
+    async fn commit_fast(
+        &mut self,
+        head: CompactTree,
+        rows: &[(&NewRow, &Prepared)],
+    ) -> Result<Option<Committed>, AnalyticsError> {
+        let mut connection = self.connection().await?;
+        let outcome = commit_expecting(&mut connection, &self.signer, &self.signer_key_id, head, rows).await;
+        // The connection may be what failed: it is dropped, and the next
+        // batch opens another.
+        if outcome.is_ok() {
+            self.connection = Some(connection);
+        }
+        outcome
     }
 
     /// The writer's own PostgreSQL connection, opened on the writer's
@@ -532,29 +537,10 @@ impl Committer {
     }
 
     /// The general path: under the head's lock, with the stored event ids
-    /// looked up first.
+    /// looked up first; on PostgreSQL on the writer's own connection.
     async fn commit_locked(&mut self, rows: &[(&NewRow, &Prepared)]) -> Result<Committed, AnalyticsError> {
-        let outcome = if self.db.as_postgres().is_some() {
-            match self.connection().await {
-                Ok(mut connection) => {
-                    let outcome = commit(
-                        &self.db,
-                        Some(&mut connection),
-                        &self.keys,
-                        &self.signer,
-                        &self.signer_key_id,
-                        rows,
-                    )
-                    .await;
-                    if outcome.is_ok() {
-                        self.connection = Some(connection);
-                    }
-                    outcome
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            commit(
+        if self.db.as_postgres().is_none() {
+            return commit(
                 &self.db,
                 None,
                 &self.keys,
@@ -562,9 +548,21 @@ impl Committer {
                 &self.signer_key_id,
                 rows,
             )
-            .await
-        };
-        self.head = outcome.as_ref().ok().map(|c| c.head.clone());
+            .await;
+        }
+        let mut connection = self.connection().await?;
+        let outcome = commit(
+            &self.db,
+            Some(&mut connection),
+            &self.keys,
+            &self.signer,
+            &self.signer_key_id,
+            rows,
+        )
+        .await;
+        if outcome.is_ok() {
+            self.connection = Some(connection);
+        }
         outcome
     }
 
