@@ -124,13 +124,13 @@ impl Backends {
         context: &RequestContext,
         audience: &SpiffeId,
     ) -> Result<MetadataMap, tonic::Status> {
-        let claims = VerifiedClaims {
+        let key = EnvelopeKey {
             tenant: context.tenant.clone(),
             subject: context.subject.clone(),
             region: context.region.clone(),
             capabilities: context.capabilities.clone(),
             mfa: context.mfa,
-            ..Default::default()
+            audience: audience.clone(),
         };
         let sealed = match &context.moderation_decision_id {
             // Admitted by a moderation decision: sealed for this request
@@ -139,7 +139,7 @@ impl Backends {
                 let claims = VerifiedClaims {
                     request_id: context.request_id.as_str().to_owned(),
                     moderation_decision_id: decision.clone(),
-                    ..claims
+                    ..key.claims()
                 };
                 self.signer
                     .sign(claims, audience, self.ttl, SystemTime::now())
@@ -147,7 +147,7 @@ impl Backends {
             }
             None => self
                 .envelopes
-                .sealed(&self.signer, claims, audience, self.ttl, SystemTime::now()),
+                .sealed(&self.signer, key, self.ttl, SystemTime::now()),
         }
         .map_err(|e| {
             tracing::error!(error = %e, "claims envelope not signed");
@@ -205,7 +205,8 @@ pub(crate) struct EnvelopeCache {
     entries: std::sync::Mutex<HashMap<EnvelopeKey, Cached>>,
 }
 
-/// What an envelope says, besides its times and key id.
+/// What an envelope says, besides its times, key id, request id and
+/// moderation decision.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct EnvelopeKey {
     tenant: String,
@@ -213,7 +214,21 @@ struct EnvelopeKey {
     region: String,
     capabilities: Vec<String>,
     mfa: bool,
-    audience: String,
+    audience: SpiffeId,
+}
+
+impl EnvelopeKey {
+    /// The claims to sign (the signer sets audience, times and key id).
+    fn claims(&self) -> VerifiedClaims {
+        VerifiedClaims {
+            tenant: self.tenant.clone(),
+            subject: self.subject.clone(),
+            region: self.region.clone(),
+            capabilities: self.capabilities.clone(),
+            mfa: self.mfa,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -223,25 +238,15 @@ struct Cached {
 }
 
 impl EnvelopeCache {
-    /// The envelope of `claims` (no request id, no moderation decision) for
-    /// `audience`: a cached one while younger than half of `ttl`, else a new
-    /// one, signed now and cached.
+    /// The envelope of `key`'s claims for its audience: a cached one while
+    /// younger than half of `ttl`, else a new one, signed now and cached.
     fn sealed(
         &self,
         signer: &ClaimsSigner,
-        claims: VerifiedClaims,
-        audience: &SpiffeId,
+        key: EnvelopeKey,
         ttl: Duration,
         now: SystemTime,
     ) -> Result<Sealed, soma_auth::AuthError> {
-        let key = EnvelopeKey {
-            tenant: claims.tenant.clone(),
-            subject: claims.subject.clone(),
-            region: claims.region.clone(),
-            capabilities: claims.capabilities.clone(),
-            mfa: claims.mfa,
-            audience: audience.to_string(),
-        };
         if let Some(cached) = self.lock().get(&key)
             && now < cached.reuse_until
             // A clock stepped back never extends an envelope's reuse.
@@ -249,7 +254,7 @@ impl EnvelopeCache {
         {
             return Ok(cached.sealed.clone());
         }
-        let sealed = Sealed::from(&signer.sign(claims, audience, ttl, now)?);
+        let sealed = Sealed::from(&signer.sign(key.claims(), &key.audience, ttl, now)?);
         if let Some(reuse_until) = now.checked_add(ttl / 2) {
             let mut entries = self.lock();
             if entries.len() >= MAX_CACHED_ENVELOPES {
@@ -283,14 +288,14 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(30);
 
-    fn claims(tenant: &str) -> VerifiedClaims {
-        VerifiedClaims {
+    fn key(tenant: &str, audience: &SpiffeId) -> EnvelopeKey {
+        EnvelopeKey {
             tenant: tenant.to_owned(),
             subject: "alice".to_owned(),
             region: "eu-west-1".to_owned(),
             capabilities: vec!["ledger:read".to_owned()],
             mfa: false,
-            ..Default::default()
+            audience: audience.clone(),
         }
     }
 
@@ -323,9 +328,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let bytes = |s: &Sealed| (s.claims.to_bytes().unwrap(), s.signature.to_bytes().unwrap());
 
-        let first = cache
-            .sealed(&signer, claims("acme"), &analytics, TTL, t0)
-            .unwrap();
+        let first = cache.sealed(&signer, key("acme", &analytics), TTL, t0).unwrap();
         let seen = received(&verifier, &first, t0).unwrap().unwrap();
         assert_eq!(seen.tenant, "acme");
         assert_eq!(seen.request_id, "", "a reusable envelope names no request");
@@ -334,7 +337,7 @@ mod tests {
         // Same claims, same audience, younger than 15 s: the same bytes.
         let later = t0 + Duration::from_secs(14);
         let again = cache
-            .sealed(&signer, claims("acme"), &analytics, TTL, later)
+            .sealed(&signer, key("acme", &analytics), TTL, later)
             .unwrap();
         assert_eq!(bytes(&again), bytes(&first));
         // Still valid at the backend for the other half of its lifetime.
@@ -346,21 +349,21 @@ mod tests {
 
         // Other claims or another audience: another envelope.
         let other = cache
-            .sealed(&signer, claims("globex"), &analytics, TTL, later)
+            .sealed(&signer, key("globex", &analytics), TTL, later)
             .unwrap();
         assert_ne!(bytes(&other), bytes(&first));
         assert_eq!(
             received(&verifier, &other, later).unwrap().unwrap().tenant,
             "globex"
         );
-        let mut more = claims("acme");
+        let mut more = key("acme", &analytics);
         more.capabilities.push("ledger:export".to_owned());
         assert_ne!(
-            bytes(&cache.sealed(&signer, more, &analytics, TTL, later).unwrap()),
+            bytes(&cache.sealed(&signer, more, TTL, later).unwrap()),
             bytes(&first)
         );
         let elsewhere = cache
-            .sealed(&signer, claims("acme"), &id("/svc/tool-registry"), TTL, later)
+            .sealed(&signer, key("acme", &id("/svc/tool-registry")), TTL, later)
             .unwrap();
         assert_ne!(bytes(&elsewhere), bytes(&first));
         assert!(
@@ -370,9 +373,7 @@ mod tests {
 
         // Half its lifetime old: signed anew.
         let half = t0 + Duration::from_secs(15);
-        let renewed = cache
-            .sealed(&signer, claims("acme"), &analytics, TTL, half)
-            .unwrap();
+        let renewed = cache.sealed(&signer, key("acme", &analytics), TTL, half).unwrap();
         assert_ne!(bytes(&renewed), bytes(&first));
         assert_eq!(
             received(&verifier, &renewed, half).unwrap().unwrap().issued_at,
@@ -381,9 +382,7 @@ mod tests {
 
         // A clock stepped back never stretches the reuse of the newest one.
         let back = half - Duration::from_secs(20);
-        let fresh = cache
-            .sealed(&signer, claims("acme"), &analytics, TTL, back)
-            .unwrap();
+        let fresh = cache.sealed(&signer, key("acme", &analytics), TTL, back).unwrap();
         assert_ne!(bytes(&fresh), bytes(&renewed));
     }
 }
