@@ -28,7 +28,7 @@ mod settings;
 pub use admin::{AdminServer, Readiness};
 pub use authz::{AuthzLayer, REASON_METADATA};
 pub use caller::{Caller, PeerInfo};
-pub use client::{MeshChannel, channel};
+pub use client::{MeshChannel, MeshConnector, channel};
 pub use error::MeshError;
 pub use metrics::Metrics;
 pub use server::{Application, ServiceSpec, builtin_policies};

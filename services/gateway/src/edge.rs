@@ -532,17 +532,24 @@ async fn dispatch(
         s
     })?;
     let metadata = state.backends.metadata(&context, &backend.id)?;
-    let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
-    let grpc = tonic::client::Grpc::new(backend.channel.clone());
-    call(grpc, route.server_streaming, request, path)
-        .await
-        .inspect_err(|status| {
-            if status.code() == tonic::Code::Unavailable
-                && status.metadata().get(soma_mesh::REASON_METADATA).is_none()
-            {
-                tracing::warn!(backend = %backend.id, message = %status.message(), "backend not reachable");
-            }
-        })
+    let reply = if route.server_streaming {
+        let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
+        let grpc = tonic::client::Grpc::new(backend.channel.clone());
+        call(grpc, true, request, path).await
+    } else {
+        backend
+            .relay
+            .call(path, metadata.into_headers(), message)
+            .await
+            .map(Reply::Unary)
+    };
+    reply.inspect_err(|status| {
+        if status.code() == tonic::Code::Unavailable
+            && status.metadata().get(soma_mesh::REASON_METADATA).is_none()
+        {
+            tracing::warn!(backend = %backend.id, message = %status.message(), "backend not reachable");
+        }
+    })
 }
 
 /// One call of `path` on `grpc` (a backend channel or the in-process

@@ -15,12 +15,13 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf as _, BufMut as _, Bytes};
 use soma_auth::{CLAIMS_METADATA, ClaimsSigner, SIGNATURE_METADATA, SignedClaims};
 use soma_identity::{SpiffeId, SvidStore};
-use soma_mesh::{MeshChannel, Peers, ServiceKind};
+use soma_mesh::{MeshChannel, MeshConnector, Peers, ServiceKind};
 use soma_proto::v1::VerifiedClaims;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
 
 use crate::context::{MODERATION_DECISION_METADATA, REQUEST_ID_HEADER, RequestContext};
+use crate::relay::UnaryRelay;
 
 /// A codec passing encoded protobuf messages through unchanged.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,11 +61,16 @@ impl Decoder for BytesCodec {
     }
 }
 
-/// One backend: its channel and the SPIFFE ID its envelopes are addressed to.
+/// One backend: its channel, the edge's unary relay to it, and the SPIFFE
+/// ID its envelopes are addressed to.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    /// The mTLS channel (connects lazily, verifies the server's SPIFFE ID).
+    /// The mTLS channel (connects lazily, verifies the server's SPIFFE ID):
+    /// typed clients and server streams.
     pub channel: MeshChannel,
+    /// Unary calls relayed by the edge (its own mTLS connection, dialed
+    /// lazily by the same rules).
+    pub relay: Arc<UnaryRelay>,
     /// The backend's SPIFFE ID.
     pub id: SpiffeId,
 }
@@ -80,12 +86,14 @@ pub struct Backends {
 
 impl Backends {
     /// Channels to every configured peer (the gateway itself excluded: its
-    /// own methods are served in-process).
+    /// own methods are served in-process); relayed replies are limited to
+    /// `max_reply_bytes`.
     pub fn new(
         store: &Arc<SvidStore>,
         peers: &Peers,
         signer: ClaimsSigner,
         ttl: Duration,
+        max_reply_bytes: usize,
     ) -> Result<Self, soma_mesh::MeshError> {
         let mut by_service = HashMap::new();
         let td = store.own_id().trust_domain().clone();
@@ -102,7 +110,9 @@ impl Backends {
                 }
             })?;
             let channel = soma_mesh::channel(Arc::clone(store), addr.clone(), id.clone())?;
-            by_service.insert(kind.grpc_name(), Backend { channel, id });
+            let connector = MeshConnector::new(Arc::clone(store), addr.clone(), id.clone())?;
+            let relay = Arc::new(UnaryRelay::new(connector, max_reply_bytes)?);
+            by_service.insert(kind.grpc_name(), Backend { channel, relay, id });
         }
         Ok(Self {
             by_service: Arc::new(by_service),

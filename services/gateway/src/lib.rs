@@ -7,7 +7,8 @@
 //! through one admission pipeline — JWT, residency, capability and MFA, kill
 //! switches, moderation, rate limit — before any backend is contacted. An
 //! admitted request is forwarded over mTLS with a `VerifiedClaims` envelope
-//! signed by the gateway for that backend alone.
+//! signed by the gateway for that backend alone: unary calls through the
+//! edge's own relay ([`relay`]), server streams through tonic channels.
 //!
 //! It does not execute capsules: `RunCapsule` moderates its input, then
 //! answers `UNIMPLEMENTED` until ToolRegistry executes tools.
@@ -28,6 +29,7 @@ pub mod killswitch;
 pub mod moderation;
 pub mod openapi;
 pub mod ratelimit;
+pub mod relay;
 pub mod routes;
 pub mod service;
 pub mod transcode;
@@ -208,7 +210,13 @@ impl Gateway {
                 let local_addr = listener
                     .local_addr()
                     .map_err(|source| BuildError::Bind { addr, source })?;
-                let backends = forward::Backends::new(store, peers, signer, config.envelope_ttl)?;
+                let backends = forward::Backends::new(
+                    store,
+                    peers,
+                    signer,
+                    config.envelope_ttl,
+                    limits.max_recv_message_bytes,
+                )?;
                 let info = openapi::OpenApiInfo {
                     title: "SomaStack".to_owned(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
