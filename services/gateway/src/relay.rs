@@ -25,6 +25,7 @@
 //! [`KEEPALIVE_INTERVAL`]; one unanswered for [`KEEPALIVE_TIMEOUT`] closes
 //! the connection, so a vanished peer fails calls instead of hanging them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,8 +57,11 @@ pub struct UnaryRelay {
     connector: MeshConnector,
     authority: Authority,
     max_reply_bytes: usize,
-    /// The live connection's request handle, if one is up.
-    sender: Mutex<Option<SendRequest<Bytes>>>,
+    /// The live connection, if one is up.
+    live: Mutex<Option<Live>>,
+    /// Numbers the connections, so that a caller forgets only the one it
+    /// found closed, never a newer one another caller has just made.
+    dialed: AtomicU64,
     /// Held while dialing, so that concurrent callers share one dial.
     dialing: tokio::sync::Mutex<()>,
 }
@@ -75,7 +79,8 @@ impl UnaryRelay {
             connector,
             authority,
             max_reply_bytes,
-            sender: Mutex::new(None),
+            live: Mutex::new(None),
+            dialed: AtomicU64::new(0),
             dialing: tokio::sync::Mutex::new(()),
         })
     }
@@ -90,9 +95,9 @@ impl UnaryRelay {
     ) -> Result<Bytes, tonic::Status> {
         let request = self.request(path, metadata)?;
         let framed = frame(&message)?;
-        let mut sender = self.ready().await?;
-        let (reply, mut stream) = sender.send_request(request, false).map_err(|e| {
-            self.forget();
+        let mut live = self.ready().await?;
+        let (reply, mut stream) = live.sender.send_request(request, false).map_err(|e| {
+            self.forget(live.number);
             not_reachable(&e.to_string())
         })?;
         // Let the connection task write the head now: the backend starts
@@ -132,35 +137,42 @@ impl UnaryRelay {
     /// A connection ready for one more stream: the live one, or, when there
     /// is none or it has closed, a new one. A request is opened only on a
     /// ready connection, so a closed one never swallows a request.
-    async fn ready(&self) -> Result<SendRequest<Bytes>, tonic::Status> {
-        if let Some(live) = self.current() {
-            match live.ready().await {
-                Ok(ready) => return Ok(ready),
+    async fn ready(&self) -> Result<Live, tonic::Status> {
+        if let Some(Live { number, sender }) = self.current() {
+            match sender.ready().await {
+                Ok(sender) => return Ok(Live { number, sender }),
                 Err(e) => {
                     tracing::debug!(peer = %self.connector.expected(), error = %e, "backend connection closed; dialing anew");
-                    self.forget();
+                    self.forget(number);
                 }
             }
         }
-        let fresh = self.dial().await?;
-        fresh.ready().await.map_err(|e| {
-            self.forget();
-            not_reachable(&e.to_string())
-        })
+        let Live { number, sender } = self.dial().await?;
+        match sender.ready().await {
+            Ok(sender) => Ok(Live { number, sender }),
+            Err(e) => {
+                self.forget(number);
+                Err(not_reachable(&e.to_string()))
+            }
+        }
     }
 
-    fn current(&self) -> Option<SendRequest<Bytes>> {
-        self.sender.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    fn current(&self) -> Option<Live> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn forget(&self) {
-        *self.sender.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    /// Forgets connection `number` if it is still the live one.
+    fn forget(&self, number: u64) {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if live.as_ref().is_some_and(|l| l.number == number) {
+            *live = None;
+        }
     }
 
     /// A new connection, unless another caller made one while this one
     /// waited for the dial lock (closed connections are forgotten before
     /// anyone dials, so one found here is new).
-    async fn dial(&self) -> Result<SendRequest<Bytes>, tonic::Status> {
+    async fn dial(&self) -> Result<Live, tonic::Status> {
         let _dialing = self.dialing.lock().await;
         if let Some(made) = self.current() {
             return Ok(made);
@@ -180,9 +192,20 @@ impl UnaryRelay {
             .map_err(|e| not_reachable(&e.to_string()))?;
         let ping = connection.ping_pong();
         tokio::spawn(drive(connection, ping, self.connector.expected().to_string()));
-        *self.sender.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
-        Ok(sender)
+        let live = Live {
+            number: self.dialed.fetch_add(1, Ordering::Relaxed),
+            sender,
+        };
+        *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(live.clone());
+        Ok(live)
     }
+}
+
+/// One connection's request handle and its number.
+#[derive(Clone, Debug)]
+struct Live {
+    number: u64,
+    sender: SendRequest<Bytes>,
 }
 
 /// The backend cannot be reached.
