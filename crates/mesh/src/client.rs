@@ -62,6 +62,14 @@ impl MeshConnector {
         &self.expected
     }
 
+    /// A [`MeshError::Channel`] naming this peer.
+    pub fn channel_error(&self, reason: impl std::fmt::Display) -> MeshError {
+        MeshError::Channel {
+            target: format!("{} at {}", self.expected, self.addr),
+            reason: reason.to_string(),
+        }
+    }
+
     /// One new authenticated connection.
     pub async fn connect(&self) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr.as_str()).await?;
@@ -98,10 +106,7 @@ pub fn channel(
     // The URI only names the :authority; the connector decides where the
     // bytes go and how the peer is authenticated.
     let endpoint = Endpoint::from_shared(format!("http://{}", connector.addr))
-        .map_err(|e| MeshError::Channel {
-            target: format!("{} at {}", connector.expected, connector.addr),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| connector.channel_error(e))?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_while_idle(true);

@@ -66,7 +66,7 @@ impl Decoder for BytesCodec {
 #[derive(Clone, Debug)]
 pub struct Backend {
     /// The mTLS channel (connects lazily, verifies the server's SPIFFE ID):
-    /// typed clients and server streams.
+    /// server streams.
     pub channel: MeshChannel,
     /// Unary calls relayed by the edge (its own mTLS connection, dialed
     /// lazily by the same rules).

@@ -8,7 +8,7 @@
 //! about a quarter (`scripts/bench/edge.sh`). The call's head is written as
 //! soon as it is opened, so the backend checks the call while the message
 //! follows; the message travels in one DATA frame that ends the stream.
-//! Server streams (exports) and typed calls still use the tonic channel.
+//! Server streams (exports) still use the backend's tonic channel.
 //!
 //! The reply is read as the gRPC over HTTP/2 protocol defines it
 //! (`PROTOCOL-HTTP2.md`): a non-200 HTTP status without `grpc-status` maps
@@ -71,10 +71,7 @@ impl UnaryRelay {
     /// call) accepting replies of at most `max_reply_bytes`.
     pub fn new(connector: MeshConnector, max_reply_bytes: usize) -> Result<Self, soma_mesh::MeshError> {
         let authority =
-            Authority::try_from(connector.addr().as_str()).map_err(|e| soma_mesh::MeshError::Channel {
-                target: format!("{} at {}", connector.expected(), connector.addr()),
-                reason: e.to_string(),
-            })?;
+            Authority::try_from(connector.addr().as_str()).map_err(|e| connector.channel_error(e))?;
         Ok(Self {
             connector,
             authority,
@@ -138,21 +135,29 @@ impl UnaryRelay {
     /// is none or it has closed, a new one. A request is opened only on a
     /// ready connection, so a closed one never swallows a request.
     async fn ready(&self) -> Result<Live, tonic::Status> {
-        if let Some(Live { number, sender }) = self.current() {
-            match sender.ready().await {
-                Ok(sender) => return Ok(Live { number, sender }),
+        if let Some(live) = self.current() {
+            match self.ready_or_forget(live).await {
+                Ok(ready) => return Ok(ready),
                 Err(e) => {
                     tracing::debug!(peer = %self.connector.expected(), error = %e, "backend connection closed; dialing anew");
-                    self.forget(number);
                 }
             }
         }
-        let Live { number, sender } = self.dial().await?;
+        let fresh = self.dial().await?;
+        self.ready_or_forget(fresh)
+            .await
+            .map_err(|e| not_reachable(&e.to_string()))
+    }
+
+    /// `live` once it can take one more stream; a connection that has
+    /// closed is forgotten.
+    async fn ready_or_forget(&self, live: Live) -> Result<Live, h2::Error> {
+        let Live { number, sender } = live;
         match sender.ready().await {
             Ok(sender) => Ok(Live { number, sender }),
             Err(e) => {
                 self.forget(number);
-                Err(not_reachable(&e.to_string()))
+                Err(e)
             }
         }
     }
@@ -214,37 +219,21 @@ fn not_reachable(reason: &str) -> tonic::Status {
 }
 
 /// Runs one connection until it ends, probing it with PINGs.
-async fn drive<T>(connection: h2::client::Connection<T, Bytes>, ping: Option<h2::PingPong>, peer: String)
+async fn drive<T>(connection: h2::client::Connection<T, Bytes>, mut ping: Option<h2::PingPong>, peer: String)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     tokio::pin!(connection);
-    let Some(mut ping) = ping else {
-        if let Err(e) = connection.await {
-            tracing::debug!(peer, error = %e, "backend connection ended");
-        }
-        return;
-    };
-    loop {
+    let ended = loop {
         tokio::select! {
-            ended = &mut connection => {
-                if let Err(e) = ended {
-                    tracing::debug!(peer, error = %e, "backend connection ended");
-                }
-                return;
-            }
-            () = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
+            ended = &mut connection => break ended,
+            () = tokio::time::sleep(KEEPALIVE_INTERVAL), if ping.is_some() => {}
         }
+        let Some(ping) = ping.as_mut() else { continue };
         let pong = tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque()));
-        tokio::pin!(pong);
         tokio::select! {
-            ended = &mut connection => {
-                if let Err(e) = ended {
-                    tracing::debug!(peer, error = %e, "backend connection ended");
-                }
-                return;
-            }
-            answered = &mut pong => match answered {
+            ended = &mut connection => break ended,
+            answered = pong => match answered {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(peer, error = %e, "backend connection dropped: ping failed");
@@ -256,6 +245,9 @@ where
                 }
             },
         }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(peer, error = %e, "backend connection ended");
     }
 }
 
