@@ -5,9 +5,9 @@
 //! needs none of what sits between a tonic client and its HTTP/2 connection
 //! (a buffer task with its own queue, tower layers, body and codec
 //! adaptors), and skipping them cuts the edge's CPU per forwarded request by
-//! about a quarter (`scripts/bench/edge.sh`). The call's head is written as
-//! soon as it is opened, so the backend checks the call while the message
-//! follows; the message travels in one DATA frame that ends the stream.
+//! about a quarter (`scripts/bench/edge.sh`). The call's head and its
+//! message (one DATA frame that ends the stream) leave in one write, so the
+//! backend is woken once per call and the edge makes one system call.
 //! Server streams (exports) still use the backend's tonic channel.
 //!
 //! The reply is read as the gRPC over HTTP/2 protocol defines it
@@ -97,14 +97,9 @@ impl UnaryRelay {
             self.forget(live.number);
             not_reachable(&e.to_string())
         })?;
-        // Let the connection task write the head now: the backend starts
-        // checking the call (its policy, the envelope's signature) while
-        // the message follows. One write for both saves a syscall here but
-        // costs more in latency than it saves, as the backend then starts
-        // only when everything has arrived.
-        tokio::task::yield_now().await;
         // Capacity comes from the fresh stream's window at once: the DATA
-        // frame is queued with END_STREAM and nothing waits for a grant.
+        // frame is queued with END_STREAM behind the head, nothing waits for
+        // a grant, and the connection task writes both in one flush.
         stream.send_data(framed, true).map_err(|e| stream_status(&e))?;
         read_reply(reply, self.max_reply_bytes).await
     }
