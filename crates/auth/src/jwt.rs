@@ -365,11 +365,7 @@ impl<'a> CompactJws<'a> {
     /// object, with the same reason.
     fn parse(token: &'a str) -> Result<Self, JwtError> {
         let bytes = token.as_bytes();
-        let mut dots = bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'.')
-            .map(|(i, _)| i);
+        let mut dots = memchr::memchr_iter(b'.', bytes);
         let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
             return Err(JwtError::Malformed("not three dot-separated parts"));
         };
