@@ -65,11 +65,20 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
         .unwrap()
         .into_inner();
     assert_eq!(checkpoint.tree_size, 0);
+    // The client's own deadline travels with the call.
+    let mut request = with_token(soma_proto::v1::LedgerCheckpointRequest {}, Some(&token));
+    request.set_timeout(Duration::from_secs(5));
+    let checkpoint = analytics_client
+        .ledger_checkpoint(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checkpoint.tree_size, 0);
     assert_eq!(
         analytics
             .metrics
             .dispatched_count("/somastack.v1.Analytics/LedgerCheckpoint"),
-        1
+        2
     );
 
     // A server stream relayed message by message.
@@ -133,6 +142,20 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
         if code == tonic::Code::Unauthenticated {
             assert!(err.metadata().get("www-authenticate").is_some());
         }
+    }
+    // A grpc-timeout that is not one (nine digits, no unit, a lowercase
+    // unit) is refused as gRPC servers refuse it, before admission.
+    for bad in ["123456789m", "10", "5s"] {
+        let mut request = with_token(soma_proto::v1::LedgerCheckpointRequest {}, Some(&token));
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", bad.parse().unwrap());
+        let err = analytics_client.ledger_checkpoint(request).await.unwrap_err();
+        assert_eq!(
+            (err.code(), reason(&err)),
+            (tonic::Code::Internal, "malformed_grpc_timeout"),
+            "{bad}: {err:?}"
+        );
     }
     assert_eq!(
         analytics

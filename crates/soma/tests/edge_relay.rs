@@ -33,8 +33,12 @@ struct Backend {
     addr: SocketAddr,
     /// TCP connections accepted so far.
     connections: Arc<AtomicUsize>,
+    /// What each `Hang` call saw: its `grpc-timeout` and how its stream ended.
+    hung: Hung,
     tasks: JoinSet<()>,
 }
+
+type Hung = Arc<std::sync::Mutex<Vec<(String, Option<h2::Reason>)>>>;
 
 impl Backend {
     async fn start(store: Arc<SvidStore>, listener: TcpListener) -> Self {
@@ -42,6 +46,8 @@ impl Backend {
         let acceptor = tokio_rustls::TlsAcceptor::from(soma_identity::server_config(store).unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&connections);
+        let hung = Hung::default();
+        let seen = Arc::clone(&hung);
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
@@ -51,6 +57,7 @@ impl Backend {
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
+                let seen = Arc::clone(&seen);
                 conns.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -59,7 +66,7 @@ impl Backend {
                         return;
                     };
                     while let Some(Ok((request, respond))) = h2.accept().await {
-                        tokio::spawn(answer(request, respond));
+                        tokio::spawn(answer(request, respond, Arc::clone(&seen)));
                     }
                 });
             }
@@ -67,6 +74,7 @@ impl Backend {
         Self {
             addr,
             connections,
+            hung,
             tasks,
         }
     }
@@ -108,7 +116,11 @@ fn trailers(status: &str, message: Option<&str>) -> HeaderMap {
 
 /// The server side of one call: reads the request message, checks the
 /// request's head, then answers as the path says.
-async fn answer(request: http::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+async fn answer(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    hung: Hung,
+) {
     let (head, mut body) = request.into_parts();
     let mut received = BytesMut::new();
     while let Some(Ok(chunk)) = body.data().await {
@@ -121,6 +133,8 @@ async fn answer(request: http::Request<h2::RecvStream>, mut respond: h2::server:
             .get("content-type")
             .is_some_and(|v| v == "application/grpc")
         && head.headers.get("te").is_some_and(|v| v == "trailers")
+        // Every relayed call carries its deadline.
+        && head.headers.get("grpc-timeout").is_some()
         && received.len() >= 5
         && received[0] == 0;
     let ok = grpc_head(StatusCode::OK, "application/grpc");
@@ -236,6 +250,16 @@ async fn answer(request: http::Request<h2::RecvStream>, mut respond: h2::server:
             s.send_data(grpc_frame(0, &vec![7u8; MAX_REPLY]), false).unwrap();
             s.send_trailers(trailers("0", None)).unwrap();
         }
+        "/t.S/Hang" => {
+            // Never answers: waits for the caller to give the call up.
+            let timeout = head
+                .headers
+                .get("grpc-timeout")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            let ended = std::future::poll_fn(|cx| respond.poll_reset(cx)).await.ok();
+            hung.lock().unwrap().push((timeout, ended));
+        }
         "/t.S/Refused" => respond.send_reset(h2::Reason::REFUSED_STREAM),
         "/t.S/Calm" => respond.send_reset(h2::Reason::ENHANCE_YOUR_CALM),
         "/t.S/Cancel" => respond.send_reset(h2::Reason::CANCEL),
@@ -249,12 +273,25 @@ async fn answer(request: http::Request<h2::RecvStream>, mut respond: h2::server:
 }
 
 fn relay(ca: &Ca, addr: SocketAddr, expected: &str) -> UnaryRelay {
+    relay_with_timeout(ca, addr, expected, Duration::from_secs(30))
+}
+
+fn relay_with_timeout(ca: &Ca, addr: SocketAddr, expected: &str, timeout: Duration) -> UnaryRelay {
     let store = ca.store("/svc/gateway", Duration::from_secs(3600));
     let connector = MeshConnector::new(store, addr, ca.id(expected)).unwrap();
-    UnaryRelay::new(connector, MAX_REPLY).unwrap()
+    UnaryRelay::new(connector, MAX_REPLY, timeout).unwrap()
 }
 
 async fn call(relay: &UnaryRelay, method: &str, message: &'static [u8]) -> Result<Bytes, tonic::Status> {
+    call_within(relay, method, message, None).await
+}
+
+async fn call_within(
+    relay: &UnaryRelay,
+    method: &str,
+    message: &'static [u8],
+    deadline: Option<Duration>,
+) -> Result<Bytes, tonic::Status> {
     let mut metadata = HeaderMap::new();
     metadata.insert("x-probe", HeaderValue::from_static("probe-1"));
     relay
@@ -262,6 +299,7 @@ async fn call(relay: &UnaryRelay, method: &str, message: &'static [u8]) -> Resul
             format!("/t.S/{method}").parse().unwrap(),
             metadata,
             Bytes::from_static(message),
+            deadline,
         )
         .await
 }
@@ -473,5 +511,79 @@ async fn a_server_with_another_spiffe_id_gets_no_request() {
     let status = call(&relay, "Echo", b"secret").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("not reachable"), "{status:?}");
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_reset_and_answered_deadline_exceeded() {
+    let ca = Ca::new();
+    let backend = Backend::start(
+        ca.store("/svc/analytics", Duration::from_secs(3600)),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .await;
+    // Each call below ends by its deadline; the outer bound only keeps a
+    // broken relay from hanging the suite.
+    async fn bounded<F: Future>(call: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("the call ended by its deadline")
+    }
+
+    // The relay's own timeout, sent as grpc-timeout and enforced.
+    let short = relay_with_timeout(&ca, backend.addr, "/svc/analytics", Duration::from_millis(200));
+    let status = bounded(call(&short, "Hang", b"x")).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.message(), "the service did not answer within 200ms");
+
+    // A client's shorter deadline wins over the relay's timeout; a longer
+    // one does not stretch it.
+    let long = relay(&ca, backend.addr, "/svc/analytics");
+    let status = bounded(call_within(&long, "Hang", b"x", Some(Duration::from_millis(300))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.message(), "the service did not answer within 300ms");
+    let status = bounded(call_within(&short, "Hang", b"x", Some(Duration::from_secs(60))))
+        .await
+        .unwrap_err();
+    assert_eq!(status.message(), "the service did not answer within 200ms");
+    // A deadline already spent sends nothing.
+    let status = call_within(&long, "Hang", b"x", Some(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // The backend was told each deadline, and each abandoned stream was
+    // reset with CANCEL.
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen = backend.hung.lock().unwrap().clone();
+        if seen.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        vec![
+            ("200000u".to_owned(), Some(h2::Reason::CANCEL)),
+            ("200000u".to_owned(), Some(h2::Reason::CANCEL)),
+            ("300000u".to_owned(), Some(h2::Reason::CANCEL)),
+        ]
+    );
+
+    // The connection outlives its abandoned streams: the next call on it
+    // is answered.
+    assert_eq!(
+        bounded(call(&long, "Echo", b"after")).await.unwrap(),
+        Bytes::from_static(b"after|probe-1")
+    );
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        2,
+        "one connection per relay"
+    );
     backend.stop().await;
 }

@@ -22,6 +22,11 @@ pub const CONFIG_ENV: &str = "SOMA_GATEWAY_CONFIG";
 pub const REGION_ENV: &str = "SOMA_GATEWAY_REGION";
 /// The environment variable overriding the edge's listen address.
 pub const EDGE_ADDR_ENV: &str = "SOMA_EDGE_ADDR";
+/// How long a unary call waits for its backend unless configured
+/// otherwise (Envoy's default route timeout).
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest `backend_timeout` accepted.
+pub const MAX_BACKEND_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A region name: lowercase ASCII letters, digits and inner dashes, at most
 /// 63 bytes (`eu-west-1`, `local`). Compared byte for byte, so `EU-WEST-1`,
@@ -172,6 +177,9 @@ pub struct GatewayConfig {
     pub rate_limit: RateLimitSettings,
     /// Lifetime of the forwarded claims envelopes (at most 60 s).
     pub envelope_ttl: Duration,
+    /// How long a unary call may wait for its backend (sent as
+    /// `grpc-timeout`; a gRPC client's shorter deadline wins).
+    pub backend_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +200,7 @@ struct FileConfig {
     moderation_policy_file: Option<PathBuf>,
     rate_limit: Option<RateLimitSettings>,
     envelope_ttl: Option<String>,
+    backend_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +305,12 @@ impl GatewayConfig {
         if envelope_ttl.is_zero() || envelope_ttl > soma_auth::MAX_ENVELOPE_LIFETIME {
             return Err(invalid("envelope_ttl")("must be between 1 s and 60 s".to_owned()));
         }
+        let backend_timeout = duration("backend_timeout", file.backend_timeout, DEFAULT_BACKEND_TIMEOUT)?;
+        if backend_timeout.is_zero() || backend_timeout > MAX_BACKEND_TIMEOUT {
+            return Err(invalid("backend_timeout")(
+                "must be between 1 ms and 1 h".to_owned(),
+            ));
+        }
         let kill_switch_poll_interval = duration(
             "kill_switch_poll_interval",
             file.kill_switch_poll_interval,
@@ -324,6 +339,7 @@ impl GatewayConfig {
             moderation_policy_file: file.moderation_policy_file,
             rate_limit,
             envelope_ttl,
+            backend_timeout,
         })
     }
 }
@@ -418,12 +434,37 @@ mod tests {
         assert_eq!(config.region.as_str(), "eu");
         assert_eq!(config.jwt.issuers.len(), 1);
         assert_eq!(config.edge_addr, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(config.backend_timeout, Duration::from_secs(15));
         // Without the allow-list the gateway does not start.
         let err = GatewayConfig::from_file(&path, |_| None).unwrap_err();
         assert!(err.to_string().contains(RESIDENCY_ENV), "{err}");
         let err =
             GatewayConfig::from_file(&path, |k| (k == RESIDENCY_ENV).then(|| "EU".to_owned())).unwrap_err();
         assert!(err.to_string().contains(RESIDENCY_ENV), "{err}");
+    }
+
+    #[test]
+    fn backend_timeouts_are_bounded() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/gateway.toml");
+        let deployed = std::fs::read_to_string(path).unwrap();
+        let load = |line: &str| {
+            let text = deployed.replace(r#"backend_timeout = "15s""#, line);
+            let file: FileConfig = toml::from_str(&text).unwrap();
+            GatewayConfig::from_parts(file, |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned()))
+        };
+        assert_eq!(load("").unwrap().backend_timeout, DEFAULT_BACKEND_TIMEOUT);
+        assert_eq!(
+            load(r#"backend_timeout = "250ms""#).unwrap().backend_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            load(r#"backend_timeout = "1h""#).unwrap().backend_timeout,
+            MAX_BACKEND_TIMEOUT
+        );
+        for bad in ["0s", "1h 1s", "soon", "-1s"] {
+            let err = load(&format!("backend_timeout = {bad:?}")).unwrap_err();
+            assert!(err.to_string().contains("backend_timeout"), "{bad}: {err}");
+        }
     }
 
     #[test]

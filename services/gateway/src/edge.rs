@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -31,11 +32,13 @@ use prost_reflect::DynamicMessage;
 use serde_json::{Value, json};
 use soma_proto::v1::gateway_server::GatewayServer;
 use tonic::codec::Streaming;
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::admission::{Admission, AdmissionRequest, Denial};
 use crate::config::EdgeLimits;
 use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId};
 use crate::forward::{Backends, BytesCodec};
+use crate::relay::{self, GRPC_TIMEOUT};
 use crate::routes::{Route, RouteBody, RouteMatch, RouteTable, bind_params, parse_query};
 use crate::service::GatewayService;
 use crate::transcode::{self, TranscodeError};
@@ -405,7 +408,7 @@ async fn serve(
 
     // 7. Forwarding.
     let context = Arc::new(context);
-    let reply = dispatch(state, route, Arc::clone(&context), encoded)
+    let reply = dispatch(state, route, Arc::clone(&context), encoded, None)
         .await
         .map_err(|s| ErrorReply::from_status(&s))?;
     let output = route.method.output();
@@ -505,12 +508,16 @@ fn build_message(
 }
 
 /// Calls the route's RPC: the gateway's own methods in-process, every other
-/// one on its backend over mTLS with the signed claims envelope.
+/// one on its backend over mTLS with the signed claims envelope. A unary
+/// backend call waits at most the relay's timeout, or `deadline` (a gRPC
+/// client's) when that is shorter; server streams run as long as the
+/// client keeps them.
 async fn dispatch(
     state: &EdgeState,
     route: &Route,
     context: Arc<RequestContext>,
     message: Bytes,
+    deadline: Option<Duration>,
 ) -> Result<Reply, tonic::Status> {
     let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
         .map_err(|_| tonic::Status::internal("route has an invalid gRPC path"))?;
@@ -539,7 +546,7 @@ async fn dispatch(
     } else {
         backend
             .relay
-            .call(path, metadata.into_headers(), message)
+            .call(path, metadata.into_headers(), message, deadline)
             .await
             .map(Reply::Unary)
     };
@@ -672,6 +679,27 @@ struct Relay {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl Relay {
+    /// The client's deadline from `grpc-timeout`, if it sent one; a value
+    /// that is not one is refused before anything else, as gRPC servers do
+    /// (INTERNAL, "malformed grpc-timeout").
+    fn deadline(&self) -> Result<Option<Duration>, tonic::Status> {
+        let Some(value) = self.headers.get(GRPC_TIMEOUT) else {
+            return Ok(None);
+        };
+        match relay::parse_grpc_timeout(value.as_bytes()) {
+            Some(deadline) => Ok(Some(deadline)),
+            None => {
+                tracing::info!(path = %self.path, value = ?value, "request refused: malformed grpc-timeout");
+                let mut status = tonic::Status::internal(format!("malformed grpc-timeout {value:?}"));
+                status.metadata_mut().insert(
+                    soma_mesh::REASON_METADATA,
+                    AsciiMetadataValue::from_static("malformed_grpc_timeout"),
+                );
+                Err(status)
+            }
+        }
+    }
+
     async fn admit(&self, message: &Bytes) -> Result<(&Route, Arc<RequestContext>), tonic::Status> {
         let route = self
             .state
@@ -715,9 +743,10 @@ impl tonic::server::UnaryService<Bytes> for Relay {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let deadline = this.deadline()?;
             let message = request.into_inner();
             let (route, context) = this.admit(&message).await?;
-            match dispatch(&this.state, route, context, message).await? {
+            match dispatch(&this.state, route, context, message, deadline).await? {
                 Reply::Unary(bytes) => Ok(tonic::Response::new(bytes)),
                 Reply::Stream(_) => Err(tonic::Status::internal("a unary method answered a stream")),
             }
@@ -733,9 +762,10 @@ impl tonic::server::ServerStreamingService<Bytes> for Relay {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            this.deadline()?;
             let message = request.into_inner();
             let (route, context) = this.admit(&message).await?;
-            match dispatch(&this.state, route, context, message).await? {
+            match dispatch(&this.state, route, context, message, None).await? {
                 Reply::Stream(stream) => Ok(tonic::Response::new(stream)),
                 Reply::Unary(_) => Err(tonic::Status::internal("a streaming method answered once")),
             }
@@ -770,7 +800,7 @@ pub fn tls_config(
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN) until `shutdown` resolves,
 /// then waits for open connections to finish their requests.
@@ -793,7 +823,7 @@ pub async fn serve_tls(
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "edge accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -823,4 +853,53 @@ pub async fn serve_tls(
         });
     }
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_the_http_statuses_of_grpc_gateway() {
+        use tonic::Code as C;
+        let table: [(C, u16, &str); 17] = [
+            (C::Ok, 200, "ok"),
+            (C::Cancelled, 499, "cancelled"),
+            (C::Unknown, 500, "unknown"),
+            (C::InvalidArgument, 400, "invalid_argument"),
+            (C::DeadlineExceeded, 504, "deadline_exceeded"),
+            (C::NotFound, 404, "not_found"),
+            (C::AlreadyExists, 409, "already_exists"),
+            (C::PermissionDenied, 403, "permission_denied"),
+            (C::ResourceExhausted, 429, "resource_exhausted"),
+            (C::FailedPrecondition, 400, "failed_precondition"),
+            (C::Aborted, 409, "aborted"),
+            (C::OutOfRange, 400, "out_of_range"),
+            (C::Unimplemented, 501, "unimplemented"),
+            (C::Internal, 500, "internal"),
+            (C::Unavailable, 503, "unavailable"),
+            (C::DataLoss, 500, "data_loss"),
+            (C::Unauthenticated, 401, "unauthenticated"),
+        ];
+        for (code, status, reason) in table {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+            let reply = ErrorReply::from_status(&tonic::Status::new(code, "m"));
+            assert_eq!(
+                (reply.status.as_u16(), reply.reason.as_str()),
+                (status, reason),
+                "{code:?}"
+            );
+        }
+        // A backend's own reason wins over the code's.
+        let mut status = tonic::Status::deadline_exceeded("the service did not answer within 15s");
+        status.metadata_mut().insert(
+            soma_mesh::REASON_METADATA,
+            AsciiMetadataValue::from_static("backend_slow"),
+        );
+        let reply = ErrorReply::from_status(&status);
+        assert_eq!(
+            (reply.status.as_u16(), reply.reason.as_str()),
+            (504, "backend_slow")
+        );
+    }
 }

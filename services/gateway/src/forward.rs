@@ -87,13 +87,14 @@ pub struct Backends {
 impl Backends {
     /// Channels to every configured peer (the gateway itself excluded: its
     /// own methods are served in-process); relayed replies are limited to
-    /// `max_reply_bytes`.
+    /// `max_reply_bytes`, relayed calls to `timeout`.
     pub fn new(
         store: &Arc<SvidStore>,
         peers: &Peers,
         signer: ClaimsSigner,
         ttl: Duration,
         max_reply_bytes: usize,
+        timeout: Duration,
     ) -> Result<Self, soma_mesh::MeshError> {
         let mut by_service = HashMap::new();
         let td = store.own_id().trust_domain().clone();
@@ -111,7 +112,7 @@ impl Backends {
             })?;
             let channel = soma_mesh::channel(Arc::clone(store), addr.clone(), id.clone())?;
             let connector = MeshConnector::new(Arc::clone(store), addr.clone(), id.clone())?;
-            let relay = Arc::new(UnaryRelay::new(connector, max_reply_bytes)?);
+            let relay = Arc::new(UnaryRelay::new(connector, max_reply_bytes, timeout)?);
             by_service.insert(kind.grpc_name(), Backend { channel, relay, id });
         }
         Ok(Self {

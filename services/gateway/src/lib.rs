@@ -216,6 +216,7 @@ impl Gateway {
                     signer,
                     config.envelope_ttl,
                     limits.max_recv_message_bytes,
+                    config.backend_timeout,
                 )?;
                 let info = openapi::OpenApiInfo {
                     title: "SomaStack".to_owned(),

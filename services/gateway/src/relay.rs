@@ -21,6 +21,11 @@
 //! reported itself ready, so a connection found closed costs no request,
 //! and nothing that may have reached the backend is ever sent twice.
 //!
+//! Every call has a deadline: the relay's timeout, or a gRPC client's
+//! shorter one. The backend learns it from `grpc-timeout`; a call that has
+//! no answer when it passes is dropped, which resets its stream (CANCEL),
+//! and answered DEADLINE_EXCEEDED.
+//!
 //! Connections are probed with an HTTP/2 PING every
 //! [`KEEPALIVE_INTERVAL`]; one unanswered for [`KEEPALIVE_TIMEOUT`] closes
 //! the connection, so a vanished peer fails calls instead of hanging them.
@@ -50,6 +55,19 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Length of the gRPC message prefix: compressed flag and big-endian length.
 const PREFIX: usize = 5;
+/// The `grpc-timeout` header.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// The most digits a `grpc-timeout` value may have.
+const TIMEOUT_DIGITS: usize = 8;
+/// `grpc-timeout` units, finest first: nanoseconds per unit and the unit.
+const TIMEOUT_UNITS: [(u128, u8); 6] = [
+    (1, b'n'),
+    (1_000, b'u'),
+    (1_000_000, b'm'),
+    (1_000_000_000, b'S'),
+    (60_000_000_000, b'M'),
+    (3_600_000_000_000, b'H'),
+];
 
 /// Unary calls to one backend.
 #[derive(Debug)]
@@ -57,6 +75,8 @@ pub struct UnaryRelay {
     connector: MeshConnector,
     authority: Authority,
     max_reply_bytes: usize,
+    /// The longest a call may wait for its answer.
+    timeout: Duration,
     /// The live connection, if one is up.
     live: Mutex<Option<Live>>,
     /// Numbers the connections, so that a caller forgets only the one it
@@ -68,14 +88,20 @@ pub struct UnaryRelay {
 
 impl UnaryRelay {
     /// A relay through `connector` (nothing is dialed before the first
-    /// call) accepting replies of at most `max_reply_bytes`.
-    pub fn new(connector: MeshConnector, max_reply_bytes: usize) -> Result<Self, soma_mesh::MeshError> {
+    /// call) accepting replies of at most `max_reply_bytes`, each call
+    /// waiting at most `timeout`.
+    pub fn new(
+        connector: MeshConnector,
+        max_reply_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Self, soma_mesh::MeshError> {
         let authority =
             Authority::try_from(connector.addr().as_str()).map_err(|e| connector.channel_error(e))?;
         Ok(Self {
             connector,
             authority,
             max_reply_bytes,
+            timeout,
             live: Mutex::new(None),
             dialed: AtomicU64::new(0),
             dialing: tokio::sync::Mutex::new(()),
@@ -83,15 +109,32 @@ impl UnaryRelay {
     }
 
     /// Calls `path` with `metadata` (the call's custom headers) and the
-    /// encoded request `message`; returns the encoded reply message.
+    /// encoded request `message`; returns the encoded reply message. The
+    /// call waits at most the relay's timeout, or `deadline` when that is
+    /// shorter (a gRPC client's own); dialing counts against it.
     pub async fn call(
         &self,
         path: PathAndQuery,
         metadata: HeaderMap,
         message: Bytes,
+        deadline: Option<Duration>,
     ) -> Result<Bytes, tonic::Status> {
-        let request = self.request(path, metadata)?;
+        let deadline = deadline.map_or(self.timeout, |d| d.min(self.timeout));
+        if deadline.is_zero() {
+            return Err(deadline_exceeded(deadline));
+        }
+        let request = self.request(path, metadata, deadline)?;
         let framed = frame(&message)?;
+        // Dropping the exchange at the deadline drops the stream's handles,
+        // and h2 resets a stream whose handles are all gone: the backend is
+        // told to stop.
+        tokio::time::timeout(deadline, self.exchange(request, framed))
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded(deadline)))
+    }
+
+    /// Sends one request on a ready connection and reads its reply.
+    async fn exchange(&self, request: http::Request<()>, framed: Bytes) -> Result<Bytes, tonic::Status> {
         let mut live = self.ready().await?;
         let (reply, mut stream) = live.sender.send_request(request, false).map_err(|e| {
             self.forget(live.number);
@@ -104,8 +147,14 @@ impl UnaryRelay {
         read_reply(reply, self.max_reply_bytes).await
     }
 
-    /// The request head: POST, the backend's authority, gRPC headers.
-    fn request(&self, path: PathAndQuery, metadata: HeaderMap) -> Result<http::Request<()>, tonic::Status> {
+    /// The request head: POST, the backend's authority, gRPC headers, the
+    /// deadline.
+    fn request(
+        &self,
+        path: PathAndQuery,
+        metadata: HeaderMap,
+        deadline: Duration,
+    ) -> Result<http::Request<()>, tonic::Status> {
         let uri = http::Uri::builder()
             .scheme(Scheme::HTTPS)
             .authority(self.authority.clone())
@@ -119,6 +168,7 @@ impl UnaryRelay {
         *headers = metadata;
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(GRPC_TIMEOUT, grpc_timeout(deadline));
         headers.insert(
             header::USER_AGENT,
             HeaderValue::from_static(concat!("soma-gateway/", env!("CARGO_PKG_VERSION"))),
@@ -211,6 +261,48 @@ struct Live {
 /// The backend cannot be reached.
 fn not_reachable(reason: &str) -> tonic::Status {
     tonic::Status::unavailable(format!("the service is not reachable: {reason}"))
+}
+
+/// The backend did not answer within `deadline`.
+fn deadline_exceeded(deadline: Duration) -> tonic::Status {
+    tonic::Status::deadline_exceeded(format!(
+        "the service did not answer within {}",
+        humantime::format_duration(deadline)
+    ))
+}
+
+/// `deadline` as a `grpc-timeout` value (`PROTOCOL-HTTP2.md`: at most eight
+/// digits and a unit): in the finest unit that holds it, rounded up, so the
+/// backend's deadline never falls before the relay's own.
+fn grpc_timeout(deadline: Duration) -> HeaderValue {
+    let nanos = deadline.as_nanos();
+    for (per_unit, unit) in TIMEOUT_UNITS {
+        let value = nanos.div_ceil(per_unit);
+        if value < 10u128.pow(TIMEOUT_DIGITS as u32) {
+            let mut text = value.to_string().into_bytes();
+            text.push(unit);
+            // Digits and a letter are always a valid header value.
+            if let Ok(v) = HeaderValue::from_bytes(&text) {
+                return v;
+            }
+        }
+    }
+    HeaderValue::from_static("99999999H")
+}
+
+/// A `grpc-timeout` value: one to eight ASCII digits and a unit; `None`
+/// for anything else.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > TIMEOUT_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value: u128 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    let (per_unit, _) = TIMEOUT_UNITS.iter().find(|(_, u)| *u == unit)?;
+    let nanos = value * per_unit;
+    let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+    let subsec = u32::try_from(nanos % 1_000_000_000).ok()?;
+    Some(Duration::new(secs, subsec))
 }
 
 /// Runs one connection until it ends, probing it with PINGs.
@@ -407,6 +499,65 @@ mod tests {
         assert_eq!(&framed[..], b"\x00\x00\x00\x00\x05hello");
         assert_eq!(unframe(framed).unwrap(), Bytes::from_static(b"hello"));
         assert_eq!(unframe(frame(b"").unwrap()).unwrap(), Bytes::new());
+    }
+
+    #[test]
+    fn deadlines_are_sent_in_the_finest_unit_that_holds_them_rounded_up() {
+        let cases: [(Duration, &str); 9] = [
+            (Duration::from_nanos(1), "1n"),
+            (Duration::from_nanos(99_999_999), "99999999n"),
+            (Duration::from_nanos(100_000_000), "100000u"),
+            (Duration::from_nanos(100_000_001), "100001u"),
+            (Duration::from_millis(250), "250000u"),
+            (Duration::from_secs(15), "15000000u"),
+            (Duration::from_secs(3600), "3600000m"),
+            (Duration::from_secs(100_000_000 * 60), "1666667H"),
+            (Duration::MAX, "99999999H"),
+        ];
+        for (deadline, expected) in cases {
+            assert_eq!(grpc_timeout(deadline), expected, "{deadline:?}");
+            // What is sent reads back as no shorter than the deadline (the
+            // largest value aside, which caps it).
+            let back = parse_grpc_timeout(grpc_timeout(deadline).as_bytes()).unwrap();
+            if deadline != Duration::MAX {
+                assert!(back >= deadline, "{deadline:?} came back as {back:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_timeout_values_parse_exactly_as_the_protocol_writes_them() {
+        let good: [(&str, Duration); 8] = [
+            ("0n", Duration::ZERO),
+            ("1n", Duration::from_nanos(1)),
+            ("250u", Duration::from_micros(250)),
+            ("100m", Duration::from_millis(100)),
+            ("00000010S", Duration::from_secs(10)),
+            ("2M", Duration::from_secs(120)),
+            ("1H", Duration::from_secs(3600)),
+            ("99999999H", Duration::from_secs(99_999_999 * 3600)),
+        ];
+        for (text, expected) in good {
+            assert_eq!(parse_grpc_timeout(text.as_bytes()), Some(expected), "{text}");
+        }
+        for bad in [
+            "",
+            "S",
+            "10",
+            "123456789m",
+            "-1S",
+            "+1S",
+            "1.5S",
+            "1s",
+            "1 S",
+            " 1S",
+            "1SS",
+            "1x",
+            "١S",
+            "1h",
+        ] {
+            assert_eq!(parse_grpc_timeout(bad.as_bytes()), None, "{bad:?}");
+        }
     }
 
     #[test]
