@@ -79,6 +79,12 @@ impl Backend {
         }
     }
 
+    /// A server holding `path`'s SVID, on a port of its own.
+    async fn start_as(ca: &Ca, path: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start(ca.store(path, Duration::from_secs(3600)), listener).await
+    }
+
     /// Stops accepting and drops every connection.
     async fn stop(mut self) {
         self.tasks.shutdown().await;
@@ -307,11 +313,7 @@ async fn call_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reply_shape_comes_back_as_the_status_the_grpc_protocol_gives_it() {
     let ca = Ca::new();
-    let backend = Backend::start(
-        ca.store("/svc/analytics", Duration::from_secs(3600)),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await;
+    let backend = Backend::start_as(&ca, "/svc/analytics").await;
     let relay = relay(&ca, backend.addr, "/svc/analytics");
 
     // Good replies: the message, whole, however it was split into frames.
@@ -502,11 +504,7 @@ async fn concurrent_calls_share_one_connection_and_a_restarted_backend_is_dialed
 async fn a_server_with_another_spiffe_id_gets_no_request() {
     let ca = Ca::new();
     // The server is a valid SVID of the trust domain, but not Analytics.
-    let backend = Backend::start(
-        ca.store("/svc/tool-registry", Duration::from_secs(3600)),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await;
+    let backend = Backend::start_as(&ca, "/svc/tool-registry").await;
     let relay = relay(&ca, backend.addr, "/svc/analytics");
     let status = call(&relay, "Echo", b"secret").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -517,11 +515,7 @@ async fn a_server_with_another_spiffe_id_gets_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_its_deadline_is_reset_and_answered_deadline_exceeded() {
     let ca = Ca::new();
-    let backend = Backend::start(
-        ca.store("/svc/analytics", Duration::from_secs(3600)),
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await;
+    let backend = Backend::start_as(&ca, "/svc/analytics").await;
     // Each call below ends by its deadline; the outer bound only keeps a
     // broken relay from hanging the suite.
     async fn bounded<F: Future>(call: F) -> F::Output {
