@@ -490,8 +490,10 @@ fn claims<'a>(
     };
     let aud = match payload.aud {
         None => None,
-        Some(raw) if raw.get().starts_with('"') => Some(vec![string(raw, "aud")?.into_owned()]),
-        Some(raw) => Some(strings(raw).ok_or(JwtError::InvalidClaimType("aud"))?),
+        Some(raw) if raw.get().starts_with('"') => Some(Audiences::One(string(raw, "aud")?)),
+        Some(raw) => Some(Audiences::Several(
+            strings(raw).ok_or(JwtError::InvalidClaimType("aud"))?,
+        )),
     };
 
     let exp = exp.ok_or(JwtError::MissingClaim("exp"))?;
@@ -508,8 +510,12 @@ fn claims<'a>(
     if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
         return Err(JwtError::IssuedInFuture);
     }
-    let aud = aud.ok_or(JwtError::AudienceMismatch)?;
-    if !aud.iter().any(|a| state.audiences.contains(a)) {
+    let accepted = |a: &str| state.audiences.iter().any(|ours| ours == a);
+    let addressed = match aud.ok_or(JwtError::AudienceMismatch)? {
+        Audiences::One(one) => accepted(&one),
+        Audiences::Several(several) => several.iter().any(|a| accepted(a)),
+    };
+    if !addressed {
         return Err(JwtError::AudienceMismatch);
     }
 
@@ -598,12 +604,28 @@ fn integer(raw: &RawValue, name: &'static str) -> Result<i64, JwtError> {
     text.parse().map_err(|_| JwtError::InvalidClaimType(name))
 }
 
+/// The `aud` claim (RFC 7519 §4.1.3): one audience, read in place, or
+/// several.
+enum Audiences<'a> {
+    One(Cow<'a, str>),
+    Several(Vec<String>),
+}
+
 /// A JSON string, borrowed when it holds no escapes.
 fn string<'a>(raw: &'a RawValue, name: &'static str) -> Result<Cow<'a, str>, JwtError> {
-    if !raw.get().starts_with('"') {
+    let text = raw.get();
+    if !text.starts_with('"') {
         return Err(JwtError::InvalidClaimType(name));
     }
-    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| JwtError::InvalidClaimType(name))
+    // The parser has validated this string token (UTF-8, no control
+    // characters, closed). Without a backslash it has no escapes, so no
+    // quote inside it either: its content is the text between the quotes.
+    if let Some(content) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+        && !content.contains('\\')
+    {
+        return Ok(Cow::Borrowed(content));
+    }
+    serde_json::from_str::<Cow<'a, str>>(text).map_err(|_| JwtError::InvalidClaimType(name))
 }
 
 /// A JSON array of strings.
@@ -636,4 +658,43 @@ fn default_refresh_interval() -> Duration {
 fn humantime_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_read_exactly_with_or_without_escapes() {
+        // (raw JSON, the string it holds, whether it is read in place)
+        let strings: [(&str, &str, bool); 8] = [
+            (r#""acme""#, "acme", true),
+            (r#""""#, "", true),
+            ("\"\u{e9}t\u{e9}\"", "\u{e9}t\u{e9}", true),
+            (r#""a\"b""#, "a\"b", false),
+            (r#""ac\u006de""#, "acme", false),
+            (r#""a\\b""#, "a\\b", false),
+            (r#""\u00e9t\u00e9""#, "\u{e9}t\u{e9}", false),
+            (r#""\/\b\f\n\r\t""#, "/\u{8}\u{c}\n\r\t", false),
+        ];
+        for (json, expected, in_place) in strings {
+            let raw = RawValue::from_string(json.to_owned()).unwrap();
+            let read = string(&raw, "sub").unwrap();
+            assert_eq!(read, expected, "{json}");
+            assert_eq!(matches!(read, Cow::Borrowed(_)), in_place, "{json}");
+        }
+        for json in ["12", "null", "true", r#"["acme"]"#, r#"{"a":"b"}"#] {
+            let raw = RawValue::from_string(json.to_owned()).unwrap();
+            assert_eq!(
+                string(&raw, "sub").unwrap_err().to_string(),
+                JwtError::InvalidClaimType("sub").to_string(),
+                "{json}"
+            );
+        }
+        // What reading in place relies on: the parser refuses a raw control
+        // character and an unclosed string before any claim is read.
+        for json in ["\"a\u{1}b\"", "\"a\nb\"", "\"acme"] {
+            assert!(RawValue::from_string(json.to_owned()).is_err(), "{json:?}");
+        }
+    }
 }
