@@ -532,11 +532,10 @@ async fn dispatch(
         return RequestContext::scope(Arc::clone(&context), call).await;
     }
     let backend = state.backends.get(&route.service).ok_or_else(|| {
-        let mut s = tonic::Status::unavailable(format!("no backend is configured for {}", route.service));
-        if let Ok(v) = "backend_not_configured".parse() {
-            s.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
-        }
-        s
+        status_with_reason(
+            tonic::Status::unavailable(format!("no backend is configured for {}", route.service)),
+            "backend_not_configured",
+        )
     })?;
     let metadata = state.backends.metadata(&context, &backend.id)?;
     let reply = if route.server_streaming {
@@ -664,6 +663,15 @@ async fn grpc_ingress(state: Arc<EdgeState>, request: Request) -> Response {
     response.map(Body::new)
 }
 
+/// `status` carrying `reason` in `soma-reason`, as the mesh's refusals do.
+fn status_with_reason(mut status: tonic::Status, reason: &'static str) -> tonic::Status {
+    status.metadata_mut().insert(
+        soma_mesh::REASON_METADATA,
+        AsciiMetadataValue::from_static(reason),
+    );
+    status
+}
+
 fn grpc_error(status: tonic::Status) -> Response {
     status.into_http::<Body>().map(Body::new)
 }
@@ -690,12 +698,10 @@ impl Relay {
             Some(deadline) => Ok(Some(deadline)),
             None => {
                 tracing::info!(path = %self.path, value = ?value, "request refused: malformed grpc-timeout");
-                let mut status = tonic::Status::internal(format!("malformed grpc-timeout {value:?}"));
-                status.metadata_mut().insert(
-                    soma_mesh::REASON_METADATA,
-                    AsciiMetadataValue::from_static("malformed_grpc_timeout"),
-                );
-                Err(status)
+                Err(status_with_reason(
+                    tonic::Status::internal(format!("malformed grpc-timeout {value:?}")),
+                    "malformed_grpc_timeout",
+                ))
             }
         }
     }
@@ -891,10 +897,9 @@ mod tests {
             );
         }
         // A backend's own reason wins over the code's.
-        let mut status = tonic::Status::deadline_exceeded("the service did not answer within 15s");
-        status.metadata_mut().insert(
-            soma_mesh::REASON_METADATA,
-            AsciiMetadataValue::from_static("backend_slow"),
+        let status = status_with_reason(
+            tonic::Status::deadline_exceeded("the service did not answer within 15s"),
+            "backend_slow",
         );
         let reply = ErrorReply::from_status(&status);
         assert_eq!(

@@ -77,6 +77,8 @@ pub struct UnaryRelay {
     max_reply_bytes: usize,
     /// The longest a call may wait for its answer.
     timeout: Duration,
+    /// `timeout` as a `grpc-timeout` value, made once: most calls carry it.
+    timeout_header: HeaderValue,
     /// The live connection, if one is up.
     live: Mutex<Option<Live>>,
     /// Numbers the connections, so that a caller forgets only the one it
@@ -102,6 +104,7 @@ impl UnaryRelay {
             authority,
             max_reply_bytes,
             timeout,
+            timeout_header: grpc_timeout(timeout),
             live: Mutex::new(None),
             dialed: AtomicU64::new(0),
             dialing: tokio::sync::Mutex::new(()),
@@ -168,7 +171,12 @@ impl UnaryRelay {
         *headers = metadata;
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        headers.insert(GRPC_TIMEOUT, grpc_timeout(deadline));
+        let timeout = if deadline == self.timeout {
+            self.timeout_header.clone()
+        } else {
+            grpc_timeout(deadline)
+        };
+        headers.insert(GRPC_TIMEOUT, timeout);
         headers.insert(
             header::USER_AGENT,
             HeaderValue::from_static(concat!("soma-gateway/", env!("CARGO_PKG_VERSION"))),
