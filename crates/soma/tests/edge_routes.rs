@@ -9,6 +9,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use soma_mesh::ServiceKind;
@@ -441,7 +442,7 @@ async fn a_thousand_concurrent_requests_of_mixed_tenants_each_keep_their_own_con
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_bodies_headers_and_nesting_are_refused_before_any_token_is_verified() {
+async fn oversized_heads_are_refused_before_the_token_and_bodies_are_read_only_after_it() {
     let ca = Ca::new();
     let dbs = tempfile::tempdir().unwrap();
     let edge = start_edge(&ca, None, &sqlite(&dbs), |c| {
@@ -452,11 +453,18 @@ async fn oversized_bodies_headers_and_nesting_are_refused_before_any_token_is_ve
     .await;
     let http = client();
     let url = format!("{}/v1/capsule-runs", edge.url);
-    // A token that would be refused (bad signature): the limits answer first.
+    // What the head says is refused before any token is verified: a token
+    // that would be refused (bad signature) does not decide these answers.
     let bad = format!("{}x", edge.token(json!({"scope": "analytics:ingest"})));
+    let good = edge.token(json!({"scope": "analytics:ingest"}));
     let big = format!("{{\"eventId\":\"{}\"}}", "a".repeat(5000));
     let r = send(&http, "POST", &url, Some(&bad), Some(&big), &[]).await;
     assert_eq!((r.status, r.reason().as_str()), (413, "body_too_large"));
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("close"),
+        "the unread body is not drained"
+    );
     let long = "b".repeat(3000);
     let r = send(
         &http,
@@ -468,17 +476,42 @@ async fn oversized_bodies_headers_and_nesting_are_refused_before_any_token_is_ve
     )
     .await;
     assert_eq!((r.status, r.reason().as_str()), (431, "headers_too_large"));
-    let deep = format!("{}{}", "[".repeat(9), "]".repeat(9));
-    let r = send(
-        &http,
-        "POST",
-        &url,
-        Some(&bad),
-        Some(&format!("{{\"x\":{deep}}}")),
-        &[],
-    )
-    .await;
+    // The body is read only once the head is admitted: too deep a body
+    // under a refused token is answered by the token, with the connection
+    // closed instead of the body read ...
+    let deep = format!("{{\"x\":{}{}}}", "[".repeat(9), "]".repeat(9));
+    let r = send(&http, "POST", &url, Some(&bad), Some(&deep), &[]).await;
+    assert_eq!((r.status, r.reason().as_str()), (401, "bad_signature"));
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    // ... and under a valid one by its depth.
+    let r = send(&http, "POST", &url, Some(&good), Some(&deep), &[]).await;
     assert_eq!((r.status, r.reason().as_str()), (400, "json_too_deep"));
+    // A chunked body declares no length: its size is enforced while it is
+    // read, after admission.
+    for (token, expected) in [(&bad, "401 "), (&good, "413 ")] {
+        let mut tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/capsule-runs HTTP/1.1\r\nhost: edge\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let chunk = format!("1000\r\n{}\r\n", "a".repeat(0x1000));
+        // Two chunks: 8 KiB, over the 4 KiB limit. A refused head may close
+        // the connection before they are all written.
+        for _ in 0..2 {
+            if tcp.write_all(chunk.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut reply)).await;
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {expected}")),
+            "chunked body, expected {expected}: {reply}"
+        );
+    }
     // Within the limits, the same token is what refuses.
     let r = send(&http, "POST", &url, Some(&bad), Some("{}"), &[]).await;
     assert_eq!((r.status, r.reason().as_str()), (401, "bad_signature"));

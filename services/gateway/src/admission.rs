@@ -1,11 +1,16 @@
 //! The admission pipeline, shared by the JSON edge and the gRPC ingress.
 //!
-//! In this order, and before any backend is contacted: the bearer token
-//! (JWT, RFC 8725), residency, capability and MFA from the method's policy,
-//! kill switches, moderation (for methods whose policy asks for it, when
-//! the caller hands the input over), and the tenant's rate limit. The first
-//! stage that refuses decides the answer: a [`Denial`] with its HTTP status,
-//! gRPC code and a stable reason; every refusal is logged once, here.
+//! Two phases. [`Admission::admit`] decides everything the request head
+//! can decide, before one byte of the body is read: the bearer token (JWT,
+//! RFC 8725), residency, capability and MFA from the method's policy, kill
+//! switches and the tenant's rate limit — so a request without a valid
+//! token, or one that would be refused anyway, never makes the edge read or
+//! buffer its body. [`Admission::moderate`] then runs, for methods whose
+//! policy asks for it, on the final message the backend will receive (path,
+//! query and body merged), and binds its decision to that message's digest.
+//! The first stage that refuses decides the answer: a [`Denial`] with its
+//! HTTP status, gRPC code and a stable reason; every refusal is logged
+//! once, here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,7 +22,7 @@ use soma_proto::PolicyView;
 use soma_store::{Database, on_pool};
 
 use crate::config::Residency;
-use crate::context::{RequestContext, RequestId};
+use crate::context::{Moderated, RequestContext, RequestId};
 use crate::killswitch::KillSwitches;
 use crate::moderation::{Decision, Moderator};
 use crate::ratelimit::RateLimiter;
@@ -127,9 +132,6 @@ pub struct AdmissionRequest<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The request id (accepted or minted).
     pub request_id: RequestId,
-    /// The request message in proto3 JSON, for moderation; `None` when the
-    /// handler moderates itself (the gRPC ingress of `RunCapsule`).
-    pub input: Option<&'a Value>,
 }
 
 /// The pipeline and everything its stages consult.
@@ -183,22 +185,40 @@ impl Admission {
         &self.moderator
     }
 
-    /// Runs every stage; the verified context on success.
+    /// Runs every stage the request head decides (token, residency,
+    /// capability and MFA, kill switches, rate limit); the verified context
+    /// on success. Nothing here reads a body.
     pub async fn admit(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Denial> {
         let method = request.method;
         let request_id = request.request_id.clone();
         let result = self.run(request).await;
         if let Err(denial) = &result {
-            tracing::info!(
-                method,
-                request_id = request_id.as_str(),
-                status = denial.http.as_u16(),
-                reason = denial.reason,
-                message = %denial.message,
-                "request refused"
-            );
+            log_refusal(method, &request_id, denial);
         }
         result
+    }
+
+    /// Moderates `input`, the proto3 JSON of the exact message the backend
+    /// will receive, and binds the decision to its digest in `context`
+    /// (forwarded in the signed claims envelope). Rejections are audited and
+    /// answered 422 / INVALID_ARGUMENT with their findings.
+    pub async fn moderate(
+        &self,
+        method: &str,
+        context: &mut RequestContext,
+        input: &Value,
+    ) -> Result<(), Denial> {
+        let decision = self.moderator.check(method, input);
+        let decision_id = decision.id.clone();
+        if let Err(denial) = self.judge(method, context, decision).await {
+            log_refusal(method, &context.request_id, &denial);
+            return Err(denial);
+        }
+        context.moderation = crate::moderation::input_digest(input).map(|input_sha256| Moderated {
+            decision_id,
+            input_sha256,
+        });
+        Ok(())
     }
 
     async fn run(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Denial> {
@@ -293,27 +313,9 @@ impl Admission {
             });
         }
 
-        let mut context = RequestContext {
-            request_id: request.request_id,
-            tenant: claims.tenant,
-            subject: claims.subject,
-            region: claims.region,
-            capabilities: claims.scope,
-            mfa,
-            moderation_decision_id: None,
-        };
-
-        // 5. Moderation, before anything is orchestrated.
-        if policy.moderate
-            && let Some(input) = request.input
-        {
-            let decision = self.moderator.check(request.method, input);
-            self.judge(request.method, &context, decision.clone()).await?;
-            context.moderation_decision_id = Some(decision.id);
-        }
-
-        // 6. The tenant's rate limit.
-        if let Err(wait) = self.rate_limiter.check(&context.tenant, Instant::now()) {
+        // 5. The tenant's rate limit: decided from the head too, so that a
+        // tenant over its limit never has a body read either.
+        if let Err(wait) = self.rate_limiter.check(&claims.tenant, Instant::now()) {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Err(Denial {
                 retry_after: Some(seconds.max(1)),
@@ -321,10 +323,19 @@ impl Admission {
                     StatusCode::TOO_MANY_REQUESTS,
                     tonic::Code::ResourceExhausted,
                     "rate_limited",
-                    format!("tenant {:?} is over its rate limit", context.tenant),
+                    format!("tenant {:?} is over its rate limit", claims.tenant),
                 )
             });
         }
+        let context = RequestContext {
+            request_id: request.request_id,
+            tenant: claims.tenant,
+            subject: claims.subject,
+            region: claims.region,
+            capabilities: claims.scope,
+            mfa,
+            moderation: None,
+        };
         Ok(context)
     }
 
@@ -404,6 +415,18 @@ impl Admission {
             .is_some_and(|t| t <= now_unix.saturating_add(leeway) && now_unix.saturating_sub(t) <= max_age);
         second_factor && fresh
     }
+}
+
+/// The one log line of a refusal.
+fn log_refusal(method: &str, request_id: &RequestId, denial: &Denial) {
+    tracing::info!(
+        method,
+        request_id = request_id.as_str(),
+        status = denial.http.as_u16(),
+        reason = denial.reason,
+        message = %denial.message,
+        "request refused"
+    );
 }
 
 fn scope_word(scope: soma_proto::v1::KillSwitchScope) -> &'static str {

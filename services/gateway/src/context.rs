@@ -78,7 +78,19 @@ pub struct RequestContext {
     /// Whether a second factor within the MFA window was verified.
     pub mfa: bool,
     /// The moderation decision that admitted the request, if it was moderated.
-    pub moderation_decision_id: Option<String>,
+    pub moderation: Option<Moderated>,
+}
+
+/// A moderation decision that admitted a request, bound to the exact
+/// message it was made on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moderated {
+    /// The decision's id (`mod_…`), audited and forwarded.
+    pub decision_id: String,
+    /// SHA-256 of the RFC 8785 canonical form of the message's proto3 JSON
+    /// (see [`crate::moderation::input_digest`]): a backend trusts the
+    /// decision only for a message with this digest.
+    pub input_sha256: [u8; 32],
 }
 
 impl RequestContext {

@@ -10,21 +10,26 @@
 //! `authorization` metadata) pass the same pipeline and are relayed as
 //! encoded messages.
 //!
-//! Order of checks, so that hostile input costs little: header size (431),
-//! body size (413), JSON depth (400) — all before any token is verified —
-//! then the route, then admission, then transcoding and forwarding. Every
-//! refusal is one JSON body `{code, reason, message, request_id, details}`
-//! built in one place ([`ErrorReply`]).
+//! Order of checks, so that hostile input costs little: everything the
+//! request head decides comes before one byte of the body is read — header
+//! size (431), declared body size (413), the route, then admission (token,
+//! residency, capability and MFA, kill switches, rate limit). Only an
+//! admitted request has its body read: its size enforced while it streams
+//! in (413), JSON depth (400) and syntax, then transcoding, moderation of
+//! the final message (path, query and body merged), and forwarding. A
+//! refusal sent before the body was read closes an HTTP/1.x connection
+//! (`Connection: close`) instead of draining it. Every refusal is one JSON
+//! body `{code, reason, message, request_id, details}` built in one place
+//! ([`ErrorReply`]).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{BufMut as _, Bytes};
 use futures::StreamExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
@@ -144,6 +149,31 @@ impl ErrorReply {
             reply.headers.push((header::RETRY_AFTER, v));
         }
         reply
+    }
+
+    /// A refusal answered before the request's body was read: on HTTP/1.x,
+    /// a request that may carry a body gets `Connection: close`, so the
+    /// connection is not kept for a body nobody will read (RFC 9112 §9.6).
+    fn closing_if_body_unread(mut self, request: &Request) -> Self {
+        let may_have_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if may_have_body {
+            self.closing_on_http1(request.version())
+        } else {
+            self
+        }
+    }
+
+    /// `Connection: close` on HTTP/1.x (HTTP/2 streams end on their own).
+    fn closing_on_http1(mut self, version: http::Version) -> Self {
+        if version < http::Version::HTTP_2 {
+            self.headers
+                .push((header::CONNECTION, HeaderValue::from_static("close")));
+        }
+        self
     }
 
     fn bad_request(reason: &str, message: impl Into<String>) -> Self {
@@ -317,7 +347,7 @@ async fn serve(
             .into_response());
     }
 
-    // 3. Body size, from the declared length first, then while reading.
+    // 3. Body size, from the declared length (the rest while reading).
     if let Some(len) = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -325,7 +355,7 @@ async fn serve(
         .and_then(|v| v.parse::<u64>().ok())
         && len > limits.max_body_bytes as u64
     {
-        return Err(too_large(limits.max_body_bytes));
+        return Err(too_large(limits.max_body_bytes).closing_if_body_unread(&request));
     }
 
     let (route, path_params) = match state.routes.find(request.method(), &path) {
@@ -341,7 +371,7 @@ async fn serve(
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 reply.headers.push((header::ALLOW, v));
             }
-            return Err(reply);
+            return Err(reply.closing_if_body_unread(&request));
         }
         RouteMatch::NotFound => {
             return Err(ErrorReply::new(
@@ -349,18 +379,36 @@ async fn serve(
                 tonic::Code::NotFound,
                 "route_not_found",
                 format!("no route for {path}"),
-            ));
+            )
+            .closing_if_body_unread(&request));
         }
     };
 
-    let query = request.uri().query().unwrap_or("").to_owned();
-    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
-    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-    let body = axum::body::to_bytes(request.into_body(), limits.max_body_bytes)
+    // 4. Admission from the head alone: a request without a valid token, or
+    // one its route, residency, capability, kill switch or rate limit
+    // refuses, is answered before one byte of its body is read.
+    let mut context = state
+        .admission
+        .admit(AdmissionRequest {
+            method: &route.grpc_path,
+            policy: route.policy.as_ref(),
+            authorization: request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(HeaderValue::as_bytes),
+            request_id: request_id.clone(),
+        })
         .await
-        .map_err(|_| too_large(limits.max_body_bytes))?;
+        .map_err(|denial| ErrorReply::from_denial(denial).closing_if_body_unread(&request))?;
 
-    // 4. JSON depth, then syntax; still no cryptography.
+    // 5. The body, its size enforced while it streams in, then its JSON
+    // depth and syntax.
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
+    let version = request.version();
+    let body = read_body(request.into_body(), limits.max_body_bytes)
+        .await
+        .map_err(|reply| reply.closing_on_http1(version))?;
     let body_json = if matches!(route.body, RouteBody::None) {
         if !body.is_empty() {
             return Err(ErrorReply::bad_request(
@@ -389,21 +437,20 @@ async fn serve(
         )
     };
 
-    // 5. Admission.
-    let context = state
-        .admission
-        .admit(AdmissionRequest {
-            method: &route.grpc_path,
-            policy: route.policy.as_ref(),
-            authorization: authorization.as_ref().map(HeaderValue::as_bytes),
-            request_id: request_id.clone(),
-            input: body_json.as_ref(),
-        })
-        .await
-        .map_err(ErrorReply::from_denial)?;
-
-    // 6. Transcoding.
+    // 6. Transcoding: path, query and body merged into the message the
+    // backend will receive; moderation runs on exactly that message.
     let message = build_message(route, body_json.as_ref(), &path_params, &query)?;
+    if route.policy.as_ref().is_some_and(|p| p.moderate) {
+        let input = transcode::message_to_value(&message).map_err(|e| {
+            tracing::error!(error = %e, method = %route.grpc_path, "request message has no JSON form");
+            ErrorReply::bad_request("invalid_argument", "the request message cannot be moderated")
+        })?;
+        state
+            .admission
+            .moderate(&route.grpc_path, &mut context, &input)
+            .await
+            .map_err(ErrorReply::from_denial)?;
+    }
     let encoded = Bytes::from(prost::Message::encode_to_vec(&message));
 
     // 7. Forwarding.
@@ -426,6 +473,26 @@ async fn serve(
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response())
         }
         Reply::Stream(stream) => Ok(ndjson(stream, output, context)),
+    }
+}
+
+/// Reads a request body whole, refusing it as soon as more than `max` bytes
+/// have arrived (nothing beyond `max` is ever buffered). A refused body is
+/// left unread, so its connection is not reused.
+async fn read_body(body: Body, max: usize) -> Result<Bytes, ErrorReply> {
+    use http_body_util::BodyExt as _;
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(e) => {
+            tracing::info!(error = %e, "request body not read");
+            Err(ErrorReply::new(
+                StatusCode::BAD_REQUEST,
+                tonic::Code::Cancelled,
+                "body_read_failed",
+                "the request body could not be read",
+            ))
+        }
     }
 }
 
@@ -641,26 +708,226 @@ fn error_line(reply: &ErrorReply, request_id: &RequestId) -> Bytes {
 }
 
 /// gRPC from tenants: the same admission (bearer token in the metadata),
-/// then the encoded message is relayed to the RPC's backend.
+/// decided from the request head before the message is read; then the one
+/// request message is read (at most the edge's body limit, enforced from its
+/// length prefix while it streams in), checked to decode as the method's
+/// input, moderated when the method's policy asks, and relayed.
 async fn grpc_ingress(state: Arc<EdgeState>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let headers = request.headers().clone();
-    let Some(route) = state.routes.by_grpc_path(&path) else {
-        return grpc_error(tonic::Status::unimplemented(format!("unknown method {path}")));
+    match grpc_call(&state, request).await {
+        Ok(response) => response,
+        Err(status) => {
+            tracing::info!(code = ?status.code(), message = %status.message(), "gRPC request refused");
+            grpc_error(status)
+        }
+    }
+}
+
+async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response, tonic::Status> {
+    let path = request.uri().path();
+    let route = state
+        .routes
+        .by_grpc_path(path)
+        .ok_or_else(|| tonic::Status::unimplemented(format!("unknown method {path}")))?;
+    let headers = request.headers();
+    let deadline = grpc_deadline(headers, path)?;
+    if let Some(encoding) = headers.get("grpc-encoding")
+        && encoding.as_bytes() != b"identity"
+    {
+        // Nothing is advertised in grpc-accept-encoding, so a compressed
+        // message is a client's mistake (and a decompression bomb is never
+        // inflated here).
+        return Err(status_with_reason(
+            tonic::Status::unimplemented(format!("message encoding {encoding:?} is not supported")),
+            "encoding_unsupported",
+        ));
+    }
+    let request_id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::mint);
+    let mut context = state
+        .admission
+        .admit(AdmissionRequest {
+            method: &route.grpc_path,
+            policy: route.policy.as_ref(),
+            authorization: headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            request_id,
+        })
+        .await
+        .map_err(Denial::into_status)?;
+
+    let message = read_grpc_message(request.into_body(), state.limits.max_body_bytes).await?;
+    let decoded = DynamicMessage::decode(route.method.input(), message.as_ref()).map_err(|e| {
+        status_with_reason(
+            tonic::Status::invalid_argument(format!(
+                "the request message does not decode as {}: {e}",
+                route.method.input().full_name()
+            )),
+            "malformed_message",
+        )
+    })?;
+    if route.policy.as_ref().is_some_and(|p| p.moderate) {
+        let input = transcode::message_to_value(&decoded).map_err(|e| {
+            status_with_reason(
+                tonic::Status::invalid_argument(format!("the request message cannot be moderated: {e}")),
+                "invalid_argument",
+            )
+        })?;
+        state
+            .admission
+            .moderate(&route.grpc_path, &mut context, &input)
+            .await
+            .map_err(Denial::into_status)?;
+    }
+    drop(decoded);
+    match dispatch(state, route, Arc::new(context), message, deadline).await? {
+        Reply::Unary(bytes) => Ok(grpc_reply(futures::stream::iter([
+            Ok(http_body::Frame::data(grpc_frame(&bytes))),
+            Ok(http_body::Frame::trailers(grpc_ok_trailers())),
+        ]))),
+        Reply::Stream(stream) => {
+            let frames = futures::stream::unfold(Some(stream), |state| async move {
+                let mut stream = state?;
+                match stream.next().await {
+                    Some(Ok(bytes)) => Some((Ok(http_body::Frame::data(grpc_frame(&bytes))), Some(stream))),
+                    None => Some((Ok(http_body::Frame::trailers(grpc_ok_trailers())), None)),
+                    Some(Err(status)) => {
+                        let mut trailers = HeaderMap::new();
+                        if status.add_header(&mut trailers).is_err() {
+                            trailers.insert("grpc-status", HeaderValue::from_static("13"));
+                        }
+                        Some((Ok(http_body::Frame::trailers(trailers)), None))
+                    }
+                }
+            });
+            Ok(grpc_reply(frames))
+        }
+    }
+}
+
+/// A gRPC response: `200`, `application/grpc`, then `frames`.
+fn grpc_reply(
+    frames: impl futures::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
+    + Send
+    + 'static,
+) -> Response {
+    let mut response = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// One length-prefixed, uncompressed gRPC message.
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = bytes::BytesMut::with_capacity(GRPC_PREFIX + message.len());
+    frame.put_u8(0);
+    // Replies come from backends limited to far less than 4 GiB.
+    frame.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    frame.put_slice(message);
+    frame.freeze()
+}
+
+fn grpc_ok_trailers() -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers
+}
+
+/// Bytes of a gRPC message's prefix: a compressed flag and a big-endian
+/// 32-bit length.
+const GRPC_PREFIX: usize = 5;
+
+/// Reads the one message of a unary or server-streaming request: its
+/// length prefix is checked against `max` before any of it is buffered, and
+/// a request that ends early, carries a second message or flags
+/// compression is refused with its own reason.
+async fn read_grpc_message(body: Body, max: usize) -> Result<Bytes, tonic::Status> {
+    use bytes::Buf as _;
+    use http_body_util::BodyExt as _;
+
+    let refuse = |code: tonic::Code, reason: &'static str, message: String| {
+        status_with_reason(tonic::Status::new(code, message), reason)
     };
-    let streaming = route.server_streaming;
-    let service = Relay {
-        state: Arc::clone(&state),
-        path: path.clone(),
-        headers,
-    };
-    let mut grpc = tonic::server::Grpc::new(BytesCodec);
-    let response = if streaming {
-        grpc.server_streaming(service, request).await
-    } else {
-        grpc.unary(service, request).await
-    };
-    response.map(Body::new)
+    let mut body = body;
+    let mut buffer = bytes::BytesMut::new();
+    let mut expected: Option<usize> = None;
+    loop {
+        if expected.is_none() && buffer.len() >= GRPC_PREFIX {
+            let compressed = buffer[0];
+            let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+            match compressed {
+                0 => {}
+                1 => {
+                    return Err(refuse(
+                        tonic::Code::Unimplemented,
+                        "encoding_unsupported",
+                        "compressed messages are not accepted".to_owned(),
+                    ));
+                }
+                flag => {
+                    return Err(refuse(
+                        tonic::Code::InvalidArgument,
+                        "malformed_frame",
+                        format!("the message prefix has compressed flag {flag}"),
+                    ));
+                }
+            }
+            if len > max {
+                return Err(refuse(
+                    tonic::Code::ResourceExhausted,
+                    "body_too_large",
+                    format!("the message is {len} bytes, more than the {max} accepted"),
+                ));
+            }
+            buffer.advance(GRPC_PREFIX);
+            buffer.reserve(len.saturating_sub(buffer.len()));
+            expected = Some(len);
+        }
+        if let Some(len) = expected
+            && buffer.len() > len
+        {
+            return Err(refuse(
+                tonic::Code::InvalidArgument,
+                "extra_message",
+                "the method takes exactly one request message".to_owned(),
+            ));
+        }
+        let Some(frame) = body.frame().await else { break };
+        let frame = frame.map_err(|e| {
+            tracing::info!(error = %e, "gRPC request body not read");
+            refuse(
+                tonic::Code::Cancelled,
+                "body_read_failed",
+                "the request body could not be read".to_owned(),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            // Bounded: until the prefix is known at most 4 more bytes are
+            // kept than one frame; after it, at most `len` plus one frame
+            // before the check above refuses.
+            buffer.extend_from_slice(&data);
+        }
+    }
+    match expected {
+        Some(len) if buffer.len() == len => Ok(buffer.freeze()),
+        Some(len) => Err(refuse(
+            tonic::Code::InvalidArgument,
+            "truncated_message",
+            format!("the message ends after {} of its {len} bytes", buffer.len()),
+        )),
+        None if buffer.is_empty() => Err(refuse(
+            tonic::Code::InvalidArgument,
+            "missing_message",
+            "the request carries no message".to_owned(),
+        )),
+        None => Err(refuse(
+            tonic::Code::InvalidArgument,
+            "truncated_message",
+            format!("the message prefix ends after {} bytes", buffer.len()),
+        )),
+    }
 }
 
 /// `status` carrying `reason` in `soma-reason`, as the mesh's refusals do.
@@ -676,106 +943,22 @@ fn grpc_error(status: tonic::Status) -> Response {
     status.into_http::<Body>().map(Body::new)
 }
 
-/// One relayed gRPC call.
-#[derive(Clone)]
-struct Relay {
-    state: Arc<EdgeState>,
-    path: String,
-    headers: HeaderMap,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-impl Relay {
-    /// The client's deadline from `grpc-timeout`, if it sent one; a value
-    /// that is not one is refused before anything else, as gRPC servers do
-    /// (INTERNAL, "malformed grpc-timeout").
-    fn deadline(&self) -> Result<Option<Duration>, tonic::Status> {
-        let Some(value) = self.headers.get(GRPC_TIMEOUT) else {
-            return Ok(None);
-        };
-        match relay::parse_grpc_timeout(value.as_bytes()) {
-            Some(deadline) => Ok(Some(deadline)),
-            None => {
-                tracing::info!(path = %self.path, value = ?value, "request refused: malformed grpc-timeout");
-                Err(status_with_reason(
-                    tonic::Status::internal(format!("malformed grpc-timeout {value:?}")),
-                    "malformed_grpc_timeout",
-                ))
-            }
+/// The client's deadline from `grpc-timeout`, if it sent one; a value that
+/// is not one is refused before anything else, as gRPC servers do
+/// (INTERNAL, "malformed grpc-timeout").
+fn grpc_deadline(headers: &HeaderMap, path: &str) -> Result<Option<Duration>, tonic::Status> {
+    let Some(value) = headers.get(GRPC_TIMEOUT) else {
+        return Ok(None);
+    };
+    match relay::parse_grpc_timeout(value.as_bytes()) {
+        Some(deadline) => Ok(Some(deadline)),
+        None => {
+            tracing::info!(path, value = ?value, "request refused: malformed grpc-timeout");
+            Err(status_with_reason(
+                tonic::Status::internal(format!("malformed grpc-timeout {value:?}")),
+                "malformed_grpc_timeout",
+            ))
         }
-    }
-
-    async fn admit(&self, message: &Bytes) -> Result<(&Route, Arc<RequestContext>), tonic::Status> {
-        let route = self
-            .state
-            .routes
-            .by_grpc_path(&self.path)
-            .ok_or_else(|| tonic::Status::unimplemented("unknown method"))?;
-        let request_id = self
-            .headers
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(RequestId::parse)
-            .unwrap_or_else(RequestId::mint);
-        // Moderation needs the input in JSON form.
-        let input = if route.policy.as_ref().is_some_and(|p| p.moderate) {
-            let decoded = DynamicMessage::decode(route.method.input(), message.as_ref())
-                .map_err(|_| tonic::Status::invalid_argument("the request message does not decode"))?;
-            Some(transcode::message_to_value(&decoded).map_err(|e| tonic::Status::internal(e.to_string()))?)
-        } else {
-            None
-        };
-        let context = self
-            .state
-            .admission
-            .admit(AdmissionRequest {
-                method: &route.grpc_path,
-                policy: route.policy.as_ref(),
-                authorization: self.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
-                request_id,
-                input: input.as_ref(),
-            })
-            .await
-            .map_err(Denial::into_status)?;
-        Ok((route, Arc::new(context)))
-    }
-}
-
-impl tonic::server::UnaryService<Bytes> for Relay {
-    type Response = Bytes;
-    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let deadline = this.deadline()?;
-            let message = request.into_inner();
-            let (route, context) = this.admit(&message).await?;
-            match dispatch(&this.state, route, context, message, deadline).await? {
-                Reply::Unary(bytes) => Ok(tonic::Response::new(bytes)),
-                Reply::Stream(_) => Err(tonic::Status::internal("a unary method answered a stream")),
-            }
-        })
-    }
-}
-
-impl tonic::server::ServerStreamingService<Bytes> for Relay {
-    type Response = Bytes;
-    type ResponseStream = Streaming<Bytes>;
-    type Future = BoxFuture<Result<tonic::Response<Streaming<Bytes>>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            this.deadline()?;
-            let message = request.into_inner();
-            let (route, context) = this.admit(&message).await?;
-            match dispatch(&this.state, route, context, message, None).await? {
-                Reply::Stream(stream) => Ok(tonic::Response::new(stream)),
-                Reply::Unary(_) => Err(tonic::Status::internal("a streaming method answered once")),
-            }
-        })
     }
 }
 

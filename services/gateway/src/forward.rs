@@ -143,13 +143,15 @@ impl Backends {
             mfa: context.mfa,
             audience: audience.clone(),
         };
-        let sealed = match &context.moderation_decision_id {
+        let sealed = match &context.moderation {
             // Admitted by a moderation decision: sealed for this request
-            // alone, with the decision and the request id.
-            Some(decision) => {
+            // alone, with the decision, the digest of the message it was
+            // made on, and the request id.
+            Some(moderated) => {
                 let claims = VerifiedClaims {
                     request_id: context.request_id.as_str().to_owned(),
-                    moderation_decision_id: decision.clone(),
+                    moderation_decision_id: moderated.decision_id.clone(),
+                    moderation_input_sha256: moderated.input_sha256.to_vec(),
                     ..key.claims()
                 };
                 self.signer
@@ -171,8 +173,8 @@ impl Backends {
         if let Ok(v) = AsciiMetadataValue::try_from(context.request_id.as_str()) {
             metadata.insert(REQUEST_ID_HEADER, v);
         }
-        if let Some(decision) = &context.moderation_decision_id
-            && let Ok(v) = AsciiMetadataValue::try_from(decision.as_str())
+        if let Some(moderated) = &context.moderation
+            && let Ok(v) = AsciiMetadataValue::try_from(moderated.decision_id.as_str())
         {
             metadata.insert(MODERATION_DECISION_METADATA, v);
         }

@@ -500,6 +500,21 @@ fn serialized_len_exceeds(value: &Value, limit: usize) -> bool {
     serde_json::to_writer(&mut counter, value).is_err() || counter.len > limit
 }
 
+/// The digest a moderation decision is bound to: SHA-256 of the RFC 8785
+/// canonical form of `input`, the proto3 JSON of the request message.
+///
+/// The edge and a backend reach the same bytes for the same message however
+/// it was encoded on the wire (field order, unknown fields, JSON spelling),
+/// because both digest the message's one proto3 JSON form, canonicalized.
+/// `None` only for a value RFC 8785 cannot express (a non-finite number,
+/// which proto3 JSON never produces): such a message carries no binding and
+/// is moderated again by whoever receives it.
+pub fn input_digest(input: &Value) -> Option<[u8; 32]> {
+    soma_sign::jcs::canonicalize(input)
+        .ok()
+        .map(|canonical| soma_sign::sha256(&canonical))
+}
+
 /// A fresh decision id: `mod_` and 128 random bits in 26 Crockford base-32
 /// characters (the first carries the top 3 bits).
 fn decision_id() -> String {

@@ -103,11 +103,17 @@ impl Gateway for GatewayService {
         if message.capsule_id.is_empty() {
             return Err(invalid("capsule_id", "required"));
         }
-        // Moderation before orchestration: the edge moderated the JSON body
-        // already; a request that arrived without a decision is moderated here.
-        if context.moderation_decision_id.is_none() {
-            let input = crate::transcode::message_to_json("somastack.v1.RunCapsuleRequest", message)
-                .map_err(|e| Status::internal(format!("request not readable for moderation: {e}")))?;
+        // Moderation before orchestration. The edge moderated the final
+        // message and bound its decision to the message's digest; the
+        // decision is trusted only for a message with exactly that digest,
+        // and anything else (no decision, or one made for another message)
+        // is moderated here.
+        let input = crate::transcode::message_to_json("somastack.v1.RunCapsuleRequest", message)
+            .map_err(|e| Status::internal(format!("request not readable for moderation: {e}")))?;
+        let bound = context.moderation.as_ref().is_some_and(|m| {
+            crate::moderation::input_digest(&input).is_some_and(|digest| digest == m.input_sha256)
+        });
+        if !bound {
             let decision = self
                 .admission
                 .moderator()

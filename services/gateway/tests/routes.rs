@@ -145,7 +145,7 @@ fn every_route() -> Vec<Row> {
             "/v1/tools/{tool}:execute",
             "/v1/tools/pdf-reader:execute",
             "/somastack.v1.ToolRegistry/ExecuteTool",
-            Whole,
+            RouteBody::Field("input".to_owned()),
             &[("tool", "pdf-reader")],
         ),
         // CapsuleRepo
