@@ -154,7 +154,7 @@ impl ErrorReply {
     /// A refusal answered before the request's body was read: on HTTP/1.x,
     /// a request that may carry a body gets `Connection: close`, so the
     /// connection is not kept for a body nobody will read (RFC 9112 §9.6).
-    fn closing_if_body_unread(mut self, request: &Request) -> Self {
+    fn closing_if_body_unread(self, request: &Request) -> Self {
         let may_have_body = request.headers().contains_key(header::TRANSFER_ENCODING)
             || request
                 .headers()
