@@ -346,3 +346,198 @@ async fn the_edge_speaks_https_over_http1_and_http2_when_a_certificate_is_config
     assert!(r.is_err(), "plaintext answered on the TLS port");
     edge.stop().await;
 }
+
+/// One raw gRPC call over HTTP/2 to `path` with `body` as the whole
+/// request body (framing included) and `extra` headers: its `grpc-status`
+/// and `soma-reason`, from the trailers-only head or the trailers.
+async fn raw_grpc(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (String, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"));
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    let (response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    send.send_data(bytes::Bytes::from(body), true).unwrap();
+    let response = response.await.unwrap();
+    let pick = |h: &http::HeaderMap| {
+        h.get("grpc-status").map(|s| {
+            (
+                s.to_str().unwrap().to_owned(),
+                h.get("soma-reason")
+                    .map(|r| r.to_str().unwrap().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+    };
+    if let Some(found) = pick(response.headers()) {
+        return found;
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.unwrap().expect("no trailers");
+    pick(&trailers).expect("no grpc-status in the trailers")
+}
+
+/// A gRPC message frame: uncompressed flag, big-endian length, bytes.
+fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_truncated_and_oversized_grpc_messages_are_refused_with_their_reasons() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
+    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |c| {
+        c.limits.max_body_bytes = 64 * 1024;
+    })
+    .await;
+    let token = edge.token(json!({"scope": "ledger:read"}));
+    const PROOF: &str = "/somastack.v1.Analytics/InclusionProof";
+
+    struct Case {
+        name: &'static str,
+        extra: &'static [(&'static str, &'static str)],
+        body: Vec<u8>,
+        status: &'static str,
+        reason: &'static str,
+    }
+    let case = |name, body, status, reason| Case {
+        name,
+        extra: &[],
+        body,
+        status,
+        reason,
+    };
+    // 3: INVALID_ARGUMENT, 8: RESOURCE_EXHAUSTED, 12: UNIMPLEMENTED.
+    let cases = [
+        case(
+            "a tag that is a truncated varint",
+            frame(&[0xff]),
+            "3",
+            "malformed_message",
+        ),
+        case(
+            "field 1 (a string) sent as a varint",
+            frame(&[0x08, 0x01]),
+            "3",
+            "malformed_message",
+        ),
+        case(
+            "a length-delimited field longer than the message",
+            frame(&[0x0a, 0x05, b'a']),
+            "3",
+            "malformed_message",
+        ),
+        case(
+            "a string field that is not UTF-8",
+            frame(&[0x0a, 0x02, 0xc3, 0x28]),
+            "3",
+            "malformed_message",
+        ),
+        case("field number 0", frame(&[0x02, 0x00]), "3", "malformed_message"),
+        case(
+            "a frame whose message ends early",
+            {
+                let mut b = frame(b"\x0a\x03abc");
+                b.truncate(7);
+                b
+            },
+            "3",
+            "truncated_message",
+        ),
+        case("a prefix cut short", vec![0, 0, 0], "3", "truncated_message"),
+        case("no message at all", Vec::new(), "3", "missing_message"),
+        case(
+            "two messages for a unary method",
+            [frame(b""), frame(b"")].concat(),
+            "3",
+            "extra_message",
+        ),
+        case(
+            "compressed flag 2",
+            {
+                let mut b = frame(b"");
+                b[0] = 2;
+                b
+            },
+            "3",
+            "malformed_frame",
+        ),
+        case(
+            "compressed flag without an encoding",
+            {
+                let mut b = frame(b"");
+                b[0] = 1;
+                b
+            },
+            "12",
+            "encoding_unsupported",
+        ),
+        Case {
+            name: "a gzip grpc-encoding",
+            extra: &[("grpc-encoding", "gzip")],
+            body: frame(b""),
+            status: "12",
+            reason: "encoding_unsupported",
+        },
+        case(
+            "a message announcing more than the body limit",
+            {
+                let mut b = vec![0u8];
+                b.extend_from_slice(&(64 * 1024 + 1u32).to_be_bytes());
+                b.extend_from_slice(&[0; 100]);
+                b
+            },
+            "8",
+            "body_too_large",
+        ),
+    ];
+    let before = analytics.metrics.dispatched_count(PROOF);
+    for c in cases {
+        let (status, reason) = raw_grpc(edge.addr, PROOF, &token, c.extra, c.body).await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            (c.status, c.reason),
+            "{}",
+            c.name
+        );
+    }
+    assert_eq!(
+        analytics.metrics.dispatched_count(PROOF),
+        before,
+        "no refused message reached the backend"
+    );
+    // A well-formed message goes through (and the backend answers it).
+    let good = frame(&[0x0a, 0x03, b'e', b'v', b'1']);
+    let (status, reason) = raw_grpc(edge.addr, PROOF, &token, &[], good).await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("5", "not_found"),
+        "NOT_FOUND from Analytics"
+    );
+    assert_eq!(analytics.metrics.dispatched_count(PROOF), before + 1);
+
+    edge.stop().await;
+    analytics.stop().await;
+}
