@@ -3,11 +3,16 @@
 //! and requests without or with invalid authentication answered 401.
 //!
 //! Bounded for CI: 20 examples per operation, at most 40 requests/s (under
-//! the development rate limit). The operations run are those of the
-//! services whose RPCs are built (Gateway, Analytics), minus `RunCapsule`
-//! (it answers 501 until ToolRegistry executes tools) and `SetKillSwitch`
-//! (a fuzzed global switch would turn every later request into a 503; its
-//! behaviour is tested in edge_admission.rs).
+//! the development rate limit). Two runs: the services whose RPCs are built
+//! (Gateway, Analytics) with schemathesis' own `not_a_server_error`, minus
+//! `RunCapsule` and `SetKillSwitch` (a fuzzed switch on the token's own
+//! tenant would turn every later request into a 503; its behaviour is
+//! tested in edge_admission.rs and edge_authority.rs); then the routes whose
+//! backends are not built yet (ToolRegistry, CapsuleRepo, `RunCapsule`),
+//! where the edge's own work — path and query binding, body limits, JSON
+//! and moderation — still runs on every request, with a check that allows
+//! exactly one 5xx: 501 `unimplemented` from the unbuilt backend
+//! (`interop/schemathesis_unbuilt.py`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -65,31 +70,46 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
         "schemathesis is not installed next to {}",
         python.display()
     );
-    let run = Command::new(&schemathesis)
-        .arg("run")
-        .arg(format!("{edge}/openapi.json"))
-        .args(["--url", &edge])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["--include-tag", "Analytics", "--include-tag", "Gateway"])
-        .args(["--exclude-operation-id", "Gateway_RunCapsule"])
-        .args(["--exclude-operation-id", "Gateway_SetKillSwitch"])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,ignored_auth",
-        ])
-        .args([
-            "-n",
-            "20",
-            "--seed",
-            "20261126",
-            "--rate-limit",
-            "40/s",
-            "--no-color",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .await
-        .unwrap();
+    let fuzz = |include: &[&str], exclude: &[&str], checks: &str| {
+        let mut command = Command::new(&schemathesis);
+        command
+            .arg("run")
+            .arg(format!("{edge}/openapi.json"))
+            .args(["--url", &edge])
+            .args(["-H", &format!("Authorization: Bearer {token}")]);
+        for tag in include {
+            command.args(["--include-tag", tag]);
+        }
+        for operation in exclude {
+            command.args(["--exclude-operation-id", operation]);
+        }
+        command
+            .args(["--checks", checks])
+            .args([
+                "-n",
+                "20",
+                "--seed",
+                "20261126",
+                "--rate-limit",
+                "40/s",
+                "--no-color",
+            ])
+            .env(
+                "PYTHONPATH",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop"),
+            )
+            .env("SCHEMATHESIS_HOOKS", "schemathesis_unbuilt")
+            .current_dir(dir.path());
+        command
+    };
+    let run = fuzz(
+        &["Analytics", "Gateway"],
+        &["Gateway_RunCapsule", "Gateway_SetKillSwitch"],
+        "not_a_server_error,status_code_conformance,content_type_conformance,ignored_auth",
+    )
+    .output()
+    .await
+    .unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&run.stdout),
@@ -98,6 +118,32 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     assert!(run.status.success(), "schemathesis failed:\n{report}");
     assert!(
         report.contains("Tested: 15"),
+        "fewer operations than expected were tested:\n{report}"
+    );
+
+    let run = fuzz(
+        &["ToolRegistry", "CapsuleRepo", "Gateway"],
+        &[
+            "Gateway_WhoAmI",
+            "Gateway_ListKillSwitches",
+            "Gateway_SetKillSwitch",
+        ],
+        "no_server_error_but_unimplemented,status_code_conformance,content_type_conformance,ignored_auth",
+    )
+    .output()
+    .await
+    .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.status.success(),
+        "schemathesis (unbuilt backends) failed:\n{report}"
+    );
+    assert!(
+        report.contains("Tested: 17"),
         "fewer operations than expected were tested:\n{report}"
     );
 
