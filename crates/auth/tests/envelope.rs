@@ -65,6 +65,8 @@ fn input_claims() -> VerifiedClaims {
         issued_at: 2,
         key_id: "ignored".to_owned(),
         moderation_decision_id: "mod-0001".to_owned(),
+        // Carried and signed like every other claim.
+        operator: true,
     }
 }
 
