@@ -300,6 +300,7 @@ impl Admission {
             region: claims.region,
             capabilities: claims.scope,
             mfa,
+            operator: claims.operator,
             moderation_decision_id: None,
         };
 
