@@ -82,6 +82,7 @@ fn bench(c: &mut Criterion) {
             }],
             leeway: Duration::from_secs(30),
             max_token_bytes: 8192,
+            max_lifetime: soma_auth::DEFAULT_MAX_LIFETIME,
         }))
         .unwrap();
 

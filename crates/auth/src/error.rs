@@ -168,6 +168,10 @@ pub enum JwtError {
     /// `iat` is later than now plus the leeway.
     #[error("token is issued in the future")]
     IssuedInFuture,
+    /// `exp - iat` exceeds the configured maximum lifetime, or, without
+    /// `iat`, `exp` lies further than that maximum (plus the leeway) ahead.
+    #[error("token lifetime exceeds the configured maximum")]
+    LifetimeTooLong,
     /// `aud` is absent or names none of the issuer's audiences.
     #[error("token audience does not match")]
     AudienceMismatch,
@@ -195,6 +199,7 @@ impl JwtError {
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
             Self::IssuedInFuture => "issued_in_future",
+            Self::LifetimeTooLong => "lifetime_too_long",
             Self::AudienceMismatch => "audience_mismatch",
             Self::InvalidKey(_) => "invalid_key",
         }
@@ -231,6 +236,9 @@ pub enum JwtConfigError {
     /// `max_token_bytes` is zero.
     #[error("max token bytes must be positive")]
     ZeroMaxTokenBytes,
+    /// `max_lifetime` is zero or longer than 30 days.
+    #[error("max_lifetime {0:?} must be positive and at most 30 days")]
+    MaxLifetime(std::time::Duration),
     /// A key file could not be read.
     #[error("cannot read {path}")]
     ReadFile {

@@ -28,6 +28,12 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8192;
 /// Default least time between two fetches of a JWKS URL.
 pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default longest token lifetime: `exp - iat`, or `exp - now` for a token
+/// without `iat`.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The largest `max_lifetime` a configuration may set: a token that lives
+/// longer is a credential nobody can revoke in practice.
+pub const MAX_LIFETIME_CEILING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest `kid` accepted.
 const MAX_KID_CHARS: usize = 128;
 
@@ -43,6 +49,11 @@ pub struct JwtSettings {
     /// Longest token accepted; checked before anything is decoded.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Longest token lifetime accepted (humantime, "24h"): `exp - iat`, or
+    /// for a token without `iat`, how far `exp` lies beyond now (plus the
+    /// leeway). Positive and at most [`MAX_LIFETIME_CEILING`].
+    #[serde(default = "default_max_lifetime", deserialize_with = "humantime_duration")]
+    pub max_lifetime: Duration,
 }
 
 /// One trusted issuer and where its keys come from.
@@ -71,6 +82,11 @@ pub struct IssuerSettings {
     /// Least time between two fetches of `jwks_url` (humantime, "30s").
     #[serde(default = "default_refresh_interval", deserialize_with = "humantime_duration")]
     pub jwks_refresh_interval: Duration,
+    /// Whether this issuer speaks for operators: only its tokens can carry
+    /// `"operator": true` (from any other issuer the claim grants nothing).
+    /// Default false.
+    #[serde(default)]
+    pub operator: bool,
 }
 
 impl Default for JwtSettings {
@@ -79,6 +95,7 @@ impl Default for JwtSettings {
             issuers: Vec::new(),
             leeway: DEFAULT_LEEWAY,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
     }
 }
@@ -94,6 +111,7 @@ impl Default for IssuerSettings {
             jwks_url: None,
             jwks_ca_file: None,
             jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            operator: false,
         }
     }
 }
@@ -124,6 +142,10 @@ pub struct TokenClaims {
     /// The `kid` of the key that verified the token (empty when the token
     /// had none and the issuer's only key has none).
     pub key_id: String,
+    /// Whether the token speaks for an operator: it came from an issuer
+    /// configured with `operator = true` and carried `"operator": true`.
+    /// Never true for a token of any other issuer, whatever it claims.
+    pub operator: bool,
 }
 
 /// Verifies tenant JWTs against the configured issuers. Cheap to clone:
@@ -137,6 +159,8 @@ struct Inner {
     issuers: HashMap<String, IssuerState>,
     leeway: i64,
     max_token_bytes: usize,
+    /// [`JwtSettings::max_lifetime`] in seconds.
+    max_lifetime: i64,
     fetch_count: Arc<AtomicU64>,
 }
 
@@ -147,6 +171,50 @@ struct IssuerState {
     secret_file: Option<WatchedFile>,
     jwks_file: Option<WatchedFile>,
     jwks_url: Option<UrlSource>,
+    /// Whether the `operator` claim of this issuer's tokens is honoured.
+    operator: bool,
+}
+
+impl JwtSettings {
+    /// The checks that need no file and no network: at least one issuer,
+    /// each named once with an audience, an algorithm and a key source; a
+    /// positive token size and refresh interval; a lifetime bound that is
+    /// positive and at most [`MAX_LIFETIME_CEILING`]. The gateway runs them
+    /// when it loads its configuration, so a bad file exits before any port
+    /// is bound; [`JwtVerifier::new`] runs them again.
+    pub fn validate(&self) -> Result<(), JwtConfigError> {
+        if self.issuers.is_empty() {
+            return Err(JwtConfigError::NoIssuers);
+        }
+        if self.max_token_bytes == 0 {
+            return Err(JwtConfigError::ZeroMaxTokenBytes);
+        }
+        if self.max_lifetime.is_zero() || self.max_lifetime > MAX_LIFETIME_CEILING {
+            return Err(JwtConfigError::MaxLifetime(self.max_lifetime));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.issuers {
+            if s.issuer.is_empty() {
+                return Err(JwtConfigError::EmptyIssuer);
+            }
+            if !seen.insert(s.issuer.as_str()) {
+                return Err(JwtConfigError::DuplicateIssuer(s.issuer.clone()));
+            }
+            if s.audiences.is_empty() {
+                return Err(JwtConfigError::NoAudiences(s.issuer.clone()));
+            }
+            if s.algorithms.is_empty() {
+                return Err(JwtConfigError::NoAlgorithms(s.issuer.clone()));
+            }
+            if s.hmac_secret_file.is_none() && s.jwks_file.is_none() && s.jwks_url.is_none() {
+                return Err(JwtConfigError::NoKeySource(s.issuer.clone()));
+            }
+            if s.jwks_refresh_interval.is_zero() {
+                return Err(JwtConfigError::ZeroRefreshInterval(s.issuer.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl JwtVerifier {
@@ -154,33 +222,10 @@ impl JwtVerifier {
     /// invalid file is an error) and fetches each JWKS URL once (a failure
     /// is logged: the URL is tried again on the next unknown kid).
     pub async fn new(settings: JwtSettings) -> Result<Self, JwtConfigError> {
-        if settings.issuers.is_empty() {
-            return Err(JwtConfigError::NoIssuers);
-        }
-        if settings.max_token_bytes == 0 {
-            return Err(JwtConfigError::ZeroMaxTokenBytes);
-        }
+        settings.validate()?;
         let fetch_count = Arc::new(AtomicU64::new(0));
         let mut issuers = HashMap::new();
         for s in settings.issuers {
-            if s.issuer.is_empty() {
-                return Err(JwtConfigError::EmptyIssuer);
-            }
-            if issuers.contains_key(&s.issuer) {
-                return Err(JwtConfigError::DuplicateIssuer(s.issuer));
-            }
-            if s.audiences.is_empty() {
-                return Err(JwtConfigError::NoAudiences(s.issuer));
-            }
-            if s.algorithms.is_empty() {
-                return Err(JwtConfigError::NoAlgorithms(s.issuer));
-            }
-            if s.hmac_secret_file.is_none() && s.jwks_file.is_none() && s.jwks_url.is_none() {
-                return Err(JwtConfigError::NoKeySource(s.issuer));
-            }
-            if s.jwks_refresh_interval.is_zero() {
-                return Err(JwtConfigError::ZeroRefreshInterval(s.issuer));
-            }
             let secret_file = s
                 .hmac_secret_file
                 .as_deref()
@@ -210,15 +255,19 @@ impl JwtVerifier {
                 secret_file,
                 jwks_file,
                 jwks_url,
+                operator: s.operator,
             };
             issuers.insert(s.issuer, state);
         }
         let leeway = i64::try_from(settings.leeway.as_secs()).unwrap_or(i64::MAX);
+        // At most 30 days (validated above): the cast is exact.
+        let max_lifetime = settings.max_lifetime.as_secs() as i64;
         Ok(Self {
             inner: Arc::new(Inner {
                 issuers,
                 leeway,
                 max_token_bytes: settings.max_token_bytes,
+                max_lifetime,
                 fetch_count,
             }),
         })
@@ -262,6 +311,7 @@ impl JwtVerifier {
             state,
             now_unix,
             self.inner.leeway,
+            self.inner.max_lifetime,
         )
     }
 
@@ -280,6 +330,7 @@ impl fmt::Debug for JwtVerifier {
             .field("issuers", &issuers)
             .field("leeway", &self.inner.leeway)
             .field("max_token_bytes", &self.inner.max_token_bytes)
+            .field("max_lifetime", &self.inner.max_lifetime)
             .field("jwks_fetch_count", &self.jwks_fetch_count())
             .finish()
     }
@@ -464,7 +515,7 @@ fn valid_kid(kid: &str) -> bool {
 }
 
 /// The claim checks, after the signature verified: every registered claim's
-/// type first, then presence, then time, then audience.
+/// type first, then presence, then time (lifetime last), then audience.
 fn claims<'a>(
     payload: &RawClaims<'a>,
     issuer: &str,
@@ -472,6 +523,7 @@ fn claims<'a>(
     state: &IssuerState,
     now: i64,
     leeway: i64,
+    max_lifetime: i64,
 ) -> Result<TokenClaims, JwtError> {
     let int = |raw: Option<&RawValue>, name| raw.map(|r| integer(r, name)).transpose();
     let text = |raw: Option<&'a RawValue>, name| raw.map(|r| string(r, name)).transpose();
@@ -484,6 +536,11 @@ fn claims<'a>(
     let region = text(payload.region, "region")?;
     let jti = text(payload.jti, "jti")?;
     let scope = text(payload.scope, "scope")?;
+    let operator = match payload.operator.map(RawValue::get) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(JwtError::InvalidClaimType("operator")),
+    };
     let amr = match payload.amr {
         None => Vec::new(),
         Some(raw) => strings(raw).ok_or(JwtError::InvalidClaimType("amr"))?,
@@ -509,6 +566,17 @@ fn claims<'a>(
     }
     if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
         return Err(JwtError::IssuedInFuture);
+    }
+    // A bounded lifetime: a leaked token of 2^63-1 seconds would otherwise
+    // be a credential for ever. With `iat`, the lifetime the issuer wrote
+    // (in i128: the difference of two i64 cannot overflow there); without
+    // it, the time left, which is all the verifier can know.
+    let too_long = match iat {
+        Some(iat) => i128::from(exp) - i128::from(iat) > i128::from(max_lifetime),
+        None => exp > now.saturating_add(max_lifetime).saturating_add(leeway),
+    };
+    if too_long {
+        return Err(JwtError::LifetimeTooLong);
     }
     let accepted = |a: &str| state.audiences.iter().any(|ours| ours == a);
     let addressed = match aud.ok_or(JwtError::AudienceMismatch)? {
@@ -538,6 +606,8 @@ fn claims<'a>(
         expires_at: exp,
         issued_at: iat,
         key_id: key_id.to_owned(),
+        // The claim counts only where the issuer is trusted to make it.
+        operator: operator && state.operator,
     })
 }
 
@@ -573,6 +643,8 @@ struct RawClaims<'a> {
     amr: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     auth_time: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    operator: Option<&'a RawValue>,
 }
 
 impl<'a> RawClaims<'a> {
@@ -648,6 +720,10 @@ fn default_leeway() -> Duration {
 
 fn default_max_token_bytes() -> usize {
     DEFAULT_MAX_TOKEN_BYTES
+}
+
+fn default_max_lifetime() -> Duration {
+    DEFAULT_MAX_LIFETIME
 }
 
 fn default_refresh_interval() -> Duration {

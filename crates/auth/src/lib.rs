@@ -41,8 +41,8 @@ pub use envelope::{
 pub use error::{AuthError, JwtConfigError, JwtError};
 pub use jwk::{ALL_ZERO_HMAC_KEY, Algorithm, Jwk};
 pub use jwt::{
-    DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_BYTES, IssuerSettings, JwtSettings,
-    JwtVerifier, TokenClaims, verify_compact_jws,
+    DEFAULT_JWKS_REFRESH_INTERVAL, DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_TOKEN_BYTES,
+    IssuerSettings, JwtSettings, JwtVerifier, MAX_LIFETIME_CEILING, TokenClaims, verify_compact_jws,
 };
 pub use signer::ClaimsSigner;
 pub use soma_proto::v1::VerifiedClaims;

@@ -65,6 +65,9 @@ fn input_claims() -> VerifiedClaims {
         issued_at: 2,
         key_id: "ignored".to_owned(),
         moderation_decision_id: "mod-0001".to_owned(),
+        // Carried and signed like every other claim.
+        operator: true,
+        moderation_input_sha256: vec![0x5a; 32],
     }
 }
 
@@ -510,6 +513,7 @@ fn a_valid_envelope_round_trips_every_field() {
     assert_eq!(claims.expires_at, 1_750_000_030);
     assert_eq!(claims.key_id, KEY_ID);
     assert_eq!(claims.moderation_decision_id, "mod-0001");
+    assert_eq!(claims.moderation_input_sha256, vec![0x5a; 32]);
     // The signature is Ed25519 over the separator and the encoded claims.
     let mut message = b"somastack.v1.VerifiedClaims\0".to_vec();
     message.extend_from_slice(&signed.encoded);

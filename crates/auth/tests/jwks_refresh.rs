@@ -86,6 +86,7 @@ fn settings(issuer: IssuerSettings) -> JwtSettings {
         issuers: vec![issuer],
         leeway: Duration::from_secs(30),
         max_token_bytes: 8192,
+        max_lifetime: soma_auth::DEFAULT_MAX_LIFETIME,
     }
 }
 

@@ -17,9 +17,12 @@ use common::{EcKey, EdKey, HsKey, RsaKey, b64, hmac, mint, signing_input, write_
 const ISSUER: &str = "https://issuer.example";
 const ES_ONLY_ISSUER: &str = "https://es-only.example";
 const SINGLE_KEY_ISSUER: &str = "https://single.example";
+const OPERATOR_ISSUER: &str = "https://operators.example";
 const AUDIENCE: &str = "soma-gateway";
 const NOW: i64 = 1_750_000_000;
 const LEEWAY: i64 = 30;
+/// The fixture's `max_lifetime`: the default, 24 h.
+const MAX_LIFETIME: i64 = 24 * 3600;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -29,6 +32,7 @@ struct Fixture {
     ec: EcKey,
     ed: EdKey,
     single: HsKey,
+    operator: HsKey,
 }
 
 async fn fixture() -> Fixture {
@@ -38,10 +42,12 @@ async fn fixture() -> Fixture {
     let ec = EcKey::generate();
     let ed = EdKey::generate();
     let single = HsKey::generate();
+    let operator = HsKey::generate();
     let secret_file = write_json(dir.path(), "hs.jwk", &hs.jwk("hs-1"));
     let jwks = json!({"keys": [rsa.jwk("rsa-1"), ec.jwk("ec-1"), ed.jwk("ed-1")]});
     let jwks_file = write_json(dir.path(), "jwks.json", &jwks);
     let single_file = write_json(dir.path(), "single.jwk", &single.jwk("only"));
+    let operator_file = write_json(dir.path(), "operator.jwk", &operator.jwk("op-1"));
     let all = vec![
         Algorithm::Hs256,
         Algorithm::Rs256,
@@ -73,9 +79,18 @@ async fn fixture() -> Fixture {
                 hmac_secret_file: Some(single_file),
                 ..IssuerSettings::default()
             },
+            IssuerSettings {
+                issuer: OPERATOR_ISSUER.to_owned(),
+                audiences: vec![AUDIENCE.to_owned()],
+                algorithms: vec![Algorithm::Hs256],
+                hmac_secret_file: Some(operator_file),
+                operator: true,
+                ..IssuerSettings::default()
+            },
         ],
         leeway: Duration::from_secs(LEEWAY as u64),
         max_token_bytes: 8192,
+        max_lifetime: Duration::from_secs(MAX_LIFETIME as u64),
     };
     let verifier = JwtVerifier::new(settings).await.unwrap();
     Fixture {
@@ -86,6 +101,7 @@ async fn fixture() -> Fixture {
         ec,
         ed,
         single,
+        operator,
     }
 }
 
@@ -127,6 +143,14 @@ impl Fixture {
 
     fn hs(&self, payload: &Value) -> String {
         self.hs256(&header("HS256", "hs-1"), payload)
+    }
+
+    /// A token of the operator issuer (its own key).
+    fn op(&self, payload: &Value) -> String {
+        let payload = with(payload.clone(), "iss", json!(OPERATOR_ISSUER));
+        mint(&header("HS256", "op-1").to_string(), &payload.to_string(), |i| {
+            self.operator.sign(i)
+        })
     }
 
     fn rs(&self, payload: &Value) -> String {
@@ -423,6 +447,25 @@ fn hostile_cases(f: &Fixture) -> Vec<Case> {
         f.hs(&with(c.clone(), "aud", json!([AUDIENCE, 1]))),
         "invalid_claim_type",
     ));
+    // The operator claim is a JSON boolean, from any issuer: a string
+    // "true" is a type error, not a truthy value.
+    for (name, value) in [
+        ("operator as the string \"true\"", json!("true")),
+        ("operator as 1", json!(1)),
+        ("operator null", Value::Null),
+        ("operator as an array", json!([true])),
+    ] {
+        cases.push(case(
+            name,
+            f.hs(&with(c.clone(), "operator", value.clone())),
+            "invalid_claim_type",
+        ));
+        cases.push(case(
+            name,
+            f.op(&with(c.clone(), "operator", value)),
+            "invalid_claim_type",
+        ));
+    }
 
     // Issuer.
     for (name, iss) in [
@@ -468,6 +511,52 @@ fn hostile_cases(f: &Fixture) -> Vec<Case> {
         "iat in the future",
         f.hs(&with(c.clone(), "iat", json!(NOW + 3600))),
         "issued_in_future",
+    ));
+    cases.push(case(
+        "iat one second beyond the leeway",
+        f.hs(&with(c.clone(), "iat", json!(NOW + LEEWAY + 1))),
+        "issued_in_future",
+    ));
+
+    // Lifetime: exp - iat, or without iat exp - now, at most max_lifetime.
+    let no_iat = without(c.clone(), "iat");
+    cases.push(case(
+        "exp = i64::MAX without iat",
+        f.hs(&with(no_iat.clone(), "exp", json!(i64::MAX))),
+        "lifetime_too_long",
+    ));
+    cases.push(case(
+        "exp = i64::MAX with iat",
+        f.hs(&with(c.clone(), "exp", json!(i64::MAX))),
+        "lifetime_too_long",
+    ));
+    cases.push(case(
+        "exp - iat = max_lifetime + 1 s",
+        f.hs(&with(
+            with(c.clone(), "iat", json!(NOW - 10)),
+            "exp",
+            json!(NOW - 10 + MAX_LIFETIME + 1),
+        )),
+        "lifetime_too_long",
+    ));
+    cases.push(case(
+        "without iat, exp = now + max_lifetime + leeway + 1 s",
+        f.hs(&with(no_iat, "exp", json!(NOW + MAX_LIFETIME + LEEWAY + 1))),
+        "lifetime_too_long",
+    ));
+    cases.push(case(
+        "iat = i64::MIN, exp in an hour",
+        f.hs(&with(c.clone(), "iat", json!(i64::MIN))),
+        "lifetime_too_long",
+    ));
+    cases.push(case(
+        "operator issuer, exp = i64::MAX without iat",
+        f.op(&with(
+            with(without(c.clone(), "iat"), "operator", json!(true)),
+            "exp",
+            json!(i64::MAX),
+        )),
+        "lifetime_too_long",
     ));
 
     // Audience.
@@ -818,6 +907,7 @@ async fn each_algorithm_verifies_and_returns_the_claims() {
                 expires_at: NOW + 600,
                 issued_at: Some(NOW - 10),
                 key_id: kid.to_owned(),
+                operator: false,
             },
             "{alg}"
         );
@@ -902,6 +992,223 @@ async fn leeway_edges() {
     assert_eq!(
         f.verifier.verify(&f.hs(&iat), NOW).await.unwrap_err().reason(),
         "issued_in_future"
+    );
+}
+
+#[tokio::test]
+async fn lifetime_edges() {
+    let f = fixture().await;
+    // exp - iat exactly max_lifetime: accepted; one second more: refused.
+    let iat = NOW - 10;
+    let exact = with(
+        with(claims(), "iat", json!(iat)),
+        "exp",
+        json!(iat + MAX_LIFETIME),
+    );
+    let accepted = f
+        .verifier
+        .verify(&f.hs(&exact), NOW)
+        .await
+        .expect("exactly max_lifetime");
+    assert_eq!(accepted.expires_at - accepted.issued_at.unwrap(), MAX_LIFETIME);
+    let over = with(exact.clone(), "exp", json!(iat + MAX_LIFETIME + 1));
+    assert_eq!(
+        f.verifier.verify(&f.hs(&over), NOW).await.unwrap_err().reason(),
+        "lifetime_too_long"
+    );
+    // Without iat: exp up to now + max_lifetime + leeway.
+    let no_iat = without(claims(), "iat");
+    let edge = with(no_iat.clone(), "exp", json!(NOW + MAX_LIFETIME + LEEWAY));
+    f.verifier
+        .verify(&f.hs(&edge), NOW)
+        .await
+        .expect("without iat, exp = now + max_lifetime + leeway");
+    let beyond = with(no_iat, "exp", json!(NOW + MAX_LIFETIME + LEEWAY + 1));
+    assert_eq!(
+        f.verifier.verify(&f.hs(&beyond), NOW).await.unwrap_err().reason(),
+        "lifetime_too_long"
+    );
+    // The bound follows the configuration: with max_lifetime = 1 h, a token
+    // of 1 h 1 s is refused and one of 1 h accepted.
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HsKey::generate();
+    let settings = JwtSettings {
+        issuers: vec![IssuerSettings {
+            issuer: ISSUER.to_owned(),
+            audiences: vec![AUDIENCE.to_owned()],
+            algorithms: vec![Algorithm::Hs256],
+            hmac_secret_file: Some(write_json(dir.path(), "hs.jwk", &hs.jwk("hs-1"))),
+            ..IssuerSettings::default()
+        }],
+        max_lifetime: Duration::from_secs(3600),
+        ..JwtSettings::default()
+    };
+    let hour = JwtVerifier::new(settings).await.unwrap();
+    let mint_hs = |payload: &Value| {
+        mint(&header("HS256", "hs-1").to_string(), &payload.to_string(), |i| {
+            hs.sign(i)
+        })
+    };
+    let one_hour = with(with(claims(), "iat", json!(NOW)), "exp", json!(NOW + 3600));
+    hour.verify(&mint_hs(&one_hour), NOW).await.expect("1 h");
+    let longer = with(one_hour, "exp", json!(NOW + 3601));
+    assert_eq!(
+        hour.verify(&mint_hs(&longer), NOW).await.unwrap_err().reason(),
+        "lifetime_too_long"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_claim_counts_only_from_an_operator_issuer() {
+    let f = fixture().await;
+    struct Row {
+        name: &'static str,
+        token: String,
+        operator: bool,
+    }
+    let c = claims();
+    let rows = [
+        Row {
+            name: "tenant issuer, operator true: grants nothing",
+            token: f.hs(&with(c.clone(), "operator", json!(true))),
+            operator: false,
+        },
+        Row {
+            name: "tenant issuer, no operator claim",
+            token: f.hs(&c),
+            operator: false,
+        },
+        Row {
+            name: "operator issuer, operator true",
+            token: f.op(&with(c.clone(), "operator", json!(true))),
+            operator: true,
+        },
+        Row {
+            name: "operator issuer, operator false",
+            token: f.op(&with(c.clone(), "operator", json!(false))),
+            operator: false,
+        },
+        Row {
+            name: "operator issuer, no operator claim",
+            token: f.op(&c),
+            operator: false,
+        },
+    ];
+    for row in rows {
+        let claims = f
+            .verifier
+            .verify(&row.token, NOW)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", row.name));
+        assert_eq!(claims.operator, row.operator, "{}", row.name);
+    }
+    // The operator issuer's key is its own: an operator claim MACed with
+    // the tenant issuer's key but naming the operator issuer is refused.
+    let forged = f.hs256(
+        &header("HS256", "hs-1"),
+        &with(with(c, "iss", json!(OPERATOR_ISSUER)), "operator", json!(true)),
+    );
+    assert_eq!(
+        f.verifier.verify(&forged, NOW).await.unwrap_err().reason(),
+        "unknown_kid"
+    );
+}
+
+#[tokio::test]
+async fn max_lifetime_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = HsKey::generate();
+    let path = write_json(dir.path(), "hs.jwk", &hs.jwk("k"));
+    let settings = |max_lifetime: Option<&str>| {
+        let mut text = json!({
+            "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["HS256"],
+                         "hmac_secret_file": path}],
+        });
+        if let Some(m) = max_lifetime {
+            text["max_lifetime"] = json!(m);
+        }
+        serde_json::from_value::<JwtSettings>(text)
+    };
+    // (value, Ok(parsed) or Err(whether it is refused when parsed or when validated))
+    struct Row {
+        value: Option<&'static str>,
+        expected: Result<Duration, &'static str>,
+    }
+    let rows = [
+        Row {
+            value: None,
+            expected: Ok(Duration::from_secs(24 * 3600)),
+        },
+        Row {
+            value: Some("1s"),
+            expected: Ok(Duration::from_secs(1)),
+        },
+        Row {
+            value: Some("15m"),
+            expected: Ok(Duration::from_secs(900)),
+        },
+        Row {
+            value: Some("24h"),
+            expected: Ok(Duration::from_secs(24 * 3600)),
+        },
+        Row {
+            value: Some("30days"),
+            expected: Ok(Duration::from_secs(30 * 24 * 3600)),
+        },
+        Row {
+            value: Some("30days 1s"),
+            expected: Err("validate"),
+        },
+        Row {
+            value: Some("1year"),
+            expected: Err("validate"),
+        },
+        Row {
+            value: Some("0s"),
+            expected: Err("validate"),
+        },
+        Row {
+            value: Some("soon"),
+            expected: Err("parse"),
+        },
+        Row {
+            value: Some("-1h"),
+            expected: Err("parse"),
+        },
+        Row {
+            value: Some(""),
+            expected: Err("parse"),
+        },
+    ];
+    for row in rows {
+        let parsed = settings(row.value);
+        match (row.expected, parsed) {
+            (Ok(expected), Ok(s)) => {
+                assert_eq!(s.max_lifetime, expected, "{:?}", row.value);
+                s.validate().unwrap_or_else(|e| panic!("{:?}: {e}", row.value));
+                JwtVerifier::new(s).await.unwrap();
+            }
+            (Err("validate"), Ok(s)) => {
+                let err = s.validate().unwrap_err();
+                assert!(
+                    matches!(err, soma_auth::JwtConfigError::MaxLifetime(_)),
+                    "{:?}: {err}",
+                    row.value
+                );
+                assert!(err.to_string().contains("max_lifetime"), "{err}");
+                assert!(JwtVerifier::new(s).await.is_err(), "{:?}", row.value);
+            }
+            (Err("parse"), Err(_)) => {}
+            (expected, got) => panic!("{:?}: expected {expected:?}, got {got:?}", row.value),
+        }
+    }
+    assert_eq!(
+        JwtSettings::default().max_lifetime,
+        soma_auth::DEFAULT_MAX_LIFETIME
+    );
+    assert_eq!(
+        soma_auth::MAX_LIFETIME_CEILING,
+        Duration::from_secs(30 * 24 * 3600)
     );
 }
 

@@ -107,6 +107,7 @@ async fn pyjwt_and_jwcrypto_tokens_verify() {
         }],
         leeway: Duration::from_secs(30),
         max_token_bytes: 8192,
+        max_lifetime: soma_auth::DEFAULT_MAX_LIFETIME,
     })
     .await
     .unwrap();

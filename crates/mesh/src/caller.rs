@@ -6,6 +6,10 @@ use std::sync::Arc;
 use soma_identity::SpiffeId;
 use soma_proto::v1::VerifiedClaims;
 
+/// The SPIFFE ID paths of operators (`spiffe://TD/operator/<name>`), as a
+/// policy pattern.
+pub const OPERATOR_PATH_PATTERN: &str = "/operator/*";
+
 /// The mTLS peer of a connection, established by the handshake.
 ///
 /// Inserted into every request's extensions by the runtime, as an
@@ -37,5 +41,18 @@ impl Caller {
     /// through the runtime (which never happens for a served method).
     pub fn of<T>(request: &tonic::Request<T>) -> Option<&Self> {
         request.extensions().get::<Self>()
+    }
+
+    /// Whether this caller is an operator principal: either an operator
+    /// SVID (path under `/operator/`) calling with no tenant claims, or
+    /// claims that the gateway sealed with `operator` set (a token of an
+    /// operator issuer). A peer that forwards claims speaks for those claims
+    /// only, so its own SPIFFE ID never makes a tenant's request an
+    /// operator's.
+    pub fn is_operator(&self) -> bool {
+        match &self.claims {
+            Some(claims) => claims.operator,
+            None => soma_proto::pattern_matches(OPERATOR_PATH_PATTERN, self.peer.spiffe_id.path()),
+        }
     }
 }

@@ -27,7 +27,7 @@ mod settings;
 
 pub use admin::{AdminServer, Readiness};
 pub use authz::{AuthzLayer, REASON_METADATA};
-pub use caller::{Caller, PeerInfo};
+pub use caller::{Caller, OPERATOR_PATH_PATTERN, PeerInfo};
 pub use client::{MeshChannel, MeshConnector, channel};
 pub use error::MeshError;
 pub use metrics::Metrics;

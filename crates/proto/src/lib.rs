@@ -9,7 +9,7 @@
 
 mod policy;
 
-pub use policy::{MethodPolicy as PolicyView, PolicyError, PolicyTable, descriptor_pool};
+pub use policy::{MethodPolicy as PolicyView, PolicyError, PolicyTable, descriptor_pool, pattern_matches};
 
 /// `google.api`: the HTTP mapping annotations.
 #[allow(

@@ -76,9 +76,14 @@ enum Command {
         /// Claim a second factor (`amr` with `otp`, `auth_time` now).
         #[arg(long)]
         mfa: bool,
-        /// Lifetime.
+        /// Lifetime, at most 24h (the gateway's default jwt max_lifetime).
         #[arg(long, default_value = "15m", value_parser = parse_duration)]
         ttl: Duration,
+        /// Mint from the development operator issuer (`soma-dev-operator`)
+        /// with `"operator": true`: authority beyond one tenant (global and
+        /// method kill switches, other tenants' switches and exports).
+        #[arg(long)]
+        operator: bool,
     },
     /// Run one service; its identity comes from SPIFFE_ENDPOINT_SOCKET.
     Serve {
@@ -170,6 +175,7 @@ fn main() -> ExitCode {
                 subject,
                 mfa,
                 ttl,
+                operator,
             } => token::run(&token::TokenArgs {
                 data_dir,
                 tenant,
@@ -178,6 +184,7 @@ fn main() -> ExitCode {
                 scope,
                 mfa,
                 ttl,
+                operator,
             }),
             Command::Serve {
                 service,

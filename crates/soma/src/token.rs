@@ -1,8 +1,12 @@
 //! `soma token`: a JWT from the development issuer `soma-dev`, whose HS256
-//! key `soma up` keeps as a JSON Web Key in `DIR/secrets/dev-issuer.jwk`.
+//! key `soma up` keeps as a JSON Web Key in `DIR/secrets/dev-issuer.jwk`;
+//! with `--operator`, from the development operator issuer
+//! `soma-dev-operator` (key `DIR/secrets/dev-operator-issuer.jwk`), with the
+//! claim `"operator": true`.
 //!
 //! The token is an ordinary RFC 7519 JWT: any JWT library holding that JWK
-//! mints the same kind of token.
+//! mints the same kind of token. Its lifetime is at most the gateway's
+//! default `max_lifetime` (24 h): a longer one would only be refused.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,7 +17,9 @@ use base64::Engine as _;
 use rand::RngCore as _;
 use serde_json::json;
 
-use soma_gateway::config::{DEV_AUDIENCE, DEV_ISSUER};
+use soma_gateway::config::{
+    DEV_AUDIENCE, DEV_ISSUER, DEV_ISSUER_JWK_FILE, DEV_OPERATOR_ISSUER, DEV_OPERATOR_ISSUER_JWK_FILE,
+};
 
 pub struct TokenArgs {
     pub data_dir: PathBuf,
@@ -23,21 +29,39 @@ pub struct TokenArgs {
     pub scope: String,
     pub mfa: bool,
     pub ttl: Duration,
+    /// Mint from the operator issuer, with `"operator": true`.
+    pub operator: bool,
 }
 
 /// The path of the development issuer's JWK under a data dir.
 pub fn dev_issuer_jwk(data_dir: &Path) -> PathBuf {
-    data_dir.join("secrets").join("dev-issuer.jwk")
+    data_dir.join("secrets").join(DEV_ISSUER_JWK_FILE)
+}
+
+/// The path of the development operator issuer's JWK under a data dir.
+pub fn dev_operator_issuer_jwk(data_dir: &Path) -> PathBuf {
+    data_dir.join("secrets").join(DEV_OPERATOR_ISSUER_JWK_FILE)
 }
 
 pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
-    if args.ttl.is_zero() || args.ttl > Duration::from_secs(24 * 3600) {
-        return Ok(crate::config_error("--ttl must be between 1 s and 24 h"));
+    // The gateway refuses a token whose lifetime exceeds its max_lifetime
+    // (24 h unless configured): minting one would only hand out a 401.
+    let max = soma_auth::DEFAULT_MAX_LIFETIME;
+    if args.ttl.is_zero() || args.ttl > max {
+        return Ok(crate::config_error(format!(
+            "--ttl {} is not between 1s and {} (the gateway's default jwt max_lifetime refuses longer tokens)",
+            humantime::format_duration(args.ttl),
+            humantime::format_duration(max)
+        )));
     }
     if args.tenant.is_empty() || args.region.is_empty() {
         return Ok(crate::config_error("--tenant and --region must not be empty"));
     }
-    let path = dev_issuer_jwk(&args.data_dir);
+    let (path, issuer) = if args.operator {
+        (dev_operator_issuer_jwk(&args.data_dir), DEV_OPERATOR_ISSUER)
+    } else {
+        (dev_issuer_jwk(&args.data_dir), DEV_ISSUER)
+    };
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "reading {} (run `soma up` on this data dir first)",
@@ -66,8 +90,8 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     } else {
         json!(["pwd"])
     };
-    let claims = json!({
-        "iss": DEV_ISSUER,
+    let mut claims = json!({
+        "iss": issuer,
         "aud": DEV_AUDIENCE,
         "sub": args.subject.clone().unwrap_or_else(|| format!("dev-user@{}", args.tenant)),
         "tenant": args.tenant,
@@ -80,6 +104,9 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
         "exp": now + args.ttl.as_secs(),
         "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
     });
+    if args.operator {
+        claims["operator"] = json!(true);
+    }
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let signing_input = format!(
         "{}.{}",

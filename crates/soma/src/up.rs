@@ -349,9 +349,10 @@ fn ensure_claims_key(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((key, public))
 }
 
-/// The development issuer's key (`DIR/secrets/dev-issuer.jwk`, created once)
-/// and the gateway's config naming it (`DIR/gateway.toml`, rewritten at each
-/// start with this run's region and edge address).
+/// The development issuers' keys (`DIR/secrets/dev-issuer.jwk` for tenant
+/// tokens, `DIR/secrets/dev-operator-issuer.jwk` for operator tokens, each
+/// created once) and the gateway's config naming them (`DIR/gateway.toml`,
+/// rewritten at each start with this run's region and edge address).
 fn ensure_gateway_config(data_dir: &Path, args: &UpArgs) -> anyhow::Result<PathBuf> {
     let secrets = data_dir.join("secrets");
     std::fs::create_dir_all(&secrets)?;
@@ -361,11 +362,19 @@ fn ensure_gateway_config(data_dir: &Path, args: &UpArgs) -> anyhow::Result<PathB
         write_atomically(&jwk, soma_gateway::config::generate_dev_issuer_jwk().as_bytes())?;
         set_mode(&jwk, 0o600)?;
     }
+    let operator_jwk = crate::token::dev_operator_issuer_jwk(data_dir);
+    if !operator_jwk.exists() {
+        write_atomically(
+            &operator_jwk,
+            soma_gateway::config::generate_dev_operator_issuer_jwk().as_bytes(),
+        )?;
+        set_mode(&operator_jwk, 0o600)?;
+    }
     let config = data_dir.join("gateway.toml");
     let region = soma_gateway::Region::parse(&args.region).map_err(anyhow::Error::msg)?;
     let text = format!(
         "# Written by `soma up` at each start.\n{}",
-        soma_gateway::config::dev_config_toml(&jwk, &region, Some(args.edge_addr))
+        soma_gateway::config::dev_config_toml(&jwk, &operator_jwk, &region, Some(args.edge_addr))
     );
     write_atomically(&config, text.as_bytes())?;
     Ok(config)

@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{Ca, Running, analytics_config, channel, start_analytics, tenant_request};
+use common::{
+    Ca, Running, analytics_config, channel, operator_claims_request, start_analytics, tenant_request,
+};
 use futures::StreamExt as _;
 use soma_auth::ClaimsSigner;
 use soma_identity::SpiffeId;
@@ -640,6 +642,8 @@ async fn tenancy_and_the_window_are_checked_before_anything_is_exported() {
 
         enum Who {
             Tenant(&'static str, &'static [&'static str]),
+            /// Operator claims (an operator issuer's token) through the gateway.
+            OperatorClaims(&'static str, &'static [&'static str]),
             Operator,
         }
         struct Case {
@@ -677,13 +681,27 @@ async fn tenancy_and_the_window_are_checked_before_anything_is_exported() {
                 name: "another tenant without the capability",
                 who: Who::Tenant("acme", EXPORT),
                 request: window("globex", T0, T0 + 10),
-                expected: Err((Code::PermissionDenied, "tenant_denied", "globex")),
+                expected: Err((Code::PermissionDenied, "operator_required", "globex")),
             },
+            // A tenant scope never grants an operator power.
             Case {
-                name: "another tenant with the cross-tenant capability",
+                name: "tenant claims with the cross-tenant capability",
                 who: Who::Tenant("acme", CROSS),
                 request: window("globex", T0, T0 + 10),
+                expected: Err((Code::PermissionDenied, "operator_required", "globex")),
+            },
+            Case {
+                name: "operator claims with the cross-tenant capability",
+                who: Who::OperatorClaims("ops", CROSS),
+                request: window("globex", T0, T0 + 10),
                 expected: Ok(&["g-1"]),
+            },
+            // Least privilege among operators: the capability is still needed.
+            Case {
+                name: "operator claims without the cross-tenant capability",
+                who: Who::OperatorClaims("ops", EXPORT),
+                request: window("globex", T0, T0 + 10),
+                expected: Err((Code::PermissionDenied, "tenant_denied", "analytics:cross-tenant")),
             },
             Case {
                 name: "operator naming a tenant",
@@ -774,6 +792,16 @@ async fn tenancy_and_the_window_are_checked_before_anything_is_exported() {
                     Who::Tenant(tenant, caps) => {
                         ("/svc/gateway", env.as_tenant(tenant, caps, c.request.clone()))
                     }
+                    Who::OperatorClaims(tenant, caps) => (
+                        "/svc/gateway",
+                        operator_claims_request(
+                            &env.claims,
+                            &env.analytics_id,
+                            tenant,
+                            caps,
+                            c.request.clone(),
+                        ),
+                    ),
                     Who::Operator => ("/operator/alice", tonic::Request::new(c.request.clone())),
                 };
                 let result = env.export(kind, path, request).await;

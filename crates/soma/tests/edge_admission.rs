@@ -271,8 +271,9 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
     assert_eq!(analytics.metrics.dispatched_count(CHECKPOINT), 21);
 
     // Kill switches: set with MFA, seen at once by this replica; every scope
-    // answers 503 with Retry-After and never reaches the backend.
-    let operator = edge.token(json!({"tenant": "ops", "sub": "alice@ops", "scope": "ops:killswitch ledger:read", "amr": ["pwd", "hwk"]}));
+    // answers 503 with Retry-After and never reaches the backend. Switches
+    // beyond one tenant need an operator: a token of the operator issuer.
+    let operator = edge.operator_token(json!({"tenant": "ops", "sub": "alice@ops", "scope": "ops:killswitch ledger:read", "amr": ["pwd", "hwk"]}));
     let t_kill = edge.token(json!({"tenant": "t-kill", "scope": "ledger:read"}));
     let t_other = edge.token(json!({"tenant": "t-other", "scope": "ledger:read"}));
     for (scope, target, victim) in [
@@ -491,6 +492,39 @@ async fn hostile_tokens_are_401_with_their_own_reason_at_the_edge() {
             "not_yet_valid",
         ),
         (
+            "iat in the future beyond the leeway",
+            forge(&edge.secret, &hs, &with("iat", json!(t + 600))),
+            "issued_in_future",
+        ),
+        (
+            "exp = i64::MAX without iat",
+            forge(&edge.secret, &hs, &{
+                let mut c = with("exp", json!(i64::MAX));
+                c.as_object_mut().unwrap().remove("iat");
+                c
+            }),
+            "lifetime_too_long",
+        ),
+        (
+            "exp - iat = 24 h + 1 s",
+            forge(&edge.secret, &hs, &with("exp", json!(t + 24 * 3600 + 1))),
+            "lifetime_too_long",
+        ),
+        (
+            "without iat, exp beyond now + 24 h + leeway",
+            forge(&edge.secret, &hs, &{
+                let mut c = with("exp", json!(t + 24 * 3600 + 30 + 120));
+                c.as_object_mut().unwrap().remove("iat");
+                c
+            }),
+            "lifetime_too_long",
+        ),
+        (
+            "operator claim as the string \"true\"",
+            forge(&edge.secret, &hs, &with("operator", json!("true"))),
+            "invalid_claim_type",
+        ),
+        (
             "iss prefix",
             forge(&edge.secret, &hs, &with("iss", json!("soma-de"))),
             "unknown_issuer",
@@ -538,6 +572,10 @@ async fn hostile_tokens_are_401_with_their_own_reason_at_the_edge() {
     }
     assert_eq!(backend_calls(&analytics.metrics), before);
     let r = send(&http, "GET", &url, Some(&valid), None, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The lifetime boundary: exactly the default max_lifetime is accepted.
+    let longest = forge(&edge.secret, &hs, &with("exp", json!(t + 24 * 3600)));
+    let r = send(&http, "GET", &url, Some(&longest), None, &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     edge.stop().await;
     analytics.stop().await;

@@ -234,8 +234,10 @@ async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
         let a = start_edge(&ca, Some(&analytics), &db.settings, |_| {}).await;
         let b = start_edge(&ca, Some(&analytics), &db.settings, |_| {}).await;
         let http = client();
-        let operator =
-            a.token(json!({"tenant": "ops", "sub": "bob@ops", "scope": "ops:killswitch", "amr": ["otp"]}));
+        // Another tenant's switch needs an operator: a token of the operator issuer.
+        let operator = a.operator_token(
+            json!({"tenant": "ops", "sub": "bob@ops", "scope": "ops:killswitch", "amr": ["otp"]}),
+        );
         // Both replicas share the development issuer only by configuration:
         // each has its own key, so each mints its own tokens.
         let victim = b.token(json!({"tenant": "noisy", "scope": "ledger:read"}));

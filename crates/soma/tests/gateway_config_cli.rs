@@ -41,6 +41,15 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
             .unwrap();
     drop(config);
     let file = dir.path().join("gateway.toml");
+    // The same file with a token lifetime bound beyond the 30-day ceiling.
+    let long_lived = dir.path().join("long-lived.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &long_lived,
+        text.replace("[jwt]\n", "[jwt]\nmax_lifetime = \"31days\"\n"),
+    )
+    .unwrap();
+    let long_lived = long_lived.to_str().unwrap();
     let file = file.to_str().unwrap();
 
     let cases = [
@@ -88,6 +97,14 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
             needle: "region",
         },
         Case {
+            name: "jwt max_lifetime beyond 30 days",
+            env: vec![
+                ("SOMA_GATEWAY_CONFIG", long_lived),
+                ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
+            ],
+            needle: "jwt.max_lifetime",
+        },
+        Case {
             name: "missing file",
             env: vec![
                 ("SOMA_GATEWAY_CONFIG", "/nonexistent/gateway.toml"),
@@ -129,4 +146,127 @@ fn soma_up_and_soma_token_refuse_bad_input() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dev-issuer.jwk"));
     assert!(out.stdout.is_empty());
+    let out = Command::new(SOMA)
+        .args([
+            "token",
+            "--operator",
+            "--tenant",
+            "t",
+            "--region",
+            "local",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dev-operator-issuer.jwk"));
+    assert!(out.stdout.is_empty());
+
+    // A lifetime the gateway would refuse is not minted: one line, exit 64,
+    // before any key is read.
+    for ttl in ["24h 1s", "25h", "30days"] {
+        let out = Command::new(SOMA)
+            .args([
+                "token",
+                "--tenant",
+                "t",
+                "--region",
+                "local",
+                "--ttl",
+                ttl,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{ttl}: {stderr}");
+        assert!(
+            stderr.contains("--ttl") && stderr.contains("max_lifetime"),
+            "{ttl}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{ttl}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// `soma token` mints what the development gateway accepts: a tenant token
+/// from `soma-dev`, and with `--operator` an operator token from
+/// `soma-dev-operator` that the gateway's verifier reads as an operator's.
+#[tokio::test]
+async fn soma_token_mints_tenant_and_operator_tokens_the_dev_gateway_accepts() {
+    let data = tempfile::tempdir().unwrap();
+    let secrets = data.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(
+        secrets.join(soma_gateway::config::DEV_ISSUER_JWK_FILE),
+        soma_gateway::config::generate_dev_issuer_jwk(),
+    )
+    .unwrap();
+    std::fs::write(
+        secrets.join(soma_gateway::config::DEV_OPERATOR_ISSUER_JWK_FILE),
+        soma_gateway::config::generate_dev_operator_issuer_jwk(),
+    )
+    .unwrap();
+    let toml = soma_gateway::config::dev_config_toml(
+        &secrets.join(soma_gateway::config::DEV_ISSUER_JWK_FILE),
+        &secrets.join(soma_gateway::config::DEV_OPERATOR_ISSUER_JWK_FILE),
+        &soma_gateway::Region::parse("local").unwrap(),
+        None,
+    );
+    let config_file = data.path().join("gateway.toml");
+    std::fs::write(&config_file, toml).unwrap();
+    let config = soma_gateway::GatewayConfig::from_file(&config_file, |k| {
+        (k == soma_gateway::config::RESIDENCY_ENV).then(|| "local".to_owned())
+    })
+    .unwrap();
+    let verifier = soma_auth::JwtVerifier::new(config.jwt).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    // (extra args, issuer, operator)
+    let rows: [(&[&str], &str, bool); 3] = [
+        (&[], soma_gateway::config::DEV_ISSUER, false),
+        (&["--ttl", "24h"], soma_gateway::config::DEV_ISSUER, false),
+        (
+            &["--operator", "--mfa"],
+            soma_gateway::config::DEV_OPERATOR_ISSUER,
+            true,
+        ),
+    ];
+    for (extra, issuer, operator) in rows {
+        let out = Command::new(SOMA)
+            .args([
+                "token",
+                "--tenant",
+                "ops",
+                "--region",
+                "local",
+                "--scope",
+                "ops:killswitch",
+            ])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap();
+        let claims = verifier
+            .verify(token.trim(), now)
+            .await
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        assert_eq!(
+            (claims.issuer.as_str(), claims.operator, claims.tenant.as_str()),
+            (issuer, operator, "ops"),
+            "{extra:?}"
+        );
+    }
 }

@@ -19,6 +19,10 @@ pub enum AnalyticsError {
     /// The caller may not act on this tenant's data.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The action reaches beyond the caller's tenant and the caller is not
+    /// an operator; no tenant scope makes it one.
+    #[error("{0}")]
+    OperatorRequired(String),
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -90,6 +94,7 @@ impl AnalyticsError {
         match self {
             Self::InvalidArgument { .. } => "invalid_argument",
             Self::PermissionDenied(_) => "tenant_denied",
+            Self::OperatorRequired(_) => "operator_required",
             Self::NotFound(_) => "not_found",
             Self::EventIdConflict { .. } => "event_id_conflict",
             Self::LedgerCorrupt { .. } => "ledger_integrity",
@@ -109,7 +114,9 @@ impl From<AnalyticsError> for tonic::Status {
         use tonic::Code;
         let code = match &err {
             AnalyticsError::InvalidArgument { .. } => Code::InvalidArgument,
-            AnalyticsError::PermissionDenied(_) => Code::PermissionDenied,
+            AnalyticsError::PermissionDenied(_) | AnalyticsError::OperatorRequired(_) => {
+                Code::PermissionDenied
+            }
             AnalyticsError::NotFound(_) => Code::NotFound,
             AnalyticsError::EventIdConflict { .. } => Code::AlreadyExists,
             AnalyticsError::LedgerCorrupt { .. } => Code::FailedPrecondition,

@@ -12,7 +12,10 @@
 //! ```
 //!
 //! - **Scope.** The tenant comes from the verified claims; another tenant's
-//!   export needs the `analytics:cross-tenant` capability. A caller without
+//!   export needs an operator's claims (`operator`, set only for a token of
+//!   an operator issuer) with the `analytics:cross-tenant` capability; a
+//!   tenant's claims are refused (`operator_required`) whatever their
+//!   scopes. A caller without
 //!   claims (an operator over mTLS, which the method policy admitted) must
 //!   name the tenant: one document is always one tenant's.
 //! - **Cut.** The latest checkpoint is taken before the first row is read,

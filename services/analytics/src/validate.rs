@@ -5,7 +5,9 @@ use soma_mesh::Caller;
 
 use crate::error::AnalyticsError;
 
-/// Capability that lets a tenant's claims reach another tenant's data.
+/// Capability an operator's claims need, beside `operator`, to reach a
+/// tenant other than their own: least privilege among operator tokens. On a
+/// tenant's claims it grants nothing.
 pub(crate) const CROSS_TENANT_CAPABILITY: &str = "analytics:cross-tenant";
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
@@ -118,15 +120,23 @@ pub(crate) fn ingest_tenant(caller: &Caller, requested: &str) -> Result<String, 
 /// The tenant a read is scoped to: `Some(tenant)`, or `None` for every
 /// tenant (an operator or service over mTLS without tenant claims, which
 /// the method's policy already admitted).
+///
+/// Claims read their own tenant. Another tenant needs an operator's claims
+/// (`operator`, which only an operator issuer's token sets) that also carry
+/// [`CROSS_TENANT_CAPABILITY`]; tenant claims are refused with
+/// `operator_required` whatever their scopes.
 pub(crate) fn read_scope(caller: &Caller, requested: &str) -> Result<Option<String>, AnalyticsError> {
     match &caller.claims {
         Some(claims) if requested.is_empty() || requested == claims.tenant => Ok(Some(claims.tenant.clone())),
+        Some(claims) if !claims.operator => Err(AnalyticsError::OperatorRequired(format!(
+            "reading tenant {requested:?} needs an operator; tenant {:?} may read only its own data",
+            claims.tenant
+        ))),
         Some(claims) if claims.capabilities.iter().any(|c| c == CROSS_TENANT_CAPABILITY) => {
             Ok(Some(identifier("tenant", requested)?))
         }
-        Some(claims) => Err(AnalyticsError::PermissionDenied(format!(
-            "tenant {:?} may not read tenant {requested:?}",
-            claims.tenant
+        Some(_) => Err(AnalyticsError::PermissionDenied(format!(
+            "reading tenant {requested:?} needs the capability {CROSS_TENANT_CAPABILITY:?}"
         ))),
         None if requested.is_empty() => Ok(None),
         None => Ok(Some(identifier("tenant", requested)?)),

@@ -334,6 +334,7 @@ impl Admission {
             region: claims.region,
             capabilities: claims.scope,
             mfa,
+            operator: claims.operator,
             moderation: None,
         };
         Ok(context)

@@ -264,6 +264,15 @@ impl GatewayConfig {
                 reason: "no token issuers configured".to_owned(),
             });
         }
+        // Everything the verifier can check without files or network, now,
+        // so that a bad `[jwt]` section exits before any port is bound.
+        jwt.validate().map_err(|e| GatewayConfigError::Invalid {
+            key: match e {
+                soma_auth::JwtConfigError::MaxLifetime(_) => "jwt.max_lifetime",
+                _ => "jwt.issuers",
+            },
+            reason: e.to_string(),
+        })?;
         let edge_addr = env(EDGE_ADDR_ENV)
             .or(file.edge_addr)
             .map(|a| {
@@ -344,24 +353,44 @@ impl GatewayConfig {
     }
 }
 
-/// The development issuer's name (`iss`).
+/// The development issuer's name (`iss`): tenant tokens.
 pub const DEV_ISSUER: &str = "soma-dev";
-/// The audience the development gateway accepts (`aud`).
+/// The development operator issuer's name (`iss`): configured with
+/// `operator = true`, so its tokens may carry `"operator": true`.
+pub const DEV_OPERATOR_ISSUER: &str = "soma-dev-operator";
+/// The audience the development gateway accepts (`aud`), from both issuers.
 pub const DEV_AUDIENCE: &str = "somastack";
 /// The key id of the development issuer's key.
 pub const DEV_KEY_ID: &str = "soma-dev-1";
+/// The key id of the development operator issuer's key.
+pub const DEV_OPERATOR_KEY_ID: &str = "soma-dev-operator-1";
+/// The file name of the development issuer's JWK.
+pub const DEV_ISSUER_JWK_FILE: &str = "dev-issuer.jwk";
+/// The file name of the development operator issuer's JWK.
+pub const DEV_OPERATOR_ISSUER_JWK_FILE: &str = "dev-operator-issuer.jwk";
 
 /// A fresh development issuer key as a JSON Web Key (`kty` `oct`, `kid`,
 /// `alg` HS256, `k`: 256 random bits, base64url), so that any JWT library
 /// can mint tokens for it.
 pub fn generate_dev_issuer_jwk() -> String {
+    generate_hs256_jwk(DEV_KEY_ID)
+}
+
+/// A fresh development operator issuer key, like
+/// [`generate_dev_issuer_jwk`] but its own key under its own kid: a tenant
+/// token's key never signs an operator's token.
+pub fn generate_dev_operator_issuer_jwk() -> String {
+    generate_hs256_jwk(DEV_OPERATOR_KEY_ID)
+}
+
+fn generate_hs256_jwk(kid: &str) -> String {
     use base64::Engine as _;
     use rand::RngCore as _;
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     serde_json::json!({
         "kty": "oct",
-        "kid": DEV_KEY_ID,
+        "kid": kid,
         "alg": "HS256",
         "use": "sig",
         "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key),
@@ -370,8 +399,14 @@ pub fn generate_dev_issuer_jwk() -> String {
 }
 
 /// The config file of a development gateway: its region, its edge address,
-/// and the development issuer whose HS256 JWK is `jwk`.
-pub fn dev_config_toml(jwk: &Path, region: &Region, edge_addr: Option<SocketAddr>) -> String {
+/// the development issuer whose HS256 JWK is `jwk`, and the development
+/// operator issuer whose HS256 JWK is `operator_jwk`.
+pub fn dev_config_toml(
+    jwk: &Path,
+    operator_jwk: &Path,
+    region: &Region,
+    edge_addr: Option<SocketAddr>,
+) -> String {
     let mut text = format!("region = {:?}\n", region.as_str());
     if let Some(addr) = edge_addr {
         text.push_str(&format!("edge_addr = \"{addr}\"\n"));
@@ -381,13 +416,18 @@ pub fn dev_config_toml(jwk: &Path, region: &Region, edge_addr: Option<SocketAddr
          algorithms = [\"HS256\"]\nhmac_secret_file = {:?}\n",
         jwk.display().to_string()
     ));
+    text.push_str(&format!(
+        "\n[[jwt.issuers]]\nissuer = {DEV_OPERATOR_ISSUER:?}\naudiences = [{DEV_AUDIENCE:?}]\n\
+         algorithms = [\"HS256\"]\nhmac_secret_file = {:?}\noperator = true\n",
+        operator_jwk.display().to_string()
+    ));
     text
 }
 
 impl GatewayConfig {
-    /// A development gateway under `dir`: creates the issuer key
-    /// `dir/dev-issuer.jwk` (once) and `dir/gateway.toml`, and loads it with
-    /// the allow-list set to `region`.
+    /// A development gateway under `dir`: creates the issuer keys
+    /// `dir/dev-issuer.jwk` and `dir/dev-operator-issuer.jwk` (once) and
+    /// `dir/gateway.toml`, and loads it with the allow-list set to `region`.
     pub fn dev(
         dir: &Path,
         region: &Region,
@@ -399,12 +439,16 @@ impl GatewayConfig {
                 source,
             })
         };
-        let jwk = dir.join("dev-issuer.jwk");
+        let jwk = dir.join(DEV_ISSUER_JWK_FILE);
         if !jwk.exists() {
             write(&jwk, &generate_dev_issuer_jwk())?;
         }
+        let operator_jwk = dir.join(DEV_OPERATOR_ISSUER_JWK_FILE);
+        if !operator_jwk.exists() {
+            write(&operator_jwk, &generate_dev_operator_issuer_jwk())?;
+        }
         let config = dir.join("gateway.toml");
-        write(&config, &dev_config_toml(&jwk, region, edge_addr))?;
+        write(&config, &dev_config_toml(&jwk, &operator_jwk, region, edge_addr))?;
         let region = region.as_str().to_owned();
         Self::from_file(&config, move |k| (k == RESIDENCY_ENV).then(|| region.clone()))
     }
@@ -465,6 +509,61 @@ mod tests {
             let err = load(&format!("backend_timeout = {bad:?}")).unwrap_err();
             assert!(err.to_string().contains("backend_timeout"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn jwt_max_lifetime_is_validated_at_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/gateway.toml");
+        let deployed = std::fs::read_to_string(path).unwrap();
+        let load = |line: &str| {
+            let text = deployed.replace(r#"max_lifetime = "24h""#, line);
+            let file: FileConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+            GatewayConfig::from_parts(file, |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned()))
+                .map_err(|e| e.to_string())
+        };
+        let day = Duration::from_secs(24 * 3600);
+        // (line, Ok(max_lifetime) or Err(text the error names))
+        let rows: [(&str, Result<Duration, &str>); 8] = [
+            (r#"max_lifetime = "24h""#, Ok(day)),
+            ("", Ok(soma_auth::DEFAULT_MAX_LIFETIME)),
+            (r#"max_lifetime = "15m""#, Ok(Duration::from_secs(900))),
+            (r#"max_lifetime = "30days""#, Ok(30 * day)),
+            (r#"max_lifetime = "30days 1s""#, Err("jwt.max_lifetime")),
+            (r#"max_lifetime = "0s""#, Err("jwt.max_lifetime")),
+            (r#"max_lifetime = "soon""#, Err("max_lifetime")),
+            ("max_lifetime = 3600", Err("max_lifetime")),
+        ];
+        for (line, expected) in rows {
+            match (expected, load(line)) {
+                (Ok(d), Ok(config)) => assert_eq!(config.jwt.max_lifetime, d, "{line}"),
+                (Err(text), Err(err)) => assert!(err.contains(text), "{line}: {err}"),
+                (expected, got) => panic!("{line}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_dev_config_has_a_tenant_issuer_and_an_operator_issuer_with_their_own_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = GatewayConfig::dev(dir.path(), &Region::parse("local").unwrap(), None).unwrap();
+        let issuers: Vec<(&str, bool)> = config
+            .jwt
+            .issuers
+            .iter()
+            .map(|i| (i.issuer.as_str(), i.operator))
+            .collect();
+        assert_eq!(issuers, [(DEV_ISSUER, false), (DEV_OPERATOR_ISSUER, true)]);
+        for issuer in &config.jwt.issuers {
+            assert_eq!(issuer.audiences, [DEV_AUDIENCE]);
+        }
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(name)).unwrap()).unwrap()
+        };
+        let (tenant, operator) = (read(DEV_ISSUER_JWK_FILE), read(DEV_OPERATOR_ISSUER_JWK_FILE));
+        assert_eq!(tenant["kid"], DEV_KEY_ID);
+        assert_eq!(operator["kid"], DEV_OPERATOR_KEY_ID);
+        assert_ne!(tenant["k"], operator["k"], "each issuer has its own key");
+        assert_eq!(config.jwt.max_lifetime, soma_auth::DEFAULT_MAX_LIFETIME);
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct RequestContext {
     pub capabilities: Vec<String>,
     /// Whether a second factor within the MFA window was verified.
     pub mfa: bool,
+    /// Whether the caller is an operator: a token of an issuer configured
+    /// as an operator issuer, carrying `"operator": true`. A tenant scope
+    /// never sets it; only an operator acts beyond its own tenant.
+    pub operator: bool,
     /// The moderation decision that admitted the request, if it was moderated.
     pub moderation: Option<Moderated>,
 }

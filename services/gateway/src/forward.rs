@@ -141,6 +141,7 @@ impl Backends {
             region: context.region.clone(),
             capabilities: context.capabilities.clone(),
             mfa: context.mfa,
+            operator: context.operator,
             audience: audience.clone(),
         };
         let sealed = match &context.moderation {
@@ -227,6 +228,9 @@ struct EnvelopeKey {
     region: String,
     capabilities: Vec<String>,
     mfa: bool,
+    /// Part of the key: an operator's envelope must never be handed to a
+    /// tenant request with otherwise equal claims, nor the reverse.
+    operator: bool,
     audience: SpiffeId,
 }
 
@@ -239,6 +243,7 @@ impl EnvelopeKey {
             region: self.region.clone(),
             capabilities: self.capabilities.clone(),
             mfa: self.mfa,
+            operator: self.operator,
             ..Default::default()
         }
     }
@@ -308,6 +313,7 @@ mod tests {
             region: "eu-west-1".to_owned(),
             capabilities: vec!["ledger:read".to_owned()],
             mfa: false,
+            operator: false,
             audience: audience.clone(),
         }
     }
@@ -374,6 +380,21 @@ mod tests {
         assert_ne!(
             bytes(&cache.sealed(&signer, more, TTL, later).unwrap()),
             bytes(&first)
+        );
+        // The operator flag alone makes another envelope, and it is signed.
+        let mut as_operator = key("acme", &analytics);
+        as_operator.operator = true;
+        let operator_envelope = cache.sealed(&signer, as_operator, TTL, later).unwrap();
+        assert_ne!(bytes(&operator_envelope), bytes(&first));
+        assert!(
+            received(&verifier, &operator_envelope, later)
+                .unwrap()
+                .unwrap()
+                .operator
+        );
+        assert!(
+            !received(&verifier, &again, later).unwrap().unwrap().operator,
+            "the tenant's cached envelope is not an operator's"
         );
         let elsewhere = cache
             .sealed(&signer, key("acme", &id("/svc/tool-registry")), TTL, later)

@@ -3,8 +3,16 @@
 //!
 //! Tenants reach these methods through the edge (JSON or gRPC), after the
 //! admission pipeline put the verified [`RequestContext`] into the request;
-//! operators with an SVID reach the read-only ones over mesh mTLS, where the
-//! runtime put the verified [`Caller`].
+//! operators with an SVID reach them over mesh mTLS, where the runtime put
+//! the verified [`Caller`].
+//!
+//! Authority over kill switches: a GLOBAL or METHOD switch, or a TENANT
+//! switch on another tenant, reaches beyond one tenant and needs an operator
+//! principal (an operator SVID over mTLS, or an operator issuer's token with
+//! `"operator": true`); anyone else is refused with `PERMISSION_DENIED` and
+//! the reason [`OPERATOR_REQUIRED`]. A tenant sets and lists only its own
+//! tenant's TENANT switch. No scope changes this: `ops:killswitch` is the
+//! capability to touch switches at all, not authority over other tenants.
 
 use std::sync::Arc;
 
@@ -17,8 +25,11 @@ use soma_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::admission::Admission;
-use crate::context::{RequestContext, is_valid_tenant};
+use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId, is_valid_tenant};
 use crate::killswitch::{Change, DEFAULT_RETRY_AFTER_SECONDS};
+
+/// The `soma-reason` of an action refused because it needs an operator.
+pub const OPERATOR_REQUIRED: &str = "operator_required";
 
 /// Longest `reason` of a kill switch change.
 const MAX_REASON_BYTES: usize = 1024;
@@ -51,6 +62,84 @@ fn tenant_context<T>(request: &Request<T>) -> Option<Arc<RequestContext>> {
         .get::<Arc<RequestContext>>()
         .cloned()
         .or_else(RequestContext::current)
+}
+
+/// Who is acting, as far as authority over kill switches goes.
+#[derive(Debug)]
+struct Actor {
+    /// The tenant the caller acts for; `None` for an operator SVID calling
+    /// without claims.
+    tenant: Option<String>,
+    /// Whether the caller is an operator principal.
+    operator: bool,
+    /// Recorded as `set_by`: the token's subject, or the peer's SPIFFE ID.
+    name: String,
+    /// The request id for the audit row.
+    request_id: String,
+}
+
+impl Actor {
+    /// The actor of a request: the edge's admitted context, else the mesh
+    /// runtime's verified caller (an operator SVID, or claims the gateway
+    /// sealed). `None` when neither is there.
+    fn of<T>(request: &Request<T>) -> Option<Self> {
+        if let Some(c) = tenant_context(request) {
+            return Some(Self {
+                tenant: Some(c.tenant.clone()),
+                operator: c.operator,
+                name: c.subject.clone(),
+                request_id: c.request_id.as_str().to_owned(),
+            });
+        }
+        let caller = Caller::of(request)?;
+        // Over mTLS a caller may name its request; a malformed id is replaced.
+        let request_id = request
+            .metadata()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(RequestId::mint);
+        Some(match &caller.claims {
+            Some(claims) => Self {
+                tenant: Some(claims.tenant.clone()),
+                operator: claims.operator,
+                name: claims.subject.clone(),
+                request_id: request_id.as_str().to_owned(),
+            },
+            None => Self {
+                tenant: None,
+                operator: caller.is_operator(),
+                name: caller.peer.spiffe_id.to_string(),
+                request_id: request_id.as_str().to_owned(),
+            },
+        })
+    }
+
+    /// Whether this actor may see or change the switch of `scope` on
+    /// `target`: an operator any; anyone else only the TENANT switch of its
+    /// own tenant.
+    fn may_touch(&self, scope: KillSwitchScope, target: &str) -> bool {
+        self.operator || (scope == KillSwitchScope::Tenant && self.tenant.as_deref() == Some(target))
+    }
+}
+
+/// `PERMISSION_DENIED` with the reason [`OPERATOR_REQUIRED`], logged once.
+fn operator_required(actor: &Actor, action: &str) -> Status {
+    tracing::warn!(
+        reason = OPERATOR_REQUIRED,
+        caller = %actor.name,
+        tenant = actor.tenant.as_deref().unwrap_or("-"),
+        request_id = %actor.request_id,
+        "refused: {action} needs an operator"
+    );
+    let mut status = Status::permission_denied(format!(
+        "{action} needs an operator (an operator SVID over mTLS, or a token of an operator issuer); \
+         a tenant may set only its own tenant's TENANT switch"
+    ));
+    if let Ok(v) = OPERATOR_REQUIRED.parse() {
+        status.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
+    }
+    status
 }
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
@@ -133,12 +222,22 @@ impl Gateway for GatewayService {
     #[tracing::instrument(skip_all, name = "Gateway/ListKillSwitches")]
     async fn list_kill_switches(
         &self,
-        _request: Request<ListKillSwitchesRequest>,
+        request: Request<ListKillSwitchesRequest>,
     ) -> Result<Response<ListKillSwitchesResponse>, Status> {
-        let switches = self.admission.kill_switches().list();
-        Ok(Response::new(ListKillSwitchesResponse {
-            switches: switches.as_ref().clone(),
-        }))
+        let actor = Actor::of(&request).ok_or_else(|| Status::unauthenticated("no verified caller"))?;
+        let all = self.admission.kill_switches().list();
+        // A tenant sees its own tenant's switch and nothing else: not the
+        // other tenants' switches, not who set them, not the global or
+        // method switches (a request they stop answers 503 anyway).
+        let switches = all
+            .iter()
+            .filter(|s| {
+                let scope = KillSwitchScope::try_from(s.scope).unwrap_or(KillSwitchScope::Unspecified);
+                actor.may_touch(scope, &s.target)
+            })
+            .cloned()
+            .collect();
+        Ok(Response::new(ListKillSwitchesResponse { switches }))
     }
 
     #[tracing::instrument(skip_all, name = "Gateway/SetKillSwitch")]
@@ -146,13 +245,22 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SetKillSwitchRequest>,
     ) -> Result<Response<KillSwitch>, Status> {
-        let context =
-            tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted caller"))?;
+        let actor = Actor::of(&request).ok_or_else(|| Status::unauthenticated("no admitted caller"))?;
         let m = request.get_ref();
         let scope = KillSwitchScope::try_from(m.scope)
             .ok()
             .filter(|s| *s != KillSwitchScope::Unspecified)
             .ok_or_else(|| invalid("scope", "must be GLOBAL, TENANT or METHOD"))?;
+        // Authority before the target is looked at, so that a tenant learns
+        // nothing from the validation of a target it may not touch.
+        if !actor.may_touch(scope, &m.target) {
+            let action = match scope {
+                KillSwitchScope::Tenant => "a TENANT switch on another tenant",
+                KillSwitchScope::Method => "a METHOD switch",
+                _ => "a GLOBAL switch",
+            };
+            return Err(operator_required(&actor, action));
+        }
         match scope {
             KillSwitchScope::Global if !m.target.is_empty() => {
                 return Err(invalid("target", "must be empty for a GLOBAL switch"));
@@ -191,9 +299,9 @@ impl Gateway for GatewayService {
             } else {
                 m.retry_after_seconds
             },
-            set_by: context.subject.clone(),
-            tenant: context.tenant.clone(),
-            request_id: context.request_id.as_str().to_owned(),
+            set_by: actor.name,
+            tenant: actor.tenant.unwrap_or_default(),
+            request_id: actor.request_id,
         };
         let stored = self.admission.kill_switches().set(change).await.map_err(|e| {
             tracing::error!(error = %e, "kill switch not stored");

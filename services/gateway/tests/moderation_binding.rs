@@ -126,6 +126,7 @@ async fn run_capsule_trusts_a_decision_only_for_the_message_it_was_made_on() {
             region: "local".to_owned(),
             capabilities: vec!["capsules:run".to_owned()],
             mfa: false,
+            operator: false,
             moderation: case.moderation,
         };
         let mut request = tonic::Request::new(case.message);

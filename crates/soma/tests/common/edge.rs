@@ -1,6 +1,8 @@
 //! The gateway's edge in-process: a real Analytics backend over mTLS, the
-//! gateway with its edge on 127.0.0.1:0, an HTTP client, and HS256 tokens
-//! minted with the development issuer's key.
+//! gateway with its edge on 127.0.0.1:0 and its mesh (mTLS) listener on
+//! another, an HTTP client, and HS256 tokens minted with the development
+//! issuer's key (tenant tokens) or the development operator issuer's key
+//! (operator tokens).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use soma_mesh::{MeshSettings, Peers, ServiceKind};
+use soma_identity::SpiffeId;
+use soma_mesh::{Application, MeshSettings, Peers, ServiceKind};
 use soma_store::StoreSettings;
 use tokio::sync::oneshot;
 
@@ -24,9 +27,19 @@ pub struct Edge {
     pub addr: SocketAddr,
     pub secret: Vec<u8>,
     pub kid: String,
+    /// The development operator issuer's HS256 key and kid.
+    pub operator_secret: Vec<u8>,
+    pub operator_kid: String,
     pub db: soma_store::Database,
+    /// The gateway's mesh listener (mTLS, SPIFFE): where operator SVIDs
+    /// call the `Gateway` service directly.
+    pub mesh_addr: SocketAddr,
+    /// The gateway's SPIFFE ID (`/svc/gateway`).
+    pub id: SpiffeId,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    mesh_stop: Option<oneshot::Sender<()>>,
+    mesh_task: Option<tokio::task::JoinHandle<()>>,
     poller: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -39,35 +52,87 @@ impl Edge {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
+        if let Some(tx) = self.mesh_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.mesh_task.take() {
+            task.await.unwrap();
+        }
         self.poller.abort();
     }
 
     /// An HS256 token of the development issuer with these claims merged
     /// over valid defaults (a `null` value removes the claim).
     pub fn token(&self, overrides: Value) -> String {
-        let now = now();
-        let mut claims = json!({
-            "iss": soma_gateway::config::DEV_ISSUER,
-            "aud": soma_gateway::config::DEV_AUDIENCE,
-            "sub": "user@tenant",
-            "tenant": "tenant",
-            "region": "local",
-            "scope": "",
-            "amr": ["pwd"],
-            "auth_time": now,
-            "iat": now,
-            "exp": now + 600,
-        });
-        if let (Value::Object(c), Value::Object(o)) = (&mut claims, overrides) {
-            for (k, v) in o {
-                if v.is_null() {
-                    c.remove(&k);
-                } else {
-                    c.insert(k, v);
-                }
+        hs256(
+            &self.secret,
+            &self.kid,
+            &claims(soma_gateway::config::DEV_ISSUER, overrides),
+        )
+    }
+
+    /// An HS256 token of the development operator issuer (configured with
+    /// `operator = true`), with `"operator": true` and these claims merged
+    /// over valid defaults (a `null` value removes the claim).
+    pub fn operator_token(&self, overrides: Value) -> String {
+        let mut claims = claims(
+            soma_gateway::config::DEV_OPERATOR_ISSUER,
+            json!({"operator": true}),
+        );
+        merge(&mut claims, overrides);
+        hs256(&self.operator_secret, &self.operator_kid, &claims)
+    }
+
+    /// A tonic channel to the gateway's mesh listener, as the SVID `path`
+    /// of this test's authority (e.g. `/operator/alice`).
+    pub fn mesh_channel(&self, ca: &Ca, path: &str) -> tonic::transport::Channel {
+        super::channel(ca.store(path, Duration::from_secs(600)), self.mesh_addr, &self.id)
+    }
+}
+
+/// Every capability that any method's policy names, plus
+/// `analytics:cross-tenant` (which only Analytics reads): a token with these
+/// has every scope there is.
+pub fn every_scope() -> String {
+    let table = soma_gateway::routes::RouteTable::from_descriptors(&soma_proto::SERVICE_NAMES).unwrap();
+    let mut every: std::collections::BTreeSet<&str> = table
+        .iter()
+        .filter_map(|r| r.policy.as_ref().map(|p| p.capability.as_str()))
+        .filter(|c| !c.is_empty())
+        .collect();
+    every.insert("analytics:cross-tenant");
+    every.into_iter().collect::<Vec<_>>().join(" ")
+}
+
+/// Valid claims of `issuer` with `overrides` merged in.
+fn claims(issuer: &str, overrides: Value) -> Value {
+    let now = now();
+    let mut claims = json!({
+        "iss": issuer,
+        "aud": soma_gateway::config::DEV_AUDIENCE,
+        "sub": "user@tenant",
+        "tenant": "tenant",
+        "region": "local",
+        "scope": "",
+        "amr": ["pwd"],
+        "auth_time": now,
+        "iat": now,
+        "exp": now + 600,
+    });
+    merge(&mut claims, overrides);
+    claims
+}
+
+/// Merges `overrides` into `claims`; a `null` value removes the claim.
+fn merge(claims: &mut Value, overrides: Value) {
+    if let (Value::Object(c), Value::Object(o)) = (claims, overrides) {
+        for (k, v) in o {
+            if v.is_null() {
+                c.remove(&k);
+            } else {
+                c.insert(k, v);
             }
         }
-        hs256(&self.secret, &self.kid, &claims)
     }
 }
 
@@ -113,7 +178,8 @@ pub async fn start_edge(
     start_edge_with_peers(ca, peers, db, tweak).await
 }
 
-/// Starts the gateway with its edge, forwarding to `peers`.
+/// Starts the gateway with its edge and its mesh listener, forwarding to
+/// `peers`.
 pub async fn start_edge_with_peers(
     ca: &Ca,
     peers: Peers,
@@ -128,12 +194,16 @@ pub async fn start_edge_with_peers(
     )
     .unwrap();
     tweak(&mut config);
-    let jwk: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-issuer.jwk")).unwrap()).unwrap();
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(jwk["k"].as_str().unwrap())
-        .unwrap();
-    let kid = jwk["kid"].as_str().unwrap().to_owned();
+    let read_jwk = |name: &str| {
+        let jwk: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(name)).unwrap()).unwrap();
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwk["k"].as_str().unwrap())
+            .unwrap();
+        (secret, jwk["kid"].as_str().unwrap().to_owned())
+    };
+    let (secret, kid) = read_jwk(soma_gateway::config::DEV_ISSUER_JWK_FILE);
+    let (operator_secret, operator_kid) = read_jwk(soma_gateway::config::DEV_OPERATOR_ISSUER_JWK_FILE);
 
     let store = ca.store("/svc/gateway", Duration::from_secs(3600));
     let settings = MeshSettings::load(ServiceKind::Gateway, None, |_| None).unwrap();
@@ -154,14 +224,35 @@ pub async fn start_edge_with_peers(
         .await
         .unwrap();
     });
+    // The same Gateway service (same kill switches) on the mesh listener,
+    // as `soma serve gateway` runs it.
+    let id = store.own_id().clone();
+    let mesh = Application::build(settings, store, None, gateway.spec)
+        .await
+        .unwrap();
+    let mesh_addr = mesh.local_addr();
+    let (mesh_tx, mesh_rx) = oneshot::channel::<()>();
+    let mesh_task = tokio::spawn(async move {
+        mesh.run_until_stopped(async move {
+            let _ = mesh_rx.await;
+        })
+        .await
+        .unwrap();
+    });
     Edge {
         url: format!("http://{addr}"),
         addr,
         secret,
         kid,
+        operator_secret,
+        operator_kid,
         db: database,
+        mesh_addr,
+        id,
         stop: Some(tx),
         task: Some(task),
+        mesh_stop: Some(mesh_tx),
+        mesh_task: Some(mesh_task),
         poller: gateway.poller,
         _dir: dir,
     }

@@ -142,6 +142,29 @@ pub fn tenant_request<T>(
     capabilities: &[&str],
     message: T,
 ) -> tonic::Request<T> {
+    sealed_request(signer, audience, tenant, capabilities, false, message)
+}
+
+/// Like [`tenant_request`], but the claims of an operator: what the
+/// gateway seals for a token of an operator issuer with `"operator": true`.
+pub fn operator_claims_request<T>(
+    signer: &soma_auth::ClaimsSigner,
+    audience: &SpiffeId,
+    tenant: &str,
+    capabilities: &[&str],
+    message: T,
+) -> tonic::Request<T> {
+    sealed_request(signer, audience, tenant, capabilities, true, message)
+}
+
+fn sealed_request<T>(
+    signer: &soma_auth::ClaimsSigner,
+    audience: &SpiffeId,
+    tenant: &str,
+    capabilities: &[&str],
+    operator: bool,
+    message: T,
+) -> tonic::Request<T> {
     let claims = soma_proto::v1::VerifiedClaims {
         tenant: tenant.to_owned(),
         subject: format!("user@{tenant}"),
@@ -149,6 +172,7 @@ pub fn tenant_request<T>(
         capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
         mfa: true,
         request_id: "test".to_owned(),
+        operator,
         ..Default::default()
     };
     let signed = signer
