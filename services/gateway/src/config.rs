@@ -211,8 +211,16 @@ impl EdgeConnections {
     /// Checks every setting against its bounds; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let timeouts = [
-            ("connections.header_read_timeout", self.header_read_timeout, MAX_READ_TIMEOUT),
-            ("connections.body_read_timeout", self.body_read_timeout, MAX_READ_TIMEOUT),
+            (
+                "connections.header_read_timeout",
+                self.header_read_timeout,
+                MAX_READ_TIMEOUT,
+            ),
+            (
+                "connections.body_read_timeout",
+                self.body_read_timeout,
+                MAX_READ_TIMEOUT,
+            ),
             ("connections.idle_timeout", self.idle_timeout, MAX_IDLE_TIMEOUT),
         ];
         for (key, value, max) in timeouts {
@@ -234,7 +242,11 @@ impl EdgeConnections {
                 self.max_concurrent_streams as usize,
                 MAX_CONCURRENT_STREAMS as usize,
             ),
-            ("connections.max_connections", self.max_connections, MAX_CONNECTIONS),
+            (
+                "connections.max_connections",
+                self.max_connections,
+                MAX_CONNECTIONS,
+            ),
             (
                 "connections.max_connections_per_client",
                 self.max_connections_per_client,
@@ -617,7 +629,9 @@ mod tests {
         let deployed = std::fs::read_to_string(path).unwrap();
         // The deployed file spells out the defaults.
         let load = |table: &str| {
-            let start = deployed.find("[connections]").expect("the deployed file has [connections]");
+            let start = deployed
+                .find("[connections]")
+                .expect("the deployed file has [connections]");
             let end = deployed[start + 1..]
                 .find("\n[")
                 .map_or(deployed.len(), |i| start + 1 + i);
@@ -636,10 +650,19 @@ mod tests {
         let d = EdgeConnections::default();
         assert_eq!(
             (d.header_read_timeout, d.body_read_timeout, d.idle_timeout),
-            (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(60))
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+                Duration::from_secs(60)
+            )
         );
         assert_eq!(
-            (d.max_concurrent_streams, d.max_connections, d.max_connections_per_client, d.max_headers),
+            (
+                d.max_concurrent_streams,
+                d.max_connections,
+                d.max_connections_per_client,
+                d.max_headers
+            ),
             (100, 10_000, 1024, 100)
         );
         let tuned = load(
@@ -668,23 +691,91 @@ mod tests {
             key: &'static str,
         }
         let cases = [
-            Case { name: "zero header timeout", input: "header_read_timeout = \"0s\"", key: "connections.header_read_timeout" },
-            Case { name: "1 ms header timeout", input: "header_read_timeout = \"1ms\"", key: "connections.header_read_timeout" },
-            Case { name: "header timeout of a day", input: "header_read_timeout = \"1day\"", key: "connections.header_read_timeout" },
-            Case { name: "header timeout not a duration", input: "header_read_timeout = \"10\"", key: "connections.header_read_timeout" },
-            Case { name: "negative body timeout", input: "body_read_timeout = \"-1s\"", key: "connections.body_read_timeout" },
-            Case { name: "zero body timeout", input: "body_read_timeout = \"0s\"", key: "connections.body_read_timeout" },
-            Case { name: "body timeout of two hours", input: "body_read_timeout = \"2h\"", key: "connections.body_read_timeout" },
-            Case { name: "zero idle timeout", input: "idle_timeout = \"0s\"", key: "connections.idle_timeout" },
-            Case { name: "idle timeout of a week", input: "idle_timeout = \"7days\"", key: "connections.idle_timeout" },
-            Case { name: "zero streams", input: "max_concurrent_streams = 0", key: "connections.max_concurrent_streams" },
-            Case { name: "a million streams", input: "max_concurrent_streams = 1000000", key: "connections.max_concurrent_streams" },
-            Case { name: "zero connections", input: "max_connections = 0", key: "connections.max_connections" },
-            Case { name: "ten million connections", input: "max_connections = 10000000", key: "connections.max_connections" },
-            Case { name: "zero per client", input: "max_connections_per_client = 0", key: "connections.max_connections_per_client" },
-            Case { name: "per client above the global cap", input: "max_connections = 100\nmax_connections_per_client = 101", key: "connections.max_connections_per_client" },
-            Case { name: "zero headers", input: "max_headers = 0", key: "connections.max_headers" },
-            Case { name: "a million headers", input: "max_headers = 1000000", key: "connections.max_headers" },
+            Case {
+                name: "zero header timeout",
+                input: "header_read_timeout = \"0s\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "1 ms header timeout",
+                input: "header_read_timeout = \"1ms\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "header timeout of a day",
+                input: "header_read_timeout = \"1day\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "header timeout not a duration",
+                input: "header_read_timeout = \"10\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "negative body timeout",
+                input: "body_read_timeout = \"-1s\"",
+                key: "connections.body_read_timeout",
+            },
+            Case {
+                name: "zero body timeout",
+                input: "body_read_timeout = \"0s\"",
+                key: "connections.body_read_timeout",
+            },
+            Case {
+                name: "body timeout of two hours",
+                input: "body_read_timeout = \"2h\"",
+                key: "connections.body_read_timeout",
+            },
+            Case {
+                name: "zero idle timeout",
+                input: "idle_timeout = \"0s\"",
+                key: "connections.idle_timeout",
+            },
+            Case {
+                name: "idle timeout of a week",
+                input: "idle_timeout = \"7days\"",
+                key: "connections.idle_timeout",
+            },
+            Case {
+                name: "zero streams",
+                input: "max_concurrent_streams = 0",
+                key: "connections.max_concurrent_streams",
+            },
+            Case {
+                name: "a million streams",
+                input: "max_concurrent_streams = 1000000",
+                key: "connections.max_concurrent_streams",
+            },
+            Case {
+                name: "zero connections",
+                input: "max_connections = 0",
+                key: "connections.max_connections",
+            },
+            Case {
+                name: "ten million connections",
+                input: "max_connections = 10000000",
+                key: "connections.max_connections",
+            },
+            Case {
+                name: "zero per client",
+                input: "max_connections_per_client = 0",
+                key: "connections.max_connections_per_client",
+            },
+            Case {
+                name: "per client above the global cap",
+                input: "max_connections = 100\nmax_connections_per_client = 101",
+                key: "connections.max_connections_per_client",
+            },
+            Case {
+                name: "zero headers",
+                input: "max_headers = 0",
+                key: "connections.max_headers",
+            },
+            Case {
+                name: "a million headers",
+                input: "max_headers = 1000000",
+                key: "connections.max_headers",
+            },
         ];
         for case in cases {
             let err = load(&format!("[connections]\n{}", case.input)).unwrap_err();

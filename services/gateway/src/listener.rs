@@ -246,6 +246,12 @@ impl ConnectionMetrics {
     }
 }
 
+impl soma_mesh::MetricsSource for ConnectionMetrics {
+    fn render(&self, out: &mut String) {
+        Self::render(self, out);
+    }
+}
+
 /// Lets one log line through per [`LOG_INTERVAL`] and counts the ones it
 /// held back, so that a flood costs one line a second, not one per event.
 #[derive(Debug, Default)]
@@ -640,11 +646,17 @@ impl Shared {
         let (deadline, reason) = if s.requests == 0 {
             // The first request head, from the connection's start: a
             // connection that never sends one is a slowloris at rate zero.
-            (s.started + self.settings.header_read_timeout, CloseReason::HeaderTimeout)
+            (
+                s.started + self.settings.header_read_timeout,
+                CloseReason::HeaderTimeout,
+            )
         } else if let Some(at) = s.head_started {
             (at + self.settings.header_read_timeout, CloseReason::HeaderTimeout)
         } else {
-            (s.idle_since + self.settings.idle_timeout, CloseReason::IdleTimeout)
+            (
+                s.idle_since + self.settings.idle_timeout,
+                CloseReason::IdleTimeout,
+            )
         };
         if now >= deadline {
             Verdict::Expired(reason)
@@ -734,7 +746,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -785,10 +801,7 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
-            Ok(response.map(|inner| TrackedBody {
-                inner,
-                _guard: guard,
-            }))
+            Ok(response.map(|inner| TrackedBody { inner, _guard: guard }))
         })
     }
 }
@@ -839,7 +852,10 @@ pub enum RequestBodyError {
 pub fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {
-        if matches!(e.downcast_ref::<RequestBodyError>(), Some(RequestBodyError::TimedOut(_))) {
+        if matches!(
+            e.downcast_ref::<RequestBodyError>(),
+            Some(RequestBodyError::TimedOut(_))
+        ) {
             return true;
         }
         next = e.source();

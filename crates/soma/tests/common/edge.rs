@@ -25,6 +25,8 @@ pub struct Edge {
     pub secret: Vec<u8>,
     pub kid: String,
     pub db: soma_store::Database,
+    /// The listener's connection counters (refusals and closures by reason).
+    pub connections: soma_gateway::ConnectionMetrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     poller: tokio::task::JoinHandle<()>,
@@ -146,6 +148,7 @@ pub async fn start_edge_with_peers(
             .unwrap();
     let edge = gateway.edge.unwrap();
     let addr = edge.local_addr();
+    let connections = edge.connection_metrics();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         edge.serve(async move {
@@ -160,6 +163,7 @@ pub async fn start_edge_with_peers(
         secret,
         kid,
         db: database,
+        connections,
         stop: Some(tx),
         task: Some(task),
         poller: gateway.poller,
