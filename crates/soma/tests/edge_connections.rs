@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use common::Ca;
-use common::edge::{Edge, sqlite, start_edge};
+use common::edge::{Edge, gateway_signer, sqlite, start_edge};
+use common::{Ca, analytics_config, start_analytics};
 
 /// How long any close may take before the test calls the connection stuck.
 const BOUND: Duration = Duration::from_secs(10);
@@ -365,8 +365,12 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_still_sending_its_body_keeps_the_connection_past_the_idle_timeout() {
-    // Idle after 1 s; the body may take 10 s and takes about 3.
-    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(1, 10, 1)).await;
+    // Idle after 1 s; the body may take 10 s and takes about 3. A real
+    // Analytics backend stores the event, so the stream is served whole.
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
+    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), timeouts(1, 10, 1)).await;
     let token = edge.token(json!({"scope": "analytics:ingest"}));
     let (client, driver) = h2_connect(edge.addr).await;
     let mut client = client.ready().await.unwrap();
@@ -376,7 +380,11 @@ async fn an_http2_stream_still_sending_its_body_keeps_the_connection_past_the_id
         .body(())
         .unwrap();
     let (response, mut body) = client.send_request(request, false).unwrap();
-    let json = json!({"eventId": "slow-1", "capsuleId": "c", "runId": "r1", "outcome": "RUN_OUTCOME_SUCCEEDED", "duration": "1s"}).to_string();
+    let started_at = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
+    let started_at = started_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let json = json!({"eventId": "slow-1", "capsuleId": "c", "runId": "r1", "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": started_at, "duration": "1s"}).to_string();
     let pieces: Vec<&[u8]> = json.as_bytes().chunks(json.len().div_ceil(10)).collect();
     let started = Instant::now();
     for (i, piece) in pieces.iter().enumerate() {
@@ -417,6 +425,7 @@ async fn an_http2_stream_still_sending_its_body_keeps_the_connection_past_the_id
     assert_eq!(edge.connections.snapshot().closed(CloseReason::IdleTimeout), 1);
     drop(client);
     edge.stop().await;
+    analytics.stop().await;
 }
 
 /// One row of the cap table.

@@ -17,7 +17,9 @@
 //! without token issuers does not start; a method without a policy, or
 //! whose policy names no capability, is refused to tenants; client-supplied
 //! regions are never read; limits on headers, body and JSON depth are
-//! enforced before any token is verified.
+//! enforced before any token is verified; the edge closes connections whose
+//! head or body stalls or that sit idle, and caps connections in total and
+//! per client address ([`listener`]).
 
 pub mod admission;
 pub mod config;
