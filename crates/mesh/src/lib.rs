@@ -30,6 +30,6 @@ pub use authz::{AuthzLayer, REASON_METADATA};
 pub use caller::{Caller, OPERATOR_PATH_PATTERN, PeerInfo};
 pub use client::{MeshChannel, MeshConnector, channel};
 pub use error::MeshError;
-pub use metrics::Metrics;
+pub use metrics::{Metrics, MetricsSource};
 pub use server::{Application, ServiceSpec, builtin_policies};
 pub use settings::{ConfigError, Limits, MeshSettings, PeerAddr, Peers, ServiceKind};

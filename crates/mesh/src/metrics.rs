@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 /// Reasons a request or handshake is refused, as metric labels.
 const DENY_REASONS: [&str; 5] = [
@@ -23,6 +23,14 @@ struct MethodCounters {
     denied: [AtomicU64; DENY_REASONS.len()],
 }
 
+/// Counters a service keeps outside the runtime (the gateway's edge
+/// connections), exposed on the same `/metrics` after the runtime's own.
+pub trait MetricsSource: Send + Sync + std::fmt::Debug {
+    /// Appends this source's series, in the Prometheus text format, to
+    /// `out`. Called on every scrape: it must only read counters.
+    fn render(&self, out: &mut String);
+}
+
 /// The runtime's counters. Clone = shared.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -36,6 +44,9 @@ struct Inner {
     handshakes_ok: AtomicU64,
     handshakes_failed: AtomicU64,
     handshakes_timed_out: AtomicU64,
+    /// Registered once at start-up and read on each scrape; the request
+    /// path never touches it.
+    sources: RwLock<Vec<Arc<dyn MetricsSource>>>,
 }
 
 impl Metrics {
@@ -55,6 +66,15 @@ impl Metrics {
 
     fn method(&self, path: &str) -> &MethodCounters {
         self.inner.methods.get(path).unwrap_or(&self.inner.unknown_method)
+    }
+
+    /// Adds `source`'s series to this runtime's `/metrics`.
+    pub fn register(&self, source: Arc<dyn MetricsSource>) {
+        self.inner
+            .sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
     }
 
     /// A request passed authorization and was handed to its handler.
@@ -137,6 +157,14 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        for source in inner
+            .sources
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            source.render(&mut out);
+        }
         out
     }
 }
@@ -147,4 +175,31 @@ pub(crate) enum HandshakeOutcome {
     Ok,
     Failed,
     TimedOut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed;
+
+    impl MetricsSource for Fixed {
+        fn render(&self, out: &mut String) {
+            out.push_str("# TYPE soma_test_total counter\nsoma_test_total 7\n");
+        }
+    }
+
+    #[test]
+    fn a_registered_source_is_rendered_after_the_runtime_counters() {
+        let metrics = Metrics::new(["/p.S/M"]);
+        assert!(!metrics.render().contains("soma_test_total"));
+        metrics.clone().register(Arc::new(Fixed));
+        let text = metrics.render();
+        assert!(text.ends_with("soma_test_total 7\n"), "{text}");
+        assert!(
+            text.contains("soma_rpc_dispatched_total{method=\"/p.S/M\"} 0"),
+            "{text}"
+        );
+    }
 }

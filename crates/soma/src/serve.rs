@@ -162,6 +162,12 @@ pub async fn run(
     };
 
     let app = Application::build(settings, store, claims, spec).await?;
+    if let Some(edge) = &edge {
+        // The edge's connection counters beside the runtime's, on the
+        // gateway's admin /metrics.
+        app.metrics()
+            .register(std::sync::Arc::new(edge.connection_metrics()));
+    }
     let ready = ReadyLine {
         service: kind.name().to_owned(),
         spiffe_id: own_id.to_string(),

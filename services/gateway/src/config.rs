@@ -148,6 +148,121 @@ impl Default for EdgeLimits {
     }
 }
 
+/// How the edge treats connections: timeouts that close what is stalled or
+/// idle, and caps that refuse what is too many. Each has a safe default (the
+/// figures nginx and Envoy ship with, or tighter); zero and absurd values are
+/// refused at load, because an edge without them keeps every half-open
+/// connection until its file descriptors run out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeConnections {
+    /// A complete request head must arrive within this, counted from the
+    /// connection's start (after the TLS handshake, which has its own 10 s)
+    /// or, on an HTTP/1.1 keep-alive connection, from the first byte of the
+    /// next request. Slowloris ends here.
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this, counted from the end
+    /// of its head: the minimum rate is `max_body_bytes` per this duration.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in progress (HTTP/1.1 keep-alive between
+    /// requests, HTTP/2 with no open stream) is closed after this.
+    pub idle_timeout: Duration,
+    /// Concurrent streams on one HTTP/2 connection (SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// Open connections the edge holds at once; a connection beyond it is
+    /// closed at accept, before any TLS or HTTP work.
+    pub max_connections: usize,
+    /// Open connections one peer IP address holds at once.
+    pub max_connections_per_client: usize,
+    /// Header fields in one HTTP/1.1 request head (HTTP/2 is bounded by
+    /// `limits.max_header_bytes` instead).
+    pub max_headers: usize,
+}
+
+impl Default for EdgeConnections {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 100,
+            max_connections: 10_000,
+            max_connections_per_client: 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// The shortest timeout accepted: below it, a loaded client on a slow
+/// network cannot send a head at all.
+pub const MIN_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest header or body read timeout accepted.
+pub const MAX_READ_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest idle timeout accepted.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The most HTTP/2 streams one connection may be allowed.
+pub const MAX_CONCURRENT_STREAMS: u32 = 10_000;
+/// The most connections the edge may be allowed (far above any file
+/// descriptor limit: a larger figure is a typing mistake).
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// The most header fields one HTTP/1.1 head may be allowed.
+pub const MAX_HEADERS: usize = 1000;
+
+impl EdgeConnections {
+    /// Checks every setting against its bounds; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let timeouts = [
+            (
+                "connections.header_read_timeout",
+                self.header_read_timeout,
+                MAX_READ_TIMEOUT,
+            ),
+            (
+                "connections.body_read_timeout",
+                self.body_read_timeout,
+                MAX_READ_TIMEOUT,
+            ),
+            ("connections.idle_timeout", self.idle_timeout, MAX_IDLE_TIMEOUT),
+        ];
+        for (key, value, max) in timeouts {
+            if value < MIN_CONNECTION_TIMEOUT || value > max {
+                return Err((
+                    key,
+                    format!(
+                        "{} is outside {} to {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(MIN_CONNECTION_TIMEOUT),
+                        humantime::format_duration(max)
+                    ),
+                ));
+            }
+        }
+        let counts = [
+            (
+                "connections.max_concurrent_streams",
+                self.max_concurrent_streams as usize,
+                MAX_CONCURRENT_STREAMS as usize,
+            ),
+            (
+                "connections.max_connections",
+                self.max_connections,
+                MAX_CONNECTIONS,
+            ),
+            (
+                "connections.max_connections_per_client",
+                self.max_connections_per_client,
+                self.max_connections,
+            ),
+            ("connections.max_headers", self.max_headers, MAX_HEADERS),
+        ];
+        for (key, value, max) in counts {
+            if value == 0 || value > max {
+                return Err((key, format!("{value} is outside 1 to {max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything the gateway needs beyond the mesh settings.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -167,6 +282,8 @@ pub struct GatewayConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Limits checked before any cryptography.
     pub limits: EdgeLimits,
+    /// Timeouts and caps of the edge's connections.
+    pub connections: EdgeConnections,
     /// Oldest `auth_time` an MFA-required method accepts.
     pub mfa_max_age: Duration,
     /// How often kill switches are re-read from the database.
@@ -195,6 +312,8 @@ struct FileConfig {
     cors_allowed_origins: Vec<String>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    connections: FileConnections,
     mfa_max_age: Option<String>,
     kill_switch_poll_interval: Option<String>,
     moderation_policy_file: Option<PathBuf>,
@@ -209,6 +328,18 @@ struct FileLimits {
     max_body_bytes: Option<usize>,
     max_header_bytes: Option<usize>,
     max_json_depth: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConnections {
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_concurrent_streams: Option<u32>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    max_headers: Option<usize>,
 }
 
 impl GatewayConfig {
@@ -310,6 +441,30 @@ impl GatewayConfig {
             Some(v) => humantime::parse_duration(&v).map_err(|e| invalid(key)(e.to_string())),
             None => Ok(default),
         };
+        let c = file.connections;
+        let d = EdgeConnections::default();
+        let connections = EdgeConnections {
+            header_read_timeout: duration(
+                "connections.header_read_timeout",
+                c.header_read_timeout,
+                d.header_read_timeout,
+            )?,
+            body_read_timeout: duration(
+                "connections.body_read_timeout",
+                c.body_read_timeout,
+                d.body_read_timeout,
+            )?,
+            idle_timeout: duration("connections.idle_timeout", c.idle_timeout, d.idle_timeout)?,
+            max_concurrent_streams: c.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
+            max_connections: c.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_client: c
+                .max_connections_per_client
+                .unwrap_or(d.max_connections_per_client),
+            max_headers: c.max_headers.unwrap_or(d.max_headers),
+        };
+        connections
+            .validate()
+            .map_err(|(key, reason)| invalid(key)(reason))?;
         let envelope_ttl = duration("envelope_ttl", file.envelope_ttl, Duration::from_secs(30))?;
         if envelope_ttl.is_zero() || envelope_ttl > soma_auth::MAX_ENVELOPE_LIFETIME {
             return Err(invalid("envelope_ttl")("must be between 1 s and 60 s".to_owned()));
@@ -343,6 +498,7 @@ impl GatewayConfig {
             edge_tls_key_file: file.edge_tls_key_file,
             cors_allowed_origins: file.cors_allowed_origins,
             limits,
+            connections,
             mfa_max_age: duration("mfa_max_age", file.mfa_max_age, Duration::from_secs(15 * 60))?,
             kill_switch_poll_interval,
             moderation_policy_file: file.moderation_policy_file,
@@ -564,6 +720,173 @@ mod tests {
         assert_eq!(operator["kid"], DEV_OPERATOR_KEY_ID);
         assert_ne!(tenant["k"], operator["k"], "each issuer has its own key");
         assert_eq!(config.jwt.max_lifetime, soma_auth::DEFAULT_MAX_LIFETIME);
+    }
+
+    #[test]
+    fn connection_settings_default_safely_and_refuse_zero_or_absurd_values() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/gateway.toml");
+        let deployed = std::fs::read_to_string(path).unwrap();
+        // The deployed file spells out the defaults.
+        let load = |table: &str| {
+            let start = deployed
+                .find("[connections]")
+                .expect("the deployed file has [connections]");
+            let end = deployed[start + 1..]
+                .find("\n[")
+                .map_or(deployed.len(), |i| start + 1 + i);
+            let text = format!("{}{table}\n{}", &deployed[..start], &deployed[end..]);
+            let file: FileConfig = toml::from_str(&text).unwrap();
+            GatewayConfig::from_parts(file, |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned()))
+        };
+        let from_file = GatewayConfig::from_file(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/services/gateway/gateway.toml"),
+            |k| (k == RESIDENCY_ENV).then(|| "eu".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(from_file.connections, EdgeConnections::default());
+        // An absent table is the defaults.
+        assert_eq!(load("").unwrap().connections, EdgeConnections::default());
+        let d = EdgeConnections::default();
+        assert_eq!(
+            (d.header_read_timeout, d.body_read_timeout, d.idle_timeout),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+                Duration::from_secs(60)
+            )
+        );
+        assert_eq!(
+            (
+                d.max_concurrent_streams,
+                d.max_connections,
+                d.max_connections_per_client,
+                d.max_headers
+            ),
+            (100, 10_000, 1024, 100)
+        );
+        let tuned = load(
+            "[connections]\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"2s 500ms\"\n\
+             idle_timeout = \"5m\"\nmax_concurrent_streams = 8\nmax_connections = 8\n\
+             max_connections_per_client = 8\nmax_headers = 16",
+        )
+        .unwrap()
+        .connections;
+        assert_eq!(
+            tuned,
+            EdgeConnections {
+                header_read_timeout: Duration::from_secs(1),
+                body_read_timeout: Duration::from_millis(2500),
+                idle_timeout: Duration::from_secs(300),
+                max_concurrent_streams: 8,
+                max_connections: 8,
+                max_connections_per_client: 8,
+                max_headers: 16,
+            }
+        );
+
+        struct Case {
+            name: &'static str,
+            input: &'static str,
+            key: &'static str,
+        }
+        let cases = [
+            Case {
+                name: "zero header timeout",
+                input: "header_read_timeout = \"0s\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "1 ms header timeout",
+                input: "header_read_timeout = \"1ms\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "header timeout of a day",
+                input: "header_read_timeout = \"1day\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "header timeout not a duration",
+                input: "header_read_timeout = \"10\"",
+                key: "connections.header_read_timeout",
+            },
+            Case {
+                name: "negative body timeout",
+                input: "body_read_timeout = \"-1s\"",
+                key: "connections.body_read_timeout",
+            },
+            Case {
+                name: "zero body timeout",
+                input: "body_read_timeout = \"0s\"",
+                key: "connections.body_read_timeout",
+            },
+            Case {
+                name: "body timeout of two hours",
+                input: "body_read_timeout = \"2h\"",
+                key: "connections.body_read_timeout",
+            },
+            Case {
+                name: "zero idle timeout",
+                input: "idle_timeout = \"0s\"",
+                key: "connections.idle_timeout",
+            },
+            Case {
+                name: "idle timeout of a week",
+                input: "idle_timeout = \"7days\"",
+                key: "connections.idle_timeout",
+            },
+            Case {
+                name: "zero streams",
+                input: "max_concurrent_streams = 0",
+                key: "connections.max_concurrent_streams",
+            },
+            Case {
+                name: "a million streams",
+                input: "max_concurrent_streams = 1000000",
+                key: "connections.max_concurrent_streams",
+            },
+            Case {
+                name: "zero connections",
+                input: "max_connections = 0",
+                key: "connections.max_connections",
+            },
+            Case {
+                name: "ten million connections",
+                input: "max_connections = 10000000",
+                key: "connections.max_connections",
+            },
+            Case {
+                name: "zero per client",
+                input: "max_connections_per_client = 0",
+                key: "connections.max_connections_per_client",
+            },
+            Case {
+                name: "per client above the global cap",
+                input: "max_connections = 100\nmax_connections_per_client = 101",
+                key: "connections.max_connections_per_client",
+            },
+            Case {
+                name: "zero headers",
+                input: "max_headers = 0",
+                key: "connections.max_headers",
+            },
+            Case {
+                name: "a million headers",
+                input: "max_headers = 1000000",
+                key: "connections.max_headers",
+            },
+        ];
+        for case in cases {
+            let err = load(&format!("[connections]\n{}", case.input)).unwrap_err();
+            match &err {
+                GatewayConfigError::Invalid { key, .. } => assert_eq!(*key, case.key, "{}: {err}", case.name),
+                other => panic!("{}: {other}", case.name),
+            }
+        }
+        // A key the gateway does not know is refused, not ignored.
+        let text = format!("{deployed}\n");
+        let text = text.replace("[connections]\n", "[connections]\nmax_conections = 5\n");
+        assert!(toml::from_str::<FileConfig>(&text).is_err());
     }
 
     #[test]

@@ -22,7 +22,6 @@
 //! body `{code, reason, message, request_id, details}` built in one place
 //! ([`ErrorReply`]).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -484,6 +483,12 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, ErrorReply> {
     match http_body_util::Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(e) if crate::listener::is_body_timeout(e.as_ref()) => Err(ErrorReply::new(
+            StatusCode::REQUEST_TIMEOUT,
+            tonic::Code::DeadlineExceeded,
+            "body_timeout",
+            "the request body did not arrive within the body read timeout",
+        )),
         Err(e) => {
             tracing::info!(error = %e, "request body not read");
             Err(ErrorReply::new(
@@ -896,6 +901,13 @@ async fn read_grpc_message(body: Body, max: usize) -> Result<Bytes, tonic::Statu
         }
         let Some(frame) = body.frame().await else { break };
         let frame = frame.map_err(|e| {
+            if crate::listener::is_body_timeout(&e) {
+                return refuse(
+                    tonic::Code::DeadlineExceeded,
+                    "body_timeout",
+                    "the request message did not arrive within the body read timeout".to_owned(),
+                );
+            }
             tracing::info!(error = %e, "gRPC request body not read");
             refuse(
                 tonic::Code::Cancelled,
@@ -986,62 +998,6 @@ pub fn tls_config(
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// How long a TLS handshake may take before the connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN) until `shutdown` resolves,
-/// then waits for open connections to finish their requests.
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "edge accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(%remote, error = %e, "edge TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(%remote, "edge TLS handshake timed out");
-                    return;
-                }
-            };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%remote, error = %e, "edge connection ended with an error");
-            }
-        });
-    }
-    graceful.shutdown().await;
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@
 //! without token issuers does not start; a method without a policy, or
 //! whose policy names no capability, is refused to tenants; client-supplied
 //! regions are never read; limits on headers, body and JSON depth are
-//! enforced before any token is verified.
+//! enforced before any token is verified; the edge closes connections whose
+//! head or body stalls or that sit idle, and caps connections in total and
+//! per client address ([`listener`]).
 
 pub mod admission;
 pub mod config;
@@ -26,6 +28,7 @@ pub mod edge;
 pub mod error;
 pub mod forward;
 pub mod killswitch;
+pub mod listener;
 pub mod moderation;
 pub mod openapi;
 pub mod ratelimit;
@@ -46,10 +49,11 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 pub use admission::{Admission, AdmissionRequest, Denial};
-pub use config::{GatewayConfig, Region, Residency};
+pub use config::{EdgeConnections, GatewayConfig, Region, Residency};
 pub use context::{RequestContext, RequestId};
 pub use edge::EdgeState;
 pub use error::{GatewayConfigError, GatewayError};
+pub use listener::{ConnectionMetrics, ConnectionStats, is_body_timeout};
 pub use service::GatewayService;
 
 /// The service's migrations.
@@ -111,6 +115,9 @@ pub struct EdgeServer {
     local_addr: SocketAddr,
     state: Arc<EdgeState>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    connections: EdgeConnections,
+    max_header_bytes: usize,
+    metrics: ConnectionMetrics,
 }
 
 impl EdgeServer {
@@ -124,33 +131,25 @@ impl EdgeServer {
         self.tls.is_some()
     }
 
+    /// The edge's connection counters (open, refused and closed by
+    /// reason), shared with the running listener: read them after `serve`
+    /// has taken the server, or register them with the admin listener.
+    pub fn connection_metrics(&self) -> ConnectionMetrics {
+        self.metrics.clone()
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = edge::router(self.state);
-        match self.tls {
-            None => {
-                use axum::serve::ListenerExt as _;
-                // Small responses go out at once, not after Nagle's delay.
-                let listener = self.listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "TCP_NODELAY not set on an edge connection");
-                    }
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Some(config) => {
-                edge::serve_tls(
-                    self.listener,
-                    tokio_rustls::TlsAcceptor::from(config),
-                    router,
-                    shutdown,
-                )
-                .await;
-                Ok(())
-            }
-        }
+        let listener = listener::Listener {
+            listener: self.listener,
+            tls: self.tls,
+            settings: self.connections,
+            max_header_bytes: self.max_header_bytes,
+            metrics: self.metrics,
+        };
+        listener.serve(router, shutdown).await;
+        Ok(())
     }
 }
 
@@ -228,6 +227,8 @@ impl Gateway {
                     (Some(cert), Some(key)) => Some(edge::tls_config(cert, key).map_err(BuildError::Tls)?),
                     _ => None,
                 };
+                let connections = config.connections;
+                let max_header_bytes = config.limits.max_header_bytes;
                 let state = EdgeState::new(
                     routes,
                     admission,
@@ -242,6 +243,9 @@ impl Gateway {
                     local_addr,
                     state: Arc::new(state),
                     tls,
+                    connections,
+                    max_header_bytes,
+                    metrics: ConnectionMetrics::default(),
                 })
             }
         };

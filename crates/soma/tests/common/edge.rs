@@ -36,6 +36,8 @@ pub struct Edge {
     pub mesh_addr: SocketAddr,
     /// The gateway's SPIFFE ID (`/svc/gateway`).
     pub id: SpiffeId,
+    /// The listener's connection counters (refusals and closures by reason).
+    pub connections: soma_gateway::ConnectionMetrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     mesh_stop: Option<oneshot::Sender<()>>,
@@ -216,6 +218,7 @@ pub async fn start_edge_with_peers(
             .unwrap();
     let edge = gateway.edge.unwrap();
     let addr = edge.local_addr();
+    let connections = edge.connection_metrics();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         edge.serve(async move {
@@ -249,6 +252,7 @@ pub async fn start_edge_with_peers(
         db: database,
         mesh_addr,
         id,
+        connections,
         stop: Some(tx),
         task: Some(task),
         mesh_stop: Some(mesh_tx),
