@@ -337,6 +337,44 @@ async fn h2_body(response: http::Response<h2::RecvStream>) -> (u16, Vec<u8>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_grpc_message_is_answered_deadline_exceeded_after_the_body_timeout() {
+    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(1, 1, 5)).await;
+    let token = edge.token(json!({"scope": "ledger:read"}));
+    let (client, _connection) = h2_connect(edge.addr).await;
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/somastack.v1.Analytics/InclusionProof",
+        edge.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", format!("Bearer {token}"))
+    .body(())
+    .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    // The prefix announces 100 bytes; 10 come, then nothing.
+    let mut partial = vec![0u8, 0, 0, 0, 100];
+    partial.extend_from_slice(&[0x0a; 10]);
+    send.send_data(Bytes::from(partial), false).unwrap();
+    let since = Instant::now();
+    let response = tokio::time::timeout(BOUND, response).await.unwrap().unwrap();
+    let elapsed = since.elapsed();
+    println!("stalled gRPC message: answered after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "answered before the body timeout: {elapsed:?}"
+    );
+    let head = response.headers();
+    let field = |name: &str| head.get(name).map(|v| v.to_str().unwrap().to_owned());
+    // 4: DEADLINE_EXCEEDED.
+    assert_eq!(
+        (field("grpc-status").as_deref(), field("soma-reason").as_deref()),
+        (Some("4"), Some("body_timeout"))
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(3, 3, 1)).await;
     let (client, driver) = h2_connect(edge.addr).await;
