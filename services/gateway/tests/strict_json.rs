@@ -289,6 +289,15 @@ fn duplicate_names_and_two_spellings_are_refused_naming_the_key_and_where() {
             dup_field("(body)", "eventId", "event_id"),
         ),
         case(
+            "both spellings, the JSON-name one mistyped: refused, for the type (it is read first)",
+            RUNS,
+            r#"{"eventId":7,"event_id":"a"}"#,
+            Expect::Refused(
+                "invalid_argument",
+                "eventId: expected a string, got a number".to_owned(),
+            ),
+        ),
+        case(
             "a well-known type field by both spellings",
             DRILLS,
             r#"{"startedAt":"2026-01-01T00:00:00Z","started_at":"2026-01-02T00:00:00Z"}"#,
