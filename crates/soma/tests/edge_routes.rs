@@ -1,6 +1,7 @@
 //! The JSON edge against real backends over mTLS: every annotated route is
 //! reachable and answered by its RPC, exports stream as NDJSON, wrong JSON
-//! types name the field, 1000 concurrent requests of mixed tenants keep
+//! types name the field, duplicate member names and two spellings of one
+//! field are refused with their reasons, 1000 concurrent requests of mixed tenants keep
 //! their own context, and the size limits answer before any token is
 //! verified.
 
@@ -379,6 +380,93 @@ async fn wrong_json_types_are_invalid_argument_naming_the_field_and_nothing_is_w
             .dispatched_count("/somastack.v1.Analytics/RecordDisasterDrill"),
         0
     );
+    edge.stop().await;
+    analytics.stop().await;
+}
+
+/// Strict JSON through a live edge (RFC 7493 I-JSON §2.3): a member named
+/// twice, at the top level or in an object inside an array, and one field
+/// named by both its spellings are refused with 400 and their reason, and
+/// reach no backend; the same request without the duplicate is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_json_keys_and_two_spellings_of_a_field_are_refused_with_their_reason() {
+    let ca = Ca::new();
+    let dbs = tempfile::tempdir().unwrap();
+    let signer = gateway_signer();
+    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&signer)).await;
+    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |_| {}).await;
+    let http = client();
+    let token = edge.token(json!({"tenant": "acme", "scope": "analytics:ingest drills:write"}));
+    let started = rfc3339(now() - 5);
+    // (name, path, body, reason, text the message must hold)
+    let cases = [
+        (
+            "member named twice at the top level",
+            "/v1/capsule-runs",
+            format!(
+                r#"{{"eventId":"dup-1","capsuleId":"c","runId":"r","outcome":"RUN_OUTCOME_SUCCEEDED","startedAt":"{started}","duration":"1s","eventId":"dup-2"}}"#
+            ),
+            "duplicate_json_key",
+            r#"duplicate member name "eventId" in the object at JSON pointer """#,
+        ),
+        (
+            "member named twice (once escaped) in an object inside an array",
+            "/v1/drills/disaster",
+            r#"{"eventId":"drill-dup","region":"local","steps":[{"name":"fence"},{"name":"promote","n\u0061me":"noop"}]}"#.to_owned(),
+            "duplicate_json_key",
+            r#"duplicate member name "name" in the object at JSON pointer "/steps/1""#,
+        ),
+        (
+            "eventId and event_id in one object",
+            "/v1/capsule-runs",
+            format!(
+                r#"{{"eventId":"dup-3","event_id":"dup-4","capsuleId":"c","runId":"r","outcome":"RUN_OUTCOME_SUCCEEDED","startedAt":"{started}","duration":"1s"}}"#
+            ),
+            "duplicate_field",
+            r#"(body): "eventId" and "event_id" are two spellings of one field; send one"#,
+        ),
+    ];
+    for (name, path, body, reason, message) in &cases {
+        let r = send(
+            &http,
+            "POST",
+            &format!("{}{path}", edge.url),
+            Some(&token),
+            Some(body),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.reason().as_str()),
+            (400, *reason),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["message"].as_str(), Some(*message), "{name}");
+    }
+    for path in ["RecordCapsuleRun", "RecordDisasterDrill"] {
+        assert_eq!(
+            analytics
+                .metrics
+                .dispatched_count(&format!("/somastack.v1.Analytics/{path}")),
+            0,
+            "{path}"
+        );
+    }
+    // The same request with one spelling, once, is served.
+    let body = format!(
+        r#"{{"eventId":"dup-5","capsuleId":"c","runId":"r","outcome":"RUN_OUTCOME_SUCCEEDED","startedAt":"{started}","duration":"1s"}}"#
+    );
+    let r = send(
+        &http,
+        "POST",
+        &format!("{}/v1/capsule-runs", edge.url),
+        Some(&token),
+        Some(&body),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     edge.stop().await;
     analytics.stop().await;
 }

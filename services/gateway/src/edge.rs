@@ -430,10 +430,7 @@ async fn serve(
         }
         transcode::check_depth(&body, limits.max_json_depth)
             .map_err(|e| ErrorReply::bad_request("json_too_deep", e.to_string()))?;
-        Some(
-            transcode::parse_json(&body)
-                .map_err(|e| ErrorReply::bad_request("invalid_json", e.to_string()))?,
-        )
+        Some(transcode::parse_json(&body).map_err(|e| ErrorReply::bad_request(e.reason(), e.to_string()))?)
     };
 
     // 6. Transcoding: path, query and body merged into the message the
@@ -547,7 +544,7 @@ fn build_message(
     query: &str,
 ) -> Result<DynamicMessage, ErrorReply> {
     let input = route.method.input();
-    let field_error = |e: TranscodeError| ErrorReply::bad_request("invalid_argument", e.to_string());
+    let field_error = |e: TranscodeError| ErrorReply::bad_request(e.reason(), e.to_string());
     let mut message = match (&route.body, body) {
         (RouteBody::Whole, Some(v)) => transcode::json_to_message(&input, v).map_err(field_error)?,
         (RouteBody::Field(name), Some(v)) => {
