@@ -15,7 +15,7 @@ use soma_proto::v1::gateway_client::GatewayClient;
 use tonic::metadata::MetadataValue;
 
 use common::edge::{client, gateway_signer, send, sqlite, start_edge};
-use common::{Ca, analytics_config, start_analytics};
+use common::{Ca, analytics_config, grpc_reason, start_analytics};
 
 fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -24,14 +24,6 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
         request.metadata_mut().insert("authorization", value);
     }
     request
-}
-
-fn reason(status: &tonic::Status) -> &str {
-    status
-        .metadata()
-        .get("soma-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +130,7 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
             ))
             .await
             .unwrap_err();
-        assert_eq!((err.code(), reason(&err)), (code, why), "{err:?}");
+        assert_eq!((err.code(), grpc_reason(&err)), (code, why), "{err:?}");
         if code == tonic::Code::Unauthenticated {
             assert!(err.metadata().get("www-authenticate").is_some());
         }
@@ -152,7 +144,7 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
             .insert("grpc-timeout", bad.parse().unwrap());
         let err = analytics_client.ledger_checkpoint(request).await.unwrap_err();
         assert_eq!(
-            (err.code(), reason(&err)),
+            (err.code(), grpc_reason(&err)),
             (tonic::Code::Internal, "malformed_grpc_timeout"),
             "{bad}: {err:?}"
         );
@@ -186,7 +178,7 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
         .await
         .unwrap_err();
     assert_eq!(
-        (err.code(), reason(&err)),
+        (err.code(), grpc_reason(&err)),
         (tonic::Code::InvalidArgument, "moderation_rejected"),
         "{err:?}"
     );

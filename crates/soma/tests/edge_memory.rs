@@ -14,16 +14,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::{Child, Command};
-
-const SOMA: &str = env!("CARGO_BIN_EXE_soma");
 
 /// The bound the issue sets on the gateway's resident set, during and after.
 const MAX_RSS_BYTES: u64 = 64 * 1024 * 1024;
@@ -32,21 +28,6 @@ const GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// One JSON body of the flood: 1 MiB (the edge's default limit, so the
 /// declared length alone does not refuse it).
 const JSON_BODY_BYTES: usize = 1024 * 1024;
-
-fn soma_up(data_dir: &Path) -> Child {
-    Command::new(SOMA)
-        .args(["up", "--edge-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
-        .env_remove("SOMA_GATEWAY_CONFIG")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 /// The pid of the `soma serve gateway` child of `parent`.
 fn gateway_pid(parent: u32) -> Option<u32> {
@@ -220,7 +201,7 @@ async fn json_flood_one(addr: std::net::SocketAddr) -> String {
 async fn tokenless_floods_are_refused_from_their_heads_and_the_gateway_stays_small() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir: PathBuf = dir.path().join("data");
-    let mut up = soma_up(&data_dir);
+    let mut up = common::spawn_soma_up(&data_dir, &[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let addr = edge_of(&data_dir, deadline).await;
     let pid = gateway_pid(up.id().unwrap()).expect("no `soma serve gateway` child of soma up");

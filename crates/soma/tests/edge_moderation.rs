@@ -16,7 +16,7 @@ use soma_proto::v1::{ExecuteToolRequest, RunCapsuleRequest};
 use tonic::metadata::MetadataValue;
 
 use common::edge::{client, gateway_signer, send, sqlite, start_edge_with_peers};
-use common::{Ca, start};
+use common::{Ca, grpc_reason, start};
 
 const CARD: &str = "4111111111111111";
 const EMAIL: &str = "jane.doe@example.com";
@@ -33,14 +33,6 @@ fn note(text: &str) -> prost_types::Struct {
         },
     );
     input
-}
-
-fn reason(status: &tonic::Status) -> &str {
-    status
-        .metadata()
-        .get("soma-reason")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +304,7 @@ async fn findings_in_path_query_and_body_are_refused_for_json_and_grpc() {
             assert_eq!(status.code(), tonic::Code::Unimplemented, "{name}: {status:?}");
         } else {
             assert_eq!(
-                (status.code(), reason(&status)),
+                (status.code(), grpc_reason(&status)),
                 (tonic::Code::InvalidArgument, expected),
                 "{name}: {status:?}"
             );

@@ -19,7 +19,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
@@ -30,18 +29,7 @@ const SOMA: &str = env!("CARGO_BIN_EXE_soma");
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let mut up = Command::new(SOMA)
-        .args(["up", "--edge-addr", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir)
-        .env("RUST_LOG", "warn")
-        .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
-        .env_remove("SOMA_GATEWAY_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut up = common::spawn_soma_up(&data_dir, &[]);
     let edge = wait_for_edge(&data_dir, Instant::now() + Duration::from_secs(20)).await;
 
     // A token holding every capability any route names, with MFA.

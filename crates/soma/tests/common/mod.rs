@@ -423,3 +423,31 @@ pub async fn scalar_text(db: &Database, sql: &str) -> String {
         _ => unreachable!("a database is either SQLite or PostgreSQL"),
     }
 }
+
+/// The `soma-reason` of a gRPC refusal (empty when it carries none).
+pub fn grpc_reason(status: &tonic::Status) -> &str {
+    status
+        .metadata()
+        .get(soma_mesh::REASON_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// `soma up` on `data_dir` with its edge on a free loopback port and
+/// `extra` arguments, logging warnings only; killed if dropped.
+pub fn spawn_soma_up(data_dir: &std::path::Path, extra: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+        .args(["up", "--edge-addr", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
+        .env_remove("SOMA_GATEWAY_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
