@@ -254,15 +254,13 @@ async fn unknown_kid_flood_is_rate_limited() {
             .map(|_| ed_token(&key, &format!("kid-{:016x}", rand::random::<u64>()), NOW))
             .collect();
         tasks.push(tokio::spawn(async move {
-            let mut sent = 0;
-            for token in tokens.iter().cycle() {
+            for (sent, token) in tokens.iter().cycle().enumerate() {
                 if sent >= tokens.len() && started.elapsed() >= span {
                     break;
                 }
                 let err = verifier.verify(token, NOW).await.unwrap_err();
                 assert_eq!(err.reason(), "unknown_kid");
                 refused.fetch_add(1, Ordering::Relaxed);
-                sent += 1;
                 // Lets the other tasks of this worker in, so that the flood
                 // stays concurrent while it is spread over the span.
                 tokio::task::yield_now().await;
@@ -278,7 +276,10 @@ async fn unknown_kid_flood_is_rate_limited() {
     let refused = refused.load(Ordering::Relaxed);
     println!("{refused} unknown kids in {elapsed:?}: {fetched} fetches (allowed 1..={allowed})");
     assert!(refused >= TOKENS as u64, "{refused} refusals");
-    assert!(fetched >= 1, "no refetch in {elapsed:?} of misses with a {interval:?} interval");
+    assert!(
+        fetched >= 1,
+        "no refetch in {elapsed:?} of misses with a {interval:?} interval"
+    );
     assert!(
         fetched <= allowed,
         "{fetched} fetches in {elapsed:?} with a {interval:?} interval"
@@ -323,7 +324,10 @@ async fn hmac_secret_rotation_is_a_file_change() {
     // verifier look at the file at once (no need to sleep past the periodic
     // check): it finds the broken content and keeps the keys it has.
     std::fs::write(&path, b"{not json").unwrap();
-    let err = verifier.verify(&hs_token(&new, "hs-2024-03"), NOW).await.unwrap_err();
+    let err = verifier
+        .verify(&hs_token(&new, "hs-2024-03"), NOW)
+        .await
+        .unwrap_err();
     assert_eq!(err.reason(), "unknown_kid");
     verifier.verify(&hs_token(&new, "hs-2024-02"), NOW).await.unwrap();
     // An in-place rewrite (same inode) with a new secret under the same kid

@@ -312,7 +312,10 @@ async fn svid_stream_pushes_rotations_before_expiry() {
         // loop that does not wait, fails here.
         let gap = next.not_before - previous.not_before;
         eprintln!("rotation {rotation}: issued {gap} s after the previous svid");
-        assert!(gap >= 2, "rotation {rotation}: issued only {gap} s after the previous svid");
+        assert!(
+            gap >= 2,
+            "rotation {rotation}: issued only {gap} s after the previous svid"
+        );
         // The new SVID arrived while the previous one was still valid.
         assert!(
             received < previous.not_after,

@@ -171,7 +171,8 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         let mut writers = Vec::new();
         for w in 0..8 {
             let channel = soma_mesh::channel(client_store.clone(), server.addr, server_id.clone()).unwrap();
-            let (acked, attempted, killed) = (Arc::clone(&acked), Arc::clone(&attempted), Arc::clone(&killed));
+            let (acked, attempted, killed) =
+                (Arc::clone(&acked), Arc::clone(&attempted), Arc::clone(&killed));
             let label = db.label;
             writers.push(tokio::spawn(async move {
                 let mut client = AnalyticsClient::new(channel);

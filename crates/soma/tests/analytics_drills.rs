@@ -936,7 +936,11 @@ async fn a_receiver_that_is_down_gets_the_webhook_exactly_once_when_back_even_ac
         // its arrival proves that a whole pass ran after the first delivery.
         let mut c = clients(&ca, &svc);
         let barrier = c
-            .record(&claims, "acme", drill("d-after", "ap-south-1", T0 + 3600, 60, 0, 1))
+            .record(
+                &claims,
+                "acme",
+                drill("d-after", "ap-south-1", T0 + 3600, 60, 0, 1),
+            )
             .await
             .unwrap();
         assert!(!barrier.passed);

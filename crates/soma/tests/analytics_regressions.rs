@@ -994,7 +994,14 @@ async fn anomaly_scan_finds_duration_and_failure_rate_outliers() {
                     pb::RunOutcome::Succeeded
                 };
                 let at = T0 + day * DAY + 3600 + i64::from(i) * 60;
-                record(run_with(&format!("deploy-{day}-{i}"), "deploy", 1500, at, outcome)).await;
+                record(run_with(
+                    &format!("deploy-{day}-{i}"),
+                    "deploy",
+                    1500,
+                    at,
+                    outcome,
+                ))
+                .await;
             }
         }
 

@@ -111,7 +111,9 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "EU-WEST-1"),
             ],
-            expected: &format!("soma: setting SOMAGENT_GATEWAY_RESIDENCY_ALLOWED: region \"EU-WEST-1\" {SHAPE}"),
+            expected: &format!(
+                "soma: setting SOMAGENT_GATEWAY_RESIDENCY_ALLOWED: region \"EU-WEST-1\" {SHAPE}"
+            ),
         },
         Case {
             name: "empty entry",
@@ -153,7 +155,11 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
     for Case { name, env, expected } in cases {
         let (code, stderr) = serve_gateway(&env);
         assert_eq!(code, 64, "{name}: {stderr}");
-        assert_eq!(stderr, format!("{expected}\n"), "{name}: exactly one line, the reason");
+        assert_eq!(
+            stderr,
+            format!("{expected}\n"),
+            "{name}: exactly one line, the reason"
+        );
     }
 }
 
@@ -161,7 +167,8 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
 fn soma_up_and_soma_token_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let mut up = Command::new(SOMA);
-    up.args(["up", "--region", "EU-WEST-1", "--data-dir"]).arg(dir.path());
+    up.args(["up", "--region", "EU-WEST-1", "--data-dir"])
+        .arg(dir.path());
     let out = output_within_guard(up);
     assert_eq!(
         out.status.code(),

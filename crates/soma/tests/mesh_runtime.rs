@@ -306,12 +306,9 @@ fn client_presenting(
     presented: Option<&soma_ca::IssuedSvid>,
 ) -> std::sync::Arc<rustls::ClientConfig> {
     let honest = ca.store("/svc/tool-registry", Duration::from_secs(600));
-    let mut config = (*soma_identity::client_config(
-        honest,
-        soma_identity::ExpectedPeer::Exact(server.clone()),
-    )
-    .unwrap())
-    .clone();
+    let mut config =
+        (*soma_identity::client_config(honest, soma_identity::ExpectedPeer::Exact(server.clone())).unwrap())
+            .clone();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -394,14 +391,22 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
     // which rustls sends as certificate_unknown.
     assert_eq!(alert, rustls::AlertDescription::CertificateUnknown);
     let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 1).await;
-    assert_eq!(failed, failed_before + 1, "one refused rogue handshake, one count");
+    assert_eq!(
+        failed,
+        failed_before + 1,
+        "one refused rogue handshake, one count"
+    );
     assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
 
     // 2. A TLS client with no certificate at all: refused, counted once.
     let alert = server_alert(client_presenting(&ca, &svc.id, None), svc.addr).await;
     assert_eq!(alert, rustls::AlertDescription::CertificateRequired);
     let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 2).await;
-    assert_eq!(failed, failed_before + 2, "one refused anonymous handshake, one count");
+    assert_eq!(
+        failed,
+        failed_before + 2,
+        "one refused anonymous handshake, one count"
+    );
     assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
 
     // 3. The same client configuration presenting an SVID of the real
@@ -415,8 +420,7 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
             soma_ca::IssueOptions::default(),
         )
         .unwrap();
-    let connector =
-        tokio_rustls::TlsConnector::from(client_presenting(&ca, &svc.id, Some(&honest_svid)));
+    let connector = tokio_rustls::TlsConnector::from(client_presenting(&ca, &svc.id, Some(&honest_svid)));
     let tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -496,6 +500,10 @@ async fn a_client_that_never_finishes_the_handshake_is_cut_off_at_the_handshake_
     // client cannot observe: wait for the count, then require exactly one.
     let timed_out = metric_at_least(svc.admin, HANDSHAKES_TIMED_OUT, 1).await;
     assert_eq!(timed_out, 1);
-    assert_eq!(metric(svc.admin, HANDSHAKES_FAILED).await, 0, "a timeout is not a failure");
+    assert_eq!(
+        metric(svc.admin, HANDSHAKES_FAILED).await,
+        0,
+        "a timeout is not a failure"
+    );
     svc.stop().await;
 }

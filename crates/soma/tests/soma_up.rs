@@ -226,7 +226,10 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
         restarted + SERVING_LIVENESS,
     )
     .await;
-    eprintln!("soma up (restart on the same data): SERVING after {:?}", restarted.elapsed());
+    eprintln!(
+        "soma up (restart on the same data): SERVING after {:?}",
+        restarted.elapsed()
+    );
     assert_eq!(std::fs::read(data_dir.join("ca/ca.pem")).unwrap(), ca_before);
     let old_operator = operator_store(&op);
     let endpoints: serde_json::Value =

@@ -394,10 +394,9 @@ mod tests {
         let port = silent.local_addr().expect("local addr").port();
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
         let started = std::time::Instant::now();
-        let reason = connect_within(&url, Duration::from_secs(1))
-            .await
-            .err()
-            .expect("a silent server must not yield a connection");
+        let Err(reason) = connect_within(&url, Duration::from_secs(1)).await else {
+            panic!("a silent server must not yield a connection");
+        };
         eprintln!("silent server refused after {:?}", started.elapsed());
         assert_eq!(
             reason,
@@ -415,10 +414,9 @@ mod tests {
             .expect("bind")
             .port();
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
-        let reason = connect_within(&url, POSTGRES_ANSWER_TIMEOUT)
-            .await
-            .err()
-            .expect("a closed port must not yield a connection");
+        let Err(reason) = connect_within(&url, POSTGRES_ANSWER_TIMEOUT).await else {
+            panic!("a closed port must not yield a connection");
+        };
         assert!(
             reason.starts_with("cannot connect to the DATABASE_URL server: ")
                 && reason.contains("onnection refused"),
