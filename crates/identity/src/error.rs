@@ -203,3 +203,100 @@ pub enum IdentityError {
     #[error("no svid from the workload api within {0:?}")]
     Timeout(Duration),
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    /// One example of every [`SvidError`] variant, derived from the enum
+    /// itself: each row is a pattern and an example of it. The patterns form
+    /// a `match` with no wildcard (allowed here, inside the crate, where
+    /// `#[non_exhaustive]` does not apply), so a new variant is a compile
+    /// error until it gets its row; and each example must match its own
+    /// pattern, so no row can stand in for another.
+    macro_rules! one_of_each {
+        ($($pattern:pat => $example:expr),+ $(,)?) => {{
+            // Never called: it exists for the compiler's exhaustiveness check.
+            #[allow(dead_code, reason = "only compiled, for exhaustiveness")]
+            fn exhaustive(error: &SvidError) {
+                match error {
+                    $($pattern => {})+
+                }
+            }
+            vec![$({
+                let example: SvidError = $example;
+                assert!(
+                    matches!(example, $pattern),
+                    "{example:?} is not an example of {}",
+                    stringify!($pattern)
+                );
+                example
+            }),+]
+        }};
+    }
+
+    fn every_svid_error() -> Vec<SvidError> {
+        let td = TrustDomain::parse("b.test").unwrap();
+        let id = SpiffeId::parse("spiffe://b.test/workload").unwrap();
+        one_of_each![
+            SvidError::EmptyChain => SvidError::EmptyChain,
+            SvidError::Malformed { .. } => SvidError::Malformed {
+                index: 1,
+                reason: "trailing data".to_owned(),
+            },
+            SvidError::UnparseableExtension { .. } => SvidError::UnparseableExtension {
+                extension: "subjectAltName",
+            },
+            SvidError::NoUriSan => SvidError::NoUriSan,
+            SvidError::MultipleUriSans { .. } => SvidError::MultipleUriSans { count: 2 },
+            SvidError::InvalidSpiffeId(_) => SvidError::InvalidSpiffeId(SpiffeIdError::WrongScheme),
+            SvidError::RootSpiffeId { .. } => SvidError::RootSpiffeId {
+                id: SpiffeId::parse("spiffe://b.test").unwrap(),
+            },
+            SvidError::TrustDomainNotAllowed { .. } => SvidError::TrustDomainNotAllowed {
+                trust_domain: td.clone(),
+            },
+            SvidError::NoBundle { .. } => SvidError::NoBundle {
+                trust_domain: td.clone(),
+            },
+            SvidError::LeafIsCa => SvidError::LeafIsCa,
+            SvidError::MissingKeyUsage => SvidError::MissingKeyUsage,
+            SvidError::KeyUsageNotCritical => SvidError::KeyUsageNotCritical,
+            SvidError::MissingDigitalSignature => SvidError::MissingDigitalSignature,
+            SvidError::LeafHasKeyCertSign => SvidError::LeafHasKeyCertSign,
+            SvidError::LeafHasCrlSign => SvidError::LeafHasCrlSign,
+            SvidError::SelfSignedLeaf => SvidError::SelfSignedLeaf,
+            SvidError::Expired { .. } => SvidError::Expired {
+                not_after: 1_700_000_000,
+                now: 1_800_000_000,
+            },
+            SvidError::NotYetValid { .. } => SvidError::NotYetValid {
+                not_before: 1_900_000_000,
+                now: 1_800_000_000,
+            },
+            SvidError::UnknownIssuer { .. } => SvidError::UnknownIssuer {
+                trust_domain: td.clone(),
+            },
+            SvidError::BadSignature => SvidError::BadSignature,
+            SvidError::ExtendedKeyUsage { .. } => SvidError::ExtendedKeyUsage { role: "client" },
+            SvidError::ChainInvalid(_) => SvidError::ChainInvalid(webpki::Error::UnknownIssuer),
+            SvidError::UnexpectedPeer { .. } => SvidError::UnexpectedPeer { id: id.clone() },
+        ]
+    }
+
+    /// Every refusal reads as a lowercase reason (it is logged and carried
+    /// in TLS errors mid-sentence), for every variant there is.
+    #[test]
+    fn every_svid_refusal_reads_as_a_lowercase_reason() {
+        for error in every_svid_error() {
+            let reason = error.to_string();
+            assert!(
+                reason.starts_with(|c: char| c.is_ascii_lowercase()),
+                "{error:?}: {reason}"
+            );
+            assert!(!reason.ends_with('.'), "{error:?}: {reason}");
+        }
+    }
+}

@@ -316,21 +316,14 @@ fn a_self_signed_leaf_slipped_into_the_bundle_is_still_refused() {
     assert_eq!(got, Err(SvidError::SelfSignedLeaf));
 }
 
+/// The refusal that names a trust domain, word for word. That every
+/// refusal reads as a lowercase reason is checked for every `SvidError`
+/// variant by `error::tests::every_svid_refusal_reads_as_a_lowercase_reason`
+/// inside the crate: `SvidError` is `#[non_exhaustive]`, so only there can a
+/// `match` without a wildcard make a new variant a compile error until it is
+/// listed (a hand-written list here covered 5 of 23 variants).
 #[test]
-fn every_refusal_reads_as_a_lowercase_reason() {
-    let reasons = [
-        SvidError::NoUriSan.to_string(),
-        SvidError::LeafIsCa.to_string(),
-        SvidError::MultipleUriSans { count: 2 }.to_string(),
-        SvidError::UnknownIssuer {
-            trust_domain: td("b.test"),
-        }
-        .to_string(),
-        SvidError::SelfSignedLeaf.to_string(),
-    ];
-    for reason in reasons {
-        assert!(reason.starts_with(|c: char| c.is_ascii_lowercase()), "{reason}");
-    }
+fn an_unknown_issuer_reads_as_a_lowercase_reason_naming_the_trust_domain() {
     assert_eq!(
         SvidError::UnknownIssuer {
             trust_domain: td("b.test")

@@ -35,4 +35,4 @@ pub use error::LedgerError;
 pub use hash::{EMPTY_ROOT, Hash, leaf_hash, node_hash};
 pub use merkle_tree::MerkleTree;
 pub use tree::{consistency_proof, inclusion_proof, root};
-pub use verify::{verify_consistency, verify_inclusion};
+pub use verify::{verify_consistency, verify_consistency_bytes, verify_inclusion, verify_inclusion_bytes};

@@ -2,11 +2,15 @@
 //! conformance data (`../shared/vectors/merkle/testdata`, read in place).
 //!
 //! Valid probes must verify, every `wantErr` probe must be refused. Hashes in
-//! the files are base64; `proof` may be `null` (an empty proof). Probes whose
-//! hashes are not 32 bytes are refused at the type boundary by
-//! `Hash::from_slice` before any verifier runs: this crate types every hash
-//! as SHA-256. Exactly one valid probe is affected; it is named below and
-//! asserted to fail for that reason only.
+//! the files are base64; `proof` may be `null` (an empty proof). Every probe
+//! goes to a verifier: `verify_*_bytes` takes the hashes as the files give
+//! them, so a probe whose hashes are not 32 bytes (this crate types every
+//! hash as SHA-256) is still refused by the verifier, for its first fault in
+//! the verifier's documented order (sizes and index, then the number of
+//! proof hashes, then each hash's length), and that exact error is asserted.
+//! Probes whose hashes are all 32 bytes also go through the typed verifier,
+//! which must agree. Exactly one valid probe has placeholder hashes; it is
+//! named below and asserted to fail for that reason only.
 //!
 //! Happy-path probes over the RFC reference tree are also regenerated from
 //! the reference leaves and compared with the files byte for byte.
@@ -21,7 +25,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use soma_ledger::{
     Hash, LedgerError, consistency_proof, inclusion_proof, leaf_hash, root, verify_consistency,
-    verify_inclusion,
+    verify_consistency_bytes, verify_inclusion, verify_inclusion_bytes,
 };
 
 const TESTDATA: &str = concat!(
@@ -62,8 +66,11 @@ struct ConsistencyProbe {
 #[derive(Default, Debug)]
 struct Tally {
     valid_verified: usize,
-    invalid_refused_by_verifier: usize,
-    invalid_refused_at_decoding: usize,
+    /// Invalid probes with 32-byte hashes: refused by both verifiers alike.
+    invalid_refused: usize,
+    /// Invalid probes with a hash of another length: refused by the byte
+    /// verifier with the exact error their first fault calls for.
+    invalid_with_odd_hashes_refused_exactly: usize,
     valid_unrepresentable: usize,
     regenerated: usize,
 }
@@ -101,22 +108,76 @@ fn probes_in(kind: &str) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-fn decode_hash(text: Option<&str>) -> Result<Hash, LedgerError> {
-    let bytes = STANDARD
+/// A hash of a vector file as its bytes, whatever their length. The files
+/// are canonical base64; a decoding failure is a broken file, not a probe.
+fn bytes(name: &str, text: Option<&str>) -> Vec<u8> {
+    STANDARD
         .decode(text.unwrap_or(""))
-        .map_err(|source| LedgerError::InvalidBase64 {
-            field: "vector hash",
-            source,
-        })?;
-    Hash::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{name}: not base64: {e}"))
 }
 
-fn decode_proof(proof: &Option<Vec<Option<String>>>) -> Result<Vec<Hash>, LedgerError> {
+fn proof_bytes(name: &str, proof: &Option<Vec<Option<String>>>) -> Vec<Vec<u8>> {
     proof
         .iter()
         .flatten()
-        .map(|h| decode_hash(h.as_deref()))
+        .map(|h| bytes(name, h.as_deref()))
         .collect()
+}
+
+/// The typed hashes, when every one is 32 bytes.
+fn typed(hashes: &[&[u8]]) -> Option<Vec<Hash>> {
+    hashes.iter().map(|h| Hash::from_slice(h).ok()).collect()
+}
+
+/// The first hash, in the order given, that is not 32 bytes: the error the
+/// byte verifiers give once sizes and proof length pass.
+fn first_odd_length(hashes: &[&[u8]]) -> Option<String> {
+    hashes
+        .iter()
+        .find(|h| h.len() != Hash::LEN)
+        .map(|h| format!("hash is {} bytes long, expected 32", h.len()))
+}
+
+/// The exact refusal of an invalid inclusion probe with a hash that is not
+/// 32 bytes, from what the probe is: an index outside the tree; one empty
+/// element added before or after an otherwise right proof ("garbage"); else
+/// the first odd hash among leaf, proof, root.
+fn expected_inclusion_refusal(probe: &InclusionProbe, hashes: &[&[u8]], proof_len: usize) -> String {
+    if probe.leaf_idx >= probe.tree_size {
+        return format!(
+            "leaf index {} is out of range for tree size {}",
+            probe.leaf_idx, probe.tree_size
+        );
+    }
+    if probe.desc.ends_with("garbage") {
+        return format!("proof has {proof_len} hashes, expected {}", proof_len - 1);
+    }
+    first_odd_length(hashes).expect("a probe with an odd hash")
+}
+
+/// The exact refusal of an invalid consistency probe with a hash that is not
+/// 32 bytes: sizes out of order; a proof from the empty tree; one empty
+/// element added to a right proof; the one probe whose proof is missing
+/// (sizes 1 to 2 need one hash); else the first odd hash among root1, root2,
+/// proof.
+fn expected_consistency_refusal(probe: &ConsistencyProbe, hashes: &[&[u8]], proof_len: usize) -> String {
+    if probe.size1 > probe.size2 {
+        return format!(
+            "first tree size {} is larger than second tree size {}",
+            probe.size1, probe.size2
+        );
+    }
+    if probe.size1 == 0 {
+        return "a consistency proof from the empty tree is meaningless".to_owned();
+    }
+    if probe.desc.ends_with("garbage") {
+        return format!("proof has {proof_len} hashes, expected {}", proof_len - 1);
+    }
+    if probe.desc == "sizes do not watch and proof is empty" {
+        assert_eq!((probe.size1, probe.size2, proof_len), (1, 2, 0));
+        return "proof has 0 hashes, expected 1".to_owned();
+    }
+    first_odd_length(hashes).expect("a probe with an odd hash")
 }
 
 /// The reference leaves of the README and transparency-dev's tests.
@@ -144,16 +205,35 @@ fn every_inclusion_probe() {
     for (name, path) in &probes {
         let probe: InclusionProbe = serde_json::from_str(&fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let decoded = (|| {
-            Ok::<_, LedgerError>((
-                decode_hash(probe.leaf_hash.as_deref())?,
-                decode_proof(&probe.proof)?,
-                decode_hash(probe.root.as_deref())?,
-            ))
-        })();
-        match (decoded, probe.want_err) {
-            (Ok((leaf, proof, tree_root)), false) => {
-                let result = verify_inclusion(&leaf, probe.leaf_idx, probe.tree_size, &proof, &tree_root);
+        let leaf_bytes = bytes(name, probe.leaf_hash.as_deref());
+        let proof_owned = proof_bytes(name, &probe.proof);
+        let proof_slices: Vec<&[u8]> = proof_owned.iter().map(Vec::as_slice).collect();
+        let root_bytes = bytes(name, probe.root.as_deref());
+        let by_bytes = verify_inclusion_bytes(
+            &leaf_bytes,
+            probe.leaf_idx,
+            probe.tree_size,
+            &proof_slices,
+            &root_bytes,
+        );
+        let mut order: Vec<&[u8]> = vec![&leaf_bytes];
+        order.extend(&proof_slices);
+        order.push(&root_bytes);
+        match (typed(&order), probe.want_err) {
+            (Some(hashes), want_err) => {
+                let (leaf, proof, tree_root) =
+                    (hashes[0], &hashes[1..hashes.len() - 1], hashes[hashes.len() - 1]);
+                let result = verify_inclusion(&leaf, probe.leaf_idx, probe.tree_size, proof, &tree_root);
+                assert_eq!(
+                    by_bytes.as_ref().map_err(ToString::to_string),
+                    result.as_ref().map_err(ToString::to_string),
+                    "{name}: the byte and typed verifiers disagree"
+                );
+                if want_err {
+                    assert!(result.is_err(), "{name} ({}): invalid probe accepted", probe.desc);
+                    tally.invalid_refused += 1;
+                    continue;
+                }
                 assert!(
                     result.is_ok(),
                     "{name} ({}): valid probe refused: {result:?}",
@@ -171,27 +251,31 @@ fn every_inclusion_probe() {
                     tally.regenerated += 1;
                 }
             }
-            (Ok((leaf, proof, tree_root)), true) => {
-                let result = verify_inclusion(&leaf, probe.leaf_idx, probe.tree_size, &proof, &tree_root);
-                assert!(result.is_err(), "{name} ({}): invalid probe accepted", probe.desc);
-                tally.invalid_refused_by_verifier += 1;
+            (None, true) => {
+                let expected = expected_inclusion_refusal(&probe, &order, proof_slices.len());
+                let refusal = by_bytes
+                    .err()
+                    .unwrap_or_else(|| panic!("{name} ({}): invalid probe accepted", probe.desc));
+                assert_eq!(refusal.to_string(), expected, "{name} ({})", probe.desc);
+                tally.invalid_with_odd_hashes_refused_exactly += 1;
             }
-            (Err(_), true) => tally.invalid_refused_at_decoding += 1,
-            (Err(e), false) => panic!("{name} ({}): valid probe not decodable: {e}", probe.desc),
+            (None, false) => panic!(
+                "{name} ({}): valid probe with a hash that is not 32 bytes",
+                probe.desc
+            ),
         }
     }
     println!("inclusion probes: {} files, {tally:?}", probes.len());
     assert!(tally.valid_verified > 0, "no valid inclusion probe ran");
+    assert!(tally.invalid_refused > 0, "no invalid inclusion probe ran");
     assert!(
-        tally.invalid_refused_by_verifier > 0,
-        "no invalid inclusion probe reached the verifier"
+        tally.invalid_with_odd_hashes_refused_exactly > 0,
+        "no inclusion probe with an odd hash ran"
     );
     assert!(tally.regenerated > 0, "no inclusion proof was regenerated");
+    assert_eq!(tally.valid_unrepresentable, 0);
     assert_eq!(
-        tally.valid_verified
-            + tally.invalid_refused_by_verifier
-            + tally.invalid_refused_at_decoding
-            + tally.valid_unrepresentable,
+        tally.valid_verified + tally.invalid_refused + tally.invalid_with_odd_hashes_refused_exactly,
         probes.len()
     );
 }
@@ -204,16 +288,33 @@ fn every_consistency_probe() {
     for (name, path) in &probes {
         let probe: ConsistencyProbe = serde_json::from_str(&fs::read_to_string(path).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let decoded = (|| {
-            Ok::<_, LedgerError>((
-                decode_proof(&probe.proof)?,
-                decode_hash(probe.root1.as_deref())?,
-                decode_hash(probe.root2.as_deref())?,
-            ))
-        })();
-        match (decoded, probe.want_err) {
-            (Ok((proof, root1, root2)), false) => {
-                let result = verify_consistency(probe.size1, probe.size2, &proof, &root1, &root2);
+        let proof_owned = proof_bytes(name, &probe.proof);
+        let proof_slices: Vec<&[u8]> = proof_owned.iter().map(Vec::as_slice).collect();
+        let root1_bytes = bytes(name, probe.root1.as_deref());
+        let root2_bytes = bytes(name, probe.root2.as_deref());
+        let by_bytes = verify_consistency_bytes(
+            probe.size1,
+            probe.size2,
+            &proof_slices,
+            &root1_bytes,
+            &root2_bytes,
+        );
+        let mut order: Vec<&[u8]> = vec![&root1_bytes, &root2_bytes];
+        order.extend(&proof_slices);
+        match (typed(&order), probe.want_err) {
+            (Some(hashes), want_err) => {
+                let (root1, root2, proof) = (hashes[0], hashes[1], &hashes[2..]);
+                let result = verify_consistency(probe.size1, probe.size2, proof, &root1, &root2);
+                assert_eq!(
+                    by_bytes.as_ref().map_err(ToString::to_string),
+                    result.as_ref().map_err(ToString::to_string),
+                    "{name}: the byte and typed verifiers disagree"
+                );
+                if want_err {
+                    assert!(result.is_err(), "{name} ({}): invalid probe accepted", probe.desc);
+                    tally.invalid_refused += 1;
+                    continue;
+                }
                 assert!(
                     result.is_ok(),
                     "{name} ({}): valid probe refused: {result:?}",
@@ -230,21 +331,23 @@ fn every_consistency_probe() {
                     tally.regenerated += 1;
                 }
             }
-            (Ok((proof, root1, root2)), true) => {
-                let result = verify_consistency(probe.size1, probe.size2, &proof, &root1, &root2);
-                assert!(result.is_err(), "{name} ({}): invalid probe accepted", probe.desc);
-                tally.invalid_refused_by_verifier += 1;
+            (None, true) => {
+                let expected = expected_consistency_refusal(&probe, &order, proof_slices.len());
+                let refusal = by_bytes
+                    .err()
+                    .unwrap_or_else(|| panic!("{name} ({}): invalid probe accepted", probe.desc));
+                assert_eq!(refusal.to_string(), expected, "{name} ({})", probe.desc);
+                tally.invalid_with_odd_hashes_refused_exactly += 1;
             }
-            (Err(_), true) => tally.invalid_refused_at_decoding += 1,
-            (Err(e), false) => {
+            (None, false) => {
                 assert!(
                     UNREPRESENTABLE_VALID.contains(&name.as_str()),
-                    "{name} ({}): valid probe not decodable: {e}",
+                    "{name} ({}): valid probe with a hash that is not 32 bytes: {by_bytes:?}",
                     probe.desc
                 );
                 assert!(
-                    matches!(e, LedgerError::InvalidHashLength { len: 12 }),
-                    "{name}: {e}"
+                    matches!(by_bytes, Err(LedgerError::InvalidHashLength { len: 12 })),
+                    "{name}: {by_bytes:?}"
                 );
                 tally.valid_unrepresentable += 1;
             }
@@ -252,16 +355,17 @@ fn every_consistency_probe() {
     }
     println!("consistency probes: {} files, {tally:?}", probes.len());
     assert!(tally.valid_verified > 0, "no valid consistency probe ran");
+    assert!(tally.invalid_refused > 0, "no invalid consistency probe ran");
     assert!(
-        tally.invalid_refused_by_verifier > 0,
-        "no invalid consistency probe reached the verifier"
+        tally.invalid_with_odd_hashes_refused_exactly > 0,
+        "no consistency probe with an odd hash ran"
     );
     assert!(tally.regenerated > 0, "no consistency proof was regenerated");
     assert_eq!(tally.valid_unrepresentable, UNREPRESENTABLE_VALID.len());
     assert_eq!(
         tally.valid_verified
-            + tally.invalid_refused_by_verifier
-            + tally.invalid_refused_at_decoding
+            + tally.invalid_refused
+            + tally.invalid_with_odd_hashes_refused_exactly
             + tally.valid_unrepresentable,
         probes.len()
     );

@@ -288,17 +288,23 @@ fn python_cryptography_verifies_a_streamed_signature() {
             Ok(())
         })
         .unwrap();
+    // The extended message must fail with InvalidSignature and nothing else:
+    // any other exception (a bad key, bad hex, a missing module) is a broken
+    // check, and ends the script with a traceback that fails the test.
     let script = r#"
 import json, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 d = json.load(sys.stdin)
 key = load_pem_public_key(d["pem"].encode())
+assert isinstance(key, Ed25519PublicKey), type(key)
 msg = bytes.fromhex(d["msg"])
 key.verify(bytes.fromhex(d["sig"]), msg)
 try:
     key.verify(bytes.fromhex(d["sig"]), msg + b"!")
     print("extended message verified")
-except Exception:
+except InvalidSignature:
     print("ok")
 "#;
     let input = serde_json::json!({

@@ -11,8 +11,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use soma_ca::{Authority, IssueOptions, Registry, WorkloadApi, WorkloadApiConfig};
 use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
@@ -21,6 +22,12 @@ use soma_proto::v1::analytics_client::AnalyticsClient;
 use sqlx::Row as _;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Child;
+
+/// Upper bound on any single wait (the server's ready line, 400
+/// acknowledgements, a writer ending after the kill), so that a broken
+/// server fails the test instead of hanging it. A liveness bound, not a
+/// performance assertion.
+const HANG_GUARD: Duration = Duration::from_secs(120);
 
 struct Server {
     child: Child,
@@ -54,16 +61,37 @@ async fn spawn_server(
     let mut child = cmd.spawn().unwrap();
     registry.register_pid(child.id().unwrap(), id.clone());
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let line = tokio::time::timeout(HANG_GUARD, lines.next_line())
         .await
+        .expect("soma serve analytics printed no ready line")
         .unwrap()
-        .unwrap()
-        .unwrap();
+        .expect("soma serve analytics exited before its ready line");
     let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
     Server {
         child,
         addr: ready["grpc_addr"].as_str().unwrap().parse().unwrap(),
     }
+}
+
+/// Whether `status` is the client's own report of a connection that broke
+/// under a call, as opposed to any status a server sent: UNKNOWN "transport
+/// error" (reset, or closed without a TLS close_notify, mid-call) or
+/// CANCELLED "operation was canceled" (closed before the call went out),
+/// in both cases caused by a `tonic::transport::Error`, which a status
+/// received from a server never carries.
+fn broken_connection(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    if !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 fn billing(event_id: &str) -> pb::RecordBillingEventRequest {
@@ -137,12 +165,18 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         let mut server = spawn_server(&registry, &server_id, &endpoint, &db.settings, &keys_dir).await;
         let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
         let attempted = Arc::new(Mutex::new(Vec::<String>::new()));
+        // Set just before the kill: an error before it is a failure of the
+        // test, not the end of a writer.
+        let killed = Arc::new(AtomicBool::new(false));
         let mut writers = Vec::new();
         for w in 0..8 {
             let channel = soma_mesh::channel(client_store.clone(), server.addr, server_id.clone()).unwrap();
-            let (acked, attempted) = (Arc::clone(&acked), Arc::clone(&attempted));
+            let (acked, attempted, killed) =
+                (Arc::clone(&acked), Arc::clone(&attempted), Arc::clone(&killed));
+            let label = db.label;
             writers.push(tokio::spawn(async move {
                 let mut client = AnalyticsClient::new(channel);
+                let mut interrupted = 0;
                 for i in 0.. {
                     let id = format!("w{w}-{i}");
                     attempted.lock().unwrap().push(id.clone());
@@ -151,20 +185,62 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
                             .lock()
                             .unwrap()
                             .push((id, r.into_inner().ledger.unwrap().index)),
-                        // The server is gone: stop this writer.
-                        Err(_) => return,
+                        // Only the kill ends a writer, and only as
+                        // UNAVAILABLE: the server is gone.
+                        Err(status) => {
+                            assert!(
+                                killed.load(Ordering::SeqCst),
+                                "{label}: {id} failed before the kill: {status:?}"
+                            );
+                            if status.code() == tonic::Code::Unavailable {
+                                return;
+                            }
+                            // The call in flight when the server died, and
+                            // any the channel hands to the dead connection
+                            // before it notices: the connection broke under
+                            // them, which tonic reports as UNKNOWN or
+                            // CANCELLED with the transport error as cause
+                            // (whether the server committed the first is
+                            // unknowable; the retries below settle it).
+                            // Nothing else is accepted, and within a few
+                            // calls the writer must find the server gone.
+                            interrupted += 1;
+                            assert!(
+                                broken_connection(&status) && interrupted <= 16,
+                                "{label}: {id} after the kill (interrupted call {interrupted}): {status:?}"
+                            );
+                        }
                     }
                 }
             }));
         }
         // Kill it mid-stream, once a good number of appends are acknowledged.
-        while acked.lock().unwrap().len() < 400 {
+        // A writer that ends before the kill has failed: stop waiting, and
+        // let its join below report why.
+        let started = Instant::now();
+        while acked.lock().unwrap().len() < 400 && !writers.iter().any(|w| w.is_finished()) {
+            assert!(
+                started.elapsed() < HANG_GUARD,
+                "{}: only {} appends acknowledged in {HANG_GUARD:?}",
+                db.label,
+                acked.lock().unwrap().len()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        eprintln!(
+            "{}: {} appends acknowledged after {:?}; killing the server",
+            db.label,
+            acked.lock().unwrap().len(),
+            started.elapsed()
+        );
+        killed.store(true, Ordering::SeqCst);
         server.child.start_kill().unwrap();
         let _ = server.child.wait().await;
         for w in writers {
-            w.await.unwrap();
+            tokio::time::timeout(HANG_GUARD, w)
+                .await
+                .expect("a writer did not end after the kill")
+                .unwrap();
         }
         let acked = acked.lock().unwrap().clone();
         let attempted = attempted.lock().unwrap().clone();

@@ -930,12 +930,35 @@ async fn a_receiver_that_is_down_gets_the_webhook_exactly_once_when_back_even_ac
         .unwrap();
         assert!(total_attempts > attempts, "{total_attempts} after {attempts}");
 
-        // Several retry periods later, still exactly one request arrived.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let requests = received.requests.lock().unwrap().clone();
-        assert_eq!(requests.len(), 1, "{} deliveries", requests.len());
+        // No second delivery on a later pass of the outbox. Once nothing is
+        // pending the delivery task idles (up to 30 s), so sleeping would
+        // watch no pass at all; instead a second failed drill wakes it, and
+        // its arrival proves that a whole pass ran after the first delivery.
+        let mut c = clients(&ca, &svc);
+        let barrier = c
+            .record(
+                &claims,
+                "acme",
+                drill("d-after", "ap-south-1", T0 + 3600, 60, 0, 1),
+            )
+            .await
+            .unwrap();
+        assert!(!barrier.passed);
+        let requests = eventually("the second drill's webhook", || {
+            let received = received.clone();
+            async move {
+                let requests = received.requests.lock().unwrap().clone();
+                (requests.len() >= 2).then_some(requests)
+            }
+        })
+        .await;
+        assert_eq!(requests.len(), 2, "{} deliveries", requests.len());
         let id = verify_delivery(&keyring, &requests[0].0, &requests[0].1, &failed);
-        assert_eq!(received.by_id.lock().unwrap().get(&id), Some(&1));
+        let after = verify_delivery(&keyring, &requests[1].0, &requests[1].1, &barrier);
+        let by_id = received.by_id.lock().unwrap().clone();
+        assert_eq!(by_id.get(&id), Some(&1), "{by_id:?}");
+        assert_eq!(by_id.get(&after), Some(&1), "{by_id:?}");
+        assert_eq!(by_id.len(), 2, "{by_id:?}");
         store.close().await;
 
         svc.stop().await;

@@ -624,13 +624,23 @@ fn billing(event_id: &str, tenant: &str, tool: &str, micros: i64, at: i64) -> pb
 }
 
 fn run(event_id: &str, tool: &str, millis: i64, at: i64) -> pb::RecordCapsuleRunRequest {
+    run_with(event_id, tool, millis, at, pb::RunOutcome::Succeeded)
+}
+
+fn run_with(
+    event_id: &str,
+    tool: &str,
+    millis: i64,
+    at: i64,
+    outcome: pb::RunOutcome,
+) -> pb::RecordCapsuleRunRequest {
     pb::RecordCapsuleRunRequest {
         event_id: event_id.to_owned(),
         tenant: String::new(),
         capsule_id: "capsule-1".to_owned(),
         tool: tool.to_owned(),
         run_id: format!("run-{event_id}"),
-        outcome: pb::RunOutcome::Succeeded as i32,
+        outcome: outcome as i32,
         started_at: ts(at),
         duration: Some(prost_types::Duration {
             seconds: millis / 1000,
@@ -647,6 +657,20 @@ fn median(sorted: &[f64]) -> f64 {
     } else {
         (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
     }
+}
+
+/// The median and the modified z-scores `0.6745 (x − median) / MAD` of
+/// `values`, in input order, computed here independently of the service;
+/// the series must have a spread (MAD > 0).
+fn modified_z(values: &[f64]) -> (f64, Vec<f64>) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let med = median(&sorted);
+    let mut deviations: Vec<f64> = values.iter().map(|x| (x - med).abs()).collect();
+    deviations.sort_by(f64::total_cmp);
+    let mad = median(&deviations);
+    assert!(mad > 0.0, "a test series needs a spread: {values:?}");
+    (med, values.iter().map(|x| 0.6745 * (x - med) / mad).collect())
 }
 
 fn scan(
@@ -918,6 +942,139 @@ async fn anomaly_scan_finds_exactly_the_outlier() {
         assert_eq!(err.code(), Code::DataLoss, "{label}: {err:?}");
         assert_eq!(env.tree_size().await, size + 2);
         assert_eq!(scalar(&env.db, "SELECT COUNT(*) FROM anomaly_scans").await, scans);
+
+        env.stop().await;
+        db.cleanup().await;
+    }
+}
+
+/// The two series besides billing amounts, each with exactly one outlier:
+/// `run_duration_nanos` (one run of "render" far slower than its others) and
+/// `failure_rate` (one day on which "deploy" failed far more often than on
+/// its other days, with refused runs counted in the day's total only). The
+/// findings are asserted exactly against an independent computation, so a
+/// series that is never scored, scored on the wrong values, or bucketed
+/// wrongly fails here.
+#[tokio::test]
+async fn anomaly_scan_finds_duration_and_failure_rate_outliers() {
+    const DAY: i64 = 86_400;
+    const DAYS: i64 = 10;
+    for db in soma_store::testing::engines("analytics").await {
+        let mut env = Env::start(&db.settings).await;
+        let label = db.label;
+        let mut record = async |req: pb::RecordCapsuleRunRequest| {
+            let req = tenant_request(&env.claims, &env.svc.id, "acme", &["analytics:ingest"], req);
+            env.gateway.record_capsule_run(req).await.unwrap();
+        };
+
+        // "render": 12 runs of about 2 s on day 0, and one of 60 s. All in
+        // one daily bucket, so its failure rate is a single point (below the
+        // minimum of 8 samples): no failure-rate finding for it.
+        let mut render_millis: Vec<i64> = (0..12).map(|i| 2000 + i * 7 + (i % 3) * 11).collect();
+        render_millis.push(60_000);
+        for (i, millis) in render_millis.iter().enumerate() {
+            record(run(&format!("render-{i}"), "render", *millis, T0 + 60 + i as i64)).await;
+        }
+
+        // "deploy": 10 runs a day for 10 days, all of the same duration (a
+        // series without spread: no duration finding). Failed runs per day
+        // 1, 2, 1, 0, 1, 2, 1, 1, 0; on the last day 6 failed, 2 refused
+        // (policy, not tool failures: counted in the total only), 2
+        // succeeded, a rate of 6/10.
+        let failed_per_day = [1, 2, 1, 0, 1, 2, 1, 1, 0, 6];
+        let refused_per_day = [0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        for day in 0..DAYS {
+            let d = usize::try_from(day).unwrap();
+            for i in 0..10 {
+                let outcome = if i < failed_per_day[d] {
+                    pb::RunOutcome::Failed
+                } else if i < failed_per_day[d] + refused_per_day[d] {
+                    pb::RunOutcome::Refused
+                } else {
+                    pb::RunOutcome::Succeeded
+                };
+                let at = T0 + day * DAY + 3600 + i64::from(i) * 60;
+                record(run_with(
+                    &format!("deploy-{day}-{i}"),
+                    "deploy",
+                    1500,
+                    at,
+                    outcome,
+                ))
+                .await;
+            }
+        }
+
+        let req = tenant_request(
+            &env.claims,
+            &env.svc.id,
+            "acme",
+            SCAN,
+            scan(ts(T0), ts(T0 + DAYS * DAY)),
+        );
+        let response = env.gateway.scan_anomalies(req).await.unwrap().into_inner();
+
+        // The expected findings, computed here.
+        let durations: Vec<f64> = render_millis.iter().map(|m| (m * 1_000_000) as f64).collect();
+        let (duration_median, duration_scores) = modified_z(&durations);
+        for score in &duration_scores[..12] {
+            assert!(score.abs() <= 3.5, "{score}");
+        }
+        let rates: Vec<f64> = failed_per_day
+            .iter()
+            .map(|failed| f64::from(*failed) / 10.0)
+            .collect();
+        let (rate_median, rate_scores) = modified_z(&rates);
+        for score in &rate_scores[..9] {
+            assert!(score.abs() <= 3.5, "{score}");
+        }
+        let last_bucket = (T0 + (DAYS - 1) * DAY) * 1_000_000_000;
+        let expected = vec![
+            pb::AnomalyFinding {
+                metric: "run_duration_nanos".to_owned(),
+                tool: "render".to_owned(),
+                value: 60_000_000_000.0,
+                baseline: duration_median,
+                score: duration_scores[12],
+                event_id: "render-12".to_owned(),
+            },
+            pb::AnomalyFinding {
+                metric: "failure_rate".to_owned(),
+                tool: "deploy".to_owned(),
+                value: 0.6,
+                baseline: rate_median,
+                score: rate_scores[9],
+                event_id: format!("bucket:{last_bucket}"),
+            },
+        ];
+        assert!(expected.iter().all(|f| f.score > 3.5), "{expected:?}");
+        assert_eq!(response.findings, expected, "{label}");
+
+        // Both findings are stored with the scan.
+        let scan_id = &response.scan_id;
+        for finding in &expected {
+            assert_eq!(
+                scalar(
+                    &env.db,
+                    &format!(
+                        "SELECT COUNT(*) FROM anomaly_findings WHERE scan_id = '{scan_id}' AND tenant = 'acme' \
+                         AND metric = '{}' AND tool = '{}' AND event_id = '{}'",
+                        finding.metric, finding.tool, finding.event_id
+                    )
+                )
+                .await,
+                1,
+                "{label}: {finding:?}"
+            );
+        }
+        assert_eq!(
+            scalar(
+                &env.db,
+                &format!("SELECT finding_count FROM anomaly_scans WHERE scan_id = '{scan_id}'")
+            )
+            .await,
+            2
+        );
 
         env.stop().await;
         db.cleanup().await;

@@ -5,9 +5,56 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+use std::io::Read as _;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const SOMA: &str = env!("CARGO_BIN_EXE_soma");
+
+/// How long a refusing `soma` may take to exit. A liveness bound, not a
+/// timing: each of these commands refuses before binding or contacting
+/// anything, in milliseconds; a command that waits for something instead
+/// (a socket, a server) must fail the test, not hang it.
+const EXIT_GUARD: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` to completion, or kills it and fails the test after
+/// [`EXIT_GUARD`]. `Command::output` has no timeout of its own.
+fn output_within_guard(mut cmd: Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drained on their own threads, so that a chatty child cannot block on
+    // a full pipe while this thread waits for it to exit.
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            pipe.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > EXIT_GUARD {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {EXIT_GUARD:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
 
 fn serve_gateway(env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(SOMA);
@@ -20,7 +67,7 @@ fn serve_gateway(env: &[(&str, &str)]) -> (i32, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = output_within_guard(cmd);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -30,7 +77,8 @@ fn serve_gateway(env: &[(&str, &str)]) -> (i32, String) {
 struct Case<'a> {
     name: &'a str,
     env: Vec<(&'a str, &'a str)>,
-    needle: &'a str,
+    /// The whole one-line reason on stderr.
+    expected: &'a str,
 }
 
 #[test]
@@ -51,17 +99,20 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
     .unwrap();
     let long_lived = long_lived.to_str().unwrap();
     let file = file.to_str().unwrap();
+    const SHAPE: &str = "may hold only lowercase ASCII letters, digits and inner dashes";
 
     let cases = [
         Case {
             name: "no config file",
             env: vec![],
-            needle: "SOMA_GATEWAY_CONFIG",
+            expected: "soma: setting SOMA_GATEWAY_CONFIG: not set; the gateway needs a config file naming \
+                       its token issuers",
         },
         Case {
             name: "no allow-list",
             env: vec![("SOMA_GATEWAY_CONFIG", file)],
-            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+            expected: "soma: setting SOMAGENT_GATEWAY_RESIDENCY_ALLOWED: not set; the gateway refuses to \
+                       guess which regions it may serve",
         },
         Case {
             name: "upper-case region",
@@ -69,7 +120,9 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "EU-WEST-1"),
             ],
-            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+            expected: &format!(
+                "soma: setting SOMAGENT_GATEWAY_RESIDENCY_ALLOWED: region \"EU-WEST-1\" {SHAPE}"
+            ),
         },
         Case {
             name: "empty entry",
@@ -77,7 +130,7 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu-west-1,,local"),
             ],
-            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+            expected: "soma: setting SOMAGENT_GATEWAY_RESIDENCY_ALLOWED: an entry is empty",
         },
         Case {
             name: "look-alike dash",
@@ -85,7 +138,9 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMA_GATEWAY_CONFIG", file),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "eu\u{2010}west-1"),
             ],
-            needle: "SOMAGENT_GATEWAY_RESIDENCY_ALLOWED",
+            expected: &format!(
+                "soma: setting SOMAGENT_GATEWAY_RESIDENCY_ALLOWED: region \"eu\u{2010}west-1\" {SHAPE}"
+            ),
         },
         Case {
             name: "bad own region",
@@ -94,7 +149,7 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
                 ("SOMA_GATEWAY_REGION", "Local "),
             ],
-            needle: "region",
+            expected: &format!("soma: setting region: region \"Local \" {SHAPE}"),
         },
         Case {
             name: "jwt max_lifetime beyond 30 days",
@@ -110,41 +165,55 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMA_GATEWAY_CONFIG", "/nonexistent/gateway.toml"),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
             ],
-            needle: "/nonexistent/gateway.toml",
+            expected: "soma: cannot read gateway config /nonexistent/gateway.toml: No such file or directory \
+                       (os error 2)",
         },
     ];
-    for Case { name, env, needle } in cases {
+    for Case { name, env, expected } in cases {
         let (code, stderr) = serve_gateway(&env);
         assert_eq!(code, 64, "{name}: {stderr}");
-        assert!(stderr.contains(needle), "{name}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{name}: one line: {stderr}");
+        assert_eq!(
+            stderr,
+            format!("{expected}\n"),
+            "{name}: exactly one line, the reason"
+        );
     }
 }
 
 #[test]
 fn soma_up_and_soma_token_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(SOMA)
-        .args(["up", "--region", "EU-WEST-1", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let mut up = Command::new(SOMA);
+    up.args(["up", "--region", "EU-WEST-1", "--data-dir"])
+        .arg(dir.path());
+    let out = output_within_guard(up);
     assert_eq!(
         out.status.code(),
         Some(64),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--region"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "soma: --region: region \"EU-WEST-1\" may hold only lowercase ASCII letters, digits and inner \
+         dashes\n"
+    );
 
     // No `soma up` ran here: there is no issuer key to sign with.
-    let out = Command::new(SOMA)
+    let mut token = Command::new(SOMA);
+    token
         .args(["token", "--tenant", "t", "--region", "local", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+        .arg(dir.path());
+    let out = output_within_guard(token);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("dev-issuer.jwk"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "soma: reading {}/secrets/dev-issuer.jwk (run `soma up` on this data dir first): No such file \
+             or directory (os error 2)\n",
+            dir.path().display()
+        )
+    );
     assert!(out.stdout.is_empty());
     let out = Command::new(SOMA)
         .args([

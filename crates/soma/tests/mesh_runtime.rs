@@ -286,62 +286,180 @@ async fn gateway_who_am_i_returns_the_verified_peer() {
     svc.stop().await;
 }
 
+/// Upper bound on any single wait (a metric reaching its value, a server
+/// closing a connection), so that a broken server fails the test instead of
+/// hanging it. Not a performance assertion.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+const HANDSHAKES_FAILED: &str = "soma_tls_handshakes_total{outcome=\"failed\"}";
+const HANDSHAKES_TIMED_OUT: &str = "soma_tls_handshakes_total{outcome=\"timed_out\"}";
+const HANDSHAKES_OK: &str = "soma_tls_handshakes_total{outcome=\"ok\"}";
+
+/// A client configuration that verifies the server exactly as a mesh client
+/// does (SPIFFE verification against `ca`'s bundle, server ID `server`), but
+/// presents whatever client certificate `presented` resolves, or none. So any
+/// refusal of the handshake is the server's judgement of that certificate,
+/// never the client's judgement of the server.
+fn client_presenting(
+    ca: &Ca,
+    server: &soma_identity::SpiffeId,
+    presented: Option<&soma_ca::IssuedSvid>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let honest = ca.store("/svc/tool-registry", Duration::from_secs(600));
+    let mut config =
+        (*soma_identity::client_config(honest, soma_identity::ExpectedPeer::Exact(server.clone())).unwrap())
+            .clone();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty());
+    // Only the certificate resolver of this throw-away configuration is kept.
+    let presenting = match presented {
+        Some(svid) => builder
+            .with_client_auth_cert(
+                svid.chain_der
+                    .iter()
+                    .map(|der| rustls::pki_types::CertificateDer::from(der.clone()))
+                    .collect(),
+                rustls::pki_types::PrivateKeyDer::Pkcs8(svid.key_pkcs8_der.clone().into()),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.client_auth_cert_resolver = presenting.client_auth_cert_resolver.clone();
+    std::sync::Arc::new(config)
+}
+
+/// Connects with `config`, requires the client side of the handshake to
+/// succeed (the client accepted the server), then sends the HTTP/2 preface
+/// and returns the alert the server answers with. In TLS 1.3 the client
+/// finishes first, so the server's verdict on the client certificate arrives
+/// as an alert on the first read.
+async fn server_alert(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> rustls::AlertDescription {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio::time::timeout(HANG_GUARD, connector.connect(name, tcp))
+        .await
+        .expect("handshake hung")
+        .expect("the client must accept the server: the refusal under test is the server's");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(HANG_GUARD, async {
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        tls.read(&mut buf).await
+    })
+    .await
+    .expect("the server neither answered nor closed");
+    let error = read.expect_err("the server must refuse the client certificate");
+    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => *alert,
+        _ => panic!("expected a TLS alert from the server, got {error:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_the_handshake() {
     let ca = Ca::new();
     let svc = start(&ca, ServiceKind::Analytics, None).await;
-    // Another authority of the same trust domain name: its SVIDs do not chain
-    // to this service's bundle.
+    let failed_before = metric(svc.admin, HANDSHAKES_FAILED).await;
+    let ok_before = metric(svc.admin, HANDSHAKES_OK).await;
+
+    // 1. A client certificate from another authority of the same trust
+    // domain name, for an ID that may call RecordBillingEvent: its SVID does
+    // not chain to this service's bundle, so the server refuses it. The
+    // client trusts the real authority, so it is the server that decides.
     let rogue = Ca::new();
-    let rogue_client = rogue.store("/svc/tool-registry", Duration::from_secs(600));
-    let mut client =
-        AnalyticsClient::new(soma_mesh::channel(rogue_client, svc.addr, svc.id.clone()).unwrap());
-    let status = client
-        .record_billing_event(RecordBillingEventRequest::default())
-        .await
-        .unwrap_err();
-    // The client cannot even verify the server (other root), and the server
-    // would refuse the client: no request reaches the service.
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let rogue_svid = rogue
+        .authority
+        .issue(
+            &rogue.id("/svc/tool-registry"),
+            Duration::from_secs(600),
+            soma_ca::IssueOptions::default(),
+        )
+        .unwrap();
+    let alert = server_alert(client_presenting(&ca, &svc.id, Some(&rogue_svid)), svc.addr).await;
+    // The SPIFFE verifier refuses with its own reason (logged by the server),
+    // which rustls sends as certificate_unknown.
+    assert_eq!(alert, rustls::AlertDescription::CertificateUnknown);
+    let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 1).await;
+    assert_eq!(
+        failed,
+        failed_before + 1,
+        "one refused rogue handshake, one count"
+    );
     assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
 
-    // A TLS client with no certificate at all: the handshake fails and is
-    // counted; the metrics endpoint shows it.
-    let mut roots = rustls::RootCertStore::empty();
-    for root in ca.bundles().iter().flat_map(|b| b.roots().to_vec()) {
-        roots.add(root).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    // 2. A TLS client with no certificate at all: refused, counted once.
+    let alert = server_alert(client_presenting(&ca, &svc.id, None), svc.addr).await;
+    assert_eq!(alert, rustls::AlertDescription::CertificateRequired);
+    let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 2).await;
+    assert_eq!(
+        failed,
+        failed_before + 2,
+        "one refused anonymous handshake, one count"
+    );
+    assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
+
+    // 3. The same client configuration presenting an SVID of the real
+    // authority is accepted: the refusals above were the certificates',
+    // not the configuration's.
+    let honest_svid = ca
+        .authority
+        .issue(
+            &ca.id("/svc/tool-registry"),
+            Duration::from_secs(600),
+            soma_ca::IssueOptions::default(),
+        )
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_presenting(&ca, &svc.id, Some(&honest_svid)));
     let tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    // TLS 1.3: the client finishes first; the server's refusal arrives as an
-    // alert on the first read.
-    let outcome = async {
-        let mut tls = connector.connect(name, tcp).await?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        let mut buf = [0u8; 1];
-        tls.read(&mut buf).await
-    }
-    .await;
-    assert!(outcome.is_err() || matches!(outcome, Ok(0)), "{outcome:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let metrics = reqwest_metrics(svc.admin).await;
-    let failed: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("soma_tls_handshakes_total{outcome=\"failed\"} "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(failed >= 2, "{metrics}");
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let ok = metric_at_least(svc.admin, HANDSHAKES_OK, ok_before + 1).await;
+    assert_eq!(ok, ok_before + 1);
+    assert_eq!(metric(svc.admin, HANDSHAKES_FAILED).await, failed_before + 2);
+    drop(tls);
     svc.stop().await;
+}
+
+/// The value of one counter series (`name{labels}`) in the admin /metrics.
+async fn metric(admin: std::net::SocketAddr, series: &str) -> u64 {
+    let metrics = reqwest_metrics(admin).await;
+    let prefix = format!("{series} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// Polls `series` until it reaches `at_least` and returns the value seen
+/// (which may be higher: the caller asserts the exact figure). The server
+/// counts a handshake on its own task, after the peer may already have seen
+/// the outcome, so a single read right after would race with it.
+async fn metric_at_least(admin: std::net::SocketAddr, series: &str, at_least: u64) -> u64 {
+    let started = std::time::Instant::now();
+    loop {
+        let value = metric(admin, series).await;
+        if value >= at_least {
+            return value;
+        }
+        assert!(
+            started.elapsed() < HANG_GUARD,
+            "{series} stayed at {value}, below {at_least}, for {HANG_GUARD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// GET /metrics from the admin listener, over a plain TCP HTTP/1.1 exchange.
@@ -372,14 +490,20 @@ async fn a_client_that_never_finishes_the_handshake_is_cut_off_at_the_handshake_
     let mut tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     // Send nothing: the server must close the connection by itself.
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+    let silent_since = std::time::Instant::now();
+    let read = tokio::time::timeout(HANG_GUARD, tcp.read(&mut buf))
         .await
-        .unwrap();
+        .expect("the server never cut off a client that sends nothing");
+    eprintln!("silent client cut off after {:?}", silent_since.elapsed());
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    let metrics = reqwest_metrics(svc.admin).await;
-    assert!(
-        metrics.contains("soma_tls_handshakes_total{outcome=\"timed_out\"} 1"),
-        "{metrics}"
+    // The close and the count happen on the server's task in an order the
+    // client cannot observe: wait for the count, then require exactly one.
+    let timed_out = metric_at_least(svc.admin, HANDSHAKES_TIMED_OUT, 1).await;
+    assert_eq!(timed_out, 1);
+    assert_eq!(
+        metric(svc.admin, HANDSHAKES_FAILED).await,
+        0,
+        "a timeout is not a failure"
     );
     svc.stop().await;
 }

@@ -3,12 +3,18 @@
 //!
 //! SQLite always runs, in a fresh temporary directory. PostgreSQL runs when
 //! `DATABASE_URL` is set, in a fresh database with a unique name created on
-//! that server and dropped by [`TestDb::cleanup`]. When `DATABASE_URL` is
-//! unset and `CI` is set, [`engines`] panics: CI must test PostgreSQL.
+//! that server and dropped by [`TestDb::cleanup`].
+//!
+//! A missing PostgreSQL is an error, never a silent SQLite-only run, where it
+//! matters: when `CI` is set (`.ci/run` exports `CI=1`) and `DATABASE_URL` is
+//! unset or empty, [`engines`] panics; when `DATABASE_URL` is set and its
+//! server refuses or does not answer within [`POSTGRES_ANSWER_TIMEOUT`],
+//! [`engines`] panics too (with or without `CI`). Only a local run with
+//! neither variable set runs SQLite alone, and says so loudly on stderr.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor};
@@ -23,6 +29,14 @@ pub const DATABASE_URL_VAR: &str = "DATABASE_URL";
 /// Set in CI, where skipping PostgreSQL is an error.
 const CI_VAR: &str = "CI";
 
+/// How long the `DATABASE_URL` server has to accept an admin connection
+/// (TCP connect, TLS if asked, startup and authentication). Without a bound,
+/// a server that accepts TCP but never answers (a stuck postmaster, a
+/// half-open forward) would hang every storage test instead of failing it.
+/// Generous, because a loaded CI machine is slow, and it only bounds a
+/// failure: a healthy server answers in milliseconds.
+pub const POSTGRES_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest part of the service name kept in a test database's name.
 const MAX_NAME_IN_DATABASE: usize = 24;
 
@@ -33,27 +47,53 @@ static SEQUENCE: AtomicU32 = AtomicU32::new(0);
 /// SQLite in a fresh temporary directory, then (when `DATABASE_URL` is set)
 /// PostgreSQL in a fresh uniquely-named database on that server.
 ///
-/// When `DATABASE_URL` is unset: panics if `CI` is set; otherwise returns
-/// SQLite only and says loudly on stderr that PostgreSQL was skipped.
+/// When `DATABASE_URL` is unset or empty: panics if `CI` is set (non-empty);
+/// otherwise returns SQLite only and says loudly on stderr that PostgreSQL
+/// was skipped.
 ///
 /// # Panics
-/// On an invalid `name`, when the temporary directory or the PostgreSQL test
-/// database cannot be created, and as above.
+/// On an invalid `name`; when the temporary directory cannot be created;
+/// when `DATABASE_URL` is set and its server refuses the connection or does
+/// not answer within [`POSTGRES_ANSWER_TIMEOUT`], or the test database cannot
+/// be created; and as above.
 pub async fn engines(name: &str) -> Vec<TestDb> {
     if let Err(error) = check_name(name) {
         panic!("soma_store::testing::engines: {error}");
     }
+    let plan = postgres_plan(
+        std::env::var(DATABASE_URL_VAR).ok().as_deref(),
+        std::env::var_os(CI_VAR).is_some_and(|ci| !ci.is_empty()),
+    );
     let mut engines = vec![TestDb::sqlite(name)];
-    match std::env::var(DATABASE_URL_VAR) {
-        Ok(url) if !url.is_empty() => engines.push(TestDb::postgres(name, &url).await),
-        _ if std::env::var_os(CI_VAR).is_some() => {
-            panic!(
-                "{CI_VAR} is set but {DATABASE_URL_VAR} is not: CI must run the storage tests on PostgreSQL"
-            )
-        }
-        _ => warn_postgres_skipped(name),
+    match plan {
+        Ok(PostgresPlan::Use(url)) => engines.push(TestDb::postgres(name, &url).await),
+        Ok(PostgresPlan::Skip) => warn_postgres_skipped(name),
+        Err(reason) => panic!("soma_store::testing::engines: {reason}"),
     }
     engines
+}
+
+/// Whether a storage test runs on PostgreSQL too.
+#[derive(Debug, PartialEq, Eq)]
+enum PostgresPlan {
+    /// Run on the server at this `DATABASE_URL` as well.
+    Use(String),
+    /// A local run without PostgreSQL: SQLite only, said loudly.
+    Skip,
+}
+
+/// Decides from `DATABASE_URL` and whether `CI` is set; the `Err` is the
+/// panic message. Kept apart from the environment so that the decision is
+/// tested without mutating the process environment.
+fn postgres_plan(database_url: Option<&str>, ci: bool) -> Result<PostgresPlan, String> {
+    match database_url {
+        Some(url) if !url.is_empty() => Ok(PostgresPlan::Use(url.to_owned())),
+        _ if ci => Err(format!(
+            "{CI_VAR} is set but {DATABASE_URL_VAR} is not: CI must run the storage tests on \
+             PostgreSQL (set {DATABASE_URL_VAR}, e.g. postgres://postgres@127.0.0.1:5432/postgres)"
+        )),
+        _ => Ok(PostgresPlan::Skip),
+    }
 }
 
 /// Says on the process's real stderr that PostgreSQL was skipped. Written
@@ -196,12 +236,27 @@ fn fresh_dir() -> TempDir {
 }
 
 async fn admin_connection(admin_url: &str) -> PgConnection {
-    match PgConnection::connect(admin_url).await {
+    match connect_within(admin_url, POSTGRES_ANSWER_TIMEOUT).await {
         Ok(conn) => conn,
-        Err(error) => panic!(
+        Err(reason) => panic!("{reason}"),
+    }
+}
+
+/// Connects to the `DATABASE_URL` server, or says why not: refused, failed,
+/// or silent for `timeout`. The URL is not repeated in the message because
+/// it may carry a password.
+async fn connect_within(admin_url: &str, timeout: Duration) -> Result<PgConnection, String> {
+    match tokio::time::timeout(timeout, PgConnection::connect(admin_url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(error)) => Err(format!(
             "cannot connect to the {DATABASE_URL_VAR} server: {}",
             chain(&error)
-        ),
+        )),
+        Err(_) => Err(format!(
+            "the {DATABASE_URL_VAR} server did not answer within {}s: is PostgreSQL up and \
+             reachable?",
+            timeout.as_secs_f64()
+        )),
     }
 }
 
@@ -268,6 +323,105 @@ mod tests {
         for case in cases {
             assert_eq!(with_database(case.input, "t1"), case.expected, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn postgres_is_required_under_ci_and_optional_only_locally() {
+        struct Case {
+            name: &'static str,
+            database_url: Option<&'static str>,
+            ci: bool,
+            expected: Result<PostgresPlan, &'static str>,
+        }
+        const URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+        let missing = "CI is set but DATABASE_URL is not: CI must run the storage tests on \
+                       PostgreSQL (set DATABASE_URL, e.g. postgres://postgres@127.0.0.1:5432/postgres)";
+        let cases = [
+            Case {
+                name: "ci, url set",
+                database_url: Some(URL),
+                ci: true,
+                expected: Ok(PostgresPlan::Use(URL.to_owned())),
+            },
+            Case {
+                name: "local, url set",
+                database_url: Some(URL),
+                ci: false,
+                expected: Ok(PostgresPlan::Use(URL.to_owned())),
+            },
+            Case {
+                name: "ci, url unset",
+                database_url: None,
+                ci: true,
+                expected: Err(missing),
+            },
+            Case {
+                name: "ci, url empty",
+                database_url: Some(""),
+                ci: true,
+                expected: Err(missing),
+            },
+            Case {
+                name: "local, url unset",
+                database_url: None,
+                ci: false,
+                expected: Ok(PostgresPlan::Skip),
+            },
+            Case {
+                name: "local, url empty",
+                database_url: Some(""),
+                ci: false,
+                expected: Ok(PostgresPlan::Skip),
+            },
+        ];
+        for case in cases {
+            let expected = case.expected.map_err(str::to_owned);
+            assert_eq!(
+                postgres_plan(case.database_url, case.ci),
+                expected,
+                "{}",
+                case.name
+            );
+        }
+    }
+
+    /// A server that accepts TCP but never speaks (the kernel completes the
+    /// handshake into the listen backlog; nobody reads) is an error, not a
+    /// hang. Without the timeout this test never returns.
+    #[tokio::test]
+    async fn a_silent_postgres_server_is_an_error_not_a_hang() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("local addr").port();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+        let started = std::time::Instant::now();
+        let Err(reason) = connect_within(&url, Duration::from_secs(1)).await else {
+            panic!("a silent server must not yield a connection");
+        };
+        eprintln!("silent server refused after {:?}", started.elapsed());
+        assert_eq!(
+            reason,
+            "the DATABASE_URL server did not answer within 1s: is PostgreSQL up and reachable?"
+        );
+        drop(silent);
+    }
+
+    /// A port nobody listens on is refused at once, with the cause kept.
+    #[tokio::test]
+    async fn a_refused_postgres_connection_is_an_error_with_its_cause() {
+        // Bind then drop: the port was free a moment ago and is closed now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
+        let Err(reason) = connect_within(&url, POSTGRES_ANSWER_TIMEOUT).await else {
+            panic!("a closed port must not yield a connection");
+        };
+        assert!(
+            reason.starts_with("cannot connect to the DATABASE_URL server: ")
+                && reason.contains("onnection refused"),
+            "{reason}"
+        );
     }
 
     #[test]
