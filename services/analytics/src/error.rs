@@ -16,6 +16,9 @@ pub enum AnalyticsError {
         /// Why.
         reason: String,
     },
+    /// The request carries no verified caller (the mesh did not admit it).
+    #[error("no verified caller")]
+    Unauthenticated,
     /// The caller may not act on this tenant's data.
     #[error("{0}")]
     PermissionDenied(String),
@@ -89,6 +92,7 @@ impl AnalyticsError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidArgument { .. } => "invalid_argument",
+            Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied(_) => "tenant_denied",
             Self::NotFound(_) => "not_found",
             Self::EventIdConflict { .. } => "event_id_conflict",
@@ -109,6 +113,7 @@ impl From<AnalyticsError> for tonic::Status {
         use tonic::Code;
         let code = match &err {
             AnalyticsError::InvalidArgument { .. } => Code::InvalidArgument,
+            AnalyticsError::Unauthenticated => Code::Unauthenticated,
             AnalyticsError::PermissionDenied(_) => Code::PermissionDenied,
             AnalyticsError::NotFound(_) => Code::NotFound,
             AnalyticsError::EventIdConflict { .. } => Code::AlreadyExists,
@@ -133,7 +138,7 @@ impl From<AnalyticsError> for tonic::Status {
         };
         let mut status = Self::new(code, message);
         if let Ok(value) = err.reason().parse() {
-            status.metadata_mut().insert("soma-reason", value);
+            status.metadata_mut().insert(soma_mesh::REASON_METADATA, value);
         }
         status
     }

@@ -1,0 +1,847 @@
+//! One module per table: each owns its row type, its column list (spelled
+//! once, here as a list of [`Column`]s), its seal, its row mapping, its
+//! inserts and its reads, for SQLite and PostgreSQL alike.
+//!
+//! Three traits connect them to the rest of the service without anyone
+//! naming a row kind:
+//! - [`Table`]: a stored row: columns, values, mapping from a database row.
+//!   Reads ([`find`], [`all`], [`window`], [`export_page`]) are written
+//!   once, over any table.
+//! - [`Ledgered`] (and its object-safe face [`Entry`]): a row appended to the
+//!   Merkle ledger; the writer inserts any kind through it, with the rows
+//!   written alongside ([`Ledgered::dependents`]) and a guard that must hold
+//!   before the leaf is appended ([`Ledgered::guard`]).
+//! - [`Exported`]: a row that a signed export can carry.
+//!
+//! [`REGISTRY`] lists every table once; the integrity sweep, read
+//! verification and the writer's single-statement path walk it. Adding a
+//! table is a module and one line in [`tables!`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use soma_ledger::Hash;
+use soma_sign::HmacKeyring;
+use soma_store::{Database, on_pool};
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
+
+use crate::error::AnalyticsError;
+
+pub(crate) mod row;
+
+pub(crate) use row::{EventRow, Seal};
+
+/// Declares the table modules and [`REGISTRY`], in sweep order: one line
+/// per module.
+macro_rules! tables {
+    ($($module:ident),* $(,)?) => {
+        $(pub(crate) mod $module;)*
+
+        /// Every table, in sweep order.
+        pub(crate) static REGISTRY: &[&[Registration]] = &[$($module::TABLES),*];
+    };
+}
+
+tables!(capsule_runs, billing, regressions, anomalies, drills);
+
+/// A future that may hold borrows (trait objects cannot name their own).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The stored ledger leaves by event id, for the sweep.
+pub(crate) type Leaves = HashMap<String, Vec<u8>>;
+
+/// The type of a column, as both engines store it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Text,
+    Int,
+    /// A nullable integer.
+    OptInt,
+    Real,
+    Bool,
+    Bytes,
+}
+
+impl Ty {
+    /// PostgreSQL's array type of the column (for `UNNEST`).
+    fn pg_array(self) -> &'static str {
+        match self {
+            Self::Text => "text[]",
+            Self::Int | Self::OptInt => "bigint[]",
+            Self::Real => "double precision[]",
+            Self::Bool => "boolean[]",
+            Self::Bytes => "bytea[]",
+        }
+    }
+}
+
+/// One column of a table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub ty: Ty,
+}
+
+/// A text column.
+pub(crate) const fn text(name: &'static str) -> Column {
+    Column { name, ty: Ty::Text }
+}
+
+/// A BIGINT column.
+pub(crate) const fn int(name: &'static str) -> Column {
+    Column { name, ty: Ty::Int }
+}
+
+/// A nullable BIGINT column.
+pub(crate) const fn opt_int(name: &'static str) -> Column {
+    Column { name, ty: Ty::OptInt }
+}
+
+/// A double-precision column.
+pub(crate) const fn real(name: &'static str) -> Column {
+    Column { name, ty: Ty::Real }
+}
+
+/// A boolean column.
+pub(crate) const fn flag(name: &'static str) -> Column {
+    Column { name, ty: Ty::Bool }
+}
+
+/// A byte-string column.
+pub(crate) const fn bytes(name: &'static str) -> Column {
+    Column { name, ty: Ty::Bytes }
+}
+
+/// The ledger index column of a ledgered table.
+const LEDGER_INDEX: Column = int("ledger_index");
+
+/// The seal columns every table ends with.
+const SEAL_COLUMNS: [Column; 3] = [int("row_version"), text("mac_key_id"), bytes("mac")];
+
+/// One value bound to a statement.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value<'a> {
+    Text(&'a str),
+    Owned(String),
+    Int(i64),
+    OptInt(Option<i64>),
+    Real(f64),
+    Bool(bool),
+    Bytes(&'a [u8]),
+    OwnedBytes(Vec<u8>),
+}
+
+impl Value<'_> {
+    /// The same value, borrowing nothing.
+    pub(crate) fn into_owned(self) -> Value<'static> {
+        match self {
+            Self::Text(s) => Value::Owned(s.to_owned()),
+            Self::Owned(s) => Value::Owned(s),
+            Self::Int(n) => Value::Int(n),
+            Self::OptInt(n) => Value::OptInt(n),
+            Self::Real(x) => Value::Real(x),
+            Self::Bool(b) => Value::Bool(b),
+            Self::Bytes(b) => Value::OwnedBytes(b.to_vec()),
+            Self::OwnedBytes(b) => Value::OwnedBytes(b),
+        }
+    }
+}
+
+/// Binds each [`Value`] of `$values` to `$query`, in order (expanded per
+/// engine, like [`on_pool!`]).
+macro_rules! bind_values {
+    ($query:expr, $values:expr) => {{
+        let mut query = $query;
+        for value in $values {
+            query = match value {
+                $crate::tables::Value::Text(s) => query.bind(*s),
+                $crate::tables::Value::Owned(s) => query.bind(s.as_str()),
+                $crate::tables::Value::Int(n) => query.bind(*n),
+                $crate::tables::Value::OptInt(n) => query.bind(*n),
+                $crate::tables::Value::Real(x) => query.bind(*x),
+                $crate::tables::Value::Bool(b) => query.bind(*b),
+                $crate::tables::Value::Bytes(b) => query.bind(*b),
+                $crate::tables::Value::OwnedBytes(b) => query.bind(b.as_slice()),
+            };
+        }
+        query
+    }};
+}
+pub(crate) use bind_values;
+
+/// A database row of either engine, read by column name.
+pub(crate) trait Get {
+    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn real(&self, column: &str) -> Result<f64, sqlx::Error>;
+    fn flag(&self, column: &str) -> Result<bool, sqlx::Error>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
+    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
+}
+
+macro_rules! impl_get {
+    ($row:ty) => {
+        impl Get for $row {
+            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn real(&self, column: &str) -> Result<f64, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+        }
+    };
+}
+
+impl_get!(sqlx::sqlite::SqliteRow);
+impl_get!(sqlx::postgres::PgRow);
+
+/// The connection of the writer's open transaction, on either engine.
+pub(crate) enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+/// Runs `$body` with `$c` bound to the engine's connection of a
+/// `&mut Conn` (use `&mut **$c` as the executor).
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::tables::Conn::Sqlite($c) => $body,
+            $crate::tables::Conn::Postgres($c) => $body,
+        }
+    };
+}
+pub(crate) use on_conn;
+
+/// A stored table: its columns and how a row maps to and from them.
+pub(crate) trait Table: EventRow + Sized + Send + Sync + fmt::Debug + 'static {
+    /// The primary key column.
+    const KEY: &'static str;
+    /// The application columns, in the order of [`Table::values`] (the
+    /// ledger index and the seal columns follow them).
+    const COLUMNS: &'static [Column];
+    /// Whether each row is a ledger leaf (has a `ledger_index` column).
+    const LEDGERED: bool;
+    /// Whether the writer's single-statement path (PostgreSQL) may insert
+    /// rows of this table: a ledgered kind with no guard and no dependents.
+    const BULK: bool = false;
+
+    /// The row's values, in the order of [`Table::COLUMNS`].
+    fn values(&self) -> Vec<Value<'_>>;
+
+    /// The row from a database row selected with [`select_list`].
+    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError>;
+
+    /// A check beyond the MAC and the leaf that the sweep makes (`Some`
+    /// names the failure).
+    fn cross_check(&self, _seal: &Seal, _leaves: &Leaves) -> Option<String> {
+        None
+    }
+}
+
+/// `c1, c2, …, row_version, mac_key_id, mac`: what reads select.
+pub(crate) fn select_list<T: Table>() -> String {
+    T::COLUMNS
+        .iter()
+        .chain(SEAL_COLUMNS.iter())
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every column an insert writes, in order.
+fn insert_columns(columns: &[Column], ledgered: bool) -> impl Iterator<Item = &Column> {
+    let index: &[Column] = if ledgered { &[LEDGER_INDEX] } else { &[] };
+    columns.iter().chain(index).chain(SEAL_COLUMNS.iter())
+}
+
+/// `($1, ..., $k), ($k+1, ...), ...` for `rows` rows of `columns` values,
+/// numbered from `$first + 1`.
+pub(crate) fn values_list(first: usize, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", first + r * columns + c))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One row to insert: its table and every value of [`insert_columns`].
+#[derive(Debug)]
+pub(crate) struct Write<'a> {
+    pub table: &'static str,
+    pub columns: &'static [Column],
+    pub ledgered: bool,
+    pub values: Vec<Value<'a>>,
+}
+
+impl<'a> Write<'a> {
+    /// A row of `T` at `ledger_index` (ledgered tables) under `seal`.
+    pub(crate) fn of<T: Table>(row: &'a T, ledger_index: Option<i64>, seal: &'a Seal) -> Self {
+        let mut values = row.values();
+        values.extend(ledger_index.map(Value::Int));
+        values.extend(seal.values());
+        Self {
+            table: T::TABLE,
+            columns: T::COLUMNS,
+            ledgered: T::LEDGERED,
+            values,
+        }
+    }
+
+    /// A row of `T` sealed now (a row written with a ledgered one), owning
+    /// its values.
+    pub(crate) fn sealed<T: Table>(row: &T, keys: &HmacKeyring) -> Result<Write<'static>, AnalyticsError> {
+        let seal = row.seal(keys)?;
+        let mut values: Vec<Value<'static>> = row.values().into_iter().map(Value::into_owned).collect();
+        values.extend(seal.into_values());
+        Ok(Write {
+            table: T::TABLE,
+            columns: T::COLUMNS,
+            ledgered: T::LEDGERED,
+            values,
+        })
+    }
+
+    /// `INSERT INTO table (columns) VALUES (...)` for `rows` rows.
+    pub(crate) fn insert_sql(&self, rows: usize) -> String {
+        let columns: Vec<&str> = insert_columns(self.columns, self.ledgered)
+            .map(|c| c.name)
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            self.table,
+            columns.join(", "),
+            values_list(0, rows, columns.len())
+        )
+    }
+}
+
+/// A row appended to the ledger, with what its commit does besides.
+pub(crate) trait Ledgered: Table {
+    /// Rows written in the same transaction, after the row itself (a
+    /// scan's findings, a drill's webhook outbox rows).
+    fn dependents(
+        &self,
+        _keys: &HmacKeyring,
+        _ledger_index: i64,
+        _leaf_hash: &Hash,
+        _now: i64,
+    ) -> Result<Vec<Write<'static>>, AnalyticsError> {
+        Ok(Vec::new())
+    }
+
+    /// Runs inside the writer's transaction before the leaf is appended;
+    /// `Ok(Some(e))` fails this item alone (e.g. a state row that moved).
+    fn guard<'a>(
+        &'a self,
+        _conn: &'a mut Conn<'_>,
+        _keys: &'a HmacKeyring,
+    ) -> BoxFuture<'a, Result<Option<AnalyticsError>, AnalyticsError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The error for an event id the ledger already holds with other
+    /// content.
+    fn conflict<'a>(
+        &'a self,
+        _conn: &'a mut Conn<'_>,
+    ) -> BoxFuture<'a, Result<AnalyticsError, AnalyticsError>> {
+        let event_id = self.event_id().to_owned();
+        Box::pin(async move { Ok(AnalyticsError::EventIdConflict { event_id }) })
+    }
+}
+
+/// A ledgered row as the writer holds it: any kind, named by none.
+pub(crate) trait Entry: Send + Sync + fmt::Debug {
+    /// The event id (the leaf's key).
+    fn id(&self) -> &str;
+    /// The tenant of the leaf.
+    fn owner(&self) -> &str;
+    /// The leaf kind.
+    fn kind(&self) -> &'static str;
+    /// Whether the single-statement path may take it.
+    fn bulk(&self) -> bool;
+    /// The RFC 9162 leaf hash.
+    fn hash(&self) -> Result<Hash, AnalyticsError>;
+    /// The row's seal under the primary key.
+    fn sealed(&self, keys: &HmacKeyring) -> Result<Seal, AnalyticsError>;
+    /// The row's insert at `ledger_index` under `seal`.
+    fn write<'a>(&'a self, ledger_index: i64, seal: &'a Seal) -> Write<'a>;
+    /// See [`Ledgered::dependents`].
+    fn dependents(
+        &self,
+        keys: &HmacKeyring,
+        ledger_index: i64,
+        leaf_hash: &Hash,
+        now: i64,
+    ) -> Result<Vec<Write<'static>>, AnalyticsError>;
+    /// See [`Ledgered::guard`].
+    fn guard<'a>(
+        &'a self,
+        conn: &'a mut Conn<'_>,
+        keys: &'a HmacKeyring,
+    ) -> BoxFuture<'a, Result<Option<AnalyticsError>, AnalyticsError>>;
+    /// See [`Ledgered::conflict`].
+    fn conflict<'a>(
+        &'a self,
+        conn: &'a mut Conn<'_>,
+    ) -> BoxFuture<'a, Result<AnalyticsError, AnalyticsError>>;
+}
+
+impl<T: Ledgered> Entry for T {
+    fn id(&self) -> &str {
+        EventRow::event_id(self)
+    }
+
+    fn owner(&self) -> &str {
+        EventRow::tenant(self)
+    }
+
+    fn kind(&self) -> &'static str {
+        T::KIND
+    }
+
+    fn bulk(&self) -> bool {
+        T::BULK
+    }
+
+    fn hash(&self) -> Result<Hash, AnalyticsError> {
+        EventRow::leaf_hash(self)
+    }
+
+    fn sealed(&self, keys: &HmacKeyring) -> Result<Seal, AnalyticsError> {
+        EventRow::seal(self, keys)
+    }
+
+    fn write<'a>(&'a self, ledger_index: i64, seal: &'a Seal) -> Write<'a> {
+        Write::of(self, Some(ledger_index), seal)
+    }
+
+    fn dependents(
+        &self,
+        keys: &HmacKeyring,
+        ledger_index: i64,
+        leaf_hash: &Hash,
+        now: i64,
+    ) -> Result<Vec<Write<'static>>, AnalyticsError> {
+        Ledgered::dependents(self, keys, ledger_index, leaf_hash, now)
+    }
+
+    fn guard<'a>(
+        &'a self,
+        conn: &'a mut Conn<'_>,
+        keys: &'a HmacKeyring,
+    ) -> BoxFuture<'a, Result<Option<AnalyticsError>, AnalyticsError>> {
+        Ledgered::guard(self, conn, keys)
+    }
+
+    fn conflict<'a>(
+        &'a self,
+        conn: &'a mut Conn<'_>,
+    ) -> BoxFuture<'a, Result<AnalyticsError, AnalyticsError>> {
+        Ledgered::conflict(self, conn)
+    }
+}
+
+/// A stored row as the sweep and read verification check it.
+pub(crate) trait Stored: Send + fmt::Debug {
+    /// The table.
+    fn table_name(&self) -> &'static str;
+    /// The primary key.
+    fn key(&self) -> &str;
+    /// The MAC check of the row under `seal`.
+    fn verify(&self, keys: &HmacKeyring, seal: &Seal) -> Result<(), AnalyticsError>;
+    /// The recomputed leaf hash of a ledgered row; `None` for the others.
+    fn leaf(&self) -> Option<Result<Hash, AnalyticsError>>;
+    /// See [`Table::cross_check`].
+    fn cross(&self, seal: &Seal, leaves: &Leaves) -> Option<String>;
+}
+
+impl<T: Table> Stored for T {
+    fn table_name(&self) -> &'static str {
+        T::TABLE
+    }
+
+    fn key(&self) -> &str {
+        EventRow::event_id(self)
+    }
+
+    fn verify(&self, keys: &HmacKeyring, seal: &Seal) -> Result<(), AnalyticsError> {
+        EventRow::check(self, keys, seal)
+    }
+
+    fn leaf(&self) -> Option<Result<Hash, AnalyticsError>> {
+        T::LEDGERED.then(|| EventRow::leaf_hash(self))
+    }
+
+    fn cross(&self, seal: &Seal, leaves: &Leaves) -> Option<String> {
+        self.cross_check(seal, leaves)
+    }
+}
+
+/// A stored row and its seal, not yet checked.
+pub(crate) type Sealed = (Box<dyn Stored>, Seal);
+
+/// Reads every row of a table, for the sweep.
+pub(crate) type LoadAll = for<'a> fn(&'a Database) -> BoxFuture<'a, Result<Vec<Sealed>, AnalyticsError>>;
+
+/// Reads one row by primary key, for read verification.
+pub(crate) type LoadOne =
+    for<'a> fn(&'a Database, &'a str) -> BoxFuture<'a, Result<Option<Sealed>, AnalyticsError>>;
+
+/// A table as the registry lists it.
+pub(crate) struct Registration {
+    pub name: &'static str,
+    pub columns: &'static [Column],
+    pub ledgered: bool,
+    pub bulk: bool,
+    pub load_all: LoadAll,
+    pub load_one: LoadOne,
+}
+
+impl Registration {
+    /// The registration of `T`.
+    pub(crate) const fn of<T: Table>() -> Self {
+        Self {
+            name: T::TABLE,
+            columns: T::COLUMNS,
+            ledgered: T::LEDGERED,
+            bulk: T::BULK,
+            load_all: load_all::<T>,
+            load_one: load_one::<T>,
+        }
+    }
+}
+
+/// Every registered table.
+pub(crate) fn registered() -> impl Iterator<Item = &'static Registration> {
+    REGISTRY.iter().flat_map(|tables| tables.iter())
+}
+
+fn load_all<T: Table>(db: &Database) -> BoxFuture<'_, Result<Vec<Sealed>, AnalyticsError>> {
+    Box::pin(async move {
+        Ok(all::<T>(db)
+            .await?
+            .into_iter()
+            .map(|(row, seal)| (Box::new(row) as Box<dyn Stored>, seal))
+            .collect())
+    })
+}
+
+fn load_one<'a, T: Table>(
+    db: &'a Database,
+    key: &'a str,
+) -> BoxFuture<'a, Result<Option<Sealed>, AnalyticsError>> {
+    Box::pin(async move {
+        Ok(find::<T>(db, key)
+            .await?
+            .map(|(row, seal)| (Box::new(row) as Box<dyn Stored>, seal)))
+    })
+}
+
+/// One row by primary key, with its seal (not yet checked).
+pub(crate) async fn find<T: Table>(db: &Database, key: &str) -> Result<Option<(T, Seal)>, AnalyticsError> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = $1",
+        select_list::<T>(),
+        T::TABLE,
+        T::KEY
+    );
+    on_pool!(db, pool => {
+        let row = sqlx::query(&sql).bind(key).fetch_optional(pool).await?;
+        row.map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(&r)?, Seal::read(&r)?)) })
+            .transpose()
+    })
+}
+
+/// Every row, with its seal, in ledger order (primary-key order for the
+/// tables that are not ledgered).
+pub(crate) async fn all<T: Table>(db: &Database) -> Result<Vec<(T, Seal)>, AnalyticsError> {
+    let order = if T::LEDGERED { "ledger_index" } else { T::KEY };
+    let sql = format!("SELECT {} FROM {} ORDER BY {order}", select_list::<T>(), T::TABLE);
+    on_pool!(db, pool => {
+        let rows = sqlx::query(&sql).fetch_all(pool).await?;
+        rows.iter()
+            .map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(r)?, Seal::read(r)?)) })
+            .collect()
+    })
+}
+
+/// A row that a signed export carries.
+pub(crate) trait Exported: Ledgered {
+    /// The document's `kind`, e.g. `billing_ledger`.
+    const EXPORT: &'static str;
+    /// The time column the window and the keyset order use.
+    const TIME: &'static str;
+    /// The column the `tool` filter matches, if the table has one.
+    const TOOL: Option<&'static str>;
+    /// Whether rows may belong to no tenant (platform-wide), exported to a
+    /// caller without tenant claims who names no tenant.
+    const PLATFORM_WIDE: bool = false;
+
+    /// The value of [`Exported::TIME`].
+    fn time(&self) -> i64;
+
+    /// SPIFFE ID of the service that recorded the row.
+    fn recorded_by(&self) -> &str;
+
+    /// Appends the row's JSON object: compact, members sorted by name
+    /// (the form serde_json gives a map), times as RFC 3339 with nine
+    /// fractional digits, integers as JSON numbers.
+    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>);
+}
+
+/// One keyset page of an export: a tenant's rows with their time in
+/// `[from, to)` and a ledger index below `below_index`, ordered by
+/// `(time, ledger_index)`, strictly after the position `after`.
+#[derive(Clone, Debug)]
+pub(crate) struct ExportPage<'a> {
+    pub tenant: &'a str,
+    /// Inclusive start, Unix nanoseconds.
+    pub from: i64,
+    /// Exclusive end, Unix nanoseconds.
+    pub to: i64,
+    /// Exclusive bound on the ledger index (the checkpoint's tree size).
+    pub below_index: i64,
+    /// Only this tool, when set.
+    pub tool: Option<&'a str>,
+    /// The `(time, ledger_index)` of the last row of the previous page.
+    pub after: Option<(i64, i64)>,
+    /// Most rows returned.
+    pub limit: i64,
+}
+
+/// A row read for an export: the row, its seal, its ledger index and the
+/// hash of the ledger leaf at that index for the same event (`None` when
+/// there is none).
+pub(crate) type ExportRow<R> = (R, Seal, i64, Option<Vec<u8>>);
+
+/// A page of `T` for an export.
+///
+/// Placeholders: $1 tenant, $2 lower time bound, $3 `to`, $4 last ledger
+/// index (or -1), $5 index bound, $6 tool (empty: any), $7 limit.
+pub(crate) async fn export_page<T: Exported>(
+    db: &Database,
+    page: &ExportPage<'_>,
+) -> Result<Vec<ExportRow<T>>, AnalyticsError> {
+    let (lower, last_index) = match page.after {
+        Some((ts, index)) => (ts, index),
+        None => (page.from, -1),
+    };
+    let ts = T::TIME;
+    let tool = match T::TOOL {
+        Some(column) => format!("($6 = '' OR e.{column} = $6)"),
+        None => "$6 = ''".to_owned(),
+    };
+    let sql = format!(
+        "SELECT {}, ledger_index, (SELECT l.leaf_hash FROM ledger_leaves l \
+         WHERE l.leaf_index = e.ledger_index AND l.event_id = e.event_id) AS leaf_hash \
+         FROM {} e WHERE e.tenant = $1 AND e.{ts} >= $2 AND e.{ts} < $3 AND (e.{ts} > $2 OR e.ledger_index > $4) \
+         AND e.ledger_index < $5 AND {tool} ORDER BY e.{ts}, e.ledger_index LIMIT $7",
+        select_list::<T>(),
+        T::TABLE,
+    );
+    on_pool!(db, pool => {
+        let rows = sqlx::query(&sql)
+            .bind(page.tenant)
+            .bind(lower)
+            .bind(page.to)
+            .bind(last_index)
+            .bind(page.below_index)
+            .bind(page.tool.unwrap_or(""))
+            .bind(page.limit)
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|r| -> Result<_, AnalyticsError> {
+                Ok((T::from_row(r)?, Seal::read(r)?, r.int("ledger_index")?, r.opt_bytes("leaf_hash")?))
+            })
+            .collect()
+    })
+}
+
+/// Up to `limit` of a tenant's rows of `T` with their time in
+/// `[from, to)`, in ledger order after index `after`, with their indices.
+pub(crate) async fn window<T: Exported>(
+    db: &Database,
+    tenant: &str,
+    (from, to): (i64, i64),
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, T, Seal)>, AnalyticsError> {
+    let ts = T::TIME;
+    let sql = format!(
+        "SELECT ledger_index, {} FROM {} WHERE tenant = $1 AND {ts} >= $2 AND {ts} < $3 AND ledger_index > $4 \
+         ORDER BY ledger_index LIMIT $5",
+        select_list::<T>(),
+        T::TABLE,
+    );
+    on_pool!(db, pool => {
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(from)
+            .bind(to)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|r| -> Result<_, AnalyticsError> { Ok((r.int("ledger_index")?, T::from_row(r)?, Seal::read(r)?)) })
+            .collect()
+    })
+}
+
+/// The single statement of the writer's fast path (PostgreSQL): the head
+/// moved under a guard, the leaves and the rows of every bulk table
+/// inserted from arrays only if it moved, and the checkpoint.
+///
+/// Placeholders: $1 new size, $2 new root, $3 frontier, $4 old size, $5
+/// old root, $6 now, $7..$11 the leaf columns, then each bulk table's
+/// columns in registry order, then the checkpoint's note and key id. The
+/// text depends on the registry only, so it stays prepared on each
+/// connection.
+pub(crate) fn bulk_statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let mut next = 11;
+        let mut sql = String::from(
+            "WITH head AS ( \
+                UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 \
+                WHERE id = 1 AND tree_size = $4 AND root = $5 RETURNING 1 AS moved), \
+            leaves AS ( \
+                INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
+                SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6 \
+                FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[]) \
+                    AS l (leaf_index, event_id, tenant, kind, leaf_hash) \
+                WHERE EXISTS (SELECT 1 FROM head))",
+        );
+        for table in registered().filter(|t| t.bulk) {
+            let columns: Vec<&Column> = insert_columns(table.columns, true).collect();
+            let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
+            let arrays: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    next += 1;
+                    format!("${next}::{}", c.ty.pg_array())
+                })
+                .collect();
+            sql.push_str(&format!(
+                ", {name} AS (INSERT INTO {name} ({}) SELECT * FROM UNNEST({}) WHERE EXISTS (SELECT 1 FROM head))",
+                names.join(", "),
+                arrays.join(", "),
+                name = table.name,
+            ));
+        }
+        sql.push_str(&format!(
+            ", checkpoint AS (INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
+             SELECT $1, $2, ${}, ${}, $6 WHERE EXISTS (SELECT 1 FROM head)) \
+             SELECT count(*) AS moved FROM head",
+            next + 1,
+            next + 2
+        ));
+        sql
+    })
+}
+
+/// One column of a bulk table, as an array parameter.
+#[derive(Debug)]
+pub(crate) enum Array<'a> {
+    Text(Vec<&'a str>),
+    Int(Vec<i64>),
+    OptInt(Vec<Option<i64>>),
+    Real(Vec<f64>),
+    Bool(Vec<bool>),
+    Bytes(Vec<&'a [u8]>),
+}
+
+impl<'a> Array<'a> {
+    fn new(ty: Ty) -> Self {
+        match ty {
+            Ty::Text => Self::Text(Vec::new()),
+            Ty::Int => Self::Int(Vec::new()),
+            Ty::OptInt => Self::OptInt(Vec::new()),
+            Ty::Real => Self::Real(Vec::new()),
+            Ty::Bool => Self::Bool(Vec::new()),
+            Ty::Bytes => Self::Bytes(Vec::new()),
+        }
+    }
+
+    /// Appends `value`; `false` when its type is not the column's.
+    fn push(&mut self, value: &'a Value<'a>) -> bool {
+        match (self, value) {
+            (Self::Text(v), Value::Text(s)) => v.push(s),
+            (Self::Text(v), Value::Owned(s)) => v.push(s.as_str()),
+            (Self::Int(v), Value::Int(n)) => v.push(*n),
+            (Self::OptInt(v), Value::OptInt(n)) => v.push(*n),
+            (Self::Real(v), Value::Real(x)) => v.push(*x),
+            (Self::Bool(v), Value::Bool(b)) => v.push(*b),
+            (Self::Bytes(v), Value::Bytes(b)) => v.push(b),
+            (Self::Bytes(v), Value::OwnedBytes(b)) => v.push(b.as_slice()),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The array parameters of every bulk table for a batch of writes, in the
+/// order of [`bulk_statement`]; `None` when a write is of no bulk table or
+/// a value does not match its column (the caller then takes the locked
+/// path).
+pub(crate) fn bulk_arrays<'a>(writes: &'a [Write<'a>]) -> Option<Vec<Array<'a>>> {
+    let mut arrays = Vec::new();
+    let mut slots: HashMap<&'static str, usize> = HashMap::new();
+    for table in registered().filter(|t| t.bulk) {
+        slots.insert(table.name, arrays.len());
+        arrays.extend(insert_columns(table.columns, true).map(|c| Array::new(c.ty)));
+    }
+    for write in writes {
+        let first = *slots.get(write.table)?;
+        for (offset, value) in write.values.iter().enumerate() {
+            if !arrays.get_mut(first + offset)?.push(value) {
+                return None;
+            }
+        }
+    }
+    Some(arrays)
+}
+
+/// Binds each array of [`bulk_arrays`] to a PostgreSQL query.
+pub(crate) fn bind_arrays<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    arrays: Vec<Array<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for array in arrays {
+        query = match array {
+            Array::Text(v) => query.bind(v),
+            Array::Int(v) => query.bind(v),
+            Array::OptInt(v) => query.bind(v),
+            Array::Real(v) => query.bind(v),
+            Array::Bool(v) => query.bind(v),
+            Array::Bytes(v) => query.bind(v),
+        };
+    }
+    query
+}
