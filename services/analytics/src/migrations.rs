@@ -24,4 +24,5 @@ migrations!(
         "0003_regressions_anomalies"
     ),
     (4, "export keyset indexes", "0004_export_keyset_indexes"),
+    (5, "audit events", "0005_audit_events"),
 );

@@ -17,6 +17,7 @@ use crate::config::AnalyticsConfig;
 use crate::error::AnalyticsError;
 use crate::integrity::Health;
 use crate::ledger::{Appended, Ledger, StoredCheckpoint};
+use crate::tables::audit_events::AuditEvent;
 use crate::tables::billing::BillingEvent;
 use crate::tables::capsule_runs::CapsuleRun;
 use crate::validate;
@@ -226,6 +227,27 @@ impl Analytics for AnalyticsService {
         let caller = caller(&request)?;
         let row = BillingEvent::from_request(&caller, request.into_inner())?;
         Ok(Response::new(self.record(row).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/RecordAuditEvent")]
+    async fn record_audit_event(
+        &self,
+        request: Request<pb::RecordAuditEventRequest>,
+    ) -> Result<Response<pb::RecordResponse>, Status> {
+        let caller = caller(&request)?;
+        let row = AuditEvent::from_request(&caller, request.into_inner())?;
+        Ok(Response::new(self.record(row).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/ExportAuditEvents")]
+    async fn export_audit_events(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<crate::export::ExportStream>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(
+            crate::export::export::<AuditEvent>(self, &caller, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/LedgerCheckpoint")]

@@ -45,7 +45,7 @@ macro_rules! tables {
     };
 }
 
-tables!(capsule_runs, billing, regressions, anomalies, drills);
+tables! { capsule_runs, billing, regressions, anomalies, drills, audit_events }
 
 /// A future that may hold borrows (trait objects cannot name their own).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
