@@ -6,7 +6,7 @@ use serde_json::{Value as Json, json};
 use soma_ledger::Hash;
 use soma_sign::{HmacKeyring, jcs};
 
-use super::{Column, EventRow, Get, Ledgered, Registration, Table, Value, Write, int, real, text};
+use super::{keyed_by, EventRow, Ledgered, Registration, Table, Write, columns};
 use crate::convert::hex;
 use crate::error::AnalyticsError;
 
@@ -37,13 +37,7 @@ impl EventRow for Finding {
     // Never appended itself: the scan's leaf binds it through its digest.
     const KIND: &'static str = "anomaly_finding";
 
-    fn event_id(&self) -> &str {
-        &self.finding_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(finding_id);
 
     fn content(&self) -> Json {
         // Doubles are JSON numbers: RFC 8785 prints each finite double one
@@ -62,46 +56,20 @@ impl EventRow for Finding {
 
 impl Table for Finding {
     const KEY: &'static str = "finding_id";
-    const COLUMNS: &'static [Column] = &[
-        text("finding_id"),
-        text("scan_id"),
-        text("tenant"),
-        text("metric"),
-        text("tool"),
-        real("value"),
-        real("baseline"),
-        real("score"),
-        text("event_id"),
-    ];
+    columns! {
+        finding_id: text,
+        scan_id: text,
+        tenant: text,
+        metric: text,
+        tool: text,
+        value: real,
+        baseline: real,
+        score: real,
+        evidence as event_id: text,
+    }
     const LEDGERED: bool = false;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.finding_id),
-            Value::Text(&self.scan_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.metric),
-            Value::Text(&self.tool),
-            Value::Real(self.value),
-            Value::Real(self.baseline),
-            Value::Real(self.score),
-            Value::Text(&self.evidence),
-        ]
-    }
 
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            finding_id: r.text("finding_id")?,
-            scan_id: r.text("scan_id")?,
-            tenant: r.text("tenant")?,
-            metric: r.text("metric")?,
-            tool: r.text("tool")?,
-            value: r.real("value")?,
-            baseline: r.real("baseline")?,
-            score: r.real("score")?,
-            evidence: r.text("event_id")?,
-        })
-    }
 }
 
 /// A scan's audit row (`anomaly_scans`), appended to the ledger, and the
@@ -127,13 +95,7 @@ impl EventRow for ScanRecord {
     const TABLE: &'static str = "anomaly_scans";
     const KIND: &'static str = "anomaly_scan";
 
-    fn event_id(&self) -> &str {
-        &self.scan_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(scan_id);
 
     fn content(&self) -> Json {
         json!({
@@ -151,51 +113,23 @@ impl EventRow for ScanRecord {
 
 impl Table for ScanRecord {
     const KEY: &'static str = "scan_id";
-    const COLUMNS: &'static [Column] = &[
-        text("scan_id"),
-        text("tenant"),
-        int("window_from"),
-        int("window_to"),
-        real("threshold"),
-        int("min_samples"),
-        int("finding_count"),
-        text("findings_digest"),
-        text("scanned_by"),
-        int("scanned_at"),
-    ];
+    columns! {
+        scan_id: text,
+        tenant: text,
+        window_from: int,
+        window_to: int,
+        threshold: real,
+        min_samples: int,
+        finding_count: int,
+        findings_digest: text,
+        scanned_by: text,
+        scanned_at: int,
+        // Not a column: a scan read back has its findings unloaded.
+        ; findings: Vec::new()
+    }
     const LEDGERED: bool = true;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.scan_id),
-            Value::Text(&self.tenant),
-            Value::Int(self.window_from),
-            Value::Int(self.window_to),
-            Value::Real(self.threshold),
-            Value::Int(self.min_samples),
-            Value::Int(self.finding_count),
-            Value::Text(&self.findings_digest),
-            Value::Text(&self.scanned_by),
-            Value::Int(self.scanned_at),
-        ]
-    }
 
-    /// The scan's own row; its findings are not loaded.
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            scan_id: r.text("scan_id")?,
-            tenant: r.text("tenant")?,
-            window_from: r.int("window_from")?,
-            window_to: r.int("window_to")?,
-            threshold: r.real("threshold")?,
-            min_samples: r.int("min_samples")?,
-            finding_count: r.int("finding_count")?,
-            findings_digest: r.text("findings_digest")?,
-            scanned_by: r.text("scanned_by")?,
-            scanned_at: r.int("scanned_at")?,
-            findings: Vec::new(),
-        })
-    }
 }
 
 impl Ledgered for ScanRecord {

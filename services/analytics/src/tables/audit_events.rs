@@ -25,7 +25,7 @@ use soma_proto::v1 as pb;
 use soma_sign::jcs;
 
 use super::row::{push_i64, push_string};
-use super::{Column, EventRow, Exported, Get, Ledgered, Registration, Table, Value, int, text};
+use super::{keyed_by, Column, EventRow, Exported, Get, Ledgered, Registration, Table, Value, int, text};
 use crate::convert::push_rfc3339_nanos;
 use crate::error::AnalyticsError;
 use crate::validate::{self, invalid};
@@ -152,13 +152,7 @@ impl EventRow for AuditEvent {
     const TABLE: &'static str = "audit_events";
     const KIND: &'static str = "audit_event";
 
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(event_id);
 
     fn content(&self) -> Json {
         json!({

@@ -6,7 +6,7 @@ use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 
 use super::row::{push_i64, push_int_member, push_string};
-use super::{Column, EventRow, Exported, Get, Ledgered, Registration, Table, Value, int, text};
+use super::{keyed_by, EventRow, Exported, Ledgered, Registration, Table, columns};
 use crate::convert::push_rfc3339_nanos;
 use crate::error::AnalyticsError;
 use crate::validate;
@@ -60,13 +60,7 @@ impl EventRow for BillingEvent {
     const TABLE: &'static str = "billing_events";
     const KIND: &'static str = "billing_event";
 
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(event_id);
 
     fn content(&self) -> Json {
         json!({
@@ -105,53 +99,23 @@ impl EventRow for BillingEvent {
 
 impl Table for BillingEvent {
     const KEY: &'static str = "event_id";
-    const COLUMNS: &'static [Column] = &[
-        text("event_id"),
-        text("tenant"),
-        text("tool"),
-        text("tool_version"),
-        text("currency"),
-        int("amount_micros"),
-        int("fuel_consumed"),
-        int("duration_micros"),
-        int("occurred_at"),
-        text("run_id"),
-        text("recorded_by"),
-    ];
+    columns! {
+        event_id: text,
+        tenant: text,
+        tool: text,
+        tool_version: text,
+        currency: text,
+        amount_micros: int,
+        fuel_consumed: int,
+        duration_micros: int,
+        occurred_at: int,
+        run_id: text,
+        recorded_by: text,
+    }
     const LEDGERED: bool = true;
     const BULK: bool = true;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.event_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.tool),
-            Value::Text(&self.tool_version),
-            Value::Text(&self.currency),
-            Value::Int(self.amount_micros),
-            Value::Int(self.fuel_consumed),
-            Value::Int(self.duration_micros),
-            Value::Int(self.occurred_at),
-            Value::Text(&self.run_id),
-            Value::Text(&self.recorded_by),
-        ]
-    }
 
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            event_id: r.text("event_id")?,
-            tenant: r.text("tenant")?,
-            tool: r.text("tool")?,
-            tool_version: r.text("tool_version")?,
-            currency: r.text("currency")?,
-            amount_micros: r.int("amount_micros")?,
-            fuel_consumed: r.int("fuel_consumed")?,
-            duration_micros: r.int("duration_micros")?,
-            occurred_at: r.int("occurred_at")?,
-            run_id: r.text("run_id")?,
-            recorded_by: r.text("recorded_by")?,
-        })
-    }
 }
 
 impl Ledgered for BillingEvent {}

@@ -5,7 +5,7 @@ use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 
 use super::row::{push_i64, push_int_member, push_string};
-use super::{Column, EventRow, Exported, Get, Ledgered, Registration, Table, Value, int, text};
+use super::{keyed_by, EventRow, Exported, Ledgered, Registration, Table, columns};
 use crate::convert::push_rfc3339_nanos;
 use crate::error::AnalyticsError;
 use crate::validate;
@@ -62,13 +62,7 @@ impl EventRow for CapsuleRun {
     const TABLE: &'static str = "capsule_runs";
     const KIND: &'static str = "capsule_run";
 
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(event_id);
 
     fn content(&self) -> Json {
         json!({
@@ -103,47 +97,21 @@ impl EventRow for CapsuleRun {
 
 impl Table for CapsuleRun {
     const KEY: &'static str = "event_id";
-    const COLUMNS: &'static [Column] = &[
-        text("event_id"),
-        text("tenant"),
-        text("capsule_id"),
-        text("tool"),
-        text("run_id"),
-        text("outcome"),
-        int("started_at"),
-        int("duration_nanos"),
-        text("recorded_by"),
-    ];
+    columns! {
+        event_id: text,
+        tenant: text,
+        capsule_id: text,
+        tool: text,
+        run_id: text,
+        outcome: text,
+        started_at: int,
+        duration_nanos: int,
+        recorded_by: text,
+    }
     const LEDGERED: bool = true;
     const BULK: bool = true;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.event_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.capsule_id),
-            Value::Text(&self.tool),
-            Value::Text(&self.run_id),
-            Value::Text(&self.outcome),
-            Value::Int(self.started_at),
-            Value::Int(self.duration_nanos),
-            Value::Text(&self.recorded_by),
-        ]
-    }
 
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            event_id: r.text("event_id")?,
-            tenant: r.text("tenant")?,
-            capsule_id: r.text("capsule_id")?,
-            tool: r.text("tool")?,
-            run_id: r.text("run_id")?,
-            outcome: r.text("outcome")?,
-            started_at: r.int("started_at")?,
-            duration_nanos: r.int("duration_nanos")?,
-            recorded_by: r.text("recorded_by")?,
-        })
-    }
 }
 
 impl Ledgered for CapsuleRun {}

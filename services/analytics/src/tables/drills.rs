@@ -8,8 +8,8 @@ use soma_sign::{HmacKeyring, jcs};
 use soma_store::{Database, on_pool};
 
 use super::row::push_string;
-use super::{
-    Column, EventRow, Get, Ledgered, Registration, Seal, Table, Value, Write, bytes, flag, int, opt_int, select_list,
+use super::{keyed_by, 
+    Column, EventRow, Get, Ledgered, Registration, Seal, Table, Value, Write, columns, flag, int, opt_int, select_list,
     text,
 };
 use crate::convert::hex;
@@ -141,13 +141,7 @@ impl EventRow for DrillRow {
     const TABLE: &'static str = "disaster_drills";
     const KIND: &'static str = "disaster_drill";
 
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(event_id);
 
     fn content(&self) -> Json {
         json!({
@@ -370,43 +364,19 @@ impl EventRow for Delivery {
 
 impl Table for Delivery {
     const KEY: &'static str = "delivery_id";
-    const COLUMNS: &'static [Column] = &[
-        text("delivery_id"),
-        text("event_id"),
-        text("tenant"),
-        text("url"),
-        bytes("body"),
-        int("created_at"),
-        int("attempts"),
-        int("next_attempt_at"),
-    ];
+    columns! {
+        delivery_id: text,
+        event_id: text,
+        tenant: text,
+        url: text,
+        body: bytes,
+        created_at: int,
+        attempts: int,
+        next_attempt_at: int,
+    }
     const LEDGERED: bool = false;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.delivery_id),
-            Value::Text(&self.event_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.url),
-            Value::Bytes(&self.body),
-            Value::Int(self.created_at),
-            Value::Int(self.attempts),
-            Value::Int(self.next_attempt_at),
-        ]
-    }
 
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            delivery_id: r.text("delivery_id")?,
-            event_id: r.text("event_id")?,
-            tenant: r.text("tenant")?,
-            url: r.text("url")?,
-            body: r.bytes("body")?,
-            created_at: r.int("created_at")?,
-            attempts: r.int("attempts")?,
-            next_attempt_at: r.int("next_attempt_at")?,
-        })
-    }
 }
 
 /// The notification body of a failed drill: its event, with its ledger

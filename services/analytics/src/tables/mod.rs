@@ -232,6 +232,90 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+/// Writes [`EventRow::event_id`] (the row's primary key, the field
+/// given) and [`EventRow::tenant`] (the `tenant` field).
+macro_rules! keyed_by {
+    ($key:ident) => {
+        fn event_id(&self) -> &str {
+            &self.$key
+        }
+
+        fn tenant(&self) -> &str {
+            &self.tenant
+        }
+    };
+}
+pub(crate) use keyed_by;
+
+/// A Rust value of a column's type, as a bound [`Value`].
+pub(crate) trait ToValue {
+    fn to_value(&self) -> Value<'_>;
+}
+
+impl ToValue for String {
+    fn to_value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+
+impl ToValue for i64 {
+    fn to_value(&self) -> Value<'_> {
+        Value::Int(*self)
+    }
+}
+
+impl ToValue for f64 {
+    fn to_value(&self) -> Value<'_> {
+        Value::Real(*self)
+    }
+}
+
+impl ToValue for bool {
+    fn to_value(&self) -> Value<'_> {
+        Value::Bool(*self)
+    }
+}
+
+impl ToValue for Vec<u8> {
+    fn to_value(&self) -> Value<'_> {
+        Value::Bytes(self)
+    }
+}
+
+/// Writes [`Table::COLUMNS`], [`Table::values`] and [`Table::from_row`]
+/// from one list of `field: type` (the column named as the field, or
+/// `field as column: type`), so that each column is spelled once; fields
+/// that are not columns follow a `;` with their value when read.
+macro_rules! columns {
+    ($($field:ident $(as $column:ident)?: $ty:ident),* $(,)? $(; $($extra:ident: $init:expr),* $(,)?)?) => {
+        const COLUMNS: &'static [$crate::tables::Column] =
+            &[$($crate::tables::$ty($crate::tables::column_name!($field $(, $column)?))),*];
+
+        fn values(&self) -> Vec<$crate::tables::Value<'_>> {
+            vec![$($crate::tables::ToValue::to_value(&self.$field)),*]
+        }
+
+        fn from_row<R: $crate::tables::Get>(r: &R) -> Result<Self, $crate::error::AnalyticsError> {
+            Ok(Self {
+                $($field: r.$ty($crate::tables::column_name!($field $(, $column)?))?,)*
+                $($($extra: $init,)*)?
+            })
+        }
+    };
+}
+pub(crate) use columns;
+
+/// The column of a field: its own name, or the one `as` gives.
+macro_rules! column_name {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident, $column:ident) => {
+        stringify!($column)
+    };
+}
+pub(crate) use column_name;
+
 /// A stored table: its columns and how a row maps to and from them.
 pub(crate) trait Table: EventRow + Sized + Send + Sync + fmt::Debug + 'static {
     /// The primary key column.

@@ -10,9 +10,9 @@ use serde_json::{Value as Json, json};
 use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
 
-use super::{
-    BoxFuture, Column, Conn, EventRow, Get, Leaves, Ledgered, Registration, Seal, Table, Value, bind_values, int,
-    on_conn, select_list, text,
+use super::{keyed_by, 
+    BoxFuture, Conn, EventRow, Get, Leaves, Ledgered, Registration, Seal, Table, bind_values, columns, on_conn,
+    select_list,
 };
 use crate::error::AnalyticsError;
 
@@ -89,13 +89,7 @@ impl EventRow for Regression {
     // Never appended itself: its transitions are.
     const KIND: &'static str = "persona_regression";
 
-    fn event_id(&self) -> &str {
-        &self.regression_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(regression_id);
 
     fn content(&self) -> Json {
         json!({
@@ -110,40 +104,18 @@ impl EventRow for Regression {
 
 impl Table for Regression {
     const KEY: &'static str = "regression_id";
-    const COLUMNS: &'static [Column] = &[
-        text("regression_id"),
-        text("tenant"),
-        text("persona"),
-        text("state"),
-        int("version"),
-        text("last_event_id"),
-        int("updated_at"),
-    ];
+    columns! {
+        regression_id: text,
+        tenant: text,
+        persona: text,
+        state: text,
+        version: int,
+        last_event_id: text,
+        updated_at: int,
+    }
     const LEDGERED: bool = false;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.regression_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.persona),
-            Value::Text(&self.state),
-            Value::Int(self.version),
-            Value::Text(&self.last_event_id),
-            Value::Int(self.updated_at),
-        ]
-    }
 
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            regression_id: r.text("regression_id")?,
-            tenant: r.text("tenant")?,
-            persona: r.text("persona")?,
-            state: r.text("state")?,
-            version: r.int("version")?,
-            last_event_id: r.text("last_event_id")?,
-            updated_at: r.int("updated_at")?,
-        })
-    }
 
     /// Its row version, and the ledger: the transition that produced it is
     /// there, and none after it (a whole older row written back carries a
@@ -187,13 +159,7 @@ impl EventRow for Transition {
     const TABLE: &'static str = "persona_regression_transitions";
     const KIND: &'static str = "persona_regression_transition";
 
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
+    keyed_by!(event_id);
 
     fn content(&self) -> Json {
         json!({
@@ -211,49 +177,21 @@ impl EventRow for Transition {
 
 impl Table for Transition {
     const KEY: &'static str = "event_id";
-    const COLUMNS: &'static [Column] = &[
-        text("event_id"),
-        text("tenant"),
-        text("regression_id"),
-        text("persona"),
-        text("from_state"),
-        text("to_state"),
-        int("version"),
-        text("actor"),
-        text("reason"),
-        int("occurred_at"),
-    ];
+    columns! {
+        event_id: text,
+        tenant: text,
+        regression_id: text,
+        persona: text,
+        from_state: text,
+        to_state: text,
+        version: int,
+        actor: text,
+        reason: text,
+        occurred_at: int,
+    }
     const LEDGERED: bool = true;
 
-    fn values(&self) -> Vec<Value<'_>> {
-        vec![
-            Value::Text(&self.event_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.regression_id),
-            Value::Text(&self.persona),
-            Value::Text(&self.from_state),
-            Value::Text(&self.to_state),
-            Value::Int(self.version),
-            Value::Text(&self.actor),
-            Value::Text(&self.reason),
-            Value::Int(self.occurred_at),
-        ]
-    }
 
-    fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
-        Ok(Self {
-            event_id: r.text("event_id")?,
-            tenant: r.text("tenant")?,
-            regression_id: r.text("regression_id")?,
-            persona: r.text("persona")?,
-            from_state: r.text("from_state")?,
-            to_state: r.text("to_state")?,
-            version: r.int("version")?,
-            actor: r.text("actor")?,
-            reason: r.text("reason")?,
-            occurred_at: r.int("occurred_at")?,
-        })
-    }
 }
 
 impl Transition {
