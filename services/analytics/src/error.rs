@@ -16,9 +16,6 @@ pub enum AnalyticsError {
         /// Why.
         reason: String,
     },
-    /// The request carries no verified caller (the mesh did not admit it).
-    #[error("no verified caller")]
-    Unauthenticated,
     /// The caller may not act on this tenant's data.
     #[error("{0}")]
     PermissionDenied(String),
@@ -85,6 +82,9 @@ pub enum AnalyticsError {
         /// Its current version.
         version: u64,
     },
+    /// The request carries no verified caller (the mesh did not admit it).
+    #[error("no verified caller")]
+    Unauthenticated,
 }
 
 impl AnalyticsError {
@@ -92,7 +92,6 @@ impl AnalyticsError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidArgument { .. } => "invalid_argument",
-            Self::Unauthenticated => "unauthenticated",
             Self::PermissionDenied(_) => "tenant_denied",
             Self::NotFound(_) => "not_found",
             Self::EventIdConflict { .. } => "event_id_conflict",
@@ -101,6 +100,7 @@ impl AnalyticsError {
             Self::WriterStopped => "unavailable",
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::StaleRegression { .. } => "stale_version",
+            Self::Unauthenticated => "unauthenticated",
             Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) | Self::ExportSpill(_) => {
                 "internal"
             }
@@ -113,7 +113,6 @@ impl From<AnalyticsError> for tonic::Status {
         use tonic::Code;
         let code = match &err {
             AnalyticsError::InvalidArgument { .. } => Code::InvalidArgument,
-            AnalyticsError::Unauthenticated => Code::Unauthenticated,
             AnalyticsError::PermissionDenied(_) => Code::PermissionDenied,
             AnalyticsError::NotFound(_) => Code::NotFound,
             AnalyticsError::EventIdConflict { .. } => Code::AlreadyExists,
@@ -122,6 +121,7 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::WriterStopped => Code::Unavailable,
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,
+            AnalyticsError::Unauthenticated => Code::Unauthenticated,
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
