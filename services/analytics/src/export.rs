@@ -37,6 +37,11 @@
 //! ([`soma_sign::Ed25519StreamSigner`]). Memory stays flat whatever the
 //! export's size; the disk holds one copy of the document until it is
 //! signed.
+//!
+//! Every export kind is the same code over its table's [`Exported`] rows.
+//! A table whose rows may belong to no tenant (audit events: platform-wide
+//! ones have an empty tenant) exports those to a caller without claims who
+//! names no tenant; its document then says `"tenant":""`.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::pin::Pin;
