@@ -929,3 +929,74 @@ pub(crate) fn bind_arrays<'q>(
     }
     query
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Seal, Write, bulk_arrays, bulk_statement};
+    use crate::tables::billing::BillingEvent;
+    use crate::tables::capsule_runs::CapsuleRun;
+    use crate::tables::drills::Delivery;
+
+    /// The writer's single-statement path must take batches of the bulk
+    /// tables: if their values stopped matching their columns, every batch
+    /// would silently fall back to the locked path (more round trips).
+    #[test]
+    fn bulk_tables_fill_every_placeholder_of_the_single_statement() {
+        let seal = Seal {
+            row_version: 1,
+            key_id: "row-1".to_owned(),
+            mac: vec![7; 32],
+        };
+        let bill = BillingEvent {
+            event_id: "b".to_owned(),
+            tenant: "t".to_owned(),
+            tool: "x".to_owned(),
+            tool_version: "1".to_owned(),
+            currency: "EUR".to_owned(),
+            amount_micros: 1,
+            fuel_consumed: 2,
+            duration_micros: 3,
+            occurred_at: 4,
+            run_id: "r".to_owned(),
+            recorded_by: "s".to_owned(),
+        };
+        let run = CapsuleRun {
+            event_id: "c".to_owned(),
+            tenant: "t".to_owned(),
+            capsule_id: "k".to_owned(),
+            tool: "x".to_owned(),
+            run_id: "r".to_owned(),
+            outcome: "failed".to_owned(),
+            started_at: 5,
+            duration_nanos: 6,
+            recorded_by: "s".to_owned(),
+        };
+        let writes = [Write::of(&bill, Some(0), &seal), Write::of(&run, Some(1), &seal)];
+        let arrays = bulk_arrays(&writes).expect("billing and capsule runs are bulk tables");
+        // $1..$11 (head and leaves), one array per bulk column, then the
+        // checkpoint's note and key id.
+        let highest = bulk_statement()
+            .split('$')
+            .skip(1)
+            .filter_map(|p| {
+                p.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max();
+        assert_eq!(highest, Some(11 + arrays.len() + 2));
+        // A row of a table that is not bulk sends the batch to the locked path.
+        let delivery = Delivery {
+            delivery_id: "d".to_owned(),
+            event_id: "e".to_owned(),
+            tenant: "t".to_owned(),
+            url: "http://h/".to_owned(),
+            body: Vec::new(),
+            created_at: 0,
+            attempts: 0,
+            next_attempt_at: 0,
+        };
+        assert!(bulk_arrays(&[Write::of(&delivery, None, &seal)]).is_none());
+    }
+}
