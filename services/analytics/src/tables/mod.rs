@@ -16,6 +16,11 @@
 //! [`REGISTRY`] lists every table once; the integrity sweep, read
 //! verification and the writer's single-statement path walk it. Adding a
 //! table is a module and one line in [`tables!`].
+//!
+//! Beside the table modules: `row` (the row-MAC and leaf scheme every
+//! table shares), `sql` (how values travel to and from either engine, and
+//! the `columns!` macro) and `bulk` (the writer's single statement on
+//! PostgreSQL, generated from the bulk tables).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,14 +30,19 @@ use std::pin::Pin;
 use soma_ledger::Hash;
 use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
-use sqlx::postgres::PgConnection;
-use sqlx::sqlite::SqliteConnection;
 
 use crate::error::AnalyticsError;
 
+mod bulk;
 pub(crate) mod row;
+mod sql;
 
+pub(crate) use bulk::{bind_arrays, bulk_arrays, bulk_statement};
 pub(crate) use row::{EventRow, Seal};
+pub(crate) use sql::{
+    Column, Conn, Get, ToValue, Ty, Value, bind_values, bytes, column_name, columns, flag, int, on_conn,
+    opt_int, real, text,
+};
 
 /// Declares the table modules and [`REGISTRY`], in sweep order: one line
 /// per module.
@@ -47,190 +57,17 @@ macro_rules! tables {
 
 tables! { capsule_runs, billing, regressions, anomalies, drills, audit_events }
 
-/// A future that may hold borrows (trait objects cannot name their own).
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The stored ledger leaves by event id, for the sweep.
-pub(crate) type Leaves = HashMap<String, Vec<u8>>;
-
-/// The type of a column, as both engines store it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ty {
-    Text,
-    Int,
-    /// A nullable integer.
-    OptInt,
-    Real,
-    Bool,
-    Bytes,
-}
-
-impl Ty {
-    /// PostgreSQL's array type of the column (for `UNNEST`).
-    fn pg_array(self) -> &'static str {
-        match self {
-            Self::Text => "text[]",
-            Self::Int | Self::OptInt => "bigint[]",
-            Self::Real => "double precision[]",
-            Self::Bool => "boolean[]",
-            Self::Bytes => "bytea[]",
-        }
-    }
-}
-
-/// One column of a table.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Column {
-    pub name: &'static str,
-    pub ty: Ty,
-}
-
-/// A text column.
-pub(crate) const fn text(name: &'static str) -> Column {
-    Column { name, ty: Ty::Text }
-}
-
-/// A BIGINT column.
-pub(crate) const fn int(name: &'static str) -> Column {
-    Column { name, ty: Ty::Int }
-}
-
-/// A nullable BIGINT column.
-pub(crate) const fn opt_int(name: &'static str) -> Column {
-    Column { name, ty: Ty::OptInt }
-}
-
-/// A double-precision column.
-pub(crate) const fn real(name: &'static str) -> Column {
-    Column { name, ty: Ty::Real }
-}
-
-/// A boolean column.
-pub(crate) const fn flag(name: &'static str) -> Column {
-    Column { name, ty: Ty::Bool }
-}
-
-/// A byte-string column.
-pub(crate) const fn bytes(name: &'static str) -> Column {
-    Column { name, ty: Ty::Bytes }
-}
-
 /// The ledger index column of a ledgered table.
 const LEDGER_INDEX: Column = int("ledger_index");
 
 /// The seal columns every table ends with.
 const SEAL_COLUMNS: [Column; 3] = [int("row_version"), text("mac_key_id"), bytes("mac")];
 
-/// One value bound to a statement.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Value<'a> {
-    Text(&'a str),
-    Owned(String),
-    Int(i64),
-    OptInt(Option<i64>),
-    Real(f64),
-    Bool(bool),
-    Bytes(&'a [u8]),
-    OwnedBytes(Vec<u8>),
-}
+/// A future that may hold borrows (trait objects cannot name their own).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-impl Value<'_> {
-    /// The same value, borrowing nothing.
-    pub(crate) fn into_owned(self) -> Value<'static> {
-        match self {
-            Self::Text(s) => Value::Owned(s.to_owned()),
-            Self::Owned(s) => Value::Owned(s),
-            Self::Int(n) => Value::Int(n),
-            Self::OptInt(n) => Value::OptInt(n),
-            Self::Real(x) => Value::Real(x),
-            Self::Bool(b) => Value::Bool(b),
-            Self::Bytes(b) => Value::OwnedBytes(b.to_vec()),
-            Self::OwnedBytes(b) => Value::OwnedBytes(b),
-        }
-    }
-}
-
-/// Binds each [`Value`] of `$values` to `$query`, in order (expanded per
-/// engine, like [`on_pool!`]).
-macro_rules! bind_values {
-    ($query:expr, $values:expr) => {{
-        let mut query = $query;
-        for value in $values {
-            query = match value {
-                $crate::tables::Value::Text(s) => query.bind(*s),
-                $crate::tables::Value::Owned(s) => query.bind(s.as_str()),
-                $crate::tables::Value::Int(n) => query.bind(*n),
-                $crate::tables::Value::OptInt(n) => query.bind(*n),
-                $crate::tables::Value::Real(x) => query.bind(*x),
-                $crate::tables::Value::Bool(b) => query.bind(*b),
-                $crate::tables::Value::Bytes(b) => query.bind(*b),
-                $crate::tables::Value::OwnedBytes(b) => query.bind(b.as_slice()),
-            };
-        }
-        query
-    }};
-}
-pub(crate) use bind_values;
-
-/// A database row of either engine, read by column name.
-pub(crate) trait Get {
-    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
-    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
-    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
-    fn real(&self, column: &str) -> Result<f64, sqlx::Error>;
-    fn flag(&self, column: &str) -> Result<bool, sqlx::Error>;
-    fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
-    fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
-}
-
-macro_rules! impl_get {
-    ($row:ty) => {
-        impl Get for $row {
-            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-            fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-            fn real(&self, column: &str) -> Result<f64, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-            fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-            fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-            fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
-                sqlx::Row::try_get(self, column)
-            }
-        }
-    };
-}
-
-impl_get!(sqlx::sqlite::SqliteRow);
-impl_get!(sqlx::postgres::PgRow);
-
-/// The connection of the writer's open transaction, on either engine.
-pub(crate) enum Conn<'c> {
-    Sqlite(&'c mut SqliteConnection),
-    Postgres(&'c mut PgConnection),
-}
-
-/// Runs `$body` with `$c` bound to the engine's connection of a
-/// `&mut Conn` (use `&mut **$c` as the executor).
-macro_rules! on_conn {
-    ($conn:expr, $c:ident => $body:expr) => {
-        match $conn {
-            $crate::tables::Conn::Sqlite($c) => $body,
-            $crate::tables::Conn::Postgres($c) => $body,
-        }
-    };
-}
-pub(crate) use on_conn;
+/// The stored ledger leaves by event id, for the sweep.
+pub(crate) type Leaves = HashMap<String, Vec<u8>>;
 
 /// Writes [`EventRow::event_id`] (the row's primary key, the field
 /// given) and [`EventRow::tenant`] (the `tenant` field).
@@ -246,75 +83,6 @@ macro_rules! keyed_by {
     };
 }
 pub(crate) use keyed_by;
-
-/// A Rust value of a column's type, as a bound [`Value`].
-pub(crate) trait ToValue {
-    fn to_value(&self) -> Value<'_>;
-}
-
-impl ToValue for String {
-    fn to_value(&self) -> Value<'_> {
-        Value::Text(self)
-    }
-}
-
-impl ToValue for i64 {
-    fn to_value(&self) -> Value<'_> {
-        Value::Int(*self)
-    }
-}
-
-impl ToValue for f64 {
-    fn to_value(&self) -> Value<'_> {
-        Value::Real(*self)
-    }
-}
-
-impl ToValue for bool {
-    fn to_value(&self) -> Value<'_> {
-        Value::Bool(*self)
-    }
-}
-
-impl ToValue for Vec<u8> {
-    fn to_value(&self) -> Value<'_> {
-        Value::Bytes(self)
-    }
-}
-
-/// Writes [`Table::COLUMNS`], [`Table::values`] and [`Table::from_row`]
-/// from one list of `field: type` (the column named as the field, or
-/// `field as column: type`), so that each column is spelled once; fields
-/// that are not columns follow a `;` with their value when read.
-macro_rules! columns {
-    ($($field:ident $(as $column:ident)?: $ty:ident),* $(,)? $(; $($extra:ident: $init:expr),* $(,)?)?) => {
-        const COLUMNS: &'static [$crate::tables::Column] =
-            &[$($crate::tables::$ty($crate::tables::column_name!($field $(, $column)?))),*];
-
-        fn values(&self) -> Vec<$crate::tables::Value<'_>> {
-            vec![$($crate::tables::ToValue::to_value(&self.$field)),*]
-        }
-
-        fn from_row<R: $crate::tables::Get>(r: &R) -> Result<Self, $crate::error::AnalyticsError> {
-            Ok(Self {
-                $($field: r.$ty($crate::tables::column_name!($field $(, $column)?))?,)*
-                $($($extra: $init,)*)?
-            })
-        }
-    };
-}
-pub(crate) use columns;
-
-/// The column of a field: its own name, or the one `as` gives.
-macro_rules! column_name {
-    ($field:ident) => {
-        stringify!($field)
-    };
-    ($field:ident, $column:ident) => {
-        stringify!($column)
-    };
-}
-pub(crate) use column_name;
 
 /// A stored table: its columns and how a row maps to and from them.
 pub(crate) trait Table: EventRow + Sized + Send + Sync + fmt::Debug + 'static {
@@ -353,7 +121,7 @@ pub(crate) fn select_list<T: Table>() -> String {
 }
 
 /// Every column an insert writes, in order.
-fn insert_columns(columns: &[Column], ledgered: bool) -> impl Iterator<Item = &Column> {
+pub(crate) fn insert_columns(columns: &[Column], ledgered: bool) -> impl Iterator<Item = &Column> {
     let index: &[Column] = if ledgered { &[LEDGER_INDEX] } else { &[] };
     columns.iter().chain(index).chain(SEAL_COLUMNS.iter())
 }
@@ -798,141 +566,10 @@ pub(crate) async fn window<T: Exported>(
     })
 }
 
-/// The single statement of the writer's fast path (PostgreSQL): the head
-/// moved under a guard, the leaves and the rows of every bulk table
-/// inserted from arrays only if it moved, and the checkpoint.
-///
-/// Placeholders: $1 new size, $2 new root, $3 frontier, $4 old size, $5
-/// old root, $6 now, $7..$11 the leaf columns, then each bulk table's
-/// columns in registry order, then the checkpoint's note and key id. The
-/// text depends on the registry only, so it stays prepared on each
-/// connection.
-pub(crate) fn bulk_statement() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let mut next = 11;
-        let mut sql = String::from(
-            "WITH head AS ( \
-                UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 \
-                WHERE id = 1 AND tree_size = $4 AND root = $5 RETURNING 1 AS moved), \
-            leaves AS ( \
-                INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
-                SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6 \
-                FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[]) \
-                    AS l (leaf_index, event_id, tenant, kind, leaf_hash) \
-                WHERE EXISTS (SELECT 1 FROM head))",
-        );
-        for table in registered().filter(|t| t.bulk) {
-            let columns: Vec<&Column> = insert_columns(table.columns, true).collect();
-            let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
-            let arrays: Vec<String> = columns
-                .iter()
-                .map(|c| {
-                    next += 1;
-                    format!("${next}::{}", c.ty.pg_array())
-                })
-                .collect();
-            sql.push_str(&format!(
-                ", {name} AS (INSERT INTO {name} ({}) SELECT * FROM UNNEST({}) WHERE EXISTS (SELECT 1 FROM head))",
-                names.join(", "),
-                arrays.join(", "),
-                name = table.name,
-            ));
-        }
-        sql.push_str(&format!(
-            ", checkpoint AS (INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
-             SELECT $1, $2, ${}, ${}, $6 WHERE EXISTS (SELECT 1 FROM head)) \
-             SELECT count(*) AS moved FROM head",
-            next + 1,
-            next + 2
-        ));
-        sql
-    })
-}
-
-/// One column of a bulk table, as an array parameter.
-#[derive(Debug)]
-pub(crate) enum Array<'a> {
-    Text(Vec<&'a str>),
-    Int(Vec<i64>),
-    OptInt(Vec<Option<i64>>),
-    Real(Vec<f64>),
-    Bool(Vec<bool>),
-    Bytes(Vec<&'a [u8]>),
-}
-
-impl<'a> Array<'a> {
-    fn new(ty: Ty) -> Self {
-        match ty {
-            Ty::Text => Self::Text(Vec::new()),
-            Ty::Int => Self::Int(Vec::new()),
-            Ty::OptInt => Self::OptInt(Vec::new()),
-            Ty::Real => Self::Real(Vec::new()),
-            Ty::Bool => Self::Bool(Vec::new()),
-            Ty::Bytes => Self::Bytes(Vec::new()),
-        }
-    }
-
-    /// Appends `value`; `false` when its type is not the column's.
-    fn push(&mut self, value: &'a Value<'a>) -> bool {
-        match (self, value) {
-            (Self::Text(v), Value::Text(s)) => v.push(s),
-            (Self::Text(v), Value::Owned(s)) => v.push(s.as_str()),
-            (Self::Int(v), Value::Int(n)) => v.push(*n),
-            (Self::OptInt(v), Value::OptInt(n)) => v.push(*n),
-            (Self::Real(v), Value::Real(x)) => v.push(*x),
-            (Self::Bool(v), Value::Bool(b)) => v.push(*b),
-            (Self::Bytes(v), Value::Bytes(b)) => v.push(b),
-            (Self::Bytes(v), Value::OwnedBytes(b)) => v.push(b.as_slice()),
-            _ => return false,
-        }
-        true
-    }
-}
-
-/// The array parameters of every bulk table for a batch of writes, in the
-/// order of [`bulk_statement`]; `None` when a write is of no bulk table or
-/// a value does not match its column (the caller then takes the locked
-/// path).
-pub(crate) fn bulk_arrays<'a>(writes: &'a [Write<'a>]) -> Option<Vec<Array<'a>>> {
-    let mut arrays = Vec::new();
-    let mut slots: HashMap<&'static str, usize> = HashMap::new();
-    for table in registered().filter(|t| t.bulk) {
-        slots.insert(table.name, arrays.len());
-        arrays.extend(insert_columns(table.columns, true).map(|c| Array::new(c.ty)));
-    }
-    for write in writes {
-        let first = *slots.get(write.table)?;
-        for (offset, value) in write.values.iter().enumerate() {
-            if !arrays.get_mut(first + offset)?.push(value) {
-                return None;
-            }
-        }
-    }
-    Some(arrays)
-}
-
-/// Binds each array of [`bulk_arrays`] to a PostgreSQL query.
-pub(crate) fn bind_arrays<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    arrays: Vec<Array<'q>>,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    for array in arrays {
-        query = match array {
-            Array::Text(v) => query.bind(v),
-            Array::Int(v) => query.bind(v),
-            Array::OptInt(v) => query.bind(v),
-            Array::Real(v) => query.bind(v),
-            Array::Bool(v) => query.bind(v),
-            Array::Bytes(v) => query.bind(v),
-        };
-    }
-    query
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Seal, Write, bulk_arrays, bulk_statement};
+    use super::bulk::{bulk_arrays, bulk_statement};
+    use super::{Seal, Write};
     use crate::tables::billing::BillingEvent;
     use crate::tables::capsule_runs::CapsuleRun;
     use crate::tables::drills::Delivery;
