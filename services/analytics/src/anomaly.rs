@@ -46,25 +46,22 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 use soma_sign::{HmacKeyring, jcs};
 use soma_store::Database;
-use sqlx::Row as _;
 
-use crate::db::on_pool;
+use crate::config::AnomalyConfig;
+use crate::convert::{hex, now_nanos};
 use crate::error::AnalyticsError;
-use crate::rows::{BillingEvent, CapsuleRun, EventRow, NewRow, Seal};
 use crate::service::AnalyticsService;
-use crate::validate;
-
-/// Default `|M|` above which a value is a finding.
-pub const DEFAULT_ANOMALY_THRESHOLD: f64 = 3.5;
-/// Default smallest series that is scored.
-pub const DEFAULT_ANOMALY_MIN_SAMPLES: usize = 8;
+use crate::tables::anomalies::{Finding, ScanRecord, findings_digest};
+use crate::tables::billing::BillingEvent;
+use crate::tables::capsule_runs::CapsuleRun;
+use crate::tables::{self, Exported};
+use crate::validate::{self, actor, invalid};
 
 /// Iglewicz–Hoaglin's constant: the 0.75 quantile of the standard normal.
 const MAD_SCALE: f64 = 0.6745;
@@ -79,58 +76,6 @@ const PAGE: i64 = 5_000;
 pub(crate) const METRIC_BILLING: &str = "billing_amount_micros";
 pub(crate) const METRIC_DURATION: &str = "run_duration_nanos";
 pub(crate) const METRIC_FAILURE_RATE: &str = "failure_rate";
-
-/// Anomaly scan settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AnomalyConfig {
-    /// `|M|` strictly above this is a finding.
-    pub threshold: f64,
-    /// Series with fewer values give no finding.
-    pub min_samples: usize,
-}
-
-impl Default for AnomalyConfig {
-    fn default() -> Self {
-        Self {
-            threshold: DEFAULT_ANOMALY_THRESHOLD,
-            min_samples: DEFAULT_ANOMALY_MIN_SAMPLES,
-        }
-    }
-}
-
-impl AnomalyConfig {
-    /// Reads `SOMA_ANALYTICS_ANOMALY_THRESHOLD` (a finite number > 0) and
-    /// `SOMA_ANALYTICS_ANOMALY_MIN_SAMPLES` (an integer ≥ 3: fewer values
-    /// have no meaningful median absolute deviation).
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, AnalyticsError> {
-        let mut config = Self::default();
-        if let Some(v) = env("SOMA_ANALYTICS_ANOMALY_THRESHOLD").filter(|v| !v.is_empty()) {
-            config.threshold = v
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|t| t.is_finite() && *t > 0.0)
-                .ok_or_else(|| {
-                    AnalyticsError::Config(format!(
-                        "SOMA_ANALYTICS_ANOMALY_THRESHOLD: {v:?} is not a number above 0"
-                    ))
-                })?;
-        }
-        if let Some(v) = env("SOMA_ANALYTICS_ANOMALY_MIN_SAMPLES").filter(|v| !v.is_empty()) {
-            config.min_samples = v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n >= 3)
-                .ok_or_else(|| {
-                    AnalyticsError::Config(format!(
-                        "SOMA_ANALYTICS_ANOMALY_MIN_SAMPLES: {v:?} is not an integer of at least 3"
-                    ))
-                })?;
-        }
-        Ok(config)
-    }
-}
 
 /// Median of a sorted, non-empty slice (the mean of the middle two for an
 /// even length).
@@ -206,254 +151,6 @@ fn score_series(metric: &str, tool: &str, series: &Series, config: &AnomalyConfi
     }
 }
 
-/// A finding: the row of `anomaly_findings`.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Finding {
-    /// `<scan_id>:<n>`.
-    pub finding_id: String,
-    pub scan_id: String,
-    pub tenant: String,
-    pub metric: String,
-    pub tool: String,
-    pub value: f64,
-    /// The series' median.
-    pub baseline: f64,
-    /// Modified z-score.
-    pub score: f64,
-    /// The event (or `bucket:<start>`) the value came from (column
-    /// `event_id`).
-    pub evidence: String,
-}
-
-impl EventRow for Finding {
-    const TABLE: &'static str = "anomaly_findings";
-    // Never appended itself: the scan's leaf binds it through its digest.
-    const KIND: &'static str = "anomaly_finding";
-
-    fn event_id(&self) -> &str {
-        &self.finding_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    fn content(&self) -> Value {
-        // Doubles are JSON numbers: RFC 8785 prints each finite double one
-        // way (ECMAScript's shortest round trip), so the MAC is exact.
-        json!({
-            "scan_id": self.scan_id,
-            "metric": self.metric,
-            "tool": self.tool,
-            "value": self.value,
-            "baseline": self.baseline,
-            "score": self.score,
-            "event_id": self.evidence,
-        })
-    }
-}
-
-/// A scan's audit row (`anomaly_scans`), appended to the ledger, and the
-/// findings written with it.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct ScanRecord {
-    pub scan_id: String,
-    pub tenant: String,
-    pub window_from: i64,
-    pub window_to: i64,
-    pub threshold: f64,
-    pub min_samples: i64,
-    pub finding_count: i64,
-    /// Hex SHA-256 of the canonical list of the findings' contents.
-    pub findings_digest: String,
-    pub scanned_by: String,
-    pub scanned_at: i64,
-    /// Not part of the row's content (the digest binds them).
-    pub findings: Vec<Finding>,
-}
-
-impl EventRow for ScanRecord {
-    const TABLE: &'static str = "anomaly_scans";
-    const KIND: &'static str = "anomaly_scan";
-
-    fn event_id(&self) -> &str {
-        &self.scan_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    fn content(&self) -> Value {
-        json!({
-            "window_from": self.window_from.to_string(),
-            "window_to": self.window_to.to_string(),
-            "threshold": self.threshold,
-            "min_samples": self.min_samples.to_string(),
-            "finding_count": self.finding_count.to_string(),
-            "findings_digest": self.findings_digest,
-            "scanned_by": self.scanned_by,
-            "scanned_at": self.scanned_at.to_string(),
-        })
-    }
-}
-
-/// Hex SHA-256 of the canonical JSON list of the findings (id and content).
-pub(crate) fn findings_digest(findings: &[Finding]) -> Result<String, AnalyticsError> {
-    let list: Vec<Value> = findings
-        .iter()
-        .map(|f| json!({"finding_id": f.finding_id, "content": f.content()}))
-        .collect();
-    let digest = soma_sign::sha256(&jcs::canonicalize(&Value::Array(list))?);
-    Ok(hex(&digest))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
-/// Inside the ledger writer's transaction `$tx`, inserts scan `$s` at
-/// ledger index `$index` and every one of its findings.
-macro_rules! insert_scan {
-    ($tx:expr, $keys:expr, $s:expr, $index:expr) => {{
-        let s: &$crate::anomaly::ScanRecord = $s;
-        let seal = $crate::rows::EventRow::seal(s, $keys)?;
-        sqlx::query(
-            "INSERT INTO anomaly_scans (scan_id, tenant, window_from, window_to, threshold, min_samples, \
-             finding_count, findings_digest, scanned_by, scanned_at, ledger_index, row_version, mac_key_id, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&s.scan_id)
-        .bind(&s.tenant)
-        .bind(s.window_from)
-        .bind(s.window_to)
-        .bind(s.threshold)
-        .bind(s.min_samples)
-        .bind(s.finding_count)
-        .bind(&s.findings_digest)
-        .bind(&s.scanned_by)
-        .bind(s.scanned_at)
-        .bind($index)
-        .bind(seal.row_version)
-        .bind(&seal.key_id)
-        .bind(&seal.mac)
-        .execute(&mut *$tx)
-        .await?;
-        for f in &s.findings {
-            let seal = $crate::rows::EventRow::seal(f, $keys)?;
-            sqlx::query(
-                "INSERT INTO anomaly_findings (finding_id, scan_id, tenant, metric, tool, value, baseline, score, \
-                 event_id, row_version, mac_key_id, mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(&f.finding_id)
-            .bind(&f.scan_id)
-            .bind(&f.tenant)
-            .bind(&f.metric)
-            .bind(&f.tool)
-            .bind(f.value)
-            .bind(f.baseline)
-            .bind(f.score)
-            .bind(&f.evidence)
-            .bind(seal.row_version)
-            .bind(&seal.key_id)
-            .bind(&seal.mac)
-            .execute(&mut *$tx)
-            .await?;
-        }
-    }};
-}
-
-pub(crate) use insert_scan;
-
-const SCAN_COLUMNS: &str = "scan_id, tenant, window_from, window_to, threshold, min_samples, finding_count, \
-                            findings_digest, scanned_by, scanned_at, row_version, mac_key_id, mac";
-const FINDING_COLUMNS: &str = "finding_id, scan_id, tenant, metric, tool, value, baseline, score, event_id, row_version, mac_key_id, mac";
-
-macro_rules! seal_of {
-    ($r:expr) => {
-        Seal {
-            row_version: $r.try_get::<i64, _>("row_version")?,
-            key_id: $r.try_get::<String, _>("mac_key_id")?,
-            mac: $r.try_get::<Vec<u8>, _>("mac")?,
-        }
-    };
-}
-
-macro_rules! scan_of {
-    ($r:expr) => {
-        ScanRecord {
-            scan_id: $r.try_get("scan_id")?,
-            tenant: $r.try_get("tenant")?,
-            window_from: $r.try_get("window_from")?,
-            window_to: $r.try_get("window_to")?,
-            threshold: $r.try_get("threshold")?,
-            min_samples: $r.try_get("min_samples")?,
-            finding_count: $r.try_get("finding_count")?,
-            findings_digest: $r.try_get("findings_digest")?,
-            scanned_by: $r.try_get("scanned_by")?,
-            scanned_at: $r.try_get("scanned_at")?,
-            findings: Vec::new(),
-        }
-    };
-}
-
-macro_rules! finding_of {
-    ($r:expr) => {
-        Finding {
-            finding_id: $r.try_get("finding_id")?,
-            scan_id: $r.try_get("scan_id")?,
-            tenant: $r.try_get("tenant")?,
-            metric: $r.try_get("metric")?,
-            tool: $r.try_get("tool")?,
-            value: $r.try_get("value")?,
-            baseline: $r.try_get("baseline")?,
-            score: $r.try_get("score")?,
-            evidence: $r.try_get("event_id")?,
-        }
-    };
-}
-
-/// One scan's audit row and its seal, by scan id (its findings not loaded).
-pub(crate) async fn scan_row(
-    db: &Database,
-    scan_id: &str,
-) -> Result<Option<(ScanRecord, Seal)>, AnalyticsError> {
-    on_pool!(db, pool => {
-        let row = sqlx::query(&format!("SELECT {SCAN_COLUMNS} FROM anomaly_scans WHERE scan_id = $1"))
-            .bind(scan_id)
-            .fetch_optional(pool)
-            .await?;
-        row.map(|r| -> Result<_, AnalyticsError> { Ok((scan_of!(r), seal_of!(r))) }).transpose()
-    })
-}
-
-/// Every scan row and every finding row, for the sweep.
-pub(crate) async fn all_rows(
-    db: &Database,
-) -> Result<(Vec<(ScanRecord, Seal)>, Vec<(Finding, Seal)>), AnalyticsError> {
-    on_pool!(db, pool => {
-        let scans = sqlx::query(&format!("SELECT {SCAN_COLUMNS} FROM anomaly_scans ORDER BY ledger_index"))
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| -> Result<_, AnalyticsError> { Ok((scan_of!(r), seal_of!(r))) })
-            .collect::<Result<Vec<_>, _>>()?;
-        let findings = sqlx::query(&format!("SELECT {FINDING_COLUMNS} FROM anomaly_findings ORDER BY finding_id"))
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| -> Result<_, AnalyticsError> { Ok((finding_of!(r), seal_of!(r))) })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((scans, findings))
-    })
-}
-
 /// The series of one scan, keyed for a deterministic order.
 #[derive(Debug, Default)]
 struct Collected {
@@ -465,53 +162,20 @@ struct Collected {
     buckets: BTreeMap<String, BTreeMap<i64, (u64, u64)>>,
 }
 
-/// Reads the tenant's billing events in the window, page by page, checking
-/// every row's MAC.
-async fn collect_billing(
+/// Reads the tenant's rows of `T` in the window, page by page in ledger
+/// order, checking every row's MAC before `each` sees it; returns how many
+/// were read.
+async fn collect<T: Exported>(
     db: &Database,
     keys: &HmacKeyring,
     tenant: &str,
-    from: i64,
-    to: i64,
-    out: &mut Collected,
+    window: (i64, i64),
+    mut each: impl FnMut(T),
 ) -> Result<u64, AnalyticsError> {
     let mut after: i64 = -1;
     let mut read = 0u64;
     loop {
-        let page: Vec<(i64, BillingEvent, Seal)> = on_pool!(db, pool => sqlx::query(
-            "SELECT ledger_index, event_id, tenant, tool, tool_version, currency, amount_micros, fuel_consumed, \
-             duration_micros, occurred_at, run_id, recorded_by, row_version, mac_key_id, mac FROM billing_events \
-             WHERE tenant = $1 AND occurred_at >= $2 AND occurred_at < $3 AND ledger_index > $4 \
-             ORDER BY ledger_index LIMIT $5",
-        )
-        .bind(tenant)
-        .bind(from)
-        .bind(to)
-        .bind(after)
-        .bind(PAGE)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| -> Result<_, AnalyticsError> {
-            Ok((
-                r.try_get::<i64, _>("ledger_index")?,
-                BillingEvent {
-                    event_id: r.try_get("event_id")?,
-                    tenant: r.try_get("tenant")?,
-                    tool: r.try_get("tool")?,
-                    tool_version: r.try_get("tool_version")?,
-                    currency: r.try_get("currency")?,
-                    amount_micros: r.try_get("amount_micros")?,
-                    fuel_consumed: r.try_get("fuel_consumed")?,
-                    duration_micros: r.try_get("duration_micros")?,
-                    occurred_at: r.try_get("occurred_at")?,
-                    run_id: r.try_get("run_id")?,
-                    recorded_by: r.try_get("recorded_by")?,
-                },
-                seal_of!(r),
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?);
+        let page = tables::window::<T>(db, tenant, window, after, PAGE).await?;
         let Some((last, _, _)) = page.last() else {
             return Ok(read);
         };
@@ -520,11 +184,7 @@ async fn collect_billing(
         for (_, row, seal) in page {
             row.check(keys, &seal)?;
             read += 1;
-            out.billing
-                .entry((row.tool, row.currency))
-                .or_default()
-                .points
-                .push((row.event_id, row.amount_micros as f64));
+            each(row);
         }
         if !full {
             return Ok(read);
@@ -532,100 +192,41 @@ async fn collect_billing(
     }
 }
 
-/// Reads the tenant's capsule runs in the window, page by page, checking
-/// every row's MAC.
-async fn collect_runs(
-    db: &Database,
-    keys: &HmacKeyring,
-    tenant: &str,
-    from: i64,
-    to: i64,
-    out: &mut Collected,
-) -> Result<u64, AnalyticsError> {
-    let mut after: i64 = -1;
-    let mut read = 0u64;
-    loop {
-        let page: Vec<(i64, CapsuleRun, Seal)> = on_pool!(db, pool => sqlx::query(
-            "SELECT ledger_index, event_id, tenant, capsule_id, tool, run_id, outcome, started_at, duration_nanos, \
-             recorded_by, row_version, mac_key_id, mac FROM capsule_runs \
-             WHERE tenant = $1 AND started_at >= $2 AND started_at < $3 AND ledger_index > $4 \
-             ORDER BY ledger_index LIMIT $5",
-        )
-        .bind(tenant)
-        .bind(from)
-        .bind(to)
-        .bind(after)
-        .bind(PAGE)
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| -> Result<_, AnalyticsError> {
-            Ok((
-                r.try_get::<i64, _>("ledger_index")?,
-                CapsuleRun {
-                    event_id: r.try_get("event_id")?,
-                    tenant: r.try_get("tenant")?,
-                    capsule_id: r.try_get("capsule_id")?,
-                    tool: r.try_get("tool")?,
-                    run_id: r.try_get("run_id")?,
-                    outcome: r.try_get("outcome")?,
-                    started_at: r.try_get("started_at")?,
-                    duration_nanos: r.try_get("duration_nanos")?,
-                    recorded_by: r.try_get("recorded_by")?,
-                },
-                seal_of!(r),
-            ))
-        })
-        .collect::<Result<Vec<_>, _>>()?);
-        let Some((last, _, _)) = page.last() else {
-            return Ok(read);
-        };
-        after = *last;
-        let full = page.len() as i64 == PAGE;
-        for (_, row, seal) in page {
-            row.check(keys, &seal)?;
-            read += 1;
-            // started_at >= from, so the difference is non-negative and
-            // within the window's span.
-            let bucket = from.saturating_add((row.started_at - from) / BUCKET_NANOS * BUCKET_NANOS);
-            let counts = out
-                .buckets
-                .entry(row.tool.clone())
-                .or_default()
-                .entry(bucket)
-                .or_insert((0, 0));
-            counts.1 += 1;
-            if row.outcome == "failed" {
-                counts.0 += 1;
-            }
-            out.durations
-                .entry(row.tool)
-                .or_default()
-                .points
-                .push((row.event_id, row.duration_nanos as f64));
+impl Collected {
+    /// A billing event's amount, in its tool's and currency's series.
+    fn billing(&mut self, row: BillingEvent) {
+        self.billing
+            .entry((row.tool, row.currency))
+            .or_default()
+            .points
+            .push((row.event_id, row.amount_micros as f64));
+    }
+
+    /// A capsule run's duration, and its outcome in its tool's 24-hour
+    /// bucket counted from `from`.
+    fn run(&mut self, from: i64, row: CapsuleRun) {
+        // started_at >= from, so the difference is non-negative and
+        // within the window's span.
+        let bucket = from.saturating_add((row.started_at - from) / BUCKET_NANOS * BUCKET_NANOS);
+        let counts = self
+            .buckets
+            .entry(row.tool.clone())
+            .or_default()
+            .entry(bucket)
+            .or_insert((0, 0));
+        counts.1 += 1;
+        if row.outcome == "failed" {
+            counts.0 += 1;
         }
-        if !full {
-            return Ok(read);
-        }
+        self.durations
+            .entry(row.tool)
+            .or_default()
+            .points
+            .push((row.event_id, row.duration_nanos as f64));
     }
 }
 
 static SCAN_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .unwrap_or(i64::MAX)
-}
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
-    AnalyticsError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
 
 /// `ScanAnomalies`.
 pub(crate) async fn scan_anomalies(
@@ -654,8 +255,14 @@ pub(crate) async fn scan_anomalies(
     let config = svc.anomaly;
 
     let mut collected = Collected::default();
-    let bills = collect_billing(&svc.db, &svc.keys, &tenant, from, to, &mut collected).await?;
-    let runs = collect_runs(&svc.db, &svc.keys, &tenant, from, to, &mut collected).await?;
+    let bills = collect(&svc.db, &svc.keys, &tenant, (from, to), |row| {
+        collected.billing(row);
+    })
+    .await?;
+    let runs = collect(&svc.db, &svc.keys, &tenant, (from, to), |row| {
+        collected.run(from, row);
+    })
+    .await?;
 
     let mut findings = Vec::new();
     for ((tool, _currency), series) in &collected.billing {
@@ -674,7 +281,7 @@ pub(crate) async fn scan_anomalies(
         score_series(METRIC_FAILURE_RATE, tool, &series, &config, &mut findings);
     }
 
-    let scanned_by = crate::regression::actor(caller);
+    let scanned_by = actor(caller);
     let scanned_at = now_nanos();
     let nonce = SCAN_COUNTER.fetch_add(1, Ordering::Relaxed);
     let seed = jcs::canonicalize(&json!({
@@ -704,7 +311,7 @@ pub(crate) async fn scan_anomalies(
         scanned_at,
         findings: findings.clone(),
     };
-    let appended = svc.ledger.append(NewRow::AnomalyScan(Box::new(record))).await?;
+    let appended = svc.ledger.append(record).await?;
     tracing::info!(
         scan_id = %scan_id,
         tenant = %tenant,
@@ -736,7 +343,7 @@ pub(crate) async fn scan_anomalies(
 
 #[cfg(test)]
 mod tests {
-    use super::{AnomalyConfig, modified_z_scores};
+    use super::modified_z_scores;
 
     #[test]
     fn scores_follow_iglewicz_hoaglin() {
@@ -759,33 +366,5 @@ mod tests {
     fn no_spread_no_scores() {
         assert_eq!(modified_z_scores(&[7.0; 10]), None);
         assert_eq!(modified_z_scores(&[]), None);
-    }
-
-    #[test]
-    fn config_from_env() {
-        let none = |_: &str| None;
-        assert_eq!(AnomalyConfig::from_env(none).unwrap(), AnomalyConfig::default());
-        let set = |k: &str| match k {
-            "SOMA_ANALYTICS_ANOMALY_THRESHOLD" => Some("5.5".to_owned()),
-            "SOMA_ANALYTICS_ANOMALY_MIN_SAMPLES" => Some("12".to_owned()),
-            _ => None,
-        };
-        assert_eq!(
-            AnomalyConfig::from_env(set).unwrap(),
-            AnomalyConfig {
-                threshold: 5.5,
-                min_samples: 12
-            }
-        );
-        for (var, bad) in [
-            ("SOMA_ANALYTICS_ANOMALY_THRESHOLD", "0"),
-            ("SOMA_ANALYTICS_ANOMALY_THRESHOLD", "NaN"),
-            ("SOMA_ANALYTICS_ANOMALY_THRESHOLD", "-1"),
-            ("SOMA_ANALYTICS_ANOMALY_MIN_SAMPLES", "2"),
-            ("SOMA_ANALYTICS_ANOMALY_MIN_SAMPLES", "x"),
-        ] {
-            let env = |k: &str| (k == var).then(|| bad.to_owned());
-            assert!(AnomalyConfig::from_env(env).is_err(), "{var}={bad}");
-        }
     }
 }

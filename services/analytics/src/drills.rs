@@ -29,19 +29,17 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
-use soma_sign::jcs;
-use soma_store::Database;
-use sqlx::Row as _;
 
-use crate::db::on_pool;
+use crate::config::span_nanos;
+use crate::convert::{duration_proto, timestamp_proto};
 use crate::error::AnalyticsError;
 use crate::ledger::Appended;
-use crate::rows::{EventRow, NewRow, Seal};
 use crate::service::AnalyticsService;
-use crate::validate;
+use crate::tables::drills::{DrillRow, Objective, Step, drills_of};
+use crate::tables::{self, EventRow as _};
+use crate::validate::{self, invalid};
 use crate::webhook::WebhookConfig;
 
 /// Tenant of drills recorded by a service without tenant claims.
@@ -55,13 +53,6 @@ const MAX_STEP_NAME: usize = 128;
 const MAX_STEP_DETAIL: usize = 1024;
 
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
-
-/// A region's recovery objectives, in nanoseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Objective {
-    pub rto_nanos: i64,
-    pub rpo_nanos: i64,
-}
 
 /// Drill objectives and webhook receivers.
 ///
@@ -139,219 +130,6 @@ impl DrillConfig {
 
 const OBJECTIVES_VAR: &str = "SOMA_ANALYTICS_DRILL_OBJECTIVES";
 
-/// Parses a span: a whole number followed by `ms`, `s`, `m`, `h` or `d`.
-pub(crate) fn span_nanos(text: &str) -> Result<i64, String> {
-    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = text.split_at(digits);
-    let n: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not like 15m, 30s or 500ms"))?;
-    let scale: i64 = match unit {
-        "ms" => 1_000_000,
-        "s" => NANOS_PER_SECOND,
-        "m" => 60 * NANOS_PER_SECOND,
-        "h" => 3600 * NANOS_PER_SECOND,
-        "d" => 86_400 * NANOS_PER_SECOND,
-        _ => return Err(format!("{text:?}: the unit must be ms, s, m, h or d")),
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("{text:?} is too long"))
-}
-
-/// One step of a drill, as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Step {
-    pub name: String,
-    /// `passed`, `failed` or `skipped`.
-    pub outcome: String,
-    pub detail: String,
-}
-
-/// A recorded drill row: the request's facts and the server's verdict.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct DrillRow {
-    pub event_id: String,
-    pub tenant: String,
-    pub region: String,
-    pub scenario: String,
-    /// Unix nanoseconds.
-    pub started_at: i64,
-    pub failover_completed_at: i64,
-    pub restored_at: i64,
-    pub last_durable_write_at: i64,
-    pub rto_nanos: i64,
-    pub rpo_nanos: i64,
-    /// The objective applied; `None` when none was configured.
-    pub objective: Option<Objective>,
-    pub passed: bool,
-    pub failure_reasons: Vec<String>,
-    pub steps: Vec<Step>,
-    /// SPIFFE ID of the service that recorded it.
-    pub recorded_by: String,
-}
-
-impl DrillRow {
-    /// Whether `other` records the same drill facts (the verdict aside,
-    /// which depends on the objectives configured at the time).
-    fn same_facts(&self, other: &Self) -> bool {
-        (
-            &self.event_id,
-            &self.tenant,
-            &self.region,
-            &self.scenario,
-            self.started_at,
-            self.failover_completed_at,
-            self.restored_at,
-            self.last_durable_write_at,
-            &self.steps,
-            &self.recorded_by,
-        ) == (
-            &other.event_id,
-            &other.tenant,
-            &other.region,
-            &other.scenario,
-            other.started_at,
-            other.failover_completed_at,
-            other.restored_at,
-            other.last_durable_write_at,
-            &other.steps,
-            &other.recorded_by,
-        )
-    }
-
-    fn steps_value(&self) -> Value {
-        Value::Array(
-            self.steps
-                .iter()
-                .map(|s| json!({"name": s.name, "outcome": s.outcome, "detail": s.detail}))
-                .collect(),
-        )
-    }
-
-    /// The steps as stored: RFC 8785 canonical JSON.
-    pub(crate) fn steps_json(&self) -> Result<String, AnalyticsError> {
-        canonical_text(&self.steps_value())
-    }
-
-    /// The failure reasons as stored: RFC 8785 canonical JSON.
-    pub(crate) fn failure_reasons_json(&self) -> Result<String, AnalyticsError> {
-        canonical_text(&json!(self.failure_reasons))
-    }
-}
-
-fn canonical_text(value: &Value) -> Result<String, AnalyticsError> {
-    // RFC 8785 output is UTF-8 by construction.
-    String::from_utf8(jcs::canonicalize(value)?)
-        .map_err(|_| AnalyticsError::Config("non-UTF-8 JSON".to_owned()))
-}
-
-impl EventRow for DrillRow {
-    const TABLE: &'static str = "disaster_drills";
-    const KIND: &'static str = "disaster_drill";
-
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    fn content(&self) -> Value {
-        json!({
-            "region": self.region,
-            "scenario": self.scenario,
-            "started_at": self.started_at.to_string(),
-            "failover_completed_at": self.failover_completed_at.to_string(),
-            "restored_at": self.restored_at.to_string(),
-            "last_durable_write_at": self.last_durable_write_at.to_string(),
-            "rto_nanos": self.rto_nanos.to_string(),
-            "rpo_nanos": self.rpo_nanos.to_string(),
-            "objective_rto_nanos": self.objective.map(|o| o.rto_nanos.to_string()),
-            "objective_rpo_nanos": self.objective.map(|o| o.rpo_nanos.to_string()),
-            "passed": self.passed,
-            "failure_reasons": self.failure_reasons,
-            "steps": self.steps_value(),
-            "recorded_by": self.recorded_by,
-        })
-    }
-}
-
-/// A drill waiting to be appended, with the webhook URLs to notify when it
-/// failed (its outbox rows are written in the same transaction).
-#[derive(Clone, Debug)]
-pub(crate) struct PendingDrill {
-    pub row: DrillRow,
-    pub notify: Vec<String>,
-}
-
-/// Inserts a drill row and its outbox rows inside the ledger writer's
-/// transaction `$tx` (see `commit` in `ledger.rs`): the drill, its leaf and
-/// its notifications commit together or not at all.
-macro_rules! insert_drill {
-    ($tx:ident, $keys:expr, $pending:expr, $index:expr, $leaf_hash:expr, $now:expr) => {{
-        let pending: &$crate::drills::PendingDrill = $pending;
-        let r = &pending.row;
-        let seal = $crate::rows::EventRow::seal(r, $keys)?;
-        sqlx::query(
-            "INSERT INTO disaster_drills (event_id, tenant, region, scenario, started_at, failover_completed_at, \
-             restored_at, last_durable_write_at, rto_nanos, rpo_nanos, objective_rto_nanos, objective_rpo_nanos, \
-             passed, failure_reasons, steps, recorded_by, ledger_index, row_version, mac_key_id, mac) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-        )
-        .bind(&r.event_id)
-        .bind(&r.tenant)
-        .bind(&r.region)
-        .bind(&r.scenario)
-        .bind(r.started_at)
-        .bind(r.failover_completed_at)
-        .bind(r.restored_at)
-        .bind(r.last_durable_write_at)
-        .bind(r.rto_nanos)
-        .bind(r.rpo_nanos)
-        .bind(r.objective.map(|o| o.rto_nanos))
-        .bind(r.objective.map(|o| o.rpo_nanos))
-        .bind(r.passed)
-        .bind(r.failure_reasons_json()?)
-        .bind(r.steps_json()?)
-        .bind(&r.recorded_by)
-        .bind($index)
-        .bind(seal.row_version)
-        .bind(&seal.key_id)
-        .bind(&seal.mac)
-        .execute(&mut *$tx)
-        .await?;
-        for delivery in $crate::webhook::deliveries(pending, $index, &$leaf_hash, $now)? {
-            let seal = $crate::rows::EventRow::seal(&delivery, $keys)?;
-            sqlx::query(
-                "INSERT INTO webhook_outbox (delivery_id, event_id, tenant, url, body, created_at, attempts, \
-                 next_attempt_at, row_version, mac_key_id, mac) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10)",
-            )
-            .bind(&delivery.delivery_id)
-            .bind(&delivery.event_id)
-            .bind(&delivery.tenant)
-            .bind(&delivery.url)
-            .bind(&delivery.body)
-            .bind(delivery.created_at)
-            .bind(delivery.created_at)
-            .bind(seal.row_version)
-            .bind(&seal.key_id)
-            .bind(&seal.mac)
-            .execute(&mut *$tx)
-            .await?;
-        }
-    }};
-}
-
-pub(crate) use insert_drill;
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
-    AnalyticsError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
-
 /// Free text of a step: `1..=max` characters (empty allowed when `optional`),
 /// no control characters.
 fn step_text(
@@ -409,7 +187,7 @@ fn drill_from_request(
     config: &DrillConfig,
     caller: &Caller,
     r: pb::RecordDisasterDrillRequest,
-) -> Result<PendingDrill, AnalyticsError> {
+) -> Result<DrillRow, AnalyticsError> {
     let event_id = validate::identifier("event_id", &r.event_id)?;
     let region = validate::identifier("region", &r.region)?;
     let scenario = validate::identifier("scenario", &r.scenario)?;
@@ -483,46 +261,28 @@ fn drill_from_request(
         }
     }
     let passed = failure_reasons.is_empty();
-    Ok(PendingDrill {
+    Ok(DrillRow {
+        event_id,
+        tenant,
+        region,
+        scenario,
+        started_at,
+        failover_completed_at,
+        restored_at,
+        last_durable_write_at,
+        rto_nanos,
+        rpo_nanos,
+        objective,
+        passed,
+        failure_reasons,
+        steps,
+        recorded_by: caller.peer.spiffe_id.to_string(),
         notify: if passed {
             Vec::new()
         } else {
             config.webhooks.urls()
         },
-        row: DrillRow {
-            event_id,
-            tenant,
-            region,
-            scenario,
-            started_at,
-            failover_completed_at,
-            restored_at,
-            last_durable_write_at,
-            rto_nanos,
-            rpo_nanos,
-            objective,
-            passed,
-            failure_reasons,
-            steps,
-            recorded_by: caller.peer.spiffe_id.to_string(),
-        },
     })
-}
-
-fn duration_proto(nanos: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: nanos.div_euclid(NANOS_PER_SECOND),
-        // The remainder is in 0..1e9, so it fits an i32.
-        nanos: i32::try_from(nanos.rem_euclid(NANOS_PER_SECOND)).unwrap_or(0),
-    }
-}
-
-fn timestamp_proto(nanos: i64) -> prost_types::Timestamp {
-    let d = duration_proto(nanos);
-    prost_types::Timestamp {
-        seconds: d.seconds,
-        nanos: d.nanos,
-    }
 }
 
 fn drill_proto(row: &DrillRow, appended: Appended) -> pb::DisasterDrill {
@@ -551,10 +311,9 @@ pub(crate) async fn record_disaster_drill(
     caller: &Caller,
     request: pb::RecordDisasterDrillRequest,
 ) -> Result<pb::DisasterDrill, AnalyticsError> {
-    let pending = drill_from_request(&svc.drills, caller, request)?;
-    let failed = !pending.row.passed;
-    let row = pending.row.clone();
-    match svc.ledger.append(NewRow::Drill(Box::new(pending))).await {
+    let row = drill_from_request(&svc.drills, caller, request)?;
+    let failed = !row.passed;
+    match svc.ledger.append(row.clone()).await {
         Ok(appended) => {
             if failed {
                 svc.drills.webhooks.wake();
@@ -562,7 +321,7 @@ pub(crate) async fn record_disaster_drill(
             Ok(drill_proto(&row, appended))
         }
         Err(AnalyticsError::EventIdConflict { event_id }) => {
-            let Some((stored, seal)) = read_drill(&svc.db, &event_id).await? else {
+            let Some((stored, seal)) = tables::find::<DrillRow>(&svc.db, &event_id).await? else {
                 return Err(AnalyticsError::EventIdConflict { event_id });
             };
             stored.check(&svc.keys, &seal)?;
@@ -605,7 +364,7 @@ pub(crate) async fn disaster_drill_summary(
         Some(validate::identifier("region", &request.region)?)
     };
     let scope = validate::read_scope(caller, "")?;
-    let rows = read_drills(&svc.db, region.as_deref(), scope.as_deref()).await?;
+    let rows = drills_of(&svc.db, region.as_deref(), scope.as_deref()).await?;
 
     #[derive(Default)]
     struct Acc {
@@ -645,125 +404,6 @@ pub(crate) async fn disaster_drill_summary(
         })
         .collect();
     Ok(pb::DisasterDrillSummaryResponse { regions })
-}
-
-const DRILL_COLUMNS: &str = "event_id, tenant, region, scenario, started_at, failover_completed_at, restored_at, \
-                             last_durable_write_at, rto_nanos, rpo_nanos, objective_rto_nanos, \
-                             objective_rpo_nanos, passed, failure_reasons, steps, recorded_by, row_version, \
-                             mac_key_id, mac";
-
-/// A stored row whose JSON columns do not parse is reported as failing its
-/// integrity check: it was not written by this service.
-fn corrupt(event_id: &str) -> AnalyticsError {
-    AnalyticsError::RowIntegrity {
-        table: DrillRow::TABLE,
-        primary_key: event_id.to_owned(),
-    }
-}
-
-fn parse_reasons(event_id: &str, text: &str) -> Result<Vec<String>, AnalyticsError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| corrupt(event_id))?;
-    value
-        .as_array()
-        .ok_or_else(|| corrupt(event_id))?
-        .iter()
-        .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| corrupt(event_id)))
-        .collect()
-}
-
-fn parse_steps(event_id: &str, text: &str) -> Result<Vec<Step>, AnalyticsError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| corrupt(event_id))?;
-    let field = |step: &Value, name: &str| -> Result<String, AnalyticsError> {
-        step.get(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| corrupt(event_id))
-    };
-    value
-        .as_array()
-        .ok_or_else(|| corrupt(event_id))?
-        .iter()
-        .map(|s| {
-            Ok(Step {
-                name: field(s, "name")?,
-                outcome: field(s, "outcome")?,
-                detail: field(s, "detail")?,
-            })
-        })
-        .collect()
-}
-
-macro_rules! drill_of {
-    ($r:expr) => {{
-        let event_id: String = $r.try_get("event_id")?;
-        let objective = match (
-            $r.try_get::<Option<i64>, _>("objective_rto_nanos")?,
-            $r.try_get::<Option<i64>, _>("objective_rpo_nanos")?,
-        ) {
-            (Some(rto_nanos), Some(rpo_nanos)) => Some(Objective { rto_nanos, rpo_nanos }),
-            (None, None) => None,
-            _ => return Err(corrupt(&event_id)),
-        };
-        let row = DrillRow {
-            tenant: $r.try_get("tenant")?,
-            region: $r.try_get("region")?,
-            scenario: $r.try_get("scenario")?,
-            started_at: $r.try_get("started_at")?,
-            failover_completed_at: $r.try_get("failover_completed_at")?,
-            restored_at: $r.try_get("restored_at")?,
-            last_durable_write_at: $r.try_get("last_durable_write_at")?,
-            rto_nanos: $r.try_get("rto_nanos")?,
-            rpo_nanos: $r.try_get("rpo_nanos")?,
-            objective,
-            passed: $r.try_get("passed")?,
-            failure_reasons: parse_reasons(&event_id, &$r.try_get::<String, _>("failure_reasons")?)?,
-            steps: parse_steps(&event_id, &$r.try_get::<String, _>("steps")?)?,
-            recorded_by: $r.try_get("recorded_by")?,
-            event_id,
-        };
-        let seal = Seal {
-            row_version: $r.try_get::<i64, _>("row_version")?,
-            key_id: $r.try_get::<String, _>("mac_key_id")?,
-            mac: $r.try_get::<Vec<u8>, _>("mac")?,
-        };
-        (row, seal)
-    }};
-}
-
-/// One drill by event id, with its seal (not yet checked).
-pub(crate) async fn read_drill(
-    db: &Database,
-    event_id: &str,
-) -> Result<Option<(DrillRow, Seal)>, AnalyticsError> {
-    on_pool!(db, pool => {
-        let row = sqlx::query(&format!("SELECT {DRILL_COLUMNS} FROM disaster_drills WHERE event_id = $1"))
-            .bind(event_id)
-            .fetch_optional(pool)
-            .await?;
-        row.map(|r| -> Result<_, AnalyticsError> { Ok(drill_of!(r)) }).transpose()
-    })
-}
-
-/// Drills of `region` (every region when `None`) and of `tenant` (every
-/// tenant when `None`), with their seals (not yet checked).
-pub(crate) async fn read_drills(
-    db: &Database,
-    region: Option<&str>,
-    tenant: Option<&str>,
-) -> Result<Vec<(DrillRow, Seal)>, AnalyticsError> {
-    on_pool!(db, pool => {
-        let rows = sqlx::query(&format!(
-            "SELECT {DRILL_COLUMNS} FROM disaster_drills \
-             WHERE ($1 = '' OR region = $1) AND ($2 = '' OR tenant = $2) ORDER BY ledger_index"
-        ))
-        .bind(region.unwrap_or(""))
-        .bind(tenant.unwrap_or(""))
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| -> Result<_, AnalyticsError> { Ok(drill_of!(r)) })
-            .collect()
-    })
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ pub enum AnalyticsError {
         /// Its current version.
         version: u64,
     },
+    /// The request carries no verified caller (the mesh did not admit it).
+    #[error("no verified caller")]
+    Unauthenticated,
 }
 
 impl AnalyticsError {
@@ -102,6 +105,7 @@ impl AnalyticsError {
             Self::WriterStopped => "unavailable",
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::StaleRegression { .. } => "stale_version",
+            Self::Unauthenticated => "unauthenticated",
             Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) | Self::ExportSpill(_) => {
                 "internal"
             }
@@ -124,6 +128,7 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::WriterStopped => Code::Unavailable,
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,
+            AnalyticsError::Unauthenticated => Code::Unauthenticated,
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
@@ -140,7 +145,7 @@ impl From<AnalyticsError> for tonic::Status {
         };
         let mut status = Self::new(code, message);
         if let Ok(value) = err.reason().parse() {
-            status.metadata_mut().insert("soma-reason", value);
+            status.metadata_mut().insert(soma_mesh::REASON_METADATA, value);
         }
         status
     }

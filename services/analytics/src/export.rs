@@ -1,5 +1,5 @@
-//! Signed JSON exports of capsule runs and billing events, and the public
-//! keys that verify them.
+//! Signed JSON exports of any exported table ([`Exported`]), and the
+//! public keys that verify them.
 //!
 //! An export is one JSON document, sent as `ExportChunk.data` pieces while
 //! it is read, and then one last message carrying the detached Ed25519
@@ -40,6 +40,11 @@
 //! ([`soma_sign::Ed25519StreamSigner`]). Memory stays flat whatever the
 //! export's size; the disk holds one copy of the document until it is
 //! signed.
+//!
+//! Every export kind is the same code over its table's [`Exported`] rows.
+//! A table whose rows may belong to no tenant (audit events: platform-wide
+//! ones have an empty tenant) exports those to a caller without claims who
+//! names no tenant; its document then says `"tenant":""`.
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::pin::Pin;
@@ -51,12 +56,12 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::Instrument as _;
 
+use crate::convert::{rfc3339_nanos, to_i64};
 use crate::error::AnalyticsError;
 use crate::ledger::StoredCheckpoint;
-use crate::read::{ExportPage, ExportRow};
-use crate::rows::{BillingEvent, CapsuleRun, EventRow, push_i64, push_string};
 use crate::service::AnalyticsService;
-use crate::validate;
+use crate::tables::{self, EventRow, ExportPage, ExportRow, Exported, Seal};
+use crate::validate::{self, invalid};
 
 /// A streamed export: data chunks, then the signature.
 pub(crate) type ExportStream =
@@ -75,24 +80,14 @@ const CHANNEL_CHUNKS: usize = 4;
 /// Bytes read per call when the spill file is replayed for the signature.
 const REPLAY_BYTES: usize = 256 * 1024;
 
-/// `ExportCapsuleRuns`.
-pub(crate) async fn export_capsule_runs(
+/// An export RPC of table `T` (`ExportCapsuleRuns`, `ExportBillingLedger`, …).
+pub(crate) async fn export<T: Exported>(
     svc: &AnalyticsService,
     caller: &Caller,
     request: pb::ExportRequest,
 ) -> Result<ExportStream, Status> {
-    let plan = Plan::new(svc, caller, &request, Kind::CapsuleRuns).await?;
-    Ok(spawn_export(svc.clone(), plan))
-}
-
-/// `ExportBillingLedger`.
-pub(crate) async fn export_billing_ledger(
-    svc: &AnalyticsService,
-    caller: &Caller,
-    request: pb::ExportRequest,
-) -> Result<ExportStream, Status> {
-    let plan = Plan::new(svc, caller, &request, Kind::BillingLedger).await?;
-    Ok(spawn_export(svc.clone(), plan))
+    let plan = Plan::new::<T>(svc, caller, &request).await?;
+    Ok(spawn_export::<T>(svc.clone(), plan))
 }
 
 /// `ListVerificationKeys`: the one key that signs exports and checkpoints.
@@ -113,26 +108,11 @@ pub(crate) async fn list_verification_keys(
     })
 }
 
-/// Which table an export reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    CapsuleRuns,
-    BillingLedger,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Self::CapsuleRuns => "capsule_runs",
-            Self::BillingLedger => "billing_ledger",
-        }
-    }
-}
-
 /// A validated export request and the checkpoint it is cut at.
 #[derive(Clone, Debug)]
 struct Plan {
-    kind: Kind,
+    /// The document's `kind`.
+    kind: &'static str,
     tenant: String,
     from: i64,
     to: i64,
@@ -142,27 +122,25 @@ struct Plan {
     checkpoint: StoredCheckpoint,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
-    AnalyticsError::InvalidArgument {
-        field,
-        reason: reason.into(),
-    }
-}
-
 impl Plan {
     /// Checks every field, then takes the latest checkpoint.
-    async fn new(
+    async fn new<T: Exported>(
         svc: &AnalyticsService,
         caller: &Caller,
         r: &pb::ExportRequest,
-        kind: Kind,
     ) -> Result<Self, AnalyticsError> {
-        let tenant = validate::read_scope(caller, &r.tenant)?.ok_or_else(|| {
-            invalid(
-                "tenant",
-                "required: a caller without tenant claims must name the tenant to export",
-            )
-        })?;
+        let tenant = match validate::read_scope(caller, &r.tenant)? {
+            Some(tenant) => tenant,
+            // Platform-wide rows belong to no tenant: a caller without
+            // tenant claims who names none exports those.
+            None if T::PLATFORM_WIDE => String::new(),
+            None => {
+                return Err(invalid(
+                    "tenant",
+                    "required: a caller without tenant claims must name the tenant to export",
+                ));
+            }
+        };
         let from = validate::timestamp("from", r.from.as_ref())?;
         let to = validate::timestamp("to", r.to.as_ref())?;
         if to <= from {
@@ -188,10 +166,13 @@ impl Plan {
             }
         };
         let tool = optional("tool", &r.tool)?;
+        if tool.is_some() && T::TOOL.is_none() {
+            return Err(invalid("tool", format!("{} have no tool to filter by", T::TABLE)));
+        }
         let service = optional("service", &r.service)?;
         let checkpoint = svc.ledger.latest_checkpoint().await?;
         Ok(Self {
-            kind,
+            kind: T::EXPORT,
             tenant,
             from,
             to,
@@ -214,14 +195,14 @@ fn seconds(nanos: i128) -> String {
 }
 
 /// Starts the reader task; the stream ends when it does.
-fn spawn_export(svc: AnalyticsService, plan: Plan) -> ExportStream {
+fn spawn_export<T: Exported>(svc: AnalyticsService, plan: Plan) -> ExportStream {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     tokio::spawn(
         async move {
-            match write_export(&svc, &plan, &tx).await {
+            match write_export::<T>(&svc, &plan, &tx).await {
                 Ok(()) => {}
                 Err(Abort::ClientGone) => {
-                    tracing::info!(kind = plan.kind.name(), "export abandoned by the client");
+                    tracing::info!(kind = plan.kind, "export abandoned by the client");
                 }
                 Err(Abort::Failed(e)) => {
                     // The status is the stream's last item: no signature follows.
@@ -305,7 +286,7 @@ fn json(value: &str) -> String {
 }
 
 /// Writes the whole document, then the signature message.
-async fn write_export(
+async fn write_export<T: Exported>(
     svc: &AnalyticsService,
     plan: &Plan,
     tx: &mpsc::Sender<Result<pb::ExportChunk, Status>>,
@@ -319,7 +300,7 @@ async fn write_export(
     let header = format!(
         "{{\"kind\":{},\"tenant\":{},\"from\":{},\"to\":{},\"checkpoint\":{{\"origin\":{},\"tree_size\":{},\
          \"root_hash\":{}}},\"rows\":[",
-        json(plan.kind.name()),
+        json(plan.kind),
         json(&plan.tenant),
         json(&rfc3339_nanos(plan.from)),
         json(&rfc3339_nanos(plan.to)),
@@ -328,10 +309,7 @@ async fn write_export(
         json(&plan.checkpoint.root.to_base64()),
     );
     out.write(header.as_bytes()).await?;
-    let exported = match plan.kind {
-        Kind::CapsuleRuns => write_rows::<CapsuleRun>(svc, plan, &mut out).await?,
-        Kind::BillingLedger => write_rows::<BillingEvent>(svc, plan, &mut out).await?,
-    };
+    let exported = write_rows::<T>(svc, plan, &mut out).await?;
     out.write(b"]}\n").await?;
     out.flush().await?;
 
@@ -340,7 +318,7 @@ async fn write_export(
         .await
         .map_err(|e| AnalyticsError::Config(format!("export signing task: {e}")))??;
     tracing::info!(
-        kind = plan.kind.name(),
+        kind = plan.kind,
         tenant = %plan.tenant,
         rows = exported,
         tree_size = plan.checkpoint.tree_size,
@@ -403,7 +381,7 @@ async fn write_rows<R: Exported>(
     plan: &Plan,
     out: &mut ChunkWriter<'_>,
 ) -> Result<u64, Abort> {
-    let below_index = crate::ledger::to_i64(plan.checkpoint.tree_size)?;
+    let below_index = to_i64(plan.checkpoint.tree_size)?;
     let mut next = Some(PageTask::<R>::spawn(svc, plan, below_index, None));
     let mut first = true;
     let mut exported: u64 = 0;
@@ -473,7 +451,7 @@ impl<R: Exported> PageTask<R> {
                     after,
                     limit: PAGE_ROWS,
                 };
-                let rows = R::page(&db, &page).await?;
+                let rows = tables::export_page::<R>(&db, &page).await?;
                 // The MAC and leaf checks are CPU work: off the async workers.
                 tokio::task::spawn_blocking(move || check_page(&keys, rows))
                     .await
@@ -522,7 +500,7 @@ fn check_page<R: Exported>(keys: &soma_sign::HmacKeyring, rows: Vec<ExportRow<R>
 fn check_row<R: EventRow>(
     keys: &soma_sign::HmacKeyring,
     row: &R,
-    seal: &crate::rows::Seal,
+    seal: &Seal,
     leaf: Option<&[u8]>,
 ) -> Result<(), AnalyticsError> {
     row.check(keys, seal)?;
@@ -542,315 +520,9 @@ fn service_of(spiffe_id: &str) -> &str {
     spiffe_id.rsplit('/').next().unwrap_or(spiffe_id)
 }
 
-/// A row an export reads and writes.
-trait Exported: EventRow + Sized + Send + 'static {
-    /// The time column the window and the keyset order use.
-    fn time(&self) -> i64;
-
-    /// SPIFFE ID of the service that recorded the row.
-    fn recorded_by(&self) -> &str;
-
-    /// Reads one keyset page.
-    fn page<'a>(
-        db: &'a soma_store::Database,
-        page: &'a ExportPage<'a>,
-    ) -> impl Future<Output = Result<Vec<ExportRow<Self>>, AnalyticsError>> + Send + 'a;
-
-    /// Appends the row's JSON object: compact, members sorted by name
-    /// (the form serde_json gives a map), times as RFC 3339 with nine
-    /// fractional digits, integers as JSON numbers.
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>);
-}
-
-impl Exported for CapsuleRun {
-    fn time(&self) -> i64 {
-        self.started_at
-    }
-
-    fn recorded_by(&self) -> &str {
-        &self.recorded_by
-    }
-
-    fn page<'a>(
-        db: &'a soma_store::Database,
-        page: &'a ExportPage<'a>,
-    ) -> impl Future<Output = Result<Vec<ExportRow<Self>>, AnalyticsError>> + Send + 'a {
-        crate::read::export_capsule_runs_page(db, page)
-    }
-
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"capsule_id\":");
-        push_string(out, &self.capsule_id);
-        out.extend_from_slice(b",\"duration_nanos\":");
-        push_i64(out, self.duration_nanos);
-        out.extend_from_slice(b",\"event_id\":");
-        push_string(out, &self.event_id);
-        out.extend_from_slice(b",\"ledger_index\":");
-        push_i64(out, ledger_index);
-        out.extend_from_slice(b",\"outcome\":");
-        push_string(out, &self.outcome);
-        out.extend_from_slice(b",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        out.extend_from_slice(b",\"started_at\":\"");
-        push_rfc3339_nanos(out, self.started_at);
-        out.extend_from_slice(b"\",\"tenant\":");
-        push_string(out, &self.tenant);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.push(b'}');
-    }
-}
-
-impl Exported for BillingEvent {
-    fn time(&self) -> i64 {
-        self.occurred_at
-    }
-
-    fn recorded_by(&self) -> &str {
-        &self.recorded_by
-    }
-
-    fn page<'a>(
-        db: &'a soma_store::Database,
-        page: &'a ExportPage<'a>,
-    ) -> impl Future<Output = Result<Vec<ExportRow<Self>>, AnalyticsError>> + Send + 'a {
-        crate::read::export_billing_page(db, page)
-    }
-
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"amount_micros\":");
-        push_i64(out, self.amount_micros);
-        out.extend_from_slice(b",\"currency\":");
-        push_string(out, &self.currency);
-        out.extend_from_slice(b",\"duration_micros\":");
-        push_i64(out, self.duration_micros);
-        out.extend_from_slice(b",\"event_id\":");
-        push_string(out, &self.event_id);
-        out.extend_from_slice(b",\"fuel_consumed\":");
-        push_i64(out, self.fuel_consumed);
-        out.extend_from_slice(b",\"ledger_index\":");
-        push_i64(out, ledger_index);
-        out.extend_from_slice(b",\"occurred_at\":\"");
-        push_rfc3339_nanos(out, self.occurred_at);
-        out.extend_from_slice(b"\",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        out.extend_from_slice(b",\"tenant\":");
-        push_string(out, &self.tenant);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.extend_from_slice(b",\"tool_version\":");
-        push_string(out, &self.tool_version);
-        out.push(b'}');
-    }
-}
-
-/// Appends [`rfc3339_nanos`] of `nanos` (its characters need no escape).
-fn push_rfc3339_nanos(out: &mut Vec<u8>, nanos: i64) {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let frac = nanos.rem_euclid(1_000_000_000);
-    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let of_day = secs.rem_euclid(86_400);
-    push_digits(out, year, 4);
-    out.push(b'-');
-    push_digits(out, month, 2);
-    out.push(b'-');
-    push_digits(out, day, 2);
-    out.push(b'T');
-    push_digits(out, of_day / 3600, 2);
-    out.push(b':');
-    push_digits(out, (of_day % 3600) / 60, 2);
-    out.push(b':');
-    push_digits(out, of_day % 60, 2);
-    out.push(b'.');
-    push_digits(out, frac, 9);
-    out.push(b'Z');
-}
-
-/// Appends the last `width` decimal digits of a non-negative `value`,
-/// zero-padded (every RFC 3339 field fits its width: years 1677..2262).
-fn push_digits(out: &mut Vec<u8>, value: i64, width: usize) {
-    let mut buf = [b'0'; 9];
-    let mut rest = value.unsigned_abs();
-    for slot in buf[..width].iter_mut().rev() {
-        // `rest % 10` is a single digit: the cast cannot truncate.
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    out.extend_from_slice(&buf[..width]);
-}
-
-/// Unix nanoseconds as RFC 3339 UTC with nine fractional digits, e.g.
-/// `2024-02-29T23:59:59.000000001Z` (proleptic Gregorian calendar; the
-/// i64 range spans years 1677..2262, all four-digit).
-pub(crate) fn rfc3339_nanos(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let frac = nanos.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        of_day / 3600,
-        (of_day % 3600) / 60,
-        of_day % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's
-/// `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Exported as _, push_rfc3339_nanos, rfc3339_nanos, service_of};
-    use crate::rows::{BillingEvent, CapsuleRun};
-
-    /// The `serde_json::Value` objects the direct writers replace.
-    fn capsule_run_object(r: &CapsuleRun, ledger_index: i64) -> serde_json::Value {
-        serde_json::json!({
-            "event_id": r.event_id,
-            "ledger_index": ledger_index,
-            "tenant": r.tenant,
-            "capsule_id": r.capsule_id,
-            "tool": r.tool,
-            "run_id": r.run_id,
-            "outcome": r.outcome,
-            "started_at": rfc3339_nanos(r.started_at),
-            "duration_nanos": r.duration_nanos,
-            "recorded_by": r.recorded_by,
-        })
-    }
-
-    fn billing_object(r: &BillingEvent, ledger_index: i64) -> serde_json::Value {
-        serde_json::json!({
-            "event_id": r.event_id,
-            "ledger_index": ledger_index,
-            "tenant": r.tenant,
-            "tool": r.tool,
-            "tool_version": r.tool_version,
-            "amount_micros": r.amount_micros,
-            "currency": r.currency,
-            "fuel_consumed": r.fuel_consumed,
-            "duration_micros": r.duration_micros,
-            "occurred_at": rfc3339_nanos(r.occurred_at),
-            "run_id": r.run_id,
-            "recorded_by": r.recorded_by,
-        })
-    }
-
-    #[test]
-    fn export_objects_are_the_bytes_serde_json_writes() {
-        let texts = ["acme", "", "q\"b\\s/", "\u{0}\u{1f}\u{7f}\n\t", "é 漢 \u{10348}"];
-        let times = [0, -1, 1_709_251_199_000_000_001, i64::MAX, i64::MIN];
-        for text in texts {
-            for (n, at) in times.into_iter().enumerate() {
-                let n = i64::try_from(n).unwrap() * 1_000_003;
-                let bill = BillingEvent {
-                    event_id: format!("e{text}"),
-                    tenant: text.to_owned(),
-                    tool: format!("{text}t"),
-                    tool_version: "1.0".to_owned(),
-                    currency: "EUR".to_owned(),
-                    amount_micros: n,
-                    fuel_consumed: n + 1,
-                    duration_micros: n + 2,
-                    occurred_at: at,
-                    run_id: text.to_owned(),
-                    recorded_by: format!("spiffe://td/svc/{text}"),
-                };
-                let mut out = Vec::new();
-                bill.write_object(n + 7, &mut out);
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    billing_object(&bill, n + 7).to_string()
-                );
-                let run = CapsuleRun {
-                    event_id: text.to_owned(),
-                    tenant: format!("{text}x"),
-                    capsule_id: format!("c{text}"),
-                    tool: text.to_owned(),
-                    run_id: "r".to_owned(),
-                    outcome: "succeeded".to_owned(),
-                    started_at: at,
-                    duration_nanos: n,
-                    recorded_by: text.to_owned(),
-                };
-                let mut out = Vec::new();
-                run.write_object(i64::MAX - n, &mut out);
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    capsule_run_object(&run, i64::MAX - n).to_string()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn rfc3339_formats_exactly() {
-        struct Case {
-            name: &'static str,
-            input: i64,
-            expected: &'static str,
-        }
-        let cases = [
-            Case {
-                name: "epoch",
-                input: 0,
-                expected: "1970-01-01T00:00:00.000000000Z",
-            },
-            Case {
-                name: "one before epoch",
-                input: -1,
-                expected: "1969-12-31T23:59:59.999999999Z",
-            },
-            Case {
-                name: "leap day",
-                input: 1_709_251_199_000_000_001,
-                expected: "2024-02-29T23:59:59.000000001Z",
-            },
-            Case {
-                name: "year 2000 day 60",
-                input: 951_782_400_000_000_000,
-                expected: "2000-02-29T00:00:00.000000000Z",
-            },
-            Case {
-                name: "i64 max",
-                input: i64::MAX,
-                expected: "2262-04-11T23:47:16.854775807Z",
-            },
-            Case {
-                name: "i64 min",
-                input: i64::MIN,
-                expected: "1677-09-21T00:12:43.145224192Z",
-            },
-        ];
-        for c in cases {
-            assert_eq!(rfc3339_nanos(c.input), c.expected, "{}", c.name);
-            let mut pushed = Vec::new();
-            push_rfc3339_nanos(&mut pushed, c.input);
-            assert_eq!(
-                String::from_utf8(pushed).unwrap(),
-                c.expected,
-                "{} (pushed)",
-                c.name
-            );
-        }
-    }
+    use super::service_of;
 
     #[test]
     fn service_is_the_last_path_segment() {

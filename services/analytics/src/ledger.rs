@@ -1,38 +1,40 @@
-//! The persisted Merkle ledger: group-committed appends, start-up
-//! verification, checkpoints and proofs.
+//! The persisted Merkle ledger: group-committed appends, checkpoints and
+//! proofs. It knows no row kind: every append is an [`Entry`], and the
+//! tables say what their rows write.
 //!
 //! One writer per process, on a thread of its own, takes every pending
 //! append it can (up to [`MAX_BATCH`]) and commits them in one
 //! transaction: each event gets the next index (the leaf table's primary
 //! key makes indices unique; the head's size makes them contiguous), its
 //! row and leaf are inserted, the head moves, and a signed checkpoint for
-//! the new size is stored. Only
-//! after the commit is any caller acknowledged, so an acknowledged append is
-//! durable, and a crash before it leaves nothing behind.
+//! the new size is stored. Only after the commit is any caller
+//! acknowledged, so an acknowledged append is durable, and a crash before
+//! it leaves nothing behind.
 //!
-//! Two paths commit a batch. The locked path (every engine, every kind of
-//! row) locks the head row first, so writers in other processes serialize
-//! on it, and looks up the batch's event ids before assigning indices. On
-//! PostgreSQL, batches of billing events and capsule runs take the
-//! single-statement path ([`commit_expecting`]) while this writer knows the
-//! stored head: one statement, guarded by that head, that writes nothing
-//! when another process moved it or when an event id is already stored,
-//! in which case the locked path decides.
+//! Two paths commit a batch:
+//! - [`Committer::commit_locked`] (every engine, every kind of row) locks
+//!   the head row first, so writers in other processes serialize on it,
+//!   and looks up the batch's event ids before assigning indices;
+//! - [`Committer::commit_fast`] (PostgreSQL, batches of the tables that
+//!   declare themselves bulk, while this writer knows the stored head):
+//!   one statement, guarded by that head, that writes nothing when another
+//!   process moved it or when an event id is already stored, in which case
+//!   the locked path decides.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, MerkleTree};
 use soma_sign::HmacKeyring;
-use soma_store::Database;
+use soma_store::{Database, on_pool};
 use sqlx::Connection as _;
-use sqlx::Row as _;
-use sqlx::postgres::{PgConnection, Postgres};
+use sqlx::postgres::PgConnection;
 use tokio::sync::{RwLock, mpsc, oneshot};
 
-use crate::db::on_pool;
+use crate::convert::{now_nanos, to_i64, to_u64};
 use crate::error::AnalyticsError;
-use crate::rows::{EventRow as _, NewRow};
+use crate::integrity::{self, Health};
+use crate::tables::{self, Conn, Entry, Get, Seal, Value, Write, bind_values, on_conn};
 
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -41,27 +43,8 @@ pub(crate) const MAX_BATCH: usize = 512;
 /// PostgreSQL's parameter limits).
 const LOOKUP_CHUNK: usize = 256;
 
-/// Event rows per multi-row INSERT (up to 15 parameters each).
+/// Event rows per multi-row INSERT (up to 20 parameters each).
 const ROWS_CHUNK: usize = 128;
-
-/// `($1, ..., $k), ($k+1, ...), ...` for `rows` rows of `columns` values.
-fn values_list(rows: usize, columns: usize) -> String {
-    values_list_after(0, rows, columns)
-}
-
-/// [`values_list`] numbered from `$first + 1`, for a statement whose
-/// earlier parameters are taken.
-fn values_list_after(first: usize, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cells: Vec<String> = (1..=columns)
-                .map(|c| format!("${}", first + r * columns + c))
-                .collect();
-            format!("({})", cells.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Where an event landed in the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,25 +53,13 @@ pub(crate) struct Appended {
     pub leaf_hash: Hash,
 }
 
-/// The ledger's health, decided at start-up.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Health {
-    Sound,
-    Corrupt { first_bad_index: u64, reason: String },
-}
-
 struct Append {
-    row: NewRow,
+    entry: Box<dyn Entry>,
     /// Computed by the caller's task, so that the writer's critical path
     /// (which holds the head lock) does no canonicalization or hashing.
-    prepared: Prepared,
-    reply: oneshot::Sender<Result<Appended, AnalyticsError>>,
-}
-
-/// The leaf hash and, for the multi-row tables, the row seal of an append.
-struct Prepared {
     leaf_hash: Hash,
-    seal: Option<crate::rows::Seal>,
+    seal: Seal,
+    reply: oneshot::Sender<Result<Appended, AnalyticsError>>,
 }
 
 /// Handle to the ledger: appends go to the writer, reads go to the
@@ -124,7 +95,7 @@ impl Ledger {
         signer: CheckpointSigner,
         signer_key_id: String,
     ) -> Result<Self, AnalyticsError> {
-        let health = verify(&db).await?;
+        let health = integrity::verify(&db).await?;
         if let Health::Corrupt {
             first_bad_index,
             reason,
@@ -190,30 +161,33 @@ impl Ledger {
         self.health.read().await.clone()
     }
 
-    /// Appends one event and its row; returns once committed.
-    pub(crate) async fn append(&self, row: NewRow) -> Result<Appended, AnalyticsError> {
-        if let Health::Corrupt {
-            first_bad_index,
-            reason,
-        } = &*self.health.read().await
-        {
-            return Err(AnalyticsError::LedgerCorrupt {
+    /// Refuses when the ledger failed its integrity check.
+    async fn sound(&self) -> Result<(), AnalyticsError> {
+        match &*self.health.read().await {
+            Health::Sound => Ok(()),
+            Health::Corrupt {
+                first_bad_index,
+                reason,
+            } => Err(AnalyticsError::LedgerCorrupt {
                 first_bad_index: *first_bad_index,
                 reason: reason.clone(),
-            });
+            }),
         }
-        let seal = match &row {
-            NewRow::CapsuleRun(r) => Some(r.seal(&self.keys)?),
-            NewRow::Billing(r) => Some(r.seal(&self.keys)?),
-            _ => None,
-        };
-        let prepared = Prepared {
-            leaf_hash: row.leaf_hash()?,
-            seal,
-        };
+    }
+
+    /// Appends one row of any ledgered kind; returns once committed.
+    pub(crate) async fn append(&self, entry: impl Entry + 'static) -> Result<Appended, AnalyticsError> {
+        self.sound().await?;
+        let leaf_hash = entry.hash()?;
+        let seal = entry.sealed(&self.keys)?;
         let (reply, rx) = oneshot::channel();
         self.appends
-            .send(Append { row, prepared, reply })
+            .send(Append {
+                entry: Box::new(entry),
+                leaf_hash,
+                seal,
+                reply,
+            })
             .await
             .map_err(|_| AnalyticsError::WriterStopped)?;
         rx.await.map_err(|_| AnalyticsError::WriterStopped)?
@@ -226,7 +200,7 @@ impl Ledger {
         )
         .fetch_optional(pool)
         .await?
-        .map(|r| stored_checkpoint(&r))
+        .map(|r| StoredCheckpoint::read(&r))
         .transpose()?);
         match row {
             Some(cp) => Ok(cp),
@@ -251,7 +225,7 @@ impl Ledger {
         .bind(size)
         .fetch_optional(pool)
         .await?
-        .map(|r| stored_checkpoint(&r))
+        .map(|r| StoredCheckpoint::read(&r))
         .transpose()?)
         .ok_or_else(|| AnalyticsError::NotFound(format!("no checkpoint at tree size {tree_size}")))
     }
@@ -266,9 +240,9 @@ impl Ledger {
         .await?
         .map(|r| -> Result<_, AnalyticsError> {
             Ok((
-                to_u64(r.try_get::<i64, _>("leaf_index")?)?,
-                r.try_get::<String, _>("tenant")?,
-                Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
+                to_u64(r.int("leaf_index")?)?,
+                r.text("tenant")?,
+                Hash::from_slice(&r.bytes("leaf_hash")?)?,
             ))
         })
         .transpose()?);
@@ -298,16 +272,7 @@ impl Ledger {
     /// Brings the in-memory index up to at least `tree_size` leaves from
     /// the database (another process may have appended).
     async fn catch_up(&self, tree_size: u64) -> Result<(), AnalyticsError> {
-        if let Health::Corrupt {
-            first_bad_index,
-            reason,
-        } = &*self.health.read().await
-        {
-            return Err(AnalyticsError::LedgerCorrupt {
-                first_bad_index: *first_bad_index,
-                reason: reason.clone(),
-            });
-        }
+        self.sound().await?;
         let have = read(&self.tree).size();
         if have >= tree_size {
             return Ok(());
@@ -346,9 +311,7 @@ async fn leaves_from(db: &Database, from: u64) -> Result<Vec<Hash>, AnalyticsErr
     .fetch_all(pool)
     .await?
     .iter()
-    .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
-        Ok((r.try_get::<i64, _>("leaf_index")?, r.try_get::<Vec<u8>, _>("leaf_hash")?))
-    })
+    .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> { Ok((r.int("leaf_index")?, r.bytes("leaf_hash")?)) })
     .collect::<Result<Vec<_>, _>>()?);
     let mut hashes = Vec::with_capacity(rows.len());
     for (offset, (index, hash)) in rows.iter().enumerate() {
@@ -373,41 +336,15 @@ pub(crate) struct StoredCheckpoint {
     pub key_id: String,
 }
 
-fn stored_checkpoint<R: sqlx::Row>(r: &R) -> Result<StoredCheckpoint, AnalyticsError>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(StoredCheckpoint {
-        tree_size: to_u64(r.try_get::<i64, _>("tree_size")?)?,
-        root: Hash::from_slice(&r.try_get::<Vec<u8>, _>("root")?)?,
-        note: r.try_get::<String, _>("note")?,
-        key_id: r.try_get::<String, _>("key_id")?,
-    })
-}
-
-pub(crate) fn to_i64(v: u64) -> Result<i64, AnalyticsError> {
-    i64::try_from(v).map_err(|_| AnalyticsError::InvalidArgument {
-        field: "tree_size",
-        reason: format!("{v} is out of range"),
-    })
-}
-
-pub(crate) fn to_u64(v: i64) -> Result<u64, AnalyticsError> {
-    u64::try_from(v).map_err(|_| AnalyticsError::LedgerCorrupt {
-        first_bad_index: 0,
-        reason: format!("negative value {v} stored"),
-    })
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .unwrap_or(i64::MAX)
+impl StoredCheckpoint {
+    fn read<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
+        Ok(Self {
+            tree_size: to_u64(r.int("tree_size")?)?,
+            root: Hash::from_slice(&r.bytes("root")?)?,
+            note: r.text("note")?,
+            key_id: r.text("key_id")?,
+        })
+    }
 }
 
 fn frontier_bytes(tree: &CompactTree) -> Vec<u8> {
@@ -440,9 +377,9 @@ struct Committer {
     health: Arc<RwLock<Health>>,
     tree: Arc<std::sync::RwLock<MerkleTree>>,
     /// The stored head as this writer last committed it: what the
-    /// single-statement path expects to find (see [`commit_expecting`]).
-    /// `None` until the first commit, and after any failure, when only the
-    /// stored head is known.
+    /// single-statement path expects to find (see
+    /// [`Committer::commit_fast`]). `None` until the first commit, and
+    /// after any failure, when only the stored head is known.
     head: Option<CompactTree>,
     /// See [`Committer::connection`].
     connection: Option<PgConnection>,
@@ -477,16 +414,17 @@ async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        committer.settle(batch).await;
+        let outcome = committer.commit(&batch).await;
+        committer.answer(batch, outcome).await;
     }
 }
 
 impl Committer {
-    /// Commits a batch and answers each of its callers.
-    async fn settle(&mut self, batch: Vec<Append>) {
-        let rows: Vec<(&NewRow, &Prepared)> = batch.iter().map(|a| (&a.row, &a.prepared)).collect();
+    /// Commits a batch on the fast path when it applies, else (or when it
+    /// declines) on the locked path.
+    async fn commit(&mut self, batch: &[Append]) -> Result<Committed, AnalyticsError> {
         let fast = match self.head.take() {
-            Some(head) if fast_path_applies(&self.db, &rows) => self.commit_fast(head, &rows).await,
+            Some(head) if fast_path_applies(&self.db, batch) => self.commit_fast(head, batch).await,
             _ => Ok(None),
         };
         let outcome = match fast {
@@ -495,25 +433,93 @@ impl Committer {
             // (another process appended), or an event id is already stored
             // (a retry): the locked path reads both under the head's lock
             // and decides.
-            Ok(None) => self.commit_locked(&rows).await,
+            Ok(None) => self.commit_locked(batch).await,
             Err(e) => Err(e),
         };
-        drop(rows);
         // After a failure only the stored head is known: the next batch
         // takes the locked path, which reads it.
         self.head = outcome.as_ref().ok().map(|c| c.head.clone());
-        self.answer(batch, outcome).await;
+        outcome
     }
 
-    /// The single-statement path on the writer's own connection, laid on
-    /// `head` (see [`commit_expecting`]).
+    /// The single-statement path (PostgreSQL), on the writer's own
+    /// connection, laid on `head`, the head this writer committed last.
+    ///
+    /// The head's update is guarded by that head's size and root, and every
+    /// insert of the statement is conditional on the update having matched.
+    /// If another process moved the head meanwhile, the guard matches no row
+    /// (under READ COMMITTED the update waits for the other writer's lock,
+    /// then re-checks the guard against the row it committed), nothing is
+    /// written, and `Ok(None)` sends the batch to the locked path. An event
+    /// id already stored (a client retry) violates `ledger_leaves`' unique
+    /// constraint: the statement is rolled back whole, and the locked path
+    /// answers the retry with its stored index. Arrays travel as one
+    /// parameter per column ([`tables::bulk_statement`]), so the statement's
+    /// text is the same for every batch and stays prepared on each
+    /// connection: one round trip, one WAL flush.
     async fn commit_fast(
         &mut self,
         head: CompactTree,
-        rows: &[(&NewRow, &Prepared)],
+        batch: &[Append],
     ) -> Result<Option<Committed>, AnalyticsError> {
+        let start = head.size();
+        let start_root = head.root();
+        let mut tree = head;
+        let n = batch.len();
+        let mut leaves = LeafColumns::with_capacity(n);
+        let mut writes = Vec::with_capacity(n);
+        let mut results = Vec::with_capacity(n);
+        let mut appended = Vec::with_capacity(n);
+        for append in batch {
+            let index = tree.append(append.leaf_hash)?;
+            let index_i64 = to_i64(index)?;
+            leaves.push(index_i64, append);
+            writes.push(append.entry.write(index_i64, &append.seal));
+            appended.push(append.leaf_hash);
+            results.push(Ok(Appended {
+                index,
+                leaf_hash: append.leaf_hash,
+            }));
+        }
+        let Some(arrays) = tables::bulk_arrays(&writes) else {
+            return Ok(None);
+        };
+        let root = tree.root();
+        let note = self
+            .signer
+            .sign(&Checkpoint::new(self.signer.name(), tree.size(), root)?);
         let mut connection = self.connection().await?;
-        let outcome = commit_expecting(&mut connection, &self.signer, &self.signer_key_id, head, rows).await;
+        let query = sqlx::query(tables::bulk_statement())
+            .bind(to_i64(tree.size())?)
+            .bind(root.as_bytes().to_vec())
+            .bind(frontier_bytes(&tree))
+            .bind(to_i64(start)?)
+            .bind(start_root.as_bytes().to_vec())
+            .bind(now_nanos());
+        let query = tables::bind_arrays(leaves.bind(query), arrays)
+            .bind(note)
+            .bind(self.signer_key_id.as_str());
+        let outcome = query.fetch_one(&mut connection).await;
+        let outcome = match outcome {
+            Ok(row) if row.int("moved")? == 1 => Ok(Some(Committed {
+                results,
+                start,
+                appended,
+                head: tree,
+            })),
+            Ok(_) => {
+                tracing::debug!(start, "ledger head moved elsewhere; taking the locked path");
+                Ok(None)
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                tracing::debug!(
+                    constraint = e.constraint(),
+                    "stored event id in batch; taking the locked path"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        };
         // The connection may be what failed: it is dropped, and the next
         // batch opens another.
         if outcome.is_ok() {
@@ -536,34 +542,163 @@ impl Committer {
         Ok(PgConnection::connect_with(&pool.connect_options()).await?)
     }
 
-    /// The general path: under the head's lock, with the stored event ids
-    /// looked up first; on PostgreSQL on the writer's own connection.
-    async fn commit_locked(&mut self, rows: &[(&NewRow, &Prepared)]) -> Result<Committed, AnalyticsError> {
-        if self.db.as_postgres().is_none() {
-            return commit(
-                &self.db,
-                None,
-                &self.keys,
-                &self.signer,
-                &self.signer_key_id,
-                rows,
-            )
-            .await;
+    /// The general path: one transaction under the head's lock, with the
+    /// stored event ids looked up first; on PostgreSQL on the writer's own
+    /// connection.
+    async fn commit_locked(&mut self, batch: &[Append]) -> Result<Committed, AnalyticsError> {
+        let postgres = self.db.as_postgres().is_some();
+        if let Some(pool) = self.db.as_sqlite() {
+            let mut tx = pool.begin().await?;
+            let committed = self.locked(&mut Conn::Sqlite(&mut tx), postgres, batch).await?;
+            tx.commit().await?;
+            return Ok(committed);
         }
         let mut connection = self.connection().await?;
-        let outcome = commit(
-            &self.db,
-            Some(&mut connection),
-            &self.keys,
-            &self.signer,
-            &self.signer_key_id,
-            rows,
-        )
+        let outcome = async {
+            let mut tx = connection.begin().await?;
+            let committed = self.locked(&mut Conn::Postgres(&mut tx), postgres, batch).await?;
+            tx.commit().await?;
+            Ok(committed)
+        }
         .await;
         if outcome.is_ok() {
             self.connection = Some(connection);
         }
         outcome
+    }
+
+    /// The locked path's statements, inside the open transaction `conn`;
+    /// the error means nothing was written.
+    async fn locked(
+        &self,
+        conn: &mut Conn<'_>,
+        postgres: bool,
+        batch: &[Append],
+    ) -> Result<Committed, AnalyticsError> {
+        // Take the head's row lock (the write lock on SQLite) before reading
+        // it: appenders in every process serialize here. One round trip: the
+        // no-op update takes the lock and returns the head as it is once the
+        // lock is held.
+        let head_sql =
+            "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, root, frontier";
+        let (size, root, frontier) = on_conn!(conn, c => {
+            let r = sqlx::query(head_sql).fetch_one(&mut **c).await?;
+            (r.int("tree_size")?, r.bytes("root")?, r.bytes("frontier")?)
+        });
+        let start = to_u64(size)?;
+        let mut tree = parse_frontier(start, &frontier)?;
+        if tree.root().as_bytes().as_slice() != root.as_slice() {
+            return Err(AnalyticsError::LedgerCorrupt {
+                first_bad_index: start,
+                reason: "stored head root does not match its frontier".to_owned(),
+            });
+        }
+        let now = now_nanos();
+        let stored = stored_leaves(conn, postgres, batch).await?;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut in_batch: HashMap<&str, Appended> = HashMap::new();
+        // New leaves are inserted together after the loop, then the rows
+        // that reference them.
+        let mut new_leaves: Vec<(i64, &Append)> = Vec::new();
+        for append in batch {
+            let event_id = append.entry.id();
+            let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
+            if let Some(earlier) = earlier {
+                // Idempotent retry: the same content gets the same index;
+                // other content under the same id is refused as its kind says.
+                results.push(if earlier.leaf_hash == append.leaf_hash {
+                    Ok(earlier)
+                } else {
+                    Err(append.entry.conflict(conn).await?)
+                });
+                continue;
+            }
+            // A guarded update (a regression's state row, guarded by the
+            // version it moves from) fails the item here, before its leaf
+            // touches the tree.
+            if let Some(refused) = append.entry.guard(conn, &self.keys).await? {
+                results.push(Err(refused));
+                continue;
+            }
+            let index = tree.append(append.leaf_hash)?;
+            new_leaves.push((to_i64(index)?, append));
+            let appended = Appended {
+                index,
+                leaf_hash: append.leaf_hash,
+            };
+            in_batch.insert(event_id, appended);
+            results.push(Ok(appended));
+        }
+        for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
+                tables::values_list(0, chunk.len(), 6)
+            );
+            let values: Vec<Value<'_>> = chunk
+                .iter()
+                .flat_map(|(index, append)| {
+                    [
+                        Value::Int(*index),
+                        Value::Text(append.entry.id()),
+                        Value::Text(append.entry.owner()),
+                        Value::Text(append.entry.kind()),
+                        Value::Bytes(append.leaf_hash.as_bytes().as_slice()),
+                        Value::Int(now),
+                    ]
+                })
+                .collect();
+            on_conn!(conn, c => {
+                bind_values!(sqlx::query(&sql), &values).execute(&mut **c).await?;
+            });
+        }
+        // The rows themselves, then the rows written with them (which may
+        // reference them).
+        let rows: Vec<Write<'_>> = new_leaves
+            .iter()
+            .map(|(index, append)| append.entry.write(*index, &append.seal))
+            .collect();
+        insert(conn, &rows).await?;
+        let mut dependents = Vec::new();
+        for (index, append) in &new_leaves {
+            dependents.extend(
+                append
+                    .entry
+                    .dependents(&self.keys, *index, &append.leaf_hash, now)?,
+            );
+        }
+        insert(conn, &dependents).await?;
+        if tree.size() > start {
+            let root = tree.root();
+            let checkpoint = Checkpoint::new(self.signer.name(), tree.size(), root)?;
+            let note = self.signer.sign(&checkpoint);
+            let size = to_i64(tree.size())?;
+            let frontier = frontier_bytes(&tree);
+            on_conn!(conn, c => {
+                sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
+                    .bind(size)
+                    .bind(root.as_bytes().as_slice())
+                    .bind(frontier.as_slice())
+                    .execute(&mut **c)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(size)
+                .bind(root.as_bytes().as_slice())
+                .bind(&note)
+                .bind(&self.signer_key_id)
+                .bind(now)
+                .execute(&mut **c)
+                .await?;
+            });
+        }
+        Ok(Committed {
+            results,
+            start,
+            appended: new_leaves.iter().map(|(_, a)| a.leaf_hash).collect(),
+            head: tree,
+        })
     }
 
     /// Answers each caller of a batch with its outcome.
@@ -624,141 +759,97 @@ impl Committer {
     }
 }
 
-/// Whether a batch can take [`commit_expecting`]: PostgreSQL, only the two
-/// high-volume kinds (each already sealed), and no event id twice in it.
-fn fast_path_applies(db: &Database, rows: &[(&NewRow, &Prepared)]) -> bool {
-    if db.as_postgres().is_none() || rows.is_empty() {
+/// Whether a batch can take [`Committer::commit_fast`]: PostgreSQL, only
+/// rows of bulk tables, and no event id twice in it.
+fn fast_path_applies(db: &Database, batch: &[Append]) -> bool {
+    if db.as_postgres().is_none() || batch.is_empty() {
         return false;
     }
-    let mut ids = std::collections::HashSet::with_capacity(rows.len());
-    rows.iter().all(|(row, prepared)| {
-        matches!(row, NewRow::Billing(_) | NewRow::CapsuleRun(_))
-            && prepared.seal.is_some()
-            && ids.insert(row.event_id())
-    })
+    let mut ids = HashSet::with_capacity(batch.len());
+    batch.iter().all(|a| a.entry.bulk() && ids.insert(a.entry.id()))
 }
 
-/// One batch of billing events and capsule runs on PostgreSQL in a single
-/// statement, which commits on its own (one round trip, one WAL flush).
-///
-/// The batch is laid on `head`, the head this writer committed last. The
-/// head's update is guarded by that head's size and root, and every insert
-/// of the statement is conditional on the update having matched. If another
-/// process moved the head meanwhile, the guard matches no row (under READ
-/// COMMITTED the update waits for the other writer's lock, then re-checks the
-/// guard against the row it committed), nothing is written, and `Ok(None)`
-/// sends the batch to the locked path. An event id already stored (a client
-/// retry) violates `ledger_leaves`' unique constraint: the statement is
-/// rolled back whole, and the locked path answers the retry with its stored
-/// index. Arrays travel as one parameter per column, so the statement's text
-/// is the same for every batch and stays prepared on each connection.
-async fn commit_expecting(
-    connection: &mut PgConnection,
-    signer: &CheckpointSigner,
-    signer_key_id: &str,
-    head: CompactTree,
-    rows: &[(&NewRow, &Prepared)],
-) -> Result<Option<Committed>, AnalyticsError> {
-    const SQL: &str = "\
-        WITH head AS ( \
-            UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 \
-            WHERE id = 1 AND tree_size = $4 AND root = $5 RETURNING 1 AS moved), \
-        leaves AS ( \
-            INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
-            SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6 \
-            FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[]) \
-                AS l (leaf_index, event_id, tenant, kind, leaf_hash) \
-            WHERE EXISTS (SELECT 1 FROM head)), \
-        bills AS ( \
-            INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
-                mac_key_id, mac) \
-            SELECT * FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
-                $17::bigint[], $18::bigint[], $19::bigint[], $20::bigint[], $21::text[], $22::text[], \
-                $23::bigint[], $24::bigint[], $25::text[], $26::bytea[]) \
-            WHERE EXISTS (SELECT 1 FROM head)), \
-        runs AS ( \
-            INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
-                duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) \
-            SELECT * FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], \
-                $32::text[], $33::bigint[], $34::bigint[], $35::text[], $36::bigint[], $37::bigint[], \
-                $38::text[], $39::bytea[]) \
-            WHERE EXISTS (SELECT 1 FROM head)), \
-        checkpoint AS ( \
-            INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
-            SELECT $1, $2, $40, $41, $6 WHERE EXISTS (SELECT 1 FROM head)) \
-        SELECT count(*) AS moved FROM head";
-
-    let start = head.size();
-    let start_root = head.root();
-    let mut tree = head;
-    let n = rows.len();
-    let mut leaves = LeafColumns::with_capacity(n);
-    let mut bills = BillingColumns::default();
-    let mut runs = RunColumns::default();
-    let mut results = Vec::with_capacity(n);
-    let mut appended = Vec::with_capacity(n);
-    for (row, prepared) in rows {
-        let index = tree.append(prepared.leaf_hash)?;
-        let index_i64 = to_i64(index)?;
-        leaves.push(index_i64, row, prepared.leaf_hash);
-        // `fast_path_applies` admitted only sealed rows of these two kinds.
-        match (row, &prepared.seal) {
-            (NewRow::Billing(r), Some(seal)) => bills.push(r, index_i64, seal),
-            (NewRow::CapsuleRun(r), Some(seal)) => runs.push(r, index_i64, seal),
-            _ => return Ok(None),
+/// Idempotency: the leaves already stored for this batch's event ids,
+/// fetched in one round trip per chunk rather than one per event.
+async fn stored_leaves(
+    conn: &mut Conn<'_>,
+    postgres: bool,
+    batch: &[Append],
+) -> Result<HashMap<String, Appended>, AnalyticsError> {
+    // The ids travel as one JSON array, so the statement's text is the
+    // same for every batch size and stays prepared on each connection.
+    let lookup = if postgres {
+        "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
+         WHERE event_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"
+    } else {
+        "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
+         WHERE event_id IN (SELECT value FROM json_each($1))"
+    };
+    let mut stored = HashMap::new();
+    for chunk in batch.chunks(LOOKUP_CHUNK) {
+        let mut ids = Vec::with_capacity(chunk.len() * 48);
+        ids.push(b'[');
+        for (i, append) in chunk.iter().enumerate() {
+            if i > 0 {
+                ids.push(b',');
+            }
+            tables::row::push_string(&mut ids, append.entry.id());
         }
-        appended.push(prepared.leaf_hash);
-        results.push(Ok(Appended {
-            index,
-            leaf_hash: prepared.leaf_hash,
-        }));
-    }
-    let root = tree.root();
-    let note = signer.sign(&Checkpoint::new(signer.name(), tree.size(), root)?);
-    let query = sqlx::query(SQL)
-        .bind(to_i64(tree.size())?)
-        .bind(root.as_bytes().to_vec())
-        .bind(frontier_bytes(&tree))
-        .bind(to_i64(start)?)
-        .bind(start_root.as_bytes().to_vec())
-        .bind(now_nanos());
-    let query = leaves.bind(query);
-    let query = bills.bind(query);
-    let query = runs.bind(query);
-    let outcome = query.bind(note).bind(signer_key_id).fetch_one(connection).await;
-    match outcome {
-        Ok(row) if row.try_get::<i64, _>("moved")? == 1 => Ok(Some(Committed {
-            results,
-            start,
-            appended,
-            head: tree,
-        })),
-        Ok(_) => {
-            tracing::debug!(start, "ledger head moved elsewhere; taking the locked path");
-            Ok(None)
-        }
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            tracing::debug!(
-                constraint = e.constraint(),
-                "stored event id in batch; taking the locked path"
+        ids.push(b']');
+        // Built from `&str`s and ASCII punctuation: valid UTF-8.
+        let ids = String::from_utf8(ids).map_err(|e| AnalyticsError::Config(e.to_string()))?;
+        let found: Vec<(String, i64, Vec<u8>)> = on_conn!(conn, c => {
+            let rows = sqlx::query(lookup).bind(&ids).fetch_all(&mut **c).await?;
+            rows.iter()
+                .map(|r| -> Result<_, AnalyticsError> {
+                    Ok((r.text("event_id")?, r.int("leaf_index")?, r.bytes("leaf_hash")?))
+                })
+                .collect::<Result<_, _>>()?
+        });
+        for (event_id, index, hash) in found {
+            stored.insert(
+                event_id,
+                Appended {
+                    index: to_u64(index)?,
+                    leaf_hash: Hash::from_slice(&hash)?,
+                },
             );
-            Ok(None)
         }
-        Err(e) => Err(e.into()),
     }
+    Ok(stored)
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+/// Inserts `writes` with one multi-row statement per table and chunk,
+/// tables in the order they first appear.
+async fn insert(conn: &mut Conn<'_>, writes: &[Write<'_>]) -> Result<(), AnalyticsError> {
+    let mut order: Vec<&'static str> = Vec::new();
+    for w in writes {
+        if !order.contains(&w.table) {
+            order.push(w.table);
+        }
+    }
+    for table in order {
+        let rows: Vec<&Write<'_>> = writes.iter().filter(|w| w.table == table).collect();
+        for chunk in rows.chunks(ROWS_CHUNK) {
+            let sql = chunk[0].insert_sql(chunk.len());
+            let values = chunk.iter().flat_map(|w| w.values.iter());
+            on_conn!(conn, c => {
+                bind_values!(sqlx::query(&sql), values.clone()).execute(&mut **c).await?;
+            });
+        }
+    }
+    Ok(())
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// The leaf rows of a batch, column by column (for `UNNEST`).
-#[derive(Default)]
 struct LeafColumns<'a> {
     index: Vec<i64>,
     event_id: Vec<&'a str>,
     tenant: Vec<&'a str>,
     kind: Vec<&'a str>,
-    hash: Vec<Vec<u8>>,
+    hash: Vec<&'a [u8]>,
 }
 
 impl<'a> LeafColumns<'a> {
@@ -772,12 +863,12 @@ impl<'a> LeafColumns<'a> {
         }
     }
 
-    fn push(&mut self, index: i64, row: &'a NewRow, hash: Hash) {
+    fn push(&mut self, index: i64, append: &'a Append) {
         self.index.push(index);
-        self.event_id.push(row.event_id());
-        self.tenant.push(row.tenant());
-        self.kind.push(row.kind());
-        self.hash.push(hash.as_bytes().to_vec());
+        self.event_id.push(append.entry.id());
+        self.tenant.push(append.entry.owner());
+        self.kind.push(append.entry.kind());
+        self.hash.push(append.leaf_hash.as_bytes().as_slice());
     }
 
     fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
@@ -787,527 +878,5 @@ impl<'a> LeafColumns<'a> {
             .bind(self.tenant)
             .bind(self.kind)
             .bind(self.hash)
-    }
-}
-
-/// Billing rows of a batch, column by column.
-#[derive(Default)]
-struct BillingColumns<'a> {
-    event_id: Vec<&'a str>,
-    tenant: Vec<&'a str>,
-    tool: Vec<&'a str>,
-    tool_version: Vec<&'a str>,
-    currency: Vec<&'a str>,
-    amount_micros: Vec<i64>,
-    fuel_consumed: Vec<i64>,
-    duration_micros: Vec<i64>,
-    occurred_at: Vec<i64>,
-    run_id: Vec<&'a str>,
-    recorded_by: Vec<&'a str>,
-    ledger_index: Vec<i64>,
-    row_version: Vec<i64>,
-    mac_key_id: Vec<&'a str>,
-    mac: Vec<&'a [u8]>,
-}
-
-impl<'a> BillingColumns<'a> {
-    fn push(&mut self, r: &'a crate::rows::BillingEvent, index: i64, seal: &'a crate::rows::Seal) {
-        self.event_id.push(&r.event_id);
-        self.tenant.push(&r.tenant);
-        self.tool.push(&r.tool);
-        self.tool_version.push(&r.tool_version);
-        self.currency.push(&r.currency);
-        self.amount_micros.push(r.amount_micros);
-        self.fuel_consumed.push(r.fuel_consumed);
-        self.duration_micros.push(r.duration_micros);
-        self.occurred_at.push(r.occurred_at);
-        self.run_id.push(&r.run_id);
-        self.recorded_by.push(&r.recorded_by);
-        self.ledger_index.push(index);
-        self.row_version.push(seal.row_version);
-        self.mac_key_id.push(&seal.key_id);
-        self.mac.push(&seal.mac);
-    }
-
-    fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
-        query
-            .bind(self.event_id)
-            .bind(self.tenant)
-            .bind(self.tool)
-            .bind(self.tool_version)
-            .bind(self.currency)
-            .bind(self.amount_micros)
-            .bind(self.fuel_consumed)
-            .bind(self.duration_micros)
-            .bind(self.occurred_at)
-            .bind(self.run_id)
-            .bind(self.recorded_by)
-            .bind(self.ledger_index)
-            .bind(self.row_version)
-            .bind(self.mac_key_id)
-            .bind(self.mac)
-    }
-}
-
-/// Capsule-run rows of a batch, column by column.
-#[derive(Default)]
-struct RunColumns<'a> {
-    event_id: Vec<&'a str>,
-    tenant: Vec<&'a str>,
-    capsule_id: Vec<&'a str>,
-    tool: Vec<&'a str>,
-    run_id: Vec<&'a str>,
-    outcome: Vec<&'a str>,
-    started_at: Vec<i64>,
-    duration_nanos: Vec<i64>,
-    recorded_by: Vec<&'a str>,
-    ledger_index: Vec<i64>,
-    row_version: Vec<i64>,
-    mac_key_id: Vec<&'a str>,
-    mac: Vec<&'a [u8]>,
-}
-
-impl<'a> RunColumns<'a> {
-    fn push(&mut self, r: &'a crate::rows::CapsuleRun, index: i64, seal: &'a crate::rows::Seal) {
-        self.event_id.push(&r.event_id);
-        self.tenant.push(&r.tenant);
-        self.capsule_id.push(&r.capsule_id);
-        self.tool.push(&r.tool);
-        self.run_id.push(&r.run_id);
-        self.outcome.push(&r.outcome);
-        self.started_at.push(r.started_at);
-        self.duration_nanos.push(r.duration_nanos);
-        self.recorded_by.push(&r.recorded_by);
-        self.ledger_index.push(index);
-        self.row_version.push(seal.row_version);
-        self.mac_key_id.push(&seal.key_id);
-        self.mac.push(&seal.mac);
-    }
-
-    fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
-        query
-            .bind(self.event_id)
-            .bind(self.tenant)
-            .bind(self.capsule_id)
-            .bind(self.tool)
-            .bind(self.run_id)
-            .bind(self.outcome)
-            .bind(self.started_at)
-            .bind(self.duration_nanos)
-            .bind(self.recorded_by)
-            .bind(self.ledger_index)
-            .bind(self.row_version)
-            .bind(self.mac_key_id)
-            .bind(self.mac)
-    }
-}
-
-/// Commits one batch; the outer error means nothing was written.
-async fn commit(
-    db: &Database,
-    connection: Option<&mut PgConnection>,
-    keys: &HmacKeyring,
-    signer: &CheckpointSigner,
-    signer_key_id: &str,
-    rows: &[(&NewRow, &Prepared)],
-) -> Result<Committed, AnalyticsError> {
-    // The locked path, on a pool of either engine or on the writer's own
-    // PostgreSQL connection (each begins the transaction its own way).
-    macro_rules! locked {
-        ($pool:ident) => {{
-            let mut tx = $pool.begin().await?;
-            // Take the head's row lock (the write lock on SQLite) before reading
-            // it: appenders in every process serialize here.
-            // One round trip: the no-op update takes the lock and returns the
-            // head as it is once the lock is held.
-            let head = sqlx::query(
-                "UPDATE ledger_head SET tree_size = tree_size WHERE id = 1 RETURNING tree_size, root, frontier",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            let start = to_u64(head.try_get::<i64, _>("tree_size")?)?;
-            let mut tree = parse_frontier(start, &head.try_get::<Vec<u8>, _>("frontier")?)?;
-            if tree.root().as_bytes().as_slice() != head.try_get::<Vec<u8>, _>("root")?.as_slice() {
-                return Err(AnalyticsError::LedgerCorrupt {
-                    first_bad_index: start,
-                    reason: "stored head root does not match its frontier".to_owned(),
-                });
-            }
-            let now = now_nanos();
-            let mut results = Vec::with_capacity(rows.len());
-            let mut in_batch: std::collections::HashMap<&str, Appended> = std::collections::HashMap::new();
-            // Idempotency: the leaves already stored for this batch's event ids,
-            // fetched in one round trip per chunk rather than one per event.
-            let mut stored: std::collections::HashMap<String, Appended> = std::collections::HashMap::new();
-            // The ids travel as one JSON array, so the statement's text is the
-            // same for every batch size and stays prepared on each connection.
-            let lookup = if db.as_postgres().is_some() {
-                "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
-                 WHERE event_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"
-            } else {
-                "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
-                 WHERE event_id IN (SELECT value FROM json_each($1))"
-            };
-            for chunk in rows.chunks(LOOKUP_CHUNK) {
-                let mut ids = Vec::with_capacity(chunk.len() * 48);
-                ids.push(b'[');
-                for (i, (row, _)) in chunk.iter().enumerate() {
-                    if i > 0 {
-                        ids.push(b',');
-                    }
-                    crate::rows::push_string(&mut ids, row.event_id());
-                }
-                ids.push(b']');
-                // Built from `&str`s and ASCII punctuation: valid UTF-8.
-                let ids = String::from_utf8(ids).map_err(|e| AnalyticsError::Config(e.to_string()))?;
-                let query = sqlx::query(lookup).bind(ids);
-                for r in query.fetch_all(&mut *tx).await? {
-                    stored.insert(
-                        r.try_get::<String, _>("event_id")?,
-                        Appended {
-                            index: to_u64(r.try_get::<i64, _>("leaf_index")?)?,
-                            leaf_hash: Hash::from_slice(&r.try_get::<Vec<u8>, _>("leaf_hash")?)?,
-                        },
-                    );
-                }
-            }
-            // New leaves are inserted together after the loop, then the rows
-            // that reference them.
-            let mut new_leaves: Vec<(i64, &NewRow, Hash, Option<&crate::rows::Seal>)> = Vec::new();
-            for (row, prepared) in rows {
-                let leaf_hash = prepared.leaf_hash;
-                let event_id = row.event_id();
-                let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
-                if let Some(earlier) = earlier {
-                    // Idempotent retry: the same content gets the same index;
-                    // other content under the same id is a conflict.
-                    results.push(if earlier.leaf_hash == leaf_hash {
-                        Ok(earlier)
-                    } else if let NewRow::RegressionTransition(t) = row {
-                        // Another transition already produced this version.
-                        Err(crate::regression::current_state!(tx, &t.regression_id))
-                    } else {
-                        Err(AnalyticsError::EventIdConflict { event_id: event_id.to_owned() })
-                    });
-                    continue;
-                }
-                // A regression transition moves its state row first, guarded by
-                // the version it moves from; if the row moved meanwhile the item
-                // fails here, before its leaf touches the tree.
-                if let NewRow::RegressionTransition(t) = row
-                    && let Err(e) = crate::regression::apply_transition!(tx, keys, t)
-                {
-                    results.push(Err(e));
-                    continue;
-                }
-                let index = tree.append(leaf_hash)?;
-                new_leaves.push((to_i64(index)?, *row, leaf_hash, prepared.seal.as_ref()));
-                let appended = Appended { index, leaf_hash };
-                in_batch.insert(event_id, appended);
-                results.push(Ok(appended));
-            }
-            for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
-                    values_list(chunk.len(), 6)
-                );
-                let mut query = sqlx::query(&sql);
-                for (index_i64, row, leaf_hash, _) in chunk {
-                    query = query
-                        .bind(*index_i64)
-                        .bind(row.event_id())
-                        .bind(row.tenant())
-                        .bind(row.kind())
-                        .bind(leaf_hash.as_bytes().to_vec())
-                        .bind(now);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            // The two high-volume tables are written with multi-row statements;
-            // the other kinds insert (and update) through their own modules.
-            let mut runs = Vec::new();
-            let mut bills = Vec::new();
-            for (index_i64, row, leaf_hash, seal) in &new_leaves {
-                let (index_i64, leaf_hash) = (*index_i64, *leaf_hash);
-                // `Ledger::append` sealed these rows before they were queued.
-                match row {
-                    NewRow::CapsuleRun(r) => runs.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                    NewRow::Billing(r) => bills.push((r, index_i64, seal.map_or_else(|| r.seal(keys), |s| Ok(s.clone()))?)),
-                    NewRow::RegressionTransition(t) => crate::regression::insert_transition!(tx, keys, t, index_i64),
-                    NewRow::AnomalyScan(s) => crate::anomaly::insert_scan!(tx, keys, s.as_ref(), index_i64),
-                    NewRow::Drill(d) => crate::drills::insert_drill!(tx, keys, d.as_ref(), index_i64, leaf_hash, now),
-                }
-            }
-            for chunk in runs.chunks(ROWS_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO capsule_runs (event_id, tenant, capsule_id, tool, run_id, outcome, started_at, \
-                     duration_nanos, recorded_by, ledger_index, row_version, mac_key_id, mac) VALUES {}",
-                    values_list(chunk.len(), 13)
-                );
-                let mut query = sqlx::query(&sql);
-                for (r, index_i64, seal) in chunk {
-                    query = query
-                        .bind(&r.event_id)
-                        .bind(&r.tenant)
-                        .bind(&r.capsule_id)
-                        .bind(&r.tool)
-                        .bind(&r.run_id)
-                        .bind(&r.outcome)
-                        .bind(r.started_at)
-                        .bind(r.duration_nanos)
-                        .bind(&r.recorded_by)
-                        .bind(*index_i64)
-                        .bind(seal.row_version)
-                        .bind(&seal.key_id)
-                        .bind(&seal.mac);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            for chunk in bills.chunks(ROWS_CHUNK) {
-                let sql = format!(
-                    "INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                     fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, row_version, \
-                     mac_key_id, mac) VALUES {}",
-                    values_list(chunk.len(), 15)
-                );
-                let mut query = sqlx::query(&sql);
-                for (r, index_i64, seal) in chunk {
-                    query = query
-                        .bind(&r.event_id)
-                        .bind(&r.tenant)
-                        .bind(&r.tool)
-                        .bind(&r.tool_version)
-                        .bind(&r.currency)
-                        .bind(r.amount_micros)
-                        .bind(r.fuel_consumed)
-                        .bind(r.duration_micros)
-                        .bind(r.occurred_at)
-                        .bind(&r.run_id)
-                        .bind(&r.recorded_by)
-                        .bind(*index_i64)
-                        .bind(seal.row_version)
-                        .bind(&seal.key_id)
-                        .bind(&seal.mac);
-                }
-                query.execute(&mut *tx).await?;
-            }
-            if tree.size() > start {
-                let root = tree.root();
-                let checkpoint = Checkpoint::new(signer.name(), tree.size(), root)?;
-                let note = signer.sign(&checkpoint);
-                sqlx::query("UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 WHERE id = 1")
-                    .bind(to_i64(tree.size())?)
-                    .bind(root.as_bytes().to_vec())
-                    .bind(frontier_bytes(&tree))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(to_i64(tree.size())?)
-                .bind(root.as_bytes().to_vec())
-                .bind(&note)
-                .bind(signer_key_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(Committed {
-                results,
-                start,
-                appended: new_leaves.iter().map(|(_, _, hash, _)| *hash).collect(),
-                head: tree,
-            })
-        }};
-    }
-    match connection {
-        Some(connection) => locked!(connection),
-        None => on_pool!(db, pool => locked!(pool)),
-    }
-}
-
-/// Start-up verification: leaves contiguous from 0 to the head's size, the
-/// root recomputed from them equal to the head's and to every stored
-/// checkpoint's, no checkpoint beyond the head (a rolled-back head), and
-/// each leaf equal to the leaf recomputed from its event row where the root
-/// check points at a range.
-pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
-    let (head_size, head_root, leaves, checkpoints) = on_pool!(db, pool => {
-        let head = sqlx::query("SELECT tree_size, root FROM ledger_head WHERE id = 1").fetch_one(pool).await?;
-        let head_size = to_u64(head.try_get::<i64, _>("tree_size")?)?;
-        let head_root = head.try_get::<Vec<u8>, _>("root")?;
-        let leaves = sqlx::query("SELECT leaf_index, leaf_hash FROM ledger_leaves ORDER BY leaf_index")
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
-                Ok((r.try_get::<i64, _>("leaf_index")?, r.try_get::<Vec<u8>, _>("leaf_hash")?))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let checkpoints = sqlx::query("SELECT tree_size, root FROM ledger_checkpoints ORDER BY tree_size")
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
-                Ok((r.try_get::<i64, _>("tree_size")?, r.try_get::<Vec<u8>, _>("root")?))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        (head_size, head_root, leaves, checkpoints)
-    });
-
-    let corrupt = |i: u64, reason: &str| {
-        Ok(Health::Corrupt {
-            first_bad_index: i,
-            reason: reason.to_owned(),
-        })
-    };
-    let mut tree = CompactTree::new();
-    let mut next_checkpoint = checkpoints.iter().peekable();
-    let mut last_good: u64 = 0;
-    for (position, (index, hash)) in leaves.iter().enumerate() {
-        let position = position as u64;
-        if u64::try_from(*index).ok() != Some(position) {
-            return corrupt(position, "leaf missing: indices are not contiguous");
-        }
-        let Ok(hash) = Hash::from_slice(hash) else {
-            return corrupt(position, "leaf hash is not 32 bytes");
-        };
-        tree.append(hash)?;
-        while let Some((size, root)) = next_checkpoint.peek() {
-            let size = u64::try_from(*size).unwrap_or(0);
-            if size > tree.size() {
-                break;
-            }
-            if size == tree.size() {
-                if tree.root().as_bytes().as_slice() != root.as_slice() {
-                    return corrupt(
-                        last_good,
-                        "recomputed root differs from the checkpoint at this size",
-                    );
-                }
-                last_good = size;
-            }
-            next_checkpoint.next();
-        }
-    }
-    if tree.size() < head_size {
-        return corrupt(
-            tree.size(),
-            "leaf missing: fewer leaves than the head's tree size",
-        );
-    }
-    if tree.size() > head_size {
-        return corrupt(
-            head_size,
-            "more leaves than the head's tree size (head rolled back)",
-        );
-    }
-    if let Some((size, _)) = next_checkpoint.next() {
-        return corrupt(
-            head_size,
-            &format!("a checkpoint of size {size} is beyond the head (head rolled back)"),
-        );
-    }
-    if tree.root().as_bytes().as_slice() != head_root.as_slice() {
-        return corrupt(last_good, "recomputed root differs from the head's root");
-    }
-    Ok(Health::Sound)
-}
-
-/// Rows and their seals, read back for the sweep.
-pub(crate) async fn sweep(
-    db: &Database,
-    keys: &HmacKeyring,
-) -> Result<(u64, Vec<(String, String, String)>), AnalyticsError> {
-    let mut checked = 0u64;
-    let mut failures = Vec::new();
-    let runs = crate::read::all_capsule_runs(db).await?;
-    let bills = crate::read::all_billing_events(db).await?;
-    let leaves: std::collections::HashMap<String, Vec<u8>> = on_pool!(db, pool => sqlx::query(
-        "SELECT event_id, leaf_hash FROM ledger_leaves",
-    )
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| -> Result<(String, Vec<u8>), AnalyticsError> {
-        Ok((r.try_get::<String, _>("event_id")?, r.try_get::<Vec<u8>, _>("leaf_hash")?))
-    })
-    .collect::<Result<_, _>>()?);
-    for (row, seal) in &runs {
-        checked += 1;
-        check_one(row, seal, keys, &leaves, &mut failures);
-    }
-    for (row, seal) in &bills {
-        checked += 1;
-        check_one(row, seal, keys, &leaves, &mut failures);
-    }
-    // Regression transitions and scans have leaves; regression state rows
-    // and findings are MAC-checked only (a scan's leaf binds its findings
-    // through their digest).
-    let (states, transitions) = crate::regression::all_rows(db).await?;
-    for (row, seal) in &transitions {
-        checked += 1;
-        check_one(row, seal, keys, &leaves, &mut failures);
-    }
-    let (scans, findings) = crate::anomaly::all_rows(db).await?;
-    for (row, seal) in &scans {
-        checked += 1;
-        check_one(row, seal, keys, &leaves, &mut failures);
-    }
-    for (row, seal) in &states {
-        checked += 1;
-        if let Some(reason) = crate::regression::check_state(row, seal, keys, &leaves) {
-            failures.push((
-                crate::regression::Regression::TABLE.to_owned(),
-                row.regression_id.clone(),
-                reason,
-            ));
-        }
-    }
-    for (row, seal) in &findings {
-        checked += 1;
-        check_mac_only(row, seal, keys, &mut failures);
-    }
-    for (row, seal) in &crate::drills::read_drills(db, None, None).await? {
-        checked += 1;
-        check_one(row, seal, keys, &leaves, &mut failures);
-    }
-    checked += crate::webhook::sweep_outbox(db, keys, &mut failures).await?;
-    Ok((checked, failures))
-}
-
-fn check_mac_only<R: crate::rows::EventRow>(
-    row: &R,
-    seal: &crate::rows::Seal,
-    keys: &HmacKeyring,
-    failures: &mut Vec<(String, String, String)>,
-) {
-    if let Err(e) = row.check(keys, seal) {
-        failures.push((
-            R::TABLE.to_owned(),
-            row.event_id().to_owned(),
-            format!("row mac: {e}"),
-        ));
-    }
-}
-
-fn check_one<R: crate::rows::EventRow>(
-    row: &R,
-    seal: &crate::rows::Seal,
-    keys: &HmacKeyring,
-    leaves: &std::collections::HashMap<String, Vec<u8>>,
-    failures: &mut Vec<(String, String, String)>,
-) {
-    let key = (R::TABLE.to_owned(), row.event_id().to_owned());
-    if let Err(e) = row.check(keys, seal) {
-        failures.push((key.0, key.1, format!("row mac: {e}")));
-        return;
-    }
-    match (row.leaf_hash(), leaves.get(row.event_id())) {
-        (Ok(h), Some(stored)) if h.as_bytes().as_slice() == stored.as_slice() => {}
-        (Ok(_), Some(_)) => failures.push((key.0, key.1, "ledger leaf differs from the row".to_owned())),
-        (Ok(_), None) => failures.push((key.0, key.1, "no ledger leaf for the row".to_owned())),
-        (Err(e), _) => failures.push((key.0, key.1, format!("leaf: {e}"))),
     }
 }

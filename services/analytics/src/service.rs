@@ -1,18 +1,25 @@
-//! The `somastack.v1.Analytics` RPCs built so far. The others answer
-//! `UNIMPLEMENTED` (the generated defaults) until they are built.
+//! The `somastack.v1.Analytics` RPCs: each handler takes the verified
+//! caller and hands the request to the module that owns it; errors become
+//! `tonic::Status` in one place ([`crate::error`]).
 
 use std::sync::Arc;
 
-use soma_mesh::Caller;
+use soma_ledger::CheckpointSigner;
+use soma_mesh::{Caller, Limits, Readiness, ServiceSpec};
 use soma_proto::v1 as pb;
-use soma_proto::v1::analytics_server::Analytics;
+use soma_proto::v1::analytics_server::{Analytics, AnalyticsServer};
 use soma_sign::HmacKeyring;
 use soma_store::Database;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
+use crate::config::AnalyticsConfig;
 use crate::error::AnalyticsError;
+use crate::integrity::Health;
 use crate::ledger::{Appended, Ledger, StoredCheckpoint};
-use crate::rows::{BillingEvent, CapsuleRun, EventRow as _, NewRow};
+use crate::tables::audit_events::AuditEvent;
+use crate::tables::billing::BillingEvent;
+use crate::tables::capsule_runs::CapsuleRun;
 use crate::validate;
 
 /// The Analytics service.
@@ -28,13 +35,72 @@ pub struct AnalyticsService {
     /// Drill objectives and webhook receivers.
     pub(crate) drills: crate::drills::DrillConfig,
     /// Anomaly scan threshold and minimum sample size.
-    pub(crate) anomaly: crate::anomaly::AnomalyConfig,
+    pub(crate) anomaly: crate::config::AnomalyConfig,
+}
+
+/// The service as the mesh runtime serves it: verifies the stored ledger
+/// and starts its writer first.
+pub async fn spec(
+    db: Database,
+    limits: &Limits,
+    config: AnalyticsConfig,
+) -> Result<ServiceSpec, AnalyticsError> {
+    let signer = CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)?;
+    let keys = Arc::new(config.row_keys);
+    let ledger = Ledger::open(
+        db.clone(),
+        Arc::clone(&keys),
+        signer,
+        config.signing_key_id.clone(),
+    )
+    .await?;
+    let export_signer = soma_sign::Ed25519Signer::from_pkcs8_pem(
+        soma_sign::KeyId::new(config.signing_key_id.clone())?,
+        &config.signing_key_pem,
+    )?;
+    // Delivers pending webhook notifications, including those left by an
+    // earlier run; it ends when the service is dropped.
+    crate::webhook::spawn(db.clone(), Arc::clone(&keys), &config.drills.webhooks);
+    let service = AnalyticsService {
+        db: db.clone(),
+        ledger: ledger.clone(),
+        keys,
+        signer: Arc::new(export_signer),
+        max_export_span: config.max_export_span,
+        drills: config.drills,
+        anomaly: config.anomaly,
+    };
+    let server = AnalyticsServer::new(service)
+        .max_decoding_message_size(limits.max_recv_message_bytes)
+        .max_encoding_message_size(limits.max_send_message_bytes);
+    let database = Readiness::of_database(db);
+    let readiness = Readiness::new(move || {
+        let database = database.clone();
+        let ledger = ledger.clone();
+        async move {
+            database.check().await?;
+            match ledger.health().await {
+                Health::Sound => Ok(()),
+                Health::Corrupt {
+                    first_bad_index,
+                    reason,
+                } => Err(format!(
+                    "ledger integrity check failed at index {first_bad_index}: {reason}"
+                )),
+            }
+        }
+    });
+    Ok(ServiceSpec {
+        name: "somastack.v1.Analytics",
+        routes: Routes::new(server),
+        readiness,
+    })
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    Caller::of(request)
+    Ok(Caller::of(request)
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no verified caller"))
+        .ok_or(AnalyticsError::Unauthenticated)?)
 }
 
 fn record_response(event_id: String, appended: Appended) -> pb::RecordResponse {
@@ -58,106 +124,9 @@ fn checkpoint_proto(origin: &str, cp: StoredCheckpoint) -> pb::Checkpoint {
 }
 
 impl AnalyticsService {
-    /// Reads an event's row, checks its MAC and that its ledger leaf is the
-    /// one recomputed from it: a row that fails is never served as valid.
-    async fn verified_leaf_row(
-        &self,
-        event_id: &str,
-        leaf: &soma_ledger::Hash,
-    ) -> Result<(), AnalyticsError> {
-        let recomputed = if let Some((row, seal)) = crate::read::capsule_run(&self.db, event_id).await? {
-            row.check(&self.keys, &seal)?;
-            row.leaf_hash()?
-        } else if let Some((row, seal)) = crate::read::billing_event(&self.db, event_id).await? {
-            row.check(&self.keys, &seal)?;
-            row.leaf_hash()?
-        } else if let Some((row, seal)) = crate::regression::transition_row(&self.db, event_id).await? {
-            row.check(&self.keys, &seal)?;
-            row.leaf_hash()?
-        } else if let Some((row, seal)) = crate::anomaly::scan_row(&self.db, event_id).await? {
-            row.check(&self.keys, &seal)?;
-            row.leaf_hash()?
-        } else if let Some((row, seal)) = crate::drills::read_drill(&self.db, event_id).await? {
-            row.check(&self.keys, &seal)?;
-            row.leaf_hash()?
-        } else {
-            return Err(AnalyticsError::NotFound(format!("no event row for {event_id}")));
-        };
-        if &recomputed != leaf {
-            return Err(AnalyticsError::RowIntegrity {
-                table: "ledger_leaves",
-                primary_key: event_id.to_owned(),
-            });
-        }
-        Ok(())
-    }
-
-    async fn record_capsule_run_inner(
-        &self,
-        caller: &Caller,
-        r: pb::RecordCapsuleRunRequest,
-    ) -> Result<pb::RecordResponse, AnalyticsError> {
-        let outcome = match validate::enum_value::<pb::RunOutcome>("outcome", r.outcome)? {
-            pb::RunOutcome::Succeeded => "succeeded",
-            pb::RunOutcome::Failed => "failed",
-            pb::RunOutcome::Refused => "refused",
-            pb::RunOutcome::Unspecified => {
-                return Err(AnalyticsError::InvalidArgument {
-                    field: "outcome",
-                    reason: "required".to_owned(),
-                });
-            }
-        };
-        let row = CapsuleRun {
-            event_id: validate::identifier("event_id", &r.event_id)?,
-            tenant: validate::ingest_tenant(caller, &r.tenant)?,
-            capsule_id: validate::identifier("capsule_id", &r.capsule_id)?,
-            tool: if r.tool.is_empty() {
-                String::new()
-            } else {
-                validate::identifier("tool", &r.tool)?
-            },
-            run_id: validate::identifier("run_id", &r.run_id)?,
-            outcome: outcome.to_owned(),
-            started_at: validate::timestamp("started_at", r.started_at.as_ref())?,
-            duration_nanos: validate::duration("duration", r.duration.as_ref())?,
-            recorded_by: caller.peer.spiffe_id.to_string(),
-        };
-        let event_id = row.event_id.clone();
-        let appended = self.ledger.append(NewRow::CapsuleRun(row)).await?;
-        Ok(record_response(event_id, appended))
-    }
-
-    async fn record_billing_event_inner(
-        &self,
-        caller: &Caller,
-        r: pb::RecordBillingEventRequest,
-    ) -> Result<pb::RecordResponse, AnalyticsError> {
-        let amount = r.amount.as_ref().ok_or_else(|| AnalyticsError::InvalidArgument {
-            field: "amount",
-            reason: "required".to_owned(),
-        })?;
-        if amount.micros < 0 {
-            return Err(AnalyticsError::InvalidArgument {
-                field: "amount.micros",
-                reason: "must not be negative".to_owned(),
-            });
-        }
-        let row = BillingEvent {
-            event_id: validate::identifier("event_id", &r.event_id)?,
-            tenant: validate::ingest_tenant(caller, &r.tenant)?,
-            tool: validate::identifier("tool", &r.tool)?,
-            tool_version: validate::identifier("tool_version", &r.tool_version)?,
-            currency: validate::currency("amount.currency", &amount.currency)?,
-            amount_micros: amount.micros,
-            fuel_consumed: validate::count("fuel_consumed", r.fuel_consumed)?,
-            duration_micros: validate::count("duration_micros", r.duration_micros)?,
-            occurred_at: validate::timestamp("occurred_at", r.occurred_at.as_ref())?,
-            run_id: validate::identifier("run_id", &r.run_id)?,
-            recorded_by: caller.peer.spiffe_id.to_string(),
-        };
-        let event_id = row.event_id.clone();
-        let appended = self.ledger.append(NewRow::Billing(row)).await?;
+    async fn record<T: crate::tables::Ledgered>(&self, row: T) -> Result<pb::RecordResponse, AnalyticsError> {
+        let event_id = row.event_id().to_owned();
+        let appended = self.ledger.append(row).await?;
         Ok(record_response(event_id, appended))
     }
 
@@ -174,7 +143,7 @@ impl AnalyticsService {
                 "event {event_id} belongs to another tenant"
             )));
         }
-        self.verified_leaf_row(&event_id, &leaf_hash).await?;
+        crate::integrity::verified_leaf(&self.db, &self.keys, &event_id, &leaf_hash).await?;
         let checkpoint = if r.tree_size == 0 {
             self.ledger.latest_checkpoint().await?
         } else {
@@ -246,10 +215,8 @@ impl Analytics for AnalyticsService {
         request: Request<pb::RecordCapsuleRunRequest>,
     ) -> Result<Response<pb::RecordResponse>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(
-            self.record_capsule_run_inner(&caller, request.into_inner())
-                .await?,
-        ))
+        let row = CapsuleRun::from_request(&caller, request.into_inner())?;
+        Ok(Response::new(self.record(row).await?))
     }
 
     #[tracing::instrument(skip_all, name = "Analytics/RecordBillingEvent")]
@@ -258,9 +225,28 @@ impl Analytics for AnalyticsService {
         request: Request<pb::RecordBillingEventRequest>,
     ) -> Result<Response<pb::RecordResponse>, Status> {
         let caller = caller(&request)?;
+        let row = BillingEvent::from_request(&caller, request.into_inner())?;
+        Ok(Response::new(self.record(row).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/RecordAuditEvent")]
+    async fn record_audit_event(
+        &self,
+        request: Request<pb::RecordAuditEventRequest>,
+    ) -> Result<Response<pb::RecordResponse>, Status> {
+        let caller = caller(&request)?;
+        let row = AuditEvent::from_request(&caller, request.into_inner())?;
+        Ok(Response::new(self.record(row).await?))
+    }
+
+    #[tracing::instrument(skip_all, name = "Analytics/ExportAuditEvents")]
+    async fn export_audit_events(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<crate::export::ExportStream>, Status> {
+        let caller = caller(&request)?;
         Ok(Response::new(
-            self.record_billing_event_inner(&caller, request.into_inner())
-                .await?,
+            crate::export::export::<AuditEvent>(self, &caller, request.into_inner()).await?,
         ))
     }
 
@@ -323,7 +309,7 @@ impl Analytics for AnalyticsService {
     ) -> Result<Response<crate::export::ExportStream>, Status> {
         let caller = caller(&request)?;
         Ok(Response::new(
-            crate::export::export_capsule_runs(self, &caller, request.into_inner()).await?,
+            crate::export::export::<CapsuleRun>(self, &caller, request.into_inner()).await?,
         ))
     }
 
@@ -334,7 +320,7 @@ impl Analytics for AnalyticsService {
     ) -> Result<Response<crate::export::ExportStream>, Status> {
         let caller = caller(&request)?;
         Ok(Response::new(
-            crate::export::export_billing_ledger(self, &caller, request.into_inner()).await?,
+            crate::export::export::<BillingEvent>(self, &caller, request.into_inner()).await?,
         ))
     }
 

@@ -10,7 +10,8 @@ use crate::error::AnalyticsError;
 /// tenant's claims it grants nothing.
 pub(crate) const CROSS_TENANT_CAPABILITY: &str = "analytics:cross-tenant";
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
+/// An `INVALID_ARGUMENT` refusal naming `field`.
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> AnalyticsError {
     AnalyticsError::InvalidArgument {
         field,
         reason: reason.into(),
@@ -140,6 +141,15 @@ pub(crate) fn read_scope(caller: &Caller, requested: &str) -> Result<Option<Stri
         ))),
         None if requested.is_empty() => Ok(None),
         None => Ok(Some(identifier("tenant", requested)?)),
+    }
+}
+
+/// Who acts: the verified claims' subject, else the peer's SPIFFE ID
+/// (never a field of the request).
+pub(crate) fn actor(caller: &Caller) -> String {
+    match &caller.claims {
+        Some(claims) if !claims.subject.is_empty() => claims.subject.clone(),
+        _ => caller.peer.spiffe_id.to_string(),
     }
 }
 

@@ -43,22 +43,20 @@
 //! written as in the drill objectives (`500ms`, `1s`, `5m`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
-use soma_ledger::Hash;
-use soma_sign::{HmacKeyring, jcs};
-use soma_store::Database;
-use sqlx::Row as _;
+use soma_sign::HmacKeyring;
+use soma_store::{Database, on_pool};
 use tokio::sync::watch;
 
-use crate::db::on_pool;
-use crate::drills::{PendingDrill, span_nanos};
+use crate::config::span_nanos;
+use crate::convert::{hex, now_nanos};
 use crate::error::AnalyticsError;
-use crate::rows::{EventRow, Seal};
+use crate::tables::drills::{Delivery, due_deliveries};
+use crate::tables::{EventRow as _, Get as _, Seal};
 
 /// Header carrying the delivery id.
 pub(crate) const ID_HEADER: &str = "x-soma-webhook-id";
@@ -191,115 +189,6 @@ fn webhook_url(url: &str) -> Result<String, AnalyticsError> {
     Ok(uri.to_string())
 }
 
-/// Lower-case hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// One queued notification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Delivery {
-    pub delivery_id: String,
-    /// The drill notified about.
-    pub event_id: String,
-    pub tenant: String,
-    pub url: String,
-    /// The exact bytes sent on every attempt.
-    pub body: Vec<u8>,
-    /// Unix nanoseconds.
-    pub created_at: i64,
-}
-
-/// The outbox row's MAC covers its immutable part; it is never a ledger
-/// leaf (the drill it notifies about is).
-impl EventRow for Delivery {
-    const TABLE: &'static str = "webhook_outbox";
-    const KIND: &'static str = "webhook_delivery";
-
-    #[expect(
-        clippy::misnamed_getters,
-        reason = "the MAC's primary key of an outbox row is its delivery id, not the drill's event id"
-    )]
-    fn event_id(&self) -> &str {
-        &self.delivery_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    fn content(&self) -> Value {
-        json!({
-            "event_id": self.event_id,
-            "url": self.url,
-            "body_sha256": hex(&soma_sign::sha256(&self.body)),
-            "created_at": self.created_at.to_string(),
-        })
-    }
-}
-
-/// The notification body of a failed drill: its event, with its ledger
-/// position, in RFC 8785 canonical JSON.
-fn event_body(pending: &PendingDrill, index: i64, leaf_hash: &Hash) -> Result<Vec<u8>, AnalyticsError> {
-    let r = &pending.row;
-    let mut event = json!({
-        "type": "disaster_drill.failed",
-        "event_id": r.event_id,
-        "tenant": r.tenant,
-        "ledger": {"index": index.to_string(), "leaf_hash": hex(leaf_hash.as_bytes())},
-    });
-    if let (Some(event), Value::Object(content)) = (event.as_object_mut(), r.content()) {
-        event.extend(content);
-    }
-    Ok(jcs::canonicalize(&event)?)
-}
-
-/// The outbox rows of a drill just appended at `index` (none when it
-/// passed or no URL is configured). Delivery ids are derived from the drill
-/// and the URL, so they are stable and unique per pair.
-pub(crate) fn deliveries(
-    pending: &PendingDrill,
-    index: i64,
-    leaf_hash: &Hash,
-    now: i64,
-) -> Result<Vec<Delivery>, AnalyticsError> {
-    if pending.row.passed || pending.notify.is_empty() {
-        return Ok(Vec::new());
-    }
-    let body = event_body(pending, index, leaf_hash)?;
-    Ok(pending
-        .notify
-        .iter()
-        .map(|url| {
-            let mut seed = pending.row.event_id.as_bytes().to_vec();
-            seed.push(0);
-            seed.extend_from_slice(url.as_bytes());
-            Delivery {
-                delivery_id: format!("whd-{}", &hex(&soma_sign::sha256(&seed))[..32]),
-                event_id: pending.row.event_id.clone(),
-                tenant: pending.row.tenant.clone(),
-                url: url.clone(),
-                body: body.clone(),
-                created_at: now,
-            }
-        })
-        .collect())
-}
-
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_nanos()).ok())
-        .unwrap_or(i64::MAX)
-}
-
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
@@ -356,58 +245,20 @@ async fn run(deliverer: Deliverer, mut wake: watch::Receiver<u64>) {
     tracing::info!("webhook delivery stopped");
 }
 
-/// A pending outbox row as read back.
+/// A pending outbox row as read back, with its seal.
 struct Pending {
     delivery: Delivery,
     seal: Seal,
-    attempts: i64,
-    next_attempt_at: i64,
 }
-
-macro_rules! pending_of {
-    ($r:expr) => {
-        Pending {
-            delivery: Delivery {
-                delivery_id: $r.try_get("delivery_id")?,
-                event_id: $r.try_get("event_id")?,
-                tenant: $r.try_get("tenant")?,
-                url: $r.try_get("url")?,
-                body: $r.try_get("body")?,
-                created_at: $r.try_get("created_at")?,
-            },
-            seal: Seal {
-                row_version: $r.try_get("row_version")?,
-                key_id: $r.try_get("mac_key_id")?,
-                mac: $r.try_get("mac")?,
-            },
-            attempts: $r.try_get("attempts")?,
-            next_attempt_at: $r.try_get("next_attempt_at")?,
-        }
-    };
-}
-
-const OUTBOX_COLUMNS: &str = "delivery_id, event_id, tenant, url, body, created_at, attempts, next_attempt_at, row_version, mac_key_id, mac";
 
 impl Deliverer {
     /// Attempts every due row; returns how long to wait for the next one.
     async fn deliver_due(&self) -> Result<Duration, AnalyticsError> {
         let now = now_nanos();
-        let due = on_pool!(self.db, pool => {
-            sqlx::query(&format!(
-                "SELECT {OUTBOX_COLUMNS} FROM webhook_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
-                 ORDER BY next_attempt_at, delivery_id LIMIT $2"
-            ))
-            .bind(now)
-            .bind(BATCH)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| -> Result<Pending, AnalyticsError> { Ok(pending_of!(r)) })
-            .collect::<Result<Vec<_>, _>>()?
-        });
+        let due = due_deliveries(&self.db, now, BATCH).await?;
         let full = due.len() as i64 == BATCH;
-        for pending in due {
-            self.attempt(pending).await?;
+        for (delivery, seal) in due {
+            self.attempt(Pending { delivery, seal }).await?;
         }
         if full {
             return Ok(Duration::ZERO);
@@ -417,7 +268,7 @@ impl Deliverer {
         )
         .fetch_one(pool)
         .await?
-        .try_get("next")?);
+        .opt_int("next")?);
         Ok(match next {
             None => MAX_IDLE,
             Some(at) => {
@@ -439,7 +290,7 @@ impl Deliverer {
         )
         .bind(lease)
         .bind(&id)
-        .bind(pending.next_attempt_at)
+        .bind(pending.delivery.next_attempt_at)
         .execute(pool)
         .await?
         .rows_affected());
@@ -453,7 +304,7 @@ impl Deliverer {
                 Err("row integrity check failed: not sent".to_owned())
             }
         };
-        let attempts = pending.attempts.saturating_add(1);
+        let attempts = pending.delivery.attempts.saturating_add(1);
         let now = now_nanos();
         match outcome {
             Ok(()) => {
@@ -529,31 +380,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Checks every outbox row's MAC, for the store sweep: adds failures as
-/// `(table, primary key, reason)` and returns the number of rows checked.
-pub(crate) async fn sweep_outbox(
-    db: &Database,
-    keys: &HmacKeyring,
-    failures: &mut Vec<(String, String, String)>,
-) -> Result<u64, AnalyticsError> {
-    let rows = on_pool!(db, pool => sqlx::query(&format!("SELECT {OUTBOX_COLUMNS} FROM webhook_outbox"))
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| -> Result<Pending, AnalyticsError> { Ok(pending_of!(r)) })
-        .collect::<Result<Vec<_>, _>>()?);
-    for pending in &rows {
-        if let Err(e) = pending.delivery.check(keys, &pending.seal) {
-            failures.push((
-                Delivery::TABLE.to_owned(),
-                pending.delivery.delivery_id.clone(),
-                format!("row mac: {e}"),
-            ));
-        }
-    }
-    Ok(rows.len() as u64)
 }
 
 #[cfg(test)]

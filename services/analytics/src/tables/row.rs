@@ -1,5 +1,5 @@
-//! Event rows, their canonical content, their row MACs and their ledger
-//! leaves.
+//! The row-MAC and ledger-leaf scheme every table shares: a row's
+//! canonical content, its MAC, its seal columns and its leaf.
 //!
 //! A row's MAC is HMAC-SHA256 over the RFC 8785 canonical form of
 //! `{table, primary_key, tenant, row_version, key_id, content}`, computed
@@ -9,10 +9,11 @@
 //! key. Integers travel as decimal strings: RFC 8785 numbers are doubles,
 //! and amounts must stay exact.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use soma_ledger::Hash;
 use soma_sign::{HmacKeyring, jcs};
 
+use super::{Get, Value as Bound};
 use crate::error::AnalyticsError;
 
 /// Version every row is written with (rows are never updated in place).
@@ -68,13 +69,7 @@ pub(crate) trait EventRow {
 
     /// MACs the row with the keyring's primary key.
     fn seal(&self, keys: &HmacKeyring) -> Result<Seal, AnalyticsError> {
-        let key_id = keys.primary().as_str().to_owned();
-        let (_, tag) = keys.sign(&self.mac_message(ROW_VERSION, &key_id)?);
-        Ok(Seal {
-            row_version: ROW_VERSION,
-            key_id,
-            mac: tag.to_vec(),
-        })
+        Seal::at(self, keys, ROW_VERSION)
     }
 
     /// Checks a stored row's MAC.
@@ -115,6 +110,52 @@ pub(crate) struct Seal {
     pub row_version: i64,
     pub key_id: String,
     pub mac: Vec<u8>,
+}
+
+impl Seal {
+    /// MACs `row` with the keyring's primary key at `row_version` (rows
+    /// updated in place bind their version here; the others use
+    /// [`ROW_VERSION`]).
+    pub(crate) fn at<R: EventRow + ?Sized>(
+        row: &R,
+        keys: &HmacKeyring,
+        row_version: i64,
+    ) -> Result<Self, AnalyticsError> {
+        let key_id = keys.primary().as_str().to_owned();
+        let (_, tag) = keys.sign(&row.mac_message(row_version, &key_id)?);
+        Ok(Self {
+            row_version,
+            key_id,
+            mac: tag.to_vec(),
+        })
+    }
+
+    /// The seal columns of a stored row.
+    pub(crate) fn read<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
+        Ok(Self {
+            row_version: r.int("row_version")?,
+            key_id: r.text("mac_key_id")?,
+            mac: r.bytes("mac")?,
+        })
+    }
+
+    /// The seal columns as bound to an insert, borrowing the seal.
+    pub(crate) fn values(&self) -> [Bound<'_>; 3] {
+        [
+            Bound::Int(self.row_version),
+            Bound::Text(&self.key_id),
+            Bound::Bytes(&self.mac),
+        ]
+    }
+
+    /// The seal columns as bound to an insert, owned.
+    pub(crate) fn into_values(self) -> [Bound<'static>; 3] {
+        [
+            Bound::Int(self.row_version),
+            Bound::Owned(self.key_id),
+            Bound::OwnedBytes(self.mac),
+        ]
+    }
 }
 
 /// Appends `s` as a JSON string with RFC 8785 §3.2.2.2's minimal escapes
@@ -176,192 +217,11 @@ pub(crate) fn push_i64(out: &mut Vec<u8>, n: i64) {
 
 /// Appends `"name":"<decimal n>"`, an integer member as RFC 8785 content
 /// carries it (a string: amounts stay exact).
-fn push_int_member(out: &mut Vec<u8>, name: &[u8], n: i64) {
+pub(crate) fn push_int_member(out: &mut Vec<u8>, name: &[u8], n: i64) {
     out.extend_from_slice(name);
     out.push(b'"');
     push_i64(out, n);
     out.push(b'"');
-}
-
-/// A capsule run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct CapsuleRun {
-    pub event_id: String,
-    pub tenant: String,
-    pub capsule_id: String,
-    pub tool: String,
-    pub run_id: String,
-    /// `succeeded`, `failed` or `refused`.
-    pub outcome: String,
-    /// Unix nanoseconds.
-    pub started_at: i64,
-    pub duration_nanos: i64,
-    /// SPIFFE ID of the service that recorded it.
-    pub recorded_by: String,
-}
-
-impl EventRow for CapsuleRun {
-    const TABLE: &'static str = "capsule_runs";
-    const KIND: &'static str = "capsule_run";
-
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    fn content(&self) -> Value {
-        json!({
-            "capsule_id": self.capsule_id,
-            "tool": self.tool,
-            "run_id": self.run_id,
-            "outcome": self.outcome,
-            "started_at": self.started_at.to_string(),
-            "duration_nanos": self.duration_nanos.to_string(),
-            "recorded_by": self.recorded_by,
-        })
-    }
-
-    fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
-        // The members of `content` in RFC 8785 (byte) order.
-        out.extend_from_slice(b"{\"capsule_id\":");
-        push_string(out, &self.capsule_id);
-        push_int_member(out, b",\"duration_nanos\":", self.duration_nanos);
-        out.extend_from_slice(b",\"outcome\":");
-        push_string(out, &self.outcome);
-        out.extend_from_slice(b",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        push_int_member(out, b",\"started_at\":", self.started_at);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.push(b'}');
-        Ok(())
-    }
-}
-
-/// A billing event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct BillingEvent {
-    pub event_id: String,
-    pub tenant: String,
-    pub tool: String,
-    pub tool_version: String,
-    /// ISO 4217.
-    pub currency: String,
-    pub amount_micros: i64,
-    pub fuel_consumed: i64,
-    pub duration_micros: i64,
-    /// Unix nanoseconds.
-    pub occurred_at: i64,
-    pub run_id: String,
-    pub recorded_by: String,
-}
-
-impl EventRow for BillingEvent {
-    const TABLE: &'static str = "billing_events";
-    const KIND: &'static str = "billing_event";
-
-    fn event_id(&self) -> &str {
-        &self.event_id
-    }
-
-    fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    fn content(&self) -> Value {
-        json!({
-            "tool": self.tool,
-            "tool_version": self.tool_version,
-            "currency": self.currency,
-            "amount_micros": self.amount_micros.to_string(),
-            "fuel_consumed": self.fuel_consumed.to_string(),
-            "duration_micros": self.duration_micros.to_string(),
-            "occurred_at": self.occurred_at.to_string(),
-            "run_id": self.run_id,
-            "recorded_by": self.recorded_by,
-        })
-    }
-
-    fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
-        // The members of `content` in RFC 8785 (byte) order.
-        push_int_member(out, b"{\"amount_micros\":", self.amount_micros);
-        out.extend_from_slice(b",\"currency\":");
-        push_string(out, &self.currency);
-        push_int_member(out, b",\"duration_micros\":", self.duration_micros);
-        push_int_member(out, b",\"fuel_consumed\":", self.fuel_consumed);
-        push_int_member(out, b",\"occurred_at\":", self.occurred_at);
-        out.extend_from_slice(b",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.extend_from_slice(b",\"tool_version\":");
-        push_string(out, &self.tool_version);
-        out.push(b'}');
-        Ok(())
-    }
-}
-
-/// A row waiting to be appended.
-#[derive(Clone, Debug)]
-pub(crate) enum NewRow {
-    CapsuleRun(CapsuleRun),
-    Billing(BillingEvent),
-    /// A persona regression's transition; its commit also moves the
-    /// regression's state row, guarded by the version it moves from.
-    RegressionTransition(crate::regression::Transition),
-    /// An anomaly scan's audit entry, committed with its findings.
-    AnomalyScan(Box<crate::anomaly::ScanRecord>),
-    /// A disaster-recovery drill, committed with its webhook outbox rows.
-    Drill(Box<crate::drills::PendingDrill>),
-}
-
-impl NewRow {
-    pub(crate) fn event_id(&self) -> &str {
-        match self {
-            Self::CapsuleRun(r) => r.event_id(),
-            Self::Billing(r) => r.event_id(),
-            Self::RegressionTransition(r) => r.event_id(),
-            Self::AnomalyScan(r) => r.event_id(),
-            Self::Drill(d) => d.row.event_id(),
-        }
-    }
-
-    pub(crate) fn tenant(&self) -> &str {
-        match self {
-            Self::CapsuleRun(r) => r.tenant(),
-            Self::Billing(r) => r.tenant(),
-            Self::RegressionTransition(r) => r.tenant(),
-            Self::AnomalyScan(r) => r.tenant(),
-            Self::Drill(d) => d.row.tenant(),
-        }
-    }
-
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Self::CapsuleRun(_) => CapsuleRun::KIND,
-            Self::Billing(_) => BillingEvent::KIND,
-            Self::RegressionTransition(_) => crate::regression::Transition::KIND,
-            Self::AnomalyScan(_) => crate::anomaly::ScanRecord::KIND,
-            Self::Drill(_) => crate::drills::DrillRow::KIND,
-        }
-    }
-
-    pub(crate) fn leaf_hash(&self) -> Result<Hash, AnalyticsError> {
-        match self {
-            Self::CapsuleRun(r) => r.leaf_hash(),
-            Self::Billing(r) => r.leaf_hash(),
-            Self::RegressionTransition(r) => r.leaf_hash(),
-            Self::AnomalyScan(r) => r.leaf_hash(),
-            Self::Drill(d) => d.row.leaf_hash(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -369,7 +229,9 @@ mod tests {
     use serde_json::json;
     use soma_sign::jcs;
 
-    use super::{BillingEvent, CapsuleRun, EventRow, push_i64, push_string};
+    use super::{EventRow, push_i64, push_string};
+    use crate::tables::billing::BillingEvent;
+    use crate::tables::capsule_runs::CapsuleRun;
 
     /// Strings every JSON writer must escape, or must not.
     const AWKWARD: [&str; 6] = [

@@ -1,0 +1,28 @@
+//! The service's migrations, one line each (version, description, file
+//! stem under `migrations/sqlite/` and `migrations/postgres/`).
+
+use soma_store::{Migration, Migrations};
+
+macro_rules! migrations {
+    ($(($version:literal, $description:literal, $file:literal)),* $(,)?) => {
+        /// The service's migrations.
+        pub static MIGRATIONS: Migrations = Migrations(&[$(Migration {
+            version: $version,
+            description: $description,
+            sqlite: include_str!(concat!("../migrations/sqlite/", $file, ".sql")),
+            postgres: include_str!(concat!("../migrations/postgres/", $file, ".sql")),
+        }),*]);
+    };
+}
+
+migrations!(
+    (1, "ledger and events", "0001_ledger_and_events"),
+    (2, "disaster-recovery drills and webhook outbox", "0002_drills"),
+    (
+        3,
+        "persona regressions and anomaly scans",
+        "0003_regressions_anomalies"
+    ),
+    (4, "export keyset indexes", "0004_export_keyset_indexes"),
+    (5, "audit events", "0005_audit_events"),
+);

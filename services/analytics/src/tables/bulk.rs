@@ -1,0 +1,138 @@
+//! The writer's single statement on PostgreSQL: generated from the bulk
+//! tables of the registry, with one array parameter per column.
+
+use std::collections::HashMap;
+
+use super::{Column, Ty, Value, Write, insert_columns, registered};
+
+/// The single statement of the writer's fast path (PostgreSQL): the head
+/// moved under a guard, the leaves and the rows of every bulk table
+/// inserted from arrays only if it moved, and the checkpoint.
+///
+/// Placeholders: $1 new size, $2 new root, $3 frontier, $4 old size, $5
+/// old root, $6 now, $7..$11 the leaf columns, then each bulk table's
+/// columns in registry order, then the checkpoint's note and key id. The
+/// text depends on the registry only, so it stays prepared on each
+/// connection.
+pub(crate) fn bulk_statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let mut next = 11;
+        let mut sql = String::from(
+            "WITH head AS ( \
+                UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 \
+                WHERE id = 1 AND tree_size = $4 AND root = $5 RETURNING 1 AS moved), \
+            leaves AS ( \
+                INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
+                SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6 \
+                FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[]) \
+                    AS l (leaf_index, event_id, tenant, kind, leaf_hash) \
+                WHERE EXISTS (SELECT 1 FROM head))",
+        );
+        for table in registered().filter(|t| t.bulk) {
+            let columns: Vec<&Column> = insert_columns(table.columns, true).collect();
+            let names: Vec<&str> = columns.iter().map(|c| c.name).collect();
+            let arrays: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    next += 1;
+                    format!("${next}::{}", c.ty.pg_array())
+                })
+                .collect();
+            sql.push_str(&format!(
+                ", {name} AS (INSERT INTO {name} ({}) SELECT * FROM UNNEST({}) WHERE EXISTS (SELECT 1 FROM head))",
+                names.join(", "),
+                arrays.join(", "),
+                name = table.name,
+            ));
+        }
+        sql.push_str(&format!(
+            ", checkpoint AS (INSERT INTO ledger_checkpoints (tree_size, root, note, key_id, created_at) \
+             SELECT $1, $2, ${}, ${}, $6 WHERE EXISTS (SELECT 1 FROM head)) \
+             SELECT count(*) AS moved FROM head",
+            next + 1,
+            next + 2
+        ));
+        sql
+    })
+}
+
+/// One column of a bulk table, as an array parameter.
+#[derive(Debug)]
+pub(crate) enum Array<'a> {
+    Text(Vec<&'a str>),
+    Int(Vec<i64>),
+    OptInt(Vec<Option<i64>>),
+    Real(Vec<f64>),
+    Bool(Vec<bool>),
+    Bytes(Vec<&'a [u8]>),
+}
+
+impl<'a> Array<'a> {
+    fn new(ty: Ty) -> Self {
+        match ty {
+            Ty::Text => Self::Text(Vec::new()),
+            Ty::Int => Self::Int(Vec::new()),
+            Ty::OptInt => Self::OptInt(Vec::new()),
+            Ty::Real => Self::Real(Vec::new()),
+            Ty::Bool => Self::Bool(Vec::new()),
+            Ty::Bytes => Self::Bytes(Vec::new()),
+        }
+    }
+
+    /// Appends `value`; `false` when its type is not the column's.
+    fn push(&mut self, value: &'a Value<'a>) -> bool {
+        match (self, value) {
+            (Self::Text(v), Value::Text(s)) => v.push(s),
+            (Self::Text(v), Value::Owned(s)) => v.push(s.as_str()),
+            (Self::Int(v), Value::Int(n)) => v.push(*n),
+            (Self::OptInt(v), Value::OptInt(n)) => v.push(*n),
+            (Self::Real(v), Value::Real(x)) => v.push(*x),
+            (Self::Bool(v), Value::Bool(b)) => v.push(*b),
+            (Self::Bytes(v), Value::Bytes(b)) => v.push(b),
+            (Self::Bytes(v), Value::OwnedBytes(b)) => v.push(b.as_slice()),
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The array parameters of every bulk table for a batch of writes, in the
+/// order of [`bulk_statement`]; `None` when a write is of no bulk table or
+/// a value does not match its column (the caller then takes the locked
+/// path).
+pub(crate) fn bulk_arrays<'a>(writes: &'a [Write<'a>]) -> Option<Vec<Array<'a>>> {
+    let mut arrays = Vec::new();
+    let mut slots: HashMap<&'static str, usize> = HashMap::new();
+    for table in registered().filter(|t| t.bulk) {
+        slots.insert(table.name, arrays.len());
+        arrays.extend(insert_columns(table.columns, true).map(|c| Array::new(c.ty)));
+    }
+    for write in writes {
+        let first = *slots.get(write.table)?;
+        for (offset, value) in write.values.iter().enumerate() {
+            if !arrays.get_mut(first + offset)?.push(value) {
+                return None;
+            }
+        }
+    }
+    Some(arrays)
+}
+
+/// Binds each array of [`bulk_arrays`] to a PostgreSQL query.
+pub(crate) fn bind_arrays<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    arrays: Vec<Array<'q>>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for array in arrays {
+        query = match array {
+            Array::Text(v) => query.bind(v),
+            Array::Int(v) => query.bind(v),
+            Array::OptInt(v) => query.bind(v),
+            Array::Real(v) => query.bind(v),
+            Array::Bool(v) => query.bind(v),
+            Array::Bytes(v) => query.bind(v),
+        };
+    }
+    query
+}
