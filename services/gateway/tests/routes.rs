@@ -285,6 +285,25 @@ fn every_route() -> Vec<Row> {
             )
         },
         row(
+            post(),
+            "/v1/audit-events",
+            "/v1/audit-events",
+            "/somastack.v1.Analytics/RecordAuditEvent",
+            Whole,
+            &[],
+        ),
+        Row {
+            streaming: true,
+            ..row(
+                get(),
+                "/v1/exports/audit-events",
+                "/v1/exports/audit-events",
+                "/somastack.v1.Analytics/ExportAuditEvents",
+                NoBody,
+                &[],
+            )
+        },
+        row(
             get(),
             "/v1/exports/keys",
             "/v1/exports/keys",
