@@ -16,7 +16,12 @@ use soma_proto::v1::gateway_client::GatewayClient;
 use tonic::metadata::MetadataValue;
 
 use common::edge::{client, gateway_signer, send, start_edge};
-use common::{Ca, analytics_config, grpc_reason, start_analytics};
+use common::{AnalyticsKeys, Ca, analytics_config, grpc_reason, start_analytics};
+
+/// Capsule runs recorded before the export: more than one export chunk.
+const RUNS: usize = 240;
+/// Largest data message of an export stream the service promises.
+const EXPORT_CHUNK_BYTES: usize = 32 * 1024;
 
 fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -31,14 +36,31 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
     for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
+        let keys = AnalyticsKeys::generate();
+        let config = keys.config();
+        // The export key, from the configured signing key (not from the
+        // service), and the ledger origin its checkpoints are signed for.
+        let export_key = soma_sign::Ed25519Signer::from_pkcs8_pem(
+            soma_sign::KeyId::new(&config.signing_key_id).unwrap(),
+            &config.signing_key_pem,
+        )
+        .unwrap()
+        .public_key();
+        let origin = config.ledger_origin.clone();
         let analytics = start_analytics(
             &ca,
             stores.of(ServiceKind::Analytics),
-            analytics_config(),
+            config,
             Some(&gateway_signer()),
         )
         .await;
-        let edge = start_edge(&ca, Some(&analytics), stores.of(ServiceKind::Gateway), |_| {}).await;
+        // The export below is of RUNS runs recorded at once: no rate limit
+        // in the way.
+        let edge = start_edge(&ca, Some(&analytics), stores.of(ServiceKind::Gateway), |c| {
+            c.rate_limit.requests_per_second = 10_000.0;
+            c.rate_limit.burst = 10_000;
+        })
+        .await;
         let channel = tonic::transport::Endpoint::from_shared(edge.url.clone())
             .unwrap()
             .connect()
@@ -46,7 +68,7 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
             .unwrap();
         let mut gateway = GatewayClient::new(channel.clone());
         let mut analytics_client = AnalyticsClient::new(channel);
-        let token = edge.token(json!({"tenant": "acme", "sub": "grpc@acme", "scope": "identity:read ledger:read analytics:export capsules:run"}));
+        let token = edge.token(json!({"tenant": "acme", "sub": "grpc@acme", "scope": "identity:read ledger:read analytics:export analytics:ingest capsules:run"}));
 
         // Admitted: the gateway's own method, and a forwarded one.
         let who = gateway
@@ -80,8 +102,40 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
             2
         );
 
-        // A server stream relayed message by message.
+        // A server stream relayed message by message: an export of more
+        // runs than one 32 KiB chunk holds, recorded through the edge.
         let now = common::edge::now();
+        let run_ids: Vec<String> = (0..RUNS).map(|i| format!("grpc-run-{i:03}")).collect();
+        let mut recorded = tokio::task::JoinSet::new();
+        for (i, id) in run_ids.iter().enumerate() {
+            let mut client = analytics_client.clone();
+            let request = with_token(
+                soma_proto::v1::RecordCapsuleRunRequest {
+                    event_id: id.clone(),
+                    capsule_id: "capsule-with-a-long-enough-name".to_owned(),
+                    tool: "summarize".to_owned(),
+                    run_id: format!("run-{i}"),
+                    outcome: soma_proto::v1::RunOutcome::Succeeded.into(),
+                    // One second apart, so the export's time order is the
+                    // order of `run_ids`.
+                    started_at: Some(prost_types::Timestamp {
+                        seconds: now - 1000 + i as i64,
+                        nanos: 0,
+                    }),
+                    duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                    ..Default::default()
+                },
+                Some(&token),
+            );
+            recorded.spawn(async move { client.record_capsule_run(request).await });
+            // A few calls in flight at a time.
+            if recorded.len() == 8 {
+                recorded.join_next().await.unwrap().unwrap().unwrap();
+            }
+        }
+        while let Some(done) = recorded.join_next().await {
+            done.unwrap().unwrap();
+        }
         let mut stream = analytics_client
             .export_capsule_runs(with_token(
                 soma_proto::v1::ExportRequest {
@@ -100,12 +154,57 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
             .await
             .unwrap()
             .into_inner();
-        let mut chunks = 0;
+        let mut data: Vec<Vec<u8>> = Vec::new();
+        let mut signature = None;
         while let Some(chunk) = stream.message().await.unwrap() {
-            let _ = chunk;
-            chunks += 1;
+            assert!(signature.is_none(), "a message after the signature");
+            match chunk.signature {
+                Some(sig) => {
+                    assert!(chunk.data.is_empty(), "the signature comes alone");
+                    signature = Some(sig);
+                }
+                None => {
+                    assert!(!chunk.data.is_empty(), "an empty data message");
+                    assert!(
+                        chunk.data.len() <= EXPORT_CHUNK_BYTES,
+                        "{} bytes",
+                        chunk.data.len()
+                    );
+                    data.push(chunk.data);
+                }
+            }
         }
-        assert!(chunks >= 2, "data and signature chunks: {chunks}");
+        let signature = signature.expect("the last message carries the signature");
+        let bytes = data.concat();
+        // Bigger than one chunk, so the relay had several messages to pass.
+        assert!(bytes.len() > EXPORT_CHUNK_BYTES, "{} bytes", bytes.len());
+        assert!(data.len() >= 2, "{} data messages", data.len());
+        // The data: exactly acme's runs, in time order.
+        let document: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(document["kind"], "capsule_runs", "{}", stores.label);
+        assert_eq!(document["tenant"], "acme");
+        let exported: Vec<&str> = document["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(exported, run_ids);
+        // The signature: over exactly these bytes, with the export key.
+        assert_eq!(signature.key_id, "analytics-1");
+        assert_eq!(signature.sha256, soma_sign::sha256(&bytes).to_vec());
+        soma_sign::verify_ed25519_strict(&export_key, &bytes, &signature.signature).unwrap();
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x01;
+        assert!(soma_sign::verify_ed25519_strict(&export_key, &flipped, &signature.signature).is_err());
+        // Cut at a checkpoint signed with the same key, over every run.
+        let checkpoint = signature.checkpoint.unwrap();
+        let verified = soma_ledger::CheckpointVerifier::new(origin.clone(), &export_key)
+            .unwrap()
+            .verify(&checkpoint.note)
+            .unwrap();
+        assert_eq!(verified.tree_size(), checkpoint.tree_size);
+        assert_eq!(checkpoint.tree_size, RUNS as u64);
 
         // Refused: exact code and reason, and the backend never called.
         let before = analytics
