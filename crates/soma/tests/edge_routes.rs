@@ -23,6 +23,24 @@ const ALL_SCOPES: &str = "analytics:ingest drills:write drills:read analytics:ex
     tools:read tools:revoke tools:execute capsules:submit capsules:read capsules:review capsules:install \
     templates:import";
 
+/// The `google.api.http` routes `proto/somastack/v1/tool_registry.proto`
+/// declares (publish, list, get, revoke, verify, execute).
+const TOOL_REGISTRY_ROUTES: usize = 6;
+/// The routes `proto/somastack/v1/capsule_repo.proto` declares (submit,
+/// list, get and review submissions, review history; install, list, update
+/// and roll back installations; import a template).
+const CAPSULE_REPO_ROUTES: usize = 10;
+
+/// The sum of `metrics`' dispatch counters over every method of `service`.
+fn dispatched(metrics: &soma_mesh::Metrics, service: &str) -> u64 {
+    let pool = soma_proto::descriptor_pool().unwrap();
+    let service = pool.get_service_by_name(service).unwrap();
+    service
+        .methods()
+        .map(|m| metrics.dispatched_count(&format!("/{}/{}", service.full_name(), m.name())))
+        .sum()
+}
+
 fn rfc3339(unix: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(unix).unwrap();
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
@@ -228,12 +246,12 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         let token2 = edge2.token(json!({"tenant": "acme", "scope": every, "amr": ["pwd", "otp"]}));
         let mut reached = 0;
         for route in table.iter() {
-            if !matches!(
-                route.service.as_str(),
-                "somastack.v1.ToolRegistry" | "somastack.v1.CapsuleRepo"
-            ) {
-                continue;
-            }
+            let backend = match route.service.as_str() {
+                "somastack.v1.ToolRegistry" => &tools,
+                "somastack.v1.CapsuleRepo" => &capsules,
+                _ => continue,
+            };
+            let before = backend.metrics.dispatched_count(&route.grpc_path);
             let path = route
                 .template
                 .split('/')
@@ -264,16 +282,27 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
                 route.http_method,
                 String::from_utf8_lossy(&r.body)
             );
+            // Answered by this route's own RPC, once.
+            assert_eq!(
+                backend.metrics.dispatched_count(&route.grpc_path),
+                before + 1,
+                "{} {path} -> {}",
+                route.http_method,
+                route.grpc_path
+            );
             reached += 1;
         }
-        assert!(reached >= 14, "{reached}");
-        // The backends' own counters saw those calls.
-        let tool_calls: u64 = table
-            .iter()
-            .filter(|r| r.service == "somastack.v1.ToolRegistry")
-            .map(|r| tools.metrics.dispatched_count(&r.grpc_path))
-            .sum();
-        assert!(tool_calls >= 6, "{tool_calls}");
+        // Every route the protos annotate on the two backends, each once.
+        assert_eq!(reached, TOOL_REGISTRY_ROUTES + CAPSULE_REPO_ROUTES);
+        // The backends' own counters saw those calls and nothing else.
+        assert_eq!(
+            dispatched(&tools.metrics, "somastack.v1.ToolRegistry"),
+            TOOL_REGISTRY_ROUTES as u64
+        );
+        assert_eq!(
+            dispatched(&capsules.metrics, "somastack.v1.CapsuleRepo"),
+            CAPSULE_REPO_ROUTES as u64
+        );
 
         // Gateway routes, served in-process.
         let who = send(
