@@ -557,7 +557,7 @@ async fn cross_tenant_actions_need_an_operator_and_a_tenant_sees_only_its_own_sw
                     }
                 }
                 (expected, outcome) => {
-                    failures.push(format!("{name}: expected {expected:?}, got {outcome:?}"))
+                    failures.push(format!("{name}: expected {expected:?}, got {outcome:?}"));
                 }
             }
         }

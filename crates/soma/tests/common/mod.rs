@@ -120,6 +120,10 @@ impl Stores {
 /// when `DATABASE_URL` is set, and always under `CI`), a fresh database for
 /// each of `kinds`. Announces each engine on stderr as the test reaches it,
 /// so that a failure's captured output says which engine failed.
+#[expect(
+    clippy::print_stderr,
+    reason = "the harness captures it and shows it beside a failure: which engine failed"
+)]
 pub async fn engine_stores(kinds: &[ServiceKind]) -> impl Iterator<Item = Stores> {
     let mut engines: Vec<Stores> = Vec::new();
     for &kind in kinds {
