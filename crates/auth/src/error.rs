@@ -273,3 +273,88 @@ pub enum JwtConfigError {
         reason: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One example of every [`AuthError`] variant, derived from the enum
+    /// itself: each row is a pattern and an example of it. The patterns form
+    /// a `match` with no wildcard (allowed here, inside the crate, where
+    /// `#[non_exhaustive]` does not apply), so a new variant is a compile
+    /// error until it gets its row; and each example must match its own
+    /// pattern, so no row can stand in for another.
+    macro_rules! one_of_each {
+        ($($pattern:pat => $example:expr),+ $(,)?) => {{
+            // Never called: it exists for the compiler's exhaustiveness check.
+            #[allow(dead_code, reason = "only compiled, for exhaustiveness")]
+            fn exhaustive(error: &AuthError) {
+                match error {
+                    $($pattern => {})+
+                }
+            }
+            vec![$({
+                let example: AuthError = $example;
+                assert!(
+                    matches!(example, $pattern),
+                    "{example:?} is not an example of {}",
+                    stringify!($pattern)
+                );
+                example
+            }),+]
+        }};
+    }
+
+    fn every_auth_error() -> Vec<AuthError> {
+        let peer = SpiffeId::parse("spiffe://a.test/svc/other").unwrap();
+        one_of_each![
+            AuthError::MissingPeerIdentity => AuthError::MissingPeerIdentity,
+            AuthError::NotFromGateway { .. } => AuthError::NotFromGateway { peer },
+            AuthError::MissingClaims => AuthError::MissingClaims,
+            AuthError::MissingSignature => AuthError::MissingSignature,
+            AuthError::DuplicateClaims => AuthError::DuplicateClaims,
+            AuthError::DuplicateSignature => AuthError::DuplicateSignature,
+            AuthError::MalformedClaims => AuthError::MalformedClaims,
+            AuthError::MalformedSignature => AuthError::MalformedSignature,
+            AuthError::UnknownKey { .. } => AuthError::UnknownKey {
+                key_id: "k".to_owned(),
+            },
+            AuthError::BadSignature => AuthError::BadSignature,
+            AuthError::WrongAudience { .. } => AuthError::WrongAudience {
+                audience: "a".to_owned(),
+            },
+            AuthError::IssuedInFuture => AuthError::IssuedInFuture,
+            AuthError::LifetimeNotPositive => AuthError::LifetimeNotPositive,
+            AuthError::LifetimeTooLong => AuthError::LifetimeTooLong,
+            AuthError::Expired => AuthError::Expired,
+            AuthError::ClockOutOfRange => AuthError::ClockOutOfRange,
+            AuthError::EmptyKeyId => AuthError::EmptyKeyId,
+            AuthError::InvalidPem(_) => AuthError::InvalidPem("x"),
+            AuthError::InvalidKey(_) => AuthError::InvalidKey("x".to_owned()),
+            AuthError::TtlTooShort => AuthError::TtlTooShort,
+            AuthError::Random => AuthError::Random,
+        ]
+    }
+
+    /// Every variant there is has its own snake_case reason (logged, and
+    /// counted in metrics), and reads as a lowercase message.
+    #[test]
+    fn every_auth_error_has_a_distinct_snake_case_reason() {
+        let errors = every_auth_error();
+        let mut reasons: Vec<&str> = errors.iter().map(AuthError::reason).collect();
+        for (error, reason) in errors.iter().zip(&reasons) {
+            assert!(
+                !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{error:?}: {reason}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.starts_with(|c: char| c.is_ascii_lowercase()),
+                "{error:?}: {message}"
+            );
+        }
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), errors.len(), "two variants share a reason");
+    }
+}

@@ -760,50 +760,22 @@ fn bad_key_material_is_refused_with_its_own_error() {
     }
 }
 
+/// The reasons callers log for the two refusals this file's table is built
+/// around, word for word. That every variant has its own snake_case reason
+/// is checked in the crate, over a list derived from the enum:
+/// `error::tests::every_auth_error_has_a_distinct_snake_case_reason`.
 #[test]
-fn every_error_has_a_distinct_snake_case_reason() {
-    let errors = [
-        AuthError::MissingPeerIdentity,
-        AuthError::NotFromGateway {
-            peer: other_service(),
-        },
-        AuthError::MissingClaims,
-        AuthError::MissingSignature,
-        AuthError::DuplicateClaims,
-        AuthError::DuplicateSignature,
-        AuthError::MalformedClaims,
-        AuthError::MalformedSignature,
-        AuthError::UnknownKey {
-            key_id: "k".to_owned(),
-        },
-        AuthError::BadSignature,
-        AuthError::WrongAudience {
-            audience: "a".to_owned(),
-        },
-        AuthError::IssuedInFuture,
-        AuthError::LifetimeNotPositive,
-        AuthError::LifetimeTooLong,
-        AuthError::Expired,
-        AuthError::ClockOutOfRange,
-        AuthError::EmptyKeyId,
-        AuthError::InvalidPem("x"),
-        AuthError::InvalidKey("x".to_owned()),
-        AuthError::TtlTooShort,
-        AuthError::Random,
-    ];
-    let mut reasons: Vec<&str> = errors.iter().map(AuthError::reason).collect();
-    for reason in &reasons {
-        assert!(
-            reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-            "{reason}"
-        );
-    }
-    reasons.sort_unstable();
-    reasons.dedup();
-    assert_eq!(reasons.len(), errors.len());
+fn the_signature_and_gateway_refusals_have_their_stable_reasons() {
     assert_eq!(AuthError::BadSignature.reason(), "bad_signature");
     assert_eq!(
         AuthError::NotFromGateway { peer: gateway() }.reason(),
+        "not_from_gateway"
+    );
+    assert_eq!(
+        AuthError::NotFromGateway {
+            peer: other_service()
+        }
+        .reason(),
         "not_from_gateway"
     );
 }

@@ -905,7 +905,9 @@ async fn anomaly_scan_finds_exactly_the_outlier() {
                 caps: SCAN,
                 input: other_tenant,
                 code: Code::PermissionDenied,
-                message: "reading tenant \"globex\" needs an operator; tenant \"acme\" may read only its own data",
+                // Tenant claims never read another tenant (operator_required).
+                message: "reading tenant \"globex\" needs an operator; tenant \"acme\" may read only its own \
+                          data",
             },
         ];
         let scans = scalar(&env.db, "SELECT COUNT(*) FROM anomaly_scans").await;

@@ -19,12 +19,13 @@ mod common;
 use base64::Engine as _;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
+use soma_mesh::ServiceKind;
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::gateway_client::GatewayClient;
 use tonic::Code;
 
-use common::edge::{Edge, Reply, client, every_scope, gateway_signer, now, send, sqlite, start_edge};
+use common::edge::{Edge, Reply, client, every_scope, gateway_signer, now, send, start_edge};
 use common::{Ca, Running, analytics_config, start_analytics};
 
 const CHECKPOINT: &str = "/somastack.v1.Analytics/LedgerCheckpoint";
@@ -365,210 +366,221 @@ fn victim(p: Principal, action: Action) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_tenant_actions_need_an_operator_and_a_tenant_sees_only_its_own_switch() {
-    let ca = Ca::new();
-    let dbs = tempfile::tempdir().unwrap();
-    let signer = gateway_signer();
-    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&signer)).await;
-    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), |c| {
-        c.rate_limit.requests_per_second = 1000.0;
-        c.rate_limit.burst = 1000;
-    })
-    .await;
-    let t0 = now() - 60;
-    let world = World {
-        ca,
-        edge,
-        analytics,
-        http: client(),
-        from: t0 - 60,
-        to: now() + 600,
-    };
-
-    // Each tenant's own data, recorded through the edge with its own token.
-    for (tenant, event) in [("acme", "a-1"), ("globex", "g-1")] {
-        let token = world
-            .edge
-            .token(json!({"tenant": tenant, "scope": "analytics:ingest"}));
-        let run = json!({"eventId": event, "capsuleId": "c1", "runId": format!("r-{event}"),
-                         "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": rfc3339(t0), "duration": "1s"});
-        let r = send(
-            &world.http,
-            "POST",
-            &world.url("/v1/capsule-runs"),
-            Some(&token),
-            Some(&run.to_string()),
-            &[],
+    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+        let ca = Ca::new();
+        let signer = gateway_signer();
+        let analytics = start_analytics(
+            &ca,
+            stores.of(ServiceKind::Analytics),
+            analytics_config(),
+            Some(&signer),
         )
         .await;
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    }
+        let edge = start_edge(&ca, Some(&analytics), stores.of(ServiceKind::Gateway), |c| {
+            c.rate_limit.requests_per_second = 1000.0;
+            c.rate_limit.burst = 1000;
+        })
+        .await;
+        let t0 = now() - 60;
+        let world = World {
+            ca,
+            edge,
+            analytics,
+            http: client(),
+            from: t0 - 60,
+            to: now() + 600,
+        };
 
-    use Action::*;
-    use Expected::*;
-    use Principal::*;
-    let row = |principal, action, expected| Row {
-        principal,
-        action,
-        expected,
-    };
-    let sets = [
-        row(Tenant, Global, OperatorRequired),
-        row(Tenant, Method, OperatorRequired),
-        row(Tenant, OtherTenant, OperatorRequired),
-        row(Tenant, OwnTenant, Allowed),
-        row(TenantClaimingOperator, Global, OperatorRequired),
-        row(TenantClaimingOperator, Method, OperatorRequired),
-        row(TenantClaimingOperator, OtherTenant, OperatorRequired),
-        row(TenantClaimingOperator, OwnTenant, Allowed),
-        row(OperatorToken, Global, Allowed),
-        row(OperatorToken, Method, Allowed),
-        row(OperatorToken, OtherTenant, Allowed),
-        row(OperatorToken, OwnTenant, Allowed),
-        row(OperatorSvid, Global, Allowed),
-        row(OperatorSvid, Method, Allowed),
-        row(OperatorSvid, OtherTenant, Allowed),
-    ];
-    let mut failures = Vec::new();
-    for Row {
-        principal,
-        action,
-        expected,
-    } in sets
-    {
-        let name = format!("{principal:?} sets {action:?}");
-        let victim = victim(principal, action);
-        assert!(!world.stopped(victim).await, "{name}: stopped before the change");
-        let outcome = world.set(principal, action, true).await;
-        match (expected, &outcome) {
-            (OperatorRequired, Outcome::Refused { status, code, reason }) => {
-                if (*status, *code, reason.as_str()) != (403, Code::PermissionDenied, "operator_required") {
-                    failures.push(format!("{name}: refused with {status} {code:?} {reason}"));
+        // Each tenant's own data, recorded through the edge with its own token.
+        for (tenant, event) in [("acme", "a-1"), ("globex", "g-1")] {
+            let token = world
+                .edge
+                .token(json!({"tenant": tenant, "scope": "analytics:ingest"}));
+            let run = json!({"eventId": event, "capsuleId": "c1", "runId": format!("r-{event}"),
+                             "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": rfc3339(t0), "duration": "1s"});
+            let r = send(
+                &world.http,
+                "POST",
+                &world.url("/v1/capsule-runs"),
+                Some(&token),
+                Some(&run.to_string()),
+                &[],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+
+        use Action::*;
+        use Expected::*;
+        use Principal::*;
+        let row = |principal, action, expected| Row {
+            principal,
+            action,
+            expected,
+        };
+        let sets = [
+            row(Tenant, Global, OperatorRequired),
+            row(Tenant, Method, OperatorRequired),
+            row(Tenant, OtherTenant, OperatorRequired),
+            row(Tenant, OwnTenant, Allowed),
+            row(TenantClaimingOperator, Global, OperatorRequired),
+            row(TenantClaimingOperator, Method, OperatorRequired),
+            row(TenantClaimingOperator, OtherTenant, OperatorRequired),
+            row(TenantClaimingOperator, OwnTenant, Allowed),
+            row(OperatorToken, Global, Allowed),
+            row(OperatorToken, Method, Allowed),
+            row(OperatorToken, OtherTenant, Allowed),
+            row(OperatorToken, OwnTenant, Allowed),
+            row(OperatorSvid, Global, Allowed),
+            row(OperatorSvid, Method, Allowed),
+            row(OperatorSvid, OtherTenant, Allowed),
+        ];
+        let mut failures = Vec::new();
+        for Row {
+            principal,
+            action,
+            expected,
+        } in sets
+        {
+            let name = format!("{principal:?} sets {action:?}");
+            let victim = victim(principal, action);
+            assert!(!world.stopped(victim).await, "{name}: stopped before the change");
+            let outcome = world.set(principal, action, true).await;
+            match (expected, &outcome) {
+                (OperatorRequired, Outcome::Refused { status, code, reason }) => {
+                    if (*status, *code, reason.as_str()) != (403, Code::PermissionDenied, "operator_required")
+                    {
+                        failures.push(format!("{name}: refused with {status} {code:?} {reason}"));
+                    }
+                    // Refused means nothing changed: the victim is still served.
+                    if world.stopped(victim).await {
+                        failures.push(format!("{name}: refused, yet the switch engaged"));
+                    }
                 }
-                // Refused means nothing changed: the victim is still served.
-                if world.stopped(victim).await {
-                    failures.push(format!("{name}: refused, yet the switch engaged"));
+                (Allowed, Outcome::Ok(json)) => {
+                    let expected_by = match principal {
+                        OperatorSvid => world.ca.id(OPERATOR_SVID).to_string(),
+                        Tenant => "bob@acme".to_owned(),
+                        TenantClaimingOperator => "mallory@acme".to_owned(),
+                        OperatorToken => "alice@ops".to_owned(),
+                    };
+                    assert_eq!(json["setBy"], expected_by.as_str(), "{name}");
+                    // The effect: the victim's request is stopped, then served
+                    // again once the same principal clears the switch.
+                    if !world.stopped(victim).await {
+                        failures.push(format!("{name}: allowed, but the switch did not stop {victim}"));
+                    }
+                    match world.set(principal, action, false).await {
+                        Outcome::Ok(_) => {}
+                        other => failures.push(format!("{name}: clearing answered {other:?}")),
+                    }
+                    assert!(
+                        !world.stopped(victim).await,
+                        "{name}: still stopped after clearing"
+                    );
                 }
-            }
-            (Allowed, Outcome::Ok(json)) => {
-                let expected_by = match principal {
-                    OperatorSvid => world.ca.id(OPERATOR_SVID).to_string(),
-                    Tenant => "bob@acme".to_owned(),
-                    TenantClaimingOperator => "mallory@acme".to_owned(),
-                    OperatorToken => "alice@ops".to_owned(),
-                };
-                assert_eq!(json["setBy"], expected_by.as_str(), "{name}");
-                // The effect: the victim's request is stopped, then served
-                // again once the same principal clears the switch.
-                if !world.stopped(victim).await {
-                    failures.push(format!("{name}: allowed, but the switch did not stop {victim}"));
-                }
-                match world.set(principal, action, false).await {
-                    Outcome::Ok(_) => {}
-                    other => failures.push(format!("{name}: clearing answered {other:?}")),
-                }
-                assert!(
-                    !world.stopped(victim).await,
-                    "{name}: still stopped after clearing"
-                );
-            }
-            (expected, outcome) => {
-                failures.push(format!("{name}: expected {expected:?}, got {outcome:?}"));
-                // Undo a change that should not have happened, so that the
-                // next rows start from nothing engaged and report for
-                // themselves.
-                if matches!(outcome, Outcome::Ok(_)) {
-                    world.set(principal, action, false).await;
+                (expected, outcome) => {
+                    failures.push(format!("{name}: expected {expected:?}, got {outcome:?}"));
+                    // Undo a change that should not have happened, so that the
+                    // next rows start from nothing engaged and report for
+                    // themselves.
+                    if matches!(outcome, Outcome::Ok(_)) {
+                        world.set(principal, action, false).await;
+                    }
                 }
             }
         }
-    }
 
-    // Every switch written above, as an operator sees them: the tenants'
-    // own (acme, ops), another tenant's (globex), GLOBAL and METHOD.
-    let mut all = world.list(OperatorSvid).await.unwrap();
-    all.sort();
-    let targets: Vec<(&str, &str)> = all.iter().map(|(s, t, _)| (s.as_str(), t.as_str())).collect();
-    assert_eq!(
-        targets,
-        [
-            ("KILL_SWITCH_SCOPE_GLOBAL", ""),
-            ("KILL_SWITCH_SCOPE_METHOD", CHECKPOINT),
-            ("KILL_SWITCH_SCOPE_TENANT", "acme"),
-            ("KILL_SWITCH_SCOPE_TENANT", "globex"),
-            ("KILL_SWITCH_SCOPE_TENANT", "ops"),
-        ]
-    );
-    for principal in [Tenant, TenantClaimingOperator, OperatorToken, OperatorSvid] {
-        let name = format!("{principal:?} ListSwitches");
-        let mut seen = match world.list(principal).await {
-            Ok(seen) => seen,
-            Err(refused) => {
-                failures.push(format!("{name}: {refused:?}"));
-                continue;
-            }
-        };
-        seen.sort();
-        let expected: Vec<_> = match principal {
-            // A tenant sees its own tenant's switch only: not globex's, not
-            // ops', not GLOBAL or METHOD, and so not who set them.
-            Tenant | TenantClaimingOperator => all
-                .iter()
-                .filter(|(s, t, _)| s == "KILL_SWITCH_SCOPE_TENANT" && t == "acme")
-                .cloned()
-                .collect(),
-            OperatorToken | OperatorSvid => all.clone(),
-        };
-        if seen != expected {
-            failures.push(format!("{name}: saw {seen:?}, expected {expected:?}"));
-        }
-    }
-
-    // Another tenant's analytics: only an operator exports globex's rows.
-    for (principal, expected) in [
-        (Tenant, OperatorRequired),
-        (TenantClaimingOperator, OperatorRequired),
-        (OperatorToken, Allowed),
-        (OperatorSvid, Allowed),
-    ] {
-        let name = format!("{principal:?} ExportOtherTenant");
-        match (expected, world.export_globex(principal).await) {
-            (OperatorRequired, Outcome::Refused { status, code, reason }) => {
-                if (status, code, reason.as_str()) != (403, Code::PermissionDenied, "operator_required") {
-                    failures.push(format!("{name}: refused with {status} {code:?} {reason}"));
+        // Every switch written above, as an operator sees them: the tenants'
+        // own (acme, ops), another tenant's (globex), GLOBAL and METHOD.
+        let mut all = world.list(OperatorSvid).await.unwrap();
+        all.sort();
+        let targets: Vec<(&str, &str)> = all.iter().map(|(s, t, _)| (s.as_str(), t.as_str())).collect();
+        assert_eq!(
+            targets,
+            [
+                ("KILL_SWITCH_SCOPE_GLOBAL", ""),
+                ("KILL_SWITCH_SCOPE_METHOD", CHECKPOINT),
+                ("KILL_SWITCH_SCOPE_TENANT", "acme"),
+                ("KILL_SWITCH_SCOPE_TENANT", "globex"),
+                ("KILL_SWITCH_SCOPE_TENANT", "ops"),
+            ]
+        );
+        for principal in [Tenant, TenantClaimingOperator, OperatorToken, OperatorSvid] {
+            let name = format!("{principal:?} ListSwitches");
+            let mut seen = match world.list(principal).await {
+                Ok(seen) => seen,
+                Err(refused) => {
+                    failures.push(format!("{name}: {refused:?}"));
+                    continue;
                 }
-            }
-            (Allowed, Outcome::Ok(document)) => {
-                let ids: Vec<&str> = document["rows"]
-                    .as_array()
-                    .unwrap()
+            };
+            seen.sort();
+            let expected: Vec<_> = match principal {
+                // A tenant sees its own tenant's switch only: not globex's, not
+                // ops', not GLOBAL or METHOD, and so not who set them.
+                Tenant | TenantClaimingOperator => all
                     .iter()
-                    .map(|r| r["event_id"].as_str().unwrap())
-                    .collect();
-                if (document["tenant"].as_str(), ids.as_slice()) != (Some("globex"), ["g-1"].as_slice()) {
-                    failures.push(format!("{name}: exported {document}"));
+                    .filter(|(s, t, _)| s == "KILL_SWITCH_SCOPE_TENANT" && t == "acme")
+                    .cloned()
+                    .collect(),
+                OperatorToken | OperatorSvid => all.clone(),
+            };
+            if seen != expected {
+                failures.push(format!("{name}: saw {seen:?}, expected {expected:?}"));
+            }
+        }
+
+        // Another tenant's analytics: only an operator exports globex's rows.
+        for (principal, expected) in [
+            (Tenant, OperatorRequired),
+            (TenantClaimingOperator, OperatorRequired),
+            (OperatorToken, Allowed),
+            (OperatorSvid, Allowed),
+        ] {
+            let name = format!("{principal:?} ExportOtherTenant");
+            match (expected, world.export_globex(principal).await) {
+                (OperatorRequired, Outcome::Refused { status, code, reason }) => {
+                    if (status, code, reason.as_str()) != (403, Code::PermissionDenied, "operator_required") {
+                        failures.push(format!("{name}: refused with {status} {code:?} {reason}"));
+                    }
+                }
+                (Allowed, Outcome::Ok(document)) => {
+                    let ids: Vec<&str> = document["rows"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["event_id"].as_str().unwrap())
+                        .collect();
+                    if (document["tenant"].as_str(), ids.as_slice()) != (Some("globex"), ["g-1"].as_slice()) {
+                        failures.push(format!("{name}: exported {document}"));
+                    }
+                }
+                (expected, outcome) => {
+                    failures.push(format!("{name}: expected {expected:?}, got {outcome:?}"));
                 }
             }
-            (expected, outcome) => failures.push(format!("{name}: expected {expected:?}, got {outcome:?}")),
         }
-    }
-    // A tenant still exports its own rows (the refusal is about the other
-    // tenant, not about exports).
-    let acme = world.token(Tenant).unwrap();
-    let q = format!(
-        "/v1/exports/capsule-runs?from={}&to={}",
-        rfc3339(world.from),
-        rfc3339(world.to)
-    );
-    let r = send(&world.http, "GET", &world.url(&q), Some(&acme), None, &[]).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(String::from_utf8_lossy(&r.body).contains("\"data\""));
+        // A tenant still exports its own rows (the refusal is about the other
+        // tenant, not about exports).
+        let acme = world.token(Tenant).unwrap();
+        let q = format!(
+            "/v1/exports/capsule-runs?from={}&to={}",
+            rfc3339(world.from),
+            rfc3339(world.to)
+        );
+        let r = send(&world.http, "GET", &world.url(&q), Some(&acme), None, &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).contains("\"data\""));
 
-    assert!(
-        failures.is_empty(),
-        "{} rows failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
-    world.edge.stop().await;
-    world.analytics.stop().await;
+        assert!(
+            failures.is_empty(),
+            "{} rows failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        world.edge.stop().await;
+        world.analytics.stop().await;
+        stores.cleanup().await;
+    }
 }

@@ -6,6 +6,8 @@
 //! beyond the global or per-client cap a connection is refused at once and
 //! counted, and served again once the idle ones have been closed. Plaintext
 //! and HTTPS take one code path, so the slowloris and cap rows run on both.
+//! Every test runs on SQLite and on PostgreSQL: the gateway reads its kill
+//! switches from its database when it starts and polls them while it serves.
 //!
 //! Timings are liveness bounds (a close must come, not before ~0.9 of its
 //! timeout, and within a generous 10 s); the measured figures are printed.
@@ -26,11 +28,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use soma_gateway::listener::{CloseReason, RefusalReason};
+use soma_mesh::ServiceKind;
+use soma_store::StoreSettings;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use common::edge::{Edge, gateway_signer, sqlite, start_edge};
+use common::edge::{Edge, gateway_signer, start_edge};
 use common::{Ca, analytics_config, start_analytics};
 
 /// How long any close may take before the test calls the connection stuck.
@@ -126,18 +130,19 @@ fn timeouts(header: u64, body: u64, idle: u64) -> impl Fn(&mut soma_gateway::Gat
     }
 }
 
+/// The edge alone (no backend) on the gateway database `db`.
 async fn edge_with(
     transport: &Transport,
+    db: &StoreSettings,
     tweak: impl FnOnce(&mut soma_gateway::GatewayConfig),
-) -> (Edge, Ca, tempfile::TempDir) {
+) -> (Edge, Ca) {
     let ca = Ca::new();
-    let dbs = tempfile::tempdir().unwrap();
-    let edge = start_edge(&ca, None, &sqlite(&dbs), |c| {
+    let edge = start_edge(&ca, None, db, |c| {
         transport.configure(c);
         tweak(c);
     })
     .await;
-    (edge, ca, dbs)
+    (edge, ca)
 }
 
 /// Reads until the peer closes (EOF, reset, or a TLS stream cut short);
@@ -221,34 +226,37 @@ fn assert_closed_after(what: &str, elapsed: Duration, timeout: Duration) {
 }
 
 async fn slowloris(transport: Transport) {
-    let (edge, _ca, _dbs) = edge_with(&transport, timeouts(1, 1, 1)).await;
-    let stream = transport.connect(edge.addr).await;
-    let since = Instant::now();
-    let (mut read, mut write) = tokio::io::split(stream);
-    let writer = tokio::spawn(async move {
-        for byte in b"GET /openapi.json HTTP/1.1\r\nhost: edge\r\nx-padding: slowloris\r\n\r\n" {
-            if write.write_all(&[*byte]).await.is_err() || write.flush().await.is_err() {
-                return;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(&transport, stores.of(ServiceKind::Gateway), timeouts(1, 1, 1)).await;
+        let stream = transport.connect(edge.addr).await;
+        let since = Instant::now();
+        let (mut read, mut write) = tokio::io::split(stream);
+        let writer = tokio::spawn(async move {
+            for byte in b"GET /openapi.json HTTP/1.1\r\nhost: edge\r\nx-padding: slowloris\r\n\r\n" {
+                if write.write_all(&[*byte]).await.is_err() || write.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    let (elapsed, got) = until_closed(&mut read, since, BOUND).await;
-    writer.abort();
-    assert_closed_after(
-        &format!("slowloris ({})", transport.name()),
-        elapsed,
-        Duration::from_secs(1),
-    );
-    assert!(
-        got.is_empty(),
-        "a reply to an incomplete head: {:?}",
-        String::from_utf8_lossy(&got)
-    );
-    let stats = edge.connections.snapshot();
-    assert_eq!(stats.closed(CloseReason::HeaderTimeout), 1, "{stats:?}");
-    assert_eq!(stats.closed(CloseReason::IdleTimeout), 0, "{stats:?}");
-    edge.stop().await;
+        });
+        let (elapsed, got) = until_closed(&mut read, since, BOUND).await;
+        writer.abort();
+        assert_closed_after(
+            &format!("slowloris ({})", transport.name()),
+            elapsed,
+            Duration::from_secs(1),
+        );
+        assert!(
+            got.is_empty(),
+            "a reply to an incomplete head: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let stats = edge.connections.snapshot();
+        assert_eq!(stats.closed(CloseReason::HeaderTimeout), 1, "{stats:?}");
+        assert_eq!(stats.closed(CloseReason::IdleTimeout), 0, "{stats:?}");
+        edge.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,53 +271,77 @@ async fn a_head_sent_one_byte_at_a_time_over_https_is_closed_after_the_header_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(1, 1, 5)).await;
-    let mut stream = Transport::Plain.connect(edge.addr).await;
-    let (elapsed, got) = until_closed(&mut stream, Instant::now(), BOUND).await;
-    assert_closed_after("silent connection", elapsed, Duration::from_secs(1));
-    assert!(got.is_empty());
-    assert_eq!(edge.connections.snapshot().closed(CloseReason::HeaderTimeout), 1);
-    edge.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(
+            &Transport::Plain,
+            stores.of(ServiceKind::Gateway),
+            timeouts(1, 1, 5),
+        )
+        .await;
+        let mut stream = Transport::Plain.connect(edge.addr).await;
+        let (elapsed, got) = until_closed(&mut stream, Instant::now(), BOUND).await;
+        assert_closed_after("silent connection", elapsed, Duration::from_secs(1));
+        assert!(got.is_empty());
+        assert_eq!(edge.connections.snapshot().closed(CloseReason::HeaderTimeout), 1);
+        edge.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_refused_and_its_connection_closed_after_the_body_timeout() {
-    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(1, 1, 5)).await;
-    let token = edge.token(json!({"scope": "analytics:ingest"}));
-    let mut stream = Transport::Plain.connect(edge.addr).await;
-    let head = format!(
-        "POST /v1/capsule-runs HTTP/1.1\r\nhost: edge\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(b"{\"eventId\"").await.unwrap();
-    let since = Instant::now();
-    let (elapsed, got) = until_closed(&mut stream, since, BOUND).await;
-    assert_closed_after("stalled body", elapsed, Duration::from_secs(1));
-    let reply = String::from_utf8_lossy(&got);
-    println!("stalled body: reply {:?}", reply.lines().next());
-    // The edge answers 408 body_timeout, then closes the connection.
-    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
-    assert!(reply.contains("\"reason\":\"body_timeout\""), "{reply}");
-    let stats = edge.connections.snapshot();
-    assert_eq!(stats.closed(CloseReason::BodyTimeout), 1, "{stats:?}");
-    edge.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(
+            &Transport::Plain,
+            stores.of(ServiceKind::Gateway),
+            timeouts(1, 1, 5),
+        )
+        .await;
+        let token = edge.token(json!({"scope": "analytics:ingest"}));
+        let mut stream = Transport::Plain.connect(edge.addr).await;
+        let head = format!(
+            "POST /v1/capsule-runs HTTP/1.1\r\nhost: edge\r\nauthorization: Bearer {token}\r\n\
+             content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"{\"eventId\"").await.unwrap();
+        let since = Instant::now();
+        let (elapsed, got) = until_closed(&mut stream, since, BOUND).await;
+        assert_closed_after("stalled body", elapsed, Duration::from_secs(1));
+        let reply = String::from_utf8_lossy(&got);
+        println!("stalled body: reply {:?}", reply.lines().next());
+        // The edge answers 408 body_timeout, then closes the connection.
+        assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+        assert!(reply.contains("\"reason\":\"body_timeout\""), "{reply}");
+        let stats = edge.connections.snapshot();
+        assert_eq!(stats.closed(CloseReason::BodyTimeout), 1, "{stats:?}");
+        edge.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    // The head timeout is longer than the idle one: what closes the
-    // connection is idleness, and it is counted as such.
-    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(3, 3, 1)).await;
-    let mut stream = Transport::Plain.connect(edge.addr).await;
-    assert_eq!(get_openapi(&mut stream).await, 200);
-    let (elapsed, got) = until_closed(&mut stream, Instant::now(), BOUND).await;
-    assert_closed_after("idle HTTP/1.1", elapsed, Duration::from_secs(1));
-    assert!(got.is_empty());
-    let stats = edge.connections.snapshot();
-    assert_eq!(stats.closed(CloseReason::IdleTimeout), 1, "{stats:?}");
-    assert_eq!(stats.closed(CloseReason::HeaderTimeout), 0, "{stats:?}");
-    edge.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        // The head timeout is longer than the idle one: what closes the
+        // connection is idleness, and it is counted as such.
+        let (edge, _ca) = edge_with(
+            &Transport::Plain,
+            stores.of(ServiceKind::Gateway),
+            timeouts(3, 3, 1),
+        )
+        .await;
+        let mut stream = Transport::Plain.connect(edge.addr).await;
+        assert_eq!(get_openapi(&mut stream).await, 200);
+        let (elapsed, got) = until_closed(&mut stream, Instant::now(), BOUND).await;
+        assert_closed_after("idle HTTP/1.1", elapsed, Duration::from_secs(1));
+        assert!(got.is_empty());
+        let stats = edge.connections.snapshot();
+        assert_eq!(stats.closed(CloseReason::IdleTimeout), 1, "{stats:?}");
+        assert_eq!(stats.closed(CloseReason::HeaderTimeout), 0, "{stats:?}");
+        edge.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 /// An HTTP/2 (prior knowledge) connection and its driver task.
@@ -338,130 +370,160 @@ async fn h2_body(response: http::Response<h2::RecvStream>) -> (u16, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_grpc_message_is_answered_deadline_exceeded_after_the_body_timeout() {
-    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(1, 1, 5)).await;
-    let token = edge.token(json!({"scope": "ledger:read"}));
-    let (client, _connection) = h2_connect(edge.addr).await;
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post(format!(
-        "http://{}/somastack.v1.Analytics/InclusionProof",
-        edge.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("authorization", format!("Bearer {token}"))
-    .body(())
-    .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    // The prefix announces 100 bytes; 10 come, then nothing.
-    let mut partial = vec![0u8, 0, 0, 0, 100];
-    partial.extend_from_slice(&[0x0a; 10]);
-    send.send_data(Bytes::from(partial), false).unwrap();
-    let since = Instant::now();
-    let response = tokio::time::timeout(BOUND, response).await.unwrap().unwrap();
-    let elapsed = since.elapsed();
-    println!("stalled gRPC message: answered after {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "answered before the body timeout: {elapsed:?}"
-    );
-    let head = response.headers();
-    let field = |name: &str| head.get(name).map(|v| v.to_str().unwrap().to_owned());
-    // 4: DEADLINE_EXCEEDED.
-    assert_eq!(
-        (field("grpc-status").as_deref(), field("soma-reason").as_deref()),
-        (Some("4"), Some("body_timeout"))
-    );
-    edge.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(
+            &Transport::Plain,
+            stores.of(ServiceKind::Gateway),
+            timeouts(1, 1, 5),
+        )
+        .await;
+        let token = edge.token(json!({"scope": "ledger:read"}));
+        let (client, _connection) = h2_connect(edge.addr).await;
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!(
+            "http://{}/somastack.v1.Analytics/InclusionProof",
+            edge.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        // The prefix announces 100 bytes; 10 come, then nothing.
+        let mut partial = vec![0u8, 0, 0, 0, 100];
+        partial.extend_from_slice(&[0x0a; 10]);
+        send.send_data(Bytes::from(partial), false).unwrap();
+        let since = Instant::now();
+        let response = tokio::time::timeout(BOUND, response).await.unwrap().unwrap();
+        let elapsed = since.elapsed();
+        println!("stalled gRPC message: answered after {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "answered before the body timeout: {elapsed:?}"
+        );
+        let head = response.headers();
+        let field = |name: &str| head.get(name).map(|v| v.to_str().unwrap().to_owned());
+        // 4: DEADLINE_EXCEEDED.
+        assert_eq!(
+            (field("grpc-status").as_deref(), field("soma-reason").as_deref()),
+            (Some("4"), Some("body_timeout"))
+        );
+        edge.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
-    let (edge, _ca, _dbs) = edge_with(&Transport::Plain, timeouts(3, 3, 1)).await;
-    let (client, driver) = h2_connect(edge.addr).await;
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::get(format!("http://{}/openapi.json", edge.addr))
-        .body(())
-        .unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let (status, _) = h2_body(response.await.unwrap()).await;
-    assert_eq!(status, 200);
-    let since = Instant::now();
-    // The client keeps its handle, so only the server can end the
-    // connection (GOAWAY, then close).
-    let ended = tokio::time::timeout_at(since + BOUND, driver).await;
-    let elapsed = since.elapsed();
-    let ended = ended.expect("the idle HTTP/2 connection is still open").unwrap();
-    println!("idle HTTP/2: driver ended with {ended:?}");
-    assert_closed_after("idle HTTP/2", elapsed, Duration::from_secs(1));
-    let stats = edge.connections.snapshot();
-    assert_eq!(stats.closed(CloseReason::IdleTimeout), 1, "{stats:?}");
-    drop(client);
-    edge.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(
+            &Transport::Plain,
+            stores.of(ServiceKind::Gateway),
+            timeouts(3, 3, 1),
+        )
+        .await;
+        let (client, driver) = h2_connect(edge.addr).await;
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get(format!("http://{}/openapi.json", edge.addr))
+            .body(())
+            .unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let (status, _) = h2_body(response.await.unwrap()).await;
+        assert_eq!(status, 200);
+        let since = Instant::now();
+        // The client keeps its handle, so only the server can end the
+        // connection (GOAWAY, then close).
+        let ended = tokio::time::timeout_at(since + BOUND, driver).await;
+        let elapsed = since.elapsed();
+        let ended = ended.expect("the idle HTTP/2 connection is still open").unwrap();
+        println!("idle HTTP/2: driver ended with {ended:?}");
+        assert_closed_after("idle HTTP/2", elapsed, Duration::from_secs(1));
+        let stats = edge.connections.snapshot();
+        assert_eq!(stats.closed(CloseReason::IdleTimeout), 1, "{stats:?}");
+        drop(client);
+        edge.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_still_sending_its_body_keeps_the_connection_past_the_idle_timeout() {
-    // Idle after 1 s; the body may take 10 s and takes about 3. A real
-    // Analytics backend stores the event, so the stream is served whole.
-    let ca = Ca::new();
-    let dbs = tempfile::tempdir().unwrap();
-    let analytics = start_analytics(&ca, &sqlite(&dbs), analytics_config(), Some(&gateway_signer())).await;
-    let edge = start_edge(&ca, Some(&analytics), &sqlite(&dbs), timeouts(1, 10, 1)).await;
-    let token = edge.token(json!({"scope": "analytics:ingest"}));
-    let (client, driver) = h2_connect(edge.addr).await;
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{}/v1/capsule-runs", edge.addr))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(())
-        .unwrap();
-    let (response, mut body) = client.send_request(request, false).unwrap();
-    let started_at = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
-    let started_at = started_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
-    let json = json!({"eventId": "slow-1", "capsuleId": "c", "runId": "r1", "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": started_at, "duration": "1s"}).to_string();
-    let pieces: Vec<&[u8]> = json.as_bytes().chunks(json.len().div_ceil(10)).collect();
-    let started = Instant::now();
-    for (i, piece) in pieces.iter().enumerate() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        body.send_data(Bytes::copy_from_slice(piece), i + 1 == pieces.len())
+    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+        // Idle after 1 s; the body may take 10 s and takes about 3. A real
+        // Analytics backend stores the event, so the stream is served whole.
+        let ca = Ca::new();
+        let analytics = start_analytics(
+            &ca,
+            stores.of(ServiceKind::Analytics),
+            analytics_config(),
+            Some(&gateway_signer()),
+        )
+        .await;
+        let edge = start_edge(
+            &ca,
+            Some(&analytics),
+            stores.of(ServiceKind::Gateway),
+            timeouts(1, 10, 1),
+        )
+        .await;
+        let token = edge.token(json!({"scope": "analytics:ingest"}));
+        let (client, driver) = h2_connect(edge.addr).await;
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{}/v1/capsule-runs", edge.addr))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(())
             .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        let started_at = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
+        let started_at = started_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let json = json!({"eventId": "slow-1", "capsuleId": "c", "runId": "r1", "outcome": "RUN_OUTCOME_SUCCEEDED", "startedAt": started_at, "duration": "1s"}).to_string();
+        let pieces: Vec<&[u8]> = json.as_bytes().chunks(json.len().div_ceil(10)).collect();
+        let started = Instant::now();
+        for (i, piece) in pieces.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            body.send_data(Bytes::copy_from_slice(piece), i + 1 == pieces.len())
+                .unwrap();
+        }
+        let sending = started.elapsed();
+        let (status, reply) = h2_body(response.await.unwrap()).await;
+        println!(
+            "long HTTP/2 stream: body sent over {sending:?}, answered {status} {}",
+            String::from_utf8_lossy(&reply)
+        );
+        assert!(
+            sending > Duration::from_secs(1),
+            "the body was not slower than the idle timeout"
+        );
+        assert!(
+            !driver.is_finished(),
+            "the connection ended while its stream was open"
+        );
+        let stats = edge.connections.snapshot();
+        assert_eq!(stats.closed(CloseReason::IdleTimeout), 0, "{stats:?}");
+        assert_eq!(stats.closed(CloseReason::BodyTimeout), 0, "{stats:?}");
+        // Once the stream is done, the connection is idle and is closed.
+        let since = Instant::now();
+        let ended = tokio::time::timeout_at(since + BOUND, driver).await;
+        let elapsed = since.elapsed();
+        ended
+            .expect("the HTTP/2 connection stayed open once idle")
+            .unwrap()
+            .ok();
+        assert_closed_after(
+            "HTTP/2 idle after its long stream",
+            elapsed,
+            Duration::from_secs(1),
+        );
+        assert_eq!(edge.connections.snapshot().closed(CloseReason::IdleTimeout), 1);
+        drop(client);
+        edge.stop().await;
+        analytics.stop().await;
+        stores.cleanup().await;
     }
-    let sending = started.elapsed();
-    let (status, reply) = h2_body(response.await.unwrap()).await;
-    println!(
-        "long HTTP/2 stream: body sent over {sending:?}, answered {status} {}",
-        String::from_utf8_lossy(&reply)
-    );
-    assert!(
-        sending > Duration::from_secs(1),
-        "the body was not slower than the idle timeout"
-    );
-    assert!(
-        !driver.is_finished(),
-        "the connection ended while its stream was open"
-    );
-    let stats = edge.connections.snapshot();
-    assert_eq!(stats.closed(CloseReason::IdleTimeout), 0, "{stats:?}");
-    assert_eq!(stats.closed(CloseReason::BodyTimeout), 0, "{stats:?}");
-    // Once the stream is done, the connection is idle and is closed.
-    let since = Instant::now();
-    let ended = tokio::time::timeout_at(since + BOUND, driver).await;
-    let elapsed = since.elapsed();
-    ended
-        .expect("the HTTP/2 connection stayed open once idle")
-        .unwrap()
-        .ok();
-    assert_closed_after(
-        "HTTP/2 idle after its long stream",
-        elapsed,
-        Duration::from_secs(1),
-    );
-    assert_eq!(edge.connections.snapshot().closed(CloseReason::IdleTimeout), 1);
-    drop(client);
-    edge.stop().await;
-    analytics.stop().await;
 }
 
 /// One row of the cap table.
@@ -473,81 +535,84 @@ struct CapCase {
 }
 
 async fn caps(transport: Transport) {
-    let cases = [
-        CapCase {
-            name: "global cap",
-            max_connections: 8,
-            per_client: 8,
-            expected: RefusalReason::MaxConnections,
-        },
-        CapCase {
-            name: "per-client cap",
-            max_connections: 100,
-            per_client: 8,
-            expected: RefusalReason::MaxConnectionsPerClient,
-        },
-    ];
-    for case in cases {
-        let what = format!("{} ({})", case.name, transport.name());
-        let (edge, _ca, _dbs) = edge_with(&transport, |c| {
-            timeouts(3, 3, 3)(c);
-            c.connections.max_connections = case.max_connections;
-            c.connections.max_connections_per_client = case.per_client;
-        })
-        .await;
-        // Eight connections, each served once and then idle.
-        let mut idle = Vec::new();
-        for _ in 0..8 {
-            let mut stream = transport.connect(edge.addr).await;
-            assert_eq!(get_openapi(&mut stream).await, 200, "{what}");
-            idle.push(stream);
-        }
-        // The ninth is closed at once, before any TLS or HTTP.
-        let since = Instant::now();
-        match transport.connect_from("127.0.0.1", edge.addr).await {
-            Err(e) => println!(
-                "{what}: ninth refused in the handshake after {:?}: {e}",
-                since.elapsed()
-            ),
-            Ok(mut ninth) => {
-                let _ = ninth
-                    .write_all(b"GET /openapi.json HTTP/1.1\r\nhost: edge\r\n\r\n")
-                    .await;
-                let (elapsed, got) = until_closed(&mut ninth, since, REFUSAL_BOUND).await;
-                println!("{what}: ninth closed after {elapsed:?}");
-                assert!(got.is_empty(), "{what}: the ninth was answered");
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let cases = [
+            CapCase {
+                name: "global cap",
+                max_connections: 8,
+                per_client: 8,
+                expected: RefusalReason::MaxConnections,
+            },
+            CapCase {
+                name: "per-client cap",
+                max_connections: 100,
+                per_client: 8,
+                expected: RefusalReason::MaxConnectionsPerClient,
+            },
+        ];
+        for case in cases {
+            let what = format!("{} ({})", case.name, transport.name());
+            let (edge, _ca) = edge_with(&transport, stores.of(ServiceKind::Gateway), |c| {
+                timeouts(3, 3, 3)(c);
+                c.connections.max_connections = case.max_connections;
+                c.connections.max_connections_per_client = case.per_client;
+            })
+            .await;
+            // Eight connections, each served once and then idle.
+            let mut idle = Vec::new();
+            for _ in 0..8 {
+                let mut stream = transport.connect(edge.addr).await;
+                assert_eq!(get_openapi(&mut stream).await, 200, "{what}");
+                idle.push(stream);
             }
+            // The ninth is closed at once, before any TLS or HTTP.
+            let since = Instant::now();
+            match transport.connect_from("127.0.0.1", edge.addr).await {
+                Err(e) => println!(
+                    "{what}: ninth refused in the handshake after {:?}: {e}",
+                    since.elapsed()
+                ),
+                Ok(mut ninth) => {
+                    let _ = ninth
+                        .write_all(b"GET /openapi.json HTTP/1.1\r\nhost: edge\r\n\r\n")
+                        .await;
+                    let (elapsed, got) = until_closed(&mut ninth, since, REFUSAL_BOUND).await;
+                    println!("{what}: ninth closed after {elapsed:?}");
+                    assert!(got.is_empty(), "{what}: the ninth was answered");
+                }
+            }
+            let stats = edge.connections.snapshot();
+            assert_eq!(stats.refused(case.expected), 1, "{what}: {stats:?}");
+            assert_eq!(stats.open, 8, "{what}: {stats:?}");
+            if case.expected == RefusalReason::MaxConnectionsPerClient {
+                // Another client address is not held back by this one.
+                let mut other = transport.connect_from("127.0.0.2", edge.addr).await.unwrap();
+                assert_eq!(get_openapi(&mut other).await, 200, "{what}: another client");
+            }
+            // The idle ones are closed by the idle timeout ...
+            let since = Instant::now();
+            for stream in &mut idle {
+                until_closed(stream, since, BOUND).await;
+            }
+            println!("{what}: the idle connections closed after {:?}", since.elapsed());
+            let deadline = Instant::now() + BOUND;
+            while edge.connections.snapshot().open >= 8 {
+                assert!(Instant::now() < deadline, "{what}: the slots were not given back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // ... and a new client is served again.
+            let mut fresh = transport.connect(edge.addr).await;
+            assert_eq!(
+                get_openapi(&mut fresh).await,
+                200,
+                "{what}: after the idle ones closed"
+            );
+            let stats = edge.connections.snapshot();
+            assert!(stats.closed(CloseReason::IdleTimeout) >= 8, "{what}: {stats:?}");
+            drop(fresh);
+            edge.stop().await;
         }
-        let stats = edge.connections.snapshot();
-        assert_eq!(stats.refused(case.expected), 1, "{what}: {stats:?}");
-        assert_eq!(stats.open, 8, "{what}: {stats:?}");
-        if case.expected == RefusalReason::MaxConnectionsPerClient {
-            // Another client address is not held back by this one.
-            let mut other = transport.connect_from("127.0.0.2", edge.addr).await.unwrap();
-            assert_eq!(get_openapi(&mut other).await, 200, "{what}: another client");
-        }
-        // The idle ones are closed by the idle timeout ...
-        let since = Instant::now();
-        for stream in &mut idle {
-            until_closed(stream, since, BOUND).await;
-        }
-        println!("{what}: the idle connections closed after {:?}", since.elapsed());
-        let deadline = Instant::now() + BOUND;
-        while edge.connections.snapshot().open >= 8 {
-            assert!(Instant::now() < deadline, "{what}: the slots were not given back");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // ... and a new client is served again.
-        let mut fresh = transport.connect(edge.addr).await;
-        assert_eq!(
-            get_openapi(&mut fresh).await,
-            200,
-            "{what}: after the idle ones closed"
-        );
-        let stats = edge.connections.snapshot();
-        assert!(stats.closed(CloseReason::IdleTimeout) >= 8, "{what}: {stats:?}");
-        drop(fresh);
-        edge.stop().await;
+        stores.cleanup().await;
     }
 }
 

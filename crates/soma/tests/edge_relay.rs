@@ -36,6 +36,9 @@ struct Backend {
     /// What each `Hang` call saw: its `grpc-timeout` and how its stream ended.
     hung: Hung,
     tasks: JoinSet<()>,
+    /// Yields `None` once every connection task has ended: each holds a
+    /// sender, and the accept task holds the first one.
+    open: tokio::sync::mpsc::Receiver<()>,
 }
 
 type Hung = Arc<std::sync::Mutex<Vec<(String, Option<h2::Reason>)>>>;
@@ -48,6 +51,7 @@ impl Backend {
         let counted = Arc::clone(&connections);
         let hung = Hung::default();
         let seen = Arc::clone(&hung);
+        let (alive, open) = tokio::sync::mpsc::channel::<()>(1);
         let mut tasks = JoinSet::new();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
@@ -58,7 +62,10 @@ impl Backend {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let seen = Arc::clone(&seen);
+                let alive = alive.clone();
                 conns.spawn(async move {
+                    // Dropped with this task: when the connection is gone.
+                    let _alive = alive;
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -76,6 +83,7 @@ impl Backend {
             connections,
             hung,
             tasks,
+            open,
         }
     }
 
@@ -85,11 +93,18 @@ impl Backend {
         Self::start(ca.store(path, Duration::from_secs(3600)), listener).await
     }
 
-    /// Stops accepting and drops every connection.
+    /// Stops accepting and drops every connection, returning once the last
+    /// connection task has ended (its socket closed), not after a guess.
     async fn stop(mut self) {
+        // Ends the accept task, which drops the listener and its set of
+        // connection tasks: that aborts them, and each ends on its next poll.
         self.tasks.shutdown().await;
-        // The connection tasks live in the accept task's set: gone with it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The bound only turns a connection task that never ends into a
+        // failure instead of a hang.
+        let ended = tokio::time::timeout(Duration::from_secs(10), self.open.recv())
+            .await
+            .expect("a connection of the stopped backend is still open after 10 s");
+        assert!(ended.is_none(), "nothing is ever sent on the liveness channel");
     }
 }
 

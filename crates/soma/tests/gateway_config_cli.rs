@@ -157,8 +157,9 @@ fn the_gateway_does_not_start_without_a_usable_configuration() {
                 ("SOMA_GATEWAY_CONFIG", long_lived),
                 ("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED", "local"),
             ],
-            expected: "soma: setting jwt.max_lifetime: max_lifetime 2678400s must be positive and at most \
-                       30 days",
+            // 31 days, as the Duration's Debug form.
+            expected: "soma: setting jwt.max_lifetime: max_lifetime 2678400s must be positive and at most 30 \
+                       days",
         },
         Case {
             name: "missing file",

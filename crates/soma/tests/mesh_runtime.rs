@@ -1,7 +1,8 @@
 //! The mesh runtime with the real services, in-process on 127.0.0.1:0, over
 //! real mTLS: health and reflection on every service, per-method
 //! authorization (deny by default, handler never reached), and the signed
-//! claims envelope.
+//! claims envelope; each on SQLite and on PostgreSQL, since every service
+//! opens and migrates its database before it serves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,28 +21,31 @@ const SERVING: i32 = 1;
 
 #[tokio::test]
 async fn every_service_is_serving_and_listed_by_reflection_v1_and_v1alpha() {
-    let ca = Ca::new();
-    let operator = ca.store("/operator/alice", Duration::from_secs(600));
-    for kind in ServiceKind::ALL {
-        let svc = start(&ca, kind, None).await;
-        let ch = channel(operator.clone(), svc.addr, &svc.id);
-        assert_eq!(health(ch.clone(), "").await.unwrap(), SERVING, "{kind}");
-        assert_eq!(
-            health(ch.clone(), kind.grpc_name()).await.unwrap(),
-            SERVING,
-            "{kind}"
-        );
-        for list in [
-            reflection_list(ch.clone()).await,
-            reflection_list_v1alpha(ch.clone()).await,
-        ] {
-            assert!(list.iter().any(|s| s == kind.grpc_name()), "{kind}: {list:?}");
-            assert!(
-                list.iter().any(|s| s == "grpc.health.v1.Health"),
-                "{kind}: {list:?}"
+    for stores in common::engine_stores(&ServiceKind::ALL).await {
+        let ca = Ca::new();
+        let operator = ca.store("/operator/alice", Duration::from_secs(600));
+        for kind in ServiceKind::ALL {
+            let svc = start(&ca, kind, None, stores.of(kind)).await;
+            let ch = channel(operator.clone(), svc.addr, &svc.id);
+            assert_eq!(health(ch.clone(), "").await.unwrap(), SERVING, "{kind}");
+            assert_eq!(
+                health(ch.clone(), kind.grpc_name()).await.unwrap(),
+                SERVING,
+                "{kind}"
             );
+            for list in [
+                reflection_list(ch.clone()).await,
+                reflection_list_v1alpha(ch.clone()).await,
+            ] {
+                assert!(list.iter().any(|s| s == kind.grpc_name()), "{kind}: {list:?}");
+                assert!(
+                    list.iter().any(|s| s == "grpc.health.v1.Health"),
+                    "{kind}: {list:?}"
+                );
+            }
+            svc.stop().await;
         }
-        svc.stop().await;
+        stores.cleanup().await;
     }
 }
 
@@ -50,113 +54,131 @@ const CAPSULE_RUN: &str = "/somastack.v1.Analytics/RecordCapsuleRun";
 
 #[tokio::test]
 async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs() {
-    let ca = Ca::new();
-    let svc = start(&ca, ServiceKind::Analytics, None).await;
+    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+        let ca = Ca::new();
+        let svc = start(
+            &ca,
+            ServiceKind::Analytics,
+            None,
+            stores.of(ServiceKind::Analytics),
+        )
+        .await;
 
-    struct Case {
-        name: &'static str,
-        caller: &'static str,
-        expected: Code,
-        reason: Option<&'static str>,
+        struct Case {
+            name: &'static str,
+            caller: &'static str,
+            expected: Code,
+            reason: Option<&'static str>,
+        }
+        let cases = [
+            // RecordBillingEvent is callable by the tool registry only.
+            Case {
+                name: "capsule-repo",
+                caller: "/svc/capsule-repo",
+                expected: Code::PermissionDenied,
+                reason: Some("caller_not_allowed"),
+            },
+            Case {
+                name: "gateway",
+                caller: "/svc/gateway",
+                expected: Code::PermissionDenied,
+                reason: Some("caller_not_allowed"),
+            },
+            Case {
+                name: "operator",
+                caller: "/operator/alice",
+                expected: Code::PermissionDenied,
+                reason: Some("caller_not_allowed"),
+            },
+            Case {
+                name: "look-alike path",
+                caller: "/svc/tool-registry2",
+                expected: Code::PermissionDenied,
+                reason: Some("caller_not_allowed"),
+            },
+            Case {
+                name: "sub-path",
+                caller: "/svc/tool-registry/x",
+                expected: Code::PermissionDenied,
+                reason: Some("caller_not_allowed"),
+            },
+            // The allowed caller reaches the handler, whose validation refuses
+            // the empty request: the counter moves.
+            Case {
+                name: "tool-registry",
+                caller: "/svc/tool-registry",
+                expected: Code::InvalidArgument,
+                reason: None,
+            },
+        ];
+        for c in cases {
+            let before = svc.metrics.dispatched_count(BILLING);
+            let client_id = ca.store(c.caller, Duration::from_secs(600));
+            let mut client = AnalyticsClient::new(channel(client_id, svc.addr, &svc.id));
+            let status = client
+                .record_billing_event(RecordBillingEventRequest::default())
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
+            let reason = status
+                .metadata()
+                .get("soma-reason")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(
+                reason.as_deref(),
+                Some(c.reason.unwrap_or("invalid_argument")),
+                "{}",
+                c.name
+            );
+            let ran = svc.metrics.dispatched_count(BILLING) - before;
+            assert_eq!(
+                ran,
+                u64::from(c.reason.is_none()),
+                "{}: handler runs = {ran}",
+                c.name
+            );
+        }
+        assert_eq!(svc.metrics.denied_count(BILLING, "caller_not_allowed"), 5);
+        svc.stop().await;
+        stores.cleanup().await;
     }
-    let cases = [
-        // RecordBillingEvent is callable by the tool registry only.
-        Case {
-            name: "capsule-repo",
-            caller: "/svc/capsule-repo",
-            expected: Code::PermissionDenied,
-            reason: Some("caller_not_allowed"),
-        },
-        Case {
-            name: "gateway",
-            caller: "/svc/gateway",
-            expected: Code::PermissionDenied,
-            reason: Some("caller_not_allowed"),
-        },
-        Case {
-            name: "operator",
-            caller: "/operator/alice",
-            expected: Code::PermissionDenied,
-            reason: Some("caller_not_allowed"),
-        },
-        Case {
-            name: "look-alike path",
-            caller: "/svc/tool-registry2",
-            expected: Code::PermissionDenied,
-            reason: Some("caller_not_allowed"),
-        },
-        Case {
-            name: "sub-path",
-            caller: "/svc/tool-registry/x",
-            expected: Code::PermissionDenied,
-            reason: Some("caller_not_allowed"),
-        },
-        // The allowed caller reaches the handler, whose validation refuses
-        // the empty request: the counter moves.
-        Case {
-            name: "tool-registry",
-            caller: "/svc/tool-registry",
-            expected: Code::InvalidArgument,
-            reason: None,
-        },
-    ];
-    for c in cases {
-        let before = svc.metrics.dispatched_count(BILLING);
-        let client_id = ca.store(c.caller, Duration::from_secs(600));
-        let mut client = AnalyticsClient::new(channel(client_id, svc.addr, &svc.id));
-        let status = client
-            .record_billing_event(RecordBillingEventRequest::default())
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
-        let reason = status
-            .metadata()
-            .get("soma-reason")
-            .map(|v| v.to_str().unwrap().to_owned());
-        assert_eq!(
-            reason.as_deref(),
-            Some(c.reason.unwrap_or("invalid_argument")),
-            "{}",
-            c.name
-        );
-        let ran = svc.metrics.dispatched_count(BILLING) - before;
-        assert_eq!(
-            ran,
-            u64::from(c.reason.is_none()),
-            "{}: handler runs = {ran}",
-            c.name
-        );
-    }
-    assert_eq!(svc.metrics.denied_count(BILLING, "caller_not_allowed"), 5);
-    svc.stop().await;
 }
 
 #[tokio::test]
 async fn a_method_without_a_policy_is_denied_by_default() {
-    let ca = Ca::new();
-    let svc = start(&ca, ServiceKind::Analytics, None).await;
-    // A path the service does not declare: the runtime denies it before
-    // routing, whoever calls.
-    let client_id = ca.store("/svc/tool-registry", Duration::from_secs(600));
-    let ch = channel(client_id, svc.addr, &svc.id);
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<
-        soma_proto::v1::VerifyStoreRequest,
-        soma_proto::v1::VerifyStoreResponse,
-    >::default();
-    let path = http::uri::PathAndQuery::from_static("/somastack.v1.Analytics/DropAllTables");
-    let status = grpc
-        .unary(
-            tonic::Request::new(soma_proto::v1::VerifyStoreRequest {}),
-            path,
-            codec,
+    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+        let ca = Ca::new();
+        let svc = start(
+            &ca,
+            ServiceKind::Analytics,
+            None,
+            stores.of(ServiceKind::Analytics),
         )
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied);
-    assert_eq!(status.metadata().get("soma-reason").unwrap(), "no_policy");
-    svc.stop().await;
+        .await;
+        // A path the service does not declare: the runtime denies it before
+        // routing, whoever calls.
+        let client_id = ca.store("/svc/tool-registry", Duration::from_secs(600));
+        let ch = channel(client_id, svc.addr, &svc.id);
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<
+            soma_proto::v1::VerifyStoreRequest,
+            soma_proto::v1::VerifyStoreResponse,
+        >::default();
+        let path = http::uri::PathAndQuery::from_static("/somastack.v1.Analytics/DropAllTables");
+        let status = grpc
+            .unary(
+                tonic::Request::new(soma_proto::v1::VerifyStoreRequest {}),
+                path,
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.metadata().get("soma-reason").unwrap(), "no_policy");
+        svc.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 fn claims(capability: &str) -> VerifiedClaims {
@@ -173,117 +195,130 @@ fn claims(capability: &str) -> VerifiedClaims {
 
 #[tokio::test]
 async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_service() {
-    let ca = Ca::new();
-    let (signer, _) = ClaimsSigner::generate("gateway-1").unwrap();
-    let (forger, _) = ClaimsSigner::generate("gateway-1").unwrap();
-    let analytics_id = ca.id("/svc/analytics");
-    let verifier = ClaimsVerifier::new(
-        ca.id("/svc/gateway"),
-        analytics_id.clone(),
-        vec![("gateway-1".into(), signer.public_key())],
-    );
-    let svc = start(&ca, ServiceKind::Analytics, Some(verifier)).await;
-    let gateway = ca.store("/svc/gateway", Duration::from_secs(600));
-    let tool_registry = ca.store("/svc/tool-registry", Duration::from_secs(600));
-    let now = SystemTime::now();
-    let ttl = Duration::from_secs(30);
+    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+        let ca = Ca::new();
+        let (signer, _) = ClaimsSigner::generate("gateway-1").unwrap();
+        let (forger, _) = ClaimsSigner::generate("gateway-1").unwrap();
+        let analytics_id = ca.id("/svc/analytics");
+        let verifier = ClaimsVerifier::new(
+            ca.id("/svc/gateway"),
+            analytics_id.clone(),
+            vec![("gateway-1".into(), signer.public_key())],
+        );
+        let svc = start(
+            &ca,
+            ServiceKind::Analytics,
+            Some(verifier),
+            stores.of(ServiceKind::Analytics),
+        )
+        .await;
+        let gateway = ca.store("/svc/gateway", Duration::from_secs(600));
+        let tool_registry = ca.store("/svc/tool-registry", Duration::from_secs(600));
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(30);
 
-    struct Case {
-        name: &'static str,
-        from_gateway: bool,
-        envelope: soma_auth::SignedClaims,
-        expected: Code,
+        struct Case {
+            name: &'static str,
+            from_gateway: bool,
+            envelope: soma_auth::SignedClaims,
+            expected: Code,
+        }
+        let cases = [
+            Case {
+                name: "valid envelope from the gateway",
+                from_gateway: true,
+                envelope: signer
+                    .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
+                    .unwrap(),
+                expected: Code::InvalidArgument,
+            },
+            Case {
+                name: "forged signature (another key, same key id)",
+                from_gateway: true,
+                envelope: forger
+                    .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
+                    .unwrap(),
+                expected: Code::Unauthenticated,
+            },
+            Case {
+                name: "wrong audience",
+                from_gateway: true,
+                envelope: signer
+                    .sign(claims("analytics:ingest"), &ca.id("/svc/capsule-repo"), ttl, now)
+                    .unwrap(),
+                expected: Code::Unauthenticated,
+            },
+            Case {
+                name: "expired",
+                from_gateway: true,
+                envelope: signer
+                    .sign(
+                        claims("analytics:ingest"),
+                        &analytics_id,
+                        ttl,
+                        now - Duration::from_secs(120),
+                    )
+                    .unwrap(),
+                expected: Code::Unauthenticated,
+            },
+            Case {
+                name: "valid envelope sent by a non-gateway peer",
+                from_gateway: false,
+                envelope: signer
+                    .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
+                    .unwrap(),
+                expected: Code::Unauthenticated,
+            },
+            Case {
+                name: "valid envelope without the method's capability",
+                from_gateway: true,
+                envelope: signer
+                    .sign(claims("analytics:export"), &analytics_id, ttl, now)
+                    .unwrap(),
+                expected: Code::PermissionDenied,
+            },
+        ];
+        for c in cases {
+            let before = svc.metrics.dispatched_count(CAPSULE_RUN);
+            let peer = if c.from_gateway {
+                gateway.clone()
+            } else {
+                tool_registry.clone()
+            };
+            let mut client = AnalyticsClient::new(channel(peer, svc.addr, &svc.id));
+            let mut request = tonic::Request::new(RecordCapsuleRunRequest::default());
+            c.envelope.insert_into(request.metadata_mut());
+            let status = client.record_capsule_run(request).await.unwrap_err();
+            assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
+            let ran = svc.metrics.dispatched_count(CAPSULE_RUN) - before;
+            assert_eq!(ran, u64::from(c.expected == Code::InvalidArgument), "{}", c.name);
+        }
+        svc.stop().await;
+        stores.cleanup().await;
     }
-    let cases = [
-        Case {
-            name: "valid envelope from the gateway",
-            from_gateway: true,
-            envelope: signer
-                .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
-                .unwrap(),
-            expected: Code::InvalidArgument,
-        },
-        Case {
-            name: "forged signature (another key, same key id)",
-            from_gateway: true,
-            envelope: forger
-                .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
-                .unwrap(),
-            expected: Code::Unauthenticated,
-        },
-        Case {
-            name: "wrong audience",
-            from_gateway: true,
-            envelope: signer
-                .sign(claims("analytics:ingest"), &ca.id("/svc/capsule-repo"), ttl, now)
-                .unwrap(),
-            expected: Code::Unauthenticated,
-        },
-        Case {
-            name: "expired",
-            from_gateway: true,
-            envelope: signer
-                .sign(
-                    claims("analytics:ingest"),
-                    &analytics_id,
-                    ttl,
-                    now - Duration::from_secs(120),
-                )
-                .unwrap(),
-            expected: Code::Unauthenticated,
-        },
-        Case {
-            name: "valid envelope sent by a non-gateway peer",
-            from_gateway: false,
-            envelope: signer
-                .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
-                .unwrap(),
-            expected: Code::Unauthenticated,
-        },
-        Case {
-            name: "valid envelope without the method's capability",
-            from_gateway: true,
-            envelope: signer
-                .sign(claims("analytics:export"), &analytics_id, ttl, now)
-                .unwrap(),
-            expected: Code::PermissionDenied,
-        },
-    ];
-    for c in cases {
-        let before = svc.metrics.dispatched_count(CAPSULE_RUN);
-        let peer = if c.from_gateway {
-            gateway.clone()
-        } else {
-            tool_registry.clone()
-        };
-        let mut client = AnalyticsClient::new(channel(peer, svc.addr, &svc.id));
-        let mut request = tonic::Request::new(RecordCapsuleRunRequest::default());
-        c.envelope.insert_into(request.metadata_mut());
-        let status = client.record_capsule_run(request).await.unwrap_err();
-        assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
-        let ran = svc.metrics.dispatched_count(CAPSULE_RUN) - before;
-        assert_eq!(ran, u64::from(c.expected == Code::InvalidArgument), "{}", c.name);
-    }
-    svc.stop().await;
 }
 
 #[tokio::test]
 async fn gateway_who_am_i_returns_the_verified_peer() {
-    let ca = Ca::new();
-    let svc = start(&ca, ServiceKind::Gateway, None).await;
-    let operator = ca.store("/operator/alice", Duration::from_secs(600));
-    let mut client = soma_proto::v1::gateway_client::GatewayClient::new(channel(operator, svc.addr, &svc.id));
-    let me = client
-        .who_am_i(soma_proto::v1::WhoAmIRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        me.peer_spiffe_id,
-        format!("spiffe://{}/operator/alice", common::TD)
-    );
-    assert!(me.tenant.is_empty());
-    svc.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+        let ca = Ca::new();
+        let svc = start(&ca, ServiceKind::Gateway, None, stores.of(ServiceKind::Gateway)).await;
+        let operator = ca.store("/operator/alice", Duration::from_secs(600));
+        let mut client =
+            soma_proto::v1::gateway_client::GatewayClient::new(channel(operator, svc.addr, &svc.id));
+        let me = client
+            .who_am_i(soma_proto::v1::WhoAmIRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            me.peer_spiffe_id,
+            format!("spiffe://{}/operator/alice", common::TD)
+        );
+        assert!(me.tenant.is_empty());
+        svc.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 /// Upper bound on any single wait (a metric reaching its value, a server
@@ -368,67 +403,76 @@ async fn server_alert(
 
 #[tokio::test]
 async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_the_handshake() {
-    let ca = Ca::new();
-    let svc = start(&ca, ServiceKind::Analytics, None).await;
-    let failed_before = metric(svc.admin, HANDSHAKES_FAILED).await;
-    let ok_before = metric(svc.admin, HANDSHAKES_OK).await;
-
-    // 1. A client certificate from another authority of the same trust
-    // domain name, for an ID that may call RecordBillingEvent: its SVID does
-    // not chain to this service's bundle, so the server refuses it. The
-    // client trusts the real authority, so it is the server that decides.
-    let rogue = Ca::new();
-    let rogue_svid = rogue
-        .authority
-        .issue(
-            &rogue.id("/svc/tool-registry"),
-            Duration::from_secs(600),
-            soma_ca::IssueOptions::default(),
+    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+        let ca = Ca::new();
+        let svc = start(
+            &ca,
+            ServiceKind::Analytics,
+            None,
+            stores.of(ServiceKind::Analytics),
         )
-        .unwrap();
-    let alert = server_alert(client_presenting(&ca, &svc.id, Some(&rogue_svid)), svc.addr).await;
-    // The SPIFFE verifier refuses with its own reason (logged by the server),
-    // which rustls sends as certificate_unknown.
-    assert_eq!(alert, rustls::AlertDescription::CertificateUnknown);
-    let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 1).await;
-    assert_eq!(
-        failed,
-        failed_before + 1,
-        "one refused rogue handshake, one count"
-    );
-    assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
+        .await;
+        let failed_before = metric(svc.admin, HANDSHAKES_FAILED).await;
+        let ok_before = metric(svc.admin, HANDSHAKES_OK).await;
 
-    // 2. A TLS client with no certificate at all: refused, counted once.
-    let alert = server_alert(client_presenting(&ca, &svc.id, None), svc.addr).await;
-    assert_eq!(alert, rustls::AlertDescription::CertificateRequired);
-    let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 2).await;
-    assert_eq!(
-        failed,
-        failed_before + 2,
-        "one refused anonymous handshake, one count"
-    );
-    assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
+        // 1. A client certificate from another authority of the same trust
+        // domain name, for an ID that may call RecordBillingEvent: its SVID does
+        // not chain to this service's bundle, so the server refuses it. The
+        // client trusts the real authority, so it is the server that decides.
+        let rogue = Ca::new();
+        let rogue_svid = rogue
+            .authority
+            .issue(
+                &rogue.id("/svc/tool-registry"),
+                Duration::from_secs(600),
+                soma_ca::IssueOptions::default(),
+            )
+            .unwrap();
+        let alert = server_alert(client_presenting(&ca, &svc.id, Some(&rogue_svid)), svc.addr).await;
+        // The SPIFFE verifier refuses with its own reason (logged by the server),
+        // which rustls sends as certificate_unknown.
+        assert_eq!(alert, rustls::AlertDescription::CertificateUnknown);
+        let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 1).await;
+        assert_eq!(
+            failed,
+            failed_before + 1,
+            "one refused rogue handshake, one count"
+        );
+        assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
 
-    // 3. The same client configuration presenting an SVID of the real
-    // authority is accepted: the refusals above were the certificates',
-    // not the configuration's.
-    let honest_svid = ca
-        .authority
-        .issue(
-            &ca.id("/svc/tool-registry"),
-            Duration::from_secs(600),
-            soma_ca::IssueOptions::default(),
-        )
-        .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(client_presenting(&ca, &svc.id, Some(&honest_svid)));
-    let tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let ok = metric_at_least(svc.admin, HANDSHAKES_OK, ok_before + 1).await;
-    assert_eq!(ok, ok_before + 1);
-    assert_eq!(metric(svc.admin, HANDSHAKES_FAILED).await, failed_before + 2);
-    drop(tls);
-    svc.stop().await;
+        // 2. A TLS client with no certificate at all: refused, counted once.
+        let alert = server_alert(client_presenting(&ca, &svc.id, None), svc.addr).await;
+        assert_eq!(alert, rustls::AlertDescription::CertificateRequired);
+        let failed = metric_at_least(svc.admin, HANDSHAKES_FAILED, failed_before + 2).await;
+        assert_eq!(
+            failed,
+            failed_before + 2,
+            "one refused anonymous handshake, one count"
+        );
+        assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
+
+        // 3. The same client configuration presenting an SVID of the real
+        // authority is accepted: the refusals above were the certificates',
+        // not the configuration's.
+        let honest_svid = ca
+            .authority
+            .issue(
+                &ca.id("/svc/tool-registry"),
+                Duration::from_secs(600),
+                soma_ca::IssueOptions::default(),
+            )
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(client_presenting(&ca, &svc.id, Some(&honest_svid)));
+        let tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let ok = metric_at_least(svc.admin, HANDSHAKES_OK, ok_before + 1).await;
+        assert_eq!(ok, ok_before + 1);
+        assert_eq!(metric(svc.admin, HANDSHAKES_FAILED).await, failed_before + 2);
+        drop(tls);
+        svc.stop().await;
+        stores.cleanup().await;
+    }
 }
 
 /// The value of one counter series (`name{labels}`) in the admin /metrics.
@@ -477,33 +521,37 @@ async fn reqwest_metrics(admin: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_cut_off_at_the_handshake_timeout() {
-    let ca = Ca::new();
-    let store = ca.store("/svc/analytics", Duration::from_secs(600));
-    let svc = common::start_with(
-        store,
-        ServiceKind::Analytics,
-        None,
-        &[("SOMA_HANDSHAKE_TIMEOUT", "300ms")],
-    )
-    .await;
-    use tokio::io::AsyncReadExt;
-    let mut tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
-    // Send nothing: the server must close the connection by itself.
-    let mut buf = [0u8; 16];
-    let silent_since = std::time::Instant::now();
-    let read = tokio::time::timeout(HANG_GUARD, tcp.read(&mut buf))
-        .await
-        .expect("the server never cut off a client that sends nothing");
-    eprintln!("silent client cut off after {:?}", silent_since.elapsed());
-    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    // The close and the count happen on the server's task in an order the
-    // client cannot observe: wait for the count, then require exactly one.
-    let timed_out = metric_at_least(svc.admin, HANDSHAKES_TIMED_OUT, 1).await;
-    assert_eq!(timed_out, 1);
-    assert_eq!(
-        metric(svc.admin, HANDSHAKES_FAILED).await,
-        0,
-        "a timeout is not a failure"
-    );
-    svc.stop().await;
+    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+        let ca = Ca::new();
+        let store = ca.store("/svc/analytics", Duration::from_secs(600));
+        let svc = common::start_with(
+            store,
+            ServiceKind::Analytics,
+            None,
+            &[("SOMA_HANDSHAKE_TIMEOUT", "300ms")],
+            stores.of(ServiceKind::Analytics),
+        )
+        .await;
+        use tokio::io::AsyncReadExt;
+        let mut tcp = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+        // Send nothing: the server must close the connection by itself.
+        let mut buf = [0u8; 16];
+        let silent_since = std::time::Instant::now();
+        let read = tokio::time::timeout(HANG_GUARD, tcp.read(&mut buf))
+            .await
+            .expect("the server never cut off a client that sends nothing");
+        eprintln!("silent client cut off after {:?}", silent_since.elapsed());
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // The close and the count happen on the server's task in an order the
+        // client cannot observe: wait for the count, then require exactly one.
+        let timed_out = metric_at_least(svc.admin, HANDSHAKES_TIMED_OUT, 1).await;
+        assert_eq!(timed_out, 1);
+        assert_eq!(
+            metric(svc.admin, HANDSHAKES_FAILED).await,
+            0,
+            "a timeout is not a failure"
+        );
+        svc.stop().await;
+        stores.cleanup().await;
+    }
 }

@@ -255,6 +255,13 @@ impl RouteTable {
                 }
             }
         }
+        Self::from_built(built)
+    }
+
+    /// The table of already built routes (each with its compiled template
+    /// and whether it is its method's primary binding): collisions refused,
+    /// then sorted by [`precedence`].
+    fn from_built(mut built: Vec<(Route, Template, bool)>) -> Result<Self, RouteError> {
         check_collisions(&built)?;
         built.sort_by(|a, b| precedence(&a.1, &a.0, &b.1, &b.0));
         let mut routes = Vec::with_capacity(built.len());
@@ -1329,5 +1336,100 @@ mod tests {
         .unwrap();
         assert_eq!(precedence(&d.1, &d.0, &a.1, &a.0), Ordering::Less);
         assert_eq!(precedence(&a.1, &a.0, &d.1, &d.0), Ordering::Greater);
+    }
+
+    /// Templates that really compete for one path (same HTTP method, each
+    /// matching some of the same paths), in one table: `find` answers with
+    /// the most literal, comparing segments left to right, whatever order the
+    /// routes were declared in. The embedded descriptors have no two routes
+    /// that compete (see `tests/routes.rs`), so the table is built here.
+    #[test]
+    fn the_most_literal_of_competing_templates_wins_in_any_declaration_order() {
+        const LITERAL: &str = "/t/Literal";
+        const LEFT_LITERAL: &str = "/t/LeftLiteral";
+        const RIGHT_LITERAL: &str = "/t/RightLiteral";
+        const MULTI: &str = "/t/Multi";
+        let get_sub = method("somastack.v1.CapsuleRepo", "GetSubmission");
+        let built = |grpc: &str, template: &str| {
+            let (route, template) =
+                build_route(&get_sub, grpc, Some(Pattern::Get(template.to_owned())), "", None).unwrap();
+            (route, template, true)
+        };
+        let all = [
+            built(LITERAL, "/v1/s/latest"),
+            built(LEFT_LITERAL, "/v1/s/{submission_id}"),
+            // An unnamed `*`: its text sorts before `/v1/s/...`, so only the
+            // segment ranks, not the text tie-break, can put it after.
+            built(RIGHT_LITERAL, "/v1/*/latest"),
+            built(MULTI, "/v1/{submission_id=**}"),
+        ];
+        let winner = |table: &RouteTable, path: &str| match table.find(&http::Method::GET, path) {
+            RouteMatch::Found { route, path_params } => (route.grpc_path.clone(), path_params),
+            other => panic!("{path}: {other:?}"),
+        };
+        let id = |v: &str| vec![("submission_id".to_owned(), v.to_owned())];
+
+        // Every order of declaration gives one table order and one winner
+        // per path.
+        let orders: [[usize; 4]; 6] = [
+            [0, 1, 2, 3],
+            [3, 2, 1, 0],
+            [1, 3, 0, 2],
+            [2, 0, 3, 1],
+            [3, 1, 2, 0],
+            [0, 2, 1, 3],
+        ];
+        for order in orders {
+            let table = RouteTable::from_built(order.iter().map(|&i| all[i].clone()).collect()).unwrap();
+            let listed: Vec<&str> = table.iter().map(|r| r.grpc_path.as_str()).collect();
+            assert_eq!(listed, [LITERAL, LEFT_LITERAL, RIGHT_LITERAL, MULTI], "{order:?}");
+            struct Case {
+                path: &'static str,
+                winner: &'static str,
+                params: Vec<(String, String)>,
+            }
+            let cases = [
+                // All four match: the all-literal one.
+                Case {
+                    path: "/v1/s/latest",
+                    winner: LITERAL,
+                    params: vec![],
+                },
+                // `/v1/s/*` and `/v1/**`: a single segment before a multi.
+                Case {
+                    path: "/v1/s/other",
+                    winner: LEFT_LITERAL,
+                    params: id("other"),
+                },
+                // `/v1/*/latest` and `/v1/**`.
+                Case {
+                    path: "/v1/x/latest",
+                    winner: RIGHT_LITERAL,
+                    params: vec![],
+                },
+                // Only `/v1/**`.
+                Case {
+                    path: "/v1/a/b/c",
+                    winner: MULTI,
+                    params: id("a/b/c"),
+                },
+            ];
+            for case in cases {
+                assert_eq!(
+                    winner(&table, case.path),
+                    (case.winner.to_owned(), case.params),
+                    "{order:?} {}",
+                    case.path
+                );
+            }
+        }
+
+        // Without the all-literal route, `/v1/s/latest` is matched by both
+        // one-variable templates: the literal further left wins.
+        let table = RouteTable::from_built(vec![all[2].clone(), all[1].clone(), all[3].clone()]).unwrap();
+        assert_eq!(
+            winner(&table, "/v1/s/latest"),
+            (LEFT_LITERAL.to_owned(), id("latest"))
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! digest of that message's canonical proto3 JSON. `RunCapsule` (the
 //! gateway's own moderated method) recomputes the digest of the message it
 //! received: a decision made for another message, or none at all, is not
-//! trusted, and the message is moderated again.
+//! trusted, and the message is moderated again. On SQLite and on
+//! PostgreSQL: each refusal is written to the gateway's database.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +18,7 @@ use soma_gateway::ratelimit::RateLimiter;
 use soma_gateway::{Admission, GatewayConfig, GatewayService, Region};
 use soma_proto::v1::RunCapsuleRequest;
 use soma_proto::v1::gateway_server::Gateway as _;
-use soma_store::{Database, StoreSettings};
+use soma_store::Database;
 
 fn run(capsule_id: &str, note: &str) -> RunCapsuleRequest {
     let mut input = prost_types::Struct::default();
@@ -40,19 +41,31 @@ fn digest_of(message: &RunCapsuleRequest) -> [u8; 32] {
     input_digest(&json).unwrap()
 }
 
+/// The refusals `RunCapsule` wrote to `moderation_rejections`, as
+/// (method, tenant, subject) rows, on either engine.
+async fn rejections(db: &Database) -> Vec<(String, String, String)> {
+    const SQL: &str = "SELECT method, tenant, subject FROM moderation_rejections ORDER BY decided_at_ms";
+    match (db.as_sqlite(), db.as_postgres()) {
+        (Some(pool), _) => sqlx::query_as(SQL).fetch_all(pool).await.unwrap(),
+        (None, Some(pool)) => sqlx::query_as(SQL).fetch_all(pool).await.unwrap(),
+        _ => unreachable!("a database is either SQLite or PostgreSQL"),
+    }
+}
+
 #[tokio::test]
 async fn run_capsule_trusts_a_decision_only_for_the_message_it_was_made_on() {
+    for engine in soma_store::testing::engines("gateway").await {
+        eprintln!("--- engine: {}", engine.label);
+        run_capsule_binding_on(&engine.connect().await).await;
+        engine.cleanup().await;
+    }
+}
+
+/// The binding test on one engine's gateway database: each refusal is also
+/// written there (the audit the edge shares), and only the refusals are.
+async fn run_capsule_binding_on(db: &Database) {
     let dir = tempfile::tempdir().unwrap();
     let config = GatewayConfig::dev(dir.path(), &Region::parse("local").unwrap(), None).unwrap();
-    let db = Database::connect(
-        &StoreSettings {
-            data_dir: dir.path().to_owned(),
-            database_url: None,
-        },
-        "gateway",
-    )
-    .await
-    .unwrap();
     db.migrate(&soma_gateway::MIGRATIONS).await.unwrap();
     let admission = Admission::new(
         soma_auth::JwtVerifier::new(config.jwt.clone()).await.unwrap(),
@@ -62,7 +75,7 @@ async fn run_capsule_trusts_a_decision_only_for_the_message_it_was_made_on() {
         KillSwitches::load(db.clone()).await.unwrap(),
         Moderator::new(ModerationPolicy::default_policy()),
         RateLimiter::new(config.rate_limit),
-        db,
+        db.clone(),
     );
     let service = GatewayService::new(admission, Vec::new());
 
@@ -144,6 +157,16 @@ async fn run_capsule_trusts_a_decision_only_for_the_message_it_was_made_on() {
             case.name
         );
     }
+    // The three refusals, and nothing for the two messages let through.
+    let refused = (
+        "/somastack.v1.Gateway/RunCapsule".to_owned(),
+        "acme".to_owned(),
+        "user@acme".to_owned(),
+    );
+    assert_eq!(
+        rejections(db).await,
+        vec![refused.clone(), refused.clone(), refused]
+    );
 }
 
 #[test]

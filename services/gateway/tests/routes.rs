@@ -673,48 +673,63 @@ fn query_strings_parse_strictly() {
     struct Bad {
         query: String,
         field: &'static str,
+        reason: &'static str,
     }
     let bad = [
         Bad {
             query: "a=%zz".into(),
             field: "a",
+            reason: "value is not valid percent-encoded UTF-8",
         },
         Bad {
             query: "a=%f".into(),
             field: "a",
+            reason: "value is not valid percent-encoded UTF-8",
         },
         Bad {
             query: "a=%ff".into(),
             field: "a",
+            reason: "value is not valid percent-encoded UTF-8",
         },
         Bad {
             query: "a=%C3".into(),
             field: "a",
+            reason: "value is not valid percent-encoded UTF-8",
         },
         Bad {
             query: "a=%00".into(),
             field: "a",
+            reason: "value is not valid percent-encoded UTF-8",
         },
         Bad {
             query: "%ff=1".into(),
             field: "%ff",
+            reason: "key is not valid percent-encoded UTF-8",
         },
         Bad {
             query: "=1".into(),
             field: "",
+            reason: "empty query key",
         },
         Bad {
             query: "%20=1&=2".into(),
             field: "",
+            reason: "empty query key",
         },
         Bad {
             query: (0..129).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join("&"),
             field: "",
+            reason: "more than 128 query parameters",
         },
     ];
     for b in bad {
         let err = parse_query(&b.query).expect_err(&b.query);
-        assert_eq!(err.field, b.field, "{}: {err}", b.query);
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            (b.field, b.reason),
+            "{}: {err}",
+            b.query
+        );
     }
     let max = (0..128).map(|_| "ids=a").collect::<Vec<_>>().join("&");
     assert_eq!(parse_query(&max).unwrap().len(), 128);
@@ -800,9 +815,18 @@ fn timestamps_and_durations_bind_from_their_json_strings() {
         let mut msg = message("somastack.v1.ExportRequest");
         let err = bind_params(&mut msg, &params(&[(key, value)])).unwrap_err();
         assert_eq!(err.field, key, "{value}");
+        assert!(
+            err.reason.starts_with("not a valid google.protobuf.Timestamp: "),
+            "{value}: {err}"
+        );
     }
     let mut msg = message("somastack.v1.RecordCapsuleRunRequest");
-    assert!(bind_params(&mut msg, &params(&[("duration", "1.5")])).is_err());
+    let err = bind_params(&mut msg, &params(&[("duration", "1.5")])).unwrap_err();
+    assert_eq!(err.field, "duration");
+    assert!(
+        err.reason.starts_with("not a valid google.protobuf.Duration: "),
+        "{err}"
+    );
 }
 
 #[test]
@@ -854,12 +878,13 @@ fn scalars_follow_the_proto3_json_mapping() {
 }
 
 #[test]
-fn bad_parameters_are_refused_with_the_field_named() {
+fn bad_parameters_are_refused_with_the_field_named_and_the_reason() {
     struct Case {
         name: &'static str,
         message: &'static str,
         params: &'static [(&'static str, &'static str)],
         field: &'static str,
+        reason: &'static str,
     }
     let cases = [
         Case {
@@ -867,186 +892,221 @@ fn bad_parameters_are_refused_with_the_field_named() {
             message: "somastack.v1.ExportRequest",
             params: &[("nope", "1")],
             field: "nope",
+            reason: "unknown field",
         },
         Case {
             name: "unknown nested",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("page.nope", "1")],
             field: "page.nope",
+            reason: "unknown field",
         },
         Case {
             name: "message target",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("page", "x")],
             field: "page",
+            reason: "message-typed fields cannot be set from parameters",
         },
         Case {
             name: "struct target",
             message: "somastack.v1.RunCapsuleRequest",
             params: &[("input", "{}")],
             field: "input",
+            reason: "message-typed fields cannot be set from parameters",
         },
         Case {
             name: "into a timestamp",
             message: "somastack.v1.ExportRequest",
             params: &[("from.seconds", "1")],
             field: "from.seconds",
+            reason: "not a path through a message field",
         },
         Case {
             name: "into a repeated message",
             message: "somastack.v1.RecordDisasterDrillRequest",
             params: &[("steps.name", "x")],
             field: "steps.name",
+            reason: "not a path through a message field",
         },
         Case {
             name: "repeated message target",
             message: "somastack.v1.RecordDisasterDrillRequest",
             params: &[("steps", "x")],
             field: "steps",
+            reason: "message-typed fields cannot be set from parameters",
         },
         Case {
             name: "into a scalar",
             message: "somastack.v1.ExportRequest",
             params: &[("tenant.x", "1")],
             field: "tenant.x",
+            reason: "not a path through a message field",
         },
         Case {
             name: "set twice",
             message: "somastack.v1.ExportRequest",
             params: &[("tenant", "a"), ("tenant", "b")],
             field: "tenant",
+            reason: "set twice",
         },
         Case {
             name: "set twice by both names",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("page.page_size", "1"), ("page.pageSize", "1")],
             field: "page.pageSize",
+            reason: "set twice",
         },
         Case {
             name: "set twice same value",
             message: "somastack.v1.ExportRequest",
             params: &[("tenant", "a"), ("tenant", "a")],
             field: "tenant",
+            reason: "set twice",
         },
         Case {
             name: "empty key",
             message: "somastack.v1.ExportRequest",
             params: &[("", "a")],
             field: "",
+            reason: "empty field path",
         },
         Case {
             name: "trailing dot",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("page.", "1")],
             field: "page.",
+            reason: "unknown field",
         },
         Case {
             name: "enum unknown name",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("state", "APPROVED")],
             field: "state",
+            reason: "\"APPROVED\" is not a value of somastack.v1.SubmissionState",
         },
         Case {
             name: "enum unknown number",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("state", "99")],
             field: "state",
+            reason: "99 is not a value of somastack.v1.SubmissionState",
         },
         Case {
             name: "enum other enum's name",
             message: "somastack.v1.ListSubmissionsRequest",
             params: &[("state", "RELEASE_STATE_ACTIVE")],
             field: "state",
+            reason: "\"RELEASE_STATE_ACTIVE\" is not a value of somastack.v1.SubmissionState",
         },
         Case {
             name: "bool as 1",
             message: "somastack.v1.VerifiedClaims",
             params: &[("mfa", "1")],
             field: "mfa",
+            reason: "\"1\" is not true or false",
         },
         Case {
             name: "bool capitalised",
             message: "somastack.v1.VerifiedClaims",
             params: &[("mfa", "True")],
             field: "mfa",
+            reason: "\"True\" is not true or false",
         },
         Case {
             name: "int64 overflow",
             message: "somastack.v1.VerifiedClaims",
             params: &[("expires_at", "9223372036854775808")],
             field: "expires_at",
+            reason: "\"9223372036854775808\" is out of range",
         },
         Case {
             name: "int64 fraction",
             message: "somastack.v1.VerifiedClaims",
             params: &[("expires_at", "1.0")],
             field: "expires_at",
+            reason: "\"1.0\" is not a decimal integer",
         },
         Case {
             name: "int64 plus sign",
             message: "somastack.v1.VerifiedClaims",
             params: &[("expires_at", "+1")],
             field: "expires_at",
+            reason: "\"+1\" is not a decimal integer",
         },
         Case {
             name: "int64 empty",
             message: "somastack.v1.VerifiedClaims",
             params: &[("expires_at", "")],
             field: "expires_at",
+            reason: "\"\" is not a decimal integer",
         },
         Case {
             name: "uint32 negative",
             message: "somastack.v1.PageRequest",
             params: &[("page_size", "-1")],
             field: "page_size",
+            reason: "\"-1\" is not a decimal integer",
         },
         Case {
             name: "uint32 overflow",
             message: "somastack.v1.PageRequest",
             params: &[("page_size", "4294967296")],
             field: "page_size",
+            reason: "\"4294967296\" is out of range",
         },
         Case {
             name: "uint64 hex",
             message: "somastack.v1.InclusionProofRequest",
             params: &[("tree_size", "0x10")],
             field: "tree_size",
+            reason: "\"0x10\" is not a decimal integer",
         },
         Case {
             name: "double rust spelling",
             message: "somastack.v1.AnomalyFinding",
             params: &[("value", "inf")],
             field: "value",
+            reason: "\"inf\" is not a number",
         },
         Case {
             name: "double nan lowercase",
             message: "somastack.v1.AnomalyFinding",
             params: &[("value", "nan")],
             field: "value",
+            reason: "\"nan\" is not a number",
         },
         Case {
             name: "double overflow",
             message: "somastack.v1.AnomalyFinding",
             params: &[("value", "1e400")],
             field: "value",
+            reason: "\"1e400\" is out of range",
         },
         Case {
             name: "bytes not base64",
             message: "somastack.v1.ExportChunk",
             params: &[("data", "!!!")],
             field: "data",
+            reason: "\"!!!\" is not base64",
         },
         Case {
             name: "bytes mixed alphabets",
             message: "somastack.v1.ExportChunk",
             params: &[("data", "+_8=")],
             field: "data",
+            reason: "\"+_8=\" is not base64",
         },
     ];
     for c in cases {
         let mut msg = message(c.message);
         let err = bind_params(&mut msg, &params(c.params)).expect_err(c.name);
-        assert_eq!(err.field, c.field, "{}: {err}", c.name);
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            (c.field, c.reason),
+            "{}: {err}",
+            c.name
+        );
     }
 }
 
@@ -1064,7 +1124,10 @@ fn a_parameter_may_not_contradict_the_body() {
 
     let mut other = msg.clone();
     let err = bind_params(&mut other, &params(&[("submission_id", "s2")])).unwrap_err();
-    assert_eq!(err.field, "submission_id");
+    assert_eq!(
+        (err.field.as_str(), err.reason.as_str()),
+        ("submission_id", "conflicts with a value already in the request")
+    );
     let typed: soma_proto::v1::ReviewSubmissionRequest = other.transcode_to().unwrap();
     assert_eq!(typed.submission_id, "s1", "the body value is left untouched");
 }
@@ -1090,11 +1153,18 @@ fn path_parameters_from_find_bind_onto_the_request() {
     let mut all = path_params;
     all.extend(parse_query("tool=other").unwrap());
     let err = bind_params(&mut msg, &all).unwrap_err();
-    assert_eq!(err.field, "tool");
+    assert_eq!((err.field.as_str(), err.reason.as_str()), ("tool", "set twice"));
 }
 
+/// The table's order is a function of the descriptors alone. Which of
+/// several competing templates wins (the most literal, left to right) is
+/// tested where a table of competing routes can be built:
+/// `routes::tests::the_most_literal_of_competing_templates_wins_in_any_declaration_order`
+/// (no two routes of the four services compete for one path: each path is
+/// found as exactly its own route by
+/// `every_rpc_of_the_four_services_has_exactly_its_declared_route`).
 #[test]
-fn routes_iterate_most_literal_first_and_deterministically() {
+fn routes_iterate_deterministically() {
     let a: Vec<String> = table()
         .iter()
         .map(|r| format!("{} {}", r.http_method, r.template))
@@ -1104,12 +1174,47 @@ fn routes_iterate_most_literal_first_and_deterministically() {
         .map(|r| format!("{} {}", r.http_method, r.template))
         .collect();
     assert_eq!(a, b);
-    let pos = |s: &str| a.iter().position(|x| x == s).unwrap();
-    assert!(pos("GET /v1/tools/{tool}/releases") > pos("GET /v1/submissions"));
 }
 
-#[test]
-fn the_table_can_be_shared_across_tasks() {
-    fn shared<T: Send + Sync + std::fmt::Debug>(_: &T) {}
-    shared(&table());
+/// One table, shared by reference count with tasks running at once on a
+/// multi-threaded runtime (as the edge shares it with its connection
+/// tasks): each task resolves every route, refuses a hostile path, and
+/// gets exactly the answers a table of its own would give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_can_be_shared_across_tasks() {
+    const TASKS: usize = 8;
+    let table = std::sync::Arc::new(table());
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let table = std::sync::Arc::clone(&table);
+        tasks.spawn(async move {
+            let mut resolved = 0;
+            // Each task starts at another row, so lookups interleave.
+            let rows = every_route();
+            for r in rows.iter().cycle().skip(task).take(rows.len()) {
+                match table.find(&r.http, r.path) {
+                    RouteMatch::Found { route, path_params } => {
+                        assert_eq!(route.grpc_path, r.grpc, "task {task}: {} {}", r.http, r.path);
+                        assert_eq!(path_params, params(r.params), "task {task}: {}", r.path);
+                    }
+                    other => panic!("task {task}: {} {} did not match: {other:?}", r.http, r.path),
+                }
+                resolved += 1;
+                tokio::task::yield_now().await;
+            }
+            assert!(matches!(
+                table.find(&Method::GET, "/v1/submissions/.."),
+                RouteMatch::NotFound
+            ));
+            resolved
+        });
+    }
+    let mut finished = 0;
+    while let Some(joined) = tasks.join_next().await {
+        assert_eq!(joined.expect("a task panicked"), every_route().len());
+        finished += 1;
+    }
+    assert_eq!(finished, TASKS);
+    // Shared, not copied: every task's handle is gone, the table remains.
+    assert_eq!(std::sync::Arc::strong_count(&table), 1);
 }

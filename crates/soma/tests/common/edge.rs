@@ -138,14 +138,6 @@ fn merge(claims: &mut Value, overrides: Value) {
     }
 }
 
-/// Embedded SQLite databases in `dir`.
-pub fn sqlite(dir: &tempfile::TempDir) -> StoreSettings {
-    StoreSettings {
-        data_dir: dir.path().to_owned(),
-        database_url: None,
-    }
-}
-
 /// Unix seconds now.
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64

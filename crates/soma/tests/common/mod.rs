@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a development authority in a
 //! temp dir, SVIDs minted from it, services started in-process on
-//! 127.0.0.1:0 with real mTLS and a real SQLite database, and mTLS clients.
+//! 127.0.0.1:0 with real mTLS on a real database of either engine (one
+//! fresh database per service and engine, from [`engine_stores`]), and mTLS
+//! clients.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +13,7 @@ use std::time::Duration;
 use soma_ca::{Authority, IssueOptions};
 use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
 use soma_mesh::{Application, MeshSettings, Metrics, ServiceKind};
+use soma_store::testing::TestDb;
 use soma_store::{Database, StoreSettings};
 use tokio::sync::oneshot;
 
@@ -81,11 +84,83 @@ impl Running {
     }
 }
 
-/// Starts `kind` with identity `/svc/<kind>` from `ca`, on SQLite, with
-/// `claims` as its envelope verifier.
-pub async fn start(ca: &Ca, kind: ServiceKind, claims: Option<soma_auth::ClaimsVerifier>) -> Running {
+/// One engine's databases for one test: a fresh database per service, as
+/// each service owns its database in production. (Two services cannot share
+/// one PostgreSQL database: both would record their migrations, whose
+/// versions overlap, in the one sqlx migration table.)
+pub struct Stores {
+    /// `"sqlite"` or `"postgres"`.
+    pub label: &'static str,
+    dbs: Vec<(ServiceKind, TestDb)>,
+}
+
+impl Stores {
+    /// The database settings of `kind` on this engine.
+    ///
+    /// # Panics
+    /// When `kind` was not among the kinds asked of [`engine_stores`].
+    pub fn of(&self, kind: ServiceKind) -> &StoreSettings {
+        self.dbs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, db)| &db.settings)
+            .unwrap_or_else(|| panic!("{kind}: no database asked of engine_stores for it"))
+    }
+
+    /// Drops this engine's PostgreSQL databases and removes the data
+    /// directories.
+    pub async fn cleanup(self) {
+        for (_, db) in self.dbs {
+            db.cleanup().await;
+        }
+    }
+}
+
+/// For every engine of `soma_store::testing::engines` (SQLite; PostgreSQL
+/// when `DATABASE_URL` is set, and always under `CI`), a fresh database for
+/// each of `kinds`. Announces each engine on stderr as the test reaches it,
+/// so that a failure's captured output says which engine failed.
+#[expect(
+    clippy::print_stderr,
+    reason = "the harness captures it and shows it beside a failure: which engine failed"
+)]
+pub async fn engine_stores(kinds: &[ServiceKind]) -> impl Iterator<Item = Stores> {
+    let mut engines: Vec<Stores> = Vec::new();
+    for &kind in kinds {
+        for (i, db) in soma_store::testing::engines(kind.name())
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if i == engines.len() {
+                engines.push(Stores {
+                    label: db.label,
+                    dbs: Vec::new(),
+                });
+            }
+            assert_eq!(
+                engines[i].label, db.label,
+                "engines() must list the engines in one order"
+            );
+            engines[i].dbs.push((kind, db));
+        }
+    }
+    engines
+        .into_iter()
+        .inspect(|stores| eprintln!("--- engine: {}", stores.label))
+}
+
+/// Starts `kind` with identity `/svc/<kind>` from `ca`, on the database
+/// `db` (one engine's, from [`Stores::of`]), with `claims` as its envelope
+/// verifier.
+pub async fn start(
+    ca: &Ca,
+    kind: ServiceKind,
+    claims: Option<soma_auth::ClaimsVerifier>,
+    db: &StoreSettings,
+) -> Running {
     let store = ca.store(&kind.spiffe_path(), Duration::from_secs(3600));
-    start_with(store, kind, claims, &[]).await
+    start_with(store, kind, claims, &[], db).await
 }
 
 /// Starts Analytics (identity `/svc/analytics` from `ca`) on the database
@@ -188,27 +263,23 @@ fn sealed_request<T>(
     request
 }
 
-/// Starts `kind` with this identity and these settings variables.
+/// Starts `kind` with this identity and these settings variables, on the
+/// database `db` (one engine's, from [`Stores::of`]).
 pub async fn start_with(
     store: Arc<SvidStore>,
     kind: ServiceKind,
     claims: Option<soma_auth::ClaimsVerifier>,
     env: &[(&str, &str)],
+    db: &StoreSettings,
 ) -> Running {
+    // The gateway's development configuration (its issuer keys) lives here;
+    // the database is `db`'s.
     let data = tempfile::tempdir().unwrap();
     let settings = MeshSettings::load(kind, None, |k| {
         env.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
     })
     .unwrap();
-    let db = Database::connect(
-        &StoreSettings {
-            data_dir: data.path().to_owned(),
-            database_url: None,
-        },
-        kind.name(),
-    )
-    .await
-    .unwrap();
+    let db = Database::connect(db, kind.name()).await.unwrap();
     let migrations = match kind {
         ServiceKind::Gateway => &soma_gateway::MIGRATIONS,
         ServiceKind::ToolRegistry => &soma_tool_registry::MIGRATIONS,
