@@ -346,59 +346,13 @@ async fn serve(
             .into_response());
     }
 
-    // 3. Body size, from the declared length (the rest while reading).
-    if let Some(len) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limits.max_body_bytes as u64
-    {
-        return Err(too_large(limits.max_body_bytes).closing_if_body_unread(&request));
-    }
-
-    let (route, path_params) = match state.routes.find(request.method(), &path) {
-        RouteMatch::Found { route, path_params } => (route, path_params),
-        RouteMatch::MethodNotAllowed { allowed } => {
-            let mut reply = ErrorReply::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                tonic::Code::Unimplemented,
-                "method_not_allowed",
-                format!("{} is not served for {path}", request.method()),
-            );
-            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-            if let Ok(v) = HeaderValue::from_str(&allow) {
-                reply.headers.push((header::ALLOW, v));
-            }
-            return Err(reply.closing_if_body_unread(&request));
-        }
-        RouteMatch::NotFound => {
-            return Err(ErrorReply::new(
-                StatusCode::NOT_FOUND,
-                tonic::Code::NotFound,
-                "route_not_found",
-                format!("no route for {path}"),
-            )
-            .closing_if_body_unread(&request));
-        }
-    };
-
-    // 4. Admission from the head alone: a request without a valid token, or
-    // one its route, residency, capability, kill switch or rate limit
-    // refuses, is answered before one byte of its body is read.
-    let mut context = state
-        .admission
-        .admit(AdmissionRequest {
-            method: &route.grpc_path,
-            policy: route.policy.as_ref(),
-            authorization: request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(HeaderValue::as_bytes),
-            request_id: request_id.clone(),
-        })
-        .await
-        .map_err(|denial| ErrorReply::from_denial(denial).closing_if_body_unread(&request))?;
+    // 3 and 4. Everything the head decides: nothing of the body is read
+    // before it, so a refusal here closes an HTTP/1.x connection instead of
+    // draining its body.
+    let (route, path_params, mut context) =
+        admit_head(state, request.method(), request.headers(), &path, request_id)
+            .await
+            .map_err(|reply| reply.closing_if_body_unread(&request))?;
 
     // 5. The body, its size enforced while it streams in, then its JSON
     // depth and syntax.
@@ -470,6 +424,68 @@ async fn serve(
         }
         Reply::Stream(stream) => Ok(ndjson(stream, output, context)),
     }
+}
+
+/// The decisions the request head alone makes, in order: the declared body
+/// size, the route, then admission (token, residency, capability and MFA,
+/// kill switches, rate limit). Nothing here reads the body.
+async fn admit_head<'s>(
+    state: &'s EdgeState,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+    request_id: &RequestId,
+) -> Result<(&'s Route, Vec<(String, String)>, RequestContext), ErrorReply> {
+    let limits = state.limits;
+    // 3. Body size, from the declared length (the rest while reading).
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limits.max_body_bytes as u64
+    {
+        return Err(too_large(limits.max_body_bytes));
+    }
+
+    let (route, path_params) = match state.routes.find(method, path) {
+        RouteMatch::Found { route, path_params } => (route, path_params),
+        RouteMatch::MethodNotAllowed { allowed } => {
+            let mut reply = ErrorReply::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                tonic::Code::Unimplemented,
+                "method_not_allowed",
+                format!("{method} is not served for {path}"),
+            );
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                reply.headers.push((header::ALLOW, v));
+            }
+            return Err(reply);
+        }
+        RouteMatch::NotFound => {
+            return Err(ErrorReply::new(
+                StatusCode::NOT_FOUND,
+                tonic::Code::NotFound,
+                "route_not_found",
+                format!("no route for {path}"),
+            ));
+        }
+    };
+
+    // 4. Admission from the head alone: a request without a valid token, or
+    // one its route, residency, capability, kill switch or rate limit
+    // refuses, is answered before one byte of its body is read.
+    let context = state
+        .admission
+        .admit(AdmissionRequest {
+            method: &route.grpc_path,
+            policy: route.policy.as_ref(),
+            authorization: headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            request_id: request_id.clone(),
+        })
+        .await
+        .map_err(ErrorReply::from_denial)?;
+    Ok((route, path_params, context))
 }
 
 /// Reads a request body whole, refusing it as soon as more than `max` bytes
@@ -782,7 +798,6 @@ async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response,
             .await
             .map_err(Denial::into_status)?;
     }
-    drop(decoded);
     match dispatch(state, route, Arc::new(context), message, deadline).await? {
         Reply::Unary(bytes) => Ok(grpc_reply(futures::stream::iter([
             Ok(http_body::Frame::data(grpc_frame(&bytes))),

@@ -114,8 +114,6 @@ impl Table for BillingEvent {
     }
     const LEDGERED: bool = true;
     const BULK: bool = true;
-
-
 }
 
 impl Ledgered for BillingEvent {}

@@ -110,8 +110,6 @@ impl Table for CapsuleRun {
     }
     const LEDGERED: bool = true;
     const BULK: bool = true;
-
-
 }
 
 impl Ledgered for CapsuleRun {}
