@@ -24,9 +24,7 @@ use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 use soma_sign::jcs;
 
-use super::row::{push_i64, push_string};
 use super::{keyed_by, Column, EventRow, Exported, Get, Ledgered, Registration, Table, Value, int, text};
-use crate::convert::push_rfc3339_nanos;
 use crate::error::AnalyticsError;
 use crate::validate::{self, invalid};
 
@@ -107,7 +105,7 @@ impl AuditEvent {
 }
 
 /// RFC 8785 canonical JSON text.
-fn canonical(value: &Json) -> Result<String, AnalyticsError> {
+pub(crate) fn canonical(value: &Json) -> Result<String, AnalyticsError> {
     // RFC 8785 output is UTF-8 by construction.
     String::from_utf8(jcs::canonicalize(value)?).map_err(|_| AnalyticsError::Config("non-UTF-8 JSON".to_owned()))
 }
@@ -164,32 +162,40 @@ impl EventRow for AuditEvent {
             "recorded_by": self.recorded_by,
         })
     }
+
+    fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
+        // `details_json` is the canonical form of `details`, and a
+        // canonical value nested in a canonical object is canonical.
+        self.write_column_content(out);
+        Ok(())
+    }
 }
 
 impl Table for AuditEvent {
     const KEY: &'static str = "event_id";
+    // In name order (`Exported::COLUMNS_IN_NAME_ORDER`).
     const COLUMNS: &'static [Column] = &[
-        text("event_id"),
-        text("tenant"),
-        text("actor"),
         text("action"),
-        text("subject"),
+        text("actor"),
         text("details"),
+        text("event_id"),
         int("occurred_at"),
         text("recorded_by"),
+        text("subject"),
+        text("tenant"),
     ];
     const LEDGERED: bool = true;
 
     fn values(&self) -> Vec<Value<'_>> {
         vec![
-            Value::Text(&self.event_id),
-            Value::Text(&self.tenant),
-            Value::Text(&self.actor),
             Value::Text(&self.action),
-            Value::Text(&self.subject),
+            Value::Text(&self.actor),
             Value::Text(&self.details_json),
+            Value::Text(&self.event_id),
             Value::Int(self.occurred_at),
             Value::Text(&self.recorded_by),
+            Value::Text(&self.subject),
+            Value::Text(&self.tenant),
         ]
     }
 
@@ -227,6 +233,7 @@ impl Exported for AuditEvent {
     const TIME: &'static str = "occurred_at";
     const TOOL: Option<&'static str> = None;
     const PLATFORM_WIDE: bool = true;
+    const JSON_COLUMNS: &'static [&'static str] = &["details"];
 
     fn time(&self) -> i64 {
         self.occurred_at
@@ -234,71 +241,5 @@ impl Exported for AuditEvent {
 
     fn recorded_by(&self) -> &str {
         &self.recorded_by
-    }
-
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"action\":");
-        push_string(out, &self.action);
-        out.extend_from_slice(b",\"actor\":");
-        push_string(out, &self.actor);
-        out.extend_from_slice(b",\"details\":");
-        out.extend_from_slice(self.details_json.as_bytes());
-        out.extend_from_slice(b",\"event_id\":");
-        push_string(out, &self.event_id);
-        out.extend_from_slice(b",\"ledger_index\":");
-        push_i64(out, ledger_index);
-        out.extend_from_slice(b",\"occurred_at\":\"");
-        push_rfc3339_nanos(out, self.occurred_at);
-        out.extend_from_slice(b"\",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"subject\":");
-        push_string(out, &self.subject);
-        out.extend_from_slice(b",\"tenant\":");
-        push_string(out, &self.tenant);
-        out.push(b'}');
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::AuditEvent;
-    use crate::convert::rfc3339_nanos;
-    use crate::tables::Exported as _;
-
-    #[test]
-    fn export_objects_are_the_bytes_serde_json_writes() {
-        for text in ["acme", "", "q\"b\\s/", "\u{0}\u{1f}\u{7f}\n\t", "é 漢 \u{10348}"] {
-            let event = AuditEvent {
-                event_id: format!("e{text}"),
-                tenant: text.to_owned(),
-                actor: format!("spiffe://td/svc/{text}"),
-                action: "release.publish".to_owned(),
-                subject: text.to_owned(),
-                details: json!({"z": [1, 2.5, null, true], "a": {"k": text}, "n": -7}),
-                details_json: String::new(),
-                occurred_at: 1_709_251_199_000_000_001,
-                recorded_by: "spiffe://td/svc/tool-registry".to_owned(),
-            };
-            let event = AuditEvent {
-                details_json: super::canonical(&event.details).unwrap(),
-                ..event
-            };
-            let mut out = Vec::new();
-            event.write_object(42, &mut out);
-            let expected = json!({
-                "event_id": event.event_id,
-                "ledger_index": 42,
-                "tenant": event.tenant,
-                "actor": event.actor,
-                "action": event.action,
-                "subject": event.subject,
-                "details": event.details,
-                "occurred_at": rfc3339_nanos(event.occurred_at),
-                "recorded_by": event.recorded_by,
-            });
-            assert_eq!(String::from_utf8(out).unwrap(), expected.to_string());
-        }
     }
 }

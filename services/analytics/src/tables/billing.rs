@@ -5,9 +5,7 @@ use serde_json::{Value as Json, json};
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 
-use super::row::{push_i64, push_int_member, push_string};
 use super::{keyed_by, EventRow, Exported, Ledgered, Registration, Table, columns};
-use crate::convert::push_rfc3339_nanos;
 use crate::error::AnalyticsError;
 use crate::validate;
 
@@ -77,40 +75,27 @@ impl EventRow for BillingEvent {
     }
 
     fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
-        // The members of `content` in RFC 8785 (byte) order.
-        push_int_member(out, b"{\"amount_micros\":", self.amount_micros);
-        out.extend_from_slice(b",\"currency\":");
-        push_string(out, &self.currency);
-        push_int_member(out, b",\"duration_micros\":", self.duration_micros);
-        push_int_member(out, b",\"fuel_consumed\":", self.fuel_consumed);
-        push_int_member(out, b",\"occurred_at\":", self.occurred_at);
-        out.extend_from_slice(b",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.extend_from_slice(b",\"tool_version\":");
-        push_string(out, &self.tool_version);
-        out.push(b'}');
+        self.write_column_content(out);
         Ok(())
     }
 }
 
 impl Table for BillingEvent {
     const KEY: &'static str = "event_id";
+    // In name order: the content and export objects are written column by
+    // column (`Exported::COLUMNS_IN_NAME_ORDER`).
     columns! {
+        amount_micros: int,
+        currency: text,
+        duration_micros: int,
         event_id: text,
+        fuel_consumed: int,
+        occurred_at: int,
+        recorded_by: text,
+        run_id: text,
         tenant: text,
         tool: text,
         tool_version: text,
-        currency: text,
-        amount_micros: int,
-        fuel_consumed: int,
-        duration_micros: int,
-        occurred_at: int,
-        run_id: text,
-        recorded_by: text,
     }
     const LEDGERED: bool = true;
     const BULK: bool = true;
@@ -129,88 +114,5 @@ impl Exported for BillingEvent {
 
     fn recorded_by(&self) -> &str {
         &self.recorded_by
-    }
-
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"amount_micros\":");
-        push_i64(out, self.amount_micros);
-        out.extend_from_slice(b",\"currency\":");
-        push_string(out, &self.currency);
-        out.extend_from_slice(b",\"duration_micros\":");
-        push_i64(out, self.duration_micros);
-        out.extend_from_slice(b",\"event_id\":");
-        push_string(out, &self.event_id);
-        out.extend_from_slice(b",\"fuel_consumed\":");
-        push_i64(out, self.fuel_consumed);
-        out.extend_from_slice(b",\"ledger_index\":");
-        push_i64(out, ledger_index);
-        out.extend_from_slice(b",\"occurred_at\":\"");
-        push_rfc3339_nanos(out, self.occurred_at);
-        out.extend_from_slice(b"\",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        out.extend_from_slice(b",\"tenant\":");
-        push_string(out, &self.tenant);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.extend_from_slice(b",\"tool_version\":");
-        push_string(out, &self.tool_version);
-        out.push(b'}');
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::BillingEvent;
-    use crate::convert::rfc3339_nanos;
-    use crate::tables::Exported as _;
-
-    /// The `serde_json::Value` object the direct writer replaces.
-    fn billing_object(r: &BillingEvent, ledger_index: i64) -> serde_json::Value {
-        serde_json::json!({
-            "event_id": r.event_id,
-            "ledger_index": ledger_index,
-            "tenant": r.tenant,
-            "tool": r.tool,
-            "tool_version": r.tool_version,
-            "amount_micros": r.amount_micros,
-            "currency": r.currency,
-            "fuel_consumed": r.fuel_consumed,
-            "duration_micros": r.duration_micros,
-            "occurred_at": rfc3339_nanos(r.occurred_at),
-            "run_id": r.run_id,
-            "recorded_by": r.recorded_by,
-        })
-    }
-
-    #[test]
-    fn export_objects_are_the_bytes_serde_json_writes() {
-        let texts = ["acme", "", "q\"b\\s/", "\u{0}\u{1f}\u{7f}\n\t", "é 漢 \u{10348}"];
-        let times = [0, -1, 1_709_251_199_000_000_001, i64::MAX, i64::MIN];
-        for text in texts {
-            for (n, at) in times.into_iter().enumerate() {
-                let n = i64::try_from(n).unwrap() * 1_000_003;
-                let bill = BillingEvent {
-                    event_id: format!("e{text}"),
-                    tenant: text.to_owned(),
-                    tool: format!("{text}t"),
-                    tool_version: "1.0".to_owned(),
-                    currency: "EUR".to_owned(),
-                    amount_micros: n,
-                    fuel_consumed: n + 1,
-                    duration_micros: n + 2,
-                    occurred_at: at,
-                    run_id: text.to_owned(),
-                    recorded_by: format!("spiffe://td/svc/{text}"),
-                };
-                let mut out = Vec::new();
-                bill.write_object(n + 7, &mut out);
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    billing_object(&bill, n + 7).to_string()
-                );
-            }
-        }
     }
 }

@@ -4,9 +4,7 @@ use serde_json::{Value as Json, json};
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 
-use super::row::{push_i64, push_int_member, push_string};
 use super::{keyed_by, EventRow, Exported, Ledgered, Registration, Table, columns};
-use crate::convert::push_rfc3339_nanos;
 use crate::error::AnalyticsError;
 use crate::validate;
 
@@ -77,36 +75,24 @@ impl EventRow for CapsuleRun {
     }
 
     fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
-        // The members of `content` in RFC 8785 (byte) order.
-        out.extend_from_slice(b"{\"capsule_id\":");
-        push_string(out, &self.capsule_id);
-        push_int_member(out, b",\"duration_nanos\":", self.duration_nanos);
-        out.extend_from_slice(b",\"outcome\":");
-        push_string(out, &self.outcome);
-        out.extend_from_slice(b",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        push_int_member(out, b",\"started_at\":", self.started_at);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.push(b'}');
+        self.write_column_content(out);
         Ok(())
     }
 }
 
 impl Table for CapsuleRun {
     const KEY: &'static str = "event_id";
+    // In name order (`Exported::COLUMNS_IN_NAME_ORDER`).
     columns! {
-        event_id: text,
-        tenant: text,
         capsule_id: text,
-        tool: text,
-        run_id: text,
-        outcome: text,
-        started_at: int,
         duration_nanos: int,
+        event_id: text,
+        outcome: text,
         recorded_by: text,
+        run_id: text,
+        started_at: int,
+        tenant: text,
+        tool: text,
     }
     const LEDGERED: bool = true;
     const BULK: bool = true;
@@ -125,80 +111,5 @@ impl Exported for CapsuleRun {
 
     fn recorded_by(&self) -> &str {
         &self.recorded_by
-    }
-
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"capsule_id\":");
-        push_string(out, &self.capsule_id);
-        out.extend_from_slice(b",\"duration_nanos\":");
-        push_i64(out, self.duration_nanos);
-        out.extend_from_slice(b",\"event_id\":");
-        push_string(out, &self.event_id);
-        out.extend_from_slice(b",\"ledger_index\":");
-        push_i64(out, ledger_index);
-        out.extend_from_slice(b",\"outcome\":");
-        push_string(out, &self.outcome);
-        out.extend_from_slice(b",\"recorded_by\":");
-        push_string(out, &self.recorded_by);
-        out.extend_from_slice(b",\"run_id\":");
-        push_string(out, &self.run_id);
-        out.extend_from_slice(b",\"started_at\":\"");
-        push_rfc3339_nanos(out, self.started_at);
-        out.extend_from_slice(b"\",\"tenant\":");
-        push_string(out, &self.tenant);
-        out.extend_from_slice(b",\"tool\":");
-        push_string(out, &self.tool);
-        out.push(b'}');
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::CapsuleRun;
-    use crate::convert::rfc3339_nanos;
-    use crate::tables::Exported as _;
-
-    /// The `serde_json::Value` object the direct writer replaces.
-    fn capsule_run_object(r: &CapsuleRun, ledger_index: i64) -> serde_json::Value {
-        serde_json::json!({
-            "event_id": r.event_id,
-            "ledger_index": ledger_index,
-            "tenant": r.tenant,
-            "capsule_id": r.capsule_id,
-            "tool": r.tool,
-            "run_id": r.run_id,
-            "outcome": r.outcome,
-            "started_at": rfc3339_nanos(r.started_at),
-            "duration_nanos": r.duration_nanos,
-            "recorded_by": r.recorded_by,
-        })
-    }
-
-    #[test]
-    fn export_objects_are_the_bytes_serde_json_writes() {
-        let texts = ["acme", "", "q\"b\\s/", "\u{0}\u{1f}\u{7f}\n\t", "é 漢 \u{10348}"];
-        let times = [0, -1, 1_709_251_199_000_000_001, i64::MAX, i64::MIN];
-        for text in texts {
-            for (n, at) in times.into_iter().enumerate() {
-                let n = i64::try_from(n).unwrap() * 1_000_003;
-                let run = CapsuleRun {
-                    event_id: text.to_owned(),
-                    tenant: format!("{text}x"),
-                    capsule_id: format!("c{text}"),
-                    tool: text.to_owned(),
-                    run_id: "r".to_owned(),
-                    outcome: "succeeded".to_owned(),
-                    started_at: at,
-                    duration_nanos: n,
-                    recorded_by: text.to_owned(),
-                };
-                let mut out = Vec::new();
-                run.write_object(i64::MAX - n, &mut out);
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    capsule_run_object(&run, i64::MAX - n).to_string()
-                );
-            }
-        }
     }
 }

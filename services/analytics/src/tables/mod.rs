@@ -18,8 +18,9 @@
 //! table is a module and one line in [`tables!`].
 //!
 //! Beside the table modules: `row` (the row-MAC and leaf scheme every
-//! table shares), `sql` (how values travel to and from either engine, and
-//! the `columns!` macro) and `bulk` (the writer's single statement on
+//! table shares), `object` (row-MAC content and export objects written
+//! from the columns), `sql` (how values travel to and from either engine,
+//! and the `columns!` macro) and `bulk` (the writer's single statement on
 //! PostgreSQL, generated from the bulk tables).
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use soma_store::{Database, on_pool};
 use crate::error::AnalyticsError;
 
 mod bulk;
+mod object;
 pub(crate) mod row;
 mod sql;
 
@@ -460,10 +462,31 @@ pub(crate) trait Exported: Ledgered {
     /// SPIFFE ID of the service that recorded the row.
     fn recorded_by(&self) -> &str;
 
+    /// The columns that hold canonical JSON text, written in objects as
+    /// the JSON they hold rather than as a string.
+    const JSON_COLUMNS: &'static [&'static str] = &[];
+
+    /// An exported table declares its columns in name order, so that its
+    /// objects are written canonical column by column; a table that does
+    /// not fails to compile.
+    const COLUMNS_IN_NAME_ORDER: () = assert!(
+        object::names_in_order(Self::COLUMNS),
+        "an exported table declares its columns in name order"
+    );
+
     /// Appends the row's JSON object: compact, members sorted by name
     /// (the form serde_json gives a map), times as RFC 3339 with nine
-    /// fractional digits, integers as JSON numbers.
-    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>);
+    /// fractional digits, integers as JSON numbers, with `ledger_index`.
+    fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
+        object::write_export(self, ledger_index, out);
+    }
+
+    /// Appends the row-MAC content of a table whose content is its columns
+    /// (all but the key and `tenant`): what [`EventRow::write_content`]
+    /// writes for it.
+    fn write_column_content(&self, out: &mut Vec<u8>) {
+        object::write_content(self, out);
+    }
 }
 
 /// One keyset page of an export: a tenant's rows with their time in

@@ -34,8 +34,9 @@ pub(crate) trait EventRow {
 
     /// Writes the RFC 8785 canonical form of [`EventRow::content`] to `out`.
     ///
-    /// The default canonicalizes the `Value`. The two high-volume rows
-    /// override it to write their fixed members directly: the same bytes
+    /// The default canonicalizes the `Value`. A table whose content is its
+    /// columns overrides it with [`super::Exported::write_column_content`],
+    /// which writes the members straight from the columns: the same bytes
     /// (a test holds them to the `Value` path), without building a map of
     /// owned strings for every row written, exported or swept.
     fn write_content(&self, out: &mut Vec<u8>) -> Result<(), AnalyticsError> {
@@ -215,26 +216,12 @@ pub(crate) fn push_i64(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// Appends `"name":"<decimal n>"`, an integer member as RFC 8785 content
-/// carries it (a string: amounts stay exact).
-pub(crate) fn push_int_member(out: &mut Vec<u8>, name: &[u8], n: i64) {
-    out.extend_from_slice(name);
-    out.push(b'"');
-    push_i64(out, n);
-    out.push(b'"');
-}
-
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-    use soma_sign::jcs;
-
-    use super::{EventRow, push_i64, push_string};
-    use crate::tables::billing::BillingEvent;
-    use crate::tables::capsule_runs::CapsuleRun;
+pub(crate) mod tests {
+    use super::{push_i64, push_string};
 
     /// Strings every JSON writer must escape, or must not.
-    const AWKWARD: [&str; 6] = [
+    pub(crate) const AWKWARD: [&str; 6] = [
         "plain",
         "",
         "quote \" backslash \\ slash /",
@@ -242,87 +229,6 @@ mod tests {
         "é ü 漢字 \u{10348} \u{2028}",
         "spiffe://somastack.local/svc/tool-registry",
     ];
-
-    fn billing(text: &str, n: i64) -> BillingEvent {
-        BillingEvent {
-            event_id: format!("e-{text}"),
-            tenant: format!("t{text}"),
-            tool: text.to_owned(),
-            tool_version: format!("{text}1"),
-            currency: "EUR".to_owned(),
-            amount_micros: n,
-            fuel_consumed: n / 3,
-            duration_micros: n / 7,
-            occurred_at: n.wrapping_neg(),
-            run_id: format!("r{text}"),
-            recorded_by: text.to_owned(),
-        }
-    }
-
-    fn run(text: &str, n: i64) -> CapsuleRun {
-        CapsuleRun {
-            event_id: format!("{text}-id"),
-            tenant: text.to_owned(),
-            capsule_id: format!("c{text}"),
-            tool: text.to_owned(),
-            run_id: format!("{text}r"),
-            outcome: "failed".to_owned(),
-            started_at: n,
-            duration_nanos: n.wrapping_neg(),
-            recorded_by: text.to_owned(),
-        }
-    }
-
-    /// The `Value` forms the direct writers replace.
-    fn value_mac<R: EventRow>(row: &R, row_version: i64, key_id: &str) -> Vec<u8> {
-        jcs::canonicalize(&json!({
-            "table": R::TABLE,
-            "primary_key": row.event_id(),
-            "tenant": row.tenant(),
-            "row_version": row_version.to_string(),
-            "key_id": key_id,
-            "content": row.content(),
-        }))
-        .unwrap()
-    }
-
-    fn value_leaf<R: EventRow>(row: &R) -> Vec<u8> {
-        jcs::canonicalize(&json!({
-            "kind": R::KIND,
-            "event_id": row.event_id(),
-            "tenant": row.tenant(),
-            "content": row.content(),
-        }))
-        .unwrap()
-    }
-
-    fn same_bytes<R: EventRow>(row: &R, key_id: &str) {
-        let mut content = Vec::new();
-        row.write_content(&mut content).unwrap();
-        assert_eq!(
-            String::from_utf8(content).unwrap(),
-            String::from_utf8(jcs::canonicalize(&row.content()).unwrap()).unwrap()
-        );
-        assert_eq!(
-            String::from_utf8(row.mac_message(1, key_id).unwrap()).unwrap(),
-            String::from_utf8(value_mac(row, 1, key_id)).unwrap()
-        );
-        assert_eq!(
-            String::from_utf8(row.leaf_data().unwrap()).unwrap(),
-            String::from_utf8(value_leaf(row)).unwrap()
-        );
-    }
-
-    #[test]
-    fn direct_canonical_writers_match_the_value_path_byte_for_byte() {
-        let numbers = [0, 1, -1, 42, 1_250_000, i64::MAX, i64::MIN, 9_007_199_254_740_993];
-        for text in AWKWARD {
-            for n in numbers {
-                same_bytes(&billing(text, n), text);
-                same_bytes(&run(text, n), "row-1");
-            }
-        }
-    }
 
     #[test]
     fn strings_and_integers_are_written_as_serde_json_writes_them() {
