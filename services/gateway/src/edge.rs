@@ -562,6 +562,9 @@ async fn grpc_ingress(state: Arc<EdgeState>, request: Request) -> Response {
     }
 }
 
+/// One tenant gRPC call. The ingress's own refusals are [`Refusal`]s in
+/// their gRPC form (`?` converts them); a backend's status passes through
+/// as the backend sent it.
 async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response, tonic::Status> {
     let path = request.uri().path();
     let route = state.routes.by_grpc_path(path).ok_or_else(|| {
@@ -662,6 +665,7 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     frame.freeze()
 }
 
+/// The trailers of a call that ended well.
 fn grpc_ok_trailers() -> HeaderMap {
     grpc_trailers(&tonic::Status::new(tonic::Code::Ok, ""))
 }

@@ -8,7 +8,8 @@
 //! has exactly two forms: [`Refusal::into_status`], the gRPC status with the
 //! reason in [`soma_mesh::REASON_METADATA`]; and [`Refusal::into_response`],
 //! the edge's JSON body `{code, reason, message, request_id, details}` with
-//! its headers. A backend's status is read back into one by
+//! its headers (the same body ends a failed NDJSON stream,
+//! [`Refusal::into_stream_error_line`]). A backend's status is read back into one by
 //! [`Refusal::from_status`], with grpc-gateway's table of HTTP statuses
 //! ([`http_status`]).
 //!
