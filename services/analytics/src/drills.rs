@@ -11,11 +11,8 @@
 //! applied is stored with the row, so a later change of configuration never
 //! rewrites history.
 //!
-//! **Objectives** (`SOMA_ANALYTICS_DRILL_OBJECTIVES`): entries separated by
-//! `;`, each `REGION=rto:SPAN,rpo:SPAN`, where `REGION` is a region
-//! identifier or `*` (the default for every region not listed) and `SPAN`
-//! is a whole number followed by `ms`, `s`, `m`, `h` or `d`; for example
-//! `eu-west-1=rto:15m,rpo:1m;us-east-1=rto:30m,rpo:5m;*=rto:1h,rpo:15m`.
+//! **Objectives** come from [`DrillConfig`] (`SOMA_ANALYTICS_DRILL_OBJECTIVES`,
+//! parsed in [`crate::config`]).
 //!
 //! **Tenancy.** A drill recorded through the gateway on behalf of a tenant
 //! belongs to the verified claims' tenant; one recorded by a service over
@@ -32,15 +29,14 @@ use std::collections::BTreeMap;
 use soma_mesh::Caller;
 use soma_proto::v1 as pb;
 
-use crate::config::span_nanos;
+use crate::config::DrillConfig;
 use crate::convert::{duration_proto, timestamp_proto};
 use crate::error::AnalyticsError;
 use crate::ledger::Appended;
 use crate::service::AnalyticsService;
-use crate::tables::drills::{DrillRow, Objective, Step, drills_of};
+use crate::tables::drills::{DrillRow, Step, drills_of};
 use crate::tables::{self, EventRow as _};
 use crate::validate::{self, invalid};
-use crate::webhook::WebhookConfig;
 
 /// Tenant of drills recorded by a service without tenant claims.
 pub(crate) const OPS_TENANT: &str = "ops";
@@ -53,82 +49,6 @@ const MAX_STEP_NAME: usize = 128;
 const MAX_STEP_DETAIL: usize = 1024;
 
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
-
-/// Drill objectives and webhook receivers.
-///
-/// Read by [`DrillConfig::from_env`]; the default has no objectives (every
-/// drill then fails with "no objectives configured for region") and no
-/// webhooks.
-#[derive(Clone, Debug, Default)]
-pub struct DrillConfig {
-    objectives: BTreeMap<String, Objective>,
-    default_objective: Option<Objective>,
-    pub(crate) webhooks: WebhookConfig,
-}
-
-impl DrillConfig {
-    /// Reads the drill settings from the environment:
-    /// `SOMA_ANALYTICS_DRILL_OBJECTIVES` (syntax in the module doc) and the
-    /// webhook settings (`SOMA_ANALYTICS_WEBHOOK_URLS`,
-    /// `SOMA_ANALYTICS_WEBHOOK_KEYS_FILE`, `SOMA_ANALYTICS_WEBHOOK_RETRY_BASE`,
-    /// `SOMA_ANALYTICS_WEBHOOK_RETRY_MAX`, `SOMA_ANALYTICS_WEBHOOK_TIMEOUT`).
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, AnalyticsError> {
-        let mut config = Self {
-            webhooks: WebhookConfig::from_env(&env)?,
-            ..Self::default()
-        };
-        if let Some(value) = env(OBJECTIVES_VAR).filter(|v| !v.trim().is_empty()) {
-            config.parse_objectives(&value)?;
-        }
-        Ok(config)
-    }
-
-    fn parse_objectives(&mut self, value: &str) -> Result<(), AnalyticsError> {
-        for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let bad = |why: &str| AnalyticsError::Config(format!("{OBJECTIVES_VAR}: entry {entry:?}: {why}"));
-            let (region, spec) = entry
-                .split_once('=')
-                .ok_or_else(|| bad("expected REGION=rto:SPAN,rpo:SPAN"))?;
-            let region = region.trim();
-            let (mut rto, mut rpo) = (None, None);
-            for part in spec.split(',').map(str::trim) {
-                let (name, span_text) = part
-                    .split_once(':')
-                    .ok_or_else(|| bad("expected rto:SPAN and rpo:SPAN"))?;
-                let nanos = span_nanos(span_text.trim()).map_err(|why| bad(&why))?;
-                let slot = match name.trim() {
-                    "rto" => &mut rto,
-                    "rpo" => &mut rpo,
-                    other => return Err(bad(&format!("unknown objective {other:?} (rto or rpo)"))),
-                };
-                if slot.replace(nanos).is_some() {
-                    return Err(bad(&format!("{} given twice", name.trim())));
-                }
-            }
-            let objective = Objective {
-                rto_nanos: rto.ok_or_else(|| bad("rto is missing"))?,
-                rpo_nanos: rpo.ok_or_else(|| bad("rpo is missing"))?,
-            };
-            let duplicate = if region == "*" {
-                self.default_objective.replace(objective).is_some()
-            } else {
-                validate::identifier("region", region).map_err(|e| bad(&e.to_string()))?;
-                self.objectives.insert(region.to_owned(), objective).is_some()
-            };
-            if duplicate {
-                return Err(bad("region listed twice"));
-            }
-        }
-        Ok(())
-    }
-
-    /// The objective that applies to `region`: its own, else the `*` default.
-    pub(crate) fn objective(&self, region: &str) -> Option<Objective> {
-        self.objectives.get(region).copied().or(self.default_objective)
-    }
-}
-
-const OBJECTIVES_VAR: &str = "SOMA_ANALYTICS_DRILL_OBJECTIVES";
 
 /// Free text of a step: `1..=max` characters (empty allowed when `optional`),
 /// no control characters.
@@ -409,56 +329,6 @@ pub(crate) async fn disaster_drill_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn objectives_parse_with_a_default_and_refuse_bad_entries() {
-        let mut config = DrillConfig::default();
-        config
-            .parse_objectives("eu-west-1=rto:15m,rpo:1m; us-east-1 = rto:30m, rpo:5m ;*=rto:1h,rpo:500ms")
-            .unwrap();
-        let m = 60 * NANOS_PER_SECOND;
-        assert_eq!(
-            config.objective("eu-west-1"),
-            Some(Objective {
-                rto_nanos: 15 * m,
-                rpo_nanos: m
-            })
-        );
-        assert_eq!(
-            config.objective("us-east-1"),
-            Some(Objective {
-                rto_nanos: 30 * m,
-                rpo_nanos: 5 * m
-            })
-        );
-        assert_eq!(
-            config.objective("ap-south-1"),
-            Some(Objective {
-                rto_nanos: 60 * m,
-                rpo_nanos: 500_000_000
-            })
-        );
-        assert_eq!(DrillConfig::default().objective("eu-west-1"), None);
-
-        for bad in [
-            "eu-west-1",
-            "eu-west-1=rto:15m",
-            "eu-west-1=rto:15m,rpo:1m,rto:2m",
-            "eu-west-1=rto:15x,rpo:1m",
-            "eu-west-1=rto:-1m,rpo:1m",
-            "eu-west-1=rto:15m,rpo:1m,mtbf:3d",
-            "eu west=rto:15m,rpo:1m",
-            "eu-west-1=rto:15m,rpo:1m;eu-west-1=rto:1m,rpo:1m",
-            "*=rto:15m,rpo:1m;*=rto:1m,rpo:1m",
-            "x=rto:99999999999d,rpo:1m",
-        ] {
-            let mut config = DrillConfig::default();
-            assert!(
-                matches!(config.parse_objectives(bad), Err(AnalyticsError::Config(_))),
-                "{bad}"
-            );
-        }
-    }
 
     #[test]
     fn nearest_rank_percentiles_are_recorded_values() {

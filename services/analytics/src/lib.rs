@@ -40,9 +40,8 @@ mod webhook;
 
 pub use config::{
     AnalyticsConfig, AnomalyConfig, DEFAULT_ANOMALY_MIN_SAMPLES, DEFAULT_ANOMALY_THRESHOLD,
-    DEFAULT_MAX_EXPORT_SPAN,
+    DEFAULT_MAX_EXPORT_SPAN, DrillConfig,
 };
-pub use drills::DrillConfig;
 pub use error::AnalyticsError;
 pub use integrity::{StoreFailure, StoreReport, verify_store};
 pub use migrations::MIGRATIONS;

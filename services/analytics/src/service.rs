@@ -33,7 +33,7 @@ pub struct AnalyticsService {
     /// Longest export window.
     pub(crate) max_export_span: std::time::Duration,
     /// Drill objectives and webhook receivers.
-    pub(crate) drills: crate::drills::DrillConfig,
+    pub(crate) drills: crate::config::DrillConfig,
     /// Anomaly scan threshold and minimum sample size.
     pub(crate) anomaly: crate::config::AnomalyConfig,
 }

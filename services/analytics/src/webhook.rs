@@ -34,14 +34,8 @@
 //! at least once (an answer lost after the receiver accepted leads to a
 //! resend with the same id), which is why receivers dedupe by id.
 //!
-//! **Configuration.** `SOMA_ANALYTICS_WEBHOOK_URLS` (comma-separated
-//! `http://` URLs; `https://` is refused for now: put a local TLS-terminating
-//! relay in front), `SOMA_ANALYTICS_WEBHOOK_KEYS_FILE` (an HMAC keyring
-//! file; required when URLs are set), `SOMA_ANALYTICS_WEBHOOK_RETRY_BASE`
-//! (default 1s), `SOMA_ANALYTICS_WEBHOOK_RETRY_MAX` (default 5m),
-//! `SOMA_ANALYTICS_WEBHOOK_TIMEOUT` (per attempt, default 10s). Spans are
-//! written as in the drill objectives (`500ms`, `1s`, `5m`).
-
+//! **Configuration** is [`WebhookConfig`], read in [`crate::config`].
+//!
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +46,7 @@ use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
 use tokio::sync::watch;
 
-use crate::config::span_nanos;
+use crate::config::WebhookConfig;
 use crate::convert::{hex, now_nanos};
 use crate::error::AnalyticsError;
 use crate::tables::drills::{Delivery, due_deliveries};
@@ -72,122 +66,6 @@ pub(crate) const SIGNATURE_HEADER: &str = "x-soma-webhook-signature";
 const MAX_IDLE: Duration = Duration::from_secs(30);
 /// Rows taken from the outbox per pass.
 const BATCH: i64 = 64;
-
-/// Webhook receivers, their signing keys and the retry schedule.
-#[derive(Clone, Debug)]
-pub(crate) struct WebhookConfig {
-    urls: Vec<String>,
-    keys: Option<Arc<HmacKeyring>>,
-    retry_base: Duration,
-    retry_max: Duration,
-    timeout: Duration,
-    /// Wakes the delivery task when a failed drill committed; when every
-    /// clone of the configuration is gone (the service stopped), the task
-    /// sees the channel closed and ends.
-    wake: Arc<watch::Sender<u64>>,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            urls: Vec::new(),
-            keys: None,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(300),
-            timeout: Duration::from_secs(10),
-            wake: Arc::new(watch::Sender::new(0)),
-        }
-    }
-}
-
-impl WebhookConfig {
-    /// Reads the webhook settings (see the module doc).
-    pub(crate) fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, AnalyticsError> {
-        let mut config = Self::default();
-        let get = |var: &str| env(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        if let Some(list) = get("SOMA_ANALYTICS_WEBHOOK_URLS") {
-            for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-                config.urls.push(webhook_url(url)?);
-            }
-        }
-        match get("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE") {
-            Some(path) => {
-                let keys = HmacKeyring::load(&path).map_err(|e| {
-                    AnalyticsError::Config(format!("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE: {path}: {e}"))
-                })?;
-                config.keys = Some(Arc::new(keys));
-            }
-            None if !config.urls.is_empty() => {
-                return Err(AnalyticsError::Config(
-                    "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE is required when SOMA_ANALYTICS_WEBHOOK_URLS is set"
-                        .to_owned(),
-                ));
-            }
-            None => {}
-        }
-        for (var, slot) in [
-            ("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", &mut config.retry_base),
-            ("SOMA_ANALYTICS_WEBHOOK_RETRY_MAX", &mut config.retry_max),
-            ("SOMA_ANALYTICS_WEBHOOK_TIMEOUT", &mut config.timeout),
-        ] {
-            if let Some(value) = get(var) {
-                let nanos =
-                    span_nanos(&value).map_err(|why| AnalyticsError::Config(format!("{var}: {why}")))?;
-                let nanos = u64::try_from(nanos)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| AnalyticsError::Config(format!("{var}: must be positive")))?;
-                *slot = Duration::from_nanos(nanos);
-            }
-        }
-        if config.retry_max < config.retry_base {
-            return Err(AnalyticsError::Config(
-                "SOMA_ANALYTICS_WEBHOOK_RETRY_MAX is shorter than SOMA_ANALYTICS_WEBHOOK_RETRY_BASE"
-                    .to_owned(),
-            ));
-        }
-        Ok(config)
-    }
-
-    /// The URLs a failed drill notifies.
-    pub(crate) fn urls(&self) -> Vec<String> {
-        self.urls.clone()
-    }
-
-    /// Tells the delivery task that new rows are pending.
-    pub(crate) fn wake(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// The delay before attempt `attempts + 1`, after `attempts` failures.
-    fn backoff(&self, attempts: i64) -> Duration {
-        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-        self.retry_base
-            .checked_mul(1u32 << doublings)
-            .unwrap_or(self.retry_max)
-            .min(self.retry_max)
-    }
-}
-
-/// A webhook URL: `http://host[:port]/path`, checked at start-up.
-fn webhook_url(url: &str) -> Result<String, AnalyticsError> {
-    let bad = |why: &str| AnalyticsError::Config(format!("SOMA_ANALYTICS_WEBHOOK_URLS: {url:?}: {why}"));
-    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(bad(
-                "https webhooks are not supported yet; use an http:// URL (e.g. a local TLS-terminating relay)",
-            ));
-        }
-        _ => return Err(bad("the scheme must be http://")),
-    }
-    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(bad("credentials in the URL are not allowed"));
-    }
-    Ok(uri.to_string())
-}
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -380,119 +258,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(vars: &[(&str, &str)]) -> Result<WebhookConfig, AnalyticsError> {
-        WebhookConfig::from_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
-    }
-
-    #[test]
-    fn urls_need_keys_and_https_is_refused_with_a_clear_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("keys.json");
-        std::fs::write(&keys, HmacKeyring::generate("wh-1").unwrap().1).unwrap();
-        let keys = keys.to_str().unwrap();
-
-        let ok = config(&[
-            (
-                "SOMA_ANALYTICS_WEBHOOK_URLS",
-                "http://127.0.0.1:9/hook, http://hooks.local/x",
-            ),
-            ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys),
-            ("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", "200ms"),
-            ("SOMA_ANALYTICS_WEBHOOK_RETRY_MAX", "1s"),
-        ])
-        .unwrap();
-        assert_eq!(ok.urls(), ["http://127.0.0.1:9/hook", "http://hooks.local/x"]);
-        assert_eq!(ok.backoff(1), Duration::from_millis(200));
-        assert_eq!(ok.backoff(2), Duration::from_millis(400));
-        assert_eq!(ok.backoff(3), Duration::from_millis(800));
-        assert_eq!(ok.backoff(4), Duration::from_secs(1));
-        assert_eq!(ok.backoff(1000), Duration::from_secs(1));
-
-        struct Case {
-            name: &'static str,
-            vars: Vec<(&'static str, String)>,
-            expected: &'static str,
-        }
-        let cases = [
-            Case {
-                name: "urls without keys",
-                vars: vec![("SOMA_ANALYTICS_WEBHOOK_URLS", "http://127.0.0.1:9/".to_owned())],
-                expected: "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE is required",
-            },
-            Case {
-                name: "https",
-                vars: vec![
-                    (
-                        "SOMA_ANALYTICS_WEBHOOK_URLS",
-                        "https://hooks.example/x".to_owned(),
-                    ),
-                    ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys.to_owned()),
-                ],
-                expected: "https webhooks are not supported yet",
-            },
-            Case {
-                name: "other scheme",
-                vars: vec![
-                    ("SOMA_ANALYTICS_WEBHOOK_URLS", "ftp://hooks.example/x".to_owned()),
-                    ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys.to_owned()),
-                ],
-                expected: "the scheme must be http://",
-            },
-            Case {
-                name: "credentials",
-                vars: vec![
-                    (
-                        "SOMA_ANALYTICS_WEBHOOK_URLS",
-                        "http://u:p@hooks.example/x".to_owned(),
-                    ),
-                    ("SOMA_ANALYTICS_WEBHOOK_KEYS_FILE", keys.to_owned()),
-                ],
-                expected: "credentials in the URL are not allowed",
-            },
-            Case {
-                name: "missing keys file",
-                vars: vec![
-                    ("SOMA_ANALYTICS_WEBHOOK_URLS", "http://127.0.0.1:9/".to_owned()),
-                    (
-                        "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE",
-                        "/nonexistent/keys.json".to_owned(),
-                    ),
-                ],
-                expected: "SOMA_ANALYTICS_WEBHOOK_KEYS_FILE: /nonexistent/keys.json",
-            },
-            Case {
-                name: "bad retry base",
-                vars: vec![("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", "soon".to_owned())],
-                expected: "SOMA_ANALYTICS_WEBHOOK_RETRY_BASE",
-            },
-            Case {
-                name: "zero timeout",
-                vars: vec![("SOMA_ANALYTICS_WEBHOOK_TIMEOUT", "0s".to_owned())],
-                expected: "SOMA_ANALYTICS_WEBHOOK_TIMEOUT: must be positive",
-            },
-            Case {
-                name: "max below base",
-                vars: vec![
-                    ("SOMA_ANALYTICS_WEBHOOK_RETRY_BASE", "10s".to_owned()),
-                    ("SOMA_ANALYTICS_WEBHOOK_RETRY_MAX", "1s".to_owned()),
-                ],
-                expected: "SOMA_ANALYTICS_WEBHOOK_RETRY_MAX is shorter",
-            },
-        ];
-        for case in cases {
-            let vars: Vec<(&str, &str)> = case.vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            match config(&vars) {
-                Err(AnalyticsError::Config(message)) => {
-                    assert!(message.contains(case.expected), "{}: {message}", case.name);
-                }
-                other => panic!("{}: expected a configuration error, got {other:?}", case.name),
-            }
-        }
-    }
 }

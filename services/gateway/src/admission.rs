@@ -8,7 +8,7 @@
 //! buffer its body. [`Admission::moderate`] then runs, for methods whose
 //! policy asks for it, on the final message the backend will receive (path,
 //! query and body merged), and binds its decision to that message's digest.
-//! The first stage that refuses decides the answer: a [`Denial`] with its
+//! The first stage that refuses decides the answer: a [`Refusal`] with its
 //! HTTP status, gRPC code and a stable reason; every refusal is logged
 //! once, here.
 
@@ -26,6 +26,7 @@ use crate::context::{Moderated, RequestContext, RequestId};
 use crate::killswitch::KillSwitches;
 use crate::moderation::{Decision, Moderator};
 use crate::ratelimit::RateLimiter;
+use crate::refusal::Refusal;
 
 /// `amr` values (RFC 8176) that prove a factor beyond a password.
 const SECOND_FACTORS: [&str; 12] = [
@@ -37,89 +38,6 @@ const KILL_SWITCH_METHODS: [&str; 2] = [
     "/somastack.v1.Gateway/SetKillSwitch",
     "/somastack.v1.Gateway/ListKillSwitches",
 ];
-
-/// Why a request was refused, as both protocols answer it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Denial {
-    /// HTTP status at the edge.
-    pub http: StatusCode,
-    /// gRPC code at the ingress.
-    pub grpc: tonic::Code,
-    /// Stable machine-readable reason.
-    pub reason: &'static str,
-    /// Safe human-readable message.
-    pub message: String,
-    /// `Retry-After` seconds (429, 503).
-    pub retry_after: Option<u64>,
-    /// `WWW-Authenticate` value (401).
-    pub www_authenticate: Option<String>,
-    /// Structured details (moderation findings).
-    pub details: Vec<Value>,
-}
-
-impl Denial {
-    fn new(http: StatusCode, grpc: tonic::Code, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            http,
-            grpc,
-            reason,
-            message: message.into(),
-            retry_after: None,
-            www_authenticate: None,
-            details: Vec::new(),
-        }
-    }
-
-    /// 401 for a missing or refused token (RFC 6750 §3).
-    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        let challenge = if reason == "token_missing" {
-            "Bearer".to_owned()
-        } else {
-            format!("Bearer error=\"invalid_token\", error_description=\"{reason}\"")
-        };
-        Self {
-            www_authenticate: Some(challenge),
-            ..Self::new(
-                StatusCode::UNAUTHORIZED,
-                tonic::Code::Unauthenticated,
-                reason,
-                message,
-            )
-        }
-    }
-
-    /// The refusal as a gRPC status: its code and message, the reason in
-    /// `soma-reason`, and `retry-after` / `www-authenticate` when set.
-    pub fn into_status(self) -> tonic::Status {
-        let mut status = tonic::Status::new(self.grpc, self.message);
-        let m = status.metadata_mut();
-        if let Ok(v) = self.reason.parse() {
-            m.insert(soma_mesh::REASON_METADATA, v);
-        }
-        if let Some(seconds) = self.retry_after
-            && let Ok(v) = seconds.to_string().parse()
-        {
-            m.insert("retry-after", v);
-        }
-        if let Some(challenge) = self.www_authenticate
-            && let Ok(v) = challenge.parse()
-        {
-            m.insert("www-authenticate", v);
-        }
-        status
-    }
-
-    /// 400 for a request the edge cannot read.
-    pub fn bad_request(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            tonic::Code::InvalidArgument,
-            reason,
-            message,
-        )
-    }
-}
 
 /// One request, as the pipeline sees it.
 #[derive(Debug)]
@@ -188,12 +106,12 @@ impl Admission {
     /// Runs every stage the request head decides (token, residency,
     /// capability and MFA, kill switches, rate limit); the verified context
     /// on success. Nothing here reads a body.
-    pub async fn admit(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Denial> {
+    pub async fn admit(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Refusal> {
         let method = request.method;
         let request_id = request.request_id.clone();
         let result = self.run(request).await;
-        if let Err(denial) = &result {
-            log_refusal(method, &request_id, denial);
+        if let Err(refusal) = &result {
+            log_refusal(method, &request_id, refusal);
         }
         result
     }
@@ -207,12 +125,12 @@ impl Admission {
         method: &str,
         context: &mut RequestContext,
         input: &Value,
-    ) -> Result<(), Denial> {
+    ) -> Result<(), Refusal> {
         let decision = self.moderator.check(method, input);
         let decision_id = decision.id.clone();
-        if let Err(denial) = self.judge(method, context, decision).await {
-            log_refusal(method, &context.request_id, &denial);
-            return Err(denial);
+        if let Err(refusal) = self.judge(method, context, decision).await {
+            log_refusal(method, &context.request_id, &refusal);
+            return Err(refusal);
         }
         context.moderation = crate::moderation::input_digest(input).map(|input_sha256| Moderated {
             decision_id,
@@ -221,7 +139,7 @@ impl Admission {
         Ok(())
     }
 
-    async fn run(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Denial> {
+    async fn run(&self, request: AdmissionRequest<'_>) -> Result<RequestContext, Refusal> {
         let now = SystemTime::now();
         let now_unix =
             i64::try_from(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()).unwrap_or(i64::MAX);
@@ -232,12 +150,11 @@ impl Admission {
             .verifier
             .verify(token, now_unix)
             .await
-            .map_err(|e| Denial::unauthenticated(e.reason(), format!("token refused: {e}")))?;
+            .map_err(|e| Refusal::unauthenticated(e.reason(), format!("token refused: {e}")))?;
 
         // 2. Residency, from the verified claims only.
         if !self.residency.allows(&claims.tenant, &claims.region) {
-            return Err(Denial::new(
-                StatusCode::FORBIDDEN,
+            return Err(Refusal::new(
                 tonic::Code::PermissionDenied,
                 "residency_denied",
                 format!(
@@ -249,24 +166,21 @@ impl Admission {
 
         // 3. Capability and MFA, from the method's policy.
         let Some(policy) = request.policy else {
-            return Err(Denial::new(
-                StatusCode::FORBIDDEN,
+            return Err(Refusal::new(
                 tonic::Code::PermissionDenied,
                 "no_policy",
                 format!("{} has no policy and is denied", request.method),
             ));
         };
         if policy.capability.is_empty() {
-            return Err(Denial::new(
-                StatusCode::FORBIDDEN,
+            return Err(Refusal::new(
                 tonic::Code::PermissionDenied,
                 "not_tenant_callable",
                 format!("{} is not callable by tenants", request.method),
             ));
         }
         if !claims.scope.contains(&policy.capability) {
-            return Err(Denial::new(
-                StatusCode::FORBIDDEN,
+            return Err(Refusal::new(
                 tonic::Code::PermissionDenied,
                 "insufficient_scope",
                 format!("the token's scope lacks {:?}", policy.capability),
@@ -275,57 +189,48 @@ impl Admission {
         let mfa = self.mfa_satisfied(&claims, now_unix);
         if policy.mfa_required && !mfa {
             let max_age = self.mfa_max_age.as_secs();
-            return Err(Denial {
-                www_authenticate: Some(format!(
-                    "Bearer error=\"insufficient_user_authentication\", \
-                     error_description=\"a second factor within {max_age} s is required\", \
-                     max_age={max_age}, acr_values=\"mfa\""
-                )),
-                ..Denial::new(
-                    StatusCode::UNAUTHORIZED,
-                    tonic::Code::Unauthenticated,
-                    "insufficient_user_authentication",
-                    format!("{} needs a second factor within {max_age} s", request.method),
-                )
-            });
+            return Err(Refusal::new(
+                tonic::Code::Unauthenticated,
+                "insufficient_user_authentication",
+                format!("{} needs a second factor within {max_age} s", request.method),
+            )
+            .with_www_authenticate(&format!(
+                "Bearer error=\"insufficient_user_authentication\", \
+                 error_description=\"a second factor within {max_age} s is required\", \
+                 max_age={max_age}, acr_values=\"mfa\""
+            )));
         }
 
         // 4. Kill switches. The switches' own methods are exempt, so that an
         // operator can always clear a global switch.
         let exempt = KILL_SWITCH_METHODS.contains(&request.method);
         if !exempt && let Some(tripped) = self.kill_switches.check(&claims.tenant, request.method) {
-            return Err(Denial {
-                retry_after: Some(u64::from(tripped.retry_after_seconds)),
-                ..Denial::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    tonic::Code::Unavailable,
-                    "kill_switch_engaged",
-                    format!(
-                        "a {} kill switch{} is engaged",
-                        scope_word(tripped.scope),
-                        if tripped.target.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" for {}", tripped.target)
-                        }
-                    ),
-                )
-            });
+            return Err(Refusal::new(
+                tonic::Code::Unavailable,
+                "kill_switch_engaged",
+                format!(
+                    "a {} kill switch{} is engaged",
+                    scope_word(tripped.scope),
+                    if tripped.target.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" for {}", tripped.target)
+                    }
+                ),
+            )
+            .with_retry_after(u64::from(tripped.retry_after_seconds)));
         }
 
         // 5. The tenant's rate limit: decided from the head too, so that a
         // tenant over its limit never has a body read either.
         if let Err(wait) = self.rate_limiter.check(&claims.tenant, Instant::now()) {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(Denial {
-                retry_after: Some(seconds.max(1)),
-                ..Denial::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    tonic::Code::ResourceExhausted,
-                    "rate_limited",
-                    format!("tenant {:?} is over its rate limit", claims.tenant),
-                )
-            });
+            return Err(Refusal::new(
+                tonic::Code::ResourceExhausted,
+                "rate_limited",
+                format!("tenant {:?} is over its rate limit", claims.tenant),
+            )
+            .with_retry_after(seconds.max(1)));
         }
         let context = RequestContext {
             request_id: request.request_id,
@@ -346,7 +251,7 @@ impl Admission {
         method: &str,
         context: &RequestContext,
         decision: Decision,
-    ) -> Result<(), Denial> {
+    ) -> Result<(), Refusal> {
         if decision.allowed {
             return Ok(());
         }
@@ -364,8 +269,7 @@ impl Admission {
             // operator's problem, reported loudly.
             tracing::error!(error = %e, decision = %decision.id, "moderation rejection not audited");
         }
-        let mut denial = Denial::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        Err(Refusal::new(
             tonic::Code::InvalidArgument,
             "moderation_rejected",
             format!(
@@ -373,9 +277,9 @@ impl Admission {
                 reasons.join(", "),
                 decision.id
             ),
-        );
-        denial.details = details;
-        Err(denial)
+        )
+        .with_http_status(StatusCode::UNPROCESSABLE_ENTITY)
+        .with_details(details))
     }
 
     async fn audit_rejection(
@@ -419,13 +323,13 @@ impl Admission {
 }
 
 /// The one log line of a refusal.
-fn log_refusal(method: &str, request_id: &RequestId, denial: &Denial) {
+fn log_refusal(method: &str, request_id: &RequestId, refusal: &Refusal) {
     tracing::info!(
         method,
         request_id = request_id.as_str(),
-        status = denial.http.as_u16(),
-        reason = denial.reason,
-        message = %denial.message,
+        status = refusal.http_status().as_u16(),
+        reason = refusal.reason(),
+        message = %refusal.message(),
         "request refused"
     );
 }
@@ -441,23 +345,23 @@ fn scope_word(scope: soma_proto::v1::KillSwitchScope) -> &'static str {
 
 /// The token of an `authorization: Bearer <token>` value (RFC 6750 §2.1:
 /// the scheme is case-insensitive, one space, a token68).
-fn bearer_token(value: Option<&[u8]>) -> Result<&str, Denial> {
+fn bearer_token(value: Option<&[u8]>) -> Result<&str, Refusal> {
     let Some(value) = value else {
-        return Err(Denial::unauthenticated("token_missing", "no bearer token"));
+        return Err(Refusal::unauthenticated("token_missing", "no bearer token"));
     };
     let text = std::str::from_utf8(value)
-        .map_err(|_| Denial::unauthenticated("token_malformed", "the authorization header is not ASCII"))?;
+        .map_err(|_| Refusal::unauthenticated("token_malformed", "the authorization header is not ASCII"))?;
     let (scheme, token) = text
         .split_once(' ')
-        .ok_or_else(|| Denial::unauthenticated("token_missing", "the authorization header is not Bearer"))?;
+        .ok_or_else(|| Refusal::unauthenticated("token_missing", "the authorization header is not Bearer"))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Denial::unauthenticated(
+        return Err(Refusal::unauthenticated(
             "token_missing",
             "the authorization header is not Bearer",
         ));
     }
     if token.is_empty() {
-        return Err(Denial::unauthenticated(
+        return Err(Refusal::unauthenticated(
             "token_malformed",
             "the bearer token is empty",
         ));

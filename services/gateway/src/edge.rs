@@ -18,9 +18,10 @@
 //! in (413), JSON depth (400) and syntax, then transcoding, moderation of
 //! the final message (path, query and body merged), and forwarding. A
 //! refusal sent before the body was read closes an HTTP/1.x connection
-//! (`Connection: close`) instead of draining it. Every refusal is one JSON
-//! body `{code, reason, message, request_id, details}` built in one place
-//! ([`ErrorReply`]).
+//! (`Connection: close`) instead of draining it. Every refusal is a
+//! [`Refusal`]: one JSON body `{code, reason, message, request_id, details}`
+//! at the JSON edge, one gRPC status at the gRPC ingress, each built in one
+//! place.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,22 +31,25 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut as _, Bytes};
 use futures::StreamExt as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use prost_reflect::DynamicMessage;
 use serde_json::{Value, json};
 use soma_proto::v1::gateway_server::GatewayServer;
 use tonic::codec::Streaming;
-use tonic::metadata::AsciiMetadataValue;
 
-use crate::admission::{Admission, AdmissionRequest, Denial};
+use crate::admission::{Admission, AdmissionRequest};
 use crate::config::EdgeLimits;
 use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId};
 use crate::forward::{Backends, BytesCodec};
+use crate::refusal::Refusal;
 use crate::relay::{self, GRPC_TIMEOUT};
 use crate::routes::{Route, RouteBody, RouteMatch, RouteTable, bind_params, parse_query};
 use crate::service::GatewayService;
 use crate::transcode::{self, TranscodeError};
+
+/// grpc-gateway's table of HTTP statuses, where the edge's callers look for it.
+pub use crate::refusal::http_status;
 
 /// Content type of server streams at the edge.
 const NDJSON: &str = "application/x-ndjson";
@@ -90,163 +94,6 @@ pub fn router(state: Arc<EdgeState>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(state)
 }
 
-/// A refusal or failure, as the edge answers it.
-#[derive(Debug)]
-pub struct ErrorReply {
-    status: StatusCode,
-    code: tonic::Code,
-    reason: String,
-    message: String,
-    details: Vec<Value>,
-    headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-impl ErrorReply {
-    fn new(status: StatusCode, code: tonic::Code, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            reason: reason.to_owned(),
-            message: message.into(),
-            details: Vec::new(),
-            headers: Vec::new(),
-        }
-    }
-
-    fn from_denial(d: Denial) -> Self {
-        let mut reply = Self::new(d.http, d.grpc, d.reason, d.message);
-        reply.details = d.details;
-        if let Some(seconds) = d.retry_after {
-            reply
-                .headers
-                .push((header::RETRY_AFTER, HeaderValue::from(seconds)));
-        }
-        if let Some(challenge) = d.www_authenticate
-            && let Ok(v) = HeaderValue::from_str(&challenge)
-        {
-            reply.headers.push((header::WWW_AUTHENTICATE, v));
-        }
-        reply
-    }
-
-    /// A backend's gRPC status, mapped with grpc-gateway's table.
-    fn from_status(status: &tonic::Status) -> Self {
-        let reason = status
-            .metadata()
-            .get(soma_mesh::REASON_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map_or_else(|| code_reason(status.code()).to_owned(), str::to_owned);
-        let mut reply = Self::new(
-            http_status(status.code()),
-            status.code(),
-            &reason,
-            status.message(),
-        );
-        if let Some(v) = status.metadata().get("retry-after").and_then(|v| v.to_str().ok())
-            && let Ok(v) = HeaderValue::from_str(v)
-        {
-            reply.headers.push((header::RETRY_AFTER, v));
-        }
-        reply
-    }
-
-    /// A refusal answered before the request's body was read: on HTTP/1.x,
-    /// a request that may carry a body gets `Connection: close`, so the
-    /// connection is not kept for a body nobody will read (RFC 9112 §9.6).
-    fn closing_if_body_unread(self, request: &Request) -> Self {
-        let may_have_body = request.headers().contains_key(header::TRANSFER_ENCODING)
-            || request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
-        if may_have_body {
-            self.closing_on_http1(request.version())
-        } else {
-            self
-        }
-    }
-
-    /// `Connection: close` on HTTP/1.x (HTTP/2 streams end on their own).
-    fn closing_on_http1(mut self, version: http::Version) -> Self {
-        if version < http::Version::HTTP_2 {
-            self.headers
-                .push((header::CONNECTION, HeaderValue::from_static("close")));
-        }
-        self
-    }
-
-    fn bad_request(reason: &str, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            tonic::Code::InvalidArgument,
-            reason,
-            message,
-        )
-    }
-
-    fn body(&self, request_id: &RequestId) -> Value {
-        json!({
-            "code": self.code as i32,
-            "reason": self.reason,
-            "message": self.message,
-            "request_id": request_id.as_str(),
-            "details": self.details,
-        })
-    }
-
-    fn into_response(self, request_id: &RequestId) -> Response {
-        let body = self.body(request_id).to_string();
-        let mut response = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-        for (name, value) in self.headers {
-            response.headers_mut().append(name, value);
-        }
-        response
-    }
-}
-
-/// grpc-gateway's mapping of gRPC codes to HTTP statuses.
-pub fn http_status(code: tonic::Code) -> StatusCode {
-    use tonic::Code as C;
-    match code {
-        C::Ok => StatusCode::OK,
-        // 499 Client Closed Request; a valid status number.
-        C::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        C::InvalidArgument | C::FailedPrecondition | C::OutOfRange => StatusCode::BAD_REQUEST,
-        C::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        C::NotFound => StatusCode::NOT_FOUND,
-        C::AlreadyExists | C::Aborted => StatusCode::CONFLICT,
-        C::PermissionDenied => StatusCode::FORBIDDEN,
-        C::Unauthenticated => StatusCode::UNAUTHORIZED,
-        C::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        C::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        C::Unknown | C::Internal | C::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-fn code_reason(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "ok",
-        C::Cancelled => "cancelled",
-        C::Unknown => "unknown",
-        C::InvalidArgument => "invalid_argument",
-        C::DeadlineExceeded => "deadline_exceeded",
-        C::NotFound => "not_found",
-        C::AlreadyExists => "already_exists",
-        C::PermissionDenied => "permission_denied",
-        C::ResourceExhausted => "resource_exhausted",
-        C::FailedPrecondition => "failed_precondition",
-        C::Aborted => "aborted",
-        C::OutOfRange => "out_of_range",
-        C::Unimplemented => "unimplemented",
-        C::Internal => "internal",
-        C::Unavailable => "unavailable",
-        C::DataLoss => "data_loss",
-        C::Unauthenticated => "unauthenticated",
-    }
-}
-
 /// What a backend answered.
 enum Reply {
     Unary(Bytes),
@@ -263,13 +110,14 @@ async fn handle(State(state): State<Arc<EdgeState>>, request: Request) -> Respon
     let origin = request.headers().get(header::ORIGIN).cloned();
     let mut response = match serve(&state, request, &request_id).await {
         Ok(response) => response,
-        Err(reply) => {
-            if reply.status.is_server_error() {
-                tracing::warn!(request_id = request_id.as_str(), status = reply.status.as_u16(), reason = %reply.reason, message = %reply.message, "request failed");
+        Err(refusal) => {
+            let status = refusal.http_status();
+            if status.is_server_error() {
+                tracing::warn!(request_id = request_id.as_str(), status = status.as_u16(), reason = %refusal.reason(), message = %refusal.message(), "request failed");
             } else {
-                tracing::info!(request_id = request_id.as_str(), status = reply.status.as_u16(), reason = %reply.reason, message = %reply.message, "request refused");
+                tracing::info!(request_id = request_id.as_str(), status = status.as_u16(), reason = %refusal.reason(), message = %refusal.message(), "request refused");
             }
-            reply.into_response(&request_id)
+            refusal.into_response(&request_id)
         }
     };
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
@@ -301,7 +149,7 @@ async fn serve(
     state: &Arc<EdgeState>,
     request: Request,
     request_id: &RequestId,
-) -> Result<Response, ErrorReply> {
+) -> Result<Response, Refusal> {
     let limits = state.limits;
     // 1. Header size, before anything reads them.
     let header_bytes: usize = request
@@ -310,12 +158,11 @@ async fn serve(
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     if header_bytes > limits.max_header_bytes {
-        return Err(ErrorReply::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            tonic::Code::InvalidArgument,
+        return Err(Refusal::bad_request(
             "headers_too_large",
             format!("request headers exceed {} bytes", limits.max_header_bytes),
-        ));
+        )
+        .with_http_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
     }
 
     // 2. CORS preflight: answered without authentication.
@@ -352,7 +199,7 @@ async fn serve(
     let (route, path_params, mut context) =
         admit_head(state, request.method(), request.headers(), &path, request_id)
             .await
-            .map_err(|reply| reply.closing_if_body_unread(&request))?;
+            .map_err(|refusal| refusal.closing_if_body_unread(&request))?;
 
     // 5. The body, its size enforced while it streams in, then its JSON
     // depth and syntax.
@@ -361,10 +208,10 @@ async fn serve(
     let version = request.version();
     let body = read_body(request.into_body(), limits.max_body_bytes)
         .await
-        .map_err(|reply| reply.closing_on_http1(version))?;
+        .map_err(|refusal| refusal.closing_on_http1(version))?;
     let body_json = if matches!(route.body, RouteBody::None) {
         if !body.is_empty() {
-            return Err(ErrorReply::bad_request(
+            return Err(Refusal::bad_request(
                 "unexpected_body",
                 format!("{} {} takes no body", route.http_method, route.template),
             ));
@@ -375,16 +222,14 @@ async fn serve(
             && let Some(ct) = content_type
             && !ct.to_str().is_ok_and(|c| c.starts_with("application/json"))
         {
-            return Err(ErrorReply::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                tonic::Code::InvalidArgument,
-                "unsupported_media_type",
-                "the body must be application/json",
-            ));
+            return Err(
+                Refusal::bad_request("unsupported_media_type", "the body must be application/json")
+                    .with_http_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            );
         }
         transcode::check_depth(&body, limits.max_json_depth)
-            .map_err(|e| ErrorReply::bad_request("json_too_deep", e.to_string()))?;
-        Some(transcode::parse_json(&body).map_err(|e| ErrorReply::bad_request(e.reason(), e.to_string()))?)
+            .map_err(|e| Refusal::bad_request("json_too_deep", e.to_string()))?;
+        Some(transcode::parse_json(&body).map_err(|e| Refusal::bad_request(e.reason(), e.to_string()))?)
     };
 
     // 6. Transcoding: path, query and body merged into the message the
@@ -393,13 +238,12 @@ async fn serve(
     if route.policy.as_ref().is_some_and(|p| p.moderate) {
         let input = transcode::message_to_value(&message).map_err(|e| {
             tracing::error!(error = %e, method = %route.grpc_path, "request message has no JSON form");
-            ErrorReply::bad_request("invalid_argument", "the request message cannot be moderated")
+            Refusal::bad_request("invalid_argument", "the request message cannot be moderated")
         })?;
         state
             .admission
             .moderate(&route.grpc_path, &mut context, &input)
-            .await
-            .map_err(ErrorReply::from_denial)?;
+            .await?;
     }
     let encoded = Bytes::from(prost::Message::encode_to_vec(&message));
 
@@ -407,18 +251,13 @@ async fn serve(
     let context = Arc::new(context);
     let reply = dispatch(state, route, Arc::clone(&context), encoded, None)
         .await
-        .map_err(|s| ErrorReply::from_status(&s))?;
+        .map_err(|s| Refusal::from_status(&s))?;
     let output = route.method.output();
     match reply {
         Reply::Unary(bytes) => {
             let json = transcode::bytes_to_json(&output, &bytes).map_err(|e| {
                 tracing::error!(error = %e, method = %route.grpc_path, "backend reply does not decode");
-                ErrorReply::new(
-                    StatusCode::BAD_GATEWAY,
-                    tonic::Code::Internal,
-                    "bad_backend_reply",
-                    "the backend's reply does not decode",
-                )
+                bad_backend_reply("the backend's reply does not decode")
             })?;
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response())
         }
@@ -435,7 +274,7 @@ async fn admit_head<'s>(
     headers: &HeaderMap,
     path: &str,
     request_id: &RequestId,
-) -> Result<(&'s Route, Vec<(String, String)>, RequestContext), ErrorReply> {
+) -> Result<(&'s Route, Vec<(String, String)>, RequestContext), Refusal> {
     let limits = state.limits;
     // 3. Body size, from the declared length (the rest while reading).
     if let Some(len) = headers
@@ -450,21 +289,20 @@ async fn admit_head<'s>(
     let (route, path_params) = match state.routes.find(method, path) {
         RouteMatch::Found { route, path_params } => (route, path_params),
         RouteMatch::MethodNotAllowed { allowed } => {
-            let mut reply = ErrorReply::new(
-                StatusCode::METHOD_NOT_ALLOWED,
+            let mut refusal = Refusal::new(
                 tonic::Code::Unimplemented,
                 "method_not_allowed",
                 format!("{method} is not served for {path}"),
-            );
+            )
+            .with_http_status(StatusCode::METHOD_NOT_ALLOWED);
             let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
             if let Ok(v) = HeaderValue::from_str(&allow) {
-                reply.headers.push((header::ALLOW, v));
+                refusal = refusal.with_header(header::ALLOW, v);
             }
-            return Err(reply);
+            return Err(refusal);
         }
         RouteMatch::NotFound => {
-            return Err(ErrorReply::new(
-                StatusCode::NOT_FOUND,
+            return Err(Refusal::new(
                 tonic::Code::NotFound,
                 "route_not_found",
                 format!("no route for {path}"),
@@ -483,54 +321,54 @@ async fn admit_head<'s>(
             authorization: headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
             request_id: request_id.clone(),
         })
-        .await
-        .map_err(ErrorReply::from_denial)?;
+        .await?;
     Ok((route, path_params, context))
 }
 
 /// Reads a request body whole, refusing it as soon as more than `max` bytes
 /// have arrived (nothing beyond `max` is ever buffered). A refused body is
 /// left unread, so its connection is not reused.
-async fn read_body(body: Body, max: usize) -> Result<Bytes, ErrorReply> {
+async fn read_body(body: Body, max: usize) -> Result<Bytes, Refusal> {
     use http_body_util::BodyExt as _;
     match http_body_util::Limited::new(body, max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Err(e) if crate::listener::is_body_timeout(e.as_ref()) => Err(ErrorReply::new(
-            StatusCode::REQUEST_TIMEOUT,
+        Err(e) if crate::listener::is_body_timeout(e.as_ref()) => Err(Refusal::new(
             tonic::Code::DeadlineExceeded,
             "body_timeout",
             "the request body did not arrive within the body read timeout",
-        )),
+        )
+        .with_http_status(StatusCode::REQUEST_TIMEOUT)),
         Err(e) => {
             tracing::info!(error = %e, "request body not read");
-            Err(ErrorReply::new(
-                StatusCode::BAD_REQUEST,
+            Err(Refusal::new(
                 tonic::Code::Cancelled,
                 "body_read_failed",
                 "the request body could not be read",
-            ))
+            )
+            .with_http_status(StatusCode::BAD_REQUEST))
         }
     }
 }
 
-fn too_large(max: usize) -> ErrorReply {
-    ErrorReply::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        tonic::Code::InvalidArgument,
-        "body_too_large",
-        format!("the body exceeds {max} bytes"),
-    )
+fn too_large(max: usize) -> Refusal {
+    Refusal::bad_request("body_too_large", format!("the body exceeds {max} bytes"))
+        .with_http_status(StatusCode::PAYLOAD_TOO_LARGE)
 }
 
-fn preflight(state: &EdgeState, request: &Request) -> Result<Response, ErrorReply> {
+/// 502: a backend's reply that the edge cannot turn into JSON.
+fn bad_backend_reply(message: &'static str) -> Refusal {
+    Refusal::new(tonic::Code::Internal, "bad_backend_reply", message)
+        .with_http_status(StatusCode::BAD_GATEWAY)
+}
+
+fn preflight(state: &EdgeState, request: &Request) -> Result<Response, Refusal> {
     let Some(origin) = request
         .headers()
         .get(header::ORIGIN)
         .filter(|o| state.cors_allows(o))
     else {
-        return Err(ErrorReply::new(
-            StatusCode::FORBIDDEN,
+        return Err(Refusal::new(
             tonic::Code::PermissionDenied,
             "cors_origin_denied",
             "this origin may not call the edge",
@@ -558,19 +396,14 @@ fn build_message(
     body: Option<&Value>,
     path_params: &[(String, String)],
     query: &str,
-) -> Result<DynamicMessage, ErrorReply> {
+) -> Result<DynamicMessage, Refusal> {
     let input = route.method.input();
-    let field_error = |e: TranscodeError| ErrorReply::bad_request(e.reason(), e.to_string());
+    let field_error = |e: TranscodeError| Refusal::bad_request(e.reason(), e.to_string());
     let mut message = match (&route.body, body) {
         (RouteBody::Whole, Some(v)) => transcode::json_to_message(&input, v).map_err(field_error)?,
         (RouteBody::Field(name), Some(v)) => {
             let field = input.get_field_by_name(name).ok_or_else(|| {
-                ErrorReply::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    tonic::Code::Internal,
-                    "bad_route",
-                    "route body field missing",
-                )
+                Refusal::new(tonic::Code::Internal, "bad_route", "route body field missing")
             })?;
             let wrapped = json!({ field.json_name(): v });
             transcode::json_to_message(&input, &wrapped).map_err(field_error)?
@@ -579,16 +412,16 @@ fn build_message(
     };
     let mut params = path_params.to_vec();
     let query_params =
-        parse_query(query).map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
+        parse_query(query).map_err(|e| Refusal::bad_request("invalid_argument", e.to_string()))?;
     if !query_params.is_empty() && matches!(route.body, RouteBody::Whole) {
-        return Err(ErrorReply::bad_request(
+        return Err(Refusal::bad_request(
             "invalid_argument",
             "query parameters are not accepted when the body is the whole message",
         ));
     }
     params.extend(query_params);
     bind_params(&mut message, &params)
-        .map_err(|e| ErrorReply::bad_request("invalid_argument", e.to_string()))?;
+        .map_err(|e| Refusal::bad_request("invalid_argument", e.to_string()))?;
     Ok(message)
 }
 
@@ -605,7 +438,7 @@ async fn dispatch(
     deadline: Option<Duration>,
 ) -> Result<Reply, tonic::Status> {
     let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
-        .map_err(|_| tonic::Status::internal("route has an invalid gRPC path"))?;
+        .map_err(|_| Refusal::without_reason(tonic::Code::Internal, "route has an invalid gRPC path"))?;
     if route.service == "somastack.v1.Gateway" {
         let mut request = tonic::Request::new(message);
         if let Ok(v) = context.request_id.as_str().parse() {
@@ -617,9 +450,10 @@ async fn dispatch(
         return RequestContext::scope(Arc::clone(&context), call).await;
     }
     let backend = state.backends.get(&route.service).ok_or_else(|| {
-        status_with_reason(
-            tonic::Status::unavailable(format!("no backend is configured for {}", route.service)),
+        Refusal::new(
+            tonic::Code::Unavailable,
             "backend_not_configured",
+            format!("no backend is configured for {}", route.service),
         )
     })?;
     let metadata = state.backends.metadata(&context, &backend.id)?;
@@ -657,9 +491,10 @@ where
     <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("the service is not reachable: {}", e.into())))?;
+    grpc.ready().await.map_err(|e| {
+        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+        relay::not_reachable(&e.to_string())
+    })?;
     if streaming {
         grpc.server_streaming(request, path, BytesCodec)
             .await
@@ -693,18 +528,13 @@ fn ndjson(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "stream message does not decode");
-                        let reply = ErrorReply::new(
-                            StatusCode::BAD_GATEWAY,
-                            tonic::Code::Internal,
-                            "bad_backend_reply",
-                            "a streamed message does not decode",
-                        );
-                        Some((Ok(error_line(&reply, &context.request_id)), None))
+                        let refusal = bad_backend_reply("a streamed message does not decode");
+                        Some((Ok(refusal.into_stream_error_line(&context.request_id)), None))
                     }
                 },
                 Some(Err(status)) => {
-                    let reply = ErrorReply::from_status(&status);
-                    Some((Ok(error_line(&reply, &context.request_id)), None))
+                    let refusal = Refusal::from_status(&status);
+                    Some((Ok(refusal.into_stream_error_line(&context.request_id)), None))
                 }
             }
         }
@@ -715,14 +545,6 @@ fn ndjson(
         Body::from_stream(lines),
     )
         .into_response()
-}
-
-fn error_line(reply: &ErrorReply, request_id: &RequestId) -> Bytes {
-    let mut line = json!({ "error": reply.body(request_id) })
-        .to_string()
-        .into_bytes();
-    line.push(b'\n');
-    Bytes::from(line)
 }
 
 /// gRPC from tenants: the same admission (bearer token in the metadata),
@@ -740,12 +562,14 @@ async fn grpc_ingress(state: Arc<EdgeState>, request: Request) -> Response {
     }
 }
 
+/// One tenant gRPC call. The ingress's own refusals are [`Refusal`]s in
+/// their gRPC form (`?` converts them); a backend's status passes through
+/// as the backend sent it.
 async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response, tonic::Status> {
     let path = request.uri().path();
-    let route = state
-        .routes
-        .by_grpc_path(path)
-        .ok_or_else(|| tonic::Status::unimplemented(format!("unknown method {path}")))?;
+    let route = state.routes.by_grpc_path(path).ok_or_else(|| {
+        Refusal::without_reason(tonic::Code::Unimplemented, format!("unknown method {path}"))
+    })?;
     let headers = request.headers();
     let deadline = grpc_deadline(headers, path)?;
     if let Some(encoding) = headers.get("grpc-encoding")
@@ -754,10 +578,12 @@ async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response,
         // Nothing is advertised in grpc-accept-encoding, so a compressed
         // message is a client's mistake (and a decompression bomb is never
         // inflated here).
-        return Err(status_with_reason(
-            tonic::Status::unimplemented(format!("message encoding {encoding:?} is not supported")),
+        return Err(Refusal::new(
+            tonic::Code::Unimplemented,
             "encoding_unsupported",
-        ));
+            format!("message encoding {encoding:?} is not supported"),
+        )
+        .into());
     }
     let request_id = headers
         .get(REQUEST_ID_HEADER)
@@ -772,31 +598,30 @@ async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response,
             authorization: headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
             request_id,
         })
-        .await
-        .map_err(Denial::into_status)?;
+        .await?;
 
     let message = read_grpc_message(request.into_body(), state.limits.max_body_bytes).await?;
     let decoded = DynamicMessage::decode(route.method.input(), message.as_ref()).map_err(|e| {
-        status_with_reason(
-            tonic::Status::invalid_argument(format!(
+        Refusal::new(
+            tonic::Code::InvalidArgument,
+            "malformed_message",
+            format!(
                 "the request message does not decode as {}: {e}",
                 route.method.input().full_name()
-            )),
-            "malformed_message",
+            ),
         )
     })?;
     if route.policy.as_ref().is_some_and(|p| p.moderate) {
         let input = transcode::message_to_value(&decoded).map_err(|e| {
-            status_with_reason(
-                tonic::Status::invalid_argument(format!("the request message cannot be moderated: {e}")),
+            Refusal::bad_request(
                 "invalid_argument",
+                format!("the request message cannot be moderated: {e}"),
             )
         })?;
         state
             .admission
             .moderate(&route.grpc_path, &mut context, &input)
-            .await
-            .map_err(Denial::into_status)?;
+            .await?;
     }
     match dispatch(state, route, Arc::new(context), message, deadline).await? {
         Reply::Unary(bytes) => Ok(grpc_reply(futures::stream::iter([
@@ -809,13 +634,7 @@ async fn grpc_call(state: &Arc<EdgeState>, request: Request) -> Result<Response,
                 match stream.next().await {
                     Some(Ok(bytes)) => Some((Ok(http_body::Frame::data(grpc_frame(&bytes))), Some(stream))),
                     None => Some((Ok(http_body::Frame::trailers(grpc_ok_trailers())), None)),
-                    Some(Err(status)) => {
-                        let mut trailers = HeaderMap::new();
-                        if status.add_header(&mut trailers).is_err() {
-                            trailers.insert("grpc-status", HeaderValue::from_static("13"));
-                        }
-                        Some((Ok(http_body::Frame::trailers(trailers)), None))
-                    }
+                    Some(Err(status)) => Some((Ok(http_body::Frame::trailers(grpc_trailers(&status))), None)),
                 }
             });
             Ok(grpc_reply(frames))
@@ -846,9 +665,18 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     frame.freeze()
 }
 
+/// The trailers of a call that ended well.
 fn grpc_ok_trailers() -> HeaderMap {
+    grpc_trailers(&tonic::Status::new(tonic::Code::Ok, ""))
+}
+
+/// The trailers that end a gRPC response with `status`, written by tonic
+/// as it writes every status (INTERNAL if it cannot write this one).
+fn grpc_trailers(status: &tonic::Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    if status.add_header(&mut trailers).is_err() {
+        trailers.insert("grpc-status", HeaderValue::from_static("13"));
+    }
     trailers
 }
 
@@ -860,13 +688,12 @@ const GRPC_PREFIX: usize = 5;
 /// length prefix is checked against `max` before any of it is buffered, and
 /// a request that ends early, carries a second message or flags
 /// compression is refused with its own reason.
-async fn read_grpc_message(body: Body, max: usize) -> Result<Bytes, tonic::Status> {
+async fn read_grpc_message(body: Body, max: usize) -> Result<Bytes, Refusal> {
     use bytes::Buf as _;
     use http_body_util::BodyExt as _;
 
-    let refuse = |code: tonic::Code, reason: &'static str, message: String| {
-        status_with_reason(tonic::Status::new(code, message), reason)
-    };
+    let refuse =
+        |code: tonic::Code, reason: &'static str, message: String| Refusal::new(code, reason, message);
     let mut body = body;
     let mut buffer = bytes::BytesMut::new();
     let mut expected: Option<usize> = None;
@@ -954,15 +781,8 @@ async fn read_grpc_message(body: Body, max: usize) -> Result<Bytes, tonic::Statu
     }
 }
 
-/// `status` carrying `reason` in `soma-reason`, as the mesh's refusals do.
-fn status_with_reason(mut status: tonic::Status, reason: &'static str) -> tonic::Status {
-    status.metadata_mut().insert(
-        soma_mesh::REASON_METADATA,
-        AsciiMetadataValue::from_static(reason),
-    );
-    status
-}
-
+/// A gRPC response that is its status alone (trailers-only), as tonic
+/// writes it.
 fn grpc_error(status: tonic::Status) -> Response {
     status.into_http::<Body>().map(Body::new)
 }
@@ -970,7 +790,7 @@ fn grpc_error(status: tonic::Status) -> Response {
 /// The client's deadline from `grpc-timeout`, if it sent one; a value that
 /// is not one is refused before anything else, as gRPC servers do
 /// (INTERNAL, "malformed grpc-timeout").
-fn grpc_deadline(headers: &HeaderMap, path: &str) -> Result<Option<Duration>, tonic::Status> {
+fn grpc_deadline(headers: &HeaderMap, path: &str) -> Result<Option<Duration>, Refusal> {
     let Some(value) = headers.get(GRPC_TIMEOUT) else {
         return Ok(None);
     };
@@ -978,9 +798,10 @@ fn grpc_deadline(headers: &HeaderMap, path: &str) -> Result<Option<Duration>, to
         Some(deadline) => Ok(Some(deadline)),
         None => {
             tracing::info!(path, value = ?value, "request refused: malformed grpc-timeout");
-            Err(status_with_reason(
-                tonic::Status::internal(format!("malformed grpc-timeout {value:?}")),
+            Err(Refusal::new(
+                tonic::Code::Internal,
                 "malformed_grpc_timeout",
+                format!("malformed grpc-timeout {value:?}"),
             ))
         }
     }
@@ -1010,52 +831,4 @@ pub fn tls_config(
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_codes_map_to_the_http_statuses_of_grpc_gateway() {
-        use tonic::Code as C;
-        let table: [(C, u16, &str); 17] = [
-            (C::Ok, 200, "ok"),
-            (C::Cancelled, 499, "cancelled"),
-            (C::Unknown, 500, "unknown"),
-            (C::InvalidArgument, 400, "invalid_argument"),
-            (C::DeadlineExceeded, 504, "deadline_exceeded"),
-            (C::NotFound, 404, "not_found"),
-            (C::AlreadyExists, 409, "already_exists"),
-            (C::PermissionDenied, 403, "permission_denied"),
-            (C::ResourceExhausted, 429, "resource_exhausted"),
-            (C::FailedPrecondition, 400, "failed_precondition"),
-            (C::Aborted, 409, "aborted"),
-            (C::OutOfRange, 400, "out_of_range"),
-            (C::Unimplemented, 501, "unimplemented"),
-            (C::Internal, 500, "internal"),
-            (C::Unavailable, 503, "unavailable"),
-            (C::DataLoss, 500, "data_loss"),
-            (C::Unauthenticated, 401, "unauthenticated"),
-        ];
-        for (code, status, reason) in table {
-            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
-            let reply = ErrorReply::from_status(&tonic::Status::new(code, "m"));
-            assert_eq!(
-                (reply.status.as_u16(), reply.reason.as_str()),
-                (status, reason),
-                "{code:?}"
-            );
-        }
-        // A backend's own reason wins over the code's.
-        let status = status_with_reason(
-            tonic::Status::deadline_exceeded("the service did not answer within 15s"),
-            "backend_slow",
-        );
-        let reply = ErrorReply::from_status(&status);
-        assert_eq!(
-            (reply.status.as_u16(), reply.reason.as_str()),
-            (504, "backend_slow")
-        );
-    }
 }

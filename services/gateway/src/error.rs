@@ -1,7 +1,11 @@
-//! The gateway's errors: configuration (exit 64 in the binary) and the
-//! runtime failures of its own store.
+//! The gateway's errors: configuration (exit 64 in the binary), assembly,
+//! and the runtime failures of its own store — and the one place such a
+//! failure becomes a caller's answer (a [`Refusal`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use crate::refusal::Refusal;
 
 /// Why the gateway's settings are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -44,4 +48,46 @@ pub enum GatewayError {
     /// A stored row holds a value the gateway never writes.
     #[error("corrupt kill switch row: {0}")]
     CorruptRow(String),
+}
+
+impl From<GatewayError> for Refusal {
+    /// The kill switch store failed a change: the cause is logged here,
+    /// once; the caller gets `UNAVAILABLE` and a safe message.
+    fn from(e: GatewayError) -> Self {
+        tracing::error!(error = %e, "kill switch not stored");
+        Self::without_reason(tonic::Code::Unavailable, "the kill switch could not be stored")
+    }
+}
+
+/// Why the gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A token issuer's keys could not be loaded.
+    #[error("token issuers: {0}")]
+    Jwt(String),
+    /// The moderation policy file is unusable.
+    #[error("moderation policy: {0}")]
+    Moderation(String),
+    /// The route table could not be built from the descriptors.
+    #[error("routes: {0}")]
+    Routes(String),
+    /// The kill switches could not be read.
+    #[error("kill switches: {0}")]
+    KillSwitches(#[from] GatewayError),
+    /// A backend channel could not be made.
+    #[error("backends: {0}")]
+    Mesh(#[from] soma_mesh::MeshError),
+    /// The edge's certificate or key is unusable.
+    #[error("edge TLS: {0}")]
+    Tls(String),
+    /// The edge listener could not be bound.
+    #[error("cannot bind the edge on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }

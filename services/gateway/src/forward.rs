@@ -21,6 +21,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
 
 use crate::context::{MODERATION_DECISION_METADATA, REQUEST_ID_HEADER, RequestContext};
+use crate::refusal::Refusal;
 use crate::relay::UnaryRelay;
 
 /// A codec passing encoded protobuf messages through unchanged.
@@ -165,7 +166,10 @@ impl Backends {
         }
         .map_err(|e| {
             tracing::error!(error = %e, "claims envelope not signed");
-            tonic::Status::internal("the gateway could not seal the verified claims")
+            Refusal::without_reason(
+                tonic::Code::Internal,
+                "the gateway could not seal the verified claims",
+            )
         })?;
         let mut metadata = MetadataMap::new();
         metadata.insert_bin(CLAIMS_METADATA, sealed.claims);

@@ -9,6 +9,8 @@
 //! admitted request is forwarded over mTLS with a `VerifiedClaims` envelope
 //! signed by the gateway for that backend alone: unary calls through the
 //! edge's own relay ([`relay`]), server streams through tonic channels.
+//! Every refusal or failure the gateway answers is one [`Refusal`], turned
+//! into a gRPC status or the edge's JSON body in one place ([`refusal`]).
 //!
 //! It does not execute capsules: `RunCapsule` moderates its input, then
 //! answers `UNIMPLEMENTED` until ToolRegistry executes tools.
@@ -29,226 +31,24 @@ pub mod error;
 pub mod forward;
 pub mod killswitch;
 pub mod listener;
+mod migrations;
 pub mod moderation;
 pub mod openapi;
 pub mod ratelimit;
+pub mod refusal;
 pub mod relay;
 pub mod routes;
+mod server;
 pub mod service;
 pub mod transcode;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use soma_auth::{ClaimsSigner, JwtVerifier};
-use soma_identity::SvidStore;
-use soma_mesh::{Limits, Peers, Readiness, ServiceSpec};
-use soma_proto::v1::gateway_server::GatewayServer;
-use soma_store::{Database, Migration, Migrations};
-use tokio::net::TcpListener;
-use tonic::service::Routes;
-
-pub use admission::{Admission, AdmissionRequest, Denial};
+pub use admission::{Admission, AdmissionRequest};
 pub use config::{EdgeConnections, GatewayConfig, Region, Residency};
 pub use context::{RequestContext, RequestId};
 pub use edge::EdgeState;
-pub use error::{GatewayConfigError, GatewayError};
+pub use error::{BuildError, GatewayConfigError, GatewayError};
 pub use listener::{ConnectionMetrics, ConnectionStats, is_body_timeout};
+pub use migrations::MIGRATIONS;
+pub use refusal::Refusal;
+pub use server::{EdgeServer, Gateway};
 pub use service::GatewayService;
-
-/// The service's migrations.
-pub static MIGRATIONS: Migrations = Migrations(&[Migration {
-    version: 1,
-    description: "kill switches and moderation audit",
-    sqlite: include_str!("../migrations/sqlite/0001_kill_switches.sql"),
-    postgres: include_str!("../migrations/postgres/0001_kill_switches.sql"),
-}]);
-
-/// Why the gateway could not be assembled.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// A token issuer's keys could not be loaded.
-    #[error("token issuers: {0}")]
-    Jwt(String),
-    /// The moderation policy file is unusable.
-    #[error("moderation policy: {0}")]
-    Moderation(String),
-    /// The route table could not be built from the descriptors.
-    #[error("routes: {0}")]
-    Routes(String),
-    /// The kill switches could not be read.
-    #[error("kill switches: {0}")]
-    KillSwitches(#[from] GatewayError),
-    /// A backend channel could not be made.
-    #[error("backends: {0}")]
-    Mesh(#[from] soma_mesh::MeshError),
-    /// The edge's certificate or key is unusable.
-    #[error("edge TLS: {0}")]
-    Tls(String),
-    /// The edge listener could not be bound.
-    #[error("cannot bind the edge on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// The assembled gateway: its mesh service and, when configured, its edge.
-#[derive(Debug)]
-pub struct Gateway {
-    /// The `Gateway` service as the mesh runtime serves it.
-    pub spec: ServiceSpec,
-    /// The edge, bound and ready to serve.
-    pub edge: Option<EdgeServer>,
-    /// The kill switch poller (aborted when the gateway stops).
-    pub poller: tokio::task::JoinHandle<()>,
-}
-
-/// The bound edge listener.
-#[derive(Debug)]
-pub struct EdgeServer {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-    state: Arc<EdgeState>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    connections: EdgeConnections,
-    max_header_bytes: usize,
-    metrics: ConnectionMetrics,
-}
-
-impl EdgeServer {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Whether the edge speaks HTTPS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    /// The edge's connection counters (open, refused and closed by
-    /// reason), shared with the running listener: read them after `serve`
-    /// has taken the server, or register them with the admin listener.
-    pub fn connection_metrics(&self) -> ConnectionMetrics {
-        self.metrics.clone()
-    }
-
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let router = edge::router(self.state);
-        let listener = listener::Listener {
-            listener: self.listener,
-            tls: self.tls,
-            settings: self.connections,
-            max_header_bytes: self.max_header_bytes,
-            metrics: self.metrics,
-        };
-        listener.serve(router, shutdown).await;
-        Ok(())
-    }
-}
-
-impl Gateway {
-    /// Assembles the gateway: token verifier, kill switches, moderator, rate
-    /// limiter, backend channels, the edge's route table and OpenAPI
-    /// document; binds the edge.
-    pub async fn build(
-        db: Database,
-        limits: &Limits,
-        config: GatewayConfig,
-        store: &Arc<SvidStore>,
-        peers: &Peers,
-        signer: ClaimsSigner,
-    ) -> Result<Self, BuildError> {
-        let leeway = config.jwt.leeway;
-        let verifier = JwtVerifier::new(config.jwt.clone())
-            .await
-            .map_err(|e| BuildError::Jwt(e.to_string()))?;
-        let kill_switches = killswitch::KillSwitches::load(db.clone()).await?;
-        let poller = kill_switches.spawn_poller(config.kill_switch_poll_interval);
-        let policy = match &config.moderation_policy_file {
-            Some(path) => moderation::ModerationPolicy::from_file(path)
-                .map_err(|e| BuildError::Moderation(e.to_string()))?,
-            None => moderation::ModerationPolicy::default_policy(),
-        };
-        let admission = Admission::new(
-            verifier,
-            config.residency.clone(),
-            config.mfa_max_age,
-            leeway,
-            kill_switches,
-            moderation::Moderator::new(policy),
-            ratelimit::RateLimiter::new(config.rate_limit),
-            db.clone(),
-        );
-        let routes = routes::RouteTable::from_descriptors(&soma_proto::SERVICE_NAMES)
-            .map_err(|e| BuildError::Routes(e.to_string()))?;
-        let methods: Vec<String> = routes.iter().map(|r| r.grpc_path.clone()).collect();
-        let service = GatewayService::new(admission.clone(), methods);
-
-        let server = GatewayServer::new(service.clone())
-            .max_decoding_message_size(limits.max_recv_message_bytes)
-            .max_encoding_message_size(limits.max_send_message_bytes);
-        let spec = ServiceSpec {
-            name: "somastack.v1.Gateway",
-            routes: Routes::new(server),
-            readiness: Readiness::of_database(db),
-        };
-
-        let edge = match config.edge_addr {
-            None => None,
-            Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| BuildError::Bind { addr, source })?;
-                let local_addr = listener
-                    .local_addr()
-                    .map_err(|source| BuildError::Bind { addr, source })?;
-                let backends = forward::Backends::new(
-                    store,
-                    peers,
-                    signer,
-                    config.envelope_ttl,
-                    limits.max_recv_message_bytes,
-                    config.backend_timeout,
-                )?;
-                let info = openapi::OpenApiInfo {
-                    title: "SomaStack".to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    server_url: None,
-                };
-                let document = openapi::openapi(&routes, &info);
-                let tls = match (&config.edge_tls_cert_file, &config.edge_tls_key_file) {
-                    (Some(cert), Some(key)) => Some(edge::tls_config(cert, key).map_err(BuildError::Tls)?),
-                    _ => None,
-                };
-                let connections = config.connections;
-                let max_header_bytes = config.limits.max_header_bytes;
-                let state = EdgeState::new(
-                    routes,
-                    admission,
-                    backends,
-                    service,
-                    config.limits,
-                    config.cors_allowed_origins.clone(),
-                    bytes::Bytes::from(document.to_string()),
-                );
-                Some(EdgeServer {
-                    listener,
-                    local_addr,
-                    state: Arc::new(state),
-                    tls,
-                    connections,
-                    max_header_bytes,
-                    metrics: ConnectionMetrics::default(),
-                })
-            }
-        };
-        Ok(Self { spec, edge, poller })
-    }
-}

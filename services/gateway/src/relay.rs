@@ -42,6 +42,8 @@ use http::{Method, StatusCode};
 use soma_mesh::MeshConnector;
 use tonic::Code;
 
+use crate::refusal::Refusal;
+
 /// Time between HTTP/2 PINGs on a connection.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Time a PING has to be answered before the connection is dropped.
@@ -163,7 +165,7 @@ impl UnaryRelay {
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|e| tonic::Status::internal(format!("invalid request URI: {e}")))?;
+            .map_err(|e| failed(Code::Internal, format!("invalid request URI: {e}")))?;
         let mut request = http::Request::new(());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
@@ -266,17 +268,29 @@ struct Live {
     sender: SendRequest<Bytes>,
 }
 
+/// A failed call as the relay reports it, like a gRPC client: `code` and
+/// `message`, no reason of its own (the edge answers with the code's).
+fn failed(code: Code, message: impl Into<String>) -> tonic::Status {
+    Refusal::without_reason(code, message).into_status()
+}
+
 /// The backend cannot be reached.
-fn not_reachable(reason: &str) -> tonic::Status {
-    tonic::Status::unavailable(format!("the service is not reachable: {reason}"))
+pub(crate) fn not_reachable(reason: &str) -> tonic::Status {
+    failed(
+        Code::Unavailable,
+        format!("the service is not reachable: {reason}"),
+    )
 }
 
 /// The backend did not answer within `deadline`.
 fn deadline_exceeded(deadline: Duration) -> tonic::Status {
-    tonic::Status::deadline_exceeded(format!(
-        "the service did not answer within {}",
-        humantime::format_duration(deadline)
-    ))
+    failed(
+        Code::DeadlineExceeded,
+        format!(
+            "the service did not answer within {}",
+            humantime::format_duration(deadline)
+        ),
+    )
 }
 
 /// `deadline` as a `grpc-timeout` value (`PROTOCOL-HTTP2.md`: at most eight
@@ -349,7 +363,7 @@ where
 /// `message` with its gRPC prefix: uncompressed, big-endian length.
 fn frame(message: &[u8]) -> Result<Bytes, tonic::Status> {
     let len = u32::try_from(message.len())
-        .map_err(|_| tonic::Status::resource_exhausted("the request message is too large"))?;
+        .map_err(|_| failed(Code::ResourceExhausted, "the request message is too large"))?;
     let mut framed = BytesMut::with_capacity(PREFIX + message.len());
     framed.put_u8(0);
     framed.put_u32(len);
@@ -366,22 +380,25 @@ async fn read_reply(
     if head.status != StatusCode::OK {
         return Err(match tonic::Status::from_header_map(&head.headers) {
             Some(status) if status.code() != Code::Ok => status,
-            _ => http_status(head.status),
+            _ => status_of_http(head.status),
         });
     }
     let content_type = head.headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes);
     if !content_type.is_some_and(|ct| ct.starts_with(b"application/grpc")) {
-        return Err(tonic::Status::internal(format!(
-            "the backend answered content-type {:?}",
-            content_type.map(String::from_utf8_lossy).unwrap_or_default()
-        )));
+        return Err(failed(
+            Code::Internal,
+            format!(
+                "the backend answered content-type {:?}",
+                content_type.map(String::from_utf8_lossy).unwrap_or_default()
+            ),
+        ));
     }
     if body.is_end_stream() {
         // Trailers-only: the status is in the headers.
         return Err(match tonic::Status::from_header_map(&head.headers) {
             Some(status) if status.code() != Code::Ok => status,
-            Some(_) => tonic::Status::internal("the backend's reply has no message"),
-            None => tonic::Status::internal("the backend's reply has no grpc-status"),
+            Some(_) => failed(Code::Internal, "the backend's reply has no message"),
+            None => failed(Code::Internal, "the backend's reply has no grpc-status"),
         });
     }
 
@@ -394,9 +411,10 @@ async fn read_reply(
         received = received.saturating_add(chunk.len());
         if received > limit {
             // Dropping the stream resets it.
-            return Err(tonic::Status::resource_exhausted(format!(
-                "the backend's reply exceeds {max_reply_bytes} bytes"
-            )));
+            return Err(failed(
+                Code::ResourceExhausted,
+                format!("the backend's reply exceeds {max_reply_bytes} bytes"),
+            ));
         }
         chunks.push(chunk);
     }
@@ -404,7 +422,7 @@ async fn read_reply(
     let status = trailers
         .as_ref()
         .and_then(tonic::Status::from_header_map)
-        .ok_or_else(|| tonic::Status::internal("the backend's reply has no grpc-status"))?;
+        .ok_or_else(|| failed(Code::Internal, "the backend's reply has no grpc-status"))?;
     if status.code() != Code::Ok {
         return Err(status);
     }
@@ -424,31 +442,34 @@ async fn read_reply(
 /// The one message of a unary reply's body.
 fn unframe(mut data: Bytes) -> Result<Bytes, tonic::Status> {
     if data.is_empty() {
-        return Err(tonic::Status::internal("the backend's reply has no message"));
+        return Err(failed(Code::Internal, "the backend's reply has no message"));
     }
     if data.len() < PREFIX {
-        return Err(tonic::Status::internal("the backend's reply is truncated"));
+        return Err(failed(Code::Internal, "the backend's reply is truncated"));
     }
     match data[0] {
         0 => {}
         1 => {
-            return Err(tonic::Status::internal(
+            return Err(failed(
+                Code::Internal,
                 "the backend compressed its reply without an agreed encoding",
             ));
         }
         flag => {
-            return Err(tonic::Status::internal(format!(
-                "the backend's reply has message flag {flag}"
-            )));
+            return Err(failed(
+                Code::Internal,
+                format!("the backend's reply has message flag {flag}"),
+            ));
         }
     }
     let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
     let rest = data.len() - PREFIX;
     if rest < len {
-        return Err(tonic::Status::internal("the backend's reply is truncated"));
+        return Err(failed(Code::Internal, "the backend's reply is truncated"));
     }
     if rest > len {
-        return Err(tonic::Status::internal(
+        return Err(failed(
+            Code::Internal,
             "the backend's unary reply holds more than one message",
         ));
     }
@@ -457,7 +478,7 @@ fn unframe(mut data: Bytes) -> Result<Bytes, tonic::Status> {
 
 /// A reply whose HTTP status is not 200 and carries no `grpc-status`
 /// (gRPC's "HTTP to gRPC status code mapping").
-fn http_status(status: StatusCode) -> tonic::Status {
+fn status_of_http(status: StatusCode) -> tonic::Status {
     let code = match status {
         StatusCode::BAD_REQUEST => Code::Internal,
         StatusCode::UNAUTHORIZED => Code::Unauthenticated,
@@ -469,7 +490,7 @@ fn http_status(status: StatusCode) -> tonic::Status {
         | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
         _ => Code::Unknown,
     };
-    tonic::Status::new(code, format!("the backend answered HTTP {}", status.as_u16()))
+    failed(code, format!("the backend answered HTTP {}", status.as_u16()))
 }
 
 /// An HTTP/2 failure of one call (gRPC's RST_STREAM mapping; a failed or
@@ -486,7 +507,7 @@ fn stream_status(e: &h2::Error) -> tonic::Status {
             _ => Code::Internal,
         }
     };
-    tonic::Status::new(code, format!("the backend's stream failed: {e}"))
+    failed(code, format!("the backend's stream failed: {e}"))
 }
 
 #[cfg(test)]
@@ -637,7 +658,7 @@ mod tests {
             (500, Code::Unknown),
             (301, Code::Unknown),
         ] {
-            let status = http_status(StatusCode::from_u16(http).unwrap());
+            let status = status_of_http(StatusCode::from_u16(http).unwrap());
             assert_eq!(status.code(), code, "HTTP {http}");
         }
     }

@@ -22,11 +22,12 @@ use soma_proto::v1::{
     KillSwitch, KillSwitchScope, ListKillSwitchesRequest, ListKillSwitchesResponse, RunCapsuleRequest,
     RunCapsuleResponse, SetKillSwitchRequest, WhoAmIRequest, WhoAmIResponse,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::admission::Admission;
 use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId, is_valid_tenant};
 use crate::killswitch::{Change, DEFAULT_RETRY_AFTER_SECONDS};
+use crate::refusal::Refusal;
 
 /// The `soma-reason` of an action refused because it needs an operator.
 pub const OPERATOR_REQUIRED: &str = "operator_required";
@@ -132,22 +133,26 @@ fn operator_required(actor: &Actor, action: &str) -> Status {
         request_id = %actor.request_id,
         "refused: {action} needs an operator"
     );
-    let mut status = Status::permission_denied(format!(
-        "{action} needs an operator (an operator SVID over mTLS, or a token of an operator issuer); \
-         a tenant may set only its own tenant's TENANT switch"
-    ));
-    if let Ok(v) = OPERATOR_REQUIRED.parse() {
-        status.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
-    }
-    status
+    Refusal::new(
+        Code::PermissionDenied,
+        OPERATOR_REQUIRED,
+        format!(
+            "{action} needs an operator (an operator SVID over mTLS, or a token of an operator issuer); \
+             a tenant may set only its own tenant's TENANT switch"
+        ),
+    )
+    .into_status()
 }
 
+/// `INVALID_ARGUMENT` naming the request field at fault.
 fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
-    let mut status = Status::invalid_argument(format!("{field}: {message}"));
-    if let Ok(v) = "invalid_argument".parse() {
-        status.metadata_mut().insert(soma_mesh::REASON_METADATA, v);
-    }
-    status
+    Refusal::bad_request("invalid_argument", format!("{field}: {message}")).into_status()
+}
+
+/// A request that reached the service without the verified caller or
+/// tenant the method needs.
+fn unauthenticated(message: &'static str) -> Status {
+    Refusal::without_reason(Code::Unauthenticated, message).into_status()
 }
 
 #[tonic::async_trait]
@@ -165,7 +170,7 @@ impl Gateway for GatewayService {
                 request_id: c.request_id.as_str().to_owned(),
             }));
         }
-        let caller = Caller::of(&request).ok_or_else(|| Status::unauthenticated("no verified caller"))?;
+        let caller = Caller::of(&request).ok_or_else(|| unauthenticated("no verified caller"))?;
         let mut response = WhoAmIResponse {
             peer_spiffe_id: caller.peer.spiffe_id.to_string(),
             ..Default::default()
@@ -186,8 +191,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<RunCapsuleRequest>,
     ) -> Result<Response<RunCapsuleResponse>, Status> {
-        let context =
-            tenant_context(&request).ok_or_else(|| Status::unauthenticated("no admitted tenant"))?;
+        let context = tenant_context(&request).ok_or_else(|| unauthenticated("no admitted tenant"))?;
         let message = request.get_ref();
         if message.capsule_id.is_empty() {
             return Err(invalid("capsule_id", "required"));
@@ -197,8 +201,13 @@ impl Gateway for GatewayService {
         // decision is trusted only for a message with exactly that digest,
         // and anything else (no decision, or one made for another message)
         // is moderated here.
-        let input = crate::transcode::message_to_json("somastack.v1.RunCapsuleRequest", message)
-            .map_err(|e| Status::internal(format!("request not readable for moderation: {e}")))?;
+        let input =
+            crate::transcode::message_to_json("somastack.v1.RunCapsuleRequest", message).map_err(|e| {
+                Refusal::without_reason(
+                    Code::Internal,
+                    format!("request not readable for moderation: {e}"),
+                )
+            })?;
         let bound = context.moderation.as_ref().is_some_and(|m| {
             crate::moderation::input_digest(&input).is_some_and(|digest| digest == m.input_sha256)
         });
@@ -209,14 +218,15 @@ impl Gateway for GatewayService {
                 .check("/somastack.v1.Gateway/RunCapsule", &input);
             self.admission
                 .judge("/somastack.v1.Gateway/RunCapsule", &context, decision)
-                .await
-                .map_err(crate::admission::Denial::into_status)?;
+                .await?;
         }
         // The next steps are ToolRegistry execution and the Analytics
         // record; ToolRegistry does not execute tools yet.
-        Err(Status::unimplemented(
+        Err(Refusal::without_reason(
+            Code::Unimplemented,
             "RunCapsule: the input passed moderation, but capsule execution (ToolRegistry) is not built yet",
-        ))
+        )
+        .into())
     }
 
     #[tracing::instrument(skip_all, name = "Gateway/ListKillSwitches")]
@@ -224,7 +234,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<ListKillSwitchesRequest>,
     ) -> Result<Response<ListKillSwitchesResponse>, Status> {
-        let actor = Actor::of(&request).ok_or_else(|| Status::unauthenticated("no verified caller"))?;
+        let actor = Actor::of(&request).ok_or_else(|| unauthenticated("no verified caller"))?;
         let all = self.admission.kill_switches().list();
         // A tenant sees its own tenant's switch and nothing else: not the
         // other tenants' switches, not who set them, not the global or
@@ -245,7 +255,7 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SetKillSwitchRequest>,
     ) -> Result<Response<KillSwitch>, Status> {
-        let actor = Actor::of(&request).ok_or_else(|| Status::unauthenticated("no admitted caller"))?;
+        let actor = Actor::of(&request).ok_or_else(|| unauthenticated("no admitted caller"))?;
         let m = request.get_ref();
         let scope = KillSwitchScope::try_from(m.scope)
             .ok()
@@ -303,10 +313,12 @@ impl Gateway for GatewayService {
             tenant: actor.tenant.unwrap_or_default(),
             request_id: actor.request_id,
         };
-        let stored = self.admission.kill_switches().set(change).await.map_err(|e| {
-            tracing::error!(error = %e, "kill switch not stored");
-            Status::unavailable("the kill switch could not be stored")
-        })?;
+        let stored = self
+            .admission
+            .kill_switches()
+            .set(change)
+            .await
+            .map_err(Refusal::from)?;
         Ok(Response::new(stored))
     }
 }
