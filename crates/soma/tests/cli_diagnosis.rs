@@ -1,0 +1,128 @@
+//! What the `soma` binary says when something is missing or refused, as
+//! an operator reads it: `soma ca issue` refuses a directory without an
+//! authority (one line naming it, exit 64) instead of creating a new root;
+//! `soma serve` gives the Workload API's own answer when no SVID comes (the
+//! socket's connection error, or the gRPC status and message), for every
+//! endpoint form go-spiffe accepts; the README's commands run the binary the
+//! README's build makes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use soma_ca::{Registry, WorkloadApi, WorkloadApiConfig};
+
+const SOMA: &str = env!("CARGO_BIN_EXE_soma");
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `soma serve tool-registry` against `endpoint`, waiting `2s` for its SVID.
+async fn serve_without_svid(endpoint: &str, cwd: &Path) -> Output {
+    tokio::process::Command::new(SOMA)
+        .args(["serve", "tool-registry"])
+        .current_dir(cwd)
+        .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+        .env("SOMA_IDENTITY_TIMEOUT", "2s")
+        .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
+        .env("SOMA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The last line of standard error: `soma serve`'s fatal reason.
+fn reason(out: &Output) -> String {
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "it printed a ready line");
+    stderr_lines(out).pop().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn serve_says_why_no_svid_came_from_the_workload_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    const PREFIX: &str = "soma: fetching the workload's X.509-SVID from the Workload API: ";
+
+    // 1. No socket at the path.
+    let endpoint = format!("unix://{}", tmp.path().join("missing.sock").display());
+    let line = reason(&serve_without_svid(&endpoint, tmp.path()).await);
+    assert!(
+        line.starts_with(&format!(
+            "{PREFIX}no svid from the workload api at {endpoint} within 2s: "
+        )) && line.ends_with("No such file or directory (os error 2)"),
+        "{line}"
+    );
+
+    // 2. A real Workload API (the development authority) that has not
+    // registered the caller, named in the `unix:/path` form.
+    let ca = common::Ca::new();
+    let socket = tmp.path().join("workload.sock");
+    let listener = soma_ca::bind_socket(&socket).unwrap();
+    let api = WorkloadApi::new(
+        Arc::clone(&ca.authority),
+        Registry::new(),
+        WorkloadApiConfig {
+            svid_ttl: Duration::from_secs(3600),
+        },
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(api.serve(listener, async move {
+        let _ = stop_rx.await;
+    }));
+    let endpoint = format!("unix:{}", socket.display());
+    let line = reason(&serve_without_svid(&endpoint, tmp.path()).await);
+    assert_eq!(
+        line,
+        format!(
+            "{PREFIX}no svid from the workload api at {endpoint} within 2s: status permission_denied: no identity issued"
+        )
+    );
+    // The `unix:///path` form reaches the same server.
+    let endpoint = format!("unix://{}", socket.display());
+    let line = reason(&serve_without_svid(&endpoint, tmp.path()).await);
+    assert!(
+        line.ends_with(&format!(
+            "at {endpoint} within 2s: status permission_denied: no identity issued"
+        )),
+        "{line}"
+    );
+    let _ = stop_tx.send(());
+    api_task.await.unwrap().unwrap();
+
+    // 3. A `tcp://IP:PORT` endpoint whose gRPC server refuses the stream: a
+    // real server that does not serve the Workload API.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let endpoint = format!("tcp://{addr}");
+    let line = reason(&serve_without_svid(&endpoint, tmp.path()).await);
+    assert!(line.contains("gRPC status unimplemented"), "{line}");
+    server.abort();
+
+    // 4. A form go-spiffe refuses is refused before anything is contacted.
+    let line = reason(&serve_without_svid("unix://relative/agent.sock", tmp.path()).await);
+    assert_eq!(
+        line,
+        format!(
+            "{PREFIX}invalid workload api endpoint \"unix://relative/agent.sock\": unix: endpoint socket URI must not include an authority"
+        )
+    );
+}
