@@ -4,7 +4,9 @@
 //! - `soma serve <service>`: one service, identity from the Workload API
 //!   (`SPIFFE_ENDPOINT_SOCKET`), the production path.
 //! - `soma token`: a JWT from the development issuer, for the edge.
-//! - `soma ca issue`: an SVID for an operator (grpcurl, scripts).
+//! - `soma ca init`: a development authority under a data dir.
+//! - `soma ca issue`: an SVID for an operator (grpcurl, scripts), from an
+//!   existing authority.
 //! - `soma verify export | store | ledger`: check an Analytics export's
 //!   signature, sweep the Analytics store, check a ledger proof, offline.
 
@@ -114,6 +116,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
+    /// Create the development authority (a new P-256 root) under a data dir.
+    Init {
+        /// Data directory to hold the authority (`DIR/ca/`).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+    },
     /// Issue an SVID to files: svid.pem, key.pem, bundle.pem.
     Issue {
         /// Data directory of `soma up` (holds the authority).
@@ -195,6 +206,13 @@ fn main() -> ExitCode {
                 config,
                 stop_on_stdin_eof,
             } => serve::run(service, config, stop_on_stdin_eof).await,
+            Command::Ca {
+                command:
+                    CaCommand::Init {
+                        data_dir,
+                        trust_domain,
+                    },
+            } => ca::init(&data_dir, &trust_domain),
             Command::Ca {
                 command:
                     CaCommand::Issue {

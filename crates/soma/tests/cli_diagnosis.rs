@@ -26,6 +26,79 @@ fn stderr_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+fn ca_issue(data_dir: &Path, out_dir: &Path) -> Output {
+    std::process::Command::new(SOMA)
+        .args(["ca", "issue", "--data-dir"])
+        .arg(data_dir)
+        .args(["--spiffe-id", "spiffe://somastack.local/operator/alice", "--out"])
+        .arg(out_dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ca_issue_refuses_a_directory_without_an_authority_and_ca_init_creates_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = tmp.path().join("nonexistent");
+    for dir in [&missing, &empty] {
+        let out_dir = tmp.path().join("out");
+        let out = ca_issue(dir, &out_dir);
+        let d = dir.display();
+        assert_eq!(out.status.code(), Some(64), "{}: {:?}", d, stderr_lines(&out));
+        assert_eq!(
+            stderr_lines(&out),
+            [format!(
+                "soma: no authority under {d} (no ca/ca.pem): start `soma up --data-dir {d}` or run `soma ca init --data-dir {d}`"
+            )]
+        );
+        assert!(out.stdout.is_empty());
+        // Nothing was created: neither a root nor certificates.
+        assert!(!dir.join("ca").exists(), "{d}/ca was created");
+        assert!(!out_dir.exists());
+    }
+
+    // An explicit `soma ca init` creates the authority; then issuing works,
+    // and the bundle is that authority's root.
+    let init = std::process::Command::new(SOMA)
+        .args(["ca", "init", "--data-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{:?}", stderr_lines(&init));
+    assert_eq!(
+        String::from_utf8(init.stdout).unwrap(),
+        format!(
+            "created a new authority for somastack.local under {}\n",
+            missing.join("ca").display()
+        )
+    );
+    let out_dir = tmp.path().join("alice");
+    let out = ca_issue(&missing, &out_dir);
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    assert_eq!(
+        std::fs::read(out_dir.join("bundle.pem")).unwrap(),
+        std::fs::read(missing.join("ca/ca.pem")).unwrap()
+    );
+    // A second init keeps the root.
+    let again = std::process::Command::new(SOMA)
+        .args(["ca", "init", "--data-dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8(again.stdout)
+            .unwrap()
+            .starts_with("kept the existing authority")
+    );
+    assert_eq!(
+        std::fs::read(out_dir.join("bundle.pem")).unwrap(),
+        std::fs::read(missing.join("ca/ca.pem")).unwrap()
+    );
+}
+
 /// `soma serve tool-registry` against `endpoint`, waiting `2s` for its SVID.
 async fn serve_without_svid(endpoint: &str, cwd: &Path) -> Output {
     tokio::process::Command::new(SOMA)
