@@ -199,3 +199,73 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
         )
     );
 }
+
+/// The `sh` blocks of a Markdown file, line by line.
+fn sh_lines(markdown: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            inside = !inside && line.trim() == "```sh";
+            continue;
+        }
+        if inside {
+            lines.push(line.to_owned());
+        }
+    }
+    lines
+}
+
+#[test]
+fn readme_commands_run_the_binary_the_readme_builds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = "./target/release/soma";
+    for file in ["README.md", "certs/README.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let lines = sh_lines(&text);
+        assert!(!lines.is_empty(), "{file} has no sh block");
+        let mut soma_commands = 0;
+        for line in &lines {
+            let spaced = line.replace("$(", " ");
+            let words: Vec<&str> = spaced.split_whitespace().collect();
+            for (i, word) in words.iter().enumerate() {
+                // `soma` alone is a command only when something put it on
+                // the PATH: a fresh clone has no such thing.
+                let argument = i > 0 && matches!(words[i - 1], "-p" | "--package");
+                assert!(
+                    *word != "soma" || argument,
+                    "{file}: `{line}` calls a `soma` that is not on a fresh machine's PATH"
+                );
+                if *word == built {
+                    soma_commands += 1;
+                    // The subcommand exists in the binary the build makes.
+                    let sub: Vec<&str> = words[i + 1..]
+                        .iter()
+                        .copied()
+                        .take_while(|w| {
+                            w.chars().all(|c| c.is_ascii_lowercase() || c == '-') && !w.starts_with('-')
+                        })
+                        .collect();
+                    assert!(!sub.is_empty(), "{file}: `{line}`");
+                    let help = std::process::Command::new(SOMA)
+                        .args(&sub)
+                        .arg("--help")
+                        .output()
+                        .unwrap();
+                    assert!(
+                        help.status.success(),
+                        "{file}: `{line}`: soma {sub:?} --help failed"
+                    );
+                }
+            }
+        }
+        assert!(soma_commands > 0, "{file} runs no soma command");
+    }
+    // The first block builds what the others run.
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let first = sh_lines(&readme);
+    assert_eq!(
+        first[..2],
+        ["cargo build --release -p soma".to_owned(), format!("{built} up")]
+    );
+}
