@@ -188,20 +188,32 @@ pub enum IdentityError {
     /// No Workload API endpoint was given and `SPIFFE_ENDPOINT_SOCKET` is unset.
     #[error("no workload api endpoint: pass one or set SPIFFE_ENDPOINT_SOCKET")]
     NoEndpoint,
-    /// The Workload API endpoint is not a `unix://` or `tcp://` URI.
+    /// The Workload API endpoint is not one of the forms the SPIFFE Workload
+    /// Endpoint specification (and go-spiffe) accepts: `unix:/path`,
+    /// `unix:///path`, `tcp://IP:PORT`.
     #[error("invalid workload api endpoint {endpoint:?}: {reason}")]
     BadEndpoint {
         /// The endpoint as given.
         endpoint: String,
         /// Why it is refused.
-        reason: &'static str,
+        reason: String,
     },
     /// The Workload API failed.
     #[error("workload api: {0}")]
     WorkloadApi(#[source] spiffe::X509SourceError),
     /// No SVID arrived from the Workload API within the allowed time.
-    #[error("no svid from the workload api within {0:?}")]
-    Timeout(Duration),
+    /// `answer` is what the Workload API said to one more request made at
+    /// the deadline: the reason an operator needs (no socket, not
+    /// registered, a refusal with its gRPC status and message).
+    #[error("no svid from the workload api at {endpoint} within {waited:?}: {answer}")]
+    Timeout {
+        /// The endpoint as given.
+        endpoint: String,
+        /// How long the workload waited.
+        waited: Duration,
+        /// The Workload API's answer to the last request.
+        answer: String,
+    },
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long the one diagnostic request made when the first SVID is late
+/// may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Production/dev identity source: the SPIFFE Workload API through the
 /// spiffe crate's `X509Source`, feeding an [`SvidStore`].
 #[derive(Debug)]
@@ -35,10 +39,14 @@ pub struct WorkloadIdentity {
 
 impl WorkloadIdentity {
     /// Connects to the Workload API at `endpoint` (`unix:///abs/path.sock`,
-    /// or `None` for `SPIFFE_ENDPOINT_SOCKET`), waits up to `timeout` for the
-    /// first SVID (the source retries with backoff meanwhile), builds the
-    /// store (its own ID is the first SVID's, which must equal `expected_id`
-    /// when given), and spawns the task that rotates on every update.
+    /// `unix:/abs/path.sock`, `tcp://IP:PORT`, or `None` for
+    /// `SPIFFE_ENDPOINT_SOCKET`), waits up to `timeout` for the first SVID
+    /// (the source retries with backoff meanwhile), builds the store (its own
+    /// ID is the first SVID's, which must equal `expected_id` when given),
+    /// and spawns the task that rotates on every update.
+    ///
+    /// When no SVID comes in time, the error carries the Workload API's own
+    /// answer to one more request (see [`IdentityError::Timeout`]).
     pub async fn connect(
         endpoint: Option<&str>,
         expected_id: Option<&SpiffeId>,
@@ -60,7 +68,11 @@ impl WorkloadIdentity {
         let source = match tokio::time::timeout(timeout, build).await {
             Ok(Ok(source)) => Arc::new(source),
             Ok(Err(spiffe::X509SourceError::InitialSyncTimeout)) | Err(_) => {
-                return Err(IdentityError::Timeout(timeout));
+                return Err(IdentityError::Timeout {
+                    answer: last_answer(&endpoint).await,
+                    endpoint,
+                    waited: timeout,
+                });
             }
             Ok(Err(err)) => return Err(IdentityError::WorkloadApi(err)),
         };
@@ -154,41 +166,152 @@ fn material(source: &spiffe::X509Source) -> Result<(Svid, BundleSet), IdentityEr
     Ok((svid, bundles))
 }
 
-/// Only Unix socket and TCP endpoints exist in the Workload API spec.
-fn check_endpoint(endpoint: &str) -> Result<(), IdentityError> {
-    let bad = |reason| {
-        Err(IdentityError::BadEndpoint {
-            endpoint: endpoint.to_owned(),
-            reason,
-        })
+/// The Workload API's answer to one direct `FetchX509SVID` request, made
+/// when the source gave up waiting: the source retries every failure
+/// silently, so its timeout alone cannot say whether the socket is missing,
+/// the caller is not registered or the server refused the stream.
+async fn last_answer(endpoint: &str) -> String {
+    let request = async {
+        let client = spiffe::WorkloadApiClient::connect_to(endpoint).await?;
+        client.fetch_x509_context().await
     };
-    if let Some(path) = endpoint.strip_prefix("unix://") {
-        if !path.starts_with('/') {
-            return bad("a unix socket path must be absolute (unix:///abs/path.sock)");
+    match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
+        Ok(Ok(_)) => "it issued an svid only after the deadline".to_owned(),
+        Ok(Err(err)) => describe(&err),
+        Err(_) => format!("no answer within {ANSWER_TIMEOUT:?}"),
+    }
+}
+
+/// A Workload API error as `status <code>: <message>` when the server
+/// answered with a gRPC status, else the error and its causes.
+fn describe(err: &spiffe::WorkloadApiError) -> String {
+    use spiffe::WorkloadApiError as Api;
+    use spiffe::transport::TransportError;
+    match err {
+        // The spiffe crate folds this PERMISSION_DENIED message into a
+        // variant of its own; it is the status and message that were sent.
+        Api::NoIdentityIssued => "status permission_denied: no identity issued".to_owned(),
+        Api::PermissionDenied(message) => format!("status permission_denied: {message}"),
+        Api::Transport(TransportError::Status(status)) => {
+            format!("status {}: {}", status.code(), status.message())
         }
-        return Ok(());
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.ends_with(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
     }
-    if endpoint.starts_with("tcp://") {
-        return Ok(());
+}
+
+/// The endpoint forms of the SPIFFE Workload Endpoint specification, as
+/// go-spiffe reads them (`unix:/path`, `unix:///path`, `tcp://IP:PORT`),
+/// parsed by the same `spiffe` crate that then connects: what it accepts
+/// here is what it dials.
+fn check_endpoint(endpoint: &str) -> Result<(), IdentityError> {
+    match spiffe::transport::Endpoint::parse(endpoint) {
+        Ok(_) => Ok(()),
+        Err(err) => Err(IdentityError::BadEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: err.to_string(),
+        }),
     }
-    bad("the scheme must be unix:// or tcp://")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    struct Case {
+        name: &'static str,
+        input: &'static str,
+        /// `None`: accepted; `Some(reason)`: refused with this reason.
+        expected: Option<&'static str>,
+    }
+
+    /// The forms go-spiffe accepts are accepted; the ones it refuses are
+    /// refused, each with its reason.
     #[test]
     fn endpoint_forms() {
-        assert!(check_endpoint("unix:///run/spire/agent.sock").is_ok());
-        assert!(check_endpoint("tcp://127.0.0.1:8081").is_ok());
-        assert!(matches!(
-            check_endpoint("unix://relative.sock"),
-            Err(IdentityError::BadEndpoint { .. })
-        ));
-        assert!(matches!(
-            check_endpoint("/run/agent.sock"),
-            Err(IdentityError::BadEndpoint { .. })
-        ));
+        let cases = [
+            Case {
+                name: "unix, empty authority",
+                input: "unix:///run/spire/agent.sock",
+                expected: None,
+            },
+            Case {
+                name: "unix, no authority",
+                input: "unix:/run/spire/agent.sock",
+                expected: None,
+            },
+            Case {
+                name: "tcp, ipv4",
+                input: "tcp://127.0.0.1:8081",
+                expected: None,
+            },
+            Case {
+                name: "tcp, ipv6",
+                input: "tcp://[::1]:8081",
+                expected: None,
+            },
+            Case {
+                name: "unix, host instead of a path",
+                input: "unix://relative.sock",
+                expected: Some("unix: endpoint socket URI must not include an authority"),
+            },
+            Case {
+                name: "unix, no path",
+                input: "unix://",
+                expected: Some("unix: endpoint socket URI must include a path"),
+            },
+            Case {
+                name: "bare path",
+                input: "/run/agent.sock",
+                expected: Some("endpoint socket is not a valid URI"),
+            },
+            Case {
+                name: "tcp, dns name",
+                input: "tcp://localhost:8081",
+                expected: Some("tcp: endpoint socket URI host must be an IP address"),
+            },
+            Case {
+                name: "tcp, no port",
+                input: "tcp://127.0.0.1",
+                expected: Some("tcp: endpoint socket URI must include a port"),
+            },
+            Case {
+                name: "another scheme",
+                input: "http://127.0.0.1:8081",
+                expected: Some("endpoint socket URI scheme must be unix: or tcp:"),
+            },
+        ];
+        for case in cases {
+            let got = check_endpoint(case.input);
+            match (case.expected, got) {
+                (None, Ok(())) => {}
+                (
+                    Some(reason),
+                    Err(IdentityError::BadEndpoint {
+                        endpoint,
+                        reason: got,
+                    }),
+                ) => {
+                    assert_eq!(
+                        (endpoint.as_str(), got.as_str()),
+                        (case.input, reason),
+                        "{}",
+                        case.name
+                    );
+                }
+                (expected, got) => panic!("{}: expected {expected:?}, got {got:?}", case.name),
+            }
+        }
     }
 }

@@ -4,7 +4,9 @@
 //! - `soma serve <service>`: one service, identity from the Workload API
 //!   (`SPIFFE_ENDPOINT_SOCKET`), the production path.
 //! - `soma token`: a JWT from the development issuer, for the edge.
-//! - `soma ca issue`: an SVID for an operator (grpcurl, scripts).
+//! - `soma ca init`: a development authority under a data dir.
+//! - `soma ca issue`: an SVID for an operator (grpcurl, scripts), from an
+//!   existing authority.
 //! - `soma verify export | store | ledger`: check an Analytics export's
 //!   signature, sweep the Analytics store, check a ledger proof, offline.
 
@@ -23,6 +25,10 @@ use soma_mesh::ServiceKind;
 
 /// Exit code of a bad configuration or usage (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+
+/// How long the runtime's leftover blocking work may delay the exit once the
+/// command is done.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -110,6 +116,15 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
+    /// Create the development authority (a new P-256 root) under a data dir.
+    Init {
+        /// Data directory to hold the authority (`DIR/ca/`).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+    },
     /// Issue an SVID to files: svid.pem, key.pem, bundle.pem.
     Issue {
         /// Data directory of `soma up` (holds the authority).
@@ -193,6 +208,13 @@ fn main() -> ExitCode {
             } => serve::run(service, config, stop_on_stdin_eof).await,
             Command::Ca {
                 command:
+                    CaCommand::Init {
+                        data_dir,
+                        trust_domain,
+                    },
+            } => ca::init(&data_dir, &trust_domain),
+            Command::Ca {
+                command:
                     CaCommand::Issue {
                         data_dir,
                         spiffe_id,
@@ -203,6 +225,9 @@ fn main() -> ExitCode {
             Command::Verify { command } => Ok(verify::run(command).await),
         }
     });
+    // Whatever still runs on the blocking pool (a read that cannot be
+    // cancelled) must not keep a stopped process alive.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -213,14 +238,27 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to standard error (standard output is for the commands' own
-/// output); `RUST_LOG` filters them, `info` by default.
+/// output); `RUST_LOG` filters them, `info` by default. Coloured only on a
+/// terminal, and never when `NO_COLOR` is set: `soma up` points its
+/// children's standard error at log files.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Whether to colour output: on a terminal, unless `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org>).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// A usage or configuration error: one line on standard error, exit 64.
@@ -250,5 +288,26 @@ async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        let cases: [(&str, bool, Option<&OsStr>, bool); 5] = [
+            ("terminal", true, None, true),
+            ("terminal, NO_COLOR=1", true, Some(OsStr::new("1")), false),
+            ("terminal, NO_COLOR empty", true, Some(OsStr::new("")), true),
+            ("file", false, None, false),
+            ("file, NO_COLOR=1", false, Some(OsStr::new("1")), false),
+        ];
+        for (name, terminal, no_color, expected) in cases {
+            assert_eq!(colour(terminal, no_color), expected, "{name}");
+        }
     }
 }

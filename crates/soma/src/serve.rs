@@ -4,6 +4,7 @@
 //! run until stopped. When the service listens, one JSON line goes to
 //! standard output (`soma up` reads it to learn the bound addresses).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +13,6 @@ use soma_auth::{ClaimsSigner, ClaimsVerifier};
 use soma_identity::{SpiffeId, WorkloadIdentity};
 use soma_mesh::{Application, MeshSettings, ServiceKind};
 use soma_store::{Database, StoreSettings};
-use tokio::io::AsyncReadExt as _;
 
 /// The line a started service prints on standard output.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -31,6 +31,24 @@ pub struct ReadyLine {
 }
 
 pub async fn run(
+    kind: ServiceKind,
+    config: Option<PathBuf>,
+    stop_on_stdin_eof: bool,
+) -> anyhow::Result<ExitCode> {
+    serve(kind, config, stop_on_stdin_eof)
+        .await
+        .map_err(|err| match taken_address(&err) {
+            // One line an operator can act on, instead of a chain of
+            // "assembling the gateway: cannot bind ...: Address already in use".
+            Some((addr, listener)) => anyhow::anyhow!(
+                "{kind}: cannot listen on {addr} ({listener}): address in use{}",
+                holder(addr).map_or_else(String::new, |h| format!(" by {h}"))
+            ),
+            None => err,
+        })
+}
+
+async fn serve(
     kind: ServiceKind,
     config: Option<PathBuf>,
     stop_on_stdin_eof: bool,
@@ -222,13 +240,101 @@ pub async fn run(
 }
 
 /// Resolves when standard input reaches end of file: the parent is gone.
-async fn stdin_closed() {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
-    loop {
-        match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+///
+/// The read runs on a plain thread that nobody joins. A blocking `read(0)`
+/// cannot be cancelled, and the tokio runtime waits for its blocking-pool
+/// threads when it is dropped: reading through `tokio::io::stdin` kept a
+/// service alive for as long as its parent held the pipe open, after a
+/// SIGTERM had already closed every listener. This thread ends with the
+/// process instead.
+fn stdin_closed() -> impl Future<Output = ()> {
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-eof".to_owned())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = [0u8; 64];
+            loop {
+                match std::io::Read::read(&mut stdin, &mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = closed_tx.send(());
+        });
+    async move {
+        match spawned {
+            // An error means the thread ended without sending: also "closed".
+            Ok(_) => {
+                let _ = closed_rx.await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch standard input; only a signal stops this service");
+                std::future::pending::<()>().await;
+            }
         }
     }
+}
+
+/// The address (and which listener) that could not be bound because
+/// another socket holds it, if that is what `err` is.
+fn taken_address(err: &anyhow::Error) -> Option<(SocketAddr, &'static str)> {
+    let in_use = |source: &std::io::Error| source.kind() == std::io::ErrorKind::AddrInUse;
+    err.chain().find_map(|cause| {
+        if let Some(soma_mesh::MeshError::Bind { addr, source }) = cause.downcast_ref() {
+            return in_use(source).then_some((*addr, "its gRPC or admin listener"));
+        }
+        if let Some(soma_gateway::BuildError::Bind { addr, source }) = cause.downcast_ref() {
+            return in_use(source).then_some((*addr, "the edge"));
+        }
+        None
+    })
+}
+
+/// The process listening on `addr`'s port, as `pid N (name)`, from `/proc`
+/// (Linux, and only processes this user may inspect). For the diagnosis
+/// only: `None` whenever it cannot tell.
+fn holder(addr: SocketAddr) -> Option<String> {
+    // Sockets in state LISTEN (0A) on the port, by inode.
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, local, _, state, _, _, _, _, _, inode, ..] = fields.as_slice() else {
+                continue;
+            };
+            let port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && port == Some(addr.port()) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for process in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = process.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        });
+        if holds {
+            let name = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+            return Some(format!("pid {pid} ({})", name.trim()));
+        }
+    }
+    None
 }

@@ -2,13 +2,20 @@
 //! child process `soma serve <service>` on its own loopback port, with its
 //! SVID from the authority's Workload API (the same path as with a SPIRE
 //! agent). Children are attested by their process id.
+//!
+//! Supervision: a child that exits (a crash, a signal, even a clean exit
+//! nobody asked for) is restarted on the same addresses and the same data,
+//! after a backoff that doubles from 100 ms to 5 s and resets once a child
+//! has stayed up for a while; each restart is announced on standard output.
+//! A child's pid is withdrawn from the attestation table on every path on
+//! which that child ends, before the kernel may hand the pid to anyone else.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use soma_auth::ClaimsSigner;
@@ -24,6 +31,12 @@ use crate::serve::ReadyLine;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the services get to stop after their stdin closes.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The first delay before restarting a child that exited.
+const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest delay between restarts of a child that keeps exiting.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
+/// A child up this long has recovered: its next restart waits the minimum again.
+const STABLE_UPTIME: Duration = Duration::from_secs(10);
 
 pub struct UpArgs {
     pub data_dir: PathBuf,
@@ -49,10 +62,65 @@ struct Endpoints {
 struct Running {
     kind: ServiceKind,
     child: Child,
+    /// The child's pid in the attestation table, from spawn time on: once
+    /// the child is reaped `Child::id` is `None`, and the entry must still
+    /// be withdrawn.
+    registration: Registration,
     /// The child's stdin, held apart from `child`: `Child::wait` closes the
     /// stdin it holds, and a closed stdin is the child's stop signal.
     stdin: Option<tokio::process::ChildStdin>,
     ready: ReadyLine,
+    /// The peer addresses it was started with (a restart gets the same).
+    peers: BTreeMap<&'static str, String>,
+    /// When this process reported that it listens.
+    since: Instant,
+    /// The delay before its next restart.
+    backoff: Duration,
+}
+
+/// A child's pid entitled to its SPIFFE ID in the Workload API's registry.
+/// Withdrawn explicitly right after the child is reaped, and otherwise when
+/// dropped (a start that failed or was abandoned at shutdown): a process
+/// that later gets the same pid must get no identity.
+struct Registration {
+    registry: Registry,
+    pid: u32,
+    withdrawn: bool,
+}
+
+impl Registration {
+    fn new(registry: &Registry, pid: u32, id: SpiffeId) -> Self {
+        registry.register_pid(pid, id);
+        Self {
+            registry: registry.clone(),
+            pid,
+            withdrawn: false,
+        }
+    }
+
+    /// Removes the entry, once: a later drop must not remove the entry of a
+    /// new child that happens to get the same pid.
+    fn withdraw(&mut self) {
+        if !self.withdrawn {
+            self.registry.unregister_pid(self.pid);
+            self.withdrawn = true;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// What every start of a service needs, fixed for the whole `soma up`.
+struct Launch<'a> {
+    trust_domain: &'a TrustDomain,
+    data_dir: &'a Path,
+    socket: &'a Path,
+    keys: ServiceKeys<'a>,
+    registry: &'a Registry,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -104,6 +172,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
+    let launch = Launch {
+        trust_domain: &trust_domain,
+        data_dir: &data_dir,
+        socket: &socket,
+        keys: ServiceKeys {
+            claims_key: &claims_key,
+            claims_pub: &claims_pub,
+            analytics: &analytics_keys,
+            gateway_config: &gateway_config,
+            region: &args.region,
+        },
+        registry: &registry,
+    };
     let mut running: Vec<Running> = Vec::new();
     let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
     // The gateway last: it needs every other service's address.
@@ -114,22 +195,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ServiceKind::Gateway,
     ];
     for kind in order {
-        let id = SpiffeId::from_parts(&trust_domain, &kind.spiffe_path())?;
-        let keys = ServiceKeys {
-            claims_key: &claims_key,
-            claims_pub: &claims_pub,
-            analytics: &analytics_keys,
-            gateway_config: &gateway_config,
-            region: &args.region,
-        };
-        let started = start_service(kind, &id, &data_dir, &socket, &keys, &peers, &registry).await;
-        match started {
+        match start_service(kind, &launch, &peers, None).await {
             Ok(r) => {
                 peers.insert(peer_var(kind), r.ready.grpc_addr.clone());
                 running.push(r);
             }
             Err(e) => {
-                stop_all(&mut running, &registry).await;
+                stop_all(&mut running).await;
                 let _ = stop_tx.send(true);
                 let _ = api_task.await;
                 return Err(e.context(format!(
@@ -195,18 +267,82 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         println!("Ctrl-C to stop.");
     }
 
-    // Run until a stop signal, or until a service dies on its own.
-    let exit = tokio::select! {
-        () = crate::stop_signal() => ExitCode::SUCCESS,
-        kind = first_exit(&mut running) => {
-            tracing::error!(service = %kind, "a service exited unexpectedly; stopping the others");
-            ExitCode::FAILURE
+    // Run until a stop signal, restarting every service that exits.
+    let mut stop = std::pin::pin!(crate::stop_signal());
+    'supervise: loop {
+        let (index, status) = tokio::select! {
+            () = &mut stop => break 'supervise,
+            exited = first_exit(&mut running) => exited,
+        };
+        let r = &mut running[index];
+        // Reaped just now: the pid is free for the kernel to reuse.
+        r.registration.withdraw();
+        let kind = r.kind;
+        let uptime = r.since.elapsed();
+        if uptime >= STABLE_UPTIME {
+            r.backoff = MIN_RESTART_BACKOFF;
         }
-    };
-    stop_all(&mut running, &registry).await;
+        let status = status.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string());
+        say(format_args!(
+            "  {:<14} exited ({status}) after {}; restarting in {}",
+            kind.name(),
+            humantime::format_duration(round_ms(uptime)),
+            humantime::format_duration(r.backoff)
+        ));
+        tracing::warn!(service = %kind, %status, "service exited; restarting it");
+        let restarted = tokio::select! {
+            // Dropping an unfinished restart kills its child (kill_on_drop)
+            // and withdraws its pid (Registration's drop).
+            () = &mut stop => break 'supervise,
+            restarted = restart(&launch, r) => restarted,
+        };
+        let r = &mut running[index];
+        *r = restarted;
+        say(format_args!(
+            "  {:<14} restarted (pid {}), grpc+mtls {}",
+            kind.name(),
+            r.registration.pid,
+            r.ready.grpc_addr
+        ));
+    }
+    stop_all(&mut running).await;
     let _ = stop_tx.send(true);
     let _ = api_task.await;
-    Ok(exit)
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `old`'s service again on its addresses, after its backoff,
+/// doubling the backoff after each failed attempt, until one listens.
+async fn restart(launch: &Launch<'_>, old: &Running) -> Running {
+    let mut backoff = old.backoff;
+    loop {
+        tokio::time::sleep(backoff).await;
+        let next = (backoff * 2).min(MAX_RESTART_BACKOFF);
+        match start_service(old.kind, launch, &old.peers, Some(&old.ready)).await {
+            Ok(mut new) => {
+                new.backoff = next;
+                return new;
+            }
+            Err(e) => {
+                say(format_args!(
+                    "  {:<14} restart failed: {e:#}; retrying in {}",
+                    old.kind.name(),
+                    humantime::format_duration(next)
+                ));
+                backoff = next;
+            }
+        }
+    }
+}
+
+/// One line of `soma up`'s own output.
+#[expect(clippy::print_stdout, reason = "the command's output")]
+fn say(line: std::fmt::Arguments<'_>) {
+    println!("{line}");
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn peer_var(kind: ServiceKind) -> &'static str {
@@ -227,25 +363,44 @@ struct ServiceKeys<'a> {
     region: &'a str,
 }
 
+/// Spawns `soma serve <kind>`, registers its pid for the service's SPIFFE
+/// ID and waits for its ready line. `previous`: the ready line of the
+/// process this one replaces, whose addresses it binds again (its peers and
+/// endpoints.json keep naming them) and whose log it appends to.
 async fn start_service(
     kind: ServiceKind,
-    id: &SpiffeId,
-    data_dir: &Path,
-    socket: &Path,
-    keys: &ServiceKeys<'_>,
+    launch: &Launch<'_>,
     peers: &BTreeMap<&'static str, String>,
-    registry: &Registry,
+    previous: Option<&ReadyLine>,
 ) -> anyhow::Result<Running> {
+    let id = SpiffeId::from_parts(launch.trust_domain, &kind.spiffe_path())?;
+    let keys = &launch.keys;
     let exe = std::env::current_exe().context("locating the soma binary")?;
-    let log = std::fs::File::create(data_dir.join("logs").join(format!("{kind}.log")))?;
+    let log_path = launch.data_dir.join("logs").join(format!("{kind}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(previous.is_some())
+        .truncate(previous.is_none())
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    // Where this process's own lines begin in the log.
+    let log_start = log.metadata().map_or(0, |m| m.len());
+    let (service_addr, admin_addr) = match previous {
+        Some(p) => (p.grpc_addr.as_str(), p.admin_addr.as_str()),
+        None => ("127.0.0.1:0", "127.0.0.1:0"),
+    };
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
         .arg(kind.name())
         .arg("--stop-on-stdin-eof")
-        .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))
-        .env("SOMA_DATA_DIR", data_dir.join("db"))
-        .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
-        .env("SOMA_ADMIN_ADDR", "127.0.0.1:0")
+        .env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", launch.socket.display()),
+        )
+        .env("SOMA_DATA_DIR", launch.data_dir.join("db"))
+        .env("SOMA_SERVICE_ADDR", service_addr)
+        .env("SOMA_ADMIN_ADDR", admin_addr)
         .env("SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE", keys.claims_pub)
         .env_remove("DATABASE_URL")
         .stdin(Stdio::piped())
@@ -263,6 +418,10 @@ async fn start_service(
             if std::env::var(soma_gateway::config::RESIDENCY_ENV).map_or(true, |v| v.is_empty()) {
                 cmd.env(soma_gateway::config::RESIDENCY_ENV, keys.region);
             }
+            // A restarted gateway serves the edge where tenants already call it.
+            if let Some(edge) = previous.and_then(|p| p.edge_addr.as_deref()) {
+                cmd.env(soma_gateway::config::EDGE_ADDR_ENV, edge);
+            }
         }
         ServiceKind::Analytics => {
             cmd.env("SOMA_ANALYTICS_ROW_KEYS_FILE", &keys.analytics.row_keys)
@@ -275,17 +434,31 @@ async fn start_service(
         cmd.env(var, addr);
     }
     let mut child = cmd.spawn().with_context(|| format!("spawning {kind}"))?;
-    // Attestation: this pid, and only this pid, is the workload `id`.
+    // Attestation: this pid, and only this pid, is the workload `id`. It is
+    // registered before the child can ask for its SVID (it has not even
+    // loaded its settings yet).
     let pid = child.id().context("the child has no pid")?;
-    registry.register_pid(pid, id.clone());
+    let registration = Registration::new(launch.registry, pid, id);
 
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().context("the child has no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let line = match tokio::time::timeout(START_TIMEOUT, lines.next_line()).await {
         Ok(Ok(Some(line))) => line,
-        Ok(Ok(None)) | Ok(Err(_)) => bail!("{kind} exited before it listened"),
-        Err(_) => bail!("{kind} did not listen within {}s", START_TIMEOUT.as_secs()),
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            // Reap it, so that its last words are in the log.
+            let _ = child.wait().await;
+            drop(registration);
+            bail!(
+                "{kind} exited before it listened: {}",
+                last_error(&log_path, log_start)
+            );
+        }
+        Err(_) => {
+            drop(registration);
+            let _ = child.kill().await;
+            bail!("{kind} did not listen within {}s", START_TIMEOUT.as_secs());
+        }
     };
     let ready: ReadyLine = serde_json::from_str(&line).with_context(|| format!("{kind} printed {line:?}"))?;
     // Keep draining stdout so the child never blocks on a full pipe.
@@ -293,31 +466,44 @@ async fn start_service(
     Ok(Running {
         kind,
         child,
+        registration,
         stdin,
         ready,
+        peers: peers.clone(),
+        since: Instant::now(),
+        backoff: MIN_RESTART_BACKOFF,
     })
 }
 
-async fn first_exit(running: &mut [Running]) -> ServiceKind {
-    let waits = running.iter_mut().map(|r| {
-        let kind = r.kind;
-        Box::pin(async move {
-            let _ = r.child.wait().await;
-            kind
-        })
-    });
-    futures::future::select_all(waits).await.0
+/// The last `soma: ...` line a child wrote to its log after `start`: the
+/// reason `soma serve` gives when it exits with an error.
+fn last_error(log: &Path, start: u64) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let own = text
+        .get(usize::try_from(start).unwrap_or(0)..)
+        .unwrap_or_default();
+    String::from_utf8_lossy(own)
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("soma: "))
+        .map_or_else(|| "it gave no reason".to_owned(), str::to_owned)
+}
+
+/// The first child to exit (reaped), by index, with its exit status.
+async fn first_exit(running: &mut [Running]) -> (usize, std::io::Result<std::process::ExitStatus>) {
+    let waits = running.iter_mut().map(|r| Box::pin(r.child.wait()));
+    let (status, index, _) = futures::future::select_all(waits).await;
+    (index, status)
 }
 
 /// Closes every child's stdin (they drain and exit), waits, then kills the
 /// ones still running, and withdraws their attestation (a later process
 /// reusing the pid gets no identity).
-async fn stop_all(running: &mut [Running], registry: &Registry) {
+async fn stop_all(running: &mut [Running]) {
     for r in running.iter_mut() {
         drop(r.stdin.take());
     }
     for r in running.iter_mut() {
-        let pid = r.child.id();
         match tokio::time::timeout(STOP_TIMEOUT, r.child.wait()).await {
             Ok(_) => tracing::info!(service = %r.kind, "stopped"),
             Err(_) => {
@@ -325,9 +511,7 @@ async fn stop_all(running: &mut [Running], registry: &Registry) {
                 let _ = r.child.kill().await;
             }
         }
-        if let Some(pid) = pid {
-            registry.unregister_pid(pid);
-        }
+        r.registration.withdraw();
     }
 }
 
