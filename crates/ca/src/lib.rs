@@ -17,6 +17,8 @@
 mod authority;
 mod error;
 mod files;
+mod hpack;
+mod normalise;
 mod pem;
 mod registry;
 mod socket;

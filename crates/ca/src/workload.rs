@@ -12,6 +12,10 @@
 //! and publishes the new SVID to every open stream. The old SVID stays valid
 //! for the other half of its lifetime, so a peer that has not yet switched
 //! keeps working. The task forgets the ID once no stream is left reading it.
+//!
+//! Every accepted connection goes through [`Normalised`] before h2 sees it,
+//! so that grpcio's percent-encoded `:authority` is accepted (see
+//! [`crate::normalise`] for why and exactly what it changes).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::authority::{Authority, IssueOptions, IssuedSvid};
 use crate::error::CaError;
+use crate::normalise::Normalised;
 use crate::registry::Registry;
 
 /// The metadata key every Workload API request must carry, with value `true`.
@@ -119,7 +124,10 @@ impl WorkloadApi {
         info!("workload api serving");
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener).map(|conn| conn.map(Normalised::new)),
+                signal,
+            )
             .await
             .map_err(CaError::Serve)
     }
