@@ -20,6 +20,7 @@ mod files;
 mod hpack;
 mod normalise;
 mod pem;
+mod process;
 mod registry;
 mod socket;
 mod workload;

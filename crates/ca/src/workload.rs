@@ -49,7 +49,7 @@ const SECURITY_HEADER: &str = "workload.spiffe.io";
 const HEADER_MISSING: &str = "security header missing from request";
 
 /// Message of the `PermissionDenied` answer to a caller without an identity.
-const NO_IDENTITY: &str = "no identity issued";
+const NO_IDENTITY: &str = "no identity issued: the caller matches no registration entry";
 
 /// Shortest SVID lifetime the server accepts: below it, rotation would be
 /// busier than serving.

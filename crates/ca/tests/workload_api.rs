@@ -201,7 +201,9 @@ async fn callers_without_header_or_identity_are_refused() {
             assert_eq!(code.unwrap_or(Code::Ok), case.expected, "{}: {rpc}", case.name);
             let expected_message = match case.expected {
                 Code::InvalidArgument => Some("security header missing from request"),
-                Code::PermissionDenied => Some("no identity issued"),
+                Code::PermissionDenied => {
+                    Some("no identity issued: the caller matches no registration entry")
+                }
                 _ => None,
             };
             assert_eq!(message, expected_message, "{}: {rpc}", case.name);
@@ -499,7 +501,10 @@ async fn a_caller_that_loses_its_identity_is_cut_off_at_rotation() {
         .unwrap()
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert_eq!(status.message(), "no identity issued");
+    assert_eq!(
+        status.message(),
+        "no identity issued: the caller matches no registration entry"
+    );
     drop(stream);
     drop(client);
     server.stop().await.unwrap();

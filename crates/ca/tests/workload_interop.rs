@@ -38,6 +38,18 @@ fn client_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../soma/tests/interop/workload_client.py")
 }
 
+/// The py-spiffe client with `args`, for `server`.
+fn py_spiffe_command(server: &TestServer, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(python());
+    command
+        .arg(client_script())
+        .args(args)
+        .env("SPIFFE_ENDPOINT_SOCKET", server.endpoint())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// Starts the py-spiffe client with `args` against `server`; `register`
 /// decides what the server is told about the new process before it calls.
 async fn py_spiffe(
@@ -45,21 +57,23 @@ async fn py_spiffe(
     args: &[&str],
     register: impl FnOnce(u32),
 ) -> (serde_json::Value, Option<i32>) {
-    let child = tokio::process::Command::new(python())
-        .arg(client_script())
-        .args(args)
-        .env("SPIFFE_ENDPOINT_SOCKET", server.endpoint())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = py_spiffe_command(server, args).spawn().unwrap();
     // The interpreter needs far longer to start than this takes.
-    register(child.id().unwrap());
-    let output = tokio::time::timeout(HANG_GUARD, child.wait_with_output())
-        .await
-        .expect("py-spiffe client hung")
-        .unwrap();
+    register(child.id());
+    py_spiffe_output(child).await
+}
+
+/// What the client printed, and its exit code. (The client bounds each of
+/// its calls with a 20 s deadline, so it cannot outlive a failed test long.)
+async fn py_spiffe_output(child: std::process::Child) -> (serde_json::Value, Option<i32>) {
+    let output = tokio::time::timeout(
+        HANG_GUARD,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("py-spiffe client hung")
+    .unwrap()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(
@@ -92,7 +106,62 @@ async fn py_spiffe_without_an_identity_is_denied() {
     let (out, code) = py_spiffe(&server, &["x509"], |_| {}).await;
     assert_eq!(code, Some(3), "{out}");
     assert_eq!(out["error"], "PERMISSION_DENIED");
-    assert_eq!(out["message"], "no identity issued");
+    assert_eq!(out["message"], NO_ENTRY);
+}
+
+/// The refusal of a caller that no registration entry matches.
+const NO_ENTRY: &str = "no identity issued: the caller matches no registration entry";
+
+/// Spawns the py-spiffe client so that it runs as `pid`, which must be free:
+/// the kernel's last-issued pid is set just below it (root only), and the
+/// spawn retried if another process on the machine took the number first.
+fn spawn_on_pid(pid: u32, mut command: std::process::Command) -> std::process::Child {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("forcing a pid needs root (write /proc/sys/kernel/ns_last_pid)");
+        let child = command.spawn().unwrap();
+        if child.id() == pid {
+            return child;
+        }
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    panic!("could not get pid {pid} for the new process in 50 tries");
+}
+
+/// Issue 14 point 6: a registered child is killed with SIGKILL (so nobody
+/// unregisters it), another process is forced onto its pid and asks for an
+/// SVID: refused, because its start time is not the registered one.
+#[tokio::test]
+async fn a_process_on_a_killed_childs_pid_is_refused() {
+    let server = TestServer::start(HOUR).await;
+    let id = spiffe_id("/svc/gateway");
+    let mut victim = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = victim.id();
+    server.registry.register_pid(pid, id.clone());
+    assert_eq!(server.registry.lookup(pid), Some(id.clone()));
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+
+    let impostor = spawn_on_pid(pid, py_spiffe_command(&server, &["x509"]));
+    let (out, code) = py_spiffe_output(impostor).await;
+    assert_eq!(code, Some(3), "{out}");
+    assert_eq!(out["error"], "PERMISSION_DENIED");
+    assert_eq!(out["message"], NO_ENTRY);
+    assert_eq!(server.registry.lookup(pid), None);
+}
+
+/// The same with a live registered process that exits normally and is
+/// never unregistered: the number alone is worth nothing afterwards.
+#[tokio::test]
+async fn a_registration_outlives_no_process() {
+    let server = TestServer::start(HOUR).await;
+    let mut first = std::process::Command::new("true").spawn().unwrap();
+    let pid = first.id();
+    server.registry.register_pid(pid, spiffe_id("/svc/analytics"));
+    first.wait().unwrap();
+    assert_eq!(server.registry.lookup(pid), None, "a pid with no process");
 }
 
 // ---- raw HTTP/2 ----------------------------------------------------------
