@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
+use crate::entries::EntryStore;
 use crate::error::CaError;
 use crate::files::{self, PRIVATE_FILE, PUBLIC_FILE};
 use crate::pem;
@@ -48,6 +49,7 @@ pub struct Authority {
     root_der: Vec<u8>,
     root_not_after: SystemTime,
     root_path: PathBuf,
+    data_dir: PathBuf,
     rng: SystemRandom,
 }
 
@@ -72,7 +74,23 @@ impl Authority {
             }
             Err(e) => return Err(CaError::io("cannot inspect", &cert_path)(e)),
         }
-        Self::open(&cert_path, &key_path, trust_domain)
+        let mut authority = Self::open(&cert_path, &key_path, trust_domain)?;
+        authority.data_dir = dir.to_owned();
+        Ok(authority)
+    }
+
+    /// Opens the root under `DIR/ca` like [`Authority::open_or_create`], but
+    /// never creates one: a missing root is an [`CaError::Io`] (not found).
+    pub fn open_existing(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
+        let ca_dir = dir.join("ca");
+        let mut authority = Self::open(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"), trust_domain)?;
+        authority.data_dir = dir.to_owned();
+        Ok(authority)
+    }
+
+    /// The registration entries of this authority (`DIR/ca/entries.json`).
+    pub fn entries(&self) -> EntryStore {
+        EntryStore::for_data_dir(&self.data_dir, &self.trust_domain)
     }
 
     /// The trust domain whose root this is.
@@ -288,6 +306,7 @@ impl Authority {
             root_der,
             root_not_after,
             root_path: cert_path.to_owned(),
+            data_dir: PathBuf::new(),
             rng: SystemRandom::new(),
         })
     }

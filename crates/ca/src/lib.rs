@@ -15,6 +15,7 @@
 //! request must also carry the `workload.spiffe.io: true` header.
 
 mod authority;
+mod entries;
 mod error;
 mod files;
 mod hpack;
@@ -26,6 +27,7 @@ mod socket;
 mod workload;
 
 pub use authority::{Authority, IssueOptions, IssuedSvid};
+pub use entries::{Entry, EntryStore, Selector};
 pub use error::CaError;
 pub use registry::Registry;
 pub use socket::bind_socket;

@@ -13,9 +13,11 @@
 
 use std::fs;
 use std::io;
+use std::path::PathBuf;
 
 use std::os::fd::OwnedFd;
 
+use ring::digest;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
@@ -87,6 +89,21 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The path of the binary process `pid` runs (`/proc/<pid>/exe`).
+pub(crate) fn exe_path(pid: u32) -> io::Result<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe"))
+}
+
+/// The SHA-256 of the binary process `pid` runs, lowercase hex. Read
+/// through `/proc/<pid>/exe`, which opens the very file the process
+/// executes even if its path has since been replaced or removed.
+pub(crate) fn exe_sha256(pid: u32) -> io::Result<String> {
+    let bytes = fs::read(format!("/proc/{pid}/exe"))?;
+    Ok(crate::authority::hex(
+        digest::digest(&digest::SHA256, &bytes).as_ref(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,8 +117,10 @@ mod tests {
     }
 
     #[test]
-    fn own_start_time_is_stable() {
+    fn own_start_time_is_stable_and_own_binary_is_readable() {
         let me = std::process::id();
         assert_eq!(start_time(me).unwrap(), start_time(me).unwrap());
+        assert_eq!(exe_path(me).unwrap(), std::env::current_exe().unwrap());
+        assert_eq!(exe_sha256(me).unwrap().len(), 64);
     }
 }

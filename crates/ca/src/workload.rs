@@ -1,7 +1,13 @@
 //! The SPIFFE Workload API (X.509 half) served on a Unix socket.
 //!
-//! Attestation is by the kernel: the pid of the caller's connection
-//! (`SO_PEERCRED`) is looked up in the [`Registry`]. Every request must carry
+//! Attestation is by the kernel. The pid of the caller's connection
+//! (`SO_PEERCRED`) is looked up in the [`Registry`] (processes a supervisor
+//! registered, each bound to its start time and a pidfd); failing that, the
+//! caller's uid and gid (`SO_PEERCRED`) and its binary's path and SHA-256
+//! (`/proc/<pid>/exe`) are matched against the authority's registration
+//! entries ([`crate::EntryStore`]), re-read at every attestation. The binary
+//! is read between two readings of the pid's start time, so that a process
+//! that exits and is replaced meanwhile is refused. Every request must carry
 //! the `workload.spiffe.io: true` metadata, which a browser or a confused
 //! proxy cannot forge into a request by accident.
 //!
@@ -38,8 +44,10 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::authority::{Authority, IssueOptions, IssuedSvid};
+use crate::entries::Caller;
 use crate::error::CaError;
 use crate::normalise::Normalised;
+use crate::process;
 use crate::registry::Registry;
 
 /// The metadata key every Workload API request must carry, with value `true`.
@@ -186,6 +194,36 @@ impl Shared {
         }
     }
 
+    /// The identity of the caller: a registered pid first, then the first
+    /// registration entry whose selectors it all has. `Ok(None)`: no identity.
+    fn identify(&self, pid: u32, uid: u32, gid: u32) -> Result<Option<SpiffeId>, Status> {
+        if let Some(id) = self.registry.lookup(pid) {
+            return Ok(Some(id));
+        }
+        let entries = self.authority.entries().list().map_err(|e| {
+            error!(error = %e, "cannot read the registration entries");
+            Status::internal("registration entries unreadable")
+        })?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let Ok(process) = process::Handle::open(pid) else {
+            return Ok(None);
+        };
+        let mut caller = Caller::new(pid, uid, gid);
+        let id = caller.first_match(&entries).map(|entry| {
+            debug!(entry_id = %entry.entry_id, "caller matches registration entry");
+            entry.spiffe_id.clone()
+        });
+        // The binary was read through /proc/<pid>: it must still be the
+        // process that was opened before, not a successor on the same pid.
+        if let Err(reason) = process.is_running_as(pid) {
+            warn!(pid, reason, "caller's process changed during attestation");
+            return Ok(None);
+        }
+        Ok(id)
+    }
+
     /// Publishes `svid` as the current SVID of `id`, waking every stream.
     fn publish(&self, id: &SpiffeId, svid: Arc<IssuedSvid>) {
         let svids = self.svids.lock().unwrap_or_else(PoisonError::into_inner);
@@ -267,7 +305,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<BoxStream<X509svidResponse>>, Status> {
-        let (pid, id) = self.attest(&request)?;
+        let (caller, id) = self.attest(&request)?;
         let svids = self.shared.subscribe(&id, &self.stop).map_err(|e| {
             error!(error = %e, "cannot issue x509-svid");
             Status::internal("cannot issue x509-svid")
@@ -277,8 +315,8 @@ impl SpiffeWorkloadApi for Service {
             svids,
             stop: self.stop.clone(),
             bundle: self.shared.authority.bundle_der(),
-            registry: self.shared.registry.clone(),
-            pid,
+            shared: Arc::clone(&self.shared),
+            caller,
             id,
             phase: Phase::First,
         };
@@ -319,16 +357,21 @@ impl SpiffeWorkloadApi for Service {
 impl Service {
     /// Checks the security header, then finds the caller's identity from the
     /// pid of its connection. Records both in the current span.
-    fn attest<T>(&self, request: &Request<T>) -> Result<(u32, SpiffeId), Status> {
+    fn attest<T>(&self, request: &Request<T>) -> Result<(Credentials, SpiffeId), Status> {
         check_security_header(request)?;
-        let pid = caller_pid(request)?;
-        tracing::Span::current().record("pid", pid);
-        let Some(id) = self.shared.registry.lookup(pid) else {
-            warn!(pid, "caller has no registered identity");
+        let caller = caller_credentials(request)?;
+        tracing::Span::current().record("pid", caller.pid);
+        let Some(id) = self.shared.identify(caller.pid, caller.uid, caller.gid)? else {
+            warn!(
+                pid = caller.pid,
+                uid = caller.uid,
+                gid = caller.gid,
+                "caller matches no registration entry"
+            );
             return Err(Status::permission_denied(NO_IDENTITY));
         };
         tracing::Span::current().record("spiffe_id", tracing::field::display(&id));
-        Ok((pid, id))
+        Ok((caller, id))
     }
 }
 
@@ -348,8 +391,8 @@ struct SvidStream {
     svids: watch::Receiver<Arc<IssuedSvid>>,
     stop: watch::Receiver<bool>,
     bundle: Vec<u8>,
-    registry: Registry,
-    pid: u32,
+    shared: Arc<Shared>,
+    caller: Credentials,
     id: SpiffeId,
     phase: Phase,
 }
@@ -357,9 +400,10 @@ struct SvidStream {
 impl SvidStream {
     /// The next message: the current SVID at once, then one per rotation.
     ///
-    /// On each rotation the caller is attested again: if its pid no longer
-    /// maps to this identity, the stream ends with `PermissionDenied` rather
-    /// than keep feeding it fresh SVIDs.
+    /// On each rotation the caller is attested again: if it no longer gets
+    /// this identity (its pid registration or its entry is gone, or the pid
+    /// now runs another process), the stream ends with `PermissionDenied`
+    /// rather than keep feeding it fresh SVIDs.
     async fn next(mut self) -> Option<(Result<X509svidResponse, Status>, Self)> {
         match self.phase {
             Phase::Done => return None,
@@ -373,15 +417,18 @@ impl SvidStream {
                     }
                     () = stopped(&mut self.stop) => return None,
                 }
-                if self.registry.lookup(self.pid).as_ref() != Some(&self.id) {
-                    warn!(pid = self.pid, spiffe_id = %self.id, "caller lost its identity; ending stream");
+                let now = self
+                    .shared
+                    .identify(self.caller.pid, self.caller.uid, self.caller.gid);
+                if now.as_ref().ok().and_then(Option::as_ref) != Some(&self.id) {
+                    warn!(pid = self.caller.pid, spiffe_id = %self.id, "caller lost its identity; ending stream");
                     self.phase = Phase::Done;
                     return Some((Err(Status::permission_denied(NO_IDENTITY)), self));
                 }
             }
         }
         let svid = Arc::clone(&self.svids.borrow_and_update());
-        debug!(pid = self.pid, spiffe_id = %self.id, serial = %svid.serial_hex(), "sending x509-svid");
+        debug!(pid = self.caller.pid, spiffe_id = %self.id, serial = %svid.serial_hex(), "sending x509-svid");
         let message = X509svidResponse {
             svids: vec![X509svid {
                 spiffe_id: svid.spiffe_id.to_string(),
@@ -412,16 +459,30 @@ fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// The pid of the process at the other end of the caller's connection.
-fn caller_pid<T>(request: &Request<T>) -> Result<u32, Status> {
+/// The kernel's credentials of the caller's connection (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug)]
+struct Credentials {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The credentials of the process at the other end of the caller's connection.
+fn caller_credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
     request
         .extensions()
         .get::<UdsConnectInfo>()
         .and_then(|info| info.peer_cred)
-        .and_then(|cred| cred.pid())
-        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(|cred| {
+            let pid = u32::try_from(cred.pid()?).ok()?;
+            Some(Credentials {
+                pid,
+                uid: cred.uid(),
+                gid: cred.gid(),
+            })
+        })
         .ok_or_else(|| {
-            warn!("caller pid unavailable from the connection");
+            warn!("caller credentials unavailable from the connection");
             Status::permission_denied(NO_IDENTITY)
         })
 }
