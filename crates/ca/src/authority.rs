@@ -27,6 +27,7 @@ use x509_parser::prelude::{FromDer as _, X509Certificate};
 use crate::entries::EntryStore;
 use crate::error::CaError;
 use crate::files::{self, PRIVATE_FILE, PUBLIC_FILE};
+use crate::jwt::{IssuedJwt, JwtKey, ValidatedJwt};
 use crate::pem;
 
 /// Lifetime of a newly created root.
@@ -50,6 +51,7 @@ pub struct Authority {
     root_not_after: SystemTime,
     root_path: PathBuf,
     data_dir: PathBuf,
+    jwt: JwtKey,
     rng: SystemRandom,
 }
 
@@ -86,6 +88,29 @@ impl Authority {
         let mut authority = Self::open(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"), trust_domain)?;
         authority.data_dir = dir.to_owned();
         Ok(authority)
+    }
+
+    /// Signs a JWT-SVID (ES256) for `id` with `audience`, valid for `ttl`.
+    pub fn issue_jwt(&self, id: &SpiffeId, audience: &[String], ttl: Duration) -> Result<IssuedJwt, CaError> {
+        if id.trust_domain() != &self.trust_domain {
+            return Err(CaError::ForeignIdentity {
+                id: id.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let token = self.jwt.issue(id, audience, ttl)?;
+        info!(spiffe_id = %id, kid = self.jwt.kid(), ?audience, "issued jwt-svid");
+        Ok(token)
+    }
+
+    /// The JWT bundle (a JWKS document) of the trust domain.
+    pub fn jwt_bundle(&self) -> Vec<u8> {
+        self.jwt.bundle()
+    }
+
+    /// Validates a JWT-SVID for `audience` against this authority's key.
+    pub fn validate_jwt(&self, token: &str, audience: &str) -> Result<ValidatedJwt, CaError> {
+        self.jwt.validate(token, audience, &self.trust_domain)
     }
 
     /// The registration entries of this authority (`DIR/ca/entries.json`).
@@ -307,6 +332,7 @@ impl Authority {
             root_not_after,
             root_path: cert_path.to_owned(),
             data_dir: PathBuf::new(),
+            jwt: JwtKey::open_or_create(cert_path.parent().unwrap_or(Path::new(".")))?,
             rng: SystemRandom::new(),
         })
     }

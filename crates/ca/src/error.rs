@@ -98,6 +98,12 @@ pub enum CaError {
         /// Why it was refused.
         reason: String,
     },
+    /// A JWT-SVID was refused by validation.
+    #[error("invalid jwt-svid: {reason}")]
+    InvalidJwtSvid {
+        /// Why it was refused.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("workload api server failed")]
     Serve(#[source] tonic::transport::Error),

@@ -33,7 +33,9 @@ use rand::Rng as _;
 use soma_identity::SpiffeId;
 use soma_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use soma_proto::workload::{
-    X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -58,6 +60,10 @@ const HEADER_MISSING: &str = "security header missing from request";
 
 /// Message of the `PermissionDenied` answer to a caller without an identity.
 const NO_IDENTITY: &str = "no identity issued: the caller matches no registration entry";
+
+/// Lifetime of a JWT-SVID: SPIRE's default. Bearer tokens are replayable by
+/// whoever holds them, so they live far shorter than X509-SVIDs.
+const JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// Shortest SVID lifetime the server accepts: below it, rotation would be
 /// busier than serving.
@@ -339,19 +345,128 @@ impl SpiffeWorkloadApi for Service {
             crl: Vec::new(),
             bundles: HashMap::from([(authority.trust_domain().id_string(), authority.bundle_der())]),
         };
-        let stop = self.stop.clone();
-        // The bundle never changes while the server runs (the root is not
-        // rotated), so the stream is the one full-state message, then kept
-        // open until shutdown as the specification asks.
-        let stream = futures::stream::once(async move { Ok(message) }).chain(
+        Ok(Response::new(once_then_hold(message, self.stop.clone())))
+    }
+
+    /// A JWT-SVID for the caller's identity, for the requested audience.
+    #[tracing::instrument(name = "FetchJWTSVID", skip_all, fields(pid, spiffe_id))]
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let (_, id) = self.attest(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        // A caller may name the identity it wants, but only its own.
+        if !request.spiffe_id.is_empty() && request.spiffe_id != id.to_string() {
+            warn!(requested = %request.spiffe_id, "jwt-svid asked for another identity");
+            return Err(Status::permission_denied(format!(
+                "no identity issued: the caller is not entitled to {}",
+                request.spiffe_id
+            )));
+        }
+        let issued = self
+            .shared
+            .authority
+            .issue_jwt(&id, &request.audience, JWT_SVID_TTL)
+            .map_err(|e| {
+                error!(error = %e, "cannot issue jwt-svid");
+                Status::internal("cannot issue jwt-svid")
+            })?;
+        Ok(Response::new(JwtsvidResponse {
+            svids: vec![Jwtsvid {
+                spiffe_id: id.to_string(),
+                svid: issued.token,
+                hint: String::new(),
+            }],
+        }))
+    }
+
+    /// The JWKS bundle of the trust domain, to callers with an identity.
+    #[tracing::instrument(name = "FetchJWTBundles", skip_all, fields(pid, spiffe_id))]
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<BoxStream<JwtBundlesResponse>>, Status> {
+        self.attest(&request)?;
+        let authority = &self.shared.authority;
+        let message = JwtBundlesResponse {
+            bundles: HashMap::from([(authority.trust_domain().id_string(), authority.jwt_bundle())]),
+        };
+        Ok(Response::new(once_then_hold(message, self.stop.clone())))
+    }
+
+    /// Validates a JWT-SVID for an audience; refusals are `InvalidArgument`
+    /// with the reason.
+    #[tracing::instrument(name = "ValidateJWTSVID", skip_all, fields(pid, spiffe_id))]
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        self.attest(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let validated = self
+            .shared
+            .authority
+            .validate_jwt(&request.svid, &request.audience)
+            .map_err(|e| {
+                warn!(error = %e, "jwt-svid refused");
+                Status::invalid_argument(e.to_string())
+            })?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(prost_types::Struct {
+                fields: validated
+                    .claims
+                    .into_iter()
+                    .map(|(k, v)| (k, proto_value(v)))
+                    .collect(),
+            }),
+        }))
+    }
+}
+
+/// A stream of `message`, then nothing until shutdown. The bundles never
+/// change while the server runs (neither the root nor the JWT key rotates),
+/// so the one full-state message is all, and the stream stays open as the
+/// specification asks.
+fn once_then_hold<T: Send + 'static>(message: T, stop: watch::Receiver<bool>) -> BoxStream<T> {
+    futures::stream::once(async move { Ok(message) })
+        .chain(
             futures::stream::once(async move {
                 let mut stop = stop;
                 stopped(&mut stop).await;
             })
             .filter_map(|()| async { None }),
-        );
-        Ok(Response::new(stream.boxed()))
-    }
+        )
+        .boxed()
+}
+
+/// A JSON value as a protobuf `Value`.
+fn proto_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match value {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(list) => Kind::ListValue(prost_types::ListValue {
+            values: list.into_iter().map(proto_value).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, proto_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 impl Service {

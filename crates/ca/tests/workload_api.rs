@@ -6,9 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use soma_proto::workload::{
-    JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest, X509svidResponse,
-};
+use soma_proto::workload::{X509BundlesRequest, X509svidRequest, X509svidResponse};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 use x509_parser::prelude::X509Certificate;
@@ -413,31 +411,6 @@ async fn bundles_stream_carries_the_trust_domain_bundle() {
         Some(&server.authority.bundle_der())
     );
     drop(stream);
-    drop(client);
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn jwt_methods_are_unimplemented() {
-    let mut server = TestServer::start(HOUR).await;
-    server.registry.register_pid(own_pid(), spiffe_id("/svc"));
-    let mut client = raw_client(&server.socket).await;
-    let fetch = client
-        .fetch_jwtsvid(with_header(JwtsvidRequest {
-            audience: vec!["a".to_owned()],
-            spiffe_id: String::new(),
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(fetch.code(), Code::Unimplemented);
-    let validate = client
-        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-            audience: "a".to_owned(),
-            svid: "x.y.z".to_owned(),
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(validate.code(), Code::Unimplemented);
     drop(client);
     server.stop().await.unwrap();
 }

@@ -101,6 +101,36 @@ async fn py_spiffe_fetches_the_x509_context() {
 }
 
 #[tokio::test]
+async fn py_spiffe_fetches_and_validates_a_jwt_svid() {
+    let server = TestServer::start(HOUR).await;
+    let id = spiffe_id("/svc/python");
+    let (out, code) = py_spiffe(&server, &["jwt", "billing"], |pid| {
+        server.registry.register_pid(pid, id.clone());
+    })
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out["spiffe_id"], "spiffe://somastack.test/svc/python");
+    assert_eq!(out["audience"], serde_json::json!(["billing"]));
+    assert_eq!(out["kids"].as_array().unwrap().len(), 1);
+    assert_eq!(out["local_spiffe_id"], "spiffe://somastack.test/svc/python");
+    assert_eq!(out["remote_spiffe_id"], "spiffe://somastack.test/svc/python");
+    // And the token is one this authority accepts, for its audience only.
+    let token = out["token"].as_str().unwrap();
+    assert_eq!(
+        server.authority.validate_jwt(token, "billing").unwrap().spiffe_id,
+        id
+    );
+    assert_eq!(
+        server
+            .authority
+            .validate_jwt(token, "audit")
+            .unwrap_err()
+            .to_string(),
+        "invalid jwt-svid: audience \"audit\" not in token audience [\"billing\"]"
+    );
+}
+
+#[tokio::test]
 async fn py_spiffe_without_an_identity_is_denied() {
     let server = TestServer::start(HOUR).await;
     let (out, code) = py_spiffe(&server, &["x509"], |_| {}).await;

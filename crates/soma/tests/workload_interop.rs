@@ -128,6 +128,18 @@ async fn py_spiffe_and_the_spiffe_crate_get_identities_by_uid_entry() {
     assert_eq!(out["bundle_tds"], serde_json::json!(["somastack.local"]));
     assert_eq!(out["bundle_matches_svid_bundle"], true);
 
+    // A JWT-SVID: fetched, bundle fetched, validated locally and by the API.
+    let (out, code) = py_spiffe(&socket, &["jwt", "spiffe://somastack.local/svc/gateway"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out["spiffe_id"], "spiffe://somastack.local/batch/reports");
+    assert_eq!(
+        out["audience"],
+        serde_json::json!(["spiffe://somastack.local/svc/gateway"])
+    );
+    assert_eq!(out["local_spiffe_id"], "spiffe://somastack.local/batch/reports");
+    assert_eq!(out["remote_spiffe_id"], "spiffe://somastack.local/batch/reports");
+    let python_token = out["token"].as_str().unwrap().to_owned();
+
     // The Rust spiffe crate, from this test process (same uid).
     let source = tokio::time::timeout(
         HANG_GUARD,
@@ -149,6 +161,32 @@ async fn py_spiffe_and_the_spiffe_crate_get_identities_by_uid_entry() {
         1
     );
     source.shutdown().await;
+    let jwt = client.fetch_jwt_svid(["reports"], None).await.unwrap();
+    assert_eq!(
+        jwt.spiffe_id().to_string(),
+        "spiffe://somastack.local/batch/reports"
+    );
+    assert!(client.fetch_jwt_bundles().await.unwrap().get(&td).is_some());
+    let validated = client.validate_jwt_token("reports", jwt.token()).await.unwrap();
+    assert_eq!(
+        validated.spiffe_id().to_string(),
+        "spiffe://somastack.local/batch/reports"
+    );
+    // A token py-spiffe fetched validates for its audience only.
+    client
+        .validate_jwt_token("spiffe://somastack.local/svc/gateway", &python_token)
+        .await
+        .unwrap();
+    let wrong = client
+        .validate_jwt_token("reports", &python_token)
+        .await
+        .unwrap_err();
+    assert!(
+        wrong.to_string().contains(
+            "invalid jwt-svid: audience \"reports\" not in token audience [\"spiffe://somastack.local/svc/gateway\"]"
+        ),
+        "{wrong}"
+    );
 
     assert_eq!(
         entry(&data_dir, &["delete", &entry_id]).await,
