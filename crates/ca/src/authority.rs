@@ -24,8 +24,10 @@ use tracing::{info, warn};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
+use crate::entries::EntryStore;
 use crate::error::CaError;
 use crate::files::{self, PRIVATE_FILE, PUBLIC_FILE};
+use crate::jwt::{IssuedJwt, JwtKey, ValidatedJwt};
 use crate::pem;
 
 /// Lifetime of a newly created root.
@@ -48,6 +50,8 @@ pub struct Authority {
     root_der: Vec<u8>,
     root_not_after: SystemTime,
     root_path: PathBuf,
+    data_dir: PathBuf,
+    jwt: JwtKey,
     rng: SystemRandom,
 }
 
@@ -72,7 +76,46 @@ impl Authority {
             }
             Err(e) => return Err(CaError::io("cannot inspect", &cert_path)(e)),
         }
-        Self::open(&cert_path, &key_path, trust_domain)
+        let mut authority = Self::open(&cert_path, &key_path, trust_domain)?;
+        authority.data_dir = dir.to_owned();
+        Ok(authority)
+    }
+
+    /// Opens the root under `DIR/ca` like [`Authority::open_or_create`], but
+    /// never creates one: a missing root is an [`CaError::Io`] (not found).
+    pub fn open_existing(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
+        let ca_dir = dir.join("ca");
+        let mut authority = Self::open(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"), trust_domain)?;
+        authority.data_dir = dir.to_owned();
+        Ok(authority)
+    }
+
+    /// Signs a JWT-SVID (ES256) for `id` with `audience`, valid for `ttl`.
+    pub fn issue_jwt(&self, id: &SpiffeId, audience: &[String], ttl: Duration) -> Result<IssuedJwt, CaError> {
+        if id.trust_domain() != &self.trust_domain {
+            return Err(CaError::ForeignIdentity {
+                id: id.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let token = self.jwt.issue(id, audience, ttl)?;
+        info!(spiffe_id = %id, kid = self.jwt.kid(), ?audience, "issued jwt-svid");
+        Ok(token)
+    }
+
+    /// The JWT bundle (a JWKS document) of the trust domain.
+    pub fn jwt_bundle(&self) -> Vec<u8> {
+        self.jwt.bundle()
+    }
+
+    /// Validates a JWT-SVID for `audience` against this authority's key.
+    pub fn validate_jwt(&self, token: &str, audience: &str) -> Result<ValidatedJwt, CaError> {
+        self.jwt.validate(token, audience, &self.trust_domain)
+    }
+
+    /// The registration entries of this authority (`DIR/ca/entries.json`).
+    pub fn entries(&self) -> EntryStore {
+        EntryStore::for_data_dir(&self.data_dir, &self.trust_domain)
     }
 
     /// The trust domain whose root this is.
@@ -288,6 +331,8 @@ impl Authority {
             root_der,
             root_not_after,
             root_path: cert_path.to_owned(),
+            data_dir: PathBuf::new(),
+            jwt: JwtKey::open_or_create(cert_path.parent().unwrap_or(Path::new(".")))?,
             rng: SystemRandom::new(),
         })
     }

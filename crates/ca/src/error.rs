@@ -90,6 +90,20 @@ pub enum CaError {
         /// The path.
         path: PathBuf,
     },
+    /// The registration entries file is not what this authority writes.
+    #[error("invalid registration entries in {path}: {reason}")]
+    InvalidEntries {
+        /// The entries file.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A JWT-SVID was refused by validation.
+    #[error("invalid jwt-svid: {reason}")]
+    InvalidJwtSvid {
+        /// Why it was refused.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("workload api server failed")]
     Serve(#[source] tonic::transport::Error),

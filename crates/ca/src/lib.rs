@@ -5,25 +5,38 @@
 //! laptop obtain their identities through exactly the code path they use with
 //! a SPIRE agent.
 //!
-//! It deliberately does not implement JWT-SVIDs (those RPCs answer
-//! `UNIMPLEMENTED`), federation, intermediate CAs, root rotation or node
-//! attestation: it is a development authority, not a replacement for SPIRE.
+//! It issues X509-SVIDs and ES256 JWT-SVIDs (with their JWKS bundle and
+//! ValidateJWTSVID), attests callers by a supervisor's pid registrations
+//! (bound to the process, not the number) and by registration entries with
+//! unix selectors (uid, gid, binary path, binary SHA-256), and accepts every
+//! `:authority` a conforming gRPC client sends over a Unix socket.
+//!
+//! It deliberately does not implement federation, intermediate CAs, root or
+//! JWT key rotation, or node attestation: it is a development authority, not
+//! a replacement for SPIRE.
 //!
 //! Its security-relevant default: nobody gets an identity. A caller receives
-//! an SVID only if its process id, as the kernel reports it for the socket
-//! connection, has been registered for a SPIFFE ID in the [`Registry`]; every
-//! request must also carry the `workload.spiffe.io: true` header.
+//! an SVID only if its process is registered in the [`Registry`] or matches a
+//! registration entry ([`EntryStore`]); every request must also carry the
+//! `workload.spiffe.io: true` header.
 
 mod authority;
+mod entries;
 mod error;
 mod files;
+mod hpack;
+mod jwt;
+mod normalise;
 mod pem;
+mod process;
 mod registry;
 mod socket;
 mod workload;
 
 pub use authority::{Authority, IssueOptions, IssuedSvid};
+pub use entries::{Entry, EntryStore, Selector};
 pub use error::CaError;
+pub use jwt::{IssuedJwt, ValidatedJwt};
 pub use registry::Registry;
 pub use socket::bind_socket;
 pub use workload::{WorkloadApi, WorkloadApiConfig};

@@ -1,7 +1,13 @@
 //! The SPIFFE Workload API (X.509 half) served on a Unix socket.
 //!
-//! Attestation is by the kernel: the pid of the caller's connection
-//! (`SO_PEERCRED`) is looked up in the [`Registry`]. Every request must carry
+//! Attestation is by the kernel. The pid of the caller's connection
+//! (`SO_PEERCRED`) is looked up in the [`Registry`] (processes a supervisor
+//! registered, each bound to its start time and a pidfd); failing that, the
+//! caller's uid and gid (`SO_PEERCRED`) and its binary's path and SHA-256
+//! (`/proc/<pid>/exe`) are matched against the authority's registration
+//! entries ([`crate::EntryStore`]), re-read at every attestation. The binary
+//! is read between two readings of the pid's start time, so that a process
+//! that exits and is replaced meanwhile is refused. Every request must carry
 //! the `workload.spiffe.io: true` metadata, which a browser or a confused
 //! proxy cannot forge into a request by accident.
 //!
@@ -12,6 +18,10 @@
 //! and publishes the new SVID to every open stream. The old SVID stays valid
 //! for the other half of its lifetime, so a peer that has not yet switched
 //! keeps working. The task forgets the ID once no stream is left reading it.
+//!
+//! Every accepted connection goes through [`Normalised`] before h2 sees it,
+//! so that grpcio's percent-encoded `:authority` is accepted (see
+//! [`crate::normalise`] for why and exactly what it changes).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +33,9 @@ use rand::Rng as _;
 use soma_identity::SpiffeId;
 use soma_proto::workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use soma_proto::workload::{
-    X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
+    X509svidResponse,
 };
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -34,7 +46,10 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::authority::{Authority, IssueOptions, IssuedSvid};
+use crate::entries::Caller;
 use crate::error::CaError;
+use crate::normalise::Normalised;
+use crate::process;
 use crate::registry::Registry;
 
 /// The metadata key every Workload API request must carry, with value `true`.
@@ -44,7 +59,11 @@ const SECURITY_HEADER: &str = "workload.spiffe.io";
 const HEADER_MISSING: &str = "security header missing from request";
 
 /// Message of the `PermissionDenied` answer to a caller without an identity.
-const NO_IDENTITY: &str = "no identity issued";
+const NO_IDENTITY: &str = "no identity issued: the caller matches no registration entry";
+
+/// Lifetime of a JWT-SVID: SPIRE's default. Bearer tokens are replayable by
+/// whoever holds them, so they live far shorter than X509-SVIDs.
+const JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// Shortest SVID lifetime the server accepts: below it, rotation would be
 /// busier than serving.
@@ -119,7 +138,10 @@ impl WorkloadApi {
         info!("workload api serving");
         tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener).map(|conn| conn.map(Normalised::new)),
+                signal,
+            )
             .await
             .map_err(CaError::Serve)
     }
@@ -176,6 +198,36 @@ impl Shared {
             }
             None => false,
         }
+    }
+
+    /// The identity of the caller: a registered pid first, then the first
+    /// registration entry whose selectors it all has. `Ok(None)`: no identity.
+    fn identify(&self, pid: u32, uid: u32, gid: u32) -> Result<Option<SpiffeId>, Status> {
+        if let Some(id) = self.registry.lookup(pid) {
+            return Ok(Some(id));
+        }
+        let entries = self.authority.entries().list().map_err(|e| {
+            error!(error = %e, "cannot read the registration entries");
+            Status::internal("registration entries unreadable")
+        })?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let Ok(process) = process::Handle::open(pid) else {
+            return Ok(None);
+        };
+        let mut caller = Caller::new(pid, uid, gid);
+        let id = caller.first_match(&entries).map(|entry| {
+            debug!(entry_id = %entry.entry_id, "caller matches registration entry");
+            entry.spiffe_id.clone()
+        });
+        // The binary was read through /proc/<pid>: it must still be the
+        // process that was opened before, not a successor on the same pid.
+        if let Err(reason) = process.is_running_as(pid) {
+            warn!(pid, reason, "caller's process changed during attestation");
+            return Ok(None);
+        }
+        Ok(id)
     }
 
     /// Publishes `svid` as the current SVID of `id`, waking every stream.
@@ -259,7 +311,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<BoxStream<X509svidResponse>>, Status> {
-        let (pid, id) = self.attest(&request)?;
+        let (caller, id) = self.attest(&request)?;
         let svids = self.shared.subscribe(&id, &self.stop).map_err(|e| {
             error!(error = %e, "cannot issue x509-svid");
             Status::internal("cannot issue x509-svid")
@@ -269,8 +321,8 @@ impl SpiffeWorkloadApi for Service {
             svids,
             stop: self.stop.clone(),
             bundle: self.shared.authority.bundle_der(),
-            registry: self.shared.registry.clone(),
-            pid,
+            shared: Arc::clone(&self.shared),
+            caller,
             id,
             phase: Phase::First,
         };
@@ -293,34 +345,148 @@ impl SpiffeWorkloadApi for Service {
             crl: Vec::new(),
             bundles: HashMap::from([(authority.trust_domain().id_string(), authority.bundle_der())]),
         };
-        let stop = self.stop.clone();
-        // The bundle never changes while the server runs (the root is not
-        // rotated), so the stream is the one full-state message, then kept
-        // open until shutdown as the specification asks.
-        let stream = futures::stream::once(async move { Ok(message) }).chain(
+        Ok(Response::new(once_then_hold(message, self.stop.clone())))
+    }
+
+    /// A JWT-SVID for the caller's identity, for the requested audience.
+    #[tracing::instrument(name = "FetchJWTSVID", skip_all, fields(pid, spiffe_id))]
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let (_, id) = self.attest(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        // A caller may name the identity it wants, but only its own.
+        if !request.spiffe_id.is_empty() && request.spiffe_id != id.to_string() {
+            warn!(requested = %request.spiffe_id, "jwt-svid asked for another identity");
+            return Err(Status::permission_denied(format!(
+                "no identity issued: the caller is not entitled to {}",
+                request.spiffe_id
+            )));
+        }
+        let issued = self
+            .shared
+            .authority
+            .issue_jwt(&id, &request.audience, JWT_SVID_TTL)
+            .map_err(|e| {
+                error!(error = %e, "cannot issue jwt-svid");
+                Status::internal("cannot issue jwt-svid")
+            })?;
+        Ok(Response::new(JwtsvidResponse {
+            svids: vec![Jwtsvid {
+                spiffe_id: id.to_string(),
+                svid: issued.token,
+                hint: String::new(),
+            }],
+        }))
+    }
+
+    /// The JWKS bundle of the trust domain, to callers with an identity.
+    #[tracing::instrument(name = "FetchJWTBundles", skip_all, fields(pid, spiffe_id))]
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<BoxStream<JwtBundlesResponse>>, Status> {
+        self.attest(&request)?;
+        let authority = &self.shared.authority;
+        let message = JwtBundlesResponse {
+            bundles: HashMap::from([(authority.trust_domain().id_string(), authority.jwt_bundle())]),
+        };
+        Ok(Response::new(once_then_hold(message, self.stop.clone())))
+    }
+
+    /// Validates a JWT-SVID for an audience; refusals are `InvalidArgument`
+    /// with the reason.
+    #[tracing::instrument(name = "ValidateJWTSVID", skip_all, fields(pid, spiffe_id))]
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        self.attest(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if request.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let validated = self
+            .shared
+            .authority
+            .validate_jwt(&request.svid, &request.audience)
+            .map_err(|e| {
+                warn!(error = %e, "jwt-svid refused");
+                Status::invalid_argument(e.to_string())
+            })?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: validated.spiffe_id.to_string(),
+            claims: Some(prost_types::Struct {
+                fields: validated
+                    .claims
+                    .into_iter()
+                    .map(|(k, v)| (k, proto_value(v)))
+                    .collect(),
+            }),
+        }))
+    }
+}
+
+/// A stream of `message`, then nothing until shutdown. The bundles never
+/// change while the server runs (neither the root nor the JWT key rotates),
+/// so the one full-state message is all, and the stream stays open as the
+/// specification asks.
+fn once_then_hold<T: Send + 'static>(message: T, stop: watch::Receiver<bool>) -> BoxStream<T> {
+    futures::stream::once(async move { Ok(message) })
+        .chain(
             futures::stream::once(async move {
                 let mut stop = stop;
                 stopped(&mut stop).await;
             })
             .filter_map(|()| async { None }),
-        );
-        Ok(Response::new(stream.boxed()))
-    }
+        )
+        .boxed()
+}
+
+/// A JSON value as a protobuf `Value`.
+fn proto_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value as J;
+    let kind = match value {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => Kind::StringValue(s),
+        J::Array(list) => Kind::ListValue(prost_types::ListValue {
+            values: list.into_iter().map(proto_value).collect(),
+        }),
+        J::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map.into_iter().map(|(k, v)| (k, proto_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 impl Service {
     /// Checks the security header, then finds the caller's identity from the
     /// pid of its connection. Records both in the current span.
-    fn attest<T>(&self, request: &Request<T>) -> Result<(u32, SpiffeId), Status> {
+    fn attest<T>(&self, request: &Request<T>) -> Result<(Credentials, SpiffeId), Status> {
         check_security_header(request)?;
-        let pid = caller_pid(request)?;
-        tracing::Span::current().record("pid", pid);
-        let Some(id) = self.shared.registry.lookup(pid) else {
-            warn!(pid, "caller has no registered identity");
+        let caller = caller_credentials(request)?;
+        tracing::Span::current().record("pid", caller.pid);
+        let Some(id) = self.shared.identify(caller.pid, caller.uid, caller.gid)? else {
+            warn!(
+                pid = caller.pid,
+                uid = caller.uid,
+                gid = caller.gid,
+                "caller matches no registration entry"
+            );
             return Err(Status::permission_denied(NO_IDENTITY));
         };
         tracing::Span::current().record("spiffe_id", tracing::field::display(&id));
-        Ok((pid, id))
+        Ok((caller, id))
     }
 }
 
@@ -340,8 +506,8 @@ struct SvidStream {
     svids: watch::Receiver<Arc<IssuedSvid>>,
     stop: watch::Receiver<bool>,
     bundle: Vec<u8>,
-    registry: Registry,
-    pid: u32,
+    shared: Arc<Shared>,
+    caller: Credentials,
     id: SpiffeId,
     phase: Phase,
 }
@@ -349,9 +515,10 @@ struct SvidStream {
 impl SvidStream {
     /// The next message: the current SVID at once, then one per rotation.
     ///
-    /// On each rotation the caller is attested again: if its pid no longer
-    /// maps to this identity, the stream ends with `PermissionDenied` rather
-    /// than keep feeding it fresh SVIDs.
+    /// On each rotation the caller is attested again: if it no longer gets
+    /// this identity (its pid registration or its entry is gone, or the pid
+    /// now runs another process), the stream ends with `PermissionDenied`
+    /// rather than keep feeding it fresh SVIDs.
     async fn next(mut self) -> Option<(Result<X509svidResponse, Status>, Self)> {
         match self.phase {
             Phase::Done => return None,
@@ -365,15 +532,18 @@ impl SvidStream {
                     }
                     () = stopped(&mut self.stop) => return None,
                 }
-                if self.registry.lookup(self.pid).as_ref() != Some(&self.id) {
-                    warn!(pid = self.pid, spiffe_id = %self.id, "caller lost its identity; ending stream");
+                let now = self
+                    .shared
+                    .identify(self.caller.pid, self.caller.uid, self.caller.gid);
+                if now.as_ref().ok().and_then(Option::as_ref) != Some(&self.id) {
+                    warn!(pid = self.caller.pid, spiffe_id = %self.id, "caller lost its identity; ending stream");
                     self.phase = Phase::Done;
                     return Some((Err(Status::permission_denied(NO_IDENTITY)), self));
                 }
             }
         }
         let svid = Arc::clone(&self.svids.borrow_and_update());
-        debug!(pid = self.pid, spiffe_id = %self.id, serial = %svid.serial_hex(), "sending x509-svid");
+        debug!(pid = self.caller.pid, spiffe_id = %self.id, serial = %svid.serial_hex(), "sending x509-svid");
         let message = X509svidResponse {
             svids: vec![X509svid {
                 spiffe_id: svid.spiffe_id.to_string(),
@@ -404,16 +574,30 @@ fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
     }
 }
 
-/// The pid of the process at the other end of the caller's connection.
-fn caller_pid<T>(request: &Request<T>) -> Result<u32, Status> {
+/// The kernel's credentials of the caller's connection (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug)]
+struct Credentials {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The credentials of the process at the other end of the caller's connection.
+fn caller_credentials<T>(request: &Request<T>) -> Result<Credentials, Status> {
     request
         .extensions()
         .get::<UdsConnectInfo>()
         .and_then(|info| info.peer_cred)
-        .and_then(|cred| cred.pid())
-        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(|cred| {
+            let pid = u32::try_from(cred.pid()?).ok()?;
+            Some(Credentials {
+                pid,
+                uid: cred.uid(),
+                gid: cred.gid(),
+            })
+        })
         .ok_or_else(|| {
-            warn!("caller pid unavailable from the connection");
+            warn!("caller credentials unavailable from the connection");
             Status::permission_denied(NO_IDENTITY)
         })
 }

@@ -1,11 +1,11 @@
-//! `soma ca init` and `soma ca issue`.
+//! `soma ca init`, `soma ca issue` and `soma ca entry create | list | delete`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use soma_ca::Authority;
+use soma_ca::{Authority, Selector};
 use soma_identity::{SpiffeId, TrustDomain};
 
 /// Creates the authority under `data_dir` (or reports the one already there).
@@ -80,4 +80,127 @@ fn no_authority(data_dir: &Path) -> ExitCode {
         "no authority under {} (no ca/ca.pem): start `soma up --data-dir {0}` or run `soma ca init --data-dir {0}`",
         data_dir.display()
     ))
+}
+
+/// `soma ca entry`: registration entries (unix selectors, like SPIRE's unix
+/// workload attestor), kept in the data dir and read by a running authority
+/// at every attestation.
+#[derive(Debug, clap::Subcommand)]
+pub enum EntryCommand {
+    /// Grant SPIFFE_ID to every local process that has all the selectors.
+    Create {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+        /// The identity granted, e.g. spiffe://somastack.local/svc/batch.
+        #[arg(long)]
+        spiffe_id: String,
+        /// unix:uid:N, unix:gid:N, unix:path:/abs/binary or unix:sha256:HEX;
+        /// repeat it: a process must have all of them.
+        #[arg(long = "selector", required = true)]
+        selectors: Vec<String>,
+    },
+    /// Print every entry: id, SPIFFE ID, selectors.
+    List {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+    },
+    /// Delete the entry ENTRY_ID.
+    Delete {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// Trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+        /// The id `entry create` printed.
+        entry_id: String,
+    },
+}
+
+/// Runs one `soma ca entry` command.
+#[expect(clippy::print_stdout, reason = "the command's output")]
+pub fn entry(command: EntryCommand) -> anyhow::Result<ExitCode> {
+    let (data_dir, trust_domain) = match &command {
+        EntryCommand::Create {
+            data_dir,
+            trust_domain,
+            ..
+        }
+        | EntryCommand::List {
+            data_dir,
+            trust_domain,
+        }
+        | EntryCommand::Delete {
+            data_dir,
+            trust_domain,
+            ..
+        } => (data_dir, trust_domain),
+    };
+    let trust_domain = match TrustDomain::parse(trust_domain) {
+        Ok(td) => td,
+        Err(e) => {
+            return Ok(crate::config_error(format_args!(
+                "--trust-domain {trust_domain:?}: {e}"
+            )));
+        }
+    };
+    if !has_authority(data_dir) {
+        return Ok(no_authority(data_dir));
+    }
+    let authority = Authority::open_existing(data_dir, &trust_domain)
+        .with_context(|| format!("opening the authority under {}", data_dir.display()))?;
+    let store = authority.entries();
+    match command {
+        EntryCommand::Create {
+            spiffe_id, selectors, ..
+        } => {
+            let id = match SpiffeId::parse(&spiffe_id) {
+                Ok(id) => id,
+                Err(e) => {
+                    return Ok(crate::config_error(format_args!(
+                        "--spiffe-id {spiffe_id:?}: {e}"
+                    )));
+                }
+            };
+            let mut parsed = Vec::with_capacity(selectors.len());
+            for selector in &selectors {
+                match selector.parse::<Selector>() {
+                    Ok(s) => parsed.push(s),
+                    Err(e) => return Ok(crate::config_error(format_args!("--selector: {e}"))),
+                }
+            }
+            let entry = store.create(id, parsed).context("creating the entry")?;
+            println!("{}", line(&entry));
+        }
+        EntryCommand::List { .. } => {
+            for entry in store.list().context("reading the entries")? {
+                println!("{}", line(&entry));
+            }
+        }
+        EntryCommand::Delete { entry_id, .. } => {
+            if !store.delete(&entry_id).context("deleting the entry")? {
+                anyhow::bail!("no entry {entry_id} in {}", store.path().display());
+            }
+            println!("deleted {entry_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ENTRY_ID SPIFFE_ID SELECTOR...`
+fn line(entry: &soma_ca::Entry) -> String {
+    let mut out = format!("{} {}", entry.entry_id, entry.spiffe_id);
+    for selector in &entry.selectors {
+        out.push(' ');
+        out.push_str(&selector.to_string());
+    }
+    out
 }

@@ -140,6 +140,11 @@ enum CaCommand {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Registration entries: which local processes get which SPIFFE ID.
+    Entry {
+        #[command(subcommand)]
+        command: ca::EntryCommand,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -222,6 +227,9 @@ fn main() -> ExitCode {
                         ttl,
                     },
             } => ca::issue(&data_dir, &spiffe_id, &out, ttl),
+            Command::Ca {
+                command: CaCommand::Entry { command },
+            } => ca::entry(command),
             Command::Verify { command } => Ok(verify::run(command).await),
         }
     });
