@@ -18,7 +18,8 @@ ALTER TABLE webhook_outbox DROP CONSTRAINT webhook_outbox_event_id_fkey;
 ALTER TABLE anomaly_findings DROP CONSTRAINT anomaly_findings_scan_id_fkey;
 
 ALTER TABLE ledger_leaves DROP CONSTRAINT ledger_leaves_event_id_key;
-ALTER TABLE ledger_leaves ADD CONSTRAINT ledger_leaves_tenant_event_id_key UNIQUE (tenant, event_id);
+-- Event id first: an operator's proof request may name the id alone.
+ALTER TABLE ledger_leaves ADD CONSTRAINT ledger_leaves_event_id_tenant_key UNIQUE (event_id, tenant);
 -- The event's own time (its table's time column); NULL until sealed.
 ALTER TABLE ledger_leaves ADD COLUMN event_time BIGINT;
 ALTER TABLE ledger_leaves ADD COLUMN mac_scheme BIGINT NOT NULL DEFAULT 1 CHECK (mac_scheme IN (1, 2));

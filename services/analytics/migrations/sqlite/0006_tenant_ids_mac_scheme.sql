@@ -43,7 +43,8 @@ CREATE TABLE ledger_leaves (
     mac_scheme BIGINT NOT NULL DEFAULT 1 CHECK (mac_scheme IN (1, 2)),
     mac_key_id TEXT,
     mac BLOB,
-    UNIQUE (tenant, event_id)
+    -- Event id first: an operator's proof request may name the id alone.
+    UNIQUE (event_id, tenant)
 );
 INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at)
 SELECT leaf_index, event_id, tenant, kind, leaf_hash, appended_at FROM ledger_leaves_v1;
