@@ -277,7 +277,11 @@ impl Ledger {
     ) -> Result<Vec<LeafRow>, AnalyticsError> {
         // Two statements rather than one with an `OR`, so that each keeps a
         // plan that uses an index.
-        let tenant_is = if tenant.is_some() { "tenant = $2" } else { "$2 = ''" };
+        let tenant_is = if tenant.is_some() {
+            "tenant = $2"
+        } else {
+            "$2 = ''"
+        };
         let sql = format!(
             "SELECT {} FROM ledger_leaves WHERE event_id = $1 AND {tenant_is} ORDER BY leaf_index LIMIT 16",
             LeafRow::COLUMNS

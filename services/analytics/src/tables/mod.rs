@@ -508,7 +508,11 @@ async fn by_key<T: Table>(
 ) -> Result<Vec<(T, Seal)>, AnalyticsError> {
     // Two statements rather than one with an `OR`, so that each keeps a
     // plan that uses the key's index.
-    let tenant_is = if tenant.is_some() { "tenant = $2" } else { "$2 = ''" };
+    let tenant_is = if tenant.is_some() {
+        "tenant = $2"
+    } else {
+        "$2 = ''"
+    };
     let sql = format!(
         "SELECT {} FROM {} WHERE {} = $1 AND {tenant_is} ORDER BY tenant LIMIT 16",
         select_list::<T>(),
