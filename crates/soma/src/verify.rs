@@ -17,7 +17,8 @@
 //!   no gap in the indices, every leaf row's own MAC), the checks of the
 //!   `VerifyStore` RPC, through the same function — and prints one line per
 //!   failure, `table/primary_key: reason` (`ledger_leaves/INDEX: reason` for
-//!   a leaf; every reason names the tenant and the ledger index), then `N
+//!   a leaf; the reason for a ledgered row or a leaf names the tenant and
+//!   the ledger index), then `N
 //!   rows checked, M failed`. It only reads: it neither creates a database
 //!   nor runs migrations.
 //! - `soma verify ledger` checks an inclusion or a consistency proof against

@@ -141,7 +141,8 @@ pub struct StoreFailure {
     /// The row's key within its tenant; a leaf's index.
     pub primary_key: String,
     /// Why it failed (a MAC that does not verify, a leaf that differs, a
-    /// leaf without its row), naming the tenant and the ledger index.
+    /// leaf without its row); for a ledgered row or a leaf, naming the
+    /// tenant and the ledger index.
     pub reason: String,
 }
 
@@ -160,8 +161,8 @@ impl StoreFailure {
 /// and retired key ids fail) and the scheme that sealed it, each ledgered
 /// row against the leaf at its index, each leaf against its MAC and its
 /// row, and what a table checks besides ([`tables::Table::cross_check`]).
-/// Each row yields at most one failure, naming its tenant and ledger index;
-/// a leaf that no row claims yields one of its own. Only reads; the
+/// Each row yields at most one failure (a ledgered row's names its tenant
+/// and ledger index); a leaf that no row claims yields one of its own. Only reads; the
 /// database must already carry the service's migrations.
 pub async fn verify_store(db: &Database, keys: &HmacKeyring) -> Result<StoreReport, AnalyticsError> {
     let mut report = StoreReport::default();
@@ -236,9 +237,11 @@ struct Sweep<'a> {
 impl Sweep<'_> {
     /// Why a stored row fails the sweep, if it does.
     fn row(&mut self, table: &Registration, (row, seal): &Sealed) -> Option<StoreFailure> {
+        // A ledgered row's failure names its tenant and index; the key of a
+        // row that is not ledgered is what the listing has always named.
         let at = match seal.ledger_index {
             Some(index) => format!(" (tenant {:?}, ledger index {index})", row.owner()),
-            None => format!(" (tenant {:?})", row.owner()),
+            None => String::new(),
         };
         let failure = self.check(table, row.as_ref(), seal).err()?;
         Some(StoreFailure {
