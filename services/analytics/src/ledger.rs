@@ -137,11 +137,10 @@ impl Ledger {
         } else {
             tracing::info!("ledger verified at start-up");
         }
-        let mut known = Known::default();
+        let known = Arc::new(std::sync::RwLock::new(Known::default()));
         if health == Health::Sound {
-            load_leaves(&db, &keys, &mut known, 0).await?;
+            load_leaves(&db, &keys, &known, 0).await?;
         }
-        let known = Arc::new(std::sync::RwLock::new(known));
         let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
@@ -331,16 +330,7 @@ impl Ledger {
         if have >= tree_size {
             return Ok(());
         }
-        let rows = leaf_rows_from(&self.db, have).await?;
-        let mut known = write(&self.known);
-        // Another task may have caught up meanwhile: only a view still at
-        // `have` takes these rows.
-        if known.size() == have {
-            for row in &rows {
-                push_row(&mut known, &self.keys, row)?;
-            }
-        }
-        drop(known);
+        load_leaves(&self.db, &self.keys, &self.known, have).await?;
         let size = read(&self.known).size();
         if size < tree_size {
             return Err(AnalyticsError::LedgerCorrupt {
@@ -364,14 +354,19 @@ fn write(known: &std::sync::RwLock<Known>) -> std::sync::RwLockWriteGuard<'_, Kn
     known.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The stored leaf rows from index `from` on, checked to be contiguous.
+/// Leaf rows read per round trip when loading the view.
+const LOAD_PAGE: i64 = 65_536;
+
+/// The stored leaf rows from index `from` on, at most [`LOAD_PAGE`] of
+/// them, checked to be contiguous.
 async fn leaf_rows_from(db: &Database, from: u64) -> Result<Vec<LeafRow>, AnalyticsError> {
     let sql = format!(
-        "SELECT {} FROM ledger_leaves WHERE leaf_index >= $1 ORDER BY leaf_index",
+        "SELECT {} FROM ledger_leaves WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2",
         LeafRow::COLUMNS
     );
     let rows: Vec<LeafRow> = on_pool!(db, pool => sqlx::query(&sql)
         .bind(to_i64(from)?)
+        .bind(LOAD_PAGE)
         .fetch_all(pool)
         .await?
         .iter()
@@ -404,17 +399,31 @@ fn push_row(known: &mut Known, keys: &HmacKeyring, row: &LeafRow) -> Result<(), 
     Ok(())
 }
 
-/// Loads every stored leaf from index `from` into `known`.
+/// Loads every stored leaf from index `from` on into `known`, a page at a
+/// time (so that memory holds one page of rows beside the view). Stops
+/// early when another task extended the view meanwhile: it then holds
+/// these leaves already.
 async fn load_leaves(
     db: &Database,
     keys: &HmacKeyring,
-    known: &mut Known,
-    from: u64,
+    known: &std::sync::RwLock<Known>,
+    mut from: u64,
 ) -> Result<(), AnalyticsError> {
-    for row in leaf_rows_from(db, from).await? {
-        push_row(known, keys, &row)?;
+    loop {
+        let rows = leaf_rows_from(db, from).await?;
+        let mut view = write(known);
+        if view.size() != from {
+            return Ok(());
+        }
+        for row in &rows {
+            push_row(&mut view, keys, row)?;
+        }
+        drop(view);
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) < LOAD_PAGE {
+            return Ok(());
+        }
+        from += rows.len() as u64;
     }
-    Ok(())
 }
 
 /// A checkpoint row.

@@ -71,11 +71,38 @@ impl Export {
     }
 }
 
+/// Two configurations holding the same keys (two processes of one
+/// deployment), with a copy of the row keys.
+fn twin_configs() -> [(soma_analytics::AnalyticsConfig, HmacKeyring); 2] {
+    let (_, row_keys) = HmacKeyring::generate("row-1").unwrap();
+    let (_, pkcs8) =
+        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
+    let signing_key_pem = common::pem("PRIVATE KEY", &pkcs8);
+    [(); 2].map(|()| {
+        let config = soma_analytics::AnalyticsConfig {
+            row_keys: HmacKeyring::from_json(&row_keys).unwrap(),
+            signing_key_pem: signing_key_pem.clone(),
+            signing_key_id: "analytics-1".to_owned(),
+            ledger_origin: format!("{}/analytics", common::TD),
+            max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
+            drills: soma_analytics::DrillConfig::default(),
+            anomaly: soma_analytics::AnomalyConfig::default(),
+        };
+        (config, HmacKeyring::from_json(&row_keys).unwrap())
+    })
+}
+
 impl Env {
     async fn start(db: &soma_store::testing::TestDb) -> Self {
+        Self::start_with(db, keyed_config()).await
+    }
+
+    async fn start_with(
+        db: &soma_store::testing::TestDb,
+        (config, keys): (soma_analytics::AnalyticsConfig, HmacKeyring),
+    ) -> Self {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let (config, keys) = keyed_config();
         let svc = start_analytics(&ca, &db.settings, config, &claims).await;
         let registry = svc.client(&ca, "/svc/tool-registry");
         let operator = svc.client(&ca, "/operator/auditor");
@@ -751,6 +778,52 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
             "{label}"
         );
         svc.stop().await;
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_trusts_a_leaf_another_wrote_only_once_its_mac_verifies() {
+    for db in soma_store::testing::engines("analytics_replica_leaves").await {
+        let label = db.label;
+        // Two processes on one database: `writer` appends, `reader` has
+        // loaded none of it and catches up from the database.
+        let [first, second] = twin_configs();
+        let mut writer = Env::start_with(&db, first).await;
+        let reader = Env::start_with(&db, second).await;
+        writer.seed().await;
+        let rows = reader.verified(&reader.export("acme").await, "acme").await;
+        assert_eq!(
+            rows.len(),
+            6,
+            "{label}: the reader caught up with the writer's leaves"
+        );
+
+        // A leaf appended by the writer is rewritten to another tenant before
+        // the reader reads it: its MAC fails, so the reader cannot tell whose
+        // it is and proves no export complete, naming it.
+        writer.record_for("acme", "late-1", 1).await.unwrap();
+        exec(
+            &writer.svc.db,
+            "UPDATE ledger_leaves SET tenant = 'globex' WHERE leaf_index = 8",
+        )
+        .await;
+        for tenant in ["acme", "globex"] {
+            let export = reader.export(tenant).await;
+            let status = export.error.expect("the export must be refused");
+            assert_eq!(status.code(), Code::DataLoss, "{label}: {tenant}: {status:?}");
+            assert_eq!(reason(&status), "ledger_leaf_mismatch", "{label}: {tenant}");
+            assert!(
+                status.message().contains("ledger index 8"),
+                "{label}: {}",
+                status.message()
+            );
+            assert!(export.signature.is_none());
+        }
+        let refused = reader.proof("globex", "late-1").await.unwrap_err();
+        assert_eq!(refused.code(), Code::DataLoss, "{label}: {refused:?}");
+        writer.svc.stop().await;
+        reader.svc.stop().await;
         db.cleanup().await;
     }
 }
