@@ -10,12 +10,17 @@
 //!   of FILE, strictly (non-canonical encodings and small-order keys or
 //!   points are refused). SIG holds the 64-byte signature in standard
 //!   base64, KEY a PEM Ed25519 SubjectPublicKeyInfo. Prints `valid`.
-//! - `soma verify store` sweeps every Analytics row — each row's MAC under
-//!   the versioned row keyring and each ledgered row's leaf against the
-//!   stored leaf, the checks of the `VerifyStore` RPC, through the same
-//!   function — and prints one line per failing row, `table/primary_key:
-//!   reason`, then `N rows checked, M failed`. It only reads: it neither
-//!   creates a database nor runs migrations.
+//! - `soma verify store` sweeps every Analytics row and ledger leaf — each
+//!   row's MAC under the versioned row keyring and the scheme that sealed
+//!   it, the bijection between rows and leaves (every ledgered row at the
+//!   index of its own leaf, no index claimed twice, every leaf with its row,
+//!   no gap in the indices, every leaf row's own MAC), the checks of the
+//!   `VerifyStore` RPC, through the same function — and prints one line per
+//!   failure, `table/primary_key: reason` (`ledger_leaves/INDEX: reason` for
+//!   a leaf; the reason for a ledgered row or a leaf names the tenant and
+//!   the ledger index), then `N
+//!   rows checked, M failed`. It only reads: it neither creates a database
+//!   nor runs migrations.
 //! - `soma verify ledger` checks an inclusion or a consistency proof against
 //!   a signed checkpoint note, offline, with the proof as JSON in snake_case
 //!   or in the proto3 JSON form `grpcurl` prints.
@@ -58,7 +63,7 @@ pub(crate) enum VerifyCommand {
         #[arg(long)]
         public_key: PathBuf,
     },
-    /// Sweep every Analytics row (row MACs, ledger leaves) and list failures.
+    /// Sweep every Analytics row and ledger leaf (MACs, the row/leaf bijection) and list failures.
     ///
     /// The database is, in this order: --database-url; else the DATABASE_URL
     /// environment variable; else the SQLite file of `soma up`'s layout,

@@ -403,9 +403,9 @@ async fn expectations_creation_tenancy_and_tampering() {
                 name: "another tenant's regression",
                 tenant: "globex",
                 input: step("reg-1", S::Passed, S::Unspecified, 2),
-                code: Code::PermissionDenied,
-                reason: "tenant_denied",
-                message: "regression reg-1 belongs to another tenant",
+                code: Code::NotFound,
+                reason: "not_found",
+                message: "regression reg-1 does not exist",
             },
             Case {
                 name: "creation without persona",

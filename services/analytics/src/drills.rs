@@ -241,14 +241,15 @@ pub(crate) async fn record_disaster_drill(
             Ok(drill_proto(&row, appended))
         }
         Err(AnalyticsError::EventIdConflict { event_id }) => {
-            let Some((stored, seal)) = tables::find::<DrillRow>(&svc.db, &event_id).await? else {
+            let Some((stored, seal)) = tables::find::<DrillRow>(&svc.db, &row.tenant, &event_id).await?
+            else {
                 return Err(AnalyticsError::EventIdConflict { event_id });
             };
             stored.check(&svc.keys, &seal)?;
             if !stored.same_facts(&row) {
                 return Err(AnalyticsError::EventIdConflict { event_id });
             }
-            let (index, _, leaf_hash) = svc.ledger.leaf_of(&event_id).await?;
+            let (index, _, leaf_hash) = svc.ledger.leaf_of(&row.tenant, &event_id).await?;
             if stored.leaf_hash()? != leaf_hash {
                 return Err(AnalyticsError::RowIntegrity {
                     table: "ledger_leaves",

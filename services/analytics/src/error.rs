@@ -48,6 +48,35 @@ pub enum AnalyticsError {
         /// The row's primary key.
         primary_key: String,
     },
+    /// A stored row at a ledger index failed its integrity check.
+    #[error("row {table}/{primary_key} at ledger index {index} failed its integrity check")]
+    RowIntegrityAt {
+        /// The table.
+        table: &'static str,
+        /// The row's key (within its tenant).
+        primary_key: String,
+        /// The ledger index the row claims.
+        index: i64,
+    },
+    /// A leaf of the ledger lacks its intact row where it should have it:
+    /// the row was deleted, or moved to another index, tenant or time.
+    #[error("ledger index {index}: {detail}")]
+    LedgerRowMissing {
+        /// The leaf's index.
+        index: u64,
+        /// What is missing.
+        detail: String,
+    },
+    /// A stored leaf row, or a row's claim on a leaf, is not what the
+    /// ledger appended: a leaf row deleted or rewritten, a row copied to
+    /// another index.
+    #[error("ledger index {index}: {detail}")]
+    LedgerLeafMismatch {
+        /// The index at stake.
+        index: u64,
+        /// What does not match.
+        detail: String,
+    },
     /// The ledger writer is gone (shutting down).
     #[error("the ledger writer is not running")]
     WriterStopped,
@@ -101,7 +130,9 @@ impl AnalyticsError {
             Self::NotFound(_) => "not_found",
             Self::EventIdConflict { .. } => "event_id_conflict",
             Self::LedgerCorrupt { .. } => "ledger_integrity",
-            Self::RowIntegrity { .. } => "row_integrity",
+            Self::RowIntegrity { .. } | Self::RowIntegrityAt { .. } => "row_integrity",
+            Self::LedgerRowMissing { .. } => "ledger_row_missing",
+            Self::LedgerLeafMismatch { .. } => "ledger_leaf_mismatch",
             Self::WriterStopped => "unavailable",
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::StaleRegression { .. } => "stale_version",
@@ -124,7 +155,10 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::NotFound(_) => Code::NotFound,
             AnalyticsError::EventIdConflict { .. } => Code::AlreadyExists,
             AnalyticsError::LedgerCorrupt { .. } => Code::FailedPrecondition,
-            AnalyticsError::RowIntegrity { .. } => Code::DataLoss,
+            AnalyticsError::RowIntegrity { .. }
+            | AnalyticsError::RowIntegrityAt { .. }
+            | AnalyticsError::LedgerRowMissing { .. }
+            | AnalyticsError::LedgerLeafMismatch { .. } => Code::DataLoss,
             AnalyticsError::WriterStopped => Code::Unavailable,
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,

@@ -21,15 +21,29 @@
 //! - **Cut.** The latest checkpoint is taken before the first row is read,
 //!   and only rows whose ledger index is below its tree size are exported,
 //!   so the export is exactly the window's rows as of that checkpoint, which
-//!   travels (signed) with the signature.
+//!   travels (signed) with the signature. A row past the cut is left out
+//!   only once its MAC (which binds its index) shows that its leaf is past
+//!   the cut too.
 //! - **Streaming.** Rows are read in keyset pages ordered by `(time,
 //!   ledger index)`, serialized and sent in chunks of at most
 //!   [`CHUNK_BYTES`] through a bounded channel, so a slow client slows the
 //!   reads down instead of growing a buffer of rows.
 //! - **Integrity.** Every row read is checked against its MAC and against
 //!   its ledger leaf (the leaf at the row's index must be the one recomputed
-//!   from the row) before anything of it is written; a failing row aborts
-//!   the export with `DATA_LOSS` naming the row, and no signature is sent.
+//!   from the row, both in the process's authenticated view of the ledger
+//!   and in the stored leaf row) before anything of it is written; a failing
+//!   row aborts the export with `DATA_LOSS` naming the row and its index,
+//!   and no signature is sent.
+//! - **Completeness.** An export is complete or refused. Every leaf below
+//!   the cut whose authenticated tenant, kind and event time put it in the
+//!   window ([`crate::ledger::Known`]) must have been matched by a row; the
+//!   first that was not aborts the export, after the rows, with `DATA_LOSS`
+//!   naming its index (`ledger_row_missing`), and no signature is sent. A
+//!   row deleted, moved to another index, tenant or time, or a leaf whose
+//!   owner could not be authenticated, is found this way, whatever the
+//!   database's other columns say. The `tool` and `service` filters apply
+//!   to rows already checked, so that a filtered export is proven complete
+//!   too.
 //!
 //! The signature is pure Ed25519 (RFC 8032, no prehash), as any verifier
 //! (`soma verify export`, Python's `cryptography`) checks it. Pure Ed25519
@@ -56,10 +70,11 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::Instrument as _;
 
-use crate::convert::{rfc3339_nanos, to_i64};
+use crate::convert::{rfc3339_nanos, to_u64};
 use crate::error::AnalyticsError;
-use crate::ledger::StoredCheckpoint;
+use crate::ledger::{self, Gap, Known, Seen, StoredCheckpoint};
 use crate::service::AnalyticsService;
+use crate::tables::row::MAC_SCHEME;
 use crate::tables::{self, EventRow, ExportPage, ExportRow, Exported, Seal};
 use crate::validate::{self, invalid};
 
@@ -171,6 +186,9 @@ impl Plan {
         }
         let service = optional("service", &r.service)?;
         let checkpoint = svc.ledger.latest_checkpoint().await?;
+        // The authenticated view must hold every leaf below the cut; a
+        // ledger that failed its start-up check cannot prove anything.
+        svc.ledger.catch_up(checkpoint.tree_size).await?;
         Ok(Self {
             kind: T::EXPORT,
             tenant,
@@ -367,7 +385,8 @@ fn second_pass(
     Ok(signed)
 }
 
-/// Writes the rows of the window, page after page, and returns how many.
+/// Writes the rows of the window, page after page, and returns how many;
+/// then proves that no leaf of the window lacked its row.
 ///
 /// Reading and checking a page runs on other tasks while the previous page
 /// is serialized and sent (the next page is asked for as soon as the keyset
@@ -381,8 +400,9 @@ async fn write_rows<R: Exported>(
     plan: &Plan,
     out: &mut ChunkWriter<'_>,
 ) -> Result<u64, Abort> {
-    let below_index = to_i64(plan.checkpoint.tree_size)?;
-    let mut next = Some(PageTask::<R>::spawn(svc, plan, below_index, None));
+    let cut = plan.checkpoint.tree_size;
+    let mut seen = Seen::below(cut);
+    let mut next = Some(PageTask::<R>::spawn(svc, plan, None));
     let mut first = true;
     let mut exported: u64 = 0;
     let mut object = Vec::with_capacity(1024);
@@ -392,11 +412,20 @@ async fn write_rows<R: Exported>(
             && page.full
             && let Some(after) = page.last
         {
-            next = Some(PageTask::spawn(svc, plan, below_index, Some(after)));
+            next = Some(PageTask::spawn(svc, plan, Some(after)));
         }
         for (row, index) in &page.rows {
-            if let Some(service) = &plan.service
-                && service_of(row.recorded_by()) != service
+            if !seen.insert(*index) {
+                return Err(Abort::Failed(AnalyticsError::LedgerLeafMismatch {
+                    index: *index,
+                    detail: format!("a second row of {} claims this index", R::TABLE),
+                }));
+            }
+            if plan.tool.as_deref().is_some_and(|tool| row.tool() != Some(tool))
+                || plan
+                    .service
+                    .as_deref()
+                    .is_some_and(|service| service_of(row.recorded_by()) != service)
             {
                 continue;
             }
@@ -405,7 +434,7 @@ async fn write_rows<R: Exported>(
                 object.push(b',');
             }
             first = false;
-            row.write_object(*index, &mut object);
+            row.write_object(to_i64_index(*index), &mut object);
             out.write(&object).await?;
             exported += 1;
         }
@@ -413,14 +442,56 @@ async fn write_rows<R: Exported>(
             return Err(Abort::Failed(e));
         }
     }
+    complete::<R>(svc, plan, seen).await?;
     Ok(exported)
+}
+
+/// A ledger index below the cut as the `i64` the export object writes.
+fn to_i64_index(index: u64) -> i64 {
+    // Indices below a checkpoint's size came from `i64` columns.
+    i64::try_from(index).unwrap_or(i64::MAX)
+}
+
+/// Proves that every leaf below the cut that belongs to the export's
+/// tenant, kind and window was matched by a row (see the module doc).
+async fn complete<R: Exported>(
+    svc: &AnalyticsService,
+    plan: &Plan,
+    seen: Seen,
+) -> Result<(), AnalyticsError> {
+    let known = std::sync::Arc::clone(svc.ledger.known());
+    let tenant = plan.tenant.clone();
+    let (window, cut) = ((plan.from, plan.to), plan.checkpoint.tree_size);
+    // A scan of one small record per leaf: CPU work, off the async workers.
+    let gap =
+        tokio::task::spawn_blocking(move || ledger::read(&known).gap(&tenant, R::KIND, window, cut, &seen))
+            .await
+            .map_err(|e| AnalyticsError::Config(format!("export completeness task: {e}")))?;
+    match gap {
+        None => Ok(()),
+        Some(Gap::Missing(index)) => Err(AnalyticsError::LedgerRowMissing {
+            index,
+            detail: format!(
+                "the {} leaf of tenant {:?} in the window has no row of {} at this index",
+                R::KIND,
+                plan.tenant,
+                R::TABLE
+            ),
+        }),
+        Some(Gap::Unknown(index)) => Err(AnalyticsError::LedgerLeafMismatch {
+            index,
+            detail: "the leaf row failed its MAC: nobody can tell whose leaf it is, so no export below it \
+                     can be proven complete"
+                .to_owned(),
+        }),
+    }
 }
 
 /// A page read and checked, in keyset order.
 struct CheckedPage<R> {
-    /// The rows that passed, with their ledger indices, up to the first
-    /// that failed.
-    rows: Vec<(R, i64)>,
+    /// The rows that passed and are below the cut, with their ledger
+    /// indices, up to the first that failed.
+    rows: Vec<(R, u64)>,
     /// The `(time, ledger index)` of the last row read.
     last: Option<(i64, i64)>,
     /// Whether the page was full, so that more rows may follow.
@@ -434,26 +505,24 @@ struct CheckedPage<R> {
 struct PageTask<R>(tokio::task::JoinHandle<Result<CheckedPage<R>, AnalyticsError>>);
 
 impl<R: Exported> PageTask<R> {
-    fn spawn(svc: &AnalyticsService, plan: &Plan, below_index: i64, after: Option<(i64, i64)>) -> Self {
+    fn spawn(svc: &AnalyticsService, plan: &Plan, after: Option<(i64, i64)>) -> Self {
         let db = svc.db.clone();
         let keys = std::sync::Arc::clone(&svc.keys);
+        let known = std::sync::Arc::clone(svc.ledger.known());
         let tenant = plan.tenant.clone();
-        let tool = plan.tool.clone();
-        let (from, to) = (plan.from, plan.to);
+        let (from, to, cut) = (plan.from, plan.to, plan.checkpoint.tree_size);
         Self(tokio::spawn(
             async move {
                 let page = ExportPage {
                     tenant: &tenant,
                     from,
                     to,
-                    below_index,
-                    tool: tool.as_deref(),
                     after,
                     limit: PAGE_ROWS,
                 };
                 let rows = tables::export_page::<R>(&db, &page).await?;
                 // The MAC and leaf checks are CPU work: off the async workers.
-                tokio::task::spawn_blocking(move || check_page(&keys, rows))
+                tokio::task::spawn_blocking(move || check_page(&keys, &known, cut, rows))
                     .await
                     .map_err(|e| AnalyticsError::Config(format!("export check task: {e}")))
             }
@@ -474,20 +543,42 @@ impl<R> Drop for PageTask<R> {
     }
 }
 
-/// Checks each row of a page (its MAC, then its ledger leaf: the leaf at
-/// the row's index must be the one recomputed from the row), stopping at
-/// the first that fails.
-fn check_page<R: Exported>(keys: &soma_sign::HmacKeyring, rows: Vec<ExportRow<R>>) -> CheckedPage<R> {
+/// Checks each row of a page (see [`check_row`]), stopping at the first
+/// that fails; rows past the cut are left out once checked.
+fn check_page<R: Exported>(
+    keys: &soma_sign::HmacKeyring,
+    known: &std::sync::RwLock<Known>,
+    cut: u64,
+    rows: Vec<ExportRow<R>>,
+) -> CheckedPage<R> {
     let full = i64::try_from(rows.len()).is_ok_and(|n| n >= PAGE_ROWS);
-    let last = rows.last().map(|(row, _, index, _)| (row.time(), *index));
+    let last = rows
+        .last()
+        .map(|(row, seal, _)| (row.time(), seal.ledger_index.unwrap_or(-1)));
+    // The authenticated leaf hashes of the page, copied under a short read
+    // lock: the writer extends the view after every commit.
+    let appended: Vec<Option<soma_ledger::Hash>> = {
+        let known = ledger::read(known);
+        rows.iter()
+            .map(|(_, seal, _)| {
+                seal.ledger_index
+                    .and_then(|i| u64::try_from(i).ok())
+                    .filter(|i| *i < cut)
+                    .and_then(|i| known.hash(i).copied())
+            })
+            .collect()
+    };
     let mut checked = Vec::with_capacity(rows.len());
     let mut failed = None;
-    for (row, seal, index, leaf) in rows {
-        if let Err(e) = check_row(keys, &row, &seal, leaf.as_deref()) {
-            failed = Some(e);
-            break;
+    for ((row, seal, leaf), appended) in rows.into_iter().zip(appended) {
+        match check_row(keys, &row, &seal, leaf.as_deref(), appended.as_ref(), cut) {
+            Ok(Some(index)) => checked.push((row, index)),
+            Ok(None) => {}
+            Err(e) => {
+                failed = Some(moved(known, cut, &row, &seal).unwrap_or(e));
+                break;
+            }
         }
-        checked.push((row, index));
     }
     CheckedPage {
         rows: checked,
@@ -497,21 +588,84 @@ fn check_page<R: Exported>(keys: &soma_sign::HmacKeyring, rows: Vec<ExportRow<R>
     }
 }
 
+/// Checks one row: its MAC (which, under scheme 2, binds its index), then,
+/// below the cut, that the leaf the ledger appended at its index (`appended`,
+/// from the authenticated view) and the stored leaf row there (`leaf`, whose
+/// tenant, event and kind the query matched to the row's) both hold the hash
+/// recomputed from the row. `Some(index)` for a row to export; `None` for a
+/// row past the cut, whose MAC bound it there.
 fn check_row<R: EventRow>(
     keys: &soma_sign::HmacKeyring,
     row: &R,
     seal: &Seal,
     leaf: Option<&[u8]>,
-) -> Result<(), AnalyticsError> {
-    row.check(keys, seal)?;
+    appended: Option<&soma_ledger::Hash>,
+    cut: u64,
+) -> Result<Option<u64>, AnalyticsError> {
+    let claimed = seal.ledger_index.unwrap_or(-1);
+    let integrity = || AnalyticsError::RowIntegrityAt {
+        table: R::TABLE,
+        primary_key: row.event_id().to_owned(),
+        index: claimed,
+    };
+    row.check(keys, seal).map_err(|_| integrity())?;
+    let index = to_u64(claimed).map_err(|_| integrity())?;
+    if index >= cut {
+        // Past the cut: only a MAC that binds the index says its leaf is
+        // past the cut too.
+        return if seal.scheme == MAC_SCHEME {
+            Ok(None)
+        } else {
+            Err(integrity())
+        };
+    }
     let recomputed = row.leaf_hash()?;
-    if leaf != Some(recomputed.as_bytes().as_slice()) {
-        return Err(AnalyticsError::RowIntegrity {
-            table: "ledger_leaves",
-            primary_key: row.event_id().to_owned(),
+    if appended != Some(&recomputed) {
+        return Err(AnalyticsError::LedgerLeafMismatch {
+            index,
+            detail: format!(
+                "the row {}/{} is not the leaf the ledger appended at this index",
+                R::TABLE,
+                row.event_id()
+            ),
         });
     }
-    Ok(())
+    if leaf != Some(recomputed.as_bytes().as_slice()) {
+        return Err(AnalyticsError::LedgerLeafMismatch {
+            index,
+            detail: format!(
+                "the stored leaf row at this index is missing or is not the row {}/{}'s (tenant {:?})",
+                R::TABLE,
+                row.event_id(),
+                row.tenant()
+            ),
+        });
+    }
+    Ok(Some(index))
+}
+
+/// For a row that failed its check: when its content is intact but it
+/// claims an index that is not its leaf's (moved, or copied elsewhere), the
+/// error names the leaf it belongs to. A scan of the view, on the failure
+/// path only.
+fn moved<R: EventRow>(
+    known: &std::sync::RwLock<Known>,
+    cut: u64,
+    row: &R,
+    seal: &Seal,
+) -> Option<AnalyticsError> {
+    let hash = row.leaf_hash().ok()?;
+    let index = ledger::read(known).position(&hash, cut)?;
+    let claimed = seal.ledger_index.unwrap_or(-1);
+    (i64::try_from(index).ok() != Some(claimed)).then(|| AnalyticsError::LedgerRowMissing {
+        index,
+        detail: format!(
+            "the row {}/{} of tenant {:?} claims ledger index {claimed} instead",
+            R::TABLE,
+            row.event_id(),
+            row.tenant()
+        ),
+    })
 }
 
 /// The service name of a recording SPIFFE ID: its path's last segment

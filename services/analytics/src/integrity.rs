@@ -1,9 +1,18 @@
-//! Integrity: the start-up verification of the stored tree, the row
-//! sweep behind `VerifyStore` and `soma verify store`, and the check of a
-//! row before it is served as proof. It walks every table of
+//! Integrity: the start-up verification of the stored tree, the re-seal of
+//! rows sealed under the previous row-MAC scheme, the sweep behind
+//! `VerifyStore` and `soma verify store`, and the check of a leaf and its
+//! row before a proof of it is served. It walks every table of
 //! [`crate::tables::REGISTRY`] and names none.
+//!
+//! The sweep checks the bijection between the ledger and the event rows:
+//! the leaves are contiguous from 0 and their root is the head's and every
+//! checkpoint's; every leaf row is sealed and its MAC verifies; every
+//! ledgered row verifies and sits at the index of the leaf recomputed from
+//! it, which names its tenant, event and kind; no index is claimed twice;
+//! and every leaf has its row.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
 
 use soma_ledger::{CompactTree, Hash};
 use soma_sign::HmacKeyring;
@@ -11,7 +20,10 @@ use soma_store::{Database, on_pool};
 
 use crate::convert::to_u64;
 use crate::error::AnalyticsError;
-use crate::tables::{self, Get, Leaves, Sealed};
+use crate::ledger::{Known, Owner};
+use crate::tables::leaves::{LeafFacts, LeafRow};
+use crate::tables::row::{LEGACY_MAC_SCHEME, MAC_SCHEME};
+use crate::tables::{self, Get, Leaves, Registration, Seal, Sealed, Value, bind_values};
 
 /// The ledger's health, decided at start-up (and on a commit that finds
 /// the stored head inconsistent).
@@ -114,93 +126,504 @@ pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreReport {
-    /// Rows checked, failed or not.
+    /// Rows checked, failed or not (leaf rows are not counted).
     pub rows_checked: u64,
-    /// The rows that failed, in sweep order.
+    /// The rows and leaves that failed, in sweep order.
     pub failures: Vec<StoreFailure>,
 }
 
-/// One row that failed the sweep.
+/// One row (or ledger leaf) that failed the sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreFailure {
-    /// Table of the row, e.g. `billing_events`.
+    /// Table of the row, e.g. `billing_events`; `ledger_leaves` for a leaf.
     pub table: String,
-    /// The row's primary key.
+    /// The row's key within its tenant; a leaf's index.
     pub primary_key: String,
-    /// Why it failed (a MAC that does not verify, a leaf that differs).
+    /// Why it failed (a MAC that does not verify, a leaf that differs, a
+    /// leaf without its row); for a ledgered row or a leaf, naming the
+    /// tenant and the ledger index.
     pub reason: String,
 }
 
-/// Sweeps every Analytics row: each row's MAC under `keys` (the primary or
-/// an older enabled version; unknown and retired key ids fail), each
-/// ledgered row's leaf recomputed and compared with the stored leaf, and
-/// what a table checks besides ([`tables::Table::cross_check`]). Only
-/// reads; the database must already carry the service's migrations.
+impl StoreFailure {
+    fn leaf(index: i64, reason: String) -> Self {
+        Self {
+            table: "ledger_leaves".to_owned(),
+            primary_key: index.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Sweeps every Analytics row and ledger leaf (see the module doc): each
+/// row's MAC under `keys` (the primary or an older enabled version; unknown
+/// and retired key ids fail) and the scheme that sealed it, each ledgered
+/// row against the leaf at its index, each leaf against its MAC and its
+/// row, and what a table checks besides ([`tables::Table::cross_check`]).
+/// Each row yields at most one failure (a ledgered row's names its tenant
+/// and ledger index); a leaf that no row claims yields one of its own. Only reads; the
+/// database must already carry the service's migrations.
 pub async fn verify_store(db: &Database, keys: &HmacKeyring) -> Result<StoreReport, AnalyticsError> {
-    let leaves: Leaves = on_pool!(db, pool => sqlx::query("SELECT event_id, leaf_hash FROM ledger_leaves")
-        .fetch_all(pool)
-        .await?
-        .iter()
-        .map(|r| -> Result<(String, Vec<u8>), AnalyticsError> { Ok((r.text("event_id")?, r.bytes("leaf_hash")?)) })
-        .collect::<Result<HashMap<_, _>, _>>()?);
     let mut report = StoreReport::default();
+    if let Health::Corrupt {
+        first_bad_index,
+        reason,
+    } = verify(db).await?
+    {
+        let index = i64::try_from(first_bad_index).unwrap_or(i64::MAX);
+        report.failures.push(StoreFailure::leaf(
+            index,
+            format!("ledger index {index}: {reason}"),
+        ));
+    }
+    let leaves = all_leaves(db).await?;
+    let mut events = Leaves::default();
+    for leaf in leaves.values() {
+        events.insert(&leaf.tenant, &leaf.event_id);
+    }
+    let mut sweep = Sweep {
+        keys,
+        leaves: &leaves,
+        events: &events,
+        claimed: HashMap::new(),
+    };
     for table in tables::registered() {
-        for (row, seal) in (table.load_all)(db).await? {
+        for sealed in (table.load_all)(db, None).await? {
             report.rows_checked += 1;
-            if let Some(reason) = failure(&(row, seal), keys, &leaves) {
-                report.failures.push(reason);
+            if let Some(failure) = sweep.row(table, &sealed) {
+                report.failures.push(failure);
             }
+        }
+    }
+    for (index, leaf) in &leaves {
+        if !sweep.claimed.contains_key(index) {
+            report.failures.push(StoreFailure::leaf(
+                *index,
+                format!(
+                    "ledger index {index}: the leaf of tenant {:?} ({} {}) has no row",
+                    leaf.tenant, leaf.kind, leaf.event_id
+                ),
+            ));
         }
     }
     Ok(report)
 }
 
-/// Why a stored row fails the sweep, if it does.
-fn failure((row, seal): &Sealed, keys: &HmacKeyring, leaves: &Leaves) -> Option<StoreFailure> {
-    let fail = |reason: String| {
+/// Every stored leaf row, by index.
+async fn all_leaves(db: &Database) -> Result<BTreeMap<i64, LeafRow>, AnalyticsError> {
+    let sql = format!(
+        "SELECT {} FROM ledger_leaves ORDER BY leaf_index",
+        LeafRow::COLUMNS
+    );
+    on_pool!(db, pool => sqlx::query(&sql)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| LeafRow::read(r).map(|leaf| (leaf.index, leaf)))
+        .collect())
+}
+
+/// The sweep's state: the leaves, and which of them rows claimed.
+struct Sweep<'a> {
+    keys: &'a HmacKeyring,
+    leaves: &'a BTreeMap<i64, LeafRow>,
+    events: &'a Leaves,
+    /// Index → whether a row that passed claimed it (a failing row claims
+    /// its index too, so that one tampered row is one failure, not two).
+    claimed: HashMap<i64, bool>,
+}
+
+impl Sweep<'_> {
+    /// Why a stored row fails the sweep, if it does.
+    fn row(&mut self, table: &Registration, (row, seal): &Sealed) -> Option<StoreFailure> {
+        // A ledgered row's failure names its tenant and index; the key of a
+        // row that is not ledgered is what the listing has always named.
+        let at = match seal.ledger_index {
+            Some(index) => format!(" (tenant {:?}, ledger index {index})", row.owner()),
+            None => String::new(),
+        };
+        let failure = self.check(table, row.as_ref(), seal).err()?;
         Some(StoreFailure {
             table: row.table_name().to_owned(),
             primary_key: row.key().to_owned(),
-            reason,
+            reason: format!("{failure}{at}"),
         })
-    };
-    if let Err(e) = row.verify(keys, seal) {
-        return fail(format!("row mac: {e}"));
     }
-    match (row.leaf(), leaves.get(row.key())) {
-        (None, _) => {}
-        (Some(Ok(h)), Some(stored)) if h.as_bytes().as_slice() == stored.as_slice() => {}
-        (Some(Ok(_)), Some(_)) => return fail("ledger leaf differs from the row".to_owned()),
-        (Some(Ok(_)), None) => return fail("no ledger leaf for the row".to_owned()),
-        (Some(Err(e)), _) => return fail(format!("leaf: {e}")),
+
+    fn check(&mut self, table: &Registration, row: &dyn tables::Stored, seal: &Seal) -> Result<(), String> {
+        let index = seal.ledger_index;
+        let result = self.checks(table, row, seal);
+        if let Some(index) = index {
+            let passed = result.is_ok();
+            match self.claimed.get(&index) {
+                Some(true) if passed => {
+                    return Err(format!("ledger index {index}: another row claims it too"));
+                }
+                Some(true) => {}
+                _ => {
+                    self.claimed.insert(index, passed);
+                }
+            }
+        }
+        result
     }
-    row.cross(seal, leaves).and_then(fail)
+
+    fn checks(&self, table: &Registration, row: &dyn tables::Stored, seal: &Seal) -> Result<(), String> {
+        if seal.scheme != MAC_SCHEME && seal.scheme != LEGACY_MAC_SCHEME {
+            return Err(format!("row mac: unknown scheme {}", seal.scheme));
+        }
+        row.verify(self.keys, seal).map_err(|e| format!("row mac: {e}"))?;
+        if table.ledgered {
+            let index = seal
+                .ledger_index
+                .ok_or_else(|| "the row has no ledger index".to_owned())?;
+            let leaf = self
+                .leaves
+                .get(&index)
+                .ok_or_else(|| format!("ledger index {index}: no ledger leaf for the row"))?;
+            if leaf.tenant != row.owner() || leaf.event_id != row.key() || leaf.kind != table.kind {
+                return Err(format!(
+                    "ledger index {index}: the leaf there is tenant {:?}'s {} {}, not this row",
+                    leaf.tenant, leaf.kind, leaf.event_id
+                ));
+            }
+            match row.leaf() {
+                Some(Ok(hash)) if hash.as_bytes().as_slice() == leaf.hash.as_slice() => {}
+                Some(Ok(_)) => {
+                    return Err(format!("ledger leaf differs from the row (ledger index {index})"));
+                }
+                Some(Err(e)) => return Err(format!("leaf: {e}")),
+                None => return Err(format!("table {} is not ledgered", table.name)),
+            }
+            if leaf.sealed() {
+                leaf.check(self.keys)
+                    .map_err(|e| format!("ledger index {index}: {e}"))?;
+                if leaf.time != row.at() {
+                    return Err(format!(
+                        "ledger index {index}: the leaf's event time is not the row's"
+                    ));
+                }
+            } else if seal.scheme == MAC_SCHEME {
+                // A row sealed under scheme 2 was appended, or re-sealed,
+                // with a sealed leaf: its leaf was unsealed since.
+                return Err(format!("ledger index {index}: the leaf row is not sealed"));
+            }
+        }
+        row.cross(seal, self.events).map_or(Ok(()), Err)
+    }
 }
 
-/// Reads an event's row, checks its MAC and that `leaf` is the leaf
-/// recomputed from it: a row that fails is never served as valid.
+// ---------------------------------------------------------------------------
+// Re-seal: scheme 1 → scheme 2
+
+/// Rows re-sealed per transaction.
+const RESEAL_BATCH: usize = 256;
+
+/// Re-seals every row still under [`LEGACY_MAC_SCHEME`] under
+/// [`MAC_SCHEME`], and seals every leaf row not yet sealed; returns the rows
+/// and leaves it refused.
+///
+/// A row is re-sealed only after it verifies under the scheme that sealed
+/// it and, if ledgered, matches the leaf at its index (the leaf's tenant,
+/// event and kind are the row's, and its hash is the one recomputed from
+/// the row); its leaf is sealed in the same transaction. A row that fails
+/// is reported and left as it is, never re-sealed: the sweep keeps naming
+/// it. Runs at start-up, on a tree that [`verify`] found sound (so the leaf
+/// hashes are the ones the checkpoints sign), before the writer starts.
+/// Idempotent, and safe beside another process doing the same: every
+/// update is guarded by the seal it replaces.
+///
+/// Why at start-up rather than in an operator command: the service is the
+/// holder of the row keys, a ledger with unsealed leaves cannot prove any
+/// export complete, and running it on every start makes the upgrade one
+/// step that cannot be forgotten (after it, each start finds nothing to do,
+/// through partial indexes of the unsealed rows).
+pub(crate) async fn reseal(db: &Database, keys: &HmacKeyring) -> Result<Vec<StoreFailure>, AnalyticsError> {
+    let mut refused = Vec::new();
+    let mut unsealed: BTreeMap<i64, LeafRow> = {
+        let sql = format!(
+            "SELECT {} FROM ledger_leaves WHERE mac_scheme = 1 ORDER BY leaf_index",
+            LeafRow::COLUMNS
+        );
+        on_pool!(db, pool => sqlx::query(&sql)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| LeafRow::read(r).map(|leaf| (leaf.index, leaf)))
+            .collect::<Result<_, AnalyticsError>>()?)
+    };
+    let mut resealed = 0u64;
+    for table in tables::registered() {
+        let old = (table.load_all)(db, Some(LEGACY_MAC_SCHEME)).await?;
+        for chunk in old.chunks(RESEAL_BATCH) {
+            let mut updates = Vec::with_capacity(chunk.len() * 2);
+            for (row, seal) in chunk {
+                let fail = |reason: String| StoreFailure {
+                    table: row.table_name().to_owned(),
+                    primary_key: row.key().to_owned(),
+                    reason: format!("not re-sealed: {reason} (tenant {:?})", row.owner()),
+                };
+                match reseal_row(keys, table, row.as_ref(), seal, &mut unsealed) {
+                    Ok(mut more) => updates.append(&mut more),
+                    Err(reason) => refused.push(fail(reason)),
+                }
+            }
+            resealed += execute(db, &updates).await?;
+        }
+    }
+    // Leaves left unsealed: their rows were sealed under scheme 2 already
+    // (a leaf row reverted to scheme 1 since), or are missing or failing.
+    let mut updates = Vec::new();
+    for leaf in unsealed.into_values() {
+        match seal_leaf_from_row(db, keys, &leaf).await? {
+            Ok(update) => updates.push(update),
+            Err(reason) => refused.push(StoreFailure::leaf(
+                leaf.index,
+                format!("ledger index {}: leaf not sealed: {reason}", leaf.index),
+            )),
+        }
+        if updates.len() >= RESEAL_BATCH {
+            resealed += execute(db, &std::mem::take(&mut updates)).await?;
+        }
+    }
+    resealed += execute(db, &updates).await?;
+    if resealed > 0 || !refused.is_empty() {
+        tracing::info!(
+            updated = resealed,
+            refused = refused.len(),
+            "rows and leaves re-sealed under MAC scheme 2"
+        );
+    }
+    Ok(refused)
+}
+
+/// One guarded UPDATE of the re-seal.
+struct Update {
+    sql: String,
+    values: Vec<Value<'static>>,
+}
+
+/// The updates that re-seal one scheme-1 row (and seal its leaf), or why
+/// the row is refused.
+fn reseal_row(
+    keys: &HmacKeyring,
+    table: &Registration,
+    row: &dyn tables::Stored,
+    seal: &Seal,
+    unsealed: &mut BTreeMap<i64, LeafRow>,
+) -> Result<Vec<Update>, String> {
+    row.verify(keys, seal).map_err(|e| format!("row mac: {e}"))?;
+    let mut updates = Vec::with_capacity(2);
+    if table.ledgered {
+        let index = seal
+            .ledger_index
+            .ok_or_else(|| "the row has no ledger index".to_owned())?;
+        let leaf = unsealed
+            .get(&index)
+            .ok_or_else(|| format!("ledger index {index}: no unsealed leaf there for the row"))?;
+        let time = matching(table, row, leaf)?;
+        updates.push(seal_leaf(keys, leaf, time));
+        unsealed.remove(&index);
+    }
+    let new = row.reseal(keys, seal).map_err(|e| e.to_string())?;
+    updates.push(Update {
+        sql: format!(
+            "UPDATE {} SET mac_scheme = $1, mac_key_id = $2, mac = $3              WHERE tenant = $4 AND {} = $5 AND mac_scheme = 1 AND mac = $6",
+            table.name, table.key
+        ),
+        values: vec![
+            Value::Int(new.scheme),
+            Value::Owned(new.key_id),
+            Value::OwnedBytes(new.mac),
+            Value::Owned(row.owner().to_owned()),
+            Value::Owned(row.key().to_owned()),
+            Value::OwnedBytes(seal.mac.clone()),
+        ],
+    });
+    Ok(updates)
+}
+
+/// Checks that `leaf` is the leaf of `row` (tenant, event, kind, hash);
+/// the row's time for the leaf.
+fn matching(table: &Registration, row: &dyn tables::Stored, leaf: &LeafRow) -> Result<i64, String> {
+    let index = leaf.index;
+    if leaf.tenant != row.owner() || leaf.event_id != row.key() || leaf.kind != table.kind {
+        return Err(format!(
+            "ledger index {index}: the leaf there is tenant {:?}'s {} {}",
+            leaf.tenant, leaf.kind, leaf.event_id
+        ));
+    }
+    match row.leaf() {
+        Some(Ok(hash)) if hash.as_bytes().as_slice() == leaf.hash.as_slice() => {}
+        Some(Ok(_)) => return Err(format!("ledger index {index}: the leaf differs from the row")),
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err(format!("table {} is not ledgered", table.name)),
+    }
+    row.at()
+        .ok_or_else(|| format!("table {} has no event time", table.name))
+}
+
+/// The update that seals `leaf` with its event's `time`.
+fn seal_leaf(keys: &HmacKeyring, leaf: &LeafRow, time: i64) -> Update {
+    let (key_id, mac) = LeafFacts {
+        index: leaf.index,
+        event_id: &leaf.event_id,
+        tenant: &leaf.tenant,
+        kind: &leaf.kind,
+        time,
+        hash: &leaf.hash,
+    }
+    .seal(keys);
+    Update {
+        sql: "UPDATE ledger_leaves SET event_time = $1, mac_scheme = $2, mac_key_id = $3, mac = $4               WHERE leaf_index = $5 AND mac_scheme = 1"
+            .to_owned(),
+        values: vec![
+            Value::Int(time),
+            Value::Int(MAC_SCHEME),
+            Value::Owned(key_id),
+            Value::OwnedBytes(mac),
+            Value::Int(leaf.index),
+        ],
+    }
+}
+
+/// The update that seals an unsealed leaf whose row is sealed under scheme
+/// 2 (so binds its index), or why it cannot be sealed.
+async fn seal_leaf_from_row(
+    db: &Database,
+    keys: &HmacKeyring,
+    leaf: &LeafRow,
+) -> Result<Result<Update, String>, AnalyticsError> {
+    let Some(table) = tables::ledgered_of(&leaf.kind) else {
+        return Ok(Err(format!("unknown kind {:?}", leaf.kind)));
+    };
+    let rows = (table.load_key)(db, Some(&leaf.tenant), &leaf.event_id).await?;
+    let [(row, seal)] = rows.as_slice() else {
+        return Ok(Err(format!("{} rows for its event", rows.len())));
+    };
+    if seal.ledger_index != Some(leaf.index) {
+        return Ok(Err("its row claims another index".to_owned()));
+    }
+    if let Err(e) = row.verify(keys, seal) {
+        return Ok(Err(format!("row mac: {e}")));
+    }
+    Ok(matching(table, row.as_ref(), leaf).map(|time| seal_leaf(keys, leaf, time)))
+}
+
+/// Runs `updates` in one transaction; the rows they changed.
+async fn execute(db: &Database, updates: &[Update]) -> Result<u64, AnalyticsError> {
+    if updates.is_empty() {
+        return Ok(0);
+    }
+    let mut changed = 0;
+    on_pool!(db, pool => {
+        let mut tx = pool.begin().await?;
+        for update in updates {
+            changed += bind_values!(sqlx::query(&update.sql), &update.values)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+    });
+    Ok(changed)
+}
+
+// ---------------------------------------------------------------------------
+// Before a proof
+
+/// Checks a stored leaf row and its event row before a proof of the leaf
+/// is served, and returns the leaf's hash: the leaf row must be the leaf the
+/// ledger appended at its index (hash, tenant and kind as `known` holds
+/// them, which were authenticated), and exactly one row of its tenant must
+/// hold its event, verify under its MAC, sit at that index and recompute
+/// that hash. Anything else is refused with `DATA_LOSS` naming the index:
+/// a row that fails is never served as valid.
 pub(crate) async fn verified_leaf(
     db: &Database,
     keys: &HmacKeyring,
-    event_id: &str,
-    leaf: &Hash,
-) -> Result<(), AnalyticsError> {
-    for table in tables::registered().filter(|t| t.ledgered) {
-        let Some((row, seal)) = (table.load_one)(db, event_id).await? else {
-            continue;
+    known: &RwLock<Known>,
+    leaf: &LeafRow,
+) -> Result<Hash, AnalyticsError> {
+    let index = to_u64(leaf.index)?;
+    let stored = Hash::from_slice(&leaf.hash)?;
+    {
+        let known = crate::ledger::read(known);
+        let appended = match (known.hash(index), known.owner(index)) {
+            (Some(hash), Some(Owner::Known { tenant, kind, .. })) => {
+                *hash == stored && tenant == leaf.tenant && kind == leaf.kind
+            }
+            _ => false,
         };
-        row.verify(keys, &seal)?;
-        let recomputed = row
-            .leaf()
-            .ok_or_else(|| AnalyticsError::Config(format!("table {} is not ledgered", table.name)))??;
-        if &recomputed != leaf {
-            return Err(AnalyticsError::RowIntegrity {
-                table: "ledger_leaves",
-                primary_key: event_id.to_owned(),
+        if !appended {
+            return Err(AnalyticsError::LedgerLeafMismatch {
+                index,
+                detail: format!(
+                    "the leaf row of tenant {:?}'s event {} is not the leaf the ledger appended",
+                    leaf.tenant, leaf.event_id
+                ),
             });
         }
-        return Ok(());
     }
-    Err(AnalyticsError::NotFound(format!("no event row for {event_id}")))
+    let table = tables::ledgered_of(&leaf.kind).ok_or_else(|| AnalyticsError::LedgerLeafMismatch {
+        index,
+        detail: format!("unknown kind {:?}", leaf.kind),
+    })?;
+    let rows = (table.load_key)(db, Some(&leaf.tenant), &leaf.event_id).await?;
+    if let Some((_, seal)) = rows.iter().find(|(_, s)| s.ledger_index != Some(leaf.index)) {
+        let claimed = seal.ledger_index.unwrap_or(-1);
+        return Err(match rows.len() {
+            1 => AnalyticsError::LedgerRowMissing {
+                index,
+                detail: format!(
+                    "the row of tenant {:?}'s event {} claims ledger index {claimed}",
+                    leaf.tenant, leaf.event_id
+                ),
+            },
+            _ => AnalyticsError::LedgerLeafMismatch {
+                index: u64::try_from(claimed).unwrap_or(index),
+                detail: format!(
+                    "a second row of tenant {:?}'s event {} (whose leaf is at {index}) claims this index",
+                    leaf.tenant, leaf.event_id
+                ),
+            },
+        });
+    }
+    let [(row, seal)] = rows.as_slice() else {
+        return Err(AnalyticsError::LedgerRowMissing {
+            index,
+            detail: format!(
+                "the leaf of tenant {:?}'s {} {} has no row",
+                leaf.tenant, leaf.kind, leaf.event_id
+            ),
+        });
+    };
+    let failed = || AnalyticsError::RowIntegrityAt {
+        table: table.name,
+        primary_key: leaf.event_id.clone(),
+        index: leaf.index,
+    };
+    row.verify(keys, seal).map_err(|_| failed())?;
+    match row.leaf() {
+        Some(Ok(hash)) if hash == stored => Ok(stored),
+        _ => Err(failed()),
+    }
+}
+
+/// The ledger index of a row of `event_id` (of `tenant`, or of any tenant
+/// when `None`) in a ledgered table, if one exists: a row whose leaf is
+/// missing (or names another tenant) is a gap, not an unknown event.
+pub(crate) async fn orphan_row(
+    db: &Database,
+    tenant: Option<&str>,
+    event_id: &str,
+) -> Result<Option<(u64, String)>, AnalyticsError> {
+    for table in tables::registered().filter(|t| t.ledgered) {
+        if let Some((row, seal)) = (table.load_key)(db, tenant, event_id).await?.into_iter().next() {
+            let index = seal.ledger_index.and_then(|i| u64::try_from(i).ok()).unwrap_or(0);
+            return Ok(Some((index, row.owner().to_owned())));
+        }
+    }
+    Ok(None)
 }

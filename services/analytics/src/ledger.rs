@@ -20,11 +20,22 @@
 //!   one statement, guarded by that head, that writes nothing when another
 //!   process moved it or when an event id is already stored, in which case
 //!   the locked path decides.
+//!
+//! Event ids are scoped per tenant: idempotency and conflicts are decided
+//! on (tenant, event id). The writer seals each row (row MAC scheme 2,
+//! which binds the ledger index) and each leaf row (its own MAC, which
+//! binds its tenant) once the index is assigned, and keeps [`Known`], the
+//! authenticated view of every leaf that exports and proofs check the
+//! database against.
+
+mod known;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, MerkleTree};
+pub(crate) use known::{Gap, Known, Owner, Seen};
+
+use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash};
 use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
 use sqlx::Connection as _;
@@ -34,12 +45,13 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 use crate::convert::{now_nanos, to_i64, to_u64};
 use crate::error::AnalyticsError;
 use crate::integrity::{self, Health};
+use crate::tables::leaves::{LeafFacts, LeafRow};
 use crate::tables::{self, Conn, Entry, Get, Seal, Value, Write, bind_values, on_conn};
 
 /// Most appends committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
 
-/// Rows per multi-row statement (6 parameters each: far below SQLite's and
+/// Rows per multi-row statement (10 parameters each: far below SQLite's and
 /// PostgreSQL's parameter limits).
 const LOOKUP_CHUNK: usize = 256;
 
@@ -56,9 +68,9 @@ pub(crate) struct Appended {
 struct Append {
     entry: Box<dyn Entry>,
     /// Computed by the caller's task, so that the writer's critical path
-    /// (which holds the head lock) does no canonicalization or hashing.
+    /// (which holds the head lock) hashes no leaf data. The row's and the
+    /// leaf's MACs bind the index, so the writer makes them.
     leaf_hash: Hash,
-    seal: Seal,
     reply: oneshot::Sender<Result<Appended, AnalyticsError>>,
 }
 
@@ -71,11 +83,11 @@ pub(crate) struct Ledger {
     health: Arc<RwLock<Health>>,
     signer: Arc<CheckpointSigner>,
     signer_key_id: String,
-    /// Every leaf, indexed for O(log n) proofs at any size; kept in step by
-    /// the writer, and caught up from the database when another process
-    /// appended.
-    tree: Arc<std::sync::RwLock<MerkleTree>>,
-    /// Row MAC keys, to seal rows before they reach the writer.
+    /// Every leaf, authenticated: indexed for O(log n) proofs at any size,
+    /// with whose leaf each is; kept in step by the writer, and caught up
+    /// from the database (leaf MACs checked) when another process appended.
+    known: Arc<std::sync::RwLock<Known>>,
+    /// Row MAC keys, to check the leaf rows read when catching up.
     keys: Arc<HmacKeyring>,
 }
 
@@ -88,7 +100,10 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Verifies the stored ledger and starts the writer on its thread.
+    /// Verifies the stored ledger, re-seals what was sealed under the
+    /// previous row-MAC scheme ([`integrity::reseal`]), loads the
+    /// authenticated view of every leaf and starts the writer on its
+    /// thread.
     pub(crate) async fn open(
         db: Database,
         keys: Arc<HmacKeyring>,
@@ -96,6 +111,19 @@ impl Ledger {
         signer_key_id: String,
     ) -> Result<Self, AnalyticsError> {
         let health = integrity::verify(&db).await?;
+        if health == Health::Sound {
+            // Only a sound tree authenticates the leaf hashes the re-seal
+            // matches old rows against.
+            let refused = integrity::reseal(&db, &keys).await?;
+            for f in &refused {
+                tracing::error!(
+                    table = %f.table,
+                    primary_key = %f.primary_key,
+                    reason = %f.reason,
+                    "row left under its old MAC scheme: it does not verify"
+                );
+            }
+        }
         if let Health::Corrupt {
             first_bad_index,
             reason,
@@ -109,11 +137,10 @@ impl Ledger {
         } else {
             tracing::info!("ledger verified at start-up");
         }
-        let tree = match health {
-            Health::Sound => MerkleTree::from_leaves(&leaves_from(&db, 0).await?),
-            Health::Corrupt { .. } => MerkleTree::new(),
-        };
-        let tree = Arc::new(std::sync::RwLock::new(tree));
+        let known = Arc::new(std::sync::RwLock::new(Known::default()));
+        if health == Health::Sound {
+            load_leaves(&db, &keys, &known, 0).await?;
+        }
         let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
@@ -123,7 +150,7 @@ impl Ledger {
             signer: Arc::clone(&signer),
             signer_key_id: signer_key_id.clone(),
             health: Arc::clone(&health),
-            tree: Arc::clone(&tree),
+            known: Arc::clone(&known),
             head: None,
             connection: None,
             replies: tokio::runtime::Handle::try_current()
@@ -146,7 +173,7 @@ impl Ledger {
             health,
             signer,
             signer_key_id,
-            tree,
+            known,
             keys,
         })
     }
@@ -162,7 +189,7 @@ impl Ledger {
     }
 
     /// Refuses when the ledger failed its integrity check.
-    async fn sound(&self) -> Result<(), AnalyticsError> {
+    pub(crate) async fn sound(&self) -> Result<(), AnalyticsError> {
         match &*self.health.read().await {
             Health::Sound => Ok(()),
             Health::Corrupt {
@@ -179,13 +206,11 @@ impl Ledger {
     pub(crate) async fn append(&self, entry: impl Entry + 'static) -> Result<Appended, AnalyticsError> {
         self.sound().await?;
         let leaf_hash = entry.hash()?;
-        let seal = entry.sealed(&self.keys)?;
         let (reply, rx) = oneshot::channel();
         self.appends
             .send(Append {
                 entry: Box::new(entry),
                 leaf_hash,
-                seal,
                 reply,
             })
             .await
@@ -230,23 +255,50 @@ impl Ledger {
         .ok_or_else(|| AnalyticsError::NotFound(format!("no checkpoint at tree size {tree_size}")))
     }
 
-    /// The leaf of an event: index, tenant, hash.
-    pub(crate) async fn leaf_of(&self, event_id: &str) -> Result<(u64, String, Hash), AnalyticsError> {
-        let row = on_pool!(self.db, pool => sqlx::query(
-            "SELECT leaf_index, tenant, leaf_hash FROM ledger_leaves WHERE event_id = $1",
-        )
-        .bind(event_id)
-        .fetch_optional(pool)
-        .await?
-        .map(|r| -> Result<_, AnalyticsError> {
-            Ok((
-                to_u64(r.int("leaf_index")?)?,
-                r.text("tenant")?,
-                Hash::from_slice(&r.bytes("leaf_hash")?)?,
-            ))
-        })
-        .transpose()?);
-        row.ok_or_else(|| AnalyticsError::NotFound(format!("no ledger leaf for event {event_id}")))
+    /// The leaf of `tenant`'s event: index, tenant, hash.
+    pub(crate) async fn leaf_of(
+        &self,
+        tenant: &str,
+        event_id: &str,
+    ) -> Result<(u64, String, Hash), AnalyticsError> {
+        let leaf = self.leaves_of(Some(tenant), event_id).await?.pop();
+        let leaf =
+            leaf.ok_or_else(|| AnalyticsError::NotFound(format!("no ledger leaf for event {event_id}")))?;
+        Ok((to_u64(leaf.index)?, leaf.tenant, Hash::from_slice(&leaf.hash)?))
+    }
+
+    /// The stored leaf rows of `event_id`: of `tenant` (at most one), or of
+    /// every tenant when `None`.
+    pub(crate) async fn leaves_of(
+        &self,
+        tenant: Option<&str>,
+        event_id: &str,
+    ) -> Result<Vec<LeafRow>, AnalyticsError> {
+        // Two statements rather than one with an `OR`, so that each keeps a
+        // plan that uses an index.
+        let tenant_is = if tenant.is_some() {
+            "tenant = $2"
+        } else {
+            "$2 = ''"
+        };
+        let sql = format!(
+            "SELECT {} FROM ledger_leaves WHERE event_id = $1 AND {tenant_is} ORDER BY leaf_index LIMIT 16",
+            LeafRow::COLUMNS
+        );
+        on_pool!(self.db, pool => sqlx::query(&sql)
+            .bind(event_id)
+            .bind(tenant.unwrap_or(""))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(LeafRow::read)
+            .collect())
+    }
+
+    /// The authenticated view of the ledger (see [`Known`]); read it with
+    /// [`read`], never across an await.
+    pub(crate) fn known(&self) -> &Arc<std::sync::RwLock<Known>> {
+        &self.known
     }
 
     /// An inclusion proof of leaf `index` in the tree of `tree_size`.
@@ -256,7 +308,7 @@ impl Ledger {
         tree_size: u64,
     ) -> Result<Vec<Hash>, AnalyticsError> {
         self.catch_up(tree_size).await?;
-        Ok(read(&self.tree).inclusion_proof(index, tree_size)?)
+        Ok(read(&self.known).tree().inclusion_proof(index, tree_size)?)
     }
 
     /// A consistency proof between two tree sizes.
@@ -266,25 +318,23 @@ impl Ledger {
         size2: u64,
     ) -> Result<Vec<Hash>, AnalyticsError> {
         self.catch_up(size2).await?;
-        Ok(read(&self.tree).consistency_proof(size1, size2)?)
+        Ok(read(&self.known).tree().consistency_proof(size1, size2)?)
     }
 
-    /// Brings the in-memory index up to at least `tree_size` leaves from
-    /// the database (another process may have appended).
-    async fn catch_up(&self, tree_size: u64) -> Result<(), AnalyticsError> {
+    /// Brings the in-memory view up to at least `tree_size` leaves from
+    /// the database (another process may have appended), each leaf row's
+    /// MAC checked.
+    pub(crate) async fn catch_up(&self, tree_size: u64) -> Result<(), AnalyticsError> {
         self.sound().await?;
-        let have = read(&self.tree).size();
+        let have = read(&self.known).size();
         if have >= tree_size {
             return Ok(());
         }
-        let more = leaves_from(&self.db, have).await?;
-        let mut tree = write(&self.tree);
-        if tree.size() == have {
-            tree.extend(more);
-        }
-        if tree.size() < tree_size {
+        load_leaves(&self.db, &self.keys, &self.known, have).await?;
+        let size = read(&self.known).size();
+        if size < tree_size {
             return Err(AnalyticsError::LedgerCorrupt {
-                first_bad_index: tree.size(),
+                first_bad_index: size,
                 reason: "leaf missing".to_owned(),
             });
         }
@@ -292,39 +342,88 @@ impl Ledger {
     }
 }
 
-fn read(tree: &std::sync::RwLock<MerkleTree>) -> std::sync::RwLockReadGuard<'_, MerkleTree> {
-    // A panic while holding the lock cannot leave the tree half-updated
-    // (push is the only mutation), so a poisoned lock is still usable.
-    tree.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Reads the view; a poisoned lock is still usable.
+pub(crate) fn read(known: &std::sync::RwLock<Known>) -> std::sync::RwLockReadGuard<'_, Known> {
+    // A panic while holding the lock cannot leave the view half-updated
+    // (push is the only mutation, and it cannot panic between its two
+    // vectors), so a poisoned lock is still usable.
+    known.read().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn write(tree: &std::sync::RwLock<MerkleTree>) -> std::sync::RwLockWriteGuard<'_, MerkleTree> {
-    tree.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn write(known: &std::sync::RwLock<Known>) -> std::sync::RwLockWriteGuard<'_, Known> {
+    known.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The stored leaf hashes from index `from` on, checked to be contiguous.
-async fn leaves_from(db: &Database, from: u64) -> Result<Vec<Hash>, AnalyticsError> {
-    let rows: Vec<(i64, Vec<u8>)> = on_pool!(db, pool => sqlx::query(
-        "SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE leaf_index >= $1 ORDER BY leaf_index",
-    )
-    .bind(to_i64(from)?)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> { Ok((r.int("leaf_index")?, r.bytes("leaf_hash")?)) })
-    .collect::<Result<Vec<_>, _>>()?);
-    let mut hashes = Vec::with_capacity(rows.len());
-    for (offset, (index, hash)) in rows.iter().enumerate() {
+/// Leaf rows read per round trip when loading the view.
+const LOAD_PAGE: i64 = 65_536;
+
+/// The stored leaf rows from index `from` on, at most [`LOAD_PAGE`] of
+/// them, checked to be contiguous.
+async fn leaf_rows_from(db: &Database, from: u64) -> Result<Vec<LeafRow>, AnalyticsError> {
+    let sql = format!(
+        "SELECT {} FROM ledger_leaves WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2",
+        LeafRow::COLUMNS
+    );
+    let rows: Vec<LeafRow> = on_pool!(db, pool => sqlx::query(&sql)
+        .bind(to_i64(from)?)
+        .bind(LOAD_PAGE)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(LeafRow::read)
+        .collect::<Result<Vec<_>, _>>()?);
+    for (offset, row) in rows.iter().enumerate() {
         let expected = from + offset as u64;
-        if u64::try_from(*index).ok() != Some(expected) {
+        if u64::try_from(row.index).ok() != Some(expected) {
             return Err(AnalyticsError::LedgerCorrupt {
                 first_bad_index: expected,
                 reason: "leaf missing".to_owned(),
             });
         }
-        hashes.push(Hash::from_slice(hash)?);
     }
-    Ok(hashes)
+    Ok(rows)
+}
+
+/// Appends a stored leaf row to the view: its owner known when its MAC
+/// verifies, unknown otherwise.
+fn push_row(known: &mut Known, keys: &HmacKeyring, row: &LeafRow) -> Result<(), AnalyticsError> {
+    let hash = Hash::from_slice(&row.hash)?;
+    match (row.check(keys), row.time) {
+        (Ok(()), Some(time)) => known.push(hash, Some((&row.tenant, &row.kind, time))),
+        (Err(reason), _) => {
+            tracing::error!(index = row.index, reason = %reason, "ledger leaf row fails its check: its owner is unknown");
+            known.push(hash, None);
+        }
+        (Ok(()), None) => known.push(hash, None),
+    }
+    Ok(())
+}
+
+/// Loads every stored leaf from index `from` on into `known`, a page at a
+/// time (so that memory holds one page of rows beside the view). Stops
+/// early when another task extended the view meanwhile: it then holds
+/// these leaves already.
+async fn load_leaves(
+    db: &Database,
+    keys: &HmacKeyring,
+    known: &std::sync::RwLock<Known>,
+    mut from: u64,
+) -> Result<(), AnalyticsError> {
+    loop {
+        let rows = leaf_rows_from(db, from).await?;
+        let mut view = write(known);
+        if view.size() != from {
+            return Ok(());
+        }
+        for row in &rows {
+            push_row(&mut view, keys, row)?;
+        }
+        drop(view);
+        if i64::try_from(rows.len()).unwrap_or(i64::MAX) < LOAD_PAGE {
+            return Ok(());
+        }
+        from += rows.len() as u64;
+    }
 }
 
 /// A checkpoint row.
@@ -375,7 +474,7 @@ struct Committer {
     signer: Arc<CheckpointSigner>,
     signer_key_id: String,
     health: Arc<RwLock<Health>>,
-    tree: Arc<std::sync::RwLock<MerkleTree>>,
+    known: Arc<std::sync::RwLock<Known>>,
     /// The stored head as this writer last committed it: what the
     /// single-statement path expects to find (see
     /// [`Committer::commit_fast`]). `None` until the first commit, and
@@ -393,8 +492,9 @@ struct Committed {
     results: Vec<Result<Appended, AnalyticsError>>,
     /// The tree size before the batch.
     start: u64,
-    /// The leaf hashes the batch appended, in index order.
-    appended: Vec<Hash>,
+    /// The leaf hashes the batch appended, in index order, each with the
+    /// position of its append in the batch.
+    appended: Vec<(Hash, usize)>,
     /// The head after the batch.
     head: CompactTree,
 }
@@ -466,20 +566,24 @@ impl Committer {
         let start_root = head.root();
         let mut tree = head;
         let n = batch.len();
-        let mut leaves = LeafColumns::with_capacity(n);
-        let mut writes = Vec::with_capacity(n);
         let mut results = Vec::with_capacity(n);
         let mut appended = Vec::with_capacity(n);
-        for append in batch {
+        let mut indices = Vec::with_capacity(n);
+        for (position, append) in batch.iter().enumerate() {
             let index = tree.append(append.leaf_hash)?;
-            let index_i64 = to_i64(index)?;
-            leaves.push(index_i64, append);
-            writes.push(append.entry.write(index_i64, &append.seal));
-            appended.push(append.leaf_hash);
+            indices.push(to_i64(index)?);
+            appended.push((append.leaf_hash, position));
             results.push(Ok(Appended {
                 index,
                 leaf_hash: append.leaf_hash,
             }));
+        }
+        let seals = seal_all(&self.keys, batch.iter().zip(indices.iter().copied()))?;
+        let mut leaves = LeafColumns::with_capacity(n);
+        let mut writes = Vec::with_capacity(n);
+        for ((append, index), (seal, leaf_mac)) in batch.iter().zip(&indices).zip(&seals) {
+            leaves.push(*index, append, leaf_mac);
+            writes.push(append.entry.write(seal));
         }
         let Some(arrays) = tables::bulk_arrays(&writes) else {
             return Ok(None);
@@ -496,7 +600,7 @@ impl Committer {
             .bind(to_i64(start)?)
             .bind(start_root.as_bytes().to_vec())
             .bind(now_nanos());
-        let query = tables::bind_arrays(leaves.bind(query), arrays)
+        let query = tables::bind_arrays(leaves.bind(query, self.keys.primary().as_str()), arrays)
             .bind(note)
             .bind(self.signer_key_id.as_str());
         let outcome = query.fetch_one(&mut connection).await;
@@ -596,13 +700,16 @@ impl Committer {
         let now = now_nanos();
         let stored = stored_leaves(conn, postgres, batch).await?;
         let mut results = Vec::with_capacity(batch.len());
-        let mut in_batch: HashMap<&str, Appended> = HashMap::new();
+        let mut in_batch: HashMap<(&str, &str), Appended> = HashMap::new();
         // New leaves are inserted together after the loop, then the rows
         // that reference them.
-        let mut new_leaves: Vec<(i64, &Append)> = Vec::new();
-        for append in batch {
-            let event_id = append.entry.id();
-            let earlier = in_batch.get(event_id).or_else(|| stored.get(event_id)).copied();
+        let mut new_leaves: Vec<(i64, usize)> = Vec::new();
+        for (position, append) in batch.iter().enumerate() {
+            let key = (append.entry.owner(), append.entry.id());
+            let earlier = in_batch
+                .get(&key)
+                .or_else(|| stored.get(key.0).and_then(|ids| ids.get(key.1)))
+                .copied();
             if let Some(earlier) = earlier {
                 // Idempotent retry: the same content gets the same index;
                 // other content under the same id is refused as its kind says.
@@ -621,22 +728,30 @@ impl Committer {
                 continue;
             }
             let index = tree.append(append.leaf_hash)?;
-            new_leaves.push((to_i64(index)?, append));
+            new_leaves.push((to_i64(index)?, position));
             let appended = Appended {
                 index,
                 leaf_hash: append.leaf_hash,
             };
-            in_batch.insert(event_id, appended);
+            in_batch.insert(key, appended);
             results.push(Ok(appended));
         }
-        for chunk in new_leaves.chunks(LOOKUP_CHUNK) {
+        let seals = seal_all(
+            &self.keys,
+            new_leaves.iter().map(|(index, p)| (&batch[*p], *index)),
+        )?;
+        let key_id = self.keys.primary().as_str();
+        for (chunk, chunk_seals) in new_leaves.chunks(LOOKUP_CHUNK).zip(seals.chunks(LOOKUP_CHUNK)) {
             let sql = format!(
-                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) VALUES {}",
-                tables::values_list(0, chunk.len(), 6)
+                "INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at, \
+                 event_time, mac_scheme, mac_key_id, mac) VALUES {}",
+                tables::values_list(0, chunk.len(), 10)
             );
             let values: Vec<Value<'_>> = chunk
                 .iter()
-                .flat_map(|(index, append)| {
+                .zip(chunk_seals)
+                .flat_map(|((index, position), (_, leaf_mac))| {
+                    let append = &batch[*position];
                     [
                         Value::Int(*index),
                         Value::Text(append.entry.id()),
@@ -644,6 +759,10 @@ impl Committer {
                         Value::Text(append.entry.kind()),
                         Value::Bytes(append.leaf_hash.as_bytes().as_slice()),
                         Value::Int(now),
+                        Value::Int(append.entry.at()),
+                        Value::Int(tables::row::MAC_SCHEME),
+                        Value::Text(key_id),
+                        Value::Bytes(leaf_mac),
                     ]
                 })
                 .collect();
@@ -655,11 +774,13 @@ impl Committer {
         // reference them).
         let rows: Vec<Write<'_>> = new_leaves
             .iter()
-            .map(|(index, append)| append.entry.write(*index, &append.seal))
+            .zip(&seals)
+            .map(|((_, position), (seal, _))| batch[*position].entry.write(seal))
             .collect();
         insert(conn, &rows).await?;
         let mut dependents = Vec::new();
-        for (index, append) in &new_leaves {
+        for (index, position) in &new_leaves {
+            let append = &batch[*position];
             dependents.extend(
                 append
                     .entry
@@ -696,7 +817,10 @@ impl Committer {
         Ok(Committed {
             results,
             start,
-            appended: new_leaves.iter().map(|(_, a)| a.leaf_hash).collect(),
+            appended: new_leaves
+                .iter()
+                .map(|(_, position)| (batch[*position].leaf_hash, *position))
+                .collect(),
             head: tree,
         })
     }
@@ -710,13 +834,17 @@ impl Committer {
                 appended,
                 head: _,
             }) => {
-                // Extend the in-memory index only when it was level with the
-                // stored head; otherwise the next proof catches it up.
-                let mut tree = write(&self.tree);
-                if tree.size() == start {
-                    tree.extend(appended);
+                // Extend the in-memory view only when it was level with the
+                // stored head; otherwise the next proof or export catches it
+                // up from the database.
+                let mut known = write(&self.known);
+                if known.size() == start {
+                    for (hash, position) in appended {
+                        let entry = &batch[position].entry;
+                        known.push(hash, Some((entry.owner(), entry.kind(), entry.at())));
+                    }
                 }
-                drop(tree);
+                drop(known);
                 // Each reply wakes a request task on the service's runtime,
                 // which costs the writer's thread a wake-up syscall when done
                 // from here; one task spawned there sends them all instead,
@@ -760,54 +888,89 @@ impl Committer {
 }
 
 /// Whether a batch can take [`Committer::commit_fast`]: PostgreSQL, only
-/// rows of bulk tables, and no event id twice in it.
+/// rows of bulk tables, and no (tenant, event id) twice in it.
 fn fast_path_applies(db: &Database, batch: &[Append]) -> bool {
     if db.as_postgres().is_none() || batch.is_empty() {
         return false;
     }
     let mut ids = HashSet::with_capacity(batch.len());
-    batch.iter().all(|a| a.entry.bulk() && ids.insert(a.entry.id()))
+    batch
+        .iter()
+        .all(|a| a.entry.bulk() && ids.insert((a.entry.owner(), a.entry.id())))
 }
 
-/// Idempotency: the leaves already stored for this batch's event ids,
-/// fetched in one round trip per chunk rather than one per event.
+/// The row seal and the leaf MAC of each append at its index, made by the
+/// writer once the index is known (both bind it).
+fn seal_all<'a>(
+    keys: &HmacKeyring,
+    appends: impl Iterator<Item = (&'a Append, i64)>,
+) -> Result<Vec<(Seal, Vec<u8>)>, AnalyticsError> {
+    appends
+        .map(|(append, index)| {
+            let seal = append.entry.sealed(keys, index)?;
+            let (_, leaf_mac) = LeafFacts {
+                index,
+                event_id: append.entry.id(),
+                tenant: append.entry.owner(),
+                kind: append.entry.kind(),
+                time: append.entry.at(),
+                hash: append.leaf_hash.as_bytes().as_slice(),
+            }
+            .seal(keys);
+            Ok((seal, leaf_mac))
+        })
+        .collect()
+}
+
+/// The leaves already stored, by tenant and event id.
+type StoredLeaves = HashMap<String, HashMap<String, Appended>>;
+
+/// Idempotency: the leaves already stored for this batch's (tenant, event
+/// id) pairs, fetched in one round trip per chunk rather than one per
+/// event.
 async fn stored_leaves(
     conn: &mut Conn<'_>,
     postgres: bool,
     batch: &[Append],
-) -> Result<HashMap<String, Appended>, AnalyticsError> {
-    // The ids travel as one JSON array, so the statement's text is the
-    // same for every batch size and stays prepared on each connection.
+) -> Result<StoredLeaves, AnalyticsError> {
+    // The pairs travel as one JSON array of `[tenant, event_id]`, so the
+    // statement's text is the same for every batch size and stays prepared
+    // on each connection.
     let lookup = if postgres {
-        "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
-         WHERE event_id = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))"
+        "SELECT tenant, event_id, leaf_index, leaf_hash FROM ledger_leaves \
+         WHERE (tenant, event_id) IN (SELECT p->>0, p->>1 FROM jsonb_array_elements($1::jsonb) AS p)"
     } else {
-        "SELECT event_id, leaf_index, leaf_hash FROM ledger_leaves \
-         WHERE event_id IN (SELECT value FROM json_each($1))"
+        "SELECT tenant, event_id, leaf_index, leaf_hash FROM ledger_leaves \
+         WHERE (tenant, event_id) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') \
+         FROM json_each($1))"
     };
-    let mut stored = HashMap::new();
+    let mut stored: StoredLeaves = HashMap::new();
     for chunk in batch.chunks(LOOKUP_CHUNK) {
-        let mut ids = Vec::with_capacity(chunk.len() * 48);
-        ids.push(b'[');
+        let mut pairs = Vec::with_capacity(chunk.len() * 64);
+        pairs.push(b'[');
         for (i, append) in chunk.iter().enumerate() {
             if i > 0 {
-                ids.push(b',');
+                pairs.push(b',');
             }
-            tables::row::push_string(&mut ids, append.entry.id());
+            pairs.push(b'[');
+            tables::row::push_string(&mut pairs, append.entry.owner());
+            pairs.push(b',');
+            tables::row::push_string(&mut pairs, append.entry.id());
+            pairs.push(b']');
         }
-        ids.push(b']');
+        pairs.push(b']');
         // Built from `&str`s and ASCII punctuation: valid UTF-8.
-        let ids = String::from_utf8(ids).map_err(|e| AnalyticsError::Config(e.to_string()))?;
-        let found: Vec<(String, i64, Vec<u8>)> = on_conn!(conn, c => {
-            let rows = sqlx::query(lookup).bind(&ids).fetch_all(&mut **c).await?;
+        let pairs = String::from_utf8(pairs).map_err(|e| AnalyticsError::Config(e.to_string()))?;
+        let found: Vec<(String, String, i64, Vec<u8>)> = on_conn!(conn, c => {
+            let rows = sqlx::query(lookup).bind(&pairs).fetch_all(&mut **c).await?;
             rows.iter()
                 .map(|r| -> Result<_, AnalyticsError> {
-                    Ok((r.text("event_id")?, r.int("leaf_index")?, r.bytes("leaf_hash")?))
+                    Ok((r.text("tenant")?, r.text("event_id")?, r.int("leaf_index")?, r.bytes("leaf_hash")?))
                 })
                 .collect::<Result<_, _>>()?
         });
-        for (event_id, index, hash) in found {
-            stored.insert(
+        for (tenant, event_id, index, hash) in found {
+            stored.entry(tenant).or_default().insert(
                 event_id,
                 Appended {
                     index: to_u64(index)?,
@@ -850,6 +1013,8 @@ struct LeafColumns<'a> {
     tenant: Vec<&'a str>,
     kind: Vec<&'a str>,
     hash: Vec<&'a [u8]>,
+    time: Vec<i64>,
+    mac: Vec<&'a [u8]>,
 }
 
 impl<'a> LeafColumns<'a> {
@@ -860,23 +1025,31 @@ impl<'a> LeafColumns<'a> {
             tenant: Vec::with_capacity(n),
             kind: Vec::with_capacity(n),
             hash: Vec::with_capacity(n),
+            time: Vec::with_capacity(n),
+            mac: Vec::with_capacity(n),
         }
     }
 
-    fn push(&mut self, index: i64, append: &'a Append) {
+    fn push(&mut self, index: i64, append: &'a Append, mac: &'a [u8]) {
         self.index.push(index);
         self.event_id.push(append.entry.id());
         self.tenant.push(append.entry.owner());
         self.kind.push(append.entry.kind());
         self.hash.push(append.leaf_hash.as_bytes().as_slice());
+        self.time.push(append.entry.at());
+        self.mac.push(mac);
     }
 
-    fn bind(self, query: PgQuery<'a>) -> PgQuery<'a> {
+    /// Binds $7..$14: the columns, then the leaves' MAC key id.
+    fn bind(self, query: PgQuery<'a>, key_id: &'a str) -> PgQuery<'a> {
         query
             .bind(self.index)
             .bind(self.event_id)
             .bind(self.tenant)
             .bind(self.kind)
             .bind(self.hash)
+            .bind(self.time)
+            .bind(self.mac)
+            .bind(key_id)
     }
 }

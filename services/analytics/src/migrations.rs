@@ -25,4 +25,9 @@ migrations!(
     ),
     (4, "export keyset indexes", "0004_export_keyset_indexes"),
     (5, "audit events", "0005_audit_events"),
+    (
+        6,
+        "per-tenant ids, row-MAC scheme 2 and sealed ledger leaves",
+        "0006_tenant_ids_mac_scheme"
+    ),
 );

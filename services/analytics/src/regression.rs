@@ -34,10 +34,14 @@
 //! # Order of checks
 //!
 //! Field validation (`INVALID_ARGUMENT`, nothing read), then the stored row
-//! (its MAC; `DATA_LOSS` if it fails or if it was rolled back), tenancy
-//! (`PERMISSION_DENIED`), the expectation (`ABORTED`), and last the table
+//! of the caller's tenant (its MAC; `DATA_LOSS` if it fails or if it was
+//! rolled back), the expectation (`ABORTED`), and last the table
 //! (`FAILED_PRECONDITION`): a caller whose view is stale is told so before
 //! being told what its stale view would not allow.
+//!
+//! Regression ids are scoped per tenant: the same id in two tenants is two
+//! regressions, and another tenant's regression is never read, so a
+//! request answers exactly as it would if that regression did not exist.
 //!
 //! # Optimistic concurrency
 //!
@@ -173,7 +177,9 @@ pub(crate) async fn transition_persona_regression(
         AnalyticsError::PermissionDenied("persona regressions need verified tenant claims".to_owned())
     })?;
 
-    let current = match regression_row(&svc.db, &regression_id).await? {
+    // Regression ids are scoped per tenant: another tenant's regression of
+    // the same id is another record, never read here.
+    let current = match regression_row(&svc.db, &tenant, &regression_id).await? {
         Some((row, seal, later)) => {
             row.check(&svc.keys, &seal)?;
             // A whole older row written back carries a valid MAC for its
@@ -211,11 +217,6 @@ pub(crate) async fn transition_persona_regression(
             }
         }
         Some(row) => {
-            if row.tenant != tenant {
-                return Err(AnalyticsError::PermissionDenied(format!(
-                    "regression {regression_id} belongs to another tenant"
-                )));
-            }
             if to == State::Queued {
                 // Queued is where a regression starts, never where one goes.
                 return Err(AnalyticsError::IllegalTransition {

@@ -14,6 +14,7 @@ use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 use crate::config::AnalyticsConfig;
+use crate::convert::to_u64;
 use crate::error::AnalyticsError;
 use crate::integrity::Health;
 use crate::ledger::{Appended, Ledger, StoredCheckpoint};
@@ -113,6 +114,19 @@ fn record_response(event_id: String, appended: Appended) -> pb::RecordResponse {
     }
 }
 
+/// An event as a proof request names it: `event_id`, or `<tenant>/<event_id>`
+/// (an empty tenant for a platform-wide event; identifiers hold no `/`).
+fn event_ref(value: &str) -> Result<(Option<String>, String), AnalyticsError> {
+    match value.split_once('/') {
+        None => Ok((None, validate::identifier("event_id", value)?)),
+        Some(("", event_id)) => Ok((Some(String::new()), validate::identifier("event_id", event_id)?)),
+        Some((tenant, event_id)) => Ok((
+            Some(validate::identifier("event_id", tenant)?),
+            validate::identifier("event_id", event_id)?,
+        )),
+    }
+}
+
 fn checkpoint_proto(origin: &str, cp: StoredCheckpoint) -> pb::Checkpoint {
     pb::Checkpoint {
         origin: origin.to_owned(),
@@ -130,25 +144,63 @@ impl AnalyticsService {
         Ok(record_response(event_id, appended))
     }
 
+    /// `InclusionProof`. Event ids are scoped per tenant: a caller with
+    /// tenant claims names an event of its own tenant, and another tenant's
+    /// id answers exactly like an id never recorded (`NOT_FOUND`, the same
+    /// message), so a proof request is no oracle of other tenants' ids. A
+    /// caller without claims (an operator over mTLS) names the event alone
+    /// when one tenant recorded it, or as `<tenant>/<event_id>` (`/<event_id>`
+    /// for a platform-wide event).
     async fn inclusion_proof_inner(
         &self,
         caller: &Caller,
         r: pb::InclusionProofRequest,
     ) -> Result<pb::InclusionProofResponse, AnalyticsError> {
-        let event_id = validate::identifier("event_id", &r.event_id)?;
-        let (index, tenant, leaf_hash) = self.ledger.leaf_of(&event_id).await?;
+        let (named, event_id) = event_ref(&r.event_id)?;
         let scope = validate::read_scope(caller, "")?;
-        if !validate::in_scope(scope.as_deref(), &tenant) {
-            return Err(AnalyticsError::PermissionDenied(format!(
-                "event {event_id} belongs to another tenant"
-            )));
-        }
-        crate::integrity::verified_leaf(&self.db, &self.keys, &event_id, &leaf_hash).await?;
+        let not_found = || AnalyticsError::NotFound(format!("no ledger leaf for event {event_id}"));
+        let tenant = match (scope, named) {
+            (Some(scope), None) => Some(scope),
+            (Some(scope), Some(named)) if scope == named => Some(scope),
+            (Some(_), Some(_)) => return Err(not_found()),
+            (None, named) => named,
+        };
+        let mut leaves = self.ledger.leaves_of(tenant.as_deref(), &event_id).await?;
+        let leaf = match (leaves.pop(), leaves.is_empty()) {
+            (Some(leaf), true) => leaf,
+            (Some(_), false) => {
+                return Err(AnalyticsError::InvalidArgument {
+                    field: "event_id",
+                    reason: format!(
+                        "event {event_id} is recorded by more than one tenant: name one as <tenant>/{event_id}"
+                    ),
+                });
+            }
+            (None, _) => {
+                // A row whose leaf is gone (or names another tenant) is a
+                // gap in the ledger, not an event never recorded.
+                if let Some((index, owner)) =
+                    crate::integrity::orphan_row(&self.db, tenant.as_deref(), &event_id).await?
+                {
+                    return Err(AnalyticsError::LedgerLeafMismatch {
+                        index,
+                        detail: format!("no ledger leaf of tenant {owner:?} for the row of event {event_id}"),
+                    });
+                }
+                return Err(not_found());
+            }
+        };
+        let index = to_u64(leaf.index)?;
         let checkpoint = if r.tree_size == 0 {
             self.ledger.latest_checkpoint().await?
         } else {
             self.ledger.checkpoint_at(r.tree_size).await?
         };
+        self.ledger
+            .catch_up(checkpoint.tree_size.max(index.saturating_add(1)))
+            .await?;
+        let leaf_hash =
+            crate::integrity::verified_leaf(&self.db, &self.keys, self.ledger.known(), &leaf).await?;
         if index >= checkpoint.tree_size {
             return Err(AnalyticsError::InvalidArgument {
                 field: "tree_size",

@@ -152,8 +152,3 @@ pub(crate) fn actor(caller: &Caller) -> String {
         _ => caller.peer.spiffe_id.to_string(),
     }
 }
-
-/// Whether a read scoped to `scope` may see a row of `tenant`.
-pub(crate) fn in_scope(scope: Option<&str>, tenant: &str) -> bool {
-    scope.is_none_or(|s| s == tenant)
-}

@@ -6,7 +6,7 @@ use serde_json::{Value as Json, json};
 use soma_ledger::Hash;
 use soma_sign::{HmacKeyring, jcs};
 
-use super::{keyed_by, EventRow, Ledgered, Registration, Table, Write, columns};
+use super::{EventRow, Ledgered, Registration, Table, Write, columns, keyed_by};
 use crate::convert::hex;
 use crate::error::AnalyticsError;
 
@@ -68,8 +68,6 @@ impl Table for Finding {
         evidence as event_id: text,
     }
     const LEDGERED: bool = false;
-
-
 }
 
 /// A scan's audit row (`anomaly_scans`), appended to the ledger, and the
@@ -129,10 +127,18 @@ impl Table for ScanRecord {
     }
     const LEDGERED: bool = true;
 
-
+    fn leaf_time(&self) -> Option<i64> {
+        Some(self.scanned_at)
+    }
 }
 
 impl Ledgered for ScanRecord {
+    const TIME: &'static str = "scanned_at";
+
+    fn time(&self) -> i64 {
+        self.scanned_at
+    }
+
     /// Every finding of the scan.
     fn dependents(
         &self,

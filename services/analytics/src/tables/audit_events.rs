@@ -224,20 +224,25 @@ impl Table for AuditEvent {
             event_id,
         })
     }
+
+    fn leaf_time(&self) -> Option<i64> {
+        Some(self.occurred_at)
+    }
 }
 
-impl Ledgered for AuditEvent {}
-
-impl Exported for AuditEvent {
-    const EXPORT: &'static str = "audit_events";
+impl Ledgered for AuditEvent {
     const TIME: &'static str = "occurred_at";
-    const TOOL: Option<&'static str> = None;
-    const PLATFORM_WIDE: bool = true;
-    const JSON_COLUMNS: &'static [&'static str] = &["details"];
 
     fn time(&self) -> i64 {
         self.occurred_at
     }
+}
+
+impl Exported for AuditEvent {
+    const EXPORT: &'static str = "audit_events";
+    const TOOL: Option<&'static str> = None;
+    const PLATFORM_WIDE: bool = true;
+    const JSON_COLUMNS: &'static [&'static str] = &["details"];
 
     fn recorded_by(&self) -> &str {
         &self.recorded_by

@@ -99,20 +99,29 @@ impl Table for BillingEvent {
     }
     const LEDGERED: bool = true;
     const BULK: bool = true;
+
+    fn leaf_time(&self) -> Option<i64> {
+        Some(self.occurred_at)
+    }
 }
 
-impl Ledgered for BillingEvent {}
-
-impl Exported for BillingEvent {
-    const EXPORT: &'static str = "billing_ledger";
+impl Ledgered for BillingEvent {
     const TIME: &'static str = "occurred_at";
-    const TOOL: Option<&'static str> = Some("tool");
 
     fn time(&self) -> i64 {
         self.occurred_at
     }
+}
+
+impl Exported for BillingEvent {
+    const EXPORT: &'static str = "billing_ledger";
+    const TOOL: Option<&'static str> = Some("tool");
 
     fn recorded_by(&self) -> &str {
         &self.recorded_by
+    }
+
+    fn tool(&self) -> Option<&str> {
+        Some(&self.tool)
     }
 }

@@ -10,23 +10,25 @@ use super::{Column, Ty, Value, Write, insert_columns, registered};
 /// inserted from arrays only if it moved, and the checkpoint.
 ///
 /// Placeholders: $1 new size, $2 new root, $3 frontier, $4 old size, $5
-/// old root, $6 now, $7..$11 the leaf columns, then each bulk table's
-/// columns in registry order, then the checkpoint's note and key id. The
-/// text depends on the registry only, so it stays prepared on each
+/// old root, $6 now, $7..$13 the leaf columns (index, event id, tenant,
+/// kind, hash, event time, MAC), $14 the leaves' MAC key id, then each bulk
+/// table's columns in registry order, then the checkpoint's note and key
+/// id. The text depends on the registry only, so it stays prepared on each
 /// connection.
 pub(crate) fn bulk_statement() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let mut next = 11;
+        let mut next = 14;
         let mut sql = String::from(
             "WITH head AS ( \
                 UPDATE ledger_head SET tree_size = $1, root = $2, frontier = $3 \
                 WHERE id = 1 AND tree_size = $4 AND root = $5 RETURNING 1 AS moved), \
             leaves AS ( \
-                INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at) \
-                SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6 \
-                FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[]) \
-                    AS l (leaf_index, event_id, tenant, kind, leaf_hash) \
+                INSERT INTO ledger_leaves (leaf_index, event_id, tenant, kind, leaf_hash, appended_at, \
+                    event_time, mac_scheme, mac_key_id, mac) \
+                SELECT l.leaf_index, l.event_id, l.tenant, l.kind, l.leaf_hash, $6, l.event_time, 2, $14, l.mac \
+                FROM UNNEST($7::bigint[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::bigint[], \
+                    $13::bytea[]) AS l (leaf_index, event_id, tenant, kind, leaf_hash, event_time, mac) \
                 WHERE EXISTS (SELECT 1 FROM head))",
         );
         for table in registered().filter(|t| t.bulk) {

@@ -96,20 +96,29 @@ impl Table for CapsuleRun {
     }
     const LEDGERED: bool = true;
     const BULK: bool = true;
+
+    fn leaf_time(&self) -> Option<i64> {
+        Some(self.started_at)
+    }
 }
 
-impl Ledgered for CapsuleRun {}
-
-impl Exported for CapsuleRun {
-    const EXPORT: &'static str = "capsule_runs";
+impl Ledgered for CapsuleRun {
     const TIME: &'static str = "started_at";
-    const TOOL: Option<&'static str> = Some("tool");
 
     fn time(&self) -> i64 {
         self.started_at
     }
+}
+
+impl Exported for CapsuleRun {
+    const EXPORT: &'static str = "capsule_runs";
+    const TOOL: Option<&'static str> = Some("tool");
 
     fn recorded_by(&self) -> &str {
         &self.recorded_by
+    }
+
+    fn tool(&self) -> Option<&str> {
+        Some(&self.tool)
     }
 }

@@ -273,9 +273,19 @@ impl Table for DrillRow {
             event_id,
         })
     }
+
+    fn leaf_time(&self) -> Option<i64> {
+        Some(self.started_at)
+    }
 }
 
 impl Ledgered for DrillRow {
+    const TIME: &'static str = "started_at";
+
+    fn time(&self) -> i64 {
+        self.started_at
+    }
+
     /// The outbox rows of a failed drill: the drill, its leaf and its
     /// notifications commit together or not at all.
     fn dependents(
@@ -375,8 +385,6 @@ impl Table for Delivery {
         next_attempt_at: int,
     }
     const LEDGERED: bool = false;
-
-
 }
 
 /// The notification body of a failed drill: its event, with its ledger
@@ -395,8 +403,9 @@ fn event_body(row: &DrillRow, index: i64, leaf_hash: &Hash) -> Result<Vec<u8>, A
 }
 
 /// The outbox rows of a drill just appended at `index` (none when it
-/// passed or no URL is configured). Delivery ids are derived from the drill
-/// and the URL, so they are stable and unique per pair.
+/// passed or no URL is configured). Delivery ids are derived from the
+/// tenant, the drill and the URL, so they are stable and unique per triple
+/// (drill ids are scoped per tenant).
 fn deliveries(row: &DrillRow, index: i64, leaf_hash: &Hash, now: i64) -> Result<Vec<Delivery>, AnalyticsError> {
     if row.passed || row.notify.is_empty() {
         return Ok(Vec::new());
@@ -406,7 +415,9 @@ fn deliveries(row: &DrillRow, index: i64, leaf_hash: &Hash, now: i64) -> Result<
         .notify
         .iter()
         .map(|url| {
-            let mut seed = row.event_id.as_bytes().to_vec();
+            let mut seed = row.tenant.as_bytes().to_vec();
+            seed.push(0);
+            seed.extend_from_slice(row.event_id.as_bytes());
             seed.push(0);
             seed.extend_from_slice(url.as_bytes());
             Delivery {

@@ -23,7 +23,7 @@
 //! and the `columns!` macro) and `bulk` (the writer's single statement on
 //! PostgreSQL, generated from the bulk tables).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +35,7 @@ use soma_store::{Database, on_pool};
 use crate::error::AnalyticsError;
 
 mod bulk;
+pub(crate) mod leaves;
 mod object;
 pub(crate) mod row;
 mod sql;
@@ -63,16 +64,38 @@ tables! { capsule_runs, billing, regressions, anomalies, drills, audit_events }
 const LEDGER_INDEX: Column = int("ledger_index");
 
 /// The seal columns every table ends with.
-const SEAL_COLUMNS: [Column; 3] = [int("row_version"), text("mac_key_id"), bytes("mac")];
+const SEAL_COLUMNS: [Column; 4] = [
+    int("mac_scheme"),
+    int("row_version"),
+    text("mac_key_id"),
+    bytes("mac"),
+];
 
 /// A future that may hold borrows (trait objects cannot name their own).
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The stored ledger leaves by event id, for the sweep.
-pub(crate) type Leaves = HashMap<String, Vec<u8>>;
+/// The (tenant, event id) of every stored ledger leaf, for the checks a
+/// table makes beyond its own row ([`Table::cross_check`]).
+#[derive(Debug, Default)]
+pub(crate) struct Leaves(HashMap<String, HashSet<String>>);
 
-/// Writes [`EventRow::event_id`] (the row's primary key, the field
-/// given) and [`EventRow::tenant`] (the `tenant` field).
+impl Leaves {
+    /// Records a leaf of `tenant` for `event_id`.
+    pub(crate) fn insert(&mut self, tenant: &str, event_id: &str) {
+        self.0
+            .entry(tenant.to_owned())
+            .or_default()
+            .insert(event_id.to_owned());
+    }
+
+    /// Whether the ledger holds a leaf of `tenant` for `event_id`.
+    pub(crate) fn has(&self, tenant: &str, event_id: &str) -> bool {
+        self.0.get(tenant).is_some_and(|ids| ids.contains(event_id))
+    }
+}
+
+/// Writes [`EventRow::event_id`] (the row's primary key within its tenant,
+/// the field given) and [`EventRow::tenant`] (the `tenant` field).
 macro_rules! keyed_by {
     ($key:ident) => {
         fn event_id(&self) -> &str {
@@ -87,8 +110,10 @@ macro_rules! keyed_by {
 pub(crate) use keyed_by;
 
 /// A stored table: its columns and how a row maps to and from them.
+///
+/// Every table's primary key is `(tenant, KEY)`: ids are scoped per tenant.
 pub(crate) trait Table: EventRow + Sized + Send + Sync + fmt::Debug + 'static {
-    /// The primary key column.
+    /// The key column (unique within a tenant).
     const KEY: &'static str;
     /// The application columns, in the order of [`Table::values`] (the
     /// ledger index and the seal columns follow them).
@@ -105,6 +130,12 @@ pub(crate) trait Table: EventRow + Sized + Send + Sync + fmt::Debug + 'static {
     /// The row from a database row selected with [`select_list`].
     fn from_row<R: Get>(r: &R) -> Result<Self, AnalyticsError>;
 
+    /// The time of a ledgered row (its leaf's `event_time`); `None` for the
+    /// other tables.
+    fn leaf_time(&self) -> Option<i64> {
+        None
+    }
+
     /// A check beyond the MAC and the leaf that the sweep makes (`Some`
     /// names the failure).
     fn cross_check(&self, _seal: &Seal, _leaves: &Leaves) -> Option<String> {
@@ -112,11 +143,10 @@ pub(crate) trait Table: EventRow + Sized + Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// `c1, c2, …, row_version, mac_key_id, mac`: what reads select.
+/// `c1, c2, …, [ledger_index,] mac_scheme, row_version, mac_key_id, mac`:
+/// what reads select (and inserts write, in this order).
 pub(crate) fn select_list<T: Table>() -> String {
-    T::COLUMNS
-        .iter()
-        .chain(SEAL_COLUMNS.iter())
+    insert_columns(T::COLUMNS, T::LEDGERED)
         .map(|c| c.name)
         .collect::<Vec<_>>()
         .join(", ")
@@ -152,10 +182,9 @@ pub(crate) struct Write<'a> {
 }
 
 impl<'a> Write<'a> {
-    /// A row of `T` at `ledger_index` (ledgered tables) under `seal`.
-    pub(crate) fn of<T: Table>(row: &'a T, ledger_index: Option<i64>, seal: &'a Seal) -> Self {
+    /// A row of `T` under `seal` (which carries a ledgered row's index).
+    pub(crate) fn of<T: Table>(row: &'a T, seal: &'a Seal) -> Self {
         let mut values = row.values();
-        values.extend(ledger_index.map(Value::Int));
         values.extend(seal.values());
         Self {
             table: T::TABLE,
@@ -165,10 +194,10 @@ impl<'a> Write<'a> {
         }
     }
 
-    /// A row of `T` sealed now (a row written with a ledgered one), owning
-    /// its values.
+    /// A row of `T` (of a table that is not ledgered: a row written with a
+    /// ledgered one) sealed now, owning its values.
     pub(crate) fn sealed<T: Table>(row: &T, keys: &HmacKeyring) -> Result<Write<'static>, AnalyticsError> {
-        let seal = row.seal(keys)?;
+        let seal = row.seal(keys, None)?;
         let mut values: Vec<Value<'static>> = row.values().into_iter().map(Value::into_owned).collect();
         values.extend(seal.into_values());
         Ok(Write {
@@ -195,6 +224,13 @@ impl<'a> Write<'a> {
 
 /// A row appended to the ledger, with what its commit does besides.
 pub(crate) trait Ledgered: Table {
+    /// The time column: the leaf's `event_time`, and the window and keyset
+    /// order of exports.
+    const TIME: &'static str;
+
+    /// The value of [`Ledgered::TIME`].
+    fn time(&self) -> i64;
+
     /// Rows written in the same transaction, after the row itself (a
     /// scan's findings, a drill's webhook outbox rows).
     fn dependents(
@@ -217,8 +253,8 @@ pub(crate) trait Ledgered: Table {
         Box::pin(async { Ok(None) })
     }
 
-    /// The error for an event id the ledger already holds with other
-    /// content.
+    /// The error for an event id the ledger already holds, for this tenant,
+    /// with other content.
     fn conflict<'a>(
         &'a self,
         _conn: &'a mut Conn<'_>,
@@ -230,20 +266,22 @@ pub(crate) trait Ledgered: Table {
 
 /// A ledgered row as the writer holds it: any kind, named by none.
 pub(crate) trait Entry: Send + Sync + fmt::Debug {
-    /// The event id (the leaf's key).
+    /// The event id (the leaf's key within its tenant).
     fn id(&self) -> &str;
     /// The tenant of the leaf.
     fn owner(&self) -> &str;
     /// The leaf kind.
     fn kind(&self) -> &'static str;
+    /// The event's time (the leaf's `event_time`).
+    fn at(&self) -> i64;
     /// Whether the single-statement path may take it.
     fn bulk(&self) -> bool;
     /// The RFC 9162 leaf hash.
     fn hash(&self) -> Result<Hash, AnalyticsError>;
-    /// The row's seal under the primary key.
-    fn sealed(&self, keys: &HmacKeyring) -> Result<Seal, AnalyticsError>;
-    /// The row's insert at `ledger_index` under `seal`.
-    fn write<'a>(&'a self, ledger_index: i64, seal: &'a Seal) -> Write<'a>;
+    /// The row's seal at `ledger_index` under the primary key.
+    fn sealed(&self, keys: &HmacKeyring, ledger_index: i64) -> Result<Seal, AnalyticsError>;
+    /// The row's insert under `seal`.
+    fn write<'a>(&'a self, seal: &'a Seal) -> Write<'a>;
     /// See [`Ledgered::dependents`].
     fn dependents(
         &self,
@@ -278,6 +316,10 @@ impl<T: Ledgered> Entry for T {
         T::KIND
     }
 
+    fn at(&self) -> i64 {
+        Ledgered::time(self)
+    }
+
     fn bulk(&self) -> bool {
         T::BULK
     }
@@ -286,12 +328,12 @@ impl<T: Ledgered> Entry for T {
         EventRow::leaf_hash(self)
     }
 
-    fn sealed(&self, keys: &HmacKeyring) -> Result<Seal, AnalyticsError> {
-        EventRow::seal(self, keys)
+    fn sealed(&self, keys: &HmacKeyring, ledger_index: i64) -> Result<Seal, AnalyticsError> {
+        EventRow::seal(self, keys, Some(ledger_index))
     }
 
-    fn write<'a>(&'a self, ledger_index: i64, seal: &'a Seal) -> Write<'a> {
-        Write::of(self, Some(ledger_index), seal)
+    fn write<'a>(&'a self, seal: &'a Seal) -> Write<'a> {
+        Write::of(self, seal)
     }
 
     fn dependents(
@@ -320,16 +362,23 @@ impl<T: Ledgered> Entry for T {
     }
 }
 
-/// A stored row as the sweep and read verification check it.
+/// A stored row as the sweep, the re-seal and read verification check it.
 pub(crate) trait Stored: Send + fmt::Debug {
     /// The table.
     fn table_name(&self) -> &'static str;
-    /// The primary key.
+    /// The key within the tenant.
     fn key(&self) -> &str;
+    /// The tenant.
+    fn owner(&self) -> &str;
     /// The MAC check of the row under `seal`.
     fn verify(&self, keys: &HmacKeyring, seal: &Seal) -> Result<(), AnalyticsError>;
+    /// The row sealed anew under the current scheme, keeping `seal`'s row
+    /// version and ledger index.
+    fn reseal(&self, keys: &HmacKeyring, seal: &Seal) -> Result<Seal, AnalyticsError>;
     /// The recomputed leaf hash of a ledgered row; `None` for the others.
     fn leaf(&self) -> Option<Result<Hash, AnalyticsError>>;
+    /// The time of a ledgered row (its leaf's `event_time`).
+    fn at(&self) -> Option<i64>;
     /// See [`Table::cross_check`].
     fn cross(&self, seal: &Seal, leaves: &Leaves) -> Option<String>;
 }
@@ -343,12 +392,24 @@ impl<T: Table> Stored for T {
         EventRow::event_id(self)
     }
 
+    fn owner(&self) -> &str {
+        EventRow::tenant(self)
+    }
+
     fn verify(&self, keys: &HmacKeyring, seal: &Seal) -> Result<(), AnalyticsError> {
         EventRow::check(self, keys, seal)
     }
 
+    fn reseal(&self, keys: &HmacKeyring, seal: &Seal) -> Result<Seal, AnalyticsError> {
+        Seal::at(self, keys, seal.row_version, seal.ledger_index)
+    }
+
     fn leaf(&self) -> Option<Result<Hash, AnalyticsError>> {
         T::LEDGERED.then(|| EventRow::leaf_hash(self))
+    }
+
+    fn at(&self) -> Option<i64> {
+        self.leaf_time()
     }
 
     fn cross(&self, seal: &Seal, leaves: &Leaves) -> Option<String> {
@@ -359,21 +420,29 @@ impl<T: Table> Stored for T {
 /// A stored row and its seal, not yet checked.
 pub(crate) type Sealed = (Box<dyn Stored>, Seal);
 
-/// Reads every row of a table, for the sweep.
-pub(crate) type LoadAll = for<'a> fn(&'a Database) -> BoxFuture<'a, Result<Vec<Sealed>, AnalyticsError>>;
+/// Reads every row of a table (only those of `scheme` when given), for the
+/// sweep and the re-seal.
+pub(crate) type LoadAll =
+    for<'a> fn(&'a Database, Option<i64>) -> BoxFuture<'a, Result<Vec<Sealed>, AnalyticsError>>;
 
-/// Reads one row by primary key, for read verification.
-pub(crate) type LoadOne =
-    for<'a> fn(&'a Database, &'a str) -> BoxFuture<'a, Result<Option<Sealed>, AnalyticsError>>;
+/// Reads the rows of one key of one tenant (of every tenant when `None`),
+/// for read verification: one, or none, for a tenant; more only when the
+/// table's key constraint was dropped.
+pub(crate) type LoadKey =
+    for<'a> fn(&'a Database, Option<&'a str>, &'a str) -> BoxFuture<'a, Result<Vec<Sealed>, AnalyticsError>>;
 
 /// A table as the registry lists it.
 pub(crate) struct Registration {
     pub name: &'static str,
+    /// The leaf kind of a ledgered table.
+    pub kind: &'static str,
+    /// The key column (within the tenant).
+    pub key: &'static str,
     pub columns: &'static [Column],
     pub ledgered: bool,
     pub bulk: bool,
     pub load_all: LoadAll,
-    pub load_one: LoadOne,
+    pub load_key: LoadKey,
 }
 
 impl Registration {
@@ -381,11 +450,13 @@ impl Registration {
     pub(crate) const fn of<T: Table>() -> Self {
         Self {
             name: T::TABLE,
+            kind: T::KIND,
+            key: T::KEY,
             columns: T::COLUMNS,
             ledgered: T::LEDGERED,
             bulk: T::BULK,
             load_all: load_all::<T>,
-            load_one: load_one::<T>,
+            load_key: load_key::<T>,
         }
     }
 }
@@ -395,9 +466,17 @@ pub(crate) fn registered() -> impl Iterator<Item = &'static Registration> {
     REGISTRY.iter().flat_map(|tables| tables.iter())
 }
 
-fn load_all<T: Table>(db: &Database) -> BoxFuture<'_, Result<Vec<Sealed>, AnalyticsError>> {
+/// The ledgered table whose leaves are of `kind`.
+pub(crate) fn ledgered_of(kind: &str) -> Option<&'static Registration> {
+    registered().find(|t| t.ledgered && t.kind == kind)
+}
+
+fn load_all<T: Table>(
+    db: &Database,
+    scheme: Option<i64>,
+) -> BoxFuture<'_, Result<Vec<Sealed>, AnalyticsError>> {
     Box::pin(async move {
-        Ok(all::<T>(db)
+        Ok(all::<T>(db, scheme)
             .await?
             .into_iter()
             .map(|(row, seal)| (Box::new(row) as Box<dyn Stored>, seal))
@@ -405,37 +484,92 @@ fn load_all<T: Table>(db: &Database) -> BoxFuture<'_, Result<Vec<Sealed>, Analyt
     })
 }
 
-fn load_one<'a, T: Table>(
+fn load_key<'a, T: Table>(
     db: &'a Database,
+    tenant: Option<&'a str>,
     key: &'a str,
-) -> BoxFuture<'a, Result<Option<Sealed>, AnalyticsError>> {
+) -> BoxFuture<'a, Result<Vec<Sealed>, AnalyticsError>> {
     Box::pin(async move {
-        Ok(find::<T>(db, key)
+        Ok(by_key::<T>(db, tenant, key)
             .await?
-            .map(|(row, seal)| (Box::new(row) as Box<dyn Stored>, seal)))
+            .into_iter()
+            .map(|(row, seal)| (Box::new(row) as Box<dyn Stored>, seal))
+            .collect())
     })
 }
 
-/// One row by primary key, with its seal (not yet checked).
-pub(crate) async fn find<T: Table>(db: &Database, key: &str) -> Result<Option<(T, Seal)>, AnalyticsError> {
+/// The rows keyed `key` of `tenant` (of every tenant when `None`), with
+/// their seals (not yet checked): for a tenant one, or none; more only when
+/// the key constraint was dropped.
+async fn by_key<T: Table>(
+    db: &Database,
+    tenant: Option<&str>,
+    key: &str,
+) -> Result<Vec<(T, Seal)>, AnalyticsError> {
+    // Two statements rather than one with an `OR`, so that each keeps a
+    // plan that uses the key's index.
+    let tenant_is = if tenant.is_some() {
+        "tenant = $2"
+    } else {
+        "$2 = ''"
+    };
     let sql = format!(
-        "SELECT {} FROM {} WHERE {} = $1",
+        "SELECT {} FROM {} WHERE {} = $1 AND {tenant_is} ORDER BY tenant LIMIT 16",
         select_list::<T>(),
         T::TABLE,
         T::KEY
     );
     on_pool!(db, pool => {
-        let row = sqlx::query(&sql).bind(key).fetch_optional(pool).await?;
-        row.map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(&r)?, Seal::read(&r)?)) })
-            .transpose()
+        let rows = sqlx::query(&sql)
+            .bind(key)
+            .bind(tenant.unwrap_or(""))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(r)?, Seal::read(r)?)) })
+            .collect()
     })
 }
 
-/// Every row, with its seal, in ledger order (primary-key order for the
-/// tables that are not ledgered).
-pub(crate) async fn all<T: Table>(db: &Database) -> Result<Vec<(T, Seal)>, AnalyticsError> {
-    let order = if T::LEDGERED { "ledger_index" } else { T::KEY };
-    let sql = format!("SELECT {} FROM {} ORDER BY {order}", select_list::<T>(), T::TABLE);
+/// The row of `tenant` keyed `key`, with its seal (not yet checked). Two
+/// rows under one key (a dropped key constraint) fail its integrity check.
+pub(crate) async fn find<T: Table>(
+    db: &Database,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(T, Seal)>, AnalyticsError> {
+    let mut rows = by_key::<T>(db, Some(tenant), key).await?;
+    if rows.len() > 1 {
+        return Err(AnalyticsError::RowIntegrity {
+            table: T::TABLE,
+            primary_key: key.to_owned(),
+        });
+    }
+    Ok(rows.pop())
+}
+
+/// Every row (of `scheme` only, when given), with its seal, in ledger
+/// order (key order for the tables that are not ledgered).
+pub(crate) async fn all<T: Table>(
+    db: &Database,
+    scheme: Option<i64>,
+) -> Result<Vec<(T, Seal)>, AnalyticsError> {
+    let order = if T::LEDGERED {
+        "ledger_index".to_owned()
+    } else {
+        format!("tenant, {}", T::KEY)
+    };
+    // A literal scheme, so that the partial index of unsealed rows serves
+    // the re-seal's query.
+    let only = match scheme {
+        Some(scheme) => format!("WHERE mac_scheme = {scheme}"),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {} FROM {} {only} ORDER BY {order}",
+        select_list::<T>(),
+        T::TABLE
+    );
     on_pool!(db, pool => {
         let rows = sqlx::query(&sql).fetch_all(pool).await?;
         rows.iter()
@@ -444,23 +578,23 @@ pub(crate) async fn all<T: Table>(db: &Database) -> Result<Vec<(T, Seal)>, Analy
     })
 }
 
-/// A row that a signed export carries.
+/// A row that a signed export can carry.
 pub(crate) trait Exported: Ledgered {
     /// The document's `kind`, e.g. `billing_ledger`.
     const EXPORT: &'static str;
-    /// The time column the window and the keyset order use.
-    const TIME: &'static str;
     /// The column the `tool` filter matches, if the table has one.
     const TOOL: Option<&'static str>;
     /// Whether rows may belong to no tenant (platform-wide), exported to a
     /// caller without tenant claims who names no tenant.
     const PLATFORM_WIDE: bool = false;
 
-    /// The value of [`Exported::TIME`].
-    fn time(&self) -> i64;
-
     /// SPIFFE ID of the service that recorded the row.
     fn recorded_by(&self) -> &str;
+
+    /// The value of the [`Exported::TOOL`] column.
+    fn tool(&self) -> Option<&str> {
+        None
+    }
 
     /// The columns that hold canonical JSON text, written in objects as
     /// the JSON they hold rather than as a string.
@@ -490,8 +624,13 @@ pub(crate) trait Exported: Ledgered {
 }
 
 /// One keyset page of an export: a tenant's rows with their time in
-/// `[from, to)` and a ledger index below `below_index`, ordered by
-/// `(time, ledger_index)`, strictly after the position `after`.
+/// `[from, to)`, ordered by `(time, ledger_index)`, strictly after the
+/// position `after`.
+///
+/// Neither the checkpoint's tree size nor the `tool` filter narrows the
+/// query: an export proves that every leaf of its window has its row, so it
+/// reads every row of the window and leaves out, after checking them, those
+/// past the cut or of another tool.
 #[derive(Clone, Debug)]
 pub(crate) struct ExportPage<'a> {
     pub tenant: &'a str,
@@ -499,25 +638,21 @@ pub(crate) struct ExportPage<'a> {
     pub from: i64,
     /// Exclusive end, Unix nanoseconds.
     pub to: i64,
-    /// Exclusive bound on the ledger index (the checkpoint's tree size).
-    pub below_index: i64,
-    /// Only this tool, when set.
-    pub tool: Option<&'a str>,
     /// The `(time, ledger_index)` of the last row of the previous page.
     pub after: Option<(i64, i64)>,
     /// Most rows returned.
     pub limit: i64,
 }
 
-/// A row read for an export: the row, its seal, its ledger index and the
-/// hash of the ledger leaf at that index for the same event (`None` when
-/// there is none).
-pub(crate) type ExportRow<R> = (R, Seal, i64, Option<Vec<u8>>);
+/// A row read for an export: the row, its seal (with the ledger index it
+/// claims), and the hash of the stored leaf row at that index if that leaf
+/// row names the same tenant, event and kind (`None` otherwise).
+pub(crate) type ExportRow<R> = (R, Seal, Option<Vec<u8>>);
 
 /// A page of `T` for an export.
 ///
 /// Placeholders: $1 tenant, $2 lower time bound, $3 `to`, $4 last ledger
-/// index (or -1), $5 index bound, $6 tool (empty: any), $7 limit.
+/// index (or -1), $5 limit.
 pub(crate) async fn export_page<T: Exported>(
     db: &Database,
     page: &ExportPage<'_>,
@@ -527,17 +662,16 @@ pub(crate) async fn export_page<T: Exported>(
         None => (page.from, -1),
     };
     let ts = T::TIME;
-    let tool = match T::TOOL {
-        Some(column) => format!("($6 = '' OR e.{column} = $6)"),
-        None => "$6 = ''".to_owned(),
-    };
+    // The kind is a constant of the code, never input.
     let sql = format!(
-        "SELECT {}, ledger_index, (SELECT l.leaf_hash FROM ledger_leaves l \
-         WHERE l.leaf_index = e.ledger_index AND l.event_id = e.event_id) AS leaf_hash \
+        "SELECT {}, (SELECT l.leaf_hash FROM ledger_leaves l WHERE l.leaf_index = e.ledger_index \
+         AND l.tenant = e.tenant AND l.event_id = e.{key} AND l.kind = '{kind}') AS leaf_hash \
          FROM {} e WHERE e.tenant = $1 AND e.{ts} >= $2 AND e.{ts} < $3 AND (e.{ts} > $2 OR e.ledger_index > $4) \
-         AND e.ledger_index < $5 AND {tool} ORDER BY e.{ts}, e.ledger_index LIMIT $7",
+         ORDER BY e.{ts}, e.ledger_index LIMIT $5",
         select_list::<T>(),
         T::TABLE,
+        key = T::KEY,
+        kind = T::KIND,
     );
     on_pool!(db, pool => {
         let rows = sqlx::query(&sql)
@@ -545,14 +679,12 @@ pub(crate) async fn export_page<T: Exported>(
             .bind(lower)
             .bind(page.to)
             .bind(last_index)
-            .bind(page.below_index)
-            .bind(page.tool.unwrap_or(""))
             .bind(page.limit)
             .fetch_all(pool)
             .await?;
         rows.iter()
             .map(|r| -> Result<_, AnalyticsError> {
-                Ok((T::from_row(r)?, Seal::read(r)?, r.int("ledger_index")?, r.opt_bytes("leaf_hash")?))
+                Ok((T::from_row(r)?, Seal::read(r)?, r.opt_bytes("leaf_hash")?))
             })
             .collect()
     })
@@ -569,7 +701,7 @@ pub(crate) async fn window<T: Exported>(
 ) -> Result<Vec<(i64, T, Seal)>, AnalyticsError> {
     let ts = T::TIME;
     let sql = format!(
-        "SELECT ledger_index, {} FROM {} WHERE tenant = $1 AND {ts} >= $2 AND {ts} < $3 AND ledger_index > $4 \
+        "SELECT {} FROM {} WHERE tenant = $1 AND {ts} >= $2 AND {ts} < $3 AND ledger_index > $4 \
          ORDER BY ledger_index LIMIT $5",
         select_list::<T>(),
         T::TABLE,
@@ -602,11 +734,14 @@ mod tests {
     /// would silently fall back to the locked path (more round trips).
     #[test]
     fn bulk_tables_fill_every_placeholder_of_the_single_statement() {
-        let seal = Seal {
+        let seal = |ledger_index| Seal {
+            scheme: 2,
             row_version: 1,
             key_id: "row-1".to_owned(),
             mac: vec![7; 32],
+            ledger_index,
         };
+        let (at_0, at_1, unledgered) = (seal(Some(0)), seal(Some(1)), seal(None));
         let bill = BillingEvent {
             event_id: "b".to_owned(),
             tenant: "t".to_owned(),
@@ -631,9 +766,9 @@ mod tests {
             duration_nanos: 6,
             recorded_by: "s".to_owned(),
         };
-        let writes = [Write::of(&bill, Some(0), &seal), Write::of(&run, Some(1), &seal)];
+        let writes = [Write::of(&bill, &at_0), Write::of(&run, &at_1)];
         let arrays = bulk_arrays(&writes).expect("billing and capsule runs are bulk tables");
-        // $1..$11 (head and leaves), one array per bulk column, then the
+        // $1..$14 (head and leaves), one array per bulk column, then the
         // checkpoint's note and key id.
         let highest = bulk_statement()
             .split('$')
@@ -645,7 +780,7 @@ mod tests {
                     .ok()
             })
             .max();
-        assert_eq!(highest, Some(11 + arrays.len() + 2));
+        assert_eq!(highest, Some(14 + arrays.len() + 2));
         // A row of a table that is not bulk sends the batch to the locked path.
         let delivery = Delivery {
             delivery_id: "d".to_owned(),
@@ -657,6 +792,6 @@ mod tests {
             attempts: 0,
             next_attempt_at: 0,
         };
-        assert!(bulk_arrays(&[Write::of(&delivery, None, &seal)]).is_none());
+        assert!(bulk_arrays(&[Write::of(&delivery, &unledgered)]).is_none());
     }
 }

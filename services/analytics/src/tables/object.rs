@@ -201,7 +201,8 @@ mod tests {
         }
     }
 
-    /// The `Value` forms the direct writers replace.
+    /// The `Value` forms the direct writers replace: scheme 1, and scheme 2
+    /// at a ledger index (or none).
     fn value_mac<R: EventRow>(row: &R, row_version: i64, key_id: &str) -> Vec<u8> {
         jcs::canonicalize(&json!({
             "table": R::TABLE,
@@ -210,6 +211,25 @@ mod tests {
             "row_version": row_version.to_string(),
             "key_id": key_id,
             "content": row.content(),
+        }))
+        .unwrap()
+    }
+
+    fn value_mac_2<R: EventRow>(
+        row: &R,
+        row_version: i64,
+        key_id: &str,
+        ledger_index: Option<i64>,
+    ) -> Vec<u8> {
+        jcs::canonicalize(&json!({
+            "table": R::TABLE,
+            "primary_key": row.event_id(),
+            "tenant": row.tenant(),
+            "row_version": row_version.to_string(),
+            "key_id": key_id,
+            "content": row.content(),
+            "ledger_index": ledger_index.map(|i| i.to_string()),
+            "mac_scheme": "2",
         }))
         .unwrap()
     }
@@ -232,8 +252,18 @@ mod tests {
             String::from_utf8(jcs::canonicalize(&row.content()).unwrap()).unwrap()
         );
         assert_eq!(
-            String::from_utf8(row.mac_message(1, key_id).unwrap()).unwrap(),
+            String::from_utf8(row.mac_message(1, 1, key_id, Some(7)).unwrap()).unwrap(),
             String::from_utf8(value_mac(row, 1, key_id)).unwrap()
+        );
+        for index in [Some(0), Some(7), Some(i64::MAX), None] {
+            assert_eq!(
+                String::from_utf8(row.mac_message(2, 3, key_id, index).unwrap()).unwrap(),
+                String::from_utf8(value_mac_2(row, 3, key_id, index)).unwrap()
+            );
+        }
+        assert!(
+            row.mac_message(3, 1, key_id, None).is_err(),
+            "an unknown scheme verifies nothing"
         );
         assert_eq!(
             String::from_utf8(row.leaf_data().unwrap()).unwrap(),

@@ -115,8 +115,6 @@ impl Table for Regression {
     }
     const LEDGERED: bool = false;
 
-
-
     /// Its row version, and the ledger: the transition that produced it is
     /// there, and none after it (a whole older row written back carries a
     /// valid MAC for its older version).
@@ -125,10 +123,13 @@ impl Table for Regression {
         {
             return Some("row version does not match the regression's version".to_owned());
         }
-        if !leaves.contains_key(&self.last_event_id) {
+        if !leaves.has(&self.tenant, &self.last_event_id) {
             return Some("no ledger leaf for the regression's last transition".to_owned());
         }
-        if leaves.contains_key(&event_id_of(&self.regression_id, self.version.saturating_add(1))) {
+        if leaves.has(
+            &self.tenant,
+            &event_id_of(&self.regression_id, self.version.saturating_add(1)),
+        ) {
             return Some("the ledger holds a later transition (row rolled back)".to_owned());
         }
         None
@@ -191,7 +192,9 @@ impl Table for Transition {
     }
     const LEDGERED: bool = true;
 
-
+    fn leaf_time(&self) -> Option<i64> {
+        Some(self.occurred_at)
+    }
 }
 
 impl Transition {
@@ -210,6 +213,12 @@ impl Transition {
 }
 
 impl Ledgered for Transition {
+    const TIME: &'static str = "occurred_at";
+
+    fn time(&self) -> i64 {
+        self.occurred_at
+    }
+
     /// Moves the state row as the transition says, guarded by the state
     /// and version it moves from (a creation inserts it, unless it exists).
     fn guard<'a>(
@@ -219,12 +228,12 @@ impl Ledgered for Transition {
     ) -> BoxFuture<'a, Result<Option<AnalyticsError>, AnalyticsError>> {
         Box::pin(async move {
             let next = self.state_row();
-            let seal = Seal::at(&next, keys, next.version)?;
+            let seal = Seal::at(&next, keys, next.version, None)?;
             let changed = if self.from_state.is_empty() {
                 let sql = format!(
-                    "INSERT INTO persona_regressions ({}) VALUES {} ON CONFLICT (regression_id) DO NOTHING",
+                    "INSERT INTO persona_regressions ({}) VALUES {} ON CONFLICT (tenant, regression_id) DO NOTHING",
                     select_list::<Regression>(),
-                    super::values_list(0, 1, Regression::COLUMNS.len() + 3)
+                    super::values_list(0, 1, Regression::COLUMNS.len() + 4)
                 );
                 let mut values = next.values();
                 values.extend(seal.values());
@@ -232,7 +241,7 @@ impl Ledgered for Transition {
             } else {
                 on_conn!(conn, c => sqlx::query(
                     "UPDATE persona_regressions SET state = $1, version = $2, last_event_id = $3, updated_at = $4, \
-                     row_version = $5, mac_key_id = $6, mac = $7 \
+                     row_version = $5, mac_key_id = $6, mac = $7, mac_scheme = $12 \
                      WHERE regression_id = $8 AND tenant = $9 AND state = $10 AND version = $11",
                 )
                 .bind(&next.state)
@@ -246,6 +255,7 @@ impl Ledgered for Transition {
                 .bind(&next.tenant)
                 .bind(&self.from_state)
                 .bind(next.version - 1)
+                .bind(seal.scheme)
                 .execute(&mut **c)
                 .await?
                 .rows_affected())
@@ -253,23 +263,27 @@ impl Ledgered for Transition {
             if changed == 1 {
                 Ok(None)
             } else {
-                Ok(Some(current_state(conn, &self.regression_id).await?))
+                Ok(Some(current_state(conn, &self.tenant, &self.regression_id).await?))
             }
         })
     }
 
     /// Another transition already produced this version.
     fn conflict<'a>(&'a self, conn: &'a mut Conn<'_>) -> BoxFuture<'a, Result<AnalyticsError, AnalyticsError>> {
-        Box::pin(current_state(conn, &self.regression_id))
+        Box::pin(current_state(conn, &self.tenant, &self.regression_id))
     }
 }
 
 /// The error that names a regression's current state and version (for a
 /// transition that lost a race).
-async fn current_state(conn: &mut Conn<'_>, regression_id: &str) -> Result<AnalyticsError, AnalyticsError> {
-    let sql = "SELECT state, version FROM persona_regressions WHERE regression_id = $1";
+async fn current_state(
+    conn: &mut Conn<'_>,
+    tenant: &str,
+    regression_id: &str,
+) -> Result<AnalyticsError, AnalyticsError> {
+    let sql = "SELECT state, version FROM persona_regressions WHERE tenant = $1 AND regression_id = $2";
     let current: Option<(String, i64)> = on_conn!(conn, c => {
-        match sqlx::query(sql).bind(regression_id).fetch_optional(&mut **c).await? {
+        match sqlx::query(sql).bind(tenant).bind(regression_id).fetch_optional(&mut **c).await? {
             Some(r) => Some((r.text("state")?, r.int("version")?)),
             None => None,
         }
@@ -289,22 +303,24 @@ pub(crate) fn event_id_of(regression_id: &str, version: i64) -> String {
     format!("regression:{regression_id}:{version}")
 }
 
-/// One regression's state row, its seal, and whether the ledger holds a
-/// transition past the row's version (the row was rolled back in SQL).
-/// One statement, so the row and the ledger are read from one snapshot: a
-/// transition committed between two reads cannot pass for a rollback.
+/// One regression of `tenant`: its state row, its seal, and whether the
+/// ledger holds a transition past the row's version (the row was rolled
+/// back in SQL). One statement, so the row and the ledger are read from one
+/// snapshot: a transition committed between two reads cannot pass for a
+/// rollback.
 pub(crate) async fn regression_row(
     db: &Database,
+    tenant: &str,
     regression_id: &str,
 ) -> Result<Option<(Regression, Seal, bool)>, AnalyticsError> {
     let sql = format!(
-        "SELECT {}, EXISTS (SELECT 1 FROM ledger_leaves AS l \
-         WHERE l.event_id = 'regression:' || r.regression_id || ':' || CAST(r.version + 1 AS TEXT)) AS later \
-         FROM persona_regressions AS r WHERE r.regression_id = $1",
+        "SELECT {}, EXISTS (SELECT 1 FROM ledger_leaves AS l WHERE l.tenant = r.tenant \
+         AND l.event_id = 'regression:' || r.regression_id || ':' || CAST(r.version + 1 AS TEXT)) AS later \
+         FROM persona_regressions AS r WHERE r.tenant = $1 AND r.regression_id = $2",
         select_list::<Regression>()
     );
     on_pool!(db, pool => {
-        let row = sqlx::query(&sql).bind(regression_id).fetch_optional(pool).await?;
+        let row = sqlx::query(&sql).bind(tenant).bind(regression_id).fetch_optional(pool).await?;
         row.map(|r| -> Result<_, AnalyticsError> {
             Ok((Regression::from_row(&r)?, Seal::read(&r)?, r.flag("later")?))
         })

@@ -1,13 +1,29 @@
 //! The row-MAC and ledger-leaf scheme every table shares: a row's
 //! canonical content, its MAC, its seal columns and its leaf.
 //!
-//! A row's MAC is HMAC-SHA256 over the RFC 8785 canonical form of
-//! `{table, primary_key, tenant, row_version, key_id, content}`, computed
-//! from application values (never from database text). Binding the table,
-//! key and tenant means a valid row copied to another table, key or tenant
-//! fails; binding the key id means a MAC cannot be replayed under another
-//! key. Integers travel as decimal strings: RFC 8785 numbers are doubles,
-//! and amounts must stay exact.
+//! A row's MAC is HMAC-SHA256 over an RFC 8785 canonical object computed
+//! from application values (never from database text). Two schemes exist,
+//! and each stored row says which sealed it (`mac_scheme`):
+//!
+//! - **Scheme 2** (every row written now): `{content, key_id, ledger_index,
+//!   mac_scheme, primary_key, row_version, table, tenant}`. Every column
+//!   that carries meaning is bound: the table, key and tenant (a valid row
+//!   copied to another table, key or tenant fails), the key id (a MAC
+//!   cannot be replayed under another key), the row version (an older
+//!   version of an updated row fails), the ledger index (`null` for a table
+//!   that is not ledgered: a row moved to another index, or past the tree's
+//!   size, fails) and the scheme itself (a scheme-2 MAC never verifies as
+//!   another scheme's).
+//! - **Scheme 1** (rows written before scheme 2): `{content, key_id,
+//!   primary_key, row_version, table, tenant}`, without the ledger index.
+//!   Still verified, so that nothing written before the change becomes
+//!   unverifiable; the service re-seals each such row under scheme 2 at
+//!   start-up once it verifies under scheme 1 and matches its ledger leaf
+//!   (`crate::integrity::reseal`). Where a scheme-1 row is read, its index
+//!   is checked against the leaf at that index instead.
+//!
+//! Integers travel as decimal strings: RFC 8785 numbers are doubles, and
+//! amounts must stay exact.
 
 use serde_json::Value;
 use soma_ledger::Hash;
@@ -19,13 +35,20 @@ use crate::error::AnalyticsError;
 /// Version every row is written with (rows are never updated in place).
 pub(crate) const ROW_VERSION: i64 = 1;
 
+/// The row-MAC scheme rows are sealed with.
+pub(crate) const MAC_SCHEME: i64 = 2;
+
+/// The scheme of rows sealed before [`MAC_SCHEME`]: no ledger index, no
+/// scheme in the MAC.
+pub(crate) const LEGACY_MAC_SCHEME: i64 = 1;
+
 /// What the MAC of a stored row covers, and what its ledger leaf hashes.
 pub(crate) trait EventRow {
     /// The table.
     const TABLE: &'static str;
     /// The ledger leaf kind.
     const KIND: &'static str;
-    /// Primary key.
+    /// Primary key (within the tenant).
     fn event_id(&self) -> &str;
     /// Tenant the row belongs to.
     fn tenant(&self) -> &str;
@@ -44,18 +67,48 @@ pub(crate) trait EventRow {
         Ok(())
     }
 
-    /// The bytes the row MAC covers: canonical `{table, primary_key,
-    /// tenant, row_version, key_id, content}`.
-    fn mac_message(&self, row_version: i64, key_id: &str) -> Result<Vec<u8>, AnalyticsError> {
+    /// The bytes the row MAC of `scheme` covers (see the module doc);
+    /// `ledger_index` is the row's index (`None` for a table that is not
+    /// ledgered), which scheme 1 does not bind.
+    fn mac_message(
+        &self,
+        scheme: i64,
+        row_version: i64,
+        key_id: &str,
+        ledger_index: Option<i64>,
+    ) -> Result<Vec<u8>, AnalyticsError> {
         // RFC 8785 orders members by name; these names are ASCII, so by
-        // bytes: content, key_id, primary_key, row_version, table, tenant.
-        // A canonical value nested in a canonical object is canonical, so
-        // writing the content in place is the canonical form of the whole.
+        // bytes: content, key_id, [ledger_index, mac_scheme,] primary_key,
+        // row_version, table, tenant. A canonical value nested in a
+        // canonical object is canonical, so writing the content in place is
+        // the canonical form of the whole.
         let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"{\"content\":");
         self.write_content(&mut out)?;
         out.extend_from_slice(b",\"key_id\":");
         push_string(&mut out, key_id);
+        match scheme {
+            LEGACY_MAC_SCHEME => {}
+            MAC_SCHEME => {
+                out.extend_from_slice(b",\"ledger_index\":");
+                match ledger_index {
+                    Some(index) => {
+                        out.push(b'"');
+                        push_i64(&mut out, index);
+                        out.push(b'"');
+                    }
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"mac_scheme\":\"2\"");
+            }
+            // A scheme no version of this code writes verifies nothing.
+            _ => {
+                return Err(AnalyticsError::RowIntegrity {
+                    table: Self::TABLE,
+                    primary_key: self.event_id().to_owned(),
+                });
+            }
+        }
         out.extend_from_slice(b",\"primary_key\":");
         push_string(&mut out, self.event_id());
         out.extend_from_slice(b",\"row_version\":\"");
@@ -68,14 +121,15 @@ pub(crate) trait EventRow {
         Ok(out)
     }
 
-    /// MACs the row with the keyring's primary key.
-    fn seal(&self, keys: &HmacKeyring) -> Result<Seal, AnalyticsError> {
-        Seal::at(self, keys, ROW_VERSION)
+    /// MACs the row, at `ledger_index` for a ledgered row, with the
+    /// keyring's primary key.
+    fn seal(&self, keys: &HmacKeyring, ledger_index: Option<i64>) -> Result<Seal, AnalyticsError> {
+        Seal::at(self, keys, ROW_VERSION, ledger_index)
     }
 
-    /// Checks a stored row's MAC.
+    /// Checks a stored row's MAC under the scheme that sealed it.
     fn check(&self, keys: &HmacKeyring, seal: &Seal) -> Result<(), AnalyticsError> {
-        let message = self.mac_message(seal.row_version, &seal.key_id)?;
+        let message = self.mac_message(seal.scheme, seal.row_version, &seal.key_id, seal.ledger_index)?;
         keys.verify(&seal.key_id, &message, &seal.mac)
             .map_err(|_| AnalyticsError::RowIntegrity {
                 table: Self::TABLE,
@@ -105,57 +159,72 @@ pub(crate) trait EventRow {
     }
 }
 
-/// The integrity columns of a stored row.
+/// The integrity columns of a stored row: its MAC, what the MAC was made
+/// under, and (for a ledgered row) the ledger index it claims, which
+/// scheme 2 binds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Seal {
+    /// `mac_scheme`: [`MAC_SCHEME`] or [`LEGACY_MAC_SCHEME`].
+    pub scheme: i64,
     pub row_version: i64,
     pub key_id: String,
     pub mac: Vec<u8>,
+    /// `ledger_index` of a ledgered row; `None` for the other tables.
+    pub ledger_index: Option<i64>,
 }
 
 impl Seal {
-    /// MACs `row` with the keyring's primary key at `row_version` (rows
-    /// updated in place bind their version here; the others use
-    /// [`ROW_VERSION`]).
+    /// MACs `row` under [`MAC_SCHEME`] with the keyring's primary key at
+    /// `row_version` (rows updated in place bind their version here; the
+    /// others use [`ROW_VERSION`]) and `ledger_index`.
     pub(crate) fn at<R: EventRow + ?Sized>(
         row: &R,
         keys: &HmacKeyring,
         row_version: i64,
+        ledger_index: Option<i64>,
     ) -> Result<Self, AnalyticsError> {
         let key_id = keys.primary().as_str().to_owned();
-        let (_, tag) = keys.sign(&row.mac_message(row_version, &key_id)?);
+        let (_, tag) = keys.sign(&row.mac_message(MAC_SCHEME, row_version, &key_id, ledger_index)?);
         Ok(Self {
+            scheme: MAC_SCHEME,
             row_version,
             key_id,
             mac: tag.to_vec(),
+            ledger_index,
         })
     }
 
-    /// The seal columns of a stored row.
+    /// The seal columns of a stored row (and its `ledger_index` when the
+    /// query selected one).
     pub(crate) fn read<R: Get>(r: &R) -> Result<Self, AnalyticsError> {
         Ok(Self {
+            scheme: r.int("mac_scheme")?,
             row_version: r.int("row_version")?,
             key_id: r.text("mac_key_id")?,
             mac: r.bytes("mac")?,
+            ledger_index: r.int_if_selected("ledger_index")?,
         })
     }
 
-    /// The seal columns as bound to an insert, borrowing the seal.
-    pub(crate) fn values(&self) -> [Bound<'_>; 3] {
-        [
+    /// The ledger index and seal columns as bound to an insert (see
+    /// [`super::insert_columns`]), borrowing the seal.
+    pub(crate) fn values(&self) -> impl Iterator<Item = Bound<'_>> {
+        self.ledger_index.map(Bound::Int).into_iter().chain([
+            Bound::Int(self.scheme),
             Bound::Int(self.row_version),
             Bound::Text(&self.key_id),
             Bound::Bytes(&self.mac),
-        ]
+        ])
     }
 
-    /// The seal columns as bound to an insert, owned.
-    pub(crate) fn into_values(self) -> [Bound<'static>; 3] {
-        [
+    /// The same values, owned.
+    pub(crate) fn into_values(self) -> impl Iterator<Item = Bound<'static>> {
+        self.ledger_index.map(Bound::Int).into_iter().chain([
+            Bound::Int(self.scheme),
             Bound::Int(self.row_version),
             Bound::Owned(self.key_id),
             Bound::OwnedBytes(self.mac),
-        ]
+        ])
     }
 }
 

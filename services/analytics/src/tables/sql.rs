@@ -127,6 +127,15 @@ pub(crate) trait Get {
     fn flag(&self, column: &str) -> Result<bool, sqlx::Error>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
     fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+    /// An integer column, or `None` when the query did not select it.
+    fn int_if_selected(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        match self.int(column) {
+            Ok(n) => Ok(Some(n)),
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 macro_rules! impl_get {
@@ -151,6 +160,9 @@ macro_rules! impl_get {
                 sqlx::Row::try_get(self, column)
             }
             fn opt_bytes(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+                sqlx::Row::try_get(self, column)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
                 sqlx::Row::try_get(self, column)
             }
         }
