@@ -51,9 +51,7 @@ impl Running {
 /// otherwise: both listeners on 127.0.0.1:0).
 pub fn settings(kind: ServiceKind, env: &[(&str, &str)]) -> MeshSettings {
     MeshSettings::load(kind, None, |name| {
-        env.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| (*v).to_owned())
+        env.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
     })
     .unwrap()
 }
@@ -68,7 +66,9 @@ pub async fn serve(
     spec: ServiceSpec,
 ) -> Running {
     let id = identity.own_id().clone();
-    let app = Application::build(settings, identity, claims, spec).await.unwrap();
+    let app = Application::build(settings, identity, claims, spec)
+        .await
+        .unwrap();
     let (addr, admin, metrics) = (app.local_addr(), app.admin_addr(), app.metrics());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
