@@ -23,51 +23,48 @@ pub async fn health(channel: Channel, service: &str) -> Result<i32, tonic::Statu
     Ok(response.into_inner().status)
 }
 
-/// Service names listed by server reflection v1.
-pub async fn reflection_list(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+/// Defines `$name`, listing the services of a server through the server
+/// reflection protocol of `tonic_reflection::pb::$version` (v1 and v1alpha
+/// are the same protocol under two package names, with distinct types).
+macro_rules! reflection_list {
+    ($(#[$doc:meta])* $name:ident, $version:ident) => {
+        $(#[$doc])*
+        pub async fn $name(channel: Channel) -> Vec<String> {
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            let mut client = ServerReflectionClient::new(channel);
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut stream = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .unwrap()
+                .into_inner();
+            let message = stream.message().await.unwrap().unwrap();
+            match message.message_response.unwrap() {
+                MessageResponse::ListServicesResponse(list) => {
+                    list.service.into_iter().map(|s| s.name).collect()
+                }
+                other => panic!("unexpected reflection response {other:?}"),
+            }
+        }
     };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let message = stream.message().await.unwrap().unwrap();
-    match message.message_response.unwrap() {
-        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection response {other:?}"),
-    }
 }
 
-/// Service names listed by server reflection v1alpha.
-pub async fn reflection_list_v1alpha(channel: Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let message = stream.message().await.unwrap().unwrap();
-    match message.message_response.unwrap() {
-        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection response {other:?}"),
-    }
-}
+reflection_list!(
+    /// Service names listed by server reflection v1.
+    reflection_list,
+    v1
+);
+reflection_list!(
+    /// Service names listed by server reflection v1alpha.
+    reflection_list_v1alpha,
+    v1alpha
+);
 
 /// The `soma-reason` of a gRPC refusal (empty when it carries none).
 pub fn grpc_reason(status: &tonic::Status) -> &str {
