@@ -20,6 +20,7 @@ async fn grpcurl_lists_and_health_checks_a_service_with_an_operator_svid() {
             &ca,
             ServiceKind::CapsuleRepo,
             None,
+            &[],
             stores.of(ServiceKind::CapsuleRepo),
         )
         .await;

@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{start, start_with};
+use common::start;
 use soma_auth::{ClaimsSigner, ClaimsVerifier};
 use soma_mesh::ServiceKind;
 use soma_proto::v1::analytics_client::AnalyticsClient;
@@ -29,7 +29,7 @@ async fn every_service_is_serving_and_listed_by_reflection_v1_and_v1alpha() {
         let ca = Ca::new();
         let operator = ca.store("/operator/alice", Duration::from_secs(600));
         for kind in ServiceKind::ALL {
-            let svc = start(&ca, kind, None, stores.of(kind)).await;
+            let svc = start(&ca, kind, None, &[], stores.of(kind)).await;
             let ch = channel(operator.clone(), svc.addr, &svc.id);
             assert_eq!(health(ch.clone(), "").await.unwrap(), SERVING, "{kind}");
             assert_eq!(
@@ -64,6 +64,7 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
             &ca,
             ServiceKind::Analytics,
             None,
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -152,6 +153,7 @@ async fn a_method_without_a_policy_is_denied_by_default() {
             &ca,
             ServiceKind::Analytics,
             None,
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -209,6 +211,7 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
             &ca,
             ServiceKind::Analytics,
             Some(verifier),
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -387,6 +390,7 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
             &ca,
             ServiceKind::Analytics,
             None,
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -495,9 +499,8 @@ async fn reqwest_metrics(admin: std::net::SocketAddr) -> String {
 async fn a_client_that_never_finishes_the_handshake_is_cut_off_at_the_handshake_timeout() {
     for stores in engine_stores(&[ServiceKind::Analytics]).await {
         let ca = Ca::new();
-        let store = ca.store("/svc/analytics", Duration::from_secs(600));
-        let svc = start_with(
-            store,
+        let svc = start(
+            &ca,
             ServiceKind::Analytics,
             None,
             &[("SOMA_HANDSHAKE_TIMEOUT", "300ms")],

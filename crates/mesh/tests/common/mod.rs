@@ -14,10 +14,8 @@
     reason = "each test binary uses a different subset of these builders"
 )]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use soma_identity::SvidStore;
 use soma_mesh::{Limits, Readiness, ServiceKind, ServiceSpec};
 use soma_proto::v1::analytics_server::{Analytics, AnalyticsServer};
 use soma_proto::v1::capsule_repo_server::{CapsuleRepo, CapsuleRepoServer};
@@ -43,31 +41,26 @@ impl CapsuleRepo for Unimplemented {}
 #[tonic::async_trait]
 impl Analytics for Unimplemented {}
 
+/// `server` (a generated server) with the message limits of `limits`, as
+/// routes.
+macro_rules! limited {
+    ($server:expr, $limits:expr) => {
+        Routes::new(
+            $server
+                .max_decoding_message_size($limits.max_recv_message_bytes)
+                .max_encoding_message_size($limits.max_send_message_bytes),
+        )
+    };
+}
+
 /// `kind`'s routes with [`Unimplemented`] handlers and the message limits
 /// of `limits`, ready while `db` answers.
 pub fn spec(kind: ServiceKind, db: Database, limits: &Limits) -> ServiceSpec {
-    let (recv, send) = (limits.max_recv_message_bytes, limits.max_send_message_bytes);
     let routes = match kind {
-        ServiceKind::Gateway => Routes::new(
-            GatewayServer::new(Unimplemented)
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        ),
-        ServiceKind::ToolRegistry => Routes::new(
-            ToolRegistryServer::new(Unimplemented)
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        ),
-        ServiceKind::CapsuleRepo => Routes::new(
-            CapsuleRepoServer::new(Unimplemented)
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        ),
-        ServiceKind::Analytics => Routes::new(
-            AnalyticsServer::new(Unimplemented)
-                .max_decoding_message_size(recv)
-                .max_encoding_message_size(send),
-        ),
+        ServiceKind::Gateway => limited!(GatewayServer::new(Unimplemented), limits),
+        ServiceKind::ToolRegistry => limited!(ToolRegistryServer::new(Unimplemented), limits),
+        ServiceKind::CapsuleRepo => limited!(CapsuleRepoServer::new(Unimplemented), limits),
+        ServiceKind::Analytics => limited!(AnalyticsServer::new(Unimplemented), limits),
     };
     ServiceSpec {
         name: kind.grpc_name(),
@@ -76,30 +69,19 @@ pub fn spec(kind: ServiceKind, db: Database, limits: &Limits) -> ServiceSpec {
     }
 }
 
-/// Serves `kind` with identity `/svc/<kind>` from `ca`, on the database `db`
-/// (one engine's, from `soma_testing::Stores::of`), with `claims` as its
-/// envelope verifier.
+/// Serves `kind` with identity `/svc/<kind>` from `ca` and these settings
+/// variables (none: the defaults), on the database `db` (one engine's, from
+/// `soma_testing::Stores::of`), with `claims` as its envelope verifier.
 pub async fn start(
     ca: &Ca,
-    kind: ServiceKind,
-    claims: Option<soma_auth::ClaimsVerifier>,
-    db: &StoreSettings,
-) -> Running {
-    let store = ca.store(&kind.spiffe_path(), Duration::from_secs(3600));
-    start_with(store, kind, claims, &[], db).await
-}
-
-/// Serves `kind` with this identity and these settings variables, on the
-/// database `db`.
-pub async fn start_with(
-    store: Arc<SvidStore>,
     kind: ServiceKind,
     claims: Option<soma_auth::ClaimsVerifier>,
     env: &[(&str, &str)],
     db: &StoreSettings,
 ) -> Running {
+    let identity = ca.store(&kind.spiffe_path(), Duration::from_secs(3600));
     let settings = soma_testing::settings(kind, env);
     let db = Database::connect(db, kind.name()).await.unwrap();
     let spec = spec(kind, db, &settings.limits);
-    soma_testing::serve(settings, store, claims, spec).await
+    soma_testing::serve(settings, identity, claims, spec).await
 }
