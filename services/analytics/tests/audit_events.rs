@@ -12,9 +12,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::export::{collect, window};
-use common::{AnalyticsKeys, analytics_config, audit, billing, client, database, start_analytics, ts};
+use common::{
+    AnalyticsKeys, analytics_config, audit, billing, client, database, inclusion_proof, start_analytics, ts,
+    verify_proof,
+};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{CheckpointVerifier, Hash, verify_inclusion};
+use soma_ledger::CheckpointVerifier;
 use soma_proto::v1 as pb;
 use soma_testing::{Ca, exec, grpc_reason, scalar_text, tenant_request};
 use tonic::Code;
@@ -101,7 +104,6 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
             .into_inner();
         assert_eq!(latest.tree_size, total, "{}", db.label);
         verifier.verify(&latest.note).unwrap();
-        let root = Hash::from_slice(&latest.root_hash).unwrap();
         let report = operator
             .verify_store(pb::VerifyStoreRequest {})
             .await
@@ -110,25 +112,10 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
         assert_eq!(report.rows_checked, total, "{}", db.label);
         assert!(report.failures.is_empty(), "{}: {:?}", db.label, report.failures);
         for (event_id, ledger) in entries.iter().filter(|(id, _)| id.contains("audit")) {
-            let proof = operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: event_id.clone(),
-                    tree_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let proof = inclusion_proof(&mut operator, event_id, 0).await;
             assert_eq!(proof.leaf_index, ledger.index);
             assert_eq!(proof.leaf_hash, ledger.leaf_hash);
-            let path: Vec<Hash> = proof.proof.iter().map(|h| Hash::from_slice(h).unwrap()).collect();
-            verify_inclusion(
-                &Hash::from_slice(&proof.leaf_hash).unwrap(),
-                proof.leaf_index,
-                proof.tree_size,
-                &path,
-                &root,
-            )
-            .unwrap();
+            verify_proof(&proof, proof.tree_size, &latest.root_hash);
         }
 
         // The actor is the caller's SPIFFE ID, whatever the body says; a

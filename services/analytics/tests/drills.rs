@@ -17,10 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{AnalyticsKeys, client, start_analytics, ts, ts_nanos};
+use common::{AnalyticsKeys, client, inclusion_proof, start_analytics, ts, ts_nanos, verify_proof};
 use soma_analytics::{AnalyticsConfig, DrillConfig};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{Hash, verify_inclusion};
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_sign::HmacKeyring;
@@ -284,25 +283,13 @@ async fn drills_are_judged_against_their_region_objectives() {
 
             // The drill is in the ledger: its inclusion proof verifies
             // against the signed checkpoint.
-            let proof = c
-                .operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: event_id.clone(),
-                    tree_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let proof = inclusion_proof(&mut c.operator, &event_id, 0).await;
             assert_eq!(proof.leaf_hash, ledger.leaf_hash);
-            let path: Vec<Hash> = proof.proof.iter().map(|h| Hash::from_slice(h).unwrap()).collect();
-            verify_inclusion(
-                &Hash::from_slice(&proof.leaf_hash).unwrap(),
-                proof.leaf_index,
+            verify_proof(
+                &proof,
                 proof.tree_size,
-                &path,
-                &Hash::from_slice(&proof.checkpoint.unwrap().root_hash).unwrap(),
-            )
-            .unwrap();
+                &proof.checkpoint.clone().unwrap().root_hash,
+            );
         }
 
         // The same event id with other facts is a conflict, not an overwrite.

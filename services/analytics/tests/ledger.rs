@@ -7,9 +7,12 @@
 
 mod common;
 
-use common::{AnalyticsKeys, analytics_config, billing, capsule_run, client, leaf_hashes, start_analytics};
+use common::{
+    AnalyticsKeys, analytics_config, billing, capsule_run, client, inclusion_proof, leaf_hashes,
+    start_analytics, verify_proof,
+};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{CheckpointVerifier, Hash, verify_consistency, verify_inclusion};
+use soma_ledger::{CheckpointVerifier, Hash, verify_consistency};
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_testing::{Ca, Running, exec, http_get, scalar, tenant_request};
@@ -117,44 +120,12 @@ async fn appends_are_idempotent_and_proofs_verify_offline() {
         verifier.verify(&early.note).unwrap();
 
         for r in &recorded {
-            let proof = c
-                .operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: r.event_id.clone(),
-                    tree_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let path: Vec<Hash> = proof.proof.iter().map(|p| hash(p)).collect();
+            let proof = inclusion_proof(&mut c.operator, &r.event_id, 0).await;
             assert_eq!(proof.leaf_hash, r.ledger.as_ref().unwrap().leaf_hash);
-            verify_inclusion(
-                &hash(&proof.leaf_hash),
-                proof.leaf_index,
-                proof.tree_size,
-                &path,
-                &hash(&latest.root_hash),
-            )
-            .unwrap();
+            verify_proof(&proof, proof.tree_size, &latest.root_hash);
             // And at the earlier checkpoint's size.
-            let at_early = c
-                .operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: r.event_id.clone(),
-                    tree_size: 23,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let path: Vec<Hash> = at_early.proof.iter().map(|p| hash(p)).collect();
-            verify_inclusion(
-                &hash(&at_early.leaf_hash),
-                at_early.leaf_index,
-                23,
-                &path,
-                &hash(&early.root_hash),
-            )
-            .unwrap();
+            let at_early = inclusion_proof(&mut c.operator, &r.event_id, 23).await;
+            verify_proof(&at_early, 23, &early.root_hash);
         }
         let consistency = c
             .operator

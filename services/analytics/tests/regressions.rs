@@ -9,9 +9,11 @@
 
 mod common;
 
-use common::{analytics_config, billing_of, capsule_run_of, client, database, start_analytics, ts};
+use common::{
+    analytics_config, billing_of, capsule_run_of, client, database, inclusion_proof, start_analytics, ts,
+    verify_proof,
+};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{Hash, verify_inclusion};
 use soma_proto::v1 as pb;
 use soma_proto::v1::RegressionState as S;
 use soma_proto::v1::analytics_client::AnalyticsClient;
@@ -25,10 +27,6 @@ const T0: i64 = 1_790_000_000;
 
 const WRITE: &[&str] = &["regressions:write"];
 const SCAN: &[&str] = &["anomalies:scan"];
-
-fn hash(bytes: &[u8]) -> Hash {
-    Hash::from_slice(bytes).unwrap()
-}
 
 struct Env {
     /// Kept alive for the service's lifetime (its temp dir holds the authority).
@@ -112,26 +110,10 @@ impl Env {
             .await
             .unwrap()
             .into_inner();
-        let proof = self
-            .operator
-            .inclusion_proof(pb::InclusionProofRequest {
-                event_id: event_id.to_owned(),
-                tree_size: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let proof = inclusion_proof(&mut self.operator, event_id, 0).await;
         assert_eq!(proof.leaf_index, index, "{event_id}");
         assert_eq!(proof.leaf_hash, leaf_hash, "{event_id}");
-        let path: Vec<Hash> = proof.proof.iter().map(|p| hash(p)).collect();
-        verify_inclusion(
-            &hash(leaf_hash),
-            index,
-            checkpoint.tree_size,
-            &path,
-            &hash(&checkpoint.root_hash),
-        )
-        .unwrap();
+        verify_proof(&proof, checkpoint.tree_size, &checkpoint.root_hash);
     }
 
     async fn stop(self) {

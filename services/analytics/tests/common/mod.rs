@@ -208,6 +208,37 @@ pub fn audit(event_id: &str, tenant: &str, action: &str, at: i64) -> pb::RecordA
     }
 }
 
+/// The inclusion proof of `event_id` at `tree_size` (0: the latest tree)
+/// that `client` is given.
+pub async fn inclusion_proof(
+    client: &mut AnalyticsClient<Channel>,
+    event_id: &str,
+    tree_size: u64,
+) -> pb::InclusionProofResponse {
+    client
+        .inclusion_proof(pb::InclusionProofRequest {
+            event_id: event_id.to_owned(),
+            tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Verifies `proof` offline (RFC 9162): its leaf, at its index, is in the
+/// tree of `tree_size` leaves whose root is `root`.
+pub fn verify_proof(proof: &pb::InclusionProofResponse, tree_size: u64, root: &[u8]) {
+    let path: Vec<Hash> = proof.proof.iter().map(|h| Hash::from_slice(h).unwrap()).collect();
+    soma_ledger::verify_inclusion(
+        &Hash::from_slice(&proof.leaf_hash).unwrap(),
+        proof.leaf_index,
+        tree_size,
+        &path,
+        &Hash::from_slice(root).unwrap(),
+    )
+    .unwrap();
+}
+
 /// The leaf hashes stored in the ledger, in leaf order (to recompute the
 /// root independently of the service).
 pub async fn leaf_hashes(sql: &Database) -> Vec<Hash> {
