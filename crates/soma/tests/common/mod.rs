@@ -1,7 +1,6 @@
-//! What the `soma` binary's tests build beyond `soma-testing`: any real
-//! service started in-process (the composition `soma up` makes, for the
-//! edge's tests, which compose the gateway with real backends), `soma up`
-//! as a child process, and the edge (`edge`).
+//! What the `soma` binary's tests build beyond `soma-testing`: the real
+//! backends the edge's tests compose the gateway with, started in-process,
+//! the edge itself (`edge`), and `soma up` as a child process.
 //!
 //! Analytics' builders are its own tests' (`services/analytics/tests/common`),
 //! included here as `analytics` rather than copied; what every crate's
