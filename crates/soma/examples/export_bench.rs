@@ -72,20 +72,6 @@ fn store(authority: &Authority, td: &TrustDomain, path: &str) -> anyhow::Result<
     )?)
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<String> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
 /// `VmRSS` of this process, in bytes.
 fn rss_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
@@ -182,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
     let public_key = signer.public_key();
     let config = soma_analytics::AnalyticsConfig {
         row_keys: soma_sign::HmacKeyring::from_json(&row_keys_json)?,
-        signing_key_pem: pem("PRIVATE KEY", &pkcs8),
+        signing_key_pem: soma_testing::pem("PRIVATE KEY", &pkcs8),
         signing_key_id: "analytics-1".to_owned(),
         ledger_origin: "somastack.bench/analytics".to_owned(),
         max_export_span: Duration::from_secs(3650 * 86_400),

@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use soma_ca::{Authority, IssueOptions, Registry, WorkloadApi, WorkloadApiConfig};
-use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
+use common::analytics::{AnalyticsKeys, billing, leaf_hashes};
+use soma_ca::{Registry, WorkloadApi, WorkloadApiConfig};
+use soma_identity::SpiffeId;
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
+use soma_testing::Ca;
 use sqlx::Row as _;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Child;
@@ -94,38 +96,19 @@ fn broken_connection(status: &tonic::Status) -> bool {
     false
 }
 
-fn billing(event_id: &str) -> pb::RecordBillingEventRequest {
-    pb::RecordBillingEventRequest {
-        event_id: event_id.to_owned(),
-        tenant: "acme".to_owned(),
-        tool: "summarize".to_owned(),
-        tool_version: "1.0.0".to_owned(),
-        amount: Some(pb::Money {
-            currency: "EUR".to_owned(),
-            micros: 42,
-        }),
-        fuel_consumed: 1,
-        duration_micros: 1,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        run_id: "run-1".to_owned(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
     for db in soma_store::testing::engines("analytics").await {
-        let dir = tempfile::tempdir().unwrap();
-        let td = TrustDomain::parse("somastack.local").unwrap();
-        let authority = Arc::new(Authority::open_or_create(dir.path(), &td).unwrap());
+        // The authority of the trust domain `soma serve` expects by default;
+        // its temp dir also holds the Workload API socket and the keys.
+        let ca = Ca::for_trust_domain("somastack.local");
+        let dir = &ca.dir;
         let registry = Registry::new();
         let socket = dir.path().join("workload.sock");
         let listener = soma_ca::bind_socket(&socket).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let api = WorkloadApi::new(
-            Arc::clone(&authority),
+            Arc::clone(&ca.authority),
             registry.clone(),
             WorkloadApiConfig {
                 svid_ttl: Duration::from_secs(3600),
@@ -136,7 +119,7 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         }));
         let endpoint = format!("unix://{}", socket.display());
 
-        let keys = common::AnalyticsKeys::generate();
+        let keys = AnalyticsKeys::generate();
         let keys_dir = dir.path().join("keys");
         std::fs::create_dir_all(&keys_dir).unwrap();
         std::fs::write(keys_dir.join("row-keys.json"), &keys.row_keys_json).unwrap();
@@ -144,23 +127,9 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
 
         // The clients: the tool registry (appends) and an operator (reads),
         // with SVIDs from the same authority.
-        let identity = |path: &str| {
-            let id = SpiffeId::from_parts(&td, path).unwrap();
-            let issued = authority
-                .issue(&id, Duration::from_secs(3600), IssueOptions::default())
-                .unwrap();
-            let mut bundles = BundleSet::new();
-            bundles.insert(Bundle::from_der_concat(td.clone(), &authority.bundle_der()).unwrap());
-            SvidStore::new(
-                id,
-                Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der).unwrap(),
-                bundles,
-            )
-            .unwrap()
-        };
-        let client_store = identity("/svc/tool-registry");
-        let operator_store = identity("/operator/auditor");
-        let server_id = SpiffeId::from_parts(&td, "/svc/analytics").unwrap();
+        let client_store = ca.store("/svc/tool-registry", Duration::from_secs(3600));
+        let operator_store = ca.store("/operator/auditor", Duration::from_secs(3600));
+        let server_id = ca.id("/svc/analytics");
 
         let mut server = spawn_server(&registry, &server_id, &endpoint, &db.settings, &keys_dir).await;
         let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
@@ -180,7 +149,7 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
                 for i in 0.. {
                     let id = format!("w{w}-{i}");
                     attempted.lock().unwrap().push(id.clone());
-                    match client.record_billing_event(billing(&id)).await {
+                    match client.record_billing_event(billing(&id, "acme", 42)).await {
                         Ok(r) => acked
                             .lock()
                             .unwrap()
@@ -302,7 +271,7 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         // index, the others are appended once.
         for id in &attempted {
             let r = client
-                .record_billing_event(billing(id))
+                .record_billing_event(billing(id, "acme", 42))
                 .await
                 .unwrap()
                 .into_inner();
@@ -325,28 +294,7 @@ async fn every_acknowledged_append_survives_a_kill_9_exactly_once() {
         assert_eq!(latest.tree_size, attempted.len() as u64, "{}", db.label);
 
         // The root recomputed from the stored leaves is the signed one.
-        let q = "SELECT leaf_hash FROM ledger_leaves ORDER BY leaf_index";
-        let hashes: Vec<Vec<u8>> = match (sql.as_sqlite(), sql.as_postgres()) {
-            (Some(p), _) => sqlx::query(q)
-                .fetch_all(p)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            (None, Some(p)) => sqlx::query(q)
-                .fetch_all(p)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            _ => unreachable!(),
-        };
-        let leaves: Vec<soma_ledger::Hash> = hashes
-            .iter()
-            .map(|h| soma_ledger::Hash::from_slice(h).unwrap())
-            .collect();
+        let leaves = leaf_hashes(&sql).await;
         assert_eq!(
             soma_ledger::root(&leaves).as_bytes().as_slice(),
             latest.root_hash.as_slice(),

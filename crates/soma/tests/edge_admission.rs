@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use soma_gateway::Residency;
 use soma_mesh::ServiceKind;
 
+use common::analytics::{analytics_config, start_analytics};
 use common::edge::{Reply, client, gateway_signer, now, send, start_edge};
-use common::{Ca, analytics_config, start_analytics};
+use soma_testing::Ca;
 
 const CHECKPOINT: &str = "/somastack.v1.Analytics/LedgerCheckpoint";
 
@@ -38,7 +39,7 @@ fn backend_calls(metrics: &soma_mesh::Metrics) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let analytics = start_analytics(
@@ -228,7 +229,7 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
                     .next()
                     .unwrap()
                     .to_owned();
-                let stored = common::scalar_text(
+                let stored = soma_testing::scalar_text(
                     &edge.db,
                     &format!("SELECT findings FROM moderation_rejections WHERE decision_id = '{id}'"),
                 )
@@ -371,7 +372,7 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
         .await;
         assert_eq!(list.status, 200);
         assert_eq!(list.json()["switches"].as_array().unwrap().len(), 3);
-        let audit = common::scalar(
+        let audit = soma_testing::scalar(
             &edge.db,
             "SELECT COUNT(*) FROM kill_switch_audit WHERE set_by = 'alice@ops'",
         )
@@ -402,7 +403,7 @@ fn forge(secret: &[u8], header: &Value, claims: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_tokens_are_401_with_their_own_reason_at_the_edge() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let analytics = start_analytics(
@@ -604,7 +605,7 @@ async fn hostile_tokens_are_401_with_their_own_reason_at_the_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflight_needs_no_token_and_only_configured_origins_are_allowed() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let ca = Ca::new();
         let edge = start_edge(&ca, None, stores.of(ServiceKind::Gateway), |c| {
             c.cors_allowed_origins = vec!["https://app.example".to_owned()];

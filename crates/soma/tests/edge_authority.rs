@@ -25,8 +25,9 @@ use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::gateway_client::GatewayClient;
 use tonic::Code;
 
+use common::analytics::{analytics_config, start_analytics};
 use common::edge::{Edge, Reply, client, every_scope, gateway_signer, now, send, start_edge};
-use common::{Ca, Running, analytics_config, start_analytics};
+use soma_testing::{Ca, Running};
 
 const CHECKPOINT: &str = "/somastack.v1.Analytics/LedgerCheckpoint";
 const OPERATOR_SVID: &str = "/operator/alice";
@@ -267,8 +268,11 @@ impl World {
             }
             None => {
                 let store = self.ca.store(OPERATOR_SVID, std::time::Duration::from_secs(600));
-                let mut analytics =
-                    AnalyticsClient::new(common::channel(store, self.analytics.addr, &self.analytics.id));
+                let mut analytics = AnalyticsClient::new(soma_testing::channel(
+                    store,
+                    self.analytics.addr,
+                    &self.analytics.id,
+                ));
                 let request = pb::ExportRequest {
                     tenant: "globex".to_owned(),
                     from: Some(prost_types::Timestamp {
@@ -366,7 +370,7 @@ fn victim(p: Principal, action: Action) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_tenant_actions_need_an_operator_and_a_tenant_sees_only_its_own_switch() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let analytics = start_analytics(

@@ -34,8 +34,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use common::analytics::{analytics_config, start_analytics};
 use common::edge::{Edge, gateway_signer, start_edge};
-use common::{Ca, analytics_config, start_analytics};
+use soma_testing::Ca;
 
 /// How long any close may take before the test calls the connection stuck.
 const BOUND: Duration = Duration::from_secs(10);
@@ -226,7 +227,7 @@ fn assert_closed_after(what: &str, elapsed: Duration, timeout: Duration) {
 }
 
 async fn slowloris(transport: Transport) {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let (edge, _ca) = edge_with(&transport, stores.of(ServiceKind::Gateway), timeouts(1, 1, 1)).await;
         let stream = transport.connect(edge.addr).await;
         let since = Instant::now();
@@ -271,7 +272,7 @@ async fn a_head_sent_one_byte_at_a_time_over_https_is_closed_after_the_header_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let (edge, _ca) = edge_with(
             &Transport::Plain,
             stores.of(ServiceKind::Gateway),
@@ -290,7 +291,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_refused_and_its_connection_closed_after_the_body_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let (edge, _ca) = edge_with(
             &Transport::Plain,
             stores.of(ServiceKind::Gateway),
@@ -322,7 +323,7 @@ async fn a_stalled_body_is_refused_and_its_connection_closed_after_the_body_time
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         // The head timeout is longer than the idle one: what closes the
         // connection is idleness, and it is counted as such.
         let (edge, _ca) = edge_with(
@@ -370,7 +371,7 @@ async fn h2_body(response: http::Response<h2::RecvStream>) -> (u16, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_grpc_message_is_answered_deadline_exceeded_after_the_body_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let (edge, _ca) = edge_with(
             &Transport::Plain,
             stores.of(ServiceKind::Gateway),
@@ -416,7 +417,7 @@ async fn a_stalled_grpc_message_is_answered_deadline_exceeded_after_the_body_tim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let (edge, _ca) = edge_with(
             &Transport::Plain,
             stores.of(ServiceKind::Gateway),
@@ -449,7 +450,7 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_stream_still_sending_its_body_keeps_the_connection_past_the_idle_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         // Idle after 1 s; the body may take 10 s and takes about 3. A real
         // Analytics backend stores the event, so the stream is served whole.
         let ca = Ca::new();
@@ -535,7 +536,7 @@ struct CapCase {
 }
 
 async fn caps(transport: Transport) {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let cases = [
             CapCase {
                 name: "global cap",

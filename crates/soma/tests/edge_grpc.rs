@@ -15,8 +15,9 @@ use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::gateway_client::GatewayClient;
 use tonic::metadata::MetadataValue;
 
+use common::analytics::{AnalyticsKeys, analytics_config, start_analytics};
 use common::edge::{client, gateway_signer, send, start_edge};
-use common::{AnalyticsKeys, Ca, analytics_config, grpc_reason, start_analytics};
+use soma_testing::{Ca, grpc_reason};
 
 /// Capsule runs recorded before the export: more than one export chunk.
 const RUNS: usize = 240;
@@ -34,7 +35,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let keys = AnalyticsKeys::generate();
         let config = keys.config();
@@ -305,7 +306,7 @@ except grpc.RpcError as e:
     assert dict(e.trailing_metadata()).get("soma-reason") == "token_missing", e.trailing_metadata()
 print("ok")
 "#;
-        let out = std::process::Command::new(common::python())
+        let out = std::process::Command::new(soma_testing::python())
             .args(["-c", script])
             .arg(edge.addr.to_string())
             .arg(&token)
@@ -326,7 +327,7 @@ print("ok")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let analytics = start_analytics(
             &ca,
@@ -389,7 +390,8 @@ async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The audit row says who, why and when.
-        let who = common::scalar_text(&b.db, "SELECT set_by || '|' || reason FROM kill_switch_audit").await;
+        let who =
+            soma_testing::scalar_text(&b.db, "SELECT set_by || '|' || reason FROM kill_switch_audit").await;
         assert_eq!(who, "bob@ops|abuse report 7");
 
         a.stop().await;
@@ -401,7 +403,7 @@ async fn a_kill_switch_set_on_one_replica_stops_requests_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_speaks_https_over_http1_and_http2_when_a_certificate_is_configured() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let ca = Ca::new();
         let certs = tempfile::tempdir().unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
@@ -513,7 +515,7 @@ fn frame(message: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_truncated_and_oversized_grpc_messages_are_refused_with_their_reasons() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let analytics = start_analytics(
             &ca,

@@ -18,7 +18,8 @@ use soma_proto::v1::{ExecuteToolRequest, RunCapsuleRequest};
 use tonic::metadata::MetadataValue;
 
 use common::edge::{client, gateway_signer, send, start_edge_with_peers};
-use common::{Ca, grpc_reason, start};
+use common::start;
+use soma_testing::{Ca, grpc_reason};
 
 const CARD: &str = "4111111111111111";
 const EMAIL: &str = "jane.doe@example.com";
@@ -39,7 +40,7 @@ fn note(text: &str) -> prost_types::Struct {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_in_path_query_and_body_are_refused_for_json_and_grpc() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::ToolRegistry]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::ToolRegistry]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let verifier = soma_auth::ClaimsVerifier::new(
@@ -209,7 +210,7 @@ async fn findings_in_path_query_and_body_are_refused_for_json_and_grpc() {
         }
         assert_eq!(reached, 1);
         // Every rejection was audited, with its findings.
-        let audited = common::scalar(&edge.db, "SELECT COUNT(*) FROM moderation_rejections").await;
+        let audited = soma_testing::scalar(&edge.db, "SELECT COUNT(*) FROM moderation_rejections").await;
         assert_eq!(audited, 9);
 
         // gRPC: the message as sent, every field moderated.
@@ -324,7 +325,7 @@ async fn findings_in_path_query_and_body_are_refused_for_json_and_grpc() {
         // Of the gRPC calls, only the clean ExecuteTool reached the backend.
         assert_eq!(tools.metrics.dispatched_count(EXECUTE), 2);
         let audited: Value =
-            json!(common::scalar(&edge.db, "SELECT COUNT(*) FROM moderation_rejections").await);
+            json!(soma_testing::scalar(&edge.db, "SELECT COUNT(*) FROM moderation_rejections").await);
         assert_eq!(audited, json!(15));
 
         edge.stop().await;

@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use crate::common::Ca;
+use soma_testing::Ca;
 
 /// Replies larger than this are refused by the relay under test.
 const MAX_REPLY: usize = 1024;

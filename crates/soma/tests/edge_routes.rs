@@ -15,8 +15,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use soma_mesh::ServiceKind;
 
+use common::analytics::{analytics_config, start_analytics};
 use common::edge::{client, gateway_signer, now, send, start_edge};
-use common::{Ca, analytics_config, start_analytics};
+use soma_testing::Ca;
 
 const ALL_SCOPES: &str = "analytics:ingest drills:write drills:read analytics:export regressions:write \
     anomalies:scan ledger:read ops:store-verify identity:read capsules:run ops:killswitch tools:publish \
@@ -58,7 +59,7 @@ fn verifier(ca: &Ca, path: &str) -> soma_auth::ClaimsVerifier {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjson() {
-    for stores in common::engine_stores(&[
+    for stores in soma_testing::engine_stores(&[
         ServiceKind::Gateway,
         ServiceKind::Analytics,
         ServiceKind::ToolRegistry,
@@ -350,9 +351,9 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
 
 async fn start_edge_all(
     ca: &Ca,
-    analytics: &common::Running,
-    tools: &common::Running,
-    capsules: &common::Running,
+    analytics: &soma_testing::Running,
+    tools: &soma_testing::Running,
+    capsules: &soma_testing::Running,
     db: &soma_store::StoreSettings,
 ) -> common::edge::Edge {
     common::edge::start_edge_with_peers(
@@ -371,7 +372,7 @@ async fn start_edge_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_json_types_are_invalid_argument_naming_the_field_and_nothing_is_written() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let analytics = start_analytics(
@@ -451,7 +452,7 @@ async fn wrong_json_types_are_invalid_argument_naming_the_field_and_nothing_is_w
 /// reach no backend; the same request without the duplicate is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_json_keys_and_two_spellings_of_a_field_are_refused_with_their_reason() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let analytics = start_analytics(
@@ -542,7 +543,7 @@ async fn duplicate_json_keys_and_two_spellings_of_a_field_are_refused_with_their
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_requests_of_mixed_tenants_each_keep_their_own_context() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway, ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let signer = gateway_signer();
         let analytics = start_analytics(
@@ -589,9 +590,9 @@ async fn a_thousand_concurrent_requests_of_mixed_tenants_each_keep_their_own_con
         let db = soma_store::Database::connect(stores.of(ServiceKind::Analytics), "analytics")
             .await
             .unwrap();
-        let total = common::scalar(&db, "SELECT COUNT(*) FROM capsule_runs").await;
+        let total = soma_testing::scalar(&db, "SELECT COUNT(*) FROM capsule_runs").await;
         assert_eq!(total, 500);
-        let mismatched = common::scalar(
+        let mismatched = soma_testing::scalar(
             &db,
             "SELECT COUNT(*) FROM capsule_runs WHERE event_id NOT LIKE 'iso-' || tenant || '-%'",
         )
@@ -608,7 +609,7 @@ async fn a_thousand_concurrent_requests_of_mixed_tenants_each_keep_their_own_con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_are_refused_before_the_token_and_bodies_are_read_only_after_it() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
         let ca = Ca::new();
         let edge = start_edge(&ca, None, stores.of(ServiceKind::Gateway), |c| {
             c.limits.max_body_bytes = 4096;

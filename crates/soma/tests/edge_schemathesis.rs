@@ -51,7 +51,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
-    let python = common::python();
+    let python = soma_testing::python();
     let schemathesis = python.parent().unwrap().join("schemathesis");
     assert!(
         schemathesis.exists(),

@@ -7,15 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use soma_ca::{Authority, Registry, WorkloadApi, WorkloadApiConfig};
-use soma_identity::{ExpectedPeer, SpiffeId, TrustDomain, WorkloadIdentity};
+use soma_ca::{Registry, WorkloadApi, WorkloadApiConfig};
+use soma_identity::{ExpectedPeer, WorkloadIdentity};
+use soma_testing::Ca;
 use tokio::io::AsyncBufReadExt as _;
 
 const SVID_TTL: Duration = Duration::from_secs(30);
@@ -23,15 +22,16 @@ const RUN_FOR: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_never_fail_across_svid_rotations() {
-    let dir = tempfile::tempdir().unwrap();
-    let td = TrustDomain::parse("somastack.local").unwrap();
-    let authority = Arc::new(Authority::open_or_create(dir.path(), &td).unwrap());
+    // The authority of the trust domain `soma serve` expects by default;
+    // its temp dir also holds the socket and the server's data.
+    let ca = Ca::for_trust_domain("somastack.local");
+    let dir = &ca.dir;
     let registry = Registry::new();
     let socket = dir.path().join("workload.sock");
     let listener = soma_ca::bind_socket(&socket).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = WorkloadApi::new(
-        authority,
+        Arc::clone(&ca.authority),
         registry.clone(),
         WorkloadApiConfig { svid_ttl: SVID_TTL },
     );
@@ -41,7 +41,7 @@ async fn calls_never_fail_across_svid_rotations() {
     let endpoint = format!("unix://{}", socket.display());
 
     // The server: the real binary, attested by its pid.
-    let server_id = SpiffeId::from_parts(&td, "/svc/capsule-repo").unwrap();
+    let server_id = ca.id("/svc/capsule-repo");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"))
         .args(["serve", "capsule-repo", "--stop-on-stdin-eof"])
         .env("SPIFFE_ENDPOINT_SOCKET", &endpoint)
@@ -68,15 +68,12 @@ async fn calls_never_fail_across_svid_rotations() {
     let addr: std::net::SocketAddr = ready["grpc_addr"].as_str().unwrap().parse().unwrap();
 
     // The client: this process, attested by its pid, rotating too.
-    registry.register_pid(
-        std::process::id(),
-        SpiffeId::from_parts(&td, "/operator/rotation").unwrap(),
-    );
+    registry.register_pid(std::process::id(), ca.id("/operator/rotation"));
     let client = WorkloadIdentity::connect(Some(&endpoint), None, Duration::from_secs(10))
         .await
         .unwrap();
     let store = client.store();
-    let long_lived = common::channel(store.clone(), addr, &server_id);
+    let long_lived = soma_testing::channel(store.clone(), addr, &server_id);
     let tls = tokio_rustls::TlsConnector::from(
         soma_identity::client_config(store.clone(), ExpectedPeer::Exact(server_id.clone())).unwrap(),
     );
@@ -88,7 +85,7 @@ async fn calls_never_fail_across_svid_rotations() {
     while start.elapsed() < RUN_FOR {
         // Long-lived channel.
         calls += 1;
-        if let Err(e) = common::health(long_lived.clone(), "").await {
+        if let Err(e) = soma_testing::health(long_lived.clone(), "").await {
             failures.push(format!("long-lived at {:?}: {e}", start.elapsed()));
         }
         // Fresh connection: a new handshake, whose server certificate we
@@ -106,7 +103,8 @@ async fn calls_never_fail_across_svid_rotations() {
             Err(e) => failures.push(format!("handshake at {:?}: {e}", start.elapsed())),
         }
         calls += 1;
-        if let Err(e) = common::health(common::channel(store.clone(), addr, &server_id), "").await {
+        if let Err(e) = soma_testing::health(soma_testing::channel(store.clone(), addr, &server_id), "").await
+        {
             failures.push(format!("fresh at {:?}: {e}", start.elapsed()));
         }
         client_serials.insert(store.current_serial());

@@ -113,11 +113,11 @@ async fn wait_serving(data_dir: &Path, op: &Path, deadline: Instant) -> serde_js
         let addr = endpoints[key].as_str().unwrap().parse().unwrap();
         let id = SpiffeId::parse(&format!("spiffe://somastack.local/svc/{name}")).unwrap();
         loop {
-            let ch = common::channel(operator.clone(), addr, &id);
+            let ch = soma_testing::channel(operator.clone(), addr, &id);
             // The deadline bounds the call too, so that a service that
             // accepts and never answers fails the test instead of hanging it.
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, common::health(ch, grpc_name)).await {
+            match tokio::time::timeout(left, soma_testing::health(ch, grpc_name)).await {
                 Ok(Ok(1)) => break,
                 other => {
                     assert!(Instant::now() < deadline, "{name} not SERVING in time: {other:?}");
@@ -190,7 +190,7 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
     // The same operator SVID works from Python grpcio.
     for (key, _, grpc_name) in SERVICES {
         let target = endpoints[key].as_str().unwrap();
-        let out = std::process::Command::new(common::python())
+        let out = std::process::Command::new(soma_testing::python())
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/health_reflection.py"))
             .arg(op.join("bundle.pem"))
             .arg(op.join("svid.pem"))
@@ -237,7 +237,7 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
     let addr = endpoints["analytics"].as_str().unwrap().parse().unwrap();
     let id = SpiffeId::parse("spiffe://somastack.local/svc/analytics").unwrap();
     assert_eq!(
-        common::health(common::channel(old_operator, addr, &id), "")
+        soma_testing::health(soma_testing::channel(old_operator, addr, &id), "")
             .await
             .unwrap(),
         1
@@ -308,7 +308,7 @@ claims = {"iss": "soma-dev", "aud": "somastack", "sub": "py@demo", "tenant": "de
           "region": "eu-west-1", "scope": "identity:read", "iat": now, "exp": now + 300}
 print(jwt.encode(claims, key, algorithm="HS256", headers={"kid": jwk["kid"]}))
 "#;
-    let out = std::process::Command::new(common::python())
+    let out = std::process::Command::new(soma_testing::python())
         .args(["-c", script])
         .arg(&jwk_path)
         .output()

@@ -10,65 +10,14 @@
 
 mod common;
 
-use common::exec;
-
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::{AnalyticsKeys, Ca, channel, start_analytics};
+use common::analytics::{AnalyticsKeys, billing, capsule_run, client, start_analytics};
 use serde_json::{Value, json};
 use soma_proto::v1 as pb;
-use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_store::{Database, StoreSettings};
-use tonic::transport::Channel;
-
-fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEventRequest {
-    pb::RecordBillingEventRequest {
-        event_id: event_id.to_owned(),
-        tenant: tenant.to_owned(),
-        tool: "summarize".to_owned(),
-        tool_version: "1.2.0".to_owned(),
-        amount: Some(pb::Money {
-            currency: "EUR".to_owned(),
-            micros,
-        }),
-        fuel_consumed: 1000,
-        duration_micros: 2500,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        run_id: format!("run-{event_id}"),
-    }
-}
-
-fn capsule_run(event_id: &str, tenant: &str) -> pb::RecordCapsuleRunRequest {
-    pb::RecordCapsuleRunRequest {
-        event_id: event_id.to_owned(),
-        tenant: tenant.to_owned(),
-        capsule_id: "capsule-1".to_owned(),
-        tool: "summarize".to_owned(),
-        run_id: format!("run-{event_id}"),
-        outcome: pb::RunOutcome::Succeeded as i32,
-        started_at: Some(prost_types::Timestamp {
-            seconds: 1_790_000_100,
-            nanos: 0,
-        }),
-        duration: Some(prost_types::Duration {
-            seconds: 2,
-            nanos: 500,
-        }),
-    }
-}
-
-fn client(ca: &Ca, svc: &common::Running, path: &str) -> AnalyticsClient<Channel> {
-    AnalyticsClient::new(channel(
-        ca.store(path, Duration::from_secs(3600)),
-        svc.addr,
-        &svc.id,
-    ))
-}
+use soma_testing::{Ca, exec};
 
 /// What one run of the binary did.
 #[derive(Debug)]

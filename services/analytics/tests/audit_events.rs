@@ -11,13 +11,15 @@ mod common;
 
 use std::collections::BTreeSet;
 
+use common::export::{collect, window};
 use common::{
-    Ca, analytics_config, audit, billing, collect_export, exec, reason, start_analytics, tenant_request,
-    text, ts,
+    AnalyticsKeys, analytics_config, audit, billing, client, database, inclusion_proof, start_analytics, ts,
+    verify_proof,
 };
 use soma_auth::ClaimsSigner;
-use soma_ledger::{CheckpointVerifier, Hash, verify_inclusion};
+use soma_ledger::CheckpointVerifier;
 use soma_proto::v1 as pb;
+use soma_testing::{Ca, exec, grpc_reason, scalar_text, tenant_request};
 use tonic::Code;
 
 const ACTIONS: [&str; 4] = [
@@ -39,10 +41,10 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
         )
         .unwrap();
         let verifier = CheckpointVerifier::new(config.ledger_origin.clone(), &signer.public_key()).unwrap();
-        let svc = start_analytics(&ca, &db.settings, config, &claims).await;
-        let registry = svc.client(&ca, "/svc/tool-registry");
-        let repo = svc.client(&ca, "/svc/capsule-repo");
-        let mut operator = svc.client(&ca, "/operator/auditor");
+        let svc = start_analytics(&ca, &db.settings, config, Some(&claims)).await;
+        let registry = client(&ca, &svc, "/svc/tool-registry");
+        let repo = client(&ca, &svc, "/svc/capsule-repo");
+        let mut operator = client(&ca, &svc, "/operator/auditor");
 
         // 3 × 30 appends at once: two services' audit events (half of them
         // platform-wide) and the registry's billing events.
@@ -102,7 +104,6 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
             .into_inner();
         assert_eq!(latest.tree_size, total, "{}", db.label);
         verifier.verify(&latest.note).unwrap();
-        let root = Hash::from_slice(&latest.root_hash).unwrap();
         let report = operator
             .verify_store(pb::VerifyStoreRequest {})
             .await
@@ -111,40 +112,26 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
         assert_eq!(report.rows_checked, total, "{}", db.label);
         assert!(report.failures.is_empty(), "{}: {:?}", db.label, report.failures);
         for (event_id, ledger) in entries.iter().filter(|(id, _)| id.contains("audit")) {
-            let proof = operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: event_id.clone(),
-                    tree_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let proof = inclusion_proof(&mut operator, event_id, 0).await;
             assert_eq!(proof.leaf_index, ledger.index);
             assert_eq!(proof.leaf_hash, ledger.leaf_hash);
-            let path: Vec<Hash> = proof.proof.iter().map(|h| Hash::from_slice(h).unwrap()).collect();
-            verify_inclusion(
-                &Hash::from_slice(&proof.leaf_hash).unwrap(),
-                proof.leaf_index,
-                proof.tree_size,
-                &path,
-                &root,
-            )
-            .unwrap();
+            verify_proof(&proof, proof.tree_size, &latest.root_hash);
         }
 
         // The actor is the caller's SPIFFE ID, whatever the body says; a
         // platform-wide event has no tenant.
+        let sql = database(&db.settings).await;
         assert_eq!(
-            text(
-                &svc.db,
+            scalar_text(
+                &sql,
                 "SELECT actor FROM audit_events WHERE event_id = 'repo-audit-3'"
             )
             .await,
-            format!("spiffe://{}/svc/capsule-repo", common::TD)
+            format!("spiffe://{}/svc/capsule-repo", soma_testing::TD)
         );
         assert_eq!(
-            text(
-                &svc.db,
+            scalar_text(
+                &sql,
                 "SELECT tenant FROM audit_events WHERE event_id = 'repo-audit-3'"
             )
             .await,
@@ -166,13 +153,14 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::AlreadyExists, "{}", db.label);
-        assert_eq!(reason(&refused), "event_id_conflict");
+        assert_eq!(grpc_reason(&refused), "event_id_conflict");
         let after = operator
             .ledger_checkpoint(pb::LedgerCheckpointRequest {})
             .await
             .unwrap()
             .into_inner();
         assert_eq!(after.tree_size, total, "{}", db.label);
+        sql.close().await;
         svc.stop().await;
     }
 }
@@ -220,20 +208,22 @@ async fn an_audit_row_tampered_in_sql_is_caught_by_the_sweep() {
     for db in soma_store::testing::engines("analytics_audit_tamper").await {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let (config, keys) = common::keyed_config();
-        let svc = start_analytics(&ca, &db.settings, config, &claims).await;
-        let mut repo = svc.client(&ca, "/svc/capsule-repo");
+        let keys = AnalyticsKeys::generate();
+        let svc = start_analytics(&ca, &db.settings, keys.config(), Some(&claims)).await;
+        // The service's database and row keys, to sweep it directly.
+        let (sql, row_keys) = (database(&db.settings).await, keys.row_keys());
+        let mut repo = client(&ca, &svc, "/svc/capsule-repo");
         for i in 0..6 {
             repo.record_audit_event(audit(&format!("a-{i}"), "acme", "release.revoke", 1_790_000_000))
                 .await
                 .unwrap();
         }
-        let clean = soma_analytics::verify_store(&svc.db, &keys).await.unwrap();
+        let clean = soma_analytics::verify_store(&sql, &row_keys).await.unwrap();
         assert!(clean.failures.is_empty(), "{}: {:?}", db.label, clean.failures);
 
         for case in &cases {
-            assert_eq!(exec(&svc.db, case.sql).await, 1, "{}: {}", db.label, case.name);
-            let result = soma_analytics::verify_store(&svc.db, &keys).await;
+            assert_eq!(exec(&sql, case.sql).await, 1, "{}: {}", db.label, case.name);
+            let result = soma_analytics::verify_store(&sql, &row_keys).await;
             if case.expected.is_empty() {
                 // A row that does not parse cannot be swept row by row: the
                 // sweep fails as a whole, naming the row.
@@ -261,6 +251,7 @@ async fn an_audit_row_tampered_in_sql_is_caught_by_the_sweep() {
                 failure.reason
             );
         }
+        sql.close().await;
         svc.stop().await;
     }
 }
@@ -270,7 +261,7 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
     for db in soma_store::testing::engines("analytics_audit_refusals").await {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let svc = start_analytics(&ca, &db.settings, analytics_config(), &claims).await;
+        let svc = start_analytics(&ca, &db.settings, analytics_config(), Some(&claims)).await;
 
         // Who may call: a tenant's claims never reach it (even with every
         // capability the edge knows), nor an operator or another workload.
@@ -281,7 +272,7 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
             "ops:store-verify",
             "ledger:read",
         ];
-        let mut gateway = svc.client(&ca, "/svc/gateway");
+        let mut gateway = client(&ca, &svc, "/svc/gateway");
         let denied = gateway
             .record_audit_event(tenant_request(
                 &claims,
@@ -293,15 +284,14 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
             .await
             .unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied, "{}", db.label);
-        assert_eq!(reason(&denied), "insufficient_scope", "{}", db.label);
+        assert_eq!(grpc_reason(&denied), "insufficient_scope", "{}", db.label);
         for path in ["/operator/auditor", "/svc/worker", "/tenant/acme"] {
-            let denied = svc
-                .client(&ca, path)
+            let denied = client(&ca, &svc, path)
                 .record_audit_event(audit("t-2", "", "key.rotate", 1_790_000_000))
                 .await
                 .unwrap_err();
             assert_eq!(denied.code(), Code::PermissionDenied, "{}: {path}", db.label);
-            assert_eq!(reason(&denied), "caller_not_allowed", "{}: {path}", db.label);
+            assert_eq!(grpc_reason(&denied), "caller_not_allowed", "{}: {path}", db.label);
         }
 
         // What may be recorded: every hostile field refused, naming it.
@@ -439,7 +429,7 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
                 field: "occurred_at",
             },
         ];
-        let mut registry = svc.client(&ca, "/svc/tool-registry");
+        let mut registry = client(&ca, &svc, "/svc/tool-registry");
         for case in cases {
             let refused = registry.record_audit_event(case.request).await.unwrap_err();
             assert_eq!(
@@ -450,7 +440,7 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
                 case.name
             );
             assert_eq!(
-                reason(&refused),
+                grpc_reason(&refused),
                 "invalid_argument",
                 "{}: {}",
                 db.label,
@@ -464,12 +454,14 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
                 refused.message()
             );
         }
+        let sql = database(&db.settings).await;
         assert_eq!(
-            text(&svc.db, "SELECT CAST(COUNT(*) AS TEXT) FROM audit_events").await,
+            scalar_text(&sql, "SELECT CAST(COUNT(*) AS TEXT) FROM audit_events").await,
             "0",
             "{}",
             db.label
         );
+        sql.close().await;
         svc.stop().await;
     }
 }
@@ -479,8 +471,8 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
     for db in soma_store::testing::engines("analytics_audit_export").await {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let svc = start_analytics(&ca, &db.settings, analytics_config(), &claims).await;
-        let mut repo = svc.client(&ca, "/svc/capsule-repo");
+        let svc = start_analytics(&ca, &db.settings, analytics_config(), Some(&claims)).await;
+        let mut repo = client(&ca, &svc, "/svc/capsule-repo");
         for (id, tenant) in [
             ("x-acme-1", "acme"),
             ("x-globex", "globex"),
@@ -491,20 +483,13 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
                 .await
                 .unwrap();
         }
-        let keys = svc
-            .client(&ca, "/operator/auditor")
+        let keys = client(&ca, &svc, "/operator/auditor")
             .list_verification_keys(pb::ListVerificationKeysRequest {})
             .await
             .unwrap()
             .into_inner();
         let public_key = soma_sign::ed25519_public_key_from_pem(&keys.keys[0].public_key_pem).unwrap();
-        let window = |tenant: &str| pb::ExportRequest {
-            tenant: tenant.to_owned(),
-            from: ts(1_789_000_000),
-            to: ts(1_791_000_000),
-            tool: String::new(),
-            service: String::new(),
-        };
+        let window = |tenant: &str| window(tenant, 1_789_000_000, 1_791_000_000);
         let ids = |bytes: &[u8]| -> Vec<String> {
             let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap();
             assert_eq!(doc["kind"], "audit_events");
@@ -517,7 +502,7 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
         };
 
         // A tenant through the gateway: its own events only, whatever it asks.
-        let mut gateway = svc.client(&ca, "/svc/gateway");
+        let mut gateway = client(&ca, &svc, "/svc/gateway");
         let stream = gateway
             .export_audit_events(tenant_request(
                 &claims,
@@ -529,7 +514,7 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
             .await
             .unwrap()
             .into_inner();
-        let (bytes, signature) = collect_export(stream).await;
+        let (bytes, signature, _) = collect(stream).await.signed();
         soma_sign::verify_ed25519_strict(&public_key, &bytes, &signature.signature).unwrap();
         assert_eq!(ids(&bytes), ["x-acme-1", "x-acme-2"], "{}", db.label);
         let denied = gateway
@@ -547,21 +532,21 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
         // an operator (the operator-authority change on main): either way a
         // tenant's claims never read another tenant.
         assert!(
-            ["tenant_denied", "operator_required"].contains(&reason(&denied)),
+            ["tenant_denied", "operator_required"].contains(&grpc_reason(&denied)),
             "{}: {}",
             db.label,
-            reason(&denied)
+            grpc_reason(&denied)
         );
 
         // An operator: the tenant it names, or the platform-wide events.
-        let mut operator = svc.client(&ca, "/operator/auditor");
+        let mut operator = client(&ca, &svc, "/operator/auditor");
         for (tenant, expected) in [("globex", vec!["x-globex"]), ("", vec!["x-platform"])] {
             let stream = operator
                 .export_audit_events(window(tenant))
                 .await
                 .unwrap()
                 .into_inner();
-            let (bytes, signature) = collect_export(stream).await;
+            let (bytes, signature, _) = collect(stream).await.signed();
             soma_sign::verify_ed25519_strict(&public_key, &bytes, &signature.signature).unwrap();
             assert_eq!(ids(&bytes), expected, "{}: tenant {tenant:?}", db.label);
         }
@@ -575,7 +560,7 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
             .await
             .unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{}", db.label);
-        assert_eq!(reason(&refused), "invalid_argument", "{}", db.label);
+        assert_eq!(grpc_reason(&refused), "invalid_argument", "{}", db.label);
         svc.stop().await;
     }
 }

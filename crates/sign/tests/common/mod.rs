@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: conformance vectors, hex, and the
-//! interop Python interpreter.
+//! Helpers shared by the integration tests: conformance vectors, hex, and
+//! scripts run under the interop Python (`soma_testing::python`).
 #![allow(
     dead_code,
     reason = "each test binary uses a different subset of these helpers"
@@ -42,26 +42,10 @@ pub fn to_hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The interop interpreter: `SOMA_PYTHON` if set (must exist), else the project venv; else a loud failure.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOMA_PYTHON") {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "SOMA_PYTHON={} does not exist", p.display());
-        return p;
-    }
-    let venv = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python"));
-    assert!(
-        venv.exists(),
-        "no interop Python: set SOMA_PYTHON or create {} by running scripts/test.sh",
-        venv.display()
-    );
-    venv.to_path_buf()
-}
-
 /// Runs `script` under the interop interpreter with `stdin`, failing loudly if
 /// `module` is not importable or the script fails; returns its standard output.
 pub fn run_python(module: &str, script: &str, stdin: &str) -> String {
-    let py = python();
+    let py = soma_testing::python();
     let probe = Command::new(&py)
         .args(["-c", &format!("import {module}")])
         .output()

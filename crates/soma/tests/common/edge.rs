@@ -15,11 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use soma_identity::SpiffeId;
-use soma_mesh::{Application, MeshSettings, Peers, ServiceKind};
+use soma_mesh::{Peers, ServiceKind};
 use soma_store::StoreSettings;
+use soma_testing::{Ca, Running};
 use tokio::sync::oneshot;
-
-use super::{Ca, Running};
 
 /// The gateway's edge, running.
 pub struct Edge {
@@ -40,8 +39,7 @@ pub struct Edge {
     pub connections: soma_gateway::ConnectionMetrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
-    mesh_stop: Option<oneshot::Sender<()>>,
-    mesh_task: Option<tokio::task::JoinHandle<()>>,
+    mesh: Running,
     poller: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -54,12 +52,7 @@ impl Edge {
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
-        if let Some(tx) = self.mesh_stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.mesh_task.take() {
-            task.await.unwrap();
-        }
+        self.mesh.stop().await;
         self.poller.abort();
     }
 
@@ -88,7 +81,7 @@ impl Edge {
     /// A tonic channel to the gateway's mesh listener, as the SVID `path`
     /// of this test's authority (e.g. `/operator/alice`).
     pub fn mesh_channel(&self, ca: &Ca, path: &str) -> tonic::transport::Channel {
-        super::channel(ca.store(path, Duration::from_secs(600)), self.mesh_addr, &self.id)
+        soma_testing::channel(ca.store(path, Duration::from_secs(600)), self.mesh_addr, &self.id)
     }
 }
 
@@ -200,7 +193,7 @@ pub async fn start_edge_with_peers(
     let (operator_secret, operator_kid) = read_jwk(soma_gateway::config::DEV_OPERATOR_ISSUER_JWK_FILE);
 
     let store = ca.store("/svc/gateway", Duration::from_secs(3600));
-    let settings = MeshSettings::load(ServiceKind::Gateway, None, |_| None).unwrap();
+    let settings = soma_testing::settings(ServiceKind::Gateway, &[]);
     let database = soma_store::Database::connect(db, "gateway").await.unwrap();
     database.migrate(&soma_gateway::MIGRATIONS).await.unwrap();
     let signer = gateway_signer();
@@ -221,19 +214,7 @@ pub async fn start_edge_with_peers(
     });
     // The same Gateway service (same kill switches) on the mesh listener,
     // as `soma serve gateway` runs it.
-    let id = store.own_id().clone();
-    let mesh = Application::build(settings, store, None, gateway.spec)
-        .await
-        .unwrap();
-    let mesh_addr = mesh.local_addr();
-    let (mesh_tx, mesh_rx) = oneshot::channel::<()>();
-    let mesh_task = tokio::spawn(async move {
-        mesh.run_until_stopped(async move {
-            let _ = mesh_rx.await;
-        })
-        .await
-        .unwrap();
-    });
+    let mesh = soma_testing::serve(settings, store, None, gateway.spec).await;
     Edge {
         url: format!("http://{addr}"),
         addr,
@@ -242,13 +223,12 @@ pub async fn start_edge_with_peers(
         operator_secret,
         operator_kid,
         db: database,
-        mesh_addr,
-        id,
+        mesh_addr: mesh.addr,
+        id: mesh.id.clone(),
         connections,
         stop: Some(tx),
         task: Some(task),
-        mesh_stop: Some(mesh_tx),
-        mesh_task: Some(mesh_task),
+        mesh,
         poller: gateway.poller,
         _dir: dir,
     }

@@ -1,217 +1,149 @@
-//! Builders shared by Analytics' own tests: a development authority in a
-//! temp dir, Analytics started in-process on 127.0.0.1:0 with real mTLS on
-//! a real database (SQLite or PostgreSQL), clients under any SPIFFE ID,
-//! claims as the gateway forwards them, and request builders.
+//! Analytics' own builders, kept once: Analytics started in-process on
+//! 127.0.0.1:0 with real mTLS on a real database (SQLite or PostgreSQL),
+//! its keys, clients under any SPIFFE ID of the test's authority, the
+//! requests the tests record, and its ledger's stored leaves.
+//!
+//! What is not Analytics' (the authority, per-engine stores, serving a
+//! service, claims, SQL on either engine) comes from `soma-testing`. The
+//! `soma` binary's tests (`crates/soma/tests`), which drive the binary
+//! against a real Analytics, include this module from there.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these builders"
+)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+pub mod export;
+
 use std::time::Duration;
 
-use soma_ca::{Authority, IssueOptions};
-use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
-use soma_mesh::{Application, MeshSettings, ServiceKind};
+use soma_analytics::AnalyticsConfig;
+use soma_auth::{ClaimsSigner, ClaimsVerifier};
+use soma_ledger::Hash;
+use soma_mesh::ServiceKind;
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_store::{Database, StoreSettings};
-use tokio::sync::oneshot;
+use soma_testing::{Ca, Running, TD};
 use tonic::transport::Channel;
 
-pub const TD: &str = "somastack.test";
+/// When the recorded events happened (2026-09-21T14:13:20Z), unless a test
+/// says otherwise.
+pub const OCCURRED_AT: i64 = 1_790_000_000;
 
-/// A development authority in a temp dir.
-pub struct Ca {
-    pub dir: tempfile::TempDir,
-    pub authority: Arc<Authority>,
+/// Analytics key material that outlives one service instance (restarts),
+/// or is written to files (`soma serve analytics`, `soma verify store`).
+pub struct AnalyticsKeys {
+    /// The row keyring as JSON.
+    pub row_keys_json: Vec<u8>,
+    /// The Ed25519 signing key (key id `analytics-1`), PKCS#8 PEM.
+    pub signing_key_pem: String,
 }
 
-impl Ca {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let authority = Authority::open_or_create(dir.path(), &TrustDomain::parse(TD).unwrap()).unwrap();
+impl AnalyticsKeys {
+    /// A fresh row keyring (`row-1`) and a fresh signing key.
+    pub fn generate() -> Self {
+        let (_, row_keys_json) = soma_sign::HmacKeyring::generate("row-1").unwrap();
+        let (_, pkcs8) =
+            soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
         Self {
-            dir,
-            authority: Arc::new(authority),
+            row_keys_json,
+            signing_key_pem: soma_testing::pem("PRIVATE KEY", &pkcs8),
         }
     }
 
-    pub fn id(&self, path: &str) -> SpiffeId {
-        SpiffeId::from_parts(self.authority.trust_domain(), path).unwrap()
-    }
-
-    fn bundles(&self) -> BundleSet {
-        let mut set = BundleSet::new();
-        set.insert(
-            Bundle::from_der_concat(
-                self.authority.trust_domain().clone(),
-                &self.authority.bundle_der(),
-            )
-            .unwrap(),
-        );
-        set
-    }
-
-    /// A live identity for `path`, valid for an hour.
-    pub fn store(&self, path: &str) -> Arc<SvidStore> {
-        let id = self.id(path);
-        let issued = self
-            .authority
-            .issue(&id, Duration::from_secs(3600), IssueOptions::default())
-            .unwrap();
-        let svid = Svid::from_der(&issued.chain_der_concatenated(), &issued.key_pkcs8_der).unwrap();
-        SvidStore::new(id, svid, self.bundles()).unwrap()
-    }
-}
-
-/// Fresh Analytics keys: a row keyring and an Ed25519 signing key.
-pub fn analytics_config() -> soma_analytics::AnalyticsConfig {
-    keyed_config().0
-}
-
-/// [`analytics_config`] and a copy of its row keys (for sweeping the
-/// database directly).
-pub fn keyed_config() -> (soma_analytics::AnalyticsConfig, soma_sign::HmacKeyring) {
-    let (_, row_keys_json) = soma_sign::HmacKeyring::generate("row-1").unwrap();
-    let (_, pkcs8) =
-        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
-    let config = soma_analytics::AnalyticsConfig {
-        row_keys: soma_sign::HmacKeyring::from_json(&row_keys_json).unwrap(),
-        signing_key_pem: pem("PRIVATE KEY", &pkcs8),
-        signing_key_id: "analytics-1".to_owned(),
-        ledger_origin: format!("{TD}/analytics"),
-        max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
-        drills: soma_analytics::DrillConfig::default(),
-        anomaly: soma_analytics::AnomalyConfig::default(),
-    };
-    (config, soma_sign::HmacKeyring::from_json(&row_keys_json).unwrap())
-}
-
-/// A PEM block.
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let body: Vec<String> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        body.join("\n")
-    )
-}
-
-/// Analytics running in-process, and its database.
-pub struct Running {
-    pub addr: SocketAddr,
-    pub id: SpiffeId,
-    pub db: Database,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Running {
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+    /// A config over these keys (default settings otherwise).
+    pub fn config(&self) -> AnalyticsConfig {
+        AnalyticsConfig {
+            row_keys: self.row_keys(),
+            signing_key_pem: self.signing_key_pem.clone(),
+            signing_key_id: "analytics-1".to_owned(),
+            ledger_origin: format!("{TD}/analytics"),
+            max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
+            drills: soma_analytics::DrillConfig::default(),
+            anomaly: soma_analytics::AnomalyConfig::default(),
         }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap();
-        }
-        self.db.close().await;
     }
 
-    /// A client under the SPIFFE ID `path` of `ca`, over mTLS.
-    pub fn client(&self, ca: &Ca, path: &str) -> AnalyticsClient<Channel> {
-        AnalyticsClient::new(soma_mesh::channel(ca.store(path), self.addr, self.id.clone()).unwrap())
+    /// The row keyring (to sweep the database directly).
+    pub fn row_keys(&self) -> soma_sign::HmacKeyring {
+        soma_sign::HmacKeyring::from_json(&self.row_keys_json).unwrap()
     }
+}
+
+/// A config over fresh keys.
+pub fn analytics_config() -> AnalyticsConfig {
+    AnalyticsKeys::generate().config()
 }
 
 /// Starts Analytics (identity `/svc/analytics` from `ca`) on the database
-/// of `store`, verifying claims envelopes signed by `claims`.
+/// of `store` (SQLite or PostgreSQL, e.g. from `soma_store::testing::engines`)
+/// with `config`, verifying claims envelopes signed by `claims` (as the
+/// gateway `/svc/gateway`) when given.
 pub async fn start_analytics(
     ca: &Ca,
     store: &StoreSettings,
-    config: soma_analytics::AnalyticsConfig,
-    claims: &soma_auth::ClaimsSigner,
+    config: AnalyticsConfig,
+    claims: Option<&ClaimsSigner>,
 ) -> Running {
-    let identity = ca.store("/svc/analytics");
-    let verifier = soma_auth::ClaimsVerifier::new(
-        ca.id("/svc/gateway"),
-        ca.id("/svc/analytics"),
-        vec![(claims.key_id().to_owned(), claims.public_key())],
-    );
-    let settings = MeshSettings::load(ServiceKind::Analytics, None, |_| None).unwrap();
+    let identity = ca.store("/svc/analytics", Duration::from_secs(3600));
+    let verifier = claims.map(|signer| {
+        ClaimsVerifier::new(
+            ca.id("/svc/gateway"),
+            ca.id("/svc/analytics"),
+            vec![(signer.key_id().to_owned(), signer.public_key())],
+        )
+    });
+    let settings = soma_testing::settings(ServiceKind::Analytics, &[]);
     let db = Database::connect(store, "analytics").await.unwrap();
     db.migrate(&soma_analytics::MIGRATIONS).await.unwrap();
-    let spec = soma_analytics::spec(db.clone(), &settings.limits, config)
-        .await
-        .unwrap();
-    let id = identity.own_id().clone();
-    let app = Application::build(settings, identity, Some(verifier), spec)
-        .await
-        .unwrap();
-    let addr = app.local_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until_stopped(async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Running {
-        addr,
-        id,
-        db,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    let spec = soma_analytics::spec(db, &settings.limits, config).await.unwrap();
+    soma_testing::serve(settings, identity, verifier, spec).await
 }
 
-/// Signed claims for `tenant` with `capabilities`, addressed to `audience`,
-/// as the gateway forwards them.
-pub fn tenant_request<T>(
-    signer: &soma_auth::ClaimsSigner,
-    audience: &SpiffeId,
-    tenant: &str,
-    capabilities: &[&str],
-    message: T,
-) -> tonic::Request<T> {
-    let claims = pb::VerifiedClaims {
-        tenant: tenant.to_owned(),
-        subject: format!("user@{tenant}"),
-        region: "local".to_owned(),
-        capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
-        mfa: true,
-        request_id: "test".to_owned(),
-        ..Default::default()
-    };
-    let signed = signer
-        .sign(
-            claims,
-            audience,
-            Duration::from_secs(30),
-            std::time::SystemTime::now(),
-        )
-        .unwrap();
-    let mut request = tonic::Request::new(message);
-    signed.insert_into(request.metadata_mut());
-    request
+/// A second handle on the database Analytics uses on `store`, to look at
+/// its rows or to tamper with them.
+pub async fn database(store: &StoreSettings) -> Database {
+    Database::connect(store, "analytics").await.unwrap()
+}
+
+/// A client of `svc` under the SPIFFE ID `path` of `ca`, over mTLS.
+pub fn client(ca: &Ca, svc: &Running, path: &str) -> AnalyticsClient<Channel> {
+    AnalyticsClient::new(soma_testing::channel(
+        ca.store(path, Duration::from_secs(3600)),
+        svc.addr,
+        &svc.id,
+    ))
 }
 
 /// A timestamp at whole seconds.
 pub fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
+    ts_nanos(seconds, 0)
 }
 
-/// A billing event of `tenant`.
+/// A timestamp with nanoseconds.
+pub fn ts_nanos(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+/// A billing event of `tenant` for `micros` (tool `summarize`), at
+/// [`OCCURRED_AT`].
 pub fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEventRequest {
+    billing_of(event_id, tenant, "summarize", micros, ts(OCCURRED_AT))
+}
+
+/// A billing event of `tenant` for `micros`, of `tool`, at `occurred_at`.
+pub fn billing_of(
+    event_id: &str,
+    tenant: &str,
+    tool: &str,
+    micros: i64,
+    occurred_at: Option<prost_types::Timestamp>,
+) -> pb::RecordBillingEventRequest {
     pb::RecordBillingEventRequest {
         event_id: event_id.to_owned(),
         tenant: tenant.to_owned(),
-        tool: "summarize".to_owned(),
+        tool: tool.to_owned(),
         tool_version: "1.2.0".to_owned(),
         amount: Some(pb::Money {
             currency: "EUR".to_owned(),
@@ -219,8 +151,32 @@ pub fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEv
         }),
         fuel_consumed: 1000,
         duration_micros: 2500,
-        occurred_at: ts(1_790_000_000),
+        occurred_at,
         run_id: format!("run-{event_id}"),
+    }
+}
+
+/// A succeeded capsule run of `tenant` (empty: the caller's claims say),
+/// tool `summarize`, started 100 s after [`OCCURRED_AT`].
+pub fn capsule_run(event_id: &str, tenant: &str) -> pb::RecordCapsuleRunRequest {
+    capsule_run_of(event_id, tenant, "summarize", OCCURRED_AT + 100)
+}
+
+/// A succeeded capsule run of `tenant` and `tool`, started at `at` (whole
+/// seconds), lasting 2.0000005 s.
+pub fn capsule_run_of(event_id: &str, tenant: &str, tool: &str, at: i64) -> pb::RecordCapsuleRunRequest {
+    pb::RecordCapsuleRunRequest {
+        event_id: event_id.to_owned(),
+        tenant: tenant.to_owned(),
+        capsule_id: "capsule-1".to_owned(),
+        tool: tool.to_owned(),
+        run_id: format!("run-{event_id}"),
+        outcome: pb::RunOutcome::Succeeded as i32,
+        started_at: ts(at),
+        duration: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 500,
+        }),
     }
 }
 
@@ -252,50 +208,58 @@ pub fn audit(event_id: &str, tenant: &str, action: &str, at: i64) -> pb::RecordA
     }
 }
 
-/// The `soma-reason` of a refusal.
-pub fn reason(status: &tonic::Status) -> &str {
-    status
-        .metadata()
-        .get(soma_mesh::REASON_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+/// The inclusion proof of `event_id` at `tree_size` (0: the latest tree)
+/// that `client` is given.
+pub async fn inclusion_proof(
+    client: &mut AnalyticsClient<Channel>,
+    event_id: &str,
+    tree_size: u64,
+) -> pb::InclusionProofResponse {
+    client
+        .inclusion_proof(pb::InclusionProofRequest {
+            event_id: event_id.to_owned(),
+            tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
-/// Runs one SQL statement on either engine; the rows it affected.
-pub async fn exec(db: &Database, sql: &str) -> u64 {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        (None, Some(pool)) => sqlx::query(sql).execute(pool).await.unwrap().rows_affected(),
-        _ => unreachable!("a database is either SQLite or PostgreSQL"),
-    }
+/// Verifies `proof` offline (RFC 9162): its leaf, at its index, is in the
+/// tree of `tree_size` leaves whose root is `root`.
+pub fn verify_proof(proof: &pb::InclusionProofResponse, tree_size: u64, root: &[u8]) {
+    let path: Vec<Hash> = proof.proof.iter().map(|h| Hash::from_slice(h).unwrap()).collect();
+    soma_ledger::verify_inclusion(
+        &Hash::from_slice(&proof.leaf_hash).unwrap(),
+        proof.leaf_index,
+        tree_size,
+        &path,
+        &Hash::from_slice(root).unwrap(),
+    )
+    .unwrap();
 }
 
-/// The one text value `sql` selects.
-pub async fn text(db: &Database, sql: &str) -> String {
+/// The leaf hashes stored in the ledger, in leaf order (to recompute the
+/// root independently of the service).
+pub async fn leaf_hashes(sql: &Database) -> Vec<Hash> {
     use sqlx::Row as _;
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => sqlx::query(sql)
-            .fetch_one(pool)
+    let q = "SELECT leaf_hash FROM ledger_leaves ORDER BY leaf_index";
+    let rows: Vec<Vec<u8>> = match (sql.as_sqlite(), sql.as_postgres()) {
+        (Some(p), _) => sqlx::query(q)
+            .fetch_all(p)
             .await
             .unwrap()
-            .get::<String, _>(0),
-        (None, Some(pool)) => sqlx::query(sql)
-            .fetch_one(pool)
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        (None, Some(p)) => sqlx::query(q)
+            .fetch_all(p)
             .await
             .unwrap()
-            .get::<String, _>(0),
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
         _ => unreachable!("a database is either SQLite or PostgreSQL"),
-    }
-}
-
-/// A collected export: its bytes and its signature message.
-pub async fn collect_export(mut stream: tonic::Streaming<pb::ExportChunk>) -> (Vec<u8>, pb::ExportSignature) {
-    let mut bytes = Vec::new();
-    let mut signature = None;
-    while let Some(chunk) = stream.message().await.unwrap() {
-        assert!(signature.is_none(), "the signature comes last");
-        bytes.extend_from_slice(&chunk.data);
-        signature = chunk.signature;
-    }
-    (bytes, signature.expect("a signature message"))
+    };
+    rows.iter().map(|b| Hash::from_slice(b).unwrap()).collect()
 }

@@ -1,6 +1,7 @@
 //! grpcurl (Go gRPC and Go TLS, v1alpha reflection), an independent client,
-//! lists and health-checks a service through mTLS with an operator SVID
-//! issued by the development authority, and is refused a write RPC.
+//! lists and health-checks a service the runtime serves (CapsuleRepo, see
+//! `common`) through mTLS with an operator SVID issued by the development
+//! authority, and is refused a write RPC by the runtime.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,15 +10,17 @@ mod common;
 use std::time::Duration;
 
 use soma_mesh::ServiceKind;
+use soma_testing::{Ca, engine_stores, python};
 
 #[tokio::test]
 async fn grpcurl_lists_and_health_checks_a_service_with_an_operator_svid() {
-    for stores in common::engine_stores(&[ServiceKind::CapsuleRepo]).await {
-        let ca = common::Ca::new();
+    for stores in engine_stores(&[ServiceKind::CapsuleRepo]).await {
+        let ca = Ca::new();
         let svc = common::start(
             &ca,
             ServiceKind::CapsuleRepo,
             None,
+            &[],
             stores.of(ServiceKind::CapsuleRepo),
         )
         .await;
@@ -25,7 +28,7 @@ async fn grpcurl_lists_and_health_checks_a_service_with_an_operator_svid() {
         ca.authority
             .issue_to_dir(&ca.id("/operator/alice"), Duration::from_secs(600), &out_dir)
             .unwrap();
-        let grpcurl = common::python().parent().unwrap().join("grpcurl");
+        let grpcurl = python().parent().unwrap().join("grpcurl");
         let tls_args = |cmd: &mut tokio::process::Command| {
             cmd.arg("-cacert")
                 .arg(out_dir.join("bundle.pem"))

@@ -1,8 +1,11 @@
-//! The mesh runtime with the real services, in-process on 127.0.0.1:0, over
-//! real mTLS: health and reflection on every service, per-method
-//! authorization (deny by default, handler never reached), and the signed
-//! claims envelope; each on SQLite and on PostgreSQL, since every service
-//! opens and migrates its database before it serves.
+//! The mesh runtime serving each of SomaStack's services (their routes and
+//! policies, with handlers that answer `UNIMPLEMENTED`: see `common`),
+//! in-process on 127.0.0.1:0, over real mTLS: health and reflection on every
+//! service, per-method authorization of the SPIFFE IDs a method's policy
+//! lists (deny by default, handler never reached), the signed claims
+//! envelope, client certificates refused in the handshake and a handshake
+//! cut off at its timeout, counted on the admin listener; each on SQLite and
+//! on PostgreSQL, since every service opens its database before it serves.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,22 +13,23 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{Ca, channel, health, reflection_list, reflection_list_v1alpha, start};
+use common::start;
 use soma_auth::{ClaimsSigner, ClaimsVerifier};
 use soma_mesh::ServiceKind;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::{RecordBillingEventRequest, RecordCapsuleRunRequest, VerifiedClaims};
+use soma_testing::{Ca, channel, engine_stores, health, http_get, reflection_list, reflection_list_v1alpha};
 use tonic::Code;
 
 const SERVING: i32 = 1;
 
 #[tokio::test]
 async fn every_service_is_serving_and_listed_by_reflection_v1_and_v1alpha() {
-    for stores in common::engine_stores(&ServiceKind::ALL).await {
+    for stores in engine_stores(&ServiceKind::ALL).await {
         let ca = Ca::new();
         let operator = ca.store("/operator/alice", Duration::from_secs(600));
         for kind in ServiceKind::ALL {
-            let svc = start(&ca, kind, None, stores.of(kind)).await;
+            let svc = start(&ca, kind, None, &[], stores.of(kind)).await;
             let ch = channel(operator.clone(), svc.addr, &svc.id);
             assert_eq!(health(ch.clone(), "").await.unwrap(), SERVING, "{kind}");
             assert_eq!(
@@ -54,12 +58,13 @@ const CAPSULE_RUN: &str = "/somastack.v1.Analytics/RecordCapsuleRun";
 
 #[tokio::test]
 async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs() {
-    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+    for stores in engine_stores(&[ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let svc = start(
             &ca,
             ServiceKind::Analytics,
             None,
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -102,12 +107,13 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
                 expected: Code::PermissionDenied,
                 reason: Some("caller_not_allowed"),
             },
-            // The allowed caller reaches the handler, whose validation refuses
-            // the empty request: the counter moves.
+            // The allowed caller reaches the handler, which answers
+            // UNIMPLEMENTED: the counter moves, and the runtime refused
+            // nothing, so the status carries no reason.
             Case {
                 name: "tool-registry",
                 caller: "/svc/tool-registry",
-                expected: Code::InvalidArgument,
+                expected: Code::Unimplemented,
                 reason: None,
             },
         ];
@@ -124,12 +130,7 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
                 .metadata()
                 .get("soma-reason")
                 .map(|v| v.to_str().unwrap().to_owned());
-            assert_eq!(
-                reason.as_deref(),
-                Some(c.reason.unwrap_or("invalid_argument")),
-                "{}",
-                c.name
-            );
+            assert_eq!(reason.as_deref(), c.reason, "{}", c.name);
             let ran = svc.metrics.dispatched_count(BILLING) - before;
             assert_eq!(
                 ran,
@@ -146,12 +147,13 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
 
 #[tokio::test]
 async fn a_method_without_a_policy_is_denied_by_default() {
-    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+    for stores in engine_stores(&[ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let svc = start(
             &ca,
             ServiceKind::Analytics,
             None,
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -195,7 +197,7 @@ fn claims(capability: &str) -> VerifiedClaims {
 
 #[tokio::test]
 async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_service() {
-    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+    for stores in engine_stores(&[ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let (signer, _) = ClaimsSigner::generate("gateway-1").unwrap();
         let (forger, _) = ClaimsSigner::generate("gateway-1").unwrap();
@@ -209,6 +211,7 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
             &ca,
             ServiceKind::Analytics,
             Some(verifier),
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -224,13 +227,14 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
             expected: Code,
         }
         let cases = [
+            // Accepted: the handler runs, and answers UNIMPLEMENTED.
             Case {
                 name: "valid envelope from the gateway",
                 from_gateway: true,
                 envelope: signer
                     .sign(claims("analytics:ingest"), &analytics_id, ttl, now)
                     .unwrap(),
-                expected: Code::InvalidArgument,
+                expected: Code::Unimplemented,
             },
             Case {
                 name: "forged signature (another key, same key id)",
@@ -291,31 +295,8 @@ async fn claims_envelopes_are_accepted_only_when_signed_by_the_gateway_for_this_
             let status = client.record_capsule_run(request).await.unwrap_err();
             assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
             let ran = svc.metrics.dispatched_count(CAPSULE_RUN) - before;
-            assert_eq!(ran, u64::from(c.expected == Code::InvalidArgument), "{}", c.name);
+            assert_eq!(ran, u64::from(c.expected == Code::Unimplemented), "{}", c.name);
         }
-        svc.stop().await;
-        stores.cleanup().await;
-    }
-}
-
-#[tokio::test]
-async fn gateway_who_am_i_returns_the_verified_peer() {
-    for stores in common::engine_stores(&[ServiceKind::Gateway]).await {
-        let ca = Ca::new();
-        let svc = start(&ca, ServiceKind::Gateway, None, stores.of(ServiceKind::Gateway)).await;
-        let operator = ca.store("/operator/alice", Duration::from_secs(600));
-        let mut client =
-            soma_proto::v1::gateway_client::GatewayClient::new(channel(operator, svc.addr, &svc.id));
-        let me = client
-            .who_am_i(soma_proto::v1::WhoAmIRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            me.peer_spiffe_id,
-            format!("spiffe://{}/operator/alice", common::TD)
-        );
-        assert!(me.tenant.is_empty());
         svc.stop().await;
         stores.cleanup().await;
     }
@@ -403,12 +384,13 @@ async fn server_alert(
 
 #[tokio::test]
 async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_the_handshake() {
-    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+    for stores in engine_stores(&[ServiceKind::Analytics]).await {
         let ca = Ca::new();
         let svc = start(
             &ca,
             ServiceKind::Analytics,
             None,
+            &[],
             stores.of(ServiceKind::Analytics),
         )
         .await;
@@ -508,24 +490,17 @@ async fn metric_at_least(admin: std::net::SocketAddr, series: &str, at_least: u6
 
 /// GET /metrics from the admin listener, over a plain TCP HTTP/1.1 exchange.
 async fn reqwest_metrics(admin: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
+    let body = http_get(admin, "/metrics").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body
 }
 
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_cut_off_at_the_handshake_timeout() {
-    for stores in common::engine_stores(&[ServiceKind::Analytics]).await {
+    for stores in engine_stores(&[ServiceKind::Analytics]).await {
         let ca = Ca::new();
-        let store = ca.store("/svc/analytics", Duration::from_secs(600));
-        let svc = common::start_with(
-            store,
+        let svc = start(
+            &ca,
             ServiceKind::Analytics,
             None,
             &[("SOMA_HANDSHAKE_TIMEOUT", "300ms")],

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use common::{Ca, channel, pem, start_analytics, tenant_request};
+use common::{AnalyticsKeys, client, inclusion_proof, start_analytics, ts, ts_nanos, verify_proof};
 use soma_analytics::{AnalyticsConfig, DrillConfig};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{Hash, verify_inclusion};
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_sign::HmacKeyring;
 use soma_store::Database;
+use soma_testing::{Ca, Running, exec, tenant_request};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -33,10 +33,6 @@ const OBJECTIVES: &str = "eu-west-1=rto:15m,rpo:1m;us-east-1=rto:30m,rpo:5m";
 
 /// Start of the drills (2026-09-21).
 const T0: i64 = 1_790_000_000;
-
-fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos })
-}
 
 fn step(name: &str, outcome: pb::StepOutcome) -> pb::DrillStep {
     pb::DrillStep {
@@ -60,10 +56,10 @@ fn drill(
         event_id: event_id.to_owned(),
         region: region.to_owned(),
         scenario: "primary-db-loss".to_owned(),
-        started_at: ts(start, 0),
-        failover_completed_at: ts(start + rto / 2, 0),
-        restored_at: ts(start + rto, rto_nanos),
-        last_durable_write_at: ts(start - rpo, 0),
+        started_at: ts(start),
+        failover_completed_at: ts(start + rto / 2),
+        restored_at: ts_nanos(start + rto, rto_nanos),
+        last_durable_write_at: ts(start - rpo),
         steps: vec![
             step("fence-primary", pb::StepOutcome::Passed),
             step("promote-replica", pb::StepOutcome::Passed),
@@ -75,30 +71,12 @@ fn secs(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
 }
 
-/// Keys that survive a restart: the row keyring and the signing key as
-/// documents, so two service instances can share them.
-struct Keys {
-    row_keys_json: Vec<u8>,
-    signing_key_pem: String,
-}
-
-impl Keys {
-    fn new() -> Self {
-        let (_, row_keys_json) = HmacKeyring::generate("row-1").unwrap();
-        let (_, pkcs8) =
-            soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
-        Self {
-            row_keys_json,
-            signing_key_pem: pem("PRIVATE KEY", &pkcs8),
-        }
-    }
-
-    fn config(&self, drills: DrillConfig) -> AnalyticsConfig {
-        let mut config = common::analytics_config();
-        config.row_keys = HmacKeyring::from_json(&self.row_keys_json).unwrap();
-        config.signing_key_pem = self.signing_key_pem.clone();
-        config.drills = drills;
-        config
+/// A config over `keys` (shared by the instances of a restart) with these
+/// drill settings.
+fn config_with(keys: &AnalyticsKeys, drills: DrillConfig) -> AnalyticsConfig {
+    AnalyticsConfig {
+        drills,
+        ..keys.config()
     }
 }
 
@@ -123,17 +101,10 @@ struct Clients {
     audience: soma_identity::SpiffeId,
 }
 
-fn clients(ca: &Ca, svc: &common::Running) -> Clients {
-    let make = |path: &str| {
-        AnalyticsClient::new(channel(
-            ca.store(path, Duration::from_secs(3600)),
-            svc.addr,
-            &svc.id,
-        ))
-    };
+fn clients(ca: &Ca, svc: &Running) -> Clients {
     Clients {
-        gateway: make("/svc/gateway"),
-        operator: make("/operator/auditor"),
+        gateway: client(ca, svc, "/svc/gateway"),
+        operator: client(ca, svc, "/operator/auditor"),
         audience: svc.id.clone(),
     }
 }
@@ -203,11 +174,11 @@ async fn drills_are_judged_against_their_region_objectives() {
     for db in soma_store::testing::engines("analytics").await {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let keys = Keys::new();
-        let config = keys.config(drill_config(&[(
-            "SOMA_ANALYTICS_DRILL_OBJECTIVES",
-            OBJECTIVES.to_owned(),
-        )]));
+        let keys = AnalyticsKeys::generate();
+        let config = config_with(
+            &keys,
+            drill_config(&[("SOMA_ANALYTICS_DRILL_OBJECTIVES", OBJECTIVES.to_owned())]),
+        );
         let svc = start_analytics(&ca, &db.settings, config, Some(&claims)).await;
         let mut c = clients(&ca, &svc);
 
@@ -312,25 +283,13 @@ async fn drills_are_judged_against_their_region_objectives() {
 
             // The drill is in the ledger: its inclusion proof verifies
             // against the signed checkpoint.
-            let proof = c
-                .operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: event_id.clone(),
-                    tree_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let proof = inclusion_proof(&mut c.operator, &event_id, 0).await;
             assert_eq!(proof.leaf_hash, ledger.leaf_hash);
-            let path: Vec<Hash> = proof.proof.iter().map(|h| Hash::from_slice(h).unwrap()).collect();
-            verify_inclusion(
-                &Hash::from_slice(&proof.leaf_hash).unwrap(),
-                proof.leaf_index,
+            verify_proof(
+                &proof,
                 proof.tree_size,
-                &path,
-                &Hash::from_slice(&proof.checkpoint.unwrap().root_hash).unwrap(),
-            )
-            .unwrap();
+                &proof.checkpoint.clone().unwrap().root_hash,
+            );
         }
 
         // The same event id with other facts is a conflict, not an overwrite.
@@ -359,11 +318,11 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
     for db in soma_store::testing::engines("analytics").await {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let keys = Keys::new();
-        let config = keys.config(drill_config(&[(
-            "SOMA_ANALYTICS_DRILL_OBJECTIVES",
-            OBJECTIVES.to_owned(),
-        )]));
+        let keys = AnalyticsKeys::generate();
+        let config = config_with(
+            &keys,
+            drill_config(&[("SOMA_ANALYTICS_DRILL_OBJECTIVES", OBJECTIVES.to_owned())]),
+        );
         let svc = start_analytics(&ca, &db.settings, config, Some(&claims)).await;
         let mut c = clients(&ca, &svc);
 
@@ -421,7 +380,7 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
                 rto_p95: secs(1000),
                 rpo_p50: secs(40),
                 rpo_p95: secs(90),
-                last_failure_at: ts(T0 + 500, 0),
+                last_failure_at: ts(T0 + 500),
             }],
             "{}",
             db.label
@@ -444,7 +403,7 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
                     rto_p95: secs(1000),
                     rpo_p50: secs(30),
                     rpo_p95: secs(90),
-                    last_failure_at: ts(T0 + 500, 0),
+                    last_failure_at: ts(T0 + 500),
                 },
                 pb::RegionDrillSummary {
                     region: "us-east-1".to_owned(),
@@ -483,23 +442,11 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
         // MACs are checked on read: a drill whose RTO is rewritten in SQL
         // fails the summary instead of skewing it.
         let store = db.connect().await;
-        let changed = match (store.as_sqlite(), store.as_postgres()) {
-            (Some(pool), _) => {
-                sqlx::query("UPDATE disaster_drills SET rto_nanos = 1 WHERE event_id = 'eu-5'")
-                    .execute(pool)
-                    .await
-                    .unwrap()
-                    .rows_affected()
-            }
-            (None, Some(pool)) => {
-                sqlx::query("UPDATE disaster_drills SET rto_nanos = 1 WHERE event_id = 'eu-5'")
-                    .execute(pool)
-                    .await
-                    .unwrap()
-                    .rows_affected()
-            }
-            _ => unreachable!(),
-        };
+        let changed = exec(
+            &store,
+            "UPDATE disaster_drills SET rto_nanos = 1 WHERE event_id = 'eu-5'",
+        )
+        .await;
         assert_eq!(changed, 1);
         let err = summary(&mut c.operator, tonic::Request::new(region_request("eu-west-1")))
             .await
@@ -531,11 +478,11 @@ async fn bad_drills_are_invalid_argument_naming_the_field_with_nothing_written()
     for db in soma_store::testing::engines("analytics").await {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let keys = Keys::new();
-        let config = keys.config(drill_config(&[(
-            "SOMA_ANALYTICS_DRILL_OBJECTIVES",
-            OBJECTIVES.to_owned(),
-        )]));
+        let keys = AnalyticsKeys::generate();
+        let config = config_with(
+            &keys,
+            drill_config(&[("SOMA_ANALYTICS_DRILL_OBJECTIVES", OBJECTIVES.to_owned())]),
+        );
         let svc = start_analytics(&ca, &db.settings, config, Some(&claims)).await;
         let mut c = clients(&ca, &svc);
 
@@ -553,17 +500,17 @@ async fn bad_drills_are_invalid_argument_naming_the_field_with_nothing_written()
         let cases = [
             Case {
                 name: "nanos 2e9",
-                input: with(&|r| r.started_at = ts(T0, 2_000_000_000)),
+                input: with(&|r| r.started_at = ts_nanos(T0, 2_000_000_000)),
                 field: "started_at",
             },
             Case {
                 name: "negative nanos",
-                input: with(&|r| r.last_durable_write_at = ts(T0, -1)),
+                input: with(&|r| r.last_durable_write_at = ts_nanos(T0, -1)),
                 field: "last_durable_write_at",
             },
             Case {
                 name: "seconds out of range",
-                input: with(&|r| r.failover_completed_at = ts(i64::MAX, 0)),
+                input: with(&|r| r.failover_completed_at = ts(i64::MAX)),
                 field: "failover_completed_at",
             },
             Case {
@@ -578,17 +525,17 @@ async fn bad_drills_are_invalid_argument_naming_the_field_with_nothing_written()
             },
             Case {
                 name: "restored before started",
-                input: with(&|r| r.restored_at = ts(T0 - 1, 0)),
+                input: with(&|r| r.restored_at = ts(T0 - 1)),
                 field: "restored_at",
             },
             Case {
                 name: "failover before started",
-                input: with(&|r| r.failover_completed_at = ts(T0 - 1, 0)),
+                input: with(&|r| r.failover_completed_at = ts(T0 - 1)),
                 field: "failover_completed_at",
             },
             Case {
                 name: "last durable write after started",
-                input: with(&|r| r.last_durable_write_at = ts(T0, 1)),
+                input: with(&|r| r.last_durable_write_at = ts_nanos(T0, 1)),
                 field: "last_durable_write_at",
             },
             Case {
@@ -807,8 +754,14 @@ async fn a_failed_drill_delivers_a_signed_webhook_and_a_passing_one_none() {
         let received = start_receiver(listener);
         let dir = tempfile::tempdir().unwrap();
         let (vars, keyring) = webhook_config(dir.path(), &url);
-        let keys = Keys::new();
-        let svc = start_analytics(&ca, &db.settings, keys.config(drill_config(&vars)), Some(&claims)).await;
+        let keys = AnalyticsKeys::generate();
+        let svc = start_analytics(
+            &ca,
+            &db.settings,
+            config_with(&keys, drill_config(&vars)),
+            Some(&claims),
+        )
+        .await;
         let mut c = clients(&ca, &svc);
 
         let passed = c
@@ -875,8 +828,14 @@ async fn a_receiver_that_is_down_gets_the_webhook_exactly_once_when_back_even_ac
         };
         let dir = tempfile::tempdir().unwrap();
         let (vars, keyring) = webhook_config(dir.path(), &format!("http://{addr}/hook"));
-        let keys = Keys::new();
-        let svc = start_analytics(&ca, &db.settings, keys.config(drill_config(&vars)), Some(&claims)).await;
+        let keys = AnalyticsKeys::generate();
+        let svc = start_analytics(
+            &ca,
+            &db.settings,
+            config_with(&keys, drill_config(&vars)),
+            Some(&claims),
+        )
+        .await;
         let mut c = clients(&ca, &svc);
         let failed = c
             .record(&claims, "acme", drill("d-down", "ap-south-1", T0, 60, 0, 1))
@@ -904,7 +863,13 @@ async fn a_receiver_that_is_down_gets_the_webhook_exactly_once_when_back_even_ac
         // The service restarts while the receiver is still down; the new
         // instance resumes the pending row from the outbox.
         svc.stop().await;
-        let svc = start_analytics(&ca, &db.settings, keys.config(drill_config(&vars)), Some(&claims)).await;
+        let svc = start_analytics(
+            &ca,
+            &db.settings,
+            config_with(&keys, drill_config(&vars)),
+            Some(&claims),
+        )
+        .await;
 
         // The receiver comes back on the same port.
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();

@@ -9,17 +9,16 @@
 
 mod common;
 
-use common::{exec, scalar};
-
-use std::time::Duration;
-
-use common::{Ca, Running, analytics_config, channel, start_analytics, tenant_request};
+use common::{
+    analytics_config, billing_of, capsule_run_of, client, database, inclusion_proof, start_analytics, ts,
+    verify_proof,
+};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{Hash, verify_inclusion};
 use soma_proto::v1 as pb;
 use soma_proto::v1::RegressionState as S;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_store::Database;
+use soma_testing::{Ca, Running, exec, grpc_reason, scalar, tenant_request};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -28,14 +27,6 @@ const T0: i64 = 1_790_000_000;
 
 const WRITE: &[&str] = &["regressions:write"];
 const SCAN: &[&str] = &["anomalies:scan"];
-
-fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
-
-fn hash(bytes: &[u8]) -> Hash {
-    Hash::from_slice(bytes).unwrap()
-}
 
 struct Env {
     /// Kept alive for the service's lifetime (its temp dir holds the authority).
@@ -53,18 +44,11 @@ impl Env {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
         let svc = start_analytics(&ca, settings, analytics_config(), Some(&claims)).await;
-        let make = |path: &str| {
-            AnalyticsClient::new(channel(
-                ca.store(path, Duration::from_secs(3600)),
-                svc.addr,
-                &svc.id,
-            ))
-        };
-        let gateway = make("/svc/gateway");
-        let tool_registry = make("/svc/tool-registry");
-        let operator = make("/operator/auditor");
+        let gateway = client(&ca, &svc, "/svc/gateway");
+        let tool_registry = client(&ca, &svc, "/svc/tool-registry");
+        let operator = client(&ca, &svc, "/operator/auditor");
         // A second handle on the service's database, to look and to tamper.
-        let db = Database::connect(settings, "analytics").await.unwrap();
+        let db = database(settings).await;
         Self {
             _ca: ca,
             svc,
@@ -126,26 +110,10 @@ impl Env {
             .await
             .unwrap()
             .into_inner();
-        let proof = self
-            .operator
-            .inclusion_proof(pb::InclusionProofRequest {
-                event_id: event_id.to_owned(),
-                tree_size: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let proof = inclusion_proof(&mut self.operator, event_id, 0).await;
         assert_eq!(proof.leaf_index, index, "{event_id}");
         assert_eq!(proof.leaf_hash, leaf_hash, "{event_id}");
-        let path: Vec<Hash> = proof.proof.iter().map(|p| hash(p)).collect();
-        verify_inclusion(
-            &hash(leaf_hash),
-            index,
-            checkpoint.tree_size,
-            &path,
-            &hash(&checkpoint.root_hash),
-        )
-        .unwrap();
+        verify_proof(&proof, checkpoint.tree_size, &checkpoint.root_hash);
     }
 
     async fn stop(self) {
@@ -227,14 +195,6 @@ fn stored_name(state: S) -> &'static str {
     }
 }
 
-fn reason_of(status: &tonic::Status) -> String {
-    status
-        .metadata()
-        .get("soma-reason")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn every_transition_of_the_table() {
     for db in soma_store::testing::engines("analytics").await {
@@ -282,7 +242,7 @@ async fn every_transition_of_the_table() {
                     Code::FailedPrecondition,
                     "{label} {from:?} -> {to:?}: {err:?}"
                 );
-                assert_eq!(reason_of(&err), "illegal_transition");
+                assert_eq!(grpc_reason(&err), "illegal_transition");
                 let current = stored_name(from);
                 assert!(
                     err.message().contains(&format!("is in state {current}:")),
@@ -459,7 +419,7 @@ async fn expectations_creation_tenancy_and_tampering() {
         for case in cases {
             let err = env.transition(case.tenant, case.input).await.unwrap_err();
             assert_eq!(err.code(), case.code, "{label} {}: {err:?}", case.name);
-            assert_eq!(reason_of(&err), case.reason, "{label} {}", case.name);
+            assert_eq!(grpc_reason(&err), case.reason, "{label} {}", case.name);
             assert!(
                 err.message().starts_with(case.message),
                 "{label} {}: {}",
@@ -606,23 +566,6 @@ async fn concurrent_transitions_from_one_version_have_one_winner() {
     }
 }
 
-fn billing(event_id: &str, tenant: &str, tool: &str, micros: i64, at: i64) -> pb::RecordBillingEventRequest {
-    pb::RecordBillingEventRequest {
-        event_id: event_id.to_owned(),
-        tenant: tenant.to_owned(),
-        tool: tool.to_owned(),
-        tool_version: "1.0.0".to_owned(),
-        amount: Some(pb::Money {
-            currency: "EUR".to_owned(),
-            micros,
-        }),
-        fuel_consumed: 10,
-        duration_micros: 20,
-        occurred_at: ts(at),
-        run_id: format!("run-{event_id}"),
-    }
-}
-
 fn run(event_id: &str, tool: &str, millis: i64, at: i64) -> pb::RecordCapsuleRunRequest {
     run_with(event_id, tool, millis, at, pb::RunOutcome::Succeeded)
 }
@@ -635,17 +578,12 @@ fn run_with(
     outcome: pb::RunOutcome,
 ) -> pb::RecordCapsuleRunRequest {
     pb::RecordCapsuleRunRequest {
-        event_id: event_id.to_owned(),
-        tenant: String::new(),
-        capsule_id: "capsule-1".to_owned(),
-        tool: tool.to_owned(),
-        run_id: format!("run-{event_id}"),
         outcome: outcome as i32,
-        started_at: ts(at),
         duration: Some(prost_types::Duration {
             seconds: millis / 1000,
             nanos: i32::try_from((millis % 1000) * 1_000_000).unwrap(),
         }),
+        ..capsule_run_of(event_id, "", tool, at)
     }
 }
 
@@ -697,12 +635,12 @@ async fn anomaly_scan_finds_exactly_the_outlier() {
         amounts.push(10_000_000_000);
         for (i, micros) in amounts.iter().enumerate() {
             env.tool_registry
-                .record_billing_event(billing(
+                .record_billing_event(billing_of(
                     &format!("sum-{i}"),
                     "acme",
                     "summarize",
                     *micros,
-                    T0 + i as i64,
+                    ts(T0 + i as i64),
                 ))
                 .await
                 .unwrap();
@@ -715,12 +653,12 @@ async fn anomaly_scan_finds_exactly_the_outlier() {
                 2_000_000 + i * 1000
             };
             env.tool_registry
-                .record_billing_event(billing(
+                .record_billing_event(billing_of(
                     &format!("tr-{i}"),
                     "acme",
                     "translate",
                     micros,
-                    T0 + 100 + i,
+                    ts(T0 + 100 + i),
                 ))
                 .await
                 .unwrap();
@@ -728,11 +666,23 @@ async fn anomaly_scan_finds_exactly_the_outlier() {
         // Another tenant's wild value and one of acme's outside the window:
         // neither belongs to this scan.
         env.tool_registry
-            .record_billing_event(billing("globex-1", "globex", "summarize", 90_000_000_000, T0 + 5))
+            .record_billing_event(billing_of(
+                "globex-1",
+                "globex",
+                "summarize",
+                90_000_000_000,
+                ts(T0 + 5),
+            ))
             .await
             .unwrap();
         env.tool_registry
-            .record_billing_event(billing("late-1", "acme", "summarize", 90_000_000_000, T0 + 7200))
+            .record_billing_event(billing_of(
+                "late-1",
+                "acme",
+                "summarize",
+                90_000_000_000,
+                ts(T0 + 7200),
+            ))
             .await
             .unwrap();
         // Capsule runs of steady duration: no finding, and one daily

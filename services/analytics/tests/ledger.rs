@@ -7,55 +7,17 @@
 
 mod common;
 
-use common::{exec, scalar};
-
-use std::time::Duration;
-
-use common::{Ca, analytics_config, channel, start_analytics, tenant_request};
+use common::{
+    AnalyticsKeys, analytics_config, billing, capsule_run, client, inclusion_proof, leaf_hashes,
+    start_analytics, verify_proof,
+};
 use soma_auth::ClaimsSigner;
-use soma_ledger::{CheckpointVerifier, Hash, verify_consistency, verify_inclusion};
+use soma_ledger::{CheckpointVerifier, Hash, verify_consistency};
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
-use soma_store::Database;
+use soma_testing::{Ca, Running, exec, http_get, scalar, tenant_request};
 use tonic::Code;
 use tonic::transport::Channel;
-
-fn ts(seconds: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp { seconds, nanos: 0 })
-}
-
-fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEventRequest {
-    pb::RecordBillingEventRequest {
-        event_id: event_id.to_owned(),
-        tenant: tenant.to_owned(),
-        tool: "summarize".to_owned(),
-        tool_version: "1.2.0".to_owned(),
-        amount: Some(pb::Money {
-            currency: "EUR".to_owned(),
-            micros,
-        }),
-        fuel_consumed: 1000,
-        duration_micros: 2500,
-        occurred_at: ts(1_790_000_000),
-        run_id: format!("run-{event_id}"),
-    }
-}
-
-fn capsule_run(event_id: &str) -> pb::RecordCapsuleRunRequest {
-    pb::RecordCapsuleRunRequest {
-        event_id: event_id.to_owned(),
-        tenant: String::new(),
-        capsule_id: "capsule-1".to_owned(),
-        tool: "summarize".to_owned(),
-        run_id: format!("run-{event_id}"),
-        outcome: pb::RunOutcome::Succeeded as i32,
-        started_at: ts(1_790_000_100),
-        duration: Some(prost_types::Duration {
-            seconds: 2,
-            nanos: 500,
-        }),
-    }
-}
 
 /// The verifier of the service's checkpoints, from the config's key.
 fn checkpoint_verifier(config: &soma_analytics::AnalyticsConfig) -> CheckpointVerifier {
@@ -77,18 +39,11 @@ struct Clients {
     operator: AnalyticsClient<Channel>,
 }
 
-fn clients(ca: &Ca, svc: &common::Running) -> Clients {
-    let make = |path: &str| {
-        AnalyticsClient::new(channel(
-            ca.store(path, Duration::from_secs(3600)),
-            svc.addr,
-            &svc.id,
-        ))
-    };
+fn clients(ca: &Ca, svc: &Running) -> Clients {
     Clients {
-        gateway: make("/svc/gateway"),
-        tool_registry: make("/svc/tool-registry"),
-        operator: make("/operator/auditor"),
+        gateway: client(ca, svc, "/svc/gateway"),
+        tool_registry: client(ca, svc, "/svc/tool-registry"),
+        operator: client(ca, svc, "/operator/auditor"),
     }
 }
 
@@ -114,7 +69,7 @@ async fn appends_are_idempotent_and_proofs_verify_offline() {
                     &svc.id,
                     "acme",
                     &["analytics:ingest"],
-                    capsule_run(&format!("run-{i}")),
+                    capsule_run(&format!("run-{i}"), ""),
                 );
                 c.gateway.record_capsule_run(req).await
             };
@@ -165,44 +120,12 @@ async fn appends_are_idempotent_and_proofs_verify_offline() {
         verifier.verify(&early.note).unwrap();
 
         for r in &recorded {
-            let proof = c
-                .operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: r.event_id.clone(),
-                    tree_size: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let path: Vec<Hash> = proof.proof.iter().map(|p| hash(p)).collect();
+            let proof = inclusion_proof(&mut c.operator, &r.event_id, 0).await;
             assert_eq!(proof.leaf_hash, r.ledger.as_ref().unwrap().leaf_hash);
-            verify_inclusion(
-                &hash(&proof.leaf_hash),
-                proof.leaf_index,
-                proof.tree_size,
-                &path,
-                &hash(&latest.root_hash),
-            )
-            .unwrap();
+            verify_proof(&proof, proof.tree_size, &latest.root_hash);
             // And at the earlier checkpoint's size.
-            let at_early = c
-                .operator
-                .inclusion_proof(pb::InclusionProofRequest {
-                    event_id: r.event_id.clone(),
-                    tree_size: 23,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let path: Vec<Hash> = at_early.proof.iter().map(|p| hash(p)).collect();
-            verify_inclusion(
-                &hash(&at_early.leaf_hash),
-                at_early.leaf_index,
-                23,
-                &path,
-                &hash(&early.root_hash),
-            )
-            .unwrap();
+            let at_early = inclusion_proof(&mut c.operator, &r.event_id, 23).await;
+            verify_proof(&at_early, 23, &early.root_hash);
         }
         let consistency = c
             .operator
@@ -239,7 +162,7 @@ async fn tampered_rows_are_caught_on_read_and_by_the_sweep() {
             &svc.id,
             "acme",
             &["analytics:ingest"],
-            capsule_run("run-x"),
+            capsule_run("run-x", ""),
         );
         c.gateway.record_capsule_run(req).await.unwrap();
         let clean = c
@@ -321,7 +244,7 @@ async fn tampered_rows_are_caught_on_read_and_by_the_sweep() {
 async fn a_deleted_leaf_or_a_rolled_back_head_is_detected_at_start_up_and_writes_are_refused() {
     for db in soma_store::testing::engines("analytics").await {
         let ca = Ca::new();
-        let keys = common::AnalyticsKeys::generate();
+        let keys = AnalyticsKeys::generate();
         let svc = start_analytics(&ca, &db.settings, keys.config(), None).await;
         let mut c = clients(&ca, &svc);
         for i in 0..10 {
@@ -366,7 +289,7 @@ async fn a_deleted_leaf_or_a_rolled_back_head_is_detected_at_start_up_and_writes
 async fn a_head_rolled_back_below_its_latest_checkpoint_is_refused() {
     for db in soma_store::testing::engines("analytics").await {
         let ca = Ca::new();
-        let keys = common::AnalyticsKeys::generate();
+        let keys = AnalyticsKeys::generate();
         let svc = start_analytics(&ca, &db.settings, keys.config(), None).await;
         let mut c = clients(&ca, &svc);
         for i in 0..5 {
@@ -492,7 +415,7 @@ async fn sixteen_concurrent_writers_get_contiguous_unique_indices() {
 async fn two_replicas_on_one_database_share_one_contiguous_ledger() {
     for db in soma_store::testing::engines("analytics").await {
         let ca = Ca::new();
-        let keys = common::AnalyticsKeys::generate();
+        let keys = AnalyticsKeys::generate();
         let verifier = checkpoint_verifier(&keys.config());
         let a = start_analytics(&ca, &db.settings, keys.config(), None).await;
         let b = start_analytics(&ca, &db.settings, keys.config(), None).await;
@@ -611,7 +534,7 @@ async fn a_tenant_cannot_get_proofs_of_another_tenants_leaves() {
             .unwrap_err();
         assert_eq!(denied.code(), Code::NotFound, "{}", db.label);
         // A tenant cannot record an event for another tenant either.
-        let mut run = capsule_run("run-evil");
+        let mut run = capsule_run("run-evil", "");
         run.tenant = "globex".to_owned();
         let req = tenant_request(&claims, &svc.id, "acme", &["analytics:ingest"], run);
         assert_eq!(
@@ -717,7 +640,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
             );
         }
         // An unknown enum value on the wire.
-        let mut run = capsule_run("bad-run");
+        let mut run = capsule_run("bad-run", "");
         run.tenant = "acme".into();
         run.outcome = 99;
         let err = c.tool_registry.record_capsule_run(run).await.unwrap_err();
@@ -737,38 +660,4 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         svc.stop().await;
         db.cleanup().await;
     }
-}
-
-async fn leaf_hashes(sql: &Database) -> Vec<Hash> {
-    use sqlx::Row as _;
-    let q = "SELECT leaf_hash FROM ledger_leaves ORDER BY leaf_index";
-    let rows: Vec<Vec<u8>> = match (sql.as_sqlite(), sql.as_postgres()) {
-        (Some(p), _) => sqlx::query(q)
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-        (None, Some(p)) => sqlx::query(q)
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect(),
-        _ => unreachable!(),
-    };
-    rows.iter().map(|b| hash(b)).collect()
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
-    body
 }
