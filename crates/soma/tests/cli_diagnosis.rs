@@ -141,7 +141,7 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
 
     // 2. A real Workload API (the development authority) that has not
     // registered the caller, named in the `unix:/path` form.
-    let ca = common::Ca::new();
+    let ca = soma_testing::Ca::new();
     let socket = tmp.path().join("workload.sock");
     let listener = soma_ca::bind_socket(&socket).unwrap();
     let api = WorkloadApi::new(

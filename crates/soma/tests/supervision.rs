@@ -225,9 +225,9 @@ async fn wait_serving(
     let addr = endpoints[key].as_str().unwrap().parse().unwrap();
     let id = SpiffeId::parse(&format!("spiffe://somastack.local/svc/{name}")).unwrap();
     loop {
-        let ch = common::channel(operator.clone(), addr, &id);
+        let ch = soma_testing::channel(operator.clone(), addr, &id);
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, common::health(ch, grpc_name)).await {
+        match tokio::time::timeout(left, soma_testing::health(ch, grpc_name)).await {
             Ok(Ok(1)) => return,
             other => {
                 assert!(Instant::now() < deadline, "{name} not SERVING in time: {other:?}");

@@ -14,10 +14,11 @@ mod common;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use common::{AnalyticsKeys, Ca, channel, start_analytics};
+use common::analytics::{AnalyticsKeys, start_analytics};
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_store::{Database, StoreSettings};
+use soma_testing::{Ca, channel};
 
 fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEventRequest {
     pb::RecordBillingEventRequest {

@@ -41,7 +41,7 @@ async fn py_spiffe(socket: &Path, args: &[&str]) -> (serde_json::Value, Option<i
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/workload_client.py");
     let output = tokio::time::timeout(
         HANG_GUARD,
-        tokio::process::Command::new(common::python())
+        tokio::process::Command::new(soma_testing::python())
             .arg(script)
             .args(args)
             .env("SPIFFE_ENDPOINT_SOCKET", format!("unix://{}", socket.display()))

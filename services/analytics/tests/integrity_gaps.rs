@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{Ca, billing, exec, keyed_config, reason, start_analytics, tenant_request, text, ts};
+use common::{AnalyticsKeys, billing, start_analytics, ts};
 use serde_json::{Value, json};
 use soma_auth::ClaimsSigner;
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, verify_inclusion};
@@ -26,6 +26,7 @@ use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_sign::{HmacKeyring, jcs};
 use soma_store::Database;
+use soma_testing::{Ca, Running, TD, exec, grpc_reason as reason, scalar_text as text, tenant_request};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -37,7 +38,9 @@ const T0: i64 = 1_790_000_000;
 struct Env {
     ca: Ca,
     claims: ClaimsSigner,
-    svc: common::Running,
+    svc: Running,
+    /// A second handle on the service's database, to tamper with it.
+    db: Database,
     keys: HmacKeyring,
     registry: AnalyticsClient<Channel>,
     operator: AnalyticsClient<Channel>,
@@ -71,25 +74,17 @@ impl Export {
     }
 }
 
+/// A configuration over fresh keys, with a copy of the row keys.
+fn keyed_config() -> (soma_analytics::AnalyticsConfig, HmacKeyring) {
+    let keys = AnalyticsKeys::generate();
+    (keys.config(), keys.row_keys())
+}
+
 /// Two configurations holding the same keys (two processes of one
 /// deployment), with a copy of the row keys.
 fn twin_configs() -> [(soma_analytics::AnalyticsConfig, HmacKeyring); 2] {
-    let (_, row_keys) = HmacKeyring::generate("row-1").unwrap();
-    let (_, pkcs8) =
-        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
-    let signing_key_pem = common::pem("PRIVATE KEY", &pkcs8);
-    [(); 2].map(|()| {
-        let config = soma_analytics::AnalyticsConfig {
-            row_keys: HmacKeyring::from_json(&row_keys).unwrap(),
-            signing_key_pem: signing_key_pem.clone(),
-            signing_key_id: "analytics-1".to_owned(),
-            ledger_origin: format!("{}/analytics", common::TD),
-            max_export_span: soma_analytics::DEFAULT_MAX_EXPORT_SPAN,
-            drills: soma_analytics::DrillConfig::default(),
-            anomaly: soma_analytics::AnomalyConfig::default(),
-        };
-        (config, HmacKeyring::from_json(&row_keys).unwrap())
-    })
+    let keys = AnalyticsKeys::generate();
+    [(); 2].map(|()| (keys.config(), keys.row_keys()))
 }
 
 impl Env {
@@ -103,13 +98,15 @@ impl Env {
     ) -> Self {
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let svc = start_analytics(&ca, &db.settings, config, &claims).await;
-        let registry = svc.client(&ca, "/svc/tool-registry");
-        let operator = svc.client(&ca, "/operator/auditor");
+        let svc = start_analytics(&ca, &db.settings, config, Some(&claims)).await;
+        let registry = common::client(&ca, &svc, "/svc/tool-registry");
+        let sql = common::database(&db.settings).await;
+        let operator = common::client(&ca, &svc, "/operator/auditor");
         Self {
             ca,
             claims,
             svc,
+            db: sql,
             keys,
             registry,
             operator,
@@ -193,8 +190,7 @@ impl Env {
                 tree_size: 0,
             },
         );
-        self.svc
-            .client(&self.ca, "/svc/gateway")
+        common::client(&self.ca, &self.svc, "/svc/gateway")
             .inclusion_proof(request)
             .await
             .map(tonic::Response::into_inner)
@@ -216,9 +212,7 @@ impl Env {
     }
 
     async fn sweep(&self) -> soma_analytics::StoreReport {
-        soma_analytics::verify_store(&self.svc.db, &self.keys)
-            .await
-            .unwrap()
+        soma_analytics::verify_store(&self.db, &self.keys).await.unwrap()
     }
 
     /// Checks an export's signature and that it is bound to the latest
@@ -329,7 +323,7 @@ async fn the_integrity_table_export_sweep_and_proof_each_refuse_naming_the_index
             );
             assert!(env.sweep().await.failures.is_empty(), "{label}");
 
-            tamper(&env.svc.db, &case.sql).await;
+            tamper(&env.db, &case.sql).await;
             let named = format!("ledger index {}", case.index);
 
             let export = env.export("acme").await;
@@ -489,7 +483,7 @@ async fn ids_are_scoped_per_tenant_and_a_row_moved_to_another_tenant_is_caught()
         // with that tenant's key and the database refuses it...
         let collide =
             "UPDATE billing_events SET tenant = 'globex' WHERE tenant = 'acme' AND event_id = 'shared-1'";
-        let refused = match (env.svc.db.as_sqlite(), env.svc.db.as_postgres()) {
+        let refused = match (env.db.as_sqlite(), env.db.as_postgres()) {
             (Some(pool), _) => sqlx::query(collide).execute(pool).await.is_err(),
             (None, Some(pool)) => sqlx::query(collide).execute(pool).await.is_err(),
             _ => unreachable!(),
@@ -502,7 +496,7 @@ async fn ids_are_scoped_per_tenant_and_a_row_moved_to_another_tenant_is_caught()
         // acme's leaf lacks its row, globex holds a row no leaf of its has.
         assert_eq!(
             exec(
-                &env.svc.db,
+                &env.db,
                 "UPDATE billing_events SET tenant = 'globex' WHERE tenant = 'acme' AND event_id = 'a-3'"
             )
             .await,
@@ -587,7 +581,7 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
         old.migrate(&soma_store::Migrations(&soma_analytics::MIGRATIONS.0[..5]))
             .await
             .unwrap();
-        let recorder = format!("spiffe://{}/svc/tool-registry", common::TD);
+        let recorder = format!("spiffe://{}/svc/tool-registry", TD);
         let mut hashes = Vec::new();
         for i in 0..4i64 {
             let event_id = format!("old-{i}");
@@ -683,9 +677,10 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
         // leaf; the failing row is left under scheme 1 and still reported.
         let ca = Ca::new();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let svc = start_analytics(&ca, &db.settings, config, &claims).await;
+        let svc = start_analytics(&ca, &db.settings, config, Some(&claims)).await;
+        let sql = common::database(&db.settings).await;
         let schemes = text(
-            &svc.db,
+            &sql,
             "SELECT CAST(COUNT(*) AS TEXT) || ':' || CAST(SUM(mac_scheme) AS TEXT) FROM billing_events \
              WHERE event_id <> 'old-3'",
         )
@@ -693,7 +688,7 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
         assert_eq!(schemes, "3:6", "{label}: three rows, all scheme 2");
         assert_eq!(
             text(
-                &svc.db,
+                &sql,
                 "SELECT CAST(mac_scheme AS TEXT) FROM billing_events WHERE event_id = 'old-3'"
             )
             .await,
@@ -702,19 +697,19 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
         );
         assert_eq!(
             text(
-                &svc.db,
+                &sql,
                 "SELECT CAST(COUNT(*) AS TEXT) FROM ledger_leaves WHERE mac_scheme = 2 AND mac IS NOT NULL"
             )
             .await,
             "3",
             "{label}: leaf 3 stays unsealed"
         );
-        let after = soma_analytics::verify_store(&svc.db, &keys).await.unwrap();
+        let after = soma_analytics::verify_store(&sql, &keys).await.unwrap();
         let failed: Vec<&str> = after.failures.iter().map(|f| f.primary_key.as_str()).collect();
         assert_eq!(failed, ["old-3"], "{label}: {:?}", after.failures);
 
         // The re-sealed rows prove as before, against the old checkpoint.
-        let mut operator = svc.client(&ca, "/operator/auditor");
+        let mut operator = common::client(&ca, &svc, "/operator/auditor");
         let proof = operator
             .inclusion_proof(pb::InclusionProofRequest {
                 event_id: "old-1".to_owned(),
@@ -761,7 +756,7 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
         );
 
         // New appends carry scheme 2 from the start.
-        let mut registry = svc.client(&ca, "/svc/tool-registry");
+        let mut registry = common::client(&ca, &svc, "/svc/tool-registry");
         let recorded = registry
             .record_billing_event(billing("new-0", "acme", 1))
             .await
@@ -770,7 +765,7 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
         assert_eq!(recorded.ledger.unwrap().index, 4, "{label}");
         assert_eq!(
             text(
-                &svc.db,
+                &sql,
                 "SELECT CAST(mac_scheme AS TEXT) FROM billing_events WHERE event_id = 'new-0'"
             )
             .await,
@@ -804,7 +799,7 @@ async fn a_replica_trusts_a_leaf_another_wrote_only_once_its_mac_verifies() {
         // it is and proves no export complete, naming it.
         writer.record_for("acme", "late-1", 1).await.unwrap();
         exec(
-            &writer.svc.db,
+            &writer.db,
             "UPDATE ledger_leaves SET tenant = 'globex' WHERE leaf_index = 8",
         )
         .await;
