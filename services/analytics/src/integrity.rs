@@ -177,7 +177,7 @@ pub async fn verify_store(db: &Database, keys: &HmacKeyring) -> Result<StoreRepo
             format!("ledger index {index}: {reason}"),
         ));
     }
-    let leaves = all_leaves(db).await?;
+    let leaves = leaves_where(db, "1 = 1").await?;
     let mut events = Leaves::default();
     for leaf in leaves.values() {
         events.insert(&leaf.tenant, &leaf.event_id);
@@ -210,10 +210,11 @@ pub async fn verify_store(db: &Database, keys: &HmacKeyring) -> Result<StoreRepo
     Ok(report)
 }
 
-/// Every stored leaf row, by index.
-async fn all_leaves(db: &Database) -> Result<BTreeMap<i64, LeafRow>, AnalyticsError> {
+/// The stored leaf rows that `filter` (an SQL condition without
+/// parameters) admits, by index.
+async fn leaves_where(db: &Database, filter: &str) -> Result<BTreeMap<i64, LeafRow>, AnalyticsError> {
     let sql = format!(
-        "SELECT {} FROM ledger_leaves ORDER BY leaf_index",
+        "SELECT {} FROM ledger_leaves WHERE {filter} ORDER BY leaf_index",
         LeafRow::COLUMNS
     );
     on_pool!(db, pool => sqlx::query(&sql)
@@ -341,18 +342,7 @@ const RESEAL_BATCH: usize = 256;
 /// through partial indexes of the unsealed rows).
 pub(crate) async fn reseal(db: &Database, keys: &HmacKeyring) -> Result<Vec<StoreFailure>, AnalyticsError> {
     let mut refused = Vec::new();
-    let mut unsealed: BTreeMap<i64, LeafRow> = {
-        let sql = format!(
-            "SELECT {} FROM ledger_leaves WHERE mac_scheme = 1 ORDER BY leaf_index",
-            LeafRow::COLUMNS
-        );
-        on_pool!(db, pool => sqlx::query(&sql)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| LeafRow::read(r).map(|leaf| (leaf.index, leaf)))
-            .collect::<Result<_, AnalyticsError>>()?)
-    };
+    let mut unsealed = leaves_where(db, "mac_scheme = 1").await?;
     let mut resealed = 0u64;
     for table in tables::registered() {
         let old = (table.load_all)(db, Some(LEGACY_MAC_SCHEME)).await?;

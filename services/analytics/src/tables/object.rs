@@ -201,37 +201,27 @@ mod tests {
         }
     }
 
-    /// The `Value` forms the direct writers replace: scheme 1, and scheme 2
-    /// at a ledger index (or none).
-    fn value_mac<R: EventRow>(row: &R, row_version: i64, key_id: &str) -> Vec<u8> {
-        jcs::canonicalize(&json!({
-            "table": R::TABLE,
-            "primary_key": row.event_id(),
-            "tenant": row.tenant(),
-            "row_version": row_version.to_string(),
-            "key_id": key_id,
-            "content": row.content(),
-        }))
-        .unwrap()
-    }
-
-    fn value_mac_2<R: EventRow>(
+    /// The `Value` form the direct writers replace: scheme 1 (`None`), or
+    /// scheme 2 at a ledger index (or none).
+    fn value_mac<R: EventRow>(
         row: &R,
         row_version: i64,
         key_id: &str,
-        ledger_index: Option<i64>,
+        scheme_2: Option<Option<i64>>,
     ) -> Vec<u8> {
-        jcs::canonicalize(&json!({
+        let mut message = json!({
             "table": R::TABLE,
             "primary_key": row.event_id(),
             "tenant": row.tenant(),
             "row_version": row_version.to_string(),
             "key_id": key_id,
             "content": row.content(),
-            "ledger_index": ledger_index.map(|i| i.to_string()),
-            "mac_scheme": "2",
-        }))
-        .unwrap()
+        });
+        if let Some(ledger_index) = scheme_2 {
+            message["ledger_index"] = json!(ledger_index.map(|i| i.to_string()));
+            message["mac_scheme"] = json!("2");
+        }
+        jcs::canonicalize(&message).unwrap()
     }
 
     fn value_leaf<R: EventRow>(row: &R) -> Vec<u8> {
@@ -253,12 +243,12 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(row.mac_message(1, 1, key_id, Some(7)).unwrap()).unwrap(),
-            String::from_utf8(value_mac(row, 1, key_id)).unwrap()
+            String::from_utf8(value_mac(row, 1, key_id, None)).unwrap()
         );
         for index in [Some(0), Some(7), Some(i64::MAX), None] {
             assert_eq!(
                 String::from_utf8(row.mac_message(2, 3, key_id, index).unwrap()).unwrap(),
-                String::from_utf8(value_mac_2(row, 3, key_id, index)).unwrap()
+                String::from_utf8(value_mac(row, 3, key_id, Some(index))).unwrap()
             );
         }
         assert!(
