@@ -14,31 +14,10 @@ mod common;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use common::analytics::{AnalyticsKeys, start_analytics};
-use soma_proto::v1 as pb;
+use common::analytics::{AnalyticsKeys, billing, start_analytics, tamper};
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_store::{Database, StoreSettings};
 use soma_testing::{Ca, channel};
-
-fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEventRequest {
-    pb::RecordBillingEventRequest {
-        event_id: event_id.to_owned(),
-        tenant: tenant.to_owned(),
-        tool: "summarize".to_owned(),
-        tool_version: "1.2.0".to_owned(),
-        amount: Some(pb::Money {
-            currency: "EUR".to_owned(),
-            micros,
-        }),
-        fuel_consumed: 1000,
-        duration_micros: 2500,
-        occurred_at: Some(prost_types::Timestamp {
-            seconds: 1_790_000_000,
-            nanos: 0,
-        }),
-        run_id: format!("run-{event_id}"),
-    }
-}
 
 /// What one run of the binary did.
 #[derive(Debug)]
@@ -84,24 +63,6 @@ fn data_dir(keys: &AnalyticsKeys, database_url: Option<String>) -> (tempfile::Te
         database_url,
     };
     (dir, settings)
-}
-
-/// Runs `sql` as an attacker with write access would: with the foreign
-/// keys that would stop it out of the way, on one connection.
-async fn tamper(db: &Database, sql: &str) {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => {
-            let sql = format!("PRAGMA foreign_keys = OFF; {sql}; PRAGMA foreign_keys = ON;");
-            sqlx::raw_sql(&sql).execute(pool).await.unwrap();
-        }
-        (None, Some(pool)) => {
-            let sql = format!(
-                "SET session_replication_role = replica; {sql}; SET session_replication_role = DEFAULT;"
-            );
-            sqlx::raw_sql(&sql).execute(pool).await.unwrap();
-        }
-        _ => unreachable!("a database is either SQLite or PostgreSQL"),
-    }
 }
 
 #[tokio::test]

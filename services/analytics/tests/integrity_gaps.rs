@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{AnalyticsKeys, billing, start_analytics, ts};
+use common::{AnalyticsKeys, billing, start_analytics, tamper, ts};
 use serde_json::{Value, json};
 use soma_auth::ClaimsSigner;
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, verify_inclusion};
@@ -231,26 +231,6 @@ impl Env {
         soma_sign::verify_ed25519_strict(&key, &export.bytes, &signature.signature).unwrap();
         assert_eq!(export.document()["tenant"], tenant);
         export.rows()
-    }
-}
-
-/// Runs `sql` as an attacker with write access would: with the foreign
-/// keys that would stop it out of the way (SQLite: `PRAGMA foreign_keys`;
-/// PostgreSQL: the replica role, which fires no constraint trigger), on one
-/// connection.
-async fn tamper(db: &Database, sql: &str) {
-    match (db.as_sqlite(), db.as_postgres()) {
-        (Some(pool), _) => {
-            let sql = format!("PRAGMA foreign_keys = OFF; {sql}; PRAGMA foreign_keys = ON;");
-            sqlx::raw_sql(&sql).execute(pool).await.unwrap();
-        }
-        (None, Some(pool)) => {
-            let sql = format!(
-                "SET session_replication_role = replica; {sql}; SET session_replication_role = DEFAULT;"
-            );
-            sqlx::raw_sql(&sql).execute(pool).await.unwrap();
-        }
-        _ => unreachable!("a database is either SQLite or PostgreSQL"),
     }
 }
 

@@ -263,3 +263,21 @@ pub async fn leaf_hashes(sql: &Database) -> Vec<Hash> {
     };
     rows.iter().map(|b| Hash::from_slice(b).unwrap()).collect()
 }
+
+/// Runs `sql` as an attacker with write access would: with the foreign
+/// keys that would stop it out of the way, on one connection.
+pub async fn tamper(db: &Database, sql: &str) {
+    match (db.as_sqlite(), db.as_postgres()) {
+        (Some(pool), _) => {
+            let sql = format!("PRAGMA foreign_keys = OFF; {sql}; PRAGMA foreign_keys = ON;");
+            sqlx::raw_sql(&sql).execute(pool).await.unwrap();
+        }
+        (None, Some(pool)) => {
+            let sql = format!(
+                "SET session_replication_role = replica; {sql}; SET session_replication_role = DEFAULT;"
+            );
+            sqlx::raw_sql(&sql).execute(pool).await.unwrap();
+        }
+        _ => unreachable!("a database is either SQLite or PostgreSQL"),
+    }
+}
