@@ -162,6 +162,7 @@ async fn audit_events_from_two_services_and_billing_events_share_one_contiguous_
         assert_eq!(after.tree_size, total, "{}", db.label);
         sql.close().await;
         svc.stop().await;
+        db.cleanup().await;
     }
 }
 
@@ -253,6 +254,7 @@ async fn an_audit_row_tampered_in_sql_is_caught_by_the_sweep() {
         }
         sql.close().await;
         svc.stop().await;
+        db.cleanup().await;
     }
 }
 
@@ -463,6 +465,7 @@ async fn tenants_unlisted_callers_and_bad_input_are_refused_with_their_reason() 
         );
         sql.close().await;
         svc.stop().await;
+        db.cleanup().await;
     }
 }
 
@@ -562,5 +565,6 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
         assert_eq!(refused.code(), Code::InvalidArgument, "{}", db.label);
         assert_eq!(grpc_reason(&refused), "invalid_argument", "{}", db.label);
         svc.stop().await;
+        db.cleanup().await;
     }
 }
