@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const SOMA: &str = env!("CARGO_BIN_EXE_soma");
 
@@ -35,23 +35,11 @@ const SERVICES: [(&str, &str, &str); 4] = [
 ];
 
 fn soma_up(data_dir: &Path) -> Child {
-    Command::new(SOMA)
-        .args([
-            "up",
-            "--edge-addr",
-            "127.0.0.1:0",
-            "--region",
-            "eu-west-1",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
-        .env_remove("SOMA_GATEWAY_CONFIG")
+    common::soma_up_command(data_dir)
+        .args(["--region", "eu-west-1"])
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }

@@ -62,28 +62,16 @@ fn lines_of(reader: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> mpsc:
 }
 
 fn soma_up(data_dir: &Path, rust_log: &str, capture_stderr: bool) -> Up {
-    let mut child = Command::new(SOMA)
-        .args([
-            "up",
-            "--edge-addr",
-            "127.0.0.1:0",
-            "--region",
-            "eu-west-1",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
-        .env_remove("SOMA_GATEWAY_CONFIG")
+    let mut child = common::soma_up_command(data_dir)
+        .args(["--region", "eu-west-1"])
         .env_remove("NO_COLOR")
         .env("RUST_LOG", rust_log)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(if capture_stderr {
             Stdio::piped()
         } else {
             Stdio::inherit()
         })
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());

@@ -51,21 +51,29 @@ pub async fn start(
     soma_testing::serve(settings, store, claims, spec).await
 }
 
-/// `soma up` on `data_dir` with its edge on a free loopback port and
-/// `extra` arguments, logging warnings only; killed if dropped.
-pub fn spawn_soma_up(data_dir: &std::path::Path, extra: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"))
-        .args(["up", "--edge-addr", "127.0.0.1:0"])
-        .args(extra)
-        .arg("--data-dir")
+/// `soma up` on `data_dir` with its edge on a free loopback port, no
+/// inherited gateway configuration, stdin closed and killed if dropped:
+/// callers add their arguments, log level and output handling.
+pub fn soma_up_command(data_dir: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"));
+    command
+        .args(["up", "--edge-addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env_remove("SOMAGENT_GATEWAY_RESIDENCY_ALLOWED")
         .env_remove("SOMA_GATEWAY_CONFIG")
-        .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// `soma up` on `data_dir` ([`soma_up_command`]) with `extra` arguments,
+/// logging warnings only.
+pub fn spawn_soma_up(data_dir: &std::path::Path, extra: &[&str]) -> tokio::process::Child {
+    soma_up_command(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }
