@@ -513,6 +513,34 @@ async fn concurrent_calls_share_one_connection_and_a_restarted_backend_is_dialed
     backend.stop().await;
 }
 
+/// A backend that goes away at any moment around a call, between its head
+/// and its body included: the call fails UNAVAILABLE (its connection
+/// ended), never INTERNAL. (h2 reports a stream closed by the end of its
+/// connection between `send_request` and `send_data` only as "inactive
+/// stream"; the relay used to answer that INTERNAL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_around_a_call_is_unavailable_whatever_the_moment() {
+    let ca = Ca::new();
+    let store = ca.store("/svc/analytics", Duration::from_secs(3600));
+    let mut failed = 0;
+    for round in 0..300 {
+        let backend = Backend::start(
+            Arc::clone(&store),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
+        .await;
+        let relay = relay(&ca, backend.addr, "/svc/analytics");
+        call(&relay, "Echo", b"warm").await.unwrap();
+        let ((), reply) = tokio::join!(backend.stop(), call(&relay, "Echo", b"racing"));
+        if let Err(status) = reply {
+            failed += 1;
+            assert_eq!(status.code(), Code::Unavailable, "round {round}: {status:?}");
+        }
+    }
+    // The race was run: most calls met a closing connection.
+    assert!(failed > 0, "no call met the closing connection in 300 rounds");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_another_spiffe_id_gets_no_request() {
     let ca = Ca::new();

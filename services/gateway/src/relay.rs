@@ -148,7 +148,17 @@ impl UnaryRelay {
         // Capacity comes from the fresh stream's window at once: the DATA
         // frame is queued with END_STREAM behind the head, nothing waits for
         // a grant, and the connection task writes both in one flush.
-        stream.send_data(framed, true).map_err(|e| stream_status(&e))?;
+        if let Err(sent) = stream.send_data(framed, true) {
+            // The stream closed between its head and its body: the
+            // connection ended under it (h2 then reports only "inactive
+            // stream"). Its reply carries why; a closed connection is
+            // UNAVAILABLE, as for any call it takes down.
+            self.forget(live.number);
+            return Err(match reply.await {
+                Err(fate) => stream_status(&fate),
+                Ok(_) => stream_status(&sent),
+            });
+        }
         read_reply(reply, self.max_reply_bytes).await
     }
 
