@@ -152,9 +152,7 @@ impl Ed25519Signer {
 
     /// The public key as an RFC 8410 SubjectPublicKeyInfo in DER.
     pub fn public_key_spki_der(&self) -> Vec<u8> {
-        let mut der = SPKI_PREFIX.to_vec();
-        der.extend_from_slice(&self.public_key());
-        der
+        ed25519_public_key_to_spki_der(&self.public_key())
     }
 
     /// The public key as a PEM `PUBLIC KEY` document (SubjectPublicKeyInfo, RFC 8410).
@@ -183,6 +181,14 @@ fn pkcs8_seed(der: &[u8]) -> Result<[u8; SEED_LEN], SignError> {
         .ok_or_else(|| SignError::InvalidPrivateKey {
             reason: "the pkcs#8 document does not hold the seed where rfc 8410 places it".to_owned(),
         })
+}
+
+/// Encodes a 32-byte Ed25519 public key as its RFC 8410 SubjectPublicKeyInfo
+/// in DER (44 bytes), the one encoding [`ed25519_public_key_from_spki_der`] accepts.
+pub fn ed25519_public_key_to_spki_der(public_key: &[u8; ED25519_PUBLIC_KEY_LEN]) -> Vec<u8> {
+    let mut der = SPKI_PREFIX.to_vec();
+    der.extend_from_slice(public_key);
+    der
 }
 
 /// Extracts the 32-byte key from an RFC 8410 SubjectPublicKeyInfo in DER.

@@ -192,6 +192,13 @@ pub enum SignError {
     #[error("system random number generator failed")]
     Random,
 
+    /// A keyring change that would retire the primary key (promote another key first).
+    #[error("key id {id:?} is the primary and cannot be retired")]
+    RetirePrimary {
+        /// The primary's id.
+        id: String,
+    },
+
     // ---- Ed25519 ----
     /// PEM text is malformed (armour, line structure or base64 body).
     #[error("malformed pem: {reason}")]
@@ -292,5 +299,55 @@ pub enum SignError {
         expected_len: u64,
         /// Length of the replayed message.
         replayed_len: u64,
+    },
+
+    // ---- DSSE ----
+    /// A DSSE envelope that is not the JSON shape envelope.md defines.
+    #[error("dsse envelope is malformed: {reason}")]
+    DsseEnvelopeFormat {
+        /// What was wrong.
+        reason: &'static str,
+    },
+
+    /// A DSSE envelope or signature member that the format does not define.
+    #[error("dsse envelope has an unknown member {member:?}")]
+    DsseUnknownMember {
+        /// The member's name.
+        member: String,
+    },
+
+    /// A required DSSE envelope member is absent.
+    #[error("dsse envelope member {member:?} is missing")]
+    DsseMissingMember {
+        /// The member's name.
+        member: &'static str,
+    },
+
+    /// A DSSE envelope member is not a json string.
+    #[error("dsse envelope member {member:?} is not a string")]
+    DsseMemberType {
+        /// The member's name.
+        member: &'static str,
+    },
+
+    /// A DSSE `payload` or `sig` that is not base64 (standard or url-safe, padded or not).
+    #[error("dsse envelope member {member:?} is not base64")]
+    DsseBase64 {
+        /// The member's name.
+        member: &'static str,
+    },
+
+    /// No signature of the envelope names the key id being verified.
+    #[error("dsse envelope has no signature with keyid {keyid:?}")]
+    DsseNoSignatureForKey {
+        /// The key id looked for.
+        keyid: String,
+    },
+
+    /// Several signatures of the envelope name the key id being verified.
+    #[error("dsse envelope has several signatures with keyid {keyid:?}")]
+    DsseAmbiguousKeyId {
+        /// The repeated key id.
+        keyid: String,
     },
 }

@@ -1,9 +1,18 @@
 //! HMAC-SHA256 with versioned keys.
 //!
 //! A keyring holds several named secrets. The *primary* signs; every
-//! *enabled* key verifies, so a rotation is: add a new key, make it primary,
-//! and later mark the old one `retired` once no live tag can carry it. A
-//! retired key never verifies again.
+//! *enabled* key verifies, so a rotation is: add a new key
+//! ([`HmacKeyring::add_generated`]), make it primary
+//! ([`HmacKeyring::promote`]), and later mark the old one `retired`
+//! ([`HmacKeyring::retire`]) once no live tag can carry it. A retired key
+//! never verifies again, and never becomes primary again: retiring is final,
+//! so a tag made under a key that was once withdrawn cannot be brought back
+//! to life by a later promotion.
+//!
+//! The rotation methods change one in-memory keyring and either succeed
+//! completely or leave it untouched; [`HmacKeyring::to_json`] then gives the
+//! document to write back to the key file. Services load the file
+//! ([`HmacKeyring::load`]), so a rotation reaches them as a file change.
 //!
 //! Verification compares in constant time (ring's `hmac::verify`) and accepts
 //! only full 32-byte tags: a truncated tag is refused, whatever its prefix.
@@ -52,6 +61,8 @@ pub struct HmacKeyring {
 
 struct Entry {
     key: hmac::Key,
+    /// The secret itself, kept only so that [`HmacKeyring::to_json`] can write the key file back.
+    secret: Vec<u8>,
     status: KeyStatus,
 }
 
@@ -96,6 +107,7 @@ impl HmacKeyring {
             }
             let entry = Entry {
                 key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+                secret,
                 status: k.status,
             };
             keys.insert(id, entry);
@@ -131,10 +143,7 @@ impl HmacKeyring {
     /// secret: write it to a file only the service can read).
     pub fn generate(primary_id: &str) -> Result<(Self, Vec<u8>), SignError> {
         let id = KeyId::new(primary_id)?;
-        let mut secret = [0u8; MIN_SECRET_LEN];
-        SystemRandom::new()
-            .fill(&mut secret)
-            .map_err(|_| SignError::Random)?;
+        let secret = random_secret()?;
         let file = KeyringFile {
             primary: id.to_string(),
             keys: vec![KeyFile {
@@ -184,6 +193,101 @@ impl HmacKeyring {
         }
         hmac::verify(&entry.key, message, tag).map_err(|_| SignError::TagMismatch)
     }
+
+    /// Every key: its id, its status and whether it is the primary, in id order.
+    pub fn keys(&self) -> Vec<(KeyId, KeyStatus, bool)> {
+        self.keys
+            .iter()
+            .map(|(id, e)| (id.clone(), e.status, *id == self.primary))
+            .collect()
+    }
+
+    /// Adds a new enabled, non-primary key `id` with a fresh random 32-byte secret.
+    ///
+    /// The key verifies at once and signs only once promoted, so every
+    /// instance can load it before any of them signs with it. Refuses an
+    /// invalid id and an id the keyring already holds (even a retired one:
+    /// an id names one secret forever).
+    pub fn add_generated(&mut self, id: &str) -> Result<(), SignError> {
+        let id = KeyId::new(id)?;
+        if self.keys.contains_key(&id) {
+            return Err(SignError::DuplicateKeyId { id: id.to_string() });
+        }
+        let secret = random_secret()?.to_vec();
+        let entry = Entry {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            secret,
+            status: KeyStatus::Enabled,
+        };
+        self.keys.insert(id, entry);
+        Ok(())
+    }
+
+    /// Makes the enabled key `id` the primary, the one that signs from now on.
+    ///
+    /// The previous primary stays enabled, so its tags keep verifying until it
+    /// is retired. Promoting the current primary changes nothing. Refuses an
+    /// unknown id and a retired key (retiring is final).
+    pub fn promote(&mut self, id: &str) -> Result<(), SignError> {
+        let (key_id, entry) = self
+            .keys
+            .get_key_value(id)
+            .ok_or_else(|| SignError::UnknownKeyId { id: id.to_owned() })?;
+        if entry.status == KeyStatus::Retired {
+            return Err(SignError::RetiredKeyId { id: id.to_owned() });
+        }
+        self.primary_key = entry.key.clone();
+        self.primary = key_id.clone();
+        Ok(())
+    }
+
+    /// Retires key `id`: from now on it neither signs nor verifies, for good.
+    ///
+    /// Refuses an unknown id and the primary (promote its successor first, so
+    /// that the keyring always has a key to sign with). Retiring a retired key
+    /// changes nothing.
+    pub fn retire(&mut self, id: &str) -> Result<(), SignError> {
+        if self.primary.as_str() == id {
+            return Err(SignError::RetirePrimary { id: id.to_owned() });
+        }
+        let entry = self
+            .keys
+            .get_mut(id)
+            .ok_or_else(|| SignError::UnknownKeyId { id: id.to_owned() })?;
+        entry.status = KeyStatus::Retired;
+        Ok(())
+    }
+
+    /// The keyring document, in the format [`HmacKeyring::from_json`] reads,
+    /// keys in id order.
+    ///
+    /// It contains every secret in base64: use it only to write the key file
+    /// (readable by the service alone), never to log or display.
+    pub fn to_json(&self) -> Vec<u8> {
+        let file = KeyringFile {
+            primary: self.primary.to_string(),
+            keys: self
+                .keys
+                .iter()
+                .map(|(id, e)| KeyFile {
+                    id: id.to_string(),
+                    secret: STANDARD.encode(&e.secret),
+                    status: e.status,
+                })
+                .collect(),
+        };
+        // Strings and a two-variant enum only: serialisation cannot fail.
+        serde_json::to_vec_pretty(&file).unwrap_or_default()
+    }
+}
+
+/// A fresh 32-byte secret from the system's random number generator.
+fn random_secret() -> Result<[u8; MIN_SECRET_LEN], SignError> {
+    let mut secret = [0u8; MIN_SECRET_LEN];
+    SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| SignError::Random)?;
+    Ok(secret)
 }
 
 impl fmt::Debug for HmacKeyring {

@@ -308,3 +308,174 @@ fn generate_load_and_debug_hide_secrets() {
     let err = HmacKeyring::generate("bad id").unwrap_err();
     assert!(matches!(err, SignError::InvalidKeyId { .. }), "{err:?}");
 }
+
+#[test]
+fn rotation_keeps_old_tags_until_retired() {
+    let (mut ring, _) = HmacKeyring::generate("k1").unwrap();
+    let msg = b"manifest digest";
+    let (id1, tag1) = ring.sign(msg);
+    assert_eq!(id1.as_str(), "k1");
+
+    ring.add_generated("k2").unwrap();
+    // Added, not yet primary: k1 still signs, k2 already verifies its own tags.
+    assert_eq!(ring.primary().as_str(), "k1");
+    assert_eq!(ring.sign(msg), (id1.clone(), tag1));
+
+    ring.promote("k2").unwrap();
+    let (id2, tag2) = ring.sign(msg);
+    assert_eq!(id2.as_str(), "k2");
+    assert_ne!(tag2, tag1, "two generated keys share a secret");
+    ring.verify("k2", msg, &tag2).unwrap();
+    // The tag k1 made before the rotation keeps verifying after k2 is promoted.
+    ring.verify("k1", msg, &tag1).unwrap();
+    assert_eq!(
+        ring.keys()
+            .into_iter()
+            .map(|(id, status, primary)| (id.to_string(), status, primary))
+            .collect::<Vec<_>>(),
+        vec![
+            ("k1".to_owned(), KeyStatus::Enabled, false),
+            ("k2".to_owned(), KeyStatus::Enabled, true),
+        ]
+    );
+
+    ring.retire("k1").unwrap();
+    // After k1 is retired its tags no longer verify.
+    assert_eq!(
+        format!("{:?}", ring.verify("k1", msg, &tag1)),
+        r#"Err(RetiredKeyId { id: "k1" })"#
+    );
+    ring.verify("k2", msg, &tag2).unwrap();
+    assert_eq!(ring.status("k1"), Some(KeyStatus::Retired));
+
+    // The written document carries the rotation, and loads back to the same keyring.
+    let reloaded = HmacKeyring::from_json(&ring.to_json()).unwrap();
+    assert_eq!(reloaded.keys(), ring.keys());
+    assert_eq!(reloaded.sign(msg), (id2, tag2));
+    assert!(reloaded.verify("k1", msg, &tag1).is_err());
+}
+
+struct RotationCase {
+    name: &'static str,
+    step: fn(&mut HmacKeyring) -> Result<(), SignError>,
+    expected: &'static str,
+}
+
+#[test]
+fn rotation_refusals_table() {
+    // Keyring before each case: k1 primary, k2 enabled, k0 retired.
+    let s = [3u8; 32];
+    let json = keyring_json(
+        "k1",
+        &[
+            ("k0", &s, "retired"),
+            ("k1", &s, "enabled"),
+            ("k2", &s, "enabled"),
+        ],
+    );
+    let cases = [
+        RotationCase {
+            name: "add an id already present",
+            step: |r| r.add_generated("k2"),
+            expected: r#"Err(DuplicateKeyId { id: "k2" })"#,
+        },
+        RotationCase {
+            name: "add an id already present, retired",
+            step: |r| r.add_generated("k0"),
+            expected: r#"Err(DuplicateKeyId { id: "k0" })"#,
+        },
+        RotationCase {
+            name: "add an invalid id",
+            step: |r| r.add_generated("k/3"),
+            expected: r#"Err(InvalidKeyId { id: "k/3" })"#,
+        },
+        RotationCase {
+            name: "promote an unknown key",
+            step: |r| r.promote("k9"),
+            expected: r#"Err(UnknownKeyId { id: "k9" })"#,
+        },
+        RotationCase {
+            name: "promote a retired key (retiring is final)",
+            step: |r| r.promote("k0"),
+            expected: r#"Err(RetiredKeyId { id: "k0" })"#,
+        },
+        RotationCase {
+            name: "retire the primary",
+            step: |r| r.retire("k1"),
+            expected: r#"Err(RetirePrimary { id: "k1" })"#,
+        },
+        RotationCase {
+            name: "retire an unknown key",
+            step: |r| r.retire("k9"),
+            expected: r#"Err(UnknownKeyId { id: "k9" })"#,
+        },
+        RotationCase {
+            name: "promote the primary again",
+            step: |r| r.promote("k1"),
+            expected: "Ok(())",
+        },
+        RotationCase {
+            name: "retire a retired key again",
+            step: |r| r.retire("k0"),
+            expected: "Ok(())",
+        },
+    ];
+    for case in &cases {
+        let mut ring = HmacKeyring::from_json(&json).unwrap();
+        let before = ring.keys();
+        let got = (case.step)(&mut ring);
+        assert_eq!(format!("{got:?}"), case.expected, "case {}", case.name);
+        // A refused or no-op step leaves the keyring as it was.
+        assert_eq!(ring.keys(), before, "case {}", case.name);
+        assert_eq!(ring.primary().as_str(), "k1", "case {}", case.name);
+    }
+
+    // Retire, then try to bring the key back: refused, and it stays retired.
+    let mut ring = HmacKeyring::from_json(&json).unwrap();
+    ring.retire("k2").unwrap();
+    assert_eq!(
+        format!("{:?}", ring.promote("k2")),
+        r#"Err(RetiredKeyId { id: "k2" })"#
+    );
+    assert_eq!(ring.status("k2"), Some(KeyStatus::Retired));
+    println!("hmac rotation refusals: {} cases", cases.len() + 1);
+}
+
+#[test]
+fn to_json_round_trip_keeps_secrets_ids_and_statuses() {
+    let k0 = [0x5a_u8; 32];
+    let k1 = [0xa5_u8; 48];
+    let json = keyring_json("k1", &[("k0", &k0, "retired"), ("k1", &k1, "enabled")]);
+    let ring = HmacKeyring::from_json(&json).unwrap();
+    let written = ring.to_json();
+    // The same document, member for member (the input was already in id order).
+    let a: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&written).unwrap();
+    assert_eq!(a, b);
+    let again = HmacKeyring::from_json(&written).unwrap();
+    assert_eq!(again.keys(), ring.keys());
+    assert_eq!(again.sign(b"m"), ring.sign(b"m"));
+    assert_eq!(again.to_json(), written);
+
+    // A generated key survives the round trip with its secret.
+    let mut ring = again;
+    ring.add_generated("k2").unwrap();
+    ring.promote("k2").unwrap();
+    let (id, tag) = ring.sign(b"m");
+    let reloaded = HmacKeyring::from_json(&ring.to_json()).unwrap();
+    reloaded.verify(id.as_str(), b"m", &tag).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&ring.to_json()).unwrap();
+    assert_eq!(doc["primary"], "k2");
+    assert_eq!(
+        STANDARD
+            .decode(doc["keys"][2]["secret"].as_str().unwrap())
+            .unwrap()
+            .len(),
+        32
+    );
+    // Debug still hides every secret.
+    let debug = format!("{reloaded:?}");
+    for key in doc["keys"].as_array().unwrap() {
+        assert!(!debug.contains(key["secret"].as_str().unwrap()), "{debug}");
+    }
+}
