@@ -1,0 +1,476 @@
+//! The engine, the compiled-module cache, the counters and the epoch ticker.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, ModuleExport,
+    PoolingAllocationConfig, Strategy,
+};
+
+use crate::config::{RunLimits, SandboxConfig};
+use crate::error::SandboxError;
+use crate::inspect::ModuleInfo;
+use crate::run::{self, Outcome, RunState};
+
+/// One epoch tick. Deadlines are rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Wasm stack granted to a guest; deeper recursion traps as `stack_overflow`.
+pub const MAX_WASM_STACK: usize = 512 * 1024;
+/// Guard region after each pooled linear memory.
+const MEMORY_GUARD_BYTES: u64 = 32 * 1024 * 1024;
+/// Table elements per instance (the limiter and the pool agree on it).
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 10_000;
+/// WebAssembly page size; the pool's memory slots are a whole number of pages.
+const WASM_PAGE: u64 = 64 * 1024;
+
+/// The sandbox: one wasmtime engine with a pooling allocator, a cache of compiled modules keyed by
+/// SHA-256, counters, and the epoch ticker thread. Cheap to clone; the ticker stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    config: SandboxConfig,
+    cache: Mutex<Cache>,
+    counters: AtomicCounters,
+    // Dropped with `Inner`, which stops and joins the thread.
+    _ticker: Ticker,
+}
+
+/// A module ready to run: the prepared instance (a linker with nothing defined: the guest gets no
+/// imports) and the resolved ABI exports. Cloning is cheap; the handle refuses to run once the
+/// module was [evicted](Sandbox::evict).
+#[derive(Clone)]
+pub struct Prepared {
+    pub(crate) inner: Arc<PreparedInner>,
+}
+
+pub(crate) struct PreparedInner {
+    pub(crate) digest: [u8; 32],
+    pub(crate) entrypoint: String,
+    pub(crate) info: ModuleInfo,
+    pub(crate) pre: InstancePre<RunState>,
+    pub(crate) memory: ModuleExport,
+    pub(crate) alloc: ModuleExport,
+    pub(crate) entry: ModuleExport,
+    /// Shared by every handle prepared from the same cache entry; set by `evict`.
+    pub(crate) revoked: Arc<AtomicBool>,
+}
+
+/// A snapshot of the sandbox's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Modules compiled by wasmtime (cache misses that got as far as compiling).
+    pub compiled: u64,
+    /// `prepare` calls answered from the cache.
+    pub cache_hits: u64,
+    /// Instances created (successful instantiations).
+    pub instantiated: u64,
+    /// `run` calls, whatever their outcome.
+    pub runs: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct AtomicCounters {
+    compiled: AtomicU64,
+    cache_hits: AtomicU64,
+    pub(crate) instantiated: AtomicU64,
+    pub(crate) runs: AtomicU64,
+}
+
+struct Cache {
+    entries: HashMap<[u8; 32], CacheEntry>,
+    /// Logical clock for least-recently-used replacement.
+    clock: u64,
+}
+
+struct CacheEntry {
+    prepared: Prepared,
+    last_used: u64,
+}
+
+impl Sandbox {
+    /// Builds the engine (Cranelift, fuel, epoch interruption, pooling allocator sized from
+    /// `config`) and starts the epoch ticker.
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        if config.max_instances == 0 {
+            return Err(SandboxError::InvalidConfig(
+                "max_instances must be at least 1".into(),
+            ));
+        }
+        if config.max_cached_modules == 0 {
+            return Err(SandboxError::InvalidConfig(
+                "max_cached_modules must be at least 1".into(),
+            ));
+        }
+        if config.max_memory_bytes < WASM_PAGE || config.max_memory_bytes > 4 * 1024 * 1024 * 1024 {
+            return Err(SandboxError::InvalidConfig(format!(
+                "max_memory_bytes of {} must be between one 64 KiB page and 4 GiB",
+                config.max_memory_bytes
+            )));
+        }
+        let max_memory = usize::try_from(config.max_memory_bytes)
+            .map_err(|_| SandboxError::InvalidConfig("max_memory_bytes does not fit in usize".into()))?;
+
+        // Pool sizing: one memory and one table per instance, `max_instances` of each. Each
+        // memory slot reserves only `max_memory_bytes` (rounded to whole pages) plus a guard
+        // rather than wasmtime's 4 GiB default, so 64 slots take a few GiB of address space, not
+        // hundreds; loads then carry an explicit bounds check, which costs little next to
+        // instantiation. Nothing is kept resident after an instance ends: memories and tables
+        // are decommitted at once, so RSS returns after a memory bomb.
+        let reservation = config.max_memory_bytes.div_ceil(WASM_PAGE) * WASM_PAGE;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .max_memory_size(max_memory)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .linear_memory_keep_resident(0)
+            .table_keep_resident(0)
+            .decommit_batch_size(1);
+
+        let mut engine_config = Config::new();
+        engine_config
+            .strategy(Strategy::Cranelift)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK)
+            .memory_reservation(reservation)
+            .memory_guard_size(MEMORY_GUARD_BYTES)
+            .memory_reservation_for_growth(0)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&engine_config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let ticker = Ticker::start(engine.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                cache: Mutex::new(Cache {
+                    entries: HashMap::new(),
+                    clock: 0,
+                }),
+                counters: AtomicCounters::default(),
+                config,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// Publish-time check without compiling (wasmparser validation only; the compile counter is
+    /// untouched): a valid module, no imports at all, exports `memory`, `alloc: (i32) -> i32` and
+    /// `entrypoint: (i32, i32) -> i64`, and a declared memory minimum within the *default*
+    /// [`SandboxConfig::max_memory_bytes`]. A registry with its own ceiling calls
+    /// [`SandboxConfig::inspect`] (for example `sandbox.config().inspect(..)`).
+    pub fn inspect(module: &[u8], entrypoint: &str) -> Result<ModuleInfo, SandboxError> {
+        SandboxConfig::default().inspect(module, entrypoint)
+    }
+
+    /// The configuration this sandbox was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    /// The engine, for callers that measure wasmtime itself under the sandbox's exact settings
+    /// (the benchmark's baseline).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Compiles `module`, or takes it from the cache keyed by `module_sha256`.
+    ///
+    /// The bytes are hashed first: if they do not match `module_sha256` nothing is looked up or
+    /// compiled and the call fails with `module_digest_mismatch`. A cache miss runs the same checks
+    /// as [`SandboxConfig::inspect`] (against this sandbox's ceiling) before compiling.
+    pub fn prepare(
+        &self,
+        module_sha256: [u8; 32],
+        module: &[u8],
+        entrypoint: &str,
+    ) -> Result<Prepared, SandboxError> {
+        let actual = sha256(module);
+        if actual != module_sha256 {
+            tracing::warn!(expected = %hex(&module_sha256), actual = %hex(&actual), "module digest mismatch");
+            return Err(SandboxError::ModuleDigestMismatch {
+                expected: hex(&module_sha256),
+                actual: hex(&actual),
+            });
+        }
+
+        // A hit with another entry point reuses the compiled module but resolves its exports anew.
+        let cached = {
+            let mut cache = self.lock_cache();
+            cache.clock += 1;
+            let now = cache.clock;
+            cache.entries.get_mut(&module_sha256).map(|entry| {
+                entry.last_used = now;
+                entry.prepared.clone()
+            })
+        };
+        if let Some(prepared) = cached {
+            self.inner.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            if prepared.inner.entrypoint == entrypoint {
+                return Ok(prepared);
+            }
+            let info = self.inner.config.inspect(module, entrypoint)?;
+            let compiled = prepared.inner.pre.module().clone();
+            return self.build(
+                module_sha256,
+                compiled,
+                entrypoint,
+                info,
+                prepared.inner.revoked.clone(),
+            );
+        }
+
+        let info = self.inner.config.inspect(module, entrypoint)?;
+        // Compiling happens outside the cache lock: two threads missing on the same digest at
+        // once may both compile; the first to insert wins and the other's work is dropped.
+        let started = Instant::now();
+        let compiled = Module::new(&self.inner.engine, module)
+            .map_err(|e| SandboxError::CompileFailed(format!("{e:#}")))?;
+        self.inner.counters.compiled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            digest = %hex(&module_sha256),
+            bytes = module.len(),
+            compile_ms = started.elapsed().as_millis() as u64,
+            "compiled module"
+        );
+        let prepared = self.build(
+            module_sha256,
+            compiled,
+            entrypoint,
+            info,
+            Arc::new(AtomicBool::new(false)),
+        )?;
+
+        let mut cache = self.lock_cache();
+        if let Some(existing) = cache.entries.get(&module_sha256)
+            && existing.prepared.inner.entrypoint == entrypoint
+        {
+            return Ok(existing.prepared.clone());
+        }
+        if cache.entries.len() >= self.inner.config.max_cached_modules
+            && !cache.entries.contains_key(&module_sha256)
+        {
+            // Capacity replacement is not revocation: handles already given out keep working.
+            if let Some(oldest) = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| *k)
+            {
+                cache.entries.remove(&oldest);
+            }
+        }
+        cache.clock += 1;
+        let last_used = cache.clock;
+        cache.entries.insert(
+            module_sha256,
+            CacheEntry {
+                prepared: prepared.clone(),
+                last_used,
+            },
+        );
+        Ok(prepared)
+    }
+
+    /// Drops a module from the cache and revokes every handle prepared from it, so a revoked
+    /// release can run neither from the cache nor from a handle the caller still holds
+    /// (`module_evicted`). A later `prepare` of the same bytes compiles afresh.
+    pub fn evict(&self, module_sha256: &[u8; 32]) {
+        if let Some(entry) = self.lock_cache().entries.remove(module_sha256) {
+            entry.prepared.inner.revoked.store(true, Ordering::Release);
+            tracing::info!(digest = %hex(module_sha256), "evicted module");
+        }
+    }
+
+    /// Runs one call in a fresh instance: fuel = `limits.fuel`, memory capped at
+    /// `limits.memory_bytes` by a limiter that records denied growth, epoch deadline =
+    /// `limits.deadline` rounded up to whole ticks. Synchronous (callers in async code use
+    /// `spawn_blocking`). Always returns what was measured, also on failure.
+    pub fn run(&self, prepared: &Prepared, input: &[u8], limits: RunLimits) -> Outcome {
+        self.inner.counters.runs.fetch_add(1, Ordering::Relaxed);
+        run::run(
+            &self.inner.engine,
+            &self.inner.config,
+            &self.inner.counters,
+            prepared,
+            input,
+            limits,
+        )
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        let c = &self.inner.counters;
+        Counters {
+            compiled: c.compiled.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            instantiated: c.instantiated.load(Ordering::Relaxed),
+            runs: c.runs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Number of modules in the cache.
+    pub fn cached_modules(&self) -> usize {
+        self.lock_cache().entries.len()
+    }
+
+    fn lock_cache(&self) -> MutexGuard<'_, Cache> {
+        // The cache holds no invariant a panicking holder could break half-way (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn build(
+        &self,
+        digest: [u8; 32],
+        module: Module,
+        entrypoint: &str,
+        info: ModuleInfo,
+        revoked: Arc<AtomicBool>,
+    ) -> Result<Prepared, SandboxError> {
+        let export = |name: &str, expected: &'static str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| SandboxError::MissingExport {
+                    name: name.to_owned(),
+                    expected,
+                })
+        };
+        let memory = export("memory", "a 32-bit memory")?;
+        let alloc = export("alloc", "a function (i32) -> i32")?;
+        let entry = export(entrypoint, "a function (i32, i32) -> i64")?;
+        // Nothing is defined in the linker: the guest gets no imports (inspect refused any).
+        let linker = Linker::<RunState>::new(&self.inner.engine);
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| SandboxError::CompileFailed(format!("{e:#}")))?;
+        Ok(Prepared {
+            inner: Arc::new(PreparedInner {
+                digest,
+                entrypoint: entrypoint.to_owned(),
+                info,
+                pre,
+                memory,
+                alloc,
+                entry,
+                revoked,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.inner.config)
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    /// SHA-256 of the module this handle runs.
+    pub fn digest(&self) -> [u8; 32] {
+        self.inner.digest
+    }
+
+    /// The export called for each run.
+    pub fn entrypoint(&self) -> &str {
+        &self.inner.entrypoint
+    }
+
+    /// What inspection found (memory bounds, exports).
+    pub fn info(&self) -> &ModuleInfo {
+        &self.inner.info
+    }
+
+    /// Whether [`Sandbox::evict`] revoked this module after the handle was made.
+    pub fn is_evicted(&self) -> bool {
+        self.inner.revoked.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("digest", &hex(&self.inner.digest))
+            .field("entrypoint", &self.inner.entrypoint)
+            .field("evicted", &self.is_evicted())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Advances the engine's epoch once per [`EPOCH_TICK`] of wall time.
+///
+/// The epoch counts elapsed ticks since the thread started rather than wake-ups, so a late wake-up
+/// on a loaded machine catches up at once instead of stretching every deadline. The thread holds
+/// an `Engine` handle only (never the `Sandbox`), so dropping the last `Sandbox` drops the
+/// sender, the thread sees the channel disconnect within one tick, and `Drop` joins it.
+struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Result<Self, SandboxError> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("soma-sandbox-epoch".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut ticks: u128 = 0;
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    let due = start.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
+                    while ticks < due {
+                        engine.increment_epoch();
+                        ticks += 1;
+                    }
+                }
+            })
+            .map_err(|e| SandboxError::Engine(format!("epoch ticker thread: {e}")))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // The thread only loops on the channel; it cannot panic short of an allocation failure.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// SHA-256 with ring.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
