@@ -9,8 +9,12 @@
 //!   existing authority.
 //! - `soma verify export | store | ledger`: check an Analytics export's
 //!   signature, sweep the Analytics store, check a ledger proof, offline.
+//! - `soma release keygen | sign | verify | publish | publisher | key`: tool
+//!   releases, publisher keys and the registry's keyring.
+//! - `soma canon FILE`: the RFC 8785 canonical form of a JSON file.
 
 mod ca;
+mod release;
 mod serve;
 mod token;
 mod up;
@@ -111,6 +115,16 @@ enum Command {
     Verify {
         #[command(subcommand)]
         command: verify::VerifyCommand,
+    },
+    /// Tool releases: keys, signing, publishing, publisher keys, the registry keyring.
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
+    },
+    /// Print the RFC 8785 canonical form of a JSON file.
+    Canon {
+        /// The JSON file.
+        file: PathBuf,
     },
 }
 
@@ -231,6 +245,8 @@ fn main() -> ExitCode {
                 command: CaCommand::Entry { command },
             } => ca::entry(command),
             Command::Verify { command } => Ok(verify::run(command).await),
+            Command::Release { command } => release::run(command).await,
+            Command::Canon { file } => release::canon(&file),
         }
     });
     // Whatever still runs on the blocking pool (a read that cannot be

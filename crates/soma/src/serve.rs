@@ -116,6 +116,15 @@ async fn serve(
         }
         _ => None,
     };
+    let registry_config = match kind {
+        ServiceKind::ToolRegistry => {
+            match soma_tool_registry::RegistryConfig::from_env(|k| std::env::var(k).ok()) {
+                Ok(c) => Some(c),
+                Err(e) => return Ok(crate::config_error(e)),
+            }
+        }
+        _ => None,
+    };
     let claims_signer = match (kind, &settings.gateway_claims_key_file) {
         (ServiceKind::Gateway, Some(path)) => {
             let pem = std::fs::read_to_string(path)
@@ -143,6 +152,7 @@ async fn serve(
     let limits = settings.limits;
     let mut edge = None;
     let mut poller = None;
+    let mut background = None;
     let spec = match kind {
         ServiceKind::Gateway => {
             db.migrate(&soma_gateway::MIGRATIONS).await?;
@@ -162,7 +172,24 @@ async fn serve(
         }
         ServiceKind::ToolRegistry => {
             db.migrate(&soma_tool_registry::MIGRATIONS).await?;
-            soma_tool_registry::spec(db.clone(), &limits)
+            let registry = soma_tool_registry::Registry::new(
+                db.clone(),
+                registry_config.context("tool registry settings")?,
+                soma_sandbox::SandboxConfig::default(),
+            )
+            .context("assembling the tool registry")?;
+            match &settings.peers.analytics {
+                Some(addr) => {
+                    let analytics =
+                        SpiffeId::from_parts(own_id.trust_domain(), &ServiceKind::Analytics.spiffe_path())?;
+                    let channel = soma_mesh::channel(std::sync::Arc::clone(&store), addr.clone(), analytics)?;
+                    background = Some(registry.spawn_outbox(channel));
+                }
+                None => tracing::warn!(
+                    "no Analytics peer (SOMA_PEER_ANALYTICS): billing and audit events wait in the outbox"
+                ),
+            }
+            soma_tool_registry::spec(db.clone(), registry, &limits)
         }
         ServiceKind::CapsuleRepo => {
             db.migrate(&soma_capsule_repo::MIGRATIONS).await?;
@@ -233,6 +260,9 @@ async fn serve(
     }
     if let Some(poller) = poller {
         poller.abort();
+    }
+    if let Some(task) = background {
+        task.abort();
     }
     identity.shutdown().await;
     db.close().await;

@@ -154,6 +154,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let (claims_key, claims_pub) = ensure_claims_key(&data_dir)?;
     let gateway_config = ensure_gateway_config(&data_dir, &args)?;
     let analytics_keys = ensure_analytics_keys(&data_dir)?;
+    let registry_keys = ensure_registry_keys(&data_dir)?;
 
     let registry = Registry::new();
     let listener = soma_ca::bind_socket(&socket)?;
@@ -180,6 +181,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             claims_key: &claims_key,
             claims_pub: &claims_pub,
             analytics: &analytics_keys,
+            registry: &registry_keys,
             gateway_config: &gateway_config,
             region: &args.region,
         },
@@ -359,6 +361,7 @@ struct ServiceKeys<'a> {
     claims_key: &'a Path,
     claims_pub: &'a Path,
     analytics: &'a AnalyticsKeys,
+    registry: &'a Path,
     gateway_config: &'a Path,
     region: &'a str,
 }
@@ -428,7 +431,10 @@ async fn start_service(
                 .env("SOMA_ANALYTICS_SIGNING_KEY_FILE", &keys.analytics.signing_key)
                 .env("SOMA_ANALYTICS_SIGNING_KEY_ID", ANALYTICS_SIGNING_KEY_ID);
         }
-        ServiceKind::ToolRegistry | ServiceKind::CapsuleRepo => {}
+        ServiceKind::ToolRegistry => {
+            cmd.env(soma_tool_registry::config::KEYS_FILE_ENV, keys.registry);
+        }
+        ServiceKind::CapsuleRepo => {}
     }
     for (var, addr) in peers {
         cmd.env(var, addr);
@@ -609,7 +615,27 @@ fn ensure_analytics_keys(data_dir: &Path) -> anyhow::Result<AnalyticsKeys> {
     })
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
+/// The tool registry's keyring (release seals and row MACs), created once
+/// per data dir: `DIR/secrets/tool-registry-keys.json`.
+pub(crate) fn ensure_registry_keys(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let secrets = data_dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    set_mode(&secrets, 0o700)?;
+    let path = registry_keys_path(data_dir);
+    if !path.exists() {
+        let (_, json) = soma_sign::HmacKeyring::generate("registry-1")?;
+        write_atomically(&path, &json)?;
+        set_mode(&path, 0o600)?;
+    }
+    Ok(path)
+}
+
+/// Where a data dir keeps the tool registry's keyring.
+pub(crate) fn registry_keys_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("secrets").join("tool-registry-keys.json")
+}
+
+pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
@@ -621,13 +647,13 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;

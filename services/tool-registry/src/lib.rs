@@ -1,35 +1,193 @@
-//! ToolRegistry: signed tool releases, versioned keys, revocation, and
-//! sandboxed execution of verified adapters.
+//! ToolRegistry: signed tool releases, a WebAssembly sandbox that runs only
+//! verified adapters, and billing from what the sandbox measured.
 //!
-//! What is built so far is the service's place in the mesh: its routes,
-//! message limits, readiness and migrations. Every RPC answers
-//! `UNIMPLEMENTED` until it is built.
+//! A release is a manifest (RFC 8785 canonical JSON, signed by a registered
+//! publisher's Ed25519 key as a DSSE envelope) and a WebAssembly module
+//! (stored content-addressed by its SHA-256). The registry seals each
+//! release (HMAC-SHA256 over the manifest digest, with a versioned key) and
+//! MACs every row it keeps. `ExecuteTool` compiles and runs a release only
+//! after its full verification, in the `soma-sandbox` (fuel, memory cap,
+//! deadline, no imports), and bills every run through a durable outbox to
+//! Analytics; publishing, revoking and publisher-key changes go the same
+//! way as audit events.
+//!
+//! Modules: `releases` (publish, read, verify, revoke), `publishers`
+//! (publisher keys), `execute` (verification cache, sandbox, billing),
+//! `outbox` (delivery to Analytics), `store` (the tables, both engines),
+//! `seal` (row MACs), `service` (the gRPC surface), `config`, `error`.
+//!
+//! Security-relevant defaults: the tenant of an execution comes only from
+//! the gateway's verified claims; publisher keys are an operator's to add
+//! and retire; a revoked release never runs again and revocation has no
+//! undo; a row whose MAC fails is never trusted (`DATA_LOSS`).
 
-use soma_mesh::{Limits, Readiness, ServiceSpec};
-use soma_proto::v1::tool_registry_server::{ToolRegistry, ToolRegistryServer};
-use soma_store::{Database, Migrations};
-use tonic::service::Routes;
+pub mod config;
+mod error;
+mod execute;
+mod json;
+mod migrations;
+mod outbox;
+mod publishers;
+mod releases;
+mod seal;
+mod service;
+mod store;
 
-/// The service's migrations (none yet).
-pub static MIGRATIONS: Migrations = Migrations(&[]);
+use std::sync::Arc;
 
-/// The ToolRegistry service.
+use soma_mesh::Caller;
+use soma_proto::v1 as pb;
+use soma_sandbox::{Sandbox, SandboxConfig};
+use soma_sign::HmacKeyring;
+use soma_store::Database;
+
+pub use config::{Price, RegistryConfig};
+pub use error::RegistryError;
+pub use migrations::MIGRATIONS;
+pub use service::{ToolRegistryService, spec};
+
+/// The tool registry: its store, keys, sandbox and outbox.
 #[derive(Clone, Debug)]
-pub struct ToolRegistryService {
-    _db: Database,
+pub struct Registry {
+    store: store::Store,
+    keys: Arc<HmacKeyring>,
+    sandbox: Sandbox,
+    sandbox_config: Arc<SandboxConfig>,
+    price: Price,
+    max_module_bytes: u64,
+    outbox: outbox::Outbox,
+    verified: execute::VerifiedReleases,
+    /// Serializes publishes in this process (PostgreSQL adds a lock per
+    /// tool for replicas).
+    publishing: Arc<tokio::sync::Mutex<()>>,
+    /// Executions running at once, at most the sandbox's instances.
+    running: Arc<tokio::sync::Semaphore>,
+    running_limit: usize,
 }
 
-#[tonic::async_trait]
-impl ToolRegistry for ToolRegistryService {}
+impl Registry {
+    /// A registry over `db` (migrated) with `config`'s keys and prices and
+    /// a sandbox built from `sandbox`.
+    pub fn new(db: Database, config: RegistryConfig, sandbox: SandboxConfig) -> Result<Self, RegistryError> {
+        let store = store::Store::new(db);
+        let keys = Arc::new(config.keys);
+        let running_limit = usize::try_from(sandbox.max_instances).unwrap_or(1).max(1);
+        let engine = Sandbox::new(sandbox.clone()).map_err(|e| RegistryError::Sandbox(e.to_string()))?;
+        Ok(Self {
+            outbox: outbox::Outbox::new(store.clone(), Arc::clone(&keys)),
+            store,
+            keys,
+            sandbox: engine,
+            sandbox_config: Arc::new(sandbox),
+            price: config.price,
+            max_module_bytes: config.max_module_bytes,
+            verified: execute::VerifiedReleases::default(),
+            publishing: Arc::new(tokio::sync::Mutex::new(())),
+            running: Arc::new(tokio::sync::Semaphore::new(running_limit)),
+            running_limit,
+        })
+    }
 
-/// The service as the mesh runtime serves it.
-pub fn spec(db: Database, limits: &Limits) -> ServiceSpec {
-    let server = ToolRegistryServer::new(ToolRegistryService { _db: db.clone() })
-        .max_decoding_message_size(limits.max_recv_message_bytes)
-        .max_encoding_message_size(limits.max_send_message_bytes);
-    ServiceSpec {
-        name: "somastack.v1.ToolRegistry",
-        routes: Routes::new(server),
-        readiness: Readiness::of_database(db),
+    /// The sandbox (its counters prove what was compiled and run).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Starts delivering the outbox to Analytics over `analytics`.
+    pub fn spawn_outbox(&self, analytics: soma_mesh::MeshChannel) -> tokio::task::JoinHandle<()> {
+        self.outbox.spawn_deliverer(analytics)
+    }
+
+    /// Events waiting for Analytics, and the oldest one's age in
+    /// nanoseconds.
+    pub async fn outbox_backlog(&self) -> Result<(u64, Option<i64>), RegistryError> {
+        let (count, oldest) = self.store.backlog().await?;
+        Ok((
+            u64::try_from(count).unwrap_or(0),
+            oldest.map(|t| now_nanos().saturating_sub(t)),
+        ))
+    }
+}
+
+/// Who acts, as the registry records it.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    /// The verified claims' subject, else the caller's SPIFFE ID.
+    pub id: String,
+    /// The verified claims' tenant; empty without claims.
+    pub tenant: String,
+    /// Whether the call carries the gateway's verified tenant claims.
+    pub tenant_claims: bool,
+    /// Request id, for correlation.
+    pub request_id: String,
+}
+
+impl Actor {
+    /// The actor of a verified caller.
+    pub fn of(caller: &Caller) -> Self {
+        match &caller.claims {
+            Some(claims) => Self {
+                id: if claims.subject.is_empty() {
+                    caller.peer.spiffe_id.to_string()
+                } else {
+                    claims.subject.clone()
+                },
+                tenant: claims.tenant.clone(),
+                tenant_claims: true,
+                request_id: claims.request_id.clone(),
+            },
+            None => Self::service(caller.peer.spiffe_id.to_string()),
+        }
+    }
+
+    /// An actor with no tenant claims (an operator's SVID, the CLI).
+    pub fn service(id: String) -> Self {
+        Self {
+            id,
+            tenant: String::new(),
+            tenant_claims: false,
+            request_id: String::new(),
+        }
+    }
+}
+
+/// Now, Unix nanoseconds.
+pub(crate) fn now_nanos() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Unix nanoseconds as a protobuf timestamp.
+pub(crate) fn timestamp(nanos: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: nanos.div_euclid(1_000_000_000),
+        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+/// `<prefix>-` and 128 random bits in hex: an event id no one can guess
+/// or collide with.
+pub(crate) fn random_id(prefix: &str) -> String {
+    let bits: u128 = rand::random();
+    format!("{prefix}-{bits:032x}")
+}
+
+/// An audit event for Analytics.
+pub(crate) fn audit_event(
+    tenant: &str,
+    action: &str,
+    subject: &str,
+    details: serde_json::Value,
+    now: i64,
+) -> pb::RecordAuditEventRequest {
+    pb::RecordAuditEventRequest {
+        event_id: random_id("audit"),
+        tenant: tenant.to_owned(),
+        action: action.to_owned(),
+        subject: subject.to_owned(),
+        details: json::to_struct(&details).ok().flatten(),
+        occurred_at: Some(timestamp(now)),
     }
 }

@@ -38,7 +38,17 @@ pub async fn start(
     let spec = match kind {
         ServiceKind::ToolRegistry => {
             db.migrate(&soma_tool_registry::MIGRATIONS).await.unwrap();
-            soma_tool_registry::spec(db, &settings.limits)
+            let (keys, _) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
+            let config = soma_tool_registry::RegistryConfig {
+                keys,
+                keys_path: std::path::PathBuf::new(),
+                price: soma_tool_registry::Price::default(),
+                max_module_bytes: soma_tool_registry::config::DEFAULT_MAX_MODULE_BYTES,
+            };
+            let registry =
+                soma_tool_registry::Registry::new(db.clone(), config, soma_sandbox::SandboxConfig::default())
+                    .unwrap();
+            soma_tool_registry::spec(db, registry, &settings.limits)
         }
         ServiceKind::CapsuleRepo => {
             db.migrate(&soma_capsule_repo::MIGRATIONS).await.unwrap();

@@ -1,0 +1,589 @@
+//! The registry's tables: publisher keys, releases, content-addressed
+//! modules and the outbox, for SQLite and PostgreSQL (each query written
+//! once, see [`soma_store::on_pool`]).
+//!
+//! Rows are returned as they are stored; their MACs are checked by the
+//! callers ([`crate::seal`]) before anything is trusted.
+
+use serde_json::{Value, json};
+use soma_store::{Database, Engine, on_pool};
+use sqlx::Row as _;
+
+use crate::error::RegistryError;
+use crate::seal::hex;
+
+/// Release states as stored.
+pub(crate) const ACTIVE: &str = "active";
+/// See [`ACTIVE`].
+pub(crate) const REVOKED: &str = "revoked";
+
+/// A row of `publisher_keys`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PublisherKeyRow {
+    pub key_id: String,
+    pub name: String,
+    pub public_key: Vec<u8>,
+    pub added_at: i64,
+    pub added_by: String,
+    pub retired_at: Option<i64>,
+    pub retired_by: String,
+    pub retire_reason: String,
+    pub mac_key_id: String,
+    pub mac: Vec<u8>,
+}
+
+impl PublisherKeyRow {
+    pub(crate) const TABLE: &'static str = "publisher_keys";
+
+    /// The columns the row MAC covers.
+    pub(crate) fn columns(&self) -> Value {
+        json!({
+            "key_id": self.key_id,
+            "name": self.name,
+            "public_key": hex(&self.public_key),
+            "added_at": self.added_at.to_string(),
+            "added_by": self.added_by,
+            "retired_at": self.retired_at.map(|t| t.to_string()),
+            "retired_by": self.retired_by,
+            "retire_reason": self.retire_reason,
+        })
+    }
+}
+
+/// A row of `releases`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ReleaseRow {
+    pub tool: String,
+    pub version: String,
+    /// The canonical manifest (the envelope's payload).
+    pub manifest: Vec<u8>,
+    pub manifest_sha256: Vec<u8>,
+    pub module_sha256: Vec<u8>,
+    pub module_size: i64,
+    pub hmac_key_id: String,
+    pub hmac: Vec<u8>,
+    /// The DSSE envelope, JSON.
+    pub envelope: Vec<u8>,
+    pub publisher_key_id: String,
+    pub state: String,
+    pub published_at: i64,
+    pub published_by: String,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: String,
+    pub revocation_reason: String,
+    pub mac_key_id: String,
+    pub mac: Vec<u8>,
+}
+
+impl ReleaseRow {
+    pub(crate) const TABLE: &'static str = "releases";
+
+    /// `tool@version`.
+    pub(crate) fn name(&self) -> String {
+        format!("{}@{}", self.tool, self.version)
+    }
+
+    /// The columns the row MAC covers: every column but the MAC itself.
+    pub(crate) fn columns(&self) -> Value {
+        json!({
+            "tool": self.tool,
+            "version": self.version,
+            "manifest": hex(&self.manifest),
+            "manifest_sha256": hex(&self.manifest_sha256),
+            "module_sha256": hex(&self.module_sha256),
+            "module_size": self.module_size.to_string(),
+            "hmac_key_id": self.hmac_key_id,
+            "hmac": hex(&self.hmac),
+            "envelope": hex(&self.envelope),
+            "publisher_key_id": self.publisher_key_id,
+            "state": self.state,
+            "published_at": self.published_at.to_string(),
+            "published_by": self.published_by,
+            "revoked_at": self.revoked_at.map(|t| t.to_string()),
+            "revoked_by": self.revoked_by,
+            "revocation_reason": self.revocation_reason,
+        })
+    }
+}
+
+/// An event waiting in the outbox for Analytics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OutboxRow {
+    pub seq: i64,
+    pub kind: String,
+    pub event_id: String,
+    /// The encoded `RecordBillingEventRequest` or `RecordAuditEventRequest`.
+    pub payload: Vec<u8>,
+    pub created_at: i64,
+    pub attempts: i64,
+    pub mac_key_id: String,
+    pub mac: Vec<u8>,
+}
+
+impl OutboxRow {
+    pub(crate) const TABLE: &'static str = "outbox";
+
+    /// The columns the row MAC covers (delivery bookkeeping is not: it
+    /// changes what is sent never).
+    pub(crate) fn columns(&self) -> Value {
+        outbox_columns(&self.kind, &self.event_id, &self.payload, self.created_at)
+    }
+}
+
+/// The MACed columns of an outbox row.
+pub(crate) fn outbox_columns(kind: &str, event_id: &str, payload: &[u8], created_at: i64) -> Value {
+    json!({
+        "kind": kind,
+        "event_id": event_id,
+        "payload": hex(payload),
+        "created_at": created_at.to_string(),
+    })
+}
+
+const PUBLISHER_COLUMNS: &str = "key_id, name, public_key, added_at, added_by, retired_at, retired_by, \
+                                 retire_reason, mac_key_id, mac";
+const RELEASE_COLUMNS: &str = "tool, version, manifest, manifest_sha256, module_sha256, module_size, \
+                               hmac_key_id, hmac, envelope, publisher_key_id, state, published_at, \
+                               published_by, revoked_at, revoked_by, revocation_reason, mac_key_id, mac";
+
+/// Reads a `publisher_keys` row selected with [`PUBLISHER_COLUMNS`]
+/// (a macro, so it expands once per engine's row type).
+macro_rules! publisher_of {
+    () => {
+        |row| -> Result<PublisherKeyRow, sqlx::Error> {
+            Ok(PublisherKeyRow {
+                key_id: row.try_get(0)?,
+                name: row.try_get(1)?,
+                public_key: row.try_get(2)?,
+                added_at: row.try_get(3)?,
+                added_by: row.try_get(4)?,
+                retired_at: row.try_get(5)?,
+                retired_by: row.try_get(6)?,
+                retire_reason: row.try_get(7)?,
+                mac_key_id: row.try_get(8)?,
+                mac: row.try_get(9)?,
+            })
+        }
+    };
+}
+
+/// Reads a `releases` row selected with [`RELEASE_COLUMNS`].
+macro_rules! release_of {
+    () => {
+        |row| -> Result<ReleaseRow, sqlx::Error> {
+            Ok(ReleaseRow {
+                tool: row.try_get(0)?,
+                version: row.try_get(1)?,
+                manifest: row.try_get(2)?,
+                manifest_sha256: row.try_get(3)?,
+                module_sha256: row.try_get(4)?,
+                module_size: row.try_get(5)?,
+                hmac_key_id: row.try_get(6)?,
+                hmac: row.try_get(7)?,
+                envelope: row.try_get(8)?,
+                publisher_key_id: row.try_get(9)?,
+                state: row.try_get(10)?,
+                published_at: row.try_get(11)?,
+                published_by: row.try_get(12)?,
+                revoked_at: row.try_get(13)?,
+                revoked_by: row.try_get(14)?,
+                revocation_reason: row.try_get(15)?,
+                mac_key_id: row.try_get(16)?,
+                mac: row.try_get(17)?,
+            })
+        }
+    };
+}
+
+/// An outbox event to insert, MAC made.
+#[derive(Clone, Debug)]
+pub(crate) struct NewOutbox {
+    pub kind: &'static str,
+    pub event_id: String,
+    pub payload: Vec<u8>,
+    pub created_at: i64,
+    pub mac_key_id: String,
+    pub mac: Vec<u8>,
+}
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (kind, event_id, payload, created_at, next_attempt_at, \
+                             mac_key_id, mac) VALUES ($1, $2, $3, $4, $4, $5, $6)";
+
+macro_rules! insert_outbox {
+    ($tx:expr, $event:expr) => {
+        sqlx::query(INSERT_OUTBOX)
+            .bind($event.kind)
+            .bind(&$event.event_id)
+            .bind(&$event.payload)
+            .bind($event.created_at)
+            .bind(&$event.mac_key_id)
+            .bind(&$event.mac)
+            .execute(&mut *$tx)
+            .await?
+    };
+}
+
+/// The tables, through one database handle.
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub(crate) fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    // ---- publisher keys ----
+
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn publisher_key(&self, key_id: &str) -> Result<Option<PublisherKeyRow>, RegistryError> {
+        let sql = format!("SELECT {PUBLISHER_COLUMNS} FROM publisher_keys WHERE key_id = $1");
+        Ok(on_pool!(self.db, pool => {
+            sqlx::query(&sql)
+                .bind(key_id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(publisher_of!())
+                .transpose()?
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn publisher_keys(&self) -> Result<Vec<PublisherKeyRow>, RegistryError> {
+        let sql = format!("SELECT {PUBLISHER_COLUMNS} FROM publisher_keys ORDER BY added_at, key_id");
+        Ok(on_pool!(self.db, pool => {
+            sqlx::query(&sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(publisher_of!())
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// Inserts a key and its audit event; `false` if the key id exists.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn add_publisher_key(
+        &self,
+        key: &PublisherKeyRow,
+        audit: &NewOutbox,
+    ) -> Result<bool, RegistryError> {
+        let sql = format!(
+            "INSERT INTO publisher_keys ({PUBLISHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (key_id) DO NOTHING"
+        );
+        Ok(on_pool!(self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(&sql)
+                .bind(&key.key_id)
+                .bind(&key.name)
+                .bind(&key.public_key)
+                .bind(key.added_at)
+                .bind(&key.added_by)
+                .bind(key.retired_at)
+                .bind(&key.retired_by)
+                .bind(&key.retire_reason)
+                .bind(&key.mac_key_id)
+                .bind(&key.mac)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if inserted == 1 {
+                insert_outbox!(tx, audit);
+                tx.commit().await?;
+            }
+            inserted == 1
+        }))
+    }
+
+    /// Retires a key still in service, with its audit event; `false` if it
+    /// was retired meanwhile.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn retire_publisher_key(
+        &self,
+        key: &PublisherKeyRow,
+        audit: &NewOutbox,
+    ) -> Result<bool, RegistryError> {
+        Ok(on_pool!(self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE publisher_keys SET retired_at = $2, retired_by = $3, retire_reason = $4, \
+                 mac_key_id = $5, mac = $6 WHERE key_id = $1 AND retired_at IS NULL",
+            )
+            .bind(&key.key_id)
+            .bind(key.retired_at)
+            .bind(&key.retired_by)
+            .bind(&key.retire_reason)
+            .bind(&key.mac_key_id)
+            .bind(&key.mac)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                insert_outbox!(tx, audit);
+                tx.commit().await?;
+            }
+            updated == 1
+        }))
+    }
+
+    // ---- releases and modules ----
+
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn release(
+        &self,
+        tool: &str,
+        version: &str,
+    ) -> Result<Option<ReleaseRow>, RegistryError> {
+        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1 AND version = $2");
+        Ok(on_pool!(self.db, pool => {
+            sqlx::query(&sql)
+                .bind(tool)
+                .bind(version)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(release_of!())
+                .transpose()?
+        }))
+    }
+
+    /// Every release of `tool`, in no particular order.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn releases_of(&self, tool: &str) -> Result<Vec<ReleaseRow>, RegistryError> {
+        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1");
+        Ok(on_pool!(self.db, pool => {
+            sqlx::query(&sql)
+                .bind(tool)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(release_of!())
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// The stored bytes of a module, as stored (the caller re-hashes them).
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn module(&self, sha256: &[u8]) -> Result<Option<Vec<u8>>, RegistryError> {
+        Ok(on_pool!(self.db, pool => {
+            match sqlx::query("SELECT bytes FROM modules WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(row) => Some(row.try_get::<Vec<u8>, _>(0)?),
+                None => None,
+            }
+        }))
+    }
+
+    /// Writes a release, its module (once per digest) and its audit event
+    /// in one transaction, after `check` has seen the tool's releases
+    /// inside it. Publishes of one tool are serialized: by the caller's
+    /// lock within a process, and on PostgreSQL by an advisory lock on the
+    /// tool for the transaction (replicas sharing the database).
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn publish<F>(
+        &self,
+        release: &ReleaseRow,
+        module: &[u8],
+        audit: &NewOutbox,
+        check: F,
+    ) -> Result<Published, RegistryError>
+    where
+        F: Fn(&[ReleaseRow]) -> Result<Option<ReleaseRow>, RegistryError>,
+    {
+        let select = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1");
+        let insert = format!(
+            "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             $12, $13, $14, $15, $16, $17, $18)"
+        );
+        let postgres = self.db.engine() == Engine::Postgres;
+        Ok(on_pool!(self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(&release.tool)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let existing = sqlx::query(&select)
+                .bind(&release.tool)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(release_of!())
+                .collect::<Result<Vec<_>, _>>()?;
+            match check(&existing)? {
+                Some(same) => Published::Existing(Box::new(same)),
+                None => {
+                    sqlx::query(
+                        "INSERT INTO modules (sha256, size, bytes) VALUES ($1, $2, $3) \
+                         ON CONFLICT (sha256) DO NOTHING",
+                    )
+                    .bind(&release.module_sha256)
+                    .bind(release.module_size)
+                    .bind(module)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(&insert)
+                        .bind(&release.tool)
+                        .bind(&release.version)
+                        .bind(&release.manifest)
+                        .bind(&release.manifest_sha256)
+                        .bind(&release.module_sha256)
+                        .bind(release.module_size)
+                        .bind(&release.hmac_key_id)
+                        .bind(&release.hmac)
+                        .bind(&release.envelope)
+                        .bind(&release.publisher_key_id)
+                        .bind(&release.state)
+                        .bind(release.published_at)
+                        .bind(&release.published_by)
+                        .bind(release.revoked_at)
+                        .bind(&release.revoked_by)
+                        .bind(&release.revocation_reason)
+                        .bind(&release.mac_key_id)
+                        .bind(&release.mac)
+                        .execute(&mut *tx)
+                        .await?;
+                    insert_outbox!(tx, audit);
+                    tx.commit().await?;
+                    Published::New
+                }
+            }
+        }))
+    }
+
+    /// Marks an active release revoked, with its audit event; `false` if it
+    /// was no longer active.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn revoke(
+        &self,
+        release: &ReleaseRow,
+        audit: &NewOutbox,
+    ) -> Result<bool, RegistryError> {
+        Ok(on_pool!(self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE releases SET state = $3, revoked_at = $4, revoked_by = $5, revocation_reason = $6, \
+                 mac_key_id = $7, mac = $8 WHERE tool = $1 AND version = $2 AND state = 'active'",
+            )
+            .bind(&release.tool)
+            .bind(&release.version)
+            .bind(&release.state)
+            .bind(release.revoked_at)
+            .bind(&release.revoked_by)
+            .bind(&release.revocation_reason)
+            .bind(&release.mac_key_id)
+            .bind(&release.mac)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                insert_outbox!(tx, audit);
+                tx.commit().await?;
+            }
+            updated == 1
+        }))
+    }
+
+    // ---- outbox ----
+
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn enqueue(&self, event: &NewOutbox) -> Result<(), RegistryError> {
+        on_pool!(self.db, pool => {
+            let mut tx = pool.begin().await?;
+            insert_outbox!(tx, event);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Up to `limit` events due at `now`, oldest first.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn due(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, RegistryError> {
+        Ok(on_pool!(self.db, pool => {
+            sqlx::query(
+                "SELECT seq, kind, event_id, payload, created_at, attempts, mac_key_id, mac FROM outbox \
+                 WHERE next_attempt_at <= $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| -> Result<OutboxRow, sqlx::Error> {
+                Ok(OutboxRow {
+                    seq: row.try_get(0)?,
+                    kind: row.try_get(1)?,
+                    event_id: row.try_get(2)?,
+                    payload: row.try_get(3)?,
+                    created_at: row.try_get(4)?,
+                    attempts: row.try_get(5)?,
+                    mac_key_id: row.try_get(6)?,
+                    mac: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// Forgets delivered events.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn delivered(&self, seqs: &[i64]) -> Result<(), RegistryError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        let sql = format!("DELETE FROM outbox WHERE seq IN ({list})");
+        on_pool!(self.db, pool => {
+            sqlx::query(&sql).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Puts an event off until `next_attempt_at`, noting why.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn retry_later(
+        &self,
+        seq: i64,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), RegistryError> {
+        on_pool!(self.db, pool => {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE seq = $1",
+            )
+            .bind(seq)
+            .bind(next_attempt_at)
+            .bind(error)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Events waiting, and the oldest one's creation time.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn backlog(&self) -> Result<(i64, Option<i64>), RegistryError> {
+        Ok(on_pool!(self.db, pool => {
+            let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox")
+                .fetch_one(pool)
+                .await?;
+            (row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?)
+        }))
+    }
+}
+
+/// What a publish found.
+#[derive(Debug)]
+pub(crate) enum Published {
+    /// Written now.
+    New,
+    /// The same release was already there (an idempotent retry).
+    Existing(Box<ReleaseRow>),
+}
