@@ -1,5 +1,5 @@
-;; memory_bomb: grows memory a page at a time, touching each new page so it is really resident,
-;; until growth fails; then traps.
+;; memory_bomb: grows memory a page at a time and fills each new page, so every byte it is given
+;; becomes resident, until growth fails; then traps.
 (module
   (memory (export "memory") 1)
   (func (export "alloc") (param i32) (result i32) (i32.const 1024))
@@ -9,6 +9,6 @@
       (local.set $page (memory.grow (i32.const 1)))
       (if (i32.ne (local.get $page) (i32.const -1))
         (then
-          (i32.store8 (i32.shl (local.get $page) (i32.const 16)) (i32.const 1))
+          (memory.fill (i32.shl (local.get $page) (i32.const 16)) (i32.const 0xAA) (i32.const 65536))
           (br $grow))))
     unreachable))

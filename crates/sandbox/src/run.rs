@@ -299,7 +299,10 @@ fn exchange(
     }
     let data = memory.data(&*store);
     let start = out_ptr as usize;
-    let Some(output) = data.get(start..start + out_len as usize) else {
+    let Some(output) = start
+        .checked_add(out_len as usize)
+        .and_then(|end| data.get(start..end))
+    else {
         return Err(Stop::Refused(SandboxError::OutputOutOfBounds {
             ptr: out_ptr,
             len: out_len,
