@@ -178,6 +178,10 @@ async fn serve(
                 soma_sandbox::SandboxConfig::default(),
             )
             .context("assembling the tool registry")?;
+            let resealed = registry.reseal().await.context("re-MACing the registry's rows")?;
+            if !resealed.failed.is_empty() {
+                tracing::error!(rows = ?resealed.failed, "registry rows fail their MAC; they are refused where read");
+            }
             match &settings.peers.analytics {
                 Some(addr) => {
                     let analytics =

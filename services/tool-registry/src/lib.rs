@@ -88,6 +88,103 @@ impl Registry {
         })
     }
 
+    /// Re-MACs, under the keyring's primary, every row MACed with another
+    /// key, once it verifies under that key: after `soma release key
+    /// promote` and a restart, the old key can be retired without making a
+    /// row unverifiable. A row that does not verify is reported and left as
+    /// it is (never re-MACed over a tampering). The release seals
+    /// (`hmac_key_id`) stay what they are: a release keeps the seal it was
+    /// published with, and retiring its key retires it.
+    pub async fn reseal(&self) -> Result<Resealed, RegistryError> {
+        use store::{OutboxRow, PublisherKeyRow, ReleaseRow, Remac};
+        let primary = self.keys.primary().to_string();
+        let mut done = Resealed::default();
+        for row in self.store.publisher_keys().await? {
+            if row.mac_key_id == primary {
+                continue;
+            }
+            let columns = row.columns();
+            self.remac_one(
+                &mut done,
+                PublisherKeyRow::TABLE,
+                &row.key_id,
+                &columns,
+                &row.mac_key_id,
+                &row.mac,
+                Remac::PublisherKey(&row.key_id),
+            )
+            .await?;
+        }
+        for row in self.store.all_releases().await? {
+            if row.mac_key_id == primary {
+                continue;
+            }
+            let columns = row.columns();
+            let name = row.name();
+            self.remac_one(
+                &mut done,
+                ReleaseRow::TABLE,
+                &name,
+                &columns,
+                &row.mac_key_id,
+                &row.mac,
+                Remac::Release(&row.tool, &row.version),
+            )
+            .await?;
+        }
+        for row in self.store.outbox().await? {
+            if row.mac_key_id == primary {
+                continue;
+            }
+            let columns = row.columns();
+            self.remac_one(
+                &mut done,
+                OutboxRow::TABLE,
+                &row.event_id,
+                &columns,
+                &row.mac_key_id,
+                &row.mac,
+                Remac::Outbox(row.seq),
+            )
+            .await?;
+        }
+        if done.resealed > 0 || !done.failed.is_empty() {
+            tracing::info!(
+                resealed = done.resealed,
+                failed = done.failed.len(),
+                primary,
+                "rows re-MACed under the primary key"
+            );
+        }
+        Ok(done)
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one row's identity, content and old MAC"
+    )]
+    async fn remac_one(
+        &self,
+        done: &mut Resealed,
+        table: &'static str,
+        key: &str,
+        columns: &serde_json::Value,
+        mac_key_id: &str,
+        mac: &[u8],
+        which: store::Remac<'_>,
+    ) -> Result<(), RegistryError> {
+        if seal::check(&self.keys, table, key, columns, mac_key_id, mac).is_err() {
+            tracing::error!(table, key, mac_key_id, "row fails its MAC: not re-MACed");
+            done.failed.push(format!("{table}/{key}"));
+            return Ok(());
+        }
+        let (new_key, new_mac) = seal::mac(&self.keys, table, columns)?;
+        if self.store.remac(which, mac, new_key.as_str(), &new_mac).await? {
+            done.resealed += 1;
+        }
+        Ok(())
+    }
+
     /// The sandbox (its counters prove what was compiled and run).
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
@@ -107,6 +204,15 @@ impl Registry {
             oldest.map(|t| now_nanos().saturating_sub(t)),
         ))
     }
+}
+
+/// What [`Registry::reseal`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Rows re-MACed under the primary key.
+    pub resealed: u64,
+    /// `table/key` of rows that failed their MAC and were left alone.
+    pub failed: Vec<String>,
 }
 
 /// Who acts, as the registry records it.

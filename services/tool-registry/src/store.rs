@@ -350,6 +350,20 @@ impl Store {
         }))
     }
 
+    /// Every release.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn all_releases(&self) -> Result<Vec<ReleaseRow>, RegistryError> {
+        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases ORDER BY tool, published_at");
+        Ok(on_pool!(self.db, pool => {
+            sqlx::query(&sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(release_of!())
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
     /// Every release of `tool`, in no particular order.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn releases_of(&self, tool: &str) -> Result<Vec<ReleaseRow>, RegistryError> {
@@ -491,6 +505,49 @@ impl Store {
         }))
     }
 
+    /// Replaces the MAC of one row, if it still holds `old_mac` (a row
+    /// changed meanwhile is left alone). `table` is one of the three MACed
+    /// tables, `key` its key columns' values.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn remac(
+        &self,
+        table: Remac<'_>,
+        old_mac: &[u8],
+        mac_key_id: &str,
+        mac: &[u8],
+    ) -> Result<bool, RegistryError> {
+        let (sql, keys): (&str, Vec<&str>) = match &table {
+            Remac::PublisherKey(key_id) => (
+                "UPDATE publisher_keys SET mac_key_id = $1, mac = $2 WHERE mac = $3 AND key_id = $4",
+                vec![*key_id],
+            ),
+            Remac::Release(tool, version) => (
+                "UPDATE releases SET mac_key_id = $1, mac = $2 WHERE mac = $3 AND tool = $4 AND version = $5",
+                vec![*tool, *version],
+            ),
+            Remac::Outbox(_) => (
+                "UPDATE outbox SET mac_key_id = $1, mac = $2 WHERE mac = $3 AND seq = $4",
+                Vec::new(),
+            ),
+        };
+        Ok(on_pool!(self.db, pool => {
+            let mut query = sqlx::query(sql).bind(mac_key_id).bind(mac).bind(old_mac);
+            if let Remac::Outbox(seq) = table {
+                query = query.bind(seq);
+            }
+            for key in keys {
+                query = query.bind(key);
+            }
+            query.execute(pool).await?.rows_affected() == 1
+        }))
+    }
+
+    /// Every outbox row.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn outbox(&self) -> Result<Vec<OutboxRow>, RegistryError> {
+        self.due(i64::MAX, i64::MAX).await
+    }
+
     // ---- outbox ----
 
     #[tracing::instrument(skip_all)]
@@ -577,6 +634,17 @@ impl Store {
             (row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?)
         }))
     }
+}
+
+/// A row whose MAC is replaced.
+#[derive(Debug)]
+pub(crate) enum Remac<'a> {
+    /// `publisher_keys`, by key id.
+    PublisherKey(&'a str),
+    /// `releases`, by tool and version.
+    Release(&'a str, &'a str),
+    /// `outbox`, by sequence number.
+    Outbox(i64),
 }
 
 /// What a publish found.
