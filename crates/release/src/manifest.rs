@@ -115,8 +115,7 @@ impl Manifest {
     /// its type and its value are checked.
     pub fn from_value(value: &Value) -> Result<Self, ReleaseError> {
         check_number_range(value, "manifest")?;
-        let manifest = Self::validate(value)?;
-        Ok(manifest)
+        Self::validate(value)
     }
 
     /// Parses and validates a manifest payload, which must be exactly its
