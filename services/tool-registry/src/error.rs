@@ -151,10 +151,14 @@ impl RegistryError {
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition { .. } | Self::Unverified { .. } => Code::FailedPrecondition,
             Self::RowIntegrity { .. } => Code::DataLoss,
+            // A budget of the manifest ran out (fuel, memory, its deadline:
+            // not the RPC's own deadline), or the adapter failed (a trap, a
+            // bad output): the adapter's doing, never the server's.
             Self::Execution { reason, .. } => match *reason {
-                "fuel_exhausted" | "memory_limit_exceeded" | "output_too_large" => Code::ResourceExhausted,
-                "deadline_exceeded" => Code::DeadlineExceeded,
-                "input_too_large" => Code::InvalidArgument,
+                "fuel_exhausted" | "memory_limit_exceeded" | "output_too_large" | "deadline_exceeded"
+                | "stack_overflow" => Code::ResourceExhausted,
+                "input_too_large" | "input_not_utf8" => Code::InvalidArgument,
+                "sandbox_busy" => Code::Unavailable,
                 _ => Code::Aborted,
             },
             Self::Unauthenticated => Code::Unauthenticated,
