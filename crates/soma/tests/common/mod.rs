@@ -2,9 +2,9 @@
 //! backends the edge's tests compose the gateway with, started in-process,
 //! the edge itself (`edge`), and `soma up` as a child process.
 //!
-//! Analytics' builders are its own tests' (`services/analytics/tests/common`),
-//! included here as `analytics` rather than copied; what every crate's
-//! tests share is `soma-testing`.
+//! Analytics' and the tool registry's builders are their own tests'
+//! (`services/*/tests/common`), included here as `analytics` and `registry`
+//! rather than copied; what every crate's tests share is `soma-testing`.
 
 #![allow(
     dead_code,
@@ -14,6 +14,8 @@
 #[path = "../../../../services/analytics/tests/common/mod.rs"]
 pub mod analytics;
 pub mod edge;
+#[path = "../../../../services/tool-registry/tests/common/mod.rs"]
+pub mod registry;
 
 use std::time::Duration;
 

@@ -1,0 +1,116 @@
+//! Billing exactly once, across two real services: the tool registry bills
+//! every execution through its outbox to Analytics over mTLS. With
+//! Analytics stopped for part of the run and started again on the same
+//! address, 200 executions become exactly 200 billing events in Analytics'
+//! ledger, none twice, each the registry's own id — on every engine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::analytics::AnalyticsKeys;
+use common::registry::{Harness, Publisher, adapter};
+use serde_json::json;
+use soma_auth::ClaimsSigner;
+use soma_mesh::ServiceKind;
+use soma_store::{Database, StoreSettings};
+use soma_testing::{Ca, Running};
+
+const EXECUTIONS: usize = 200;
+
+async fn start_analytics(ca: &Ca, store: &StoreSettings, keys: &AnalyticsKeys, addr: &str) -> Running {
+    let identity = ca.store("/svc/analytics", Duration::from_secs(3600));
+    let settings = soma_testing::settings(ServiceKind::Analytics, &[("SOMA_SERVICE_ADDR", addr)]);
+    let db = Database::connect(store, "analytics").await.unwrap();
+    db.migrate(&soma_analytics::MIGRATIONS).await.unwrap();
+    let spec = soma_analytics::spec(db, &settings.limits, keys.config()).await.unwrap();
+    soma_testing::serve(settings, identity, None, spec).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::Analytics]).await {
+        let label = stores.label;
+        let ca = Ca::new();
+        let keys = AnalyticsKeys::generate();
+        let analytics_store = stores.of(ServiceKind::Analytics);
+        let analytics = start_analytics(&ca, analytics_store, &keys, "127.0.0.1:0").await;
+        let addr = analytics.addr;
+        let analytics_id = analytics.id.clone();
+        let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
+        let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
+        let h = Harness::start_on(
+            ca,
+            claims,
+            stores.of(ServiceKind::ToolRegistry),
+            registry_keys,
+            soma_sandbox::SandboxConfig::default(),
+            Some((addr, analytics_id)),
+        )
+        .await;
+        let publisher = Publisher::generate("acme-tools");
+        h.register(&publisher).await;
+        h.publish(publisher.release("text-stats", "1.0.0", &adapter("text_stats")))
+            .await
+            .unwrap();
+
+        let mut ids = Vec::with_capacity(EXECUTIONS);
+        let mut analytics = Some(analytics);
+        for i in 0..EXECUTIONS {
+            if i == 50 {
+                // Analytics goes away with events in flight.
+                analytics.take().unwrap().stop().await;
+            }
+            if i == 150 {
+                analytics = Some(start_analytics(&h.ca, analytics_store, &keys, &addr.to_string()).await);
+            }
+            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+            let run = h
+                .execute(tenant, "text-stats", "", json!({"text": format!("run {i}")}))
+                .await
+                .unwrap();
+            ids.push(run.billing_event_id);
+        }
+
+        // The outbox drains once Analytics is back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (backlog, _) = h.registry.outbox_backlog().await.unwrap();
+            if backlog == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{label}: {backlog} events still waiting after 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let db = common::analytics::database(analytics_store).await;
+        let total = soma_testing::scalar(&db, "SELECT COUNT(*) FROM billing_events").await;
+        let distinct = soma_testing::scalar(&db, "SELECT COUNT(DISTINCT event_id) FROM billing_events").await;
+        assert_eq!((total, distinct), (EXECUTIONS as i64, EXECUTIONS as i64), "{label}");
+        let mut stored: Vec<String> = soma_store::on_pool!(db, pool => {
+            use sqlx::Row as _;
+            sqlx::query("SELECT event_id FROM billing_events")
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String, _>(0).unwrap())
+                .collect()
+        });
+        stored.sort();
+        ids.sort();
+        assert_eq!(stored, ids, "{label}: the ledger holds exactly the registry's events");
+        let acme = soma_testing::scalar(&db, "SELECT COUNT(*) FROM billing_events WHERE tenant = 'acme'").await;
+        assert_eq!(acme, (EXECUTIONS / 2) as i64, "{label}: tenants from the verified claims");
+        // Each is a ledger leaf.
+        let leaves = soma_testing::scalar(&db, "SELECT COUNT(*) FROM ledger_leaves").await;
+        assert!(leaves >= EXECUTIONS as i64, "{label}: {leaves} leaves");
+        db.close().await;
+
+        h.stop().await;
+        analytics.unwrap().stop().await;
+        stores.cleanup().await;
+    }
+}
