@@ -25,7 +25,9 @@ async fn start_analytics(ca: &Ca, store: &StoreSettings, keys: &AnalyticsKeys, a
     let settings = soma_testing::settings(ServiceKind::Analytics, &[("SOMA_SERVICE_ADDR", addr)]);
     let db = Database::connect(store, "analytics").await.unwrap();
     db.migrate(&soma_analytics::MIGRATIONS).await.unwrap();
-    let spec = soma_analytics::spec(db, &settings.limits, keys.config()).await.unwrap();
+    let spec = soma_analytics::spec(db, &settings.limits, keys.config())
+        .await
+        .unwrap();
     soma_testing::serve(settings, identity, None, spec).await
 }
 
@@ -81,14 +83,21 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
             if backlog == 0 {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{label}: {backlog} events still waiting after 60 s");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: {backlog} events still waiting after 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
         let db = common::analytics::database(analytics_store).await;
         let total = soma_testing::scalar(&db, "SELECT COUNT(*) FROM billing_events").await;
         let distinct = soma_testing::scalar(&db, "SELECT COUNT(DISTINCT event_id) FROM billing_events").await;
-        assert_eq!((total, distinct), (EXECUTIONS as i64, EXECUTIONS as i64), "{label}");
+        assert_eq!(
+            (total, distinct),
+            (EXECUTIONS as i64, EXECUTIONS as i64),
+            "{label}"
+        );
         let mut stored: Vec<String> = soma_store::on_pool!(db, pool => {
             use sqlx::Row as _;
             sqlx::query("SELECT event_id FROM billing_events")
@@ -101,9 +110,17 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
         });
         stored.sort();
         ids.sort();
-        assert_eq!(stored, ids, "{label}: the ledger holds exactly the registry's events");
-        let acme = soma_testing::scalar(&db, "SELECT COUNT(*) FROM billing_events WHERE tenant = 'acme'").await;
-        assert_eq!(acme, (EXECUTIONS / 2) as i64, "{label}: tenants from the verified claims");
+        assert_eq!(
+            stored, ids,
+            "{label}: the ledger holds exactly the registry's events"
+        );
+        let acme =
+            soma_testing::scalar(&db, "SELECT COUNT(*) FROM billing_events WHERE tenant = 'acme'").await;
+        assert_eq!(
+            acme,
+            (EXECUTIONS / 2) as i64,
+            "{label}: tenants from the verified claims"
+        );
         // Each is a ledger leaf.
         let leaves = soma_testing::scalar(&db, "SELECT COUNT(*) FROM ledger_leaves").await;
         assert!(leaves >= EXECUTIONS as i64, "{label}: {leaves} leaves");

@@ -155,7 +155,10 @@ impl RegistryError {
             // not the RPC's own deadline), or the adapter failed (a trap, a
             // bad output): the adapter's doing, never the server's.
             Self::Execution { reason, .. } => match *reason {
-                "fuel_exhausted" | "memory_limit_exceeded" | "output_too_large" | "deadline_exceeded"
+                "fuel_exhausted"
+                | "memory_limit_exceeded"
+                | "output_too_large"
+                | "deadline_exceeded"
                 | "stack_overflow" => Code::ResourceExhausted,
                 "input_too_large" | "input_not_utf8" => Code::InvalidArgument,
                 "sandbox_busy" => Code::Unavailable,

@@ -141,8 +141,14 @@ async fn hostile_adapters_are_stopped_with_their_reason_while_others_are_served(
                 .execute("acme", "text-stats", "1.0.0", json!({"text": "still served"}))
                 .await
                 .unwrap_or_else(|e| panic!("{label}: the concurrent call failed: {e:?}"));
-            assert_eq!(common::from_struct(good.output.as_ref().unwrap())["words"], json!(2.0));
-            assert!(started.elapsed() < Duration::from_secs(3), "{label}: the concurrent call waited");
+            assert_eq!(
+                common::from_struct(good.output.as_ref().unwrap())["words"],
+                json!(2.0)
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{label}: the concurrent call waited"
+            );
 
             let status = hostile.await.unwrap().unwrap_err();
             assert_eq!(
@@ -150,7 +156,10 @@ async fn hostile_adapters_are_stopped_with_their_reason_while_others_are_served(
                 (case.code, case.reason),
                 "{label}: {status:?}"
             );
-            assert!(status.message().contains("billing event exec-"), "{label}: {status:?}");
+            assert!(
+                status.message().contains("billing event exec-"),
+                "{label}: {status:?}"
+            );
 
             // Billed from what was measured, within the manifest's budgets.
             let billed = billing_of(&h, &format!("run-{i}")).await;
@@ -182,7 +191,10 @@ async fn hostile_adapters_are_stopped_with_their_reason_while_others_are_served(
 /// registry grows by no more than the cap + 10 % while it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_stops_at_its_cap_and_the_service_stays_within_it() {
-    let stores = soma_testing::engine_stores(&[ServiceKind::ToolRegistry]).await.next().unwrap();
+    let stores = soma_testing::engine_stores(&[ServiceKind::ToolRegistry])
+        .await
+        .next()
+        .unwrap();
     let h = Harness::start(stores.of(ServiceKind::ToolRegistry)).await;
     let publisher = Publisher::generate("acme-tools");
     h.register(&publisher).await;
@@ -220,7 +232,9 @@ async fn a_memory_bomb_stops_at_its_cap_and_the_service_stays_within_it() {
     }
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     sampler.join().unwrap();
-    let grown = peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before);
+    let grown = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
     assert!(
         grown <= cap + cap / 10,
         "the process grew by {grown} bytes with a {cap}-byte cap"

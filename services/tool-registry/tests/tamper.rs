@@ -96,7 +96,11 @@ async fn every_tampering_is_refused_with_its_reason_and_nothing_is_compiled() {
                         other => panic!("no publish tampering {other}"),
                     };
                     let status = h.publish(request).await.unwrap_err();
-                    assert_eq!((status.code(), grpc_reason(&status)), (code, reason), "{label}: {status:?}");
+                    assert_eq!(
+                        (status.code(), grpc_reason(&status)),
+                        (code, reason),
+                        "{label}: {status:?}"
+                    );
                 }
                 Expected::Execute(code, reason, failures) => {
                     // A release that was good when published, then tampered
@@ -110,7 +114,14 @@ async fn every_tampering_is_refused_with_its_reason_and_nothing_is_compiled() {
                         ),
                         "stored manifest changed" => format!(
                             "UPDATE releases SET manifest = {} WHERE tool = '{tool}'",
-                            hex_literal(&publisher.release(&tool, "1.0.0", &stats).envelope.unwrap().payload, stores.label),
+                            hex_literal(
+                                &publisher
+                                    .release(&tool, "1.0.0", &stats)
+                                    .envelope
+                                    .unwrap()
+                                    .payload,
+                                stores.label
+                            ),
                         ),
                         "stored seal (HMAC) changed" => format!(
                             "UPDATE releases SET hmac = {} WHERE tool = '{tool}'",
@@ -145,7 +156,9 @@ async fn every_tampering_is_refused_with_its_reason_and_nothing_is_compiled() {
                     };
                     if case.name.contains("module digest") {
                         // The other module must exist for the foreign key.
-                        h.publish(publisher.release(&format!("{tool}-other"), "1.0.0", &stats)).await.unwrap();
+                        h.publish(publisher.release(&format!("{tool}-other"), "1.0.0", &stats))
+                            .await
+                            .unwrap();
                     }
                     assert_eq!(exec(db, &sql).await, 1, "{label}: {sql}");
                     if case.name.starts_with("publisher key row") {
@@ -165,7 +178,11 @@ async fn every_tampering_is_refused_with_its_reason_and_nothing_is_compiled() {
                         .execute("acme", &tool, "1.0.0", json!({"text": "x"}))
                         .await
                         .unwrap_err();
-                    assert_eq!((status.code(), grpc_reason(&status)), (code, reason), "{label}: {status:?}");
+                    assert_eq!(
+                        (status.code(), grpc_reason(&status)),
+                        (code, reason),
+                        "{label}: {status:?}"
+                    );
                     let named = h.failures(&tool, "1.0.0").await;
                     assert_eq!(named, failures, "{label}");
                     assert_eq!((compiled(), instantiated()), at_rest, "{label}: compiled or ran");
@@ -175,8 +192,12 @@ async fn every_tampering_is_refused_with_its_reason_and_nothing_is_compiled() {
             assert_eq!((compiled(), instantiated()), before, "{label}: compiled or ran");
         }
         // The good path still compiles and runs: the counters are live.
-        h.publish(publisher.release("good", "1.0.0", &stats)).await.unwrap();
-        h.execute("acme", "good", "1.0.0", json!({"text": "a b"})).await.unwrap();
+        h.publish(publisher.release("good", "1.0.0", &stats))
+            .await
+            .unwrap();
+        h.execute("acme", "good", "1.0.0", json!({"text": "a b"}))
+            .await
+            .unwrap();
         assert_eq!(compiled(), 1, "{}", stores.label);
         h.stop().await;
         stores.cleanup().await;
@@ -224,15 +245,19 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "stored manifest changed",
-            expected: Expected::Execute(DataLoss, "row_integrity", &[
-                "row_mac",
-                "manifest_digest",
-                "registry_hmac",
-                "envelope_payload",
-                "module_size",
-                "module_digest",
-                "row_manifest_mismatch",
-            ]),
+            expected: Expected::Execute(
+                DataLoss,
+                "row_integrity",
+                &[
+                    "row_mac",
+                    "manifest_digest",
+                    "registry_hmac",
+                    "envelope_payload",
+                    "module_size",
+                    "module_digest",
+                    "row_manifest_mismatch",
+                ],
+            ),
         },
         Case {
             name: "stored seal (HMAC) changed",
@@ -244,7 +269,11 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "stored mix-and-match: another release's module digest",
-            expected: Expected::Execute(DataLoss, "row_integrity", &["row_mac", "module_size", "module_digest", "row_manifest_mismatch"]),
+            expected: Expected::Execute(
+                DataLoss,
+                "row_integrity",
+                &["row_mac", "module_size", "module_digest", "row_manifest_mismatch"],
+            ),
         },
         Case {
             name: "publisher key row edited: retirement erased",
