@@ -163,33 +163,29 @@ pub(crate) struct StoreArgs {
 pub(crate) enum KeyCommand {
     /// List the keys: id, status, primary.
     List {
-        /// The data dir of `soma up`.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Add a new random key (enabled, not primary).
     Add {
-        /// The data dir of `soma up`.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The new key's id.
         #[arg(long)]
         id: String,
     },
     /// Make an enabled key the primary (new seals use it; old ones keep verifying).
     Promote {
-        /// The data dir of `soma up`.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The key id.
         #[arg(long)]
         id: String,
     },
     /// Retire a key that is not primary: what it sealed no longer verifies.
     Retire {
-        /// The data dir of `soma up`.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The key id.
         #[arg(long)]
         id: String,
@@ -219,7 +215,7 @@ pub(crate) async fn run(command: ReleaseCommand) -> anyhow::Result<ExitCode> {
             data_dir,
         } => publish(&envelope, &module, &token, edge, &data_dir).await,
         ReleaseCommand::Publisher { command } => publisher(command).await,
-        ReleaseCommand::Key { command } => key(command),
+        ReleaseCommand::Key { command } => key(command).await,
     }
 }
 
@@ -414,10 +410,7 @@ async fn publisher(command: PublisherCommand) -> anyhow::Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return Ok(unusable(e)),
     };
-    let actor = Actor::service(format!(
-        "cli:{}",
-        std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
-    ));
+    let actor = cli_actor();
     match command {
         PublisherCommand::Add { name, public_key, .. } => {
             let pem = match read_limited(&public_key, MAX_TEXT_FILE).map(String::from_utf8) {
@@ -485,35 +478,43 @@ async fn open_registry(store: &StoreArgs) -> anyhow::Result<Registry> {
     Registry::new(db, config, sandbox).map_err(|e| anyhow!("{e}"))
 }
 
-fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
-    let (data_dir, id) = match &command {
-        KeyCommand::List { data_dir } => (data_dir, None),
-        KeyCommand::Add { data_dir, id }
-        | KeyCommand::Promote { data_dir, id }
-        | KeyCommand::Retire { data_dir, id } => (data_dir, Some(id.as_str())),
+/// Changes the registry's keyring file. The change is checked on the
+/// keyring in memory first, recorded as an audit event (through the
+/// registry's outbox, MACed with the keyring still in force), then written;
+/// the registry uses it from its next start.
+async fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
+    let (store, id, action) = match &command {
+        KeyCommand::List { store } => (store, None, "list"),
+        KeyCommand::Add { store, id } => (store, Some(id.as_str()), "add"),
+        KeyCommand::Promote { store, id } => (store, Some(id.as_str()), "promote"),
+        KeyCommand::Retire { store, id } => (store, Some(id.as_str()), "retire"),
     };
-    let path = registry_keys_path(data_dir);
+    let path = registry_keys_path(&store.data_dir);
     let mut keyring = match HmacKeyring::load(&path) {
         Ok(k) => k,
         Err(e) => return Ok(unusable(anyhow!("{}: {e}", path.display()))),
     };
-    let changed = match (&command, id) {
-        (KeyCommand::List { .. }, _) | (_, None) => {
-            for (id, status, primary) in keyring.keys() {
-                let status = format!("{status:?}").to_lowercase();
-                say(format_args!(
-                    "{id} {status}{}",
-                    if primary { " primary" } else { "" }
-                ));
-            }
-            return Ok(ExitCode::SUCCESS);
+    let Some(id) = id else {
+        for (id, status, primary) in keyring.keys() {
+            let status = format!("{status:?}").to_lowercase();
+            say(format_args!("{id} {status}{}", if primary { " primary" } else { "" }));
         }
-        (KeyCommand::Add { .. }, Some(id)) => keyring.add_generated(id),
-        (KeyCommand::Promote { .. }, Some(id)) => keyring.promote(id),
-        (KeyCommand::Retire { .. }, Some(id)) => keyring.retire(id),
+        return Ok(ExitCode::SUCCESS);
+    };
+    let changed = match action {
+        "add" => keyring.add_generated(id),
+        "promote" => keyring.promote(id),
+        _ => keyring.retire(id),
     };
     if let Err(e) = changed {
         return Ok(refused(format_args!("{}: {e}", path.display())));
+    }
+    let registry = match open_registry(store).await {
+        Ok(r) => r,
+        Err(e) => return Ok(unusable(e)),
+    };
+    if let Err(e) = registry.record_key_change(&cli_actor(), action, id).await {
+        return Ok(refused(format_args!("recording the change: {}: {e}", e.reason())));
     }
     write_atomically(&path, &keyring.to_json())?;
     set_mode(&path, 0o600)?;
@@ -523,6 +524,14 @@ fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
         keyring.primary()
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The operator running the CLI, as audit events name them.
+fn cli_actor() -> Actor {
+    Actor::service(format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "operator".to_owned())
+    ))
 }
 
 /// A module file: WebAssembly binary as is, WebAssembly text compiled.

@@ -134,6 +134,24 @@ impl Registry {
         Ok(publisher_proto(&row))
     }
 
+    /// Records a change of the registry's own keyring (`soma release key
+    /// add | promote | retire`) as an audit event, MACed with the keyring
+    /// in force before the change (the one the running registry holds).
+    pub async fn record_key_change(&self, actor: &Actor, action: &str, key_id: &str) -> Result<(), RegistryError> {
+        let now = now_nanos();
+        let event = self.outbox.audit(
+            &audit_event(
+                "",
+                &format!("registry_key.{action}"),
+                &format!("registry_key:{key_id}"),
+                serde_json::json!({"key_id": key_id, "actor": actor.id}),
+                now,
+            ),
+            now,
+        )?;
+        self.outbox.enqueue(&event).await
+    }
+
     /// The stored key `key_id`, MAC checked, as verification sees it.
     pub(crate) async fn publisher(&self, key_id: &str) -> Result<Option<PublisherKey>, RegistryError> {
         let Some(row) = self.store.publisher_key(key_id).await? else {
