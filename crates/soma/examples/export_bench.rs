@@ -122,6 +122,9 @@ fn event(i: u64) -> pb::RecordBillingEventRequest {
             nanos: i32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
         }),
         run_id: format!("run-{i:09}"),
+        peak_memory_bytes: 65_536,
+        // `(module (memory 1))`: the sandbox reports the digest of the module that ran.
+        module_sha256: soma_sign::sha256(b"\0asm\x01\0\0\0\x05\x03\x01\x00\x01").to_vec(),
     }
 }
 

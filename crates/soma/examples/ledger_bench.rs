@@ -115,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
                         nanos: 0,
                     }),
                     run_id: format!("run-{w}-{i}"),
+                    peak_memory_bytes: 65_536,
+                    // `(module (memory 1))`: the sandbox reports the digest of the module that ran.
+                    module_sha256: soma_sign::sha256(b"\0asm\x01\0\0\0\x05\x03\x01\x00\x01").to_vec(),
                 };
                 client.record_billing_event(request).await?;
                 if start.elapsed() >= warmup {

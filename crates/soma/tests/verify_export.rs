@@ -148,6 +148,11 @@ async fn an_export_is_exactly_the_tenants_window_and_verifies_with_three_indepen
                 "occurred_at": "2026-09-21T14:13:20.000000000Z",
                 "run_id": "run-b-acme-1",
                 "recorded_by": "spiffe://somastack.test/svc/tool-registry",
+                "module_sha256": common::analytics::module_sha256()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+                "peak_memory_bytes": common::analytics::PEAK_MEMORY_BYTES,
             }),
             "{}",
             db.label

@@ -90,10 +90,11 @@ async fn verify_store_exits_non_zero_naming_the_ledger_index_of_every_gap() {
                   DROP TABLE billing_events; \
                   ALTER TABLE billing_copy RENAME TO billing_events; \
                   INSERT INTO billing_events (event_id, tenant, tool, tool_version, currency, amount_micros, \
-                  fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, ledger_index, mac_scheme, \
-                  row_version, mac_key_id, mac) \
+                  fuel_consumed, duration_micros, occurred_at, run_id, recorded_by, module_sha256, \
+                  peak_memory_bytes, ledger_index, mac_scheme, row_version, mac_key_id, mac) \
                   SELECT event_id, tenant, tool, tool_version, currency, amount_micros, fuel_consumed, \
-                  duration_micros, occurred_at, run_id, recorded_by, 5, mac_scheme, row_version, mac_key_id, mac \
+                  duration_micros, occurred_at, run_id, recorded_by, module_sha256, peak_memory_bytes, 5, \
+                  mac_scheme, row_version, mac_key_id, mac \
                   FROM billing_events WHERE tenant = 'acme' AND event_id = 'a-2'",
             index: 5,
         },

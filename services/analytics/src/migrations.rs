@@ -30,4 +30,9 @@ migrations!(
         "per-tenant ids, row-MAC scheme 2 and sealed ledger leaves",
         "0006_tenant_ids_mac_scheme"
     ),
+    (
+        7,
+        "billing events carry the module digest and peak memory",
+        "0007_billing_measurements"
+    ),
 );

@@ -86,6 +86,18 @@ pub(crate) fn count(field: &'static str, value: u64) -> Result<i64, AnalyticsErr
     i64::try_from(value).map_err(|_| invalid(field, format!("{value} is too large")))
 }
 
+/// A SHA-256 digest: exactly 32 bytes.
+pub(crate) fn sha256(field: &'static str, value: Vec<u8>) -> Result<Vec<u8>, AnalyticsError> {
+    if value.len() == 32 {
+        Ok(value)
+    } else {
+        Err(invalid(
+            field,
+            format!("a SHA-256 digest is 32 bytes, not {}", value.len()),
+        ))
+    }
+}
+
 /// An ISO 4217 currency code: three upper-case ASCII letters.
 pub(crate) fn currency(field: &'static str, value: &str) -> Result<String, AnalyticsError> {
     if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {

@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{AnalyticsKeys, billing, start_analytics, tamper, ts};
+use common::{AnalyticsKeys, billing, blob, row_mac, start_analytics, tamper, ts};
 use serde_json::{Value, json};
 use soma_auth::ClaimsSigner;
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash, verify_inclusion};
@@ -236,7 +236,8 @@ impl Env {
 
 /// Every column of `billing_events`, in one order.
 const BILLING_COLUMNS: &str = "event_id, tenant, tool, tool_version, currency, amount_micros, fuel_consumed, \
-     duration_micros, occurred_at, run_id, recorded_by, ledger_index, mac_scheme, row_version, mac_key_id, mac";
+     duration_micros, occurred_at, run_id, recorded_by, module_sha256, peak_memory_bytes, ledger_index, mac_scheme, \
+     row_version, mac_key_id, mac";
 
 #[tokio::test]
 async fn the_integrity_table_export_sweep_and_proof_each_refuse_naming_the_index() {
@@ -523,32 +524,6 @@ async fn ids_are_scoped_per_tenant_and_a_row_moved_to_another_tenant_is_caught()
     }
 }
 
-/// The row MAC of scheme 1, as rows were sealed before scheme 2:
-/// HMAC-SHA256 over canonical `{content, key_id, primary_key, row_version,
-/// table, tenant}`.
-fn legacy_mac(keys: &HmacKeyring, table: &str, key: &str, tenant: &str, content: &Value) -> Vec<u8> {
-    let message = jcs::canonicalize(&json!({
-        "table": table,
-        "primary_key": key,
-        "tenant": tenant,
-        "row_version": "1",
-        "key_id": "row-1",
-        "content": content,
-    }))
-    .unwrap();
-    keys.sign(&message).1.to_vec()
-}
-
-/// A byte string as an SQL literal of the engine.
-fn blob(db: &Database, bytes: &[u8]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if db.as_sqlite().is_some() {
-        format!("X'{hex}'")
-    } else {
-        format!("'\\x{hex}'::bytea")
-    }
-}
-
 #[tokio::test]
 async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail() {
     for db in soma_store::testing::engines("analytics_reseal").await {
@@ -586,7 +561,8 @@ async fn rows_sealed_before_scheme_2_are_resealed_at_start_up_unless_they_fail()
                 .unwrap(),
             );
             hashes.push(leaf);
-            let mac = legacy_mac(&keys, "billing_events", &event_id, "acme", &content);
+            // Scheme 1, as rows were sealed before scheme 2.
+            let mac = row_mac(&keys, ("billing_events", &event_id, "acme"), 1, None, &content);
             exec(
                 &old,
                 &format!(

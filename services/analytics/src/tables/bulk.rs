@@ -68,6 +68,7 @@ pub(crate) enum Array<'a> {
     Real(Vec<f64>),
     Bool(Vec<bool>),
     Bytes(Vec<&'a [u8]>),
+    OptBytes(Vec<Option<&'a [u8]>>),
 }
 
 impl<'a> Array<'a> {
@@ -79,6 +80,7 @@ impl<'a> Array<'a> {
             Ty::Real => Self::Real(Vec::new()),
             Ty::Bool => Self::Bool(Vec::new()),
             Ty::Bytes => Self::Bytes(Vec::new()),
+            Ty::OptBytes => Self::OptBytes(Vec::new()),
         }
     }
 
@@ -93,6 +95,8 @@ impl<'a> Array<'a> {
             (Self::Bool(v), Value::Bool(b)) => v.push(*b),
             (Self::Bytes(v), Value::Bytes(b)) => v.push(b),
             (Self::Bytes(v), Value::OwnedBytes(b)) => v.push(b.as_slice()),
+            (Self::OptBytes(v), Value::OptBytes(b)) => v.push(*b),
+            (Self::OptBytes(v), Value::OwnedOptBytes(b)) => v.push(b.as_deref()),
             _ => return false,
         }
         true
@@ -134,6 +138,7 @@ pub(crate) fn bind_arrays<'q>(
             Array::Real(v) => query.bind(v),
             Array::Bool(v) => query.bind(v),
             Array::Bytes(v) => query.bind(v),
+            Array::OptBytes(v) => query.bind(v),
         };
     }
     query

@@ -44,7 +44,7 @@ pub(crate) use bulk::{bind_arrays, bulk_arrays, bulk_statement};
 pub(crate) use row::{EventRow, Seal};
 pub(crate) use sql::{
     Column, Conn, Get, ToValue, Ty, Value, bind_values, bytes, column_name, columns, flag, int, on_conn,
-    opt_int, real, text,
+    opt_bytes, opt_int, real, text,
 };
 
 /// Declares the table modules and [`REGISTRY`], in sweep order: one line
@@ -610,7 +610,8 @@ pub(crate) trait Exported: Ledgered {
 
     /// Appends the row's JSON object: compact, members sorted by name
     /// (the form serde_json gives a map), times as RFC 3339 with nine
-    /// fractional digits, integers as JSON numbers, with `ledger_index`.
+    /// fractional digits, integers as JSON numbers, NULL columns left out,
+    /// with `ledger_index`.
     fn write_object(&self, ledger_index: i64, out: &mut Vec<u8>) {
         object::write_export(self, ledger_index, out);
     }
@@ -754,6 +755,8 @@ mod tests {
             occurred_at: 4,
             run_id: "r".to_owned(),
             recorded_by: "s".to_owned(),
+            module_sha256: Some(vec![9; 32]),
+            peak_memory_bytes: Some(65_536),
         };
         let run = CapsuleRun {
             event_id: "c".to_owned(),

@@ -8,6 +8,12 @@
 //! [`names_in_order`]), so walking the columns is walking the members.
 //! Each table's tests hold these bytes to what serde_json and RFC 8785
 //! write for the same row.
+//!
+//! A column that is NULL is a member the row does not have: both forms
+//! leave it out, rather than writing `null`. That is how a table gains
+//! columns without changing what its older rows were sealed, hashed and
+//! exported as (see `billing`, whose rows written before the sandbox's
+//! measurements existed have neither measured member).
 
 use super::row::{push_i64, push_string};
 use super::{Exported, Value};
@@ -42,13 +48,14 @@ const fn less(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Writes the content a row MAC and a ledger leaf cover: every column but
-/// the primary key and `tenant` (both bound beside it), integers as decimal
-/// strings (RFC 8785 numbers are doubles; amounts must stay exact).
+/// the primary key and `tenant` (both bound beside it) and the NULL ones,
+/// integers as decimal strings (RFC 8785 numbers are doubles; amounts must
+/// stay exact).
 pub(crate) fn write_content<T: Exported>(row: &T, out: &mut Vec<u8>) {
     let () = T::COLUMNS_IN_NAME_ORDER;
     let mut open = b'{';
     for (column, value) in T::COLUMNS.iter().zip(row.values()) {
-        if column.name == T::KEY || column.name == "tenant" {
+        if column.name == T::KEY || column.name == "tenant" || value.is_null() {
             continue;
         }
         member(out, open, column.name);
@@ -64,9 +71,9 @@ pub(crate) fn write_content<T: Exported>(row: &T, out: &mut Vec<u8>) {
     close(out, open);
 }
 
-/// Writes the export object of a row at `ledger_index`: every column and
-/// `ledger_index`, integers as JSON numbers, the time column as RFC 3339
-/// with nine fractional digits.
+/// Writes the export object of a row at `ledger_index`: every column but
+/// the NULL ones, and `ledger_index`, integers as JSON numbers, the time
+/// column as RFC 3339 with nine fractional digits.
 pub(crate) fn write_export<T: Exported>(row: &T, ledger_index: i64, out: &mut Vec<u8>) {
     let () = T::COLUMNS_IN_NAME_ORDER;
     let mut open = b'{';
@@ -77,6 +84,9 @@ pub(crate) fn write_export<T: Exported>(row: &T, ledger_index: i64, out: &mut Ve
             push_i64(out, ledger_index);
             open = b',';
             index_written = true;
+        }
+        if value.is_null() {
+            continue;
         }
         member(out, open, column.name);
         open = b',';
@@ -117,7 +127,8 @@ fn close(out: &mut Vec<u8>, open: u8) {
 
 /// A value other than an integer: a column of [`Exported::JSON_COLUMNS`]
 /// as the canonical JSON it holds, text as a string, a flag as a boolean, a
-/// real as serde_json writes it, bytes as a string of lowercase hex.
+/// real as serde_json writes it, bytes as a string of lowercase hex (NULL,
+/// which the writers above leave out, as `null`).
 fn write_value<T: Exported>(out: &mut Vec<u8>, column: &str, value: &Value<'_>) {
     match value {
         Value::Text(s) if T::JSON_COLUMNS.contains(&column) => out.extend_from_slice(s.as_bytes()),
@@ -125,11 +136,13 @@ fn write_value<T: Exported>(out: &mut Vec<u8>, column: &str, value: &Value<'_>) 
         Value::Text(s) => push_string(out, s),
         Value::Owned(s) => push_string(out, s),
         Value::Int(n) | Value::OptInt(Some(n)) => push_i64(out, *n),
-        Value::OptInt(None) => out.extend_from_slice(b"null"),
+        Value::OptInt(None) | Value::OptBytes(None) | Value::OwnedOptBytes(None) => {
+            out.extend_from_slice(b"null");
+        }
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::Real(x) => out.extend_from_slice(serde_json::Value::from(*x).to_string().as_bytes()),
-        Value::Bytes(b) => push_hex(out, b),
-        Value::OwnedBytes(b) => push_hex(out, b),
+        Value::Bytes(b) | Value::OptBytes(Some(b)) => push_hex(out, b),
+        Value::OwnedBytes(b) | Value::OwnedOptBytes(Some(b)) => push_hex(out, b),
     }
 }
 
@@ -169,6 +182,10 @@ mod tests {
             occurred_at: n.wrapping_neg(),
             run_id: format!("r{text}"),
             recorded_by: text.to_owned(),
+            // Rows of even `n` carry the sandbox's measurements; the others
+            // are rows written before them.
+            module_sha256: (n & 1 == 0).then(|| soma_sign::sha256(format!("{text}/{n}").as_bytes()).to_vec()),
+            peak_memory_bytes: (n & 1 == 0).then_some(n / 5),
         }
     }
 
@@ -241,14 +258,21 @@ mod tests {
             String::from_utf8(content).unwrap(),
             String::from_utf8(jcs::canonicalize(&row.content()).unwrap()).unwrap()
         );
+        // A row version the content can be of: 3 for a table whose content
+        // has one version, the row's own for one whose content has more.
+        let version = if row.content_is_of(3) {
+            3
+        } else {
+            row.new_row_version()
+        };
         assert_eq!(
-            String::from_utf8(row.mac_message(1, 1, key_id, Some(7)).unwrap()).unwrap(),
-            String::from_utf8(value_mac(row, 1, key_id, None)).unwrap()
+            String::from_utf8(row.mac_message(1, version, key_id, Some(7)).unwrap()).unwrap(),
+            String::from_utf8(value_mac(row, version, key_id, None)).unwrap()
         );
         for index in [Some(0), Some(7), Some(i64::MAX), None] {
             assert_eq!(
-                String::from_utf8(row.mac_message(2, 3, key_id, index).unwrap()).unwrap(),
-                String::from_utf8(value_mac(row, 3, key_id, Some(index))).unwrap()
+                String::from_utf8(row.mac_message(2, version, key_id, index).unwrap()).unwrap(),
+                String::from_utf8(value_mac(row, version, key_id, Some(index))).unwrap()
             );
         }
         assert!(
@@ -290,12 +314,17 @@ mod tests {
                     occurred_at: at,
                     ..billing(text, n)
                 };
-                let expected = json!({
+                let mut expected = json!({
                     "event_id": b.event_id, "ledger_index": n + 7, "tenant": b.tenant, "tool": b.tool,
                     "tool_version": b.tool_version, "amount_micros": b.amount_micros, "currency": b.currency,
                     "fuel_consumed": b.fuel_consumed, "duration_micros": b.duration_micros,
                     "occurred_at": rfc3339_nanos(b.occurred_at), "run_id": b.run_id, "recorded_by": b.recorded_by,
                 });
+                // A row of before the measurements has neither member.
+                if let (Some(digest), Some(peak)) = (&b.module_sha256, b.peak_memory_bytes) {
+                    expected["module_sha256"] = json!(crate::convert::hex(digest));
+                    expected["peak_memory_bytes"] = json!(peak);
+                }
                 same(&b, n + 7, &expected);
                 let r = CapsuleRun {
                     started_at: at,

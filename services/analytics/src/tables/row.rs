@@ -22,6 +22,13 @@
 //!   (`crate::integrity::reseal`). Where a scheme-1 row is read, its index
 //!   is checked against the leaf at that index instead.
 //!
+//! Both schemes bind the row version. A row updated in place binds its
+//! update count (persona regressions); a table whose content gained members
+//! binds the version of the content a row was sealed with, and admits a row
+//! only at the version whose members it has ([`EventRow::content_is_of`];
+//! `billing_events`, see its module doc); every other row is at
+//! [`ROW_VERSION`].
+//!
 //! Integers travel as decimal strings: RFC 8785 numbers are doubles, and
 //! amounts must stay exact.
 
@@ -32,7 +39,9 @@ use soma_sign::{HmacKeyring, jcs};
 use super::{Get, Value as Bound};
 use crate::error::AnalyticsError;
 
-/// Version every row is written with (rows are never updated in place).
+/// Version a row is written with, unless it is updated in place (its
+/// update count) or its table's content has versions
+/// ([`EventRow::new_row_version`]).
 pub(crate) const ROW_VERSION: i64 = 1;
 
 /// The row-MAC scheme rows are sealed with.
@@ -67,9 +76,26 @@ pub(crate) trait EventRow {
         Ok(())
     }
 
+    /// The row version a new row is sealed at: [`ROW_VERSION`], unless the
+    /// table's content has versions.
+    fn new_row_version(&self) -> i64 {
+        ROW_VERSION
+    }
+
+    /// Whether the row's content is content a MAC at `row_version` can
+    /// have sealed. Any version, unless the table's content has versions:
+    /// then only the one whose members the row has, so that no row is read
+    /// as another version's (a new row with its new columns blanked is not
+    /// an old row).
+    fn content_is_of(&self, _row_version: i64) -> bool {
+        true
+    }
+
     /// The bytes the row MAC of `scheme` covers (see the module doc);
     /// `ledger_index` is the row's index (`None` for a table that is not
-    /// ledgered), which scheme 1 does not bind.
+    /// ledgered), which scheme 1 does not bind. A row whose content is not
+    /// of `row_version` ([`EventRow::content_is_of`]) has none: it fails
+    /// its integrity check, and is never sealed.
     fn mac_message(
         &self,
         scheme: i64,
@@ -77,6 +103,12 @@ pub(crate) trait EventRow {
         key_id: &str,
         ledger_index: Option<i64>,
     ) -> Result<Vec<u8>, AnalyticsError> {
+        if !self.content_is_of(row_version) {
+            return Err(AnalyticsError::RowIntegrity {
+                table: Self::TABLE,
+                primary_key: self.event_id().to_owned(),
+            });
+        }
         // RFC 8785 orders members by name; these names are ASCII, so by
         // bytes: content, key_id, [ledger_index, mac_scheme,] primary_key,
         // row_version, table, tenant. A canonical value nested in a
@@ -121,10 +153,10 @@ pub(crate) trait EventRow {
         Ok(out)
     }
 
-    /// MACs the row, at `ledger_index` for a ledgered row, with the
-    /// keyring's primary key.
+    /// MACs the row at [`EventRow::new_row_version`], at `ledger_index`
+    /// for a ledgered row, with the keyring's primary key.
     fn seal(&self, keys: &HmacKeyring, ledger_index: Option<i64>) -> Result<Seal, AnalyticsError> {
-        Seal::at(self, keys, ROW_VERSION, ledger_index)
+        Seal::at(self, keys, self.new_row_version(), ledger_index)
     }
 
     /// Checks a stored row's MAC under the scheme that sealed it.
@@ -176,7 +208,7 @@ pub(crate) struct Seal {
 impl Seal {
     /// MACs `row` under [`MAC_SCHEME`] with the keyring's primary key at
     /// `row_version` (rows updated in place bind their version here; the
-    /// others use [`ROW_VERSION`]) and `ledger_index`.
+    /// others their [`EventRow::new_row_version`]) and `ledger_index`.
     pub(crate) fn at<R: EventRow + ?Sized>(
         row: &R,
         keys: &HmacKeyring,

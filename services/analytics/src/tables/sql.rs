@@ -15,6 +15,8 @@ pub(crate) enum Ty {
     Real,
     Bool,
     Bytes,
+    /// A nullable byte string.
+    OptBytes,
 }
 
 impl Ty {
@@ -25,7 +27,7 @@ impl Ty {
             Self::Int | Self::OptInt => "bigint[]",
             Self::Real => "double precision[]",
             Self::Bool => "boolean[]",
-            Self::Bytes => "bytea[]",
+            Self::Bytes | Self::OptBytes => "bytea[]",
         }
     }
 }
@@ -67,6 +69,14 @@ pub(crate) const fn bytes(name: &'static str) -> Column {
     Column { name, ty: Ty::Bytes }
 }
 
+/// A nullable byte-string column.
+pub(crate) const fn opt_bytes(name: &'static str) -> Column {
+    Column {
+        name,
+        ty: Ty::OptBytes,
+    }
+}
+
 /// One value bound to a statement.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Value<'a> {
@@ -78,6 +88,8 @@ pub(crate) enum Value<'a> {
     Bool(bool),
     Bytes(&'a [u8]),
     OwnedBytes(Vec<u8>),
+    OptBytes(Option<&'a [u8]>),
+    OwnedOptBytes(Option<Vec<u8>>),
 }
 
 impl Value<'_> {
@@ -92,7 +104,18 @@ impl Value<'_> {
             Self::Bool(b) => Value::Bool(b),
             Self::Bytes(b) => Value::OwnedBytes(b.to_vec()),
             Self::OwnedBytes(b) => Value::OwnedBytes(b),
+            Self::OptBytes(b) => Value::OwnedOptBytes(b.map(<[u8]>::to_vec)),
+            Self::OwnedOptBytes(b) => Value::OwnedOptBytes(b),
         }
+    }
+
+    /// Whether the value is SQL NULL: in a row's content and export object,
+    /// a member the row does not have.
+    pub(crate) fn is_null(&self) -> bool {
+        matches!(
+            self,
+            Self::OptInt(None) | Self::OptBytes(None) | Self::OwnedOptBytes(None)
+        )
     }
 }
 
@@ -111,6 +134,8 @@ macro_rules! bind_values {
                 $crate::tables::Value::Bool(b) => query.bind(*b),
                 $crate::tables::Value::Bytes(b) => query.bind(*b),
                 $crate::tables::Value::OwnedBytes(b) => query.bind(b.as_slice()),
+                $crate::tables::Value::OptBytes(b) => query.bind(*b),
+                $crate::tables::Value::OwnedOptBytes(b) => query.bind(b.as_deref()),
             };
         }
         query
@@ -222,6 +247,18 @@ impl ToValue for bool {
 impl ToValue for Vec<u8> {
     fn to_value(&self) -> Value<'_> {
         Value::Bytes(self)
+    }
+}
+
+impl ToValue for Option<i64> {
+    fn to_value(&self) -> Value<'_> {
+        Value::OptInt(*self)
+    }
+}
+
+impl ToValue for Option<Vec<u8>> {
+    fn to_value(&self) -> Value<'_> {
+        Value::OptBytes(self.as_deref())
     }
 }
 

@@ -31,6 +31,19 @@ use tonic::transport::Channel;
 /// says otherwise.
 pub const OCCURRED_AT: i64 = 1_790_000_000;
 
+/// The WebAssembly module the recorded billing events ran, in binary form:
+/// `(module (memory 1))` (magic, version, and a memory section of one page).
+pub const WASM_MODULE: &[u8] = b"\0asm\x01\0\0\0\x05\x03\x01\x00\x01";
+
+/// The peak linear memory of [`WASM_MODULE`]'s execution: its one 64 KiB
+/// page, which it never grows.
+pub const PEAK_MEMORY_BYTES: u64 = 65_536;
+
+/// The SHA-256 of [`WASM_MODULE`], as the sandbox reports it.
+pub fn module_sha256() -> Vec<u8> {
+    soma_sign::sha256(WASM_MODULE).to_vec()
+}
+
 /// Analytics key material that outlives one service instance (restarts),
 /// or is written to files (`soma serve analytics`, `soma verify store`).
 pub struct AnalyticsKeys {
@@ -132,7 +145,8 @@ pub fn billing(event_id: &str, tenant: &str, micros: i64) -> pb::RecordBillingEv
     billing_of(event_id, tenant, "summarize", micros, ts(OCCURRED_AT))
 }
 
-/// A billing event of `tenant` for `micros`, of `tool`, at `occurred_at`.
+/// A billing event of `tenant` for `micros`, of `tool`, at `occurred_at`;
+/// the execution ran [`WASM_MODULE`] and peaked at [`PEAK_MEMORY_BYTES`].
 pub fn billing_of(
     event_id: &str,
     tenant: &str,
@@ -153,6 +167,8 @@ pub fn billing_of(
         duration_micros: 2500,
         occurred_at,
         run_id: format!("run-{event_id}"),
+        peak_memory_bytes: PEAK_MEMORY_BYTES,
+        module_sha256: module_sha256(),
     }
 }
 
@@ -262,6 +278,74 @@ pub async fn leaf_hashes(sql: &Database) -> Vec<Hash> {
         _ => unreachable!("a database is either SQLite or PostgreSQL"),
     };
     rows.iter().map(|b| Hash::from_slice(b).unwrap()).collect()
+}
+
+/// The row MAC a row of `table` is sealed with, computed here from the
+/// canonical form (serde_json, RFC 8785) rather than by the service:
+/// HMAC-SHA256 under `keys`' primary key (`row-1`) over `{content, key_id,
+/// [ledger_index, mac_scheme,] primary_key, row_version, table, tenant}`,
+/// with integers as decimal strings. `ledger_index` `Some` is scheme 2
+/// (which binds the index and the scheme), `None` scheme 1 (rows sealed
+/// before scheme 2).
+pub fn row_mac(
+    keys: &soma_sign::HmacKeyring,
+    (table, key, tenant): (&str, &str, &str),
+    row_version: i64,
+    ledger_index: Option<i64>,
+    content: &serde_json::Value,
+) -> Vec<u8> {
+    let mut message = serde_json::json!({
+        "table": table,
+        "primary_key": key,
+        "tenant": tenant,
+        "row_version": row_version.to_string(),
+        "key_id": keys.primary().as_str(),
+        "content": content,
+    });
+    if let Some(index) = ledger_index {
+        message["ledger_index"] = index.to_string().into();
+        message["mac_scheme"] = "2".into();
+    }
+    keys.sign(&soma_sign::jcs::canonicalize(&message).unwrap())
+        .1
+        .to_vec()
+}
+
+/// The MAC of a sealed `ledger_leaves` row, computed here likewise:
+/// HMAC-SHA256 over `{event_id, event_time, key_id, kind, leaf_hash (hex),
+/// leaf_index, mac_scheme: "2", table: "ledger_leaves", tenant}`.
+pub fn leaf_mac(
+    keys: &soma_sign::HmacKeyring,
+    index: i64,
+    (event_id, tenant, kind): (&str, &str, &str),
+    event_time: i64,
+    leaf_hash: &Hash,
+) -> Vec<u8> {
+    let hash: String = leaf_hash.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let message = serde_json::json!({
+        "table": "ledger_leaves",
+        "mac_scheme": "2",
+        "leaf_index": index.to_string(),
+        "event_id": event_id,
+        "tenant": tenant,
+        "kind": kind,
+        "event_time": event_time.to_string(),
+        "leaf_hash": hash,
+        "key_id": keys.primary().as_str(),
+    });
+    keys.sign(&soma_sign::jcs::canonicalize(&message).unwrap())
+        .1
+        .to_vec()
+}
+
+/// A byte string as an SQL literal of the engine of `db`.
+pub fn blob(db: &Database, bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if db.as_sqlite().is_some() {
+        format!("X'{hex}'")
+    } else {
+        format!("'\\x{hex}'::bytea")
+    }
 }
 
 /// Runs `sql` as an attacker with write access would: with the foreign
