@@ -43,6 +43,13 @@ type Hung = Arc<std::sync::Mutex<Vec<(String, Option<h2::Reason>)>>>;
 
 impl Backend {
     async fn start(store: Arc<SvidStore>, listener: TcpListener) -> Self {
+        Self::start_with(store, listener, None).await
+    }
+
+    /// A backend that lets each connection open at most `max_streams`
+    /// streams at once (`SETTINGS_MAX_CONCURRENT_STREAMS`), refusing the
+    /// others with REFUSED_STREAM.
+    async fn start_with(store: Arc<SvidStore>, listener: TcpListener, max_streams: Option<u32>) -> Self {
         let addr = listener.local_addr().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(soma_identity::server_config(store).unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
@@ -67,7 +74,11 @@ impl Backend {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let Ok(mut h2) = h2::server::handshake(tls).await else {
+                    let mut builder = h2::server::Builder::new();
+                    if let Some(max) = max_streams {
+                        builder.max_concurrent_streams(max);
+                    }
+                    let Ok(mut h2) = builder.handshake(tls).await else {
                         return;
                     };
                     while let Some(Ok((request, respond))) = h2.accept().await {
@@ -510,6 +521,40 @@ async fn concurrent_calls_share_one_connection_and_a_restarted_backend_is_dialed
         Bytes::from_static(b"back|probe-1")
     );
     assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    backend.stop().await;
+}
+
+/// A new connection's first streams can outrun the server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS, and the server refuses the excess with
+/// REFUSED_STREAM before processing them: the relay sends those again
+/// (RFC 9113 §8.7), so every call succeeds. (It used to answer them
+/// UNAVAILABLE: the edge returned 503 under a burst.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_refused_before_processing_are_sent_again() {
+    let ca = Ca::new();
+    let backend = Backend::start_with(
+        ca.store("/svc/analytics", Duration::from_secs(3600)),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Some(2),
+    )
+    .await;
+    for round in 0..5 {
+        // A fresh relay: the burst meets a connection whose SETTINGS the
+        // client has not read yet.
+        let relay = Arc::new(relay(&ca, backend.addr, "/svc/analytics"));
+        let mut calls = JoinSet::new();
+        for _ in 0..40 {
+            let relay = Arc::clone(&relay);
+            calls.spawn(async move { call(&relay, "Echo", b"burst").await });
+        }
+        while let Some(joined) = calls.join_next().await {
+            assert_eq!(
+                joined.unwrap().map_err(|s| (s.code(), s.message().to_owned())),
+                Ok(Bytes::from_static(b"burst|probe-1")),
+                "round {round}"
+            );
+        }
+    }
     backend.stop().await;
 }
 

@@ -57,6 +57,8 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Length of the gRPC message prefix: compressed flag and big-endian length.
 const PREFIX: usize = 5;
+/// Times a call refused before processing (REFUSED_STREAM) is sent again.
+const MAX_REFUSED_RETRIES: u32 = 3;
 /// The `grpc-timeout` header.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// The most digits a `grpc-timeout` value may have.
@@ -128,18 +130,39 @@ impl UnaryRelay {
         if deadline.is_zero() {
             return Err(deadline_exceeded(deadline));
         }
-        let request = self.request(path, metadata, deadline)?;
         let framed = frame(&message)?;
         // Dropping the exchange at the deadline drops the stream's handles,
         // and h2 resets a stream whose handles are all gone: the backend is
         // told to stop.
-        tokio::time::timeout(deadline, self.exchange(request, framed))
+        let attempts = async {
+            let mut refused = 0;
+            loop {
+                let request = self.request(path.clone(), metadata.clone(), deadline)?;
+                match self.exchange(request, framed.clone()).await {
+                    Ok(reply) => return Ok(reply),
+                    // RFC 9113 §8.7: a stream refused with REFUSED_STREAM was
+                    // not processed at all, so sending it again is safe (as
+                    // gRPC clients do transparently). A new connection's
+                    // first streams meet it when they outrun the server's
+                    // SETTINGS_MAX_CONCURRENT_STREAMS.
+                    Err(Attempt::Refused(status)) => {
+                        refused += 1;
+                        if refused > MAX_REFUSED_RETRIES {
+                            return Err(status);
+                        }
+                        tracing::debug!(peer = %self.connector.expected(), refused, "stream refused before processing; sent again");
+                    }
+                    Err(Attempt::Failed(status)) => return Err(status),
+                }
+            }
+        };
+        tokio::time::timeout(deadline, attempts)
             .await
             .unwrap_or_else(|_| Err(deadline_exceeded(deadline)))
     }
 
     /// Sends one request on a ready connection and reads its reply.
-    async fn exchange(&self, request: http::Request<()>, framed: Bytes) -> Result<Bytes, tonic::Status> {
+    async fn exchange(&self, request: http::Request<()>, framed: Bytes) -> Result<Bytes, Attempt> {
         let mut live = self.ready().await?;
         let (reply, mut stream) = live.sender.send_request(request, false).map_err(|e| {
             self.forget(live.number);
@@ -151,12 +174,13 @@ impl UnaryRelay {
         if let Err(sent) = stream.send_data(framed, true) {
             // The stream closed between its head and its body: the
             // connection ended under it (h2 then reports only "inactive
-            // stream"). Its reply carries why; a closed connection is
-            // UNAVAILABLE, as for any call it takes down.
+            // stream"), or the server refused it. Its reply carries why; a
+            // closed connection is UNAVAILABLE, as for any call it takes
+            // down.
             self.forget(live.number);
             return Err(match reply.await {
-                Err(fate) => stream_status(&fate),
-                Ok(_) => stream_status(&sent),
+                Err(fate) => Attempt::of(&fate),
+                Ok(_) => Attempt::Failed(stream_status(&sent)),
             });
         }
         read_reply(reply, self.max_reply_bytes).await
@@ -382,11 +406,17 @@ fn frame(message: &[u8]) -> Result<Bytes, tonic::Status> {
 }
 
 /// Reads a unary reply: status, headers, the one message, trailers.
-async fn read_reply(
-    reply: h2::client::ResponseFuture,
+async fn read_reply(reply: h2::client::ResponseFuture, max_reply_bytes: usize) -> Result<Bytes, Attempt> {
+    let (head, body) = reply.await.map_err(|e| Attempt::of(&e))?.into_parts();
+    Ok(read_message(&head, body, max_reply_bytes).await?)
+}
+
+/// The rest of a unary reply, once its head arrived.
+async fn read_message(
+    head: &http::response::Parts,
+    mut body: h2::RecvStream,
     max_reply_bytes: usize,
 ) -> Result<Bytes, tonic::Status> {
-    let (head, mut body) = reply.await.map_err(|e| stream_status(&e))?.into_parts();
     if head.status != StatusCode::OK {
         return Err(match tonic::Status::from_header_map(&head.headers) {
             Some(status) if status.code() != Code::Ok => status,
@@ -447,6 +477,31 @@ async fn read_reply(
         }
     };
     unframe(data)
+}
+
+/// How one attempt of a call failed.
+#[derive(Debug)]
+enum Attempt {
+    /// The server refused the stream before processing it (REFUSED_STREAM).
+    Refused(tonic::Status),
+    /// Anything else: the call's answer.
+    Failed(tonic::Status),
+}
+
+impl Attempt {
+    fn of(e: &h2::Error) -> Self {
+        if e.reason() == Some(h2::Reason::REFUSED_STREAM) && !e.is_go_away() {
+            Self::Refused(stream_status(e))
+        } else {
+            Self::Failed(stream_status(e))
+        }
+    }
+}
+
+impl From<tonic::Status> for Attempt {
+    fn from(status: tonic::Status) -> Self {
+        Self::Failed(status)
+    }
 }
 
 /// The one message of a unary reply's body.
