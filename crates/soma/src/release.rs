@@ -497,7 +497,10 @@ async fn key(command: KeyCommand) -> anyhow::Result<ExitCode> {
     let Some(id) = id else {
         for (id, status, primary) in keyring.keys() {
             let status = format!("{status:?}").to_lowercase();
-            say(format_args!("{id} {status}{}", if primary { " primary" } else { "" }));
+            say(format_args!(
+                "{id} {status}{}",
+                if primary { " primary" } else { "" }
+            ));
         }
         return Ok(ExitCode::SUCCESS);
     };

@@ -25,8 +25,12 @@ const ALL_SCOPES: &str = "analytics:ingest drills:write drills:read analytics:ex
     templates:import";
 
 /// The `google.api.http` routes `proto/somastack/v1/tool_registry.proto`
-/// declares (publish, list, get, revoke, verify, execute).
-const TOOL_REGISTRY_ROUTES: usize = 6;
+/// declares that tenants may call (publish, list, get, revoke, verify,
+/// execute releases; list publisher keys).
+const TOOL_REGISTRY_ROUTES: usize = 7;
+/// Its routes for operators only (add and retire publisher keys): the edge
+/// refuses them to every token.
+const TOOL_REGISTRY_OPERATOR_ROUTES: usize = 2;
 /// The routes `proto/somastack/v1/capsule_repo.proto` declares (submit,
 /// list, get and review submissions, review history; install, list, update
 /// and roll back installations; import a template).
@@ -227,7 +231,7 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         }
 
         // Every other annotated route reaches its backend, which answers for
-        // itself (ToolRegistry and CapsuleRepo are not built yet: 501).
+        // itself (CapsuleRepo is not built yet: 501).
         let edge2 = start_edge_all(
             &ca,
             &analytics,
@@ -246,6 +250,7 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         let every = every.into_iter().collect::<Vec<_>>().join(" ");
         let token2 = edge2.token(json!({"tenant": "acme", "scope": every, "amr": ["pwd", "otp"]}));
         let mut reached = 0;
+        let mut operator_only = 0;
         for route in table.iter() {
             let backend = match route.service.as_str() {
                 "somastack.v1.ToolRegistry" => &tools,
@@ -276,13 +281,38 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
                 &[],
             )
             .await;
-            assert_eq!(
-                (r.status, r.reason().as_str()),
-                (501, "unimplemented"),
-                "{} {path}: {}",
-                route.http_method,
-                String::from_utf8_lossy(&r.body)
-            );
+            if route.policy.as_ref().is_some_and(|p| p.capability.is_empty()) {
+                // Operators only: refused before any backend is contacted.
+                assert_eq!(
+                    (r.status, r.reason().as_str()),
+                    (403, "not_tenant_callable"),
+                    "{} {path}",
+                    route.http_method
+                );
+                assert_eq!(backend.metrics.dispatched_count(&route.grpc_path), before);
+                operator_only += 1;
+                continue;
+            }
+            if route.service == "somastack.v1.ToolRegistry" {
+                // Built: the registry answers for itself (no such tool or
+                // release, a missing envelope or reason, empty lists), never
+                // with a server error.
+                assert!(
+                    r.status < 500 && r.reason() != "unimplemented",
+                    "{} {path}: {} {}",
+                    route.http_method,
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
+            } else {
+                assert_eq!(
+                    (r.status, r.reason().as_str()),
+                    (501, "unimplemented"),
+                    "{} {path}: {}",
+                    route.http_method,
+                    String::from_utf8_lossy(&r.body)
+                );
+            }
             // Answered by this route's own RPC, once.
             assert_eq!(
                 backend.metrics.dispatched_count(&route.grpc_path),
@@ -295,6 +325,7 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         }
         // Every route the protos annotate on the two backends, each once.
         assert_eq!(reached, TOOL_REGISTRY_ROUTES + CAPSULE_REPO_ROUTES);
+        assert_eq!(operator_only, TOOL_REGISTRY_OPERATOR_ROUTES);
         // The backends' own counters saw those calls and nothing else.
         assert_eq!(
             dispatched(&tools.metrics, "somastack.v1.ToolRegistry"),

@@ -270,7 +270,7 @@ async fn a_release_goes_from_signature_to_billing_through_the_edge() {
     // signed export holds it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let to = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(5));
-    let from = rfc3339(started - time::Duration::minutes(5));
+    let from = rfc3339(started - time::Duration::minutes(10));
     let document = loop {
         let r = common::edge::send(
             &http,
@@ -282,14 +282,7 @@ async fn a_release_goes_from_signature_to_billing_through_the_edge() {
         )
         .await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let text = String::from_utf8(r.body.to_vec()).unwrap();
-        let data: Vec<u8> = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter_map(|l| l["data"].as_str().map(str::to_owned))
-            .flat_map(|d| base64::engine::general_purpose::STANDARD.decode(d).unwrap())
-            .collect();
-        let document: Value = serde_json::from_slice(&data).unwrap();
+        let document = export_document(&r.body);
         if document["rows"].as_array().is_some_and(|rows| !rows.is_empty()) {
             break document;
         }
@@ -308,12 +301,236 @@ async fn a_release_goes_from_signature_to_billing_through_the_edge() {
     // proto3 JSON writes 64-bit integers as strings; the export, as numbers.
     let fuel: u64 = run["fuelConsumed"].as_str().unwrap().parse().unwrap();
     assert_eq!(row["fuel_consumed"], json!(fuel), "{document} {run}");
+    // What the sandbox measured, and which module ran.
+    let module_hex: String = soma_sign::sha256(&soma_sandbox::adapter("text_stats").unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(row["module_sha256"], module_hex.as_str(), "{document}");
+    let peak: u64 = run["peakMemoryBytes"].as_str().unwrap().parse().unwrap();
+    assert_eq!(row["peak_memory_bytes"], json!(peak), "{document}");
+    assert!(peak >= 65_536, "{run}");
 
     python_interop(&edge, &token, &data, work).await;
     bad_input(&edge, &token, &data, work).await;
+    audit_trail(&edge, &token, &data, work, &from, &to).await;
 
     let _ = up.start_kill();
     let _ = up.wait().await;
+}
+
+/// Revocation through the edge, and a keyring rotation with the CLI: each
+/// an audit event in Analytics' ledger, next to the publish; `soma canon`
+/// prints what Python's `rfc8785` prints.
+async fn audit_trail(edge: &str, token: &str, data: &Path, work: &Path, from: &str, to: &str) {
+    let http = common::edge::client();
+    let r = common::edge::send(
+        &http,
+        "POST",
+        &format!("{edge}/v1/tools/text-stats/releases/1.0.0:revoke"),
+        Some(token),
+        Some(r#"{"reason": "superseded"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["state"], "RELEASE_STATE_REVOKED");
+    let r = common::edge::send(
+        &http,
+        "POST",
+        &format!("{edge}/v1/tools/text-stats:execute"),
+        Some(token),
+        Some(r#"{"text": "x"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.reason().as_str()),
+        (404, "not_found"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    let data_arg = data.to_str().unwrap();
+    ok(&soma(
+        &[
+            "release",
+            "key",
+            "add",
+            "--data-dir",
+            data_arg,
+            "--id",
+            "registry-2",
+        ],
+        work,
+    ));
+    let promoted = ok(&soma(
+        &[
+            "release",
+            "key",
+            "promote",
+            "--data-dir",
+            data_arg,
+            "--id",
+            "registry-2",
+        ],
+        work,
+    ));
+    assert!(promoted.contains("primary registry-2"), "{promoted}");
+    let listed = ok(&soma(&["release", "key", "list", "--data-dir", data_arg], work));
+    assert_eq!(listed, "registry-1 enabled\nregistry-2 enabled primary\n");
+    let refused = soma(
+        &[
+            "release",
+            "key",
+            "retire",
+            "--data-dir",
+            data_arg,
+            "--id",
+            "registry-2",
+        ],
+        work,
+    );
+    assert_eq!(refused.status.code(), Some(1), "the primary is never retired");
+
+    // The tenant's own audit trail: its publish and its revoke.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let actions = loop {
+        let r = common::edge::send(
+            &http,
+            "GET",
+            &format!("{edge}/v1/exports/audit-events?from={from}&to={to}"),
+            Some(token),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let document = export_document(&r.body);
+        let actions: Vec<String> = document["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["action"].as_str().unwrap().to_owned())
+            .collect();
+        if actions.len() >= 3 || Instant::now() > deadline {
+            break actions;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // text-stats and Python's py-echo, then the revoke.
+    assert_eq!(actions, ["release.publish", "release.publish", "release.revoke"]);
+
+    // The platform's own (publisher keys, the keyring) is an operator's to
+    // read: an operator SVID over mTLS, straight to Analytics.
+    ok(&soma(
+        &[
+            "ca",
+            "issue",
+            "--data-dir",
+            data_arg,
+            "--spiffe-id",
+            "spiffe://somastack.local/operator/tester",
+            "--out",
+            "op",
+        ],
+        work,
+    ));
+    let op = work.join("op");
+    let td = soma_identity::TrustDomain::parse("somastack.local").unwrap();
+    let svid = soma_identity::Svid::from_pem(
+        &std::fs::read(op.join("svid.pem")).unwrap(),
+        &std::fs::read(op.join("key.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut bundles = soma_identity::BundleSet::new();
+    bundles
+        .insert(soma_identity::Bundle::from_pem(td, &std::fs::read(op.join("bundle.pem")).unwrap()).unwrap());
+    let store = soma_identity::SvidStore::new(svid.spiffe_id().clone(), svid, bundles).unwrap();
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let analytics = soma_proto::v1::analytics_client::AnalyticsClient::new(soma_testing::channel(
+        store,
+        endpoints["analytics"].as_str().unwrap().parse().unwrap(),
+        &soma_identity::SpiffeId::parse("spiffe://somastack.local/svc/analytics").unwrap(),
+    ));
+    let stamp = |text: &str| {
+        let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
+        Some(prost_types::Timestamp {
+            seconds: t.unix_timestamp(),
+            nanos: 0,
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stream = analytics
+            .clone()
+            .export_audit_events(soma_proto::v1::ExportRequest {
+                from: stamp(from),
+                to: stamp(to),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let document: Value = serde_json::from_slice(&bytes).unwrap();
+        let mut actions: Vec<(String, String)> = document["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row["tenant"].as_str().unwrap().to_owned(),
+                    row["action"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        actions.sort();
+        let expected: Vec<(String, String)> = [
+            ("", "publisher_key.add"),
+            ("", "publisher_key.add"),
+            ("", "registry_key.add"),
+            ("", "registry_key.promote"),
+            ("acme", "release.publish"),
+            ("acme", "release.publish"),
+            ("acme", "release.revoke"),
+        ]
+        .iter()
+        .map(|(t, a)| ((*t).to_owned(), (*a).to_owned()))
+        .collect();
+        if actions == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit events: {actions:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let canonical = ok(&soma(&["canon", "manifest.json"], work));
+    let python = std::process::Command::new(soma_testing::python())
+        .args([
+            "-c",
+            "import json, sys, rfc8785; sys.stdout.buffer.write(rfc8785.dumps(json.load(open(sys.argv[1]))))",
+        ])
+        .arg(work.join("manifest.json"))
+        .output()
+        .unwrap();
+    assert_eq!(canonical, ok(&python));
+}
+
+/// The JSON document of an NDJSON export stream.
+fn export_document(body: &[u8]) -> Value {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let data: Vec<u8> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|l| l["data"].as_str().map(str::to_owned))
+        .flat_map(|d| base64::engine::general_purpose::STANDARD.decode(d).unwrap())
+        .collect();
+    serde_json::from_slice(&data).unwrap()
 }
 
 /// Python signs and publishes; Python verifies what `soma release sign` made.

@@ -148,6 +148,30 @@ fn every_route() -> Vec<Row> {
             RouteBody::Field("input".to_owned()),
             &[("tool", "pdf-reader")],
         ),
+        row(
+            post(),
+            "/v1/publisher-keys",
+            "/v1/publisher-keys",
+            "/somastack.v1.ToolRegistry/AddPublisherKey",
+            Whole,
+            &[],
+        ),
+        row(
+            get(),
+            "/v1/publisher-keys",
+            "/v1/publisher-keys",
+            "/somastack.v1.ToolRegistry/ListPublisherKeys",
+            NoBody,
+            &[],
+        ),
+        row(
+            post(),
+            "/v1/publisher-keys/{key_id}:retire",
+            "/v1/publisher-keys/0123abcd:retire",
+            "/somastack.v1.ToolRegistry/RetirePublisherKey",
+            Whole,
+            &[("key_id", "0123abcd")],
+        ),
         // CapsuleRepo
         row(
             post(),

@@ -114,8 +114,8 @@ impl Registry {
             } else {
                 request.run_id.clone()
             },
-            // BILLING_FIELDS peak_memory_bytes: measured.peak_memory_bytes,
-            // BILLING_FIELDS module_sha256: verified.module_sha256.to_vec(),
+            peak_memory_bytes: measured.peak_memory_bytes,
+            module_sha256: verified.module_sha256.to_vec(),
         };
         let event = self.outbox.billing(&billing, now)?;
         self.outbox.enqueue(&event).await?;

@@ -137,7 +137,12 @@ impl Registry {
     /// Records a change of the registry's own keyring (`soma release key
     /// add | promote | retire`) as an audit event, MACed with the keyring
     /// in force before the change (the one the running registry holds).
-    pub async fn record_key_change(&self, actor: &Actor, action: &str, key_id: &str) -> Result<(), RegistryError> {
+    pub async fn record_key_change(
+        &self,
+        actor: &Actor,
+        action: &str,
+        key_id: &str,
+    ) -> Result<(), RegistryError> {
         let now = now_nanos();
         let event = self.outbox.audit(
             &audit_event(

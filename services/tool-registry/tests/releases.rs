@@ -493,3 +493,28 @@ async fn old_releases_keep_verifying_after_a_key_promote() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A message beyond the service's receive limit is refused by the message
+/// limits before it is decoded: nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_publish_is_refused_by_the_message_limit() {
+    let stores = soma_testing::engine_stores(&[ServiceKind::ToolRegistry])
+        .await
+        .next()
+        .unwrap();
+    let h = Harness::start(stores.of(ServiceKind::ToolRegistry)).await;
+    let publisher = Publisher::generate("acme-tools");
+    h.register(&publisher).await;
+    let limit = soma_mesh::Limits::default().max_recv_message_bytes;
+    let mut request = publisher.release("big", "1.0.0", &adapter("echo"));
+    request.module = vec![0; limit + 1];
+    let status = h.publish(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    assert_eq!(
+        soma_testing::scalar(&h.db, "SELECT COUNT(*) FROM releases").await,
+        0
+    );
+    h.stop().await;
+    stores.cleanup().await;
+}
