@@ -152,7 +152,7 @@ impl Registry {
     /// otherwise change which one runs.
     async fn newest_active(&self, tool: &str) -> Result<ReleaseRow, RegistryError> {
         let mut newest: Option<(Version, ReleaseRow)> = None;
-        for row in self.store.releases_of(tool).await? {
+        for row in self.store.releases(Some(tool)).await? {
             self.check_release(&row)?;
             if row.state != ACTIVE {
                 continue;

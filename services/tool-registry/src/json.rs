@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn objects_round_trip() {
-        let v = json!({"a": 1.5, "b": [true, null, "x", {"c": -2}], "d": {}});
+        let v = json!({"a": 1.5, "b": [true, null, "x", {"c": -2.5}], "d": {}});
         let s = to_struct(&v).unwrap().unwrap();
         assert_eq!(from_struct(&s).unwrap(), v);
         assert_eq!(to_struct(&json!([1])).unwrap(), None);

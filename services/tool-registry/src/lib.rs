@@ -115,7 +115,7 @@ impl Registry {
             )
             .await?;
         }
-        for row in self.store.all_releases().await? {
+        for row in self.store.releases(None).await? {
             if row.mac_key_id == primary {
                 continue;
             }

@@ -184,7 +184,7 @@ impl Registry {
             })?),
         };
         let mut rows = Vec::new();
-        for row in self.store.releases_of(tool).await? {
+        for row in self.store.releases(Some(tool)).await? {
             self.check_release(&row)?;
             let version = parse_stored_version(&row)?;
             if after.as_ref().is_none_or(|after| version < *after) {

@@ -350,27 +350,17 @@ impl Store {
         }))
     }
 
-    /// Every release.
+    /// Every release of `tool`, or every release when `tool` is `None`.
     #[tracing::instrument(skip_all)]
-    pub(crate) async fn all_releases(&self) -> Result<Vec<ReleaseRow>, RegistryError> {
-        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases ORDER BY tool, published_at");
+    pub(crate) async fn releases(&self, tool: Option<&str>) -> Result<Vec<ReleaseRow>, RegistryError> {
+        let filter = if tool.is_some() { "WHERE tool = $1" } else { "" };
+        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases {filter} ORDER BY tool, published_at");
         Ok(on_pool!(self.db, pool => {
-            sqlx::query(&sql)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(release_of!())
-                .collect::<Result<Vec<_>, _>>()?
-        }))
-    }
-
-    /// Every release of `tool`, in no particular order.
-    #[tracing::instrument(skip_all)]
-    pub(crate) async fn releases_of(&self, tool: &str) -> Result<Vec<ReleaseRow>, RegistryError> {
-        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1");
-        Ok(on_pool!(self.db, pool => {
-            sqlx::query(&sql)
-                .bind(tool)
+            let mut query = sqlx::query(&sql);
+            if let Some(tool) = tool {
+                query = query.bind(tool);
+            }
+            query
                 .fetch_all(pool)
                 .await?
                 .iter()
