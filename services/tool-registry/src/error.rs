@@ -27,6 +27,14 @@ pub enum RegistryError {
         /// Why.
         message: String,
     },
+    /// The caller may not act on this (another tenant's tool).
+    #[error("{message}")]
+    Denied {
+        /// Machine-readable reason, e.g. `tool_owned_by_another_tenant`.
+        reason: &'static str,
+        /// Why.
+        message: String,
+    },
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -126,6 +134,7 @@ impl RegistryError {
             | Self::Signature { reason, .. }
             | Self::AlreadyExists { reason, .. }
             | Self::FailedPrecondition { reason, .. }
+            | Self::Denied { reason, .. }
             | Self::Execution { reason, .. } => reason,
             Self::NotFound(_) => "not_found",
             Self::Unverified { .. } => "release_unverified",
@@ -144,9 +153,10 @@ impl RegistryError {
         use tonic::Code;
         match self {
             Self::Invalid { .. } => Code::InvalidArgument,
-            Self::Signature { .. } | Self::ClaimsRequired(_) | Self::OperatorRequired(_) => {
-                Code::PermissionDenied
-            }
+            Self::Signature { .. }
+            | Self::Denied { .. }
+            | Self::ClaimsRequired(_)
+            | Self::OperatorRequired(_) => Code::PermissionDenied,
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition { .. } | Self::Unverified { .. } => Code::FailedPrecondition,

@@ -224,6 +224,9 @@ pub struct Actor {
     pub tenant: String,
     /// Whether the call carries the gateway's verified tenant claims.
     pub tenant_claims: bool,
+    /// Whether the caller is an operator (an operator SVID, or claims
+    /// sealed as an operator's).
+    pub operator: bool,
     /// Request id, for correlation.
     pub request_id: String,
 }
@@ -240,9 +243,13 @@ impl Actor {
                 },
                 tenant: claims.tenant.clone(),
                 tenant_claims: true,
+                operator: caller.is_operator(),
                 request_id: claims.request_id.clone(),
             },
-            None => Self::service(caller.peer.spiffe_id.to_string()),
+            None => Self {
+                operator: caller.is_operator(),
+                ..Self::service(caller.peer.spiffe_id.to_string())
+            },
         }
     }
 
@@ -252,6 +259,7 @@ impl Actor {
             id,
             tenant: String::new(),
             tenant_claims: false,
+            operator: false,
             request_id: String::new(),
         }
     }

@@ -112,6 +112,7 @@ impl Registry {
             state: ACTIVE.to_owned(),
             published_at: now,
             published_by: actor.id.clone(),
+            tenant: actor.tenant.clone(),
             revoked_at: None,
             revoked_by: String::new(),
             revocation_reason: String::new(),
@@ -303,6 +304,15 @@ impl Registry {
             ));
         }
         let mut row = self.stored(tool, version).await?;
+        if row.tenant != actor.tenant && !actor.operator {
+            return Err(RegistryError::Denied {
+                reason: "tool_owned_by_another_tenant",
+                message: format!(
+                    "release {} belongs to another tenant: only its tenant or an operator revokes it",
+                    row.name()
+                ),
+            });
+        }
         if row.state == REVOKED {
             return Err(RegistryError::precondition(
                 "release_revoked",
@@ -443,6 +453,17 @@ fn same_or_greater(
     version: &Version,
     existing: &[ReleaseRow],
 ) -> Result<Option<ReleaseRow>, RegistryError> {
+    // A tool belongs to the tenant that published its first release: no
+    // other tenant can publish a version of it (a name taken over) nor, by
+    // publishing a higher one, freeze its owner out.
+    if let Some(owner) = existing.first().map(|r| &r.tenant)
+        && *owner != row.tenant
+    {
+        return Err(RegistryError::Denied {
+            reason: "tool_owned_by_another_tenant",
+            message: format!("tool {} belongs to another tenant", row.tool),
+        });
+    }
     if let Some(same) = existing.iter().find(|r| r.version == row.version) {
         if same.manifest == row.manifest
             && same.module_sha256 == row.module_sha256

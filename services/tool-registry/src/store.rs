@@ -68,6 +68,9 @@ pub(crate) struct ReleaseRow {
     pub state: String,
     pub published_at: i64,
     pub published_by: String,
+    /// The tenant that owns the tool: the one that published its first
+    /// release; only it publishes further versions and revokes.
+    pub tenant: String,
     pub revoked_at: Option<i64>,
     pub revoked_by: String,
     pub revocation_reason: String,
@@ -99,6 +102,7 @@ impl ReleaseRow {
             "state": self.state,
             "published_at": self.published_at.to_string(),
             "published_by": self.published_by,
+            "tenant": self.tenant,
             "revoked_at": self.revoked_at.map(|t| t.to_string()),
             "revoked_by": self.revoked_by,
             "revocation_reason": self.revocation_reason,
@@ -144,7 +148,7 @@ const PUBLISHER_COLUMNS: &str = "key_id, name, public_key, added_at, added_by, r
                                  retire_reason, mac_key_id, mac";
 const RELEASE_COLUMNS: &str = "tool, version, manifest, manifest_sha256, module_sha256, module_size, \
                                hmac_key_id, hmac, envelope, publisher_key_id, state, published_at, \
-                               published_by, revoked_at, revoked_by, revocation_reason, mac_key_id, mac";
+                               published_by, tenant, revoked_at, revoked_by, revocation_reason, mac_key_id, mac";
 
 /// Reads a `publisher_keys` row selected with [`PUBLISHER_COLUMNS`]
 /// (a macro, so it expands once per engine's row type).
@@ -185,11 +189,12 @@ macro_rules! release_of {
                 state: row.try_get(10)?,
                 published_at: row.try_get(11)?,
                 published_by: row.try_get(12)?,
-                revoked_at: row.try_get(13)?,
-                revoked_by: row.try_get(14)?,
-                revocation_reason: row.try_get(15)?,
-                mac_key_id: row.try_get(16)?,
-                mac: row.try_get(17)?,
+                tenant: row.try_get(13)?,
+                revoked_at: row.try_get(14)?,
+                revoked_by: row.try_get(15)?,
+                revocation_reason: row.try_get(16)?,
+                mac_key_id: row.try_get(17)?,
+                mac: row.try_get(18)?,
             })
         }
     };
@@ -403,7 +408,7 @@ impl Store {
         let select = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1");
         let insert = format!(
             "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18)"
+             $12, $13, $14, $15, $16, $17, $18, $19)"
         );
         let postgres = self.db.engine() == Engine::Postgres;
         Ok(on_pool!(self.db, pool => {
@@ -447,6 +452,7 @@ impl Store {
                         .bind(&release.state)
                         .bind(release.published_at)
                         .bind(&release.published_by)
+                        .bind(&release.tenant)
                         .bind(release.revoked_at)
                         .bind(&release.revoked_by)
                         .bind(&release.revocation_reason)

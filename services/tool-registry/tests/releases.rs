@@ -518,3 +518,82 @@ async fn an_oversized_publish_is_refused_by_the_message_limit() {
     h.stop().await;
     stores.cleanup().await;
 }
+
+/// A tool belongs to the tenant that published it first: another tenant's
+/// valid token can neither publish a version of it nor revoke it; an
+/// operator can revoke it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenant_can_neither_publish_nor_revoke_a_tool_it_does_not_own() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry]).await {
+        let h = Harness::start(stores.of(ServiceKind::ToolRegistry)).await;
+        let publisher = Publisher::generate("shared-publisher");
+        h.register(&publisher).await;
+        let module = adapter("echo");
+        h.publish(publisher.release("echo", "1.0.0", &module))
+            .await
+            .unwrap();
+
+        let takeover = h
+            .client(GATEWAY)
+            .publish_release(h.tenant(
+                "globex",
+                &["tools:publish"],
+                publisher.release("echo", "9.0.0", &module),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (takeover.code(), grpc_reason(&takeover)),
+            (Code::PermissionDenied, "tool_owned_by_another_tenant"),
+            "{}",
+            stores.label
+        );
+        let revoke = |tenant: &str| {
+            h.tenant(
+                tenant,
+                &["tools:revoke"],
+                pb::RevokeReleaseRequest {
+                    tool: "echo".into(),
+                    version: "1.0.0".into(),
+                    reason: "not yours".into(),
+                },
+            )
+        };
+        let denied = h
+            .client(GATEWAY)
+            .revoke_release(revoke("globex"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (denied.code(), grpc_reason(&denied)),
+            (Code::PermissionDenied, "tool_owned_by_another_tenant")
+        );
+        // Every tenant may run it; nothing changed.
+        h.execute("globex", "echo", "1.0.0", json!({"a": 1}))
+            .await
+            .unwrap();
+        assert!(h.failures("echo", "1.0.0").await.is_empty());
+
+        // An operator (claims sealed as an operator's) may revoke it.
+        let operator = soma_testing::operator_claims_request(
+            &h.claims,
+            &h.running.id,
+            "platform",
+            &["tools:revoke"],
+            pb::RevokeReleaseRequest {
+                tool: "echo".into(),
+                version: "1.0.0".into(),
+                reason: "taken down".into(),
+            },
+        );
+        let revoked = h
+            .client(GATEWAY)
+            .revoke_release(operator)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(revoked.state, pb::ReleaseState::Revoked as i32);
+        h.stop().await;
+        stores.cleanup().await;
+    }
+}

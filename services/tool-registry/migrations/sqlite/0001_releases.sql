@@ -36,6 +36,7 @@ CREATE TABLE releases (
     state             TEXT   NOT NULL CHECK (state IN ('active', 'revoked')),
     published_at      BIGINT NOT NULL,
     published_by      TEXT   NOT NULL,
+    tenant            TEXT   NOT NULL,
     revoked_at        BIGINT,
     revoked_by        TEXT   NOT NULL DEFAULT '',
     revocation_reason TEXT   NOT NULL DEFAULT '',
