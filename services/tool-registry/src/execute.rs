@@ -1,13 +1,16 @@
 //! `ExecuteTool`: only a verified release runs, and every run is billed.
 //!
-//! The release row is read (and its MAC checked) at every call, so a
-//! revocation by another replica stops it at once. A release is compiled
-//! only after its full verification (row MAC, manifest digest, registry
-//! seal, publisher signature and key state, module digest, state ACTIVE);
-//! the verified, compiled release is then kept under its row MAC, and a
-//! later call whose row is byte-for-byte the same skips re-verification.
-//! Any change of the row (a revocation, a rewrite) misses that cache and is
-//! verified again, or refused.
+//! A release is compiled only after its full verification (row MAC,
+//! manifest digest, registry seal, publisher signature and key state,
+//! module digest, state ACTIVE); the verified, compiled release is then kept
+//! under its row MAC, and a later call whose row is byte-for-byte the same
+//! skips re-verification. The row itself is read again (and its MAC
+//! checked) once it was last checked [`REVALIDATE_AFTER`] ago: a revocation
+//! on this replica evicts at once, one made by another replica sharing the
+//! database stops the release here within that time, and any change of the
+//! row (a revocation, a rewrite) misses the cache and is verified again, or
+//! refused. Which release is a tool's newest is revalidated the same way (a
+//! publish on this replica forgets it at once).
 //!
 //! After every run — success, trap, fuel or deadline exhaustion — one
 //! billing event built from what the sandbox measured, with the tenant of
@@ -15,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use soma_proto::v1 as pb;
 use soma_release::{Manifest, Version};
@@ -26,23 +29,38 @@ use crate::releases::check_tool;
 use crate::store::{ACTIVE, ReleaseRow};
 use crate::{Actor, Registry, json, now_nanos, timestamp};
 
+/// How long a verified release (and a tool's newest version) is used
+/// before its row is read and checked again.
+pub const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
+
 /// A release verified and compiled, as long as its row stays the same.
 #[derive(Clone)]
 pub(crate) struct Verified {
     /// The row MAC the verification was made for.
     mac: Vec<u8>,
+    tool: String,
+    version: String,
     prepared: Prepared,
     limits: RunLimits,
     module_sha256: [u8; 32],
+    /// When the row was last read and found to be this one.
+    checked_at: Instant,
 }
 
-/// Verified releases by `tool@version`.
+/// Verified releases by `tool@version`, and each tool's newest active
+/// release with when it was found.
 #[derive(Clone, Default)]
-pub(crate) struct VerifiedReleases(Arc<Mutex<HashMap<String, Verified>>>);
+pub(crate) struct VerifiedReleases(Arc<Mutex<Cache>>);
+
+#[derive(Default)]
+struct Cache {
+    by_name: HashMap<String, Verified>,
+    newest: HashMap<String, (String, Instant)>,
+}
 
 impl std::fmt::Debug for VerifiedReleases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.0.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let len = self.lock().by_name.len();
         f.debug_struct("VerifiedReleases").field("len", &len).finish()
     }
 }
@@ -60,18 +78,27 @@ impl Registry {
             ));
         }
         check_tool(&request.tool)?;
-        let row = if request.version.is_empty() {
-            self.newest_active(&request.tool).await?
-        } else {
-            self.stored(&request.tool, &request.version).await?
+        let verified = match self.verified.fresh(&request.tool, &request.version) {
+            Some(verified) => verified,
+            None => {
+                let row = if request.version.is_empty() {
+                    self.newest_active(&request.tool).await?
+                } else {
+                    self.stored(&request.tool, &request.version).await?
+                };
+                if row.state != ACTIVE {
+                    return Err(RegistryError::precondition(
+                        "release_revoked",
+                        format!("release {} is revoked and never runs again", row.name()),
+                    ));
+                }
+                let verified = self.verified(&row).await?;
+                if request.version.is_empty() {
+                    self.verified.set_newest(&row.tool, row.name());
+                }
+                verified
+            }
         };
-        if row.state != ACTIVE {
-            return Err(RegistryError::precondition(
-                "release_revoked",
-                format!("release {} is revoked and never runs again", row.name()),
-            ));
-        }
-        let verified = self.verified(&row).await?;
 
         let input = match &request.input {
             Some(input) => json::from_struct(input)
@@ -100,8 +127,8 @@ impl Registry {
         let billing = pb::RecordBillingEventRequest {
             event_id: execution_id.clone(),
             tenant: actor.tenant.clone(),
-            tool: row.tool.clone(),
-            tool_version: row.version.clone(),
+            tool: verified.tool.clone(),
+            tool_version: verified.version.clone(),
             amount: Some(pb::Money {
                 currency: self.price.currency.clone(),
                 micros: self.price.of_fuel(measured.fuel_consumed),
@@ -142,7 +169,7 @@ impl Registry {
             peak_memory_bytes: measured.peak_memory_bytes,
             duration_micros: billing.duration_micros,
             billing_event_id: execution_id,
-            version: row.version,
+            version: verified.version.clone(),
             module_sha256: verified.module_sha256.to_vec(),
         })
     }
@@ -174,7 +201,9 @@ impl Registry {
     /// the one verified, else after a full verification.
     async fn verified(&self, row: &ReleaseRow) -> Result<Verified, RegistryError> {
         let name = row.name();
-        if let Some(hit) = self.verified.get(&name).filter(|v| v.mac == row.mac) {
+        if let Some(mut hit) = self.verified.get(&name).filter(|v| v.mac == row.mac) {
+            hit.checked_at = Instant::now();
+            self.verified.insert(name, hit.clone());
             return Ok(hit);
         }
         let failures = self.failures(row).await?;
@@ -208,6 +237,9 @@ impl Registry {
             })?;
         let verified = Verified {
             mac: row.mac.clone(),
+            tool: row.tool.clone(),
+            version: row.version.clone(),
+            checked_at: Instant::now(),
             prepared,
             limits: RunLimits {
                 fuel: manifest.limits().fuel,
@@ -223,6 +255,7 @@ impl Registry {
     /// Drops a release from the caches (a revocation).
     pub(crate) fn forget_verified(&self, row: &ReleaseRow) {
         self.verified.remove(&row.name());
+        self.verified.forget_newest(&row.tool);
         if let Ok(digest) = <[u8; 32]>::try_from(row.module_sha256.as_slice()) {
             self.sandbox.evict(&digest);
         }
@@ -230,22 +263,48 @@ impl Registry {
 }
 
 impl VerifiedReleases {
-    fn get(&self, name: &str) -> Option<Verified> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The release `tool@version` (the newest when `version` is empty),
+    /// if its row was checked less than [`REVALIDATE_AFTER`] ago.
+    fn fresh(&self, tool: &str, version: &str) -> Option<Verified> {
+        let cache = self.lock();
+        let name = if version.is_empty() {
+            let (name, found_at) = cache.newest.get(tool)?;
+            if found_at.elapsed() >= REVALIDATE_AFTER {
+                return None;
+            }
+            name.clone()
+        } else {
+            format!("{tool}@{version}")
+        };
+        cache
+            .by_name
+            .get(&name)
+            .filter(|v| v.checked_at.elapsed() < REVALIDATE_AFTER)
             .cloned()
     }
 
+    fn get(&self, name: &str) -> Option<Verified> {
+        self.lock().by_name.get(name).cloned()
+    }
+
     fn insert(&self, name: String, verified: Verified) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name, verified);
+        self.lock().by_name.insert(name, verified);
     }
 
     fn remove(&self, name: &str) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        self.lock().by_name.remove(name);
+    }
+
+    fn set_newest(&self, tool: &str, name: String) {
+        self.lock().newest.insert(tool.to_owned(), (name, Instant::now()));
+    }
+
+    /// Forgets which release is `tool`'s newest (a publish or a revocation).
+    pub(crate) fn forget_newest(&self, tool: &str) {
+        self.lock().newest.remove(tool);
     }
 }

@@ -43,6 +43,7 @@ use soma_store::Database;
 
 pub use config::{Price, RegistryConfig};
 pub use error::RegistryError;
+pub use execute::REVALIDATE_AFTER;
 pub use migrations::MIGRATIONS;
 pub use service::{ToolRegistryService, spec};
 

@@ -149,6 +149,7 @@ impl Registry {
             .await?;
         match published {
             Published::New => {
+                self.verified.forget_newest(&row.tool);
                 self.outbox.wake();
                 tracing::info!(release = %row.name(), publisher = %row.publisher_key_id, actor = %actor.id, "release published");
                 self.release_proto(&row)

@@ -309,3 +309,43 @@ fn hex_literal(bytes: &[u8], engine: &str) -> String {
         _ => format!("X'{hex}'"),
     }
 }
+
+/// A release that already ran is re-read from the database at most
+/// `REVALIDATE_AFTER` after its row was last checked: a row edited in SQL
+/// (here, a revocation flipped back on by another replica's database
+/// write, or any rewrite) stops it within that time, never later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_ran_is_checked_again_within_the_revalidation_time() {
+    let stores = soma_testing::engine_stores(&[ServiceKind::ToolRegistry])
+        .await
+        .next()
+        .unwrap();
+    let h = Harness::start(stores.of(ServiceKind::ToolRegistry)).await;
+    let publisher = Publisher::generate("acme-tools");
+    h.register(&publisher).await;
+    h.publish(publisher.release("echo", "1.0.0", &adapter("echo")))
+        .await
+        .unwrap();
+    h.execute("acme", "echo", "", json!({"a": 1})).await.unwrap();
+    // Another writer of the database changes the row (its MAC no longer
+    // matches), after this replica verified and ran it.
+    exec(
+        &h.db,
+        "UPDATE releases SET revocation_reason = 'x' WHERE tool = 'echo'",
+    )
+    .await;
+    tokio::time::sleep(soma_tool_registry::REVALIDATE_AFTER + std::time::Duration::from_millis(100)).await;
+    for version in ["", "1.0.0"] {
+        let status = h
+            .execute("acme", "echo", version, json!({"a": 1}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), grpc_reason(&status)),
+            (Code::DataLoss, "row_integrity"),
+            "version {version:?}: {status:?}"
+        );
+    }
+    h.stop().await;
+    stores.cleanup().await;
+}
