@@ -121,6 +121,33 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
             (EXECUTIONS / 2) as i64,
             "{label}: tenants from the verified claims"
         );
+        // A version with build metadata is billed like any other (Analytics
+        // used to refuse the `+`, and the event waited in the outbox forever).
+        h.publish(publisher.release("build-meta", "1.0.0+build.7", &adapter("echo")))
+            .await
+            .unwrap();
+        let run = h
+            .execute("acme", "build-meta", "", json!({"a": 1}))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while h.registry.outbox_backlog().await.unwrap().0 > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: the event was not delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let version = soma_testing::scalar_text(
+            &db,
+            &format!(
+                "SELECT tool_version FROM billing_events WHERE event_id = '{}'",
+                run.billing_event_id
+            ),
+        )
+        .await;
+        assert_eq!(version, "1.0.0+build.7", "{label}");
+
         // Each is a ledger leaf.
         let leaves = soma_testing::scalar(&db, "SELECT COUNT(*) FROM ledger_leaves").await;
         assert!(leaves >= EXECUTIONS as i64, "{label}: {leaves} leaves");

@@ -38,6 +38,27 @@ pub(crate) fn identifier(field: &'static str, value: &str) -> Result<String, Ana
     Ok(value.to_owned())
 }
 
+/// A release version as the tool registry names it (SemVer 2.0.0 text):
+/// 1..=128 characters of `[A-Za-z0-9.+-]`, build metadata (`+…`) included.
+pub(crate) fn version(field: &'static str, value: &str) -> Result<String, AnalyticsError> {
+    if value.is_empty() {
+        return Err(invalid(field, "required"));
+    }
+    if value.len() > 128 {
+        return Err(invalid(field, "longer than 128 characters"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'))
+    {
+        return Err(invalid(
+            field,
+            "only letters, digits, '.', '+' and '-' are allowed",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// Earliest and latest instants representable as i64 Unix nanoseconds.
 const MIN_SECONDS: i64 = i64::MIN / 1_000_000_000 + 1;
 const MAX_SECONDS: i64 = i64::MAX / 1_000_000_000 - 1;

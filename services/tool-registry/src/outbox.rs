@@ -37,8 +37,8 @@ const IN_FLIGHT: usize = 32;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two attempts of one event.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a row that cannot be sent as it is (a failed MAC, an id
-/// Analytics holds with other content) waits before it is looked at again.
+/// How long a row that cannot be sent as it is (a failed MAC, an event
+/// Analytics refuses for what it is) waits before it is tried again.
 const PARKED: Duration = Duration::from_secs(3600);
 /// Idle poll, in case a notification was missed (another replica wrote).
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -210,10 +210,26 @@ impl Outbox {
                 "analytics did not answer within {}",
                 humantime::format_duration(CALL_TIMEOUT)
             ))),
-            // The id is held with other content: sending it again cannot
-            // succeed, and dropping it would lose the event.
-            Ok(Err(status)) if status.code() == tonic::Code::AlreadyExists => {
-                Err(Undelivered::Parked(format!("analytics: {}", status.message())))
+            // Refused for what it is (the id held with other content, a
+            // field Analytics does not accept, a caller it does not admit):
+            // sending it again at once cannot succeed, and dropping it would
+            // lose the event. Parked, logged, tried again later.
+            Ok(Err(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::AlreadyExists
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::Unimplemented
+                ) =>
+            {
+                Err(Undelivered::Parked(format!(
+                    "analytics: {:?}: {}",
+                    status.code(),
+                    status.message()
+                )))
             }
             Ok(Err(status)) => Err(Undelivered::Retry(format!(
                 "analytics: {:?}: {}",

@@ -104,7 +104,7 @@ impl BillingEvent {
             event_id: validate::identifier("event_id", &r.event_id)?,
             tenant: validate::ingest_tenant(caller, &r.tenant)?,
             tool: validate::identifier("tool", &r.tool)?,
-            tool_version: validate::identifier("tool_version", &r.tool_version)?,
+            tool_version: validate::version("tool_version", &r.tool_version)?,
             currency: validate::currency("amount.currency", &amount.currency)?,
             amount_micros: amount.micros,
             fuel_consumed: validate::count("fuel_consumed", r.fuel_consumed)?,
