@@ -6,10 +6,12 @@
 //!    `InclusionProof` of a recorded billing event, in alternating
 //!    closed-loop rounds (target: at most 1.5 times);
 //! 2. `--rate` executions per second for `--seconds` with the billing
-//!    outbox delivering to a real Analytics over mTLS: achieved rate and
-//!    latency, the outbox backlog each second and how long it takes to
-//!    drain, the process RSS each second (target: flat within 10 % after
-//!    the first seconds), and every execution found in Analytics.
+//!    outbox delivering to a real Analytics over mTLS, Analytics in a
+//!    process of its own: achieved rate and latency, the outbox backlog
+//!    each second and how long it takes to drain, the RSS of the registry's
+//!    process and of Analytics' each second (target, the registry's: flat
+//!    within 10 % after the first seconds), and every execution found in
+//!    Analytics.
 //!
 //! The read is `InclusionProof` rather than `LedgerCheckpoint` because it
 //! is the closer peer of an execution: a request naming a stored item (an
@@ -42,10 +44,21 @@
 //! `schedstat` (its few µs per tick are below the clock tick of `stat`),
 //! and is not in the headline ratio; a second ratio adds it.
 //!
-//! Part 2 measures the RSS of the whole process, the clients' included, so
-//! the clients hold no memory that grows with the run: the open loop reaps
-//! finished calls as it goes (`common/soak.rs`), and the latencies and the
-//! execution ids answered are kept in vectors written before the load.
+//! Part 2 runs Analytics in a child process: this program started again
+//! with the hidden `--serve-analytics DIR`, which opens the development
+//! authority in `DIR` (the one this process made, so both hold SVIDs of the
+//! same root), serves Analytics on `127.0.0.1:0` with its SQLite database in
+//! `DIR`, prints its address on standard output and serves until its
+//! standard input closes. Analytics keeps by design an in-memory view of
+//! every ledger leaf, so its memory grows with the events recorded; in a
+//! process of its own, that growth is not charged to the registry. The
+//! registry's RSS is this process's: the registry's server thread and the
+//! client, which holds no memory that grows with the run (the open loop
+//! reaps finished calls as it goes, `common/soak.rs`, and the latencies and
+//! the execution ids answered are kept in vectors written before the load).
+//! The child's RSS is sampled from `/proc/<pid>/status` beside it. After the
+//! drain the child is stopped, and its billing events are read from its
+//! SQLite file.
 //!
 //! Nothing here passes or fails on timing: the targets are printed next to
 //! the measurements. The process fails when a call fails, or when the
@@ -66,8 +79,10 @@ mod soak;
 mod threads;
 
 use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -94,7 +109,7 @@ use crate::bench::{
     measure_cpu, progress,
 };
 use crate::soak::{open_loop_flat, resident_vec};
-use crate::threads::{Spent, Threads, rss_kib};
+use crate::threads::{Spent, Threads, process_rss_kib, rss_kib};
 
 const TRUST_DOMAIN: &str = "somastack.bench";
 const TENANT: &str = "acme";
@@ -113,12 +128,22 @@ const LEDGER_THREAD: &str = "soma-ledger";
 /// The part 1 servers' threads (at most 15 bytes, see `ServerThread::spawn`).
 const REGISTRY_THREAD: &str = "bench-registry";
 const ANALYTICS_THREAD: &str = "bench-analytics";
+/// The thread serving Analytics in part 2's child process.
+const ANALYTICS_PROCESS_THREAD: &str = "load-analytics";
+
+/// Longest wait for part 2's Analytics process to stop once its standard
+/// input is closed.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The text of every execution: with `{"text":...}` around it, about 200
 /// bytes of JSON.
 const INPUT_TEXT: &str = "SomaStack runs verified WebAssembly adapters in a sandbox with fuel, memory and \
                           deadline limits; every run is billed from what the sandbox measured, through a \
                           durable outbox.";
+
+/// The peak linear memory of the seeded billing events: 17 WebAssembly
+/// pages, a Rust adapter's initial memory.
+const SEED_PEAK_MEMORY_BYTES: u64 = 17 * 64 * 1024;
 
 /// Targets set by the issue; printed, never asserted.
 const TARGET_CPU_RATIO: f64 = 1.5;
@@ -152,10 +177,18 @@ struct Args {
     /// Longest wait for the outbox to drain after the load, in seconds (part 2).
     #[arg(long, default_value_t = 120)]
     drain_timeout: u64,
+    /// Serves Analytics alone, for part 2 (this program's child): the
+    /// authority and the database in `DIR`, the address on standard output,
+    /// until standard input closes.
+    #[arg(long, value_name = "DIR", hide = true)]
+    serve_analytics: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.serve_analytics {
+        return serve_analytics(dir);
+    }
     if args.requests == 0 || args.rounds == 0 || args.events == 0 || args.rate == 0 {
         bail!("--requests, --rounds, --events and --rate must be greater than zero");
     }
@@ -171,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     cpu.print(&args);
 
     progress(&format!(
-        "== part 2: {} executions/s for {} s, the outbox delivering to Analytics",
+        "== part 2: {} executions/s for {} s, the outbox delivering to Analytics in a process of its own",
         args.rate, args.seconds
     ));
     let load = load_part(&args, &world)?;
@@ -204,6 +237,9 @@ fn main() -> anyhow::Result<()> {
 
 /// The authority and the identities and keys every server and client share.
 struct World {
+    /// The authority's directory (`DIR/ca`), which part 2's Analytics
+    /// process opens too.
+    dir: PathBuf,
     authority: Authority,
     /// The gateway's claims key (tenant envelopes).
     claims: Arc<ClaimsSigner>,
@@ -220,6 +256,7 @@ impl World {
         let (claims, _) = ClaimsSigner::generate("gateway-1")?;
         let gateway = identity(&authority, &ServiceKind::Gateway.spiffe_path())?;
         Ok(Self {
+            dir: ca_dir.to_owned(),
             registry_id: SpiffeId::from_parts(&td, &ServiceKind::ToolRegistry.spiffe_path())?,
             analytics_id: SpiffeId::from_parts(&td, &ServiceKind::Analytics.spiffe_path())?,
             authority,
@@ -368,10 +405,16 @@ fn start_registry(
 }
 
 /// Starts Analytics on its own thread `name`, on SQLite in `data_dir`,
-/// with fresh row and signing keys.
-fn start_analytics(name: &str, world: &World, data_dir: &Path) -> anyhow::Result<ServerThread> {
-    let store = identity(&world.authority, &ServiceKind::Analytics.spiffe_path())?;
-    let verifier = world.verifier(store.own_id())?;
+/// with an SVID of `authority` and fresh row and signing keys; `verifier`
+/// checks the gateway's claims (none: Analytics refuses every envelope, and
+/// serves the registry's calls, which carry none).
+fn start_analytics(
+    name: &str,
+    authority: &Authority,
+    verifier: Option<ClaimsVerifier>,
+    data_dir: &Path,
+) -> anyhow::Result<ServerThread> {
+    let store = identity(authority, &ServiceKind::Analytics.spiffe_path())?;
     let (row_keys, _) = HmacKeyring::generate("row-1")?;
     let (_, pkcs8) = Ed25519Signer::generate(KeyId::new("analytics-1")?)?;
     let config = soma_analytics::AnalyticsConfig {
@@ -397,7 +440,7 @@ fn start_analytics(name: &str, world: &World, data_dir: &Path) -> anyhow::Result
         .await?;
         db.migrate(&soma_analytics::MIGRATIONS).await?;
         let spec = soma_analytics::spec(db, &settings.limits, config).await?;
-        let app = Application::build(settings, store, Some(verifier), spec).await?;
+        let app = Application::build(settings, store, verifier, spec).await?;
         let (addr, metrics) = (app.local_addr(), app.metrics());
         let serve: Serve = Box::pin(async move {
             app.run_until_stopped(async move {
@@ -560,9 +603,12 @@ async fn seed_billing_events(world: &World, addr: SocketAddr, count: u32) -> any
     let client = world.analytics_client(&ServiceKind::ToolRegistry.spiffe_path(), addr)?;
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
     let ids: Vec<String> = (0..count).map(|i| format!("seed-{i:06}")).collect();
+    let module_sha256 =
+        soma_sign::sha256(&soma_sandbox::adapter("text_stats").context("no text_stats adapter")?);
     let recorded: Vec<anyhow::Result<()>> = futures::stream::iter(ids.clone())
         .map(|event_id| {
             let mut client = client.clone();
+            let module_sha256 = module_sha256.to_vec();
             async move {
                 client
                     .record_billing_event(pb::RecordBillingEventRequest {
@@ -577,6 +623,8 @@ async fn seed_billing_events(world: &World, addr: SocketAddr, count: u32) -> any
                         }),
                         fuel_consumed: 40_000,
                         duration_micros: 60,
+                        peak_memory_bytes: SEED_PEAK_MEMORY_BYTES,
+                        module_sha256,
                         occurred_at: Some(prost_types::Timestamp {
                             seconds: i64::try_from(now.as_secs())?,
                             nanos: 0,
@@ -780,7 +828,12 @@ fn cpu_part(args: &Args, ticks_per_second: u64, world: &World) -> anyhow::Result
     let (registry_server, registry) = start_registry(REGISTRY_THREAD, world, registry_dir.path(), None)?;
     owners.adopt(&before.until(&Threads::now(ticks_per_second)?), Side::Registry);
     let before = Threads::now(ticks_per_second)?;
-    let analytics_server = start_analytics(ANALYTICS_THREAD, world, analytics_dir.path())?;
+    let analytics_server = start_analytics(
+        ANALYTICS_THREAD,
+        &world.authority,
+        Some(world.verifier(&world.analytics_id)?),
+        analytics_dir.path(),
+    )?;
     owners.adopt(&before.until(&Threads::now(ticks_per_second)?), Side::Analytics);
 
     let runtime = client_runtime()?;
@@ -1151,45 +1204,153 @@ struct Sample {
     backlog: u64,
     /// Age of the oldest of them.
     oldest: Option<Duration>,
-    /// The process's RSS, KiB.
+    /// The RSS of this process (the registry's server thread and the
+    /// client), KiB.
     rss_kib: u64,
+    /// The RSS of the Analytics process, KiB.
+    analytics_rss_kib: u64,
 }
 
-/// Part 2: Analytics, then the registry delivering to it; the load; the
-/// drain; the billing events in Analytics.
+/// `--serve-analytics DIR`: Analytics alone in this process, with an SVID
+/// of the authority in `DIR` (made by the parent) and its database in
+/// `DIR`; its address on standard output; served until standard input
+/// closes (the parent closed it, or ended).
+fn serve_analytics(dir: &Path) -> anyhow::Result<()> {
+    let td = TrustDomain::parse(TRUST_DOMAIN)?;
+    let authority = Authority::open_existing(dir, &td).context("opening the parent's authority")?;
+    // Only the registry calls it, without claims: no claims key to verify.
+    let server = start_analytics(ANALYTICS_PROCESS_THREAD, &authority, None, dir)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", server.addr)?;
+        out.flush()?;
+    }
+    let waited = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())
+        .context("waiting for standard input to close");
+    server.stop().and(waited.map(drop))
+}
+
+/// Analytics served by a child process, this program run with
+/// `--serve-analytics`: stopped by closing its standard input, killed if
+/// dropped before.
+struct AnalyticsProcess {
+    child: std::process::Child,
+    /// The child's standard input; closing it stops the child.
+    stdin: Option<std::process::ChildStdin>,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+impl AnalyticsProcess {
+    /// Starts the child on the authority and data directory `dir` and waits
+    /// for its address.
+    fn spawn(dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating this program")?;
+        let mut child = std::process::Command::new(exe)
+            .arg("--serve-analytics")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the Analytics process")?;
+        let stdin = child.stdin.take();
+        let addr = child
+            .stdout
+            .take()
+            .context("the Analytics process has no standard output")
+            .and_then(|stdout| {
+                let mut line = String::new();
+                BufReader::new(stdout).read_line(&mut line)?;
+                line.trim()
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("the Analytics process printed {line:?}, not its address"))
+            });
+        let pid = child.id();
+        let mut this = Self {
+            child,
+            stdin,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pid,
+        };
+        // On an error, dropping `this` ends the child.
+        this.addr = addr?;
+        Ok(this)
+    }
+
+    /// Closes the child's standard input and waits for it to stop, at most
+    /// `CHILD_STOP_TIMEOUT`.
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + CHILD_STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the Analytics process ended with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the Analytics process did not stop within {} s of its standard input closing",
+                    CHILD_STOP_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AnalyticsProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Part 2: Analytics in a child process, then the registry delivering to
+/// it; the load; the drain; the child stopped, and the billing events in
+/// its database.
 fn load_part(args: &Args, world: &World) -> anyhow::Result<LoadReport> {
     let registry_dir = tempfile::tempdir()?;
-    let analytics_dir = tempfile::tempdir()?;
-    let analytics_server = start_analytics("load-analytics", world, analytics_dir.path())?;
+    let analytics = AnalyticsProcess::spawn(&world.dir)?;
+    progress(&format!(
+        "   Analytics: process {} on {}; the registry in this process ({})",
+        analytics.pid,
+        analytics.addr,
+        std::process::id()
+    ));
     let (registry_server, registry) = start_registry(
         "load-registry",
         world,
         registry_dir.path(),
-        Some((analytics_server.addr, world.analytics_id.clone())),
+        Some((analytics.addr, world.analytics_id.clone())),
     )?;
     let runtime = client_runtime()?;
-    let report = runtime.block_on(load(
-        args,
-        world,
-        &registry,
-        registry_server.addr,
-        analytics_dir.path(),
-    ));
-    drop(runtime);
+    let loaded = runtime.block_on(load(args, world, &registry, registry_server.addr, analytics.pid));
     drop(registry);
-    let stopped = registry_server.stop().and(analytics_server.stop());
-    let report = report?;
+    let stopped = registry_server.stop().and(analytics.stop());
+    let (mut report, made) = loaded?;
     stopped?;
+    // The child has stopped: its database is read alone.
+    let recorded = runtime.block_on(analytics_billing_ids(&world.dir))?;
+    report.billing_events = u64::try_from(recorded.len())?;
+    report.billing_missing = u64::try_from(made.difference(&recorded).count())?;
+    report.billing_unexpected = u64::try_from(recorded.difference(&made).count())?;
     Ok(report)
 }
 
+/// The load and the drain; returns the report (its billing figures still
+/// zero) and the execution numbers answered.
 async fn load(
     args: &Args,
     world: &World,
     registry: &Registry,
     registry_addr: SocketAddr,
-    analytics_dir: &Path,
-) -> anyhow::Result<LoadReport> {
+    analytics_pid: u32,
+) -> anyhow::Result<(LoadReport, HashSet<u128>)> {
     publish_text_stats(world, registry_addr).await?;
     let executor = Executor::new(world, registry_addr)?;
     // The first execution verifies and compiles the release.
@@ -1198,7 +1359,7 @@ async fn load(
     let duration = Duration::from_secs(u64::from(args.seconds));
     let count = usize::try_from(duration.as_nanos() / period.as_nanos().max(1))?;
     // Each answered id, kept in memory written before the load (the RSS
-    // measured is the whole process's, the client's included).
+    // measured is this process's, the client's included).
     let mut made = resident_vec(count + 1, u128::MAX);
     made.push(execution_number(&first.billing_event_id)?);
     let ids = Arc::new(Mutex::new(made));
@@ -1231,7 +1392,7 @@ async fn load(
     let started = Instant::now();
     let (latencies, samples) = tokio::join!(
         open_loop_flat(period, duration, call),
-        sample_every_second(registry, started, args.seconds)
+        sample_every_second(registry, analytics_pid, started, args.seconds)
     );
     let latencies = latencies?;
     let samples = samples?;
@@ -1252,36 +1413,39 @@ async fn load(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let rss_after_drain = rss_kib()?;
+    let analytics_rss_after_drain = process_rss_kib(analytics_pid)?;
 
     let made: HashSet<u128> = std::mem::take(&mut *ids.lock().unwrap_or_else(PoisonError::into_inner))
         .into_iter()
         .collect();
-    let recorded = analytics_billing_ids(analytics_dir).await?;
     let first_failure = first_failure
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    Ok(LoadReport {
+    let report = LoadReport {
         launched: u64::try_from(latencies.samples.len())? + 1,
         failures: failures.load(Ordering::Relaxed),
         first_failure,
         executions: u64::try_from(made.len())?,
-        billing_events: u64::try_from(recorded.len())?,
-        billing_missing: u64::try_from(made.difference(&recorded).count())?,
-        billing_unexpected: u64::try_from(recorded.difference(&made).count())?,
+        billing_events: 0,
+        billing_missing: 0,
+        billing_unexpected: 0,
         load_wall,
         latencies,
         samples,
         backlog_at_end,
         backlog_drained,
         rss_after_drain,
-    })
+        analytics_rss_after_drain,
+    };
+    Ok((report, made))
 }
 
-/// The outbox backlog and the RSS at each whole second of `seconds` from
-/// `started`.
+/// The outbox backlog, this process's RSS and the Analytics process's at
+/// each whole second of `seconds` from `started`.
 async fn sample_every_second(
     registry: &Registry,
+    analytics_pid: u32,
     started: Instant,
     seconds: u32,
 ) -> anyhow::Result<Vec<Sample>> {
@@ -1296,6 +1460,7 @@ async fn sample_every_second(
             backlog,
             oldest: oldest.map(|ns| Duration::from_nanos(u64::try_from(ns).unwrap_or(0))),
             rss_kib: rss_kib()?,
+            analytics_rss_kib: process_rss_kib(analytics_pid)?,
         });
     }
     Ok(samples)
@@ -1310,7 +1475,8 @@ fn execution_number(id: &str) -> anyhow::Result<u128> {
 }
 
 /// The billing event ids Analytics holds, read from its database (a second
-/// handle on its SQLite file), as execution numbers.
+/// handle on its SQLite file, or the only one once it has stopped), as
+/// execution numbers.
 async fn analytics_billing_ids(data_dir: &Path) -> anyhow::Result<HashSet<u128>> {
     let db = Database::connect(
         &StoreSettings {
@@ -1326,6 +1492,37 @@ async fn analytics_billing_ids(data_dir: &Path) -> anyhow::Result<HashSet<u128>>
         .await?;
     db.close().await;
     ids.iter().map(|id| execution_number(id)).collect()
+}
+
+/// An RSS series, KiB, after its first `warm-up` samples: the sample that
+/// ends the warm-up is the reference of the rest.
+#[derive(Clone, Copy, Debug)]
+struct RssFigures {
+    base: u64,
+    min: u64,
+    max: u64,
+    last: u64,
+    /// The rest's largest deviation from `base`, signed, %.
+    max_dev_pct: f64,
+}
+
+impl RssFigures {
+    #[expect(clippy::cast_precision_loss, reason = "KiB counts far below 2^52")]
+    fn of(series: impl Iterator<Item = u64> + Clone, warmup: usize) -> Self {
+        let base = series.clone().nth(warmup.saturating_sub(1)).unwrap_or(0);
+        let rest = series.skip(warmup);
+        let deviation = |v: u64| (v as f64 - base as f64) / base as f64 * 100.0;
+        Self {
+            base,
+            min: rest.clone().min().unwrap_or(0),
+            max: rest.clone().max().unwrap_or(0),
+            last: rest.clone().last().unwrap_or(0),
+            max_dev_pct: rest
+                .map(deviation)
+                .max_by(|a, b| a.abs().total_cmp(&b.abs()))
+                .unwrap_or(0.0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -1349,7 +1546,10 @@ struct LoadReport {
     /// Time from the last reply to an empty outbox (`None`: not within
     /// `--drain-timeout`).
     backlog_drained: Option<Duration>,
+    /// This process's RSS once the outbox drained, KiB.
     rss_after_drain: u64,
+    /// The Analytics process's RSS then, KiB.
+    analytics_rss_after_drain: u64,
 }
 
 impl LoadReport {
@@ -1366,19 +1566,8 @@ impl LoadReport {
             .max()
             .unwrap_or_default();
         let warm = usize::try_from(args.rss_warmup).unwrap_or(usize::MAX);
-        let base = self.samples.get(warm.saturating_sub(1)).map_or(0, |s| s.rss_kib);
-        let rest: Vec<u64> = self.samples.iter().skip(warm).map(|s| s.rss_kib).collect();
-        let (min, max, last) = (
-            rest.iter().copied().min().unwrap_or(0),
-            rest.iter().copied().max().unwrap_or(0),
-            rest.last().copied().unwrap_or(0),
-        );
-        let deviation = |v: u64| (v as f64 - base as f64) / base as f64 * 100.0;
-        let max_dev = rest
-            .iter()
-            .map(|v| deviation(*v))
-            .max_by(|a, b| a.abs().total_cmp(&b.abs()))
-            .unwrap_or(0.0);
+        let registry = RssFigures::of(self.samples.iter().map(|s| s.rss_kib), warm);
+        let analytics = RssFigures::of(self.samples.iter().map(|s| s.analytics_rss_kib), warm);
         let mb = |kib: u64| kib as f64 / 1024.0;
         let drained = self.backlog_drained.map_or_else(
             || format!("not within {} s", args.drain_timeout),
@@ -1388,7 +1577,7 @@ impl LoadReport {
         println!();
         println!(
             "== ExecuteTool at {} calls/s for {} s, open loop (one long-lived connection); billing outbox \
-             delivering to Analytics over mTLS",
+             delivering over mTLS to Analytics in a process of its own",
             args.rate, args.seconds
         );
         println!(
@@ -1406,16 +1595,32 @@ impl LoadReport {
             max_age.as_secs_f64() * 1e3,
             self.backlog_at_end
         );
-        println!(
-            "   RSS: {:.1} MB after the first {} s; then min {:.1} / max {:.1} / last {:.1} MB; max deviation \
-             {max_dev:+.1} % (target within ±{TARGET_RSS_DEVIATION_PCT} %); {:.1} MB after the drain",
-            mb(base),
-            args.rss_warmup,
-            mb(min),
-            mb(max),
-            mb(last),
-            mb(self.rss_after_drain)
-        );
+        for (what, figures, after_drain, target) in [
+            (
+                "registry process (registry server + client)",
+                registry,
+                self.rss_after_drain,
+                format!(" (target within ±{TARGET_RSS_DEVIATION_PCT} %)"),
+            ),
+            (
+                "Analytics process (its ledger view grows by design)",
+                analytics,
+                self.analytics_rss_after_drain,
+                String::new(),
+            ),
+        ] {
+            println!(
+                "   RSS, {what}: {:.1} MB after the first {} s; then min {:.1} / max {:.1} / last {:.1} MB; \
+                 max deviation {:+.1} %{target}; {:.1} MB after the drain",
+                mb(figures.base),
+                args.rss_warmup,
+                mb(figures.min),
+                mb(figures.max),
+                mb(figures.last),
+                figures.max_dev_pct,
+                mb(after_drain)
+            );
+        }
         println!(
             "   billing events in Analytics {} for {} executions answered ({} launched; {} missing, {} unexpected)",
             self.billing_events,
@@ -1424,17 +1629,18 @@ impl LoadReport {
             self.billing_missing,
             self.billing_unexpected
         );
-        println!("   per second (s: backlog, oldest ms, RSS MB):");
-        for chunk in self.samples.chunks(6) {
+        println!("   per second (s: backlog, oldest ms, registry RSS MB, Analytics RSS MB):");
+        for chunk in self.samples.chunks(4) {
             let line: Vec<String> = chunk
                 .iter()
                 .map(|s| {
                     format!(
-                        "{:>3.0}: {:>5} {:>5.0} {:>6.1}",
+                        "{:>3.0}: {:>5} {:>5.0} {:>6.1} {:>6.1}",
                         s.at.as_secs_f64(),
                         s.backlog,
                         s.oldest.unwrap_or_default().as_secs_f64() * 1e3,
-                        mb(s.rss_kib)
+                        mb(s.rss_kib),
+                        mb(s.analytics_rss_kib)
                     )
                 })
                 .collect();
@@ -1458,11 +1664,19 @@ impl LoadReport {
                 .map_or_else(|| "never".to_owned(), |d| format!("{:.2}", d.as_secs_f64()))
         );
         println!("result.rss_warmup_s={}", args.rss_warmup);
-        println!("result.rss_base_mb={:.1}", mb(base));
-        println!("result.rss_min_mb={:.1}", mb(min));
-        println!("result.rss_max_mb={:.1}", mb(max));
-        println!("result.rss_last_mb={:.1}", mb(last));
-        println!("result.rss_dev_pct={max_dev:+.1}");
+        // rss_*: the registry's process, the target's; analytics_rss_*: the
+        // Analytics process.
+        for (prefix, figures, after_drain) in [
+            ("rss", registry, self.rss_after_drain),
+            ("analytics_rss", analytics, self.analytics_rss_after_drain),
+        ] {
+            println!("result.{prefix}_base_mb={:.1}", mb(figures.base));
+            println!("result.{prefix}_min_mb={:.1}", mb(figures.min));
+            println!("result.{prefix}_max_mb={:.1}", mb(figures.max));
+            println!("result.{prefix}_last_mb={:.1}", mb(figures.last));
+            println!("result.{prefix}_dev_pct={:+.1}", figures.max_dev_pct);
+            println!("result.{prefix}_after_drain_mb={:.1}", mb(after_drain));
+        }
         println!("result.rss_dev_target_pct={TARGET_RSS_DEVIATION_PCT}");
         println!("result.billing_events={}", self.billing_events);
         println!("result.billing_expected={}", self.executions);

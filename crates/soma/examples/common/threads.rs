@@ -9,6 +9,9 @@
 //! snapshots give what each thread present in both spent in between. A
 //! thread that ended between them took its CPU time with it: it is counted
 //! as gone, so that a report can say so.
+//!
+//! Also the resident set size (`VmRSS`) of this process or of another one
+//! (a child serving a peer), from `/proc/<pid>/status`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -148,11 +151,22 @@ fn read_cpu(dir: &Path, ticks_per_second: u64) -> anyhow::Result<Option<(Duratio
 
 /// This process's resident set size (`VmRSS`), in KiB.
 pub fn rss_kib() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    vm_rss_kib(Path::new("/proc/self/status"))
+}
+
+/// The resident set size (`VmRSS`) of the process `pid`, in KiB: another
+/// process of this user, such as a child.
+pub fn process_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    vm_rss_kib(&Path::new("/proc").join(pid.to_string()).join("status"))
+}
+
+/// `VmRSS` from the `/proc/<pid>/status` file at `path`, in KiB.
+fn vm_rss_kib(path: &Path) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let line = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("/proc/self/status has no VmRSS line")?;
+        .with_context(|| format!("{} has no VmRSS line", path.display()))?;
     let kib = line
         .trim()
         .trim_end_matches("kB")
