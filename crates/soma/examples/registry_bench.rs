@@ -629,8 +629,6 @@ async fn seed_billing_events(world: &World, addr: SocketAddr, count: u32) -> any
                             seconds: i64::try_from(now.as_secs())?,
                             nanos: 0,
                         }),
-                        peak_memory_bytes: 131_072,
-                        module_sha256: soma_sign::sha256(b"seed").to_vec(),
                     })
                     .await
                     .context("recording a billing event")?;
