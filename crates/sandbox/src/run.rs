@@ -7,7 +7,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, ResourceLimiter, Store, Trap};
 
 use crate::config::{RunLimits, SandboxConfig};
 use crate::error::SandboxError;
-use crate::sandbox::{AtomicCounters, EPOCH_TICK, MAX_TABLE_ELEMENTS, MAX_WASM_STACK, Prepared, hex};
+use crate::sandbox::{AtomicCounters, EpochClock, MAX_TABLE_ELEMENTS, MAX_WASM_STACK, Prepared, hex};
 
 /// What a run measured, whatever its result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,11 +108,13 @@ pub(crate) fn run(
     engine: &Engine,
     config: &SandboxConfig,
     counters: &AtomicCounters,
+    clock: &EpochClock,
     prepared: &Prepared,
     input: &[u8],
     limits: RunLimits,
 ) -> Outcome {
     let started = Instant::now();
+    let deadline_ticks = clock.deadline_delta(limits.deadline);
     let mut measured = Measured::default();
     let result = match admit(engine, config, prepared, input, limits) {
         Ok(()) => execute(
@@ -122,6 +124,7 @@ pub(crate) fn run(
             prepared,
             input,
             limits,
+            deadline_ticks,
             started,
             &mut measured,
         ),
@@ -204,6 +207,7 @@ fn execute(
     prepared: &Prepared,
     input: &[u8],
     limits: RunLimits,
+    deadline_ticks: u64,
     started: Instant,
     measured: &mut Measured,
 ) -> Result<Vec<u8>, SandboxError> {
@@ -223,8 +227,7 @@ fn execute(
     if let Err(e) = store.set_fuel(limits.fuel) {
         return Err(SandboxError::Instantiate(format!("{e:#}")));
     }
-    let ticks = limits.deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+    store.set_epoch_deadline(deadline_ticks);
     store.epoch_deadline_trap();
 
     let result = exchange(config, counters, prepared, input, &mut store);

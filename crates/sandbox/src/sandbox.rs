@@ -295,8 +295,8 @@ impl Sandbox {
     }
 
     /// Runs one call in a fresh instance: fuel = `limits.fuel`, memory capped at
-    /// `limits.memory_bytes` by a limiter that records denied growth, epoch deadline =
-    /// `limits.deadline` rounded up to whole ticks. Synchronous (callers in async code use
+    /// `limits.memory_bytes` by a limiter that records denied growth, epoch deadline: never
+    /// before `limits.deadline` has passed, at most about two ticks after. Synchronous (callers in async code use
     /// `spawn_blocking`). Always returns what was measured, also on failure.
     pub fn run(&self, prepared: &Prepared, input: &[u8], limits: RunLimits) -> Outcome {
         self.inner.counters.runs.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +304,7 @@ impl Sandbox {
             &self.inner.engine,
             &self.inner.config,
             &self.inner.counters,
+            &self.inner._ticker.clock,
             prepared,
             input,
             limits,
@@ -421,21 +422,51 @@ impl fmt::Debug for Prepared {
 struct Ticker {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    clock: EpochClock,
+}
+
+/// The epoch as wall time: when the ticker started and how many ticks it
+/// has applied to the engine (the engine's current epoch, since nothing
+/// else increments it).
+#[derive(Clone, Debug)]
+pub(crate) struct EpochClock {
+    start: Instant,
+    applied: Arc<AtomicU64>,
+}
+
+impl EpochClock {
+    /// The epoch delta to give a store so that it traps no earlier than
+    /// `deadline` from now: the tick at which `now + deadline` has surely
+    /// passed, plus one (the current tick is partly over), counted from the
+    /// epoch the engine is at — which lags the wall clock when the ticker
+    /// thread was not scheduled, so a delta taken from the engine's epoch
+    /// alone could end a run early when the ticker catches up.
+    pub(crate) fn deadline_delta(&self, deadline: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_nanos();
+        let target = (self.start.elapsed() + deadline).as_nanos().div_ceil(tick) + 1;
+        let applied = u128::from(self.applied.load(Ordering::Acquire));
+        u64::try_from(target.saturating_sub(applied).max(1)).unwrap_or(u64::MAX)
+    }
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Result<Self, SandboxError> {
         let (stop, stopped) = mpsc::channel::<()>();
+        let clock = EpochClock {
+            start: Instant::now(),
+            applied: Arc::new(AtomicU64::new(0)),
+        };
+        let (start, applied) = (clock.start, Arc::clone(&clock.applied));
         let thread = thread::Builder::new()
             .name("soma-sandbox-epoch".into())
             .spawn(move || {
-                let start = Instant::now();
                 let mut ticks: u128 = 0;
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
                     let due = start.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
                     while ticks < due {
                         engine.increment_epoch();
                         ticks += 1;
+                        applied.fetch_add(1, Ordering::Release);
                     }
                 }
             })
@@ -443,6 +474,7 @@ impl Ticker {
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
+            clock,
         })
     }
 }
