@@ -228,6 +228,24 @@ macro_rules! insert_outbox {
     };
 }
 
+/// Runs one write (`$write`, a query not yet executed) and, if it changed
+/// exactly one row, inserts `$audit` into the outbox in the same
+/// transaction and commits; evaluates to whether the row was written.
+/// Nothing is committed when the write changed no row.
+macro_rules! write_with_audit {
+    ($db:expr, $audit:expr, $write:expr) => {
+        on_pool!($db, pool => {
+            let mut tx = pool.begin().await?;
+            let written = $write.execute(&mut *tx).await?.rows_affected() == 1;
+            if written {
+                insert_outbox!(tx, $audit);
+                tx.commit().await?;
+            }
+            written
+        })
+    };
+}
+
 /// The tables, through one database handle.
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
@@ -279,9 +297,10 @@ impl Store {
             "INSERT INTO publisher_keys ({PUBLISHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (key_id) DO NOTHING"
         );
-        Ok(on_pool!(self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let inserted = sqlx::query(&sql)
+        Ok(write_with_audit!(
+            self.db,
+            audit,
+            sqlx::query(&sql)
                 .bind(&key.key_id)
                 .bind(&key.name)
                 .bind(&key.public_key)
@@ -292,15 +311,7 @@ impl Store {
                 .bind(&key.retire_reason)
                 .bind(&key.mac_key_id)
                 .bind(&key.mac)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if inserted == 1 {
-                insert_outbox!(tx, audit);
-                tx.commit().await?;
-            }
-            inserted == 1
-        }))
+        ))
     }
 
     /// Retires a key still in service, with its audit event; `false` if it
@@ -311,9 +322,10 @@ impl Store {
         key: &PublisherKeyRow,
         audit: &NewOutbox,
     ) -> Result<bool, RegistryError> {
-        Ok(on_pool!(self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let updated = sqlx::query(
+        Ok(write_with_audit!(
+            self.db,
+            audit,
+            sqlx::query(
                 "UPDATE publisher_keys SET retired_at = $2, retired_by = $3, retire_reason = $4, \
                  mac_key_id = $5, mac = $6 WHERE key_id = $1 AND retired_at IS NULL",
             )
@@ -323,15 +335,7 @@ impl Store {
             .bind(&key.retire_reason)
             .bind(&key.mac_key_id)
             .bind(&key.mac)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 1 {
-                insert_outbox!(tx, audit);
-                tx.commit().await?;
-            }
-            updated == 1
-        }))
+        ))
     }
 
     // ---- releases and modules ----
@@ -476,9 +480,10 @@ impl Store {
         release: &ReleaseRow,
         audit: &NewOutbox,
     ) -> Result<bool, RegistryError> {
-        Ok(on_pool!(self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let updated = sqlx::query(
+        Ok(write_with_audit!(
+            self.db,
+            audit,
+            sqlx::query(
                 "UPDATE releases SET state = $3, revoked_at = $4, revoked_by = $5, revocation_reason = $6, \
                  mac_key_id = $7, mac = $8 WHERE tool = $1 AND version = $2 AND state = 'active'",
             )
@@ -490,15 +495,7 @@ impl Store {
             .bind(&release.revocation_reason)
             .bind(&release.mac_key_id)
             .bind(&release.mac)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 1 {
-                insert_outbox!(tx, audit);
-                tx.commit().await?;
-            }
-            updated == 1
-        }))
+        ))
     }
 
     /// Replaces the MAC of one row, if it still holds `old_mac` (a row
