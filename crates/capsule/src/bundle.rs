@@ -5,8 +5,8 @@ use soma_release::Version;
 use soma_sign::{SignError, jcs, sha256};
 
 use crate::error::{BundleError, InputError};
-use crate::hex;
 use crate::schema::Schema;
+use soma_sign::hex;
 
 /// Longest capsule `name` and tool name, in characters.
 pub const MAX_NAME_LEN: usize = 64;

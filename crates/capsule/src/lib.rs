@@ -27,7 +27,6 @@
 mod attest;
 mod bundle;
 mod error;
-mod hex;
 mod schema;
 mod statement;
 

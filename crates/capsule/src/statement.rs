@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use soma_sign::jcs;
 
 use crate::error::AttestError;
-use crate::hex;
+use soma_sign::hex;
 
 /// The `_type` of an in-toto Statement v1.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";

@@ -24,7 +24,6 @@
 //! HMAC tags are compared in constant time and retired keys never verify.
 
 mod error;
-mod hex;
 mod manifest;
 mod publisher;
 mod seal;

@@ -4,8 +4,8 @@ use serde_json::{Map, Number, Value};
 use soma_sign::{SignError, jcs, sha256};
 
 use crate::error::ReleaseError;
-use crate::hex;
 use crate::version::Version;
+use soma_sign::hex;
 
 /// The DSSE `payloadType` of a signed release manifest.
 pub const PAYLOAD_TYPE: &str = "application/vnd.somastack.release.v1+json";

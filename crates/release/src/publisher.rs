@@ -5,8 +5,8 @@ use soma_sign::{
 };
 
 use crate::error::ReleaseError;
-use crate::hex;
 use crate::manifest::{Manifest, PAYLOAD_TYPE};
+use soma_sign::hex;
 
 /// The id of a publisher's Ed25519 key: the lowercase hex SHA-256 of its
 /// RFC 8410 SubjectPublicKeyInfo DER (what

@@ -26,6 +26,7 @@ mod dsse;
 mod ed25519;
 mod ed25519_stream;
 mod error;
+pub mod hex;
 mod hmac;
 pub mod jcs;
 mod key_id;

@@ -268,7 +268,7 @@ fn sign(key: &Path, manifest: &Path, module: &Path, out: Option<&Path>) -> anyho
         Ok(_) => return Ok(unusable(anyhow!("{}: not a JSON object", manifest.display()))),
         Err(e) => return Ok(unusable(anyhow!("{}: {e}", manifest.display()))),
     };
-    let digest = hex(&soma_sign::sha256(&module));
+    let digest = soma_sign::hex::encode(&soma_sign::sha256(&module));
     let size = module.len() as u64;
     // Filled in, or checked: a manifest that names another module is refused.
     for (member, expected) in [
@@ -594,14 +594,6 @@ async fn post_json(
     let reply = response.into_body().collect().await?.to_bytes().to_vec();
     driver.abort();
     Ok((status, reply))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 #[expect(clippy::print_stdout, reason = "the command's output")]

@@ -128,8 +128,8 @@ impl Registry {
                 serde_json::json!({
                     "tool": row.tool,
                     "version": row.version,
-                    "manifest_sha256": seal::hex(&row.manifest_sha256),
-                    "module_sha256": seal::hex(&row.module_sha256),
+                    "manifest_sha256": soma_sign::hex::encode(&row.manifest_sha256),
+                    "module_sha256": soma_sign::hex::encode(&row.module_sha256),
                     "publisher_key_id": row.publisher_key_id,
                     "actor": actor.id,
                     "request_id": actor.request_id,
@@ -334,7 +334,7 @@ impl Registry {
                 serde_json::json!({
                     "tool": row.tool,
                     "version": row.version,
-                    "module_sha256": seal::hex(&row.module_sha256),
+                    "module_sha256": soma_sign::hex::encode(&row.module_sha256),
                     "reason": reason,
                     "actor": actor.id,
                     "request_id": actor.request_id,

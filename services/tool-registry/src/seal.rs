@@ -47,14 +47,3 @@ fn message(table: &str, columns: &Value) -> Result<Vec<u8>, RegistryError> {
     message.extend_from_slice(&soma_sign::jcs::canonicalize(columns)?);
     Ok(message)
 }
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}

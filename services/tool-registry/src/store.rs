@@ -10,7 +10,7 @@ use soma_store::{Database, Engine, on_pool};
 use sqlx::Row as _;
 
 use crate::error::RegistryError;
-use crate::seal::hex;
+use soma_sign::hex::encode as hex;
 
 /// Release states as stored.
 pub(crate) const ACTIVE: &str = "active";

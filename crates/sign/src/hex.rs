@@ -1,7 +1,8 @@
-//! Lowercase hexadecimal, the one spelling of digests in bundles and statements.
+//! Lowercase hexadecimal: the one spelling of digests and key ids in
+//! manifests, bundles, statements and MACed row contents.
 
 /// Encodes `bytes` as lowercase hex.
-pub(crate) fn encode(bytes: &[u8]) -> String {
+pub fn encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
@@ -13,14 +14,14 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
 
 /// Decodes exactly 64 lowercase hex digits into 32 bytes; anything else
 /// (uppercase included, so that a digest has one spelling) is `None`.
-pub(crate) fn decode_32(text: &str) -> Option<[u8; 32]> {
+pub fn decode_32(text: &str) -> Option<[u8; 32]> {
     let bytes = text.as_bytes();
     if bytes.len() != 64 {
         return None;
     }
     let mut out = [0u8; 32];
-    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        *slot = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(out)
 }
