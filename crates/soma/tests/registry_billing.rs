@@ -158,3 +158,86 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
         stores.cleanup().await;
     }
 }
+
+/// An outbox row edited in the database (here, its billing event's time)
+/// fails its MAC and is never sent: it stays parked with the reason, while
+/// an intact event beside it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_row_edited_in_the_database_is_never_sent() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::Analytics]).await {
+        let label = stores.label;
+        let ca = Ca::new();
+        let keys = AnalyticsKeys::generate();
+        let analytics_store = stores.of(ServiceKind::Analytics);
+        // Analytics' address, then Analytics gone while events are written.
+        let analytics = start_analytics(&ca, analytics_store, &keys, "127.0.0.1:0").await;
+        let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
+        analytics.stop().await;
+        let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
+        let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
+        let h = Harness::start_on(
+            ca,
+            claims,
+            stores.of(ServiceKind::ToolRegistry),
+            registry_keys,
+            soma_sandbox::SandboxConfig::default(),
+            Some((addr, analytics_id)),
+        )
+        .await;
+        let publisher = Publisher::generate("acme-tools");
+        h.register(&publisher).await;
+        h.publish(publisher.release("echo", "1.0.0", &adapter("echo")))
+            .await
+            .unwrap();
+        let tampered = h.execute("acme", "echo", "", json!({"a": 1})).await.unwrap();
+        let intact = h.execute("acme", "echo", "", json!({"a": 2})).await.unwrap();
+        let edited = soma_testing::exec(
+            &h.db,
+            &format!(
+                "UPDATE outbox SET created_at = created_at - 1 WHERE event_id = '{}'",
+                tampered.billing_event_id
+            ),
+        )
+        .await;
+        assert_eq!(edited, 1, "{label}");
+
+        let analytics = start_analytics(&h.ca, analytics_store, &keys, &addr.to_string()).await;
+        let db = common::analytics::database(analytics_store).await;
+        let count = |id: String| {
+            let db = &db;
+            async move {
+                soma_testing::scalar(
+                    db,
+                    &format!("SELECT COUNT(*) FROM billing_events WHERE event_id = '{id}'"),
+                )
+                .await
+            }
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while count(intact.billing_event_id.clone()).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: the intact event was not delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            count(tampered.billing_event_id.clone()).await,
+            0,
+            "{label}: the edited event was sent"
+        );
+        let error = soma_testing::scalar_text(
+            &h.db,
+            &format!(
+                "SELECT last_error FROM outbox WHERE event_id = '{}'",
+                tampered.billing_event_id
+            ),
+        )
+        .await;
+        assert!(error.contains("integrity"), "{label}: {error}");
+        db.close().await;
+        h.stop().await;
+        analytics.stop().await;
+        stores.cleanup().await;
+    }
+}
