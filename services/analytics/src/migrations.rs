@@ -35,4 +35,9 @@ migrations!(
         "billing events carry the module digest and peak memory",
         "0007_billing_measurements"
     ),
+    (
+        8,
+        "capsule runs carry their provenance",
+        "0008_capsule_run_provenance"
+    ),
 );

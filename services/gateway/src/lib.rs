@@ -12,8 +12,9 @@
 //! Every refusal or failure the gateway answers is one [`Refusal`], turned
 //! into a gRPC status or the edge's JSON body in one place ([`refusal`]).
 //!
-//! It does not execute capsules: `RunCapsule` moderates its input, then
-//! answers `UNIMPLEMENTED` until ToolRegistry executes tools.
+//! It executes no tool itself: `RunCapsule` moderates its input, then
+//! orchestrates CapsuleRepo (resolution), ToolRegistry (execution) and
+//! Analytics (the run's record) in `capsule_run`.
 //!
 //! Security-relevant defaults: a gateway without a residency allow-list or
 //! without token issuers does not start; a method without a policy, or
@@ -24,6 +25,7 @@
 //! per client address ([`listener`]).
 
 pub mod admission;
+pub mod capsule_run;
 pub mod config;
 pub mod context;
 pub mod edge;

@@ -47,6 +47,14 @@ pub struct Refusal {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// Metadata key of an HTTP status that differs from the one grpc-gateway's
+/// table gives the code (e.g. 409 for a revoked release a `RunCapsule`
+/// cannot run, whose code is `FAILED_PRECONDITION`): set by
+/// [`Refusal::into_status`], read back by [`Refusal::from_status`], so that
+/// the gateway's own methods keep their HTTP status across the in-process
+/// call the edge makes. Only 4xx statuses travel this way.
+pub const HTTP_STATUS_METADATA: &str = "soma-http-status";
+
 /// The headers a gRPC client is told as well, as metadata of the status.
 const GRPC_HEADERS: [HeaderName; 2] = [header::RETRY_AFTER, header::WWW_AUTHENTICATE];
 
@@ -100,6 +108,13 @@ impl Refusal {
         };
         if let Some(v) = text("retry-after").and_then(|v| HeaderValue::from_str(v).ok()) {
             refusal.headers.push((header::RETRY_AFTER, v));
+        }
+        if let Some(http) = text(HTTP_STATUS_METADATA)
+            .and_then(|v| v.parse::<u16>().ok())
+            .and_then(|v| StatusCode::from_u16(v).ok())
+            .filter(StatusCode::is_client_error)
+        {
+            refusal.http = http;
         }
         refusal
     }
@@ -194,6 +209,12 @@ impl Refusal {
             && let Ok(v) = reason.parse()
         {
             m.insert(soma_mesh::REASON_METADATA, v);
+        }
+        if self.http != http_status(self.code)
+            && self.http.is_client_error()
+            && let Ok(v) = self.http.as_str().parse()
+        {
+            m.insert(HTTP_STATUS_METADATA, v);
         }
         for (name, value) in self.headers {
             if GRPC_HEADERS.contains(&name)

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use crate::admission::Admission;
+use crate::capsule_run::CapsuleRunner;
 use crate::config::{EdgeConnections, GatewayConfig};
 use crate::edge::{self, EdgeState};
 use crate::error::BuildError;
@@ -68,7 +69,19 @@ impl Gateway {
         let routes = routes::RouteTable::from_descriptors(&soma_proto::SERVICE_NAMES)
             .map_err(|e| BuildError::Routes(e.to_string()))?;
         let methods: Vec<String> = routes.iter().map(|r| r.grpc_path.clone()).collect();
-        let service = GatewayService::new(admission.clone(), methods);
+        let backends = forward::Backends::new(
+            store,
+            peers,
+            signer,
+            config.envelope_ttl,
+            limits.max_recv_message_bytes,
+            config.backend_timeout,
+        )?;
+        let service = GatewayService::new(
+            admission.clone(),
+            methods,
+            CapsuleRunner::new(backends.clone()),
+        );
 
         let server = GatewayServer::new(service.clone())
             .max_decoding_message_size(limits.max_recv_message_bytes)
@@ -88,14 +101,6 @@ impl Gateway {
                 let local_addr = listener
                     .local_addr()
                     .map_err(|source| BuildError::Bind { addr, source })?;
-                let backends = forward::Backends::new(
-                    store,
-                    peers,
-                    signer,
-                    config.envelope_ttl,
-                    limits.max_recv_message_bytes,
-                    config.backend_timeout,
-                )?;
                 let info = openapi::OpenApiInfo {
                     title: "SomaStack".to_owned(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -25,7 +25,8 @@ use soma_proto::v1::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::admission::Admission;
-use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId, is_valid_tenant};
+use crate::capsule_run::CapsuleRunner;
+use crate::context::{Moderated, REQUEST_ID_HEADER, RequestContext, RequestId, is_valid_tenant};
 use crate::killswitch::{Change, DEFAULT_RETRY_AFTER_SECONDS};
 use crate::refusal::Refusal;
 
@@ -42,15 +43,17 @@ const MAX_RETRY_AFTER_SECONDS: u32 = 86_400;
 pub struct GatewayService {
     admission: Admission,
     methods: Arc<Vec<String>>,
+    runner: CapsuleRunner,
 }
 
 impl GatewayService {
     /// The service over the admission pipeline; `methods` are the full
-    /// method paths a METHOD kill switch may name.
-    pub fn new(admission: Admission, methods: Vec<String>) -> Self {
+    /// method paths a METHOD kill switch may name; `runner` runs capsules.
+    pub fn new(admission: Admission, methods: Vec<String>, runner: CapsuleRunner) -> Self {
         Self {
             admission,
             methods: Arc::new(methods),
+            runner,
         }
     }
 }
@@ -208,25 +211,37 @@ impl Gateway for GatewayService {
                     format!("request not readable for moderation: {e}"),
                 )
             })?;
-        let bound = context.moderation.as_ref().is_some_and(|m| {
-            crate::moderation::input_digest(&input).is_some_and(|digest| digest == m.input_sha256)
-        });
-        if !bound {
+        let digest = crate::moderation::input_digest(&input);
+        let bound = context
+            .moderation
+            .as_ref()
+            .is_some_and(|m| digest.is_some_and(|digest| digest == m.input_sha256));
+        let context = if bound {
+            context
+        } else {
             let decision = self
                 .admission
                 .moderator()
                 .check("/somastack.v1.Gateway/RunCapsule", &input);
+            let decision_id = decision.id.clone();
             self.admission
                 .judge("/somastack.v1.Gateway/RunCapsule", &context, decision)
                 .await?;
-        }
-        // The next steps are ToolRegistry execution and the Analytics
-        // record; ToolRegistry does not execute tools yet.
-        Err(Refusal::without_reason(
-            Code::Unimplemented,
-            "RunCapsule: the input passed moderation, but capsule execution (ToolRegistry) is not built yet",
-        )
-        .into())
+            let input_sha256 = digest.ok_or_else(|| {
+                Refusal::without_reason(Code::Internal, "request has no canonical form for moderation")
+            })?;
+            // Admitted here: the run carries this decision, bound to this
+            // message, as it would carry the edge's.
+            Arc::new(RequestContext {
+                moderation: Some(Moderated {
+                    decision_id,
+                    input_sha256,
+                }),
+                ..(*context).clone()
+            })
+        };
+        let response = self.runner.run(&context, message).await?;
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(skip_all, name = "Gateway/ListKillSwitches")]

@@ -77,7 +77,23 @@ async fn run_capsule_binding_on(db: &Database) {
         RateLimiter::new(config.rate_limit),
         db.clone(),
     );
-    let service = GatewayService::new(admission, Vec::new());
+    // No backend peers: a run admitted by moderation goes on to the
+    // orchestration, which answers that CapsuleRepo is not configured.
+    let ca = soma_testing::Ca::new();
+    let backends = soma_gateway::forward::Backends::new(
+        &ca.store("/svc/gateway", std::time::Duration::from_secs(3600)),
+        &soma_mesh::Peers::default(),
+        soma_auth::ClaimsSigner::generate("gateway-1").unwrap().0,
+        std::time::Duration::from_secs(30),
+        4 * 1024 * 1024,
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap();
+    let service = GatewayService::new(
+        admission,
+        Vec::new(),
+        soma_gateway::capsule_run::CapsuleRunner::new(backends),
+    );
 
     let card = run("c1", "card 4111 1111 1111 1111");
     let clean = run("c1", "hello");
@@ -120,15 +136,15 @@ async fn run_capsule_binding_on(db: &Database) {
             name: "a decision made for this exact message is trusted",
             message: card.clone(),
             moderation: bound(&card),
-            code: tonic::Code::Unimplemented,
-            reason: "",
+            code: tonic::Code::Unavailable,
+            reason: "backend_not_configured",
         },
         Case {
             name: "a clean message without a decision passes moderation here",
             message: clean.clone(),
             moderation: None,
-            code: tonic::Code::Unimplemented,
-            reason: "",
+            code: tonic::Code::Unavailable,
+            reason: "backend_not_configured",
         },
     ];
     for case in cases {
@@ -147,7 +163,7 @@ async fn run_capsule_binding_on(db: &Database) {
         let status = service.run_capsule(request).await.unwrap_err();
         let reason = status
             .metadata()
-            .get("soma-reason")
+            .get(soma_mesh::REASON_METADATA)
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         assert_eq!(

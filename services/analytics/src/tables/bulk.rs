@@ -69,6 +69,7 @@ pub(crate) enum Array<'a> {
     Bool(Vec<bool>),
     Bytes(Vec<&'a [u8]>),
     OptBytes(Vec<Option<&'a [u8]>>),
+    OptText(Vec<Option<&'a str>>),
 }
 
 impl<'a> Array<'a> {
@@ -81,6 +82,7 @@ impl<'a> Array<'a> {
             Ty::Bool => Self::Bool(Vec::new()),
             Ty::Bytes => Self::Bytes(Vec::new()),
             Ty::OptBytes => Self::OptBytes(Vec::new()),
+            Ty::OptText => Self::OptText(Vec::new()),
         }
     }
 
@@ -97,6 +99,8 @@ impl<'a> Array<'a> {
             (Self::Bytes(v), Value::OwnedBytes(b)) => v.push(b.as_slice()),
             (Self::OptBytes(v), Value::OptBytes(b)) => v.push(*b),
             (Self::OptBytes(v), Value::OwnedOptBytes(b)) => v.push(b.as_deref()),
+            (Self::OptText(v), Value::OptText(t)) => v.push(*t),
+            (Self::OptText(v), Value::OwnedOptText(t)) => v.push(t.as_deref()),
             _ => return false,
         }
         true
@@ -139,6 +143,7 @@ pub(crate) fn bind_arrays<'q>(
             Array::Bool(v) => query.bind(v),
             Array::Bytes(v) => query.bind(v),
             Array::OptBytes(v) => query.bind(v),
+            Array::OptText(v) => query.bind(v),
         };
     }
     query

@@ -44,7 +44,7 @@ pub(crate) use bulk::{bind_arrays, bulk_arrays, bulk_statement};
 pub(crate) use row::{EventRow, Seal};
 pub(crate) use sql::{
     Column, Conn, Get, ToValue, Ty, Value, bind_values, bytes, column_name, columns, flag, int, on_conn,
-    opt_bytes, opt_int, real, text,
+    opt_bytes, opt_int, opt_text, real, text,
 };
 
 /// Declares the table modules and [`REGISTRY`], in sweep order: one line

@@ -133,10 +133,14 @@ fn write_value<T: Exported>(out: &mut Vec<u8>, column: &str, value: &Value<'_>) 
     match value {
         Value::Text(s) if T::JSON_COLUMNS.contains(&column) => out.extend_from_slice(s.as_bytes()),
         Value::Owned(s) if T::JSON_COLUMNS.contains(&column) => out.extend_from_slice(s.as_bytes()),
-        Value::Text(s) => push_string(out, s),
-        Value::Owned(s) => push_string(out, s),
+        Value::Text(s) | Value::OptText(Some(s)) => push_string(out, s),
+        Value::Owned(s) | Value::OwnedOptText(Some(s)) => push_string(out, s),
         Value::Int(n) | Value::OptInt(Some(n)) => push_i64(out, *n),
-        Value::OptInt(None) | Value::OptBytes(None) | Value::OwnedOptBytes(None) => {
+        Value::OptInt(None)
+        | Value::OptBytes(None)
+        | Value::OwnedOptBytes(None)
+        | Value::OptText(None)
+        | Value::OwnedOptText(None) => {
             out.extend_from_slice(b"null");
         }
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),

@@ -17,13 +17,15 @@ pub(crate) enum Ty {
     Bytes,
     /// A nullable byte string.
     OptBytes,
+    /// A nullable text.
+    OptText,
 }
 
 impl Ty {
     /// PostgreSQL's array type of the column (for `UNNEST`).
     pub(crate) fn pg_array(self) -> &'static str {
         match self {
-            Self::Text => "text[]",
+            Self::Text | Self::OptText => "text[]",
             Self::Int | Self::OptInt => "bigint[]",
             Self::Real => "double precision[]",
             Self::Bool => "boolean[]",
@@ -52,6 +54,11 @@ pub(crate) const fn int(name: &'static str) -> Column {
 /// A nullable BIGINT column.
 pub(crate) const fn opt_int(name: &'static str) -> Column {
     Column { name, ty: Ty::OptInt }
+}
+
+/// A nullable text column.
+pub(crate) const fn opt_text(name: &'static str) -> Column {
+    Column { name, ty: Ty::OptText }
 }
 
 /// A double-precision column.
@@ -90,6 +97,8 @@ pub(crate) enum Value<'a> {
     OwnedBytes(Vec<u8>),
     OptBytes(Option<&'a [u8]>),
     OwnedOptBytes(Option<Vec<u8>>),
+    OptText(Option<&'a str>),
+    OwnedOptText(Option<String>),
 }
 
 impl Value<'_> {
@@ -106,6 +115,8 @@ impl Value<'_> {
             Self::OwnedBytes(b) => Value::OwnedBytes(b),
             Self::OptBytes(b) => Value::OwnedOptBytes(b.map(<[u8]>::to_vec)),
             Self::OwnedOptBytes(b) => Value::OwnedOptBytes(b),
+            Self::OptText(t) => Value::OwnedOptText(t.map(str::to_owned)),
+            Self::OwnedOptText(t) => Value::OwnedOptText(t),
         }
     }
 
@@ -114,7 +125,11 @@ impl Value<'_> {
     pub(crate) fn is_null(&self) -> bool {
         matches!(
             self,
-            Self::OptInt(None) | Self::OptBytes(None) | Self::OwnedOptBytes(None)
+            Self::OptInt(None)
+                | Self::OptBytes(None)
+                | Self::OwnedOptBytes(None)
+                | Self::OptText(None)
+                | Self::OwnedOptText(None)
         )
     }
 }
@@ -136,6 +151,8 @@ macro_rules! bind_values {
                 $crate::tables::Value::OwnedBytes(b) => query.bind(b.as_slice()),
                 $crate::tables::Value::OptBytes(b) => query.bind(*b),
                 $crate::tables::Value::OwnedOptBytes(b) => query.bind(b.as_deref()),
+                $crate::tables::Value::OptText(t) => query.bind(*t),
+                $crate::tables::Value::OwnedOptText(t) => query.bind(t.as_deref()),
             };
         }
         query
@@ -259,6 +276,12 @@ impl ToValue for Option<i64> {
 impl ToValue for Option<Vec<u8>> {
     fn to_value(&self) -> Value<'_> {
         Value::OptBytes(self.as_deref())
+    }
+}
+
+impl ToValue for Option<String> {
+    fn to_value(&self) -> Value<'_> {
+        Value::OptText(self.as_deref())
     }
 }
 

@@ -1,0 +1,380 @@
+//! `RunCapsule`: the orchestration behind admission.
+//!
+//! The edge (or the gRPC ingress) has verified the token, residency,
+//! capability, kill switches and moderation of the run's input. Then, in
+//! order: CapsuleRepo resolves the caller's installed capsule for the
+//! environment (its active revision, the input checked against the bundle's
+//! input schema, every tool release verified by the ToolRegistry); the
+//! ToolRegistry executes each tool step in its sandbox (the first step gets
+//! the bundle's parameters with the input over them, each next one the
+//! previous output), each execution billed by the registry itself; the run
+//! is recorded in Analytics (`RecordCapsuleRun`) with what was measured and
+//! the moderation decision; the caller gets the run id and the output.
+//!
+//! Every backend call carries the gateway's claims envelope sealed for that
+//! backend alone. A moderated request's envelope names the decision and the
+//! digest of the exact message it travels with: the gateway derives each
+//! step's message from the moderated input, and vouches for the derived
+//! message under the same decision.
+//!
+//! What a refusal becomes: a capsule that is not installed for the tenant
+//! is 404 (`capsule_not_installed`); an input the schema refuses is 400
+//! naming the field; a release revoked after the installation is 409
+//! (`release_revoked`) and nothing executes; a step the sandbox stops (fuel,
+//! memory, deadline, trap, bad output) ends the run with `succeeded: false`
+//! and the step's reason in the output, and the run is recorded as failed.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use soma_proto::v1 as pb;
+use soma_proto::v1::analytics_client::AnalyticsClient;
+use soma_proto::v1::capsule_repo_client::CapsuleRepoClient;
+use soma_proto::v1::tool_registry_client::ToolRegistryClient;
+use tonic::Code;
+
+use crate::context::{Moderated, RequestContext};
+use crate::forward::{Backend, Backends};
+use crate::refusal::Refusal;
+
+/// Reasons of a failed tool step that are the adapter's outcome (its
+/// budget, its trap, its output, its input), not a failure of the mesh:
+/// the run ends with `succeeded: false` instead of an error.
+const STEP_OUTCOMES: [&str; 12] = [
+    "fuel_exhausted",
+    "deadline_exceeded",
+    "memory_limit_exceeded",
+    "stack_overflow",
+    "trap",
+    "alloc_out_of_bounds",
+    "output_too_large",
+    "output_out_of_bounds",
+    "output_not_utf8",
+    "output_invalid",
+    "input_too_large",
+    "input_not_utf8",
+];
+
+/// Attempts of the run's record in Analytics (the same event id each time:
+/// Analytics keeps one record however often it is sent).
+const RECORD_ATTEMPTS: u32 = 3;
+
+/// How a run ended.
+enum Ended {
+    /// Every step ran; the last one's output.
+    Succeeded(Option<prost_types::Struct>),
+    /// A step was stopped by the sandbox or refused its input: the
+    /// adapter's outcome.
+    StepFailed(Refusal),
+    /// The mesh refused or failed (a backend unreachable, a revocation
+    /// between resolution and execution, a module other than the pinned one).
+    Refused(Refusal),
+}
+
+/// Runs capsules through the backends.
+#[derive(Clone, Debug)]
+pub struct CapsuleRunner {
+    backends: Backends,
+}
+
+impl CapsuleRunner {
+    /// A runner over the gateway's backends.
+    pub fn new(backends: Backends) -> Self {
+        Self { backends }
+    }
+
+    /// Runs `request` for the admitted `context`.
+    pub async fn run(
+        &self,
+        context: &RequestContext,
+        request: &pb::RunCapsuleRequest,
+    ) -> Result<pb::RunCapsuleResponse, Refusal> {
+        if request.environment.is_empty() {
+            return Err(Refusal::bad_request("invalid_argument", "environment: required"));
+        }
+        let repo = self.backend("somastack.v1.CapsuleRepo")?;
+        let registry = self.backend("somastack.v1.ToolRegistry")?;
+        let analytics = self.backend("somastack.v1.Analytics")?;
+
+        let resolve = pb::ResolveCapsuleRunRequest {
+            capsule: request.capsule_id.clone(),
+            environment: request.environment.clone(),
+            input: request.input.clone(),
+        };
+        let sealed = self.sealed(context, "somastack.v1.ResolveCapsuleRunRequest", &resolve, repo)?;
+        let resolved = CapsuleRepoClient::new(repo.channel.clone())
+            .resolve_capsule_run(tonic::Request::from_parts(
+                sealed,
+                tonic::Extensions::default(),
+                resolve,
+            ))
+            .await
+            .map_err(|status| {
+                let refusal = Refusal::from_status(&status);
+                if refusal.reason() == "release_revoked" {
+                    // The installation pins a release the registry has
+                    // since revoked: a conflict between the two, and
+                    // nothing runs.
+                    refusal.with_http_status(StatusCode::CONFLICT)
+                } else {
+                    refusal
+                }
+            })?
+            .into_inner();
+
+        let run_id = format!("run-{:032x}", rand::random::<u128>());
+        let started_at = SystemTime::now();
+        let clock = Instant::now();
+        let (ended, last_tool) = self.steps(context, &resolved, request, &run_id, registry).await;
+        let outcome = match &ended {
+            Ended::Succeeded(_) => pb::RunOutcome::Succeeded,
+            Ended::StepFailed(_) | Ended::Refused(_) => pb::RunOutcome::Failed,
+        };
+        let recorded = self
+            .record(
+                analytics,
+                context,
+                &resolved,
+                request,
+                &run_id,
+                &last_tool,
+                outcome,
+                started_at,
+                clock.elapsed(),
+            )
+            .await;
+        let (succeeded, output) = match ended {
+            Ended::Succeeded(output) => (true, output),
+            Ended::StepFailed(refusal) => (false, Some(failure_output(&refusal))),
+            // The mesh's failure, not the adapter's: answered as what it
+            // is, the record (failed) made if Analytics could.
+            Ended::Refused(refusal) => return Err(refusal),
+        };
+        recorded?;
+        Ok(pb::RunCapsuleResponse {
+            run_id,
+            output,
+            moderation_decision_id: context
+                .moderation
+                .as_ref()
+                .map(|m| m.decision_id.clone())
+                .unwrap_or_default(),
+            succeeded,
+        })
+    }
+
+    /// Executes the resolved steps in order; returns how the run ended and
+    /// the last tool that ran (or was tried).
+    async fn steps(
+        &self,
+        context: &RequestContext,
+        resolved: &pb::ResolvedCapsuleRun,
+        request: &pb::RunCapsuleRequest,
+        run_id: &str,
+        registry: &Backend,
+    ) -> (Ended, String) {
+        let mut input = merged(resolved.parameters.as_ref(), request.input.as_ref());
+        let mut output = None;
+        let mut last_tool = String::new();
+        for (index, step) in resolved.steps.iter().enumerate() {
+            last_tool.clone_from(&step.tool);
+            let execute = pb::ExecuteToolRequest {
+                tool: step.tool.clone(),
+                version: step.version.clone(),
+                input: Some(input.clone()),
+                run_id: run_id.to_owned(),
+            };
+            let sealed = match self.sealed(context, "somastack.v1.ExecuteToolRequest", &execute, registry) {
+                Ok(sealed) => sealed,
+                Err(refusal) => return (Ended::Refused(refusal), last_tool),
+            };
+            let executed = ToolRegistryClient::new(registry.channel.clone())
+                .execute_tool(tonic::Request::from_parts(
+                    sealed,
+                    tonic::Extensions::default(),
+                    execute,
+                ))
+                .await;
+            let reply = match executed {
+                Ok(reply) => reply.into_inner(),
+                Err(status) => {
+                    let refusal = Refusal::from_status(&status);
+                    let ended = if STEP_OUTCOMES.contains(&refusal.reason()) {
+                        Ended::StepFailed(refusal.with_details(vec![serde_json::json!({
+                            "step": index,
+                            "tool": step.tool,
+                            "version": step.version,
+                        })]))
+                    } else {
+                        Ended::Refused(refusal)
+                    };
+                    return (ended, last_tool);
+                }
+            };
+            // The registry verified the release; the module it ran must
+            // also be the very one the capsule pins.
+            if reply.module_sha256 != step.module_sha256 {
+                let refusal = Refusal::new(
+                    Code::FailedPrecondition,
+                    "module_digest_mismatch",
+                    format!(
+                        "step {index} ({}@{}) ran a module other than the one the capsule pins",
+                        step.tool, step.version
+                    ),
+                )
+                .with_http_status(StatusCode::CONFLICT);
+                return (Ended::Refused(refusal), last_tool);
+            }
+            input = reply.output.clone().unwrap_or_default();
+            output = reply.output;
+        }
+        (Ended::Succeeded(output), last_tool)
+    }
+
+    fn backend(&self, service: &str) -> Result<&Backend, Refusal> {
+        self.backends.get(service).ok_or_else(|| {
+            Refusal::new(
+                Code::Unavailable,
+                "backend_not_configured",
+                format!("no backend is configured for {service}"),
+            )
+        })
+    }
+
+    /// The metadata of a call of `message` (whose proto3 JSON type is
+    /// `type_name`) to `backend`: the claims sealed for it, with the
+    /// moderation decision bound to this message's digest.
+    fn sealed<M: prost::Message>(
+        &self,
+        context: &RequestContext,
+        type_name: &str,
+        message: &M,
+        backend: &Backend,
+    ) -> Result<tonic::metadata::MetadataMap, Refusal> {
+        let derived;
+        let context = match &context.moderation {
+            None => context,
+            Some(moderated) => {
+                let json = crate::transcode::message_to_json(type_name, message).map_err(|e| {
+                    Refusal::without_reason(Code::Internal, format!("{type_name} not encodable: {e}"))
+                })?;
+                let digest = crate::moderation::input_digest(&json).ok_or_else(|| {
+                    Refusal::without_reason(Code::Internal, format!("{type_name} has no canonical form"))
+                })?;
+                derived = RequestContext {
+                    moderation: Some(Moderated {
+                        input_sha256: digest,
+                        ..moderated.clone()
+                    }),
+                    ..context.clone()
+                };
+                &derived
+            }
+        };
+        self.backends
+            .metadata(context, &backend.id)
+            .map_err(|status| Refusal::from_status(&status))
+    }
+
+    /// Records the run in Analytics, as the gateway (the tenant is the
+    /// admitted one; the call carries no claims, as Analytics' ingestion
+    /// takes the tenant from a trusted service's message).
+    #[expect(clippy::too_many_arguments, reason = "one run's record, field by field")]
+    async fn record(
+        &self,
+        analytics: &Backend,
+        context: &RequestContext,
+        resolved: &pb::ResolvedCapsuleRun,
+        request: &pb::RunCapsuleRequest,
+        run_id: &str,
+        tool: &str,
+        outcome: pb::RunOutcome,
+        started_at: SystemTime,
+        duration: Duration,
+    ) -> Result<(), Refusal> {
+        let record = pb::RecordCapsuleRunRequest {
+            event_id: format!("capsule-{run_id}"),
+            tenant: context.tenant.clone(),
+            capsule_id: resolved.capsule.clone(),
+            tool: tool.to_owned(),
+            run_id: run_id.to_owned(),
+            outcome: outcome as i32,
+            started_at: Some(timestamp(started_at)),
+            duration: prost_types::Duration::try_from(duration).ok(),
+            moderation_decision_id: context
+                .moderation
+                .as_ref()
+                .map(|m| m.decision_id.clone())
+                .unwrap_or_default(),
+            capsule_version: resolved.version.clone(),
+            bundle_sha256: resolved.bundle_sha256.clone(),
+            environment: request.environment.clone(),
+            installation_revision: resolved.revision,
+        };
+        let mut client = AnalyticsClient::new(analytics.channel.clone());
+        let mut last = None;
+        for attempt in 0..RECORD_ATTEMPTS {
+            match client.record_capsule_run(record.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                    tracing::warn!(run_id, attempt, message = %status.message(), "capsule run not recorded yet");
+                    last = Some(status);
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(status) => {
+                    tracing::error!(run_id, message = %status.message(), "Analytics refused the capsule run");
+                    return Err(Refusal::from_status(&status));
+                }
+            }
+        }
+        let message = last.map_or_else(String::new, |s| s.message().to_owned());
+        Err(Refusal::new(
+            Code::Unavailable,
+            "run_not_recorded",
+            format!("the run {run_id} ran but Analytics did not record it: {message}"),
+        ))
+    }
+}
+
+/// The first step's input: the bundle's parameters, the run's input over
+/// them.
+fn merged(parameters: Option<&prost_types::Struct>, input: Option<&prost_types::Struct>) -> prost_types::Struct {
+    let mut fields = parameters.map(|p| p.fields.clone()).unwrap_or_default();
+    if let Some(input) = input {
+        fields.extend(input.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    prost_types::Struct { fields }
+}
+
+/// The output of a run a step ended: which step, and why.
+fn failure_output(refusal: &Refusal) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    let text = |s: &str| prost_types::Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("reason".to_owned(), text(refusal.reason()));
+    fields.insert("message".to_owned(), text(refusal.message()));
+    if let Some(step) = refusal.details().first() {
+        if let Some(index) = step["step"].as_u64() {
+            fields.insert(
+                "step".to_owned(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue(index as f64)),
+                },
+            );
+        }
+        if let Some(tool) = step["tool"].as_str() {
+            fields.insert("tool".to_owned(), text(tool));
+        }
+    }
+    prost_types::Struct { fields }
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
