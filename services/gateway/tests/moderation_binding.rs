@@ -147,7 +147,7 @@ async fn run_capsule_binding_on(db: &Database) {
         let status = service.run_capsule(request).await.unwrap_err();
         let reason = status
             .metadata()
-            .get("soma-reason")
+            .get(soma_mesh::REASON_METADATA)
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         assert_eq!(
