@@ -170,44 +170,112 @@ fn material(source: &spiffe::X509Source) -> Result<(Svid, BundleSet), IdentityEr
 /// when the source gave up waiting: the source retries every failure
 /// silently, so its timeout alone cannot say whether the socket is missing,
 /// the caller is not registered or the server refused the stream.
+///
+/// The request is made with a raw gRPC call, not the `spiffe` client,
+/// because that client folds a PERMISSION_DENIED whose message contains
+/// "no identity issued" into a variant without the message: the operator
+/// is shown the status code and the message exactly as the server sent them.
 async fn last_answer(endpoint: &str) -> String {
     let request = async {
-        let client = spiffe::WorkloadApiClient::connect_to(endpoint).await?;
-        client.fetch_x509_context().await
+        let endpoint = spiffe::transport::Endpoint::parse(endpoint).map_err(|e| e.to_string())?;
+        let channel = spiffe::transport::connect(&endpoint)
+            .await
+            .map_err(|e| with_causes(&e))?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.map_err(|e| with_causes(&e))?;
+        let mut request = tonic::Request::new(Vec::new());
+        // The header the specification requires of every Workload API call.
+        request
+            .metadata_mut()
+            .insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+        let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID");
+        let mut stream = grpc
+            .server_streaming(request, path, RawCodec)
+            .await
+            .map_err(|status| status_line(&status))?
+            .into_inner();
+        match stream.message().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("the stream ended without an svid".to_owned()),
+            Err(status) => Err(status_line(&status)),
+        }
     };
     match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
-        Ok(Ok(_)) => "it issued an svid only after the deadline".to_owned(),
-        Ok(Err(err)) => describe(&err),
+        Ok(Ok(())) => "it issued an svid only after the deadline".to_owned(),
+        Ok(Err(answer)) => answer,
         Err(_) => format!("no answer within {ANSWER_TIMEOUT:?}"),
     }
 }
 
-/// A Workload API error as `status <code>: <message>` when the server
-/// answered with a gRPC status, else the error and its causes.
-fn describe(err: &spiffe::WorkloadApiError) -> String {
-    use spiffe::WorkloadApiError as Api;
-    use spiffe::transport::TransportError;
-    match err {
-        // The spiffe crate folds this PERMISSION_DENIED message into a
-        // variant of its own; it is the status and message that were sent.
-        Api::NoIdentityIssued => "status permission_denied: no identity issued".to_owned(),
-        Api::PermissionDenied(message) => format!("status permission_denied: {message}"),
-        Api::Transport(TransportError::Status(status)) => {
-            format!("status {}: {}", status.code(), status.message())
+/// `status <code>: <message>`, the code in the specification's snake case.
+fn status_line(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let mut snake = String::with_capacity(code.len() + 4);
+    for (i, c) in code.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            snake.push('_');
         }
-        other => {
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(cause) = source {
-                let cause_text = cause.to_string();
-                if !text.ends_with(&cause_text) {
-                    text.push_str(": ");
-                    text.push_str(&cause_text);
-                }
-                source = cause.source();
-            }
-            text
+        snake.push(c.to_ascii_lowercase());
+    }
+    format!("status {snake}: {}", status.message())
+}
+
+/// An error and its causes, each once.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
         }
+        source = cause.source();
+    }
+    text
+}
+
+/// The bytes of a message as they are: the probe sends an empty
+/// `X509SVIDRequest` (no fields: zero bytes) and needs no more of the answer
+/// than whether one came.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        use bytes::Buf as _;
+        let mut item = vec![0; src.remaining()];
+        src.copy_to_slice(&mut item);
+        Ok(Some(item))
     }
 }
 

@@ -128,7 +128,7 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
             assert_eq!(status.code(), c.expected, "{}: {status:?}", c.name);
             let reason = status
                 .metadata()
-                .get("soma-reason")
+                .get(soma_mesh::REASON_METADATA)
                 .map(|v| v.to_str().unwrap().to_owned());
             assert_eq!(reason.as_deref(), c.reason, "{}", c.name);
             let ran = svc.metrics.dispatched_count(BILLING) - before;
@@ -177,7 +177,7 @@ async fn a_method_without_a_policy_is_denied_by_default() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
-        assert_eq!(status.metadata().get("soma-reason").unwrap(), "no_policy");
+        assert_eq!(status.metadata().get(soma_mesh::REASON_METADATA).unwrap(), "no_policy");
         svc.stop().await;
         stores.cleanup().await;
     }

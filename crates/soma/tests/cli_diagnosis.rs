@@ -140,7 +140,8 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
     );
 
     // 2. A real Workload API (the development authority) that has not
-    // registered the caller, named in the `unix:/path` form.
+    // registered the caller, named in the `unix:/path` form: its status and
+    // its whole message, as it sent them.
     let ca = soma_testing::Ca::new();
     let socket = tmp.path().join("workload.sock");
     let listener = soma_ca::bind_socket(&socket).unwrap();
@@ -160,7 +161,7 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
     assert_eq!(
         line,
         format!(
-            "{PREFIX}no svid from the workload api at {endpoint} within 2s: status permission_denied: no identity issued"
+            "{PREFIX}no svid from the workload api at {endpoint} within 2s: status permission_denied: no identity issued: the caller matches no registration entry"
         )
     );
     // The `unix:///path` form reaches the same server.
@@ -168,7 +169,7 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
     let line = reason(&serve_without_svid(&endpoint, tmp.path()).await);
     assert!(
         line.ends_with(&format!(
-            "at {endpoint} within 2s: status permission_denied: no identity issued"
+            "at {endpoint} within 2s: status permission_denied: no identity issued: the caller matches no registration entry"
         )),
         "{line}"
     );
@@ -187,7 +188,10 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
     );
     let endpoint = format!("tcp://{addr}");
     let line = reason(&serve_without_svid(&endpoint, tmp.path()).await);
-    assert!(line.contains("gRPC status unimplemented"), "{line}");
+    assert!(
+        line.contains("within 2s: status unimplemented: "),
+        "{line}"
+    );
     server.abort();
 
     // 4. A form go-spiffe refuses is refused before anything is contacted.

@@ -347,7 +347,7 @@ fn grpc_outcome(status: &tonic::Status) -> Outcome {
         code: status.code(),
         reason: status
             .metadata()
-            .get("soma-reason")
+            .get(soma_mesh::REASON_METADATA)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned(),

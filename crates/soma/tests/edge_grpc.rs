@@ -293,7 +293,7 @@ async fn grpc_clients_pass_the_same_admission_with_a_bearer_token() {
         // An independent gRPC stack: Python grpcio, raw bytes, bearer metadata.
         let script = r#"
 import sys, grpc
-target, token = sys.argv[1], sys.argv[2]
+target, token, reason_key = sys.argv[1], sys.argv[2], sys.argv[3]
 channel = grpc.insecure_channel(target)
 call = channel.unary_unary("/somastack.v1.Gateway/WhoAmI", request_serializer=lambda b: b, response_deserializer=lambda b: b)
 reply = call(b"", metadata=(("authorization", "Bearer " + token),), timeout=10)
@@ -303,13 +303,14 @@ try:
     sys.exit("admitted without a token")
 except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
-    assert dict(e.trailing_metadata()).get("soma-reason") == "token_missing", e.trailing_metadata()
+    assert dict(e.trailing_metadata()).get(reason_key) == "token_missing", e.trailing_metadata()
 print("ok")
 "#;
         let out = std::process::Command::new(soma_testing::python())
             .args(["-c", script])
             .arg(edge.addr.to_string())
             .arg(&token)
+            .arg(soma_mesh::REASON_METADATA)
             .output()
             .unwrap();
         assert!(
@@ -487,7 +488,7 @@ async fn raw_grpc(
         h.get("grpc-status").map(|s| {
             (
                 s.to_str().unwrap().to_owned(),
-                h.get("soma-reason")
+                h.get(soma_mesh::REASON_METADATA)
                     .map(|r| r.to_str().unwrap().to_owned())
                     .unwrap_or_default(),
             )

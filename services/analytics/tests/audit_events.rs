@@ -531,15 +531,8 @@ async fn audit_exports_are_tenant_scoped_and_signed() {
             .await
             .unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied, "{}", db.label);
-        // `tenant_denied` here; `operator_required` once read_scope asks for
-        // an operator (the operator-authority change on main): either way a
-        // tenant's claims never read another tenant.
-        assert!(
-            ["tenant_denied", "operator_required"].contains(&grpc_reason(&denied)),
-            "{}: {}",
-            db.label,
-            grpc_reason(&denied)
-        );
+        // A tenant's claims never read another tenant: that takes an operator.
+        assert_eq!(grpc_reason(&denied), "operator_required", "{}", db.label);
 
         // An operator: the tenant it names, or the platform-wide events.
         let mut operator = client(&ca, &svc, "/operator/auditor");

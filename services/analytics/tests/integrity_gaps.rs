@@ -2,9 +2,10 @@
 //! SQLite and PostgreSQL, with the attacker of the threat model: write
 //! access to the database, and nothing else.
 //!
-//! The integrity table: for each of {`ledger_index` changed, row deleted,
-//! row duplicated at another index, leaf tenant changed, leaf deleted}, the
-//! tenant's signed export is refused with `DATA_LOSS` naming the index (no
+//! The integrity table, on every exported ledgered kind (billing events,
+//! capsule runs, audit events): for each of {`ledger_index` changed, row
+//! deleted, row duplicated at another index, leaf tenant changed, leaf
+//! deleted}, the tenant's signed export is refused with `DATA_LOSS` naming the index (no
 //! signature), the store sweep names the index, and the tenant's inclusion
 //! proof is refused; the other tenant's export still verifies. Ids are per
 //! tenant: the same event id recorded by two tenants is two records, each
@@ -87,6 +88,26 @@ fn twin_configs() -> [(soma_analytics::AnalyticsConfig, HmacKeyring); 2] {
     [(); 2].map(|()| (keys.config(), keys.row_keys()))
 }
 
+/// The ledgered, exported row kinds the integrity table runs on.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Billing,
+    CapsuleRuns,
+    AuditEvents,
+}
+
+impl Kind {
+    const ALL: [Self; 3] = [Self::Billing, Self::CapsuleRuns, Self::AuditEvents];
+
+    fn table(self) -> &'static str {
+        match self {
+            Self::Billing => "billing_events",
+            Self::CapsuleRuns => "capsule_runs",
+            Self::AuditEvents => "audit_events",
+        }
+    }
+}
+
 impl Env {
     async fn start(db: &soma_store::testing::TestDb) -> Self {
         Self::start_with(db, keyed_config()).await
@@ -116,6 +137,12 @@ impl Env {
     /// Six events of acme at indices 0..6, then two of globex at 6 and 7,
     /// one at a time so that the indices are these.
     async fn seed(&mut self) {
+        self.seed_kind(Kind::Billing).await;
+    }
+
+    /// Six events of `kind` of acme at indices 0..6, then two of globex at
+    /// 6 and 7, one at a time so that the indices are these.
+    async fn seed_kind(&mut self, kind: Kind) {
         for (i, (id, tenant)) in [
             ("a-0", "acme"),
             ("a-1", "acme"),
@@ -129,19 +156,28 @@ impl Env {
         .into_iter()
         .enumerate()
         {
-            let recorded = self
-                .registry
-                .record_billing_event(billing(id, tenant, 100 + i as i64))
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(recorded.ledger.unwrap().index, i as u64, "{id}");
+            let recorded = match kind {
+                Kind::Billing => self.registry.record_billing_event(billing(id, tenant, 100 + i as i64)).await,
+                Kind::CapsuleRuns => {
+                    self.registry
+                        .record_capsule_run(common::capsule_run_of(id, tenant, "summarize", T0))
+                        .await
+                }
+                Kind::AuditEvents => {
+                    self.registry
+                        .record_audit_event(common::audit(id, tenant, "release.publish", T0))
+                        .await
+                }
+            }
+            .unwrap()
+            .into_inner();
+            assert_eq!(recorded.ledger.unwrap().index, i as u64, "{kind:?} {id}");
         }
     }
 
-    /// `tenant`'s billing export over the whole seeded window, as an
+    /// `tenant`'s export of `kind` over the whole seeded window, as an
     /// operator over mTLS asks for it.
-    async fn export(&self, tenant: &str) -> Export {
+    async fn export_kind(&self, kind: Kind, tenant: &str) -> Export {
         let request = pb::ExportRequest {
             tenant: tenant.to_owned(),
             from: ts(T0 - 1000),
@@ -154,7 +190,13 @@ impl Env {
             signature: None,
             error: None,
         };
-        let mut stream = match self.operator.clone().export_billing_ledger(request).await {
+        let mut operator = self.operator.clone();
+        let opened = match kind {
+            Kind::Billing => operator.export_billing_ledger(request).await,
+            Kind::CapsuleRuns => operator.export_capsule_runs(request).await,
+            Kind::AuditEvents => operator.export_audit_events(request).await,
+        };
+        let mut stream = match opened {
             Ok(stream) => stream.into_inner(),
             Err(status) => {
                 export.error = Some(status);
@@ -175,6 +217,19 @@ impl Env {
                 }
             }
         }
+    }
+
+    /// Checks an export's signature and that it is its tenant's; returns
+    /// its rows, whole.
+    async fn verified_rows(&self, export: &Export, tenant: &str) -> Vec<Value> {
+        self.check_signed(export, tenant).await;
+        export.document()["rows"].as_array().unwrap().clone()
+    }
+
+    /// `tenant`'s billing export over the whole seeded window, as an
+    /// operator over mTLS asks for it.
+    async fn export(&self, tenant: &str) -> Export {
+        self.export_kind(Kind::Billing, tenant).await
     }
 
     /// `tenant`'s inclusion proof of `event_id`, asked with its own claims
@@ -215,9 +270,15 @@ impl Env {
         soma_analytics::verify_store(&self.db, &self.keys).await.unwrap()
     }
 
-    /// Checks an export's signature and that it is bound to the latest
-    /// checkpoint; returns its rows.
+    /// Checks a billing export's signature and that it is its tenant's;
+    /// returns its rows' `(event_id, amount_micros)`.
     async fn verified(&self, export: &Export, tenant: &str) -> Vec<(String, i64)> {
+        self.check_signed(export, tenant).await;
+        export.rows()
+    }
+
+    /// Checks an export's signature and that it is its tenant's.
+    async fn check_signed(&self, export: &Export, tenant: &str) {
         assert!(export.error.is_none(), "{tenant}: {:?}", export.error);
         let signature = export.signature.as_ref().expect("a signature");
         let keys = self
@@ -230,123 +291,121 @@ impl Env {
         let key = soma_sign::ed25519_public_key_from_pem(&keys.keys[0].public_key_pem).unwrap();
         soma_sign::verify_ed25519_strict(&key, &export.bytes, &signature.signature).unwrap();
         assert_eq!(export.document()["tenant"], tenant);
-        export.rows()
     }
 }
 
-/// Every column of `billing_events`, in one order.
-const BILLING_COLUMNS: &str = "event_id, tenant, tool, tool_version, currency, amount_micros, fuel_consumed, \
-     duration_micros, occurred_at, run_id, recorded_by, module_sha256, peak_memory_bytes, ledger_index, mac_scheme, \
-     row_version, mac_key_id, mac";
-
+/// The integrity table, on every ledgered kind an export covers: billing
+/// events, capsule runs and audit events.
 #[tokio::test]
 async fn the_integrity_table_export_sweep_and_proof_each_refuse_naming_the_index() {
     struct Case {
         name: &'static str,
-        /// The tampering, in SQL.
-        sql: String,
+        /// The tampering, in SQL; `{t}` is the kind's table.
+        sql: &'static str,
         /// The ledger index each refusal must name.
         index: u64,
         /// Other tenants' proof requests of the victim event that must be
         /// refused too.
         also_asked_by: &'static [&'static str],
     }
-    let duplicate = format!(
-        "CREATE TABLE billing_copy AS SELECT * FROM billing_events; \
-         DROP TABLE billing_events; \
-         ALTER TABLE billing_copy RENAME TO billing_events; \
-         INSERT INTO billing_events ({BILLING_COLUMNS}) \
-         SELECT {} FROM billing_events WHERE event_id = 'a-2'",
-        BILLING_COLUMNS.replace("ledger_index", "6")
-    );
     let cases = [
         Case {
             name: "ledger_index changed past the tree size",
-            sql: "UPDATE billing_events SET ledger_index = 1000 WHERE event_id = 'a-2'".to_owned(),
+            sql: "UPDATE {t} SET ledger_index = 1000 WHERE event_id = 'a-2'",
             index: 2,
             also_asked_by: &[],
         },
         Case {
             name: "row deleted",
-            sql: "DELETE FROM billing_events WHERE event_id = 'a-2'".to_owned(),
+            sql: "DELETE FROM {t} WHERE event_id = 'a-2'",
             index: 2,
             also_asked_by: &[],
         },
         Case {
+            // The copy keeps every column of the row (whatever the table
+            // holds) but its index.
             name: "row duplicated at another index (the key constraint dropped)",
-            sql: duplicate,
+            sql: "CREATE TABLE t_copy AS SELECT * FROM {t}; \
+                  DROP TABLE {t}; \
+                  ALTER TABLE t_copy RENAME TO {t}; \
+                  CREATE TABLE t_dup AS SELECT * FROM {t} WHERE event_id = 'a-2'; \
+                  UPDATE t_dup SET ledger_index = 6; \
+                  INSERT INTO {t} SELECT * FROM t_dup; \
+                  DROP TABLE t_dup",
             index: 6,
             also_asked_by: &[],
         },
         Case {
             name: "leaf tenant changed",
-            sql: "UPDATE ledger_leaves SET tenant = 'globex' WHERE leaf_index = 2".to_owned(),
+            sql: "UPDATE ledger_leaves SET tenant = 'globex' WHERE leaf_index = 2",
             index: 2,
             also_asked_by: &["globex"],
         },
         Case {
             name: "leaf deleted",
-            sql: "DELETE FROM ledger_leaves WHERE leaf_index = 2".to_owned(),
+            sql: "DELETE FROM ledger_leaves WHERE leaf_index = 2",
             index: 2,
             also_asked_by: &[],
         },
     ];
-    for case in &cases {
-        for db in soma_store::testing::engines("analytics_integrity_table").await {
-            let label = format!("{}: {}", db.label, case.name);
-            let mut env = Env::start(&db).await;
-            env.seed().await;
-            // Sound first: both exports verify, the sweep is clean.
-            assert_eq!(
-                env.verified(&env.export("acme").await, "acme").await.len(),
-                6,
-                "{label}"
-            );
-            assert!(env.sweep().await.failures.is_empty(), "{label}");
+    for kind in Kind::ALL {
+        for case in &cases {
+            for db in soma_store::testing::engines("analytics_integrity_table").await {
+                let label = format!("{}: {kind:?}: {}", db.label, case.name);
+                let mut env = Env::start(&db).await;
+                env.seed_kind(kind).await;
+                // Sound first: both exports verify, the sweep is clean.
+                let acme = env.verified_rows(&env.export_kind(kind, "acme").await, "acme").await;
+                assert_eq!(acme.len(), 6, "{label}");
+                let globex_before = env
+                    .verified_rows(&env.export_kind(kind, "globex").await, "globex")
+                    .await;
+                assert_eq!(globex_before.len(), 2, "{label}");
+                assert!(env.sweep().await.failures.is_empty(), "{label}");
 
-            tamper(&env.db, &case.sql).await;
-            let named = format!("ledger index {}", case.index);
+                tamper(&env.db, &case.sql.replace("{t}", kind.table())).await;
+                let named = format!("ledger index {}", case.index);
 
-            let export = env.export("acme").await;
-            let status = export
-                .error
-                .as_ref()
-                .unwrap_or_else(|| panic!("{label}: the export must be refused"));
-            assert_eq!(status.code(), Code::DataLoss, "{label}: {status:?}");
-            assert!(status.message().contains(&named), "{label}: {}", status.message());
-            assert!(
-                ["ledger_row_missing", "ledger_leaf_mismatch"].contains(&reason(status)),
-                "{label}: {}",
-                reason(status)
-            );
-            assert!(export.signature.is_none(), "{label}: no signature");
-
-            let report = env.sweep().await;
-            assert!(
-                report.failures.iter().any(|f| f.reason.contains(&named)),
-                "{label}: {:?}",
-                report.failures
-            );
-
-            for tenant in std::iter::once(&"acme").chain(case.also_asked_by) {
-                let refused = env.proof(tenant, "a-2").await.unwrap_err();
-                assert_eq!(refused.code(), Code::DataLoss, "{label}: {tenant}: {refused:?}");
+                let export = env.export_kind(kind, "acme").await;
+                let status = export
+                    .error
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{label}: the export must be refused"));
+                assert_eq!(status.code(), Code::DataLoss, "{label}: {status:?}");
+                assert!(status.message().contains(&named), "{label}: {}", status.message());
                 assert!(
-                    refused.message().contains(&named),
-                    "{label}: {tenant}: {}",
-                    refused.message()
+                    ["ledger_row_missing", "ledger_leaf_mismatch"].contains(&reason(status)),
+                    "{label}: {}",
+                    reason(status)
                 );
-            }
+                assert!(export.signature.is_none(), "{label}: no signature");
 
-            // Globex's rows and leaves are intact: its export still verifies.
-            let globex = env.verified(&env.export("globex").await, "globex").await;
-            assert_eq!(
-                globex,
-                [("g-0".to_owned(), 106), ("g-1".to_owned(), 107)],
-                "{label}"
-            );
-            env.svc.stop().await;
-            db.cleanup().await;
+                let report = env.sweep().await;
+                assert!(
+                    report.failures.iter().any(|f| f.reason.contains(&named)),
+                    "{label}: {:?}",
+                    report.failures
+                );
+
+                for tenant in std::iter::once(&"acme").chain(case.also_asked_by) {
+                    let refused = env.proof(tenant, "a-2").await.unwrap_err();
+                    assert_eq!(refused.code(), Code::DataLoss, "{label}: {tenant}: {refused:?}");
+                    assert!(
+                        refused.message().contains(&named),
+                        "{label}: {tenant}: {}",
+                        refused.message()
+                    );
+                }
+
+                // Globex's rows and leaves are intact: its export still
+                // verifies and holds exactly the rows it held before.
+                let globex = env
+                    .verified_rows(&env.export_kind(kind, "globex").await, "globex")
+                    .await;
+                assert_eq!(globex, globex_before, "{label}");
+                env.svc.stop().await;
+                db.cleanup().await;
+            }
         }
     }
 }

@@ -493,6 +493,62 @@ async fn expectations_creation_tenancy_and_tampering() {
     }
 }
 
+/// Regression ids are per tenant: a tenant that takes an id first does not
+/// keep another from using it (no squatting), each tenant's record moves on
+/// its own, and each tenant's requests see only its own.
+#[tokio::test]
+async fn a_regression_id_is_per_tenant_and_cannot_be_squatted() {
+    for db in soma_store::testing::engines("analytics").await {
+        let mut env = Env::start(&db.settings).await;
+        let label = db.label;
+        // Globex takes "reg-1" first and moves it on.
+        let squatted = env.transition("globex", create("reg-1")).await.unwrap();
+        assert_eq!((squatted.state, squatted.version), (S::Queued as i32, 1), "{label}");
+        let squatted = env
+            .transition("globex", step("reg-1", S::Running, S::Unspecified, 1))
+            .await
+            .unwrap();
+        assert_eq!((squatted.state, squatted.version), (S::Running as i32, 2), "{label}");
+        // Acme's own "reg-1" is created as if the id were unused.
+        let own = env.create("reg-1").await;
+        assert_eq!((own.state, own.version), (S::Queued as i32, 1), "{label}");
+        // Each tenant's next step is judged against its own record only.
+        let stale = env.step("reg-1", 2, S::Running).await.unwrap_err();
+        assert_eq!(stale.code(), Code::Aborted, "{label}: {stale:?}");
+        assert_eq!(
+            stale.message(),
+            "regression reg-1 is in state queued at version 1",
+            "{label}"
+        );
+        let own = env.step("reg-1", 1, S::Running).await.unwrap();
+        assert_eq!((own.state, own.version), (S::Running as i32, 2), "{label}");
+        let theirs = env
+            .transition("globex", step("reg-1", S::Passed, S::Unspecified, 2))
+            .await
+            .unwrap();
+        assert_eq!((theirs.state, theirs.version), (S::Passed as i32, 3), "{label}");
+        // Two records, one per tenant, each at its own state.
+        assert_eq!(
+            scalar(
+                &env.db,
+                "SELECT COUNT(*) FROM persona_regressions WHERE regression_id = 'reg-1'"
+            )
+            .await,
+            2,
+            "{label}"
+        );
+        // A third tenant that never used the id is told it does not exist.
+        let unknown = env
+            .transition("initech", step("reg-1", S::Passed, S::Unspecified, 2))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound, "{label}");
+        assert_eq!(unknown.message(), "regression reg-1 does not exist", "{label}");
+        env.stop().await;
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn concurrent_transitions_from_one_version_have_one_winner() {
     for db in soma_store::testing::engines("analytics").await {
