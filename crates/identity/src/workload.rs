@@ -185,9 +185,10 @@ async fn last_answer(endpoint: &str) -> String {
         grpc.ready().await.map_err(|e| with_causes(&e))?;
         let mut request = tonic::Request::new(Vec::new());
         // The header the specification requires of every Workload API call.
-        request
-            .metadata_mut()
-            .insert("workload.spiffe.io", tonic::metadata::MetadataValue::from_static("true"));
+        request.metadata_mut().insert(
+            "workload.spiffe.io",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
         let path = http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID");
         let mut stream = grpc
             .server_streaming(request, path, RawCodec)

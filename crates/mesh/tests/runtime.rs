@@ -177,7 +177,10 @@ async fn a_method_without_a_policy_is_denied_by_default() {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied);
-        assert_eq!(status.metadata().get(soma_mesh::REASON_METADATA).unwrap(), "no_policy");
+        assert_eq!(
+            status.metadata().get(soma_mesh::REASON_METADATA).unwrap(),
+            "no_policy"
+        );
         svc.stop().await;
         stores.cleanup().await;
     }

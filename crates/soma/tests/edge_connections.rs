@@ -407,7 +407,10 @@ async fn a_stalled_grpc_message_is_answered_deadline_exceeded_after_the_body_tim
         let field = |name: &str| head.get(name).map(|v| v.to_str().unwrap().to_owned());
         // 4: DEADLINE_EXCEEDED.
         assert_eq!(
-            (field("grpc-status").as_deref(), field(soma_mesh::REASON_METADATA).as_deref()),
+            (
+                field("grpc-status").as_deref(),
+                field(soma_mesh::REASON_METADATA).as_deref()
+            ),
             (Some("4"), Some("body_timeout"))
         );
         edge.stop().await;

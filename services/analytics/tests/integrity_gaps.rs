@@ -157,7 +157,11 @@ impl Env {
         .enumerate()
         {
             let recorded = match kind {
-                Kind::Billing => self.registry.record_billing_event(billing(id, tenant, 100 + i as i64)).await,
+                Kind::Billing => {
+                    self.registry
+                        .record_billing_event(billing(id, tenant, 100 + i as i64))
+                        .await
+                }
                 Kind::CapsuleRuns => {
                     self.registry
                         .record_capsule_run(common::capsule_run_of(id, tenant, "summarize", T0))
@@ -355,7 +359,9 @@ async fn the_integrity_table_export_sweep_and_proof_each_refuse_naming_the_index
                 let mut env = Env::start(&db).await;
                 env.seed_kind(kind).await;
                 // Sound first: both exports verify, the sweep is clean.
-                let acme = env.verified_rows(&env.export_kind(kind, "acme").await, "acme").await;
+                let acme = env
+                    .verified_rows(&env.export_kind(kind, "acme").await, "acme")
+                    .await;
                 assert_eq!(acme.len(), 6, "{label}");
                 let globex_before = env
                     .verified_rows(&env.export_kind(kind, "globex").await, "globex")

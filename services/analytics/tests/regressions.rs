@@ -503,12 +503,20 @@ async fn a_regression_id_is_per_tenant_and_cannot_be_squatted() {
         let label = db.label;
         // Globex takes "reg-1" first and moves it on.
         let squatted = env.transition("globex", create("reg-1")).await.unwrap();
-        assert_eq!((squatted.state, squatted.version), (S::Queued as i32, 1), "{label}");
+        assert_eq!(
+            (squatted.state, squatted.version),
+            (S::Queued as i32, 1),
+            "{label}"
+        );
         let squatted = env
             .transition("globex", step("reg-1", S::Running, S::Unspecified, 1))
             .await
             .unwrap();
-        assert_eq!((squatted.state, squatted.version), (S::Running as i32, 2), "{label}");
+        assert_eq!(
+            (squatted.state, squatted.version),
+            (S::Running as i32, 2),
+            "{label}"
+        );
         // Acme's own "reg-1" is created as if the id were unused.
         let own = env.create("reg-1").await;
         assert_eq!((own.state, own.version), (S::Queued as i32, 1), "{label}");
@@ -543,7 +551,11 @@ async fn a_regression_id_is_per_tenant_and_cannot_be_squatted() {
             .await
             .unwrap_err();
         assert_eq!(unknown.code(), Code::NotFound, "{label}");
-        assert_eq!(unknown.message(), "regression reg-1 does not exist", "{label}");
+        assert_eq!(
+            unknown.message(),
+            "regression reg-1 does not exist (create it with to = QUEUED and no expectation)",
+            "{label}"
+        );
         env.stop().await;
         db.cleanup().await;
     }

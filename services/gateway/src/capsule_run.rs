@@ -316,7 +316,9 @@ impl CapsuleRunner {
         for attempt in 0..RECORD_ATTEMPTS {
             match client.record_capsule_run(record.clone()).await {
                 Ok(_) => return Ok(()),
-                Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) => {
+                Err(status)
+                    if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) =>
+                {
                     tracing::warn!(run_id, attempt, message = %status.message(), "capsule run not recorded yet");
                     last = Some(status);
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
@@ -338,7 +340,10 @@ impl CapsuleRunner {
 
 /// The first step's input: the bundle's parameters, the run's input over
 /// them.
-fn merged(parameters: Option<&prost_types::Struct>, input: Option<&prost_types::Struct>) -> prost_types::Struct {
+fn merged(
+    parameters: Option<&prost_types::Struct>,
+    input: Option<&prost_types::Struct>,
+) -> prost_types::Struct {
     let mut fields = parameters.map(|p| p.fields.clone()).unwrap_or_default();
     if let Some(input) = input {
         fields.extend(input.fields.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -77,11 +77,7 @@ impl Gateway {
             limits.max_recv_message_bytes,
             config.backend_timeout,
         )?;
-        let service = GatewayService::new(
-            admission.clone(),
-            methods,
-            CapsuleRunner::new(backends.clone()),
-        );
+        let service = GatewayService::new(admission.clone(), methods, CapsuleRunner::new(backends.clone()));
 
         let server = GatewayServer::new(service.clone())
             .max_decoding_message_size(limits.max_recv_message_bytes)

@@ -21,8 +21,8 @@
 //! and retire; a revoked release never runs again and revocation has no
 //! undo; a row whose MAC fails is never trusted (`DATA_LOSS`).
 
-pub mod config;
 mod actor;
+pub mod config;
 mod error;
 mod event;
 mod execute;

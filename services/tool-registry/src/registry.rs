@@ -179,4 +179,3 @@ pub struct Resealed {
     /// `table/key` of rows that failed their MAC and were left alone.
     pub failed: Vec<String>,
 }
-

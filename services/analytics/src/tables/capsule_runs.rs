@@ -78,7 +78,7 @@ impl CapsuleRun {
             pb::RunOutcome::Refused => "refused",
             pb::RunOutcome::Unspecified => return Err(validate::invalid("outcome", "required")),
         };
-        Ok(Self {
+        Self {
             event_id: validate::identifier("event_id", &r.event_id)?,
             tenant: validate::ingest_tenant(caller, &r.tenant)?,
             capsule_id: validate::identifier("capsule_id", &r.capsule_id)?,

@@ -768,6 +768,11 @@ mod tests {
             started_at: 5,
             duration_nanos: 6,
             recorded_by: "s".to_owned(),
+            capsule_version: Some("1.0.0".to_owned()),
+            bundle_sha256: Some(vec![7; 32]),
+            environment: Some("production".to_owned()),
+            installation_revision: Some(2),
+            moderation_decision_id: Some("mod_1".to_owned()),
         };
         let writes = [Write::of(&bill, &at_0), Write::of(&run, &at_1)];
         let arrays = bulk_arrays(&writes).expect("billing and capsule runs are bulk tables");

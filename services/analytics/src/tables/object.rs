@@ -204,6 +204,13 @@ mod tests {
             started_at: n,
             duration_nanos: n.wrapping_neg(),
             recorded_by: text.to_owned(),
+            // Every other run carries its provenance; the others are runs
+            // recorded without it.
+            capsule_version: (n & 1 == 0).then(|| format!("1.{n}.0")),
+            bundle_sha256: (n & 1 == 0).then(|| soma_sign::sha256(text.as_bytes()).to_vec()),
+            environment: (n & 1 == 0).then(|| format!("env-{text}")),
+            installation_revision: (n & 1 == 0).then_some(n.max(1)),
+            moderation_decision_id: (n & 1 == 0).then(|| format!("mod_{text}")),
         }
     }
 
@@ -334,12 +341,26 @@ mod tests {
                     started_at: at,
                     ..run(text, n)
                 };
-                let expected = json!({
+                let mut expected = json!({
                     "event_id": r.event_id, "ledger_index": i64::MAX - n, "tenant": r.tenant,
                     "capsule_id": r.capsule_id, "tool": r.tool, "run_id": r.run_id, "outcome": r.outcome,
                     "started_at": rfc3339_nanos(r.started_at), "duration_nanos": r.duration_nanos,
                     "recorded_by": r.recorded_by,
                 });
+                // A run recorded without its provenance has none of it.
+                if let (Some(version), Some(digest), Some(environment), Some(revision), Some(decision)) = (
+                    &r.capsule_version,
+                    &r.bundle_sha256,
+                    &r.environment,
+                    r.installation_revision,
+                    &r.moderation_decision_id,
+                ) {
+                    expected["capsule_version"] = json!(version);
+                    expected["bundle_sha256"] = json!(crate::convert::hex(digest));
+                    expected["environment"] = json!(environment);
+                    expected["installation_revision"] = json!(revision);
+                    expected["moderation_decision_id"] = json!(decision);
+                }
                 same(&r, i64::MAX - n, &expected);
                 let a = AuditEvent {
                     occurred_at: at,

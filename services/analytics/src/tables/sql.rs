@@ -58,7 +58,10 @@ pub(crate) const fn opt_int(name: &'static str) -> Column {
 
 /// A nullable text column.
 pub(crate) const fn opt_text(name: &'static str) -> Column {
-    Column { name, ty: Ty::OptText }
+    Column {
+        name,
+        ty: Ty::OptText,
+    }
 }
 
 /// A double-precision column.
