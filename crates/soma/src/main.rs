@@ -14,6 +14,7 @@
 //! - `soma canon FILE`: the RFC 8785 canonical form of a JSON file.
 
 mod ca;
+mod cli;
 mod release;
 mod serve;
 mod token;
