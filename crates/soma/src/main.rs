@@ -11,9 +11,13 @@
 //!   signature, sweep the Analytics store, check a ledger proof, offline.
 //! - `soma release keygen | sign | verify | publish | publisher | key`: tool
 //!   releases, publisher keys and the registry's keyring.
+//! - `soma capsule digest | attest | verify | submit`: capsule bundles, their
+//!   attestations, and their submission.
 //! - `soma canon FILE`: the RFC 8785 canonical form of a JSON file.
 
 mod ca;
+mod capsule;
+mod cli;
 mod release;
 mod serve;
 mod token;
@@ -120,6 +124,11 @@ enum Command {
     Release {
         #[command(subcommand)]
         command: release::ReleaseCommand,
+    },
+    /// Capsule bundles: digest, attest, verify an attestation, submit.
+    Capsule {
+        #[command(subcommand)]
+        command: capsule::CapsuleCommand,
     },
     /// Print the RFC 8785 canonical form of a JSON file.
     Canon {
@@ -246,6 +255,7 @@ fn main() -> ExitCode {
             } => ca::entry(command),
             Command::Verify { command } => Ok(verify::run(command).await),
             Command::Release { command } => release::run(command).await,
+            Command::Capsule { command } => capsule::run(command).await,
             Command::Canon { file } => release::canon(&file),
         }
     });

@@ -28,7 +28,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use base64::Engine as _;
 use clap::Subcommand;
 use serde_json::Value;
@@ -37,14 +37,11 @@ use soma_sign::{DsseEnvelope, Ed25519Signer, HmacKeyring, KeyId, jcs};
 use soma_store::{Database, StoreSettings};
 use soma_tool_registry::{Actor, Registry, RegistryConfig};
 
+use crate::cli::{MAX_TEXT_FILE, edge_authority, post_json, read_limited, read_pem, refused, say};
 use crate::up::{pem_block, registry_keys_path, set_mode, write_atomically};
 
-/// Exit status of a refusal or an invalid release.
-const EXIT_REFUSED: u8 = 1;
 /// Exit status of unusable input.
 const EXIT_UNUSABLE: u8 = 2;
-/// Largest manifest, envelope or key file read.
-const MAX_TEXT_FILE: u64 = 1024 * 1024;
 /// Largest module file read (far above the registry's default limit, so the
 /// registry, not this tool, says what is too large).
 const MAX_MODULE_FILE: u64 = 64 * 1024 * 1024;
@@ -256,9 +253,11 @@ fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
 
 fn sign(key: &Path, manifest: &Path, module: &Path, out: Option<&Path>) -> anyhow::Result<ExitCode> {
     let (pem, text, module) = match (|| -> anyhow::Result<_> {
-        let pem = String::from_utf8(read_limited(key, MAX_TEXT_FILE)?)
-            .map_err(|_| anyhow!("{}: not UTF-8", key.display()))?;
-        Ok((pem, read_limited(manifest, MAX_TEXT_FILE)?, read_module(module)?))
+        Ok((
+            read_pem(key)?,
+            read_limited(manifest, MAX_TEXT_FILE)?,
+            read_module(module)?,
+        ))
     })() {
         Ok(inputs) => inputs,
         Err(e) => return Ok(unusable(e)),
@@ -312,9 +311,7 @@ fn verify(envelope: &Path, module: &Path, public_key: &Path) -> anyhow::Result<E
     let (envelope, module, pem) = match (|| -> anyhow::Result<_> {
         let envelope = DsseEnvelope::from_json(&read_limited(envelope, MAX_TEXT_FILE)?)
             .map_err(|e| anyhow!("{}: {e}", envelope.display()))?;
-        let pem = String::from_utf8(read_limited(public_key, MAX_TEXT_FILE)?)
-            .map_err(|_| anyhow!("{}: not UTF-8", public_key.display()))?;
-        Ok((envelope, read_module(module)?, pem))
+        Ok((envelope, read_module(module)?, read_pem(public_key)?))
     })() {
         Ok(inputs) => inputs,
         Err(e) => return Ok(unusable(e)),
@@ -385,7 +382,7 @@ async fn publish(
         "module": b64.encode(&module),
     });
     let (status, reply) = post_json(
-        &edge,
+        &edge_authority(&edge)?,
         &format!("/v1/tools/{tool}/releases"),
         token,
         &serde_json::to_vec(&body)?,
@@ -413,9 +410,8 @@ async fn publisher(command: PublisherCommand) -> anyhow::Result<ExitCode> {
     let actor = cli_actor();
     match command {
         PublisherCommand::Add { name, public_key, .. } => {
-            let pem = match read_limited(&public_key, MAX_TEXT_FILE).map(String::from_utf8) {
-                Ok(Ok(pem)) => pem,
-                Ok(Err(_)) => return Ok(unusable(anyhow!("{}: not UTF-8", public_key.display()))),
+            let pem = match read_pem(&public_key) {
+                Ok(pem) => pem,
                 Err(e) => return Ok(unusable(e)),
             };
             match registry.add_publisher_key(&actor, &name, &pem).await {
@@ -551,60 +547,6 @@ fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
                 path.display()
             )
         })
-}
-
-fn read_limited(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    if meta.len() > limit {
-        bail!("{}: larger than {limit} bytes", path.display());
-    }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
-/// POSTs `body` to `edge` + `path` with a bearer token (plain HTTP/1.1).
-async fn post_json(
-    edge: &str,
-    path: &str,
-    token: &str,
-    body: &[u8],
-) -> anyhow::Result<(http::StatusCode, Vec<u8>)> {
-    use http_body_util::BodyExt as _;
-    let uri: http::Uri = edge.parse().with_context(|| format!("--edge {edge:?}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("--edge {edge:?}: only http:// edges are supported here");
-    }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow!("--edge {edge:?} has no host"))?
-        .clone();
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((authority.host(), port))
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    let driver = tokio::spawn(connection);
-    let request = http::Request::post(path)
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let reply = response.into_body().collect().await?.to_bytes().to_vec();
-    driver.abort();
-    Ok((status, reply))
-}
-
-#[expect(clippy::print_stdout, reason = "the command's output")]
-fn say(line: std::fmt::Arguments<'_>) {
-    println!("{line}");
-}
-
-#[expect(clippy::print_stderr, reason = "the command's one-line reason")]
-fn refused(line: std::fmt::Arguments<'_>) -> ExitCode {
-    eprintln!("soma: {line}");
-    ExitCode::from(EXIT_REFUSED)
 }
 
 #[expect(clippy::print_stderr, reason = "the command's one-line reason")]
