@@ -1,0 +1,520 @@
+//! A capsule, end to end, on a real `soma up` (embedded SQLite), through
+//! the JSON edge: the `text_stats` release signed and published, the
+//! repository's example bundle attested with `soma capsule attest` and
+//! submitted with `soma capsule submit`, reviewed by a second person with a
+//! second factor (the submitter cannot review it, a reviewer without MFA is
+//! refused), installed, and run with `RunCapsule`; the run and its billing
+//! event are in Analytics' signed exports, each verifying with
+//! `soma verify export`, the run with its provenance (capsule version,
+//! bundle digest, environment, revision, moderation decision). Another
+//! tenant's run of the same capsule is 404.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+const SOMA: &str = env!("CARGO_BIN_EXE_soma");
+
+fn soma(args: &[&str], dir: &Path) -> Output {
+    std::process::Command::new(SOMA)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        // The data dir's own SQLite databases, as `soma up` uses them.
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap()
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+async fn wait_for_edge(data_dir: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http = common::edge::client();
+    loop {
+        if let Ok(bytes) = std::fs::read(data_dir.join("endpoints.json")) {
+            let endpoints: Value = serde_json::from_slice(&bytes).unwrap();
+            let edge = endpoints["edge"].as_str().unwrap().to_owned();
+            let r = common::edge::send(&http, "GET", &format!("{edge}/openapi.json"), None, None, &[]).await;
+            if r.status == 200 {
+                return edge;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "soma up did not serve its edge in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// The repository's example bundle.
+fn example_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../capsule/bundles/text-stats.capsule.json")
+}
+
+/// The data bytes and the detached signature of an NDJSON export stream.
+fn export_parts(body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut data = Vec::new();
+    let mut signature = None;
+    for line in text.lines() {
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        if let Some(d) = chunk["data"].as_str() {
+            data.extend(base64::engine::general_purpose::STANDARD.decode(d).unwrap());
+        }
+        if let Some(s) = chunk["signature"]["signature"].as_str() {
+            signature = Some(base64::engine::general_purpose::STANDARD.decode(s).unwrap());
+        }
+    }
+    (data, signature.expect("a signed export"))
+}
+
+struct Edge {
+    url: String,
+    http: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl Edge {
+    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> common::edge::Reply {
+        let body = body.map(|b| b.to_string());
+        common::edge::send(
+            &self.http,
+            method,
+            &format!("{}{path}", self.url),
+            Some(token),
+            body.as_deref(),
+            &[],
+        )
+        .await
+    }
+
+    /// The signed export at `path` once it holds a row `matching`: the
+    /// document, and `soma verify export`'s verdict on its bytes.
+    async fn verified_export(
+        &self,
+        path: &str,
+        token: &str,
+        work: &Path,
+        name: &str,
+        matching: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.call("GET", path, token, None).await;
+            assert_eq!(r.status, 200, "{path}: {}", String::from_utf8_lossy(&r.body));
+            let (data, signature) = export_parts(&r.body);
+            let document: Value = serde_json::from_slice(&data).unwrap();
+            if document["rows"].as_array().unwrap().iter().any(&matching) {
+                let keys = self.call("GET", "/v1/exports/keys", token, None).await;
+                assert_eq!(keys.status, 200, "{}", String::from_utf8_lossy(&keys.body));
+                let pem = keys.json()["keys"][0]["publicKeyPem"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let (file, sig, key) = (
+                    work.join(format!("{name}.json")),
+                    work.join(format!("{name}.sig")),
+                    work.join(format!("{name}.pub")),
+                );
+                std::fs::write(&file, &data).unwrap();
+                std::fs::write(&sig, base64::engine::general_purpose::STANDARD.encode(&signature)).unwrap();
+                std::fs::write(&key, pem).unwrap();
+                let verdict = soma(
+                    &[
+                        "verify",
+                        "export",
+                        file.to_str().unwrap(),
+                        "--signature",
+                        sig.to_str().unwrap(),
+                        "--public-key",
+                        key.to_str().unwrap(),
+                    ],
+                    work,
+                );
+                ok(&verdict);
+                // One byte changed: refused.
+                let mut changed = data.clone();
+                changed[10] ^= 1;
+                std::fs::write(&file, &changed).unwrap();
+                let refused = soma(
+                    &[
+                        "verify",
+                        "export",
+                        file.to_str().unwrap(),
+                        "--signature",
+                        sig.to_str().unwrap(),
+                        "--public-key",
+                        key.to_str().unwrap(),
+                    ],
+                    work,
+                );
+                assert_eq!(
+                    refused.status.code(),
+                    Some(1),
+                    "{name}: a changed export must not verify"
+                );
+                return document;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: no matching row in time: {document}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut up = common::spawn_soma_up(&data, &[]);
+    let edge = Edge {
+        url: wait_for_edge(&data).await,
+        http: common::edge::client(),
+    };
+    let data_arg = data.to_str().unwrap();
+    let work = dir.path();
+    let token = |tenant: &str, subject: &str, scope: &str, mfa: bool| {
+        let mut args = vec![
+            "token",
+            "--data-dir",
+            data_arg,
+            "--tenant",
+            tenant,
+            "--subject",
+            subject,
+            "--region",
+            "local",
+            "--scope",
+            scope,
+        ];
+        if mfa {
+            args.push("--mfa");
+        }
+        ok(&soma(&args, work)).trim().to_owned()
+    };
+
+    // The release the bundle pins: text-stats 1.0.0, the text_stats adapter.
+    let key_id = ok(&soma(&["release", "keygen", "--out", "pub"], work))
+        .trim()
+        .to_owned();
+    ok(&soma(
+        &[
+            "release",
+            "publisher",
+            "add",
+            "--data-dir",
+            data_arg,
+            "--name",
+            "acme-tools",
+            "--public-key",
+            "pub/publisher.pub",
+        ],
+        work,
+    ));
+    std::fs::write(
+        work.join("text_stats.wat"),
+        soma_sandbox::adapter_wat("text_stats").unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("manifest.json"),
+        serde_json::to_vec(&json!({
+            "tool": "text-stats",
+            "version": "1.0.0",
+            "entrypoint": "run",
+            "limits": {"fuel": 50_000_000, "memory_bytes": 4_194_304, "deadline_ms": 2000},
+            "description": "Counts characters, words, lines and bytes of a text."
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    ok(&soma(
+        &[
+            "release",
+            "sign",
+            "--key",
+            "pub/publisher.key",
+            "--manifest",
+            "manifest.json",
+            "--module",
+            "text_stats.wat",
+            "--out",
+            "envelope.json",
+        ],
+        work,
+    ));
+    ok(&soma(
+        &[
+            "release",
+            "publish",
+            "--envelope",
+            "envelope.json",
+            "--module",
+            "text_stats.wat",
+            "--token",
+            &token("acme", "publisher@acme", "tools:publish", true),
+            "--data-dir",
+            data_arg,
+        ],
+        work,
+    ));
+
+    // Attested with the publisher's key, submitted by alice.
+    let bundle = example_bundle();
+    let bundle_arg = bundle.to_str().unwrap();
+    let digest = ok(&soma(&["capsule", "digest", bundle_arg], work))
+        .trim()
+        .to_owned();
+    ok(&soma(
+        &[
+            "capsule",
+            "attest",
+            "--bundle",
+            bundle_arg,
+            "--key",
+            "pub/publisher.key",
+            "--out",
+            "attestation.json",
+        ],
+        work,
+    ));
+    let alice = token(
+        "acme",
+        "alice@acme",
+        "capsules:submit capsules:read capsules:review",
+        true,
+    );
+    let submitted: Value = serde_json::from_str(&ok(&soma(
+        &[
+            "capsule",
+            "submit",
+            "--edge",
+            &edge.url,
+            "--token",
+            &alice,
+            "--bundle",
+            bundle_arg,
+            "--envelope",
+            "attestation.json",
+        ],
+        work,
+    )))
+    .unwrap();
+    let id = submitted["submissionId"].as_str().unwrap().to_owned();
+    assert_eq!(submitted["state"], "SUBMISSION_STATE_PENDING", "{submitted}");
+    assert_eq!(submitted["submitter"], "alice@acme", "{submitted}");
+    assert_eq!(submitted["publisher"], "acme-tools", "{submitted}");
+    assert_eq!(submitted["signerKeyIds"], json!([key_id]), "{submitted}");
+    let bundle_b64 = submitted["bundleSha256"].as_str().unwrap();
+    let bundle_hex: String = base64::engine::general_purpose::STANDARD
+        .decode(bundle_b64)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(bundle_hex, digest);
+
+    // Review: not by the submitter; not without a second factor.
+    let review = |decision: &str| json!({"decision": decision, "comment": "looked at the schema"});
+    let path = format!("/v1/submissions/{id}:review");
+    let r = edge
+        .call(
+            "POST",
+            &path,
+            &alice,
+            Some(review("REVIEW_DECISION_START_REVIEW")),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, "self_review".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let bob_without_mfa = token("acme", "bob@acme", "capsules:review capsules:read", false);
+    let r = edge
+        .call(
+            "POST",
+            &path,
+            &bob_without_mfa,
+            Some(review("REVIEW_DECISION_START_REVIEW")),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, "insufficient_user_authentication".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let bob = token("acme", "bob@acme", "capsules:review capsules:read", true);
+    for (decision, state) in [
+        ("REVIEW_DECISION_START_REVIEW", "SUBMISSION_STATE_IN_REVIEW"),
+        ("REVIEW_DECISION_APPROVE", "SUBMISSION_STATE_APPROVED"),
+    ] {
+        let r = edge.call("POST", &path, &bob, Some(review(decision))).await;
+        assert_eq!(r.status, 200, "{decision}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["toState"], state, "{}", r.json());
+        assert_eq!(r.json()["reviewer"], "bob@acme", "{}", r.json());
+    }
+    let history = edge
+        .call("GET", &format!("/v1/submissions/{id}/reviews"), &bob, None)
+        .await;
+    assert_eq!(history.status, 200, "{}", String::from_utf8_lossy(&history.body));
+    let reviews = history.json()["reviews"].as_array().unwrap().clone();
+    assert_eq!(reviews.len(), 2, "{reviews:?}");
+
+    // Installed for acme's production.
+    let installer = token("acme", "ops@acme", "installations:write installations:read", true);
+    let r = edge
+        .call(
+            "POST",
+            "/v1/installations",
+            &installer,
+            Some(json!({"environment": "production", "submissionId": id})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let installation = r.json();
+    assert_eq!(
+        installation["status"], "INSTALLATION_STATUS_INSTALLED",
+        "{installation}"
+    );
+    assert_eq!(installation["revision"], "1", "{installation}");
+
+    // The run, through the edge's admission and the gateway's orchestration.
+    let started = time::OffsetDateTime::now_utc();
+    let runner = token("acme", "carol@acme", "capsules:run analytics:export", false);
+    let r = edge
+        .call(
+            "POST",
+            "/v1/capsules/text-stats:run",
+            &runner,
+            Some(json!({"environment": "production", "input": {"text": "one two three\nfour"}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let run = r.json();
+    assert_eq!(run["succeeded"], true, "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"characters": 18.0, "words": 4.0, "lines": 2.0, "bytes": 18.0}),
+        "{run}"
+    );
+    let run_id = run["runId"].as_str().unwrap().to_owned();
+    let decision = run["moderationDecisionId"].as_str().unwrap().to_owned();
+    assert!(decision.starts_with("mod_"), "{run}");
+
+    // Input the capsule's schema refuses: 400 naming the field; nothing runs.
+    let r = edge
+        .call(
+            "POST",
+            "/v1/capsules/text-stats:run",
+            &runner,
+            Some(json!({"environment": "production", "input": {"text": 7}})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("text"),
+        "{}",
+        r.json()
+    );
+
+    // Another tenant has installed nothing: 404.
+    let globex = token("globex", "dave@globex", "capsules:run", false);
+    let r = edge
+        .call(
+            "POST",
+            "/v1/capsules/text-stats:run",
+            &globex,
+            Some(json!({"environment": "production", "input": {"text": "hi"}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (404, "capsule_not_installed".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // The run and its billing event, each in a signed export that
+    // `soma verify export` accepts (and refuses with a byte changed).
+    let from = rfc3339(started - time::Duration::minutes(10));
+    let to = rfc3339(time::OffsetDateTime::now_utc() + time::Duration::minutes(5));
+    let runs = edge
+        .verified_export(
+            &format!("/v1/exports/capsule-runs?from={from}&to={to}"),
+            &runner,
+            work,
+            "capsule-runs",
+            |row| row["run_id"] == run_id.as_str(),
+        )
+        .await;
+    let row = runs["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["run_id"] == run_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["tenant"], "acme", "{row}");
+    assert_eq!(row["capsule_id"], "text-stats", "{row}");
+    assert_eq!(row["tool"], "text-stats", "{row}");
+    assert_eq!(row["outcome"], "succeeded", "{row}");
+    assert_eq!(row["capsule_version"], "1.0.0", "{row}");
+    assert_eq!(row["bundle_sha256"], digest.as_str(), "{row}");
+    assert_eq!(row["environment"], "production", "{row}");
+    assert_eq!(row["installation_revision"], 1, "{row}");
+    assert_eq!(row["moderation_decision_id"], decision.as_str(), "{row}");
+    assert_eq!(
+        row["recorded_by"], "spiffe://somastack.local/svc/gateway",
+        "{row}"
+    );
+    let billing = edge
+        .verified_export(
+            &format!("/v1/exports/billing-ledger?from={from}&to={to}"),
+            &runner,
+            work,
+            "billing",
+            |row| row["run_id"] == run_id.as_str(),
+        )
+        .await;
+    let billed: Vec<&Value> = billing["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["run_id"] == run_id.as_str())
+        .collect();
+    assert_eq!(billed.len(), 1, "one step, one billing event: {billing}");
+    assert_eq!(billed[0]["tool"], "text-stats");
+    assert_eq!(billed[0]["tenant"], "acme");
+
+    let _ = up.start_kill();
+    let _ = up.wait().await;
+}
