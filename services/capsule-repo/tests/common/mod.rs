@@ -7,6 +7,7 @@
 
 #![allow(
     dead_code,
+    unused_imports,
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "each test binary uses a different subset of these builders; a failed builder is a failed test"
