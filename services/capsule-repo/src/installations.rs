@@ -280,7 +280,7 @@ impl Repo {
     /// gap, each of the installation's tenant, the active one installed.
     pub(crate) async fn view_of(&self, row: InstallationRow) -> Result<View, RepoError> {
         self.check_installation(&row)?;
-        let revisions = self.store.revisions(&row.installation_id).await?;
+        let revisions = self.store.revisions(&row.installation_id, row.revision).await?;
         let id = row.installation_id.clone();
         let broken = |revision: i64| RepoError::RowIntegrity {
             table: RevisionRow::TABLE,

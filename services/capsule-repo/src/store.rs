@@ -821,15 +821,24 @@ impl Store {
         }))
     }
 
-    /// Every revision of `installation_id`, oldest first.
+    /// The revisions of `installation_id` up to `up_to`, oldest first.
+    /// (A writer inserts a revision in the transaction that moves the
+    /// installation to it: reading up to the revision the installation row
+    /// showed gives one consistent state, whatever committed in between.)
     #[tracing::instrument(skip_all)]
-    pub(crate) async fn revisions(&self, installation_id: &str) -> Result<Vec<RevisionRow>, RepoError> {
+    pub(crate) async fn revisions(
+        &self,
+        installation_id: &str,
+        up_to: i64,
+    ) -> Result<Vec<RevisionRow>, RepoError> {
         let sql = format!(
-            "SELECT {REVISION_COLUMNS} FROM installation_revisions WHERE installation_id = $1 ORDER BY revision"
+            "SELECT {REVISION_COLUMNS} FROM installation_revisions WHERE installation_id = $1 AND revision <= $2 \
+             ORDER BY revision"
         );
         Ok(on_pool!(self.db, pool => {
             sqlx::query(&sql)
                 .bind(installation_id)
+                .bind(up_to)
                 .fetch_all(pool)
                 .await?
                 .iter()

@@ -124,6 +124,42 @@ impl Harness {
         }
     }
 
+    /// A second replica of the repository on the same database (and
+    /// keyring), served on its own port: what two replicas sharing a
+    /// PostgreSQL see.
+    pub async fn replica(&self, store: &StoreSettings) -> (Running, CapsuleRepoClient<Channel>) {
+        let identity = self.registry.ca.store(CAPSULE_REPO, Duration::from_secs(3600));
+        let verifier = ClaimsVerifier::new(
+            self.registry.ca.id(GATEWAY),
+            self.registry.ca.id(CAPSULE_REPO),
+            vec![(
+                self.registry.claims.key_id().to_owned(),
+                self.registry.claims.public_key(),
+            )],
+        );
+        let settings = soma_testing::settings(ServiceKind::CapsuleRepo, &[]);
+        let db = Database::connect(store, "capsule-repo").await.unwrap();
+        let config = soma_capsule_repo::CapsuleRepoConfig {
+            keys: HmacKeyring::from_json(&self.keys_json).unwrap(),
+            keys_path: std::path::PathBuf::new(),
+            catalogues: Vec::new(),
+        };
+        let to_registry = soma_testing::channel(
+            std::sync::Arc::clone(&identity),
+            self.registry.running.addr,
+            &self.registry.running.id,
+        );
+        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry));
+        let spec = soma_capsule_repo::spec(db, repo, &settings.limits);
+        let running = soma_testing::serve(settings, identity, Some(verifier), spec).await;
+        let client = CapsuleRepoClient::new(soma_testing::channel(
+            self.registry.ca.store(GATEWAY, Duration::from_secs(3600)),
+            running.addr,
+            &running.id,
+        ));
+        (running, client)
+    }
+
     /// A client of the repository under the SPIFFE ID `path`.
     pub fn client(&self, path: &str) -> CapsuleRepoClient<Channel> {
         CapsuleRepoClient::new(soma_testing::channel(
