@@ -125,8 +125,8 @@ impl Harness {
     }
 
     /// A second replica of the repository on the same database (and
-    /// keyring), served on its own port: what two replicas sharing a
-    /// PostgreSQL see.
+    /// keyring, without catalogues), served on its own port: what two
+    /// replicas sharing a PostgreSQL see.
     pub async fn replica(&self, store: &StoreSettings) -> (Running, CapsuleRepoClient<Channel>) {
         let identity = self.registry.ca.store(CAPSULE_REPO, Duration::from_secs(3600));
         let verifier = ClaimsVerifier::new(
