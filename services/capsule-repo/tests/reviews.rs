@@ -138,6 +138,27 @@ async fn reviews_follow_the_lifecycle_and_their_history_is_tamper_evident() {
             "{label}"
         );
 
+        // Claims without MFA never reach the handler (the method's policy).
+        let status = h
+            .gateway()
+            .review_submission(h.as_user_without_mfa(
+                "acme",
+                "bob@acme",
+                pb::ReviewSubmissionRequest {
+                    submission_id: id.clone(),
+                    decision: D::StartReview as i32,
+                    comment: String::new(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), grpc_reason(&status)),
+            (Code::PermissionDenied, "mfa_required"),
+            "{label}"
+        );
+        assert_eq!(rows().await, before, "{label}");
+
         // submitted → in_review → approved, each one history row and one audit event.
         let started = h.review("acme", "bob@acme", &id, D::StartReview).await.unwrap();
         assert_eq!(

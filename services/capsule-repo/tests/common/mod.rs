@@ -177,21 +177,33 @@ impl Harness {
     /// `message` as the gateway forwards a call of `subject` of `tenant`
     /// holding every capability of [`CAPABILITIES`], with MFA.
     pub fn as_user<T>(&self, tenant: &str, subject: &str, message: T) -> tonic::Request<T> {
-        self.sealed(tenant, subject, false, message)
+        self.sealed(tenant, subject, false, true, message)
     }
 
     /// The same, for an operator's token (`"operator": true`).
     pub fn as_operator_user<T>(&self, tenant: &str, subject: &str, message: T) -> tonic::Request<T> {
-        self.sealed(tenant, subject, true, message)
+        self.sealed(tenant, subject, true, true, message)
     }
 
-    fn sealed<T>(&self, tenant: &str, subject: &str, operator: bool, message: T) -> tonic::Request<T> {
+    /// The same as [`Harness::as_user`], for a token without MFA.
+    pub fn as_user_without_mfa<T>(&self, tenant: &str, subject: &str, message: T) -> tonic::Request<T> {
+        self.sealed(tenant, subject, false, false, message)
+    }
+
+    fn sealed<T>(
+        &self,
+        tenant: &str,
+        subject: &str,
+        operator: bool,
+        mfa: bool,
+        message: T,
+    ) -> tonic::Request<T> {
         let claims = pb::VerifiedClaims {
             tenant: tenant.to_owned(),
             subject: subject.to_owned(),
             region: "local".to_owned(),
             capabilities: CAPABILITIES.iter().map(|c| (*c).to_owned()).collect(),
-            mfa: true,
+            mfa,
             request_id: "test".to_owned(),
             operator,
             ..Default::default()
