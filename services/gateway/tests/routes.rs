@@ -253,6 +253,14 @@ fn every_route() -> Vec<Row> {
             Whole,
             &[],
         ),
+        row(
+            post(),
+            "/v1/publisher-thresholds",
+            "/v1/publisher-thresholds",
+            "/somastack.v1.CapsuleRepo/SetPublisherThreshold",
+            Whole,
+            &[],
+        ),
         // Analytics
         row(
             post(),

@@ -193,6 +193,7 @@ pub fn capsule_run_of(event_id: &str, tenant: &str, tool: &str, at: i64) -> pb::
             seconds: 2,
             nanos: 500,
         }),
+        ..Default::default()
     }
 }
 
