@@ -238,7 +238,9 @@ async fn serve(
                     background = Some(repo.spawn_outbox(channel));
                 }
                 None => {
-                    tracing::warn!("no Analytics peer (SOMA_PEER_ANALYTICS): audit events wait in the outbox")
+                    tracing::warn!(
+                        "no Analytics peer (SOMA_PEER_ANALYTICS): audit events wait in the outbox"
+                    );
                 }
             }
             soma_capsule_repo::spec(db.clone(), repo, &limits)

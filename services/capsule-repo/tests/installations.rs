@@ -289,6 +289,78 @@ async fn installations_race_roll_back_keep_history_and_resolve_runs() {
             );
             assert!(status.message().contains(field), "{label}: {input}: {status:?}");
         }
+        // Submissions page by page, oldest first, each once; by state.
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = h
+                .gateway()
+                .list_submissions(h.as_user(
+                    "acme",
+                    "erin@acme",
+                    pb::ListSubmissionsRequest {
+                        page: Some(pb::PageRequest {
+                            page_size: 3,
+                            page_token: token.clone(),
+                        }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(page.submissions.len() <= 3, "{label}");
+            seen.extend(page.submissions.into_iter().map(|s| s.submission_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let mut expected: Vec<String> = approved.clone();
+        expected.push(pending.clone());
+        seen.sort();
+        expected.sort();
+        assert_eq!(seen, expected, "{label}: every submission once");
+        for (state, count) in [
+            (pb::SubmissionState::Approved, 7),
+            (pb::SubmissionState::Pending, 1),
+        ] {
+            let listed = h
+                .gateway()
+                .list_submissions(h.as_user(
+                    "acme",
+                    "erin@acme",
+                    pb::ListSubmissionsRequest {
+                        state: state as i32,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(listed.submissions.len(), count, "{label}: {state:?}");
+        }
+        let status = h
+            .gateway()
+            .list_submissions(h.as_user(
+                "acme",
+                "erin@acme",
+                pb::ListSubmissionsRequest {
+                    page: Some(pb::PageRequest {
+                        page_size: 3,
+                        page_token: "not-a-token".into(),
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&status),
+            (Code::InvalidArgument, "page_token_invalid"),
+            "{label}"
+        );
+
         let status = resolve(&h, "acme", "staging", json!({"text": "hi"}))
             .await
             .unwrap_err();

@@ -788,6 +788,7 @@ fn bound_parameters_produce_the_typed_message() {
                 page_size: 25,
                 page_token: "tok".into(),
             }),
+            ..Default::default()
         }
     );
 
