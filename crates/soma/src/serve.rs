@@ -125,6 +125,15 @@ async fn serve(
         }
         _ => None,
     };
+    let capsule_repo_config = match kind {
+        ServiceKind::CapsuleRepo => {
+            match soma_capsule_repo::CapsuleRepoConfig::from_env(|k| std::env::var(k).ok()) {
+                Ok(c) => Some(c),
+                Err(e) => return Ok(crate::config_error(e)),
+            }
+        }
+        _ => None,
+    };
     let claims_signer = match (kind, &settings.gateway_claims_key_file) {
         (ServiceKind::Gateway, Some(path)) => {
             let pem = std::fs::read_to_string(path)
@@ -197,7 +206,44 @@ async fn serve(
         }
         ServiceKind::CapsuleRepo => {
             db.migrate(&soma_capsule_repo::MIGRATIONS).await?;
-            soma_capsule_repo::spec(db.clone(), &limits)
+            let tool_registry = match &settings.peers.tool_registry {
+                Some(addr) => {
+                    let registry = SpiffeId::from_parts(
+                        own_id.trust_domain(),
+                        &ServiceKind::ToolRegistry.spiffe_path(),
+                    )?;
+                    Some(soma_mesh::channel(
+                        std::sync::Arc::clone(&store),
+                        addr.clone(),
+                        registry,
+                    )?)
+                }
+                None => {
+                    tracing::warn!(
+                        "no ToolRegistry peer (SOMA_PEER_TOOL_REGISTRY): submissions, installations and runs are refused"
+                    );
+                    None
+                }
+            };
+            let repo = soma_capsule_repo::Repo::new(
+                db.clone(),
+                capsule_repo_config.context("capsule repository settings")?,
+                tool_registry,
+            );
+            match &settings.peers.analytics {
+                Some(addr) => {
+                    let analytics =
+                        SpiffeId::from_parts(own_id.trust_domain(), &ServiceKind::Analytics.spiffe_path())?;
+                    let channel = soma_mesh::channel(std::sync::Arc::clone(&store), addr.clone(), analytics)?;
+                    background = Some(repo.spawn_outbox(channel));
+                }
+                None => {
+                    tracing::warn!(
+                        "no Analytics peer (SOMA_PEER_ANALYTICS): audit events wait in the outbox"
+                    );
+                }
+            }
+            soma_capsule_repo::spec(db.clone(), repo, &limits)
         }
         ServiceKind::Analytics => {
             db.migrate(&soma_analytics::MIGRATIONS).await?;

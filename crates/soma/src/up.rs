@@ -155,6 +155,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let gateway_config = ensure_gateway_config(&data_dir, &args)?;
     let analytics_keys = ensure_analytics_keys(&data_dir)?;
     let registry_keys = ensure_registry_keys(&data_dir)?;
+    let capsule_repo_keys = ensure_capsule_repo_keys(&data_dir)?;
 
     let registry = Registry::new();
     let listener = soma_ca::bind_socket(&socket)?;
@@ -182,6 +183,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             claims_pub: &claims_pub,
             analytics: &analytics_keys,
             registry: &registry_keys,
+            capsule_repo: &capsule_repo_keys,
             gateway_config: &gateway_config,
             region: &args.region,
         },
@@ -362,6 +364,7 @@ struct ServiceKeys<'a> {
     claims_pub: &'a Path,
     analytics: &'a AnalyticsKeys,
     registry: &'a Path,
+    capsule_repo: &'a Path,
     gateway_config: &'a Path,
     region: &'a str,
 }
@@ -434,7 +437,9 @@ async fn start_service(
         ServiceKind::ToolRegistry => {
             cmd.env(soma_tool_registry::config::KEYS_FILE_ENV, keys.registry);
         }
-        ServiceKind::CapsuleRepo => {}
+        ServiceKind::CapsuleRepo => {
+            cmd.env(soma_capsule_repo::config::KEYS_FILE_ENV, keys.capsule_repo);
+        }
     }
     for (var, addr) in peers {
         cmd.env(var, addr);
@@ -624,6 +629,21 @@ pub(crate) fn ensure_registry_keys(data_dir: &Path) -> anyhow::Result<PathBuf> {
     let path = registry_keys_path(data_dir);
     if !path.exists() {
         let (_, json) = soma_sign::HmacKeyring::generate("registry-1")?;
+        write_atomically(&path, &json)?;
+        set_mode(&path, 0o600)?;
+    }
+    Ok(path)
+}
+
+/// The capsule repository's keyring (row MACs), created once per data
+/// dir: `DIR/secrets/capsule-repo-keys.json`.
+pub(crate) fn ensure_capsule_repo_keys(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let secrets = data_dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    set_mode(&secrets, 0o700)?;
+    let path = secrets.join("capsule-repo-keys.json");
+    if !path.exists() {
+        let (_, json) = soma_sign::HmacKeyring::generate("capsule-repo-1")?;
         write_atomically(&path, &json)?;
         set_mode(&path, 0o600)?;
     }

@@ -35,6 +35,8 @@ const TOOL_REGISTRY_OPERATOR_ROUTES: usize = 2;
 /// list, get and review submissions, review history; install, list, update
 /// and roll back installations; import a template).
 const CAPSULE_REPO_ROUTES: usize = 10;
+/// Its routes for operators only (set a publisher's attestation threshold).
+const CAPSULE_REPO_OPERATOR_ROUTES: usize = 1;
 
 /// The sum of `metrics`' dispatch counters over every method of `service`.
 fn dispatched(metrics: &soma_mesh::Metrics, service: &str) -> u64 {
@@ -231,7 +233,7 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         }
 
         // Every other annotated route reaches its backend, which answers for
-        // itself (CapsuleRepo is not built yet: 501).
+        // itself.
         let edge2 = start_edge_all(
             &ca,
             &analytics,
@@ -293,26 +295,16 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
                 operator_only += 1;
                 continue;
             }
-            if route.service == "somastack.v1.ToolRegistry" {
-                // Built: the registry answers for itself (no such tool or
-                // release, a missing envelope or reason, empty lists), never
-                // with a server error.
-                assert!(
-                    r.status < 500 && r.reason() != "unimplemented",
-                    "{} {path}: {} {}",
-                    route.http_method,
-                    r.status,
-                    String::from_utf8_lossy(&r.body)
-                );
-            } else {
-                assert_eq!(
-                    (r.status, r.reason().as_str()),
-                    (501, "unimplemented"),
-                    "{} {path}: {}",
-                    route.http_method,
-                    String::from_utf8_lossy(&r.body)
-                );
-            }
+            // Built: the backend answers for itself (no such tool, release,
+            // submission or installation, a missing field, empty lists),
+            // never with a server error.
+            assert!(
+                r.status < 500 && r.reason() != "unimplemented",
+                "{} {path}: {} {}",
+                route.http_method,
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
             // Answered by this route's own RPC, once.
             assert_eq!(
                 backend.metrics.dispatched_count(&route.grpc_path),
@@ -325,7 +317,10 @@ async fn every_annotated_route_is_answered_by_its_rpc_and_exports_stream_as_ndjs
         }
         // Every route the protos annotate on the two backends, each once.
         assert_eq!(reached, TOOL_REGISTRY_ROUTES + CAPSULE_REPO_ROUTES);
-        assert_eq!(operator_only, TOOL_REGISTRY_OPERATOR_ROUTES);
+        assert_eq!(
+            operator_only,
+            TOOL_REGISTRY_OPERATOR_ROUTES + CAPSULE_REPO_OPERATOR_ROUTES
+        );
         // The backends' own counters saw those calls and nothing else.
         assert_eq!(
             dispatched(&tools.metrics, "somastack.v1.ToolRegistry"),

@@ -40,14 +40,22 @@ async fn calls_never_fail_across_svid_rotations() {
     }));
     let endpoint = format!("unix://{}", socket.display());
 
-    // The server: the real binary, attested by its pid.
+    // The server: the real binary, attested by its pid, with the keyring
+    // it MACs its rows with.
     let server_id = ca.id("/svc/capsule-repo");
+    let keys = dir.path().join("capsule-repo-keys.json");
+    std::fs::write(
+        &keys,
+        soma_sign::HmacKeyring::generate("capsule-repo-1").unwrap().1,
+    )
+    .unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"))
         .args(["serve", "capsule-repo", "--stop-on-stdin-eof"])
         .env("SPIFFE_ENDPOINT_SOCKET", &endpoint)
         .env("SOMA_DATA_DIR", dir.path().join("db"))
         .env("SOMA_SERVICE_ADDR", "127.0.0.1:0")
         .env("SOMA_ADMIN_ADDR", "127.0.0.1:0")
+        .env(soma_capsule_repo::config::KEYS_FILE_ENV, &keys)
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())

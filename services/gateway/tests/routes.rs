@@ -253,6 +253,14 @@ fn every_route() -> Vec<Row> {
             Whole,
             &[],
         ),
+        row(
+            post(),
+            "/v1/publisher-thresholds",
+            "/v1/publisher-thresholds",
+            "/somastack.v1.CapsuleRepo/SetPublisherThreshold",
+            Whole,
+            &[],
+        ),
         // Analytics
         row(
             post(),
@@ -780,7 +788,7 @@ fn bound_parameters_produce_the_typed_message() {
                 page_size: 25,
                 page_token: "tok".into(),
             }),
-            capsule: String::new(),
+            ..Default::default()
         }
     );
 

@@ -54,7 +54,14 @@ pub async fn start(
         }
         ServiceKind::CapsuleRepo => {
             db.migrate(&soma_capsule_repo::MIGRATIONS).await.unwrap();
-            soma_capsule_repo::spec(db, &settings.limits)
+            let (keys, _) = soma_sign::HmacKeyring::generate("capsule-repo-1").unwrap();
+            let config = soma_capsule_repo::CapsuleRepoConfig {
+                keys,
+                keys_path: std::path::PathBuf::new(),
+                catalogues: Vec::new(),
+            };
+            let repo = soma_capsule_repo::Repo::new(db.clone(), config, None);
+            soma_capsule_repo::spec(db, repo, &settings.limits)
         }
         ServiceKind::Gateway | ServiceKind::Analytics => {
             panic!("{kind}: started by common::edge::start_edge or common::analytics::start_analytics")

@@ -1,0 +1,81 @@
+//! `ResolveCapsuleRun`: what the gateway runs for a tenant's capsule.
+//!
+//! The caller tenant's installation of the capsule in the environment and
+//! its active revision (`capsule_not_installed` when there is none, or no
+//! revision is active), that revision's submission (MAC checked, its bundle
+//! re-parsed and its digest recomputed), the run input checked against the
+//! bundle's input schema (`soma-capsule`'s `check_input`, the field named),
+//! and every tool release verified by the ToolRegistry at this moment: a
+//! release revoked after the installation stops the run here.
+
+use soma_proto::v1 as pb;
+
+use crate::error::RepoError;
+use crate::json;
+use crate::store::SubmissionRow;
+use crate::submissions::parse_bundle;
+use crate::{Actor, Repo};
+
+impl Repo {
+    /// `ResolveCapsuleRun`.
+    pub(crate) async fn resolve(
+        &self,
+        actor: &Actor,
+        request: pb::ResolveCapsuleRunRequest,
+    ) -> Result<pb::ResolvedCapsuleRun, RepoError> {
+        let tenant = actor.require_tenant("ResolveCapsuleRun")?;
+        let not_installed = || {
+            RepoError::not_found(
+                "capsule_not_installed",
+                format!(
+                    "capsule {:?} is not installed in environment {:?}",
+                    request.capsule, request.environment
+                ),
+            )
+        };
+        let view = self
+            .view_by_capsule(tenant, &request.environment, &request.capsule)
+            .await?
+            .ok_or_else(not_installed)?;
+        let active = view.active().ok_or_else(not_installed)?;
+        let submission = self.submission(Some(tenant), &active.submission_id).await?;
+        let corrupt = || RepoError::RowIntegrity {
+            table: SubmissionRow::TABLE,
+            key: submission.submission_id.clone(),
+        };
+        let bundle = parse_bundle(&submission.bundle).map_err(|_| corrupt())?;
+        if bundle.digest().as_slice() != submission.bundle_sha256.as_slice() {
+            return Err(corrupt());
+        }
+        let input = match &request.input {
+            None => serde_json::Value::Object(serde_json::Map::new()),
+            Some(input) => json::from_struct(input)
+                .map_err(|e| RepoError::invalid("input_invalid", format!("input: {e}")))?,
+        };
+        bundle.check_input(&input).map_err(|e| RepoError::Invalid {
+            reason: e.reason(),
+            message: format!("{e} (field {})", e.path()),
+        })?;
+        self.registry.check_releases(&bundle, true).await?;
+        Ok(pb::ResolvedCapsuleRun {
+            installation_id: view.installation.installation_id.clone(),
+            revision: u64::try_from(active.revision).unwrap_or(0),
+            submission_id: submission.submission_id.clone(),
+            capsule: submission.capsule.clone(),
+            version: submission.version.clone(),
+            bundle_sha256: submission.bundle_sha256.clone(),
+            steps: bundle
+                .tools()
+                .iter()
+                .map(|t| pb::CapsuleStep {
+                    tool: t.tool.clone(),
+                    version: t.version.as_str().to_owned(),
+                    module_sha256: t.module_sha256.to_vec(),
+                })
+                .collect(),
+            parameters: json::to_struct(&serde_json::Value::Object(bundle.parameters().clone()))
+                .ok()
+                .flatten(),
+        })
+    }
+}
