@@ -409,7 +409,27 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
 
     // The run, through the edge's admission and the gateway's orchestration.
     let started = time::OffsetDateTime::now_utc();
-    let runner = token("acme", "carol@acme", "capsules:run analytics:export", false);
+    // Running a capsule executes its tools: capsules:run alone is refused.
+    let r = edge
+        .call(
+            "POST",
+            "/v1/capsules/text-stats:run",
+            &token("acme", "carol@acme", "capsules:run", false),
+            Some(json!({"environment": "production", "input": {"text": "hi"}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, "insufficient_scope".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let runner = token(
+        "acme",
+        "carol@acme",
+        "capsules:run tools:execute analytics:export",
+        false,
+    );
     let r = edge
         .call(
             "POST",
@@ -447,7 +467,7 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     );
 
     // Another tenant has installed nothing: 404.
-    let globex = token("globex", "dave@globex", "capsules:run", false);
+    let globex = token("globex", "dave@globex", "capsules:run tools:execute", false);
     let r = edge
         .call(
             "POST",

@@ -55,6 +55,10 @@ const STEP_OUTCOMES: [&str; 12] = [
     "input_not_utf8",
 ];
 
+/// The capability `ExecuteTool` requires, which every step's envelope
+/// carries from the caller's own token.
+const EXECUTE_CAPABILITY: &str = "tools:execute";
+
 /// Attempts of the run's record in Analytics (the same event id each time:
 /// Analytics keeps one record however often it is sent).
 const RECORD_ATTEMPTS: u32 = 3;
@@ -91,6 +95,19 @@ impl CapsuleRunner {
     ) -> Result<pb::RunCapsuleResponse, Refusal> {
         if request.environment.is_empty() {
             return Err(Refusal::bad_request("invalid_argument", "environment: required"));
+        }
+        // A capsule's tools run under the caller's own authority: the
+        // steps' envelopes carry the caller's capabilities, never more, so
+        // a token that may not execute tools is refused before anything is
+        // resolved or run.
+        if !context.capabilities.iter().any(|c| c == EXECUTE_CAPABILITY) {
+            return Err(Refusal::new(
+                Code::PermissionDenied,
+                "insufficient_scope",
+                format!(
+                    "running a capsule executes its tools: the token needs {EXECUTE_CAPABILITY} besides capsules:run"
+                ),
+            ));
         }
         let repo = self.backend("somastack.v1.CapsuleRepo")?;
         let registry = self.backend("somastack.v1.ToolRegistry")?;
