@@ -63,21 +63,27 @@ pub(crate) enum VerifyCommand {
         #[arg(long)]
         public_key: PathBuf,
     },
-    /// Sweep every Analytics row and ledger leaf (MACs, the row/leaf bijection) and list failures.
+    /// Sweep every row of a service's store (MACs; for Analytics the ledger
+    /// leaves and the row/leaf bijection, for CapsuleRepo the chained review
+    /// histories) and list failures.
     ///
     /// The database is, in this order: --database-url; else the DATABASE_URL
     /// environment variable; else the SQLite file of `soma up`'s layout,
-    /// DIR/db/analytics.db (`soma up` itself always uses SQLite, so unset
+    /// DIR/db/<service>.db (`soma up` itself always uses SQLite, so unset
     /// DATABASE_URL to check its directory). Exit 0: no row failed; 1: some
     /// did; 2: unusable input (no database, unreadable keys).
     Store {
         /// Data directory of `soma up` (DIR/db, DIR/secrets).
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
-        /// PostgreSQL URL of the Analytics database; overrides DATABASE_URL.
+        /// Whose store: analytics or capsule-repo.
+        #[arg(long, value_enum, default_value_t = SweptService::Analytics)]
+        service: SweptService,
+        /// PostgreSQL URL of the service's database; overrides DATABASE_URL.
         #[arg(long)]
         database_url: Option<String>,
-        /// Row keyring JSON [default: DIR/secrets/analytics-row-keys.json].
+        /// Row keyring JSON [default: DIR/secrets/analytics-row-keys.json,
+        /// or DIR/secrets/capsule-repo-keys.json].
         #[arg(long)]
         row_keys: Option<PathBuf>,
     },
@@ -120,12 +126,13 @@ pub(crate) async fn run(command: VerifyCommand) -> ExitCode {
         } => report(verify_export(&file, &signature, &public_key)),
         VerifyCommand::Store {
             data_dir,
+            service,
             database_url,
             row_keys,
         } => {
             let database_url =
                 database_url.or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()));
-            report(verify_store(&data_dir, database_url, row_keys).await)
+            report(verify_store(service, &data_dir, database_url, row_keys).await)
         }
         VerifyCommand::Ledger {
             checkpoint,
@@ -262,9 +269,74 @@ fn check_export(file: &Path, signature: &Path, public_key: &Path) -> Result<(), 
 // ---------------------------------------------------------------------------
 // soma verify store
 
+/// A service whose store `soma verify store` sweeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SweptService {
+    /// Analytics: rows, ledger leaves, the bijection.
+    Analytics,
+    /// CapsuleRepo: submissions, review histories, installations, thresholds.
+    CapsuleRepo,
+}
+
+impl SweptService {
+    /// Its database name (`soma up`'s DIR/db/<name>.db).
+    fn database(self) -> &'static str {
+        match self {
+            Self::Analytics => ANALYTICS_DB,
+            Self::CapsuleRepo => "capsule-repo",
+        }
+    }
+
+    /// Its row keyring under `soma up`'s DIR/secrets.
+    fn keys_file(self) -> &'static str {
+        match self {
+            Self::Analytics => "analytics-row-keys.json",
+            Self::CapsuleRepo => "capsule-repo-keys.json",
+        }
+    }
+
+    /// Its sweep: rows checked and `(table, key, reason)` of each failure.
+    async fn sweep(
+        self,
+        db: &Database,
+        keys: &HmacKeyring,
+    ) -> Result<(u64, Vec<(String, String, String)>), String> {
+        match self {
+            Self::Analytics => soma_analytics::verify_store(db, keys)
+                .await
+                .map(|r| {
+                    let failures = r
+                        .failures
+                        .into_iter()
+                        .map(|f| (f.table, f.primary_key, f.reason))
+                        .collect();
+                    (r.rows_checked, failures)
+                })
+                .map_err(|e| chain(&e)),
+            Self::CapsuleRepo => soma_capsule_repo::verify_store(db, keys)
+                .await
+                .map(|r| {
+                    let failures = r
+                        .failures
+                        .into_iter()
+                        .map(|f| (f.table, f.primary_key, f.reason))
+                        .collect();
+                    (r.rows_checked, failures)
+                })
+                .map_err(|e| chain(&e)),
+        }
+    }
+}
+
 #[expect(clippy::print_stdout, reason = "the failure listing is the command's output")]
-async fn verify_store(data_dir: &Path, database_url: Option<String>, row_keys: Option<PathBuf>) -> Verdict {
-    let keys_path = row_keys.unwrap_or_else(|| data_dir.join("secrets").join("analytics-row-keys.json"));
+async fn verify_store(
+    service: SweptService,
+    data_dir: &Path,
+    database_url: Option<String>,
+    row_keys: Option<PathBuf>,
+) -> Verdict {
+    let name = service.database();
+    let keys_path = row_keys.unwrap_or_else(|| data_dir.join("secrets").join(service.keys_file()));
     let keys = match HmacKeyring::load(&keys_path) {
         Ok(keys) => keys,
         Err(e) => return Verdict::Unusable(format!("row keys: {}", chain(&e))),
@@ -276,33 +348,29 @@ async fn verify_store(data_dir: &Path, database_url: Option<String>, row_keys: O
     if settings.database_url.is_none() {
         // Connecting would create an empty file (and its directory): a
         // mistyped --data-dir must fail, not verify a fresh, empty store.
-        let file = settings.data_dir.join(format!("{ANALYTICS_DB}.db"));
+        let file = settings.data_dir.join(format!("{name}.db"));
         if !file.is_file() {
-            return Verdict::Unusable(format!("no analytics database at {}", file.display()));
+            return Verdict::Unusable(format!("no {name} database at {}", file.display()));
         }
     }
-    let db = match Database::connect(&settings, ANALYTICS_DB).await {
+    let db = match Database::connect(&settings, name).await {
         Ok(db) => db,
-        Err(e) => return Verdict::Unusable(format!("opening the analytics database: {}", chain(&e))),
+        Err(e) => return Verdict::Unusable(format!("opening the {name} database: {}", chain(&e))),
     };
     // No migration runs here: a database the service never migrated fails
     // the sweep's first query and is reported as unusable.
-    let result = soma_analytics::verify_store(&db, &keys).await;
+    let result = service.sweep(&db, &keys).await;
     db.close().await;
-    let report = match result {
-        Ok(report) => report,
-        Err(e) => return Verdict::Unusable(format!("sweeping the analytics database: {}", chain(&e))),
+    let (rows_checked, failures) = match result {
+        Ok(swept) => swept,
+        Err(e) => return Verdict::Unusable(format!("sweeping the {name} database: {e}")),
     };
-    for failure in &report.failures {
-        println!("{}/{}: {}", failure.table, failure.primary_key, failure.reason);
+    for (table, key, reason) in &failures {
+        println!("{table}/{key}: {reason}");
     }
-    println!(
-        "{} rows checked, {} failed",
-        report.rows_checked,
-        report.failures.len()
-    );
+    println!("{rows_checked} rows checked, {} failed", failures.len());
     Verdict::Swept {
-        failed: !report.failures.is_empty(),
+        failed: !failures.is_empty(),
     }
 }
 

@@ -7,7 +7,10 @@
 //! event are in Analytics' signed exports, each verifying with
 //! `soma verify export`, the run with its provenance (capsule version,
 //! bundle digest, environment, revision, moderation decision). Another
-//! tenant's run of the same capsule is 404.
+//! tenant's run of the same capsule is 404; a token that may not execute
+//! tools may not run a capsule. A review-history row edited in SQL is
+//! refused by the read and named by `soma verify store --service
+//! capsule-repo`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -534,6 +537,69 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     assert_eq!(billed.len(), 1, "one step, one billing event: {billing}");
     assert_eq!(billed[0]["tool"], "text-stats");
     assert_eq!(billed[0]["tenant"], "acme");
+
+    // The review history nobody can rewrite: `soma verify store` sweeps
+    // the repository clean, then names a history row edited in SQL, which
+    // the history read refuses too.
+    let sweep = |expect: i32| {
+        let out = soma(
+            &[
+                "verify",
+                "store",
+                "--data-dir",
+                data_arg,
+                "--service",
+                "capsule-repo",
+            ],
+            work,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(expect),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let clean = sweep(0);
+    assert!(clean.trim_end().ends_with("rows checked, 0 failed"), "{clean}");
+    let db = soma_store::Database::connect(
+        &soma_store::StoreSettings {
+            data_dir: data.join("db"),
+            database_url: None,
+        },
+        "capsule-repo",
+    )
+    .await
+    .unwrap();
+    let edited = soma_testing::exec(
+        &db,
+        &format!("UPDATE review_history SET comment = 'nothing to see' WHERE submission_id = '{id}' AND sequence = 2"),
+    )
+    .await;
+    assert_eq!(edited, 1);
+    db.close().await;
+    let r = edge
+        .call("GET", &format!("/v1/submissions/{id}/reviews"), &bob, None)
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (500, "row_integrity".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let tampered = sweep(1);
+    assert!(
+        tampered
+            .lines()
+            .any(|l| l.starts_with(&format!("review_history/{id}/2: "))),
+        "{tampered}"
+    );
+    assert!(
+        tampered.trim_end().ends_with("rows checked, 1 failed"),
+        "{tampered}"
+    );
 
     let _ = up.start_kill();
     let _ = up.wait().await;
