@@ -343,6 +343,139 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         .collect();
     assert_eq!(bundle_hex, digest);
 
+    // Bad input at the edge: each refused with its status and reason, and
+    // no submission written.
+    let submissions = || async {
+        let r = edge.call("GET", "/v1/submissions", &alice, None).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["submissions"].as_array().map_or(0, Vec::len)
+    };
+    let before = submissions().await;
+    assert_eq!(before, 1);
+    let bundle_bytes = std::fs::read(&bundle).unwrap();
+    let envelope: Value =
+        serde_json::from_slice(&std::fs::read(work.join("attestation.json")).unwrap()).unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let good = json!({
+        "capsule": "text-stats",
+        "version": "1.0.0",
+        "bundle": b64(&bundle_bytes),
+        "attestation": envelope,
+    });
+    let with = |path: &[&str], value: Value| {
+        let mut body = good.clone();
+        let mut at = &mut body;
+        for key in &path[..path.len() - 1] {
+            at = &mut at[*key];
+        }
+        at[path[path.len() - 1]] = value;
+        body
+    };
+    // A bundle whose version is not SemVer, canonical otherwise.
+    let mut not_semver: Value = serde_json::from_slice(&bundle_bytes).unwrap();
+    not_semver["version"] = json!("1.0");
+    let not_semver = soma_sign::jcs::canonicalize(&not_semver).unwrap();
+    struct Case {
+        name: &'static str,
+        body: String,
+        status: u16,
+        reason: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "bundle of the wrong JSON type",
+            body: with(&["bundle"], json!(5)).to_string(),
+            status: 400,
+            reason: "invalid_argument",
+        },
+        Case {
+            name: "attestation of the wrong JSON type",
+            body: with(&["attestation"], json!("envelope")).to_string(),
+            status: 400,
+            reason: "invalid_argument",
+        },
+        Case {
+            name: "an unknown field",
+            body: with(&["reviewer"], json!("alice@acme")).to_string(),
+            status: 400,
+            reason: "invalid_argument",
+        },
+        Case {
+            name: "a bundle that is not base64",
+            body: with(&["bundle"], json!("not base64!")).to_string(),
+            status: 400,
+            reason: "invalid_argument",
+        },
+        Case {
+            name: "a version that is not SemVer",
+            body: with(&["version"], json!("1.0")).to_string(),
+            status: 400,
+            reason: "capsule_mismatch",
+        },
+        Case {
+            name: "a bundle whose version is not SemVer",
+            body: json!({"capsule": "text-stats", "version": "1.0", "bundle": b64(&not_semver), "attestation": envelope})
+                .to_string(),
+            status: 400,
+            reason: "version_invalid",
+        },
+        Case {
+            name: "an oversized bundle",
+            body: with(&["bundle"], json!(b64(&vec![b' '; 2 * 1024 * 1024]))).to_string(),
+            status: 413,
+            reason: "body_too_large",
+        },
+    ];
+    for case in &cases {
+        let r = common::edge::send(
+            &edge.http,
+            "POST",
+            &format!("{}/v1/submissions", edge.url),
+            Some(&alice),
+            Some(&case.body),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.reason()),
+            (case.status, case.reason.to_owned()),
+            "{}: {}",
+            case.name,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(submissions().await, before, "nothing written");
+
+    // Another tenant sees, reviews and installs nothing of acme's: each
+    // answered as if it did not exist.
+    let globex_all = token(
+        "globex",
+        "erin@globex",
+        "capsules:read capsules:review installations:write installations:read",
+        true,
+    );
+    let r = edge
+        .call("GET", &format!("/v1/submissions/{id}"), &globex_all, None)
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    let r = edge.call("GET", "/v1/submissions", &globex_all, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["submissions"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.json()
+    );
+    let r = edge
+        .call(
+            "POST",
+            &format!("/v1/submissions/{id}:review"),
+            &globex_all,
+            Some(json!({"decision": "REVIEW_DECISION_START_REVIEW"})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+
     // Review: not by the submitter; not without a second factor.
     let review = |decision: &str| json!({"decision": decision, "comment": "looked at the schema"});
     let path = format!("/v1/submissions/{id}:review");
@@ -409,6 +542,38 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         "{installation}"
     );
     assert_eq!(installation["revision"], "1", "{installation}");
+
+    // Globex can neither install acme's submission nor see or change
+    // acme's installation.
+    let installation_id = installation["installationId"].as_str().unwrap().to_owned();
+    let r = edge
+        .call(
+            "POST",
+            "/v1/installations",
+            &globex_all,
+            Some(json!({"environment": "production", "submissionId": id})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    let r = edge
+        .call("GET", "/v1/installations?history=true", &globex_all, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["installations"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.json()
+    );
+    let r = edge
+        .call(
+            "PATCH",
+            &format!("/v1/installations/{installation_id}"),
+            &globex_all,
+            Some(json!({"submissionId": id, "expectedRevision": "1"})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
 
     // The run, through the edge's admission and the gateway's orchestration.
     let started = time::OffsetDateTime::now_utc();
