@@ -245,15 +245,15 @@ struct RawCodec;
 impl tonic::codec::Codec for RawCodec {
     type Encode = Vec<u8>;
     type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
+    type Encoder = Self;
+    type Decoder = Self;
 
     fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
+        Self
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
+        Self
     }
 }
 
