@@ -410,7 +410,7 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
             name: "a version that is not SemVer",
             body: with(&["version"], json!("1.0")).to_string(),
             status: 400,
-            reason: "capsule_mismatch",
+            reason: "version_mismatch",
         },
         Case {
             name: "a bundle whose version is not SemVer",
