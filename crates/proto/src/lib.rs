@@ -7,6 +7,7 @@
 //! descriptor carries no policy option has no policy (`None`), which every
 //! consumer treats as "deny".
 
+pub mod json;
 mod policy;
 
 pub use policy::{MethodPolicy as PolicyView, PolicyError, PolicyTable, descriptor_pool, pattern_matches};

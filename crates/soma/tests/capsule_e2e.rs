@@ -17,59 +17,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-const SOMA: &str = env!("CARGO_BIN_EXE_soma");
-
-fn soma(args: &[&str], dir: &Path) -> Output {
-    std::process::Command::new(SOMA)
-        .args(args)
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        // The data dir's own SQLite databases, as `soma up` uses them.
-        .env_remove("DATABASE_URL")
-        .output()
-        .unwrap()
-}
-
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-async fn wait_for_edge(data_dir: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let http = common::edge::client();
-    loop {
-        if let Ok(bytes) = std::fs::read(data_dir.join("endpoints.json")) {
-            let endpoints: Value = serde_json::from_slice(&bytes).unwrap();
-            let edge = endpoints["edge"].as_str().unwrap().to_owned();
-            let r = common::edge::send(&http, "GET", &format!("{edge}/openapi.json"), None, None, &[]).await;
-            if r.status == 200 {
-                return edge;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "soma up did not serve its edge in time"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap()
-}
+use common::cli::{ok, rfc3339, soma, wait_for_edge};
 
 /// The repository's example bundle.
 fn example_bundle() -> PathBuf {

@@ -37,7 +37,6 @@ pub mod config;
 mod error;
 mod installations;
 mod integrity;
-mod json;
 mod migrations;
 mod outbox;
 mod registry;
@@ -52,6 +51,7 @@ mod thresholds;
 use std::sync::Arc;
 
 use soma_mesh::{Caller, MeshChannel};
+use soma_proto::json;
 use soma_proto::v1 as pb;
 use soma_sign::HmacKeyring;
 use soma_store::Database;

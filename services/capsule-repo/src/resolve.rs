@@ -8,10 +8,10 @@
 //! and every tool release verified by the ToolRegistry at this moment: a
 //! release revoked after the installation stops the run here.
 
+use soma_proto::json;
 use soma_proto::v1 as pb;
 
 use crate::error::RepoError;
-use crate::json;
 use crate::store::SubmissionRow;
 use crate::submissions::parse_bundle;
 use crate::{Actor, Repo};

@@ -1,8 +1,7 @@
 //! Times, ids and audit events as the registry writes them.
 
+use soma_proto::json;
 use soma_proto::v1 as pb;
-
-use crate::json;
 
 /// Now, Unix nanoseconds.
 pub(crate) fn now_nanos() -> i64 {

@@ -27,7 +27,9 @@ use soma_sandbox::{Prepared, RunLimits};
 use crate::error::RegistryError;
 use crate::releases::check_tool;
 use crate::store::{ACTIVE, ReleaseRow};
-use crate::{Actor, Registry, json, now_nanos, timestamp};
+use soma_proto::json;
+
+use crate::{Actor, Registry, now_nanos, timestamp};
 
 /// How long a verified release (and a tool's newest version) is used
 /// before its row is read and checked again.

@@ -26,7 +26,6 @@ pub mod config;
 mod error;
 mod event;
 mod execute;
-mod json;
 mod migrations;
 mod outbox;
 mod publishers;

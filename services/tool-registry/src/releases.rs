@@ -20,7 +20,9 @@ use soma_sign::{DsseEnvelope, DsseSignature};
 
 use crate::error::RegistryError;
 use crate::store::{ACTIVE, Published, REVOKED, ReleaseRow};
-use crate::{Actor, Registry, audit_event, json, now_nanos, seal, timestamp};
+use soma_proto::json;
+
+use crate::{Actor, Registry, audit_event, now_nanos, seal, timestamp};
 
 /// Longest revocation reason.
 const MAX_REASON: usize = 1024;

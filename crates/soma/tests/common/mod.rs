@@ -13,6 +13,7 @@
 
 #[path = "../../../../services/analytics/tests/common/mod.rs"]
 pub mod analytics;
+pub mod cli;
 pub mod edge;
 #[path = "../../../../services/tool-registry/tests/common/mod.rs"]
 pub mod registry;

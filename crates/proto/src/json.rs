@@ -1,16 +1,19 @@
-//! `google.protobuf.Struct` ↔ JSON, bounded: adapters speak JSON text, the
-//! API speaks `Struct`.
+//! `google.protobuf.Struct` ↔ JSON, bounded: adapters and capsule schemas
+//! speak JSON, the API speaks `Struct`. Depth is capped both ways, so a
+//! hostile message is refused, never recursed into without end; a number
+//! that is not finite and a `Value` without a kind are refused too.
 
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value as PbValue};
 use serde_json::{Map, Number, Value};
 
 /// Deepest nesting converted; deeper input is refused, never recursed into.
-pub(crate) const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 64;
 
 /// Why a conversion failed.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Refused {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
     /// Nested deeper than [`MAX_DEPTH`].
     TooDeep,
     /// A number that is not finite.
@@ -18,6 +21,8 @@ pub(crate) enum Refused {
     /// A `Value` with no kind set.
     Empty,
 }
+
+impl std::error::Error for Refused {}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,7 +35,7 @@ impl std::fmt::Display for Refused {
 }
 
 /// A `Struct` as a JSON object.
-pub(crate) fn from_struct(s: &Struct) -> Result<Value, Refused> {
+pub fn from_struct(s: &Struct) -> Result<Value, Refused> {
     object(s, 0)
 }
 
@@ -66,7 +71,7 @@ fn value(v: &PbValue, depth: usize) -> Result<Value, Refused> {
 }
 
 /// A JSON object as a `Struct`; `None` if `v` is not an object.
-pub(crate) fn to_struct(v: &Value) -> Result<Option<Struct>, Refused> {
+pub fn to_struct(v: &Value) -> Result<Option<Struct>, Refused> {
     match v {
         Value::Object(map) => Ok(Some(struct_of(map, 0)?)),
         _ => Ok(None),

@@ -1,0 +1,62 @@
+//! The `soma` binary as the end-to-end tests drive it beside a running
+//! `soma up`: one command, its output checked, and the edge `soma up`
+//! serves.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const SOMA: &str = env!("CARGO_BIN_EXE_soma");
+
+/// Runs `soma args` in `dir`, on the data dir's own SQLite databases (as
+/// `soma up` uses them: `DATABASE_URL` removed).
+pub fn soma(args: &[&str], dir: &Path) -> Output {
+    std::process::Command::new(SOMA)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a command that must have succeeded.
+pub fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// The edge `soma up` wrote to `DATA/endpoints.json`, once it answers.
+pub async fn wait_for_edge(data_dir: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http = super::edge::client();
+    loop {
+        if let Ok(bytes) = std::fs::read(data_dir.join("endpoints.json")) {
+            let endpoints: Value = serde_json::from_slice(&bytes).unwrap();
+            let edge = endpoints["edge"].as_str().unwrap().to_owned();
+            let r = super::edge::send(&http, "GET", &format!("{edge}/openapi.json"), None, None, &[]).await;
+            if r.status == 200 {
+                return edge;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "soma up did not serve its edge in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `t` as RFC 3339.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
