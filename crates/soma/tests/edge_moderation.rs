@@ -142,11 +142,11 @@ async fn findings_in_path_query_and_body_are_refused_for_json_and_grpc() {
                 ],
             ),
             Case {
-                name: "clean RunCapsule passes moderation (RunCapsule itself is not built)",
+                name: "clean RunCapsule passes moderation and reaches the orchestration (no CapsuleRepo here)",
                 target: "/v1/capsules/c1:run".to_owned(),
-                body: r#"{"input": {"note": "hello"}}"#,
-                status: 501,
-                reason: "unimplemented",
+                body: r#"{"environment": "production", "input": {"note": "hello"}}"#,
+                status: 503,
+                reason: "backend_not_configured",
                 findings: vec![],
             },
             Case {
@@ -310,12 +310,13 @@ async fn findings_in_path_query_and_body_are_refused_for_json_and_grpc() {
         for (name, result, expected) in grpc_cases {
             let status = result.expect_err(name);
             if expected.is_empty() {
-                // Past moderation: RunCapsule is not built; ToolRegistry has
-                // no such release.
+                // Past moderation: RunCapsule's orchestration finds no
+                // CapsuleRepo configured here; ToolRegistry has no such
+                // release.
                 let answered = if name.contains("ExecuteTool") {
                     tonic::Code::NotFound
                 } else {
-                    tonic::Code::Unimplemented
+                    tonic::Code::Unavailable
                 };
                 assert_eq!(status.code(), answered, "{name}: {status:?}");
             } else {
