@@ -153,7 +153,7 @@ async fn run_capsule_binding_on(db: &Database) {
             tenant: "acme".to_owned(),
             subject: "user@acme".to_owned(),
             region: "local".to_owned(),
-            capabilities: vec!["capsules:run".to_owned()],
+            capabilities: vec!["capsules:run".to_owned(), "tools:execute".to_owned()],
             mfa: false,
             operator: false,
             moderation: case.moderation,

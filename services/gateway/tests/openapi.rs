@@ -203,13 +203,14 @@ fn key_routes_have_their_parameters_bodies_and_policies() {
     assert_eq!(list["x-mfa-required"], false);
     assert_eq!(
         param_names(list, "query"),
-        ["state", "page.pageSize", "page.pageToken"]
+        ["state", "page.pageSize", "page.pageToken", "capsule"]
     );
     assert_eq!(
         param(list, "state", "query")["schema"],
         json!({ "type": "string", "enum": [
             "SUBMISSION_STATE_UNSPECIFIED", "SUBMISSION_STATE_PENDING",
-            "SUBMISSION_STATE_APPROVED", "SUBMISSION_STATE_REJECTED"
+            "SUBMISSION_STATE_APPROVED", "SUBMISSION_STATE_REJECTED",
+            "SUBMISSION_STATE_IN_REVIEW", "SUBMISSION_STATE_CHANGES_REQUESTED"
         ] })
     );
     assert_eq!(
@@ -279,6 +280,12 @@ fn schemas_follow_the_proto3_json_mapping() {
         "submissionId",
         "revision",
         "updatedAt",
+        "status",
+        "capsule",
+        "version",
+        "failureReason",
+        "activeRevision",
+        "activeSubmissionId",
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected);
