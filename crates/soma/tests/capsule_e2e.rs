@@ -7,7 +7,8 @@
 //! event are in Analytics' signed exports, each verifying with
 //! `soma verify export`, the run with its provenance (capsule version,
 //! bundle digest, environment, revision, moderation decision). Another
-//! tenant's run of the same capsule is 404; a token that may not execute
+//! tenant's run of the same capsule is 404; once the release is revoked a
+//! run is 409 `release_revoked` and nothing executes; a token that may not execute
 //! tools may not run a capsule. A review-history row edited in SQL is
 //! refused by the read and named by `soma verify store --service
 //! capsule-repo`.
@@ -718,6 +719,56 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         tampered.trim_end().ends_with("rows checked, 1 failed"),
         "{tampered}"
     );
+
+    // The release revoked after the installation: the run is 409 with the
+    // reason, and nothing executes (no billing event, no run recorded).
+    let revoker = token("acme", "publisher@acme", "tools:revoke", true);
+    let r = edge
+        .call(
+            "POST",
+            "/v1/tools/text-stats/releases/1.0.0:revoke",
+            &revoker,
+            Some(json!({"reason": "superseded"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let exported = |path: String| {
+        let edge = &edge;
+        let runner = &runner;
+        async move {
+            let r = edge.call("GET", &path, runner, None).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let (data, _) = export_parts(&r.body);
+            serde_json::from_slice::<Value>(&data).unwrap()["rows"]
+                .as_array()
+                .map_or(0, Vec::len)
+        }
+    };
+    let billing_path = format!("/v1/exports/billing-ledger?from={from}&to={to}");
+    let runs_path = format!("/v1/exports/capsule-runs?from={from}&to={to}");
+    let (billed_before, runs_before) = (
+        exported(billing_path.clone()).await,
+        exported(runs_path.clone()).await,
+    );
+    let r = edge
+        .call(
+            "POST",
+            "/v1/capsules/text-stats:run",
+            &runner,
+            Some(json!({"environment": "production", "input": {"text": "after the revocation"}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (409, "release_revoked".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // The outbox delivers within milliseconds; a second is ample for an
+    // execution that would have happened.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(exported(billing_path).await, billed_before, "nothing executed");
+    assert_eq!(exported(runs_path).await, runs_before, "no run recorded");
 
     let _ = up.start_kill();
     let _ = up.wait().await;
