@@ -38,7 +38,14 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
         let ca = Ca::new();
         let keys = AnalyticsKeys::generate();
         let analytics_store = stores.of(ServiceKind::Analytics);
-        let analytics = start_analytics(&ca, analytics_store, &keys, "127.0.0.1:0").await;
+        // Restarted on this address later: a port no outgoing connection takes.
+        let analytics = start_analytics(
+            &ca,
+            analytics_store,
+            &keys,
+            &soma_testing::restartable_addr().to_string(),
+        )
+        .await;
         let addr = analytics.addr;
         let analytics_id = analytics.id.clone();
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
@@ -170,7 +177,14 @@ async fn an_outbox_row_edited_in_the_database_is_never_sent() {
         let keys = AnalyticsKeys::generate();
         let analytics_store = stores.of(ServiceKind::Analytics);
         // Analytics' address, then Analytics gone while events are written.
-        let analytics = start_analytics(&ca, analytics_store, &keys, "127.0.0.1:0").await;
+        // Restarted on this address later: a port no outgoing connection takes.
+        let analytics = start_analytics(
+            &ca,
+            analytics_store,
+            &keys,
+            &soma_testing::restartable_addr().to_string(),
+        )
+        .await;
         let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
         analytics.stop().await;
         let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();

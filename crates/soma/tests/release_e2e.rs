@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use common::cli::{ok, rfc3339, soma, wait_for_edge};
+use common::cli::{head_only, ok, rfc3339, soma, wait_for_edge};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_goes_from_signature_to_billing_through_the_edge() {
@@ -718,28 +718,6 @@ async fn bad_input(edge: &str, token: &str, data: &Path, work: &Path) {
         "{reply}"
     );
     assert_eq!(release_count(data).await, releases_before, "nothing written");
-}
-
-/// Sends only the head of a POST with `content_length`, and reads the reply.
-async fn head_only(url: &str, token: &str, content_length: usize) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let uri: http::Uri = url.parse().unwrap();
-    let authority = uri.authority().unwrap().as_str().to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n",
-        uri.path()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
-        .await
-        .expect("the edge answers from the head and closes")
-        .unwrap();
-    let text = String::from_utf8(reply).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1;
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 async fn release_count(data: &Path) -> i64 {

@@ -39,6 +39,6 @@ pub use claims::{operator_claims_request, tenant_request};
 pub use client::{channel, grpc_reason, health, http_get, reflection_list, reflection_list_v1alpha};
 pub use encoding::pem;
 pub use interop::python;
-pub use running::{Running, serve, settings};
+pub use running::{Running, restartable_addr, serve, settings};
 pub use sql::{exec, scalar, scalar_text};
 pub use stores::{Stores, engine_stores};

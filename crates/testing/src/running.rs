@@ -88,3 +88,29 @@ pub async fn serve(
         kept: Vec::new(),
     }
 }
+
+/// A loopback address for a server a test stops and starts again on the
+/// same address: a port below the kernel's ephemeral range, so that no
+/// outgoing connection of any test (whose source ports come from that
+/// range) can take it while the server is down. Free when returned.
+pub fn restartable_addr() -> SocketAddr {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20_000u16.min(ephemeral_start.saturating_sub(1_000));
+    let span = u32::from(ephemeral_start - low);
+    // A start that differs between test processes and calls, then the
+    // first free port from there.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id() ^ nanos) % span;
+    for step in 0..span {
+        let port = low + u16::try_from((start + step) % span).unwrap();
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free loopback port between {low} and {ephemeral_start}");
+}

@@ -60,3 +60,25 @@ pub async fn wait_for_edge(data_dir: &Path) -> String {
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
+
+/// Sends only the head of a POST with `content_length`, and reads the reply.
+pub async fn head_only(url: &str, token: &str, content_length: usize) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let uri: http::Uri = url.parse().unwrap();
+    let authority = uri.authority().unwrap().as_str().to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n",
+        uri.path()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+        .await
+        .expect("the edge answers from the head and closes")
+        .unwrap();
+    let text = String::from_utf8(reply).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
