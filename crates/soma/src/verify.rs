@@ -301,29 +301,23 @@ impl SweptService {
         db: &Database,
         keys: &HmacKeyring,
     ) -> Result<(u64, Vec<(String, String, String)>), String> {
+        // The two services' reports have the same fields, in two types.
+        macro_rules! listed {
+            ($swept:expr) => {
+                $swept
+                    .map(|r| {
+                        let failures = r
+                            .failures
+                            .into_iter()
+                            .map(|f| (f.table, f.primary_key, f.reason));
+                        (r.rows_checked, failures.collect())
+                    })
+                    .map_err(|e| chain(&e))
+            };
+        }
         match self {
-            Self::Analytics => soma_analytics::verify_store(db, keys)
-                .await
-                .map(|r| {
-                    let failures = r
-                        .failures
-                        .into_iter()
-                        .map(|f| (f.table, f.primary_key, f.reason))
-                        .collect();
-                    (r.rows_checked, failures)
-                })
-                .map_err(|e| chain(&e)),
-            Self::CapsuleRepo => soma_capsule_repo::verify_store(db, keys)
-                .await
-                .map(|r| {
-                    let failures = r
-                        .failures
-                        .into_iter()
-                        .map(|f| (f.table, f.primary_key, f.reason))
-                        .collect();
-                    (r.rows_checked, failures)
-                })
-                .map_err(|e| chain(&e)),
+            Self::Analytics => listed!(soma_analytics::verify_store(db, keys).await),
+            Self::CapsuleRepo => listed!(soma_capsule_repo::verify_store(db, keys).await),
         }
     }
 }

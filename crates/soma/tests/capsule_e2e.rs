@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use common::cli::{head_only, ok, rfc3339, soma, wait_for_edge};
+use common::cli::{head_only, ok, rfc3339, sign_text_stats, soma, wait_for_edge};
 
 /// The repository's example bundle.
 fn example_bundle() -> PathBuf {
@@ -56,6 +56,12 @@ struct Edge {
 }
 
 impl Edge {
+    /// `RunCapsule` of the example capsule with `body`.
+    async fn run(&self, token: &str, body: Value) -> common::edge::Reply {
+        self.call("POST", "/v1/capsules/text-stats:run", token, Some(body))
+            .await
+    }
+
     async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> common::edge::Reply {
         let body = body.map(|b| b.to_string());
         common::edge::send(
@@ -100,35 +106,26 @@ impl Edge {
                 std::fs::write(&file, &data).unwrap();
                 std::fs::write(&sig, base64::engine::general_purpose::STANDARD.encode(&signature)).unwrap();
                 std::fs::write(&key, pem).unwrap();
-                let verdict = soma(
-                    &[
-                        "verify",
-                        "export",
-                        file.to_str().unwrap(),
-                        "--signature",
-                        sig.to_str().unwrap(),
-                        "--public-key",
-                        key.to_str().unwrap(),
-                    ],
-                    work,
-                );
-                ok(&verdict);
+                let verify = || {
+                    soma(
+                        &[
+                            "verify",
+                            "export",
+                            file.to_str().unwrap(),
+                            "--signature",
+                            sig.to_str().unwrap(),
+                            "--public-key",
+                            key.to_str().unwrap(),
+                        ],
+                        work,
+                    )
+                };
+                ok(&verify());
                 // One byte changed: refused.
                 let mut changed = data.clone();
                 changed[10] ^= 1;
                 std::fs::write(&file, &changed).unwrap();
-                let refused = soma(
-                    &[
-                        "verify",
-                        "export",
-                        file.to_str().unwrap(),
-                        "--signature",
-                        sig.to_str().unwrap(),
-                        "--public-key",
-                        key.to_str().unwrap(),
-                    ],
-                    work,
-                );
+                let refused = verify();
                 assert_eq!(
                     refused.status.code(),
                     Some(1),
@@ -194,38 +191,7 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         ],
         work,
     ));
-    std::fs::write(
-        work.join("text_stats.wat"),
-        soma_sandbox::adapter_wat("text_stats").unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        work.join("manifest.json"),
-        serde_json::to_vec(&json!({
-            "tool": "text-stats",
-            "version": "1.0.0",
-            "entrypoint": "run",
-            "limits": {"fuel": 50_000_000, "memory_bytes": 4_194_304, "deadline_ms": 2000},
-            "description": "Counts characters, words, lines and bytes of a text."
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    ok(&soma(
-        &[
-            "release",
-            "sign",
-            "--key",
-            "pub/publisher.key",
-            "--manifest",
-            "manifest.json",
-            "--module",
-            "text_stats.wat",
-            "--out",
-            "envelope.json",
-        ],
-        work,
-    ));
+    sign_text_stats(work, "pub/publisher.key");
     ok(&soma(
         &[
             "release",
@@ -535,11 +501,9 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     let started = time::OffsetDateTime::now_utc();
     // Running a capsule executes its tools: capsules:run alone is refused.
     let r = edge
-        .call(
-            "POST",
-            "/v1/capsules/text-stats:run",
+        .run(
             &token("acme", "carol@acme", "capsules:run", false),
-            Some(json!({"environment": "production", "input": {"text": "hi"}})),
+            json!({"environment": "production", "input": {"text": "hi"}}),
         )
         .await;
     assert_eq!(
@@ -555,11 +519,9 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         false,
     );
     let r = edge
-        .call(
-            "POST",
-            "/v1/capsules/text-stats:run",
+        .run(
             &runner,
-            Some(json!({"environment": "production", "input": {"text": "one two three\nfour"}})),
+            json!({"environment": "production", "input": {"text": "one two three\nfour"}}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -576,11 +538,9 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
 
     // Input the capsule's schema refuses: 400 naming the field; nothing runs.
     let r = edge
-        .call(
-            "POST",
-            "/v1/capsules/text-stats:run",
+        .run(
             &runner,
-            Some(json!({"environment": "production", "input": {"text": 7}})),
+            json!({"environment": "production", "input": {"text": 7}}),
         )
         .await;
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
@@ -593,11 +553,9 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     // Another tenant has installed nothing: 404.
     let globex = token("globex", "dave@globex", "capsules:run tools:execute", false);
     let r = edge
-        .call(
-            "POST",
-            "/v1/capsules/text-stats:run",
+        .run(
             &globex,
-            Some(json!({"environment": "production", "input": {"text": "hi"}})),
+            json!({"environment": "production", "input": {"text": "hi"}}),
         )
         .await;
     assert_eq!(
@@ -753,11 +711,9 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         exported(runs_path.clone()).await,
     );
     let r = edge
-        .call(
-            "POST",
-            "/v1/capsules/text-stats:run",
+        .run(
             &runner,
-            Some(json!({"environment": "production", "input": {"text": "after the revocation"}})),
+            json!({"environment": "production", "input": {"text": "after the revocation"}}),
         )
         .await;
     assert_eq!(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use common::cli::{head_only, ok, rfc3339, soma, wait_for_edge};
+use common::cli::{head_only, ok, rfc3339, sign_text_stats, soma, wait_for_edge};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_goes_from_signature_to_billing_through_the_edge() {
@@ -52,38 +52,7 @@ async fn a_release_goes_from_signature_to_billing_through_the_edge() {
     assert!(added.starts_with(&key_id), "{added}");
 
     // The module as WebAssembly text; sign fills in its digest and size.
-    std::fs::write(
-        work.join("text_stats.wat"),
-        soma_sandbox::adapter_wat("text_stats").unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        work.join("manifest.json"),
-        serde_json::to_vec(&json!({
-            "tool": "text-stats",
-            "version": "1.0.0",
-            "entrypoint": "run",
-            "limits": {"fuel": 50_000_000, "memory_bytes": 4_194_304, "deadline_ms": 2000},
-            "description": "Counts characters, words, lines and bytes of a text."
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    ok(&soma(
-        &[
-            "release",
-            "sign",
-            "--key",
-            "pub/publisher.key",
-            "--manifest",
-            "manifest.json",
-            "--module",
-            "text_stats.wat",
-            "--out",
-            "envelope.json",
-        ],
-        work,
-    ));
+    sign_text_stats(work, "pub/publisher.key");
     let verified = ok(&soma(
         &[
             "release",

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The binary under test.
 pub const SOMA: &str = env!("CARGO_BIN_EXE_soma");
@@ -81,4 +81,43 @@ pub async fn head_only(url: &str, token: &str, content_length: usize) -> (u16, V
     let status: u16 = text[9..12].parse().unwrap();
     let body = text.split_once("\r\n\r\n").unwrap().1;
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Writes the `text_stats` adapter as WebAssembly text and the manifest of
+/// `text-stats` 1.0.0 into `work`, and signs them with `soma release sign`
+/// and `key` into `work/envelope.json` (sign fills in the module's digest
+/// and size).
+pub fn sign_text_stats(work: &Path, key: &str) {
+    std::fs::write(
+        work.join("text_stats.wat"),
+        soma_sandbox::adapter_wat("text_stats").unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("manifest.json"),
+        serde_json::to_vec(&json!({
+            "tool": "text-stats",
+            "version": "1.0.0",
+            "entrypoint": "run",
+            "limits": {"fuel": 50_000_000, "memory_bytes": 4_194_304, "deadline_ms": 2000},
+            "description": "Counts characters, words, lines and bytes of a text."
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    ok(&soma(
+        &[
+            "release",
+            "sign",
+            "--key",
+            key,
+            "--manifest",
+            "manifest.json",
+            "--module",
+            "text_stats.wat",
+            "--out",
+            "envelope.json",
+        ],
+        work,
+    ));
 }
