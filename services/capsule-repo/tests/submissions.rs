@@ -354,6 +354,46 @@ async fn every_attestation_refusal_has_its_reason_and_writes_nothing() {
             .unwrap_err();
         assert_eq!(status.code(), Code::PermissionDenied, "{label}: {status:?}");
 
+        // A threshold lowered in SQL (2 → 1) is not trusted: the row fails
+        // its MAC, a one-signature attestation of the trio is refused
+        // DATA_LOSS (never accepted at the lowered threshold), nothing is
+        // written, and the sweep names the row.
+        assert!(
+            soma_capsule_repo::verify_store(&h.db, &h.keys())
+                .await
+                .unwrap()
+                .failures
+                .is_empty(),
+            "{label}"
+        );
+        let lowered = soma_testing::exec(
+            &h.db,
+            "UPDATE publisher_thresholds SET threshold = 1 WHERE publisher = 'trio'",
+        )
+        .await;
+        assert_eq!(lowered, 1, "{label}");
+        let before = h.count("submissions").await;
+        let one = example_at("9.9.9");
+        let status = h
+            .submit("acme", "alice@acme", &one, &attest(&one, &[&trio[0]]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), grpc_reason(&status)),
+            (Code::DataLoss, "row_integrity"),
+            "{label}: {status:?}"
+        );
+        assert_eq!(h.count("submissions").await, before, "{label}: nothing written");
+        let report = soma_capsule_repo::verify_store(&h.db, &h.keys()).await.unwrap();
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| (f.table.as_str(), f.primary_key.as_str()) == ("publisher_thresholds", "trio")),
+            "{label}: {:?}",
+            report.failures
+        );
+
         h.stop().await;
         stores.cleanup().await;
     }
