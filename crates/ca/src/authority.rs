@@ -1,96 +1,319 @@
-//! The development root and the X509-SVIDs it signs.
+//! The development authority: the X509-SVIDs and JWT-SVIDs it signs with
+//! its active slot, the bundles it publishes, and the rotation of its slots
+//! (see [`crate::keys`] for the files and the schedule).
 //!
-//! The root is an ECDSA P-256 self-signed certificate persisted as
-//! `DIR/ca/ca.pem` and `DIR/ca/ca.key` (PKCS#8 PEM, mode 0600). Every open,
-//! including the one right after creation, reads both files back and checks
-//! them, so there is a single code path from disk to signing key.
+//! Every open, including the one right after creation, reads the files back
+//! and checks them, so there is a single code path from disk to signing key.
+//! The key material in memory is one immutable snapshot behind an `Arc`,
+//! swapped whole after a rotation: an issuance that has started finishes
+//! with the slot it started with.
 
 use std::fmt;
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom as _, SystemRandom};
 use soma_identity::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
-use tracing::{info, warn};
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::{FromDer as _, X509Certificate};
+use tracing::{debug, info, warn};
 
 use crate::entries::EntryStore;
 use crate::error::CaError;
 use crate::files::{self, PRIVATE_FILE, PUBLIC_FILE};
-use crate::jwt::{IssuedJwt, JwtKey, ValidatedJwt};
+use crate::jwt::{self, IssuedJwt, JwtPublicKey, ValidatedJwt};
+use crate::keys::{self, KeySet, Layout, Slot};
 use crate::pem;
-
-/// Lifetime of a newly created root.
-const ROOT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// How far `notBefore` is set in the past, so that a peer whose clock is a
 /// little behind still accepts a certificate minted a moment ago.
-const BACKDATE: Duration = Duration::from_secs(10);
+pub(crate) const BACKDATE: Duration = Duration::from_secs(10);
 
 /// Length of certificate serial numbers, in bytes (128 bits).
-const SERIAL_LEN: usize = 16;
+pub(crate) const SERIAL_LEN: usize = 16;
 
 /// Organization name written in the subject of the root and of every SVID.
 const ORGANIZATION: &str = "SomaStack";
 
-/// The development authority: a P-256 root persisted under a directory.
+/// Shortest root lifetime accepted: the schedule (prepare at 1/2, activate
+/// at 5/6) must leave whole seconds between its steps.
+const MIN_CA_TTL: Duration = Duration::from_secs(6);
+
+/// Settings of an authority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthorityOptions {
+    /// Lifetime of each new root and its JWT key. The next slot is prepared
+    /// at half of it and activated at five sixths.
+    pub ca_ttl: Duration,
+}
+
+impl Default for AuthorityOptions {
+    /// 24 hours, SPIRE's default `ca_ttl`.
+    fn default() -> Self {
+        Self {
+            ca_ttl: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// Where a slot stands in its rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotState {
+    /// Signs every SVID and JWT-SVID.
+    Active,
+    /// Published in the bundles; signs once activated.
+    Prepared,
+    /// Signs nothing any more; published until it expires.
+    Retired,
+}
+
+impl fmt::Display for SlotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Active => "active",
+            Self::Prepared => "prepared",
+            Self::Retired => "retired",
+        })
+    }
+}
+
+/// One root and its JWT key, as `soma ca show` lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Its state.
+    pub state: SlotState,
+    /// The root's serial number, lowercase hex.
+    pub serial: String,
+    /// The root's `notAfter`, which is also the JWT key's expiry.
+    pub not_after: SystemTime,
+    /// The `kid` of the JWT key.
+    pub jwt_kid: String,
+}
+
+/// The development authority: its slots under a directory.
 pub struct Authority {
     trust_domain: TrustDomain,
-    issuer: Issuer<'static, KeyPair>,
-    root_der: Vec<u8>,
-    root_not_after: SystemTime,
-    root_path: PathBuf,
     data_dir: PathBuf,
-    jwt: JwtKey,
+    layout: Layout,
+    options: AuthorityOptions,
+    keys: RwLock<Arc<KeySet>>,
     rng: SystemRandom,
 }
 
 impl Authority {
-    /// Opens `DIR/ca/{ca.pem,ca.key}` or creates them: a self-signed ECDSA P-256
-    /// root for `trust_domain` (basicConstraints CA:true, pathLen 0, critical;
-    /// keyUsage keyCertSign|cRLSign, critical; URI SAN `spiffe://<td>`; valid
-    /// one year). The key is written as PKCS#8 PEM with mode 0600.
-    ///
-    /// A directory that already holds a root is reused as is; reopening it with
-    /// another trust domain is an error, and so is a root that has expired, a
-    /// key that does not match the certificate, or anything this authority
-    /// would not have written.
+    /// [`Authority::open_or_create_with`] with the default options.
     pub fn open_or_create(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
-        let ca_dir = dir.join("ca");
-        let cert_path = ca_dir.join("ca.pem");
-        let key_path = ca_dir.join("ca.key");
-        match fs::metadata(&cert_path) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create_root(&ca_dir, &cert_path, &key_path, trust_domain)?;
+        Self::open_or_create_with(dir, trust_domain, AuthorityOptions::default())
+    }
+
+    /// Opens the authority under `DIR/ca` or creates it: a self-signed ECDSA
+    /// P-256 root for `trust_domain` (basicConstraints CA:true, pathLen 0,
+    /// critical; keyUsage keyCertSign|cRLSign, critical; URI SAN
+    /// `spiffe://<td>`; valid `options.ca_ttl`) and an ES256 JWT key. Keys
+    /// are written as PKCS#8 PEM with mode 0600.
+    ///
+    /// A directory that already holds a root is reused as is, and any step
+    /// of the rotation schedule that came due while nothing ran is taken now
+    /// (an expired root is replaced). Reopening it with another trust domain
+    /// is an error, and so is a key that does not match its certificate, or
+    /// anything this authority would not have written.
+    pub fn open_or_create_with(
+        dir: &Path,
+        trust_domain: &TrustDomain,
+        options: AuthorityOptions,
+    ) -> Result<Self, CaError> {
+        check_ca_ttl(options.ca_ttl)?;
+        let layout = Layout::new(dir);
+        let keys = {
+            let _lock = layout.lock()?;
+            if !layout.cert().exists() {
+                keys::create_first(&layout, trust_domain, options.ca_ttl)?;
             }
-            Err(e) => return Err(CaError::io("cannot inspect", &cert_path)(e)),
-        }
-        let mut authority = Self::open(&cert_path, &key_path, trust_domain)?;
-        authority.data_dir = dir.to_owned();
+            keys::load(&layout, trust_domain)?
+        };
+        let authority = Self::new(dir, trust_domain, layout, options, keys);
+        authority.advance(SystemTime::now())?;
         Ok(authority)
     }
 
-    /// Opens the root under `DIR/ca` like [`Authority::open_or_create`], but
-    /// never creates one: a missing root is an [`CaError::Io`] (not found).
+    /// Opens the authority under `DIR/ca` like [`Authority::open_or_create`],
+    /// but never creates one and takes no step of the schedule: a missing
+    /// root is an [`CaError::Io`] (not found).
     pub fn open_existing(dir: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
-        let ca_dir = dir.join("ca");
-        let mut authority = Self::open(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"), trust_domain)?;
-        authority.data_dir = dir.to_owned();
-        Ok(authority)
+        let layout = Layout::new(dir);
+        if !layout.cert().exists() {
+            let path = layout.cert();
+            return Err(CaError::io("cannot read", &path)(
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        }
+        let keys = {
+            let _lock = layout.lock()?;
+            keys::load(&layout, trust_domain)?
+        };
+        Ok(Self::new(
+            dir,
+            trust_domain,
+            layout,
+            AuthorityOptions::default(),
+            keys,
+        ))
     }
 
-    /// Signs a JWT-SVID (ES256) for `id` with `audience`, valid for `ttl`.
+    /// The same authority with other options (the lifetime of the roots it
+    /// prepares from now on).
+    pub fn with_options(mut self, options: AuthorityOptions) -> Result<Self, CaError> {
+        check_ca_ttl(options.ca_ttl)?;
+        self.options = options;
+        Ok(self)
+    }
+
+    fn new(
+        dir: &Path,
+        trust_domain: &TrustDomain,
+        layout: Layout,
+        options: AuthorityOptions,
+        keys: KeySet,
+    ) -> Self {
+        log_loaded(&keys, false);
+        Self {
+            trust_domain: trust_domain.clone(),
+            data_dir: dir.to_owned(),
+            layout,
+            options,
+            keys: RwLock::new(Arc::new(keys)),
+            rng: SystemRandom::new(),
+        }
+    }
+
+    /// Takes the step of the rotation schedule that is due at `now`, if any,
+    /// and picks up every change another process (`soma ca prepare`,
+    /// `soma ca activate`) made on disk. Returns whether the published
+    /// bundles changed.
+    ///
+    /// Steps: no prepared slot and half the active root's lifetime gone →
+    /// prepare one; a prepared slot and five sixths gone → activate it; the
+    /// active root expired (nothing ran for a whole lifetime) → activate a
+    /// valid prepared slot or a fresh one; retired slots past their expiry →
+    /// removed.
+    pub fn advance(&self, now: SystemTime) -> Result<bool, CaError> {
+        let _lock = self.layout.lock()?;
+        let mut keys = self.snapshot();
+        let mut changed = false;
+        if self.layout.mark() != keys.mark {
+            keys = Arc::new(keys::load(&self.layout, &self.trust_domain)?);
+            changed = true;
+        }
+        let active = &keys.active;
+        let mut stepped = true;
+        if now >= active.not_after {
+            warn!(
+                serial = %hex(&active.serial),
+                "the active ca root has expired; activating a new one"
+            );
+            match &keys.prepared {
+                Some(prepared) if prepared.not_after > now => {}
+                _ => {
+                    self.discard_prepared(&keys)?;
+                    keys::prepare(&self.layout, &self.trust_domain, self.options.ca_ttl)?;
+                }
+            }
+            keys::activate(&self.layout, active)?;
+        } else if keys.prepared.is_none() && now >= active.prepare_at() {
+            keys::prepare(&self.layout, &self.trust_domain, self.options.ca_ttl)?;
+        } else if keys.prepared.is_some() && now >= active.activate_at() {
+            keys::activate(&self.layout, active)?;
+        } else {
+            stepped = false;
+        }
+        let pruned = keys::prune(&self.layout, &keys, now)?;
+        if stepped || pruned {
+            keys = Arc::new(keys::load(&self.layout, &self.trust_domain)?);
+            changed = true;
+        }
+        if changed {
+            log_loaded(&keys, true);
+            self.replace(keys);
+        }
+        Ok(changed)
+    }
+
+    /// Prepares the next slot now, ahead of the schedule (`soma ca
+    /// prepare`): its root and JWT key are published at once and sign
+    /// nothing until activated. Refused when one is prepared already.
+    pub fn prepare(&self) -> Result<SlotInfo, CaError> {
+        let _lock = self.layout.lock()?;
+        let keys = keys::load(&self.layout, &self.trust_domain)?;
+        if let Some(prepared) = &keys.prepared {
+            return Err(CaError::AlreadyPrepared {
+                serial: hex(&prepared.serial),
+            });
+        }
+        keys::prepare(&self.layout, &self.trust_domain, self.options.ca_ttl)?;
+        let keys = keys::load(&self.layout, &self.trust_domain)?;
+        log_loaded(&keys, true);
+        let info = keys
+            .prepared
+            .as_ref()
+            .map(|slot| slot_info(SlotState::Prepared, slot));
+        self.replace(Arc::new(keys));
+        info.ok_or(CaError::NothingPrepared {
+            path: self.layout.cert(),
+        })
+    }
+
+    /// Activates the prepared slot now, ahead of the schedule (`soma ca
+    /// activate`); the active one becomes retired, still published until it
+    /// expires. Refused when nothing is prepared.
+    pub fn activate(&self) -> Result<SlotInfo, CaError> {
+        let _lock = self.layout.lock()?;
+        let keys = keys::load(&self.layout, &self.trust_domain)?;
+        if keys.prepared.is_none() {
+            return Err(CaError::NothingPrepared {
+                path: self.layout.cert(),
+            });
+        }
+        keys::activate(&self.layout, &keys.active)?;
+        let keys = keys::load(&self.layout, &self.trust_domain)?;
+        log_loaded(&keys, true);
+        let info = slot_info(SlotState::Active, &keys.active);
+        self.replace(Arc::new(keys));
+        Ok(info)
+    }
+
+    /// Every slot: the active one, the prepared one if any, then the retired
+    /// ones still published, newest first.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        let keys = self.snapshot();
+        let mut slots = vec![slot_info(SlotState::Active, &keys.active)];
+        slots.extend(
+            keys.prepared
+                .iter()
+                .map(|slot| slot_info(SlotState::Prepared, slot)),
+        );
+        let now = SystemTime::now();
+        slots.extend(
+            keys.retired
+                .iter()
+                .filter(|old| old.not_after > now)
+                .map(|old| SlotInfo {
+                    state: SlotState::Retired,
+                    serial: hex(&old.serial),
+                    not_after: old.not_after,
+                    jwt_kid: old.jwt.kid().to_owned(),
+                }),
+        );
+        slots
+    }
+
+    /// Signs a JWT-SVID (ES256) for `id` with `audience`, valid for `ttl`
+    /// (never past the active key's expiry).
     pub fn issue_jwt(&self, id: &SpiffeId, audience: &[String], ttl: Duration) -> Result<IssuedJwt, CaError> {
         if id.trust_domain() != &self.trust_domain {
             return Err(CaError::ForeignIdentity {
@@ -98,19 +321,28 @@ impl Authority {
                 trust_domain: self.trust_domain.clone(),
             });
         }
-        let token = self.jwt.issue(id, audience, ttl)?;
-        info!(spiffe_id = %id, kid = self.jwt.kid(), ?audience, "issued jwt-svid");
+        let keys = self.snapshot();
+        let token = keys.active.jwt.issue(id, audience, ttl)?;
+        info!(spiffe_id = %id, kid = keys.active.jwt.kid(), ?audience, "issued jwt-svid");
         Ok(token)
     }
 
-    /// The JWT bundle (a JWKS document) of the trust domain.
+    /// The JWT bundle (a JWKS document) of the trust domain: the key of
+    /// every published slot.
     pub fn jwt_bundle(&self) -> Vec<u8> {
-        self.jwt.bundle()
+        let keys = self.snapshot();
+        jwt::bundle(published_jwt_keys(&keys, SystemTime::now()))
     }
 
-    /// Validates a JWT-SVID for `audience` against this authority's key.
+    /// Validates a JWT-SVID for `audience` against the published keys.
     pub fn validate_jwt(&self, token: &str, audience: &str) -> Result<ValidatedJwt, CaError> {
-        self.jwt.validate(token, audience, &self.trust_domain)
+        let keys = self.snapshot();
+        jwt::validate(
+            token,
+            audience,
+            &self.trust_domain,
+            published_jwt_keys(&keys, SystemTime::now()),
+        )
     }
 
     /// The registration entries of this authority (`DIR/ca/entries.json`).
@@ -143,23 +375,25 @@ impl Authority {
         }
         if ttl.as_secs() == 0 {
             return Err(CaError::InvalidTtl {
-                reason: "shorter than one second",
+                reason: "svid shorter than one second",
             });
         }
 
         // Certificates carry whole seconds: truncate first so that the times
         // returned to the caller are exactly the ones in the certificate.
+        let keys = self.snapshot();
+        let active = &keys.active;
         let now = whole_seconds(SystemTime::now());
-        if now >= self.root_not_after {
+        if now >= active.not_after {
             return Err(CaError::RootExpired {
-                path: self.root_path.clone(),
+                path: active.cert_path.clone(),
             });
         }
         let not_before = now.checked_sub(BACKDATE).unwrap_or(UNIX_EPOCH);
         let not_after = now
             .checked_add(Duration::from_secs(ttl.as_secs()))
             .ok_or(CaError::InvalidTtl { reason: "too long" })?
-            .min(self.root_not_after);
+            .min(active.not_after);
 
         let serial = self.random_serial()?;
         let mut params = CertificateParams::default();
@@ -189,7 +423,7 @@ impl Authority {
             source,
         })?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(&key, &active.issuer)
             .map_err(|source| CaError::Crypto {
                 action: "sign svid",
                 source,
@@ -211,14 +445,22 @@ impl Authority {
         })
     }
 
-    /// The root certificate(s) in DER, concatenated: the Workload API's bundle format.
+    /// The published roots in DER, concatenated (the Workload API's bundle
+    /// format): the active one, the prepared one, and the retired ones not
+    /// yet expired.
     pub fn bundle_der(&self) -> Vec<u8> {
-        self.root_der.clone()
+        let keys = self.snapshot();
+        published_roots(&keys, SystemTime::now()).concat()
     }
 
-    /// The root certificate(s) in PEM.
+    /// The published roots in PEM.
     pub fn bundle_pem(&self) -> String {
-        pem::encode(pem::CERTIFICATE, &self.root_der)
+        let keys = self.snapshot();
+        let mut out = String::new();
+        for root in published_roots(&keys, SystemTime::now()) {
+            pem::encode_into(&mut out, pem::CERTIFICATE, root);
+        }
+        out
     }
 
     /// Issues an SVID for `id` (with the loopback SANs) and writes, for
@@ -235,106 +477,25 @@ impl Authority {
         Ok(svid)
     }
 
-    /// Reads and checks a persisted root.
-    fn open(cert_path: &Path, key_path: &Path, trust_domain: &TrustDomain) -> Result<Self, CaError> {
-        let invalid = |path: &Path, reason: String| CaError::InvalidRoot {
-            path: path.to_owned(),
-            reason,
-        };
+    fn snapshot(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
 
-        let cert_pem = fs::read(cert_path).map_err(CaError::io("cannot read", cert_path))?;
-        let mut blocks = Vec::new();
-        for block in x509_parser::pem::Pem::iter_from_buffer(&cert_pem) {
-            let block = block.map_err(|e| invalid(cert_path, format!("bad pem: {e}")))?;
-            blocks.push(block);
-        }
-        let [block] = blocks.as_slice() else {
-            return Err(invalid(
-                cert_path,
-                format!("{} pem blocks, expected one", blocks.len()),
-            ));
-        };
-        if block.label != pem::CERTIFICATE {
-            return Err(invalid(
-                cert_path,
-                format!("pem block is {:?}, expected a certificate", block.label),
-            ));
-        }
-        let root_der = block.contents.clone();
-        let (rest, cert) = X509Certificate::from_der(&root_der)
-            .map_err(|e| invalid(cert_path, format!("bad certificate: {e}")))?;
-        if !rest.is_empty() {
-            return Err(invalid(
-                cert_path,
-                "trailing bytes after the certificate".to_owned(),
-            ));
-        }
+    /// Swaps in `keys`. The lock only guards an `Arc` swap, which cannot be
+    /// left half done, so a poisoned lock still holds consistent material.
+    fn replace(&self, keys: Arc<KeySet>) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+    }
 
-        // The trust domain first: it is the mistake an operator is most
-        // likely to make, and it deserves its own error.
-        let uris = uri_sans(&cert).map_err(|reason| invalid(cert_path, reason))?;
-        let [uri] = uris.as_slice() else {
-            return Err(invalid(
-                cert_path,
-                format!("{} uri sans, expected one", uris.len()),
-            ));
-        };
-        if *uri != trust_domain.id_string() {
-            return Err(CaError::TrustDomainMismatch {
-                expected: trust_domain.clone(),
-                found: (*uri).to_owned(),
-                path: cert_path.to_owned(),
-            });
+    /// Removes a prepared slot that can no longer be activated (it expired
+    /// while nothing ran). The caller holds the lock.
+    fn discard_prepared(&self, keys: &KeySet) -> Result<(), CaError> {
+        if let Some(prepared) = &keys.prepared {
+            warn!(serial = %hex(&prepared.serial), "discarding an expired prepared root");
+            let dir = prepared.cert_path.parent().unwrap_or(Path::new("."));
+            std::fs::remove_dir_all(dir).map_err(CaError::io("cannot remove", dir))?;
         }
-        match cert.basic_constraints() {
-            Ok(Some(bc)) if bc.value.ca => {}
-            _ => return Err(invalid(cert_path, "not a ca certificate".to_owned())),
-        }
-        match cert.key_usage() {
-            Ok(Some(ku)) if ku.value.key_cert_sign() => {}
-            _ => return Err(invalid(cert_path, "key usage lacks keyCertSign".to_owned())),
-        }
-        let root_not_after = unix_time(cert.validity().not_after.timestamp());
-        if root_not_after <= SystemTime::now() {
-            return Err(CaError::RootExpired {
-                path: cert_path.to_owned(),
-            });
-        }
-
-        let key_pem = fs::read_to_string(key_path).map_err(CaError::io("cannot read", key_path))?;
-        warn_if_readable_by_others(key_path);
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(key_path, format!("bad key: {e}")))?;
-        if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(invalid(key_path, "not an ecdsa p-256 key".to_owned()));
-        }
-        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
-            return Err(invalid(
-                key_path,
-                "key does not match the certificate in ca.pem".to_owned(),
-            ));
-        }
-
-        let issuer =
-            Issuer::from_ca_cert_der(&root_der.as_slice().into(), key).map_err(|source| CaError::Crypto {
-                action: "load ca root",
-                source,
-            })?;
-        info!(
-            trust_domain = %trust_domain,
-            serial = %hex(&cert.tbs_certificate.serial.to_bytes_be()),
-            path = %cert_path.display(),
-            "opened ca root"
-        );
-        Ok(Self {
-            trust_domain: trust_domain.clone(),
-            issuer,
-            root_der,
-            root_not_after,
-            root_path: cert_path.to_owned(),
-            data_dir: PathBuf::new(),
-            jwt: JwtKey::open_or_create(cert_path.parent().unwrap_or(Path::new(".")))?,
-            rng: SystemRandom::new(),
-        })
+        Ok(())
     }
 
     /// 16 random bytes whose first byte is not zero, so that the DER INTEGER
@@ -358,7 +519,7 @@ impl fmt::Debug for Authority {
         // The signing key is deliberately left out.
         f.debug_struct("Authority")
             .field("trust_domain", &self.trust_domain)
-            .field("root_not_after", &self.root_not_after)
+            .field("slots", &self.slots())
             .finish_non_exhaustive()
     }
 }
@@ -433,100 +594,84 @@ impl fmt::Debug for IssuedSvid {
     }
 }
 
-/// Generates the root, then writes the key and the certificate.
-///
-/// The certificate is renamed into place last: its presence is what marks the
-/// directory as holding a root. Two processes creating a root at the same
-/// instant could interleave their renames; the open that follows reads both
-/// files back and refuses a key that does not match the certificate.
-fn create_root(
-    ca_dir: &Path,
-    cert_path: &Path,
-    key_path: &Path,
-    trust_domain: &TrustDomain,
-) -> Result<(), CaError> {
-    let now = whole_seconds(SystemTime::now());
-    let mut params = CertificateParams::default();
-    params.distinguished_name = organization_name();
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("SomaStack development CA {trust_domain}"),
-    );
-    params.subject_alt_names = vec![SanType::URI(ia5(trust_domain.id_string())?)];
-    // pathLen 0: this root signs SVIDs only, never an intermediate CA.
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let mut serial = vec![0u8; SERIAL_LEN];
-    SystemRandom::new()
-        .fill(&mut serial)
-        .map_err(|_| CaError::Random)?;
-    serial[0] |= 0x40; // never zero, so the DER encoding keeps all 16 bytes
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    params.not_before = offset_date_time(now.checked_sub(BACKDATE).unwrap_or(UNIX_EPOCH))?;
-    params.not_after = offset_date_time(now + ROOT_LIFETIME)?;
-
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Crypto {
-        action: "generate ca key",
-        source,
-    })?;
-    let cert = params.self_signed(&key).map_err(|source| CaError::Crypto {
-        action: "sign ca root",
-        source,
-    })?;
-
-    files::create_dir(ca_dir, 0o700)?;
-    files::write_atomic(key_path, key.serialize_pem().as_bytes(), PRIVATE_FILE)?;
-    files::write_atomic(
-        cert_path,
-        pem::encode(pem::CERTIFICATE, cert.der()).as_bytes(),
-        PUBLIC_FILE,
-    )?;
-    info!(
-        trust_domain = %trust_domain,
-        serial = %hex(&serial),
-        not_after = %params.not_after,
-        path = %cert_path.display(),
-        "created ca root"
-    );
-    Ok(())
-}
-
-/// The URI SANs of a certificate.
-fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, String> {
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("bad subject alternative name: {e}"))?;
-    Ok(san
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|name| match name {
-                    GeneralName::URI(uri) => Some(*uri),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-/// Logs when a key file can be read by anyone but its owner.
-fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            warn!(path = %path.display(), mode = format!("{mode:o}"), "ca key is accessible to other users");
+/// The roots every bundle carries at `now`, each once.
+fn published_roots(keys: &KeySet, now: SystemTime) -> Vec<&[u8]> {
+    let mut roots: Vec<&[u8]> = vec![&keys.active.root_der];
+    roots.extend(keys.prepared.iter().map(|slot| slot.root_der.as_slice()));
+    for old in keys.retired.iter().filter(|old| old.not_after > now) {
+        // A crash during an activation can leave the active root's retired
+        // copy in place before the switch: publish it once.
+        if !roots.contains(&old.root_der.as_slice()) {
+            roots.push(&old.root_der);
         }
+    }
+    roots
+}
+
+/// The JWT keys every bundle carries at `now`, each once.
+fn published_jwt_keys(keys: &KeySet, now: SystemTime) -> Vec<&JwtPublicKey> {
+    let mut published = vec![keys.active.jwt.public()];
+    published.extend(keys.prepared.iter().map(|slot| slot.jwt.public()));
+    for old in keys.retired.iter().filter(|old| old.jwt.not_after() > now) {
+        if !published.iter().any(|key| key.kid() == old.jwt.kid()) {
+            published.push(&old.jwt);
+        }
+    }
+    published
+}
+
+fn slot_info(state: SlotState, slot: &Slot) -> SlotInfo {
+    SlotInfo {
+        state,
+        serial: hex(&slot.serial),
+        not_after: slot.not_after,
+        jwt_kid: slot.jwt.kid().to_owned(),
     }
 }
 
-fn organization_name() -> DistinguishedName {
+/// Logs the slots after a change (at info) or an open (at debug: command
+/// line tools open the authority for every command).
+fn log_loaded(keys: &KeySet, changed: bool) {
+    if !changed {
+        debug!(
+            active_serial = %hex(&keys.active.serial),
+            prepared_serial = keys.prepared.as_ref().map(|slot| hex(&slot.serial)),
+            retired = keys.retired.len(),
+            "ca keys loaded"
+        );
+        return;
+    }
+    info!(
+        active_serial = %hex(&keys.active.serial),
+        active_not_after = %humanish(keys.active.not_after),
+        jwt_kid = keys.active.jwt.kid(),
+        prepared_serial = keys.prepared.as_ref().map(|slot| hex(&slot.serial)),
+        retired = keys.retired.len(),
+        "ca keys changed"
+    );
+}
+
+/// Seconds since the epoch, for logs.
+fn humanish(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn check_ca_ttl(ttl: Duration) -> Result<(), CaError> {
+    if ttl < MIN_CA_TTL {
+        return Err(CaError::InvalidTtl {
+            reason: "ca ttl shorter than six seconds",
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn organization_name() -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::OrganizationName, ORGANIZATION);
     name
 }
 
-fn ia5(value: String) -> Result<Ia5String, CaError> {
+pub(crate) fn ia5(value: String) -> Result<Ia5String, CaError> {
     Ia5String::try_from(value).map_err(|source| CaError::Crypto {
         action: "encode subject alternative name",
         source,
@@ -534,21 +679,14 @@ fn ia5(value: String) -> Result<Ia5String, CaError> {
 }
 
 /// `t` truncated to whole seconds.
-fn whole_seconds(t: SystemTime) -> SystemTime {
+pub(crate) fn whole_seconds(t: SystemTime) -> SystemTime {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => UNIX_EPOCH + Duration::from_secs(d.as_secs()),
         Err(_) => UNIX_EPOCH,
     }
 }
 
-fn unix_time(secs: i64) -> SystemTime {
-    match u64::try_from(secs) {
-        Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs),
-        Err(_) => UNIX_EPOCH,
-    }
-}
-
-fn offset_date_time(t: SystemTime) -> Result<OffsetDateTime, CaError> {
+pub(crate) fn offset_date_time(t: SystemTime) -> Result<OffsetDateTime, CaError> {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     i64::try_from(secs)
         .ok()

@@ -28,9 +28,23 @@ pub enum CaError {
         /// Why it was refused.
         reason: String,
     },
+    /// An activation was asked for, but no slot is prepared.
+    #[error("no prepared root beside {path}: run `soma ca prepare` first")]
+    NothingPrepared {
+        /// The active root.
+        path: PathBuf,
+    },
+
+    /// A preparation was asked for, but a slot is prepared already.
+    #[error("a root is prepared already (serial {serial}): activate it first")]
+    AlreadyPrepared {
+        /// Its serial, lowercase hex.
+        serial: String,
+    },
+
     /// The persisted root certificate has expired: the directory must be
     /// cleared so that a new root is created.
-    #[error("ca root in {path} expired; remove the directory to create a new one")]
+    #[error("ca root in {path} expired; `soma up` or `soma ca init` replaces it")]
     RootExpired {
         /// The root certificate file.
         path: PathBuf,
@@ -61,7 +75,7 @@ pub enum CaError {
         id: SpiffeId,
     },
     /// A lifetime of zero, or one that does not fit in a certificate.
-    #[error("invalid svid lifetime: {reason}")]
+    #[error("invalid lifetime: {reason}")]
     InvalidTtl {
         /// Why the lifetime was refused.
         reason: &'static str,

@@ -11,9 +11,14 @@
 //! unix selectors (uid, gid, binary path, binary SHA-256), and accepts every
 //! `:authority` a conforming gRPC client sends over a Unix socket.
 //!
-//! It deliberately does not implement federation, intermediate CAs, root or
-//! JWT key rotation, or node attestation: it is a development authority, not
-//! a replacement for SPIRE.
+//! Its root and JWT key rotate together on SPIRE's schedule (a prepared
+//! slot published at half the root's lifetime, activated at five sixths,
+//! the old one published until it expires), and every bundle change reaches
+//! the open Workload API streams.
+//!
+//! It deliberately does not implement federation, intermediate CAs, CRLs or
+//! tainting, or node attestation: it is a development authority, not a
+//! replacement for SPIRE.
 //!
 //! Its security-relevant default: nobody gets an identity. A caller receives
 //! an SVID only if its process is registered in the [`Registry`] or matches a
@@ -26,6 +31,7 @@ mod error;
 mod files;
 mod hpack;
 mod jwt;
+mod keys;
 mod normalise;
 mod pem;
 mod process;
@@ -33,7 +39,7 @@ mod registry;
 mod socket;
 mod workload;
 
-pub use authority::{Authority, IssueOptions, IssuedSvid};
+pub use authority::{Authority, AuthorityOptions, IssueOptions, IssuedSvid, SlotInfo, SlotState};
 pub use entries::{Entry, EntryStore, Selector};
 pub use error::CaError;
 pub use jwt::{IssuedJwt, ValidatedJwt};

@@ -19,6 +19,13 @@
 //! for the other half of its lifetime, so a peer that has not yet switched
 //! keeps working. The task forgets the ID once no stream is left reading it.
 //!
+//! While it serves, a task takes the authority's rotation steps as they come
+//! due (checking every second, which also picks up `soma ca prepare` and
+//! `soma ca activate` run by an operator) and announces each change of the
+//! bundles: every open X509-SVID stream then sends its current SVID with the
+//! new bundle, and every bundle stream (X.509 and JWT) sends the new bundles,
+//! as a SPIRE agent does when its server prepares or retires a key.
+//!
 //! Every accepted connection goes through [`Normalised`] before h2 sees it,
 //! so that grpcio's percent-encoded `:authority` is accepted (see
 //! [`crate::normalise`] for why and exactly what it changes).
@@ -69,6 +76,9 @@ const JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 /// busier than serving.
 const MIN_SVID_TTL: Duration = Duration::from_secs(2);
 
+/// How often the authority's rotation schedule and files are looked at.
+const AUTHORITY_POLL: Duration = Duration::from_secs(1);
+
 /// Rotation happens at half the lifetime, scaled by a factor in this range.
 const JITTER: std::ops::RangeInclusive<f64> = 0.9..=1.1;
 
@@ -105,6 +115,7 @@ impl WorkloadApi {
                 registry,
                 config,
                 svids: Mutex::new(HashMap::new()),
+                bundles: watch::Sender::new(0),
             }),
         }
     }
@@ -120,7 +131,7 @@ impl WorkloadApi {
     ) -> Result<(), CaError> {
         if self.shared.config.svid_ttl < MIN_SVID_TTL {
             return Err(CaError::InvalidTtl {
-                reason: "workload api svid ttl is shorter than two seconds",
+                reason: "workload api svid ttl shorter than two seconds",
             });
         }
         // `stop` turns true when shutdown begins; if the server fails instead,
@@ -131,19 +142,26 @@ impl WorkloadApi {
             info!("workload api shutting down");
             stop_tx.send_replace(true);
         };
+        let follower = tokio::spawn(follow_authority(Arc::clone(&self.shared), stop.clone()));
         let service = Service {
             shared: self.shared,
             stop,
         };
         info!("workload api serving");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(service))
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener).map(|conn| conn.map(Normalised::new)),
                 signal,
             )
             .await
-            .map_err(CaError::Serve)
+            .map_err(CaError::Serve);
+        // The follower ends when `stop` turns true or its sender is dropped,
+        // which has happened by now either way.
+        if let Err(e) = follower.await {
+            error!(error = %e, "authority follower ended abnormally");
+        }
+        served
     }
 }
 
@@ -155,6 +173,8 @@ struct Shared {
     config: WorkloadApiConfig,
     /// The current SVID of every identity someone is reading, one publisher each.
     svids: Mutex<HashMap<SpiffeId, watch::Sender<Arc<IssuedSvid>>>>,
+    /// Bumped whenever the published bundles change.
+    bundles: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -279,6 +299,29 @@ async fn rotate(shared: Arc<Shared>, id: SpiffeId, first: Arc<IssuedSvid>, mut s
     }
 }
 
+/// Takes the authority's rotation steps as they come due, and announces
+/// every change of the bundles, until shutdown.
+///
+/// A failed step is logged and tried again at the next poll: the slots in
+/// use stay valid meanwhile (a prepared slot is due a sixth of a lifetime
+/// before it must sign, a retired one is only pruned).
+async fn follow_authority(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(AUTHORITY_POLL) => {}
+            () = stopped(&mut stop) => return,
+        }
+        match shared.authority.advance(SystemTime::now()) {
+            Ok(true) => {
+                info!("trust bundles changed; sending them on every open stream");
+                shared.bundles.send_modify(|generation| *generation += 1);
+            }
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "cannot take the authority's rotation step"),
+        }
+    }
+}
+
 /// Half the remaining lifetime of `svid`, scaled by a random factor in 0.9..=1.1.
 fn rotation_delay(svid: &IssuedSvid) -> Duration {
     let factor = rand::rng().random_range(JITTER);
@@ -319,8 +362,8 @@ impl SpiffeWorkloadApi for Service {
         debug!("x509-svid stream opened");
         let state = SvidStream {
             svids,
+            bundles: self.shared.bundles.subscribe(),
             stop: self.stop.clone(),
-            bundle: self.shared.authority.bundle_der(),
             shared: Arc::clone(&self.shared),
             caller,
             id,
@@ -340,12 +383,14 @@ impl SpiffeWorkloadApi for Service {
     ) -> Result<Response<BoxStream<X509BundlesResponse>>, Status> {
         self.attest(&request)?;
         debug!("x509 bundles stream opened");
-        let authority = &self.shared.authority;
-        let message = X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: HashMap::from([(authority.trust_domain().id_string(), authority.bundle_der())]),
-        };
-        Ok(Response::new(once_then_hold(message, self.stop.clone())))
+        Ok(Response::new(bundle_stream(
+            Arc::clone(&self.shared),
+            self.stop.clone(),
+            |authority| X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(authority.trust_domain().id_string(), authority.bundle_der())]),
+            },
+        )))
     }
 
     /// A JWT-SVID for the caller's identity, for the requested audience.
@@ -391,11 +436,13 @@ impl SpiffeWorkloadApi for Service {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<BoxStream<JwtBundlesResponse>>, Status> {
         self.attest(&request)?;
-        let authority = &self.shared.authority;
-        let message = JwtBundlesResponse {
-            bundles: HashMap::from([(authority.trust_domain().id_string(), authority.jwt_bundle())]),
-        };
-        Ok(Response::new(once_then_hold(message, self.stop.clone())))
+        Ok(Response::new(bundle_stream(
+            Arc::clone(&self.shared),
+            self.stop.clone(),
+            |authority| JwtBundlesResponse {
+                bundles: HashMap::from([(authority.trust_domain().id_string(), authority.jwt_bundle())]),
+            },
+        )))
     }
 
     /// Validates a JWT-SVID for an audience; refusals are `InvalidArgument`
@@ -434,20 +481,32 @@ impl SpiffeWorkloadApi for Service {
     }
 }
 
-/// A stream of `message`, then nothing until shutdown. The bundles never
-/// change while the server runs (neither the root nor the JWT key rotates),
-/// so the one full-state message is all, and the stream stays open as the
-/// specification asks.
-fn once_then_hold<T: Send + 'static>(message: T, stop: watch::Receiver<bool>) -> BoxStream<T> {
-    futures::stream::once(async move { Ok(message) })
-        .chain(
-            futures::stream::once(async move {
-                let mut stop = stop;
-                stopped(&mut stop).await;
-            })
-            .filter_map(|()| async { None }),
-        )
-        .boxed()
+/// A stream of the current bundles, then the bundles again after every
+/// change, until shutdown: each message is the full state, as the
+/// specification asks, and the stream stays open between changes.
+fn bundle_stream<T: Send + 'static>(
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    message: fn(&Authority) -> T,
+) -> BoxStream<T> {
+    let mut changes = shared.bundles.subscribe();
+    // Whatever changed before this point is in the first message.
+    changes.mark_unchanged();
+    futures::stream::unfold(
+        (shared, changes, stop, true),
+        move |(shared, mut changes, mut stop, first)| async move {
+            if !first {
+                tokio::select! {
+                    changed = changes.changed() => changed.ok()?,
+                    () = stopped(&mut stop) => return None,
+                }
+                changes.mark_unchanged();
+            }
+            let next = message(&shared.authority);
+            Some((Ok(next), (shared, changes, stop, false)))
+        },
+    )
+    .boxed()
 }
 
 /// A JSON value as a protobuf `Value`.
@@ -504,8 +563,8 @@ enum Phase {
 /// State of one FetchX509SVID stream.
 struct SvidStream {
     svids: watch::Receiver<Arc<IssuedSvid>>,
+    bundles: watch::Receiver<u64>,
     stop: watch::Receiver<bool>,
-    bundle: Vec<u8>,
     shared: Arc<Shared>,
     caller: Credentials,
     id: SpiffeId,
@@ -513,22 +572,33 @@ struct SvidStream {
 }
 
 impl SvidStream {
-    /// The next message: the current SVID at once, then one per rotation.
+    /// The next message: the current SVID at once, then one per rotation of
+    /// the SVID and one per change of the bundles (the same SVID with the
+    /// new bundle).
     ///
-    /// On each rotation the caller is attested again: if it no longer gets
+    /// On each of them the caller is attested again: if it no longer gets
     /// this identity (its pid registration or its entry is gone, or the pid
     /// now runs another process), the stream ends with `PermissionDenied`
     /// rather than keep feeding it fresh SVIDs.
     async fn next(mut self) -> Option<(Result<X509svidResponse, Status>, Self)> {
         match self.phase {
             Phase::Done => return None,
-            Phase::First => self.phase = Phase::Rotations,
+            Phase::First => {
+                self.phase = Phase::Rotations;
+                self.bundles.mark_unchanged();
+            }
             Phase::Rotations => {
                 tokio::select! {
                     changed = self.svids.changed() => {
                         if changed.is_err() {
                             return None;
                         }
+                    }
+                    changed = self.bundles.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                        self.bundles.mark_unchanged();
                     }
                     () = stopped(&mut self.stop) => return None,
                 }
@@ -549,7 +619,7 @@ impl SvidStream {
                 spiffe_id: svid.spiffe_id.to_string(),
                 x509_svid: svid.chain_der_concatenated(),
                 x509_svid_key: svid.key_pkcs8_der.clone(),
-                bundle: self.bundle.clone(),
+                bundle: self.shared.authority.bundle_der(),
                 hint: String::new(),
             }],
             crl: Vec::new(),

@@ -187,8 +187,8 @@ fn root_has_exactly_the_ca_extensions() {
     let validity = root.validity();
     assert_eq!(
         validity.not_after.timestamp() - validity.not_before.timestamp(),
-        365 * 24 * 60 * 60 + 10,
-        "one year from ten seconds ago"
+        24 * 60 * 60 + 10,
+        "the default lifetime (24 h, SPIRE's ca_ttl) from ten seconds ago"
     );
     let serial = root.tbs_certificate.serial.to_bytes_be();
     assert_eq!(serial.len(), 16);
@@ -462,13 +462,13 @@ fn issue_refuses_what_is_not_a_workload_of_the_trust_domain() {
             name: "zero ttl",
             id: "spiffe://somastack.test/svc",
             ttl: Duration::ZERO,
-            expected: "invalid svid lifetime: shorter than one second",
+            expected: "invalid lifetime: svid shorter than one second",
         },
         Case {
             name: "sub-second ttl",
             id: "spiffe://somastack.test/svc",
             ttl: Duration::from_millis(999),
-            expected: "invalid svid lifetime: shorter than one second",
+            expected: "invalid lifetime: svid shorter than one second",
         },
     ];
     let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,12 @@
-//! `soma ca init`, `soma ca issue` and `soma ca entry create | list | delete`.
+//! `soma ca init`, `soma ca issue`, `soma ca prepare | activate | show` and
+//! `soma ca entry create | list | delete`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use soma_ca::{Authority, Selector};
+use soma_ca::{Authority, AuthorityOptions, CaError, Selector};
 use soma_identity::{SpiffeId, TrustDomain};
 
 /// Creates the authority under `data_dir` (or reports the one already there).
@@ -63,6 +64,73 @@ pub fn issue(data_dir: &Path, spiffe_id: &str, out: &Path, ttl: Duration) -> any
         for f in ["svid.pem", "key.pem", "bundle.pem"] {
             println!("  {}", out.join(f).display());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A step of the authority's rotation, taken by an operator ahead of the
+/// schedule a running `soma up` keeps (which picks the change up within a
+/// second and sends the new bundles to every workload).
+#[derive(Clone, Copy, Debug)]
+pub enum Step {
+    /// Prepare the next root and JWT key, with this lifetime.
+    Prepare(Duration),
+    /// Activate the prepared one.
+    Activate,
+    /// Only list the slots.
+    Show,
+}
+
+/// Runs `soma ca prepare`, `soma ca activate` or `soma ca show`: the step,
+/// then every slot, one line each (`STATE SERIAL not_after=… jwt_kid=…`).
+#[expect(clippy::print_stdout, reason = "the command's output")]
+pub fn rotate(data_dir: &Path, trust_domain: &str, step: Step) -> anyhow::Result<ExitCode> {
+    let td = match TrustDomain::parse(trust_domain) {
+        Ok(td) => td,
+        Err(e) => {
+            return Ok(crate::config_error(format_args!(
+                "--trust-domain {trust_domain:?}: {e}"
+            )));
+        }
+    };
+    if !has_authority(data_dir) {
+        return Ok(no_authority(data_dir));
+    }
+    let authority = Authority::open_existing(data_dir, &td)
+        .with_context(|| format!("opening the authority under {}", data_dir.display()))?;
+    let taken = match step {
+        Step::Prepare(ca_ttl) => {
+            let authority = match authority.with_options(AuthorityOptions { ca_ttl }) {
+                Ok(authority) => authority,
+                Err(e) => return Ok(crate::config_error(format_args!("--ca-ttl: {e}"))),
+            };
+            let result = authority.prepare();
+            (authority, Some(("prepared", result)))
+        }
+        Step::Activate => {
+            let result = authority.activate();
+            (authority, Some(("activated", result)))
+        }
+        Step::Show => (authority, None),
+    };
+    let (authority, outcome) = taken;
+    if let Some((verb, result)) = outcome {
+        match result {
+            Ok(slot) => println!("{verb} {}", slot.serial),
+            Err(e @ (CaError::NothingPrepared { .. } | CaError::AlreadyPrepared { .. })) => {
+                return Ok(crate::cli::refused(format_args!("{e}")));
+            }
+            Err(e) => return Err(e).context("rotating the authority"),
+        }
+    }
+    for slot in authority.slots() {
+        println!(
+            "{} {} not_after={} jwt_kid={}",
+            slot.state,
+            slot.serial,
+            humantime::format_rfc3339_seconds(slot.not_after),
+            slot.jwt_kid
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -62,6 +62,10 @@ enum Command {
         /// Lifetime of each service SVID (rotated at half-life).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         svid_ttl: Duration,
+        /// Lifetime of each authority root and JWT key: the next is prepared
+        /// (published) at half of it and activated at five sixths.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ca_ttl: Duration,
         /// Address of the HTTP/JSON edge.
         #[arg(long, default_value = "127.0.0.1:8080")]
         edge_addr: std::net::SocketAddr,
@@ -163,6 +167,38 @@ enum CaCommand {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Prepare the next root and JWT key now: published in every bundle at
+    /// once, signing nothing until activated.
+    Prepare {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+        /// Lifetime of the prepared root and JWT key.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ca_ttl: Duration,
+    },
+    /// Activate the prepared root and JWT key now; the old ones stay in the
+    /// bundles until they expire.
+    Activate {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+    },
+    /// List the authority's roots and JWT keys: state, serial, expiry, kid.
+    Show {
+        /// Data directory of `soma up` (holds the authority).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of the authority.
+        #[arg(long, default_value = "somastack.local")]
+        trust_domain: String,
+    },
     /// Registration entries: which local processes get which SPIFFE ID.
     Entry {
         #[command(subcommand)]
@@ -198,6 +234,7 @@ fn main() -> ExitCode {
                 data_dir,
                 trust_domain,
                 svid_ttl,
+                ca_ttl,
                 edge_addr,
                 region,
             } => {
@@ -205,6 +242,7 @@ fn main() -> ExitCode {
                     data_dir,
                     trust_domain,
                     svid_ttl,
+                    ca_ttl,
                     edge_addr,
                     region,
                 })
@@ -250,6 +288,28 @@ fn main() -> ExitCode {
                         ttl,
                     },
             } => ca::issue(&data_dir, &spiffe_id, &out, ttl),
+            Command::Ca {
+                command:
+                    CaCommand::Prepare {
+                        data_dir,
+                        trust_domain,
+                        ca_ttl,
+                    },
+            } => ca::rotate(&data_dir, &trust_domain, ca::Step::Prepare(ca_ttl)),
+            Command::Ca {
+                command:
+                    CaCommand::Activate {
+                        data_dir,
+                        trust_domain,
+                    },
+            } => ca::rotate(&data_dir, &trust_domain, ca::Step::Activate),
+            Command::Ca {
+                command:
+                    CaCommand::Show {
+                        data_dir,
+                        trust_domain,
+                    },
+            } => ca::rotate(&data_dir, &trust_domain, ca::Step::Show),
             Command::Ca {
                 command: CaCommand::Entry { command },
             } => ca::entry(command),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use soma_auth::ClaimsSigner;
-use soma_ca::{Authority, Registry, WorkloadApi, WorkloadApiConfig};
+use soma_ca::{Authority, AuthorityOptions, Registry, WorkloadApi, WorkloadApiConfig};
 use soma_identity::{SpiffeId, TrustDomain};
 use soma_mesh::ServiceKind;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -42,6 +42,7 @@ pub struct UpArgs {
     pub data_dir: PathBuf,
     pub trust_domain: String,
     pub svid_ttl: Duration,
+    pub ca_ttl: Duration,
     pub edge_addr: SocketAddr,
     pub region: String,
 }
@@ -148,7 +149,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 
     let authority = Arc::new(
-        Authority::open_or_create(&data_dir, &trust_domain)
+        Authority::open_or_create_with(&data_dir, &trust_domain, AuthorityOptions { ca_ttl: args.ca_ttl })
             .with_context(|| format!("opening the authority under {}", data_dir.display()))?,
     );
     let (claims_key, claims_pub) = ensure_claims_key(&data_dir)?;

@@ -99,6 +99,111 @@ fn ca_issue_refuses_a_directory_without_an_authority_and_ca_init_creates_one() {
     );
 }
 
+fn ca(args: &[&str], data_dir: &Path) -> Output {
+    std::process::Command::new(SOMA)
+        .arg("ca")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
+/// `(state, serial)` of every line `soma ca show` (or prepare/activate)
+/// prints after its first `skip` lines, checking each line's shape.
+fn slot_lines(out: &Output, skip: usize) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(skip)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 4, "{line}");
+            assert!(fields[2].starts_with("not_after=20"), "{line}");
+            assert!(fields[3].starts_with("jwt_kid="), "{line}");
+            (fields[0].to_owned(), fields[1].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn ca_prepare_activate_and_show_rotate_the_authority_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    // Nothing to rotate without an authority.
+    let out = ca(&["prepare"], &dir);
+    assert_eq!(out.status.code(), Some(64), "{:?}", stderr_lines(&out));
+    assert!(!dir.join("ca").exists());
+    assert!(ca(&["init"], &dir).status.success());
+
+    let show = ca(&["show"], &dir);
+    assert!(show.status.success(), "{:?}", stderr_lines(&show));
+    let first = slot_lines(&show, 0);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "active");
+    let old = first[0].1.clone();
+
+    // Activating with nothing prepared is refused, naming what to run.
+    let out = ca(&["activate"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_lines(&out),
+        [format!(
+            "soma: no prepared root beside {}: run `soma ca prepare` first",
+            dir.join("ca/ca.pem").display()
+        )]
+    );
+    // A lifetime the schedule cannot divide is a usage error.
+    let out = ca(&["prepare", "--ca-ttl", "3s"], &dir);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(
+        stderr_lines(&out),
+        ["soma: --ca-ttl: invalid lifetime: ca ttl shorter than six seconds"]
+    );
+
+    let out = ca(&["prepare", "--ca-ttl", "48h"], &dir);
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let new = stdout
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("prepared ")
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        slot_lines(&out, 1),
+        [
+            ("active".to_owned(), old.clone()),
+            ("prepared".to_owned(), new.clone())
+        ]
+    );
+    let out = ca(&["prepare"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_lines(&out),
+        [format!(
+            "soma: a root is prepared already (serial {new}): activate it first"
+        )]
+    );
+    // An operator's files carry both roots from now on.
+    let files = tmp.path().join("alice");
+    assert!(ca_issue(&dir, &files).status.success());
+    let bundle = std::fs::read_to_string(files.join("bundle.pem")).unwrap();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+
+    let out = ca(&["activate"], &dir);
+    assert!(out.status.success(), "{:?}", stderr_lines(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some(format!("activated {new}").as_str())
+    );
+    assert_eq!(
+        slot_lines(&out, 1),
+        [("active".to_owned(), new.clone()), ("retired".to_owned(), old)]
+    );
+    assert_eq!(slot_lines(&ca(&["show"], &dir), 0), slot_lines(&out, 1));
+}
+
 /// `soma serve tool-registry` against `endpoint`, waiting `2s` for its SVID.
 async fn serve_without_svid(endpoint: &str, cwd: &Path) -> Output {
     tokio::process::Command::new(SOMA)

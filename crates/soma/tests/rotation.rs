@@ -1,9 +1,12 @@
-//! SVID rotation under load: `soma serve capsule-repo` (the real binary) gets
-//! 30-second SVIDs from a Workload API served by this test; a client whose
-//! own identity comes from the same Workload API calls it in a loop for
-//! 90 s, on one long-lived channel and on a fresh connection each time.
-//! Not one call may fail, and the server's certificate serial must change
-//! at least twice.
+//! SVID and root rotation under load: `soma serve capsule-repo` (the real
+//! binary) gets 30-second SVIDs from a Workload API served by this test,
+//! whose authority's roots live 36 seconds (each prepared at 18 s, active
+//! from 30 s, published until 36 s); a client whose own identity comes from
+//! the same Workload API calls it in a loop for 90 s, on one long-lived
+//! channel and on a fresh connection each time. Not one call may fail; the
+//! server's certificate serial must change at least twice and its signing
+//! root at least twice, so both sides took the bundle updates their SVID
+//! streams carried; the first root must be gone from the client's bundle.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,19 +15,21 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use soma_ca::{Registry, WorkloadApi, WorkloadApiConfig};
+use soma_ca::{AuthorityOptions, Registry, WorkloadApi, WorkloadApiConfig};
 use soma_identity::{ExpectedPeer, WorkloadIdentity};
 use soma_testing::Ca;
 use tokio::io::AsyncBufReadExt as _;
 
 const SVID_TTL: Duration = Duration::from_secs(30);
+const CA_TTL: Duration = Duration::from_secs(36);
 const RUN_FOR: Duration = Duration::from_secs(90);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_never_fail_across_svid_rotations() {
+async fn calls_never_fail_across_svid_and_root_rotations() {
     // The authority of the trust domain `soma serve` expects by default;
     // its temp dir also holds the socket and the server's data.
-    let ca = Ca::for_trust_domain("somastack.local");
+    let ca = Ca::with_options("somastack.local", AuthorityOptions { ca_ttl: CA_TTL });
+    let first_root = ca.authority.bundle_der();
     let dir = &ca.dir;
     let registry = Registry::new();
     let socket = dir.path().join("workload.sock");
@@ -87,6 +92,8 @@ async fn calls_never_fail_across_svid_rotations() {
     );
 
     let mut serials = BTreeSet::new();
+    let mut issuers = BTreeSet::new();
+    let mut most_roots = 0;
     let mut client_serials = BTreeSet::new();
     let (mut calls, mut failures) = (0u32, Vec::new());
     let start = Instant::now();
@@ -107,6 +114,7 @@ async fn calls_never_fail_across_svid_rotations() {
                 let leaf = conn.get_ref().1.peer_certificates().unwrap()[0].clone();
                 let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
                 serials.insert(cert.raw_serial().to_vec());
+                issuers.insert(authority_key_id(&cert));
             }
             Err(e) => failures.push(format!("handshake at {:?}: {e}", start.elapsed())),
         }
@@ -116,6 +124,7 @@ async fn calls_never_fail_across_svid_rotations() {
             failures.push(format!("fresh at {:?}: {e}", start.elapsed()));
         }
         client_serials.insert(store.current_serial());
+        most_roots = most_roots.max(own_roots(&store).len());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
@@ -130,6 +139,12 @@ async fn calls_never_fail_across_svid_rotations() {
         "client serials seen: {}",
         client_serials.len()
     );
+    assert!(issuers.len() >= 3, "server signing roots seen: {}", issuers.len());
+    assert!(most_roots >= 2, "the client's bundle never held two roots");
+    assert!(
+        !own_roots(&store).iter().any(|root| root.as_ref() == first_root),
+        "the first root, expired, is still in the client's bundle"
+    );
 
     drop(child.stdin.take());
     let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
@@ -140,4 +155,27 @@ async fn calls_never_fail_across_svid_rotations() {
     client.shutdown().await;
     let _ = stop_tx.send(());
     api_task.await.unwrap().unwrap();
+}
+
+/// The roots of the client's own trust domain, as its live identity holds them.
+fn own_roots(store: &soma_identity::SvidStore) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    store
+        .bundles()
+        .get(store.trust_domain())
+        .unwrap()
+        .roots()
+        .to_vec()
+}
+
+/// The authority key identifier of `cert`: which root signed it.
+fn authority_key_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<u8> {
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+            }
+            _ => None,
+        })
+        .unwrap()
 }

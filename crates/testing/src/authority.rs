@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use soma_ca::{Authority, IssueOptions};
+use soma_ca::{Authority, AuthorityOptions, IssueOptions};
 use soma_identity::{Bundle, BundleSet, SpiffeId, Svid, SvidStore, TrustDomain};
 
 /// The trust domain of [`Ca::new`].
@@ -27,8 +27,15 @@ impl Ca {
     /// A fresh authority for the trust domain `name` (e.g. the
     /// `somastack.local` a `soma` process expects by default).
     pub fn for_trust_domain(name: &str) -> Self {
+        Self::with_options(name, AuthorityOptions::default())
+    }
+
+    /// A fresh authority for the trust domain `name` with `options` (e.g. a
+    /// root lifetime short enough to see it rotate).
+    pub fn with_options(name: &str, options: AuthorityOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let authority = Authority::open_or_create(dir.path(), &TrustDomain::parse(name).unwrap()).unwrap();
+        let authority =
+            Authority::open_or_create_with(dir.path(), &TrustDomain::parse(name).unwrap(), options).unwrap();
         Self {
             dir,
             authority: Arc::new(authority),

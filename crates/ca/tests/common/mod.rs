@@ -14,7 +14,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use soma_ca::{Authority, CaError, Registry, WorkloadApi, WorkloadApiConfig, bind_socket};
+use soma_ca::{Authority, AuthorityOptions, CaError, Registry, WorkloadApi, WorkloadApiConfig, bind_socket};
 use soma_identity::{SpiffeId, TrustDomain};
 use soma_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use tokio::net::UnixStream;
@@ -47,8 +47,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(svid_ttl: Duration) -> Self {
+        Self::start_with(svid_ttl, AuthorityOptions::default()).await
+    }
+
+    /// A server whose authority has `options` (its root lifetime).
+    pub async fn start_with(svid_ttl: Duration, options: AuthorityOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let authority = Arc::new(Authority::open_or_create(dir.path(), &trust_domain()).unwrap());
+        let authority =
+            Arc::new(Authority::open_or_create_with(dir.path(), &trust_domain(), options).unwrap());
         let registry = Registry::new();
         let socket = dir.path().join("run").join("workload.sock");
         let listener = bind_socket(&socket).unwrap();
