@@ -188,6 +188,64 @@ async fn py_spiffe_and_the_spiffe_crate_get_identities_by_uid_entry() {
         "{wrong}"
     );
 
+    // The authority rotates its root and JWT key (an operator steps ahead
+    // of the schedule from the command line; the running `soma up` picks it
+    // up): both clients see both roots, new tokens carry the new key, and
+    // the token signed before still validates, locally and by the API.
+    let old_kids = out["kids"].clone();
+    assert_eq!(old_kids.as_array().unwrap().len(), 1);
+    for step in ["prepare", "activate"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_soma"))
+            .args(["ca", step, "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "soma ca {step}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let (out, code) = py_spiffe(&socket, &["x509"]).await;
+        assert_eq!(code, Some(0), "{out}");
+        if out["authorities"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bundle never held two roots: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (out, code) = py_spiffe(&socket, &["jwt", "reports"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out["kids"].as_array().unwrap().len(), 2);
+    assert!(out["kids"].as_array().unwrap().contains(&old_kids[0]));
+    let new_token = out["token"].as_str().unwrap().to_owned();
+    assert_ne!(kid_of(&new_token), old_kids[0].as_str().unwrap());
+    let (out, code) = py_spiffe(
+        &socket,
+        &[
+            "validate_local",
+            "spiffe://somastack.local/svc/gateway",
+            &python_token,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out["spiffe_id"], "spiffe://somastack.local/batch/reports");
+    client
+        .validate_jwt_token("spiffe://somastack.local/svc/gateway", &python_token)
+        .await
+        .unwrap();
+    let jwt_bundle = client.fetch_jwt_bundles().await.unwrap();
+    assert_eq!(jwt_bundle.get(&td).unwrap().jwt_authorities().count(), 2);
+    let x509 = client.fetch_x509_bundles().await.unwrap();
+    assert_eq!(x509.get(&td).unwrap().authorities().len(), 2);
+
     assert_eq!(
         entry(&data_dir, &["delete", &entry_id]).await,
         format!("deleted {entry_id}\n")
@@ -197,4 +255,17 @@ async fn py_spiffe_and_the_spiffe_crate_get_identities_by_uid_entry() {
     assert_eq!(out["message"], NO_ENTRY);
 
     drop(up);
+}
+
+/// The `kid` in a compact JWS's header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
 }

@@ -4,13 +4,17 @@ Uses py-spiffe with its default settings: the socket comes from
 SPIFFE_ENDPOINT_SOCKET. Prints one JSON object on standard output.
 
     workload_client.py x509
-        {"spiffe_id", "chain_len", "key_matches", "bundle_tds", "bundle_matches_svid_bundle"}
+        {"spiffe_id", "chain_len", "key_matches", "bundle_tds", "bundle_matches_svid_bundle",
+         "authorities"}
     workload_client.py jwt AUDIENCE
         fetches a JWT-SVID for AUDIENCE, the JWT bundles, validates the token
         locally with py-spiffe (signature, aud, exp) and through ValidateJWTSVID:
         {"spiffe_id", "token", "audience", "kids", "local_spiffe_id", "remote_spiffe_id"}
     workload_client.py validate AUDIENCE TOKEN
         ValidateJWTSVID only: {"spiffe_id"}
+    workload_client.py validate_local AUDIENCE TOKEN
+        fetches the JWT bundles and validates TOKEN with py-spiffe alone:
+        {"spiffe_id", "kids"}
 
 Any Workload API error prints {"error": GRPC_CODE_NAME, "message": "..."}
 and exits 3.
@@ -46,6 +50,7 @@ def x509(client):
         "bundle_tds": sorted(str(b.trust_domain) for b in bundles.bundles),
         "bundle_matches_svid_bundle": bundle.x509_authorities
         == ctx.x509_bundle_set.get_bundle_for_trust_domain(td).x509_authorities,
+        "authorities": len(bundle.x509_authorities),
     }
 
 
@@ -65,6 +70,14 @@ def jwt(client, audience):
     }
 
 
+def validate_local(client, audience, token):
+    bundles = client.fetch_jwt_bundles(timeout=20)
+    svid = JwtSvid.parse_insecure(token, {audience})
+    bundle = bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+    local = JwtSvid.parse_and_validate(token, bundle, {audience})
+    return {"spiffe_id": str(local.spiffe_id), "kids": sorted(bundle.jwt_authorities.keys())}
+
+
 def validate(client, audience, token):
     svid = client.validate_jwt_svid(token, audience, timeout=20)
     return {"spiffe_id": str(svid.spiffe_id)}
@@ -77,6 +90,8 @@ def main():
             out = x509(client)
         elif sys.argv[1] == "jwt":
             out = jwt(client, sys.argv[2])
+        elif sys.argv[1] == "validate_local":
+            out = validate_local(client, sys.argv[2], sys.argv[3])
         elif sys.argv[1] == "validate":
             out = validate(client, sys.argv[2], sys.argv[3])
         else:
