@@ -19,6 +19,12 @@ if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha
 fi
 export SOMA_PYTHON="$venv/bin/python"
 
+# Prometheus and promtool (Debian's prometheus): the observability tests
+# scrape a live stack with a real server and lint every /metrics.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+
 # PostgreSQL.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null; then

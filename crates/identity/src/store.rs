@@ -11,6 +11,7 @@
 //! are never touched.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::UnixTime;
@@ -25,6 +26,8 @@ use crate::validate::{AllowedTrustDomains, Usage, validate_chain};
 pub struct SvidStore {
     own_id: SpiffeId,
     current: RwLock<Arc<Current>>,
+    rotations: AtomicU64,
+    refusals: AtomicU64,
 }
 
 /// One consistent generation of identity material.
@@ -48,6 +51,8 @@ impl SvidStore {
                 svid: Arc::new(svid),
                 bundles: Arc::new(bundles),
             })),
+            rotations: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
         }))
     }
 
@@ -62,6 +67,7 @@ impl SvidStore {
                 reason = %err,
                 "refused svid rotation, keeping the current svid"
             );
+            self.refusals.fetch_add(1, Ordering::Relaxed);
             return Err(err);
         }
         let serial = svid.serial();
@@ -72,8 +78,19 @@ impl SvidStore {
         // The lock only guards an `Arc` swap, which cannot be left half done,
         // so a poisoned lock still holds consistent material.
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        self.rotations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(spiffe_id = %self.own_id, serial = %hex(&serial), "svid rotated");
         Ok(())
+    }
+
+    /// How many updates (a new SVID, or new bundles) replaced the material.
+    pub fn rotations(&self) -> u64 {
+        self.rotations.load(Ordering::Relaxed)
+    }
+
+    /// How many updates were refused (the current material was kept).
+    pub fn refused_rotations(&self) -> u64 {
+        self.refusals.load(Ordering::Relaxed)
     }
 
     /// The workload's SPIFFE ID (fixed for the life of the store).

@@ -1,4 +1,5 @@
-//! The plaintext admin listener: `/live`, `/ready`, `/metrics`.
+//! The plaintext admin listener: `/live` and `/ready` (also under the names
+//! Kubernetes probes use, `/healthz` and `/readyz`), and `/metrics`.
 //!
 //! It binds loopback by default and carries no secrets and no RPCs: only
 //! process liveness, readiness of the service's dependencies, and counters.
@@ -100,7 +101,9 @@ impl AdminServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MeshError> {
         let app = Router::new()
             .route("/live", get(|| async { "live\n" }))
+            .route("/healthz", get(|| async { "live\n" }))
             .route("/ready", get(ready))
+            .route("/readyz", get(ready))
             .route("/metrics", get(metrics))
             .with_state(self.state);
         axum::serve(self.listener, app)

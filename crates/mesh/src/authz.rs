@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 
 use crate::caller::{Caller, PeerInfo};
 use crate::metrics::Metrics;
+use crate::observe::Recorder;
 
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const REASON_METADATA: &str = "soma-reason";
@@ -169,7 +170,10 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::Either<S::Future, std::future::Ready<Result<Self::Response, Self::Error>>>;
+    type Future = futures::future::Either<
+        futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>,
+        std::future::Ready<Result<Self::Response, Self::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -179,8 +183,12 @@ where
         match self.state.authorize(&req) {
             Ok(caller) => {
                 self.state.metrics.dispatched(req.uri().path());
+                let recorder = Recorder::start(self.state.metrics.clone(), req.uri().path());
                 req.extensions_mut().insert(caller);
-                futures::future::Either::Left(self.inner.call(req))
+                let response = self.inner.call(req);
+                futures::future::Either::Left(Box::pin(async move {
+                    response.await.map(|response| recorder.observe(response))
+                }))
             }
             Err(denial) => {
                 let path = req.uri().path();
@@ -197,6 +205,9 @@ where
                     denial.message
                 );
                 self.state.metrics.denied(path, denial.reason);
+                self.state
+                    .metrics
+                    .handled(path, denial.code, std::time::Duration::ZERO);
                 let mut status = tonic::Status::new(denial.code, denial.message);
                 if let Ok(value) = denial.reason.parse() {
                     status.metadata_mut().insert(REASON_METADATA, value);

@@ -5,7 +5,8 @@
 //! `somastack.v1.policy` option of each RPC, the verification of the
 //! gateway's signed `VerifiedClaims` envelope, `grpc.health.v1`, server
 //! reflection (v1 and v1alpha), explicit message limits, graceful shutdown,
-//! a plaintext admin listener on loopback (`/live`, `/ready`, `/metrics`),
+//! a plaintext admin listener on loopback (`/live`, `/ready`, their Kubernetes
+//! names `/healthz`, `/readyz`, and `/metrics` in the Prometheus format),
 //! typed settings, and client channels that present the own SVID and verify
 //! the server's expected SPIFFE ID.
 //!
@@ -22,6 +23,7 @@ mod caller;
 mod client;
 mod error;
 mod metrics;
+mod observe;
 mod server;
 mod settings;
 
@@ -30,6 +32,6 @@ pub use authz::{AuthzLayer, REASON_METADATA};
 pub use caller::{Caller, OPERATOR_PATH_PATTERN, PeerInfo};
 pub use client::{MeshChannel, MeshConnector, channel};
 pub use error::MeshError;
-pub use metrics::{Metrics, MetricsSource};
+pub use metrics::{Histogram, Metrics, MetricsSource};
 pub use server::{Application, ServiceSpec, builtin_policies};
 pub use settings::{ConfigError, Limits, MeshSettings, PeerAddr, Peers, ServiceKind};

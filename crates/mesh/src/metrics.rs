@@ -1,12 +1,17 @@
 //! Counters of the runtime, exposed in the Prometheus text format.
 //!
 //! The set of methods is fixed when the service is built, so every counter
-//! is a pre-allocated atomic and the request path takes no lock.
+//! is a pre-allocated atomic and the request path takes no lock. Names
+//! follow the Prometheus conventions (base units, `_total`, `_seconds`);
+//! labels are bounded: the method (from the service's fixed set, or
+//! `unknown`), the gRPC status code (17 values), a refusal reason (a fixed
+//! list). Tenants and request ids are never labels.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 /// Reasons a request or handshake is refused, as metric labels.
 const DENY_REASONS: [&str; 5] = [
@@ -17,10 +22,79 @@ const DENY_REASONS: [&str; 5] = [
     "claims_rejected",
 ];
 
+/// The gRPC status codes, by number, as the gRPC specification spells them.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Upper bounds of the latency buckets, in seconds: 100 µs to 10 s.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
 #[derive(Debug, Default)]
 struct MethodCounters {
     dispatched: AtomicU64,
     denied: [AtomicU64; DENY_REASONS.len()],
+    handled: [AtomicU64; CODES.len()],
+    latency: Histogram,
+}
+
+/// A latency histogram of atomics (buckets from 100 µs to 10 s): one
+/// counter per bucket (not cumulative: summed at render time), the count and
+/// the sum in nanoseconds. Observing takes no lock.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation of `elapsed`.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Appends the `_bucket`, `_sum` and `_count` lines of `name{labels}`
+    /// (`labels` non-empty, without braces).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (le, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        // Read the count after the buckets: a concurrent observation may
+        // show in the count and not yet in a bucket, never the other way
+        // round, so +Inf is never below a finite bucket.
+        let count = self.count.load(Ordering::Relaxed).max(cumulative);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
 }
 
 /// Counters a service keeps outside the runtime (the gateway's edge
@@ -89,6 +163,21 @@ impl Metrics {
         }
     }
 
+    /// An RPC ended with `code` after `elapsed` (from its arrival to the
+    /// end of its response).
+    pub(crate) fn handled(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+        let counters = self.method(path);
+        let i = usize::try_from(code as i32).unwrap_or(2).min(CODES.len() - 1);
+        counters.handled[i].fetch_add(1, Ordering::Relaxed);
+        counters.latency.observe(elapsed);
+    }
+
+    /// How many RPCs of a method ended with `code`.
+    pub fn handled_count(&self, path: &str, code: tonic::Code) -> u64 {
+        let i = usize::try_from(code as i32).unwrap_or(2).min(CODES.len() - 1);
+        self.method(path).handled[i].load(Ordering::Relaxed)
+    }
+
     /// How many requests of a method reached its handler.
     pub fn dispatched_count(&self, path: &str) -> u64 {
         self.method(path).dispatched.load(Ordering::Relaxed)
@@ -143,6 +232,37 @@ impl Metrics {
             }
         }
         out.push_str(
+            "# HELP soma_rpc_server_handled_total RPCs completed, by method and gRPC status code (codes never seen are left out, except OK).\n",
+        );
+        out.push_str("# TYPE soma_rpc_server_handled_total counter\n");
+        let all = inner
+            .methods
+            .iter()
+            .map(|(p, c)| (p.as_str(), c))
+            .chain([("unknown", &inner.unknown_method)]);
+        for (path, c) in all.clone() {
+            for (code, n) in CODES.iter().zip(&c.handled) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 || *code == "OK" {
+                    let _ = writeln!(
+                        out,
+                        "soma_rpc_server_handled_total{{method=\"{path}\",code=\"{code}\"}} {n}"
+                    );
+                }
+            }
+        }
+        out.push_str(
+            "# HELP soma_rpc_server_handling_seconds Time from an RPC's arrival to the end of its response, by method.\n",
+        );
+        out.push_str("# TYPE soma_rpc_server_handling_seconds histogram\n");
+        for (path, c) in all {
+            c.latency.render(
+                &mut out,
+                "soma_rpc_server_handling_seconds",
+                &format!("method=\"{path}\""),
+            );
+        }
+        out.push_str(
             "# HELP soma_tls_handshakes_total mTLS handshakes on the service listener, by outcome.\n",
         );
         out.push_str("# TYPE soma_tls_handshakes_total counter\n");
@@ -166,6 +286,43 @@ impl Metrics {
             source.render(&mut out);
         }
         out
+    }
+}
+
+/// The workload's own identity, for `/metrics`: when its SVID expires, and
+/// how its rotations went.
+#[derive(Debug)]
+pub(crate) struct IdentityMetrics {
+    pub(crate) store: Arc<soma_identity::SvidStore>,
+}
+
+impl MetricsSource for IdentityMetrics {
+    fn render(&self, out: &mut String) {
+        let expiry = self
+            .store
+            .svid()
+            .not_after()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        out.push_str(
+            "# HELP soma_svid_expiry_timestamp_seconds When the current X.509-SVID expires (Unix time).\n",
+        );
+        out.push_str("# TYPE soma_svid_expiry_timestamp_seconds gauge\n");
+        let _ = writeln!(out, "soma_svid_expiry_timestamp_seconds {expiry}");
+        out.push_str(
+            "# HELP soma_svid_rotations_total Updates from the Workload API (a new SVID or new bundles) taken.\n",
+        );
+        out.push_str("# TYPE soma_svid_rotations_total counter\n");
+        let _ = writeln!(out, "soma_svid_rotations_total {}", self.store.rotations());
+        out.push_str(
+            "# HELP soma_svid_rotation_failures_total Updates from the Workload API refused (the current SVID was kept).\n",
+        );
+        out.push_str("# TYPE soma_svid_rotation_failures_total counter\n");
+        let _ = writeln!(
+            out,
+            "soma_svid_rotation_failures_total {}",
+            self.store.refused_rotations()
+        );
     }
 }
 

@@ -109,6 +109,9 @@ impl Application {
             policies.insert(p);
         }
         let metrics = Metrics::new(policies.iter().map(|p| p.path.as_str()));
+        metrics.register(Arc::new(crate::metrics::IdentityMetrics {
+            store: Arc::clone(&identity),
+        }));
         let authz = AuthzLayer::new(identity.trust_domain().clone(), policies, claims, metrics.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -140,6 +140,35 @@ async fn a_caller_not_listed_for_a_method_is_denied_and_the_handler_never_runs()
             );
         }
         assert_eq!(svc.metrics.denied_count(BILLING, "caller_not_allowed"), 5);
+        // Every RPC's end is counted by its gRPC code, refusals included,
+        // and timed: six RPCs in the latency histogram.
+        assert_eq!(svc.metrics.handled_count(BILLING, Code::PermissionDenied), 5);
+        assert_eq!(svc.metrics.handled_count(BILLING, Code::Unimplemented), 1);
+        assert_eq!(svc.metrics.handled_count(BILLING, Code::Ok), 0);
+        for (series, value) in [
+            (
+                format!("soma_rpc_server_handled_total{{method=\"{BILLING}\",code=\"PERMISSION_DENIED\"}}"),
+                5,
+            ),
+            (
+                format!("soma_rpc_server_handled_total{{method=\"{BILLING}\",code=\"UNIMPLEMENTED\"}}"),
+                1,
+            ),
+            (
+                format!("soma_rpc_server_handled_total{{method=\"{BILLING}\",code=\"OK\"}}"),
+                0,
+            ),
+            (
+                format!("soma_rpc_server_handling_seconds_count{{method=\"{BILLING}\"}}"),
+                6,
+            ),
+            (
+                format!("soma_rpc_server_handling_seconds_bucket{{method=\"{BILLING}\",le=\"+Inf\"}}"),
+                6,
+            ),
+        ] {
+            assert_eq!(metric(svc.admin, &series).await, value, "{series}");
+        }
         svc.stop().await;
         stores.cleanup().await;
     }

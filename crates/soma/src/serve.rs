@@ -262,6 +262,8 @@ async fn serve(
         // gateway's admin /metrics.
         app.metrics()
             .register(std::sync::Arc::new(edge.connection_metrics()));
+        app.metrics()
+            .register(std::sync::Arc::new(edge.request_metrics()));
     }
     let ready = ReadyLine {
         service: kind.name().to_owned(),

@@ -58,6 +58,9 @@ struct Endpoints {
     analytics: String,
     /// The gateway's HTTP/JSON + gRPC edge (`http://host:port`).
     edge: Option<String>,
+    /// Each service's admin listener (`host:port`: `/metrics`, `/healthz`,
+    /// `/readyz`), by service name: what a Prometheus scrapes.
+    admin: BTreeMap<&'static str, String>,
 }
 
 struct Running {
@@ -235,6 +238,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .find_map(|r| r.ready.edge_addr.as_ref())
             .map(|a| format!("http://{a}")),
+        admin: running
+            .iter()
+            .map(|r| (r.kind.name(), r.ready.admin_addr.clone()))
+            .collect(),
     };
     write_atomically(
         &data_dir.join("endpoints.json"),

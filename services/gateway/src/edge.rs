@@ -41,6 +41,7 @@ use tonic::codec::Streaming;
 use crate::admission::{Admission, AdmissionRequest};
 use crate::config::EdgeLimits;
 use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId};
+use crate::edge_metrics::{self, EdgeMetrics};
 use crate::forward::{Backends, BytesCodec};
 use crate::refusal::Refusal;
 use crate::relay::{self, GRPC_TIMEOUT};
@@ -64,6 +65,7 @@ pub struct EdgeState {
     limits: EdgeLimits,
     cors_origins: Vec<String>,
     openapi: Bytes,
+    metrics: EdgeMetrics,
 }
 
 impl EdgeState {
@@ -85,7 +87,13 @@ impl EdgeState {
             limits,
             cors_origins,
             openapi,
+            metrics: EdgeMetrics::default(),
         }
+    }
+
+    /// The edge's request counters (shared with the running edge).
+    pub fn metrics(&self) -> EdgeMetrics {
+        self.metrics.clone()
     }
 }
 
@@ -108,9 +116,13 @@ async fn handle(State(state): State<Arc<EdgeState>>, request: Request) -> Respon
         .and_then(RequestId::parse)
         .unwrap_or_else(RequestId::mint);
     let origin = request.headers().get(header::ORIGIN).cloned();
-    let mut response = match serve(&state, request, &request_id).await {
+    let start = std::time::Instant::now();
+    let mut route = edge_metrics::UNROUTED.to_owned();
+    let mut refused_for = None;
+    let mut response = match serve(&state, request, &request_id, &mut route).await {
         Ok(response) => response,
         Err(refusal) => {
+            refused_for = Some(refusal.reason().to_owned());
             let status = refusal.http_status();
             if status.is_server_error() {
                 tracing::warn!(request_id = request_id.as_str(), status = status.as_u16(), reason = %refusal.reason(), message = %refusal.message(), "request failed");
@@ -120,6 +132,12 @@ async fn handle(State(state): State<Arc<EdgeState>>, request: Request) -> Respon
             refusal.into_response(&request_id)
         }
     };
+    state.metrics.record(
+        &route,
+        response.status().as_u16(),
+        start.elapsed(),
+        refused_for.as_deref(),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -145,10 +163,13 @@ impl EdgeState {
     }
 }
 
+/// Serves one request; `route` is set to the metrics label of the route it
+/// took as soon as that is known.
 async fn serve(
     state: &Arc<EdgeState>,
     request: Request,
     request_id: &RequestId,
+    route_label: &mut String,
 ) -> Result<Response, Refusal> {
     let limits = state.limits;
     // 1. Header size, before anything reads them.
@@ -171,6 +192,7 @@ async fn serve(
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
+        "preflight".clone_into(route_label);
         return preflight(state, &request);
     }
 
@@ -180,11 +202,13 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     if is_grpc {
+        "grpc_ingress".clone_into(route_label);
         return Ok(grpc_ingress(Arc::clone(state), request).await);
     }
 
     let path = request.uri().path().to_owned();
     if path == "/openapi.json" && request.method() == Method::GET {
+        "openapi".clone_into(route_label);
         return Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -200,6 +224,7 @@ async fn serve(
         admit_head(state, request.method(), request.headers(), &path, request_id)
             .await
             .map_err(|refusal| refusal.closing_if_body_unread(&request))?;
+    route.grpc_path.clone_into(route_label);
 
     // 5. The body, its size enforced while it streams in, then its JSON
     // depth and syntax.

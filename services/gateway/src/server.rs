@@ -163,6 +163,12 @@ impl EdgeServer {
         self.metrics.clone()
     }
 
+    /// The edge's request counters (by route, status and refusal reason),
+    /// shared with the running edge like [`EdgeServer::connection_metrics`].
+    pub fn request_metrics(&self) -> crate::EdgeMetrics {
+        self.state.metrics()
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = edge::router(self.state);

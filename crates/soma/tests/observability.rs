@@ -1,0 +1,225 @@
+//! What an operator's monitoring stack sees of a live `soma up`: a real
+//! Prometheus (Debian's `prometheus`) scrapes every service's admin
+//! listener, every target is up, and a PromQL query returns exactly the
+//! edge requests this test made; `promtool check metrics` finds nothing to
+//! fix in any service's exposition; the Kubernetes probe paths answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt as _;
+
+use common::edge::{client, send};
+
+const HANG_GUARD: Duration = Duration::from_secs(60);
+const REQUESTS: u64 = 100;
+
+/// The admin listeners `soma up` wrote to `endpoints.json`, by service.
+fn admin_addrs(data_dir: &Path) -> BTreeMap<String, String> {
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("endpoints.json")).unwrap()).unwrap();
+    endpoints["admin"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// The value of the one series `name{labels}` in an exposition.
+fn sample(exposition: &str, series: &str) -> Option<u64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Runs `promtool check metrics` on `exposition`: (exit code, its output).
+async fn promtool_check_metrics(exposition: &str) -> (Option<i32>, String) {
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(exposition.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A PromQL instant query: the `result` array.
+async fn query(prometheus: &str, promql: &str) -> Vec<Value> {
+    let http = client();
+    let url = format!("{prometheus}/api/v1/query?query={}", url_encode(promql));
+    let reply = send(&http, "GET", &url, None, None, &[]).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{promql}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    assert_eq!(body["status"], "success", "{body}");
+    body["data"]["result"].as_array().unwrap().clone()
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut up = common::spawn_soma_up(&data_dir, &[]);
+    let edge = common::cli::wait_for_edge(&data_dir).await;
+    let admin = admin_addrs(&data_dir);
+    assert_eq!(
+        admin.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["analytics", "capsule-repo", "gateway", "tool-registry"]
+    );
+    let http = client();
+
+    // Every service: the probes, and an exposition promtool accepts.
+    for (service, addr) in &admin {
+        for probe in ["healthz", "readyz", "live", "ready"] {
+            let reply = send(&http, "GET", &format!("http://{addr}/{probe}"), None, None, &[]).await;
+            assert_eq!(reply.status, 200, "{service} /{probe}");
+        }
+        let metrics = send(&http, "GET", &format!("http://{addr}/metrics"), None, None, &[]).await;
+        assert_eq!(metrics.status, 200);
+        let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+        let (code, lint) = promtool_check_metrics(&text).await;
+        assert_eq!(code, Some(0), "{service}: promtool check metrics:\n{lint}");
+        assert!(lint.trim().is_empty(), "{service}: {lint}");
+        for series in [
+            "soma_svid_expiry_timestamp_seconds",
+            "soma_svid_rotations_total",
+            "soma_rpc_server_handled_total",
+            "soma_rpc_server_handling_seconds_bucket",
+            "soma_tls_handshakes_total",
+        ] {
+            assert!(text.contains(series), "{service} lacks {series}");
+        }
+    }
+
+    // A real Prometheus scraping the four admin listeners every second.
+    let port = free_port();
+    let prometheus_url = format!("http://127.0.0.1:{port}");
+    let targets: Vec<String> = admin.values().map(|a| format!("'{a}'")).collect();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: somastack\n    static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus (Debian package prometheus; scripts/test.sh installs it)");
+
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let ready = http
+            .request(
+                http::Request::get(format!("{prometheus_url}/-/ready"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "prometheus did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Exactly REQUESTS requests on one route, counted from what the gateway
+    // had answered on it before.
+    let gateway_metrics = format!("http://{}/metrics", admin["gateway"]);
+    let series = "soma_edge_requests_total{route=\"openapi\",code=\"200\"}";
+    let exposition = send(&http, "GET", &gateway_metrics, None, None, &[]).await.body;
+    let before = sample(std::str::from_utf8(&exposition).unwrap(), series).unwrap_or(0);
+    for _ in 0..REQUESTS {
+        let reply = send(&http, "GET", &format!("{edge}/openapi.json"), None, None, &[]).await;
+        assert_eq!(reply.status, 200);
+    }
+    // A refusal is counted by its reason.
+    let refused = send(&http, "GET", &format!("{edge}/v1/whoami"), None, None, &[]).await;
+    assert_eq!(refused.status, 401);
+    let reason = refused.reason();
+
+    let deadline = Instant::now() + HANG_GUARD;
+    let (up_count, requests) = loop {
+        let up_series = query(&prometheus_url, "up{job=\"somastack\"} == 1").await;
+        let requests = query(
+            &prometheus_url,
+            "sum(soma_edge_requests_total{job=\"somastack\",route=\"openapi\",code=\"200\"})",
+        )
+        .await;
+        let value = requests
+            .first()
+            .map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap());
+        if up_series.len() == admin.len() && value == Some((before + REQUESTS) as f64) {
+            break (up_series.len(), value);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never saw every target up and the requests: up {up_series:?}, requests {requests:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(up_count, 4);
+    assert_eq!(requests, Some((before + REQUESTS) as f64));
+    let refusals = query(
+        &prometheus_url,
+        &format!("soma_edge_refusals_total{{reason=\"{reason}\"}}"),
+    )
+    .await;
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 1.0);
+
+    prometheus.kill().await.unwrap();
+    up.kill().await.unwrap();
+}
