@@ -14,8 +14,10 @@
 #    (schemas bundled with the tool, unknown fields rejected). A kind without
 #    a bundled schema fails here: plain manifests must use built-in kinds only.
 #    Skipped, and said so: kustomization.yaml files (kustomize input, not
-#    Kubernetes objects) and files made only of custom resources (no schema is
-#    bundled for them; they need their CRD in the cluster).
+#    Kubernetes objects), files made only of custom resources (no schema is
+#    bundled for them; they need their CRD in the cluster), and
+#    observability/ (Prometheus configuration, alert rules and their unit
+#    tests: promtool checks them in crates/soma/tests/observability.rs).
 # 2. The SPIRE trust domain and cluster name agree across server.conf,
 #    agent.conf and the spire-controller-manager configuration.
 # 3. When kubectl or kustomize is on PATH, `kustomize build deploy/` is rendered
@@ -64,6 +66,9 @@ for path in sorted(paths):
     rel = os.path.relpath(path, root)
     if os.path.basename(path) in ("kustomization.yaml", "kustomization.yml"):
         print(f"skip\t{rel}\tkustomization: kustomize input, not a Kubernetes object")
+        continue
+    if rel.startswith("observability" + os.sep):
+        print(f"skip\t{rel}\tPrometheus configuration and rules: checked with promtool by the test suite")
         continue
     with open(path, encoding="utf-8") as f:
         docs = [doc for doc in yaml.safe_load_all(f) if doc is not None]

@@ -24,6 +24,7 @@ use crate::validate::check_leaf;
 pub struct Svid {
     spiffe_id: SpiffeId,
     serial: Vec<u8>,
+    not_before: SystemTime,
     not_after: SystemTime,
     certified: Arc<CertifiedKey>,
 }
@@ -52,7 +53,7 @@ impl Svid {
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, IdentityError> {
         let leaf = chain.first().ok_or(IdentityError::EmptyChain)?;
-        let (spiffe_id, serial, not_after) = {
+        let (spiffe_id, serial, not_before, not_after) = {
             let (_, x509) =
                 x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|err| SvidError::Malformed {
                     index: 0,
@@ -62,9 +63,11 @@ impl Svid {
             // A negative notAfter (before 1970) is clamped to the epoch: such a
             // certificate is expired either way.
             let secs = u64::try_from(x509.validity().not_after.timestamp()).unwrap_or(0);
+            let start = u64::try_from(x509.validity().not_before.timestamp()).unwrap_or(0);
             (
                 spiffe_id,
                 x509.raw_serial().to_vec(),
+                UNIX_EPOCH + Duration::from_secs(start),
                 UNIX_EPOCH + Duration::from_secs(secs),
             )
         };
@@ -74,6 +77,7 @@ impl Svid {
         Ok(Self {
             spiffe_id,
             serial,
+            not_before,
             not_after,
             certified: Arc::new(certified),
         })
@@ -92,6 +96,11 @@ impl Svid {
     /// The leaf's serial number, as encoded (big-endian bytes).
     pub fn serial(&self) -> Vec<u8> {
         self.serial.clone()
+    }
+
+    /// The start of the leaf's validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
     }
 
     /// The end of the leaf's validity.

@@ -298,17 +298,27 @@ pub(crate) struct IdentityMetrics {
 
 impl MetricsSource for IdentityMetrics {
     fn render(&self, out: &mut String) {
-        let expiry = self
-            .store
-            .svid()
-            .not_after()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let svid = self.store.svid();
+        let unix =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         out.push_str(
             "# HELP soma_svid_expiry_timestamp_seconds When the current X.509-SVID expires (Unix time).\n",
         );
         out.push_str("# TYPE soma_svid_expiry_timestamp_seconds gauge\n");
-        let _ = writeln!(out, "soma_svid_expiry_timestamp_seconds {expiry}");
+        let _ = writeln!(
+            out,
+            "soma_svid_expiry_timestamp_seconds {}",
+            unix(svid.not_after())
+        );
+        out.push_str(
+            "# HELP soma_svid_valid_from_timestamp_seconds When the current X.509-SVID became valid (Unix time).\n",
+        );
+        out.push_str("# TYPE soma_svid_valid_from_timestamp_seconds gauge\n");
+        let _ = writeln!(
+            out,
+            "soma_svid_valid_from_timestamp_seconds {}",
+            unix(svid.not_before())
+        );
         out.push_str(
             "# HELP soma_svid_rotations_total Updates from the Workload API (a new SVID or new bundles) taken.\n",
         );

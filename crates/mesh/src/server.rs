@@ -68,6 +68,8 @@ pub struct ServiceSpec {
     pub routes: Routes,
     /// Readiness of the service's own dependencies (its database).
     pub readiness: Readiness,
+    /// The service's own series, rendered on `/metrics` after the runtime's.
+    pub metrics: Vec<Arc<dyn crate::MetricsSource>>,
 }
 
 /// A built service: listeners bound, ready to run.
@@ -112,6 +114,9 @@ impl Application {
         metrics.register(Arc::new(crate::metrics::IdentityMetrics {
             store: Arc::clone(&identity),
         }));
+        for source in spec.metrics {
+            metrics.register(source);
+        }
         let authz = AuthzLayer::new(identity.trust_domain().clone(), policies, claims, metrics.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();

@@ -2,7 +2,10 @@
 //! Prometheus (Debian's `prometheus`) scrapes every service's admin
 //! listener, every target is up, and a PromQL query returns exactly the
 //! edge requests this test made; `promtool check metrics` finds nothing to
-//! fix in any service's exposition; the Kubernetes probe paths answer.
+//! fix in any service's exposition; the Kubernetes probe paths answer; every
+//! query of the dashboard in `deploy/observability/` names series the live
+//! services expose and runs on the live Prometheus, and so does every alert
+//! rule, whose promtool unit tests pass.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -109,6 +112,7 @@ async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests
         ["analytics", "capsule-repo", "gateway", "tool-registry"]
     );
     let http = client();
+    let mut exposed = std::collections::BTreeSet::new();
 
     // Every service: the probes, and an exposition promtool accepts.
     for (service, addr) in &admin {
@@ -119,6 +123,7 @@ async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests
         let metrics = send(&http, "GET", &format!("http://{addr}/metrics"), None, None, &[]).await;
         assert_eq!(metrics.status, 200);
         let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+        exposed.extend(series_names(&text));
         let (code, lint) = promtool_check_metrics(&text).await;
         assert_eq!(code, Some(0), "{service}: promtool check metrics:\n{lint}");
         assert!(lint.trim().is_empty(), "{service}: {lint}");
@@ -220,6 +225,126 @@ async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(refusals[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 1.0);
 
+    // The dashboard and the alert rules: every series they name is one the
+    // services expose, and every dashboard query runs.
+    let dashboard: Value =
+        serde_json::from_slice(&std::fs::read(deploy().join("dashboard.json")).unwrap()).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in soma_names(expr) {
+                assert!(
+                    exposed.contains(&name),
+                    "panel {:?} queries {name}, which no service exposes",
+                    panel["title"]
+                );
+            }
+            query(&prometheus_url, expr).await;
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "{queries} dashboard queries");
+    let alerts = std::fs::read_to_string(deploy().join("alerts.yml")).unwrap();
+    let named = soma_names(&alerts);
+    assert!(named.len() >= 10, "{named:?}");
+    for name in named {
+        assert!(
+            exposed.contains(&name),
+            "alerts.yml names {name}, which no service exposes"
+        );
+    }
+
     prometheus.kill().await.unwrap();
     up.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_alert_rules_and_the_scrape_config_pass_promtool_and_every_alert_has_its_unit_tests() {
+    let dir = deploy();
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["test", "rules", "alerts_test.yml"],
+        vec!["check", "config", "prometheus.yml"],
+    ] {
+        let out = tokio::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .await
+            .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every alert is tested firing (an `exp_alerts` with an entry) and
+    // silent (`exp_alerts: []`).
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 8, "{alerts:?}");
+    for alert in alerts {
+        let (mut fires, mut silent) = (false, false);
+        let lines: Vec<&str> = tests.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() == format!("alertname: {alert}") {
+                match lines.get(i + 1).map(|l| l.trim()) {
+                    Some("exp_alerts: []") => silent = true,
+                    Some("exp_alerts:") => fires = true,
+                    other => panic!("{alert}: unexpected line after alertname: {other:?}"),
+                }
+            }
+        }
+        assert!(fires, "{alert} is never tested firing");
+        assert!(silent, "{alert} is never tested silent");
+    }
+}
+
+/// `deploy/observability/` of this repository.
+fn deploy() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/observability")
+}
+
+/// The series an exposition describes: each `# TYPE` name, with the
+/// `_bucket`, `_sum` and `_count` series of a histogram.
+fn series_names(exposition: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in exposition.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            names.push(name.to_owned());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The `soma_*` metric names in a PromQL expression or a rules file.
+fn soma_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("soma_") {
+        let start = i + at;
+        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let end = text[start..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |e| start + e);
+        if boundary {
+            names.insert(text[start..end].to_owned());
+        }
+        i = end;
+    }
+    names
 }

@@ -235,6 +235,7 @@ pub(crate) async fn record_disaster_drill(
     let failed = !row.passed;
     match svc.ledger.append(row.clone()).await {
         Ok(appended) => {
+            svc.drill_metrics.observe(&row);
             if failed {
                 svc.drills.webhooks.wake();
             }

@@ -188,6 +188,12 @@ impl Ledger {
         self.health.read().await.clone()
     }
 
+    /// The start-up verdict, if it can be read without waiting (for
+    /// `/metrics`, which must never block).
+    pub(crate) fn sound_now(&self) -> Option<bool> {
+        self.health.try_read().ok().map(|h| crate::metrics::is_sound(&h))
+    }
+
     /// Refuses when the ledger failed its integrity check.
     pub(crate) async fn sound(&self) -> Result<(), AnalyticsError> {
         match &*self.health.read().await {

@@ -31,6 +31,7 @@ mod error;
 mod export;
 mod integrity;
 mod ledger;
+mod metrics;
 mod migrations;
 mod regression;
 mod service;

@@ -37,6 +37,8 @@ pub struct AnalyticsService {
     pub(crate) drills: crate::config::DrillConfig,
     /// Anomaly scan threshold and minimum sample size.
     pub(crate) anomaly: crate::config::AnomalyConfig,
+    /// The drills recorded since start-up, for `/metrics`.
+    pub(crate) drill_metrics: Arc<crate::metrics::DrillGauges>,
 }
 
 /// The service as the mesh runtime serves it: verifies the stored ledger
@@ -62,7 +64,13 @@ pub async fn spec(
     // Delivers pending webhook notifications, including those left by an
     // earlier run; it ends when the service is dropped.
     crate::webhook::spawn(db.clone(), Arc::clone(&keys), &config.drills.webhooks);
+    let drill_metrics = Arc::new(crate::metrics::DrillGauges::new());
+    let metrics = crate::metrics::AnalyticsMetrics {
+        ledger: ledger.clone(),
+        drills: Arc::clone(&drill_metrics),
+    };
     let service = AnalyticsService {
+        drill_metrics,
         db: db.clone(),
         ledger: ledger.clone(),
         keys,
@@ -95,6 +103,7 @@ pub async fn spec(
         name: "somastack.v1.Analytics",
         routes: Routes::new(server),
         readiness,
+        metrics: vec![Arc::new(metrics)],
     })
 }
 

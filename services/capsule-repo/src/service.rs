@@ -179,5 +179,6 @@ pub fn spec(db: Database, repo: Repo, limits: &Limits) -> ServiceSpec {
         name: "somastack.v1.CapsuleRepo",
         routes: Routes::new(server),
         readiness: Readiness::of_database(db),
+        metrics: Vec::new(),
     }
 }

@@ -222,3 +222,50 @@ impl KillSwitches {
         })
     }
 }
+
+/// `/metrics`: how many switches of each scope are engaged, and since when
+/// the oldest of them (its `set_at`), read from the snapshot.
+impl soma_mesh::MetricsSource for KillSwitches {
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let switches = self.list();
+        let scopes = [
+            KillSwitchScope::Global,
+            KillSwitchScope::Tenant,
+            KillSwitchScope::Method,
+        ];
+        out.push_str("# HELP soma_kill_switches_engaged Kill switches engaged, by scope.\n");
+        out.push_str("# TYPE soma_kill_switches_engaged gauge\n");
+        let mut oldest = Vec::new();
+        for scope in scopes {
+            let engaged: Vec<&KillSwitch> = switches
+                .iter()
+                .filter(|s| s.engaged && s.scope == scope as i32)
+                .collect();
+            let name = scope.as_str_name();
+            let _ = writeln!(
+                out,
+                "soma_kill_switches_engaged{{scope=\"{name}\"}} {}",
+                engaged.len()
+            );
+            if let Some(since) = engaged
+                .iter()
+                .filter_map(|s| s.set_at.as_ref())
+                .map(|t| t.seconds)
+                .min()
+            {
+                oldest.push((name, since));
+            }
+        }
+        out.push_str(
+            "# HELP soma_kill_switch_engaged_since_timestamp_seconds When the longest-engaged switch of a scope was set (Unix time).\n",
+        );
+        out.push_str("# TYPE soma_kill_switch_engaged_since_timestamp_seconds gauge\n");
+        for (name, since) in oldest {
+            let _ = writeln!(
+                out,
+                "soma_kill_switch_engaged_since_timestamp_seconds{{scope=\"{name}\"}} {since}"
+            );
+        }
+    }
+}

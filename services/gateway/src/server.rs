@@ -51,6 +51,7 @@ impl Gateway {
             .map_err(|e| BuildError::Jwt(e.to_string()))?;
         let kill_switches = killswitch::KillSwitches::load(db.clone()).await?;
         let poller = kill_switches.spawn_poller(config.kill_switch_poll_interval);
+        let kill_switch_metrics = kill_switches.clone();
         let policy = match &config.moderation_policy_file {
             Some(path) => moderation::ModerationPolicy::from_file(path)
                 .map_err(|e| BuildError::Moderation(e.to_string()))?,
@@ -86,6 +87,7 @@ impl Gateway {
             name: "somastack.v1.Gateway",
             routes: Routes::new(server),
             readiness: Readiness::of_database(db),
+            metrics: vec![Arc::new(kill_switch_metrics)],
         };
 
         let edge = match config.edge_addr {

@@ -162,5 +162,6 @@ pub fn spec(db: Database, registry: Registry, limits: &Limits) -> ServiceSpec {
         name: "somastack.v1.ToolRegistry",
         routes: Routes::new(server),
         readiness: Readiness::of_database(db),
+        metrics: Vec::new(),
     }
 }

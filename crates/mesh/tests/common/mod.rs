@@ -66,6 +66,7 @@ pub fn spec(kind: ServiceKind, db: Database, limits: &Limits) -> ServiceSpec {
         name: kind.grpc_name(),
         routes,
         readiness: Readiness::of_database(db),
+        metrics: Vec::new(),
     }
 }
 

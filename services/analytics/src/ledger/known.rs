@@ -43,6 +43,8 @@ pub(crate) struct Known {
     facts: Vec<Fact>,
     tenants: Vec<Box<str>>,
     tenant_ids: HashMap<Box<str>, u32>,
+    /// How many leaves are [`Owner::Unknown`] (their row failed its MAC).
+    unknown: u64,
 }
 
 /// What is known of one leaf.
@@ -71,6 +73,12 @@ impl Known {
     /// The leaves known.
     pub(crate) fn size(&self) -> u64 {
         self.tree.size()
+    }
+
+    /// How many leaves have no authenticated owner: each is a tampered or
+    /// damaged leaf row.
+    pub(crate) fn unknown(&self) -> u64 {
+        self.unknown
     }
 
     /// The Merkle tree of the known leaves.
@@ -107,11 +115,14 @@ impl Known {
                 tenant: self.intern(tenant),
                 kind,
             },
-            None => Fact {
-                time: 0,
-                tenant: 0,
-                kind: UNKNOWN,
-            },
+            None => {
+                self.unknown += 1;
+                Fact {
+                    time: 0,
+                    tenant: 0,
+                    kind: UNKNOWN,
+                }
+            }
         };
         self.tree.push(hash);
         self.facts.push(fact);
