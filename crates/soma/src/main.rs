@@ -45,8 +45,32 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
     about = "SomaStack: a gRPC service mesh with SPIFFE mTLS"
 )]
 struct Cli {
+    /// Log format on standard error: `text` (one line per event) or `json`
+    /// (one JSON object per line, for log collectors). `soma up` passes it to
+    /// the services it starts.
+    #[arg(long, global = true, env = "SOMA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log events are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, spans.
+    Json,
+}
+
+impl LogFormat {
+    /// The value of `--log-format` / `SOMA_LOG_FORMAT`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,7 +244,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 )]
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -239,6 +263,7 @@ fn main() -> ExitCode {
                 region,
             } => {
                 up::run(up::UpArgs {
+                    log_format: cli.log_format,
                     data_dir,
                     trust_domain,
                     svid_ttl,
@@ -332,21 +357,30 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to standard error (standard output is for the commands' own
-/// output); `RUST_LOG` filters them, `info` by default. Coloured only on a
-/// terminal, and never when `NO_COLOR` is set: `soma up` points its
-/// children's standard error at log files.
-fn init_tracing() {
+/// output); `RUST_LOG` filters them, `info` by default. Text is coloured only
+/// on a terminal, and never when `NO_COLOR` is set: `soma up` points its
+/// children's standard error at log files. JSON is never coloured.
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Whether to colour output: on a terminal, unless `NO_COLOR` is set to a

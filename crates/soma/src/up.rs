@@ -43,6 +43,7 @@ pub struct UpArgs {
     pub trust_domain: String,
     pub svid_ttl: Duration,
     pub ca_ttl: Duration,
+    pub log_format: crate::LogFormat,
     pub edge_addr: SocketAddr,
     pub region: String,
 }
@@ -120,6 +121,7 @@ impl Drop for Registration {
 
 /// What every start of a service needs, fixed for the whole `soma up`.
 struct Launch<'a> {
+    log_format: crate::LogFormat,
     trust_domain: &'a TrustDomain,
     data_dir: &'a Path,
     socket: &'a Path,
@@ -179,6 +181,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
     let launch = Launch {
+        log_format: args.log_format,
         trust_domain: &trust_domain,
         data_dir: &data_dir,
         socket: &socket,
@@ -413,6 +416,7 @@ async fn start_service(
             format!("unix://{}", launch.socket.display()),
         )
         .env("SOMA_DATA_DIR", launch.data_dir.join("db"))
+        .env("SOMA_LOG_FORMAT", launch.log_format.as_str())
         .env("SOMA_SERVICE_ADDR", service_addr)
         .env("SOMA_ADMIN_ADDR", admin_addr)
         .env("SOMA_GATEWAY_CLAIMS_PUBLIC_KEY_FILE", keys.claims_pub)

@@ -348,3 +348,44 @@ fn soma_names(text: &str) -> std::collections::BTreeSet<String> {
     }
     names
 }
+
+#[tokio::test]
+async fn json_logs_parse_line_by_line_and_text_logs_in_files_carry_no_escape() {
+    for (format, json) in [("json", true), ("text", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let mut up = common::soma_up_command(&data_dir)
+            .args(["--log-format", format])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        common::cli::wait_for_edge(&data_dir).await;
+        up.kill().await.unwrap();
+        let mut lines = 0;
+        for service in ["gateway", "tool-registry", "capsule-repo", "analytics"] {
+            let log = std::fs::read(data_dir.join("logs").join(format!("{service}.log"))).unwrap();
+            assert!(
+                !log.contains(&0x1b),
+                "{format}: {service}.log holds an escape byte"
+            );
+            for line in String::from_utf8(log).unwrap().lines().filter(|l| !l.is_empty()) {
+                lines += 1;
+                let parsed = serde_json::from_str::<Value>(line);
+                if json {
+                    let event = parsed.unwrap_or_else(|e| panic!("{service}: not JSON ({e}): {line}"));
+                    assert!(event["timestamp"].is_string(), "{line}");
+                    assert!(event["level"].is_string(), "{line}");
+                    assert!(event["fields"].is_object(), "{line}");
+                } else {
+                    assert!(
+                        parsed.is_err(),
+                        "{service}: a text log line parses as JSON: {line}"
+                    );
+                }
+            }
+        }
+        assert!(lines >= 4, "{format}: only {lines} log lines");
+    }
+}
