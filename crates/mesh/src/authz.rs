@@ -24,6 +24,10 @@ use crate::observe::Recorder;
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const REASON_METADATA: &str = "soma-reason";
 
+/// Metadata key carrying the edge's request id to every backend call (an
+/// attribute of each RPC's server span).
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
+
 /// Builds [`Authz`] services. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct AuthzLayer {
@@ -184,11 +188,29 @@ where
             Ok(caller) => {
                 self.state.metrics.dispatched(req.uri().path());
                 let recorder = Recorder::start(self.state.metrics.clone(), req.uri().path());
+                // The RPC's server span, child of the caller's trace context.
+                let span = tracing::info_span!(
+                    "grpc.server",
+                    otel.name = req.uri().path(),
+                    otel.kind = "server",
+                    rpc.system = "grpc",
+                    rpc.method = req.uri().path(),
+                    request_id = req
+                        .headers()
+                        .get(REQUEST_ID_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or(""),
+                );
+                crate::set_trace_parent(&span, crate::extract_trace_context(req.headers()));
                 req.extensions_mut().insert(caller);
-                let response = self.inner.call(req);
-                futures::future::Either::Left(Box::pin(async move {
-                    response.await.map(|response| recorder.observe(response))
-                }))
+                let response = {
+                    let _entered = span.enter();
+                    self.inner.call(req)
+                };
+                futures::future::Either::Left(Box::pin(tracing::Instrument::instrument(
+                    async move { response.await.map(|response| recorder.observe(response)) },
+                    span,
+                )))
             }
             Err(denial) => {
                 let path = req.uri().path();

@@ -7,8 +7,10 @@
 //! reflection (v1 and v1alpha), explicit message limits, graceful shutdown,
 //! a plaintext admin listener on loopback (`/live`, `/ready`, their Kubernetes
 //! names `/healthz`, `/readyz`, and `/metrics` in the Prometheus format),
-//! typed settings, and client channels that present the own SVID and verify
-//! the server's expected SPIFFE ID.
+//! typed settings, client channels that present the own SVID and verify
+//! the server's expected SPIFFE ID, and the process's logs and traces
+//! (OpenTelemetry over OTLP when the standard `OTEL_*` variables ask; every
+//! RPC a server span, child of the caller's W3C `traceparent`).
 //!
 //! It does not implement any SomaStack RPC, nor tenant authentication (the
 //! gateway's JWT pipeline): handlers receive an already verified [`Caller`].
@@ -26,12 +28,14 @@ mod metrics;
 mod observe;
 mod server;
 mod settings;
+mod telemetry;
 
 pub use admin::{AdminServer, Readiness};
-pub use authz::{AuthzLayer, REASON_METADATA};
+pub use authz::{AuthzLayer, REASON_METADATA, REQUEST_ID_METADATA};
 pub use caller::{Caller, OPERATOR_PATH_PATTERN, PeerInfo};
 pub use client::{MeshChannel, MeshConnector, channel};
 pub use error::MeshError;
 pub use metrics::{Histogram, Metrics, MetricsSource};
 pub use server::{Application, ServiceSpec, builtin_policies};
 pub use settings::{ConfigError, Limits, MeshSettings, PeerAddr, Peers, ServiceKind};
+pub use telemetry::{LogStyle, Telemetry, extract_trace_context, inject_trace_context, set_trace_parent};

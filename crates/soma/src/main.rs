@@ -244,13 +244,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 )]
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("soma: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // Inside the runtime: the OTLP exporter's channel lives on it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        init_tracing(&cli)
     };
     let result = runtime.block_on(async move {
         match cli.command {
@@ -346,6 +350,9 @@ fn main() -> ExitCode {
     });
     // Whatever still runs on the blocking pool (a read that cannot be
     // cancelled) must not keep a stopped process alive.
+    // Spans still buffered go out while the runtime (which carries the
+    // exporter's connection) still runs.
+    telemetry.shutdown();
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     match result {
         Ok(code) => code,
@@ -359,28 +366,25 @@ fn main() -> ExitCode {
 /// Logs go to standard error (standard output is for the commands' own
 /// output); `RUST_LOG` filters them, `info` by default. Text is coloured only
 /// on a terminal, and never when `NO_COLOR` is set: `soma up` points its
-/// children's standard error at log files. JSON is never coloured.
-fn init_tracing(format: LogFormat) {
+/// children's standard error at log files. JSON is never coloured. Traces go
+/// out over OTLP when the standard `OTEL_*` variables ask (see
+/// `soma_mesh::Telemetry`), named after the service `soma serve` runs.
+fn init_tracing(cli: &Cli) -> soma_mesh::Telemetry {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder
-            .with_ansi(colour(
+    let style = match cli.log_format {
+        LogFormat::Text => soma_mesh::LogStyle::Text {
+            ansi: colour(
                 std::io::stderr().is_terminal(),
                 std::env::var_os("NO_COLOR").as_deref(),
-            ))
-            .init(),
-        LogFormat::Json => builder
-            .json()
-            .with_ansi(false)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-    }
+            ),
+        },
+        LogFormat::Json => soma_mesh::LogStyle::Json,
+    };
+    let name = match &cli.command {
+        Command::Serve { service, .. } => format!("somastack-{}", service.name()),
+        _ => "soma".to_owned(),
+    };
+    soma_mesh::Telemetry::init(&name, style)
 }
 
 /// Whether to colour output: on a terminal, unless `NO_COLOR` is set to a

@@ -389,3 +389,128 @@ async fn json_logs_parse_line_by_line_and_text_logs_in_files_carry_no_escape() {
         assert!(lines >= 4, "{format}: only {lines} log lines");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_through_the_edge_is_one_trace_across_the_gateway_and_the_backend() {
+    use tokio::io::AsyncBufReadExt as _;
+    // A real OTLP receiver (opentelemetry-proto + grpcio).
+    let mut receiver = tokio::process::Command::new(soma_testing::python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/otlp_receiver.py"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut spans_out = tokio::io::BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(HANG_GUARD, spans_out.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let port = first.strip_prefix("listening ").unwrap().to_owned();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut up = common::soma_up_command(&data_dir)
+        .env("RUST_LOG", "warn")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_SDK_DISABLED")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let edge = common::cli::wait_for_edge(&data_dir).await;
+    let token = common::cli::ok(&common::cli::soma(
+        &[
+            "token",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--tenant",
+            "acme",
+            "--region",
+            "local",
+            "--scope",
+            "analytics:export",
+        ],
+        dir.path(),
+    ))
+    .trim()
+    .to_owned();
+    // One request the gateway forwards to Analytics.
+    let reply = send(
+        &client(),
+        "GET",
+        &format!("{edge}/v1/exports/keys"),
+        Some(&token),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let request_id = reply.header("x-request-id").unwrap();
+
+    // Collect spans until the edge's span of this request, the Analytics
+    // server span of its trace, and every span between them have arrived
+    // (the two processes export in their own batches).
+    let mut spans: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + HANG_GUARD;
+    let (edge_span, backend_span, hops) = loop {
+        if let Some(found) = trace_of(&spans, &request_id) {
+            break found;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !remaining.is_zero(),
+            "no complete trace for request {request_id}: {spans:#?}"
+        );
+        if let Ok(Ok(Some(line))) = tokio::time::timeout(remaining, spans_out.next_line()).await {
+            spans.push(serde_json::from_str(&line).unwrap());
+        }
+    };
+    // The edge span is the trace's root, in the gateway; the backend's
+    // server span is in Analytics, a descendant of it.
+    assert_eq!(edge_span["parent_span_id"], "", "{edge_span}");
+    assert_eq!(edge_span["kind"], 2, "a server span: {edge_span}");
+    assert_eq!(
+        edge_span["attributes"]["http.route"],
+        "/somastack.v1.Analytics/ListVerificationKeys"
+    );
+    assert_eq!(
+        backend_span["name"],
+        "/somastack.v1.Analytics/ListVerificationKeys"
+    );
+    assert_eq!(backend_span["attributes"]["request_id"], request_id.as_str());
+    assert_eq!(backend_span["attributes"]["rpc.system"], "grpc");
+    assert!(hops >= 1);
+
+    up.kill().await.unwrap();
+    receiver.kill().await.unwrap();
+}
+
+/// In `spans`: the gateway's edge span of the request `request_id`, the
+/// Analytics server span of the same trace, and the number of parent links
+/// from the latter up to the former, once every span between has arrived.
+fn trace_of(spans: &[Value], request_id: &str) -> Option<(Value, Value, usize)> {
+    let edge = spans.iter().find(|s| {
+        s["service"] == "somastack-gateway"
+            && s["name"] == "edge.request"
+            && s["attributes"]["request_id"] == request_id
+    })?;
+    let backend = spans.iter().find(|s| {
+        s["trace_id"] == edge["trace_id"] && s["service"] == "somastack-analytics" && s["kind"] == 2
+    })?;
+    let mut at = backend;
+    let mut hops = 0;
+    while at["span_id"] != edge["span_id"] {
+        at = spans
+            .iter()
+            .find(|s| s["trace_id"] == edge["trace_id"] && s["span_id"] == at["parent_span_id"])?;
+        hops += 1;
+        if hops > 32 {
+            return None;
+        }
+    }
+    Some((edge.clone(), backend.clone(), hops))
+}

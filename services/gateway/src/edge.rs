@@ -119,7 +119,21 @@ async fn handle(State(state): State<Arc<EdgeState>>, request: Request) -> Respon
     let start = std::time::Instant::now();
     let mut route = edge_metrics::UNROUTED.to_owned();
     let mut refused_for = None;
-    let mut response = match serve(&state, request, &request_id, &mut route).await {
+    // The request's span: the root of its trace (or a child of the
+    // client's `traceparent`); every backend call carries its context.
+    let span = tracing::info_span!(
+        "edge.request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = request_id.as_str(),
+    );
+    soma_mesh::set_trace_parent(&span, soma_mesh::extract_trace_context(request.headers()));
+    let served =
+        tracing::Instrument::instrument(serve(&state, request, &request_id, &mut route), span.clone()).await;
+    span.record("http.route", route.as_str());
+    let mut response = match served {
         Ok(response) => response,
         Err(refusal) => {
             refused_for = Some(refusal.reason().to_owned());
@@ -132,6 +146,7 @@ async fn handle(State(state): State<Arc<EdgeState>>, request: Request) -> Respon
             refusal.into_response(&request_id)
         }
     };
+    span.record("http.response.status_code", response.status().as_u16());
     state.metrics.record(
         &route,
         response.status().as_u16(),

@@ -183,6 +183,18 @@ impl Backends {
         {
             metadata.insert(MODERATION_DECISION_METADATA, v);
         }
+        // The trace context of the current span (the edge's request span),
+        // so that the backend's server span joins the same trace.
+        let mut trace = http::HeaderMap::new();
+        soma_mesh::inject_trace_context(&tracing::Span::current(), &mut trace);
+        for (name, value) in &trace {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::AsciiMetadataKey::from_bytes(name.as_str().as_bytes()),
+                AsciiMetadataValue::try_from(value.as_bytes()),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
         Ok(metadata)
     }
 }
