@@ -20,6 +20,7 @@
 use soma_proto::v1 as pb;
 
 use crate::error::RepoError;
+use crate::registry::Verify;
 use crate::store::{InstallationFilter, InstallationRow, RevisionRow, SubmissionRow};
 use crate::submissions::{APPROVED, page_of, parse_bundle};
 use crate::{Actor, Repo, audit_event, now_nanos, random_id, seal, timestamp};
@@ -362,7 +363,7 @@ impl Repo {
         submission: &SubmissionRow,
     ) -> Result<pb::Installation, RepoError> {
         let verified = match parse_bundle(&submission.bundle) {
-            Ok(bundle) => self.registry.check_releases(&bundle, true).await,
+            Ok(bundle) => self.registry.check_releases(&bundle, Verify::All).await,
             Err(_) => Err(RepoError::RowIntegrity {
                 table: SubmissionRow::TABLE,
                 key: submission.submission_id.clone(),

@@ -2,7 +2,8 @@
 //! keys attestations are verified with, and the releases a bundle pins
 //! (present, not revoked, the module the bundle names, and fully verified
 //! by the registry before an installation becomes active or a run is
-//! resolved).
+//! resolved — for a run, every step's release but the first one's, which
+//! `ExecuteTool` verifies itself before it runs anything: see [`Verify`]).
 
 use std::time::Duration;
 
@@ -21,6 +22,31 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct NamedKey {
     pub publisher: String,
     pub key: AttestationKey,
+}
+
+/// Which releases of a bundle must also pass the registry's full
+/// verification (`VerifyRelease`: row MAC, manifest digest, registry seal,
+/// publisher signature and key, module bytes and digest), besides the
+/// lookup every release gets (present, not revoked, the pinned module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// None: a submission (its releases are verified when installed).
+    None,
+    /// Every release: an installation about to become active.
+    All,
+    /// Every release but the first step's: a run. The gateway's first
+    /// backend call after the resolution is `ExecuteTool` of the first
+    /// step, and `ExecuteTool` refuses a release that fails the same
+    /// verification (`release_unverified`; a revoked one `release_revoked`)
+    /// before it compiles or runs anything — the registry compiles only a
+    /// release whose row passed that verification, and runs only the
+    /// module it compiled then. The lookup still happens here for the first
+    /// step too, against the registry's database at this moment: a release
+    /// revoked on any replica, missing, or holding another module than the
+    /// bundle pins stops the run before anything executes. A later step's
+    /// `ExecuteTool` comes after an earlier step has run, so later steps are
+    /// verified here in full.
+    AfterFirst,
 }
 
 /// The ToolRegistry client; absent when no registry peer is configured.
@@ -78,13 +104,18 @@ impl Registry {
 
     /// Checks every tool release `bundle` pins: it exists
     /// (`release_missing`), is not revoked (`release_revoked`) and holds
-    /// the module the bundle names (`release_digest_mismatch`). With
-    /// `verify`, the registry's full verification of each release must
-    /// pass too (`release_revoked`, `release_unverified`).
+    /// the module the bundle names (`release_digest_mismatch`). The
+    /// releases `verify` names must pass the registry's full verification
+    /// too (`release_revoked`, `release_unverified`).
     #[tracing::instrument(skip_all)]
-    pub(crate) async fn check_releases(&self, bundle: &Bundle, verify: bool) -> Result<(), RepoError> {
-        for tool in bundle.tools() {
-            self.check_release(tool, verify).await?;
+    pub(crate) async fn check_releases(&self, bundle: &Bundle, verify: Verify) -> Result<(), RepoError> {
+        for (index, tool) in bundle.tools().iter().enumerate() {
+            let full = match verify {
+                Verify::None => false,
+                Verify::All => true,
+                Verify::AfterFirst => index > 0,
+            };
+            self.check_release(tool, full).await?;
         }
         Ok(())
     }

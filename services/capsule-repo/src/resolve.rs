@@ -5,13 +5,18 @@
 //! revision is active), that revision's submission (MAC checked, its bundle
 //! re-parsed and its digest recomputed), the run input checked against the
 //! bundle's input schema (`soma-capsule`'s `check_input`, the field named),
-//! and every tool release verified by the ToolRegistry at this moment: a
-//! release revoked after the installation stops the run here.
+//! and every tool release looked up in the ToolRegistry at this moment: a
+//! release revoked after the installation (on any registry replica), gone,
+//! or holding another module than the bundle pins stops the run here. Every
+//! release but the first step's is also fully verified by the registry
+//! here; the first step's full verification is `ExecuteTool`'s own, made
+//! before it runs anything, and the gateway's next call ([`Verify::AfterFirst`]).
 
 use soma_proto::json;
 use soma_proto::v1 as pb;
 
 use crate::error::RepoError;
+use crate::registry::Verify;
 use crate::store::SubmissionRow;
 use crate::submissions::parse_bundle;
 use crate::{Actor, Repo};
@@ -56,7 +61,7 @@ impl Repo {
             reason: e.reason(),
             message: format!("{e} (field {})", e.path()),
         })?;
-        self.registry.check_releases(&bundle, true).await?;
+        self.registry.check_releases(&bundle, Verify::AfterFirst).await?;
         Ok(pb::ResolvedCapsuleRun {
             installation_id: view.installation.installation_id.clone(),
             revision: u64::try_from(active.revision).unwrap_or(0),

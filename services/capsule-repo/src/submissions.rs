@@ -20,7 +20,7 @@ use soma_proto::v1 as pb;
 use soma_sign::{DsseEnvelope, DsseSignature};
 
 use crate::error::RepoError;
-use crate::registry::NamedKey;
+use crate::registry::{NamedKey, Verify};
 use crate::store::{ReviewRow, SubmissionFilter, SubmissionRow};
 use crate::{Actor, Repo, audit_event, now_nanos, random_id, seal, timestamp};
 
@@ -82,7 +82,7 @@ impl Repo {
         let now = now_nanos();
         let keys = self.registry.publisher_keys().await?;
         let attested = self.verify_publisher(&envelope, &bundle, &keys, now).await?;
-        self.registry.check_releases(&bundle, false).await?;
+        self.registry.check_releases(&bundle, Verify::None).await?;
         self.store_submission(
             actor,
             &tenant,
@@ -140,7 +140,7 @@ impl Repo {
             publisher: format!("catalogue:{}", catalogue.name),
             signers: signers(&envelope, &bundle, &catalogue.keys, now),
         };
-        self.registry.check_releases(&bundle, false).await?;
+        self.registry.check_releases(&bundle, Verify::None).await?;
         let source = format!("template:{}/{}", catalogue.name, request.template);
         self.store_submission(
             actor,

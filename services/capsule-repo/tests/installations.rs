@@ -3,13 +3,15 @@
 //! two updates from one revision through two replicas sharing the database
 //! (exactly one wins), `history=true`, a revision that fails on a revoked
 //! release; ResolveCapsuleRun (not installed, bad input naming the field,
-//! a release revoked after install); and tenant isolation of everything.
+//! a release revoked after install; which releases a run's resolution
+//! verifies in full: all but the first step's, which ExecuteTool verifies
+//! before it runs anything); and tenant isolation of everything.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{Harness, OPERATOR, example, example_at};
+use common::{Harness, OPERATOR, example, example_at, with_tools};
 use serde_json::json;
 use soma_mesh::ServiceKind;
 use soma_proto::v1 as pb;
@@ -500,5 +502,120 @@ async fn installations_race_roll_back_keep_history_and_resolve_runs() {
 
         h.stop().await;
         stores.cleanup().await;
+    }
+}
+
+/// A run's first step is verified in full by `ExecuteTool`, the gateway's
+/// next call after the resolution, before the registry compiles or runs
+/// anything; every later step is verified in full by the resolution, since
+/// its `ExecuteTool` comes after an earlier step ran. (Before, the
+/// resolution also verified the first step, the same check `ExecuteTool`
+/// makes again: this test failed there on the first resolution.)
+///
+/// A stored module byte of `echo` is changed in SQL after both capsules are
+/// installed: the capsule whose first step is `echo` still resolves (the
+/// release is present, active and holds the pinned module digest), and
+/// `ExecuteTool` of that step refuses it `release_unverified`
+/// (`module_digest`) without compiling it; the capsule that runs `echo`
+/// second is refused at the resolution, the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_verified_in_full_before_anything_executes() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::CapsuleRepo]).await {
+        let h = Harness::start(&stores, None).await;
+        let label = stores.label;
+        let echo = common::registry::adapter("echo");
+        h.registry
+            .publish(h.publisher.release("echo", "1.0.0", &echo))
+            .await
+            .unwrap();
+        let echo_ref = soma_capsule::ToolRef {
+            tool: "echo".to_owned(),
+            version: soma_release::Version::parse("1.0.0").unwrap(),
+            module_sha256: soma_sign::sha256(&echo),
+        };
+        let stats_ref = example().tools()[0].clone();
+        // Installed while every release verifies: echo first in
+        // production, echo second in staging.
+        for (version, environment, tools) in [
+            ("2.0.0", "production", vec![echo_ref.clone()]),
+            ("3.0.0", "staging", vec![stats_ref, echo_ref.clone()]),
+        ] {
+            let submission = h.approved("acme", &with_tools(version, &tools)).await;
+            let installed = h
+                .gateway()
+                .create_installation(h.as_user(
+                    "acme",
+                    "erin@acme",
+                    pb::CreateInstallationRequest {
+                        environment: environment.to_owned(),
+                        submission_id: submission.submission_id,
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(installed.status, I::Installed as i32, "{label}: {environment}");
+        }
+
+        let mut tampered = echo.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x01;
+        let hex: String = tampered.iter().map(|b| format!("{b:02x}")).collect();
+        let blob = match label {
+            "postgres" => format!("'\\x{hex}'::bytea"),
+            _ => format!("X'{hex}'"),
+        };
+        let sql = format!(
+            "UPDATE modules SET bytes = {blob} WHERE sha256 = (SELECT module_sha256 FROM releases WHERE tool = 'echo')"
+        );
+        assert_eq!(
+            soma_testing::exec(&h.registry.db, &sql).await,
+            1,
+            "{label}: {sql}"
+        );
+        let compiled = || h.registry.registry.sandbox().counters().compiled;
+        let before = compiled();
+
+        // echo first: resolved; its ExecuteTool refuses it before compiling.
+        let resolved = resolve(&h, "acme", "production", json!({"text": "hello"}))
+            .await
+            .unwrap();
+        let steps: Vec<_> = resolved
+            .steps
+            .iter()
+            .map(|s| (s.tool.as_str(), s.version.as_str(), s.module_sha256.as_slice()))
+            .collect();
+        assert_eq!(
+            steps,
+            [("echo", "1.0.0", echo_ref.module_sha256.as_slice())],
+            "{label}"
+        );
+        let status = h
+            .registry
+            .execute("acme", "echo", "1.0.0", json!({"text": "hello"}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&status),
+            (Code::FailedPrecondition, "release_unverified"),
+            "{label}: {status:?}"
+        );
+        assert_eq!(
+            h.registry.failures("echo", "1.0.0").await,
+            ["module_digest"],
+            "{label}"
+        );
+        assert_eq!(compiled(), before, "{label}: a tampered module was compiled");
+
+        // echo second: refused at the resolution, before the first step.
+        let status = resolve(&h, "acme", "staging", json!({"text": "hello"}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&status),
+            (Code::FailedPrecondition, "release_unverified"),
+            "{label}: {status:?}"
+        );
+        h.stop().await;
     }
 }

@@ -4,12 +4,15 @@
 //! capability, kill switches and moderation of the run's input. Then, in
 //! order: CapsuleRepo resolves the caller's installed capsule for the
 //! environment (its active revision, the input checked against the bundle's
-//! input schema, every tool release verified by the ToolRegistry); the
-//! ToolRegistry executes each tool step in its sandbox (the first step gets
-//! the bundle's parameters with the input over them, each next one the
-//! previous output), each execution billed by the registry itself; the run
-//! is recorded in Analytics (`RecordCapsuleRun`) with what was measured and
-//! the moderation decision; the caller gets the run id and the output.
+//! input schema, every tool release looked up in the ToolRegistry — present,
+//! not revoked, the pinned module — and every one but the first step's
+//! fully verified by it); the ToolRegistry executes each tool step in its
+//! sandbox (the first step gets the bundle's parameters with the input over
+//! them, each next one the previous output), verifying the release before
+//! it runs anything — for the first step, the run's only full verification
+//! of that release — and billing each execution itself; the run is recorded
+//! in Analytics (`RecordCapsuleRun`) with what was measured and the
+//! moderation decision; the caller gets the run id and the output.
 //!
 //! Every backend call carries the gateway's claims envelope sealed for that
 //! backend alone. A moderated request's envelope names the decision and the
@@ -20,7 +23,10 @@
 //! What a refusal becomes: a capsule that is not installed for the tenant
 //! is 404 (`capsule_not_installed`); an input the schema refuses is 400
 //! naming the field; a release revoked after the installation is 409
-//! (`release_revoked`) and nothing executes; a step the sandbox stops (fuel,
+//! (`release_revoked`) and nothing executes; a first step whose release the
+//! ToolRegistry refuses before running it (`release_revoked`: 409,
+//! `release_unverified`) ends the run as the resolution's refusal would:
+//! nothing ran, so nothing is recorded; a step the sandbox stops (fuel,
 //! memory, deadline, trap, bad output) ends the run with `succeeded: false`
 //! and the step's reason in the output, and the run is recorded as failed.
 
@@ -59,6 +65,11 @@ const STEP_OUTCOMES: [&str; 12] = [
 /// carries from the caller's own token.
 const EXECUTE_CAPABILITY: &str = "tools:execute";
 
+/// Refusals of `ExecuteTool` made by the release's verification, before
+/// the registry compiles or runs anything: for the first step, nothing of
+/// the run has executed yet.
+const RELEASE_REFUSALS: [&str; 2] = ["release_revoked", "release_unverified"];
+
 /// Attempts of the run's record in Analytics (the same event id each time:
 /// Analytics keeps one record however often it is sent).
 const RECORD_ATTEMPTS: u32 = 3;
@@ -71,7 +82,7 @@ enum Ended {
     /// adapter's outcome.
     StepFailed(Refusal),
     /// The mesh refused or failed (a backend unreachable, a revocation
-    /// between resolution and execution, a module other than the pinned one).
+    /// between two steps, a module other than the pinned one).
     Refused(Refusal),
 }
 
@@ -126,23 +137,15 @@ impl CapsuleRunner {
                 resolve,
             ))
             .await
-            .map_err(|status| {
-                let refusal = Refusal::from_status(&status);
-                if refusal.reason() == "release_revoked" {
-                    // The installation pins a release the registry has
-                    // since revoked: a conflict between the two, and
-                    // nothing runs.
-                    refusal.with_http_status(StatusCode::CONFLICT)
-                } else {
-                    refusal
-                }
-            })?
+            .map_err(|status| revoked_is_conflict(Refusal::from_status(&status)))?
             .into_inner();
 
         let run_id = format!("run-{:032x}", rand::random::<u128>());
         let started_at = SystemTime::now();
         let clock = Instant::now();
-        let (ended, last_tool) = self.steps(context, &resolved, request, &run_id, registry).await;
+        // A first step refused before anything ran is refused as the
+        // resolution would have refused it: there is no run to record.
+        let (ended, last_tool) = self.steps(context, &resolved, request, &run_id, registry).await?;
         let outcome = match &ended {
             Ended::Succeeded(_) => pb::RunOutcome::Succeeded,
             Ended::StepFailed(_) | Ended::Refused(_) => pb::RunOutcome::Failed,
@@ -181,7 +184,8 @@ impl CapsuleRunner {
     }
 
     /// Executes the resolved steps in order; returns how the run ended and
-    /// the last tool that ran (or was tried).
+    /// the last tool that ran (or was tried), or the refusal of the first
+    /// step's release made before anything ran (see [`RELEASE_REFUSALS`]).
     async fn steps(
         &self,
         context: &RequestContext,
@@ -189,7 +193,7 @@ impl CapsuleRunner {
         request: &pb::RunCapsuleRequest,
         run_id: &str,
         registry: &Backend,
-    ) -> (Ended, String) {
+    ) -> Result<(Ended, String), Refusal> {
         let mut input = merged(resolved.parameters.as_ref(), request.input.as_ref());
         let mut output = None;
         let mut last_tool = String::new();
@@ -203,7 +207,7 @@ impl CapsuleRunner {
             };
             let sealed = match self.sealed(context, "somastack.v1.ExecuteToolRequest", &execute, registry) {
                 Ok(sealed) => sealed,
-                Err(refusal) => return (Ended::Refused(refusal), last_tool),
+                Err(refusal) => return Ok((Ended::Refused(refusal), last_tool)),
             };
             let executed = ToolRegistryClient::new(registry.channel.clone())
                 .execute_tool(tonic::Request::from_parts(
@@ -215,7 +219,10 @@ impl CapsuleRunner {
             let reply = match executed {
                 Ok(reply) => reply.into_inner(),
                 Err(status) => {
-                    let refusal = Refusal::from_status(&status);
+                    let refusal = revoked_is_conflict(Refusal::from_status(&status));
+                    if nothing_ran(index, &refusal) {
+                        return Err(refusal);
+                    }
                     let ended = if STEP_OUTCOMES.contains(&refusal.reason()) {
                         Ended::StepFailed(refusal.with_details(vec![serde_json::json!({
                             "step": index,
@@ -225,7 +232,7 @@ impl CapsuleRunner {
                     } else {
                         Ended::Refused(refusal)
                     };
-                    return (ended, last_tool);
+                    return Ok((ended, last_tool));
                 }
             };
             // The registry verified the release; the module it ran must
@@ -240,12 +247,12 @@ impl CapsuleRunner {
                     ),
                 )
                 .with_http_status(StatusCode::CONFLICT);
-                return (Ended::Refused(refusal), last_tool);
+                return Ok((Ended::Refused(refusal), last_tool));
             }
             input = reply.output.clone().unwrap_or_default();
             output = reply.output;
         }
-        (Ended::Succeeded(output), last_tool)
+        Ok((Ended::Succeeded(output), last_tool))
     }
 
     fn backend(&self, service: &str) -> Result<&Backend, Refusal> {
@@ -355,6 +362,22 @@ impl CapsuleRunner {
     }
 }
 
+/// Whether `ExecuteTool`'s refusal of step `index` leaves a run of which
+/// nothing executed: the first step's release refused by its verification.
+fn nothing_ran(index: usize, refusal: &Refusal) -> bool {
+    index == 0 && RELEASE_REFUSALS.contains(&refusal.reason())
+}
+
+/// A refusal for a revoked release is 409: the installation pins a release
+/// the registry has since revoked, a conflict between the two.
+fn revoked_is_conflict(refusal: Refusal) -> Refusal {
+    if refusal.reason() == "release_revoked" {
+        refusal.with_http_status(StatusCode::CONFLICT)
+    } else {
+        refusal
+    }
+}
+
 /// The first step's input: the bundle's parameters, the run's input over
 /// them.
 fn merged(
@@ -398,5 +421,85 @@ fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Case {
+        name: &'static str,
+        index: usize,
+        code: Code,
+        reason: &'static str,
+        /// (nothing ran, HTTP status at the edge)
+        expected: (bool, StatusCode),
+    }
+
+    /// How `ExecuteTool`'s refusal of a step ends a run: the first step's
+    /// release refused by its verification is the resolution's refusal
+    /// (nothing ran, nothing is recorded), a revoked one 409 wherever it
+    /// is met; anything else ends a run that is recorded.
+    #[test]
+    fn a_first_step_refused_by_its_release_check_ends_a_run_that_never_started() {
+        let cases = [
+            Case {
+                name: "first step revoked",
+                index: 0,
+                code: Code::FailedPrecondition,
+                reason: "release_revoked",
+                expected: (true, StatusCode::CONFLICT),
+            },
+            Case {
+                name: "first step unverified",
+                index: 0,
+                code: Code::FailedPrecondition,
+                reason: "release_unverified",
+                expected: (true, StatusCode::BAD_REQUEST),
+            },
+            Case {
+                name: "second step revoked (the first one ran)",
+                index: 1,
+                code: Code::FailedPrecondition,
+                reason: "release_revoked",
+                expected: (false, StatusCode::CONFLICT),
+            },
+            Case {
+                name: "second step unverified (the first one ran)",
+                index: 1,
+                code: Code::FailedPrecondition,
+                reason: "release_unverified",
+                expected: (false, StatusCode::BAD_REQUEST),
+            },
+            Case {
+                name: "first step out of fuel (it ran)",
+                index: 0,
+                code: Code::ResourceExhausted,
+                reason: "fuel_exhausted",
+                expected: (false, StatusCode::TOO_MANY_REQUESTS),
+            },
+            Case {
+                name: "first step: sandbox busy",
+                index: 0,
+                code: Code::ResourceExhausted,
+                reason: "sandbox_busy",
+                expected: (false, StatusCode::TOO_MANY_REQUESTS),
+            },
+        ];
+        for case in cases {
+            let mut status = tonic::Status::new(case.code, "refused");
+            status.metadata_mut().insert(
+                soma_mesh::REASON_METADATA,
+                tonic::metadata::AsciiMetadataValue::from_static(case.reason),
+            );
+            let refusal = revoked_is_conflict(Refusal::from_status(&status));
+            assert_eq!(
+                (nothing_ran(case.index, &refusal), refusal.http_status()),
+                case.expected,
+                "{}",
+                case.name
+            );
+        }
     }
 }
