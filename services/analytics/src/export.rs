@@ -570,8 +570,17 @@ fn check_page<R: Exported>(
     };
     let mut checked = Vec::with_capacity(rows.len());
     let mut failed = None;
+    let mut scratch = Scratch::default();
     for ((row, seal, leaf), appended) in rows.into_iter().zip(appended) {
-        match check_row(keys, &row, &seal, leaf.as_deref(), appended.as_ref(), cut) {
+        match check_row(
+            keys,
+            &row,
+            &seal,
+            leaf.as_deref(),
+            appended.as_ref(),
+            cut,
+            &mut scratch,
+        ) {
             Ok(Some(index)) => checked.push((row, index)),
             Ok(None) => {}
             Err(e) => {
@@ -588,12 +597,27 @@ fn check_page<R: Exported>(
     }
 }
 
+/// The buffers one page's checks reuse from row to row.
+#[derive(Default)]
+struct Scratch {
+    /// The row's canonical content, written once for both its MAC message
+    /// and its leaf data.
+    content: Vec<u8>,
+    /// The MAC message, then the leaf data.
+    message: Vec<u8>,
+}
+
 /// Checks one row: its MAC (which, under scheme 2, binds its index), then,
 /// below the cut, that the leaf the ledger appended at its index (`appended`,
 /// from the authenticated view) and the stored leaf row there (`leaf`, whose
 /// tenant, event and kind the query matched to the row's) both hold the hash
 /// recomputed from the row. `Some(index)` for a row to export; `None` for a
 /// row past the cut, whose MAC bound it there.
+///
+/// The MAC message and the leaf data are written around the same content
+/// bytes ([`EventRow::write_mac_message`], [`EventRow::write_leaf_data`]):
+/// the same bytes [`EventRow::check`] and [`EventRow::leaf_hash`] compute,
+/// written once.
 fn check_row<R: EventRow>(
     keys: &soma_sign::HmacKeyring,
     row: &R,
@@ -601,6 +625,7 @@ fn check_row<R: EventRow>(
     leaf: Option<&[u8]>,
     appended: Option<&soma_ledger::Hash>,
     cut: u64,
+    scratch: &mut Scratch,
 ) -> Result<Option<u64>, AnalyticsError> {
     let claimed = seal.ledger_index.unwrap_or(-1);
     let integrity = || AnalyticsError::RowIntegrityAt {
@@ -608,7 +633,20 @@ fn check_row<R: EventRow>(
         primary_key: row.event_id().to_owned(),
         index: claimed,
     };
-    row.check(keys, seal).map_err(|_| integrity())?;
+    let Scratch { content, message } = scratch;
+    content.clear();
+    row.write_content(content).map_err(|_| integrity())?;
+    row.write_mac_message(
+        content,
+        seal.scheme,
+        seal.row_version,
+        &seal.key_id,
+        seal.ledger_index,
+        message,
+    )
+    .map_err(|_| integrity())?;
+    keys.verify(&seal.key_id, message, &seal.mac)
+        .map_err(|_| integrity())?;
     let index = to_u64(claimed).map_err(|_| integrity())?;
     if index >= cut {
         // Past the cut: only a MAC that binds the index says its leaf is
@@ -619,7 +657,8 @@ fn check_row<R: EventRow>(
             Err(integrity())
         };
     }
-    let recomputed = row.leaf_hash()?;
+    row.write_leaf_data(content, message);
+    let recomputed = soma_ledger::leaf_hash(message);
     if appended != Some(&recomputed) {
         return Err(AnalyticsError::LedgerLeafMismatch {
             index,

@@ -294,6 +294,20 @@ mod tests {
             String::from_utf8(row.leaf_data().unwrap()).unwrap(),
             String::from_utf8(value_leaf(row)).unwrap()
         );
+        // An export check writes the content once and both messages around
+        // it, into a buffer still holding the previous row's message.
+        let mut content = Vec::new();
+        row.write_content(&mut content).unwrap();
+        let mut reused = b"the previous row's message".to_vec();
+        row.write_mac_message(&content, 2, version, key_id, Some(7), &mut reused)
+            .unwrap();
+        assert_eq!(reused, value_mac(row, version, key_id, Some(Some(7))));
+        row.write_leaf_data(&content, &mut reused);
+        assert_eq!(reused, value_leaf(row));
+        assert!(
+            row.write_mac_message(&content, 3, version, key_id, None, &mut reused)
+                .is_err()
+        );
     }
 
     #[test]

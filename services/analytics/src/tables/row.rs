@@ -103,6 +103,36 @@ pub(crate) trait EventRow {
         key_id: &str,
         ledger_index: Option<i64>,
     ) -> Result<Vec<u8>, AnalyticsError> {
+        // The version is checked before the content is written, as
+        // `write_mac_message` checks it, so that a row of no version fails
+        // as such whatever its content.
+        if !self.content_is_of(row_version) {
+            return Err(AnalyticsError::RowIntegrity {
+                table: Self::TABLE,
+                primary_key: self.event_id().to_owned(),
+            });
+        }
+        let mut content = Vec::with_capacity(512);
+        self.write_content(&mut content)?;
+        let mut out = Vec::with_capacity(content.len() + 256);
+        self.write_mac_message(&content, scheme, row_version, key_id, ledger_index, &mut out)?;
+        Ok(out)
+    }
+
+    /// Writes [`EventRow::mac_message`] to `out` (cleared first) around
+    /// `content`, the row's [`EventRow::write_content`] bytes written once
+    /// by the caller: an export check shares them with the leaf data
+    /// ([`EventRow::write_leaf_data`]) instead of writing them twice.
+    fn write_mac_message(
+        &self,
+        content: &[u8],
+        scheme: i64,
+        row_version: i64,
+        key_id: &str,
+        ledger_index: Option<i64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), AnalyticsError> {
+        out.clear();
         if !self.content_is_of(row_version) {
             return Err(AnalyticsError::RowIntegrity {
                 table: Self::TABLE,
@@ -114,11 +144,10 @@ pub(crate) trait EventRow {
         // row_version, table, tenant. A canonical value nested in a
         // canonical object is canonical, so writing the content in place is
         // the canonical form of the whole.
-        let mut out = Vec::with_capacity(512);
         out.extend_from_slice(b"{\"content\":");
-        self.write_content(&mut out)?;
+        out.extend_from_slice(content);
         out.extend_from_slice(b",\"key_id\":");
-        push_string(&mut out, key_id);
+        push_string(out, key_id);
         match scheme {
             LEGACY_MAC_SCHEME => {}
             MAC_SCHEME => {
@@ -126,7 +155,7 @@ pub(crate) trait EventRow {
                 match ledger_index {
                     Some(index) => {
                         out.push(b'"');
-                        push_i64(&mut out, index);
+                        push_i64(out, index);
                         out.push(b'"');
                     }
                     None => out.extend_from_slice(b"null"),
@@ -135,6 +164,7 @@ pub(crate) trait EventRow {
             }
             // A scheme no version of this code writes verifies nothing.
             _ => {
+                out.clear();
                 return Err(AnalyticsError::RowIntegrity {
                     table: Self::TABLE,
                     primary_key: self.event_id().to_owned(),
@@ -142,15 +172,15 @@ pub(crate) trait EventRow {
             }
         }
         out.extend_from_slice(b",\"primary_key\":");
-        push_string(&mut out, self.event_id());
+        push_string(out, self.event_id());
         out.extend_from_slice(b",\"row_version\":\"");
-        push_i64(&mut out, row_version);
+        push_i64(out, row_version);
         out.extend_from_slice(b"\",\"table\":");
-        push_string(&mut out, Self::TABLE);
+        push_string(out, Self::TABLE);
         out.extend_from_slice(b",\"tenant\":");
-        push_string(&mut out, self.tenant());
+        push_string(out, self.tenant());
         out.push(b'}');
-        Ok(out)
+        Ok(())
     }
 
     /// MACs the row at [`EventRow::new_row_version`], at `ledger_index`
@@ -171,18 +201,28 @@ pub(crate) trait EventRow {
 
     /// The ledger leaf data: canonical `{kind, event_id, tenant, content}`.
     fn leaf_data(&self) -> Result<Vec<u8>, AnalyticsError> {
-        // Member order as in `mac_message`: content, event_id, kind, tenant.
-        let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(b"{\"content\":");
-        self.write_content(&mut out)?;
-        out.extend_from_slice(b",\"event_id\":");
-        push_string(&mut out, self.event_id());
-        out.extend_from_slice(b",\"kind\":");
-        push_string(&mut out, Self::KIND);
-        out.extend_from_slice(b",\"tenant\":");
-        push_string(&mut out, self.tenant());
-        out.push(b'}');
+        let mut content = Vec::with_capacity(512);
+        self.write_content(&mut content)?;
+        let mut out = Vec::with_capacity(content.len() + 128);
+        self.write_leaf_data(&content, &mut out);
         Ok(out)
+    }
+
+    /// Writes [`EventRow::leaf_data`] to `out` (cleared first) around
+    /// `content`, the row's [`EventRow::write_content`] bytes (see
+    /// [`EventRow::write_mac_message`]).
+    fn write_leaf_data(&self, content: &[u8], out: &mut Vec<u8>) {
+        // Member order as in `mac_message`: content, event_id, kind, tenant.
+        out.clear();
+        out.extend_from_slice(b"{\"content\":");
+        out.extend_from_slice(content);
+        out.extend_from_slice(b",\"event_id\":");
+        push_string(out, self.event_id());
+        out.extend_from_slice(b",\"kind\":");
+        push_string(out, Self::KIND);
+        out.extend_from_slice(b",\"tenant\":");
+        push_string(out, self.tenant());
+        out.push(b'}');
     }
 
     /// The RFC 9162 leaf hash of [`EventRow::leaf_data`].
@@ -268,6 +308,17 @@ pub(crate) fn push_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Almost every string exported or MACed (ids, names, SPIFFE IDs) has
+    // nothing to escape: one pass over all of it (no early exit, so it
+    // compiles to wide compares), then one copy.
+    let plain = !bytes.iter().fold(false, |escape, &b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {
