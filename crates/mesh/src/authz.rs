@@ -187,7 +187,11 @@ where
         match self.state.authorize(&req) {
             Ok(caller) => {
                 self.state.metrics.dispatched(req.uri().path());
-                let recorder = Recorder::start(self.state.metrics.clone(), req.uri().path());
+                let recorder = self
+                    .state
+                    .metrics
+                    .enabled()
+                    .then(|| Recorder::start(self.state.metrics.clone(), req.uri().path()));
                 // The RPC's server span, child of the caller's trace context.
                 let span = tracing::info_span!(
                     "grpc.server",
@@ -208,7 +212,13 @@ where
                     self.inner.call(req)
                 };
                 futures::future::Either::Left(Box::pin(tracing::Instrument::instrument(
-                    async move { response.await.map(|response| recorder.observe(response)) },
+                    async move {
+                        let response = response.await?;
+                        Ok(match recorder {
+                            Some(recorder) => recorder.observe(response),
+                            None => response,
+                        })
+                    },
                     span,
                 )))
             }

@@ -113,6 +113,8 @@ pub struct Metrics {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Whether RPCs are counted and timed at all (see `MeshSettings::metrics`).
+    enabled: bool,
     methods: BTreeMap<String, MethodCounters>,
     unknown_method: MethodCounters,
     handshakes_ok: AtomicU64,
@@ -132,10 +134,32 @@ impl Metrics {
             .collect();
         Self {
             inner: Arc::new(Inner {
+                enabled: true,
                 methods,
                 ..Inner::default()
             }),
         }
+    }
+
+    /// Counters for these method paths that count nothing: what the
+    /// runtime costs without its metrics.
+    pub fn disabled<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let methods = paths
+            .into_iter()
+            .map(|p| (p.to_owned(), MethodCounters::default()))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                enabled: false,
+                methods,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Whether RPCs are counted and timed.
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled
     }
 
     fn method(&self, path: &str) -> &MethodCounters {
@@ -153,11 +177,17 @@ impl Metrics {
 
     /// A request passed authorization and was handed to its handler.
     pub fn dispatched(&self, path: &str) {
+        if !self.inner.enabled {
+            return;
+        }
         self.method(path).dispatched.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request was refused before its handler.
     pub(crate) fn denied(&self, path: &str, reason: &str) {
+        if !self.inner.enabled {
+            return;
+        }
         if let Some(i) = DENY_REASONS.iter().position(|r| *r == reason) {
             self.method(path).denied[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -166,6 +196,9 @@ impl Metrics {
     /// An RPC ended with `code` after `elapsed` (from its arrival to the
     /// end of its response).
     pub(crate) fn handled(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+        if !self.inner.enabled {
+            return;
+        }
         let counters = self.method(path);
         let i = usize::try_from(code as i32).unwrap_or(2).min(CODES.len() - 1);
         counters.handled[i].fetch_add(1, Ordering::Relaxed);

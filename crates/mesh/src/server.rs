@@ -110,7 +110,12 @@ impl Application {
         for p in builtin_policies() {
             policies.insert(p);
         }
-        let metrics = Metrics::new(policies.iter().map(|p| p.path.as_str()));
+        let paths = policies.iter().map(|p| p.path.as_str());
+        let metrics = if settings.metrics {
+            Metrics::new(paths)
+        } else {
+            Metrics::disabled(paths)
+        };
         metrics.register(Arc::new(crate::metrics::IdentityMetrics {
             store: Arc::clone(&identity),
         }));

@@ -195,6 +195,11 @@ pub struct MeshSettings {
     pub peers: Peers,
     /// Limits.
     pub limits: Limits,
+    /// Whether the runtime counts and times RPCs (`SOMA_METRICS`: `on`, the
+    /// default, or `off`). Off leaves `/metrics` with the services' own
+    /// series and the runtime's at zero; it exists to measure what the
+    /// counting costs.
+    pub metrics: bool,
 }
 
 /// Why the settings are unusable. The binary prints it on one line and
@@ -338,6 +343,7 @@ impl MeshSettings {
                     pick("SOMA_PEER_ANALYTICS", f.peers.analytics),
                 )?,
             },
+            metrics: switch("SOMA_METRICS", env("SOMA_METRICS"))?,
             limits: Limits {
                 max_recv_message_bytes: bytes(
                     "SOMA_MAX_RECV_MESSAGE_BYTES",
@@ -389,6 +395,18 @@ fn peer(key: &'static str, value: Option<String>) -> Result<Option<PeerAddr>, Co
     value
         .map(|v| PeerAddr::parse(&v).map_err(|reason| ConfigError::Invalid { key, reason }))
         .transpose()
+}
+
+/// `on` (the default when unset) or `off`.
+fn switch(key: &'static str, value: Option<String>) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("" | "on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            key,
+            reason: format!("{other:?} is neither on nor off"),
+        }),
+    }
 }
 
 fn duration(key: &'static str, value: Option<String>) -> Result<Option<Duration>, ConfigError> {
