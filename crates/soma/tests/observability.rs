@@ -136,6 +136,24 @@ async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests
         ] {
             assert!(text.contains(series), "{service} lacks {series}");
         }
+        if service == "gateway" {
+            for series in [
+                "soma_edge_requests_total",
+                "soma_kill_switches_engaged{scope=\"GLOBAL\"} 0",
+                "soma_moderation_decisions_total{outcome=\"refused\"} 0",
+            ] {
+                assert!(text.contains(series), "gateway lacks {series}");
+            }
+        }
+        if service == "analytics" {
+            for series in [
+                "soma_ledger_leaves ",
+                "soma_ledger_unauthenticated_leaves 0",
+                "soma_ledger_sound 1",
+            ] {
+                assert!(text.contains(series), "analytics lacks {series}:\n{text}");
+            }
+        }
     }
 
     // A real Prometheus scraping the four admin listeners every second.

@@ -162,6 +162,7 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
     assert_eq!(
         keys,
         [
+            "admin",
             "analytics",
             "capsule_repo",
             "edge",
@@ -172,6 +173,16 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
         ]
     );
     assert_eq!(endpoints["trust_domain"], "somastack.local");
+    // One admin listener per service, each a loopback address.
+    let admin = endpoints["admin"].as_object().unwrap();
+    assert_eq!(
+        admin.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["analytics", "capsule-repo", "gateway", "tool-registry"]
+    );
+    for addr in admin.values() {
+        let addr: std::net::SocketAddr = addr.as_str().unwrap().parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
     let socket = PathBuf::from(endpoints["workload_api_socket"].as_str().unwrap());
     assert!(socket.is_absolute() && socket.exists());
 

@@ -242,7 +242,11 @@ impl soma_mesh::MetricsSource for KillSwitches {
                 .iter()
                 .filter(|s| s.engaged && s.scope == scope as i32)
                 .collect();
-            let name = scope.as_str_name();
+            // `GLOBAL`, `TENANT`, `METHOD`: the enum's names without their prefix.
+            let name = scope
+                .as_str_name()
+                .strip_prefix("KILL_SWITCH_SCOPE_")
+                .unwrap_or(scope.as_str_name());
             let _ = writeln!(
                 out,
                 "soma_kill_switches_engaged{{scope=\"{name}\"}} {}",

@@ -229,6 +229,8 @@ impl ModerationPolicy {
 #[derive(Clone, Debug)]
 pub struct Moderator {
     policy: Arc<ModerationPolicy>,
+    /// Decisions taken: allowed, refused (for `/metrics`).
+    decisions: Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 impl Moderator {
@@ -236,6 +238,7 @@ impl Moderator {
     pub fn new(policy: ModerationPolicy) -> Self {
         Self {
             policy: Arc::new(policy),
+            decisions: Arc::default(),
         }
     }
 
@@ -270,6 +273,7 @@ impl Moderator {
             allowed: walk.findings.is_empty(),
             findings: walk.findings,
         };
+        self.decisions[usize::from(!decision.allowed)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(
             decision = %decision.id,
             method,
@@ -278,6 +282,22 @@ impl Moderator {
             "moderation decision"
         );
         decision
+    }
+}
+
+/// `/metrics`: the decisions taken, by outcome.
+impl soma_mesh::MetricsSource for Moderator {
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP soma_moderation_decisions_total Moderation decisions taken, by outcome.\n");
+        out.push_str("# TYPE soma_moderation_decisions_total counter\n");
+        for (outcome, counter) in ["allowed", "refused"].iter().zip(self.decisions.iter()) {
+            let _ = writeln!(
+                out,
+                "soma_moderation_decisions_total{{outcome=\"{outcome}\"}} {}",
+                counter.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
     }
 }
 

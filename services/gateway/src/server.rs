@@ -57,13 +57,15 @@ impl Gateway {
                 .map_err(|e| BuildError::Moderation(e.to_string()))?,
             None => moderation::ModerationPolicy::default_policy(),
         };
+        let moderator = moderation::Moderator::new(policy);
+        let moderation_metrics = moderator.clone();
         let admission = Admission::new(
             verifier,
             config.residency.clone(),
             config.mfa_max_age,
             leeway,
             kill_switches,
-            moderation::Moderator::new(policy),
+            moderator,
             ratelimit::RateLimiter::new(config.rate_limit),
             db.clone(),
         );
@@ -87,7 +89,7 @@ impl Gateway {
             name: "somastack.v1.Gateway",
             routes: Routes::new(server),
             readiness: Readiness::of_database(db),
-            metrics: vec![Arc::new(kill_switch_metrics)],
+            metrics: vec![Arc::new(kill_switch_metrics), Arc::new(moderation_metrics)],
         };
 
         let edge = match config.edge_addr {
