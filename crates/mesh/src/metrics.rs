@@ -48,6 +48,75 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
+/// Why a handshake failed, as metric labels (see [`HandshakeFailure`]).
+const HANDSHAKE_FAILURES: [&str; 7] = [
+    "no_client_certificate",
+    "invalid_certificate",
+    "no_spiffe_id",
+    "alert_received",
+    "protocol",
+    "peer_went_away",
+    "other",
+];
+
+/// Why one handshake failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandshakeFailure {
+    /// The client sent no certificate.
+    NoClientCertificate,
+    /// The client's certificate was refused (not an SVID of this trust
+    /// domain's bundle, expired, …).
+    InvalidCertificate,
+    /// The handshake completed but the peer's certificate names no SPIFFE ID.
+    NoSpiffeId,
+    /// The client sent a fatal alert.
+    AlertReceived,
+    /// The client broke the TLS protocol (or offered nothing compatible).
+    Protocol,
+    /// The connection ended mid-handshake (reset, EOF).
+    PeerWentAway,
+    /// Anything else.
+    Other,
+}
+
+impl HandshakeFailure {
+    /// The reason of a failed `accept`.
+    pub(crate) fn of(err: &std::io::Error) -> Self {
+        use rustls::Error as E;
+        match err
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(E::NoCertificatesPresented) => Self::NoClientCertificate,
+            Some(E::InvalidCertificate(_)) => Self::InvalidCertificate,
+            Some(E::AlertReceived(_)) => Self::AlertReceived,
+            Some(
+                E::InappropriateMessage { .. }
+                | E::InappropriateHandshakeMessage { .. }
+                | E::InvalidMessage(_)
+                | E::PeerIncompatible(_)
+                | E::PeerMisbehaved(_),
+            ) => Self::Protocol,
+            Some(_) => Self::Other,
+            None if matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
+            ) =>
+            {
+                Self::PeerWentAway
+            }
+            None => Self::Other,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 #[derive(Debug, Default)]
 struct MethodCounters {
     dispatched: AtomicU64,
@@ -120,6 +189,7 @@ struct Inner {
     handshakes_ok: AtomicU64,
     handshakes_failed: AtomicU64,
     handshakes_timed_out: AtomicU64,
+    handshake_failures: [AtomicU64; HANDSHAKE_FAILURES.len()],
     /// Registered once at start-up and read on each scrape; the request
     /// path never touches it.
     sources: RwLock<Vec<Arc<dyn MetricsSource>>>,
@@ -224,6 +294,12 @@ impl Metrics {
             .map_or(0, |i| self.method(path).denied[i].load(Ordering::Relaxed))
     }
 
+    /// A handshake failed for `reason` (counted beside its outcome).
+    pub(crate) fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake(HandshakeOutcome::Failed);
+        self.inner.handshake_failures[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn handshake(&self, outcome: HandshakeOutcome) {
         let counter = match outcome {
             HandshakeOutcome::Ok => &self.inner.handshakes_ok,
@@ -307,6 +383,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "soma_tls_handshakes_total{{outcome=\"{outcome}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP soma_tls_handshake_failures_total Failed mTLS handshakes on the service listener, by reason.\n");
+        out.push_str("# TYPE soma_tls_handshake_failures_total counter\n");
+        for (reason, c) in HANDSHAKE_FAILURES.iter().zip(&inner.handshake_failures) {
+            let _ = writeln!(
+                out,
+                "soma_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
                 c.load(Ordering::Relaxed)
             );
         }

@@ -31,7 +31,7 @@ use crate::admin::{AdminServer, Readiness};
 use crate::authz::AuthzLayer;
 use crate::caller::PeerInfo;
 use crate::error::MeshError;
-use crate::metrics::{HandshakeOutcome, Metrics};
+use crate::metrics::{HandshakeFailure, HandshakeOutcome, Metrics};
 use crate::settings::MeshSettings;
 
 /// Callers allowed to use health and reflection: every workload and
@@ -303,7 +303,7 @@ async fn accept_loop(
                         tracing::warn!(remote = %remote_addr, reason = "handshake_timeout", "tls handshake refused");
                     }
                     Ok(Err(e)) => {
-                        metrics.handshake(HandshakeOutcome::Failed);
+                        metrics.handshake_failed(HandshakeFailure::of(&e));
                         // The SVID verifier logged its own refusals; this
                         // logs the ones rustls makes before it (no client
                         // certificate, protocol errors).
@@ -326,7 +326,7 @@ async fn accept_loop(
                                 let _ = conns.send(Ok(stream)).await;
                             }
                             Err(e) => {
-                                metrics.handshake(HandshakeOutcome::Failed);
+                                metrics.handshake_failed(HandshakeFailure::NoSpiffeId);
                                 tracing::warn!(remote = %remote_addr, reason = %e, "tls handshake refused");
                             }
                         }

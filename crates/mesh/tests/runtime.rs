@@ -452,6 +452,14 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
             failed_before + 1,
             "one refused rogue handshake, one count"
         );
+        assert_eq!(
+            metric(
+                svc.admin,
+                "soma_tls_handshake_failures_total{reason=\"invalid_certificate\"}"
+            )
+            .await,
+            1
+        );
         assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
 
         // 2. A TLS client with no certificate at all: refused, counted once.
@@ -462,6 +470,14 @@ async fn a_client_without_a_certificate_or_from_another_authority_is_refused_in_
             failed,
             failed_before + 2,
             "one refused anonymous handshake, one count"
+        );
+        assert_eq!(
+            metric(
+                svc.admin,
+                "soma_tls_handshake_failures_total{reason=\"no_client_certificate\"}"
+            )
+            .await,
+            1
         );
         assert_eq!(svc.metrics.dispatched_count(BILLING), 0);
 
