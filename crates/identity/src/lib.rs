@@ -26,6 +26,6 @@ pub use error::{IdentityError, SvidError};
 pub use spiffe_id::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::SvidStore;
 pub use svid::Svid;
-pub use tls::{ExpectedPeer, client_config, log_refused_handshake, server_config};
+pub use tls::{ExpectedPeer, client_config, log_refused_handshake, peer_went_away, server_config};
 pub use validate::{AllowedTrustDomains, PeerRole, peer_spiffe_id, validate_svid};
 pub use workload::WorkloadIdentity;

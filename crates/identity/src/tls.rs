@@ -316,16 +316,21 @@ pub fn log_refused_handshake(err: &std::io::Error) {
         // The peer went away mid-handshake (reset, EOF): nothing was
         // refused, and a client that drops connections must not be able to
         // flood the log at warn level.
-        None if matches!(
-            err.kind(),
-            std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::ConnectionAborted
-        ) =>
-        {
+        None if peer_went_away(err) => {
             tracing::debug!(reason = %err, "tls handshake abandoned by the peer");
         }
         None => tracing::warn!(reason = %err, "refused tls handshake"),
     }
+}
+
+/// Whether a failed handshake is the peer going away (reset, EOF, broken
+/// pipe, aborted) rather than a refusal.
+pub fn peer_went_away(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted
+    )
 }

@@ -98,16 +98,7 @@ impl HandshakeFailure {
                 | E::PeerMisbehaved(_),
             ) => Self::Protocol,
             Some(_) => Self::Other,
-            None if matches!(
-                err.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionAborted
-            ) =>
-            {
-                Self::PeerWentAway
-            }
+            None if soma_identity::peer_went_away(err) => Self::PeerWentAway,
             None => Self::Other,
         }
     }
@@ -198,29 +189,23 @@ struct Inner {
 impl Metrics {
     /// Counters for these method paths (`/package.Service/Method`).
     pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
-        let methods = paths
-            .into_iter()
-            .map(|p| (p.to_owned(), MethodCounters::default()))
-            .collect();
-        Self {
-            inner: Arc::new(Inner {
-                enabled: true,
-                methods,
-                ..Inner::default()
-            }),
-        }
+        Self::with(paths, true)
     }
 
     /// Counters for these method paths that count nothing: what the
     /// runtime costs without its metrics.
     pub fn disabled<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
+        Self::with(paths, false)
+    }
+
+    fn with<'a>(paths: impl IntoIterator<Item = &'a str>, enabled: bool) -> Self {
         let methods = paths
             .into_iter()
             .map(|p| (p.to_owned(), MethodCounters::default()))
             .collect();
         Self {
             inner: Arc::new(Inner {
-                enabled: false,
+                enabled,
                 methods,
                 ..Inner::default()
             }),
