@@ -13,7 +13,7 @@ venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe, cryptography, rfc8785, jwt, jwcrypto, openapi_spec_validator, securesystemslib, in_toto' 2>/dev/null \
+if ! "$venv/bin/python" -c 'import grpc, grpc_health.v1, grpc_reflection.v1alpha, spiffe, cryptography, rfc8785, jwt, jwcrypto, openapi_spec_validator, securesystemslib, in_toto, opentelemetry.proto.collector.trace.v1' 2>/dev/null \
   || [ ! -x "$venv/bin/grpcurl" ] || [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/scripts/requirements-interop.txt"
 fi
