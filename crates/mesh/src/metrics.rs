@@ -178,8 +178,8 @@ struct Inner {
     methods: BTreeMap<String, MethodCounters>,
     unknown_method: MethodCounters,
     handshakes_ok: AtomicU64,
-    handshakes_failed: AtomicU64,
     handshakes_timed_out: AtomicU64,
+    /// Failed handshakes by reason; their sum is the `failed` outcome.
     handshake_failures: [AtomicU64; HANDSHAKE_FAILURES.len()],
     /// Registered once at start-up and read on each scrape; the request
     /// path never touches it.
@@ -255,15 +255,13 @@ impl Metrics {
             return;
         }
         let counters = self.method(path);
-        let i = usize::try_from(code as i32).unwrap_or(2).min(CODES.len() - 1);
-        counters.handled[i].fetch_add(1, Ordering::Relaxed);
+        counters.handled[code_index(code)].fetch_add(1, Ordering::Relaxed);
         counters.latency.observe(elapsed);
     }
 
     /// How many RPCs of a method ended with `code`.
     pub fn handled_count(&self, path: &str, code: tonic::Code) -> u64 {
-        let i = usize::try_from(code as i32).unwrap_or(2).min(CODES.len() - 1);
-        self.method(path).handled[i].load(Ordering::Relaxed)
+        self.method(path).handled[code_index(code)].load(Ordering::Relaxed)
     }
 
     /// How many requests of a method reached its handler.
@@ -279,16 +277,15 @@ impl Metrics {
             .map_or(0, |i| self.method(path).denied[i].load(Ordering::Relaxed))
     }
 
-    /// A handshake failed for `reason` (counted beside its outcome).
+    /// A handshake failed for `reason` (its `failed` outcome is the sum of
+    /// the reasons).
     pub(crate) fn handshake_failed(&self, reason: HandshakeFailure) {
-        self.handshake(HandshakeOutcome::Failed);
         self.inner.handshake_failures[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn handshake(&self, outcome: HandshakeOutcome) {
         let counter = match outcome {
             HandshakeOutcome::Ok => &self.inner.handshakes_ok,
-            HandshakeOutcome::Failed => &self.inner.handshakes_failed,
             HandshakeOutcome::TimedOut => &self.inner.handshakes_timed_out,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -360,16 +357,17 @@ impl Metrics {
             "# HELP soma_tls_handshakes_total mTLS handshakes on the service listener, by outcome.\n",
         );
         out.push_str("# TYPE soma_tls_handshakes_total counter\n");
-        for (outcome, c) in [
-            ("ok", &inner.handshakes_ok),
-            ("failed", &inner.handshakes_failed),
-            ("timed_out", &inner.handshakes_timed_out),
+        let failed: u64 = inner
+            .handshake_failures
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum();
+        for (outcome, n) in [
+            ("ok", inner.handshakes_ok.load(Ordering::Relaxed)),
+            ("failed", failed),
+            ("timed_out", inner.handshakes_timed_out.load(Ordering::Relaxed)),
         ] {
-            let _ = writeln!(
-                out,
-                "soma_tls_handshakes_total{{outcome=\"{outcome}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
+            let _ = writeln!(out, "soma_tls_handshakes_total{{outcome=\"{outcome}\"}} {n}");
         }
         out.push_str("# HELP soma_tls_handshake_failures_total Failed mTLS handshakes on the service listener, by reason.\n");
         out.push_str("# TYPE soma_tls_handshake_failures_total counter\n");
@@ -439,12 +437,21 @@ impl MetricsSource for IdentityMetrics {
     }
 }
 
-/// How one handshake ended.
+/// How one handshake ended, when it did not fail (a failure is counted by
+/// its reason: [`Metrics::handshake_failed`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum HandshakeOutcome {
     Ok,
-    Failed,
     TimedOut,
+}
+
+/// The index of `code` in [`CODES`] (its number; an unknown number counts as
+/// `UNKNOWN`).
+fn code_index(code: tonic::Code) -> usize {
+    usize::try_from(code as i32)
+        .ok()
+        .filter(|i| *i < CODES.len())
+        .unwrap_or(2)
 }
 
 #[cfg(test)]

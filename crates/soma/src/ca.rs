@@ -85,35 +85,21 @@ pub enum Step {
 /// then every slot, one line each (`STATE SERIAL not_after=… jwt_kid=…`).
 #[expect(clippy::print_stdout, reason = "the command's output")]
 pub fn rotate(data_dir: &Path, trust_domain: &str, step: Step) -> anyhow::Result<ExitCode> {
-    let td = match TrustDomain::parse(trust_domain) {
-        Ok(td) => td,
-        Err(e) => {
-            return Ok(crate::config_error(format_args!(
-                "--trust-domain {trust_domain:?}: {e}"
-            )));
-        }
+    let mut authority = match existing(data_dir, trust_domain)? {
+        Ok(authority) => authority,
+        Err(refused) => return Ok(refused),
     };
-    if !has_authority(data_dir) {
-        return Ok(no_authority(data_dir));
+    if let Step::Prepare(ca_ttl) = step {
+        authority = match authority.with_options(AuthorityOptions { ca_ttl }) {
+            Ok(authority) => authority,
+            Err(e) => return Ok(crate::config_error(format_args!("--ca-ttl: {e}"))),
+        };
     }
-    let authority = Authority::open_existing(data_dir, &td)
-        .with_context(|| format!("opening the authority under {}", data_dir.display()))?;
-    let taken = match step {
-        Step::Prepare(ca_ttl) => {
-            let authority = match authority.with_options(AuthorityOptions { ca_ttl }) {
-                Ok(authority) => authority,
-                Err(e) => return Ok(crate::config_error(format_args!("--ca-ttl: {e}"))),
-            };
-            let result = authority.prepare();
-            (authority, Some(("prepared", result)))
-        }
-        Step::Activate => {
-            let result = authority.activate();
-            (authority, Some(("activated", result)))
-        }
-        Step::Show => (authority, None),
+    let outcome = match step {
+        Step::Prepare(_) => Some(("prepared", authority.prepare())),
+        Step::Activate => Some(("activated", authority.activate())),
+        Step::Show => None,
     };
-    let (authority, outcome) = taken;
     if let Some((verb, result)) = outcome {
         match result {
             Ok(slot) => println!("{verb} {}", slot.serial),
@@ -133,6 +119,26 @@ pub fn rotate(data_dir: &Path, trust_domain: &str, step: Step) -> anyhow::Result
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The authority under `data_dir` for the trust domain named `trust_domain`,
+/// which must exist; `Err` is the refusal to exit with (a bad trust domain,
+/// or no authority there: exit 64, one line).
+fn existing(data_dir: &Path, trust_domain: &str) -> anyhow::Result<Result<Authority, ExitCode>> {
+    let td = match TrustDomain::parse(trust_domain) {
+        Ok(td) => td,
+        Err(e) => {
+            return Ok(Err(crate::config_error(format_args!(
+                "--trust-domain {trust_domain:?}: {e}"
+            ))));
+        }
+    };
+    if !has_authority(data_dir) {
+        return Ok(Err(no_authority(data_dir)));
+    }
+    Authority::open_existing(data_dir, &td)
+        .map(Ok)
+        .with_context(|| format!("opening the authority under {}", data_dir.display()))
 }
 
 /// Whether `data_dir` holds an authority's root certificate (`DIR/ca/ca.pem`,
@@ -212,19 +218,10 @@ pub fn entry(command: EntryCommand) -> anyhow::Result<ExitCode> {
             ..
         } => (data_dir, trust_domain),
     };
-    let trust_domain = match TrustDomain::parse(trust_domain) {
-        Ok(td) => td,
-        Err(e) => {
-            return Ok(crate::config_error(format_args!(
-                "--trust-domain {trust_domain:?}: {e}"
-            )));
-        }
+    let authority = match existing(data_dir, trust_domain)? {
+        Ok(authority) => authority,
+        Err(refused) => return Ok(refused),
     };
-    if !has_authority(data_dir) {
-        return Ok(no_authority(data_dir));
-    }
-    let authority = Authority::open_existing(data_dir, &trust_domain)
-        .with_context(|| format!("opening the authority under {}", data_dir.display()))?;
     let store = authority.entries();
     match command {
         EntryCommand::Create {

@@ -191,7 +191,7 @@ impl Ledger {
     /// The start-up verdict, if it can be read without waiting (for
     /// `/metrics`, which must never block).
     pub(crate) fn sound_now(&self) -> Option<bool> {
-        self.health.try_read().ok().map(|h| crate::metrics::is_sound(&h))
+        self.health.try_read().ok().map(|h| matches!(*h, Health::Sound))
     }
 
     /// Refuses when the ledger failed its integrity check.

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use soma_mesh::MetricsSource;
 
-use crate::integrity::Health;
 use crate::ledger::Ledger;
 use crate::tables::drills::DrillRow;
 
@@ -161,9 +160,4 @@ fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
 
 fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-}
-
-/// Whether `health` is sound.
-pub(crate) fn is_sound(health: &Health) -> bool {
-    matches!(health, Health::Sound)
 }

@@ -32,17 +32,24 @@ pub struct EdgeMetrics {
 
 #[derive(Debug, Default)]
 struct Inner {
-    requests: RwLock<HashMap<(String, u16), Arc<AtomicU64>>>,
-    latency: RwLock<HashMap<String, Arc<Histogram>>>,
+    routes: RwLock<HashMap<String, Arc<RouteCounters>>>,
     refusals: RwLock<HashMap<String, Arc<AtomicU64>>>,
+}
+
+/// One route's answers by HTTP status, and their latency.
+#[derive(Debug, Default)]
+struct RouteCounters {
+    statuses: RwLock<HashMap<u16, Arc<AtomicU64>>>,
+    latency: Histogram,
 }
 
 impl EdgeMetrics {
     /// One request to `route` answered `status` after `elapsed`, refused
     /// for `reason` if it was.
     pub fn record(&self, route: &str, status: u16, elapsed: Duration, reason: Option<&str>) {
-        counter(&self.inner.requests, (route.to_owned(), status)).fetch_add(1, Ordering::Relaxed);
-        histogram(&self.inner.latency, route).observe(elapsed);
+        let counters = entry(&self.inner.routes, route);
+        entry(&counters.statuses, &status).fetch_add(1, Ordering::Relaxed);
+        counters.latency.observe(elapsed);
         if let Some(reason) = reason {
             let bounded = {
                 let map = self.inner.refusals.read().unwrap_or_else(PoisonError::into_inner);
@@ -52,74 +59,76 @@ impl EdgeMetrics {
                     "other"
                 }
             };
-            counter(&self.inner.refusals, bounded.to_owned()).fetch_add(1, Ordering::Relaxed);
+            entry(&self.inner.refusals, bounded).fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Requests to `route` answered `status` so far.
     pub fn requests(&self, route: &str, status: u16) -> u64 {
-        self.inner
-            .requests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(route.to_owned(), status))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
+        let routes = self.inner.routes.read().unwrap_or_else(PoisonError::into_inner);
+        routes.get(route).map_or(0, |counters| {
+            counters
+                .statuses
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&status)
+                .map_or(0, |c| c.load(Ordering::Relaxed))
+        })
     }
 }
 
-/// The counter of `key`, created on first use (under the write lock; every
-/// later use takes only the read lock).
-fn counter<K: std::hash::Hash + Eq>(map: &RwLock<HashMap<K, Arc<AtomicU64>>>, key: K) -> Arc<AtomicU64> {
-    if let Some(c) = map.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
-        return Arc::clone(c);
+/// The value of `key`, created on first use (under the write lock; every
+/// later use takes only the read lock and allocates nothing).
+fn entry<K, Q, V>(map: &RwLock<HashMap<K, Arc<V>>>, key: &Q) -> Arc<V>
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    V: Default,
+{
+    if let Some(v) = map.read().unwrap_or_else(PoisonError::into_inner).get(key) {
+        return Arc::clone(v);
     }
     let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
-    Arc::clone(map.entry(key).or_default())
-}
-
-fn histogram(map: &RwLock<HashMap<String, Arc<Histogram>>>, route: &str) -> Arc<Histogram> {
-    if let Some(h) = map.read().unwrap_or_else(PoisonError::into_inner).get(route) {
-        return Arc::clone(h);
-    }
-    let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
-    Arc::clone(map.entry(route.to_owned()).or_default())
+    Arc::clone(map.entry(key.to_owned()).or_default())
 }
 
 impl MetricsSource for EdgeMetrics {
     fn render(&self, out: &mut String) {
         let inner = &self.inner;
+        let mut routes: Vec<(String, Arc<RouteCounters>)> = inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(route, c)| (route.clone(), Arc::clone(c)))
+            .collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
         out.push_str(
             "# HELP soma_edge_requests_total Requests the edge answered, by route and HTTP status.\n",
         );
         out.push_str("# TYPE soma_edge_requests_total counter\n");
-        let mut requests: Vec<_> = inner
-            .requests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|((route, status), c)| (route.clone(), *status, c.load(Ordering::Relaxed)))
-            .collect();
-        requests.sort();
-        for (route, status, n) in requests {
-            let _ = writeln!(
-                out,
-                "soma_edge_requests_total{{route=\"{route}\",code=\"{status}\"}} {n}"
-            );
+        for (route, counters) in &routes {
+            let mut statuses: Vec<(u16, u64)> = counters
+                .statuses
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(status, c)| (*status, c.load(Ordering::Relaxed)))
+                .collect();
+            statuses.sort_unstable();
+            for (status, n) in statuses {
+                let _ = writeln!(
+                    out,
+                    "soma_edge_requests_total{{route=\"{route}\",code=\"{status}\"}} {n}"
+                );
+            }
         }
         out.push_str(
             "# HELP soma_edge_request_duration_seconds Time from a request's arrival to its response head, by route.\n",
         );
         out.push_str("# TYPE soma_edge_request_duration_seconds histogram\n");
-        let mut latency: Vec<_> = inner
-            .latency
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(route, h)| (route.clone(), Arc::clone(h)))
-            .collect();
-        latency.sort_by(|a, b| a.0.cmp(&b.0));
-        for (route, h) in latency {
-            h.render(
+        for (route, counters) in &routes {
+            counters.latency.render(
                 out,
                 "soma_edge_request_duration_seconds",
                 &format!("route=\"{route}\""),
