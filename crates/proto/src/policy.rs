@@ -250,7 +250,10 @@ mod tests {
 
     /// Methods only services call, which the edge must never route: no
     /// HTTP rule.
-    const MESH_ONLY: [&str; 1] = ["/somastack.v1.CapsuleRepo/ResolveCapsuleRun"];
+    const MESH_ONLY: [&str; 2] = [
+        "/somastack.v1.CapsuleRepo/ResolveCapsuleRun",
+        "/somastack.v1.ToolRegistry/ExecuteCapsuleStep",
+    ];
 
     #[test]
     fn every_rpc_of_the_four_services_has_a_policy_and_an_http_rule_but_the_mesh_only_ones() {

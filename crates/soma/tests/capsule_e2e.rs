@@ -594,8 +594,10 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     assert_eq!(row["environment"], "production", "{row}");
     assert_eq!(row["installation_revision"], 1, "{row}");
     assert_eq!(row["moderation_decision_id"], decision.as_str(), "{row}");
+    // Recorded by the registry, in the transaction of the step's billing
+    // event.
     assert_eq!(
-        row["recorded_by"], "spiffe://somastack.local/svc/gateway",
+        row["recorded_by"], "spiffe://somastack.local/svc/tool-registry",
         "{row}"
     );
     let billing = edge

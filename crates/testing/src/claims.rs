@@ -29,6 +29,22 @@ pub fn operator_claims_request<T>(
     sealed_request(signer, audience, tenant, capabilities, true, message)
 }
 
+/// A request carrying exactly `claims`, sealed for `audience` as the
+/// gateway seals them (the envelope's audience, times and key id set here).
+pub fn claims_request<T>(
+    signer: &ClaimsSigner,
+    audience: &SpiffeId,
+    claims: soma_proto::v1::VerifiedClaims,
+    message: T,
+) -> tonic::Request<T> {
+    let signed = signer
+        .sign(claims, audience, Duration::from_secs(30), SystemTime::now())
+        .unwrap();
+    let mut request = tonic::Request::new(message);
+    signed.insert_into(request.metadata_mut());
+    request
+}
+
 fn sealed_request<T>(
     signer: &ClaimsSigner,
     audience: &SpiffeId,
@@ -47,10 +63,5 @@ fn sealed_request<T>(
         operator,
         ..Default::default()
     };
-    let signed = signer
-        .sign(claims, audience, Duration::from_secs(30), SystemTime::now())
-        .unwrap();
-    let mut request = tonic::Request::new(message);
-    signed.insert_into(request.metadata_mut());
-    request
+    claims_request(signer, audience, claims, message)
 }

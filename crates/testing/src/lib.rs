@@ -35,7 +35,7 @@ mod sql;
 mod stores;
 
 pub use authority::{Ca, TD};
-pub use claims::{operator_claims_request, tenant_request};
+pub use claims::{claims_request, operator_claims_request, tenant_request};
 pub use client::{channel, grpc_reason, health, http_get, reflection_list, reflection_list_v1alpha};
 pub use encoding::pem;
 pub use interop::python;

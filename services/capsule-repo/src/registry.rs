@@ -3,7 +3,7 @@
 //! (present, not revoked, the module the bundle names, and fully verified
 //! by the registry before an installation becomes active or a run is
 //! resolved — for a run, every step's release but the first one's, which
-//! `ExecuteTool` verifies itself before it runs anything: see [`Verify`]).
+//! `ExecuteCapsuleStep` checks itself before it runs anything: see [`Verify`]).
 
 use std::time::Duration;
 
@@ -34,18 +34,17 @@ pub(crate) enum Verify {
     None,
     /// Every release: an installation about to become active.
     All,
-    /// Every release but the first step's: a run. The gateway's first
-    /// backend call after the resolution is `ExecuteTool` of the first
-    /// step, and `ExecuteTool` refuses a release that fails the same
-    /// verification (`release_unverified`; a revoked one `release_revoked`)
-    /// before it compiles or runs anything — the registry compiles only a
-    /// release whose row passed that verification, and runs only the
-    /// module it compiled then. The lookup still happens here for the first
-    /// step too, against the registry's database at this moment: a release
-    /// revoked on any replica, missing, or holding another module than the
-    /// bundle pins stops the run before anything executes. A later step's
-    /// `ExecuteTool` comes after an earlier step has run, so later steps are
-    /// verified here in full.
+    /// Every release but the first step's, which is neither looked up nor
+    /// verified here: a run. The gateway's first backend call after the
+    /// resolution is `ExecuteCapsuleStep` of the first step, which makes
+    /// the same checks before it compiles or runs anything: the release's
+    /// row read at that call (`release_missing`; `release_revoked`, however
+    /// recently and on whichever replica), the module the capsule pins
+    /// (`release_digest_mismatch`), the full verification
+    /// (`release_unverified`) — the registry compiles only a release whose
+    /// row passed it, and runs only the module it compiled then. A later
+    /// step's execution comes after an earlier step has run, so later steps
+    /// are looked up and verified here in full.
     AfterFirst,
 }
 
@@ -113,7 +112,8 @@ impl Registry {
             let full = match verify {
                 Verify::None => false,
                 Verify::All => true,
-                Verify::AfterFirst => index > 0,
+                Verify::AfterFirst if index == 0 => continue,
+                Verify::AfterFirst => true,
             };
             self.check_release(tool, full).await?;
         }

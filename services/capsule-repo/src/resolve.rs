@@ -5,12 +5,13 @@
 //! revision is active), that revision's submission (MAC checked, its bundle
 //! re-parsed and its digest recomputed), the run input checked against the
 //! bundle's input schema (`soma-capsule`'s `check_input`, the field named),
-//! and every tool release looked up in the ToolRegistry at this moment: a
-//! release revoked after the installation (on any registry replica), gone,
-//! or holding another module than the bundle pins stops the run here. Every
-//! release but the first step's is also fully verified by the registry
-//! here; the first step's full verification is `ExecuteTool`'s own, made
-//! before it runs anything, and the gateway's next call ([`Verify::AfterFirst`]).
+//! and every tool release but the first step's looked up in the
+//! ToolRegistry at this moment and fully verified by it: a release revoked
+//! after the installation (on any registry replica), gone, holding another
+//! module than the bundle pins or failing its verification stops the run
+//! here. The first step's release gets the same checks from
+//! `ExecuteCapsuleStep`, the gateway's next call, before it runs anything
+//! ([`Verify::AfterFirst`]).
 
 use soma_proto::json;
 use soma_proto::v1 as pb;

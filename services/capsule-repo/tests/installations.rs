@@ -4,8 +4,8 @@
 //! (exactly one wins), `history=true`, a revision that fails on a revoked
 //! release; ResolveCapsuleRun (not installed, bad input naming the field,
 //! a release revoked after install; which releases a run's resolution
-//! verifies in full: all but the first step's, which ExecuteTool verifies
-//! before it runs anything); and tenant isolation of everything.
+//! checks: all but the first step's, which ExecuteCapsuleStep checks before
+//! it runs anything); and tenant isolation of everything.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -58,6 +58,42 @@ async fn resolve(
         ))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// The first step of `resolved` as the gateway's runner executes it next
+/// (`ExecuteCapsuleStep`, the release the capsule pins).
+async fn execute_first(
+    h: &Harness,
+    tenant: &str,
+    resolved: &pb::ResolvedCapsuleRun,
+    input: serde_json::Value,
+) -> Result<pb::ExecuteToolResponse, tonic::Status> {
+    let step = &resolved.steps[0];
+    h.registry
+        .execute_step(
+            tenant,
+            "",
+            pb::ExecuteCapsuleStepRequest {
+                execute: Some(pb::ExecuteToolRequest {
+                    tool: step.tool.clone(),
+                    version: step.version.clone(),
+                    input: Some(common::registry::to_struct(&input)),
+                    run_id: "run-1".to_owned(),
+                }),
+                module_sha256: step.module_sha256.clone(),
+                run: Some(pb::CapsuleRunStep {
+                    capsule_id: resolved.capsule.clone(),
+                    capsule_version: resolved.version.clone(),
+                    bundle_sha256: resolved.bundle_sha256.clone(),
+                    environment: "production".to_owned(),
+                    installation_revision: resolved.revision,
+                    started_at: Some(prost_types::Timestamp::default()),
+                    elapsed: Some(prost_types::Duration::default()),
+                    last_step: resolved.steps.len() == 1,
+                }),
+            },
+        )
+        .await
 }
 
 async fn list(
@@ -438,10 +474,16 @@ async fn installations_race_roll_back_keep_history_and_resolve_runs() {
             .into_inner();
         assert_eq!(all.installations.len(), 1, "{label}");
 
-        // The release is revoked after install: the run is refused, and a new
-        // revision fails verification while the active one stays.
+        // The release is revoked after install: the run is refused before
+        // anything runs — the first step's release by its execution, the
+        // gateway's next call after the resolution, which reads the row at
+        // that moment — and a new revision fails verification while the
+        // active one stays.
         h.revoke(common::TOOL, "1.0.0").await;
-        let status = resolve(&h, "acme", "production", json!({"text": "hello"}))
+        let resolved = resolve(&h, "acme", "production", json!({"text": "hello"}))
+            .await
+            .unwrap();
+        let status = execute_first(&h, "acme", &resolved, json!({"text": "hello"}))
             .await
             .unwrap_err();
         assert_eq!(
@@ -505,17 +547,16 @@ async fn installations_race_roll_back_keep_history_and_resolve_runs() {
     }
 }
 
-/// A run's first step is verified in full by `ExecuteTool`, the gateway's
-/// next call after the resolution, before the registry compiles or runs
-/// anything; every later step is verified in full by the resolution, since
-/// its `ExecuteTool` comes after an earlier step ran. (Before, the
-/// resolution also verified the first step, the same check `ExecuteTool`
-/// makes again: this test failed there on the first resolution.)
+/// A run's first step is checked in full by `ExecuteCapsuleStep`, the
+/// gateway's next call after the resolution, before the registry compiles
+/// or runs anything; every later step is checked in full by the
+/// resolution, since its execution comes after an earlier step ran.
+/// (Before, the resolution also verified the first step, the same check the
+/// execution makes again: this test failed there on the first resolution.)
 ///
 /// A stored module byte of `echo` is changed in SQL after both capsules are
-/// installed: the capsule whose first step is `echo` still resolves (the
-/// release is present, active and holds the pinned module digest), and
-/// `ExecuteTool` of that step refuses it `release_unverified`
+/// installed: the capsule whose first step is `echo` still resolves, and
+/// `ExecuteCapsuleStep` of that step refuses it `release_unverified`
 /// (`module_digest`) without compiling it; the capsule that runs `echo`
 /// second is refused at the resolution, the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,9 +631,7 @@ async fn a_run_is_verified_in_full_before_anything_executes() {
             [("echo", "1.0.0", echo_ref.module_sha256.as_slice())],
             "{label}"
         );
-        let status = h
-            .registry
-            .execute("acme", "echo", "1.0.0", json!({"text": "hello"}))
+        let status = execute_first(&h, "acme", &resolved, json!({"text": "hello"}))
             .await
             .unwrap_err();
         assert_eq!(

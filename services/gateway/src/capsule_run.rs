@@ -4,15 +4,20 @@
 //! capability, kill switches and moderation of the run's input. Then, in
 //! order: CapsuleRepo resolves the caller's installed capsule for the
 //! environment (its active revision, the input checked against the bundle's
-//! input schema, every tool release looked up in the ToolRegistry — present,
-//! not revoked, the pinned module — and every one but the first step's
-//! fully verified by it); the ToolRegistry executes each tool step in its
-//! sandbox (the first step gets the bundle's parameters with the input over
-//! them, each next one the previous output), verifying the release before
-//! it runs anything — for the first step, the run's only full verification
-//! of that release — and billing each execution itself; the run is recorded
-//! in Analytics (`RecordCapsuleRun`) with what was measured and the
-//! moderation decision; the caller gets the run id and the output.
+//! input schema, every tool release but the first step's looked up in the
+//! ToolRegistry — present, not revoked, the pinned module — and fully
+//! verified by it); the ToolRegistry executes each tool step in its sandbox
+//! (`ExecuteCapsuleStep`: the first step gets the bundle's parameters with
+//! the input over them, each next one the previous output), each step's
+//! release read at that call, compared with the module the capsule pins and
+//! verified before anything runs — for the first step, the run's only check
+//! of that release — and billing each execution itself; the step that ends
+//! the run (the last one, or one the sandbox stopped) has the registry
+//! write the run's record for Analytics (`RecordCapsuleRun`, with what was
+//! measured and the moderation decision of the verified claims) in the
+//! transaction of its billing event, which the registry's outbox delivers:
+//! one commit for both, neither without the other; the caller gets the run
+//! id and the output.
 //!
 //! Every backend call carries the gateway's claims envelope sealed for that
 //! backend alone. A moderated request's envelope names the decision and the
@@ -25,10 +30,13 @@
 //! naming the field; a release revoked after the installation is 409
 //! (`release_revoked`) and nothing executes; a first step whose release the
 //! ToolRegistry refuses before running it (`release_revoked`: 409,
-//! `release_unverified`) ends the run as the resolution's refusal would:
-//! nothing ran, so nothing is recorded; a step the sandbox stops (fuel,
-//! memory, deadline, trap, bad output) ends the run with `succeeded: false`
-//! and the step's reason in the output, and the run is recorded as failed.
+//! `release_unverified`, `release_missing`, `release_digest_mismatch`) ends
+//! the run as the resolution's refusal would: nothing ran, so nothing is
+//! recorded; a step the sandbox stops (fuel, memory, deadline, trap, bad
+//! output) ends the run with `succeeded: false` and the step's reason in the
+//! output, recorded as failed by the registry; a run the mesh's failure
+//! ends after a step ran (a backend unreachable, a later release revoked)
+//! is answered with that failure and recorded as failed by the gateway.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,10 +73,15 @@ const STEP_OUTCOMES: [&str; 12] = [
 /// carries from the caller's own token.
 const EXECUTE_CAPABILITY: &str = "tools:execute";
 
-/// Refusals of `ExecuteTool` made by the release's verification, before
+/// Refusals of `ExecuteCapsuleStep` made by the release's checks, before
 /// the registry compiles or runs anything: for the first step, nothing of
 /// the run has executed yet.
-const RELEASE_REFUSALS: [&str; 2] = ["release_revoked", "release_unverified"];
+const RELEASE_REFUSALS: [&str; 4] = [
+    "release_revoked",
+    "release_unverified",
+    "release_missing",
+    "release_digest_mismatch",
+];
 
 /// Attempts of the run's record in Analytics (the same event id each time:
 /// Analytics keeps one record however often it is sent).
@@ -76,13 +89,15 @@ const RECORD_ATTEMPTS: u32 = 3;
 
 /// How a run ended.
 enum Ended {
-    /// Every step ran; the last one's output.
+    /// Every step ran; the last one's output. The registry recorded the
+    /// run with the last step's billing event.
     Succeeded(Option<prost_types::Struct>),
     /// A step was stopped by the sandbox or refused its input: the
-    /// adapter's outcome.
+    /// adapter's outcome. The registry recorded the run (failed) with that
+    /// step's billing event.
     StepFailed(Refusal),
     /// The mesh refused or failed (a backend unreachable, a revocation
-    /// between two steps, a module other than the pinned one).
+    /// between two steps): no step recorded the run.
     Refused(Refusal),
 }
 
@@ -141,36 +156,26 @@ impl CapsuleRunner {
             .into_inner();
 
         let run_id = format!("run-{:032x}", rand::random::<u128>());
-        let started_at = SystemTime::now();
-        let clock = Instant::now();
+        let run = Run {
+            id: &run_id,
+            started_at: SystemTime::now(),
+            clock: Instant::now(),
+        };
         // A first step refused before anything ran is refused as the
         // resolution would have refused it: there is no run to record.
-        let (ended, last_tool) = self.steps(context, &resolved, request, &run_id, registry).await?;
-        let outcome = match &ended {
-            Ended::Succeeded(_) => pb::RunOutcome::Succeeded,
-            Ended::StepFailed(_) | Ended::Refused(_) => pb::RunOutcome::Failed,
-        };
-        let recorded = self
-            .record(
-                analytics,
-                context,
-                &resolved,
-                request,
-                &run_id,
-                &last_tool,
-                outcome,
-                started_at,
-                clock.elapsed(),
-            )
-            .await;
+        let (ended, last_tool) = self.steps(context, &resolved, request, &run, registry).await?;
         let (succeeded, output) = match ended {
             Ended::Succeeded(output) => (true, output),
             Ended::StepFailed(refusal) => (false, Some(failure_output(&refusal))),
-            // The mesh's failure, not the adapter's: answered as what it
-            // is, the record (failed) made if Analytics could.
-            Ended::Refused(refusal) => return Err(refusal),
+            // The mesh's failure, not the adapter's: no step recorded the
+            // run, so it is recorded here (failed) if Analytics can, and
+            // answered as what it is.
+            Ended::Refused(refusal) => {
+                self.record_failed(analytics, context, &resolved, request, &run, &last_tool)
+                    .await;
+                return Err(refusal);
+            }
         };
-        recorded?;
         Ok(pb::RunCapsuleResponse {
             run_id,
             output,
@@ -191,7 +196,7 @@ impl CapsuleRunner {
         context: &RequestContext,
         resolved: &pb::ResolvedCapsuleRun,
         request: &pb::RunCapsuleRequest,
-        run_id: &str,
+        run: &Run<'_>,
         registry: &Backend,
     ) -> Result<(Ended, String), Refusal> {
         let mut input = merged(resolved.parameters.as_ref(), request.input.as_ref());
@@ -199,18 +204,36 @@ impl CapsuleRunner {
         let mut last_tool = String::new();
         for (index, step) in resolved.steps.iter().enumerate() {
             last_tool.clone_from(&step.tool);
-            let execute = pb::ExecuteToolRequest {
-                tool: step.tool.clone(),
-                version: step.version.clone(),
-                input: Some(input.clone()),
-                run_id: run_id.to_owned(),
+            let execute = pb::ExecuteCapsuleStepRequest {
+                execute: Some(pb::ExecuteToolRequest {
+                    tool: step.tool.clone(),
+                    version: step.version.clone(),
+                    input: Some(input.clone()),
+                    run_id: run.id.to_owned(),
+                }),
+                module_sha256: step.module_sha256.clone(),
+                run: Some(pb::CapsuleRunStep {
+                    capsule_id: resolved.capsule.clone(),
+                    capsule_version: resolved.version.clone(),
+                    bundle_sha256: resolved.bundle_sha256.clone(),
+                    environment: request.environment.clone(),
+                    installation_revision: resolved.revision,
+                    started_at: Some(timestamp(run.started_at)),
+                    elapsed: prost_types::Duration::try_from(run.clock.elapsed()).ok(),
+                    last_step: index + 1 == resolved.steps.len(),
+                }),
             };
-            let sealed = match self.sealed(context, "somastack.v1.ExecuteToolRequest", &execute, registry) {
+            let sealed = match self.sealed(
+                context,
+                "somastack.v1.ExecuteCapsuleStepRequest",
+                &execute,
+                registry,
+            ) {
                 Ok(sealed) => sealed,
                 Err(refusal) => return Ok((Ended::Refused(refusal), last_tool)),
             };
             let executed = ToolRegistryClient::new(registry.channel.clone())
-                .execute_tool(tonic::Request::from_parts(
+                .execute_capsule_step(tonic::Request::from_parts(
                     sealed,
                     tonic::Extensions::default(),
                     execute,
@@ -235,20 +258,6 @@ impl CapsuleRunner {
                     return Ok((ended, last_tool));
                 }
             };
-            // The registry verified the release; the module it ran must
-            // also be the very one the capsule pins.
-            if reply.module_sha256 != step.module_sha256 {
-                let refusal = Refusal::new(
-                    Code::FailedPrecondition,
-                    "module_digest_mismatch",
-                    format!(
-                        "step {index} ({}@{}) ran a module other than the one the capsule pins",
-                        step.tool, step.version
-                    ),
-                )
-                .with_http_status(StatusCode::CONFLICT);
-                return Ok((Ended::Refused(refusal), last_tool));
-            }
             input = reply.output.clone().unwrap_or_default();
             output = reply.output;
         }
@@ -300,31 +309,30 @@ impl CapsuleRunner {
             .map_err(|status| Refusal::from_status(&status))
     }
 
-    /// Records the run in Analytics, as the gateway (the tenant is the
-    /// admitted one; the call carries no claims, as Analytics' ingestion
-    /// takes the tenant from a trusted service's message).
-    #[expect(clippy::too_many_arguments, reason = "one run's record, field by field")]
-    async fn record(
+    /// Records a run the mesh's failure ended (no step recorded it) as
+    /// failed in Analytics, as the gateway (the tenant is the admitted one;
+    /// the call carries no claims, as Analytics' ingestion takes the tenant
+    /// from a trusted service's message). The caller gets the failure's own
+    /// answer either way: a record Analytics could not take is logged.
+    async fn record_failed(
         &self,
         analytics: &Backend,
         context: &RequestContext,
         resolved: &pb::ResolvedCapsuleRun,
         request: &pb::RunCapsuleRequest,
-        run_id: &str,
+        run: &Run<'_>,
         tool: &str,
-        outcome: pb::RunOutcome,
-        started_at: SystemTime,
-        duration: Duration,
-    ) -> Result<(), Refusal> {
+    ) {
+        let run_id = run.id;
         let record = pb::RecordCapsuleRunRequest {
             event_id: format!("capsule-{run_id}"),
             tenant: context.tenant.clone(),
             capsule_id: resolved.capsule.clone(),
             tool: tool.to_owned(),
             run_id: run_id.to_owned(),
-            outcome: outcome as i32,
-            started_at: Some(timestamp(started_at)),
-            duration: prost_types::Duration::try_from(duration).ok(),
+            outcome: pb::RunOutcome::Failed as i32,
+            started_at: Some(timestamp(run.started_at)),
+            duration: prost_types::Duration::try_from(run.clock.elapsed()).ok(),
             moderation_decision_id: context
                 .moderation
                 .as_ref()
@@ -336,30 +344,34 @@ impl CapsuleRunner {
             installation_revision: resolved.revision,
         };
         let mut client = AnalyticsClient::new(analytics.channel.clone());
-        let mut last = None;
         for attempt in 0..RECORD_ATTEMPTS {
             match client.record_capsule_run(record.clone()).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return,
                 Err(status)
                     if matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) =>
                 {
-                    tracing::warn!(run_id, attempt, message = %status.message(), "capsule run not recorded yet");
-                    last = Some(status);
+                    tracing::warn!(run_id, attempt, message = %status.message(), "failed capsule run not recorded yet");
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
                 Err(status) => {
-                    tracing::error!(run_id, message = %status.message(), "Analytics refused the capsule run");
-                    return Err(Refusal::from_status(&status));
+                    tracing::error!(run_id, message = %status.message(), "Analytics refused the failed capsule run's record");
+                    return;
                 }
             }
         }
-        let message = last.map_or_else(String::new, |s| s.message().to_owned());
-        Err(Refusal::new(
-            Code::Unavailable,
-            "run_not_recorded",
-            format!("the run {run_id} ran but Analytics did not record it: {message}"),
-        ))
+        tracing::error!(
+            run_id,
+            "failed capsule run not recorded: Analytics did not answer"
+        );
     }
+}
+
+/// The run being made: its id and when it started (the record's start
+/// time, and the monotonic clock its duration is measured by).
+struct Run<'a> {
+    id: &'a str,
+    started_at: SystemTime,
+    clock: Instant,
 }
 
 /// Whether `ExecuteTool`'s refusal of step `index` leaves a run of which

@@ -16,6 +16,9 @@ pub struct Actor {
     pub operator: bool,
     /// Request id, for correlation.
     pub request_id: String,
+    /// The moderation decision that admitted the request, from the
+    /// verified claims; empty without one.
+    pub moderation_decision_id: String,
 }
 
 impl Actor {
@@ -32,6 +35,7 @@ impl Actor {
                 tenant_claims: true,
                 operator: caller.is_operator(),
                 request_id: claims.request_id.clone(),
+                moderation_decision_id: claims.moderation_decision_id.clone(),
             },
             None => Self {
                 operator: caller.is_operator(),
@@ -48,6 +52,7 @@ impl Actor {
             tenant_claims: false,
             operator: false,
             request_id: String::new(),
+            moderation_decision_id: String::new(),
         }
     }
 }

@@ -15,6 +15,17 @@
 //! After every run — success, trap, fuel or deadline exhaustion — one
 //! billing event built from what the sandbox measured, with the tenant of
 //! the verified claims, goes to the outbox before the reply.
+//!
+//! `ExecuteCapsuleStep` is the same execution for one step of a capsule
+//! run, with what a run needs besides: the release's row is read at the
+//! call (never a verdict up to [`REVALIDATE_AFTER`] old, so a revocation made
+//! on another replica a moment ago stops the step), a missing release is
+//! `release_missing`, a module other than the one the capsule pins is
+//! `release_digest_mismatch` — each before anything compiles or runs — and
+//! the step that ends the run (the last one, or one the sandbox stopped)
+//! writes the run's record for Analytics in the transaction of its billing
+//! event: one commit for both, delivered by the outbox, neither without the
+//! other.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -67,6 +78,16 @@ impl std::fmt::Debug for VerifiedReleases {
     }
 }
 
+/// What `ExecuteCapsuleStep` adds to an execution.
+struct Step {
+    /// The module the capsule pins.
+    module_sha256: [u8; 32],
+    /// The run, recorded when this step ends it.
+    run: pb::CapsuleRunStep,
+    /// When the call reached the registry.
+    received: Instant,
+}
+
 impl Registry {
     /// `ExecuteTool`.
     pub async fn execute(
@@ -74,33 +95,145 @@ impl Registry {
         actor: &Actor,
         request: pb::ExecuteToolRequest,
     ) -> Result<pb::ExecuteToolResponse, RegistryError> {
+        self.run_release(actor, request, None).await
+    }
+
+    /// `ExecuteCapsuleStep`.
+    pub async fn execute_capsule_step(
+        &self,
+        actor: &Actor,
+        request: pb::ExecuteCapsuleStepRequest,
+    ) -> Result<pb::ExecuteToolResponse, RegistryError> {
+        let received = Instant::now();
+        let execute = request
+            .execute
+            .ok_or_else(|| RegistryError::invalid("invalid_argument", "execute: required"))?;
+        if execute.version.is_empty() {
+            return Err(RegistryError::invalid(
+                "invalid_argument",
+                "execute.version: required (a capsule pins its releases' versions)",
+            ));
+        }
+        if execute.run_id.is_empty() {
+            return Err(RegistryError::invalid(
+                "invalid_argument",
+                "execute.run_id: required",
+            ));
+        }
+        let module_sha256 = <[u8; 32]>::try_from(request.module_sha256.as_slice())
+            .map_err(|_| RegistryError::invalid("invalid_argument", "module_sha256: must be 32 bytes"))?;
+        let run = request
+            .run
+            .ok_or_else(|| RegistryError::invalid("invalid_argument", "run: required"))?;
+        if run.capsule_id.is_empty() {
+            return Err(RegistryError::invalid(
+                "invalid_argument",
+                "run.capsule_id: required",
+            ));
+        }
+        if run.bundle_sha256.len() != 32 {
+            return Err(RegistryError::invalid(
+                "invalid_argument",
+                "run.bundle_sha256: must be 32 bytes",
+            ));
+        }
+        if run.started_at.is_none() {
+            return Err(RegistryError::invalid(
+                "invalid_argument",
+                "run.started_at: required",
+            ));
+        }
+        if run.elapsed.is_none_or(|e| e.seconds < 0 || e.nanos < 0) {
+            return Err(RegistryError::invalid(
+                "invalid_argument",
+                "run.elapsed: required, not negative",
+            ));
+        }
+        let step = Step {
+            module_sha256,
+            run,
+            received,
+        };
+        self.run_release(actor, execute, Some(step)).await
+    }
+
+    /// The release `request` names, verified and compiled.
+    async fn release_to_run(
+        &self,
+        request: &pb::ExecuteToolRequest,
+        step: Option<&Step>,
+    ) -> Result<Verified, RegistryError> {
+        let Some(step) = step else {
+            if let Some(verified) = self.verified.fresh(&request.tool, &request.version) {
+                return Ok(verified);
+            }
+            let row = if request.version.is_empty() {
+                self.newest_active(&request.tool).await?
+            } else {
+                self.stored(&request.tool, &request.version).await?
+            };
+            let verified = self.verified_active(&row).await?;
+            if request.version.is_empty() {
+                self.verified.set_newest(&row.tool, row.name());
+            }
+            return Ok(verified);
+        };
+        // A capsule's step: the row as stored at this moment.
+        let name = format!("{}@{}", request.tool, request.version);
+        let row = match self.stored(&request.tool, &request.version).await {
+            Ok(row) => row,
+            Err(RegistryError::NotFound(_)) => {
+                return Err(RegistryError::precondition(
+                    "release_missing",
+                    format!("release {name} the capsule pins is not in the tool registry"),
+                ));
+            }
+            Err(RegistryError::RowIntegrity { .. }) => {
+                return Err(RegistryError::Unverified {
+                    release: name,
+                    failures: vec!["row_mac".to_owned()],
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if row.module_sha256.as_slice() != step.module_sha256.as_slice() {
+            return Err(RegistryError::precondition(
+                "release_digest_mismatch",
+                format!(
+                    "release {name} holds module {}, the capsule pins {}",
+                    soma_sign::hex::encode(&row.module_sha256),
+                    soma_sign::hex::encode(&step.module_sha256)
+                ),
+            ));
+        }
+        self.verified_active(&row).await
+    }
+
+    /// The verified, compiled form of an active `row`.
+    async fn verified_active(&self, row: &ReleaseRow) -> Result<Verified, RegistryError> {
+        if row.state != ACTIVE {
+            return Err(RegistryError::precondition(
+                "release_revoked",
+                format!("release {} is revoked and never runs again", row.name()),
+            ));
+        }
+        self.verified(row).await
+    }
+
+    /// Runs a release: `ExecuteTool`, or a capsule's step.
+    async fn run_release(
+        &self,
+        actor: &Actor,
+        request: pb::ExecuteToolRequest,
+        step: Option<Step>,
+    ) -> Result<pb::ExecuteToolResponse, RegistryError> {
         if !actor.tenant_claims {
             return Err(RegistryError::ClaimsRequired(
                 "ExecuteTool runs for a tenant: the call needs the gateway's verified claims".into(),
             ));
         }
         check_tool(&request.tool)?;
-        let verified = match self.verified.fresh(&request.tool, &request.version) {
-            Some(verified) => verified,
-            None => {
-                let row = if request.version.is_empty() {
-                    self.newest_active(&request.tool).await?
-                } else {
-                    self.stored(&request.tool, &request.version).await?
-                };
-                if row.state != ACTIVE {
-                    return Err(RegistryError::precondition(
-                        "release_revoked",
-                        format!("release {} is revoked and never runs again", row.name()),
-                    ));
-                }
-                let verified = self.verified(&row).await?;
-                if request.version.is_empty() {
-                    self.verified.set_newest(&row.tool, row.name());
-                }
-                verified
-            }
-        };
+        let verified = self.release_to_run(&request, step.as_ref()).await?;
 
         let input = match &request.input {
             Some(input) => json::from_struct(input)
@@ -146,25 +279,36 @@ impl Registry {
             peak_memory_bytes: measured.peak_memory_bytes,
             module_sha256: verified.module_sha256.to_vec(),
         };
-        let event = self.outbox.billing(&billing, now)?;
-        self.outbox.enqueue(&event).await?;
-
+        // The outcome is known before anything is written: the billing
+        // event, and the run's record when this step ends a capsule run,
+        // are committed together.
         let output = match outcome.result {
-            Ok(output) => output,
-            Err(e) => {
-                return Err(RegistryError::Execution {
-                    reason: e.reason(),
-                    message: format!("{e} (billing event {execution_id})"),
-                });
-            }
+            Ok(output) => soma_sign::jcs::parse_strict(&output)
+                .ok()
+                .and_then(|v| json::to_struct(&v).ok().flatten())
+                .ok_or_else(|| RegistryError::Execution {
+                    reason: "output_invalid",
+                    message: format!(
+                        "the adapter's output is not a JSON object (billing event {execution_id})"
+                    ),
+                }),
+            Err(e) => Err(RegistryError::Execution {
+                reason: e.reason(),
+                message: format!("{e} (billing event {execution_id})"),
+            }),
         };
-        let output = soma_sign::jcs::parse_strict(&output)
-            .ok()
-            .and_then(|v| json::to_struct(&v).ok().flatten())
-            .ok_or_else(|| RegistryError::Execution {
-                reason: "output_invalid",
-                message: format!("the adapter's output is not a JSON object (billing event {execution_id})"),
-            })?;
+        let mut events = vec![self.outbox.billing(&billing, now)?];
+        let mut run_event_id = String::new();
+        if let Some(step) = &step
+            && (step.run.last_step || output.is_err())
+        {
+            let record = run_record(actor, &request, &verified, step, output.is_ok());
+            run_event_id.clone_from(&record.event_id);
+            events.push(self.outbox.capsule_run(&record, now)?);
+        }
+        self.outbox.enqueue_all(&events).await?;
+
+        let output = output?;
         Ok(pb::ExecuteToolResponse {
             output: Some(output),
             fuel_consumed: measured.fuel_consumed,
@@ -173,6 +317,7 @@ impl Registry {
             billing_event_id: execution_id,
             version: verified.version.clone(),
             module_sha256: verified.module_sha256.to_vec(),
+            run_event_id,
         })
     }
 
@@ -261,6 +406,43 @@ impl Registry {
         if let Ok(digest) = <[u8; 32]>::try_from(row.module_sha256.as_slice()) {
             self.sandbox.evict(&digest);
         }
+    }
+}
+
+/// The record of the capsule run `step` ends: the tenant and the
+/// moderation decision from the verified claims, the duration the run had
+/// taken when the gateway sent the step plus the time the step took here.
+fn run_record(
+    actor: &Actor,
+    request: &pb::ExecuteToolRequest,
+    verified: &Verified,
+    step: &Step,
+    succeeded: bool,
+) -> pb::RecordCapsuleRunRequest {
+    let elapsed = step
+        .run
+        .elapsed
+        .and_then(|e| Duration::try_from(e).ok())
+        .unwrap_or_default();
+    let duration = elapsed.saturating_add(step.received.elapsed());
+    pb::RecordCapsuleRunRequest {
+        event_id: format!("capsule-{}", request.run_id),
+        tenant: actor.tenant.clone(),
+        capsule_id: step.run.capsule_id.clone(),
+        tool: verified.tool.clone(),
+        run_id: request.run_id.clone(),
+        outcome: if succeeded {
+            pb::RunOutcome::Succeeded
+        } else {
+            pb::RunOutcome::Failed
+        } as i32,
+        started_at: step.run.started_at,
+        duration: prost_types::Duration::try_from(duration).ok(),
+        moderation_decision_id: actor.moderation_decision_id.clone(),
+        capsule_version: step.run.capsule_version.clone(),
+        bundle_sha256: step.run.bundle_sha256.clone(),
+        environment: step.run.environment.clone(),
+        installation_revision: step.run.installation_revision,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The outbox: billing and audit events for Analytics, written to the
+//! The outbox: billing and audit events and capsule run records for Analytics, written to the
 //! registry's own database in the transaction of what they record (or right
 //! after an execution), then delivered over mTLS by one task.
 //!
@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use soma_mesh::MeshChannel;
 use soma_proto::v1::analytics_client::AnalyticsClient;
-use soma_proto::v1::{RecordAuditEventRequest, RecordBillingEventRequest};
+use soma_proto::v1::{RecordAuditEventRequest, RecordBillingEventRequest, RecordCapsuleRunRequest};
 use soma_sign::HmacKeyring;
 use tokio::sync::Notify;
 
@@ -28,6 +28,9 @@ use crate::store::{NewOutbox, OutboxRow, Store, outbox_columns};
 pub(crate) const BILLING: &str = "billing";
 /// Kind of an audit event row.
 pub(crate) const AUDIT: &str = "audit";
+/// Kind of a capsule run's record (written with the billing event of the
+/// step that ended the run).
+pub(crate) const CAPSULE_RUN: &str = "capsule_run";
 
 /// Events taken per round.
 const BATCH: i64 = 256;
@@ -100,9 +103,23 @@ impl Outbox {
         })
     }
 
+    /// A sealed capsule run record row.
+    pub(crate) fn capsule_run(
+        &self,
+        event: &RecordCapsuleRunRequest,
+        now: i64,
+    ) -> Result<NewOutbox, RegistryError> {
+        self.seal(CAPSULE_RUN, event.event_id.clone(), event.encode_to_vec(), now)
+    }
+
     /// Writes one event on its own.
     pub(crate) async fn enqueue(&self, event: &NewOutbox) -> Result<(), RegistryError> {
-        self.store.enqueue(event).await?;
+        self.enqueue_all(std::slice::from_ref(event)).await
+    }
+
+    /// Writes events in one transaction: all of them or none.
+    pub(crate) async fn enqueue_all(&self, events: &[NewOutbox]) -> Result<(), RegistryError> {
+        self.store.enqueue_all(events).await?;
         self.wake();
         Ok(())
     }
@@ -201,6 +218,11 @@ impl Outbox {
                 let event = RecordAuditEventRequest::decode(row.payload.as_slice())
                     .map_err(|e| Undelivered::Parked(format!("payload: {e}")))?;
                 tokio::time::timeout(CALL_TIMEOUT, client.record_audit_event(event)).await
+            }
+            CAPSULE_RUN => {
+                let event = RecordCapsuleRunRequest::decode(row.payload.as_slice())
+                    .map_err(|e| Undelivered::Parked(format!("payload: {e}")))?;
+                tokio::time::timeout(CALL_TIMEOUT, client.record_capsule_run(event)).await
             }
             other => return Err(Undelivered::Parked(format!("unknown kind {other:?}"))),
         };

@@ -114,6 +114,19 @@ impl ToolRegistry for ToolRegistryService {
         ))
     }
 
+    #[tracing::instrument(skip_all, name = "ToolRegistry/ExecuteCapsuleStep")]
+    async fn execute_capsule_step(
+        &self,
+        request: Request<pb::ExecuteCapsuleStepRequest>,
+    ) -> Result<Response<pb::ExecuteToolResponse>, Status> {
+        let actor = actor(&request)?;
+        Ok(Response::new(
+            self.registry
+                .execute_capsule_step(&actor, request.into_inner())
+                .await?,
+        ))
+    }
+
     #[tracing::instrument(skip_all, name = "ToolRegistry/AddPublisherKey")]
     async fn add_publisher_key(
         &self,

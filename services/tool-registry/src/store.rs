@@ -543,11 +543,14 @@ impl Store {
 
     // ---- outbox ----
 
+    /// Writes `events` in one transaction.
     #[tracing::instrument(skip_all)]
-    pub(crate) async fn enqueue(&self, event: &NewOutbox) -> Result<(), RegistryError> {
+    pub(crate) async fn enqueue_all(&self, events: &[NewOutbox]) -> Result<(), RegistryError> {
         on_pool!(self.db, pool => {
             let mut tx = pool.begin().await?;
-            insert_outbox!(tx, event);
+            for event in events {
+                insert_outbox!(tx, event);
+            }
             tx.commit().await?;
         });
         Ok(())

@@ -171,6 +171,47 @@ impl Harness {
             .map(tonic::Response::into_inner)
     }
 
+    /// `ExecuteCapsuleStep` as the gateway's capsule runner sends it, for
+    /// `tenant` with claims naming the moderation decision `decision`.
+    pub async fn execute_step(
+        &self,
+        tenant: &str,
+        decision: &str,
+        step: pb::ExecuteCapsuleStepRequest,
+    ) -> Result<pb::ExecuteToolResponse, tonic::Status> {
+        let claims = pb::VerifiedClaims {
+            tenant: tenant.to_owned(),
+            subject: format!("user@{tenant}"),
+            region: "local".to_owned(),
+            capabilities: vec!["capsules:run".to_owned(), "tools:execute".to_owned()],
+            request_id: "test".to_owned(),
+            moderation_decision_id: decision.to_owned(),
+            ..Default::default()
+        };
+        self.client(GATEWAY)
+            .execute_capsule_step(soma_testing::claims_request(
+                &self.claims,
+                &self.running.id,
+                claims,
+                step,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Another replica of the registry: the same database and keyring, its
+    /// own caches.
+    pub async fn replica(&self, store: &StoreSettings) -> soma_tool_registry::Registry {
+        let db = Database::connect(store, "tool-registry").await.unwrap();
+        let config = soma_tool_registry::RegistryConfig {
+            keys: HmacKeyring::from_json(&self.keys_json).unwrap(),
+            keys_path: std::path::PathBuf::new(),
+            price: soma_tool_registry::Price::default(),
+            max_module_bytes: soma_tool_registry::config::DEFAULT_MAX_MODULE_BYTES,
+        };
+        soma_tool_registry::Registry::new(db, config, SandboxConfig::default()).unwrap()
+    }
+
     /// `VerifyRelease`'s failure names.
     pub async fn failures(&self, tool: &str, version: &str) -> Vec<String> {
         self.client(GATEWAY)
