@@ -8,8 +8,9 @@
 #      the gateway with signed claims; rounds alternate the paths; the p50
 #      ratio is the median of the per-round ratios (target <= 2.0x)
 #      (crates/soma/examples/capsule_bench.rs); beside it, as information,
-#      the p50 of a direct ResolveCapsuleRun (the first of the run's three
-#      backend calls: resolve, execute, record);
+#      the p50 of a direct ResolveCapsuleRun (the first of the run's two
+#      backend calls: resolve, then the step, whose billing event and the
+#      run's record the ToolRegistry commits together);
 #   2. attestation verification of a 1 KB in-toto statement signed by 2 of 3
 #      keys vs two raw strict Ed25519 verifications of the same PAE
 #      (cargo bench -p soma-capsule; target <= 1.2x).
@@ -85,13 +86,13 @@ row "   RunCapsule p90" "$(result p90_us_execute) us" "$(result p90_us_edge) us"
 row "   RunCapsule p99 (ratio: median of rounds)" "$(result p99_us_execute) us" "$(result p99_us_edge) us" "$(result p99_ratio)x" "-"
 row "   of which ResolveCapsuleRun p50 (direct)" "-" "$(result p50_us_resolve) us" "-" "info"
 row "   of which ExecuteTool p50 (direct)" "-" "$(result p50_us_execute) us" "-" "info"
-row "   the rest: hop, admission, moderation, record" "-" "$(result p50_us_rest) us" "-" "info"
+row "   the rest: hop, admission, moderation, step checks" "-" "$(result p50_us_rest) us" "-" "info"
 row "2. attestation verify p50 (1 KB, 2-of-3)" "${RAW_P50:-?} us" "${ATTEST_P50:-?} us" "${ATTEST_RATIO:-?}x" "<= 1.2x"
 echo
 echo "   1: baseline = direct mTLS gRPC ExecuteTool of text-stats 1.0.0 with the same ~200-byte input, as the"
 echo "      gateway with a freshly signed claims envelope; measured = POST /v1/capsules/text-stats:run through"
 echo "      the edge (HTTP/1.1 keep-alive, HS256 token with capsules:run tools:execute): admission, moderation,"
-echo "      ResolveCapsuleRun, ExecuteTool, RecordCapsuleRun. Medians of $ROUNDS alternating rounds x $SECONDS_OPEN s"
+echo "      ResolveCapsuleRun, ExecuteCapsuleStep (with the run's record). Medians of $ROUNDS alternating rounds x $SECONDS_OPEN s"
 echo "      per path after $WARMUP s warm-up; the p50 ratio is the median of per-round ratios."
 echo "      $(result edge_runs) runs, $(result executions) executions, $(result resolutions) resolutions, every one a success."
 echo "      the rest = edge p50 - resolve p50 - execute p50 (median of per-round differences)."

@@ -37,10 +37,12 @@
 //!   tools run under the caller's own authority) and the body
 //!   `{"environment":"production","input":{"text":…}}` (about 200 bytes of
 //!   text): JWT, residency, capability, moderation of the input, then the
-//!   orchestration: `CapsuleRepo.ResolveCapsuleRun` (which itself asks the
-//!   ToolRegistry to verify the pinned release), `ToolRegistry.ExecuteTool`,
-//!   `Analytics.RecordCapsuleRun`, each over mTLS with an envelope sealed
-//!   for that backend;
+//!   orchestration: `CapsuleRepo.ResolveCapsuleRun` (the one step's release
+//!   is left to its execution), `ToolRegistry.ExecuteCapsuleStep` (the
+//!   release's row read and its module compared with the pinned one, then
+//!   the run's record written for Analytics in the transaction of the
+//!   step's billing event, which the registry's outbox delivers), each over
+//!   mTLS with an envelope sealed for that backend;
 //! - execute (the baseline): `ExecuteTool` of `text-stats` 1.0.0 with the
 //!   same input over one mTLS HTTP/2 connection to the same ToolRegistry,
 //!   as `/svc/gateway`, each call with a freshly signed claims envelope of
@@ -48,7 +50,7 @@
 //!   moderated request);
 //! - resolve (information): `ResolveCapsuleRun` of the same capsule and
 //!   input over one mTLS HTTP/2 connection to the same CapsuleRepo, as the
-//!   gateway: the first of the three backend calls a run is made of.
+//!   gateway: the first of the two backend calls a run is made of.
 //!
 //! Every reply must be a success (200 with `succeeded: true`, an output and
 //! a billing event, one resolved step): the process fails otherwise, since
@@ -1110,10 +1112,8 @@ impl Report {
         println!("   ratio     p99 {p99_ratio:>8.3}x");
         println!();
         println!("== what one RunCapsule is made of (information)");
-        println!("   3 backend calls over mTLS: resolve (CapsuleRepo, which verifies the release with the");
-        println!(
-            "   ToolRegistry), execute (ToolRegistry, the sandbox), record (Analytics, RecordCapsuleRun)"
-        );
+        println!("   2 backend calls over mTLS: resolve (CapsuleRepo) and execute (ToolRegistry's");
+        println!("   ExecuteCapsuleStep: the sandbox, the billing event and the run's record in one commit)");
         println!(
             "   resolve p50 {:.1} µs + execute p50 {:.1} µs = {:.1} µs of the edge's p50 {:.1} µs",
             resolve[0],
@@ -1125,7 +1125,7 @@ impl Report {
             "   the rest, p50 {rest50:.1} µs (median of per-round differences): the HTTP hop, admission (token,"
         );
         println!(
-            "   residency, capability, moderation of the input), the envelopes, and the record in Analytics"
+            "   residency, capability, moderation of the input), the envelopes, the step's checks and its record"
         );
 
         println!();

@@ -226,8 +226,13 @@ async fn connect_sqlite(data_dir: &Path, name: &str) -> Result<Inner, StoreError
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(SQLITE_BUSY_TIMEOUT);
+    // No ping before each acquire: a SQLite connection is a file handle in
+    // this process, served by its own worker thread, and cannot be dropped by
+    // a server; the ping would cost every query one more round trip to that
+    // thread (a query on a broken connection fails and reports it anyway).
     let pool = SqlitePoolOptions::new()
         .max_connections(SQLITE_MAX_CONNECTIONS)
+        .test_before_acquire(false)
         .connect_with(options.clone())
         .await
         .map_err(|source| connect_error(Engine::Sqlite, path.display().to_string(), source))?;

@@ -258,25 +258,6 @@ impl Repo {
         self.view_of(row).await
     }
 
-    /// The installation of `capsule` in `environment` for `tenant`.
-    pub(crate) async fn view_by_capsule(
-        &self,
-        tenant: &str,
-        environment: &str,
-        capsule: &str,
-    ) -> Result<Option<View>, RepoError> {
-        let filter = InstallationFilter {
-            tenant: Some(tenant),
-            environment: Some(environment),
-            capsule: Some(capsule),
-            installation_id: None,
-        };
-        match self.store.installations(&filter, None, 1).await?.pop() {
-            None => Ok(None),
-            Some(row) => Ok(Some(self.view_of(row).await?)),
-        }
-    }
-
     /// `row` and its revisions: each MAC, revisions 1..=revision without a
     /// gap, each of the installation's tenant, the active one installed.
     pub(crate) async fn view_of(&self, row: InstallationRow) -> Result<View, RepoError> {

@@ -17,8 +17,9 @@ use soma_proto::json;
 use soma_proto::v1 as pb;
 
 use crate::error::RepoError;
+use crate::installations::INSTALLED;
 use crate::registry::Verify;
-use crate::store::SubmissionRow;
+use crate::store::{RevisionRow, SubmissionRow};
 use crate::submissions::parse_bundle;
 use crate::{Actor, Repo};
 
@@ -39,12 +40,34 @@ impl Repo {
                 ),
             )
         };
-        let view = self
-            .view_by_capsule(tenant, &request.environment, &request.capsule)
+        // One statement: the installation, its active revision and that
+        // revision's submission, each row's MAC checked here. (The other
+        // revisions, which a run does not use, are checked by every read
+        // of the installation and by `soma verify store`.)
+        let run = self
+            .store
+            .active_run(tenant, &request.environment, &request.capsule)
             .await?
             .ok_or_else(not_installed)?;
-        let active = view.active().ok_or_else(not_installed)?;
-        let submission = self.submission(Some(tenant), &active.submission_id).await?;
+        let installation = &run.installation;
+        self.check_installation(installation)?;
+        if installation.active_revision == 0 {
+            return Err(not_installed());
+        }
+        let broken_revision = || RepoError::RowIntegrity {
+            table: RevisionRow::TABLE,
+            key: format!(
+                "{}/{}",
+                installation.installation_id, installation.active_revision
+            ),
+        };
+        let active = run.revision.as_ref().ok_or_else(broken_revision)?;
+        self.check_revision(active)?;
+        if active.tenant != installation.tenant || active.status != INSTALLED {
+            return Err(broken_revision());
+        }
+        let submission = run.submission.as_ref().ok_or_else(broken_revision)?;
+        self.check_submission(submission)?;
         let corrupt = || RepoError::RowIntegrity {
             table: SubmissionRow::TABLE,
             key: submission.submission_id.clone(),
@@ -64,7 +87,7 @@ impl Repo {
         })?;
         self.registry.check_releases(&bundle, Verify::AfterFirst).await?;
         Ok(pb::ResolvedCapsuleRun {
-            installation_id: view.installation.installation_id.clone(),
+            installation_id: installation.installation_id.clone(),
             revision: u64::try_from(active.revision).unwrap_or(0),
             submission_id: submission.submission_id.clone(),
             capsule: submission.capsule.clone(),

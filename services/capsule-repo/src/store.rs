@@ -296,25 +296,29 @@ macro_rules! threshold_of {
 /// Reads a row selected with [`SUBMISSION_COLUMNS`].
 macro_rules! submission_of {
     () => {
+        submission_of!(0)
+    };
+    ($offset:expr) => {
         |row| -> Result<SubmissionRow, sqlx::Error> {
+            let o: usize = $offset;
             Ok(SubmissionRow {
-                submission_id: row.try_get(0)?,
-                tenant: row.try_get(1)?,
-                capsule: row.try_get(2)?,
-                version: row.try_get(3)?,
-                bundle: row.try_get(4)?,
-                bundle_sha256: row.try_get(5)?,
-                attestation: row.try_get(6)?,
-                publisher: row.try_get(7)?,
-                signer_key_ids: row.try_get(8)?,
-                submitter: row.try_get(9)?,
-                source: row.try_get(10)?,
-                state: row.try_get(11)?,
-                review_seq: row.try_get(12)?,
-                submitted_at: row.try_get(13)?,
-                updated_at: row.try_get(14)?,
-                mac_key_id: row.try_get(15)?,
-                mac: row.try_get(16)?,
+                submission_id: row.try_get(o)?,
+                tenant: row.try_get(o + 1)?,
+                capsule: row.try_get(o + 2)?,
+                version: row.try_get(o + 3)?,
+                bundle: row.try_get(o + 4)?,
+                bundle_sha256: row.try_get(o + 5)?,
+                attestation: row.try_get(o + 6)?,
+                publisher: row.try_get(o + 7)?,
+                signer_key_ids: row.try_get(o + 8)?,
+                submitter: row.try_get(o + 9)?,
+                source: row.try_get(o + 10)?,
+                state: row.try_get(o + 11)?,
+                review_seq: row.try_get(o + 12)?,
+                submitted_at: row.try_get(o + 13)?,
+                updated_at: row.try_get(o + 14)?,
+                mac_key_id: row.try_get(o + 15)?,
+                mac: row.try_get(o + 16)?,
             })
         }
     };
@@ -345,19 +349,23 @@ macro_rules! review_of {
 /// Reads a row selected with [`INSTALLATION_COLUMNS`].
 macro_rules! installation_of {
     () => {
+        installation_of!(0)
+    };
+    ($offset:expr) => {
         |row| -> Result<InstallationRow, sqlx::Error> {
+            let o: usize = $offset;
             Ok(InstallationRow {
-                installation_id: row.try_get(0)?,
-                tenant: row.try_get(1)?,
-                environment: row.try_get(2)?,
-                capsule: row.try_get(3)?,
-                revision: row.try_get(4)?,
-                active_revision: row.try_get(5)?,
-                created_at: row.try_get(6)?,
-                created_by: row.try_get(7)?,
-                updated_at: row.try_get(8)?,
-                mac_key_id: row.try_get(9)?,
-                mac: row.try_get(10)?,
+                installation_id: row.try_get(o)?,
+                tenant: row.try_get(o + 1)?,
+                environment: row.try_get(o + 2)?,
+                capsule: row.try_get(o + 3)?,
+                revision: row.try_get(o + 4)?,
+                active_revision: row.try_get(o + 5)?,
+                created_at: row.try_get(o + 6)?,
+                created_by: row.try_get(o + 7)?,
+                updated_at: row.try_get(o + 8)?,
+                mac_key_id: row.try_get(o + 9)?,
+                mac: row.try_get(o + 10)?,
             })
         }
     };
@@ -366,23 +374,38 @@ macro_rules! installation_of {
 /// Reads a row selected with [`REVISION_COLUMNS`].
 macro_rules! revision_of {
     () => {
+        revision_of!(0)
+    };
+    ($offset:expr) => {
         |row| -> Result<RevisionRow, sqlx::Error> {
+            let o: usize = $offset;
             Ok(RevisionRow {
-                installation_id: row.try_get(0)?,
-                revision: row.try_get(1)?,
-                tenant: row.try_get(2)?,
-                submission_id: row.try_get(3)?,
-                version: row.try_get(4)?,
-                action: row.try_get(5)?,
-                status: row.try_get(6)?,
-                failure_reason: row.try_get(7)?,
-                actor: row.try_get(8)?,
-                created_at: row.try_get(9)?,
-                mac_key_id: row.try_get(10)?,
-                mac: row.try_get(11)?,
+                installation_id: row.try_get(o)?,
+                revision: row.try_get(o + 1)?,
+                tenant: row.try_get(o + 2)?,
+                submission_id: row.try_get(o + 3)?,
+                version: row.try_get(o + 4)?,
+                action: row.try_get(o + 5)?,
+                status: row.try_get(o + 6)?,
+                failure_reason: row.try_get(o + 7)?,
+                actor: row.try_get(o + 8)?,
+                created_at: row.try_get(o + 9)?,
+                mac_key_id: row.try_get(o + 10)?,
+                mac: row.try_get(o + 11)?,
             })
         }
     };
+}
+
+/// The rows a capsule run reads ([`Store::active_run`]).
+#[derive(Debug)]
+pub(crate) struct ActiveRun {
+    pub installation: InstallationRow,
+    /// The active revision; `None` when no row has that number.
+    pub revision: Option<RevisionRow>,
+    /// The active revision's submission, of the installation's tenant;
+    /// `None` when there is no such row.
+    pub submission: Option<SubmissionRow>,
 }
 
 /// One value bound to a query built at run time.
@@ -818,6 +841,76 @@ impl Store {
                 .iter()
                 .map(installation_of!())
                 .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// What a run of `capsule` for `tenant` in `environment` reads, in one
+    /// statement: the installation, its active revision and that
+    /// revision's submission of the same tenant (`None` each when the row
+    /// is absent; the caller decides what an absence means). `None` when
+    /// the tenant has no installation of it there.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn active_run(
+        &self,
+        tenant: &str,
+        environment: &str,
+        capsule: &str,
+    ) -> Result<Option<ActiveRun>, RepoError> {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let prefixed = |alias: &str, columns: &str| {
+                columns
+                    .split(',')
+                    .map(|c| format!("{alias}.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "SELECT {}, {}, {} FROM installations i \
+                 LEFT JOIN installation_revisions r \
+                   ON r.installation_id = i.installation_id AND r.revision = i.active_revision \
+                 LEFT JOIN submissions s ON s.submission_id = r.submission_id AND s.tenant = i.tenant \
+                 WHERE i.tenant = $1 AND i.environment = $2 AND i.capsule = $3",
+                prefixed("i", INSTALLATION_COLUMNS),
+                prefixed("r", REVISION_COLUMNS),
+                prefixed("s", SUBMISSION_COLUMNS),
+            )
+        });
+        const REVISION_AT: usize = 11;
+        const SUBMISSION_AT: usize = REVISION_AT + 12;
+        Ok(on_pool!(self.db, pool => {
+            let rows = sqlx::query(SQL.as_str())
+                .bind(tenant)
+                .bind(environment)
+                .bind(capsule)
+                .fetch_all(pool)
+                .await?;
+            match rows.first() {
+                None => None,
+                Some(row) => {
+                    // (An array's `map` gives each closure its row type.)
+                    let [installation] = [row].map(installation_of!(0));
+                    let installation = installation?;
+                    let revision = match row.try_get::<Option<String>, _>(REVISION_AT)? {
+                        None => None,
+                        Some(_) => {
+                            let [revision] = [row].map(revision_of!(REVISION_AT));
+                            Some(revision?)
+                        }
+                    };
+                    let submission = match row.try_get::<Option<String>, _>(SUBMISSION_AT)? {
+                        None => None,
+                        Some(_) => {
+                            let [submission] = [row].map(submission_of!(SUBMISSION_AT));
+                            Some(submission?)
+                        }
+                    };
+                    Some(ActiveRun {
+                        installation,
+                        revision,
+                        submission,
+                    })
+                }
+            }
         }))
     }
 

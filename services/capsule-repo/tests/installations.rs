@@ -658,3 +658,80 @@ async fn a_run_is_verified_in_full_before_anything_executes() {
         h.stop().await;
     }
 }
+
+/// A run reads its installation, active revision and submission in one
+/// statement, and refuses each row that fails its MAC or is missing
+/// (`DATA_LOSS` naming the row), never running a capsule from a row edited
+/// in SQL; the same rows untouched in another tenant still resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_refuses_an_installation_revision_or_submission_edited_in_sql() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::CapsuleRepo]).await {
+        let h = Harness::start(&stores, None).await;
+        let label = stores.label;
+        // (tenant, SQL edit on that tenant's rows, the row named)
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "acme",
+                "UPDATE installations SET updated_at = updated_at + 1 WHERE tenant = 'acme'",
+                "installations/{installation}",
+            ),
+            (
+                "globex",
+                "UPDATE installation_revisions SET actor = 'mallory@globex' WHERE tenant = 'globex'",
+                "installation_revisions/{installation}/1",
+            ),
+            (
+                "initech",
+                "DELETE FROM installation_revisions WHERE tenant = 'initech'",
+                "installation_revisions/{installation}/1",
+            ),
+            (
+                "umbrella",
+                "UPDATE submissions SET submitter = 'mallory@umbrella' WHERE tenant = 'umbrella'",
+                "submissions/{submission}",
+            ),
+        ];
+        let mut installed = Vec::new();
+        for (tenant, _, _) in &cases {
+            let submission = h.approved(tenant, &example()).await.submission_id;
+            let installation = h
+                .gateway()
+                .create_installation(h.as_user(
+                    tenant,
+                    &format!("erin@{tenant}"),
+                    pb::CreateInstallationRequest {
+                        environment: "production".to_owned(),
+                        submission_id: submission.clone(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(installation.status, I::Installed as i32, "{label}: {tenant}");
+            resolve(&h, tenant, "production", json!({"text": "hi"}))
+                .await
+                .unwrap();
+            installed.push((installation.installation_id, submission));
+        }
+        for ((tenant, sql, row), (installation, submission)) in cases.iter().zip(&installed) {
+            assert!(soma_testing::exec(&h.db, sql).await >= 1, "{label}: {sql}");
+            let status = resolve(&h, tenant, "production", json!({"text": "hi"}))
+                .await
+                .unwrap_err();
+            let row = row
+                .replace("{installation}", installation)
+                .replace("{submission}", submission);
+            assert_eq!(
+                reason(&status),
+                (Code::DataLoss, "row_integrity"),
+                "{label}: {sql}: {status:?}"
+            );
+            assert!(
+                status.message().contains(&row),
+                "{label}: {sql}: expected {row} in {status:?}"
+            );
+        }
+        h.stop().await;
+        stores.cleanup().await;
+    }
+}
