@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use soma_mesh::MeshChannel;
+use soma_mesh::{MeshChannel, OutboxMetrics};
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::{RecordAuditEventRequest, RecordBillingEventRequest};
 use soma_sign::HmacKeyring;
@@ -29,6 +29,8 @@ pub(crate) const BILLING: &str = "billing";
 /// Kind of an audit event row.
 pub(crate) const AUDIT: &str = "audit";
 
+/// The outbox's `outbox` label on `/metrics`.
+const LABEL: &str = "tool_registry";
 /// Events taken per round.
 const BATCH: i64 = 256;
 /// Deliveries in flight at once.
@@ -49,6 +51,8 @@ pub(crate) struct Outbox {
     store: Store,
     keys: Arc<HmacKeyring>,
     wake: Arc<Notify>,
+    /// The backlog and delivery counts on `/metrics`, kept by the deliverer.
+    metrics: Arc<OutboxMetrics>,
 }
 
 impl Outbox {
@@ -57,7 +61,13 @@ impl Outbox {
             store,
             keys,
             wake: Arc::new(Notify::new()),
+            metrics: Arc::new(OutboxMetrics::new(LABEL)),
         }
+    }
+
+    /// The outbox's figures, for `/metrics`.
+    pub(crate) fn metrics(&self) -> Arc<OutboxMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// A sealed billing event row.
@@ -153,6 +163,7 @@ impl Outbox {
             match sent {
                 Ok(()) => delivered.push(row.seq),
                 Err(undelivered) => {
+                    self.metrics.failed();
                     let wait = match &undelivered {
                         Undelivered::Retry(_) => backoff(row.attempts),
                         Undelivered::Parked(_) => PARKED,
@@ -173,6 +184,10 @@ impl Outbox {
             }
         }
         self.store.delivered(&delivered).await?;
+        self.metrics.delivered(delivered.len() as u64);
+        // The backlog for `/metrics`, measured here rather than on a scrape.
+        let (pending, oldest) = self.store.backlog().await?;
+        self.metrics.backlog(pending, oldest);
         Ok(count)
     }
 
