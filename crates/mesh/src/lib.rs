@@ -6,7 +6,8 @@
 //! gateway's signed `VerifiedClaims` envelope, `grpc.health.v1`, server
 //! reflection (v1 and v1alpha), explicit message limits, graceful shutdown,
 //! a plaintext admin listener on loopback (`/live`, `/ready`, their Kubernetes
-//! names `/healthz`, `/readyz`, and `/metrics` in the Prometheus format),
+//! names `/healthz`, `/readyz`, and `/metrics` in the Prometheus format,
+//! where a service adds its own series, e.g. its outbox's figures),
 //! typed settings, client channels that present the own SVID and verify
 //! the server's expected SPIFFE ID, and the process's logs and traces
 //! (OpenTelemetry over OTLP when the standard `OTEL_*` variables ask; every
@@ -26,6 +27,7 @@ mod client;
 mod error;
 mod metrics;
 mod observe;
+mod outbox;
 mod server;
 mod settings;
 mod telemetry;
@@ -35,7 +37,8 @@ pub use authz::{AuthzLayer, REASON_METADATA, REQUEST_ID_METADATA};
 pub use caller::{Caller, OPERATOR_PATH_PATTERN, PeerInfo};
 pub use client::{MeshChannel, MeshConnector, channel};
 pub use error::MeshError;
-pub use metrics::{Histogram, Metrics, MetricsSource};
+pub use metrics::{Histogram, Metrics, MetricsSource, Seconds};
+pub use outbox::OutboxMetrics;
 pub use server::{Application, ServiceSpec, builtin_policies};
 pub use settings::{ConfigError, Limits, MeshSettings, PeerAddr, Peers, ServiceKind};
 pub use telemetry::{LogStyle, Telemetry, extract_trace_context, inject_trace_context, set_trace_parent};

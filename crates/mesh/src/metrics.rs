@@ -165,6 +165,25 @@ pub trait MetricsSource: Send + Sync + std::fmt::Debug {
     fn render(&self, out: &mut String);
 }
 
+/// A span or a Unix time given in nanoseconds, written as decimal seconds
+/// exactly (`1700000000.5`, `0.000001`, `12`): no rounding through a
+/// float, so a scraped value can be compared with the stored one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seconds(pub i64);
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nanos = i128::from(self.0);
+        let sign = if nanos < 0 { "-" } else { "" };
+        let (whole, fraction) = (nanos.abs() / 1_000_000_000, nanos.abs() % 1_000_000_000);
+        if fraction == 0 {
+            return write!(f, "{sign}{whole}");
+        }
+        let digits = format!("{fraction:09}");
+        write!(f, "{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
 /// The runtime's counters. Clone = shared.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -464,6 +483,21 @@ mod tests {
     impl MetricsSource for Fixed {
         fn render(&self, out: &mut String) {
             out.push_str("# TYPE soma_test_total counter\nsoma_test_total 7\n");
+        }
+    }
+
+    #[test]
+    fn seconds_are_written_exactly() {
+        for (nanos, text) in [
+            (0, "0"),
+            (12_000_000_000, "12"),
+            (1_700_000_000_500_000_000, "1700000000.5"),
+            (1_000, "0.000001"),
+            (1_700_000_000_123_456_789, "1700000000.123456789"),
+            (-1_500_000_000, "-1.5"),
+            (i64::MIN, "-9223372036.854775808"),
+        ] {
+            assert_eq!(Seconds(nanos).to_string(), text);
         }
     }
 

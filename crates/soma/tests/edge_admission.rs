@@ -281,6 +281,20 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
         assert_eq!(limited.reason(), "rate_limited");
         assert!(limited.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
         assert_eq!(analytics.metrics.dispatched_count(CHECKPOINT), 21);
+        // The one refusal is on the gateway's /metrics, by its reason and as
+        // the one 429 answer: no other request of this test was rate limited.
+        let exposition = soma_testing::http_get(edge.admin, "/metrics").await;
+        assert!(
+            exposition.contains("soma_edge_refusals_total{reason=\"rate_limited\"} 1\n"),
+            "{}: {exposition}",
+            stores.label
+        );
+        let answered_429: u64 = exposition
+            .lines()
+            .filter(|l| l.starts_with("soma_edge_requests_total{") && l.contains(",code=\"429\"} "))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(answered_429, 1, "{}: {exposition}", stores.label);
 
         // Kill switches: set with MFA, seen at once by this replica; every scope
         // answers 503 with Retry-After and never reaches the backend. Switches

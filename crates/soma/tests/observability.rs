@@ -150,8 +150,26 @@ async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests
                 "soma_ledger_leaves ",
                 "soma_ledger_unauthenticated_leaves 0",
                 "soma_ledger_sound 1",
+                "# TYPE soma_ledger_last_checkpoint_timestamp_seconds gauge",
+                "# TYPE soma_ledger_last_checkpoint_tree_size gauge",
             ] {
                 assert!(text.contains(series), "analytics lacks {series}:\n{text}");
+            }
+        }
+        // Each outbox's counters from start-up, under its own label.
+        let outbox = match service.as_str() {
+            "tool-registry" => Some("tool_registry"),
+            "capsule-repo" => Some("capsule_repo"),
+            "analytics" => Some("drill_webhooks"),
+            _ => None,
+        };
+        if let Some(outbox) = outbox {
+            for series in [
+                format!("soma_outbox_delivered_total{{outbox=\"{outbox}\"}} "),
+                format!("soma_outbox_delivery_failures_total{{outbox=\"{outbox}\"}} "),
+                "# TYPE soma_outbox_pending_events gauge".to_owned(),
+            ] {
+                assert!(text.contains(&series), "{service} lacks {series}:\n{text}");
             }
         }
     }
@@ -234,6 +252,24 @@ async fn a_real_prometheus_scrapes_every_service_and_counts_exactly_the_requests
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(up_count, 4);
+    // The deliverers of the registry's and the repository's outboxes
+    // (Analytics is their peer) measure their backlogs.
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let backlogs = query(
+            &prometheus_url,
+            "soma_outbox_pending_events{outbox=~\"tool_registry|capsule_repo\"}",
+        )
+        .await;
+        if backlogs.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outbox backlog scraped: {backlogs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     assert_eq!(requests, Some((before + REQUESTS) as f64));
     let refusals = query(
         &prometheus_url,
@@ -306,7 +342,7 @@ async fn the_alert_rules_and_the_scrape_config_pass_promtool_and_every_alert_has
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 8, "{alerts:?}");
+    assert_eq!(alerts.len(), 10, "{alerts:?}");
     for alert in alerts {
         let (mut fires, mut silent) = (false, false);
         let lines: Vec<&str> = tests.lines().collect();

@@ -255,3 +255,158 @@ async fn an_outbox_row_edited_in_the_database_is_never_sent() {
         stores.cleanup().await;
     }
 }
+
+/// The value of `series` (name and labels) in a `/metrics` response, as
+/// written.
+fn sample<'a>(exposition: &'a str, series: &str) -> Option<&'a str> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+}
+
+/// Decimal seconds as written on `/metrics`, in nanoseconds, exactly.
+fn nanos_of(seconds: &str) -> i64 {
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    assert!(fraction.len() <= 9, "{seconds}");
+    whole.parse::<i64>().unwrap() * 1_000_000_000 + format!("{fraction:0<9}").parse::<i64>().unwrap()
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// The registry's outbox figures on its `/metrics`: (pending, oldest
+/// pending age as written, delivered, failures).
+async fn outbox_figures(h: &Harness) -> (Option<i64>, Option<String>, i64, i64) {
+    let text = soma_testing::http_get(h.running.admin, "/metrics").await;
+    let of = |name: &str| sample(&text, &format!("{name}{{outbox=\"tool_registry\"}}")).map(str::to_owned);
+    (
+        of("soma_outbox_pending_events").map(|v| v.parse().unwrap()),
+        of("soma_outbox_oldest_pending_age_seconds"),
+        of("soma_outbox_delivered_total").unwrap().parse().unwrap(),
+        of("soma_outbox_delivery_failures_total")
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+}
+
+/// The outbox's figures on the registry's `/metrics` are exact. With
+/// Analytics stopped, every event waits and is counted, each attempt fails
+/// and is counted, and the oldest event's age is that of the stored row at
+/// the moment of the scrape; with Analytics back, the backlog drains to 0
+/// and exactly the events written are counted delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_backlog_on_metrics_is_exact_and_drains_once_analytics_is_back() {
+    const RUNS: i64 = 12;
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::Analytics]).await {
+        let label = stores.label;
+        let ca = Ca::new();
+        let keys = AnalyticsKeys::generate();
+        let analytics_store = stores.of(ServiceKind::Analytics);
+        // Analytics' address, then Analytics gone before any event is written.
+        let analytics = start_analytics(
+            &ca,
+            analytics_store,
+            &keys,
+            &soma_testing::restartable_addr().to_string(),
+        )
+        .await;
+        let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
+        analytics.stop().await;
+        let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
+        let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
+        let h = Harness::start_on(
+            ca,
+            claims,
+            stores.of(ServiceKind::ToolRegistry),
+            registry_keys,
+            soma_sandbox::SandboxConfig::default(),
+            Some((addr, analytics_id)),
+        )
+        .await;
+        let (_, _, delivered, _) = outbox_figures(&h).await;
+        assert_eq!(delivered, 0, "{label}");
+
+        // Audit events (the publisher key, the release), then RUNS billing
+        // events.
+        let publisher = Publisher::generate("acme-tools");
+        h.register(&publisher).await;
+        h.publish(publisher.release("echo", "1.0.0", &adapter("echo")))
+            .await
+            .unwrap();
+        for i in 0..RUNS {
+            h.execute("acme", "echo", "", json!({"run": i})).await.unwrap();
+        }
+        let rows = soma_testing::scalar(&h.db, "SELECT COUNT(*) FROM outbox").await;
+        let billing = soma_testing::scalar(&h.db, "SELECT COUNT(*) FROM outbox WHERE kind = 'billing'").await;
+        assert_eq!(billing, RUNS, "{label}");
+        assert!(rows > RUNS, "{label}: {rows} rows");
+
+        // Every event waits and was tried at least once (the deliverer is
+        // woken by each write).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (pending, _, delivered, failures) = outbox_figures(&h).await;
+            assert_eq!(delivered, 0, "{label}: delivered with Analytics down");
+            if pending == Some(rows) && failures >= rows {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: pending {pending:?}, failures {failures}, {rows} rows"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The oldest event's age is the stored row's, between the clock
+        // before and after the scrape.
+        let oldest = soma_testing::scalar(&h.db, "SELECT MIN(created_at) FROM outbox").await;
+        let before = now_nanos();
+        let (pending, age, _, _) = outbox_figures(&h).await;
+        let after = now_nanos();
+        assert_eq!(pending, Some(rows), "{label}");
+        let age = nanos_of(&age.unwrap());
+        assert!(
+            before - oldest <= age && age <= after - oldest,
+            "{label}: age {age} ns outside [{}, {}]",
+            before - oldest,
+            after - oldest
+        );
+
+        // Analytics back on its address: the backlog drains to 0, and
+        // exactly the events written were delivered.
+        let analytics = start_analytics(&h.ca, analytics_store, &keys, &addr.to_string()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let (age, delivered) = loop {
+            let (pending, age, delivered, _) = outbox_figures(&h).await;
+            if pending == Some(0) {
+                break (age, delivered);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: {pending:?} events still waiting after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(age.as_deref(), Some("0"), "{label}");
+        assert_eq!(delivered, rows, "{label}");
+        assert_eq!(
+            soma_testing::scalar(&h.db, "SELECT COUNT(*) FROM outbox").await,
+            0,
+            "{label}"
+        );
+        let db = common::analytics::database(analytics_store).await;
+        assert_eq!(
+            soma_testing::scalar(&db, "SELECT COUNT(*) FROM billing_events").await,
+            RUNS,
+            "{label}"
+        );
+        db.close().await;
+        h.stop().await;
+        analytics.stop().await;
+        stores.cleanup().await;
+    }
+}

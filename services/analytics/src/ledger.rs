@@ -32,6 +32,7 @@ mod known;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 pub(crate) use known::{Gap, Known, Owner, Seen};
 
@@ -89,6 +90,37 @@ pub(crate) struct Ledger {
     known: Arc<std::sync::RwLock<Known>>,
     /// Row MAC keys, to check the leaf rows read when catching up.
     keys: Arc<HmacKeyring>,
+    /// The latest checkpoint this process knows of, for `/metrics`.
+    last_checkpoint: Arc<LastCheckpoint>,
+}
+
+/// The latest checkpoint this process signed, or the latest stored one
+/// when it started: its tree size and when it was signed. Set by the
+/// writer after each commit that grew the tree; read by `/metrics`
+/// without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct LastCheckpoint {
+    tree_size: AtomicU64,
+    /// Unix nanoseconds; 0 while there is no checkpoint.
+    signed_at: AtomicI64,
+}
+
+impl LastCheckpoint {
+    fn set(&self, tree_size: u64, signed_at: i64) {
+        // The time first, read last by `get`: a reader between the two
+        // stores sees the new time with the previous size, never a size
+        // without a time.
+        self.signed_at.store(signed_at, Ordering::Relaxed);
+        self.tree_size.store(tree_size, Ordering::Relaxed);
+    }
+
+    /// The tree size and the signing time (Unix nanoseconds) of the
+    /// latest checkpoint; `None` before the first.
+    pub(crate) fn get(&self) -> Option<(u64, i64)> {
+        let size = self.tree_size.load(Ordering::Relaxed);
+        let at = self.signed_at.load(Ordering::Relaxed);
+        (size > 0 && at > 0).then_some((size, at))
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -141,6 +173,17 @@ impl Ledger {
         if health == Health::Sound {
             load_leaves(&db, &keys, &known, 0).await?;
         }
+        let last_checkpoint = Arc::new(LastCheckpoint::default());
+        let stored = on_pool!(db, pool => sqlx::query(
+            "SELECT tree_size, created_at FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+        .map(|r| -> Result<(i64, i64), AnalyticsError> { Ok((r.int("tree_size")?, r.int("created_at")?)) })
+        .transpose()?);
+        if let Some((size, at)) = stored {
+            last_checkpoint.set(to_u64(size)?, at);
+        }
         let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
@@ -151,6 +194,7 @@ impl Ledger {
             signer_key_id: signer_key_id.clone(),
             health: Arc::clone(&health),
             known: Arc::clone(&known),
+            last_checkpoint: Arc::clone(&last_checkpoint),
             head: None,
             connection: None,
             replies: tokio::runtime::Handle::try_current()
@@ -175,6 +219,7 @@ impl Ledger {
             signer_key_id,
             known,
             keys,
+            last_checkpoint,
         })
     }
 
@@ -299,6 +344,11 @@ impl Ledger {
             .iter()
             .map(LeafRow::read)
             .collect())
+    }
+
+    /// The latest checkpoint this process signed or found at start-up.
+    pub(crate) fn last_checkpoint(&self) -> &LastCheckpoint {
+        &self.last_checkpoint
     }
 
     /// The authenticated view of the ledger (see [`Known`]); read it with
@@ -481,6 +531,8 @@ struct Committer {
     signer_key_id: String,
     health: Arc<RwLock<Health>>,
     known: Arc<std::sync::RwLock<Known>>,
+    /// Moved after each commit that signed a checkpoint.
+    last_checkpoint: Arc<LastCheckpoint>,
     /// The stored head as this writer last committed it: what the
     /// single-statement path expects to find (see
     /// [`Committer::commit_fast`]). `None` until the first commit, and
@@ -503,6 +555,9 @@ struct Committed {
     appended: Vec<(Hash, usize)>,
     /// The head after the batch.
     head: CompactTree,
+    /// When the batch's checkpoint was signed (Unix nanoseconds, as
+    /// stored), if the batch grew the tree.
+    checkpoint_at: Option<i64>,
 }
 
 /// The writer task: batches appends into commits until every sender is
@@ -599,13 +654,14 @@ impl Committer {
             .signer
             .sign(&Checkpoint::new(self.signer.name(), tree.size(), root)?);
         let mut connection = self.connection().await?;
+        let signed_at = now_nanos();
         let query = sqlx::query(tables::bulk_statement())
             .bind(to_i64(tree.size())?)
             .bind(root.as_bytes().to_vec())
             .bind(frontier_bytes(&tree))
             .bind(to_i64(start)?)
             .bind(start_root.as_bytes().to_vec())
-            .bind(now_nanos());
+            .bind(signed_at);
         let query = tables::bind_arrays(leaves.bind(query, self.keys.primary().as_str()), arrays)
             .bind(note)
             .bind(self.signer_key_id.as_str());
@@ -616,6 +672,7 @@ impl Committer {
                 start,
                 appended,
                 head: tree,
+                checkpoint_at: Some(signed_at),
             })),
             Ok(_) => {
                 tracing::debug!(start, "ledger head moved elsewhere; taking the locked path");
@@ -794,7 +851,8 @@ impl Committer {
             );
         }
         insert(conn, &dependents).await?;
-        if tree.size() > start {
+        let grew = tree.size() > start;
+        if grew {
             let root = tree.root();
             let checkpoint = Checkpoint::new(self.signer.name(), tree.size(), root)?;
             let note = self.signer.sign(&checkpoint);
@@ -828,6 +886,7 @@ impl Committer {
                 .map(|(_, position)| (batch[*position].leaf_hash, *position))
                 .collect(),
             head: tree,
+            checkpoint_at: grew.then_some(now),
         })
     }
 
@@ -838,8 +897,12 @@ impl Committer {
                 results,
                 start,
                 appended,
-                head: _,
+                head,
+                checkpoint_at,
             }) => {
+                if let Some(at) = checkpoint_at {
+                    self.last_checkpoint.set(head.size(), at);
+                }
                 // Extend the in-memory view only when it was level with the
                 // stored head; otherwise the next proof or export catches it
                 // up from the database.

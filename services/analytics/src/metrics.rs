@@ -1,5 +1,6 @@
 //! Analytics' own series on `/metrics`: the ledger as this process knows
-//! it, and the drills recorded since it started.
+//! it (its leaves, its latest checkpoint), and the drills recorded since it
+//! started.
 //!
 //! Rendering only reads: the in-memory authenticated view of the ledger
 //! (under its read lock, held for two loads), the start-up integrity verdict
@@ -9,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use soma_mesh::MetricsSource;
+use soma_mesh::{MetricsSource, Seconds};
 
 use crate::ledger::Ledger;
 use crate::tables::drills::DrillRow;
@@ -88,6 +89,27 @@ impl MetricsSource for AnalyticsMetrics {
             "Leaves whose row failed its MAC (tampered or damaged): no export covering them can be proven complete.",
             unknown,
         );
+        // The latest checkpoint: described always, sampled once there is
+        // one (an empty ledger has none stored).
+        let last = self.ledger.last_checkpoint().get();
+        let _ = writeln!(
+            out,
+            "# HELP soma_ledger_last_checkpoint_timestamp_seconds When the latest checkpoint this process signed (or found stored at start-up) was signed (Unix time).\n# TYPE soma_ledger_last_checkpoint_timestamp_seconds gauge"
+        );
+        if let Some((_, at)) = last {
+            let _ = writeln!(
+                out,
+                "soma_ledger_last_checkpoint_timestamp_seconds {}",
+                Seconds(at)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP soma_ledger_last_checkpoint_tree_size Tree size (the head: the next leaf's index) the latest checkpoint commits to.\n# TYPE soma_ledger_last_checkpoint_tree_size gauge"
+        );
+        if let Some((size, _)) = last {
+            let _ = writeln!(out, "soma_ledger_last_checkpoint_tree_size {size}");
+        }
         if let Some(sound) = self.ledger.sound_now() {
             gauge(
                 out,

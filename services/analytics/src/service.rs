@@ -63,7 +63,13 @@ pub async fn spec(
     )?;
     // Delivers pending webhook notifications, including those left by an
     // earlier run; it ends when the service is dropped.
-    crate::webhook::spawn(db.clone(), Arc::clone(&keys), &config.drills.webhooks);
+    let webhooks = Arc::new(soma_mesh::OutboxMetrics::new(crate::webhook::LABEL));
+    crate::webhook::spawn(
+        db.clone(),
+        Arc::clone(&keys),
+        &config.drills.webhooks,
+        Arc::clone(&webhooks),
+    );
     let drill_metrics = Arc::new(crate::metrics::DrillGauges::new());
     let metrics = crate::metrics::AnalyticsMetrics {
         ledger: ledger.clone(),
@@ -103,7 +109,7 @@ pub async fn spec(
         name: "somastack.v1.Analytics",
         routes: Routes::new(server),
         readiness,
-        metrics: vec![Arc::new(metrics)],
+        metrics: vec![Arc::new(metrics), webhooks],
     })
 }
 

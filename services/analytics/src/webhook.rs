@@ -36,12 +36,18 @@
 //!
 //! **Configuration** is [`WebhookConfig`], read in [`crate::config`].
 //!
+//! **Metrics.** Each pass measures the backlog (rows not yet delivered, the
+//! oldest one's creation time) in the query that schedules the next pass,
+//! and each attempt is counted delivered or failed, as
+//! `soma_outbox_*{outbox="drill_webhooks"}` on `/metrics`
+//! ([`soma_mesh::OutboxMetrics`]); a scrape runs no query.
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use soma_mesh::OutboxMetrics;
 use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
 use tokio::sync::watch;
@@ -64,6 +70,8 @@ pub(crate) const SIGNATURE_HEADER: &str = "x-soma-webhook-signature";
 /// Longest the task sleeps without looking at the outbox (rows queued by
 /// another process sharing the database are found at the latest then).
 const MAX_IDLE: Duration = Duration::from_secs(30);
+/// The webhook outbox's `outbox` label on `/metrics`.
+pub(crate) const LABEL: &str = "drill_webhooks";
 /// Rows taken from the outbox per pass.
 const BATCH: i64 = 64;
 
@@ -71,9 +79,15 @@ fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Starts the delivery task when webhook keys are configured. It runs until
-/// the service (every clone of its configuration) is gone.
-pub(crate) fn spawn(db: Database, row_keys: Arc<HmacKeyring>, config: &WebhookConfig) {
+/// Starts the delivery task when webhook keys are configured, keeping
+/// `metrics`. It runs until the service (every clone of its configuration)
+/// is gone.
+pub(crate) fn spawn(
+    db: Database,
+    row_keys: Arc<HmacKeyring>,
+    config: &WebhookConfig,
+    metrics: Arc<OutboxMetrics>,
+) {
     let Some(signing) = config.keys.clone() else {
         return;
     };
@@ -83,6 +97,7 @@ pub(crate) fn spawn(db: Database, row_keys: Arc<HmacKeyring>, config: &WebhookCo
         row_keys,
         signing,
         client,
+        metrics,
         config: WebhookConfig {
             // The task must not hold the wake sender, or it would never see
             // the service go away.
@@ -98,6 +113,7 @@ struct Deliverer {
     row_keys: Arc<HmacKeyring>,
     signing: Arc<HmacKeyring>,
     client: Client<HttpConnector, String>,
+    metrics: Arc<OutboxMetrics>,
     config: WebhookConfig,
 }
 
@@ -138,15 +154,23 @@ impl Deliverer {
         for (delivery, seal) in due {
             self.attempt(Pending { delivery, seal }).await?;
         }
+        // `fetch_all` of the one row: on SQLite the statement runs to its
+        // end and is reset at once, leaving no read snapshot open on the
+        // pooled connection for the next writer to trip over.
+        let (pending, oldest, next) = on_pool!(self.db, pool => {
+            let rows = sqlx::query(
+                "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest, MIN(next_attempt_at) AS next \
+                 FROM webhook_outbox WHERE delivered_at IS NULL",
+            )
+            .fetch_all(pool)
+            .await?;
+            let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
+            (row.int("pending")?, row.opt_int("oldest")?, row.opt_int("next")?)
+        });
+        self.metrics.backlog(pending, oldest);
         if full {
             return Ok(Duration::ZERO);
         }
-        let next: Option<i64> = on_pool!(self.db, pool => sqlx::query(
-            "SELECT MIN(next_attempt_at) AS next FROM webhook_outbox WHERE delivered_at IS NULL",
-        )
-        .fetch_one(pool)
-        .await?
-        .opt_int("next")?);
         Ok(match next {
             None => MAX_IDLE,
             Some(at) => {
@@ -197,8 +221,12 @@ impl Deliverer {
                 .execute(pool)
                 .await?
                 .rows_affected());
+                // Counted once it has left the outbox: a row whose update
+                // failed is sent again, and counted then.
+                self.metrics.delivered(1);
             }
             Err(error) => {
+                self.metrics.failed();
                 let next = now.saturating_add(nanos(self.config.backoff(attempts)));
                 tracing::warn!(
                     delivery_id = %id,

@@ -152,6 +152,31 @@ async fn scalar(db: &Database, sql: &str) -> Option<i64> {
     }
 }
 
+/// The `drill_webhooks` outbox's figures on `svc`'s `/metrics`, once they
+/// include every line of `want` (e.g. `delivered_total 1`: the series'
+/// name after `soma_outbox_`, and its value).
+async fn webhook_figures(svc: &Running, want: &[&str]) {
+    let lines: Vec<String> = want
+        .iter()
+        .map(|w| {
+            let (name, value) = w.split_once(' ').unwrap();
+            format!("soma_outbox_{name}{{outbox=\"drill_webhooks\"}} {value}\n")
+        })
+        .collect();
+    let admin = svc.admin;
+    eventually(&format!("{want:?} on /metrics"), || {
+        let lines = lines.clone();
+        async move {
+            let exposition = soma_testing::http_get(admin, "/metrics").await;
+            lines
+                .iter()
+                .all(|l| exposition.contains(l.as_str()))
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 /// Polls `probe` until it yields a value; fails the test after a generous
 /// deadline (a liveness bound, not a timing assertion).
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
@@ -788,6 +813,17 @@ async fn a_failed_drill_delivers_a_signed_webhook_and_a_passing_one_none() {
             }
         })
         .await;
+        // On /metrics: delivered at the first attempt, nothing left.
+        webhook_figures(
+            &svc,
+            &[
+                "delivered_total 1",
+                "delivery_failures_total 0",
+                "pending_events 0",
+                "oldest_pending_age_seconds 0",
+            ],
+        )
+        .await;
         let requests = received.requests.lock().unwrap().clone();
         assert_eq!(requests.len(), 1, "{} deliveries", requests.len());
         let (headers, body) = &requests[0];
@@ -859,6 +895,21 @@ async fn a_receiver_that_is_down_gets_the_webhook_exactly_once_when_back_even_ac
         })
         .await;
         assert!(attempts >= 3);
+        // On /metrics: the one row waiting, never delivered, each failed
+        // attempt counted (the counter runs ahead of the stored attempts by
+        // at most the attempt in flight).
+        webhook_figures(&svc, &["pending_events 1", "delivered_total 0"]).await;
+        let exposition = soma_testing::http_get(svc.admin, "/metrics").await;
+        let failures: i64 = exposition
+            .lines()
+            .find_map(|l| l.strip_prefix("soma_outbox_delivery_failures_total{outbox=\"drill_webhooks\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            failures >= attempts,
+            "{failures} failures, {attempts} attempts stored"
+        );
 
         // The service restarts while the receiver is still down; the new
         // instance resumes the pending row from the outbox.

@@ -661,3 +661,95 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
         db.cleanup().await;
     }
 }
+
+/// `name`'s value in a `/metrics` response, as written.
+fn metric<'a>(exposition: &'a str, name: &str) -> Option<&'a str> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+}
+
+/// Decimal seconds as written on `/metrics`, in nanoseconds, exactly.
+fn nanos_of(seconds: &str) -> i64 {
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    assert!(fraction.len() <= 9, "{seconds}");
+    whole.parse::<i64>().unwrap() * 1_000_000_000 + format!("{fraction:0<9}").parse::<i64>().unwrap()
+}
+
+/// The newest stored checkpoint: (tree size, when it was signed).
+async fn stored_checkpoint(sql: &soma_store::Database) -> (i64, i64) {
+    let newest = "FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1";
+    (
+        scalar(sql, &format!("SELECT tree_size {newest}")).await,
+        scalar(sql, &format!("SELECT created_at {newest}")).await,
+    )
+}
+
+#[tokio::test]
+async fn the_latest_checkpoint_on_metrics_is_the_stored_one_and_moves_with_each_append() {
+    const STAMP: &str = "soma_ledger_last_checkpoint_timestamp_seconds";
+    const SIZE: &str = "soma_ledger_last_checkpoint_tree_size";
+    for db in soma_store::testing::engines("analytics").await {
+        let ca = Ca::new();
+        let keys = AnalyticsKeys::generate();
+        let svc = start_analytics(&ca, &db.settings, keys.config(), None).await;
+        let sql = db.connect().await;
+        // An empty ledger has no checkpoint: the series are described, not
+        // sampled.
+        let exposition = http_get(svc.admin, "/metrics").await;
+        assert!(
+            exposition.contains(&format!("# TYPE {STAMP} gauge\n")),
+            "{exposition}"
+        );
+        assert_eq!(metric(&exposition, STAMP), None, "{}", db.label);
+        assert_eq!(metric(&exposition, SIZE), None, "{}", db.label);
+
+        let mut c = clients(&ca, &svc);
+        let mut previous = 0;
+        for i in 0..3 {
+            c.tool_registry
+                .record_billing_event(billing(&format!("bill-{i}"), "acme", 5))
+                .await
+                .unwrap();
+            let (size, signed_at) = stored_checkpoint(&sql).await;
+            assert_eq!(size, i + 1, "{}", db.label);
+            assert!(signed_at > previous, "{}: the checkpoint did not move", db.label);
+            previous = signed_at;
+            let exposition = http_get(svc.admin, "/metrics").await;
+            assert_eq!(
+                metric(&exposition, STAMP).map(nanos_of),
+                Some(signed_at),
+                "{}: {exposition}",
+                db.label
+            );
+            assert_eq!(
+                metric(&exposition, SIZE),
+                Some(size.to_string().as_str()),
+                "{}",
+                db.label
+            );
+        }
+        // A retry appends nothing and signs no checkpoint.
+        c.tool_registry
+            .record_billing_event(billing("bill-2", "acme", 5))
+            .await
+            .unwrap();
+        let exposition = http_get(svc.admin, "/metrics").await;
+        assert_eq!(metric(&exposition, STAMP).map(nanos_of), Some(previous));
+        svc.stop().await;
+
+        // After a restart, the stored checkpoint is the one shown.
+        let svc = start_analytics(&ca, &db.settings, keys.config(), None).await;
+        let exposition = http_get(svc.admin, "/metrics").await;
+        assert_eq!(
+            metric(&exposition, STAMP).map(nanos_of),
+            Some(previous),
+            "{}",
+            db.label
+        );
+        assert_eq!(metric(&exposition, SIZE), Some("3"), "{}", db.label);
+        svc.stop().await;
+        sql.close().await;
+        db.cleanup().await;
+    }
+}

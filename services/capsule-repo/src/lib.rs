@@ -94,6 +94,11 @@ impl Repo {
         self.outbox.spawn_deliverer(analytics)
     }
 
+    /// The outbox's backlog and delivery counts, for `/metrics`.
+    pub(crate) fn outbox_metrics(&self) -> Arc<soma_mesh::OutboxMetrics> {
+        self.outbox.metrics()
+    }
+
     /// Audit events waiting for Analytics.
     pub async fn outbox_backlog(&self) -> Result<u64, RepoError> {
         let (count, _) = self.store.backlog().await?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use soma_mesh::MeshChannel;
+use soma_mesh::{MeshChannel, OutboxMetrics};
 use soma_proto::v1::RecordAuditEventRequest;
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_sign::HmacKeyring;
@@ -28,6 +28,8 @@ use crate::store::{NewOutbox, OutboxRow, Store, outbox_columns};
 /// Kind of an audit event row.
 pub(crate) const AUDIT: &str = "audit";
 
+/// The outbox's `outbox` label on `/metrics`.
+const LABEL: &str = "capsule_repo";
 /// Events taken per round.
 const BATCH: i64 = 256;
 /// Deliveries in flight at once.
@@ -48,6 +50,8 @@ pub(crate) struct Outbox {
     store: Store,
     keys: Arc<HmacKeyring>,
     wake: Arc<Notify>,
+    /// The backlog and delivery counts on `/metrics`, kept by the deliverer.
+    metrics: Arc<OutboxMetrics>,
 }
 
 impl Outbox {
@@ -56,7 +60,13 @@ impl Outbox {
             store,
             keys,
             wake: Arc::new(Notify::new()),
+            metrics: Arc::new(OutboxMetrics::new(LABEL)),
         }
+    }
+
+    /// The outbox's figures, for `/metrics`.
+    pub(crate) fn metrics(&self) -> Arc<OutboxMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// A sealed audit event row.
@@ -132,6 +142,7 @@ impl Outbox {
             match sent {
                 Ok(()) => delivered.push(row.seq),
                 Err(undelivered) => {
+                    self.metrics.failed();
                     let wait = match &undelivered {
                         Undelivered::Retry(_) => backoff(row.attempts),
                         Undelivered::Parked(_) => PARKED,
@@ -152,6 +163,10 @@ impl Outbox {
             }
         }
         self.store.delivered(&delivered).await?;
+        self.metrics.delivered(delivered.len() as u64);
+        // The backlog for `/metrics`, measured here rather than on a scrape.
+        let (pending, oldest) = self.store.backlog().await?;
+        self.metrics.backlog(pending, oldest);
         Ok(count)
     }
 

@@ -172,6 +172,7 @@ impl CapsuleRepo for CapsuleRepoService {
 
 /// The service as the mesh runtime serves it.
 pub fn spec(db: Database, repo: Repo, limits: &Limits) -> ServiceSpec {
+    let outbox: std::sync::Arc<dyn soma_mesh::MetricsSource> = repo.outbox_metrics();
     let server = CapsuleRepoServer::new(CapsuleRepoService::new(repo))
         .max_decoding_message_size(limits.max_recv_message_bytes)
         .max_encoding_message_size(limits.max_send_message_bytes);
@@ -179,6 +180,6 @@ pub fn spec(db: Database, repo: Repo, limits: &Limits) -> ServiceSpec {
         name: "somastack.v1.CapsuleRepo",
         routes: Routes::new(server),
         readiness: Readiness::of_database(db),
-        metrics: Vec::new(),
+        metrics: vec![outbox],
     }
 }

@@ -1,7 +1,7 @@
 //! Audit delivery: what the repository records (a submission, each review
 //! transition, an installation revision, a publisher threshold) reaches a
 //! real Analytics over mTLS through the outbox, each event once, and the
-//! outbox drains.
+//! outbox drains, as its figures on `/metrics` say.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -92,6 +92,25 @@ async fn every_change_is_an_audit_event_in_analytics_exactly_once() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(h.count("outbox").await, 0, "{label}");
+        // The repository's /metrics: the five events delivered, none
+        // waiting (as measured after the round that delivered the last).
+        let want = [
+            "soma_outbox_pending_events{outbox=\"capsule_repo\"} 0\n",
+            "soma_outbox_oldest_pending_age_seconds{outbox=\"capsule_repo\"} 0\n",
+            "soma_outbox_delivered_total{outbox=\"capsule_repo\"} 5\n",
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exposition = soma_testing::http_get(h.running.admin, "/metrics").await;
+            if want.iter().all(|line| exposition.contains(line)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{label}: want {want:?} in\n{exposition}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let subject = soma_testing::scalar_text(
             &seen,
             "SELECT subject FROM audit_events WHERE action = 'capsule.submit'",

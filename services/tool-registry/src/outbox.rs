@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use soma_mesh::MeshChannel;
+use soma_mesh::{MeshChannel, OutboxMetrics};
 use soma_proto::v1::analytics_client::AnalyticsClient;
 use soma_proto::v1::{RecordAuditEventRequest, RecordBillingEventRequest, RecordCapsuleRunRequest};
 use soma_sign::HmacKeyring;
@@ -32,6 +32,8 @@ pub(crate) const AUDIT: &str = "audit";
 /// step that ended the run).
 pub(crate) const CAPSULE_RUN: &str = "capsule_run";
 
+/// The outbox's `outbox` label on `/metrics`.
+const LABEL: &str = "tool_registry";
 /// Events taken per round.
 const BATCH: i64 = 256;
 /// Deliveries in flight at once.
@@ -52,6 +54,8 @@ pub(crate) struct Outbox {
     store: Store,
     keys: Arc<HmacKeyring>,
     wake: Arc<Notify>,
+    /// The backlog and delivery counts on `/metrics`, kept by the deliverer.
+    metrics: Arc<OutboxMetrics>,
 }
 
 impl Outbox {
@@ -60,7 +64,13 @@ impl Outbox {
             store,
             keys,
             wake: Arc::new(Notify::new()),
+            metrics: Arc::new(OutboxMetrics::new(LABEL)),
         }
+    }
+
+    /// The outbox's figures, for `/metrics`.
+    pub(crate) fn metrics(&self) -> Arc<OutboxMetrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// A sealed billing event row.
@@ -170,6 +180,7 @@ impl Outbox {
             match sent {
                 Ok(()) => delivered.push(row.seq),
                 Err(undelivered) => {
+                    self.metrics.failed();
                     let wait = match &undelivered {
                         Undelivered::Retry(_) => backoff(row.attempts),
                         Undelivered::Parked(_) => PARKED,
@@ -190,6 +201,10 @@ impl Outbox {
             }
         }
         self.store.delivered(&delivered).await?;
+        self.metrics.delivered(delivered.len() as u64);
+        // The backlog for `/metrics`, measured here rather than on a scrape.
+        let (pending, oldest) = self.store.backlog().await?;
+        self.metrics.backlog(pending, oldest);
         Ok(count)
     }
 

@@ -168,6 +168,7 @@ impl ToolRegistry for ToolRegistryService {
 
 /// The service as the mesh runtime serves it.
 pub fn spec(db: Database, registry: Registry, limits: &Limits) -> ServiceSpec {
+    let outbox: std::sync::Arc<dyn soma_mesh::MetricsSource> = registry.outbox.metrics();
     let server = ToolRegistryServer::new(ToolRegistryService::new(registry))
         .max_decoding_message_size(limits.max_recv_message_bytes)
         .max_encoding_message_size(limits.max_send_message_bytes);
@@ -175,6 +176,6 @@ pub fn spec(db: Database, registry: Registry, limits: &Limits) -> ServiceSpec {
         name: "somastack.v1.ToolRegistry",
         routes: Routes::new(server),
         readiness: Readiness::of_database(db),
-        metrics: Vec::new(),
+        metrics: vec![outbox],
     }
 }

@@ -621,12 +621,21 @@ impl Store {
     }
 
     /// Events waiting, and the oldest one's creation time.
+    ///
+    /// Read with `fetch_all`, not `fetch_one`: SQLite's statement then runs
+    /// to its end and is reset before the connection goes back to the pool.
+    /// A statement left at its first row keeps the connection's read
+    /// snapshot open, and the next transaction on that connection that
+    /// reads, then writes, fails its first write with `SQLITE_BUSY` once
+    /// another connection has written since (the deliverer calls this after
+    /// every round, so it would be often).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn backlog(&self) -> Result<(i64, Option<i64>), RegistryError> {
         Ok(on_pool!(self.db, pool => {
-            let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox")
-                .fetch_one(pool)
+            let rows = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox")
+                .fetch_all(pool)
                 .await?;
+            let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
             (row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?)
         }))
     }

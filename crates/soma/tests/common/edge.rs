@@ -37,6 +37,9 @@ pub struct Edge {
     pub id: SpiffeId,
     /// The listener's connection counters (refusals and closures by reason).
     pub connections: soma_gateway::ConnectionMetrics,
+    /// The gateway's admin listener: its `/metrics` carries the edge's
+    /// series too, as `soma serve gateway` registers them.
+    pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     mesh: Running,
@@ -204,6 +207,7 @@ pub async fn start_edge_with_peers(
     let edge = gateway.edge.unwrap();
     let addr = edge.local_addr();
     let connections = edge.connection_metrics();
+    let requests = edge.request_metrics();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         edge.serve(async move {
@@ -215,6 +219,8 @@ pub async fn start_edge_with_peers(
     // The same Gateway service (same kill switches) on the mesh listener,
     // as `soma serve gateway` runs it.
     let mesh = soma_testing::serve(settings, store, None, gateway.spec).await;
+    mesh.metrics.register(std::sync::Arc::new(connections.clone()));
+    mesh.metrics.register(std::sync::Arc::new(requests));
     Edge {
         url: format!("http://{addr}"),
         addr,
@@ -226,6 +232,7 @@ pub async fn start_edge_with_peers(
         mesh_addr: mesh.addr,
         id: mesh.id.clone(),
         connections,
+        admin: mesh.admin,
         stop: Some(tx),
         task: Some(task),
         mesh,
