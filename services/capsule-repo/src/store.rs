@@ -528,9 +528,12 @@ impl Store {
         Ok(on_pool!(self.db, pool => {
             sqlx::query(&sql)
                 .bind(publisher)
-                .fetch_optional(pool)
+                // All rows (at most one), so that the statement ends
+                // before the connection goes back to the pool (see the
+                // backlog query below).
+                .fetch_all(pool)
                 .await?
-                .as_ref()
+                .first()
                 .map(threshold_of!())
                 .transpose()?
         }))
@@ -588,9 +591,12 @@ impl Store {
                 query = query.bind(tenant);
             }
             query
-                .fetch_optional(pool)
+                // All rows (at most one), so that the statement ends
+                // before the connection goes back to the pool (see the
+                // backlog query below).
+                .fetch_all(pool)
                 .await?
-                .as_ref()
+                .first()
                 .map(submission_of!())
                 .transpose()?
         }))

@@ -265,9 +265,12 @@ impl Store {
         Ok(on_pool!(self.db, pool => {
             sqlx::query(&sql)
                 .bind(key_id)
-                .fetch_optional(pool)
+                // All rows (at most one), so that the statement ends
+                // before the connection goes back to the pool (see the
+                // backlog query below).
+                .fetch_all(pool)
                 .await?
-                .as_ref()
+                .first()
                 .map(publisher_of!())
                 .transpose()?
         }))
@@ -351,9 +354,12 @@ impl Store {
             sqlx::query(&sql)
                 .bind(tool)
                 .bind(version)
-                .fetch_optional(pool)
+                // All rows (at most one), so that the statement ends
+                // before the connection goes back to the pool (see the
+                // backlog query below).
+                .fetch_all(pool)
                 .await?
-                .as_ref()
+                .first()
                 .map(release_of!())
                 .transpose()?
         }))
@@ -382,10 +388,12 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub(crate) async fn module(&self, sha256: &[u8]) -> Result<Option<Vec<u8>>, RegistryError> {
         Ok(on_pool!(self.db, pool => {
+            // All rows (at most one): see `release`.
             match sqlx::query("SELECT bytes FROM modules WHERE sha256 = $1")
                 .bind(sha256)
-                .fetch_optional(pool)
+                .fetch_all(pool)
                 .await?
+                .first()
             {
                 Some(row) => Some(row.try_get::<Vec<u8>, _>(0)?),
                 None => None,
