@@ -43,8 +43,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use soma_proto::v1 as pb;
 use soma_proto::v1::analytics_client::AnalyticsClient;
-use soma_proto::v1::capsule_repo_client::CapsuleRepoClient;
-use soma_proto::v1::tool_registry_client::ToolRegistryClient;
 use tonic::Code;
 
 use crate::context::{Moderated, RequestContext};
@@ -82,6 +80,11 @@ const RELEASE_REFUSALS: [&str; 4] = [
     "release_missing",
     "release_digest_mismatch",
 ];
+
+/// The backend calls of a run, each relayed as the edge relays a unary
+/// call (one mTLS HTTP/2 connection per backend, the message encoded here).
+const RESOLVE_PATH: &str = "/somastack.v1.CapsuleRepo/ResolveCapsuleRun";
+const EXECUTE_STEP_PATH: &str = "/somastack.v1.ToolRegistry/ExecuteCapsuleStep";
 
 /// Attempts of the run's record in Analytics (the same event id each time:
 /// Analytics keeps one record however often it is sent).
@@ -145,15 +148,9 @@ impl CapsuleRunner {
             input: request.input.clone(),
         };
         let sealed = self.sealed(context, "somastack.v1.ResolveCapsuleRunRequest", &resolve, repo)?;
-        let resolved = CapsuleRepoClient::new(repo.channel.clone())
-            .resolve_capsule_run(tonic::Request::from_parts(
-                sealed,
-                tonic::Extensions::default(),
-                resolve,
-            ))
+        let resolved: pb::ResolvedCapsuleRun = unary(repo, RESOLVE_PATH, sealed, &resolve)
             .await
-            .map_err(|status| revoked_is_conflict(Refusal::from_status(&status)))?
-            .into_inner();
+            .map_err(|status| revoked_is_conflict(Refusal::from_status(&status)))?;
 
         let run_id = format!("run-{:032x}", rand::random::<u128>());
         let run = Run {
@@ -232,15 +229,10 @@ impl CapsuleRunner {
                 Ok(sealed) => sealed,
                 Err(refusal) => return Ok((Ended::Refused(refusal), last_tool)),
             };
-            let executed = ToolRegistryClient::new(registry.channel.clone())
-                .execute_capsule_step(tonic::Request::from_parts(
-                    sealed,
-                    tonic::Extensions::default(),
-                    execute,
-                ))
-                .await;
+            let executed: Result<pb::ExecuteToolResponse, _> =
+                unary(registry, EXECUTE_STEP_PATH, sealed, &execute).await;
             let reply = match executed {
-                Ok(reply) => reply.into_inner(),
+                Ok(reply) => reply,
                 Err(status) => {
                     let refusal = revoked_is_conflict(Refusal::from_status(&status));
                     if nothing_ran(index, &refusal) {
@@ -372,6 +364,30 @@ struct Run<'a> {
     id: &'a str,
     started_at: SystemTime,
     clock: Instant,
+}
+
+/// One unary call of `path` on `backend` through the edge's relay, with the
+/// sealed `metadata`: `message` encoded, the reply decoded (a reply that
+/// does not decode is the backend's fault: `INTERNAL`).
+async fn unary<Req: prost::Message, Rep: prost::Message + Default>(
+    backend: &Backend,
+    path: &'static str,
+    metadata: tonic::metadata::MetadataMap,
+    message: &Req,
+) -> Result<Rep, tonic::Status> {
+    let reply = backend
+        .relay
+        .call(
+            http::uri::PathAndQuery::from_static(path),
+            metadata.into_headers(),
+            bytes::Bytes::from(message.encode_to_vec()),
+            None,
+        )
+        .await?;
+    Rep::decode(reply).map_err(|e| {
+        tracing::error!(method = path, error = %e, "backend reply does not decode");
+        tonic::Status::internal(format!("{path}: the reply does not decode"))
+    })
 }
 
 /// Whether `ExecuteTool`'s refusal of step `index` leaves a run of which
