@@ -86,7 +86,7 @@ row "   RunCapsule p90" "$(result p90_us_execute) us" "$(result p90_us_edge) us"
 row "   RunCapsule p99 (ratio: median of rounds)" "$(result p99_us_execute) us" "$(result p99_us_edge) us" "$(result p99_ratio)x" "-"
 row "   of which ResolveCapsuleRun p50 (direct)" "-" "$(result p50_us_resolve) us" "-" "info"
 row "   of which ExecuteTool p50 (direct)" "-" "$(result p50_us_execute) us" "-" "info"
-row "   the rest: hop, admission, moderation, step checks" "-" "$(result p50_us_rest) us" "-" "info"
+row "   the rest: hop, admission, step checks" "-" "$(result p50_us_rest) us" "-" "info"
 row "2. attestation verify p50 (1 KB, 2-of-3)" "${RAW_P50:-?} us" "${ATTEST_P50:-?} us" "${ATTEST_RATIO:-?}x" "<= 1.2x"
 echo
 echo "   1: baseline = direct mTLS gRPC ExecuteTool of text-stats 1.0.0 with the same ~200-byte input, as the"

@@ -295,6 +295,14 @@ async fn every_refusal_has_its_status_and_reason_and_never_reaches_the_backend()
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum();
         assert_eq!(answered_429, 1, "{}: {exposition}", stores.label);
+        // Admission refused a routed request: it counts under its route.
+        assert!(
+            exposition.contains(&format!(
+                "soma_edge_requests_total{{route=\"{CHECKPOINT}\",code=\"429\"}} 1\n"
+            )),
+            "{}: {exposition}",
+            stores.label
+        );
 
         // Kill switches: set with MFA, seen at once by this replica; every scope
         // answers 503 with Retry-After and never reaches the backend. Switches

@@ -235,11 +235,16 @@ async fn serve(
     // 3 and 4. Everything the head decides: nothing of the body is read
     // before it, so a refusal here closes an HTTP/1.x connection instead of
     // draining its body.
-    let (route, path_params, mut context) =
-        admit_head(state, request.method(), request.headers(), &path, request_id)
-            .await
-            .map_err(|refusal| refusal.closing_if_body_unread(&request))?;
-    route.grpc_path.clone_into(route_label);
+    let (route, path_params, mut context) = admit_head(
+        state,
+        request.method(),
+        request.headers(),
+        &path,
+        request_id,
+        route_label,
+    )
+    .await
+    .map_err(|refusal| refusal.closing_if_body_unread(&request))?;
 
     // 5. The body, its size enforced while it streams in, then its JSON
     // depth and syntax.
@@ -314,6 +319,7 @@ async fn admit_head<'s>(
     headers: &HeaderMap,
     path: &str,
     request_id: &RequestId,
+    route_label: &mut String,
 ) -> Result<(&'s Route, Vec<(String, String)>, RequestContext), Refusal> {
     let limits = state.limits;
     // 3. Body size, from the declared length (the rest while reading).
@@ -349,6 +355,8 @@ async fn admit_head<'s>(
             ));
         }
     };
+    // Routed: whatever admission decides counts under the route's label.
+    route.grpc_path.clone_into(route_label);
 
     // 4. Admission from the head alone: a request without a valid token, or
     // one its route, residency, capability, kill switch or rate limit

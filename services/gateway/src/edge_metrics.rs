@@ -4,7 +4,9 @@
 //! Labels are bounded. A route is the RPC a request was routed to (the
 //! route table is fixed at start-up), or one of `grpc_ingress`, `openapi`,
 //! `preflight` and `unrouted` (answered before the request was routed: its
-//! headers, token, residency or path were refused). A reason
+//! headers, its declared body size or its path were refused). A request
+//! refused by admission (token, residency, capability, MFA, kill switch,
+//! rate limit) was routed, and counts under its route. A reason
 //! is a refusal's machine-readable code; the first [`MAX_REASONS`] distinct
 //! ones are kept and any further one counts as `other`, so a backend that
 //! sends unexpected reasons cannot grow the series without bound. Tenants
