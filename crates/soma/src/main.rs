@@ -97,6 +97,11 @@ enum Command {
         /// SOMAGENT_GATEWAY_RESIDENCY_ALLOWED says otherwise).
         #[arg(long, default_value = "local")]
         region: String,
+        /// A PostgreSQL server (e.g. `scripts/ops/ha-up.sh`'s URL through
+        /// HAProxy) instead of the embedded SQLite: each service gets its
+        /// own database on it, `soma_<service>` (created when missing).
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Print a JWT from the development issuer of a `soma up` data dir.
     Token {
@@ -265,6 +270,7 @@ fn main() -> ExitCode {
                 ca_ttl,
                 edge_addr,
                 region,
+                database_url,
             } => {
                 up::run(up::UpArgs {
                     log_format: cli.log_format,
@@ -274,6 +280,7 @@ fn main() -> ExitCode {
                     ca_ttl,
                     edge_addr,
                     region,
+                    database_url,
                 })
                 .await
             }

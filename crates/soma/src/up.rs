@@ -46,6 +46,15 @@ pub struct UpArgs {
     pub log_format: crate::LogFormat,
     pub edge_addr: SocketAddr,
     pub region: String,
+    /// A PostgreSQL server for the services' databases (`soma_<service>`
+    /// each); `None`: SQLite files under the data dir.
+    pub database_url: Option<String>,
+}
+
+/// The database of `kind` on a PostgreSQL server: `soma_<service>`, the
+/// service's name with `_` for `-`.
+fn database_name(kind: ServiceKind) -> String {
+    format!("soma_{}", kind.name().replace('-', "_"))
 }
 
 /// `DIR/endpoints.json`.
@@ -127,6 +136,8 @@ struct Launch<'a> {
     socket: &'a Path,
     keys: ServiceKeys<'a>,
     registry: &'a Registry,
+    /// Each service's PostgreSQL URL, by service name; empty: SQLite.
+    databases: &'a BTreeMap<&'static str, String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -142,6 +153,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             )));
         }
     };
+    // Each service's database on the server, created when missing, before
+    // anything starts: a server that cannot be reached fails here, with its
+    // cause.
+    let mut databases: BTreeMap<&'static str, String> = BTreeMap::new();
+    if let Some(url) = &args.database_url {
+        for kind in ServiceKind::ALL {
+            let name = database_name(kind);
+            match soma_store::ensure_postgres_database(url, &name).await {
+                Ok(service_url) => {
+                    databases.insert(kind.name(), service_url);
+                }
+                Err(e @ soma_store::StoreError::InvalidDatabaseUrl { .. }) => {
+                    return Ok(crate::config_error(format_args!("--database-url: {e}")));
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("--database-url: preparing the database {name}")));
+                }
+            }
+        }
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
@@ -195,6 +227,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             region: &args.region,
         },
         registry: &registry,
+        databases: &databases,
     };
     let mut running: Vec<Running> = Vec::new();
     let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
@@ -425,6 +458,9 @@ async fn start_service(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
+    if let Some(url) = launch.databases.get(kind.name()) {
+        cmd.env("DATABASE_URL", url);
+    }
     match kind {
         ServiceKind::Gateway => {
             cmd.env("SOMA_GATEWAY_CLAIMS_KEY_FILE", keys.claims_key)

@@ -302,6 +302,70 @@ async fn connect_postgres(url: &str) -> Result<Inner, StoreError> {
     })
 }
 
+/// The URL of database `name` on the PostgreSQL server of `server_url`
+/// (the same user, host, port and parameters: [`with_database`]), created
+/// when it does not exist yet. `name` must be a valid database name for a
+/// service (`[a-z0-9_-]`, at most 63 bytes). Several callers at once are
+/// safe: a database another caller created meanwhile is taken as it is.
+pub async fn ensure_postgres_database(server_url: &str, name: &str) -> Result<String, StoreError> {
+    check_name(name)?;
+    let url = with_database(server_url, name)?;
+    let options: PgConnectOptions = server_url
+        .parse()
+        .map_err(|source| StoreError::InvalidDatabaseUrl { source: Some(source) })?;
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    );
+    let mut conn = connect_pg_once(&options, &target).await?;
+    let query = |source| StoreError::Query { source };
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(query)?;
+    if exists.is_empty() {
+        // `name` is made only of [a-z0-9_-], so quoting it is enough.
+        match conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await {
+            Ok(_) => info!(database = name, server = %target, "database created"),
+            // 42P04 duplicate_database: created by another caller meanwhile.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(source) => return Err(query(source)),
+        }
+    }
+    if let Err(error) = conn.close().await {
+        debug!(%error, "closing the postgres connection failed");
+    }
+    Ok(url)
+}
+
+/// `url` (a `postgres://` or `postgresql://` URL) with its database, the
+/// path, replaced by `name`; user, host, port and query parameters kept.
+pub fn with_database(url: &str, name: &str) -> Result<String, StoreError> {
+    let invalid = || StoreError::InvalidDatabaseUrl { source: None };
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(invalid)?;
+    let scheme = &url[..url.len() - rest.len()];
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let authority = before_query.split_once('/').map_or(before_query, |(a, _)| a);
+    if authority.is_empty() {
+        return Err(invalid());
+    }
+    let mut out = format!("{scheme}{authority}/{name}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
 /// One PostgreSQL connection, outside any pool, bounded in time.
 async fn connect_pg_once(options: &PgConnectOptions, target: &str) -> Result<PgConnection, StoreError> {
     match tokio::time::timeout(POSTGRES_CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
@@ -320,5 +384,41 @@ fn connect_error(engine: Engine, target: String, source: sqlx::Error) -> StoreEr
         engine,
         target,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_replaces_only_the_path() {
+        let cases = [
+            (
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "postgres://postgres@127.0.0.1:5432/soma_analytics",
+            ),
+            (
+                "postgresql://u:p%2Fw@db:6432",
+                "postgresql://u:p%2Fw@db:6432/soma_analytics",
+            ),
+            (
+                "postgres://u@h:1/x?sslmode=disable&connect_timeout=2",
+                "postgres://u@h:1/soma_analytics?sslmode=disable&connect_timeout=2",
+            ),
+            ("postgres://u@h/", "postgres://u@h/soma_analytics"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(with_database(url, "soma_analytics").unwrap(), expected, "{url}");
+        }
+        for bad in ["mysql://u@h/x", "postgres:///x", "postgres://", "h:5432/x"] {
+            assert!(
+                matches!(
+                    with_database(bad, "x"),
+                    Err(StoreError::InvalidDatabaseUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -18,7 +18,7 @@ mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use database::Database;
+pub use database::{Database, ensure_postgres_database, with_database};
 pub use error::StoreError;
 pub use migrations::{Migration, Migrations};
 pub use settings::{Engine, StoreSettings};
