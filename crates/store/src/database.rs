@@ -407,6 +407,10 @@ mod tests {
                 "postgres://u@h:1/soma_analytics?sslmode=disable&connect_timeout=2",
             ),
             ("postgres://u@h/", "postgres://u@h/soma_analytics"),
+            (
+                "postgres://h?sslmode=disable",
+                "postgres://h/soma_analytics?sslmode=disable",
+            ),
         ];
         for (url, expected) in cases {
             assert_eq!(with_database(url, "soma_analytics").unwrap(), expected, "{url}");

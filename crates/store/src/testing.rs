@@ -159,7 +159,10 @@ impl TestDb {
         Self {
             settings: StoreSettings {
                 data_dir: data_dir.path().join("data"),
-                database_url: Some(with_database(admin_url, &database)),
+                database_url: Some(
+                    crate::with_database(admin_url, &database)
+                        .unwrap_or_else(|e| panic!("DATABASE_URL is not a PostgreSQL URL: {e}")),
+                ),
             },
             label: "postgres",
             name: name.to_owned(),
@@ -276,54 +279,9 @@ fn unique_database_name(name: &str) -> String {
     format!("soma_test_{name}_{}_{seq}_{nanos:08x}", std::process::id())
 }
 
-/// `url` with its database path replaced by `database`; the scheme,
-/// authority and query are kept as they are.
-fn with_database(url: &str, database: &str) -> String {
-    let authority_start = url.find("://").map_or(0, |i| i + 3);
-    let (head, rest) = url.split_at(authority_start);
-    let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_len);
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{head}{authority}/{database}{query}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn with_database_replaces_only_the_path() {
-        struct Case {
-            name: &'static str,
-            input: &'static str,
-            expected: &'static str,
-        }
-        let cases = [
-            Case {
-                name: "path",
-                input: "postgres://postgres@127.0.0.1:5432/postgres",
-                expected: "postgres://postgres@127.0.0.1:5432/t1",
-            },
-            Case {
-                name: "no path",
-                input: "postgres://u:p@h:1",
-                expected: "postgres://u:p@h:1/t1",
-            },
-            Case {
-                name: "query kept",
-                input: "postgresql://u@h/db?sslmode=disable&application_name=x",
-                expected: "postgresql://u@h/t1?sslmode=disable&application_name=x",
-            },
-            Case {
-                name: "query without path",
-                input: "postgres://h?sslmode=disable",
-                expected: "postgres://h/t1?sslmode=disable",
-            },
-        ];
-        for case in cases {
-            assert_eq!(with_database(case.input, "t1"), case.expected, "{}", case.name);
-        }
-    }
 
     #[test]
     fn postgres_is_required_under_ci_and_optional_only_locally() {
