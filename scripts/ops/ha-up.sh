@@ -11,7 +11,8 @@
 #   scripts/ops/ha-up.sh [DIR]        (default: ./.soma-ha)
 #
 # Prints progress on standard error and, as its last line on standard
-# output, the database URL through HAProxy. Stop everything with
+# output, the database URL through HAProxy; writes DIR/cluster.json (the
+# URL, each member's REST API and data directory) for drills. Stop everything with
 # scripts/ops/ha-down.sh DIR. Nothing here touches a PostgreSQL on 5432.
 #
 # Ports (loopback only) start at SOMA_HA_BASE_PORT (default 25400):
@@ -223,5 +224,13 @@ until curl -fsS "http://127.0.0.1:$((BASE + 20))/cluster" 2>/dev/null | grep -q 
   [ "$SECONDS" -lt "$deadline" ] || die "no synchronous standby within ${WAIT_SECONDS}s (logs in $DIR/logs)"
   sleep 0.5
 done
+# What a drill needs to find the primary: each member's REST API and data
+# directory (its postmaster's pid is the first line of postmaster.pid).
+cat >"$DIR/cluster.json" <<EOF
+{"url": "$URL", "members": [
+  {"name": "pg1", "rest": "http://127.0.0.1:$((BASE + 20))", "data_dir": "$DIR/pg1"},
+  {"name": "pg2", "rest": "http://127.0.0.1:$((BASE + 21))", "data_dir": "$DIR/pg2"}
+]}
+EOF
 log "up: $(curl -fsS "http://127.0.0.1:$((BASE + 20))/cluster" | tr -d '\n' | head -c 400)"
 echo "$URL"

@@ -47,6 +47,19 @@ pub(crate) async fn post_json(
     token: &str,
     body: &[u8],
 ) -> anyhow::Result<(http::StatusCode, Vec<u8>)> {
+    request(http::Method::POST, authority, path, Some(token), Some(body)).await
+}
+
+/// One request to the edge at `authority` (plain HTTP/1.1, its own
+/// connection), with a bearer token and a JSON body when given; answers the
+/// status and the body.
+pub(crate) async fn request(
+    method: http::Method,
+    authority: &http::uri::Authority,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> anyhow::Result<(http::StatusCode, Vec<u8>)> {
     use http_body_util::BodyExt as _;
     let port = authority.port_u16().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((authority.host(), port))
@@ -55,11 +68,19 @@ pub(crate) async fn post_json(
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
     let driver = tokio::spawn(connection);
-    let request = http::Request::post(path)
-        .header(http::header::HOST, authority.as_str())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))?;
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, authority.as_str());
+    if let Some(token) = token {
+        builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder.body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+        body.unwrap_or_default(),
+    )))?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let reply = response.into_body().collect().await?.to_bytes().to_vec();

@@ -18,6 +18,7 @@
 mod ca;
 mod capsule;
 mod cli;
+mod drill;
 mod release;
 mod serve;
 mod token;
@@ -163,10 +164,55 @@ enum Command {
         #[command(subcommand)]
         command: capsule::CapsuleCommand,
     },
+    /// Disaster-recovery drills against a running stack.
+    Drill {
+        #[command(subcommand)]
+        command: DrillCommand,
+    },
     /// Print the RFC 8785 canonical form of a JSON file.
     Canon {
         /// The JSON file.
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DrillCommand {
+    /// Kill the target under a steady write load through the edge, measure
+    /// RTO and RPO, record the drill; the last line is
+    /// `rto_seconds=<float> rpo_events=<int>`; exit 0 only when both
+    /// targets hold.
+    Run {
+        /// The data dir of the running `soma up`.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The HA stack's directory (`scripts/ops/ha-up.sh DIR`).
+        #[arg(long, default_value = "./.soma-ha")]
+        ha_dir: PathBuf,
+        /// What to kill.
+        #[arg(long, value_enum)]
+        target: drill::Target,
+        /// Longest acceptable RTO.
+        #[arg(long, default_value = "15s", value_parser = parse_target)]
+        rto_target: Duration,
+        /// Most acknowledged events that may be lost.
+        #[arg(long, default_value_t = 0)]
+        rpo_target: u64,
+        /// Region the drill is recorded for (the gateway's).
+        #[arg(long, default_value = "local")]
+        region: String,
+        /// Concurrent writers of the load.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Acknowledged writes before the kill.
+        #[arg(long, default_value_t = 40)]
+        before: usize,
+        /// Writes sent after the kill that must be acknowledged.
+        #[arg(long, default_value_t = 40)]
+        after: usize,
+        /// Longest the drill waits for the load and the recovery.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -239,6 +285,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(2) {
         return Err("must be at least 2s".to_owned());
+    }
+    Ok(d)
+}
+
+/// A positive duration of any size (a drill's target).
+fn parse_target(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be positive".to_owned());
     }
     Ok(d)
 }
@@ -353,6 +408,35 @@ fn main() -> ExitCode {
             Command::Release { command } => release::run(command).await,
             Command::Capsule { command } => capsule::run(command).await,
             Command::Canon { file } => release::canon(&file),
+            Command::Drill {
+                command:
+                    DrillCommand::Run {
+                        data_dir,
+                        ha_dir,
+                        target,
+                        rto_target,
+                        rpo_target,
+                        region,
+                        writers,
+                        before,
+                        after,
+                        timeout,
+                    },
+            } => {
+                drill::run(drill::DrillArgs {
+                    data_dir,
+                    ha_dir,
+                    target,
+                    rto_target,
+                    rpo_target,
+                    region,
+                    writers,
+                    before,
+                    after,
+                    timeout,
+                })
+                .await
+            }
         }
     });
     // Whatever still runs on the blocking pool (a read that cannot be

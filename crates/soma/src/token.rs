@@ -57,6 +57,16 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     if args.tenant.is_empty() || args.region.is_empty() {
         return Ok(crate::config_error("--tenant and --region must not be empty"));
     }
+    let token = mint(args)?;
+    #[expect(clippy::print_stdout, reason = "the token is the command's output")]
+    {
+        println!("{token}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token as `soma token` prints it (the arguments already checked).
+pub fn mint(args: &TokenArgs) -> anyhow::Result<String> {
     let (path, issuer) = if args.operator {
         (dev_operator_issuer_jwk(&args.data_dir), DEV_OPERATOR_ISSUER)
     } else {
@@ -115,9 +125,5 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<ExitCode> {
     );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
     let tag = ring::hmac::sign(&key, signing_input.as_bytes());
-    #[expect(clippy::print_stdout, reason = "the token is the command's output")]
-    {
-        println!("{signing_input}.{}", b64.encode(tag.as_ref()));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(format!("{signing_input}.{}", b64.encode(tag.as_ref())))
 }

@@ -32,10 +32,13 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A base port with the stack's 22 ports free on loopback.
+/// A base port with the stack's 22 ports free on loopback; each test of
+/// this process gets its own range.
 fn free_base() -> u16 {
-    let start = 25_400 + (std::process::id() % 40) as u16 * 30;
-    (0..40)
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let start = 25_400 + (std::process::id() % 20) as u16 * 30;
+    let first = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (first..first + 40)
         .map(|i| start.wrapping_add(i * 30))
         .find(|base| (0..22).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()))
         .expect("no free port range for the HA stack")
@@ -85,6 +88,24 @@ impl Stack {
             }
         }
         panic!("no Patroni member answers");
+    }
+
+    /// Waits until a member is the synchronous standby again.
+    async fn wait_for_sync_standby(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let cluster = self.cluster().await;
+            if cluster["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["role"] == "sync_standby" && m["state"] == "running")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no synchronous standby: {cluster}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn leader(&self) -> String {
@@ -285,6 +306,139 @@ async fn a_killed_primary_loses_no_acknowledged_event() {
         dir.path(),
     );
     ok(&swept);
+
+    up.kill().await.unwrap();
+}
+
+/// `scripts/ops/run_failover_drill.sh`, the seed's drill: a load through
+/// the edge, the primary killed, RTO and RPO measured from outside and
+/// printed as its last line, the drill recorded in Analytics (and in its
+/// summary); a target set below what is achievable makes it exit 1; a
+/// target it cannot drill yet is refused with exit 64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_target_is_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ha = dir.path().join("ha");
+    let stack = Stack::up(ha.clone());
+    let data = dir.path().join("data");
+    let mut up = common::spawn_soma_up(&data, &["--database-url", &stack.url]);
+    let edge = wait_for_edge(&data).await;
+    let drill = |rto_target: &str, target: &str| {
+        std::process::Command::new(script("run_failover_drill.sh"))
+            .args([
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--ha-dir",
+                ha.to_str().unwrap(),
+            ])
+            .args([
+                "--target",
+                target,
+                "--rto-target",
+                rto_target,
+                "--before",
+                "20",
+                "--after",
+                "20",
+            ])
+            .env("SOMA", common::cli::SOMA)
+            .output()
+            .unwrap()
+    };
+    // (rto_seconds, rpo_events) of a drill's last line.
+    let figures = |output: &std::process::Output| -> (f64, u64) {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().unwrap_or_default().to_owned();
+        let fields: BTreeMap<&str, &str> = last.split(' ').filter_map(|f| f.split_once('=')).collect();
+        assert_eq!(
+            fields.len(),
+            2,
+            "last line: {last:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (
+            fields["rto_seconds"].parse().unwrap(),
+            fields["rpo_events"].parse().unwrap(),
+        )
+    };
+
+    let passed = drill("15s", "postgres");
+    let (rto, rpo) = figures(&passed);
+    println!(
+        "drill 1: rto_seconds={rto} rpo_events={rpo}\n{}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+    assert_eq!(
+        passed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&passed.stderr)
+    );
+    assert!(rto > 0.0 && rto < 15.0, "rto {rto}");
+    assert_eq!(rpo, 0);
+
+    // A target nothing can meet: measured, recorded, exit 1.
+    stack.wait_for_sync_standby().await;
+    let missed = drill("1ms", "postgres");
+    let (rto, rpo) = figures(&missed);
+    println!("drill 2: rto_seconds={rto} rpo_events={rpo}");
+    assert_eq!(
+        missed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&missed.stderr)
+    );
+    assert_eq!(rpo, 0);
+
+    // Both drills are in Analytics' summary for the region.
+    let token = ok(&soma(
+        &[
+            "token",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--tenant",
+            "drill",
+            "--region",
+            "local",
+            "--scope",
+            "drills:read",
+        ],
+        dir.path(),
+    ))
+    .trim()
+    .to_owned();
+    let http = common::edge::client();
+    let summary = common::edge::send(
+        &http,
+        "GET",
+        &format!("{edge}/v1/drills/disaster/summary"),
+        Some(&token),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(summary.status, 200, "{}", String::from_utf8_lossy(&summary.body));
+    let summary = summary.json();
+    let local = summary["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "local")
+        .unwrap_or_else(|| panic!("no local region: {summary}"))
+        .clone();
+    let count: u64 = local["count"]
+        .as_str()
+        .map_or_else(|| local["count"].as_u64().unwrap(), |c| c.parse().unwrap());
+    assert_eq!(count, 2, "{summary}");
+
+    // Not built yet: refused, exit 64, nothing killed.
+    let refused = drill("15s", "analytics");
+    assert_eq!(
+        refused.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     up.kill().await.unwrap();
 }

@@ -1,0 +1,457 @@
+//! `soma drill run`: a failover drill against a running stack, measured
+//! from outside as a tenant sees it.
+//!
+//! A steady write load goes through the JSON edge (capsule run events, each
+//! sent again with its own event id until it is acknowledged: Analytics
+//! keeps one record per id); once the load runs, the target is killed with
+//! SIGKILL — for `postgres`, the PostgreSQL primary's postmaster, found
+//! through Patroni's REST API in the HA stack's `cluster.json`
+//! (`scripts/ops/ha-up.sh`). The drill then waits for writes sent after
+//! the kill to be acknowledged again and measures:
+//!
+//! - **RTO**: from the kill to the first acknowledgement of a write sent
+//!   after it (a write in flight at the kill may be acknowledged at once and
+//!   says nothing of the recovery);
+//! - **RPO**: the number of acknowledged events missing from Analytics'
+//!   signed export of the tenant's capsule runs afterwards.
+//!
+//! It prints a progress line per step on standard error, records the drill
+//! in Analytics (`POST /v1/drills/disaster`) with what it measured, and
+//! prints `rto_seconds=<float> rpo_events=<int>` as its last line on
+//! standard output. Exit 0 only when both targets hold; 1 when one is
+//! missed or the stack did not recover within `--timeout`; 64 for unusable
+//! arguments.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context as _, anyhow, bail};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::cli::request;
+
+/// What a drill kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// The PostgreSQL primary of the HA stack (its postmaster).
+    Postgres,
+    /// The active Analytics.
+    Analytics,
+    /// Both at once.
+    Both,
+}
+
+pub struct DrillArgs {
+    pub data_dir: PathBuf,
+    pub ha_dir: PathBuf,
+    pub target: Target,
+    pub rto_target: Duration,
+    pub rpo_target: u64,
+    pub region: String,
+    pub writers: usize,
+    /// Acknowledged writes before the kill.
+    pub before: usize,
+    /// Acknowledged writes sent after the kill before the drill ends.
+    pub after: usize,
+    pub timeout: Duration,
+}
+
+/// The tenant the drill writes as.
+const TENANT: &str = "drill";
+
+/// Each acknowledged event: when the acknowledged attempt was sent, and
+/// when its answer came.
+#[derive(Default)]
+struct Load {
+    acks: BTreeMap<String, (Instant, Instant)>,
+    refusals: BTreeMap<u16, u64>,
+}
+
+#[expect(clippy::print_stderr, reason = "the drill's progress lines")]
+fn progress(line: std::fmt::Arguments<'_>) {
+    eprintln!("drill: {line}");
+}
+
+pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
+    if args.target != Target::Postgres {
+        return Ok(crate::config_error(
+            "--target analytics and both need an Analytics standby, which this stack does not run yet: use --target postgres",
+        ));
+    }
+    if args.writers == 0 || args.before == 0 || args.after == 0 {
+        return Ok(crate::config_error(
+            "--writers, --before and --after must be at least 1",
+        ));
+    }
+    let endpoints: Value = serde_json::from_slice(
+        &std::fs::read(args.data_dir.join("endpoints.json")).with_context(|| {
+            format!(
+                "reading {}/endpoints.json (is `soma up` running?)",
+                args.data_dir.display()
+            )
+        })?,
+    )?;
+    let edge = endpoints["edge"]
+        .as_str()
+        .ok_or_else(|| anyhow!("endpoints.json has no edge"))?
+        .to_owned();
+    let authority = crate::cli::edge_authority(&edge)?;
+    let cluster: Value =
+        serde_json::from_slice(&std::fs::read(args.ha_dir.join("cluster.json")).with_context(|| {
+            format!(
+                "reading {}/cluster.json (scripts/ops/ha-up.sh writes it)",
+                args.ha_dir.display()
+            )
+        })?)?;
+    let token = |scope: &str| {
+        crate::token::mint(&crate::token::TokenArgs {
+            data_dir: args.data_dir.clone(),
+            tenant: TENANT.to_owned(),
+            region: args.region.clone(),
+            subject: Some("drill@drill".to_owned()),
+            scope: scope.to_owned(),
+            mfa: false,
+            ttl: Duration::from_secs(3600),
+            operator: false,
+        })
+    };
+    let writer_token = token("analytics:ingest analytics:export drills:write")?;
+    let run_id = format!("{:016x}", rand::random::<u64>());
+    let drill_started = SystemTime::now();
+    let mut steps: Vec<(String, bool, String)> = Vec::new();
+
+    // 1. The load.
+    progress(format_args!(
+        "load: {} writers through {edge}, events drill-{run_id}-*",
+        args.writers
+    ));
+    let load = Arc::new(Mutex::new(Load::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..args.writers {
+        let (load, stop, authority, token, run_id) = (
+            Arc::clone(&load),
+            Arc::clone(&stop),
+            authority.clone(),
+            writer_token.clone(),
+            run_id.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("drill-{run_id}-{w}-{i}");
+                let body = json!({
+                    "eventId": id, "capsuleId": "dr_failover_drill", "runId": id,
+                    "outcome": "RUN_OUTCOME_SUCCEEDED",
+                    "startedAt": rfc3339(SystemTime::now()),
+                    "duration": "0s",
+                })
+                .to_string();
+                let sent = Instant::now();
+                let status = request(
+                    http::Method::POST,
+                    &authority,
+                    "/v1/capsule-runs",
+                    Some(&token),
+                    Some(body.as_bytes()),
+                )
+                .await
+                .map_or(0, |(status, _)| status.as_u16());
+                let acknowledged = status == 200;
+                {
+                    let mut load = load.lock().unwrap_or_else(PoisonError::into_inner);
+                    if acknowledged {
+                        load.acks.insert(id, (sent, Instant::now()));
+                    } else {
+                        *load.refusals.entry(status).or_default() += 1;
+                    }
+                }
+                if acknowledged {
+                    i += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    let acknowledged = |since: Option<Instant>| {
+        let load = load.lock().unwrap_or_else(PoisonError::into_inner);
+        load.acks
+            .values()
+            .filter(|(sent, _)| since.is_none_or(|t| *sent > t))
+            .count()
+    };
+    let deadline = Instant::now() + args.timeout;
+    while acknowledged(None) < args.before {
+        if Instant::now() > deadline {
+            stop.store(true, Ordering::Relaxed);
+            bail!("the load never reached {} acknowledged writes", args.before);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    steps.push((
+        "load".into(),
+        true,
+        format!("{} writes acknowledged before the kill", args.before),
+    ));
+
+    // 2. The kill.
+    let (leader, data_dir) = current_leader(&cluster).await?;
+    let pid_file = PathBuf::from(&data_dir).join("postmaster.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let killed_wall = SystemTime::now();
+    let killed_at = Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .context("running kill")?;
+    if !killed.success() {
+        stop.store(true, Ordering::Relaxed);
+        bail!("kill -KILL {pid} (the postmaster of {leader}) failed");
+    }
+    progress(format_args!(
+        "killed the PostgreSQL primary {leader} (postmaster pid {pid}) with SIGKILL"
+    ));
+    steps.push((
+        "kill".into(),
+        true,
+        format!("primary {leader}, postmaster {pid}, SIGKILL"),
+    ));
+
+    // 3. Recovery: a new leader, then writes sent after the kill acknowledged.
+    let mut failover_at = None;
+    let mut recovered = false;
+    while Instant::now() < deadline {
+        if failover_at.is_none()
+            && let Ok((now_leader, _)) = current_leader(&cluster).await
+            && now_leader != leader
+        {
+            failover_at = Some(SystemTime::now());
+            progress(format_args!("Patroni promoted {now_leader}"));
+        }
+        if acknowledged(Some(killed_at)) >= args.after {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        let _ = writer.await;
+    }
+    let load = Arc::try_unwrap(load)
+        .map_err(|_| anyhow!("a writer is still running"))?
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let first_after = load
+        .acks
+        .values()
+        .filter(|(sent, _)| *sent > killed_at)
+        .map(|(_, acked)| *acked)
+        .min();
+    let rto = first_after.map(|t| t.duration_since(killed_at));
+    match rto {
+        Some(rto) => progress(format_args!(
+            "recovered: first write sent after the kill acknowledged {:.3}s after it; refusals meanwhile by status {:?}",
+            rto.as_secs_f64(),
+            load.refusals
+        )),
+        None => progress(format_args!(
+            "not recovered within {}",
+            humantime::format_duration(args.timeout)
+        )),
+    }
+    steps.push((
+        "recovery".into(),
+        recovered,
+        match rto {
+            Some(rto) => format!("rto {:.3}s", rto.as_secs_f64()),
+            None => "no write acknowledged after the kill".to_owned(),
+        },
+    ));
+
+    // 4. RPO: every acknowledged event in the signed export.
+    let export_token = writer_token;
+    let stored = exported_event_ids(&authority, &export_token, drill_started, &run_id).await?;
+    let lost: BTreeSet<&String> = load.acks.keys().filter(|id| !stored.contains(*id)).collect();
+    let rpo_events = u64::try_from(lost.len()).unwrap_or(u64::MAX);
+    progress(format_args!(
+        "rpo: {} of {} acknowledged events missing from the export",
+        lost.len(),
+        load.acks.len()
+    ));
+    steps.push((
+        "rpo".into(),
+        rpo_events <= args.rpo_target,
+        format!("{rpo_events} of {} acknowledged events lost", load.acks.len()),
+    ));
+
+    // 5. The drill, recorded in Analytics.
+    let restored_at = rto.map(|rto| killed_wall + rto);
+    // No acknowledged event lost: every write acknowledged before the
+    // failure was durable up to it. Otherwise, the first lost one's
+    // acknowledgement is where durability ended.
+    let last_durable = match lost
+        .iter()
+        .filter_map(|id| load.acks.get(*id))
+        .map(|(_, a)| *a)
+        .min()
+    {
+        None => killed_wall,
+        Some(first_lost) => killed_wall - killed_at.saturating_duration_since(first_lost),
+    };
+    let rto_ok = rto.is_some_and(|rto| rto <= args.rto_target);
+    let drill = json!({
+        "eventId": format!("drill-{run_id}"),
+        "region": args.region,
+        "scenario": "postgres-primary-loss",
+        "startedAt": rfc3339(killed_wall),
+        "failoverCompletedAt": rfc3339(failover_at.or(restored_at).unwrap_or_else(SystemTime::now)),
+        "restoredAt": rfc3339(restored_at.unwrap_or_else(SystemTime::now)),
+        "lastDurableWriteAt": rfc3339(last_durable),
+        "steps": steps.iter().map(|(name, ok, detail)| json!({
+            "name": name,
+            "outcome": if *ok { "STEP_OUTCOME_PASSED" } else { "STEP_OUTCOME_FAILED" },
+            "detail": detail,
+        })).collect::<Vec<_>>(),
+    });
+    let (status, body) = request(
+        http::Method::POST,
+        &authority,
+        "/v1/drills/disaster",
+        Some(&token("drills:write")?),
+        Some(drill.to_string().as_bytes()),
+    )
+    .await?;
+    if status != http::StatusCode::OK {
+        bail!(
+            "recording the drill: {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let recorded: Value = serde_json::from_slice(&body)?;
+    // (proto3 JSON leaves `passed: false` and an empty list out.)
+    progress(format_args!(
+        "recorded drill-{run_id} in Analytics: {} against its objectives {}",
+        if recorded["passed"].as_bool().unwrap_or(false) {
+            "passed"
+        } else {
+            "failed"
+        },
+        recorded["failureReasons"]
+    ));
+
+    let rto_seconds = rto.map_or(f64::INFINITY, |rto| rto.as_secs_f64());
+    let passed = recovered && rto_ok && rpo_events <= args.rpo_target;
+    progress(format_args!(
+        "targets: rto <= {}s {}, rpo <= {} events {}",
+        args.rto_target.as_secs_f64(),
+        if rto_ok { "held" } else { "missed" },
+        args.rpo_target,
+        if rpo_events <= args.rpo_target {
+            "held"
+        } else {
+            "missed"
+        },
+    ));
+    crate::cli::say(format_args!(
+        "rto_seconds={rto_seconds:.3} rpo_events={rpo_events}"
+    ));
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The current leader of the HA stack and its data directory, from the
+/// first member whose Patroni REST API answers.
+async fn current_leader(cluster: &Value) -> anyhow::Result<(String, String)> {
+    let members = cluster["members"]
+        .as_array()
+        .ok_or_else(|| anyhow!("cluster.json has no members"))?;
+    for member in members {
+        let Some(rest) = member["rest"].as_str() else {
+            continue;
+        };
+        let Ok(authority) = crate::cli::edge_authority(rest) else {
+            continue;
+        };
+        let Ok(Ok((status, body))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            request(http::Method::GET, &authority, "/cluster", None, None),
+        )
+        .await
+        else {
+            continue;
+        };
+        if status != http::StatusCode::OK {
+            continue;
+        }
+        let view: Value = serde_json::from_slice(&body)?;
+        let Some(name) = view["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "leader"))
+            .and_then(|m| m["name"].as_str())
+        else {
+            continue;
+        };
+        let data_dir = members
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["data_dir"].as_str())
+            .ok_or_else(|| anyhow!("leader {name} is not in cluster.json"))?;
+        return Ok((name.to_owned(), data_dir.to_owned()));
+    }
+    bail!("no Patroni member names a leader")
+}
+
+/// The event ids of the drill's run in the tenant's signed export of
+/// capsule runs since `since`.
+async fn exported_event_ids(
+    authority: &http::uri::Authority,
+    token: &str,
+    since: SystemTime,
+    run_id: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let from = rfc3339(since - Duration::from_secs(60));
+    let to = rfc3339(SystemTime::now() + Duration::from_secs(60));
+    let path = format!("/v1/exports/capsule-runs?from={from}&to={to}");
+    let (status, body) = request(http::Method::GET, authority, &path, Some(token), None).await?;
+    if status != http::StatusCode::OK {
+        bail!("export: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let mut data = Vec::new();
+    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let chunk: Value = serde_json::from_slice(line)?;
+        if let Some(d) = chunk["data"].as_str() {
+            data.extend(base64::engine::general_purpose::STANDARD.decode(d)?);
+        }
+    }
+    let document: Value = serde_json::from_slice(&data).context("the export's document")?;
+    let prefix = format!("drill-{run_id}-");
+    Ok(document["rows"]
+        .as_array()
+        .ok_or_else(|| anyhow!("the export has no rows"))?
+        .iter()
+        .filter_map(|row| row["event_id"].as_str())
+        .filter(|id| id.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `t` as RFC 3339 (UTC, nanoseconds).
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_nanos(t).to_string()
+}
