@@ -46,18 +46,38 @@ pub enum Target {
     Both,
 }
 
+/// `soma drill run`'s arguments.
+#[derive(Debug, clap::Args)]
 pub struct DrillArgs {
+    /// The data dir of the running `soma up`.
+    #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The HA stack's directory (`scripts/ops/ha-up.sh DIR`).
+    #[arg(long, default_value = "./.soma-ha")]
     pub ha_dir: PathBuf,
+    /// What to kill.
+    #[arg(long, value_enum)]
     pub target: Target,
+    /// Longest acceptable RTO.
+    #[arg(long, default_value = "15s", value_parser = crate::parse_target)]
     pub rto_target: Duration,
+    /// Most acknowledged events that may be lost.
+    #[arg(long, default_value_t = 0)]
     pub rpo_target: u64,
+    /// Region the drill is recorded for (the gateway's).
+    #[arg(long, default_value = "local")]
     pub region: String,
+    /// Concurrent writers of the load.
+    #[arg(long, default_value_t = 4)]
     pub writers: usize,
     /// Acknowledged writes before the kill.
+    #[arg(long, default_value_t = 40)]
     pub before: usize,
-    /// Acknowledged writes sent after the kill before the drill ends.
+    /// Writes sent after the kill that must be acknowledged.
+    #[arg(long, default_value_t = 40)]
     pub after: usize,
+    /// Longest the drill waits for the load and the recovery.
+    #[arg(long, default_value = "120s", value_parser = crate::parse_duration)]
     pub timeout: Duration,
 }
 

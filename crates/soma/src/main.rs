@@ -182,38 +182,7 @@ enum DrillCommand {
     /// RTO and RPO, record the drill; the last line is
     /// `rto_seconds=<float> rpo_events=<int>`; exit 0 only when both
     /// targets hold.
-    Run {
-        /// The data dir of the running `soma up`.
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
-        /// The HA stack's directory (`scripts/ops/ha-up.sh DIR`).
-        #[arg(long, default_value = "./.soma-ha")]
-        ha_dir: PathBuf,
-        /// What to kill.
-        #[arg(long, value_enum)]
-        target: drill::Target,
-        /// Longest acceptable RTO.
-        #[arg(long, default_value = "15s", value_parser = parse_target)]
-        rto_target: Duration,
-        /// Most acknowledged events that may be lost.
-        #[arg(long, default_value_t = 0)]
-        rpo_target: u64,
-        /// Region the drill is recorded for (the gateway's).
-        #[arg(long, default_value = "local")]
-        region: String,
-        /// Concurrent writers of the load.
-        #[arg(long, default_value_t = 4)]
-        writers: usize,
-        /// Acknowledged writes before the kill.
-        #[arg(long, default_value_t = 40)]
-        before: usize,
-        /// Writes sent after the kill that must be acknowledged.
-        #[arg(long, default_value_t = 40)]
-        after: usize,
-        /// Longest the drill waits for the load and the recovery.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
+    Run(drill::DrillArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,8 +250,8 @@ enum CaCommand {
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_target(s)?;
     if d < Duration::from_secs(2) {
         return Err("must be at least 2s".to_owned());
     }
@@ -290,7 +259,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A positive duration of any size (a drill's target).
-fn parse_target(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_target(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d.is_zero() {
         return Err("must be positive".to_owned());
@@ -409,34 +378,8 @@ fn main() -> ExitCode {
             Command::Capsule { command } => capsule::run(command).await,
             Command::Canon { file } => release::canon(&file),
             Command::Drill {
-                command:
-                    DrillCommand::Run {
-                        data_dir,
-                        ha_dir,
-                        target,
-                        rto_target,
-                        rpo_target,
-                        region,
-                        writers,
-                        before,
-                        after,
-                        timeout,
-                    },
-            } => {
-                drill::run(drill::DrillArgs {
-                    data_dir,
-                    ha_dir,
-                    target,
-                    rto_target,
-                    rpo_target,
-                    region,
-                    writers,
-                    before,
-                    after,
-                    timeout,
-                })
-                .await
-            }
+                command: DrillCommand::Run(args),
+            } => drill::run(args).await,
         }
     });
     // Whatever still runs on the blocking pool (a read that cannot be

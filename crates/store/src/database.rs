@@ -268,20 +268,7 @@ async fn create_data_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 async fn connect_postgres(url: &str) -> Result<Inner, StoreError> {
-    // sqlx parses any scheme as PostgreSQL; a MySQL or SQLite URL given here
-    // by mistake must not be read as one.
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(StoreError::InvalidDatabaseUrl { source: None });
-    }
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|source| StoreError::InvalidDatabaseUrl { source: Some(source) })?;
-    let target = format!(
-        "{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or(options.get_username())
-    );
+    let (options, target) = pg_options(url)?;
     // The pool retries refused connections until its acquire timeout and then
     // reports only that it timed out; a direct first connection surfaces the
     // real cause (refused, unknown host, authentication failed, no database).
@@ -310,15 +297,7 @@ async fn connect_postgres(url: &str) -> Result<Inner, StoreError> {
 pub async fn ensure_postgres_database(server_url: &str, name: &str) -> Result<String, StoreError> {
     check_name(name)?;
     let url = with_database(server_url, name)?;
-    let options: PgConnectOptions = server_url
-        .parse()
-        .map_err(|source| StoreError::InvalidDatabaseUrl { source: Some(source) })?;
-    let target = format!(
-        "{}:{}/{}",
-        options.get_host(),
-        options.get_port(),
-        options.get_database().unwrap_or(options.get_username())
-    );
+    let (options, target) = pg_options(server_url)?;
     let mut conn = connect_pg_once(&options, &target).await?;
     let query = |source| StoreError::Query { source };
     let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
@@ -364,6 +343,26 @@ pub fn with_database(url: &str, name: &str) -> Result<String, StoreError> {
         out.push_str(query);
     }
     Ok(out)
+}
+
+/// The connect options of a PostgreSQL URL, and the `host:port/database`
+/// that names it in messages (never the URL: it may carry a password).
+fn pg_options(url: &str) -> Result<(PgConnectOptions, String), StoreError> {
+    // sqlx parses any scheme as PostgreSQL; a MySQL or SQLite URL given here
+    // by mistake must not be read as one.
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(StoreError::InvalidDatabaseUrl { source: None });
+    }
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|source| StoreError::InvalidDatabaseUrl { source: Some(source) })?;
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or(options.get_username())
+    );
+    Ok((options, target))
 }
 
 /// One PostgreSQL connection, outside any pool, bounded in time.
