@@ -682,6 +682,31 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
         "{tampered}"
     );
 
+    // Analytics frozen (SIGSTOP): a run does not wait for it — its record
+    // is written with the step's billing event, in the registry — and the
+    // record arrives once Analytics runs again.
+    let analytics = common::services_of(up.id().unwrap())["analytics"];
+    common::signal("STOP", analytics);
+    let r = edge
+        .run(
+            &runner,
+            json!({"environment": "production", "input": {"text": "while analytics sleeps"}}),
+        )
+        .await;
+    common::signal("CONT", analytics);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let frozen = r.json();
+    assert_eq!(frozen["succeeded"], true, "{frozen}");
+    let frozen_run = frozen["runId"].as_str().unwrap().to_owned();
+    edge.verified_export(
+        &format!("/v1/exports/capsule-runs?from={from}&to={to}"),
+        &runner,
+        work,
+        "capsule-runs-after-freeze",
+        |row| row["run_id"] == frozen_run.as_str(),
+    )
+    .await;
+
     // The release revoked after the installation: the run is 409 with the
     // reason, and nothing executes (no billing event, no run recorded).
     let revoker = token("acme", "publisher@acme", "tools:revoke", true);

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -103,7 +102,7 @@ impl Up {
 
     /// SIGTERM, then a successful exit.
     async fn stop(mut self) -> Vec<String> {
-        signal("TERM", self.pid());
+        common::signal("TERM", self.pid());
         let exit = tokio::time::timeout(HANG_GUARD, self.child.wait())
             .await
             .unwrap()
@@ -117,47 +116,6 @@ impl Up {
         }
         stderr
     }
-}
-
-fn signal(name: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
-/// The children of `parent` that run `soma serve <service>`, by service.
-fn services_of(parent: u32) -> BTreeMap<String, u32> {
-    let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let mut fields = after.split(' ');
-        let state = fields.next().unwrap();
-        let ppid: u32 = fields.next().unwrap().parse().unwrap();
-        if ppid != parent || state == "Z" {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.get(1).map(String::as_str) == Some("serve") {
-            found.insert(args[2].clone(), pid);
-        }
-    }
-    found
 }
 
 /// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
@@ -307,7 +265,7 @@ async fn up_and_serving(
 async fn every_service_exits_within_two_seconds_of_sigterm_and_is_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let (mut up, endpoints, operator) = up_and_serving(dir.path(), "warn", false).await;
-    let children = services_of(up.pid());
+    let children = common::services_of(up.pid());
     assert_eq!(
         children.keys().map(String::as_str).collect::<Vec<_>>(),
         ["analytics", "capsule-repo", "gateway", "tool-registry"]
@@ -315,7 +273,7 @@ async fn every_service_exits_within_two_seconds_of_sigterm_and_is_restarted() {
     for service @ (_, name, _) in SERVICES {
         let pid = children[name];
         let sent = Instant::now();
-        signal("TERM", pid);
+        common::signal("TERM", pid);
         while !ended(pid) {
             assert!(
                 sent.elapsed() < SIGTERM_EXIT,
@@ -334,7 +292,7 @@ async fn every_service_exits_within_two_seconds_of_sigterm_and_is_restarted() {
         up.line_starting(&format!("  {name:<14} restarted (pid "), deadline)
             .await;
         wait_serving(&operator, &endpoints, service, deadline).await;
-        assert_ne!(services_of(up.pid())[name], pid);
+        assert_ne!(common::services_of(up.pid())[name], pid);
     }
     up.stop().await;
 }
@@ -375,8 +333,8 @@ async fn a_killed_service_is_restarted_serving_on_its_address_with_its_data() {
 
     let mut killed = Vec::new();
     for service @ (_, name, _) in SERVICES {
-        let pid = services_of(up.pid())[name];
-        signal("KILL", pid);
+        let pid = common::services_of(up.pid())[name];
+        common::signal("KILL", pid);
         let deadline = Instant::now() + RESTARTED;
         let exited = up
             .line_starting(&format!("  {name:<14} exited (signal: 9 (SIGKILL))"), deadline)
@@ -385,7 +343,7 @@ async fn a_killed_service_is_restarted_serving_on_its_address_with_its_data() {
         let restarted = up
             .line_starting(&format!("  {name:<14} restarted (pid "), deadline)
             .await;
-        let new_pid = services_of(up.pid())[name];
+        let new_pid = common::services_of(up.pid())[name];
         assert_ne!(new_pid, pid);
         assert!(restarted.contains(&format!("(pid {new_pid})")), "{restarted}");
         // SERVING over mTLS on the address endpoints.json still names.

@@ -18,6 +18,7 @@ pub mod edge;
 #[path = "../../../../services/tool-registry/tests/common/mod.rs"]
 pub mod registry;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use soma_mesh::ServiceKind;
@@ -96,4 +97,46 @@ pub fn spawn_soma_up(data_dir: &std::path::Path, extra: &[&str]) -> tokio::proce
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .unwrap()
+}
+
+/// Sends signal `name` (`TERM`, `KILL`, `STOP`, `CONT`…) to `pid`.
+pub fn signal(name: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// The children of `parent` that run `soma serve <service>`, by service.
+pub fn services_of(parent: u32) -> BTreeMap<String, u32> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let mut fields = after.split(' ');
+        let state = fields.next().unwrap();
+        let ppid: u32 = fields.next().unwrap().parse().unwrap();
+        if ppid != parent || state == "Z" {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.get(1).map(String::as_str) == Some("serve") {
+            found.insert(args[2].clone(), pid);
+        }
+    }
+    found
 }
