@@ -10,8 +10,11 @@
 //! the kill to be acknowledged again and measures:
 //!
 //! - **RTO**: from the kill to the first acknowledgement of a write sent
-//!   after it (a write in flight at the kill may be acknowledged at once and
-//!   says nothing of the recovery);
+//!   after the outage became visible (the first refused write after the
+//!   kill; after the kill itself when none was refused): the killed
+//!   primary's backends can still commit a write or two, synchronously
+//!   replicated, in the milliseconds after its postmaster died, and those
+//!   acknowledgements say nothing of the recovery;
 //! - **RPO**: the number of acknowledged events missing from Analytics'
 //!   signed export of the tenant's capsule runs afterwards.
 //!
@@ -85,11 +88,40 @@ pub struct DrillArgs {
 const TENANT: &str = "drill";
 
 /// Each acknowledged event: when the acknowledged attempt was sent, and
-/// when its answer came.
+/// when its answer came; when each refused attempt was answered.
 #[derive(Default)]
 struct Load {
     acks: BTreeMap<String, (Instant, Instant)>,
+    refused_at: Vec<Instant>,
     refusals: BTreeMap<u16, u64>,
+}
+
+impl Load {
+    /// When the outage the kill caused became visible: the first refusal
+    /// answered after `killed_at`. (Writes still running on the killed
+    /// primary's backends can commit, synchronously replicated, for a few
+    /// milliseconds after its postmaster died: their acknowledgements say
+    /// nothing of the recovery.)
+    fn outage_seen(&self, killed_at: Instant) -> Option<Instant> {
+        self.refused_at.iter().copied().filter(|t| *t > killed_at).min()
+    }
+
+    /// Acknowledged writes sent after `t`.
+    fn sent_after(&self, t: Instant) -> usize {
+        self.acks.values().filter(|(sent, _)| *sent > t).count()
+    }
+
+    /// RTO: from the kill to the first acknowledgement of a write sent
+    /// after the outage became visible (after the kill when no write was
+    /// ever refused).
+    fn rto(&self, killed_at: Instant) -> Option<Duration> {
+        let from = self.outage_seen(killed_at).unwrap_or(killed_at);
+        self.acks
+            .values()
+            .filter(|(sent, _)| *sent > from)
+            .map(|(_, acked)| acked.duration_since(killed_at))
+            .min()
+    }
 }
 
 #[expect(clippy::print_stderr, reason = "the drill's progress lines")]
@@ -162,13 +194,17 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             run_id.clone(),
         );
         writers.push(tokio::spawn(async move {
+            // One start time for every event of this writer: an event sent
+            // again (its first answer lost) carries exactly the same content,
+            // which Analytics answers with the stored record.
+            let started = rfc3339(SystemTime::now());
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("drill-{run_id}-{w}-{i}");
                 let body = json!({
                     "eventId": id, "capsuleId": "dr_failover_drill", "runId": id,
                     "outcome": "RUN_OUTCOME_SUCCEEDED",
-                    "startedAt": rfc3339(SystemTime::now()),
+                    "startedAt": started,
                     "duration": "0s",
                 })
                 .to_string();
@@ -188,6 +224,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
                     if acknowledged {
                         load.acks.insert(id, (sent, Instant::now()));
                     } else {
+                        load.refused_at.push(Instant::now());
                         *load.refusals.entry(status).or_default() += 1;
                     }
                 }
@@ -199,15 +236,9 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
-    let acknowledged = |since: Option<Instant>| {
-        let load = load.lock().unwrap_or_else(PoisonError::into_inner);
-        load.acks
-            .values()
-            .filter(|(sent, _)| since.is_none_or(|t| *sent > t))
-            .count()
-    };
+    let acknowledged = || load.lock().unwrap_or_else(PoisonError::into_inner).acks.len();
     let deadline = Instant::now() + args.timeout;
-    while acknowledged(None) < args.before {
+    while acknowledged() < args.before {
         if Instant::now() > deadline {
             stop.store(true, Ordering::Relaxed);
             bail!("the load never reached {} acknowledged writes", args.before);
@@ -249,8 +280,10 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
         format!("primary {leader}, postmaster {pid}, SIGKILL"),
     ));
 
-    // 3. Recovery: a new leader, then writes sent after the kill acknowledged.
+    // 3. Recovery: Patroni names a new leader, and writes sent after both
+    // that and the outage becoming visible are acknowledged.
     let mut failover_at = None;
+    let mut failover_seen = None;
     let mut recovered = false;
     while Instant::now() < deadline {
         if failover_at.is_none()
@@ -258,11 +291,18 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
             && now_leader != leader
         {
             failover_at = Some(SystemTime::now());
+            failover_seen = Some(Instant::now());
             progress(format_args!("Patroni promoted {now_leader}"));
         }
-        if acknowledged(Some(killed_at)) >= args.after {
-            recovered = true;
-            break;
+        if let Some(seen) = failover_seen {
+            let load = load.lock().unwrap_or_else(PoisonError::into_inner);
+            let from = load
+                .outage_seen(killed_at)
+                .map_or(seen, |outage| outage.max(seen));
+            if load.sent_after(from) >= args.after {
+                recovered = true;
+                break;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -274,16 +314,10 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
         .map_err(|_| anyhow!("a writer is still running"))?
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
-    let first_after = load
-        .acks
-        .values()
-        .filter(|(sent, _)| *sent > killed_at)
-        .map(|(_, acked)| *acked)
-        .min();
-    let rto = first_after.map(|t| t.duration_since(killed_at));
+    let rto = load.rto(killed_at);
     match rto {
         Some(rto) => progress(format_args!(
-            "recovered: first write sent after the kill acknowledged {:.3}s after it; refusals meanwhile by status {:?}",
+            "recovered: the first write sent after the outage acknowledged {:.3}s after the kill; refusals meanwhile by status {:?}",
             rto.as_secs_f64(),
             load.refusals
         )),
@@ -319,6 +353,13 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
 
     // 5. The drill, recorded in Analytics.
     let restored_at = rto.map(|rto| killed_wall + rto);
+    // Failover is complete when service is restored at the latest (the
+    // leader is observed by polling, which may come after the first
+    // acknowledgement).
+    let failover_at = match (failover_at, restored_at) {
+        (Some(f), Some(r)) => Some(f.min(r)),
+        (f, r) => f.or(r),
+    };
     // No acknowledged event lost: every write acknowledged before the
     // failure was durable up to it. Otherwise, the first lost one's
     // acknowledgement is where durability ended.

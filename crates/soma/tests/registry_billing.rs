@@ -166,6 +166,38 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
     }
 }
 
+/// The registry on `stores`' database, its outbox delivering to an
+/// Analytics that was started and stopped again: every event waits until
+/// Analytics is started again on the returned address (a port no outgoing
+/// connection takes) with the returned keys.
+async fn registry_with_analytics_stopped(
+    stores: &soma_testing::Stores,
+) -> (Harness, AnalyticsKeys, std::net::SocketAddr) {
+    let ca = Ca::new();
+    let keys = AnalyticsKeys::generate();
+    let analytics = start_analytics(
+        &ca,
+        stores.of(ServiceKind::Analytics),
+        &keys,
+        &soma_testing::restartable_addr().to_string(),
+    )
+    .await;
+    let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
+    analytics.stop().await;
+    let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
+    let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
+    let h = Harness::start_on(
+        ca,
+        claims,
+        stores.of(ServiceKind::ToolRegistry),
+        registry_keys,
+        soma_sandbox::SandboxConfig::default(),
+        Some((addr, analytics_id)),
+    )
+    .await;
+    (h, keys, addr)
+}
+
 /// An outbox row edited in the database (here, its billing event's time)
 /// fails its MAC and is never sent: it stays parked with the reason, while
 /// an intact event beside it is delivered.
@@ -173,31 +205,8 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
 async fn an_outbox_row_edited_in_the_database_is_never_sent() {
     for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::Analytics]).await {
         let label = stores.label;
-        let ca = Ca::new();
-        let keys = AnalyticsKeys::generate();
         let analytics_store = stores.of(ServiceKind::Analytics);
-        // Analytics' address, then Analytics gone while events are written.
-        // Restarted on this address later: a port no outgoing connection takes.
-        let analytics = start_analytics(
-            &ca,
-            analytics_store,
-            &keys,
-            &soma_testing::restartable_addr().to_string(),
-        )
-        .await;
-        let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
-        analytics.stop().await;
-        let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
-        let h = Harness::start_on(
-            ca,
-            claims,
-            stores.of(ServiceKind::ToolRegistry),
-            registry_keys,
-            soma_sandbox::SandboxConfig::default(),
-            Some((addr, analytics_id)),
-        )
-        .await;
+        let (h, keys, addr) = registry_with_analytics_stopped(&stores).await;
         let publisher = Publisher::generate("acme-tools");
         h.register(&publisher).await;
         h.publish(publisher.release("echo", "1.0.0", &adapter("echo")))
@@ -304,30 +313,8 @@ async fn the_outbox_backlog_on_metrics_is_exact_and_drains_once_analytics_is_bac
     const RUNS: i64 = 12;
     for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry, ServiceKind::Analytics]).await {
         let label = stores.label;
-        let ca = Ca::new();
-        let keys = AnalyticsKeys::generate();
         let analytics_store = stores.of(ServiceKind::Analytics);
-        // Analytics' address, then Analytics gone before any event is written.
-        let analytics = start_analytics(
-            &ca,
-            analytics_store,
-            &keys,
-            &soma_testing::restartable_addr().to_string(),
-        )
-        .await;
-        let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
-        analytics.stop().await;
-        let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
-        let h = Harness::start_on(
-            ca,
-            claims,
-            stores.of(ServiceKind::ToolRegistry),
-            registry_keys,
-            soma_sandbox::SandboxConfig::default(),
-            Some((addr, analytics_id)),
-        )
-        .await;
+        let (h, keys, addr) = registry_with_analytics_stopped(&stores).await;
         let (_, _, delivered, _) = outbox_figures(&h).await;
         assert_eq!(delivered, 0, "{label}");
 
