@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use soma_proto::workload::{JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest};
 use tonic::Code;
 
-use common::{TestServer, raw_client, spiffe_id, with_header};
+use common::{TestServer, jwt_svid, raw_client, spiffe_id, with_header};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -173,17 +173,7 @@ async fn validate_refuses_every_hostile_token_with_its_reason() {
         .registry
         .register_pid(std::process::id(), spiffe_id("/svc/validator"));
     let mut client = raw_client(&server.socket).await;
-    let good = client
-        .fetch_jwtsvid(with_header(JwtsvidRequest {
-            audience: vec!["billing".to_owned()],
-            spiffe_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .svids
-        .remove(0)
-        .svid;
+    let good = jwt_svid(&mut client, "billing").await;
     let header: Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(good.split('.').next().unwrap()).unwrap()).unwrap();
     let kid = header["kid"].as_str().unwrap().to_owned();

@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use soma_ca::{Authority, AuthorityOptions, CaError, SlotState};
-use soma_proto::workload::{
-    JwtBundlesRequest, JwtsvidRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest,
-};
+use soma_proto::workload::{JwtBundlesRequest, ValidateJwtsvidRequest, X509BundlesRequest, X509svidRequest};
 
-use common::{TestServer, raw_client, spiffe_id, split_der, trust_domain, verify_as_client, with_header};
+use common::{
+    TestServer, jwt_svid, raw_client, spiffe_id, split_der, trust_domain, verify_as_client, with_header,
+};
 
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
@@ -345,17 +345,7 @@ async fn every_bundle_change_reaches_open_streams_and_old_tokens_stay_valid() {
     );
     let first_kids = kids(&jwt_bundles.message().await.unwrap().unwrap().bundles[&td]);
     assert_eq!(first_kids.len(), 1);
-    let old_jwt = client
-        .fetch_jwtsvid(with_header(JwtsvidRequest {
-            audience: vec!["billing".to_owned()],
-            spiffe_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .svids
-        .remove(0)
-        .svid;
+    let old_jwt = jwt_svid(&mut client, "billing").await;
 
     // An operator prepares the next slot from another handle on the same
     // directory, as `soma ca prepare` does from another process.
@@ -417,17 +407,7 @@ async fn every_bundle_change_reaches_open_streams_and_old_tokens_stay_valid() {
     assert_eq!(bundle_roots, both);
 
     // New tokens carry the new key; one signed before still validates.
-    let new_jwt = client
-        .fetch_jwtsvid(with_header(JwtsvidRequest {
-            audience: vec!["billing".to_owned()],
-            spiffe_id: String::new(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .svids
-        .remove(0)
-        .svid;
+    let new_jwt = jwt_svid(&mut client, "billing").await;
     assert_eq!(kid_of(&new_jwt), prepared.jwt_kid);
     assert_eq!(kid_of(&old_jwt), first_kids[0]);
     for token in [&old_jwt, &new_jwt] {

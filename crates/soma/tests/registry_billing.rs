@@ -47,18 +47,7 @@ async fn executions_are_billed_exactly_once_across_an_analytics_restart() {
         )
         .await;
         let addr = analytics.addr;
-        let analytics_id = analytics.id.clone();
-        let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
-        let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
-        let h = Harness::start_on(
-            ca,
-            claims,
-            stores.of(ServiceKind::ToolRegistry),
-            registry_keys,
-            soma_sandbox::SandboxConfig::default(),
-            Some((addr, analytics_id)),
-        )
-        .await;
+        let h = registry_delivering_to(ca, &stores, addr, analytics.id.clone()).await;
         let publisher = Publisher::generate("acme-tools");
         h.register(&publisher).await;
         h.publish(publisher.release("text-stats", "1.0.0", &adapter("text_stats")))
@@ -184,9 +173,22 @@ async fn registry_with_analytics_stopped(
     .await;
     let (addr, analytics_id) = (analytics.addr, analytics.id.clone());
     analytics.stop().await;
+    let h = registry_delivering_to(ca, stores, addr, analytics_id).await;
+    (h, keys, addr)
+}
+
+/// The registry under `ca` on `stores`' database, with a fresh gateway key
+/// and keyring, its outbox delivering to the Analytics `analytics_id` at
+/// `addr`.
+async fn registry_delivering_to(
+    ca: Ca,
+    stores: &soma_testing::Stores,
+    addr: std::net::SocketAddr,
+    analytics_id: soma_identity::SpiffeId,
+) -> Harness {
     let (claims, _) = ClaimsSigner::generate("gateway-1").unwrap();
     let (_, registry_keys) = soma_sign::HmacKeyring::generate("registry-1").unwrap();
-    let h = Harness::start_on(
+    Harness::start_on(
         ca,
         claims,
         stores.of(ServiceKind::ToolRegistry),
@@ -194,8 +196,7 @@ async fn registry_with_analytics_stopped(
         soma_sandbox::SandboxConfig::default(),
         Some((addr, analytics_id)),
     )
-    .await;
-    (h, keys, addr)
+    .await
 }
 
 /// An outbox row edited in the database (here, its billing event's time)

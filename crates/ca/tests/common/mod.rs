@@ -119,6 +119,21 @@ pub fn with_header<T>(message: T) -> Request<T> {
     request
 }
 
+/// A JWT-SVID for `audience` from `client` (the caller's own identity).
+pub async fn jwt_svid(client: &mut SpiffeWorkloadApiClient<Channel>, audience: &str) -> String {
+    client
+        .fetch_jwtsvid(with_header(soma_proto::workload::JwtsvidRequest {
+            audience: vec![audience.to_owned()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .svids
+        .remove(0)
+        .svid
+}
+
 /// The certificates of a DER concatenation (the Workload API format).
 pub fn split_der(mut concatenated: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
