@@ -304,3 +304,67 @@ async fn a_revocation_on_another_replica_stops_the_next_step_at_once() {
         stores.cleanup().await;
     }
 }
+
+/// Who may call `ExecuteCapsuleStep`, and a release row edited in SQL: a
+/// call without the gateway's claims, and one from another service with
+/// them, are refused; a step of a release whose row fails its MAC is
+/// `release_unverified` (`row_mac`) — nothing compiled, run or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_step_needs_the_gateways_claims_and_refuses_an_edited_release_row() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::ToolRegistry]).await {
+        let label = stores.label;
+        let h = Harness::start(stores.of(ServiceKind::ToolRegistry)).await;
+        let publisher = Publisher::generate("acme-tools");
+        h.register(&publisher).await;
+        let echo = adapter("echo");
+        h.publish(publisher.release("echo", "1.0.0", &echo))
+            .await
+            .unwrap();
+        let before = outbox(&h).await.len();
+
+        // The gateway's SVID without claims: no tenant to run for.
+        let status = h
+            .client(common::GATEWAY)
+            .execute_capsule_step(step("echo", "1.0.0", &echo, "run-a", true))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), grpc_reason(&status)),
+            (Code::PermissionDenied, "claims_required"),
+            "{label}: {status:?}"
+        );
+        // Another service, even with sealed claims: not an allowed caller.
+        let status = h
+            .client("/svc/capsule-repo")
+            .execute_capsule_step(h.tenant(
+                "acme",
+                &["tools:execute"],
+                step("echo", "1.0.0", &echo, "run-a", true),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{label}: {status:?}");
+
+        // The release's row edited in SQL: its MAC fails at the call.
+        soma_testing::exec(
+            &h.db,
+            "UPDATE releases SET revocation_reason = 'x' WHERE tool = 'echo'",
+        )
+        .await;
+        let compiled = h.registry.sandbox().counters().compiled;
+        let status = h
+            .execute_step("acme", DECISION, step("echo", "1.0.0", &echo, "run-b", true))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), grpc_reason(&status)),
+            (Code::FailedPrecondition, "release_unverified"),
+            "{label}: {status:?}"
+        );
+        assert!(status.message().contains("row_mac"), "{label}: {status:?}");
+        assert_eq!(h.registry.sandbox().counters().compiled, compiled, "{label}");
+        assert_eq!(outbox(&h).await.len(), before, "{label}: a refused step wrote");
+        h.stop().await;
+        stores.cleanup().await;
+    }
+}
