@@ -214,6 +214,30 @@ pub(crate) struct NewOutbox {
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (kind, event_id, payload, created_at, next_attempt_at, \
                              mac_key_id, mac) VALUES ($1, $2, $3, $4, $4, $5, $6)";
 
+/// `INSERT_OUTBOX` for `rows` rows in one statement (six parameters a row).
+fn insert_outbox_rows(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO outbox (kind, event_id, payload, created_at, next_attempt_at, mac_key_id, mac) VALUES ",
+    );
+    for row in 0..rows {
+        let p = row * 6;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 4,
+            p + 5,
+            p + 6
+        ));
+    }
+    sql
+}
+
 macro_rules! insert_outbox {
     ($tx:expr, $event:expr) => {
         sqlx::query(INSERT_OUTBOX)
@@ -551,15 +575,27 @@ impl Store {
 
     // ---- outbox ----
 
-    /// Writes `events` in one transaction.
+    /// Writes `events` all or none: one `INSERT` of every row, which is
+    /// atomic on its own (one round trip to the database, no `BEGIN` and
+    /// `COMMIT` around it).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn enqueue_all(&self, events: &[NewOutbox]) -> Result<(), RegistryError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let sql = insert_outbox_rows(events.len());
         on_pool!(self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut query = sqlx::query(&sql);
             for event in events {
-                insert_outbox!(tx, event);
+                query = query
+                    .bind(event.kind)
+                    .bind(&event.event_id)
+                    .bind(&event.payload)
+                    .bind(event.created_at)
+                    .bind(&event.mac_key_id)
+                    .bind(&event.mac);
             }
-            tx.commit().await?;
+            query.execute(pool).await?;
         });
         Ok(())
     }
