@@ -33,6 +33,7 @@
 //! fails, or a history whose chain is broken, is never trusted
 //! (`DATA_LOSS`).
 
+mod bundles;
 pub mod config;
 mod error;
 mod installations;
@@ -71,6 +72,8 @@ pub struct Repo {
     catalogues: Arc<Vec<Catalogue>>,
     outbox: outbox::Outbox,
     registry: registry::Registry,
+    /// The parses of installed bundles, by their bytes' digest.
+    bundles: bundles::ParsedBundles,
 }
 
 impl Repo {
@@ -86,6 +89,7 @@ impl Repo {
             keys,
             catalogues: Arc::new(config.catalogues),
             registry: registry::Registry::new(tool_registry),
+            bundles: bundles::ParsedBundles::default(),
         }
     }
 

@@ -2,8 +2,9 @@
 //!
 //! The caller tenant's installation of the capsule in the environment and
 //! its active revision (`capsule_not_installed` when there is none, or no
-//! revision is active), that revision's submission (MAC checked, its bundle
-//! re-parsed and its digest recomputed), the run input checked against the
+//! revision is active), that revision's submission (MAC checked, its
+//! bundle's digest recomputed, and the bundle parsed — once per distinct
+//! bytes, see [`crate::bundles`]), the run input checked against the
 //! bundle's input schema (`soma-capsule`'s `check_input`, the field named),
 //! and every tool release but the first step's looked up in the
 //! ToolRegistry at this moment and fully verified by it: a release revoked
@@ -20,7 +21,6 @@ use crate::error::RepoError;
 use crate::installations::INSTALLED;
 use crate::registry::Verify;
 use crate::store::{RevisionRow, SubmissionRow};
-use crate::submissions::parse_bundle;
 use crate::{Actor, Repo};
 
 impl Repo {
@@ -72,8 +72,8 @@ impl Repo {
             table: SubmissionRow::TABLE,
             key: submission.submission_id.clone(),
         };
-        let bundle = parse_bundle(&submission.bundle).map_err(|_| corrupt())?;
-        if bundle.digest().as_slice() != submission.bundle_sha256.as_slice() {
+        let (bundle, digest) = self.bundles.parse(&submission.bundle).map_err(|_| corrupt())?;
+        if digest.as_slice() != submission.bundle_sha256.as_slice() {
             return Err(corrupt());
         }
         let input = match &request.input {
