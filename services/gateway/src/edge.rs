@@ -35,7 +35,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use prost_reflect::DynamicMessage;
 use serde_json::{Value, json};
-use soma_proto::v1::gateway_server::GatewayServer;
 use tonic::codec::Streaming;
 
 use crate::admission::{Admission, AdmissionRequest};
@@ -488,14 +487,8 @@ async fn dispatch(
     let path = http::uri::PathAndQuery::try_from(route.grpc_path.as_str())
         .map_err(|_| Refusal::without_reason(tonic::Code::Internal, "route has an invalid gRPC path"))?;
     if route.service == "somastack.v1.Gateway" {
-        let mut request = tonic::Request::new(message);
-        if let Ok(v) = context.request_id.as_str().parse() {
-            request.metadata_mut().insert(REQUEST_ID_HEADER, v);
-        }
-        request.extensions_mut().insert(Arc::clone(&context));
-        let grpc = tonic::client::Grpc::new(GatewayServer::new(state.local.clone()));
-        let call = call(grpc, route.server_streaming, request, path);
-        return RequestContext::scope(Arc::clone(&context), call).await;
+        let call = local_call(&state.local, route, Arc::clone(&context), message);
+        return RequestContext::scope(context, call).await;
     }
     let backend = state.backends.get(&route.service).ok_or_else(|| {
         Refusal::new(
@@ -525,8 +518,55 @@ async fn dispatch(
     })
 }
 
-/// One call of `path` on `grpc` (a backend channel or the in-process
-/// gateway service), unary or server-streaming.
+/// One of the gateway's own methods, called in this process: the message
+/// decoded as the method's request, the handler called with the admitted
+/// context in the request's extensions (as a gRPC server would pass it),
+/// the reply encoded. Every method of the service is unary.
+async fn local_call(
+    local: &GatewayService,
+    route: &Route,
+    context: Arc<RequestContext>,
+    message: Bytes,
+) -> Result<Reply, tonic::Status> {
+    use soma_proto::v1::gateway_server::Gateway as _;
+    let method = route.grpc_path.rsplit('/').next().unwrap_or_default();
+    match method {
+        "RunCapsule" => local_unary(message, context, |r| local.run_capsule(r)).await,
+        "WhoAmI" => local_unary(message, context, |r| local.who_am_i(r)).await,
+        "ListKillSwitches" => local_unary(message, context, |r| local.list_kill_switches(r)).await,
+        "SetKillSwitch" => local_unary(message, context, |r| local.set_kill_switch(r)).await,
+        _ => Err(tonic::Status::unimplemented(format!(
+            "{} is not a method of the gateway",
+            route.grpc_path
+        ))),
+    }
+}
+
+/// A unary method of the gateway on `message`, for `context`.
+async fn local_unary<Req, Resp, F, Fut>(
+    message: Bytes,
+    context: Arc<RequestContext>,
+    handler: F,
+) -> Result<Reply, tonic::Status>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    F: FnOnce(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    let decoded = Req::decode(message)
+        .map_err(|e| tonic::Status::invalid_argument(format!("the request message does not decode: {e}")))?;
+    let mut request = tonic::Request::new(decoded);
+    if let Ok(v) = context.request_id.as_str().parse() {
+        request.metadata_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    request.extensions_mut().insert(context);
+    let reply = handler(request).await?;
+    Ok(Reply::Unary(Bytes::from(reply.into_inner().encode_to_vec())))
+}
+
+/// One call of `path` on `grpc` (a backend channel), unary or
+/// server-streaming.
 async fn call<T>(
     mut grpc: tonic::client::Grpc<T>,
     streaming: bool,
