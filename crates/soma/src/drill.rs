@@ -166,6 +166,18 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
         return Ok(crate::config_error(reason));
     }
     let args = args;
+    if let (Some(plan), Some(path)) = (&args.checks.plan, &args.plan) {
+        progress(format_args!(
+            "plan {plan} from {}: rto target {}, rpo target {} events, {} writers, {} before, {} after, timeout {}",
+            path.display(),
+            humantime::format_duration(args.rto_target),
+            args.rpo_target,
+            args.writers,
+            args.before,
+            args.after,
+            humantime::format_duration(args.timeout),
+        ));
+    }
     if args.target != Target::Postgres {
         return Ok(crate::config_error(
             "--target analytics and both need an Analytics standby, which this stack does not run yet: use --target postgres",

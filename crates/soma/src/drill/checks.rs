@@ -111,9 +111,18 @@ pub async fn ledger(
     let mut leaves: BTreeMap<u64, &str> = BTreeMap::new();
     for id in acked {
         let path = format!("/v1/ledger/inclusion-proof?eventId={id}&treeSize={size}");
-        let (status, body) = request(http::Method::GET, authority, &path, Some(token), None)
-            .await
-            .map_err(|e| format!("event {id}: {e:#}"))?;
+        // One request per event: paced by the edge's per-tenant rate
+        // limit, whose 429 is waited out.
+        let deadline = Instant::now() + SETTLE;
+        let (status, body) = loop {
+            let answer = request(http::Method::GET, authority, &path, Some(token), None)
+                .await
+                .map_err(|e| format!("event {id}: {e:#}"))?;
+            if answer.0 != http::StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         if status != http::StatusCode::OK {
             return Err(format!(
                 "event {id} has no leaf in the ledger of size {size}: {status} {}",

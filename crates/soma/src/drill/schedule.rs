@@ -347,8 +347,12 @@ async fn run_one(data_dir: &Path, entry: &Entry) -> anyhow::Result<bool> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
-        .output()
-        .await;
+        .spawn();
+    // (`output()` would capture standard error too.)
+    let output = match output {
+        Ok(child) => child.wait_with_output().await,
+        Err(e) => Err(e),
+    };
     let (exit_code, result) = match output {
         Ok(out) => (
             out.status.code(),
