@@ -80,11 +80,11 @@ fn with_targets(
     request
 }
 
-/// The summaries without their lists of recent drills, and those lists as
-/// (event id, RTO seconds, passed), newest first.
-fn split_recent(
-    mut regions: Vec<pb::RegionDrillSummary>,
-) -> (Vec<pb::RegionDrillSummary>, Vec<Vec<(String, i64, bool)>>) {
+/// A region's recent drills as (event id, RTO seconds, passed), newest first.
+type Recent = Vec<(String, i64, bool)>;
+
+/// The summaries without their lists of recent drills, and those lists.
+fn split_recent(mut regions: Vec<pb::RegionDrillSummary>) -> (Vec<pb::RegionDrillSummary>, Vec<Recent>) {
     let recent = regions
         .iter_mut()
         .map(|r| {
@@ -755,7 +755,7 @@ async fn bad_drills_are_invalid_argument_naming_the_field_with_nothing_written()
                     r.rto_target = Some(prost_types::Duration {
                         seconds: -1,
                         nanos: 0,
-                    })
+                    });
                 }),
                 field: "rto_target",
             },
@@ -765,7 +765,7 @@ async fn bad_drills_are_invalid_argument_naming_the_field_with_nothing_written()
                     r.rpo_target = Some(prost_types::Duration {
                         seconds: 0,
                         nanos: 1_000_000_000,
-                    })
+                    });
                 }),
                 field: "rpo_target",
             },

@@ -414,7 +414,8 @@ fn locked(
         .write(true)
         .open(dir.join("schedule.lock"))
         .with_context(|| format!("opening {}", dir.join("schedule.lock").display()))?;
-    lock.lock().context("locking the schedule")?;
+    // flock(2): released when the file is closed, also when the process dies.
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).context("locking the schedule")?;
     let path = dir.join("schedule.json");
     let mut schedule = match std::fs::read(&path) {
         Ok(bytes) => {
