@@ -479,10 +479,11 @@ fn text(bytes: &[u8]) -> String {
 /// against a key Analytics does not sign with) fails the drill, exit 1, and
 /// the receiver gets the signed notification, verified with the keyring of
 /// the data dir; the failed-drill runbook, whose last block runs the
-/// repository's plan, and the lost-primary runbook run against the stack;
-/// a scheduled drill with its own plan is persisted, listed, run by the
+/// repository's plan (RTO under 15 s, RPO 0, the ledger and services
+/// checked), and the lost-primary runbook run against the stack; a
+/// scheduled drill with its own plan is persisted, listed, run by the
 /// scheduler and recorded, and the checkpoint it kept before its kill
-/// verifies with `soma verify ledger`; the summary lists the four drills
+/// verifies with `soma verify ledger`; the summary lists the three drills
 /// with exactly the RTO and RPO they measured; a target it cannot drill
 /// yet is refused with exit 64.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,9 +493,18 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     let stack = Stack::up(ha.clone());
     let data = dir.path().join("data");
     let (hook_url, hooks) = webhook_receiver().await;
+    // The region's RTO objective is generous (the machine may be loaded):
+    // the drills' own targets are what holds them to 15 s here.
     let mut up = common::spawn_soma_up(
         &data,
-        &["--database-url", &stack.url, "--drill-webhook", &hook_url],
+        &[
+            "--database-url",
+            &stack.url,
+            "--drill-webhook",
+            &hook_url,
+            "--drill-rto-objective",
+            "60s",
+        ],
     );
     let edge = wait_for_edge(&data).await;
     let data_arg = data.to_str().unwrap().to_owned();
@@ -542,39 +552,7 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     }
     assert_eq!(stack.leader().await, leader, "a refused plan killed the primary");
 
-    // 1. From its flags, as before plans: within 15 s, nothing lost, the
-    // ledger and the services checked.
-    let (code, stdout, stderr) = drill(args(&[
-        "--target",
-        "postgres",
-        "--rto-target",
-        "15s",
-        "--before",
-        "20",
-        "--after",
-        "20",
-    ]))
-    .await;
-    println!("drill 1:\n{stderr}{stdout}");
-    assert_eq!(code, Some(0), "{stderr}");
-    let first = figures(&stdout, &stderr);
-    assert!(
-        first.rto_nanos > 0 && first.rto_nanos < 15_000_000_000,
-        "rto {}",
-        first.rto_nanos
-    );
-    assert_eq!(first.rpo_events, 0);
-    assert!(stderr.contains("drill: ledger: ok: "), "{stderr}");
-    assert!(
-        stderr.contains("drill: services: ok: ready: gateway, tool-registry, capsule-repo, analytics"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("recorded {} in Analytics: passed", first.event_id)),
-        "{stderr}"
-    );
-
-    // 2. A target nothing can meet, and a ledger checked against a key
+    // 1. From its flags: a target nothing can meet, and a ledger checked against a key
     // Analytics does not sign with: measured, recorded, exit 1, notified.
     stack.wait_for_sync_standby().await;
     let public_key = data.join("public-keys/analytics-1.pem");
@@ -594,7 +572,7 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     ]))
     .await;
     std::fs::write(&public_key, &trusted).unwrap();
-    println!("drill 2:\n{stderr}{stdout}");
+    println!("drill 1:\n{stderr}{stdout}");
     assert_eq!(code, Some(1), "{stderr}");
     let missed = figures(&stdout, &stderr);
     assert_eq!(missed.rpo_events, 0);
@@ -657,11 +635,11 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     assert_eq!(event["rto_nanos"], missed.rto_nanos.to_string());
     assert_eq!(event["objective_rto_nanos"], "1000000");
     assert_eq!(event["objective_rpo_nanos"], "0");
-    assert_eq!(hooks.lock().unwrap().len(), 1, "a passing drill notified");
 
-    // The failed-drill runbook against the stack: it finds drill 2 and
+    // The failed-drill runbook against the stack: it finds drill 1 and
     // why, re-verifies its ledger files with the trusted key, and its
-    // last block runs the repository's plan (drill 3); then the lost
+    // last block runs the repository's plan (drill 2: within 15 s,
+    // nothing lost, the ledger and the services checked); then the lost
     // primary runbook, right after that drill's failover.
     stack.wait_for_sync_standby().await;
     let runbook = |name: &'static str| {
@@ -687,7 +665,22 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     );
     assert!(stdout.contains("valid: "), "{stdout}");
     let planned = figures(&stdout, &stderr);
+    assert!(
+        planned.rto_nanos > 0 && planned.rto_nanos < 15_000_000_000,
+        "rto {}",
+        planned.rto_nanos
+    );
     assert_eq!(planned.rpo_events, 0);
+    assert!(stderr.contains("drill: ledger: ok: "), "{stderr}");
+    assert!(
+        stderr.contains("drill: services: ok: ready: gateway, tool-registry, capsule-repo, analytics"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("recorded {} in Analytics: passed", planned.event_id)),
+        "{stderr}"
+    );
+    assert_eq!(hooks.lock().unwrap().len(), 1, "a passing drill notified");
     // The repository's plan drove it: its targets and load.
     assert!(
         stderr.contains(
@@ -703,10 +696,12 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     assert!(stdout.contains("leader: "), "{stdout}");
     assert!(stdout.contains("valid: "), "{stdout}");
 
-    // 4. A scheduled drill with its own plan (three writers, no services
-    // step): persisted, listed, run by the scheduler, recorded.
+    // 3. A scheduled drill with its own plan (three writers, no services
+    // step, a 1 min RTO target): persisted, listed, run by the scheduler,
+    // recorded.
     let mut plan = repository_plan.clone();
     plan["load"]["writers"] = json!(3);
+    plan["targets"]["rto"] = json!("60s");
     plan["steps"] = json!(["load", "kill", "recovery", "rpo", "ledger"]);
     let plan_path = dir.path().join("nightly.plan.json");
     std::fs::write(&plan_path, plan.to_string()).unwrap();
@@ -763,7 +758,7 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     // Its plan drove it, the command line overriding the load's counts.
     assert!(
         stderr.contains(&format!(
-            "drill: plan dr_failover_drill v1 from {}: rto target 15s, rpo target 0 events, 3 writers, \
+            "drill: plan dr_failover_drill v1 from {}: rto target 1m, rpo target 0 events, 3 writers, \
              20 before, 20 after, timeout 2m",
             plan_path.display()
         )),
@@ -819,7 +814,7 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
         "{verified}"
     );
 
-    // The summary shows the four drills with exactly the RTO and RPO they
+    // The summary shows the three drills with exactly the RTO and RPO they
     // measured, and their verdicts.
     let token = ok(&soma(
         &[
@@ -859,7 +854,7 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     let count: u64 = local["count"]
         .as_str()
         .map_or_else(|| local["count"].as_u64().unwrap(), |c| c.parse().unwrap());
-    assert_eq!(count, 4, "{summary}");
+    assert_eq!(count, 3, "{summary}");
     let recent = local["recent"].as_array().unwrap();
     let recorded: Vec<(&str, i64, i64, bool)> = recent
         .iter()
@@ -872,14 +867,13 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
             )
         })
         .collect();
-    // Newest first: the scheduled drill, the runbook's, drill 2, drill 1.
+    // Newest first: the scheduled drill, the runbook's, drill 1.
     assert_eq!(
         recorded,
         [
             (nightly.event_id.as_str(), nightly.rto_nanos, 0, true),
             (planned.event_id.as_str(), planned.rto_nanos, 0, true),
             (missed.event_id.as_str(), missed.rto_nanos, 0, false),
-            (first.event_id.as_str(), first.rto_nanos, 0, true),
         ],
         "{summary}"
     );
