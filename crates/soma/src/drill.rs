@@ -586,8 +586,13 @@ fn step(name: &str, outcome: Option<Result<String, String>>) -> (String, bool, S
         "{name}: {} {detail}",
         if ok { "ok:" } else { "FAILED:" }
     ));
-    // The step's detail is bounded by Analytics (1024 characters).
-    let detail: String = detail.chars().take(1000).collect();
+    // Analytics takes a step's detail as one line of at most 1024
+    // characters (a reason may quote a multi-line answer).
+    let detail: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
+        .collect();
     (name.to_owned(), ok, detail)
 }
 
