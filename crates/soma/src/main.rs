@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use soma_mesh::ServiceKind;
 
 /// Exit code of a bad configuration or usage (EX_USAGE).
@@ -103,6 +103,8 @@ enum Command {
         /// own database on it, `soma_<service>` (created when missing).
         #[arg(long)]
         database_url: Option<String>,
+        #[command(flatten)]
+        drills: up::DrillSettings,
     },
     /// Print a JWT from the development issuer of a `soma up` data dir.
     Token {
@@ -181,8 +183,14 @@ enum DrillCommand {
     /// Kill the target under a steady write load through the edge, measure
     /// RTO and RPO, record the drill; the last line is
     /// `rto_seconds=<float> rpo_events=<int>`; exit 0 only when both
-    /// targets hold.
+    /// targets hold (and Analytics judged the drill passed).
     Run(drill::DrillArgs),
+    /// Schedule a drill (`--every 24h DRILL ARGS`), list (`--list`) or
+    /// remove (`--remove ID`) scheduled drills: DIR/drills/schedule.json.
+    Schedule(drill::schedule::ScheduleArgs),
+    /// Run the scheduled drills when they are due, one at a time, each
+    /// recorded in Analytics.
+    Scheduler(drill::schedule::SchedulerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -272,7 +280,11 @@ pub(crate) fn parse_target(s: &str) -> Result<Duration, String> {
     reason = "a fatal error before or after logging exists goes to stderr"
 )]
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
+    // Which of `soma drill run`'s arguments the command line gave: the
+    // others may come from its plan.
+    let drill_run_given = given_arguments(&matches, &["drill", "run"]);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -295,6 +307,7 @@ fn main() -> ExitCode {
                 edge_addr,
                 region,
                 database_url,
+                drills,
             } => {
                 up::run(up::UpArgs {
                     log_format: cli.log_format,
@@ -305,6 +318,7 @@ fn main() -> ExitCode {
                     edge_addr,
                     region,
                     database_url,
+                    drills,
                 })
                 .await
             }
@@ -378,8 +392,17 @@ fn main() -> ExitCode {
             Command::Capsule { command } => capsule::run(command).await,
             Command::Canon { file } => release::canon(&file),
             Command::Drill {
-                command: DrillCommand::Run(args),
-            } => drill::run(args).await,
+                command: DrillCommand::Run(mut args),
+            } => {
+                args.given = drill_run_given;
+                drill::run(args).await
+            }
+            Command::Drill {
+                command: DrillCommand::Schedule(args),
+            } => drill::schedule::schedule(args).await,
+            Command::Drill {
+                command: DrillCommand::Scheduler(args),
+            } => drill::schedule::scheduler(args).await,
         }
     });
     // Whatever still runs on the blocking pool (a read that cannot be
@@ -395,6 +418,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The ids of the arguments of the subcommand at `path` that the command
+/// line gave (not defaults, not the environment).
+fn given_arguments(matches: &clap::ArgMatches, path: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut m = matches;
+    for name in path {
+        match m.subcommand_matches(name) {
+            Some(sub) => m = sub,
+            None => return std::collections::BTreeSet::new(),
+        }
+    }
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| id.as_str().to_owned())
+        .collect()
 }
 
 /// Logs go to standard error (standard output is for the commands' own

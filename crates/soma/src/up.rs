@@ -27,6 +27,10 @@ use tokio::process::{Child, Command};
 
 use crate::serve::ReadyLine;
 
+mod drills;
+
+pub use drills::DrillSettings;
+
 /// How long one service may take to report that it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the services get to stop after their stdin closes.
@@ -49,6 +53,8 @@ pub struct UpArgs {
     /// A PostgreSQL server for the services' databases (`soma_<service>`
     /// each); `None`: SQLite files under the data dir.
     pub database_url: Option<String>,
+    /// Analytics' drill objectives for the region and webhook receivers.
+    pub drills: DrillSettings,
 }
 
 /// The database of `kind` on a PostgreSQL server: `soma_<service>`, the
@@ -194,6 +200,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let analytics_keys = ensure_analytics_keys(&data_dir)?;
     let registry_keys = ensure_registry_keys(&data_dir)?;
     let capsule_repo_keys = ensure_capsule_repo_keys(&data_dir)?;
+    let analytics_drills = match drills::analytics_env(&data_dir, &args.region, &args.drills)? {
+        Ok(env) => env,
+        Err(reason) => return Ok(crate::config_error(reason)),
+    };
 
     let registry = Registry::new();
     let listener = soma_ca::bind_socket(&socket)?;
@@ -225,6 +235,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             capsule_repo: &capsule_repo_keys,
             gateway_config: &gateway_config,
             region: &args.region,
+            analytics_drills: &analytics_drills,
         },
         registry: &registry,
         databases: &databases,
@@ -411,6 +422,8 @@ struct ServiceKeys<'a> {
     capsule_repo: &'a Path,
     gateway_config: &'a Path,
     region: &'a str,
+    /// Analytics' drill objectives and webhook settings.
+    analytics_drills: &'a [(&'static str, String)],
 }
 
 /// Spawns `soma serve <kind>`, registers its pid for the service's SPIFFE
@@ -480,7 +493,8 @@ async fn start_service(
         ServiceKind::Analytics => {
             cmd.env("SOMA_ANALYTICS_ROW_KEYS_FILE", &keys.analytics.row_keys)
                 .env("SOMA_ANALYTICS_SIGNING_KEY_FILE", &keys.analytics.signing_key)
-                .env("SOMA_ANALYTICS_SIGNING_KEY_ID", ANALYTICS_SIGNING_KEY_ID);
+                .env("SOMA_ANALYTICS_SIGNING_KEY_ID", ANALYTICS_SIGNING_KEY_ID)
+                .envs(keys.analytics_drills.iter().map(|(k, v)| (k, v)));
         }
         ServiceKind::ToolRegistry => {
             cmd.env(soma_tool_registry::config::KEYS_FILE_ENV, keys.registry);

@@ -400,12 +400,72 @@ fn verify_ledger(checkpoint: &Path, public_key: &Path, origin: Option<&str>, pro
     }
 }
 
-fn check_ledger(
+/// `soma verify ledger --consistency` as a function: the note at
+/// `checkpoint` extends the note at `previous` by the proof at `proof`,
+/// both signed by the key at `public_key` under the origin of the note's
+/// first line. `Ok`: what `soma verify ledger` prints after `valid: `;
+/// `Err`: why not.
+pub(crate) fn ledger_consistency(
+    checkpoint: &Path,
+    public_key: &Path,
+    previous: &Path,
+    proof: &Path,
+) -> Result<String, String> {
+    let proof = LedgerProof::Consistency {
+        proof: proof.to_owned(),
+        previous: previous.to_owned(),
+    };
+    check_ledger(checkpoint, public_key, None, &proof).map_err(Verdict::reason)
+}
+
+/// The checkpoint of the note at `checkpoint`, verified with the key at
+/// `public_key` as `soma verify ledger` verifies it; `Err`: why not.
+pub(crate) fn verified_checkpoint(checkpoint: &Path, public_key: &Path) -> Result<Checkpoint, String> {
+    verified_note(checkpoint, public_key, None)
+        .map(|(_, current)| current)
+        .map_err(Verdict::reason)
+}
+
+/// An inclusion proof as `InclusionProof` answers it (proto3 JSON), for a
+/// tree of `checkpoint`'s size, checked against its root as `soma verify
+/// ledger --inclusion` checks it: `Ok` the leaf's index, `Err` why not.
+pub(crate) fn inclusion_in(text: &str, checkpoint: &Checkpoint) -> Result<u64, String> {
+    let proof = InclusionInput::parse(text)?;
+    if proof.tree_size != checkpoint.tree_size() {
+        return Err(format!(
+            "the proof is for tree size {}, the checkpoint is of size {}",
+            proof.tree_size,
+            checkpoint.tree_size()
+        ));
+    }
+    soma_ledger::verify_inclusion(
+        &proof.leaf_hash,
+        proof.leaf_index,
+        proof.tree_size,
+        &proof.proof,
+        checkpoint.root(),
+    )
+    .map_err(|e| format!("inclusion proof: {e}"))?;
+    Ok(proof.leaf_index)
+}
+
+impl Verdict {
+    /// Why a check did not pass, one line.
+    fn reason(self) -> String {
+        match self {
+            Self::Invalid(why) | Self::Unusable(why) => why,
+            Self::Valid(_) | Self::Swept { .. } => "no failure".to_owned(),
+        }
+    }
+}
+
+/// The verifier of a checkpoint note (under `origin`, else the note's
+/// first line) and the note's checkpoint, verified.
+fn verified_note(
     checkpoint: &Path,
     public_key: &Path,
     origin: Option<&str>,
-    proof: &LedgerProof,
-) -> Result<String, Verdict> {
+) -> Result<(CheckpointVerifier, Checkpoint), Verdict> {
     let key = checkpoint_key(public_key)?;
     let note = read_text("checkpoint", checkpoint)?;
     let verifier = match origin {
@@ -424,6 +484,16 @@ fn check_ledger(
         }
     };
     let current = verify_note(&verifier, "checkpoint", checkpoint, &note)?;
+    Ok((verifier, current))
+}
+
+fn check_ledger(
+    checkpoint: &Path,
+    public_key: &Path,
+    origin: Option<&str>,
+    proof: &LedgerProof,
+) -> Result<String, Verdict> {
+    let (verifier, current) = verified_note(checkpoint, public_key, origin)?;
 
     match proof {
         LedgerProof::Inclusion(path) => {

@@ -388,87 +388,434 @@ async fn ten_killed_primaries_lose_no_acknowledged_event() {
     up.kill().await.unwrap();
 }
 
-/// `scripts/ops/run_failover_drill.sh`, the seed's drill: a load through
-/// the edge, the primary killed, RTO and RPO measured from outside and
-/// printed as its last line, the drill recorded in Analytics (and in its
-/// summary); a target set below what is achievable makes it exit 1; a
-/// target it cannot drill yet is refused with exit 64.
+/// What the test's webhook receiver got: each request's headers and body.
+type Hooks = Arc<Mutex<Vec<(http::HeaderMap, axum::body::Bytes)>>>;
+
+/// A real HTTP receiver of Analytics' drill notifications on `127.0.0.1:0`:
+/// its URL and what it got.
+async fn webhook_receiver() -> (String, Hooks) {
+    let hooks: Hooks = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(hooks): axum::extract::State<Hooks>,
+                 headers: http::HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    hooks.lock().unwrap().push((headers, body));
+                    http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(Arc::clone(&hooks));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hooks)
+}
+
+/// A duration in seconds with up to nine decimals (`12.129284679`, or
+/// proto3 JSON's `12.129284679s`), in nanoseconds, exactly.
+fn nanos(text: &str) -> i64 {
+    let text = text.trim_end_matches('s');
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    assert!(fraction.len() <= 9, "{text}");
+    seconds.parse::<i64>().unwrap() * 1_000_000_000 + format!("{fraction:0<9}").parse::<i64>().unwrap()
+}
+
+/// A span as Analytics writes it in a failure reason (`4.5s`, `16s`).
+fn span(nanos: i64) -> String {
+    let (s, n) = (nanos / 1_000_000_000, nanos % 1_000_000_000);
+    if n == 0 {
+        format!("{s}s")
+    } else {
+        format!("{s}.{}s", format!("{n:09}").trim_end_matches('0'))
+    }
+}
+
+/// A drill's figures: its event id (from its progress lines), its RTO in
+/// nanoseconds and its lost events (its last line).
+struct Figures {
+    event_id: String,
+    rto_nanos: i64,
+    rpo_events: u64,
+}
+
+/// The figures of a drill's output: `stdout` ends with its last line,
+/// `stderr` holds its progress lines.
+fn figures(stdout: &str, stderr: &str) -> Figures {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("rto_seconds="))
+        .unwrap_or_else(|| panic!("no figures in {stdout:?}; stderr: {stderr}"));
+    let fields: BTreeMap<&str, &str> = last.split(' ').filter_map(|f| f.split_once('=')).collect();
+    assert_eq!(fields.len(), 2, "last line: {last:?}");
+    let event_id = stderr
+        .split("recorded ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no recorded drill in {stderr}"))
+        .to_owned();
+    Figures {
+        event_id,
+        rto_nanos: nanos(fields["rto_seconds"]),
+        rpo_events: fields["rpo_events"].parse().unwrap(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The failover drill end to end on the real HA stack, one stack for all
+/// of it: `soma up` judges drills against its region's objectives and
+/// notifies a real webhook receiver; `scripts/ops/run_failover_drill.sh`
+/// (the seed's drill) kills the primary under load, measures RTO and RPO
+/// from outside, checks the ledger against the checkpoint it kept before
+/// the kill and the services' readiness, records the drill with its
+/// targets and exits with Analytics' verdict. A bad plan is refused (64)
+/// before anything is killed; a 1 ms RTO target (and a ledger check
+/// against a key Analytics does not sign with) fails the drill, exit 1, and
+/// the receiver gets the signed notification, verified with the keyring of
+/// the data dir; the failed-drill runbook, whose last block runs the
+/// repository's plan (RTO under 15 s, RPO 0, the ledger and services
+/// checked), and the lost-primary runbook run against the stack; a
+/// scheduled drill with its own plan is persisted, listed, run by the
+/// scheduler and recorded, and the checkpoint it kept before its kill
+/// verifies with `soma verify ledger`; the summary lists the three drills
+/// with exactly the RTO and RPO they measured; a target it cannot drill
+/// yet is refused with exit 64.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_target_is_missed() {
     let dir = tempfile::tempdir().unwrap();
     let ha = dir.path().join("ha");
     let stack = Stack::up(ha.clone());
     let data = dir.path().join("data");
-    let mut up = common::spawn_soma_up(&data, &["--database-url", &stack.url]);
+    let (hook_url, hooks) = webhook_receiver().await;
+    // The region's RTO objective is generous (the machine may be loaded):
+    // the drills' own targets are what holds them to 15 s here.
+    let mut up = common::spawn_soma_up(
+        &data,
+        &[
+            "--database-url",
+            &stack.url,
+            "--drill-webhook",
+            &hook_url,
+            "--drill-rto-objective",
+            "60s",
+        ],
+    );
     let edge = wait_for_edge(&data).await;
-    let drill = |rto_target: &str, target: &str| {
-        std::process::Command::new(script("run_failover_drill.sh"))
-            .args([
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--ha-dir",
-                ha.to_str().unwrap(),
-            ])
-            .args([
-                "--target",
-                target,
-                "--rto-target",
-                rto_target,
-                "--before",
-                "20",
-                "--after",
-                "20",
-            ])
-            .env("SOMA", common::cli::SOMA)
-            .output()
-            .unwrap()
+    let data_arg = data.to_str().unwrap().to_owned();
+    let ha_arg = ha.to_str().unwrap().to_owned();
+    let drill = |extra: Vec<String>| {
+        let (data_arg, ha_arg) = (data_arg.clone(), ha_arg.clone());
+        async move {
+            let output = tokio::process::Command::new(script("run_failover_drill.sh"))
+                .args(["--data-dir", &data_arg, "--ha-dir", &ha_arg])
+                .args(&extra)
+                .env("SOMA", common::cli::SOMA)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+            (output.status.code(), stdout, stderr)
+        }
     };
-    // (rto_seconds, rpo_events) of a drill's last line.
-    let figures = |output: &std::process::Output| -> (f64, u64) {
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let last = stdout.lines().last().unwrap_or_default().to_owned();
-        let fields: BTreeMap<&str, &str> = last.split(' ').filter_map(|f| f.split_once('=')).collect();
-        assert_eq!(
-            fields.len(),
-            2,
-            "last line: {last:?}; stderr: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    let args = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+
+    // A plan this soma cannot read is refused before anything is killed.
+    let repository_plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(script("dr_failover_drill.plan.json")).unwrap())
+            .unwrap();
+    let leader = stack.leader().await;
+    for (name, edit, reason) in [
         (
-            fields["rto_seconds"].parse().unwrap(),
-            fields["rpo_events"].parse().unwrap(),
-        )
-    };
+            "newer.json",
+            json!({"version": 2}),
+            "version 2 is not supported: this soma reads plans of version 1",
+        ),
+        ("unknown.json", json!({"rto": "15s"}), "unknown field `rto`"),
+    ] {
+        let mut plan = repository_plan.clone();
+        plan.as_object_mut()
+            .unwrap()
+            .extend(edit.as_object().unwrap().clone());
+        let path = dir.path().join(name);
+        std::fs::write(&path, plan.to_string()).unwrap();
+        let (code, _, stderr) =
+            drill(args(&["--target", "postgres", "--plan", path.to_str().unwrap()])).await;
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+    assert_eq!(stack.leader().await, leader, "a refused plan killed the primary");
 
-    let passed = drill("15s", "postgres");
-    let (rto, rpo) = figures(&passed);
-    println!(
-        "drill 1: rto_seconds={rto} rpo_events={rpo}\n{}",
-        String::from_utf8_lossy(&passed.stderr)
-    );
-    assert_eq!(
-        passed.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&passed.stderr)
-    );
-    assert!(rto > 0.0 && rto < 15.0, "rto {rto}");
-    assert_eq!(rpo, 0);
-
-    // A target nothing can meet: measured, recorded, exit 1.
+    // 1. From its flags: a target nothing can meet, and a ledger checked against a key
+    // Analytics does not sign with: measured, recorded, exit 1, notified.
     stack.wait_for_sync_standby().await;
-    let missed = drill("1ms", "postgres");
-    let (rto, rpo) = figures(&missed);
-    println!("drill 2: rto_seconds={rto} rpo_events={rpo}");
-    assert_eq!(
-        missed.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&missed.stderr)
+    let public_key = data.join("public-keys/analytics-1.pem");
+    let trusted = std::fs::read(&public_key).unwrap();
+    let (other, _) =
+        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("analytics-1").unwrap()).unwrap();
+    std::fs::write(&public_key, other.public_key_pem()).unwrap();
+    let (code, stdout, stderr) = drill(args(&[
+        "--target",
+        "postgres",
+        "--rto-target",
+        "1ms",
+        "--before",
+        "20",
+        "--after",
+        "20",
+    ]))
+    .await;
+    std::fs::write(&public_key, &trusted).unwrap();
+    println!("drill 1:\n{stderr}{stdout}");
+    assert_eq!(code, Some(1), "{stderr}");
+    let missed = figures(&stdout, &stderr);
+    assert_eq!(missed.rpo_events, 0);
+    assert!(
+        stderr.contains("drill: ledger: FAILED: soma verify ledger: "),
+        "{stderr}"
     );
-    assert_eq!(rpo, 0);
+    let reasons = json!([
+        "step \"ledger\" failed",
+        format!("rto {} exceeds the drill's target 0.001s", span(missed.rto_nanos)),
+    ]);
+    assert!(
+        stderr.contains(&format!("failed against its objectives {reasons}")),
+        "{stderr}"
+    );
 
-    // Both drills are in Analytics' summary for the region.
+    // The receiver gets the signed notification of drill 2 (and of no
+    // passing drill): verified with the keyring soma up generated.
+    let keys_file = data.join("secrets/analytics-webhook-keys.json");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&keys_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", keys_file.display());
+    }
+    let keyring = soma_sign::HmacKeyring::load(&keys_file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (headers, body) = loop {
+        if let Some(hook) = hooks.lock().unwrap().first().cloned() {
+            break hook;
+        }
+        assert!(Instant::now() < deadline, "no notification within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+    let (id, timestamp, key_id) = (
+        header("x-soma-webhook-id"),
+        header("x-soma-webhook-timestamp"),
+        header("x-soma-webhook-key-id"),
+    );
+    let tag: Vec<u8> = {
+        let hex = header("x-soma-webhook-signature");
+        let hex = hex.strip_prefix("v1=").unwrap();
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let signed = |body: &[u8]| [format!("{timestamp}.{id}.").as_bytes(), body].concat();
+    keyring.verify(&key_id, &signed(&body), &tag).unwrap();
+    assert!(
+        keyring
+            .verify(&key_id, &signed(&[&body[..], b" "].concat()), &tag)
+            .is_err()
+    );
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["type"], "disaster_drill.failed");
+    assert_eq!(event["event_id"], missed.event_id.as_str());
+    assert_eq!(event["tenant"], "drill");
+    assert_eq!(event["failure_reasons"], reasons);
+    assert_eq!(event["rto_nanos"], missed.rto_nanos.to_string());
+    assert_eq!(event["objective_rto_nanos"], "1000000");
+    assert_eq!(event["objective_rpo_nanos"], "0");
+
+    // The failed-drill runbook against the stack: it finds drill 1 and
+    // why, re-verifies its ledger files with the trusted key, and its
+    // last block runs the repository's plan (drill 2: within 15 s,
+    // nothing lost, the ledger and the services checked); then the lost
+    // primary runbook, right after that drill's failover.
+    stack.wait_for_sync_standby().await;
+    let runbook = |name: &'static str| {
+        let (data_arg, ha_arg) = (data_arg.clone(), ha_arg.clone());
+        tokio::task::spawn_blocking(move || {
+            common::runbooks::run(
+                name,
+                &[
+                    ("SOMA_DATA", data_arg.as_str()),
+                    ("REGION", "local"),
+                    ("HA_DIR", ha_arg.as_str()),
+                ],
+            )
+        })
+    };
+    let output = runbook("failed-drill.md").await.unwrap();
+    common::runbooks::assert_ran("failed-drill.md", &output);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    println!("failed-drill.md:\n{stderr}{stdout}");
+    assert!(
+        stdout.contains(&format!("the last failed drill: {}", missed.event_id)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("valid: "), "{stdout}");
+    let planned = figures(&stdout, &stderr);
+    assert!(
+        planned.rto_nanos > 0 && planned.rto_nanos < 15_000_000_000,
+        "rto {}",
+        planned.rto_nanos
+    );
+    assert_eq!(planned.rpo_events, 0);
+    assert!(stderr.contains("drill: ledger: ok: "), "{stderr}");
+    assert!(
+        stderr.contains("drill: services: ok: ready: gateway, tool-registry, capsule-repo, analytics"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("recorded {} in Analytics: passed", planned.event_id)),
+        "{stderr}"
+    );
+    assert_eq!(hooks.lock().unwrap().len(), 1, "a passing drill notified");
+    // The repository's plan drove it: its targets and load.
+    assert!(
+        stderr.contains(
+            "drill: plan dr_failover_drill v1 from scripts/ops/dr_failover_drill.plan.json: rto target 15s, \
+             rpo target 0 events, 4 writers, 40 before, 40 after, timeout 2m"
+        ),
+        "{stderr}"
+    );
+    let output = runbook("lost-postgres-primary.md").await.unwrap();
+    common::runbooks::assert_ran("lost-postgres-primary.md", &output);
+    let stdout = text(&output.stdout);
+    println!("lost-postgres-primary.md:\n{}{stdout}", text(&output.stderr));
+    assert!(stdout.contains("leader: "), "{stdout}");
+    assert!(stdout.contains("valid: "), "{stdout}");
+
+    // 3. A scheduled drill with its own plan (three writers, no services
+    // step, a 1 min RTO target): persisted, listed, run by the scheduler,
+    // recorded.
+    let mut plan = repository_plan.clone();
+    plan["load"]["writers"] = json!(3);
+    plan["targets"]["rto"] = json!("60s");
+    plan["steps"] = json!(["load", "kill", "recovery", "rpo", "ledger"]);
+    let plan_path = dir.path().join("nightly.plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let scheduled = soma(
+        &[
+            "drill",
+            "schedule",
+            "--data-dir",
+            &data_arg,
+            "--every",
+            "24h",
+            "--id",
+            "nightly",
+            "--",
+            "--target",
+            "postgres",
+            "--ha-dir",
+            &ha_arg,
+            "--plan",
+            plan_path.to_str().unwrap(),
+            "--before",
+            "20",
+            "--after",
+            "20",
+        ],
+        dir.path(),
+    );
+    assert!(ok(&scheduled).contains("scheduled nightly: every 1day, first run due now"));
+    let listed = ok(&soma(
+        &["drill", "schedule", "--data-dir", &data_arg, "--list"],
+        dir.path(),
+    ));
+    assert!(
+        listed.starts_with("nightly every 1day next ")
+            && listed.contains(" never run args: --target postgres"),
+        "{listed}"
+    );
+    stack.wait_for_sync_standby().await;
+    let ran = tokio::process::Command::new(common::cli::SOMA)
+        .args(["drill", "scheduler", "--data-dir", &data_arg, "--once"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&ran.stdout), text(&ran.stderr));
+    println!("scheduler:\n{stderr}{stdout}");
+    assert_eq!(ran.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("scheduler: running nightly"), "{stdout}");
+    assert!(
+        stdout.contains("scheduler: nightly exited 0: rto_seconds="),
+        "{stdout}"
+    );
+    // Its plan drove it, the command line overriding the load's counts.
+    assert!(
+        stderr.contains(&format!(
+            "drill: plan dr_failover_drill v1 from {}: rto target 1m, rpo target 0 events, 3 writers, \
+             20 before, 20 after, timeout 2m",
+            plan_path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drill: load: 3 writers"), "{stderr}");
+    assert!(
+        stderr.contains("drill: services: ok: skipped: not in the plan"),
+        "{stderr}"
+    );
+    let nightly = figures(
+        stdout
+            .split("exited 0: ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap(),
+        &stderr,
+    );
+    let listed = ok(&soma(
+        &["drill", "schedule", "--data-dir", &data_arg, "--list"],
+        dir.path(),
+    ));
+    assert!(listed.contains(" exit 0 (rto_seconds="), "{listed}");
+    // Claimed for a day: a second pass runs nothing.
+    let again = soma(
+        &["drill", "scheduler", "--data-dir", &data_arg, "--once"],
+        dir.path(),
+    );
+    assert_eq!(ok(&again), "");
+
+    // The checkpoint the scheduled drill kept before its kill verifies
+    // against the ledger after recovery, with `soma verify ledger`.
+    let kept = data.join("drills").join(&nightly.event_id);
+    let verified = ok(&soma(
+        &[
+            "verify",
+            "ledger",
+            "--checkpoint",
+            kept.join("checkpoint-after.note").to_str().unwrap(),
+            "--previous-checkpoint",
+            kept.join("checkpoint-before.note").to_str().unwrap(),
+            "--consistency",
+            kept.join("consistency.json").to_str().unwrap(),
+            "--public-key",
+            public_key.to_str().unwrap(),
+        ],
+        dir.path(),
+    ));
+    assert!(
+        verified.starts_with("valid: ") && verified.contains(" extends tree size "),
+        "{verified}"
+    );
+
+    // The summary shows the three drills with exactly the RTO and RPO they
+    // measured, and their verdicts.
     let token = ok(&soma(
         &[
             "token",
@@ -507,16 +854,34 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     let count: u64 = local["count"]
         .as_str()
         .map_or_else(|| local["count"].as_u64().unwrap(), |c| c.parse().unwrap());
-    assert_eq!(count, 2, "{summary}");
+    assert_eq!(count, 3, "{summary}");
+    let recent = local["recent"].as_array().unwrap();
+    let recorded: Vec<(&str, i64, i64, bool)> = recent
+        .iter()
+        .map(|d| {
+            (
+                d["eventId"].as_str().unwrap(),
+                nanos(d["rto"].as_str().unwrap()),
+                d["rpo"].as_str().map_or(0, nanos),
+                d["passed"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    // Newest first: the scheduled drill, the runbook's, drill 1.
+    assert_eq!(
+        recorded,
+        [
+            (nightly.event_id.as_str(), nightly.rto_nanos, 0, true),
+            (planned.event_id.as_str(), planned.rto_nanos, 0, true),
+            (missed.event_id.as_str(), missed.rto_nanos, 0, false),
+        ],
+        "{summary}"
+    );
+    assert_eq!(recent[2]["failureReasons"], reasons);
 
     // Not built yet: refused, exit 64, nothing killed.
-    let refused = drill("15s", "analytics");
-    assert_eq!(
-        refused.status.code(),
-        Some(64),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    let (code, _, stderr) = drill(args(&["--target", "analytics", "--rto-target", "15s"])).await;
+    assert_eq!(code, Some(64), "{stderr}");
 
     up.kill().await.unwrap();
 }

@@ -12,7 +12,14 @@
 //! rewrites history.
 //!
 //! **Objectives** come from [`DrillConfig`] (`SOMA_ANALYTICS_DRILL_OBJECTIVES`,
-//! parsed in [`crate::config`]).
+//! parsed in [`crate::config`]). A drill may carry its own targets
+//! (`rto_target`, `rpo_target`): each tightens the region's objective when it
+//! is stricter and is ignored when it is looser, so whoever records a drill
+//! can hold it to a higher bar but never pass it below the operator's. The
+//! objective applied (the stricter of the two) is the one stored, and a
+//! failure reason says which one was exceeded ("the objective 15s" or "the
+//! drill's target 0.001s"). A region without a configured objective fails
+//! whatever targets the drill carries.
 //!
 //! **Tenancy.** A drill recorded through the gateway on behalf of a tenant
 //! belongs to the verified claims' tenant; one recorded by a service over
@@ -34,7 +41,7 @@ use crate::convert::{duration_proto, timestamp_proto};
 use crate::error::AnalyticsError;
 use crate::ledger::Appended;
 use crate::service::AnalyticsService;
-use crate::tables::drills::{DrillRow, Step, drills_of};
+use crate::tables::drills::{DrillRow, Objective, Step, drills_of};
 use crate::tables::{self, EventRow as _};
 use crate::validate::{self, invalid};
 
@@ -49,6 +56,9 @@ const MAX_STEP_NAME: usize = 128;
 const MAX_STEP_DETAIL: usize = 1024;
 
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
+
+/// Most recent drills listed per region in a summary.
+const RECENT: usize = 20;
 
 /// Free text of a step: `1..=max` characters (empty allowed when `optional`),
 /// no control characters.
@@ -100,6 +110,12 @@ fn span_text(nanos: i64) -> String {
         let fraction = format!("{n:09}");
         format!("{s}.{}s", fraction.trim_end_matches('0'))
     }
+}
+
+/// The limit applied: the configured objective, or the drill's own target
+/// when that is stricter (a drill may tighten an objective, never loosen it).
+fn stricter(configured: i64, target: Option<i64>) -> i64 {
+    target.map_or(configured, |t| t.min(configured))
 }
 
 /// Validates a request and computes the drill's verdict; writes nothing.
@@ -155,30 +171,52 @@ fn drill_from_request(
         None => OPS_TENANT.to_owned(),
     };
 
+    let rto_target = r
+        .rto_target
+        .as_ref()
+        .map(|d| validate::duration("rto_target", Some(d)))
+        .transpose()?;
+    let rpo_target = r
+        .rpo_target
+        .as_ref()
+        .map(|d| validate::duration("rpo_target", Some(d)))
+        .transpose()?;
+
     let mut failure_reasons: Vec<String> = steps
         .iter()
         .filter(|s| s.outcome == "failed")
         .map(|s| format!("step {:?} failed", s.name))
         .collect();
-    let objective = config.objective(&region);
-    match objective {
-        None => failure_reasons.push("no objectives configured for region".to_owned()),
-        Some(o) => {
-            if rto_nanos > o.rto_nanos {
+    let configured = config.objective(&region);
+    let objective = configured.map(|o| Objective {
+        rto_nanos: stricter(o.rto_nanos, rto_target),
+        rpo_nanos: stricter(o.rpo_nanos, rpo_target),
+    });
+    match (configured, objective) {
+        (Some(configured), Some(applied)) => {
+            let limit = |applied: i64, configured: i64| {
+                if applied < configured {
+                    format!("the drill's target {}", span_text(applied))
+                } else {
+                    format!("the objective {}", span_text(applied))
+                }
+            };
+            if rto_nanos > applied.rto_nanos {
                 failure_reasons.push(format!(
-                    "rto {} exceeds the objective {}",
+                    "rto {} exceeds {}",
                     span_text(rto_nanos),
-                    span_text(o.rto_nanos)
+                    limit(applied.rto_nanos, configured.rto_nanos)
                 ));
             }
-            if rpo_nanos > o.rpo_nanos {
+            if rpo_nanos > applied.rpo_nanos {
                 failure_reasons.push(format!(
-                    "rpo {} exceeds the objective {}",
+                    "rpo {} exceeds {}",
                     span_text(rpo_nanos),
-                    span_text(o.rpo_nanos)
+                    limit(applied.rpo_nanos, configured.rpo_nanos)
                 ));
             }
         }
+        _ => failure_reasons.push("no objectives configured for region".to_owned()),
     }
     let passed = failure_reasons.is_empty();
     Ok(DrillRow {
@@ -272,8 +310,8 @@ fn nearest_rank(sorted: &[i64], p: u64) -> i64 {
 }
 
 /// `DisasterDrillSummary`: per region (or the one asked for), the count,
-/// pass rate, nearest-rank p50/p95 of RTO and RPO, and the start of the last
-/// failed drill. Every row's MAC is checked; one that fails fails the
+/// pass rate, nearest-rank p50/p95 of RTO and RPO, the start of the last
+/// failed drill, and the last [`RECENT`] drills, newest first. Every row's MAC is checked; one that fails fails the
 /// request (`DATA_LOSS`) rather than skewing the figures.
 pub(crate) async fn disaster_drill_summary(
     svc: &AnalyticsService,
@@ -294,8 +332,11 @@ pub(crate) async fn disaster_drill_summary(
         rto: Vec<i64>,
         rpo: Vec<i64>,
         last_failure: Option<i64>,
+        /// The last [`RECENT`] drills, in ledger order.
+        recent: std::collections::VecDeque<pb::DisasterDrill>,
     }
     let mut regions: BTreeMap<String, Acc> = BTreeMap::new();
+    // Rows come in ledger order: the last ones are the most recent.
     for (row, seal) in rows {
         row.check(&svc.keys, &seal)?;
         let acc = regions.entry(row.region.clone()).or_default();
@@ -306,6 +347,18 @@ pub(crate) async fn disaster_drill_summary(
         } else {
             acc.last_failure = acc.last_failure.max(Some(row.started_at));
         }
+        let index = seal.ledger_index.ok_or_else(|| AnalyticsError::RowIntegrity {
+            table: DrillRow::TABLE,
+            primary_key: row.event_id.clone(),
+        })?;
+        let appended = Appended {
+            index: crate::convert::to_u64(index)?,
+            leaf_hash: row.leaf_hash()?,
+        };
+        if acc.recent.len() == RECENT {
+            acc.recent.pop_front();
+        }
+        acc.recent.push_back(drill_proto(&row, appended));
     }
     let regions = regions
         .into_iter()
@@ -322,6 +375,7 @@ pub(crate) async fn disaster_drill_summary(
                 rpo_p50: Some(duration_proto(nearest_rank(&acc.rpo, 50))),
                 rpo_p95: Some(duration_proto(nearest_rank(&acc.rpo, 95))),
                 last_failure_at: acc.last_failure.map(timestamp_proto),
+                recent: acc.recent.into_iter().rev().collect(),
             }
         })
         .collect();

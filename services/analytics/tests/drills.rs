@@ -64,7 +64,37 @@ fn drill(
             step("fence-primary", pb::StepOutcome::Passed),
             step("promote-replica", pb::StepOutcome::Passed),
         ],
+        rto_target: None,
+        rpo_target: None,
     }
+}
+
+/// `request` carrying the drill's own targets.
+fn with_targets(
+    mut request: pb::RecordDisasterDrillRequest,
+    rto: Option<prost_types::Duration>,
+    rpo: Option<prost_types::Duration>,
+) -> pb::RecordDisasterDrillRequest {
+    request.rto_target = rto;
+    request.rpo_target = rpo;
+    request
+}
+
+/// A region's recent drills as (event id, RTO seconds, passed), newest first.
+type Recent = Vec<(String, i64, bool)>;
+
+/// The summaries without their lists of recent drills, and those lists.
+fn split_recent(mut regions: Vec<pb::RegionDrillSummary>) -> (Vec<pb::RegionDrillSummary>, Vec<Recent>) {
+    let recent = regions
+        .iter_mut()
+        .map(|r| {
+            std::mem::take(&mut r.recent)
+                .into_iter()
+                .map(|d| (d.event_id, d.rto.unwrap().seconds, d.passed))
+                .collect()
+        })
+        .collect();
+    (regions, recent)
 }
 
 fn secs(seconds: i64) -> Option<prost_types::Duration> {
@@ -287,6 +317,64 @@ async fn drills_are_judged_against_their_region_objectives() {
                 passed: false,
                 reasons: vec!["no objectives configured for region"],
             },
+            Case {
+                name: "the drill's own rto target, stricter than the objective, applies",
+                input: with_targets(
+                    drill("d-target-rto", "eu-west-1", T0, 4, 500_000_000, 0),
+                    Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 1_000_000,
+                    }),
+                    secs(0),
+                ),
+                rto: prost_types::Duration {
+                    seconds: 4,
+                    nanos: 500_000_000,
+                },
+                rpo: secs(0).unwrap(),
+                passed: false,
+                reasons: vec!["rto 4.5s exceeds the drill's target 0.001s"],
+            },
+            Case {
+                name: "the drill's own rpo target of zero applies",
+                input: with_targets(drill("d-target-rpo", "eu-west-1", T0, 4, 0, 1), secs(15), secs(0)),
+                rto: secs(4).unwrap(),
+                rpo: secs(1).unwrap(),
+                passed: false,
+                reasons: vec!["rpo 1s exceeds the drill's target 0s"],
+            },
+            Case {
+                name: "targets met pass",
+                input: with_targets(drill("d-target-ok", "eu-west-1", T0, 4, 0, 0), secs(15), secs(0)),
+                rto: secs(4).unwrap(),
+                rpo: secs(0).unwrap(),
+                passed: true,
+                reasons: vec![],
+            },
+            Case {
+                name: "a looser target never loosens the objective",
+                input: with_targets(
+                    drill("d-target-loose", "eu-west-1", T0, 16 * 60, 0, 0),
+                    secs(3600),
+                    secs(3600),
+                ),
+                rto: secs(960).unwrap(),
+                rpo: secs(0).unwrap(),
+                passed: false,
+                reasons: vec!["rto 960s exceeds the objective 900s"],
+            },
+            Case {
+                name: "targets do not stand in for a missing objective",
+                input: with_targets(
+                    drill("d-target-none", "ap-south-1", T0, 1, 0, 0),
+                    secs(15),
+                    secs(0),
+                ),
+                rto: secs(1).unwrap(),
+                rpo: secs(0).unwrap(),
+                passed: false,
+                reasons: vec!["no objectives configured for region"],
+            },
         ];
         let mut expected_index = c.tree_size().await;
         for case in cases {
@@ -389,12 +477,28 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
 
         // acme sees its own five eu-west-1 drills only. Nearest rank, n = 5:
         // p50 is rank 3, p95 is rank 5.
-        let acme = summary(
-            &mut c.gateway,
-            tenant_request(&claims, &c.audience, "acme", &["drills:read"], region_request("")),
-        )
-        .await
-        .unwrap();
+        let (acme, recent) = split_recent(
+            summary(
+                &mut c.gateway,
+                tenant_request(&claims, &c.audience, "acme", &["drills:read"], region_request("")),
+            )
+            .await
+            .unwrap(),
+        );
+        // The recent drills, newest (last recorded) first, with their RTO
+        // and verdict.
+        assert_eq!(
+            recent,
+            vec![vec![
+                ("eu-4".to_owned(), 900, true),
+                ("eu-2".to_owned(), 700, false),
+                ("eu-5".to_owned(), 1000, false),
+                ("eu-1".to_owned(), 600, true),
+                ("eu-3".to_owned(), 800, true),
+            ]],
+            "{}",
+            db.label
+        );
         assert_eq!(
             acme,
             vec![pb::RegionDrillSummary {
@@ -406,6 +510,7 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
                 rpo_p50: secs(40),
                 rpo_p95: secs(90),
                 last_failure_at: ts(T0 + 500),
+                recent: Vec::new(),
             }],
             "{}",
             db.label
@@ -414,9 +519,18 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
         // An operator sees every tenant: eu-west-1 gains the ops drill
         // (n = 6: p50 rank 3, p95 rank 6), and us-east-1 appears (n = 2:
         // p50 rank 1, p95 rank 2), without failures.
-        let all = summary(&mut c.operator, tonic::Request::new(region_request("")))
-            .await
-            .unwrap();
+        let (all, recent) = split_recent(
+            summary(&mut c.operator, tonic::Request::new(region_request("")))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(recent[0][0].0, "ops-1", "{}", db.label);
+        assert_eq!(
+            recent[1],
+            [("us-2".to_owned(), 1500, true), ("us-1".to_owned(), 1200, true)],
+            "{}",
+            db.label
+        );
         assert_eq!(
             all,
             vec![
@@ -429,6 +543,7 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
                     rpo_p50: secs(30),
                     rpo_p95: secs(90),
                     last_failure_at: ts(T0 + 500),
+                    recent: Vec::new(),
                 },
                 pb::RegionDrillSummary {
                     region: "us-east-1".to_owned(),
@@ -439,6 +554,7 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
                     rpo_p50: secs(100),
                     rpo_p95: secs(200),
                     last_failure_at: None,
+                    recent: Vec::new(),
                 },
             ],
             "{}",
@@ -463,6 +579,31 @@ async fn the_summary_gives_exact_counts_pass_rates_and_nearest_rank_percentiles(
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().starts_with("region: "), "{}", err.message());
+
+        // At most 20 recent drills per region: the newest ones.
+        for i in 0..21 {
+            c.record(
+                &claims,
+                "acme",
+                drill(&format!("sa-{i}"), "sa-east-1", T0 + i, 10 + i, 0, 0),
+            )
+            .await
+            .unwrap();
+        }
+        let sa = summary(&mut c.operator, tonic::Request::new(region_request("sa-east-1")))
+            .await
+            .unwrap();
+        assert_eq!(sa[0].count, 21);
+        let ids: Vec<&str> = sa[0].recent.iter().map(|d| d.event_id.as_str()).collect();
+        let want: Vec<String> = (1..21).rev().map(|i| format!("sa-{i}")).collect();
+        assert_eq!(ids, want, "{}", db.label);
+        // Each carries its ledger entry: the leaf its inclusion proof proves.
+        let newest = &sa[0].recent[0];
+        let proof = inclusion_proof(&mut c.operator, "acme/sa-20", 0).await;
+        assert_eq!(
+            newest.ledger.as_ref().map(|l| (l.index, l.leaf_hash.clone())),
+            Some((proof.leaf_index, proof.leaf_hash.clone()))
+        );
 
         // MACs are checked on read: a drill whose RTO is rewritten in SQL
         // fails the summary instead of skewing it.
@@ -607,6 +748,26 @@ async fn bad_drills_are_invalid_argument_naming_the_field_with_nothing_written()
                 name: "missing event id",
                 input: with(&|r| r.event_id.clear()),
                 field: "event_id",
+            },
+            Case {
+                name: "negative rto target",
+                input: with(&|r| {
+                    r.rto_target = Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    });
+                }),
+                field: "rto_target",
+            },
+            Case {
+                name: "rpo target nanos 1e9",
+                input: with(&|r| {
+                    r.rpo_target = Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 1_000_000_000,
+                    });
+                }),
+                field: "rpo_target",
             },
         ];
         let before = c.tree_size().await;

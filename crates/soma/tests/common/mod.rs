@@ -17,6 +17,7 @@ pub mod cli;
 pub mod edge;
 #[path = "../../../../services/tool-registry/tests/common/mod.rs"]
 pub mod registry;
+pub mod runbooks;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
