@@ -27,6 +27,40 @@ pub(crate) fn b64url_decode(text: &[u8]) -> Option<Vec<u8>> {
     BASE64URL.decode(text).ok()
 }
 
+/// Bytes decoded into a caller's buffer when they fit, else onto the heap.
+#[derive(Debug)]
+pub(crate) enum Decoded<'b> {
+    /// In the caller's buffer.
+    Buffer(&'b [u8]),
+    /// Too long for it.
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Decoded<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Buffer(bytes) => bytes,
+            Self::Heap(bytes) => bytes,
+        }
+    }
+}
+
+/// [`b64url_decode`] into `buffer` when the decoded bytes surely fit in it
+/// (no allocation on the request path for the usual token), with exactly
+/// the same strictness either way.
+pub(crate) fn b64url_decode_into<'b>(text: &[u8], buffer: &'b mut [u8]) -> Option<Decoded<'b>> {
+    // The base64 crate's own bound for `decode_slice`.
+    let bound = text.len().div_ceil(4).saturating_mul(3);
+    if bound <= buffer.len() {
+        let n = BASE64URL.decode_slice(text, buffer).ok()?;
+        Some(Decoded::Buffer(&buffer[..n]))
+    } else {
+        b64url_decode(text).map(Decoded::Heap)
+    }
+}
+
 /// Parses `bytes` as one JSON object, refusing duplicate member names at
 /// any depth. Two parsers that keep a different one of two `alg` or `sub`
 /// members would disagree on what was signed (RFC 7515 §5.2, RFC 8725 §2.7).
@@ -122,6 +156,28 @@ mod tests {
         assert!(b64url_decode(b"Zm8=").is_none(), "padding");
         assert!(b64url_decode(b"Zm9").is_none(), "non-zero trailing bits");
         assert!(b64url_decode(b"a+b/").is_none(), "standard alphabet");
+        // Into a buffer: the same answers, whether the bytes fit or not.
+        for text in [
+            &b"Zm9v"[..],
+            b"Zm8",
+            b"Zm8=",
+            b"Zm9",
+            b"a+b/",
+            b"",
+            b"Zm9vYmFy",
+            b"Zm9vYmE",
+        ] {
+            let expected = b64url_decode(text);
+            for size in [0, 2, 3, 6, 64] {
+                let mut buffer = vec![0u8; size];
+                let decoded = b64url_decode_into(text, &mut buffer);
+                assert_eq!(
+                    decoded.as_deref(),
+                    expected.as_deref(),
+                    "{text:?} into {size} bytes"
+                );
+            }
+        }
         assert!(b64url_decode(b"Zm 9v").is_none(), "whitespace");
         assert!(b64url_decode(b"Z").is_none(), "impossible length");
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::error::{JwtConfigError, JwtError};
-use crate::jose::b64url_decode;
+use crate::jose::{Decoded, b64url_decode_into};
 use crate::jwk::{Algorithm, Jwk, KeyKind};
 use crate::jwks::{UrlSource, WatchedFile};
 
@@ -279,7 +279,8 @@ impl JwtVerifier {
         if token.len() > self.inner.max_token_bytes {
             return Err(JwtError::TokenTooLarge);
         }
-        let jws = CompactJws::parse(token)?;
+        let mut buffers = Buffers::new();
+        let jws = CompactJws::parse(token, &mut buffers)?;
         let header = check_header(&jws.header, true)?;
         let payload = RawClaims::parse(&jws.payload)?;
 
@@ -388,33 +389,52 @@ impl IssuerState {
 /// The `kid` syntax rule is not applied: it guards key lookups, and here
 /// the caller has chosen the key. A `kid` must still be a string.
 pub fn verify_compact_jws(token: &str, key: &Jwk) -> Result<Vec<u8>, JwtError> {
-    let jws = CompactJws::parse(token)?;
+    let mut buffers = Buffers::new();
+    let jws = CompactJws::parse(token, &mut buffers)?;
     let header = check_header(&jws.header, false)?;
     if header.alg != key.algorithm() {
         return Err(JwtError::AlgNotAllowed);
     }
     key.verify(jws.signing_input, &jws.signature)?;
-    Ok(jws.payload)
+    Ok(jws.payload.to_vec())
+}
+
+/// Stack room for the decoded parts of a usual token (a longer part is
+/// decoded onto the heap instead, checked the same way).
+struct Buffers {
+    header: [u8; 256],
+    payload: [u8; 768],
+    signature: [u8; 128],
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Self {
+            header: [0; 256],
+            payload: [0; 768],
+            signature: [0; 128],
+        }
+    }
 }
 
 /// The three decoded parts of a compact JWS.
-struct CompactJws<'a> {
+struct CompactJws<'a, 'b> {
     /// The decoded header: a JSON object, parsed by [`check_header`].
-    header: Vec<u8>,
-    payload: Vec<u8>,
-    signature: Vec<u8>,
+    header: Decoded<'b>,
+    payload: Decoded<'b>,
+    signature: Decoded<'b>,
     /// `BASE64URL(header) || '.' || BASE64URL(payload)`, as received.
     signing_input: &'a [u8],
 }
 
-impl<'a> CompactJws<'a> {
+impl<'a, 'b> CompactJws<'a, 'b> {
     /// Splits on exactly two dots into three strict base64url parts, the
     /// header and signature non-empty. The JSON serialization, a second
     /// signature, trailing data or whitespace all fail here, since none of
     /// them fits that shape. An empty payload is a valid JWS (RFC 7515
     /// §7.1); the token path refuses it as a payload that is not a JSON
     /// object, with the same reason.
-    fn parse(token: &'a str) -> Result<Self, JwtError> {
+    fn parse(token: &'a str, buffers: &'b mut Buffers) -> Result<Self, JwtError> {
         let bytes = token.as_bytes();
         let mut dots = memchr::memchr_iter(b'.', bytes);
         let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
@@ -424,9 +444,17 @@ impl<'a> CompactJws<'a> {
         if header.is_empty() || signature.is_empty() {
             return Err(JwtError::Malformed("empty part"));
         }
-        let header = b64url_decode(header).ok_or(JwtError::Malformed("header is not base64url"))?;
-        let payload = b64url_decode(payload).ok_or(JwtError::Malformed("payload is not base64url"))?;
-        let signature = b64url_decode(signature).ok_or(JwtError::Malformed("signature is not base64url"))?;
+        let Buffers {
+            header: header_buffer,
+            payload: payload_buffer,
+            signature: signature_buffer,
+        } = buffers;
+        let header = b64url_decode_into(header, header_buffer)
+            .ok_or(JwtError::Malformed("header is not base64url"))?;
+        let payload = b64url_decode_into(payload, payload_buffer)
+            .ok_or(JwtError::Malformed("payload is not base64url"))?;
+        let signature = b64url_decode_into(signature, signature_buffer)
+            .ok_or(JwtError::Malformed("signature is not base64url"))?;
         Ok(Self {
             header,
             payload,
@@ -471,7 +499,8 @@ fn check_header(header: &[u8], kid_syntax: bool) -> Result<Header<'_>, JwtError>
     if header.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(malformed);
     }
-    let raw: RawHeader<'_> = serde_json::from_slice(header).map_err(|_| malformed)?;
+    let text = std::str::from_utf8(header).map_err(|_| JwtError::Malformed("header is not a json object"))?;
+    let raw: RawHeader<'_> = serde_json::from_str(text).map_err(|_| malformed)?;
     if let Some(typ) = raw.typ {
         let typ = string(typ, "typ").map_err(|_| JwtError::Malformed("typ is not JWT"))?;
         if !(typ.eq_ignore_ascii_case("JWT") || typ.eq_ignore_ascii_case("at+jwt")) {
@@ -657,7 +686,11 @@ impl<'a> RawClaims<'a> {
         }
         // A repeated claim this struct reads is an error (serde refuses a
         // duplicate field); members it ignores are never read (RFC 7519 §4).
-        serde_json::from_slice(payload).map_err(|_| malformed)
+        // UTF-8 checked once for the whole payload (RFC 8259 §8.1): the
+        // parser then reads strings and raw members without checking each.
+        let text =
+            std::str::from_utf8(payload).map_err(|_| JwtError::Malformed("payload is not a json object"))?;
+        serde_json::from_str(text).map_err(|_| malformed)
     }
 }
 
@@ -739,6 +772,19 @@ fn humantime_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_or_payload_that_is_not_utf8_anywhere_is_malformed() {
+        // Invalid UTF-8 in a member the checks never read is refused as well:
+        // JSON text is UTF-8 (RFC 8259 §8.1), and the parts are checked whole.
+        let payload = b"{\"iss\":\"https://issuer\",\"note\":\"\xff\"}";
+        assert!(matches!(RawClaims::parse(payload), Err(JwtError::Malformed(_))));
+        let header = b"{\"alg\":\"HS256\",\"note\":\"\xc3\"}";
+        assert!(matches!(check_header(header, true), Err(JwtError::Malformed(_))));
+        // The same parts in valid UTF-8 parse.
+        assert!(RawClaims::parse(b"{\"iss\":\"https://issuer\",\"note\":\"\xc3\xa9\"}").is_ok());
+        assert!(check_header(b"{\"alg\":\"HS256\",\"note\":\"\xc3\xa9\"}", true).is_ok());
+    }
 
     #[test]
     fn json_strings_are_read_exactly_with_or_without_escapes() {
