@@ -264,8 +264,14 @@ impl Application {
                 tracing::info!(service = service_name, "shutting down");
                 let mut stopping = stopping.lock().await;
                 *stopping = true;
+                let mut health = health.clone();
                 health.set_service_status(service_name, tonic_health::ServingStatus::NotServing).await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                // Open `Watch` streams (clients following this instance's
+                // health) get NOT_SERVING, then end: otherwise each would
+                // hold its connection, and the drain, to the timeout.
+                health.clear_service_status(service_name).await;
+                health.clear_service_status("").await;
                 drop(stopping);
                 let _ = stop_tx.send(true);
                 match tokio::time::timeout(drain, &mut grpc).await {

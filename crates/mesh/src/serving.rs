@@ -25,8 +25,9 @@ pub enum Serving {
     /// It serves every method.
     Yes,
     /// It stands by: only health, reflection and read-only methods are
-    /// answered. The reason is machine-readable (`standby`), sent as
-    /// `soma-reason` with every refusal.
+    /// answered. The reason is machine-readable, sent as `soma-reason`
+    /// with every refusal; `/metrics` counts the refusals of `standby`
+    /// (its bounded reasons), the one reason SomaStack's services give.
     No(&'static str),
 }
 

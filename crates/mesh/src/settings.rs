@@ -441,10 +441,16 @@ impl MeshSettings {
             claims_key_id: pick("SOMA_CLAIMS_KEY_ID", f.claims_key_id)
                 .unwrap_or_else(|| "gateway-1".to_owned()),
             peers: Peers {
-                gateway: peer("SOMA_PEER_GATEWAY", pick("SOMA_PEER_GATEWAY", f.peers.gateway.map(FilePeer::text)))?,
+                gateway: peer(
+                    "SOMA_PEER_GATEWAY",
+                    pick("SOMA_PEER_GATEWAY", f.peers.gateway.map(FilePeer::text)),
+                )?,
                 tool_registry: peer(
                     "SOMA_PEER_TOOL_REGISTRY",
-                    pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry.map(FilePeer::text)),
+                    pick(
+                        "SOMA_PEER_TOOL_REGISTRY",
+                        f.peers.tool_registry.map(FilePeer::text),
+                    ),
                 )?,
                 capsule_repo: peer(
                     "SOMA_PEER_CAPSULE_REPO",
@@ -675,7 +681,10 @@ mod tests {
         let s = MeshSettings::load(ServiceKind::Gateway, Some(&file), env_of(&[])).unwrap();
         let analytics = s.peers.analytics.unwrap();
         assert_eq!(analytics.len(), 2);
-        assert_eq!(analytics.to_string(), "127.0.0.1:7001,analytics-b.somastack.svc:8443");
+        assert_eq!(
+            analytics.to_string(),
+            "127.0.0.1:7001,analytics-b.somastack.svc:8443"
+        );
         let s = MeshSettings::load(
             ServiceKind::Gateway,
             None,

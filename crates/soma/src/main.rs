@@ -103,6 +103,12 @@ enum Command {
         /// own database on it, `soma_<service>` (created when missing).
         #[arg(long)]
         database_url: Option<String>,
+        /// Run a second Analytics on its own ports as a standby (PostgreSQL
+        /// only): whichever instance holds the ledger writer's lease writes,
+        /// the other takes over when it dies; every client gets both
+        /// addresses.
+        #[arg(long)]
+        analytics_standby: bool,
     },
     /// Print a JWT from the development issuer of a `soma up` data dir.
     Token {
@@ -295,6 +301,7 @@ fn main() -> ExitCode {
                 edge_addr,
                 region,
                 database_url,
+                analytics_standby,
             } => {
                 up::run(up::UpArgs {
                     log_format: cli.log_format,
@@ -305,6 +312,7 @@ fn main() -> ExitCode {
                     edge_addr,
                     region,
                     database_url,
+                    analytics_standby,
                 })
                 .await
             }

@@ -171,7 +171,7 @@ impl Ledger {
         if health == Health::Sound && db.as_sqlite().is_some() {
             // Only a sound tree authenticates the leaf hashes the re-seal
             // matches old rows against.
-            let refused = integrity::reseal(&db, &keys).await?;
+            let (refused, _) = integrity::reseal(&db, &keys).await?;
             for f in &refused {
                 tracing::error!(
                     table = %f.table,
@@ -752,11 +752,11 @@ impl Committer {
     /// authenticated view up with every leaf stored (each leaf row's MAC
     /// checked), and checks that the view recomputes to the head's root —
     /// the start-up check applied to what was appended meanwhile; a
-    /// mismatch marks the ledger corrupt and refuses writes. Then the
-    /// latest stored checkpoint is this process's latest, the fast path
-    /// forgets the head it knew, and rows sealed under the previous MAC
-    /// scheme are re-sealed (the lease's holder is the one instance that
-    /// writes). Returns the tree size taken over.
+    /// mismatch marks the ledger corrupt and refuses writes. Rows sealed
+    /// under the previous MAC scheme are re-sealed first (the lease's holder
+    /// is the one instance that writes). Then the latest stored checkpoint
+    /// is this process's latest, and the fast path has forgotten the head
+    /// it knew. Returns the tree size taken over.
     async fn take_over(&mut self) -> Result<u64, AnalyticsError> {
         self.head = None;
         let Some(mut session) = self.lease.as_mut().and_then(Lease::take) else {
@@ -771,6 +771,21 @@ impl Committer {
         let head = head?;
         let (size, root) = (to_u64(head.int("tree_size")?)?, head.bytes("root")?);
         if matches!(*self.health.read().await, Health::Sound) {
+            // Rows sealed under the previous MAC scheme are re-sealed by the
+            // one instance that writes; leaves it sealed now have owners the
+            // view loaded before could not authenticate: it is loaded anew.
+            let (refused, updated) = integrity::reseal(&self.db, &self.keys).await?;
+            for f in &refused {
+                tracing::error!(
+                    table = %f.table,
+                    primary_key = %f.primary_key,
+                    reason = %f.reason,
+                    "row left under its old MAC scheme: it does not verify"
+                );
+            }
+            if updated > 0 {
+                *write(&self.known) = Known::default();
+            }
             let have = read(&self.known).size();
             if have < size {
                 load_leaves(&self.db, &self.keys, &self.known, have).await?;
@@ -810,16 +825,6 @@ impl Committer {
         .transpose()?);
         if let Some((tree_size, at)) = latest {
             self.last_checkpoint.set(to_u64(tree_size)?, at);
-        }
-        if matches!(*self.health.read().await, Health::Sound) {
-            for f in integrity::reseal(&self.db, &self.keys).await? {
-                tracing::error!(
-                    table = %f.table,
-                    primary_key = %f.primary_key,
-                    reason = %f.reason,
-                    "row left under its old MAC scheme: it does not verify"
-                );
-            }
         }
         Ok(size)
     }
