@@ -790,24 +790,25 @@ impl Committer {
             if have < size {
                 load_leaves(&self.db, &self.keys, &self.known, have).await?;
             }
-            let view = read(&self.known);
-            let verdict = if view.size() != size {
-                Some((
-                    view.size().min(size),
-                    format!(
-                        "the stored leaves ({}) are not the head's tree size ({size})",
-                        view.size()
-                    ),
-                ))
-            } else if view.tree().root().as_bytes().as_slice() != root.as_slice() {
-                Some((
-                    0,
-                    "the stored leaves recompute to a root other than the head's".to_owned(),
-                ))
-            } else {
-                None
+            let verdict = {
+                let view = read(&self.known);
+                if view.size() != size {
+                    Some((
+                        view.size().min(size),
+                        format!(
+                            "the stored leaves ({}) are not the head's tree size ({size})",
+                            view.size()
+                        ),
+                    ))
+                } else if view.tree().root().as_bytes().as_slice() != root.as_slice() {
+                    Some((
+                        0,
+                        "the stored leaves recompute to a root other than the head's".to_owned(),
+                    ))
+                } else {
+                    None
+                }
             };
-            drop(view);
             if let Some((first_bad_index, reason)) = verdict {
                 tracing::error!(first_bad_index, reason = %reason, "ledger integrity check failed at take-over: refusing writes");
                 *self.health.write().await = Health::Corrupt {

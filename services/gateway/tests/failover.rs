@@ -77,7 +77,7 @@ async fn a_call_a_standby_refused_goes_on_to_the_instance_that_serves() {
         let set = set.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(20);
-            while !(set.believed_serving(index) && !set.believed_serving(1 - index)) {
+            while !set.believed_serving(index) || set.believed_serving(1 - index) {
                 assert!(
                     Instant::now() < deadline,
                     "instance {index} never seen serving alone"
