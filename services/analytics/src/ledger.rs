@@ -750,9 +750,12 @@ impl Committer {
     /// before any append: another instance may have appended since this
     /// one last wrote (or ever). Reads the stored head, catches the
     /// authenticated view up with every leaf stored (each leaf row's MAC
-    /// checked), and checks that the view recomputes to the head's root —
-    /// the start-up check applied to what was appended meanwhile; a
-    /// mismatch marks the ledger corrupt and refuses writes. Rows sealed
+    /// checked), and checks that the view — the leaves this instance held
+    /// in memory, then those read now — recomputes to the head's root: the
+    /// start-up check applied to what was appended meanwhile, which also
+    /// proves the stored ledger extends the one this instance knew (a
+    /// rewritten old leaf changes the root). A mismatch marks the ledger
+    /// corrupt and refuses writes. Rows sealed
     /// under the previous MAC scheme are re-sealed first (the lease's holder
     /// is the one instance that writes). Then the latest stored checkpoint
     /// is this process's latest, and the fast path has forgotten the head

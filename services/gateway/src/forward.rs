@@ -7,6 +7,13 @@
 //! it is younger than half its lifetime (see [`EnvelopeCache`]). Messages
 //! travel as encoded bytes: the edge transcodes JSON with the descriptors,
 //! so the forwarder needs no generated types.
+//!
+//! A backend may run as several instances of which one serves (Analytics
+//! and its standby, `SOMA_PEER_ANALYTICS=a,b`): its [`Backend`] follows
+//! their health ([`soma_mesh::PeerSet`]) and sends each call to the one
+//! that serves, waiting out a switch ([`SWITCH_WAIT`]) and sending on a
+//! call that an instance refused as a standby or that never reached it
+//! ([`Backend::call`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -21,6 +21,12 @@
 //! reported itself ready, so a connection found closed costs no request,
 //! and nothing that may have reached the backend is ever sent twice.
 //!
+//! A failed call says whether it may have reached the backend
+//! ([`Failure::sent`]): one that could not be dialed, or whose stream could
+//! not be opened or was refused before processing, did not, and a caller
+//! with another instance of the backend may send it there
+//! ([`crate::forward::Backend::call`]).
+//!
 //! Every call has a deadline: the relay's timeout, or a gRPC client's
 //! shorter one. The backend learns it from `grpc-timeout`; a call that has
 //! no answer when it passes is dropped, which resets its stream (CANCEL),
@@ -143,9 +149,9 @@ impl UnaryRelay {
     ) -> Result<Bytes, Failure> {
         let deadline = deadline.map_or(self.timeout, |d| d.min(self.timeout));
         if deadline.is_zero() {
-            return Err(Failure::sent(deadline_exceeded(deadline)));
+            return Err(Failure::after_sending(deadline_exceeded(deadline)));
         }
-        let framed = frame(&message).map_err(Failure::unsent)?;
+        let framed = frame(&message).map_err(Failure::before_sending)?;
         // Dropping the exchange at the deadline drops the stream's handles,
         // and h2 resets a stream whose handles are all gone: the backend is
         // told to stop.
@@ -154,7 +160,7 @@ impl UnaryRelay {
             loop {
                 let request = self
                     .request(path.clone(), metadata.clone(), deadline)
-                    .map_err(Failure::unsent)?;
+                    .map_err(Failure::before_sending)?;
                 match self.exchange(request, framed.clone()).await {
                     Ok(reply) => return Ok(reply),
                     // RFC 9113 §8.7: a stream refused with REFUSED_STREAM was
@@ -166,18 +172,18 @@ impl UnaryRelay {
                         refused += 1;
                         if refused > MAX_REFUSED_RETRIES {
                             // Refused before processing, every time.
-                            return Err(Failure::unsent(status));
+                            return Err(Failure::before_sending(status));
                         }
                         tracing::debug!(peer = %self.connector.expected(), refused, "stream refused before processing; sent again");
                     }
-                    Err(Attempt::Unsent(status)) => return Err(Failure::unsent(status)),
-                    Err(Attempt::Failed(status)) => return Err(Failure::sent(status)),
+                    Err(Attempt::Unsent(status)) => return Err(Failure::before_sending(status)),
+                    Err(Attempt::Failed(status)) => return Err(Failure::after_sending(status)),
                 }
             }
         };
         tokio::time::timeout(deadline, attempts)
             .await
-            .unwrap_or_else(|_| Err(Failure::sent(deadline_exceeded(deadline))))
+            .unwrap_or_else(|_| Err(Failure::after_sending(deadline_exceeded(deadline))))
     }
 
     /// Sends one request on a ready connection and reads its reply.
@@ -329,11 +335,11 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn sent(status: tonic::Status) -> Self {
+    fn after_sending(status: tonic::Status) -> Self {
         Self { status, sent: true }
     }
 
-    fn unsent(status: tonic::Status) -> Self {
+    fn before_sending(status: tonic::Status) -> Self {
         Self { status, sent: false }
     }
 }
