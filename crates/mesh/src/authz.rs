@@ -4,8 +4,11 @@
 //! Order matters and is fixed: the peer's trust domain, then the method's
 //! policy (deny when absent), then the peer's SPIFFE ID path against the
 //! policy's callers, then the claims envelope (only the gateway may send
-//! one), then the tenant capability and MFA the policy names. Only when all
-//! pass is the request handed on, with a [`Caller`] in its extensions.
+//! one), then the tenant capability and MFA the policy names, then — on an
+//! instance that stands by ([`crate::Serving`]) — whether the method is
+//! declared `read_only` (anything else is UNAVAILABLE with the standing's
+//! reason, `standby`). Only when all pass is the request handed on, with a
+//! [`Caller`] in its extensions.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,12 +17,14 @@ use std::time::SystemTime;
 use soma_auth::ClaimsVerifier;
 use soma_identity::TrustDomain;
 use soma_proto::PolicyTable;
+use tokio::sync::watch;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::caller::{Caller, PeerInfo};
 use crate::metrics::Metrics;
 use crate::observe::Recorder;
+use crate::serving::Serving;
 
 /// Metadata key carrying the machine-readable reason of a refusal.
 pub const REASON_METADATA: &str = "soma-reason";
@@ -40,16 +45,21 @@ struct State {
     policies: PolicyTable,
     claims: Option<ClaimsVerifier>,
     metrics: Metrics,
+    /// Whether this instance serves; `None`: it always does.
+    serving: Option<watch::Receiver<Serving>>,
 }
 
 impl AuthzLayer {
     /// A layer enforcing `policies` for peers of `trust_domain`, verifying
-    /// claims envelopes with `claims` (no verifier: every envelope is refused).
+    /// claims envelopes with `claims` (no verifier: every envelope is
+    /// refused), and refusing every method not declared `read_only` while
+    /// `serving` (when given) says the instance stands by.
     pub fn new(
         trust_domain: TrustDomain,
         policies: PolicyTable,
         claims: Option<ClaimsVerifier>,
         metrics: Metrics,
+        serving: Option<watch::Receiver<Serving>>,
     ) -> Self {
         Self {
             state: Arc::new(State {
@@ -57,6 +67,7 @@ impl AuthzLayer {
                 policies,
                 claims,
                 metrics,
+                serving,
             }),
         }
     }
@@ -155,6 +166,20 @@ impl State {
                     message: "method requires multi-factor authentication".to_owned(),
                 });
             }
+        }
+        // Last: an instance that stands by answers who may call it like any
+        // other, and then that it does not serve this method now.
+        if let Some(serving) = &self.serving
+            && let Serving::No(reason) = *serving.borrow()
+            && !policy.read_only
+        {
+            return Err(Denial {
+                code: tonic::Code::Unavailable,
+                reason,
+                message: format!(
+                    "this instance does not serve {path} now ({reason}): another instance of the service does"
+                ),
+            });
         }
         Ok(Caller {
             peer: peer.clone(),

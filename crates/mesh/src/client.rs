@@ -1,6 +1,8 @@
 //! Client channels between services: present the own SVID (the newest one
 //! at every handshake), and accept the server only if its SVID verifies and
-//! carries the expected SPIFFE ID. DNS names play no part.
+//! carries the expected SPIFFE ID. DNS names play no part. A peer with
+//! several instances is reached through [`crate::MeshChannel`], whose
+//! channel to each instance is one of these.
 
 use std::sync::Arc;
 
@@ -13,9 +15,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::MeshError;
 use crate::settings::PeerAddr;
-
-/// A channel to one SomaStack service over mTLS.
-pub type MeshChannel = Channel;
 
 /// Dials one peer over mTLS: TCP with `TCP_NODELAY`, then the TLS handshake
 /// with the client's current SVID, accepting the server only if its SVID
@@ -101,7 +100,7 @@ pub fn channel(
     store: Arc<SvidStore>,
     addr: impl Into<PeerAddr>,
     expected: SpiffeId,
-) -> Result<MeshChannel, MeshError> {
+) -> Result<Channel, MeshError> {
     let connector = MeshConnector::new(store, addr, expected)?;
     // The URI only names the :authority; the connector decides where the
     // bytes go and how the peer is authenticated.

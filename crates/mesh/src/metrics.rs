@@ -14,12 +14,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// Reasons a request or handshake is refused, as metric labels.
-const DENY_REASONS: [&str; 5] = [
+const DENY_REASONS: [&str; 6] = [
     "no_policy",
     "caller_not_allowed",
     "foreign_trust_domain",
     "no_peer_identity",
     "claims_rejected",
+    // A method that is not read-only, on an instance that stands by.
+    "standby",
 ];
 
 /// The gRPC status codes, by number, as the gRPC specification spells them.

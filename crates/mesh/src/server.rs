@@ -32,6 +32,7 @@ use crate::authz::AuthzLayer;
 use crate::caller::PeerInfo;
 use crate::error::MeshError;
 use crate::metrics::{HandshakeFailure, HandshakeOutcome, Metrics};
+use crate::serving::Serving;
 use crate::settings::MeshSettings;
 
 /// Callers allowed to use health and reflection: every workload and
@@ -70,6 +71,9 @@ pub struct ServiceSpec {
     pub readiness: Readiness,
     /// The service's own series, rendered on `/metrics` after the runtime's.
     pub metrics: Vec<Arc<dyn crate::MetricsSource>>,
+    /// Whether the instance serves, for a service that can stand by while
+    /// another instance serves ([`Serving`]); `None`: it always serves.
+    pub serving: Option<watch::Receiver<Serving>>,
 }
 
 /// A built service: listeners bound, ready to run.
@@ -84,6 +88,7 @@ pub struct Application {
     metrics: Metrics,
     health: tonic_health::server::HealthReporter,
     service_name: &'static str,
+    serving: Option<watch::Receiver<Serving>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -122,15 +127,21 @@ impl Application {
         for source in spec.metrics {
             metrics.register(source);
         }
-        let authz = AuthzLayer::new(identity.trust_domain().clone(), policies, claims, metrics.clone());
+        let authz = AuthzLayer::new(
+            identity.trust_domain().clone(),
+            policies,
+            claims,
+            metrics.clone(),
+            spec.serving.clone(),
+        );
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(spec.name, tonic_health::ServingStatus::Serving)
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        let initial = spec
+            .serving
+            .as_ref()
+            .map_or(Serving::Yes, |serving| *serving.borrow());
+        health.set_service_status(spec.name, health_status(initial)).await;
+        health.set_service_status("", health_status(initial)).await;
 
         let reflection_v1 = reflection_builder(spec.name)
             .build_v1()
@@ -176,6 +187,7 @@ impl Application {
             metrics,
             health,
             service_name: spec.name,
+            serving: spec.serving,
         })
     }
 
@@ -211,9 +223,21 @@ impl Application {
             health,
             service_name,
             local_addr,
+            serving,
             ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Health follows the instance's standing until shutdown, which
+        // reports NOT_SERVING for good: the gate orders the two.
+        let stopping = Arc::new(tokio::sync::Mutex::new(false));
+        let standing = serving.map(|serving| {
+            tokio::spawn(follow_standing(
+                serving,
+                health.clone(),
+                service_name,
+                Arc::clone(&stopping),
+            ))
+        });
         let (conn_tx, conn_rx) = mpsc::channel::<io::Result<MtlsStream>>(64);
 
         let accept = tokio::spawn(accept_loop(
@@ -238,8 +262,17 @@ impl Application {
             r = &mut grpc => r.map_err(MeshError::Transport),
             () = shutdown => {
                 tracing::info!(service = service_name, "shutting down");
+                let mut stopping = stopping.lock().await;
+                *stopping = true;
+                let mut health = health.clone();
                 health.set_service_status(service_name, tonic_health::ServingStatus::NotServing).await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                // Open `Watch` streams (clients following this instance's
+                // health) get NOT_SERVING, then end: otherwise each would
+                // hold its connection, and the drain, to the timeout.
+                health.clear_service_status(service_name).await;
+                health.clear_service_status("").await;
+                drop(stopping);
                 let _ = stop_tx.send(true);
                 match tokio::time::timeout(drain, &mut grpc).await {
                     Ok(r) => r.map_err(MeshError::Transport),
@@ -252,8 +285,47 @@ impl Application {
         };
         let _ = stop_tx.send(true);
         accept.abort();
+        if let Some(task) = standing {
+            task.abort();
+        }
         let _ = admin_task.await;
         result
+    }
+}
+
+fn health_status(serving: Serving) -> tonic_health::ServingStatus {
+    match serving {
+        Serving::Yes => tonic_health::ServingStatus::Serving,
+        Serving::No(_) => tonic_health::ServingStatus::NotServing,
+    }
+}
+
+/// Reports `service` (and the whole server) SERVING or NOT_SERVING as
+/// `serving` changes, until the service shuts down (`stopping`) or its
+/// standing is dropped.
+async fn follow_standing(
+    mut serving: watch::Receiver<Serving>,
+    health: tonic_health::server::HealthReporter,
+    service: &'static str,
+    stopping: Arc<tokio::sync::Mutex<bool>>,
+) {
+    loop {
+        let now = *serving.borrow_and_update();
+        {
+            let stopping = stopping.lock().await;
+            if *stopping {
+                return;
+            }
+            health.set_service_status(service, health_status(now)).await;
+            health.set_service_status("", health_status(now)).await;
+        }
+        match now {
+            Serving::Yes => tracing::info!(service, "serving"),
+            Serving::No(reason) => tracing::info!(service, reason, "not serving: standing by"),
+        }
+        if serving.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -155,17 +155,110 @@ impl From<SocketAddr> for PeerAddr {
     }
 }
 
+/// Where the instances of another service listen: one address, or several
+/// (`host:port,host:port`) of which a client sends to the one that serves
+/// (an active instance and its standbys, see [`crate::MeshChannel`]).
+/// Never empty; no address twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddrs(Vec<PeerAddr>);
+
+impl PeerAddrs {
+    /// Most instances of one peer.
+    pub const MAX: usize = 8;
+
+    /// Parses `host:port` or a comma-separated list of them.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        Self::from_list(value.split(','))
+    }
+
+    /// Parses each of `values` as one `host:port`.
+    pub fn from_list<'a>(values: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut addrs: Vec<PeerAddr> = Vec::new();
+        for value in values {
+            if value.trim().is_empty() {
+                return Err("an address in the list is empty".to_owned());
+            }
+            let addr = PeerAddr::parse(value)?;
+            if addrs.contains(&addr) {
+                return Err(format!("{addr} is listed twice"));
+            }
+            addrs.push(addr);
+        }
+        if addrs.is_empty() {
+            return Err("no address".to_owned());
+        }
+        if addrs.len() > Self::MAX {
+            return Err(format!("{} addresses (at most {})", addrs.len(), Self::MAX));
+        }
+        Ok(Self(addrs))
+    }
+
+    /// The addresses, in the order configured.
+    pub fn iter(&self) -> std::slice::Iter<'_, PeerAddr> {
+        self.0.iter()
+    }
+
+    /// How many instances.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always `false`: a list holds at least one address.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first address configured.
+    pub fn first(&self) -> &PeerAddr {
+        // Never empty: every constructor refuses an empty list.
+        &self.0[0]
+    }
+}
+
+impl fmt::Display for PeerAddrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, addr) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(addr.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl From<PeerAddr> for PeerAddrs {
+    fn from(addr: PeerAddr) -> Self {
+        Self(vec![addr])
+    }
+}
+
+impl From<SocketAddr> for PeerAddrs {
+    fn from(addr: SocketAddr) -> Self {
+        Self(vec![addr.into()])
+    }
+}
+
+impl<'a> IntoIterator for &'a PeerAddrs {
+    type Item = &'a PeerAddr;
+    type IntoIter = std::slice::Iter<'a, PeerAddr>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// Addresses of the other services this one calls.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Peers {
     /// The gateway.
-    pub gateway: Option<PeerAddr>,
+    pub gateway: Option<PeerAddrs>,
     /// The tool registry.
-    pub tool_registry: Option<PeerAddr>,
+    pub tool_registry: Option<PeerAddrs>,
     /// The capsule repository.
-    pub capsule_repo: Option<PeerAddr>,
-    /// Analytics.
-    pub analytics: Option<PeerAddr>,
+    pub capsule_repo: Option<PeerAddrs>,
+    /// Analytics: its active instance and its standby, when it runs one.
+    pub analytics: Option<PeerAddrs>,
 }
 
 /// Everything a service needs to start.
@@ -256,10 +349,29 @@ struct FileSettings {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePeers {
-    gateway: Option<String>,
-    tool_registry: Option<String>,
-    capsule_repo: Option<String>,
-    analytics: Option<String>,
+    gateway: Option<FilePeer>,
+    tool_registry: Option<FilePeer>,
+    capsule_repo: Option<FilePeer>,
+    analytics: Option<FilePeer>,
+}
+
+/// A peer in the config file: `"host:port"` (or `"host:port,host:port"`),
+/// or a list of `"host:port"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FilePeer {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FilePeer {
+    /// As the environment variable would spell it.
+    fn text(self) -> String {
+        match self {
+            Self::One(text) => text,
+            Self::Many(list) => list.join(","),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -329,18 +441,24 @@ impl MeshSettings {
             claims_key_id: pick("SOMA_CLAIMS_KEY_ID", f.claims_key_id)
                 .unwrap_or_else(|| "gateway-1".to_owned()),
             peers: Peers {
-                gateway: peer("SOMA_PEER_GATEWAY", pick("SOMA_PEER_GATEWAY", f.peers.gateway))?,
+                gateway: peer(
+                    "SOMA_PEER_GATEWAY",
+                    pick("SOMA_PEER_GATEWAY", f.peers.gateway.map(FilePeer::text)),
+                )?,
                 tool_registry: peer(
                     "SOMA_PEER_TOOL_REGISTRY",
-                    pick("SOMA_PEER_TOOL_REGISTRY", f.peers.tool_registry),
+                    pick(
+                        "SOMA_PEER_TOOL_REGISTRY",
+                        f.peers.tool_registry.map(FilePeer::text),
+                    ),
                 )?,
                 capsule_repo: peer(
                     "SOMA_PEER_CAPSULE_REPO",
-                    pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo),
+                    pick("SOMA_PEER_CAPSULE_REPO", f.peers.capsule_repo.map(FilePeer::text)),
                 )?,
                 analytics: peer(
                     "SOMA_PEER_ANALYTICS",
-                    pick("SOMA_PEER_ANALYTICS", f.peers.analytics),
+                    pick("SOMA_PEER_ANALYTICS", f.peers.analytics.map(FilePeer::text)),
                 )?,
             },
             metrics: switch("SOMA_METRICS", env("SOMA_METRICS"))?,
@@ -391,9 +509,9 @@ fn addr(key: &'static str, value: Option<String>) -> Result<Option<SocketAddr>, 
         .transpose()
 }
 
-fn peer(key: &'static str, value: Option<String>) -> Result<Option<PeerAddr>, ConfigError> {
+fn peer(key: &'static str, value: Option<String>) -> Result<Option<PeerAddrs>, ConfigError> {
     value
-        .map(|v| PeerAddr::parse(&v).map_err(|reason| ConfigError::Invalid { key, reason }))
+        .map(|v| PeerAddrs::parse(&v).map_err(|reason| ConfigError::Invalid { key, reason }))
         .transpose()
 }
 
@@ -482,7 +600,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.listen_addr, "127.0.0.1:7100".parse().unwrap());
-        assert_eq!(s.peers.analytics.unwrap().as_str(), "127.0.0.1:7001");
+        assert_eq!(s.peers.analytics.unwrap().to_string(), "127.0.0.1:7001");
         let s = MeshSettings::load(
             ServiceKind::Gateway,
             None,
@@ -490,7 +608,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.peers.analytics.unwrap().as_str(),
+            s.peers.analytics.unwrap().to_string(),
             "analytics.somastack.svc:8443"
         );
 
@@ -521,6 +639,21 @@ mod tests {
                 key: "SOMA_PEER_ANALYTICS",
             },
             Case {
+                name: "empty address in a peer list",
+                env: &[("SOMA_PEER_ANALYTICS", "127.0.0.1:7001,")],
+                key: "SOMA_PEER_ANALYTICS",
+            },
+            Case {
+                name: "one peer twice",
+                env: &[("SOMA_PEER_ANALYTICS", "127.0.0.1:7001, 127.0.0.1:7001")],
+                key: "SOMA_PEER_ANALYTICS",
+            },
+            Case {
+                name: "bad second peer",
+                env: &[("SOMA_PEER_ANALYTICS", "127.0.0.1:7001,analytics")],
+                key: "SOMA_PEER_ANALYTICS",
+            },
+            Case {
                 name: "zero timeout",
                 env: &[("SOMA_HANDSHAKE_TIMEOUT", "0s")],
                 key: "SOMA_HANDSHAKE_TIMEOUT",
@@ -537,6 +670,32 @@ mod tests {
                 other => panic!("{}: expected invalid {}, got {other:?}", c.name, c.key),
             }
         }
+
+        // Several instances of one peer: a list in the file, a comma-separated
+        // value in the environment; the order is kept.
+        std::fs::write(
+            &file,
+            "[peers]\nanalytics = [\"127.0.0.1:7001\", \"analytics-b.somastack.svc:8443\"]\n",
+        )
+        .unwrap();
+        let s = MeshSettings::load(ServiceKind::Gateway, Some(&file), env_of(&[])).unwrap();
+        let analytics = s.peers.analytics.unwrap();
+        assert_eq!(analytics.len(), 2);
+        assert_eq!(
+            analytics.to_string(),
+            "127.0.0.1:7001,analytics-b.somastack.svc:8443"
+        );
+        let s = MeshSettings::load(
+            ServiceKind::Gateway,
+            None,
+            env_of(&[("SOMA_PEER_ANALYTICS", "127.0.0.1:7002, 127.0.0.1:7001")]),
+        )
+        .unwrap();
+        let analytics = s.peers.analytics.unwrap();
+        assert_eq!(
+            analytics.iter().map(PeerAddr::as_str).collect::<Vec<_>>(),
+            ["127.0.0.1:7002", "127.0.0.1:7001"]
+        );
 
         std::fs::write(&file, "listen_adr = \"127.0.0.1:7000\"\n").unwrap();
         assert!(matches!(

@@ -405,7 +405,7 @@ fn start_repo(
             catalogues: Vec::new(),
         };
         let to_registry = soma_mesh::channel(Arc::clone(&store), registry.0, registry.1)?;
-        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry));
+        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry.into()));
         let outbox = repo.spawn_outbox(soma_mesh::channel(Arc::clone(&store), analytics.0, analytics.1)?);
         let spec = soma_capsule_repo::spec(db, repo, &settings.limits);
         mesh_server(

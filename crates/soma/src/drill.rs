@@ -6,8 +6,12 @@
 //! keeps one record per id); once the load runs, the target is killed with
 //! SIGKILL — for `postgres`, the PostgreSQL primary's postmaster, found
 //! through Patroni's REST API in the HA stack's `cluster.json`
-//! (`scripts/ops/ha-up.sh`). The drill then waits for writes sent after
-//! the kill to be acknowledged again and measures:
+//! (`scripts/ops/ha-up.sh`); for `analytics`, the active Analytics of a
+//! `soma up --analytics-standby` (the one instance whose admin `/readyz`
+//! answers 200: the lease's holder; its pid from `DIR/pids.json`); for
+//! `both`, the two at once. The drill then waits for the failover (Patroni
+//! names a new leader; the other Analytics reports ready) and for writes
+//! sent after the kill to be acknowledged again, and measures:
 //!
 //! - **RTO**: from the kill to the first acknowledgement of a write sent
 //!   after the outage became visible (the first refused write after the
@@ -178,11 +182,7 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
             humantime::format_duration(args.timeout),
         ));
     }
-    if args.target != Target::Postgres {
-        return Ok(crate::config_error(
-            "--target analytics and both need an Analytics standby, which this stack does not run yet: use --target postgres",
-        ));
-    }
+
     if args.writers == 0 || args.before == 0 || args.after == 0 {
         return Ok(crate::config_error(
             "--writers, --before and --after must be at least 1",
@@ -201,13 +201,28 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| anyhow!("endpoints.json has no edge"))?
         .to_owned();
     let authority = crate::cli::edge_authority(&edge)?;
-    let cluster: Value =
-        serde_json::from_slice(&std::fs::read(args.ha_dir.join("cluster.json")).with_context(|| {
-            format!(
-                "reading {}/cluster.json (scripts/ops/ha-up.sh writes it)",
-                args.ha_dir.display()
-            )
-        })?)?;
+    let analytics = match args.target {
+        Target::Postgres => None,
+        Target::Analytics | Target::Both => match AnalyticsInstances::of(&args.data_dir, &endpoints)? {
+            Some(instances) => Some(instances),
+            None => {
+                return Ok(crate::config_error(
+                    "--target analytics and both need an Analytics standby: start the stack with `soma up --database-url URL --analytics-standby`",
+                ));
+            }
+        },
+    };
+    let cluster: Option<Value> = match args.target {
+        Target::Analytics => None,
+        Target::Postgres | Target::Both => Some(serde_json::from_slice(
+            &std::fs::read(args.ha_dir.join("cluster.json")).with_context(|| {
+                format!(
+                    "reading {}/cluster.json (scripts/ops/ha-up.sh writes it)",
+                    args.ha_dir.display()
+                )
+            })?,
+        )?),
+    };
     let token = |scope: &str| {
         crate::token::mint(&crate::token::TokenArgs {
             data_dir: args.data_dir.clone(),
@@ -333,48 +348,95 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
-    // 2. The kill.
-    let (leader, data_dir) = current_leader(&cluster).await?;
-    let pid_file = PathBuf::from(&data_dir).join("postmaster.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("reading {}", pid_file.display()))?
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
+    // 2. The kill: every victim found first, then killed one right after
+    // the other.
+    let primary = match &cluster {
+        Some(cluster) => {
+            let (leader, data_dir) = current_leader(cluster).await?;
+            let pid_file = PathBuf::from(&data_dir).join("postmaster.pid");
+            let pid = std::fs::read_to_string(&pid_file)
+                .with_context(|| format!("reading {}", pid_file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            Some((leader, pid))
+        }
+        None => None,
+    };
+    let active = match &analytics {
+        Some(instances) => match instances.active(Duration::from_secs(10)).await {
+            Ok(active) => Some(active),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let killed_wall = SystemTime::now();
     let killed_at = Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .context("running kill")?;
-    if !killed.success() {
-        stop.store(true, Ordering::Relaxed);
-        bail!("kill -KILL {pid} (the postmaster of {leader}) failed");
+    let mut victims = Vec::new();
+    if let Some((leader, pid)) = &primary {
+        victims.push((
+            pid.clone(),
+            format!("the PostgreSQL primary {leader} (postmaster pid {pid})"),
+        ));
     }
-    progress(format_args!(
-        "killed the PostgreSQL primary {leader} (postmaster pid {pid}) with SIGKILL"
-    ));
-    steps.push((
-        "kill".into(),
-        true,
-        format!("primary {leader}, postmaster {pid}, SIGKILL"),
-    ));
+    if let Some((instance, pid)) = &active {
+        victims.push((
+            pid.to_string(),
+            format!("the active Analytics {instance} (pid {pid})"),
+        ));
+    }
+    for (pid, what) in &victims {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", pid])
+            .status()
+            .context("running kill")?;
+        if !killed.success() {
+            stop.store(true, Ordering::Relaxed);
+            bail!("kill -KILL {pid} ({what}) failed");
+        }
+    }
+    let killed_what = victims
+        .iter()
+        .map(|(_, what)| what.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    progress(format_args!("killed {killed_what} with SIGKILL"));
+    steps.push(("kill".into(), true, format!("{killed_what}, SIGKILL")));
 
-    // 3. Recovery: Patroni names a new leader, and writes sent after both
-    // that and the outage becoming visible are acknowledged.
+    // 3. Recovery: the failover (Patroni names a new leader; another
+    // Analytics holds the lease), and writes sent after both that and the
+    // outage becoming visible are acknowledged.
     let mut failover_at = None;
     let mut failover_seen = None;
+    let mut promoted = primary.is_none();
+    let mut taken_over = active.is_none();
     let mut recovered = false;
     while Instant::now() < deadline {
-        if failover_at.is_none()
-            && let Ok((now_leader, _)) = current_leader(&cluster).await
-            && now_leader != leader
+        if !promoted
+            && let (Some(cluster), Some((leader, _))) = (&cluster, &primary)
+            && let Ok((now_leader, _)) = current_leader(cluster).await
+            && now_leader != *leader
         {
+            promoted = true;
+            progress(format_args!("Patroni promoted {now_leader}"));
+        }
+        if !taken_over
+            && let (Some(instances), Some((killed, pid))) = (&analytics, &active)
+            && let Some(now_active) = instances.ready_other_than(killed, *pid).await
+        {
+            taken_over = true;
+            progress(format_args!(
+                "Analytics {now_active} holds the ledger writer's lease"
+            ));
+        }
+        if failover_at.is_none() && promoted && taken_over {
             failover_at = Some(SystemTime::now());
             failover_seen = Some(Instant::now());
-            progress(format_args!("Patroni promoted {now_leader}"));
         }
         if let Some(seen) = failover_seen {
             let load = load.lock().unwrap_or_else(PoisonError::into_inner);
@@ -465,10 +527,15 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
         Some(first_lost) => killed_wall - killed_at.saturating_duration_since(first_lost),
     };
     let rto_ok = rto.is_some_and(|rto| rto <= args.rto_target);
+    let scenario = match args.target {
+        Target::Postgres => "postgres-primary-loss",
+        Target::Analytics => "analytics-active-loss",
+        Target::Both => "postgres-primary-and-analytics-active-loss",
+    };
     let mut drill = json!({
         "eventId": format!("drill-{run_id}"),
         "region": args.region,
-        "scenario": "postgres-primary-loss",
+        "scenario": scenario,
         "startedAt": rfc3339(killed_wall),
         "failoverCompletedAt": rfc3339(failover_at.or(restored_at).unwrap_or_else(SystemTime::now)),
         "restoredAt": rfc3339(restored_at.unwrap_or_else(SystemTime::now)),
@@ -599,6 +666,114 @@ fn step(name: &str, outcome: Option<Result<String, String>>) -> (String, bool, S
 /// A duration in proto3 JSON (`0.001000000s`).
 fn proto_duration(d: Duration) -> String {
     format!("{}.{:09}s", d.as_secs(), d.subsec_nanos())
+}
+
+/// The Analytics instances of a `soma up --analytics-standby`, by instance
+/// name (`analytics`, `analytics-2`), with their admin addresses.
+struct AnalyticsInstances {
+    data_dir: PathBuf,
+    admin: Vec<(String, http::uri::Authority)>,
+}
+
+impl AnalyticsInstances {
+    /// The instances `endpoints.json` names; `None` with fewer than two
+    /// (no standby: nothing would take over).
+    fn of(data_dir: &std::path::Path, endpoints: &Value) -> anyhow::Result<Option<Self>> {
+        let mut admin = Vec::new();
+        if let Some(all) = endpoints["admin"].as_object() {
+            for (name, addr) in all {
+                let analytics = name == "analytics" || name == crate::up::ANALYTICS_STANDBY;
+                if let (true, Some(addr)) = (analytics, addr.as_str()) {
+                    admin.push((
+                        name.clone(),
+                        crate::cli::edge_authority(&format!("http://{addr}"))?,
+                    ));
+                }
+            }
+        }
+        Ok((admin.len() >= 2).then(|| Self {
+            data_dir: data_dir.to_owned(),
+            admin,
+        }))
+    }
+
+    /// Whether `authority`'s `/readyz` answers 200: that instance holds the
+    /// ledger writer's lease (a standby answers 503, `standby`).
+    async fn ready(authority: &http::uri::Authority) -> bool {
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                request(http::Method::GET, authority, "/readyz", None, None),
+            )
+            .await,
+            Ok(Ok((status, _))) if status == http::StatusCode::OK
+        )
+    }
+
+    /// The instance holding the lease (the one ready) and its pid, from
+    /// `pids.json`, checked to be a `soma serve analytics` process. Waits
+    /// up to `within` for exactly one to be ready; two ready at once would
+    /// be two writers, and is an error.
+    async fn active(&self, within: Duration) -> anyhow::Result<(String, u32)> {
+        let deadline = Instant::now() + within;
+        let name = loop {
+            let mut ready = Vec::new();
+            for (name, authority) in &self.admin {
+                if Self::ready(authority).await {
+                    ready.push(name.clone());
+                }
+            }
+            match ready.as_slice() {
+                [one] => break one.clone(),
+                [] if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                [] => bail!("no Analytics instance is ready: none holds the ledger writer's lease"),
+                _ => bail!("Analytics instances {ready:?} are all ready at once: two writers"),
+            }
+        };
+        let pid = *self
+            .pids()?
+            .get(&name)
+            .ok_or_else(|| anyhow!("pids.json has no {name}"))?;
+        // The pid must still be that instance's process, never another that
+        // came to hold the number.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !(args.get(1) == Some(&&b"serve"[..]) && args.get(2) == Some(&&b"analytics"[..])) {
+            bail!("pid {pid} of {name} is not a `soma serve analytics` process");
+        }
+        Ok((name, pid))
+    }
+
+    /// Each instance's current pid (`soma up` rewrites `pids.json` at
+    /// every restart).
+    fn pids(&self) -> anyhow::Result<BTreeMap<String, u32>> {
+        Ok(serde_json::from_slice(
+            &std::fs::read(self.data_dir.join("pids.json")).with_context(|| {
+                format!(
+                    "reading {}/pids.json (soma up writes it)",
+                    self.data_dir.display()
+                )
+            })?,
+        )?)
+    }
+
+    /// An instance ready now that is not the process killed (`killed`'s
+    /// process `pid`): the other instance, or `killed` restarted by
+    /// `soma up`, whichever took the lease.
+    async fn ready_other_than(&self, killed: &str, pid: u32) -> Option<String> {
+        for (name, authority) in &self.admin {
+            if !Self::ready(authority).await {
+                continue;
+            }
+            if name != killed {
+                return Some(name.clone());
+            }
+            if self.pids().ok()?.get(name).is_some_and(|now| *now != pid) {
+                return Some(format!("{name} (restarted)"));
+            }
+        }
+        None
+    }
 }
 
 /// The current leader of the HA stack and its data directory, from the

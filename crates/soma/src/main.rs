@@ -105,6 +105,12 @@ enum Command {
         database_url: Option<String>,
         #[command(flatten)]
         drills: up::DrillSettings,
+        /// Run a second Analytics on its own ports as a standby (PostgreSQL
+        /// only): whichever instance holds the ledger writer's lease writes,
+        /// the other takes over when it dies; every client gets both
+        /// addresses.
+        #[arg(long)]
+        analytics_standby: bool,
     },
     /// Print a JWT from the development issuer of a `soma up` data dir.
     Token {
@@ -308,6 +314,7 @@ fn main() -> ExitCode {
                 region,
                 database_url,
                 drills,
+                analytics_standby,
             } => {
                 up::run(up::UpArgs {
                     log_format: cli.log_format,
@@ -319,6 +326,7 @@ fn main() -> ExitCode {
                     region,
                     database_url,
                     drills,
+                    analytics_standby,
                 })
                 .await
             }

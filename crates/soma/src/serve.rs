@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use soma_auth::{ClaimsSigner, ClaimsVerifier};
 use soma_identity::{SpiffeId, WorkloadIdentity};
-use soma_mesh::{Application, MeshSettings, ServiceKind};
+use soma_mesh::{Application, MeshChannel, MeshSettings, ServiceKind};
 use soma_store::{Database, StoreSettings};
 
 /// The line a started service prints on standard output.
@@ -192,10 +192,10 @@ async fn serve(
                 tracing::error!(rows = ?resealed.failed, "registry rows fail their MAC; they are refused where read");
             }
             match &settings.peers.analytics {
-                Some(addr) => {
+                Some(addrs) => {
                     let analytics =
                         SpiffeId::from_parts(own_id.trust_domain(), &ServiceKind::Analytics.spiffe_path())?;
-                    let channel = soma_mesh::channel(std::sync::Arc::clone(&store), addr.clone(), analytics)?;
+                    let channel = MeshChannel::new(std::sync::Arc::clone(&store), addrs, analytics)?;
                     background = Some(registry.spawn_outbox(channel));
                 }
                 None => tracing::warn!(
@@ -207,16 +207,12 @@ async fn serve(
         ServiceKind::CapsuleRepo => {
             db.migrate(&soma_capsule_repo::MIGRATIONS).await?;
             let tool_registry = match &settings.peers.tool_registry {
-                Some(addr) => {
+                Some(addrs) => {
                     let registry = SpiffeId::from_parts(
                         own_id.trust_domain(),
                         &ServiceKind::ToolRegistry.spiffe_path(),
                     )?;
-                    Some(soma_mesh::channel(
-                        std::sync::Arc::clone(&store),
-                        addr.clone(),
-                        registry,
-                    )?)
+                    Some(MeshChannel::new(std::sync::Arc::clone(&store), addrs, registry)?)
                 }
                 None => {
                     tracing::warn!(
@@ -231,10 +227,10 @@ async fn serve(
                 tool_registry,
             );
             match &settings.peers.analytics {
-                Some(addr) => {
+                Some(addrs) => {
                     let analytics =
                         SpiffeId::from_parts(own_id.trust_domain(), &ServiceKind::Analytics.spiffe_path())?;
-                    let channel = soma_mesh::channel(std::sync::Arc::clone(&store), addr.clone(), analytics)?;
+                    let channel = MeshChannel::new(std::sync::Arc::clone(&store), addrs, analytics)?;
                     background = Some(repo.spawn_outbox(channel));
                 }
                 None => {

@@ -3,12 +3,21 @@
 //! SVID from the authority's Workload API (the same path as with a SPIRE
 //! agent). Children are attested by their process id.
 //!
+//! With `--analytics-standby` (PostgreSQL only) a second Analytics,
+//! `analytics-2`, runs on its own ports against the same database: the
+//! instance holding the ledger writer's lease writes, the other stands by
+//! and takes over when it dies, and every client of Analytics is given both
+//! addresses (`SOMA_PEER_ANALYTICS=a,b`), sending to the one that serves.
+//!
 //! Supervision: a child that exits (a crash, a signal, even a clean exit
 //! nobody asked for) is restarted on the same addresses and the same data,
 //! after a backoff that doubles from 100 ms to 5 s and resets once a child
-//! has stayed up for a while; each restart is announced on standard output.
+//! has stayed up for a while; each restart is announced on standard output
+//! (a restarted Analytics stands by if the other took over meanwhile).
 //! A child's pid is withdrawn from the attestation table on every path on
 //! which that child ends, before the kernel may hand the pid to anyone else.
+//! `DIR/pids.json` names each instance's current pid (rewritten at every
+//! restart), for tools that signal one (`soma drill run`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -55,7 +64,14 @@ pub struct UpArgs {
     pub database_url: Option<String>,
     /// Analytics' drill objectives for the region and webhook receivers.
     pub drills: DrillSettings,
+    /// Run a second Analytics as a standby (PostgreSQL only).
+    pub analytics_standby: bool,
 }
+
+/// The name of the standby Analytics instance `soma up` runs with
+/// `--analytics-standby` (its log, its admin address in endpoints.json, its
+/// pid in pids.json).
+pub(crate) const ANALYTICS_STANDBY: &str = "analytics-2";
 
 /// The database of `kind` on a PostgreSQL server: `soma_<service>`, the
 /// service's name with `_` for `-`.
@@ -71,16 +87,23 @@ struct Endpoints {
     gateway: String,
     tool_registry: String,
     capsule_repo: String,
+    /// The first Analytics instance.
     analytics: String,
+    /// Every Analytics instance, in start order (with a standby, two: the
+    /// addresses every client of Analytics is given).
+    analytics_instances: Vec<String>,
     /// The gateway's HTTP/JSON + gRPC edge (`http://host:port`).
     edge: Option<String>,
-    /// Each service's admin listener (`host:port`: `/metrics`, `/healthz`,
-    /// `/readyz`), by service name: what a Prometheus scrapes.
-    admin: BTreeMap<&'static str, String>,
+    /// Each instance's admin listener (`host:port`: `/metrics`, `/healthz`,
+    /// `/readyz`), by instance name (the service's name; `analytics-2` for
+    /// the standby Analytics): what a Prometheus scrapes.
+    admin: BTreeMap<String, String>,
 }
 
 struct Running {
     kind: ServiceKind,
+    /// The instance's name: the service's, or [`ANALYTICS_STANDBY`].
+    instance: String,
     child: Child,
     /// The child's pid in the attestation table, from spawn time on: once
     /// the child is reaped `Child::id` is `None`, and the entry must still
@@ -149,6 +172,11 @@ struct Launch<'a> {
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = soma_gateway::Region::parse(&args.region) {
         return Ok(crate::config_error(format_args!("--region: {e}")));
+    }
+    if args.analytics_standby && args.database_url.is_none() {
+        return Ok(crate::config_error(
+            "--analytics-standby needs --database-url: on SQLite one Analytics is always the ledger's writer",
+        ));
     }
     let trust_domain = match TrustDomain::parse(&args.trust_domain) {
         Ok(td) => td,
@@ -242,17 +270,31 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     let mut running: Vec<Running> = Vec::new();
     let mut peers: BTreeMap<&'static str, String> = BTreeMap::new();
-    // The gateway last: it needs every other service's address.
-    let order = [
-        ServiceKind::Analytics,
-        ServiceKind::ToolRegistry,
-        ServiceKind::CapsuleRepo,
-        ServiceKind::Gateway,
-    ];
-    for kind in order {
-        match start_service(kind, &launch, &peers, None).await {
+    // The gateway last: it needs every other service's address. The first
+    // Analytics before its standby, so that it takes the lease first.
+    let mut order = vec![(ServiceKind::Analytics, ServiceKind::Analytics.name())];
+    if args.analytics_standby {
+        order.push((ServiceKind::Analytics, ANALYTICS_STANDBY));
+    }
+    order.extend(
+        [
+            ServiceKind::ToolRegistry,
+            ServiceKind::CapsuleRepo,
+            ServiceKind::Gateway,
+        ]
+        .map(|kind| (kind, kind.name())),
+    );
+    for (kind, instance) in order {
+        match start_service(kind, instance, &launch, &peers, None).await {
             Ok(r) => {
-                peers.insert(peer_var(kind), r.ready.grpc_addr.clone());
+                // Every instance of a service: its clients get them all.
+                peers
+                    .entry(peer_var(kind))
+                    .and_modify(|addrs| {
+                        addrs.push(',');
+                        addrs.push_str(&r.ready.grpc_addr);
+                    })
+                    .or_insert_with(|| r.ready.grpc_addr.clone());
                 running.push(r);
             }
             Err(e) => {
@@ -260,8 +302,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 let _ = stop_tx.send(true);
                 let _ = api_task.await;
                 return Err(e.context(format!(
-                    "starting {kind} (log: {})",
-                    logs.join(format!("{kind}.log")).display()
+                    "starting {instance} (log: {})",
+                    logs.join(format!("{instance}.log")).display()
                 )));
             }
         }
@@ -281,19 +323,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         tool_registry: addr_of(ServiceKind::ToolRegistry),
         capsule_repo: addr_of(ServiceKind::CapsuleRepo),
         analytics: addr_of(ServiceKind::Analytics),
+        analytics_instances: running
+            .iter()
+            .filter(|r| r.kind == ServiceKind::Analytics)
+            .map(|r| r.ready.grpc_addr.clone())
+            .collect(),
         edge: running
             .iter()
             .find_map(|r| r.ready.edge_addr.as_ref())
             .map(|a| format!("http://{a}")),
         admin: running
             .iter()
-            .map(|r| (r.kind.name(), r.ready.admin_addr.clone()))
+            .map(|r| (r.instance.clone(), r.ready.admin_addr.clone()))
             .collect(),
     };
     write_atomically(
         &data_dir.join("endpoints.json"),
         &serde_json::to_vec_pretty(&endpoints)?,
     )?;
+    write_pids(&data_dir, &running)?;
 
     #[expect(clippy::print_stdout, reason = "the command's output")]
     {
@@ -304,10 +352,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         for r in &running {
             println!(
                 "  {:<14} {:<44} grpc+mtls {:<21} admin http://{}",
-                r.kind.name(),
-                r.ready.spiffe_id,
-                r.ready.grpc_addr,
-                r.ready.admin_addr
+                r.instance, r.ready.spiffe_id, r.ready.grpc_addr, r.ready.admin_addr
             );
         }
         if let Some(edge) = &endpoints.edge {
@@ -336,7 +381,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let r = &mut running[index];
         // Reaped just now: the pid is free for the kernel to reuse.
         r.registration.withdraw();
-        let kind = r.kind;
+        let instance = r.instance.clone();
         let uptime = r.since.elapsed();
         if uptime >= STABLE_UPTIME {
             r.backoff = MIN_RESTART_BACKOFF;
@@ -344,11 +389,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let status = status.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string());
         say(format_args!(
             "  {:<14} exited ({status}) after {}; restarting in {}",
-            kind.name(),
+            instance,
             humantime::format_duration(round_ms(uptime)),
             humantime::format_duration(r.backoff)
         ));
-        tracing::warn!(service = %kind, %status, "service exited; restarting it");
+        tracing::warn!(service = %instance, %status, "service exited; restarting it");
         let restarted = tokio::select! {
             // Dropping an unfinished restart kills its child (kill_on_drop)
             // and withdraws its pid (Registration's drop).
@@ -359,10 +404,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         *r = restarted;
         say(format_args!(
             "  {:<14} restarted (pid {}), grpc+mtls {}",
-            kind.name(),
-            r.registration.pid,
-            r.ready.grpc_addr
+            instance, r.registration.pid, r.ready.grpc_addr
         ));
+        if let Err(e) = write_pids(&data_dir, &running) {
+            tracing::warn!(error = %e, "pids.json not rewritten");
+        }
     }
     stop_all(&mut running).await;
     let _ = stop_tx.send(true);
@@ -377,7 +423,7 @@ async fn restart(launch: &Launch<'_>, old: &Running) -> Running {
     loop {
         tokio::time::sleep(backoff).await;
         let next = (backoff * 2).min(MAX_RESTART_BACKOFF);
-        match start_service(old.kind, launch, &old.peers, Some(&old.ready)).await {
+        match start_service(old.kind, &old.instance, launch, &old.peers, Some(&old.ready)).await {
             Ok(mut new) => {
                 new.backoff = next;
                 return new;
@@ -385,7 +431,7 @@ async fn restart(launch: &Launch<'_>, old: &Running) -> Running {
             Err(e) => {
                 say(format_args!(
                     "  {:<14} restart failed: {e:#}; retrying in {}",
-                    old.kind.name(),
+                    old.instance,
                     humantime::format_duration(next)
                 ));
                 backoff = next;
@@ -398,6 +444,15 @@ async fn restart(launch: &Launch<'_>, old: &Running) -> Running {
 #[expect(clippy::print_stdout, reason = "the command's output")]
 fn say(line: std::fmt::Arguments<'_>) {
     println!("{line}");
+}
+
+/// `DIR/pids.json`: each instance's current pid, by instance name.
+fn write_pids(data_dir: &Path, running: &[Running]) -> anyhow::Result<()> {
+    let pids: BTreeMap<&str, u32> = running
+        .iter()
+        .map(|r| (r.instance.as_str(), r.registration.pid))
+        .collect();
+    write_atomically(&data_dir.join("pids.json"), &serde_json::to_vec_pretty(&pids)?)
 }
 
 fn round_ms(d: Duration) -> Duration {
@@ -426,12 +481,14 @@ struct ServiceKeys<'a> {
     analytics_drills: &'a [(&'static str, String)],
 }
 
-/// Spawns `soma serve <kind>`, registers its pid for the service's SPIFFE
-/// ID and waits for its ready line. `previous`: the ready line of the
-/// process this one replaces, whose addresses it binds again (its peers and
-/// endpoints.json keep naming them) and whose log it appends to.
+/// Spawns `soma serve <kind>` as `instance`, registers its pid for the
+/// service's SPIFFE ID and waits for its ready line. `previous`: the ready
+/// line of the process this one replaces, whose addresses it binds again
+/// (its peers and endpoints.json keep naming them) and whose log it appends
+/// to.
 async fn start_service(
     kind: ServiceKind,
+    instance: &str,
     launch: &Launch<'_>,
     peers: &BTreeMap<&'static str, String>,
     previous: Option<&ReadyLine>,
@@ -439,7 +496,7 @@ async fn start_service(
     let id = SpiffeId::from_parts(launch.trust_domain, &kind.spiffe_path())?;
     let keys = &launch.keys;
     let exe = std::env::current_exe().context("locating the soma binary")?;
-    let log_path = launch.data_dir.join("logs").join(format!("{kind}.log"));
+    let log_path = launch.data_dir.join("logs").join(format!("{instance}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -506,7 +563,7 @@ async fn start_service(
     for (var, addr) in peers {
         cmd.env(var, addr);
     }
-    let mut child = cmd.spawn().with_context(|| format!("spawning {kind}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("spawning {instance}"))?;
     // Attestation: this pid, and only this pid, is the workload `id`. It is
     // registered before the child can ask for its SVID (it has not even
     // loaded its settings yet).
@@ -523,21 +580,23 @@ async fn start_service(
             let _ = child.wait().await;
             drop(registration);
             bail!(
-                "{kind} exited before it listened: {}",
+                "{instance} exited before it listened: {}",
                 last_error(&log_path, log_start)
             );
         }
         Err(_) => {
             drop(registration);
             let _ = child.kill().await;
-            bail!("{kind} did not listen within {}s", START_TIMEOUT.as_secs());
+            bail!("{instance} did not listen within {}s", START_TIMEOUT.as_secs());
         }
     };
-    let ready: ReadyLine = serde_json::from_str(&line).with_context(|| format!("{kind} printed {line:?}"))?;
+    let ready: ReadyLine =
+        serde_json::from_str(&line).with_context(|| format!("{instance} printed {line:?}"))?;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Running {
         kind,
+        instance: instance.to_owned(),
         child,
         registration,
         stdin,
@@ -578,9 +637,9 @@ async fn stop_all(running: &mut [Running]) {
     }
     for r in running.iter_mut() {
         match tokio::time::timeout(STOP_TIMEOUT, r.child.wait()).await {
-            Ok(_) => tracing::info!(service = %r.kind, "stopped"),
+            Ok(_) => tracing::info!(service = %r.instance, "stopped"),
             Err(_) => {
-                tracing::warn!(service = %r.kind, "did not stop in time; killing it");
+                tracing::warn!(service = %r.instance, "did not stop in time; killing it");
                 let _ = r.child.kill().await;
             }
         }

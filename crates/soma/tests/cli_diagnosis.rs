@@ -3,8 +3,9 @@
 //! authority (one line naming it, exit 64) instead of creating a new root;
 //! `soma serve` gives the Workload API's own answer when no SVID comes (the
 //! socket's connection error, or the gRPC status and message), for every
-//! endpoint form go-spiffe accepts; the README's commands run the binary the
-//! README's build makes.
+//! endpoint form go-spiffe accepts; `soma up --analytics-standby` without
+//! PostgreSQL is refused before anything starts; the README's commands run
+//! the binary the README's build makes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -304,6 +305,33 @@ async fn serve_says_why_no_svid_came_from_the_workload_api() {
             "{PREFIX}invalid workload api endpoint \"unix://relative/agent.sock\": unix: endpoint socket URI must not include an authority"
         )
     );
+}
+
+#[test]
+fn an_analytics_standby_without_postgresql_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let out = std::process::Command::new(SOMA)
+        .args([
+            "up",
+            "--edge-addr",
+            "127.0.0.1:0",
+            "--analytics-standby",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{:?}", stderr_lines(&out));
+    assert_eq!(
+        stderr_lines(&out).last().map(String::as_str),
+        Some(
+            "soma: --analytics-standby needs --database-url: on SQLite one Analytics is always the ledger's writer"
+        )
+    );
+    // Refused before anything was created.
+    assert!(!data_dir.exists());
 }
 
 /// The `sh` blocks of a Markdown file, line by line.

@@ -164,6 +164,7 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
         [
             "admin",
             "analytics",
+            "analytics_instances",
             "capsule_repo",
             "edge",
             "gateway",
@@ -173,6 +174,11 @@ async fn soma_up_serves_all_four_services_over_mtls_and_restarts_on_the_same_dat
         ]
     );
     assert_eq!(endpoints["trust_domain"], "somastack.local");
+    // Without a standby, Analytics is one instance.
+    assert_eq!(
+        endpoints["analytics_instances"],
+        serde_json::json!([endpoints["analytics"]])
+    );
     // One admin listener per service, each a loopback address.
     let admin = endpoints["admin"].as_object().unwrap();
     assert_eq!(

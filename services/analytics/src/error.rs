@@ -77,9 +77,15 @@ pub enum AnalyticsError {
         /// What does not match.
         detail: String,
     },
-    /// The ledger writer is gone (shutting down).
+    /// The ledger writer is gone (shutting down), or its commit failed
+    /// with its session (nothing is acknowledged; a retry with the same
+    /// event id is answered with the stored record if it was committed).
     #[error("the ledger writer is not running")]
     WriterStopped,
+    /// This instance stands by: another Analytics instance holds the ledger
+    /// writer's lease. Nothing was written.
+    #[error("this Analytics instance is a standby: another instance holds the ledger writer's lease")]
+    Standby,
     /// A database error.
     #[error("database")]
     Database(#[from] sqlx::Error),
@@ -134,6 +140,7 @@ impl AnalyticsError {
             Self::LedgerRowMissing { .. } => "ledger_row_missing",
             Self::LedgerLeafMismatch { .. } => "ledger_leaf_mismatch",
             Self::WriterStopped => "unavailable",
+            Self::Standby => crate::ledger::STANDBY,
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::StaleRegression { .. } => "stale_version",
             Self::Unauthenticated => "unauthenticated",
@@ -159,7 +166,7 @@ impl From<AnalyticsError> for tonic::Status {
             | AnalyticsError::RowIntegrityAt { .. }
             | AnalyticsError::LedgerRowMissing { .. }
             | AnalyticsError::LedgerLeafMismatch { .. } => Code::DataLoss,
-            AnalyticsError::WriterStopped => Code::Unavailable,
+            AnalyticsError::WriterStopped | AnalyticsError::Standby => Code::Unavailable,
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,
             AnalyticsError::Unauthenticated => Code::Unauthenticated,

@@ -323,7 +323,7 @@ const RESEAL_BATCH: usize = 256;
 
 /// Re-seals every row still under [`LEGACY_MAC_SCHEME`] under
 /// [`MAC_SCHEME`], and seals every leaf row not yet sealed; returns the rows
-/// and leaves it refused.
+/// and leaves it refused, and how many rows and leaves it updated.
 ///
 /// A row is re-sealed only after it verifies under the scheme that sealed
 /// it and, if ledgered, matches the leaf at its index (the leaf's tenant,
@@ -340,7 +340,10 @@ const RESEAL_BATCH: usize = 256;
 /// export complete, and running it on every start makes the upgrade one
 /// step that cannot be forgotten (after it, each start finds nothing to do,
 /// through partial indexes of the unsealed rows).
-pub(crate) async fn reseal(db: &Database, keys: &HmacKeyring) -> Result<Vec<StoreFailure>, AnalyticsError> {
+pub(crate) async fn reseal(
+    db: &Database,
+    keys: &HmacKeyring,
+) -> Result<(Vec<StoreFailure>, u64), AnalyticsError> {
     let mut refused = Vec::new();
     let mut unsealed = leaves_where(db, "mac_scheme = 1").await?;
     let mut resealed = 0u64;
@@ -385,7 +388,7 @@ pub(crate) async fn reseal(db: &Database, keys: &HmacKeyring) -> Result<Vec<Stor
             "rows and leaves re-sealed under MAC scheme 2"
         );
     }
-    Ok(refused)
+    Ok((refused, resealed))
 }
 
 /// One guarded UPDATE of the re-seal.

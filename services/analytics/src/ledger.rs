@@ -21,6 +21,15 @@
 //!   process moved it or when an event id is already stored, in which case
 //!   the locked path decides.
 //!
+//! On PostgreSQL the writer commits only while it holds the ledger writer's
+//! lease ([`lease`]): an advisory lock held by the very session it commits
+//! on, so that of several Analytics instances on one database exactly one
+//! writes, and a writer whose session died cannot commit anything. An
+//! instance without the lease stands by ([`Ledger::standing`]); the one
+//! that gets it takes the ledger over ([`Committer::take_over`]) before its
+//! first append. On SQLite (one instance, embedded) the writer always
+//! writes.
+//!
 //! Event ids are scoped per tenant: idempotency and conflicts are decided
 //! on (tenant, event id). The writer seals each row (row MAC scheme 2,
 //! which binds the ledger index) and each leaf row (its own MAC, which
@@ -29,6 +38,7 @@
 //! database against.
 
 mod known;
+mod lease;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,11 +47,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 pub(crate) use known::{Gap, Known, Owner, Seen};
 
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash};
+use soma_mesh::Serving;
 use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
-use tokio::sync::{RwLock, mpsc, oneshot};
+use tokio::sync::{RwLock, mpsc, oneshot, watch};
+
+use self::lease::{Asked, Lease};
 
 use crate::convert::{now_nanos, to_i64, to_u64};
 use crate::error::AnalyticsError;
@@ -92,7 +105,14 @@ pub(crate) struct Ledger {
     keys: Arc<HmacKeyring>,
     /// The latest checkpoint this process knows of, for `/metrics`.
     last_checkpoint: Arc<LastCheckpoint>,
+    /// Whether this instance writes (holds the lease) or stands by; `None`
+    /// on SQLite, where it always writes.
+    standing: Option<watch::Receiver<Serving>>,
 }
+
+/// Why an instance without the lease does not serve writes: the reason
+/// its refusals, health and readiness carry.
+pub(crate) const STANDBY: &str = "standby";
 
 /// The latest checkpoint this process signed, or the latest stored one
 /// when it started: its tree size and when it was signed. Set by the
@@ -132,10 +152,13 @@ impl std::fmt::Debug for Ledger {
 }
 
 impl Ledger {
-    /// Verifies the stored ledger, re-seals what was sealed under the
-    /// previous row-MAC scheme ([`integrity::reseal`]), loads the
-    /// authenticated view of every leaf and starts the writer on its
-    /// thread.
+    /// Verifies the stored ledger, loads the authenticated view of every
+    /// leaf and starts the writer on its thread. On SQLite it re-seals
+    /// what was sealed under the previous row-MAC scheme
+    /// ([`integrity::reseal`]) first; on PostgreSQL the writer asks for the
+    /// lease once before this returns, and the instance that gets it
+    /// re-seals as it takes the ledger over, while one that does not stands
+    /// by and keeps asking.
     pub(crate) async fn open(
         db: Database,
         keys: Arc<HmacKeyring>,
@@ -143,10 +166,12 @@ impl Ledger {
         signer_key_id: String,
     ) -> Result<Self, AnalyticsError> {
         let health = integrity::verify(&db).await?;
-        if health == Health::Sound {
+        // On PostgreSQL only the lease's holder writes, re-seals included
+        // (see `Committer::take_over`).
+        if health == Health::Sound && db.as_sqlite().is_some() {
             // Only a sound tree authenticates the leaf hashes the re-seal
             // matches old rows against.
-            let refused = integrity::reseal(&db, &keys).await?;
+            let (refused, _) = integrity::reseal(&db, &keys).await?;
             for f in &refused {
                 tracing::error!(
                     table = %f.table,
@@ -187,6 +212,15 @@ impl Ledger {
         let (appends, rx) = mpsc::channel(4 * MAX_BATCH);
         let signer = Arc::new(signer);
         let health = Arc::new(RwLock::new(health));
+        let lease = db
+            .as_postgres()
+            .map(|pool| Lease::new((*pool.connect_options()).clone()));
+        let (standing_tx, standing) = if lease.is_some() {
+            let (tx, rx) = watch::channel(Serving::No(STANDBY));
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let committer = Committer {
             db: db.clone(),
             keys: Arc::clone(&keys),
@@ -196,7 +230,8 @@ impl Ledger {
             known: Arc::clone(&known),
             last_checkpoint: Arc::clone(&last_checkpoint),
             head: None,
-            connection: None,
+            lease,
+            standing: standing_tx,
             replies: tokio::runtime::Handle::try_current()
                 .map_err(|e| AnalyticsError::Config(format!("the ledger needs a tokio runtime: {e}")))?,
         };
@@ -207,10 +242,15 @@ impl Ledger {
             .enable_all()
             .build()
             .map_err(|e| AnalyticsError::Config(format!("the ledger writer's runtime: {e}")))?;
+        // The writer asks for the lease once before anything else (on its
+        // own runtime, where its session belongs) and says so: the first
+        // instance started on a database is its writer from the start.
+        let (asked_tx, asked) = oneshot::channel();
         std::thread::Builder::new()
             .name("soma-ledger".to_owned())
-            .spawn(move || runtime.block_on(writer(committer, rx)))
+            .spawn(move || runtime.block_on(writer(committer, rx, asked_tx)))
             .map_err(|e| AnalyticsError::Config(format!("the ledger writer's thread: {e}")))?;
+        let _ = asked.await;
         Ok(Self {
             db,
             appends,
@@ -220,7 +260,21 @@ impl Ledger {
             known,
             keys,
             last_checkpoint,
+            standing,
         })
+    }
+
+    /// Whether this instance writes or stands by, as it changes; `None` on
+    /// SQLite, where it always writes.
+    pub(crate) fn standing(&self) -> Option<watch::Receiver<Serving>> {
+        self.standing.clone()
+    }
+
+    /// Whether this instance writes now.
+    pub(crate) fn writes(&self) -> bool {
+        self.standing
+            .as_ref()
+            .is_none_or(|standing| standing.borrow().is_serving())
     }
 
     /// The checkpoint origin (the signer's key name).
@@ -254,8 +308,13 @@ impl Ledger {
     }
 
     /// Appends one row of any ledgered kind; returns once committed.
+    /// Refused with [`AnalyticsError::Standby`] while another instance
+    /// holds the lease.
     pub(crate) async fn append(&self, entry: impl Entry + 'static) -> Result<Appended, AnalyticsError> {
         self.sound().await?;
+        if !self.writes() {
+            return Err(AnalyticsError::Standby);
+        }
         let leaf_hash = entry.hash()?;
         let (reply, rx) = oneshot::channel();
         self.appends
@@ -538,8 +597,12 @@ struct Committer {
     /// [`Committer::commit_fast`]). `None` until the first commit, and
     /// after any failure, when only the stored head is known.
     head: Option<CompactTree>,
-    /// See [`Committer::connection`].
-    connection: Option<PgConnection>,
+    /// The ledger writer's lease (PostgreSQL): its holding session is the
+    /// only one commits go to. `None` on SQLite.
+    lease: Option<Lease>,
+    /// Whether this instance writes, for everyone else to see (`None` on
+    /// SQLite).
+    standing: Option<watch::Sender<Serving>>,
     /// The service's runtime, where acknowledgements are sent from.
     replies: tokio::runtime::Handle,
 }
@@ -561,13 +624,58 @@ struct Committed {
 }
 
 /// The writer task: batches appends into commits until every sender is
-/// gone.
+/// gone. `asked` is told once the lease was asked for the first time.
 ///
 /// Group commit without a timer: a batch is whatever is queued when the
 /// writer turns to it, so while one batch commits, the next one gathers,
 /// and a lone append waits for nothing.
-async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>) {
-    while let Some(first) = rx.recv().await {
+///
+/// On PostgreSQL, while the lease is not held the writer stands by: it asks
+/// for the lease every [`lease::POLL`] and refuses every append that
+/// reaches it ([`AnalyticsError::Standby`]; the RPC gate refuses them
+/// before they get here, this is the fence behind it). While it holds the
+/// lease and is idle, it checks its session every [`lease::CHECK`].
+async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>, asked: oneshot::Sender<()>) {
+    if committer.lease.is_some() {
+        committer.ask_for_lease().await;
+    }
+    let _ = asked.send(());
+    let mut poll = tokio::time::interval(lease::POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(lease::CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut committed_since_check = false;
+    loop {
+        let standing_by = committer.lease.as_ref().is_some_and(|l| !l.is_held());
+        let first = if standing_by {
+            tokio::select! {
+                append = rx.recv() => match append {
+                    Some(append) => {
+                        let _ = append.reply.send(Err(AnalyticsError::Standby));
+                        continue;
+                    }
+                    None => return,
+                },
+                _ = poll.tick() => {
+                    committer.ask_for_lease().await;
+                    continue;
+                }
+            }
+        } else {
+            tokio::select! {
+                append = rx.recv() => match append {
+                    Some(append) => append,
+                    None => return,
+                },
+                _ = check.tick(), if committer.lease.is_some() => {
+                    // A commit since the last tick proved the session.
+                    if !std::mem::take(&mut committed_since_check) {
+                        committer.check_lease().await;
+                    }
+                    continue;
+                }
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -576,11 +684,155 @@ async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>) {
             }
         }
         let outcome = committer.commit(&batch).await;
+        committed_since_check |= outcome.is_ok();
         committer.answer(batch, outcome).await;
     }
 }
 
 impl Committer {
+    /// Asks for the lease once; takes the ledger over when it is got.
+    async fn ask_for_lease(&mut self) {
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        match lease.ask().await {
+            Ok(Asked::Got) => match self.take_over().await {
+                Ok(size) => {
+                    tracing::info!(
+                        tree_size = size,
+                        "ledger writer lease acquired: this instance writes the ledger"
+                    );
+                    self.stand(Serving::Yes);
+                }
+                Err(e) => {
+                    // Given up again: another instance (or this one, at the
+                    // next poll) tries with a fresh session.
+                    tracing::error!(error = ?e, "taking the ledger over failed; giving the lease up");
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.release();
+                    }
+                }
+            },
+            Ok(Asked::Taken) => {}
+            Ok(Asked::Replica) => {
+                tracing::debug!("the database server is in recovery: the lease is not asked for there");
+            }
+            Err(e) => tracing::debug!(error = ?e, "asking for the ledger writer lease failed"),
+        }
+    }
+
+    /// Checks the holding session while idle; stands by when it is gone.
+    async fn check_lease(&mut self) {
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        if lease.is_held() && !lease.check().await {
+            self.lost_lease("its session no longer answers from a primary");
+        }
+    }
+
+    /// The lease is gone with its session: stand by until it is got again.
+    fn lost_lease(&mut self, why: &str) {
+        // What this writer believed of the stored head is void: the next
+        // holder (maybe this instance) reads it anew.
+        self.head = None;
+        tracing::warn!(reason = why, "ledger writer lease lost: standing by");
+        self.stand(Serving::No(STANDBY));
+    }
+
+    fn stand(&self, serving: Serving) {
+        if let Some(standing) = &self.standing {
+            standing.send_replace(serving);
+        }
+    }
+
+    /// Takes the ledger over, on the session that just got the lease and
+    /// before any append: another instance may have appended since this
+    /// one last wrote (or ever). Reads the stored head, catches the
+    /// authenticated view up with every leaf stored (each leaf row's MAC
+    /// checked), and checks that the view — the leaves this instance held
+    /// in memory, then those read now — recomputes to the head's root: the
+    /// start-up check applied to what was appended meanwhile, which also
+    /// proves the stored ledger extends the one this instance knew (a
+    /// rewritten old leaf changes the root). A mismatch marks the ledger
+    /// corrupt and refuses writes. Rows sealed
+    /// under the previous MAC scheme are re-sealed first (the lease's holder
+    /// is the one instance that writes). Then the latest stored checkpoint
+    /// is this process's latest, and the fast path has forgotten the head
+    /// it knew. Returns the tree size taken over.
+    async fn take_over(&mut self) -> Result<u64, AnalyticsError> {
+        self.head = None;
+        let Some(mut session) = self.lease.as_mut().and_then(Lease::take) else {
+            return Err(AnalyticsError::Standby);
+        };
+        let head = sqlx::query("SELECT tree_size, root FROM ledger_head WHERE id = 1")
+            .fetch_one(&mut session)
+            .await;
+        if let Some(lease) = self.lease.as_mut() {
+            lease.restore(session);
+        }
+        let head = head?;
+        let (size, root) = (to_u64(head.int("tree_size")?)?, head.bytes("root")?);
+        if matches!(*self.health.read().await, Health::Sound) {
+            // Rows sealed under the previous MAC scheme are re-sealed by the
+            // one instance that writes; leaves it sealed now have owners the
+            // view loaded before could not authenticate: it is loaded anew.
+            let (refused, updated) = integrity::reseal(&self.db, &self.keys).await?;
+            for f in &refused {
+                tracing::error!(
+                    table = %f.table,
+                    primary_key = %f.primary_key,
+                    reason = %f.reason,
+                    "row left under its old MAC scheme: it does not verify"
+                );
+            }
+            if updated > 0 {
+                *write(&self.known) = Known::default();
+            }
+            let have = read(&self.known).size();
+            if have < size {
+                load_leaves(&self.db, &self.keys, &self.known, have).await?;
+            }
+            let verdict = {
+                let view = read(&self.known);
+                if view.size() != size {
+                    Some((
+                        view.size().min(size),
+                        format!(
+                            "the stored leaves ({}) are not the head's tree size ({size})",
+                            view.size()
+                        ),
+                    ))
+                } else if view.tree().root().as_bytes().as_slice() != root.as_slice() {
+                    Some((
+                        0,
+                        "the stored leaves recompute to a root other than the head's".to_owned(),
+                    ))
+                } else {
+                    None
+                }
+            };
+            if let Some((first_bad_index, reason)) = verdict {
+                tracing::error!(first_bad_index, reason = %reason, "ledger integrity check failed at take-over: refusing writes");
+                *self.health.write().await = Health::Corrupt {
+                    first_bad_index,
+                    reason,
+                };
+            }
+        }
+        let latest = on_pool!(self.db, pool => sqlx::query(
+            "SELECT tree_size, created_at FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await?
+        .map(|r| -> Result<(i64, i64), AnalyticsError> { Ok((r.int("tree_size")?, r.int("created_at")?)) })
+        .transpose()?);
+        if let Some((tree_size, at)) = latest {
+            self.last_checkpoint.set(to_u64(tree_size)?, at);
+        }
+        Ok(size)
+    }
+
     /// Commits a batch on the fast path when it applies, else (or when it
     /// declines) on the locked path.
     async fn commit(&mut self, batch: &[Append]) -> Result<Committed, AnalyticsError> {
@@ -653,7 +905,7 @@ impl Committer {
         let note = self
             .signer
             .sign(&Checkpoint::new(self.signer.name(), tree.size(), root)?);
-        let mut connection = self.connection().await?;
+        let mut connection = self.session()?;
         let signed_at = now_nanos();
         let query = sqlx::query(tables::bulk_statement())
             .bind(to_i64(tree.size())?)
@@ -687,26 +939,33 @@ impl Committer {
             }
             Err(e) => Err(e.into()),
         };
-        // The connection may be what failed: it is dropped, and the next
-        // batch opens another.
-        if outcome.is_ok() {
-            self.connection = Some(connection);
-        }
+        self.hand_back(connection, outcome.is_ok()).await;
         outcome
     }
 
-    /// The writer's own PostgreSQL connection, opened on the writer's
+    /// The lease's holding session (PostgreSQL), opened on the writer's
     /// runtime (so that its replies wake the writer's thread) and kept from
-    /// batch to batch. A commit that fails drops it: the next batch opens a
-    /// new one.
-    async fn connection(&mut self) -> Result<PgConnection, AnalyticsError> {
-        if let Some(connection) = self.connection.take() {
-            return Ok(connection);
+    /// batch to batch: the only session a commit ever uses. Without the
+    /// lease there is none, and nothing is committed.
+    fn session(&mut self) -> Result<PgConnection, AnalyticsError> {
+        self.lease
+            .as_mut()
+            .and_then(Lease::take)
+            .ok_or(AnalyticsError::Standby)
+    }
+
+    /// The session after a commit: kept after a success; after a failure
+    /// kept only when it is still alive on a primary (the session may be
+    /// what failed), else dropped with the lease.
+    async fn hand_back(&mut self, session: PgConnection, committed: bool) {
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        if committed {
+            lease.restore(session);
+        } else if !lease.restore_if_sound(session).await {
+            self.lost_lease("a commit failed and its session no longer answers from a primary");
         }
-        let pool = self.db.as_postgres().ok_or_else(|| {
-            AnalyticsError::Config("the writer's own connection is a PostgreSQL one".to_owned())
-        })?;
-        Ok(PgConnection::connect_with(&pool.connect_options()).await?)
     }
 
     /// The general path: one transaction under the head's lock, with the
@@ -720,7 +979,7 @@ impl Committer {
             tx.commit().await?;
             return Ok(committed);
         }
-        let mut connection = self.connection().await?;
+        let mut connection = self.session()?;
         let outcome = async {
             let mut tx = connection.begin().await?;
             let committed = self.locked(&mut Conn::Postgres(&mut tx), postgres, batch).await?;
@@ -728,9 +987,7 @@ impl Committer {
             Ok(committed)
         }
         .await;
-        if outcome.is_ok() {
-            self.connection = Some(connection);
-        }
+        self.hand_back(connection, outcome.is_ok()).await;
         outcome
     }
 
@@ -940,12 +1197,16 @@ impl Committer {
                         reason: reason.clone(),
                     };
                 }
+                let standby = matches!(e, AnalyticsError::Standby);
                 for append in batch {
                     let err = if is_integrity {
                         AnalyticsError::LedgerCorrupt {
                             first_bad_index: 0,
                             reason: "see log".to_owned(),
                         }
+                    } else if standby {
+                        // Refused before anything was sent: nothing written.
+                        AnalyticsError::Standby
                     } else {
                         AnalyticsError::WriterStopped
                     };

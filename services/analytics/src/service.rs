@@ -43,6 +43,12 @@ pub struct AnalyticsService {
 
 /// The service as the mesh runtime serves it: verifies the stored ledger
 /// and starts its writer first.
+///
+/// On PostgreSQL the instance writes only while its ledger writer holds the
+/// lease (see the crate documentation); until then it stands by: health
+/// NOT_SERVING, `/readyz` not ready (`standby: …`), every method not
+/// declared `read_only` refused UNAVAILABLE with reason `standby` by the
+/// runtime, the read-only ones answered.
 pub async fn spec(
     db: Database,
     limits: &Limits,
@@ -69,6 +75,7 @@ pub async fn spec(
         Arc::clone(&keys),
         &config.drills.webhooks,
         Arc::clone(&webhooks),
+        ledger.standing(),
     );
     let drill_metrics = Arc::new(crate::metrics::DrillGauges::new());
     let metrics = crate::metrics::AnalyticsMetrics {
@@ -89,10 +96,17 @@ pub async fn spec(
         .max_decoding_message_size(limits.max_recv_message_bytes)
         .max_encoding_message_size(limits.max_send_message_bytes);
     let database = Readiness::of_database(db);
+    let serving = ledger.standing();
     let readiness = Readiness::new(move || {
         let database = database.clone();
         let ledger = ledger.clone();
         async move {
+            if !ledger.writes() {
+                return Err(format!(
+                    "{}: another Analytics instance holds the ledger writer's lease",
+                    crate::ledger::STANDBY
+                ));
+            }
             database.check().await?;
             match ledger.health().await {
                 Health::Sound => Ok(()),
@@ -110,6 +124,7 @@ pub async fn spec(
         routes: Routes::new(server),
         readiness,
         metrics: vec![Arc::new(metrics), webhooks],
+        serving,
     })
 }
 

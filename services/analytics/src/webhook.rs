@@ -47,7 +47,7 @@ use std::time::Duration;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use soma_mesh::OutboxMetrics;
+use soma_mesh::{OutboxMetrics, Serving};
 use soma_sign::HmacKeyring;
 use soma_store::{Database, on_pool};
 use tokio::sync::watch;
@@ -81,12 +81,15 @@ fn nanos(d: Duration) -> i64 {
 
 /// Starts the delivery task when webhook keys are configured, keeping
 /// `metrics`. It runs until the service (every clone of its configuration)
-/// is gone.
+/// is gone, and delivers only while this instance writes the ledger
+/// (`standing`; `None`: always): a standby writes nothing, the outbox's
+/// rows included.
 pub(crate) fn spawn(
     db: Database,
     row_keys: Arc<HmacKeyring>,
     config: &WebhookConfig,
     metrics: Arc<OutboxMetrics>,
+    standing: Option<watch::Receiver<Serving>>,
 ) {
     let Some(signing) = config.keys.clone() else {
         return;
@@ -105,7 +108,7 @@ pub(crate) fn spawn(
             ..config.clone()
         },
     };
-    tokio::spawn(run(deliverer, config.wake.subscribe()));
+    tokio::spawn(run(deliverer, config.wake.subscribe(), standing));
 }
 
 struct Deliverer {
@@ -117,9 +120,18 @@ struct Deliverer {
     config: WebhookConfig,
 }
 
-async fn run(deliverer: Deliverer, mut wake: watch::Receiver<u64>) {
+async fn run(
+    deliverer: Deliverer,
+    mut wake: watch::Receiver<u64>,
+    mut standing: Option<watch::Receiver<Serving>>,
+) {
     tracing::info!("webhook delivery started");
     loop {
+        if let Some(standing) = standing.as_mut()
+            && standing.wait_for(|s| s.is_serving()).await.is_err()
+        {
+            break;
+        }
         let idle = match deliverer.deliver_due().await {
             Ok(idle) => idle,
             Err(error) => {

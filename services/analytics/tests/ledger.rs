@@ -406,11 +406,13 @@ async fn sixteen_concurrent_writers_get_contiguous_unique_indices() {
     }
 }
 
-/// Two Analytics replicas on one database, each with its own ledger writer:
-/// every commit of one moves the head under the other, which must notice
-/// (the head it expects is gone), re-read it under the lock and carry on.
-/// Retries of events first recorded on the other replica get the other
-/// replica's index back.
+/// Two Analytics replicas on one SQLite database, each with its own ledger
+/// writer: every commit of one moves the head under the other, which must
+/// notice (the head it expects is gone), re-read it under the lock and
+/// carry on. Retries of events first recorded on the other replica get the
+/// other replica's index back. On PostgreSQL two instances never write at
+/// once: the second stands by (the writer's lease, `tests/standby.rs`), and
+/// refuses the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_database_share_one_contiguous_ledger() {
     for db in soma_store::testing::engines("analytics").await {
@@ -419,6 +421,26 @@ async fn two_replicas_on_one_database_share_one_contiguous_ledger() {
         let verifier = checkpoint_verifier(&keys.config());
         let a = start_analytics(&ca, &db.settings, keys.config(), None).await;
         let b = start_analytics(&ca, &db.settings, keys.config(), None).await;
+        if db.label == "postgres" {
+            let refused = clients(&ca, &b)
+                .tool_registry
+                .record_billing_event(billing("on-b", "acme", 1))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+            assert_eq!(soma_testing::grpc_reason(&refused), "standby");
+            let recorded = clients(&ca, &a)
+                .tool_registry
+                .record_billing_event(billing("on-a", "acme", 1))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(recorded.ledger.unwrap().index, 0);
+            a.stop().await;
+            b.stop().await;
+            db.cleanup().await;
+            continue;
+        }
         let writers_of = [clients(&ca, &a).tool_registry, clients(&ca, &b).tool_registry];
         let mut writers = Vec::new();
         for w in 0..8 {

@@ -94,8 +94,8 @@ impl Repo {
     }
 
     /// Starts delivering the outbox to Analytics over `analytics`.
-    pub fn spawn_outbox(&self, analytics: MeshChannel) -> tokio::task::JoinHandle<()> {
-        self.outbox.spawn_deliverer(analytics)
+    pub fn spawn_outbox(&self, analytics: impl Into<MeshChannel>) -> tokio::task::JoinHandle<()> {
+        self.outbox.spawn_deliverer(analytics.into())
     }
 
     /// The outbox's backlog and delivery counts, for `/metrics`.

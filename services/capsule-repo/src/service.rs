@@ -181,5 +181,6 @@ pub fn spec(db: Database, repo: Repo, limits: &Limits) -> ServiceSpec {
         routes: Routes::new(server),
         readiness: Readiness::of_database(db),
         metrics: vec![outbox],
+        serving: None,
     }
 }

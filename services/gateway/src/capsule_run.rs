@@ -376,7 +376,6 @@ async fn unary<Req: prost::Message, Rep: prost::Message + Default>(
     message: &Req,
 ) -> Result<Rep, tonic::Status> {
     let reply = backend
-        .relay
         .call(
             http::uri::PathAndQuery::from_static(path),
             metadata.into_headers(),

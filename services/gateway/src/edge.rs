@@ -499,12 +499,12 @@ async fn dispatch(
     })?;
     let metadata = state.backends.metadata(&context, &backend.id)?;
     let reply = if route.server_streaming {
+        backend.await_serving().await;
         let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
         let grpc = tonic::client::Grpc::new(backend.channel.clone());
         call(grpc, true, request, path).await
     } else {
         backend
-            .relay
             .call(path, metadata.into_headers(), message, deadline)
             .await
             .map(Reply::Unary)

@@ -7,6 +7,13 @@
 //! it is younger than half its lifetime (see [`EnvelopeCache`]). Messages
 //! travel as encoded bytes: the edge transcodes JSON with the descriptors,
 //! so the forwarder needs no generated types.
+//!
+//! A backend may run as several instances of which one serves (Analytics
+//! and its standby, `SOMA_PEER_ANALYTICS=a,b`): its [`Backend`] follows
+//! their health ([`soma_mesh::PeerSet`]) and sends each call to the one
+//! that serves, waiting out a switch ([`SWITCH_WAIT`]) and sending on a
+//! call that an instance refused as a standby or that never reached it
+//! ([`Backend::call`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf as _, BufMut as _, Bytes};
 use soma_auth::{CLAIMS_METADATA, ClaimsSigner, SIGNATURE_METADATA, SignedClaims};
 use soma_identity::{SpiffeId, SvidStore};
-use soma_mesh::{MeshChannel, MeshConnector, Peers, ServiceKind};
+use soma_mesh::{MeshChannel, MeshConnector, PeerAddrs, Peers, ServiceKind};
 use soma_proto::v1::VerifiedClaims;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{AsciiMetadataValue, BinaryMetadataValue, MetadataMap};
@@ -62,18 +69,119 @@ impl Decoder for BytesCodec {
     }
 }
 
-/// One backend: its channel, the edge's unary relay to it, and the SPIFFE
-/// ID its envelopes are addressed to.
+/// How long a call waits for an instance of a backend to serve when none
+/// does (a standby taking over from an active instance that died), within
+/// the call's own deadline: the edge answers such a call once the switch
+/// is over rather than with an error meanwhile.
+pub const SWITCH_WAIT: Duration = Duration::from_secs(3);
+
+/// One backend: its channel, the edge's unary relay to each of its
+/// instances, and the SPIFFE ID its envelopes are addressed to.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    /// The mTLS channel (connects lazily, verifies the server's SPIFFE ID):
-    /// server streams.
+    /// The mTLS channel (connects lazily, verifies the server's SPIFFE ID;
+    /// with several instances, to the one that serves): server streams.
     pub channel: MeshChannel,
-    /// Unary calls relayed by the edge (its own mTLS connection, dialed
-    /// lazily by the same rules).
-    pub relay: Arc<UnaryRelay>,
+    /// Unary calls relayed by the edge (its own mTLS connection to each
+    /// instance, dialed lazily by the same rules), in the order of the
+    /// channel's instances.
+    relays: Arc<[UnaryRelay]>,
     /// The backend's SPIFFE ID.
     pub id: SpiffeId,
+}
+
+impl Backend {
+    /// A backend at `addrs` whose instances must present `id`, relaying
+    /// replies of at most `max_reply_bytes`, each call waiting at most
+    /// `timeout`.
+    pub fn new(
+        store: &Arc<SvidStore>,
+        addrs: &PeerAddrs,
+        id: SpiffeId,
+        max_reply_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Self, soma_mesh::MeshError> {
+        let channel = MeshChannel::new(Arc::clone(store), addrs, id.clone())?;
+        let relays = addrs
+            .iter()
+            .map(|addr| {
+                let connector = MeshConnector::new(Arc::clone(store), addr.clone(), id.clone())?;
+                UnaryRelay::new(connector, max_reply_bytes, timeout)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            channel,
+            relays: relays.into(),
+            id,
+        })
+    }
+
+    /// One unary call relayed to the backend: `message` (encoded) to
+    /// `path` with `metadata`, within `deadline` (or the relay's timeout).
+    ///
+    /// With several instances, the call goes to the one that serves
+    /// (waiting up to [`SWITCH_WAIT`] for one during a switch). A call
+    /// refused by a standby (UNAVAILABLE, `standby`: it wrote nothing) or
+    /// that never reached its instance is sent to the next one that serves;
+    /// one that may have reached its instance is answered as it failed
+    /// (the client retries, with the same event id where writes are
+    /// idempotent), never sent twice here. Nothing is answered as done
+    /// that an instance did not acknowledge.
+    pub async fn call(
+        &self,
+        path: http::uri::PathAndQuery,
+        metadata: http::HeaderMap,
+        message: Bytes,
+        deadline: Option<Duration>,
+    ) -> Result<Bytes, tonic::Status> {
+        let Some(set) = self.channel.peer_set() else {
+            return self.relays[0].call(path, metadata, message, deadline).await;
+        };
+        let started = tokio::time::Instant::now();
+        let budget = deadline.unwrap_or(Duration::MAX);
+        // Each instance at most twice: a switch back and forth is over.
+        let mut attempts = 2 * set.len();
+        loop {
+            let left = budget.saturating_sub(started.elapsed());
+            let index = set.serving(SWITCH_WAIT.min(left)).await;
+            let left = deadline.map(|_| budget.saturating_sub(started.elapsed()));
+            let failure = match self.relays[index]
+                .try_call(path.clone(), metadata.clone(), message.clone(), left)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(failure) => failure,
+            };
+            let standby = failure.status.code() == tonic::Code::Unavailable
+                && failure
+                    .status
+                    .metadata()
+                    .get(soma_mesh::REASON_METADATA)
+                    .is_some_and(|r| r.as_bytes() == b"standby");
+            if failure.status.code() == tonic::Code::Unavailable {
+                set.failed(index, &failure.status.message());
+            }
+            attempts -= 1;
+            let untouched = standby || !failure.sent;
+            if !untouched || attempts == 0 || deadline.is_some_and(|d| started.elapsed() >= d) {
+                return Err(failure.status);
+            }
+            tracing::debug!(
+                backend = %self.id,
+                addr = %set.addr(index),
+                standby,
+                "call not taken by this instance; sending it to the one that serves"
+            );
+        }
+    }
+
+    /// Waits, up to [`SWITCH_WAIT`], for an instance that serves when none
+    /// does, so that the channel's next call (a server stream) goes to it.
+    pub async fn await_serving(&self) {
+        if let Some(set) = self.channel.peer_set() {
+            set.serving(SWITCH_WAIT).await;
+        }
+    }
 }
 
 /// The backends the gateway forwards to, by gRPC service name.
@@ -111,10 +219,10 @@ impl Backends {
                     reason: e.to_string(),
                 }
             })?;
-            let channel = soma_mesh::channel(Arc::clone(store), addr.clone(), id.clone())?;
-            let connector = MeshConnector::new(Arc::clone(store), addr.clone(), id.clone())?;
-            let relay = Arc::new(UnaryRelay::new(connector, max_reply_bytes, timeout)?);
-            by_service.insert(kind.grpc_name(), Backend { channel, relay, id });
+            by_service.insert(
+                kind.grpc_name(),
+                Backend::new(store, addr, id, max_reply_bytes, timeout)?,
+            );
         }
         Ok(Self {
             by_service: Arc::new(by_service),

@@ -21,6 +21,12 @@
 //! reported itself ready, so a connection found closed costs no request,
 //! and nothing that may have reached the backend is ever sent twice.
 //!
+//! A failed call says whether it may have reached the backend
+//! ([`Failure::sent`]): one that could not be dialed, or whose stream could
+//! not be opened or was refused before processing, did not, and a caller
+//! with another instance of the backend may send it there
+//! ([`crate::forward::Backend::call`]).
+//!
 //! Every call has a deadline: the relay's timeout, or a gRPC client's
 //! shorter one. The backend learns it from `grpc-timeout`; a call that has
 //! no answer when it passes is dropped, which resets its stream (CANCEL),
@@ -126,18 +132,35 @@ impl UnaryRelay {
         message: Bytes,
         deadline: Option<Duration>,
     ) -> Result<Bytes, tonic::Status> {
+        self.try_call(path, metadata, message, deadline)
+            .await
+            .map_err(|failure| failure.status)
+    }
+
+    /// [`UnaryRelay::call`], telling a failed call that never left the
+    /// edge (no connection to the backend, or none ready for a stream: the
+    /// backend cannot have seen it) from one that may have reached it.
+    pub async fn try_call(
+        &self,
+        path: PathAndQuery,
+        metadata: HeaderMap,
+        message: Bytes,
+        deadline: Option<Duration>,
+    ) -> Result<Bytes, Failure> {
         let deadline = deadline.map_or(self.timeout, |d| d.min(self.timeout));
         if deadline.is_zero() {
-            return Err(deadline_exceeded(deadline));
+            return Err(Failure::after_sending(deadline_exceeded(deadline)));
         }
-        let framed = frame(&message)?;
+        let framed = frame(&message).map_err(Failure::before_sending)?;
         // Dropping the exchange at the deadline drops the stream's handles,
         // and h2 resets a stream whose handles are all gone: the backend is
         // told to stop.
         let attempts = async {
             let mut refused = 0;
             loop {
-                let request = self.request(path.clone(), metadata.clone(), deadline)?;
+                let request = self
+                    .request(path.clone(), metadata.clone(), deadline)
+                    .map_err(Failure::before_sending)?;
                 match self.exchange(request, framed.clone()).await {
                     Ok(reply) => return Ok(reply),
                     // RFC 9113 §8.7: a stream refused with REFUSED_STREAM was
@@ -148,25 +171,28 @@ impl UnaryRelay {
                     Err(Attempt::Refused(status)) => {
                         refused += 1;
                         if refused > MAX_REFUSED_RETRIES {
-                            return Err(status);
+                            // Refused before processing, every time.
+                            return Err(Failure::before_sending(status));
                         }
                         tracing::debug!(peer = %self.connector.expected(), refused, "stream refused before processing; sent again");
                     }
-                    Err(Attempt::Failed(status)) => return Err(status),
+                    Err(Attempt::Unsent(status)) => return Err(Failure::before_sending(status)),
+                    Err(Attempt::Failed(status)) => return Err(Failure::after_sending(status)),
                 }
             }
         };
         tokio::time::timeout(deadline, attempts)
             .await
-            .unwrap_or_else(|_| Err(deadline_exceeded(deadline)))
+            .unwrap_or_else(|_| Err(Failure::after_sending(deadline_exceeded(deadline))))
     }
 
     /// Sends one request on a ready connection and reads its reply.
     async fn exchange(&self, request: http::Request<()>, framed: Bytes) -> Result<Bytes, Attempt> {
-        let mut live = self.ready().await?;
+        let mut live = self.ready().await.map_err(Attempt::Unsent)?;
+        // A stream that could not be opened sent nothing.
         let (reply, mut stream) = live.sender.send_request(request, false).map_err(|e| {
             self.forget(live.number);
-            not_reachable(&e.to_string())
+            Attempt::Unsent(not_reachable(&e.to_string()))
         })?;
         // Capacity comes from the fresh stream's window at once: the DATA
         // frame is queued with END_STREAM behind the head, nothing waits for
@@ -292,6 +318,29 @@ impl UnaryRelay {
         };
         *self.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(live.clone());
         Ok(live)
+    }
+}
+
+/// A relayed call that failed: its status, and whether it may have reached
+/// the backend.
+#[derive(Debug)]
+pub struct Failure {
+    /// The call's answer.
+    pub status: tonic::Status,
+    /// `false` only when the call certainly never reached the backend (it
+    /// could not be dialed, no stream could be opened, or every stream was
+    /// refused before processing): sending it elsewhere cannot make it
+    /// happen twice.
+    pub sent: bool,
+}
+
+impl Failure {
+    fn after_sending(status: tonic::Status) -> Self {
+        Self { status, sent: true }
+    }
+
+    fn before_sending(status: tonic::Status) -> Self {
+        Self { status, sent: false }
     }
 }
 
@@ -484,6 +533,8 @@ async fn read_message(
 enum Attempt {
     /// The server refused the stream before processing it (REFUSED_STREAM).
     Refused(tonic::Status),
+    /// Nothing was sent: no ready connection, or no stream opened.
+    Unsent(tonic::Status),
     /// Anything else: the call's answer.
     Failed(tonic::Status),
 }

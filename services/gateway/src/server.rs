@@ -90,6 +90,7 @@ impl Gateway {
             routes: Routes::new(server),
             readiness: Readiness::of_database(db),
             metrics: vec![Arc::new(kill_switch_metrics), Arc::new(moderation_metrics)],
+            serving: None,
         };
 
         let edge = match config.edge_addr {

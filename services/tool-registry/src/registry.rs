@@ -156,8 +156,8 @@ impl Registry {
     }
 
     /// Starts delivering the outbox to Analytics over `analytics`.
-    pub fn spawn_outbox(&self, analytics: soma_mesh::MeshChannel) -> tokio::task::JoinHandle<()> {
-        self.outbox.spawn_deliverer(analytics)
+    pub fn spawn_outbox(&self, analytics: impl Into<soma_mesh::MeshChannel>) -> tokio::task::JoinHandle<()> {
+        self.outbox.spawn_deliverer(analytics.into())
     }
 
     /// Events waiting for Analytics, and the oldest one's age in

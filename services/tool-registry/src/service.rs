@@ -177,5 +177,6 @@ pub fn spec(db: Database, registry: Registry, limits: &Limits) -> ServiceSpec {
         routes: Routes::new(server),
         readiness: Readiness::of_database(db),
         metrics: vec![outbox],
+        serving: None,
     }
 }

@@ -67,6 +67,7 @@ pub fn spec(kind: ServiceKind, db: Database, limits: &Limits) -> ServiceSpec {
         routes,
         readiness: Readiness::of_database(db),
         metrics: Vec::new(),
+        serving: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the `soma` binary's tests build beyond `soma-testing`: the real
 //! backends the edge's tests compose the gateway with, started in-process,
-//! the edge itself (`edge`), and `soma up` as a child process.
+//! the edge itself (`edge`), `soma up` as a child process, and the HA stack
+//! with a write load through the edge (`ha`).
 //!
 //! Analytics' and the tool registry's builders are their own tests'
 //! (`services/*/tests/common`), included here as `analytics` and `registry`
@@ -15,6 +16,7 @@
 pub mod analytics;
 pub mod cli;
 pub mod edge;
+pub mod ha;
 #[path = "../../../../services/tool-registry/tests/common/mod.rs"]
 pub mod registry;
 pub mod runbooks;

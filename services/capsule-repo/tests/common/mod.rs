@@ -110,7 +110,7 @@ impl Harness {
             registry.running.addr,
             &registry.running.id,
         );
-        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry));
+        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry.into()));
         let spec = soma_capsule_repo::spec(db, repo.clone(), &settings.limits);
         let running = soma_testing::serve(settings, identity, Some(verifier), spec).await;
         let db = Database::connect(store, "capsule-repo").await.unwrap();
@@ -149,7 +149,7 @@ impl Harness {
             self.registry.running.addr,
             &self.registry.running.id,
         );
-        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry));
+        let repo = soma_capsule_repo::Repo::new(db.clone(), config, Some(to_registry.into()));
         let spec = soma_capsule_repo::spec(db, repo, &settings.limits);
         let running = soma_testing::serve(settings, identity, Some(verifier), spec).await;
         let client = CapsuleRepoClient::new(soma_testing::channel(
