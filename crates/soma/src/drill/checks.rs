@@ -150,30 +150,45 @@ pub async fn ledger(
 }
 
 /// The services check: each of `services` answers `/readyz` with 200 on
-/// its admin listener (within [`SETTLE`]).
+/// its admin listener (within [`SETTLE`]). A service with several
+/// instances — Analytics with a standby (`soma up --analytics-standby`) —
+/// is ready when one of them is: the standby answers 503 `standby` by
+/// design while the other holds the ledger writer's lease.
 pub async fn services(endpoints: &Value, services: &[ServiceKind]) -> Result<String, String> {
     for kind in services {
-        let admin = endpoints["admin"][kind.name()]
-            .as_str()
-            .ok_or_else(|| format!("endpoints.json names no admin listener for {kind}"))?;
-        let authority: http::uri::Authority = admin
-            .parse()
-            .map_err(|_| format!("{kind}: admin address {admin:?} is not host:port"))?;
+        let mut instances = vec![kind.name()];
+        if *kind == ServiceKind::Analytics && endpoints["admin"][crate::up::ANALYTICS_STANDBY].is_string() {
+            instances.push(crate::up::ANALYTICS_STANDBY);
+        }
+        let mut admins = Vec::new();
+        for name in instances {
+            let admin = endpoints["admin"][name]
+                .as_str()
+                .ok_or_else(|| format!("endpoints.json names no admin listener for {name}"))?;
+            let authority: http::uri::Authority = admin
+                .parse()
+                .map_err(|_| format!("{name}: admin address {admin:?} is not host:port"))?;
+            admins.push((name, admin, authority));
+        }
         let deadline = Instant::now() + SETTLE;
-        loop {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(2),
-                request(http::Method::GET, &authority, "/readyz", None, None),
-            )
-            .await;
-            let why = match answer {
-                Ok(Ok((status, _))) if status == http::StatusCode::OK => break,
-                Ok(Ok((status, body))) => format!("{status} {}", String::from_utf8_lossy(&body).trim()),
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(_) => "no answer within 2s".to_owned(),
-            };
+        'ready: loop {
+            let mut whys = Vec::new();
+            for (name, admin, authority) in &admins {
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    request(http::Method::GET, authority, "/readyz", None, None),
+                )
+                .await;
+                let why = match answer {
+                    Ok(Ok((status, _))) if status == http::StatusCode::OK => break 'ready,
+                    Ok(Ok((status, body))) => format!("{status} {}", String::from_utf8_lossy(&body).trim()),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(_) => "no answer within 2s".to_owned(),
+                };
+                whys.push(format!("{name}: http://{admin}/readyz: {why}"));
+            }
             if Instant::now() > deadline {
-                return Err(format!("{kind} is not ready (http://{admin}/readyz: {why})"));
+                return Err(format!("{kind} is not ready ({})", whys.join("; ")));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -184,19 +199,33 @@ pub async fn services(endpoints: &Value, services: &[ServiceKind]) -> Result<Str
     ))
 }
 
-/// GETs `path` as JSON, retrying what is not a 200 for up to `settle`.
+/// How long a request refused by the edge's per-tenant rate limit (429)
+/// is tried again: the drill's own load and checks share the tenant's
+/// budget, and a refusal that says "later" is pacing, not a failure.
+const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
+
+/// GETs `path` as JSON, retrying what is not a 200 for up to `settle`,
+/// and a 429 of the edge's rate limit for up to [`RATE_LIMITED_WAIT`].
 async fn get_json(
     authority: &http::uri::Authority,
     token: &str,
     path: &str,
     settle: Duration,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + settle;
+    let start = Instant::now();
+    let deadline = start + settle;
+    let rate_limited_deadline = start + settle.max(RATE_LIMITED_WAIT);
     loop {
         let answer = request(http::Method::GET, authority, path, Some(token), None).await;
         match answer {
             Ok((status, body)) if status == http::StatusCode::OK => {
                 return serde_json::from_slice(&body).with_context(|| format!("GET {path}: not JSON"));
+            }
+            Ok((status, _))
+                if status == http::StatusCode::TOO_MANY_REQUESTS
+                    && Instant::now() <= rate_limited_deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok((status, body)) if Instant::now() > deadline => {
                 bail!("GET {path}: {status} {}", String::from_utf8_lossy(&body))
