@@ -35,6 +35,7 @@ const KILLS: usize = 10;
 /// printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_killed_primaries_lose_no_acknowledged_event() {
+    let _one_at_a_time = common::ha::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let stack = Stack::up(dir.path().join("ha"));
     let data = dir.path().join("data");
@@ -244,6 +245,7 @@ fn text(bytes: &[u8]) -> String {
 /// (`ha_standby.rs` drills one that has it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_target_is_missed() {
+    let _one_at_a_time = common::ha::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let ha = dir.path().join("ha");
     let stack = Stack::up(ha.clone());

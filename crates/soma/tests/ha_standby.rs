@@ -271,6 +271,7 @@ fn billing(event_id: &str) -> pb::RecordBillingEventRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_waits_while_the_active_analytics_lives_and_takes_over_once_it_is_killed() {
+    let _one_at_a_time = common::ha::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let stack = Stack::up(dir.path().join("ha"));
     let data = dir.path().join("data");
@@ -381,6 +382,7 @@ async fn the_standby_waits_while_the_active_analytics_lives_and_takes_over_once_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_active_analytics_under_load_loses_no_acknowledged_event() {
+    let _one_at_a_time = common::ha::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let stack = Stack::up(dir.path().join("ha"));
     let data = dir.path().join("data");
@@ -436,6 +438,7 @@ async fn killing_the_active_analytics_under_load_loses_no_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drill_kills_the_active_analytics_then_it_and_the_primary_at_once_and_loses_nothing() {
+    let _one_at_a_time = common::ha::one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let ha = dir.path().join("ha");
     let stack = Stack::up(ha.clone());

@@ -11,6 +11,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// One HA test at a time in a test binary: each starts etcd, two
+/// PostgreSQL members, HAProxy and a whole `soma up`, and measures
+/// recoveries against bounds; several at once on two cores would measure
+/// each other. Held for the whole test (a panicking test releases it: the
+/// lock does not poison).
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static HA_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HA_TESTS.lock().await
+}
+
 /// Where the scripts are.
 pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
