@@ -38,13 +38,26 @@ pub(crate) enum Health {
 /// checkpoint's, no checkpoint beyond the head (a rolled-back head), and
 /// each leaf equal to the leaf recomputed from its event row where the root
 /// check points at a range.
+///
+/// The head, the leaves and the checkpoints are read in one snapshot (a
+/// `REPEATABLE READ` transaction on PostgreSQL, one read transaction on
+/// SQLite): another instance may be appending while this one starts (an
+/// Analytics standby beside the writer), and a leaf committed between two
+/// separate reads would look like a rolled-back head.
 pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
+    let postgres = db.as_postgres().is_some();
     let (head_size, head_root, leaves, checkpoints) = on_pool!(db, pool => {
-        let head = sqlx::query("SELECT tree_size, root FROM ledger_head WHERE id = 1").fetch_one(pool).await?;
+        let mut tx = pool.begin().await?;
+        if postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let head = sqlx::query("SELECT tree_size, root FROM ledger_head WHERE id = 1").fetch_one(&mut *tx).await?;
         let head_size = to_u64(head.int("tree_size")?)?;
         let head_root = head.bytes("root")?;
         let leaves = sqlx::query("SELECT leaf_index, leaf_hash FROM ledger_leaves ORDER BY leaf_index")
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
@@ -52,13 +65,14 @@ pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let checkpoints = sqlx::query("SELECT tree_size, root FROM ledger_checkpoints ORDER BY tree_size")
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|r| -> Result<(i64, Vec<u8>), AnalyticsError> {
                 Ok((r.int("tree_size")?, r.bytes("root")?))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
         (head_size, head_root, leaves, checkpoints)
     });
 
