@@ -46,6 +46,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The first delay before restarting a child that exited.
 const MIN_RESTART_BACKOFF: Duration = Duration::from_millis(100);
+/// The first delay before restarting an Analytics that has a standby
+/// beside it (which polls the writer's lease every 200 ms).
+const ANALYTICS_RESTART_BESIDE_STANDBY: Duration = Duration::from_secs(2);
 /// The longest delay between restarts of a child that keeps exiting.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
 /// A child up this long has recovered: its next restart waits the minimum again.
@@ -378,6 +381,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             () = &mut stop => break 'supervise,
             exited = first_exit(&mut running) => exited,
         };
+        let with_standby = running
+            .iter()
+            .filter(|c| c.kind == ServiceKind::Analytics)
+            .count()
+            > 1;
         let r = &mut running[index];
         // Reaped just now: the pid is free for the kernel to reuse.
         r.registration.withdraw();
@@ -385,6 +393,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let uptime = r.since.elapsed();
         if uptime >= STABLE_UPTIME {
             r.backoff = MIN_RESTART_BACKOFF;
+        }
+        // An Analytics beside a standby comes back after the standby had
+        // its turn at the writer's lease: the instance that was waiting
+        // takes over, and the restarted one waits in its place.
+        if with_standby && r.kind == ServiceKind::Analytics {
+            r.backoff = r.backoff.max(ANALYTICS_RESTART_BESIDE_STANDBY);
         }
         let status = status.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string());
         say(format_args!(
