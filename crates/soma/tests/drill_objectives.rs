@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cli::{ok, soma, wait_for_edge};
@@ -70,27 +69,9 @@ async fn settings_analytics_would_refuse_stop_soma_up_before_anything_starts() {
     }
 }
 
-type Hooks = Arc<Mutex<Vec<(http::HeaderMap, axum::body::Bytes)>>>;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drills_are_judged_against_soma_ups_objectives_and_failures_notified_signed() {
-    let hooks: Hooks = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                |axum::extract::State(hooks): axum::extract::State<Hooks>,
-                 headers: http::HeaderMap,
-                 body: axum::body::Bytes| async move {
-                    hooks.lock().unwrap().push((headers, body));
-                    http::StatusCode::NO_CONTENT
-                },
-            ),
-        )
-        .with_state(Arc::clone(&hooks));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook_url, hooks) = common::webhook::receiver().await;
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cli::{ok, soma, wait_for_edge};
@@ -144,32 +143,6 @@ async fn ten_killed_primaries_lose_no_acknowledged_event() {
     up.kill().await.unwrap();
 }
 
-/// What the test's webhook receiver got: each request's headers and body.
-type Hooks = Arc<Mutex<Vec<(http::HeaderMap, axum::body::Bytes)>>>;
-
-/// A real HTTP receiver of Analytics' drill notifications on `127.0.0.1:0`:
-/// its URL and what it got.
-async fn webhook_receiver() -> (String, Hooks) {
-    let hooks: Hooks = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let app = axum::Router::new()
-        .route(
-            "/hook",
-            axum::routing::post(
-                |axum::extract::State(hooks): axum::extract::State<Hooks>,
-                 headers: http::HeaderMap,
-                 body: axum::body::Bytes| async move {
-                    hooks.lock().unwrap().push((headers, body));
-                    http::StatusCode::NO_CONTENT
-                },
-            ),
-        )
-        .with_state(Arc::clone(&hooks));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, hooks)
-}
-
 /// A duration in seconds with up to nine decimals (`12.129284679`, or
 /// proto3 JSON's `12.129284679s`), in nanoseconds, exactly.
 fn nanos(text: &str) -> i64 {
@@ -250,7 +223,7 @@ async fn the_failover_drill_measures_rto_and_rpo_and_exits_non_zero_when_a_targe
     let ha = dir.path().join("ha");
     let stack = Stack::up(ha.clone());
     let data = dir.path().join("data");
-    let (hook_url, hooks) = webhook_receiver().await;
+    let (hook_url, hooks) = common::webhook::receiver().await;
     // The region's RTO objective is generous (the machine may be loaded):
     // the drills' own targets are what holds them to 15 s here.
     let mut up = common::spawn_soma_up(

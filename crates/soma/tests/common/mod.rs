@@ -20,6 +20,7 @@ pub mod ha;
 #[path = "../../../../services/tool-registry/tests/common/mod.rs"]
 pub mod registry;
 pub mod runbooks;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
