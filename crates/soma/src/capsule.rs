@@ -13,6 +13,10 @@
 //!   ones.
 //! - `soma capsule submit --edge URL --token JWT --bundle B --envelope E`:
 //!   `POST /v1/submissions` through the JSON edge.
+//! - `soma capsule import --edge URL --token JWT --template T --catalogue C
+//!   --bundle B --envelope E`: `POST /v1/templates:import`, a bundle
+//!   attested by an operator-pinned catalogue key (`soma up` pins `ops`,
+//!   its key `DIR/secrets/ops-catalogue.key`).
 //!
 //! Exit codes: 0 done (or valid); 1 refused: the bundle, the attestation
 //! or the edge said no, with soma-capsule's (or the edge's) reason; 64 a
@@ -95,6 +99,28 @@ pub(crate) enum CapsuleCommand {
         #[arg(long)]
         envelope: PathBuf,
     },
+    /// Import a bundle as a template of an operator-pinned catalogue through
+    /// the JSON edge: it lands as a pending submission.
+    Import {
+        /// The edge, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        edge: String,
+        /// A token with capsules:submit (the importer: the submitter of record).
+        #[arg(long)]
+        token: String,
+        /// The template's name.
+        #[arg(long)]
+        template: String,
+        /// The catalogue whose pinned keys signed the attestation (e.g. ops).
+        #[arg(long)]
+        catalogue: String,
+        /// The bundle (its RFC 8785 canonical JSON).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The DSSE envelope (JSON), signed by the catalogue's key(s).
+        #[arg(long)]
+        envelope: PathBuf,
+    },
 }
 
 /// Runs `soma capsule …`.
@@ -125,8 +151,28 @@ pub(crate) async fn run(command: CapsuleCommand) -> anyhow::Result<ExitCode> {
             token,
             bundle,
             envelope,
-        } => submit(&edge, &token, &bundle, &envelope).await,
+        } => submit(&edge, &token, &bundle, &envelope, None).await,
+        CapsuleCommand::Import {
+            edge,
+            token,
+            template,
+            catalogue,
+            bundle,
+            envelope,
+        } => {
+            let import = Import {
+                template,
+                catalogue,
+            };
+            submit(&edge, &token, &bundle, &envelope, Some(&import)).await
+        }
     }
+}
+
+/// What makes a submission a template import.
+struct Import {
+    template: String,
+    catalogue: String,
 }
 
 fn digest(path: &Path) -> ExitCode {
@@ -284,11 +330,13 @@ fn verify(bundle_path: &Path, envelope_path: &Path, key_paths: &[PathBuf], thres
     ExitCode::SUCCESS
 }
 
+/// `POST /v1/submissions`, or `POST /v1/templates:import` with `import`.
 async fn submit(
     edge: &str,
     token: &str,
     bundle_path: &Path,
     envelope_path: &Path,
+    import: Option<&Import>,
 ) -> anyhow::Result<ExitCode> {
     let inputs = (|| -> anyhow::Result<_> {
         let authority = edge_authority(edge)?;
@@ -317,16 +365,32 @@ async fn submit(
         return Ok(attestation_refused(envelope_path, &e));
     }
     let b64 = base64::engine::general_purpose::STANDARD;
-    // proto3 JSON of SubmitCapsuleRequest: bytes as standard base64, the
-    // DsseEnvelope message in the DSSE JSON shape (the same member names).
-    let body = serde_json::json!({
-        "capsule": bundle.name(),
-        "version": bundle.version().as_str(),
-        "bundle": b64.encode(bundle.canonical_bytes()),
-        "attestation": serde_json::from_slice::<Value>(&envelope.to_json())?,
-    });
-    let (status, reply) =
-        post_json(&authority, "/v1/submissions", token, &serde_json::to_vec(&body)?).await?;
+    // proto3 JSON of SubmitCapsuleRequest (ImportTemplateRequest): bytes as
+    // standard base64, the DsseEnvelope message in the DSSE JSON shape (the
+    // same member names).
+    let attestation = serde_json::from_slice::<Value>(&envelope.to_json())?;
+    let bundle_b64 = b64.encode(bundle.canonical_bytes());
+    let (path, body) = match import {
+        None => (
+            "/v1/submissions",
+            serde_json::json!({
+                "capsule": bundle.name(),
+                "version": bundle.version().as_str(),
+                "bundle": bundle_b64,
+                "attestation": attestation,
+            }),
+        ),
+        Some(import) => (
+            "/v1/templates:import",
+            serde_json::json!({
+                "template": import.template,
+                "catalogue": import.catalogue,
+                "bundle": bundle_b64,
+                "attestation": attestation,
+            }),
+        ),
+    };
+    let (status, reply) = post_json(&authority, path, token, &serde_json::to_vec(&body)?).await?;
     let reply_text = String::from_utf8_lossy(&reply);
     if status.is_success() {
         say(format_args!("{reply_text}"));

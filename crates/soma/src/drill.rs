@@ -43,7 +43,16 @@
 //! recovered within `--timeout`, or a configured objective stricter than the
 //! drill's own target exceeded — and a failed drill is what Analytics sends
 //! its signed webhook notification for. 64 for unusable arguments (a bad
-//! `--plan` included: see [`plan`]).
+//! `--plan` included: see [`plan`]; `--plan` and `--capsule` together).
+//!
+//! **The plan.** From a file (`--plan`), or from the installed capsule
+//! `dr_failover_drill` (`--capsule NAME --environment ENV`: its reviewed and
+//! installed `parameters`, resolved through the edge at each drill before
+//! anything is touched, see [`capsule`]). A capsule that cannot give a plan
+//! refuses the drill with its own exit code: 3 not installed, 4 a release it
+//! pins revoked, 5 the run refused otherwise, 6 its plan fails the checks
+//! (the field named). `--dry-run` resolves the plan and prints it on one
+//! line (`plan=… source=… rto_target=… …`), then exits 0.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -58,6 +67,7 @@ use serde_json::{Value, json};
 
 use crate::cli::request;
 
+pub mod capsule;
 mod checks;
 pub mod plan;
 pub mod schedule;
@@ -111,6 +121,18 @@ pub struct DrillArgs {
     /// command line override it.
     #[arg(long)]
     pub plan: Option<PathBuf>,
+    /// Take the plan from the installed capsule NAME instead (e.g.
+    /// dr_failover_drill): run through the edge as the drill's tenant, its
+    /// output checked as a plan file is; exclusive with --plan.
+    #[arg(long, value_name = "NAME")]
+    pub capsule: Option<String>,
+    /// The environment of the installed capsule (with --capsule).
+    #[arg(long, default_value = "production")]
+    pub environment: String,
+    /// Resolve the plan (from --plan or --capsule) and print what the drill
+    /// would do on one line, then exit 0: no load, nothing killed.
+    #[arg(long)]
+    pub dry_run: bool,
     /// The ids of the arguments given on the command line (the others may
     /// come from the plan).
     #[arg(skip)]
@@ -166,14 +188,41 @@ fn progress(line: std::fmt::Arguments<'_>) {
 }
 
 pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
+    if let Err(reason) = plan_sources(&args.plan, args.capsule.as_deref(), &args.given) {
+        return Ok(crate::config_error(reason));
+    }
     if let Err(reason) = plan::apply(&mut args) {
         return Ok(crate::config_error(reason));
     }
+    // The plan's source, for the progress line and the record.
+    let mut source = args.plan.as_ref().map(|p| p.display().to_string());
+    // The installed capsule's plan, resolved before anything is looked up
+    // or killed: a refusal leaves the stack alone.
+    if let Some(name) = args.capsule.clone() {
+        let environment = args.environment.clone();
+        match capsule::resolve(&args.data_dir, &args.region, TENANT, &name, &environment).await {
+            Ok(resolved) => {
+                let from = format!("--capsule {name} (environment {environment})");
+                if let Err(reason) = plan::apply_value(&mut args, plan::integral_numbers(resolved.plan), &from) {
+                    return Ok(capsule::Refusal {
+                        code: capsule::EXIT_PLAN_INVALID,
+                        reason: format!("{reason}: the installed plan is refused, nothing was run"),
+                    }
+                    .exit());
+                }
+                source = Some(format!(
+                    "capsule {name} ({environment}, run {})",
+                    resolved.run_id
+                ));
+            }
+            Err(Ok(refusal)) => return Ok(refusal.exit()),
+            Err(Err(e)) => return Err(e),
+        }
+    }
     let args = args;
-    if let (Some(plan), Some(path)) = (&args.checks.plan, &args.plan) {
+    if let (Some(plan), Some(source)) = (&args.checks.plan, &source) {
         progress(format_args!(
-            "plan {plan} from {}: rto target {}, rpo target {} events, {} writers, {} before, {} after, timeout {}",
-            path.display(),
+            "plan {plan} from {source}: rto target {}, rpo target {} events, {} writers, {} before, {} after, timeout {}",
             humantime::format_duration(args.rto_target),
             args.rpo_target,
             args.writers,
@@ -188,14 +237,28 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
             "--writers, --before and --after must be at least 1",
         ));
     }
-    let endpoints: Value = serde_json::from_slice(
-        &std::fs::read(args.data_dir.join("endpoints.json")).with_context(|| {
-            format!(
-                "reading {}/endpoints.json (is `soma up` running?)",
-                args.data_dir.display()
-            )
-        })?,
-    )?;
+    if args.dry_run {
+        let services: Vec<&str> = args.checks.services.iter().map(|s| s.name()).collect();
+        crate::cli::say(format_args!(
+            "plan={} source={} rto_target={} rpo_target={} writers={} before={} after={} timeout={} ledger={} services={}",
+            args.checks.plan.as_deref().unwrap_or("none"),
+            source.as_deref().unwrap_or("flags").replace(' ', "_"),
+            humantime::format_duration(args.rto_target),
+            args.rpo_target,
+            args.writers,
+            args.before,
+            args.after,
+            humantime::format_duration(args.timeout),
+            args.checks.ledger,
+            if services.is_empty() {
+                "-".to_owned()
+            } else {
+                services.join(",")
+            },
+        ));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let endpoints = endpoints(&args.data_dir)?;
     let edge = endpoints["edge"]
         .as_str()
         .ok_or_else(|| anyhow!("endpoints.json has no edge"))?
@@ -314,11 +377,11 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
         format!(
             "{} writes acknowledged before the kill{}",
             args.before,
-            args.checks
-                .plan
-                .as_ref()
-                .map(|p| format!(" (plan {p})"))
-                .unwrap_or_default()
+            match (&args.checks.plan, &source) {
+                (Some(p), Some(source)) => format!(" (plan {p} from {source})"),
+                (Some(p), None) => format!(" (plan {p})"),
+                _ => String::new(),
+            }
         ),
     ));
     // The last checkpoint before the kill, kept for the ledger check.
@@ -602,6 +665,41 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Checks where the plan comes from: a file or the installed capsule, not
+/// both; `--environment` only with `--capsule`; a capsule's name as the
+/// bundle's rule has it. `Err`: the usage error.
+pub(crate) fn plan_sources(
+    plan: &Option<PathBuf>,
+    capsule: Option<&str>,
+    given: &BTreeSet<String>,
+) -> Result<(), String> {
+    match (plan, capsule) {
+        (Some(_), Some(_)) => Err(
+            "--plan and --capsule exclude each other: the plan comes from a file or from the installed capsule"
+                .to_owned(),
+        ),
+        (_, None) if given.contains("environment") => {
+            Err("--environment is the installed capsule's: it goes with --capsule".to_owned())
+        }
+        (_, Some(name)) if !capsule::valid_name(name) => Err(format!(
+            "--capsule {name:?}: 1 to 64 of [a-z0-9._-], starting with a letter or digit"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `DIR/endpoints.json` of the running `soma up`.
+fn endpoints(data_dir: &std::path::Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_slice(
+        &std::fs::read(data_dir.join("endpoints.json")).with_context(|| {
+            format!(
+                "reading {}/endpoints.json (is `soma up` running?)",
+                data_dir.display()
+            )
+        })?,
+    )?)
 }
 
 /// The checks after recovery, as steps: `ledger` and `services`, each

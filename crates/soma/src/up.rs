@@ -231,6 +231,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let analytics_keys = ensure_analytics_keys(&data_dir)?;
     let registry_keys = ensure_registry_keys(&data_dir)?;
     let capsule_repo_keys = ensure_capsule_repo_keys(&data_dir)?;
+    let ops_catalogue = ensure_ops_catalogue(&data_dir)?;
     let analytics_drills = match drills::analytics_env(&data_dir, &args.region, &args.drills)? {
         Ok(env) => env,
         Err(reason) => return Ok(crate::config_error(reason)),
@@ -264,6 +265,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             analytics: &analytics_keys,
             registry: &registry_keys,
             capsule_repo: &capsule_repo_keys,
+            capsule_repo_catalogues: &ops_catalogue,
             gateway_config: &gateway_config,
             region: &args.region,
             analytics_drills: &analytics_drills,
@@ -489,6 +491,8 @@ struct ServiceKeys<'a> {
     analytics: &'a AnalyticsKeys,
     registry: &'a Path,
     capsule_repo: &'a Path,
+    /// The template catalogues file pinning the `ops` catalogue's key.
+    capsule_repo_catalogues: &'a Path,
     gateway_config: &'a Path,
     region: &'a str,
     /// Analytics' drill objectives and webhook settings.
@@ -572,6 +576,14 @@ async fn start_service(
         }
         ServiceKind::CapsuleRepo => {
             cmd.env(soma_capsule_repo::config::KEYS_FILE_ENV, keys.capsule_repo);
+            // Catalogues an operator pinned are theirs: only without any
+            // does the repository get `soma up`'s own `ops` catalogue.
+            if std::env::var(soma_capsule_repo::config::CATALOGUES_FILE_ENV).map_or(true, |v| v.is_empty()) {
+                cmd.env(
+                    soma_capsule_repo::config::CATALOGUES_FILE_ENV,
+                    keys.capsule_repo_catalogues,
+                );
+            }
         }
     }
     for (var, addr) in peers {
@@ -783,6 +795,42 @@ pub(crate) fn ensure_capsule_repo_keys(data_dir: &Path) -> anyhow::Result<PathBu
         set_mode(&path, 0o600)?;
     }
     Ok(path)
+}
+
+/// The name of the template catalogue `soma up` pins for its operator.
+pub(crate) const OPS_CATALOGUE: &str = "ops";
+
+/// The operator's template catalogue `ops`: an Ed25519 key created once per
+/// data dir (`DIR/secrets/ops-catalogue.key`, PKCS#8 PEM, 0600; its public
+/// key in `DIR/public-keys/ops-catalogue.pem`), pinned with threshold 1 in
+/// the catalogues file handed to CapsuleRepo (`DIR/capsule-repo-catalogues.json`,
+/// rewritten at each start from the key). Templates the operator attests
+/// with it (the drill's plan, `scripts/ops/schedule_dr_drill.sh import`)
+/// can be imported; they still need a second reviewer's approval and an
+/// installation before anything runs them.
+fn ensure_ops_catalogue(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let secrets = data_dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    set_mode(&secrets, 0o700)?;
+    let key = secrets.join("ops-catalogue.key");
+    let id = soma_sign::KeyId::new("ops-catalogue")?;
+    if !key.exists() {
+        let (_, pkcs8) = soma_sign::Ed25519Signer::generate(id.clone())?;
+        write_atomically(&key, pem_block("PRIVATE KEY", &pkcs8).as_bytes())?;
+        set_mode(&key, 0o600)?;
+    }
+    let signer = soma_sign::Ed25519Signer::from_pkcs8_pem(id, &std::fs::read_to_string(&key)?)
+        .with_context(|| format!("reading {}", key.display()))?;
+    let public = data_dir.join("public-keys");
+    std::fs::create_dir_all(&public)?;
+    let pem = signer.public_key_pem();
+    write_atomically(&public.join("ops-catalogue.pem"), pem.as_bytes())?;
+    let catalogues = data_dir.join("capsule-repo-catalogues.json");
+    let text = serde_json::json!({
+        "catalogues": [{"name": OPS_CATALOGUE, "threshold": 1, "public_keys_pem": [pem]}]
+    });
+    write_atomically(&catalogues, text.to_string().as_bytes())?;
+    Ok(catalogues)
 }
 
 /// Where a data dir keeps the tool registry's keyring.

@@ -1,13 +1,18 @@
-//! A drill's plan: a versioned JSON file (`scripts/ops/dr_failover_drill.plan.json`)
-//! naming the drill's targets for RTO and RPO, its load, its timeout, its
-//! steps and the services it checks once the stack has recovered.
+//! A drill's plan: a versioned JSON document naming the drill's targets for
+//! RTO and RPO, its load, its timeout, its steps and the services it checks
+//! once the stack has recovered.
 //!
-//! `soma drill run --plan FILE` reads it; a flag given on the command line
-//! overrides the plan's value, and without `--plan` the drill runs from its
-//! flags and their defaults alone. The file is read strictly: its `version`
-//! first (only [`VERSION`] is understood, so a newer plan is refused rather
-//! than half-read), then every field, an unknown one refused; any refusal
-//! is a usage error (exit 64) naming the file and the field.
+//! A plan has two sources, read by the same checks: a file
+//! (`soma drill run --plan FILE`, e.g. `scripts/ops/dr_failover_drill.plan.json`),
+//! and the `parameters` of the installed capsule `dr_failover_drill`
+//! (`soma drill run --capsule NAME`, see [`super::capsule`]), which are the
+//! plan as it was attested, reviewed and installed. A flag given on the
+//! command line overrides the plan's value, and without a plan the drill
+//! runs from its flags and their defaults alone. A plan is read strictly:
+//! its `version` first (only [`VERSION`] is understood, so a newer plan is
+//! refused rather than half-read), then every field, an unknown one
+//! refused; a refusal names the source and the field (a bad `--plan` file
+//! is a usage error, exit 64).
 //!
 //! ```json
 //! {
@@ -120,10 +125,54 @@ pub fn apply(args: &mut DrillArgs) -> Result<(), String> {
     };
     let bad = |why: String| format!("--plan {}: {why}", path.display());
     let plan = read(&path).map_err(bad)?;
+    apply_plan(args, &plan).map_err(bad)
+}
+
+/// Applies a plan held as a JSON value to `args`, as [`apply`] applies a
+/// file, after the same checks; `source` names where it came from in a
+/// refusal (`--capsule dr_failover_drill (production)`). `Err`: why the
+/// plan is refused, naming the source and the field.
+pub fn apply_value(args: &mut DrillArgs, value: Value, source: &str) -> Result<(), String> {
+    let bad = |why: String| format!("{source}: {why}");
+    let plan = parse(value).map_err(bad)?;
+    apply_plan(args, &plan).map_err(bad)
+}
+
+/// `value` with each number that is a whole double written as an integer:
+/// proto3 JSON carries a `google.protobuf.Struct`'s numbers (a capsule's
+/// parameters, a run's output) as doubles, so the plan's `"version": 1`
+/// comes back as `1.0`. A number with a fraction, or out of the range where
+/// a double is exact (2^53), is left as it is, and the plan's checks refuse
+/// it where an integer is expected.
+pub fn integral_numbers(value: Value) -> Value {
+    /// 2^53: every integer up to it is exact as a double.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) if !n.is_u64() && !n.is_i64() => match n.as_f64() {
+            // A whole double within ±2^53 is exactly the integer the casts
+            // give: nothing is truncated or rounded.
+            Some(f) if f.fract() == 0.0 && (0.0..=EXACT).contains(&f) => Value::from(f as u64),
+            Some(f) if f.fract() == 0.0 && (-EXACT..0.0).contains(&f) => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(integral_numbers).collect()),
+        Value::Object(members) => Value::Object(
+            members
+                .into_iter()
+                .map(|(k, v)| (k, integral_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Applies a checked plan's values to `args` (those the command line did
+/// not give) and its steps and services.
+fn apply_plan(args: &mut DrillArgs, plan: &PlanFile) -> Result<(), String> {
     let given = |id: &str| args.given.contains(id);
 
     let rto = crate::parse_target(&plan.targets.rto)
-        .map_err(|e| bad(format!("targets.rto {:?}: {e}", plan.targets.rto)))?;
+        .map_err(|e| format!("targets.rto {:?}: {e}", plan.targets.rto))?;
     if !given("rto_target") {
         args.rto_target = rto;
     }
@@ -137,7 +186,7 @@ pub fn apply(args: &mut DrillArgs) -> Result<(), String> {
     ] {
         if let Some(value) = value {
             if value == 0 {
-                return Err(bad(format!("load.{id} must be at least 1")));
+                return Err(format!("load.{id} must be at least 1"));
             }
             if !given(id) {
                 *slot = value;
@@ -145,12 +194,12 @@ pub fn apply(args: &mut DrillArgs) -> Result<(), String> {
         }
     }
     if let Some(timeout) = &plan.timeout {
-        let parsed = crate::parse_duration(timeout).map_err(|e| bad(format!("timeout {timeout:?}: {e}")))?;
+        let parsed = crate::parse_duration(timeout).map_err(|e| format!("timeout {timeout:?}: {e}"))?;
         if !given("timeout") {
             args.timeout = parsed;
         }
     }
-    args.checks = checks(&plan).map_err(bad)?;
+    args.checks = checks(plan)?;
     Ok(())
 }
 
@@ -158,6 +207,14 @@ pub fn apply(args: &mut DrillArgs) -> Result<(), String> {
 fn read(path: &Path) -> Result<PlanFile, String> {
     let bytes = crate::cli::read_limited(path, MAX_PLAN_BYTES).map_err(|e| format!("{e:#}"))?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+    parse(value)
+}
+
+/// Checks a plan held as a JSON value: its version first, then every field.
+fn parse(value: Value) -> Result<PlanFile, String> {
+    if !value.is_object() {
+        return Err("not a JSON object".to_owned());
+    }
     match value.get("version") {
         None => {
             return Err("no version: a plan names the format it is written in (\"version\": 1)".to_owned());

@@ -12,14 +12,17 @@
 //! A drill that was due several periods ago runs once, not once per missed
 //! period. The drill's arguments are checked when it is scheduled, exactly
 //! as `soma drill run` would parse them (and its `--plan` read), so a
-//! schedule never holds a drill that cannot start.
+//! schedule never holds a drill that cannot start. A drill whose plan is an
+//! installed capsule (`--capsule NAME --environment ENV`) keeps only the
+//! capsule's name: each run resolves the revision installed at that moment,
+//! so a newly approved revision or a rollback takes effect at the next run.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::say;
@@ -275,6 +278,12 @@ fn checked_drill_args(data_dir: &Path, given: &[String]) -> Result<Vec<String>, 
         command: crate::DrillCommand::Run(mut run),
     } = cli.command
     {
+        // (These arguments parsed just above: the matches are there.)
+        let given = crate::Cli::command()
+            .try_get_matches_from(&argv)
+            .map(|m| crate::given_arguments(&m, &["drill", "run"]))
+            .unwrap_or_default();
+        super::plan_sources(&run.plan, run.capsule.as_deref(), &given)?;
         super::plan::apply(&mut run)?;
     }
     Ok(args)
