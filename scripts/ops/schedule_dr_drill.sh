@@ -48,6 +48,8 @@ if [ "${1:-}" != import ]; then
   exec "$SOMA" drill schedule "$@"
 fi
 shift
+# soma's own logs only when something is wrong: the output is the import's.
+export RUST_LOG="${RUST_LOG:-warn}"
 
 usage() {
   echo "schedule_dr_drill.sh import: $1" >&2
@@ -134,7 +136,7 @@ Next, by another person than $IMPORTER, with a second factor (docs/runbooks/dril
   export SOMA_DATA=$DATA REGION=$REGION SUBMISSION=$SUBMISSION ENVIRONMENT=production REVIEWER=<you>@$TENANT
 1. review: read the plan, then start the review and approve it
   REVIEW=\$(soma token --data-dir "\$SOMA_DATA" --tenant $TENANT --region "\$REGION" --subject "\$REVIEWER" --scope "capsules:review capsules:read" --mfa)
-  curl -fsS -H "authorization: Bearer \$REVIEW" "$EDGE/v1/submissions/\$SUBMISSION" | jq -r .bundle | base64 -d | jq .parameters
+  curl -fsS -H "authorization: Bearer \$REVIEW" "$EDGE/v1/submissions/\$SUBMISSION" | jq -r .bundle | base64 --decode | jq .parameters
   curl -fsS -X POST -H "authorization: Bearer \$REVIEW" -H 'content-type: application/json' "$EDGE/v1/submissions/\$SUBMISSION:review" -d '{"decision": "REVIEW_DECISION_START_REVIEW"}'
   curl -fsS -X POST -H "authorization: Bearer \$REVIEW" -H 'content-type: application/json' "$EDGE/v1/submissions/\$SUBMISSION:review" -d '{"decision": "REVIEW_DECISION_APPROVE"}'
 2. install it in \$ENVIRONMENT (a new installation, or the next revision of the one there): the runbook's section 2

@@ -52,7 +52,8 @@
 //! refuses the drill with its own exit code: 3 not installed, 4 a release it
 //! pins revoked, 5 the run refused otherwise, 6 its plan fails the checks
 //! (the field named). `--dry-run` resolves the plan and prints it on one
-//! line (`plan=… source=… rto_target=… …`), then exits 0.
+//! line (`plan="dr_failover_drill v1" source="capsule dr_failover_drill
+//! (production, run …)" rto_target=15s rpo_target=0 …`), then exits 0.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -240,9 +241,9 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
     if args.dry_run {
         let services: Vec<&str> = args.checks.services.iter().map(|s| s.name()).collect();
         crate::cli::say(format_args!(
-            "plan={} source={} rto_target={} rpo_target={} writers={} before={} after={} timeout={} ledger={} services={}",
+            "plan={:?} source={:?} rto_target={} rpo_target={} writers={} before={} after={} timeout={} ledger={} services={}",
             args.checks.plan.as_deref().unwrap_or("none"),
-            source.as_deref().unwrap_or("flags").replace(' ', "_"),
+            source.as_deref().unwrap_or("flags"),
             humantime::format_duration(args.rto_target),
             args.rpo_target,
             args.writers,

@@ -265,7 +265,9 @@ fn edge_routes(block: &str) -> Vec<(String, String)> {
         let Some(at) = line.find("$EDGE/") else {
             continue;
         };
-        let method = if line.contains(" -d ") || line.contains("-X POST") {
+        let method = if line.contains("-X PATCH") {
+            "patch"
+        } else if line.contains(" -d ") || line.contains("-X POST") {
             "post"
         } else {
             "get"

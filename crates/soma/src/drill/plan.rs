@@ -397,4 +397,81 @@ mod tests {
         assert!(!checks.ledger);
         assert!(checks.services.is_empty());
     }
+
+    /// The repository's capsule bundle, parsed as CapsuleRepo parses it.
+    fn repository_bundle() -> soma_capsule::Bundle {
+        soma_capsule::Bundle::parse(include_bytes!(
+            "../../../../scripts/ops/dr_failover_drill.capsule.json"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_capsules_parameters_are_the_repository_plan_and_its_tool_the_echo_module() {
+        let bundle = repository_bundle();
+        assert_eq!(bundle.name(), "dr_failover_drill");
+        let plan: Value = serde_json::from_str(include_str!(
+            "../../../../scripts/ops/dr_failover_drill.plan.json"
+        ))
+        .unwrap();
+        // (The bundle holds its numbers as RFC 8785 does: doubles.)
+        assert_eq!(
+            integral_numbers(Value::Object(bundle.parameters().clone())),
+            plan,
+            "the capsule's plan and the plan file must be the same plan"
+        );
+        // The one step: the drill-plan release of the manifest, whose module
+        // is the echo adapter compiled as `soma release sign` compiles it.
+        let manifest: Value = serde_json::from_str(include_str!(
+            "../../../../scripts/ops/drill-plan.manifest.json"
+        ))
+        .unwrap();
+        let [tool] = bundle.tools() else {
+            panic!("one tool step: {:?}", bundle.tools());
+        };
+        assert_eq!(tool.tool, manifest["tool"].as_str().unwrap());
+        assert_eq!(tool.version.as_str(), manifest["version"].as_str().unwrap());
+        let module = wat::parse_str(soma_sandbox::adapter_wat("echo").unwrap()).unwrap();
+        assert_eq!(
+            tool.module_sha256,
+            soma_sign::sha256(&module),
+            "the bundle pins another module than the echo adapter"
+        );
+        // No input: nothing at run time can change the approved plan.
+        assert_eq!(
+            Value::Object(bundle.input_schema().clone()),
+            serde_json::json!({"additionalProperties": false, "properties": {}, "type": "object"})
+        );
+    }
+
+    #[test]
+    fn a_plan_as_a_run_answers_it_passes_the_same_checks_as_the_file() {
+        // proto3 JSON carries a Struct's numbers as doubles.
+        let mut answered = serde_json::json!({
+            "version": 1.0, "name": "dr_failover_drill",
+            "targets": {"rto": "1ms", "rpo_events": 0.0},
+            "load": {"writers": 2.0, "before": 10.0, "after": 10.0},
+            "timeout": "60s",
+            "steps": ["load", "kill", "recovery", "rpo"],
+            "services": []
+        });
+        let checked = super::parse(integral_numbers(answered.clone())).and_then(|p| checks(&p));
+        let checks = checked.unwrap();
+        assert_eq!(checks.plan.as_deref(), Some("dr_failover_drill v1"));
+        assert!(!checks.ledger);
+        // Left as doubles, the very same checks refuse it: the conversion is
+        // what makes the capsule's plan the file's plan.
+        assert!(super::parse(answered.clone()).unwrap_err().contains("version 1.0 is not supported"));
+        // A fraction or a negative count stays refused, naming the field.
+        answered["load"]["writers"] = serde_json::json!(2.5);
+        let err = super::parse(integral_numbers(answered.clone())).unwrap_err();
+        assert!(err.contains("invalid type: floating point `2.5`"), "{err}");
+        answered["load"]["writers"] = serde_json::json!(-2.0);
+        let err = super::parse(integral_numbers(answered.clone())).unwrap_err();
+        assert!(err.contains("invalid value: integer `-2`"), "{err}");
+        assert_eq!(integral_numbers(serde_json::json!(1e300)), serde_json::json!(1e300));
+        assert_eq!(integral_numbers(serde_json::json!([3.0, "3.0"])), serde_json::json!([3, "3.0"]));
+        // Not an object at all.
+        assert_eq!(super::parse(serde_json::json!([1])).unwrap_err(), "not a JSON object");
+    }
 }

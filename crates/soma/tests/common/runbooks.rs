@@ -63,9 +63,21 @@ pub fn blocks(name: &str) -> Vec<String> {
 /// Runs every block of runbook `name` in one shell session with `env`;
 /// each block announced on standard error as `runbook NAME: block I/N`.
 pub fn run(name: &str, env: &[(&str, &str)]) -> Output {
+    run_blocks(name, env, |_| true)
+}
+
+/// Runs the blocks of runbook `name` whose index (from 0) `which` selects,
+/// in order, in one shell session with `env`: one section of a runbook
+/// (the first block, which sets the variables, and that section's blocks),
+/// when its sections are steps taken at different times (install now,
+/// roll back after a failed drill).
+pub fn run_blocks(name: &str, env: &[(&str, &str)], which: impl Fn(usize) -> bool) -> Output {
     let blocks = blocks(name);
     let mut script = String::from("set -euo pipefail\n");
     for (i, block) in blocks.iter().enumerate() {
+        if !which(i) {
+            continue;
+        }
         script.push_str(&format!(
             "echo 'runbook {name}: block {}/{}' >&2\n",
             i + 1,
