@@ -70,6 +70,9 @@ while [ $# -gt 0 ]; do
     *) usage "unknown argument $1" ;;
   esac
 done
+# The registry's store is the data dir's unless --database-url names the
+# server: an unrelated DATABASE_URL in the environment must not decide.
+unset DATABASE_URL
 # The drill runs as this tenant: the installation must be its own.
 TENANT=drill
 [ -f "$DATA/endpoints.json" ] || usage "$DATA/endpoints.json is missing (is soma up running on $DATA?)"
