@@ -4,6 +4,14 @@
 #
 #   scripts/ops/run_failover_drill.sh --data-dir DIR --target postgres|analytics|both \
 #       [--ha-dir HA_DIR] [--rto-target 15s] [--rpo-target 0]
+#       [--plan scripts/ops/dr_failover_drill.plan.json | --capsule dr_failover_drill --environment production]
+#       [--dry-run]
+#
+# With --capsule, the plan is the installed capsule's (reviewed and
+# installed through CapsuleRepo: scripts/ops/schedule_dr_drill.sh import,
+# docs/runbooks/drill-plan.md), resolved through the edge before anything
+# is touched; exit 3 not installed, 4 its release revoked, 5 its run
+# refused, 6 its plan refused by the plan's checks.
 #
 # Drives a steady write load through the JSON edge, kills the target with
 # SIGKILL, waits for recovery, prints a progress line per step on standard

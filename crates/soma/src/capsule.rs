@@ -160,10 +160,7 @@ pub(crate) async fn run(command: CapsuleCommand) -> anyhow::Result<ExitCode> {
             bundle,
             envelope,
         } => {
-            let import = Import {
-                template,
-                catalogue,
-            };
+            let import = Import { template, catalogue };
             submit(&edge, &token, &bundle, &envelope, Some(&import)).await
         }
     }

@@ -204,17 +204,16 @@ pub async fn run(mut args: DrillArgs) -> anyhow::Result<ExitCode> {
         match capsule::resolve(&args.data_dir, &args.region, TENANT, &name, &environment).await {
             Ok(resolved) => {
                 let from = format!("--capsule {name} (environment {environment})");
-                if let Err(reason) = plan::apply_value(&mut args, plan::integral_numbers(resolved.plan), &from) {
+                if let Err(reason) =
+                    plan::apply_value(&mut args, plan::integral_numbers(resolved.plan), &from)
+                {
                     return Ok(capsule::Refusal {
                         code: capsule::EXIT_PLAN_INVALID,
                         reason: format!("{reason}: the installed plan is refused, nothing was run"),
                     }
                     .exit());
                 }
-                source = Some(format!(
-                    "capsule {name} ({environment}, run {})",
-                    resolved.run_id
-                ));
+                source = Some(format!("capsule {name} ({environment}, run {})", resolved.run_id));
             }
             Err(Ok(refusal)) => return Ok(refusal.exit()),
             Err(Err(e)) => return Err(e),

@@ -430,7 +430,10 @@ fn main() -> ExitCode {
 
 /// The ids of the arguments of the subcommand at `path` that the command
 /// line gave (not defaults, not the environment).
-pub(crate) fn given_arguments(matches: &clap::ArgMatches, path: &[&str]) -> std::collections::BTreeSet<String> {
+pub(crate) fn given_arguments(
+    matches: &clap::ArgMatches,
+    path: &[&str],
+) -> std::collections::BTreeSet<String> {
     let mut m = matches;
     for name in path {
         match m.subcommand_matches(name) {

@@ -51,11 +51,7 @@ async fn soma_async(args: &[&str]) -> (Option<i32>, String, String) {
         .output()
         .await
         .unwrap();
-    (
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr),
-    )
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
 }
 
 /// A variant of the repository's bundle: `version`, and the plan edited by
@@ -89,7 +85,8 @@ fn import(data: &Path, work: &Path, bundle: &Path, key: &Path, catalogue: &str) 
         ],
         work,
     ));
-    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
     let token = ok(&soma(
         &[
             "token",
@@ -218,10 +215,7 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
         &["--database-url", &stack.url, "--drill-rto-objective", "60s"],
     );
     wait_for_edge(&data).await;
-    let (data_arg, ha_arg) = (
-        data.to_str().unwrap().to_owned(),
-        ha.to_str().unwrap().to_owned(),
-    );
+    let (data_arg, ha_arg) = (data.to_str().unwrap().to_owned(), ha.to_str().unwrap().to_owned());
     let drill = |extra: &[&str]| {
         let mut args = vec![
             "drill",
@@ -242,46 +236,37 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
             soma_async(&args).await
         }
     };
-    // Nothing killed: the same leader, its postmaster the same process.
-    let leader = stack.leader().await;
-    let postmaster = stack.postmaster(&leader);
-    let untouched = || async {
-        assert_eq!(stack.leader().await, leader, "a refused drill killed the primary");
-        assert_eq!(
-            stack.postmaster(&leader),
-            postmaster,
-            "a refused drill killed the primary"
-        );
+    // Nothing killed: the same leader as before a refused drill, its
+    // postmaster the same process.
+    let primary = || async {
+        let leader = stack.leader().await;
+        let postmaster = stack.postmaster(&leader);
+        (leader, postmaster)
     };
 
     // Not installed yet: refused with the reason, exit 3, nothing killed.
+    let before = primary().await;
     let (code, stdout, stderr) = drill(&["--environment", "production"]).await;
     assert_eq!(code, Some(3), "{stdout}{stderr}");
-    assert!(
-        stderr.contains("HTTP 404 capsule_not_installed"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("HTTP 404 capsule_not_installed"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    untouched().await;
+    assert_eq!(primary().await, before, "a refused drill killed the primary");
 
     // The import: the plan tool's release published, the bundle imported
     // with the ops catalogue key, the submission id and the next commands
     // printed.
     let output = tokio::process::Command::new(script("schedule_dr_drill.sh"))
-        .args([
-            "import",
-            "--data-dir",
-            &data_arg,
-            "--database-url",
-            &stack.url,
-        ])
+        .args(["import", "--data-dir", &data_arg, "--database-url", &stack.url])
         .env("SOMA", SOMA)
         .env_remove("DATABASE_URL")
-        .env("PATH", format!(
-            "{}:{}",
-            Path::new(SOMA).parent().unwrap().display(),
-            std::env::var("PATH").unwrap()
-        ))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                Path::new(SOMA).parent().unwrap().display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -308,7 +293,12 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
         "{output}"
     );
     let line = dry_run_line(&output);
-    assert!(line.starts_with("plan=\"dr_failover_drill v1\" source=\"capsule dr_failover_drill (production, run "), "{line}");
+    assert!(
+        line.starts_with(
+            "plan=\"dr_failover_drill v1\" source=\"capsule dr_failover_drill (production, run "
+        ),
+        "{line}"
+    );
     assert!(line.contains(" rto_target=15s rpo_target=0 writers=4 before=40 after=40 timeout=2m ledger=true services=gateway,tool-registry,capsule-repo,analytics"), "{line}");
 
     // A scheduled dry run, scheduled while revision 1 is installed: it runs
@@ -378,7 +368,11 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
     };
     let (objective, ok_, steps, reasons) = stored(passed.clone()).await;
     assert!(ok_, "{reasons}");
-    assert_eq!(objective, Some(15_000_000_000), "the plan's 15 s target, stricter than the region's 60 s");
+    assert_eq!(
+        objective,
+        Some(15_000_000_000),
+        "the plan's 15 s target, stricter than the region's 60 s"
+    );
     assert!(
         steps.contains("(plan dr_failover_drill v1 from capsule dr_failover_drill (production, run "),
         "{steps}"
@@ -402,7 +396,10 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
     // The drill scheduled under revision 1 resolves revision 2 when it runs.
     let (code, stdout, stderr) = soma_async(&["drill", "scheduler", "--data-dir", &data_arg, "--once"]).await;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    let list = ok(&soma(&["drill", "schedule", "--data-dir", &data_arg, "--list"], work));
+    let list = ok(&soma(
+        &["drill", "schedule", "--data-dir", &data_arg, "--list"],
+        work,
+    ));
     assert!(
         list.contains("plan-check") && list.contains("exit 0") && list.contains(" rto_target=1ms "),
         "{list}"
@@ -422,13 +419,13 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
 
     // Rolled back through the runbook: revision 3, revision 1's plan again.
     let output = runbook(&data, &second, "production", roll_back).await;
-    assert!(
-        output.contains("rolled back to 1.0.0: revision 3"),
-        "{output}"
-    );
+    assert!(output.contains("rolled back to 1.0.0: revision 3"), "{output}");
     let line = dry_run_line(&output);
     assert!(line.contains(" rto_target=15s "), "{line}");
-    assert!(output.contains("revision 3 rollback INSTALLATION_STATUS_INSTALLED 1.0.0"), "{output}");
+    assert!(
+        output.contains("revision 3 rollback INSTALLATION_STATUS_INSTALLED 1.0.0"),
+        "{output}"
+    );
 
     // A capsule whose plan fails the checks (installed in staging):
     // refused naming the field, nothing killed.
@@ -444,13 +441,14 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
         output.contains("installed dr_failover_drill 1.0.2 in staging: revision 1"),
         "{output}"
     );
+    let before = primary().await;
     let (code, stdout, stderr) = drill(&["--environment", "staging"]).await;
     assert_eq!(code, Some(6), "{stdout}{stderr}");
     assert!(
         stderr.contains("--capsule dr_failover_drill (environment staging): steps: \"rpo\" is missing"),
         "{stderr}"
     );
-    untouched().await;
+    assert_eq!(primary().await, before, "a refused drill killed the primary");
 
     // The plan tool's release revoked: refused (409), nothing killed.
     let revoker = ok(&soma(
@@ -472,7 +470,8 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
     ))
     .trim()
     .to_owned();
-    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
     let r = common::edge::send(
         &common::edge::client(),
         "POST",
@@ -486,10 +485,11 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
     )
     .await;
     assert_eq!(r.status, 200, "{}", text(&r.body));
+    let before = primary().await;
     let (code, stdout, stderr) = drill(&["--environment", "production"]).await;
     assert_eq!(code, Some(4), "{stdout}{stderr}");
     assert!(stderr.contains("HTTP 409 release_revoked"), "{stderr}");
-    untouched().await;
+    assert_eq!(primary().await, before, "a refused drill killed the primary");
 
     analytics.close().await;
     let _ = up.start_kill();
@@ -515,7 +515,10 @@ async fn plan_sources_exclude_each_other_and_an_operators_catalogues_are_kept() 
     let cases = [
         Case {
             name: "a drill with both",
-            args: ["drill", "run", "--target", "postgres"].into_iter().chain(both).collect(),
+            args: ["drill", "run", "--target", "postgres"]
+                .into_iter()
+                .chain(both)
+                .collect(),
             expected: "--plan and --capsule exclude each other",
         },
         Case {
@@ -553,11 +556,15 @@ async fn plan_sources_exclude_each_other_and_an_operators_catalogues_are_kept() 
         assert_eq!(output.status.code(), Some(64), "{}: {stderr}", case.name);
         assert!(stderr.contains(case.expected), "{}: {stderr}", case.name);
     }
-    assert!(!data.join("drills/schedule.json").exists(), "a refused schedule was written");
+    assert!(
+        !data.join("drills/schedule.json").exists(),
+        "a refused schedule was written"
+    );
 
     // The operator pinned their own catalogue: soma up keeps it, and adds
     // no `ops` of its own (its key is still created, unpinned).
-    let (operator_key, _) = soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("mao").unwrap()).unwrap();
+    let (operator_key, _) =
+        soma_sign::Ed25519Signer::generate(soma_sign::KeyId::new("mao").unwrap()).unwrap();
     let catalogues = work.join("catalogues.json");
     std::fs::write(
         &catalogues,
@@ -667,7 +674,8 @@ async fn plan_sources_exclude_each_other_and_an_operators_catalogues_are_kept() 
         ],
         work,
     ));
-    let endpoints: Value = serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
     let r = common::edge::send(
         &common::edge::client(),
         "GET",

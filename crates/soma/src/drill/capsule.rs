@@ -162,10 +162,7 @@ pub async fn resolve(
     if answer["succeeded"].as_bool() != Some(true) {
         return Err(Ok(Refusal {
             code: EXIT_RUN_REFUSED,
-            reason: format!(
-                "{source}: run {run_id} did not succeed: {}",
-                answer["output"]
-            ),
+            reason: format!("{source}: run {run_id} did not succeed: {}", answer["output"]),
         }));
     }
     Ok(Resolved {

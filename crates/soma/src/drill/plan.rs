@@ -422,10 +422,8 @@ mod tests {
         );
         // The one step: the drill-plan release of the manifest, whose module
         // is the echo adapter compiled as `soma release sign` compiles it.
-        let manifest: Value = serde_json::from_str(include_str!(
-            "../../../../scripts/ops/drill-plan.manifest.json"
-        ))
-        .unwrap();
+        let manifest: Value =
+            serde_json::from_str(include_str!("../../../../scripts/ops/drill-plan.manifest.json")).unwrap();
         let [tool] = bundle.tools() else {
             panic!("one tool step: {:?}", bundle.tools());
         };
@@ -461,7 +459,11 @@ mod tests {
         assert!(!checks.ledger);
         // Left as doubles, the very same checks refuse it: the conversion is
         // what makes the capsule's plan the file's plan.
-        assert!(super::parse(answered.clone()).unwrap_err().contains("version 1.0 is not supported"));
+        assert!(
+            super::parse(answered.clone())
+                .unwrap_err()
+                .contains("version 1.0 is not supported")
+        );
         // A fraction or a negative count stays refused, naming the field.
         answered["load"]["writers"] = serde_json::json!(2.5);
         let err = super::parse(integral_numbers(answered.clone())).unwrap_err();
@@ -469,9 +471,18 @@ mod tests {
         answered["load"]["writers"] = serde_json::json!(-2.0);
         let err = super::parse(integral_numbers(answered.clone())).unwrap_err();
         assert!(err.contains("invalid value: integer `-2`"), "{err}");
-        assert_eq!(integral_numbers(serde_json::json!(1e300)), serde_json::json!(1e300));
-        assert_eq!(integral_numbers(serde_json::json!([3.0, "3.0"])), serde_json::json!([3, "3.0"]));
+        assert_eq!(
+            integral_numbers(serde_json::json!(1e300)),
+            serde_json::json!(1e300)
+        );
+        assert_eq!(
+            integral_numbers(serde_json::json!([3.0, "3.0"])),
+            serde_json::json!([3, "3.0"])
+        );
         // Not an object at all.
-        assert_eq!(super::parse(serde_json::json!([1])).unwrap_err(), "not a JSON object");
+        assert_eq!(
+            super::parse(serde_json::json!([1])).unwrap_err(),
+            "not a JSON object"
+        );
     }
 }
