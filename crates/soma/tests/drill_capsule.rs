@@ -328,9 +328,24 @@ async fn a_drill_follows_the_reviewed_and_installed_plan_capsule_and_its_rollbac
 
     // The drill from the installed plan: passes, its record carries the
     // plan's target and names the capsule's run.
-    stack.wait_for_sync_standby().await;
-    let (code, stdout, stderr) = drill(&["--environment", "production"]).await;
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // (On a machine other builds load, a failover can take longer than
+    // the plan's 15 s: a drill that failed on that target alone, and on
+    // nothing else, is run once more; it must pass then.)
+    let mut attempts = 0;
+    let (stdout, stderr) = loop {
+        attempts += 1;
+        stack.wait_for_sync_standby().await;
+        let (code, stdout, stderr) = drill(&["--environment", "production"]).await;
+        if code == Some(0) {
+            break (stdout, stderr);
+        }
+        let slow = stderr.lines().any(|l| {
+            l.contains("failed against its objectives [\"rto ")
+                && l.ends_with("exceeds the drill's target 15s\"]")
+        });
+        assert!(slow && attempts < 2, "exit {code:?}: {stdout}{stderr}");
+        eprintln!("drill attempt {attempts} slower than the plan's 15 s: {stdout}");
+    };
     assert!(
         stderr.contains("plan dr_failover_drill v1 from capsule dr_failover_drill (production, run "),
         "{stderr}"
