@@ -11,8 +11,8 @@
 //!   signature, sweep the Analytics store, check a ledger proof, offline.
 //! - `soma release keygen | sign | verify | publish | publisher | key`: tool
 //!   releases, publisher keys and the registry's keyring.
-//! - `soma capsule digest | attest | verify | submit`: capsule bundles, their
-//!   attestations, and their submission.
+//! - `soma capsule digest | attest | verify | submit | import`: capsule
+//!   bundles, their attestations, their submission and template import.
 //! - `soma canon FILE`: the RFC 8785 canonical form of a JSON file.
 
 mod ca;

@@ -5,7 +5,7 @@
 //! document, method included); and the kill-switch runbook's blocks all
 //! run, in one shell session, against a live `soma up` on SQLite. (The
 //! PostgreSQL and failed-drill runbooks run against the Patroni stack in
-//! `ha_failover.rs`.)
+//! `ha_failover.rs`, the drill plan runbook's sections in `drill_capsule.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -22,6 +22,7 @@ fn every_runbook_starts_with_the_principle_has_command_blocks_and_is_linked() {
     let names = runbooks::all();
     for expected in [
         "compromised-key.md",
+        "drill-plan.md",
         "failed-drill.md",
         "kill-switches.md",
         "lost-postgres-primary.md",
