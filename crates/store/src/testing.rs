@@ -325,6 +325,9 @@ impl Interruption {
     pub async fn kill_when_waiting(&mut self) -> u64 {
         let waited = tokio::time::timeout(WAIT_FOR_WAITER, async {
             loop {
+                // Inside the lock's transaction, the activity statistics
+                // are a snapshot taken once: drop it, to see the present.
+                run(&mut self.admin, "SELECT pg_stat_clear_snapshot()").await;
                 let waiting: i64 = match sqlx::query_scalar(
                     "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
                      AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
