@@ -249,3 +249,54 @@ async fn other_errors_are_never_retried() {
         engine.cleanup().await;
     }
 }
+
+/// A pooled connection that still answers the pool's ping but refuses
+/// writes (as one to a server that became read-only does, 25006) is not
+/// handed out again after the loss is seen: the second attempt runs on a
+/// newly opened connection, although every idle connection of the pool was
+/// read-only.
+#[tokio::test]
+async fn connections_opened_before_a_loss_are_not_reused() {
+    for engine in engines("store-reconnect-stale").await {
+        let db = open(&engine).await;
+        let Some(pool) = db.as_postgres() else {
+            engine.cleanup().await;
+            continue;
+        };
+        // Three connections at once, each turned read-only for its session,
+        // then all returned to the pool, idle.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::query("SET SESSION default_transaction_read_only = on")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            held.push(conn);
+        }
+        drop(held);
+        // Returning is asynchronous (each is pinged first): wait until the
+        // three are idle, so that the next acquire takes one of them.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while pool.num_idle() < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the three connections come back to the pool");
+        let attempts = AtomicU32::new(0);
+        retry!(policy: QUICK, db, "insert", sqlx::Error, {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            insert(&db, "s", "body").await
+        })
+        .expect("the second attempt runs on a new connection");
+        assert_eq!(
+            attempts.load(Ordering::Relaxed),
+            2,
+            "one read-only connection, then a new one"
+        );
+        assert_eq!(rows(&db, "s").await, ["body"]);
+        db.close().await;
+        engine.cleanup().await;
+    }
+}
