@@ -100,10 +100,6 @@ pub enum RegistryError {
     /// bound ran out.
     #[error("database")]
     Database(#[from] sqlx::Error),
-    /// A storage error of `soma-store`: a commit whose outcome is unknown
-    /// (answered `UNAVAILABLE` `database_unavailable`, never as success).
-    #[error("database")]
-    Store(#[from] soma_store::StoreError),
     /// A signing or MAC error.
     #[error("signing")]
     Sign(#[from] SignError),
@@ -152,24 +148,16 @@ impl RegistryError {
             Self::Unauthenticated => "unauthenticated",
             Self::Busy(_) => "sandbox_busy",
             _ if self.database_unavailable() => "database_unavailable",
-            Self::Database(_)
-            | Self::Store(_)
-            | Self::Sign(_)
-            | Self::Sandbox(_)
-            | Self::Config(_)
-            | Self::Task(_) => "internal",
+            Self::Database(_) | Self::Sign(_) | Self::Sandbox(_) | Self::Config(_) | Self::Task(_) => {
+                "internal"
+            }
         }
     }
 
-    /// The database is out of reach: its connection was lost (and the
-    /// retry, where one is safe, ran out), or a commit's outcome is unknown.
+    /// The database is out of reach: its connection was lost, and the
+    /// retry, where one is safe, ran out.
     fn database_unavailable(&self) -> bool {
-        match self {
-            Self::Database(e) => soma_store::is_connection_lost(e),
-            Self::Store(soma_store::StoreError::CommitOutcomeUnknown { .. }) => true,
-            Self::Store(e) => e.is_connection_lost(),
-            _ => false,
-        }
+        matches!(self, Self::Database(e) if soma_store::is_connection_lost(e))
     }
 
     fn code(&self) -> tonic::Code {
@@ -200,12 +188,9 @@ impl RegistryError {
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Busy(_) => Code::ResourceExhausted,
             _ if self.database_unavailable() => Code::Unavailable,
-            Self::Database(_)
-            | Self::Store(_)
-            | Self::Sign(_)
-            | Self::Sandbox(_)
-            | Self::Config(_)
-            | Self::Task(_) => Code::Internal,
+            Self::Database(_) | Self::Sign(_) | Self::Sandbox(_) | Self::Config(_) | Self::Task(_) => {
+                Code::Internal
+            }
         }
     }
 }
@@ -214,7 +199,6 @@ impl ConnectionLost for RegistryError {
     fn is_connection_lost(&self) -> bool {
         match self {
             Self::Database(e) => e.is_connection_lost(),
-            Self::Store(e) => e.is_connection_lost(),
             _ => false,
         }
     }
