@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -14,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::StoreError;
 use crate::migrations::Migrations;
+use crate::retry::Staleness;
 use crate::settings::{Engine, StoreSettings};
 
 /// How long a SQLite statement waits for another connection's write lock.
@@ -56,6 +58,8 @@ enum Inner {
         options: PgConnectOptions,
         /// `host:port/database`, for messages (never the URL: it may carry a password).
         target: String,
+        /// Which pooled connections are older than the last lost one.
+        staleness: Arc<Staleness>,
     },
 }
 
@@ -180,6 +184,15 @@ impl Database {
         }
     }
 
+    /// After a lost connection: every PostgreSQL connection opened before
+    /// now is closed by the pool instead of being handed out again (see
+    /// [`crate::Retrying`]). No effect on SQLite.
+    pub(crate) fn mark_connections_stale(&self) {
+        if let Inner::Postgres { staleness, .. } = &self.inner {
+            staleness.mark();
+        }
+    }
+
     /// The SQLite file, or PostgreSQL's `host:port/database`.
     fn target(&self) -> String {
         match &self.inner {
@@ -276,9 +289,18 @@ async fn connect_postgres(url: &str) -> Result<Inner, StoreError> {
     if let Err(error) = probe.close().await {
         debug!(%error, "closing the postgres probe connection failed");
     }
+    let staleness = Staleness::new();
+    let hook = Arc::clone(&staleness);
     let pool = PgPoolOptions::new()
         .max_connections(POSTGRES_MAX_CONNECTIONS)
         .acquire_timeout(POSTGRES_CONNECT_TIMEOUT)
+        // A connection opened before a lost one was seen is closed rather
+        // than handed out: after a failover it is dead, or it reaches a
+        // server that is now read-only and still answers the ping.
+        .before_acquire(move |_conn, meta| {
+            let fresh = !hook.is_stale(meta.age);
+            Box::pin(async move { Ok(fresh) })
+        })
         .connect_with(options.clone())
         .await
         .map_err(|source| connect_error(Engine::Postgres, target.clone(), source))?;
@@ -286,6 +308,7 @@ async fn connect_postgres(url: &str) -> Result<Inner, StoreError> {
         pool,
         options,
         target,
+        staleness,
     })
 }
 

@@ -105,10 +105,20 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
-    /// A query failed (liveness probe, migration lock).
+    /// A query failed (liveness probe, migration lock, a service's query).
     #[error("database query failed")]
     Query {
         /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The connection was lost while a transaction was committing: the
+    /// server may or may not have committed it. Never retried blindly (see
+    /// [`crate::commit`]); a caller that cannot look its row up answers
+    /// that the database is unavailable.
+    #[error("database connection lost during commit: outcome unknown")]
+    CommitOutcomeUnknown {
+        /// The driver error.
         #[source]
         source: sqlx::Error,
     },

@@ -205,6 +205,213 @@ impl TestDb {
     }
 }
 
+/// How long [`Interruption::kill_when_waiting`] waits for a service's
+/// statement to reach the held lock before the test fails.
+const WAIT_FOR_WAITER: Duration = Duration::from_secs(60);
+
+/// Advisory lock key held by [`TestDb::interrupt_commit`] (arbitrary; only
+/// the test database's own sessions take it).
+const COMMIT_HOLD_KEY: i64 = 0x50_4d_41_31;
+
+impl TestDb {
+    /// The PostgreSQL database's name, `None` on SQLite.
+    pub fn postgres_database(&self) -> Option<&str> {
+        self.postgres.as_ref().map(|pg| pg.database.as_str())
+    }
+
+    /// Terminates every backend of this PostgreSQL test database (every
+    /// pooled connection of every service on it) from a separate admin
+    /// connection, as a failover or a restart would, and returns how many
+    /// were terminated. `None` on SQLite (nothing to terminate).
+    ///
+    /// # Panics
+    /// When the admin connection or the query fails.
+    pub async fn terminate_backends(&self) -> Option<u64> {
+        let pg = self.postgres.as_ref()?;
+        let mut admin = admin_connection(&pg.admin_url).await;
+        let killed = terminate(&mut admin, &pg.database).await;
+        let _ = admin.close().await;
+        Some(killed)
+    }
+
+    /// Holds `LOCK TABLE <table> IN ACCESS EXCLUSIVE MODE` in an admin
+    /// session on this test database, so that the next statement a service
+    /// runs on `table` waits in flight on the server; see
+    /// [`Interruption::kill_when_waiting`]. `table` must be a plain
+    /// identifier of the service's schema. `None` on SQLite.
+    ///
+    /// # Panics
+    /// When the admin session or the lock fails.
+    pub async fn interrupt_statement(&self, table: &str) -> Option<Interruption> {
+        let pg = self.postgres.as_ref()?;
+        let mut admin = test_database_connection(pg).await;
+        check_identifier(table);
+        run(&mut admin, "BEGIN").await;
+        run(
+            &mut admin,
+            &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+        )
+        .await;
+        Some(Interruption {
+            admin,
+            database: pg.database.clone(),
+            cleanup: vec!["ROLLBACK".to_owned()],
+        })
+    }
+
+    /// Makes the next transaction that inserts into `table` wait *in its
+    /// `COMMIT`* on the server: a deferred constraint trigger on `table`
+    /// takes an advisory lock that an admin session holds. Killing the
+    /// backend then (see [`Interruption::kill_when_waiting`]) loses the
+    /// connection during the commit, which did not happen (deferred
+    /// triggers run before the commit record is written) — while the client
+    /// cannot know. The trigger is dropped by [`Interruption::release`].
+    /// A statement outside a transaction commits the same way (its implicit
+    /// commit runs the trigger). `None` on SQLite.
+    ///
+    /// # Panics
+    /// When the admin session or the DDL fails.
+    pub async fn interrupt_commit(&self, table: &str) -> Option<Interruption> {
+        let pg = self.postgres.as_ref()?;
+        let mut admin = test_database_connection(pg).await;
+        check_identifier(table);
+        run(
+            &mut admin,
+            &format!(
+                "CREATE OR REPLACE FUNCTION soma_test_hold_commit() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_advisory_xact_lock({COMMIT_HOLD_KEY}); RETURN NULL; END $$"
+            ),
+        )
+        .await;
+        run(
+            &mut admin,
+            &format!(
+                "CREATE CONSTRAINT TRIGGER soma_test_hold_commit AFTER INSERT OR UPDATE ON {table} \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION soma_test_hold_commit()"
+            ),
+        )
+        .await;
+        run(&mut admin, &format!("SELECT pg_advisory_lock({COMMIT_HOLD_KEY})")).await;
+        Some(Interruption {
+            admin,
+            database: pg.database.clone(),
+            cleanup: vec![
+                format!("SELECT pg_advisory_unlock({COMMIT_HOLD_KEY})"),
+                format!("DROP TRIGGER soma_test_hold_commit ON {table}"),
+            ],
+        })
+    }
+}
+
+/// An admin session holding a lock that a service's statement (or commit)
+/// waits on, to lose that service's connection while the statement is in
+/// flight: what a failover does to the queries running at that moment.
+pub struct Interruption {
+    admin: PgConnection,
+    database: String,
+    /// Run by [`Interruption::release`], in order.
+    cleanup: Vec<String>,
+}
+
+impl Interruption {
+    /// Waits until a backend of the test database other than this session
+    /// waits for a lock (the service's statement is in flight), then
+    /// terminates every backend of the database but this session, and
+    /// returns how many it terminated. The lock is still held: the service's
+    /// next attempt waits again until [`Interruption::release`].
+    ///
+    /// # Panics
+    /// When no statement comes to wait within a minute, or a query fails.
+    pub async fn kill_when_waiting(&mut self) -> u64 {
+        let waited = tokio::time::timeout(WAIT_FOR_WAITER, async {
+            loop {
+                // Inside the lock's transaction, the activity statistics
+                // are a snapshot taken once: drop it, to see the present.
+                run(&mut self.admin, "SELECT pg_stat_clear_snapshot()").await;
+                let waiting: i64 = match sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+                )
+                .bind(&self.database)
+                .fetch_one(&mut self.admin)
+                .await
+                {
+                    Ok(n) => n,
+                    Err(error) => panic!("pg_stat_activity: {}", chain(&error)),
+                };
+                if waiting > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            panic!("no statement of the service came to wait on the held lock");
+        }
+        terminate(&mut self.admin, &self.database).await
+    }
+
+    /// Releases the lock (and drops what [`TestDb::interrupt_commit`]
+    /// created), then ends the admin session.
+    ///
+    /// # Panics
+    /// When a cleanup statement fails.
+    pub async fn release(mut self) {
+        for sql in std::mem::take(&mut self.cleanup) {
+            run(&mut self.admin, &sql).await;
+        }
+        let _ = self.admin.close().await;
+    }
+}
+
+impl fmt::Debug for Interruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interruption")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `SELECT pg_terminate_backend(pid)` for every backend of `database` but
+/// the caller's own; how many were terminated.
+async fn terminate(admin: &mut PgConnection, database: &str) -> u64 {
+    match sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .execute(&mut *admin)
+    .await
+    {
+        Ok(done) => done.rows_affected(),
+        Err(error) => panic!("cannot terminate the backends of {database}: {}", chain(&error)),
+    }
+}
+
+/// An admin session on the test database itself.
+async fn test_database_connection(pg: &PostgresTestDatabase) -> PgConnection {
+    let url = crate::with_database(&pg.admin_url, &pg.database)
+        .unwrap_or_else(|e| panic!("DATABASE_URL is not a PostgreSQL URL: {e}"));
+    admin_connection(&url).await
+}
+
+async fn run(conn: &mut PgConnection, sql: &str) {
+    if let Err(error) = conn.execute(sql).await {
+        panic!("{sql}: {}", chain(&error));
+    }
+}
+
+/// A table name is spliced into DDL: only `[a-z0-9_]` is accepted.
+fn check_identifier(table: &str) {
+    assert!(
+        !table.is_empty()
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "not a plain table name: {table:?}"
+    );
+}
+
 impl fmt::Debug for TestDb {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TestDb")

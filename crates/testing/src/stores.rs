@@ -28,6 +28,20 @@ impl Stores {
             .unwrap_or_else(|| panic!("{kind}: no database asked of engine_stores for it"))
     }
 
+    /// The test database of `kind` on this engine, to terminate its
+    /// backends or interrupt a statement in flight
+    /// ([`TestDb::terminate_backends`], [`TestDb::interrupt_statement`]).
+    ///
+    /// # Panics
+    /// When `kind` was not among the kinds asked of [`engine_stores`].
+    pub fn test_db(&self, kind: ServiceKind) -> &TestDb {
+        self.dbs
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, db)| db)
+            .unwrap_or_else(|| panic!("{kind}: no database asked of engine_stores for it"))
+    }
+
     /// Drops this engine's PostgreSQL databases and removes the data
     /// directories.
     pub async fn cleanup(self) {

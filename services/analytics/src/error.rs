@@ -86,7 +86,17 @@ pub enum AnalyticsError {
     /// writer's lease. Nothing was written.
     #[error("this Analytics instance is a standby: another instance holds the ledger writer's lease")]
     Standby,
-    /// A database error.
+    /// The ledger writer's commit failed because its database connection
+    /// was lost (a failover, a restart, a terminated backend): the writer
+    /// gives its lease up and asks for it again on a new session. Whether
+    /// the batch committed is unknown; appends are idempotent by event id,
+    /// so it is sent again ([`crate::ledger::Ledger::append`]).
+    #[error("the ledger writer lost its database connection")]
+    WriterConnectionLost,
+    /// A database error. One that means the connection was lost (see
+    /// [`soma_store::is_connection_lost`]) is answered `UNAVAILABLE`
+    /// `database_unavailable`: it was retried where that is safe, and the
+    /// bound ran out.
     #[error("database")]
     Database(#[from] sqlx::Error),
     /// A Merkle ledger error.
@@ -144,9 +154,21 @@ impl AnalyticsError {
             Self::IllegalTransition { .. } => "illegal_transition",
             Self::StaleRegression { .. } => "stale_version",
             Self::Unauthenticated => "unauthenticated",
+            Self::Database(e) if soma_store::is_connection_lost(e) => "database_unavailable",
+            Self::WriterConnectionLost => "database_unavailable",
             Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) | Self::ExportSpill(_) => {
                 "internal"
             }
+        }
+    }
+}
+
+impl soma_store::ConnectionLost for AnalyticsError {
+    fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Database(e) => soma_store::is_connection_lost(e),
+            Self::WriterConnectionLost => true,
+            _ => false,
         }
     }
 }
@@ -166,10 +188,13 @@ impl From<AnalyticsError> for tonic::Status {
             | AnalyticsError::RowIntegrityAt { .. }
             | AnalyticsError::LedgerRowMissing { .. }
             | AnalyticsError::LedgerLeafMismatch { .. } => Code::DataLoss,
-            AnalyticsError::WriterStopped | AnalyticsError::Standby => Code::Unavailable,
+            AnalyticsError::WriterStopped
+            | AnalyticsError::Standby
+            | AnalyticsError::WriterConnectionLost => Code::Unavailable,
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,
             AnalyticsError::Unauthenticated => Code::Unauthenticated,
+            AnalyticsError::Database(e) if soma_store::is_connection_lost(e) => Code::Unavailable,
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
@@ -180,6 +205,10 @@ impl From<AnalyticsError> for tonic::Status {
             // Internal causes are logged here, once; the caller gets a safe message.
             tracing::error!(error = ?err, "analytics internal error");
             "internal error".to_owned()
+        } else if matches!(&err, AnalyticsError::Database(_)) {
+            // A lost connection that outlived the retry, where one is safe.
+            tracing::warn!(reason = err.reason(), error = ?err, "database unavailable");
+            "the database is unavailable; the request may be sent again".to_owned()
         } else {
             tracing::warn!(reason = err.reason(), "{err}");
             err.to_string()

@@ -16,7 +16,7 @@ use std::sync::RwLock;
 
 use soma_ledger::{CompactTree, Hash};
 use soma_sign::HmacKeyring;
-use soma_store::{Database, on_pool};
+use soma_store::{Database, on_pool, retry_on_pool};
 
 use crate::convert::to_u64;
 use crate::error::AnalyticsError;
@@ -46,7 +46,8 @@ pub(crate) enum Health {
 /// separate reads would look like a rolled-back head.
 pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
     let postgres = db.as_postgres().is_some();
-    let (head_size, head_root, leaves, checkpoints) = on_pool!(db, pool => {
+    // A read: retried on a new connection when the connection is lost.
+    let (head_size, head_root, leaves, checkpoints) = retry_on_pool!(db, "ledger_verify", AnalyticsError, pool => {
         let mut tx = pool.begin().await?;
         if postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -74,7 +75,7 @@ pub(crate) async fn verify(db: &Database) -> Result<Health, AnalyticsError> {
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         (head_size, head_root, leaves, checkpoints)
-    });
+    })?;
 
     let corrupt = |i: u64, reason: &str| {
         Ok(Health::Corrupt {
@@ -231,12 +232,17 @@ async fn leaves_where(db: &Database, filter: &str) -> Result<BTreeMap<i64, LeafR
         "SELECT {} FROM ledger_leaves WHERE {filter} ORDER BY leaf_index",
         LeafRow::COLUMNS
     );
-    on_pool!(db, pool => sqlx::query(&sql)
+    soma_store::retry!(
+        db,
+        "leaves_where",
+        AnalyticsError,
+        on_pool!(db, pool => sqlx::query(&sql)
         .fetch_all(pool)
         .await?
         .iter()
         .map(|r| LeafRow::read(r).map(|leaf| (leaf.index, leaf)))
         .collect())
+    )
 }
 
 /// The sweep's state: the leaves, and which of them rows claimed.

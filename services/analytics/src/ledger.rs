@@ -49,7 +49,7 @@ pub(crate) use known::{Gap, Known, Owner, Seen};
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash};
 use soma_mesh::Serving;
 use soma_sign::HmacKeyring;
-use soma_store::{Database, on_pool};
+use soma_store::{ConnectionLost as _, Database, on_pool, retry_on_pool};
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 use tokio::sync::{RwLock, mpsc, oneshot, watch};
@@ -199,13 +199,13 @@ impl Ledger {
             load_leaves(&db, &keys, &known, 0).await?;
         }
         let last_checkpoint = Arc::new(LastCheckpoint::default());
-        let stored = on_pool!(db, pool => sqlx::query(
+        let stored = retry_on_pool!(db, "last_checkpoint", AnalyticsError, pool => sqlx::query(
             "SELECT tree_size, created_at FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1",
         )
         .fetch_optional(pool)
         .await?
         .map(|r| -> Result<(i64, i64), AnalyticsError> { Ok((r.int("tree_size")?, r.int("created_at")?)) })
-        .transpose()?);
+        .transpose()?)?;
         if let Some((size, at)) = stored {
             last_checkpoint.set(to_u64(size)?, at);
         }
@@ -310,7 +310,55 @@ impl Ledger {
     /// Appends one row of any ledgered kind; returns once committed.
     /// Refused with [`AnalyticsError::Standby`] while another instance
     /// holds the lease.
-    pub(crate) async fn append(&self, entry: impl Entry + 'static) -> Result<Appended, AnalyticsError> {
+    ///
+    /// An append whose commit failed because the connection was lost (the
+    /// writer's session died: a failover, a restart, a terminated backend)
+    /// is sent again once the writer has the lease back on a new session,
+    /// within [`soma_store::RetryPolicy::DEFAULT`]'s bound. Safe whatever
+    /// the lost commit did: appends are idempotent by event id — the writer
+    /// answers an event id already stored, with the same content, with its
+    /// stored index and writes nothing. When the lease is not back within
+    /// the bound (another instance took it over), the append is refused as
+    /// a standby's, which callers send to the instance that writes. The
+    /// writer itself is unchanged: it stops committing when its session
+    /// dies and asks for the lease again.
+    pub(crate) async fn append(
+        &self,
+        entry: impl Entry + Clone + 'static,
+    ) -> Result<Appended, AnalyticsError> {
+        let policy = soma_store::RetryPolicy::DEFAULT;
+        let started = std::time::Instant::now();
+        let mut attempts = 1;
+        loop {
+            let error = match self.append_once(entry.clone()).await {
+                Err(error) if error.is_connection_lost() => error,
+                outcome => return outcome,
+            };
+            let left = policy.window.saturating_sub(started.elapsed());
+            if attempts >= policy.max_attempts || left.is_zero() {
+                tracing::warn!(attempts, %error, "ledger append lost its connection; giving up");
+                return Err(error);
+            }
+            tracing::warn!(attempt = attempts, %error, "ledger append lost its connection; sending it again once the writer writes");
+            if !self.writing_within(left).await {
+                return Err(AnalyticsError::Standby);
+            }
+            attempts += 1;
+        }
+    }
+
+    /// Waits up to `within` for the writer to hold the lease (at once on
+    /// SQLite); whether it does.
+    async fn writing_within(&self, within: std::time::Duration) -> bool {
+        let Some(mut standing) = self.standing.clone() else {
+            return true;
+        };
+        let serving = tokio::time::timeout(within, standing.wait_for(|s| s.is_serving())).await;
+        matches!(serving, Ok(Ok(_)))
+    }
+
+    /// One append: see [`Ledger::append`].
+    async fn append_once(&self, entry: impl Entry + 'static) -> Result<Appended, AnalyticsError> {
         self.sound().await?;
         if !self.writes() {
             return Err(AnalyticsError::Standby);
@@ -330,13 +378,13 @@ impl Ledger {
 
     /// The latest checkpoint; a freshly signed empty one before any append.
     pub(crate) async fn latest_checkpoint(&self) -> Result<StoredCheckpoint, AnalyticsError> {
-        let row = on_pool!(self.db, pool => sqlx::query(
+        let row = retry_on_pool!(self.db, "latest_checkpoint", AnalyticsError, pool => sqlx::query(
             "SELECT tree_size, root, note, key_id FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1",
         )
         .fetch_optional(pool)
         .await?
         .map(|r| StoredCheckpoint::read(&r))
-        .transpose()?);
+        .transpose()?)?;
         match row {
             Some(cp) => Ok(cp),
             None => {
@@ -354,14 +402,14 @@ impl Ledger {
     /// The checkpoint stored for exactly `tree_size`.
     pub(crate) async fn checkpoint_at(&self, tree_size: u64) -> Result<StoredCheckpoint, AnalyticsError> {
         let size = to_i64(tree_size)?;
-        on_pool!(self.db, pool => sqlx::query(
+        retry_on_pool!(self.db, "checkpoint_at", AnalyticsError, pool => sqlx::query(
             "SELECT tree_size, root, note, key_id FROM ledger_checkpoints WHERE tree_size = $1",
         )
         .bind(size)
         .fetch_optional(pool)
         .await?
         .map(|r| StoredCheckpoint::read(&r))
-        .transpose()?)
+        .transpose()?)?
         .ok_or_else(|| AnalyticsError::NotFound(format!("no checkpoint at tree size {tree_size}")))
     }
 
@@ -395,7 +443,11 @@ impl Ledger {
             "SELECT {} FROM ledger_leaves WHERE event_id = $1 AND {tenant_is} ORDER BY leaf_index LIMIT 16",
             LeafRow::COLUMNS
         );
-        on_pool!(self.db, pool => sqlx::query(&sql)
+        soma_store::retry!(
+            self.db,
+            "leaves_of",
+            AnalyticsError,
+            on_pool!(self.db, pool => sqlx::query(&sql)
             .bind(event_id)
             .bind(tenant.unwrap_or(""))
             .fetch_all(pool)
@@ -403,6 +455,7 @@ impl Ledger {
             .iter()
             .map(LeafRow::read)
             .collect())
+        )
     }
 
     /// The latest checkpoint this process signed or found at start-up.
@@ -479,14 +532,17 @@ async fn leaf_rows_from(db: &Database, from: u64) -> Result<Vec<LeafRow>, Analyt
         "SELECT {} FROM ledger_leaves WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2",
         LeafRow::COLUMNS
     );
-    let rows: Vec<LeafRow> = on_pool!(db, pool => sqlx::query(&sql)
+    // A read on the pool (the writer's take-over loads leaves through it
+    // too, outside its lease session): retried on a new connection when
+    // the connection is lost.
+    let rows: Vec<LeafRow> = retry_on_pool!(db, "leaf_rows", AnalyticsError, pool => sqlx::query(&sql)
         .bind(to_i64(from)?)
         .bind(LOAD_PAGE)
         .fetch_all(pool)
         .await?
         .iter()
         .map(LeafRow::read)
-        .collect::<Result<Vec<_>, _>>()?);
+        .collect::<Result<Vec<_>, _>>()?)?;
     for (offset, row) in rows.iter().enumerate() {
         let expected = from + offset as u64;
         if u64::try_from(row.index).ok() != Some(expected) {
@@ -820,13 +876,13 @@ impl Committer {
                 };
             }
         }
-        let latest = on_pool!(self.db, pool => sqlx::query(
+        let latest = retry_on_pool!(self.db, "last_checkpoint", AnalyticsError, pool => sqlx::query(
             "SELECT tree_size, created_at FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT 1",
         )
         .fetch_optional(pool)
         .await?
         .map(|r| -> Result<(i64, i64), AnalyticsError> { Ok((r.int("tree_size")?, r.int("created_at")?)) })
-        .transpose()?);
+        .transpose()?)?;
         if let Some((tree_size, at)) = latest {
             self.last_checkpoint.set(to_u64(tree_size)?, at);
         }
@@ -1198,6 +1254,9 @@ impl Committer {
                     };
                 }
                 let standby = matches!(e, AnalyticsError::Standby);
+                // Told apart for the callers, which send an append whose
+                // writer lost its session again (see `Ledger::append`).
+                let lost = e.is_connection_lost();
                 for append in batch {
                     let err = if is_integrity {
                         AnalyticsError::LedgerCorrupt {
@@ -1207,6 +1266,8 @@ impl Committer {
                     } else if standby {
                         // Refused before anything was sent: nothing written.
                         AnalyticsError::Standby
+                    } else if lost {
+                        AnalyticsError::WriterConnectionLost
                     } else {
                         AnalyticsError::WriterStopped
                     };

@@ -168,7 +168,10 @@ fn checkpoint_proto(origin: &str, cp: StoredCheckpoint) -> pb::Checkpoint {
 }
 
 impl AnalyticsService {
-    async fn record<T: crate::tables::Ledgered>(&self, row: T) -> Result<pb::RecordResponse, AnalyticsError> {
+    async fn record<T: crate::tables::Ledgered + Clone>(
+        &self,
+        row: T,
+    ) -> Result<pb::RecordResponse, AnalyticsError> {
         let event_id = row.event_id().to_owned();
         let appended = self.ledger.append(row).await?;
         Ok(record_response(event_id, appended))

@@ -49,7 +49,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use soma_mesh::{OutboxMetrics, Serving};
 use soma_sign::HmacKeyring;
-use soma_store::{Database, on_pool};
+use soma_store::{Database, retry_on_pool};
 use tokio::sync::watch;
 
 use crate::config::WebhookConfig;
@@ -169,7 +169,7 @@ impl Deliverer {
         // `fetch_all` of the one row: on SQLite the statement runs to its
         // end and is reset at once, leaving no read snapshot open on the
         // pooled connection for the next writer to trip over.
-        let (pending, oldest, next) = on_pool!(self.db, pool => {
+        let (pending, oldest, next) = retry_on_pool!(self.db, "webhook_backlog", AnalyticsError, pool => {
             let rows = sqlx::query(
                 "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest, MIN(next_attempt_at) AS next \
                  FROM webhook_outbox WHERE delivered_at IS NULL",
@@ -178,7 +178,7 @@ impl Deliverer {
             .await?;
             let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
             (row.int("pending")?, row.opt_int("oldest")?, row.opt_int("next")?)
-        });
+        })?;
         self.metrics.backlog(pending, oldest);
         if full {
             return Ok(Duration::ZERO);
@@ -198,7 +198,12 @@ impl Deliverer {
         // Claim: move the schedule past this attempt's timeout, only if no
         // one else moved it since it was read.
         let lease = now_nanos().saturating_add(nanos(self.config.timeout) + nanos(Duration::from_secs(5)));
-        let claimed = on_pool!(self.db, pool => sqlx::query(
+        // Each update below is retried on a new connection when the
+        // connection is lost: the claim is a compare-and-set on the
+        // schedule (a rerun after a commit that did happen matches no row,
+        // and the row comes due again after the claim's lease), and the
+        // outcomes set absolute values.
+        let claimed = retry_on_pool!(self.db, "webhook_claim", AnalyticsError, pool => sqlx::query(
             "UPDATE webhook_outbox SET next_attempt_at = $1 \
              WHERE delivery_id = $2 AND delivered_at IS NULL AND next_attempt_at = $3",
         )
@@ -207,7 +212,7 @@ impl Deliverer {
         .bind(pending.delivery.next_attempt_at)
         .execute(pool)
         .await?
-        .rows_affected());
+        .rows_affected())?;
         if claimed != 1 {
             return Ok(());
         }
@@ -223,7 +228,7 @@ impl Deliverer {
         match outcome {
             Ok(()) => {
                 tracing::info!(delivery_id = %id, url = %pending.delivery.url, attempts, "webhook delivered");
-                on_pool!(self.db, pool => sqlx::query(
+                retry_on_pool!(self.db, "webhook_delivered", AnalyticsError, pool => sqlx::query(
                     "UPDATE webhook_outbox SET attempts = $1, last_attempt_at = $2, last_error = NULL, \
                      delivered_at = $2 WHERE delivery_id = $3",
                 )
@@ -232,7 +237,7 @@ impl Deliverer {
                 .bind(&id)
                 .execute(pool)
                 .await?
-                .rows_affected());
+                .rows_affected())?;
                 // Counted once it has left the outbox: a row whose update
                 // failed is sent again, and counted then.
                 self.metrics.delivered(1);
@@ -247,7 +252,7 @@ impl Deliverer {
                     error = %error,
                     "webhook delivery failed; will retry"
                 );
-                on_pool!(self.db, pool => sqlx::query(
+                retry_on_pool!(self.db, "webhook_failed", AnalyticsError, pool => sqlx::query(
                     "UPDATE webhook_outbox SET attempts = $1, last_attempt_at = $2, last_error = $3, \
                      next_attempt_at = $4 WHERE delivery_id = $5",
                 )
@@ -258,7 +263,7 @@ impl Deliverer {
                 .bind(&id)
                 .execute(pool)
                 .await?
-                .rows_affected());
+                .rows_affected())?;
             }
         }
         Ok(())

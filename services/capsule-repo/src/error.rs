@@ -86,7 +86,10 @@ pub enum RepoError {
     /// The ToolRegistry could not be asked.
     #[error("tool registry: {0}")]
     Registry(String),
-    /// A database error.
+    /// A database error. One that means the connection was lost (see
+    /// [`soma_store::is_connection_lost`]) is answered `UNAVAILABLE`
+    /// `database_unavailable`: it was retried where that is safe, and the
+    /// bound ran out.
     #[error("database")]
     Database(#[from] sqlx::Error),
     /// A signing or MAC error.
@@ -136,6 +139,7 @@ impl RepoError {
             Self::OperatorRequired(_) => "operator_required",
             Self::Unauthenticated => "unauthenticated",
             Self::Registry(_) => "registry_unavailable",
+            Self::Database(e) if soma_store::is_connection_lost(e) => "database_unavailable",
             Self::Database(_) | Self::Sign(_) | Self::Config(_) => "internal",
         }
     }
@@ -154,8 +158,15 @@ impl RepoError {
             Self::RowIntegrity { .. } => Code::DataLoss,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Registry(_) => Code::Unavailable,
+            Self::Database(e) if soma_store::is_connection_lost(e) => Code::Unavailable,
             Self::Database(_) | Self::Sign(_) | Self::Config(_) => Code::Internal,
         }
+    }
+}
+
+impl soma_store::ConnectionLost for RepoError {
+    fn is_connection_lost(&self) -> bool {
+        matches!(self, Self::Database(e) if soma_store::is_connection_lost(e))
     }
 }
 
@@ -166,6 +177,9 @@ impl From<RepoError> for tonic::Status {
             // Internal causes are logged here, once; the caller gets a safe message.
             tracing::error!(error = ?err, "capsule repository internal error");
             "internal error".to_owned()
+        } else if err.reason() == "database_unavailable" {
+            tracing::warn!(reason = err.reason(), error = ?err, "database unavailable");
+            "the database is unavailable; the request may be sent again".to_owned()
         } else {
             tracing::warn!(reason = err.reason(), "{err}");
             err.to_string()

@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 use soma_sign::hex::encode as hex;
-use soma_store::{Database, on_pool};
+use soma_store::{Database, on_pool, retry, retry_on_pool};
 use sqlx::Row as _;
 
 use crate::error::RepoError;
@@ -487,12 +487,21 @@ macro_rules! insert_outbox {
 /// `$audit` into the outbox in the same transaction and commits; evaluates
 /// to whether the row was written. Nothing is committed when the write
 /// changed no row.
+///
+/// Retried on a new connection when the connection is lost: a loss before
+/// `COMMIT` rolled the transaction back on the server, and every `$write`
+/// is conditional (`ON CONFLICT DO NOTHING`, a compare-and-set on the
+/// row's MAC, `status = 'pending'`), so a rerun after a `COMMIT` that did
+/// happen changes no row and writes nothing twice. It then evaluates to
+/// `false`, and the caller looks its rows up before answering: stored
+/// exactly as this request made them (their MACs cover timestamps and
+/// actors), they are its own write.
 macro_rules! write_with_audit {
-    ($db:expr, $audit:expr, $write:expr) => {
-        write_with_audit!($db, $audit, $write, |tx| {})
+    ($db:expr, $operation:expr, $audit:expr, $write:expr) => {
+        write_with_audit!($db, $operation, $audit, $write, |tx| {})
     };
-    ($db:expr, $audit:expr, $write:expr, |$tx:ident| $then:block) => {
-        on_pool!($db, pool => {
+    ($db:expr, $operation:expr, $audit:expr, $write:expr, |$tx:ident| $then:block) => {
+        retry_on_pool!($db, $operation, RepoError, pool => {
             let mut $tx = pool.begin().await?;
             let written = $write.execute(&mut *$tx).await?.rows_affected() == 1;
             if written {
@@ -503,7 +512,7 @@ macro_rules! write_with_audit {
                 $tx.commit().await?;
             }
             written
-        })
+        })?
     };
 }
 
@@ -525,7 +534,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub(crate) async fn threshold(&self, publisher: &str) -> Result<Option<ThresholdRow>, RepoError> {
         let sql = format!("SELECT {THRESHOLD_COLUMNS} FROM publisher_thresholds WHERE publisher = $1");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "threshold", RepoError, pool => {
             sqlx::query(&sql)
                 .bind(publisher)
                 // All rows (at most one), so that the statement ends
@@ -536,23 +545,29 @@ impl Store {
                 .first()
                 .map(threshold_of!())
                 .transpose()?
-        }))
+        })
     }
 
     #[tracing::instrument(skip_all)]
     pub(crate) async fn thresholds(&self) -> Result<Vec<ThresholdRow>, RepoError> {
         let sql = format!("SELECT {THRESHOLD_COLUMNS} FROM publisher_thresholds ORDER BY publisher");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "thresholds", RepoError, pool => {
             sqlx::query(&sql)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(threshold_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// Sets a publisher's threshold, with its audit event.
+    ///
+    /// Retried on a new connection when the connection is lost. The upsert
+    /// is not conditional (run again it would write a second audit event),
+    /// so each rerun first looks the threshold up: stored exactly as this
+    /// request made it (its MAC covers `set_at` and `set_by`), the earlier
+    /// attempt committed and nothing is written again.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn set_threshold(&self, row: &ThresholdRow, audit: &NewOutbox) -> Result<(), RepoError> {
         let sql = format!(
@@ -560,18 +575,29 @@ impl Store {
              ON CONFLICT (publisher) DO UPDATE SET threshold = excluded.threshold, set_by = excluded.set_by, \
              set_at = excluded.set_at, mac_key_id = excluded.mac_key_id, mac = excluded.mac"
         );
-        write_with_audit!(
-            self.db,
-            Some(audit),
-            sqlx::query(&sql)
-                .bind(&row.publisher)
-                .bind(row.threshold)
-                .bind(&row.set_by)
-                .bind(row.set_at)
-                .bind(&row.mac_key_id)
-                .bind(&row.mac)
-        );
-        Ok(())
+        let mut rerun = false;
+        retry!(self.db, "set_threshold", RepoError, {
+            if std::mem::replace(&mut rerun, true)
+                && self.threshold(&row.publisher).await?.as_ref() == Some(row)
+            {
+                return Ok(());
+            }
+            on_pool!(self.db, pool => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(&sql)
+                    .bind(&row.publisher)
+                    .bind(row.threshold)
+                    .bind(&row.set_by)
+                    .bind(row.set_at)
+                    .bind(&row.mac_key_id)
+                    .bind(&row.mac)
+                    .execute(&mut *tx)
+                    .await?;
+                insert_outbox!(tx, audit);
+                tx.commit().await?;
+            });
+            Ok(())
+        })
     }
 
     // ---- submissions ----
@@ -585,7 +611,7 @@ impl Store {
     ) -> Result<Option<SubmissionRow>, RepoError> {
         let filter = if tenant.is_some() { "AND tenant = $2" } else { "" };
         let sql = format!("SELECT {SUBMISSION_COLUMNS} FROM submissions WHERE submission_id = $1 {filter}");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "submission", RepoError, pool => {
             let mut query = sqlx::query(&sql).bind(id);
             if let Some(tenant) = tenant {
                 query = query.bind(tenant);
@@ -599,7 +625,7 @@ impl Store {
                 .first()
                 .map(submission_of!())
                 .transpose()?
-        }))
+        })
     }
 
     /// Submissions matching `filter`, oldest first, after the position
@@ -647,14 +673,14 @@ impl Store {
             "SELECT {SUBMISSION_COLUMNS} FROM submissions {filter} ORDER BY submitted_at, submission_id LIMIT ${}",
             binds.len()
         );
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "submissions", RepoError, pool => {
             bind_all!(sqlx::query(&sql), &binds)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(submission_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// Inserts a submission and its audit event; `false` if the tenant
@@ -669,8 +695,9 @@ impl Store {
             "INSERT INTO submissions ({SUBMISSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
              $11, $12, $13, $14, $15, $16, $17) ON CONFLICT DO NOTHING"
         );
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "insert_submission",
             Some(audit),
             sqlx::query(&sql)
                 .bind(&row.submission_id)
@@ -690,7 +717,8 @@ impl Store {
                 .bind(row.updated_at)
                 .bind(&row.mac_key_id)
                 .bind(&row.mac)
-        ))
+        );
+        Ok(written || self.submission(&row.submission_id, None).await?.as_ref() == Some(row))
     }
 
     /// Every review history row of `submission_id`, in sequence order.
@@ -698,7 +726,7 @@ impl Store {
     pub(crate) async fn history(&self, submission_id: &str) -> Result<Vec<ReviewRow>, RepoError> {
         let sql =
             format!("SELECT {REVIEW_COLUMNS} FROM review_history WHERE submission_id = $1 ORDER BY sequence");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "history", RepoError, pool => {
             sqlx::query(&sql)
                 .bind(submission_id)
                 .fetch_all(pool)
@@ -706,7 +734,7 @@ impl Store {
                 .iter()
                 .map(review_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// Records a review: the submission moves to `updated` only if it still
@@ -724,8 +752,9 @@ impl Store {
         let insert = format!(
             "INSERT INTO review_history ({REVIEW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         );
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "review",
             Some(audit),
             sqlx::query(
                 "UPDATE submissions SET state = $1, review_seq = $2, updated_at = $3, mac_key_id = $4, mac = $5 \
@@ -755,7 +784,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-        ))
+        );
+        Ok(written
+            || (self.submission(&updated.submission_id, None).await?.as_ref() == Some(updated)
+                && self.history(&updated.submission_id).await?.contains(review)))
     }
 
     /// Every submission's id, for the store sweep.
@@ -763,14 +795,14 @@ impl Store {
     pub(crate) async fn all_submissions(&self) -> Result<Vec<SubmissionRow>, RepoError> {
         let sql =
             format!("SELECT {SUBMISSION_COLUMNS} FROM submissions ORDER BY submitted_at, submission_id");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "all_submissions", RepoError, pool => {
             sqlx::query(&sql)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(submission_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// History rows whose submission does not exist (or was deleted).
@@ -780,14 +812,14 @@ impl Store {
             "SELECT {REVIEW_COLUMNS} FROM review_history WHERE submission_id NOT IN \
              (SELECT submission_id FROM submissions) ORDER BY submission_id, sequence"
         );
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "orphan_history", RepoError, pool => {
             sqlx::query(&sql)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(review_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     // ---- installations ----
@@ -840,14 +872,14 @@ impl Store {
             "SELECT {INSTALLATION_COLUMNS} FROM installations {filter} ORDER BY created_at, installation_id LIMIT ${}",
             binds.len()
         );
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "installations", RepoError, pool => {
             bind_all!(sqlx::query(&sql), &binds)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(installation_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// What a run of `capsule` for `tenant` in `environment` reads, in one
@@ -883,7 +915,7 @@ impl Store {
         });
         const REVISION_AT: usize = 11;
         const SUBMISSION_AT: usize = REVISION_AT + 12;
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "active_run", RepoError, pool => {
             let rows = sqlx::query(SQL.as_str())
                 .bind(tenant)
                 .bind(environment)
@@ -917,7 +949,7 @@ impl Store {
                     })
                 }
             }
-        }))
+        })
     }
 
     /// The revisions of `installation_id` up to `up_to`, oldest first.
@@ -934,7 +966,7 @@ impl Store {
             "SELECT {REVISION_COLUMNS} FROM installation_revisions WHERE installation_id = $1 AND revision <= $2 \
              ORDER BY revision"
         );
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "revisions", RepoError, pool => {
             sqlx::query(&sql)
                 .bind(installation_id)
                 .bind(up_to)
@@ -943,7 +975,7 @@ impl Store {
                 .iter()
                 .map(revision_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// Inserts a new installation with its first (pending) revision;
@@ -961,8 +993,9 @@ impl Store {
         );
         let insert_revision = insert_revision_sql();
         let no_audit: Option<&NewOutbox> = None;
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "create_installation",
             no_audit,
             sqlx::query(&sql)
                 .bind(&installation.installation_id)
@@ -981,7 +1014,8 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-        ))
+        );
+        Ok(written || (self.installation_is(installation).await? && self.revision_is(revision).await?))
     }
 
     /// Moves an installation to `updated` (its next revision) only if it
@@ -997,8 +1031,9 @@ impl Store {
     ) -> Result<bool, RepoError> {
         let insert_revision = insert_revision_sql();
         let no_audit: Option<&NewOutbox> = None;
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "advance_installation",
             no_audit,
             update_installation!(updated, old_mac),
             |tx| {
@@ -1006,7 +1041,27 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-        ))
+        );
+        Ok(written || (self.installation_is(updated).await? && self.revision_is(revision).await?))
+    }
+
+    /// Whether `row` is stored exactly as given (every column and the MAC,
+    /// which covers its timestamps): then it is this request's write,
+    /// committed before its connection was lost and found by the rerun.
+    async fn installation_is(&self, row: &InstallationRow) -> Result<bool, RepoError> {
+        let filter = InstallationFilter {
+            installation_id: Some(&row.installation_id),
+            ..InstallationFilter::default()
+        };
+        Ok(self.installations(&filter, None, 1).await?.first() == Some(row))
+    }
+
+    /// [`Store::installation_is`] for a revision row.
+    async fn revision_is(&self, row: &RevisionRow) -> Result<bool, RepoError> {
+        Ok(self
+            .revisions(&row.installation_id, row.revision)
+            .await?
+            .contains(row))
     }
 
     /// Settles a pending revision (`settled`: INSTALLED or FAILED) with its
@@ -1034,8 +1089,8 @@ impl Store {
                     .bind(settled.revision)
             };
         }
-        Ok(match activated {
-            Some((updated, old_mac)) => on_pool!(self.db, pool => {
+        let written = match activated {
+            Some((updated, old_mac)) => retry_on_pool!(self.db, "settle_revision", RepoError, pool => {
                 let mut tx = pool.begin().await?;
                 let moved = update_installation!(updated, old_mac).execute(&mut *tx).await?.rows_affected() == 1;
                 let done = moved && settle_query!().execute(&mut *tx).await?.rows_affected() == 1;
@@ -1044,9 +1099,19 @@ impl Store {
                     tx.commit().await?;
                 }
                 done
-            }),
-            None => write_with_audit!(self.db, Some(audit), settle_query!()),
-        })
+            })?,
+            None => write_with_audit!(self.db, "settle_revision", Some(audit), settle_query!()),
+        };
+        if written {
+            return Ok(true);
+        }
+        // A rerun after a commit that did happen changes no row: the rows
+        // stored exactly as this request made them are its own write.
+        let activated_stored = match activated {
+            Some((updated, _)) => self.installation_is(updated).await?,
+            None => true,
+        };
+        Ok(activated_stored && self.revision_is(settled).await?)
     }
 
     /// Every installation, for the store sweep.
@@ -1062,14 +1127,14 @@ impl Store {
         let sql = format!(
             "SELECT {REVISION_COLUMNS} FROM installation_revisions ORDER BY installation_id, revision"
         );
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "all_revisions", RepoError, pool => {
             sqlx::query(&sql)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(revision_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     // ---- outbox ----
@@ -1077,7 +1142,7 @@ impl Store {
     /// Up to `limit` events due at `now`, oldest first.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn due(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, RepoError> {
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "outbox_due", RepoError, pool => {
             sqlx::query(
                 "SELECT seq, kind, event_id, payload, created_at, attempts, mac_key_id, mac FROM outbox \
                  WHERE next_attempt_at <= $1 ORDER BY seq LIMIT $2",
@@ -1100,7 +1165,7 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// Every outbox row.
@@ -1109,7 +1174,8 @@ impl Store {
         self.due(i64::MAX, i64::MAX).await
     }
 
-    /// Forgets delivered events.
+    /// Forgets delivered events. Retried on a new connection when the
+    /// connection is lost: deleting by sequence number twice deletes once.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn delivered(&self, seqs: &[i64]) -> Result<(), RepoError> {
         if seqs.is_empty() {
@@ -1117,13 +1183,14 @@ impl Store {
         }
         let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         let sql = format!("DELETE FROM outbox WHERE seq IN ({list})");
-        on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "outbox_delivered", RepoError, pool => {
             sqlx::query(&sql).execute(pool).await?;
-        });
-        Ok(())
+        })
     }
 
-    /// Puts an event off until `next_attempt_at`, noting why.
+    /// Puts an event off until `next_attempt_at`, noting why. Not retried:
+    /// run twice it would count two attempts; a lost connection fails it,
+    /// and the deliverer's next round tries the event again.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn retry_later(
         &self,
@@ -1155,13 +1222,13 @@ impl Store {
     /// every round, so it would be often).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn backlog(&self) -> Result<(i64, Option<i64>), RepoError> {
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "outbox_backlog", RepoError, pool => {
             let rows = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox")
                 .fetch_all(pool)
                 .await?;
             let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
             (row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?)
-        }))
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use soma_auth::{JwtVerifier, TokenClaims};
 use soma_proto::PolicyView;
-use soma_store::{Database, on_pool};
+use soma_store::{Database, retry_on_pool};
 
 use crate::config::Residency;
 use crate::context::{Moderated, RequestContext, RequestId};
@@ -291,23 +291,26 @@ impl Admission {
     ) -> Result<(), sqlx::Error> {
         let now_ms = crate::context::unix_millis();
         let findings = Value::Array(details.to_vec()).to_string();
-        on_pool!(self.db, pool => {
+        // Retried on a new connection when the connection is lost: keyed by
+        // the decision id (128 fresh random bits per decision), so a rerun
+        // after a commit that did happen inserts nothing, and the row under
+        // that id is this decision's.
+        retry_on_pool!(self.db, "audit_moderation_rejection", sqlx::Error, pool => {
             sqlx::query(
                 "INSERT INTO moderation_rejections \
                  (decision_id, method, tenant, subject, request_id, findings, decided_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (decision_id) DO NOTHING",
             )
             .bind(decision_id)
             .bind(method)
             .bind(&context.tenant)
             .bind(&context.subject)
             .bind(context.request_id.as_str())
-            .bind(findings)
+            .bind(&findings)
             .bind(now_ms)
             .execute(pool)
             .await?;
-        });
-        Ok(())
+        })
     }
 
     /// Whether the token proves a second factor used within the MFA window.

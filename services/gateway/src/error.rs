@@ -42,20 +42,60 @@ pub enum GatewayConfigError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayError {
-    /// A database operation failed.
+    /// A database operation failed. One that means the connection was lost
+    /// (see [`soma_store::is_connection_lost`]) was retried where that is
+    /// safe, and the bound ran out.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A storage error of `soma-store`: a kill switch change whose commit
+    /// lost its connection, so that whether it was stored is unknown.
+    #[error("database: {0}")]
+    Store(#[from] soma_store::StoreError),
     /// A stored row holds a value the gateway never writes.
     #[error("corrupt kill switch row: {0}")]
     CorruptRow(String),
 }
 
+impl GatewayError {
+    /// The database is out of reach: its connection was lost (and the
+    /// retry, where one is safe, ran out), or a commit's outcome is unknown.
+    pub fn database_unavailable(&self) -> bool {
+        match self {
+            Self::Database(e) => soma_store::is_connection_lost(e),
+            Self::Store(soma_store::StoreError::CommitOutcomeUnknown { .. }) => true,
+            Self::Store(e) => soma_store::ConnectionLost::is_connection_lost(e),
+            Self::CorruptRow(_) => false,
+        }
+    }
+}
+
+impl soma_store::ConnectionLost for GatewayError {
+    fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Database(e) => soma_store::is_connection_lost(e),
+            Self::Store(e) => e.is_connection_lost(),
+            Self::CorruptRow(_) => false,
+        }
+    }
+}
+
 impl From<GatewayError> for Refusal {
     /// The kill switch store failed a change: the cause is logged here,
-    /// once; the caller gets `UNAVAILABLE` and a safe message.
+    /// once; the caller gets `UNAVAILABLE` and a safe message — with the
+    /// reason `database_unavailable` when the database was out of reach
+    /// (the change may be sent again: setting a switch to the state it has
+    /// is harmless).
     fn from(e: GatewayError) -> Self {
         tracing::error!(error = %e, "kill switch not stored");
-        Self::without_reason(tonic::Code::Unavailable, "the kill switch could not be stored")
+        if e.database_unavailable() {
+            Self::new(
+                tonic::Code::Unavailable,
+                "database_unavailable",
+                "the kill switch could not be stored: the database is unavailable; the change may be sent again",
+            )
+        } else {
+            Self::without_reason(tonic::Code::Unavailable, "the kill switch could not be stored")
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use soma_proto::v1::{KillSwitch, KillSwitchScope};
-use soma_store::{Database, on_pool};
+use soma_store::{Database, retry_on_pool};
 use sqlx::Row as _;
 
 use crate::error::GatewayError;
@@ -87,9 +87,10 @@ impl KillSwitches {
         })
     }
 
-    /// Reads every switch from the database into the snapshot.
+    /// Reads every switch from the database into the snapshot; retried on
+    /// a new connection when the connection is lost.
     pub async fn refresh(&self) -> Result<(), GatewayError> {
-        let rows = on_pool!(self.db, pool => {
+        let rows = retry_on_pool!(self.db, "kill_switches", GatewayError, pool => {
             sqlx::query(
                 "SELECT scope, target, engaged, reason, set_by, set_at_ms, retry_after_seconds \
                  FROM kill_switches ORDER BY scope, target",
@@ -120,7 +121,7 @@ impl KillSwitches {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?
-        });
+        })?;
         let fresh = Arc::new(rows);
         match self.snapshot.write() {
             Ok(mut guard) => *guard = fresh,
@@ -157,12 +158,20 @@ impl KillSwitches {
 
     /// Writes a change and its audit row in one transaction, then refreshes
     /// this replica's snapshot at once. Returns the switch as stored.
+    ///
+    /// A lost connection before `COMMIT` is retried on a new connection
+    /// (the server rolled the transaction back). One lost *during* `COMMIT`
+    /// is not: the audit row has no unique key to look it up by (a request
+    /// id is not enforced unique), so a rerun could write the change's
+    /// audit row twice; the caller is told the database is unavailable
+    /// ([`soma_store::StoreError::CommitOutcomeUnknown`]), never that the
+    /// change was stored.
     pub async fn set(&self, change: Change) -> Result<KillSwitch, GatewayError> {
         let now_ms = crate::context::unix_millis();
         let scope_name = change.scope.as_str_name();
         let engaged = i32::from(change.engaged);
         let retry = i32::try_from(change.retry_after_seconds).unwrap_or(i32::MAX);
-        on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "set_kill_switch", GatewayError, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO kill_switches \
@@ -196,8 +205,8 @@ impl KillSwitches {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-        });
+            soma_store::commit(tx).await?;
+        })?;
         tracing::info!(
             scope = scope_name,
             target = %change.target,

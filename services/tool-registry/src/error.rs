@@ -2,6 +2,7 @@
 //! `tonic::Status`.
 
 use soma_sign::SignError;
+use soma_store::ConnectionLost;
 
 /// What can go wrong in the tool registry.
 ///
@@ -93,7 +94,10 @@ pub enum RegistryError {
     /// Too many executions are running.
     #[error("the sandbox is busy: {0}")]
     Busy(String),
-    /// A database error.
+    /// A database error. One that means the connection was lost (see
+    /// [`soma_store::is_connection_lost`]) is answered `UNAVAILABLE`
+    /// `database_unavailable`: it was retried where that is safe, and the
+    /// bound ran out.
     #[error("database")]
     Database(#[from] sqlx::Error),
     /// A signing or MAC error.
@@ -143,10 +147,17 @@ impl RegistryError {
             Self::OperatorRequired(_) => "operator_required",
             Self::Unauthenticated => "unauthenticated",
             Self::Busy(_) => "sandbox_busy",
+            _ if self.database_unavailable() => "database_unavailable",
             Self::Database(_) | Self::Sign(_) | Self::Sandbox(_) | Self::Config(_) | Self::Task(_) => {
                 "internal"
             }
         }
+    }
+
+    /// The database is out of reach: its connection was lost, and the
+    /// retry, where one is safe, ran out.
+    fn database_unavailable(&self) -> bool {
+        matches!(self, Self::Database(e) if soma_store::is_connection_lost(e))
     }
 
     fn code(&self) -> tonic::Code {
@@ -176,9 +187,19 @@ impl RegistryError {
             },
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Busy(_) => Code::ResourceExhausted,
+            _ if self.database_unavailable() => Code::Unavailable,
             Self::Database(_) | Self::Sign(_) | Self::Sandbox(_) | Self::Config(_) | Self::Task(_) => {
                 Code::Internal
             }
+        }
+    }
+}
+
+impl ConnectionLost for RegistryError {
+    fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Database(e) => e.is_connection_lost(),
+            _ => false,
         }
     }
 }
@@ -190,6 +211,9 @@ impl From<RegistryError> for tonic::Status {
             // Internal causes are logged here, once; the caller gets a safe message.
             tracing::error!(error = ?err, "tool registry internal error");
             "internal error".to_owned()
+        } else if err.database_unavailable() {
+            tracing::warn!(reason = err.reason(), error = ?err, "database unavailable");
+            "the database is unavailable; the request may be sent again".to_owned()
         } else {
             tracing::warn!(reason = err.reason(), "{err}");
             err.to_string()

@@ -6,7 +6,7 @@
 //! callers ([`crate::seal`]) before anything is trusted.
 
 use serde_json::{Value, json};
-use soma_store::{Database, Engine, on_pool};
+use soma_store::{Database, Engine, on_pool, retry, retry_on_pool};
 use sqlx::Row as _;
 
 use crate::error::RegistryError;
@@ -256,9 +256,16 @@ macro_rules! insert_outbox {
 /// exactly one row, inserts `$audit` into the outbox in the same
 /// transaction and commits; evaluates to whether the row was written.
 /// Nothing is committed when the write changed no row.
+///
+/// Retried on a new connection when the connection is lost: a loss before
+/// `COMMIT` rolled the transaction back on the server, and every `$write`
+/// is conditional (`ON CONFLICT DO NOTHING`, `WHERE ... IS NULL`, `WHERE
+/// state = 'active'`), so a rerun after a `COMMIT` that did happen changes
+/// no row and writes no second audit event. It then evaluates to `false`:
+/// the caller looks its row up ([`Store::is_stored`]) before answering.
 macro_rules! write_with_audit {
-    ($db:expr, $audit:expr, $write:expr) => {
-        on_pool!($db, pool => {
+    ($db:expr, $operation:expr, $audit:expr, $write:expr) => {
+        retry_on_pool!($db, $operation, RegistryError, pool => {
             let mut tx = pool.begin().await?;
             let written = $write.execute(&mut *tx).await?.rows_affected() == 1;
             if written {
@@ -266,7 +273,7 @@ macro_rules! write_with_audit {
                 tx.commit().await?;
             }
             written
-        })
+        })?
     };
 }
 
@@ -286,7 +293,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub(crate) async fn publisher_key(&self, key_id: &str) -> Result<Option<PublisherKeyRow>, RegistryError> {
         let sql = format!("SELECT {PUBLISHER_COLUMNS} FROM publisher_keys WHERE key_id = $1");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "publisher_key", RegistryError, pool => {
             sqlx::query(&sql)
                 .bind(key_id)
                 // All rows (at most one), so that the statement ends
@@ -297,20 +304,20 @@ impl Store {
                 .first()
                 .map(publisher_of!())
                 .transpose()?
-        }))
+        })
     }
 
     #[tracing::instrument(skip_all)]
     pub(crate) async fn publisher_keys(&self) -> Result<Vec<PublisherKeyRow>, RegistryError> {
         let sql = format!("SELECT {PUBLISHER_COLUMNS} FROM publisher_keys ORDER BY added_at, key_id");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "publisher_keys", RegistryError, pool => {
             sqlx::query(&sql)
                 .fetch_all(pool)
                 .await?
                 .iter()
                 .map(publisher_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// Inserts a key and its audit event; `false` if the key id exists.
@@ -324,8 +331,9 @@ impl Store {
             "INSERT INTO publisher_keys ({PUBLISHER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (key_id) DO NOTHING"
         );
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "add_publisher_key",
             audit,
             sqlx::query(&sql)
                 .bind(&key.key_id)
@@ -338,7 +346,16 @@ impl Store {
                 .bind(&key.retire_reason)
                 .bind(&key.mac_key_id)
                 .bind(&key.mac)
-        ))
+        );
+        Ok(written || self.is_stored(key).await?)
+    }
+
+    /// Whether `key` is stored exactly as given (every column and the MAC,
+    /// which covers its timestamps and actor): then it was this request's
+    /// write, committed before its connection was lost and found by the
+    /// rerun. Another request's row differs.
+    async fn is_stored(&self, key: &PublisherKeyRow) -> Result<bool, RegistryError> {
+        Ok(self.publisher_key(&key.key_id).await?.as_ref() == Some(key))
     }
 
     /// Retires a key still in service, with its audit event; `false` if it
@@ -349,8 +366,9 @@ impl Store {
         key: &PublisherKeyRow,
         audit: &NewOutbox,
     ) -> Result<bool, RegistryError> {
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "retire_publisher_key",
             audit,
             sqlx::query(
                 "UPDATE publisher_keys SET retired_at = $2, retired_by = $3, retire_reason = $4, \
@@ -362,7 +380,8 @@ impl Store {
             .bind(&key.retire_reason)
             .bind(&key.mac_key_id)
             .bind(&key.mac)
-        ))
+        );
+        Ok(written || self.is_stored(key).await?)
     }
 
     // ---- releases and modules ----
@@ -374,7 +393,7 @@ impl Store {
         version: &str,
     ) -> Result<Option<ReleaseRow>, RegistryError> {
         let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1 AND version = $2");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "release", RegistryError, pool => {
             sqlx::query(&sql)
                 .bind(tool)
                 .bind(version)
@@ -386,7 +405,7 @@ impl Store {
                 .first()
                 .map(release_of!())
                 .transpose()?
-        }))
+        })
     }
 
     /// Every release of `tool`, or every release when `tool` is `None`.
@@ -394,7 +413,7 @@ impl Store {
     pub(crate) async fn releases(&self, tool: Option<&str>) -> Result<Vec<ReleaseRow>, RegistryError> {
         let filter = if tool.is_some() { "WHERE tool = $1" } else { "" };
         let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases {filter} ORDER BY tool, published_at");
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "releases", RegistryError, pool => {
             let mut query = sqlx::query(&sql);
             if let Some(tool) = tool {
                 query = query.bind(tool);
@@ -405,13 +424,13 @@ impl Store {
                 .iter()
                 .map(release_of!())
                 .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
     /// The stored bytes of a module, as stored (the caller re-hashes them).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn module(&self, sha256: &[u8]) -> Result<Option<Vec<u8>>, RegistryError> {
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "module", RegistryError, pool => {
             // All rows (at most one): see `release`.
             match sqlx::query("SELECT bytes FROM modules WHERE sha256 = $1")
                 .bind(sha256)
@@ -422,7 +441,7 @@ impl Store {
                 Some(row) => Some(row.try_get::<Vec<u8>, _>(0)?),
                 None => None,
             }
-        }))
+        })
     }
 
     /// Writes a release, its module (once per digest) and its audit event
@@ -430,6 +449,12 @@ impl Store {
     /// inside it. Publishes of one tool are serialized: by the caller's
     /// lock within a process, and on PostgreSQL by an advisory lock on the
     /// tool for the transaction (replicas sharing the database).
+    ///
+    /// Retried on a new connection when the connection is lost, the commit
+    /// included: a publish is idempotent by tool and version, so a rerun
+    /// after a `COMMIT` that did happen finds the same release through
+    /// `check` and answers it as [`Published::Existing`], having written
+    /// nothing (its audit event was written once, by that commit).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn publish<F>(
         &self,
@@ -447,7 +472,7 @@ impl Store {
              $12, $13, $14, $15, $16, $17, $18, $19)"
         );
         let postgres = self.db.engine() == Engine::Postgres;
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "publish", RegistryError, pool => {
             let mut tx = pool.begin().await?;
             if postgres {
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -501,7 +526,7 @@ impl Store {
                     Published::New
                 }
             }
-        }))
+        })
     }
 
     /// Marks an active release revoked, with its audit event; `false` if it
@@ -512,8 +537,9 @@ impl Store {
         release: &ReleaseRow,
         audit: &NewOutbox,
     ) -> Result<bool, RegistryError> {
-        Ok(write_with_audit!(
+        let written = write_with_audit!(
             self.db,
+            "revoke",
             audit,
             sqlx::query(
                 "UPDATE releases SET state = $3, revoked_at = $4, revoked_by = $5, revocation_reason = $6, \
@@ -527,12 +553,19 @@ impl Store {
             .bind(&release.revocation_reason)
             .bind(&release.mac_key_id)
             .bind(&release.mac)
-        ))
+        );
+        // Stored exactly as given (the MAC covers the revocation's time and
+        // actor): this request's revocation, committed before its
+        // connection was lost.
+        Ok(written || self.release(&release.tool, &release.version).await?.as_ref() == Some(release))
     }
 
     /// Replaces the MAC of one row, if it still holds `old_mac` (a row
     /// changed meanwhile is left alone). `table` is one of the three MACed
-    /// tables, `key` its key columns' values.
+    /// tables, `key` its key columns' values. Retried on a new connection
+    /// when the connection is lost: guarded by the old MAC, a rerun changes
+    /// no row twice (after a commit that did happen it reports the row as
+    /// changed meanwhile, which only leaves it out of a count).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn remac(
         &self,
@@ -555,16 +588,16 @@ impl Store {
                 Vec::new(),
             ),
         };
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "remac", RegistryError, pool => {
             let mut query = sqlx::query(sql).bind(mac_key_id).bind(mac).bind(old_mac);
             if let Remac::Outbox(seq) = table {
                 query = query.bind(seq);
             }
-            for key in keys {
-                query = query.bind(key);
+            for key in &keys {
+                query = query.bind(*key);
             }
             query.execute(pool).await?.rows_affected() == 1
-        }))
+        })
     }
 
     /// Every outbox row.
@@ -578,32 +611,56 @@ impl Store {
     /// Writes `events` all or none: one `INSERT` of every row, which is
     /// atomic on its own (one round trip to the database, no `BEGIN` and
     /// `COMMIT` around it).
+    ///
+    /// Retried on a new connection when the connection is lost; as the
+    /// statement is its own commit, its outcome is then unknown, so each
+    /// rerun first looks the first event up by its kind and event id (a
+    /// fresh id per event): found, the statement committed (all or none)
+    /// and nothing is written again.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn enqueue_all(&self, events: &[NewOutbox]) -> Result<(), RegistryError> {
-        if events.is_empty() {
+        let Some(first) = events.first() else {
             return Ok(());
-        }
+        };
         let sql = insert_outbox_rows(events.len());
-        on_pool!(self.db, pool => {
-            let mut query = sqlx::query(&sql);
-            for event in events {
-                query = query
-                    .bind(event.kind)
-                    .bind(&event.event_id)
-                    .bind(&event.payload)
-                    .bind(event.created_at)
-                    .bind(&event.mac_key_id)
-                    .bind(&event.mac);
+        let mut rerun = false;
+        retry!(self.db, "outbox_enqueue", RegistryError, {
+            if std::mem::replace(&mut rerun, true) && self.enqueued(first).await? {
+                return Ok(());
             }
-            query.execute(pool).await?;
-        });
-        Ok(())
+            on_pool!(self.db, pool => {
+                let mut query = sqlx::query(&sql);
+                for event in events {
+                    query = query
+                        .bind(event.kind)
+                        .bind(&event.event_id)
+                        .bind(&event.payload)
+                        .bind(event.created_at)
+                        .bind(&event.mac_key_id)
+                        .bind(&event.mac);
+                }
+                query.execute(pool).await?;
+            });
+            Ok(())
+        })
+    }
+
+    /// Whether the outbox holds `event` (by kind and event id).
+    async fn enqueued(&self, event: &NewOutbox) -> Result<bool, RegistryError> {
+        Ok(on_pool!(self.db, pool => {
+            !sqlx::query("SELECT 1 FROM outbox WHERE kind = $1 AND event_id = $2")
+                .bind(event.kind)
+                .bind(&event.event_id)
+                .fetch_all(pool)
+                .await?
+                .is_empty()
+        }))
     }
 
     /// Up to `limit` events due at `now`, oldest first.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn due(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, RegistryError> {
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "outbox_due", RegistryError, pool => {
             sqlx::query(
                 "SELECT seq, kind, event_id, payload, created_at, attempts, mac_key_id, mac FROM outbox \
                  WHERE next_attempt_at <= $1 ORDER BY seq LIMIT $2",
@@ -626,10 +683,11 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?
-        }))
+        })
     }
 
-    /// Forgets delivered events.
+    /// Forgets delivered events. Retried on a new connection when the
+    /// connection is lost: deleting by sequence number twice deletes once.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn delivered(&self, seqs: &[i64]) -> Result<(), RegistryError> {
         if seqs.is_empty() {
@@ -637,13 +695,14 @@ impl Store {
         }
         let list = seqs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         let sql = format!("DELETE FROM outbox WHERE seq IN ({list})");
-        on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "outbox_delivered", RegistryError, pool => {
             sqlx::query(&sql).execute(pool).await?;
-        });
-        Ok(())
+        })
     }
 
-    /// Puts an event off until `next_attempt_at`, noting why.
+    /// Puts an event off until `next_attempt_at`, noting why. Not retried:
+    /// run twice it would count two attempts; a lost connection fails it,
+    /// and the deliverer's next round tries the event again.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn retry_later(
         &self,
@@ -675,13 +734,13 @@ impl Store {
     /// every round, so it would be often).
     #[tracing::instrument(skip_all)]
     pub(crate) async fn backlog(&self) -> Result<(i64, Option<i64>), RegistryError> {
-        Ok(on_pool!(self.db, pool => {
+        retry_on_pool!(self.db, "outbox_backlog", RegistryError, pool => {
             let rows = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox")
                 .fetch_all(pool)
                 .await?;
             let row = rows.first().ok_or(sqlx::Error::RowNotFound)?;
             (row.try_get::<i64, _>(0)?, row.try_get::<Option<i64>, _>(1)?)
-        }))
+        })
     }
 }
 

@@ -314,7 +314,7 @@ pub(crate) async fn drills_of(
          ORDER BY ledger_index",
         select_list::<DrillRow>()
     );
-    on_pool!(db, pool => {
+    soma_store::retry!(db, "drills", AnalyticsError, on_pool!(db, pool => {
         let rows = sqlx::query(&sql)
             .bind(region.unwrap_or(""))
             .bind(tenant.unwrap_or(""))
@@ -323,7 +323,7 @@ pub(crate) async fn drills_of(
         rows.iter()
             .map(|r| -> Result<_, AnalyticsError> { Ok((DrillRow::from_row(r)?, Seal::read(r)?)) })
             .collect()
-    })
+    }))
 }
 
 /// One queued notification: a row of `webhook_outbox`.
@@ -446,12 +446,12 @@ pub(crate) async fn due_deliveries(
          ORDER BY next_attempt_at, delivery_id LIMIT $2",
         select_list::<Delivery>()
     );
-    on_pool!(db, pool => {
+    soma_store::retry!(db, "webhook_due", AnalyticsError, on_pool!(db, pool => {
         let rows = sqlx::query(&sql).bind(now).bind(limit).fetch_all(pool).await?;
         rows.iter()
             .map(|r| -> Result<_, AnalyticsError> { Ok((Delivery::from_row(r)?, Seal::read(r)?)) })
             .collect()
-    })
+    }))
 }
 
 #[cfg(test)]

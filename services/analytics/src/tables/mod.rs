@@ -519,16 +519,21 @@ async fn by_key<T: Table>(
         T::TABLE,
         T::KEY
     );
-    on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
-            .bind(key)
-            .bind(tenant.unwrap_or(""))
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(r)?, Seal::read(r)?)) })
-            .collect()
-    })
+    soma_store::retry!(
+        db,
+        "row_by_key",
+        AnalyticsError,
+        on_pool!(db, pool => {
+            let rows = sqlx::query(&sql)
+                .bind(key)
+                .bind(tenant.unwrap_or(""))
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(r)?, Seal::read(r)?)) })
+                .collect()
+        })
+    )
 }
 
 /// The row of `tenant` keyed `key`, with its seal (not yet checked). Two
@@ -570,12 +575,17 @@ pub(crate) async fn all<T: Table>(
         select_list::<T>(),
         T::TABLE
     );
-    on_pool!(db, pool => {
-        let rows = sqlx::query(&sql).fetch_all(pool).await?;
-        rows.iter()
-            .map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(r)?, Seal::read(r)?)) })
-            .collect()
-    })
+    soma_store::retry!(
+        db,
+        "all_rows",
+        AnalyticsError,
+        on_pool!(db, pool => {
+            let rows = sqlx::query(&sql).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| -> Result<_, AnalyticsError> { Ok((T::from_row(r)?, Seal::read(r)?)) })
+                .collect()
+        })
+    )
 }
 
 /// A row that a signed export can carry.
@@ -674,21 +684,26 @@ pub(crate) async fn export_page<T: Exported>(
         key = T::KEY,
         kind = T::KIND,
     );
-    on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
-            .bind(page.tenant)
-            .bind(lower)
-            .bind(page.to)
-            .bind(last_index)
-            .bind(page.limit)
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|r| -> Result<_, AnalyticsError> {
-                Ok((T::from_row(r)?, Seal::read(r)?, r.opt_bytes("leaf_hash")?))
-            })
-            .collect()
-    })
+    soma_store::retry!(
+        db,
+        "export_page",
+        AnalyticsError,
+        on_pool!(db, pool => {
+            let rows = sqlx::query(&sql)
+                .bind(page.tenant)
+                .bind(lower)
+                .bind(page.to)
+                .bind(last_index)
+                .bind(page.limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> Result<_, AnalyticsError> {
+                    Ok((T::from_row(r)?, Seal::read(r)?, r.opt_bytes("leaf_hash")?))
+                })
+                .collect()
+        })
+    )
 }
 
 /// Up to `limit` of a tenant's rows of `T` with their time in
@@ -707,19 +722,24 @@ pub(crate) async fn window<T: Exported>(
         select_list::<T>(),
         T::TABLE,
     );
-    on_pool!(db, pool => {
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(from)
-            .bind(to)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(|r| -> Result<_, AnalyticsError> { Ok((r.int("ledger_index")?, T::from_row(r)?, Seal::read(r)?)) })
-            .collect()
-    })
+    soma_store::retry!(
+        db,
+        "window",
+        AnalyticsError,
+        on_pool!(db, pool => {
+            let rows = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(from)
+                .bind(to)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|r| -> Result<_, AnalyticsError> { Ok((r.int("ledger_index")?, T::from_row(r)?, Seal::read(r)?)) })
+                .collect()
+        })
+    )
 }
 
 #[cfg(test)]

@@ -319,11 +319,11 @@ pub(crate) async fn regression_row(
          FROM persona_regressions AS r WHERE r.tenant = $1 AND r.regression_id = $2",
         select_list::<Regression>()
     );
-    on_pool!(db, pool => {
+    soma_store::retry!(db, "regression_row", AnalyticsError, on_pool!(db, pool => {
         let row = sqlx::query(&sql).bind(tenant).bind(regression_id).fetch_optional(pool).await?;
         row.map(|r| -> Result<_, AnalyticsError> {
             Ok((Regression::from_row(&r)?, Seal::read(&r)?, r.flag("later")?))
         })
         .transpose()
-    })
+    }))
 }
