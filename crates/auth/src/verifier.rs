@@ -1,7 +1,21 @@
 //! [`ClaimsVerifier`]: a backend's side of the envelope.
+//!
+//! The gateway reuses an envelope for every request with the same claims
+//! while it is young (requests admitted without a moderation decision), so a
+//! backend sees the same envelope many times: the verdict of its signature
+//! check is kept, keyed by the exact bytes of both metadata entries as
+//! received ([`VerifiedEnvelopes`]). Everything else still runs on every
+//! request: the peer must be the gateway, each entry must be present exactly
+//! once, the audience must be this service, and the time checks (issued at,
+//! lifetime, expiry) are made against the request's `now`. Only envelopes
+//! that passed the signature check and carry no request id and no moderation
+//! decision (the reusable kind) are kept; one byte changed anywhere in
+//! either entry is another key, verified in full.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use base64::engine::Engine as _;
@@ -22,6 +36,12 @@ use crate::keys::{ED25519_PUBLIC_KEY_LEN, decode_pem, ed25519_public_key_from_sp
 /// Longest key id echoed back in [`AuthError::UnknownKey`].
 const MAX_REPORTED_KEY_ID: usize = 128;
 
+/// Most envelopes whose signature verdict a verifier keeps. The gateway
+/// makes one reusable envelope per distinct claims and audience every half
+/// lifetime (30 s), so this covers thousands of active subjects; when it is
+/// full, expired envelopes are dropped first, then all of them.
+pub const VERIFIED_ENVELOPES_CAPACITY: usize = 4096;
+
 /// What a backend checks before it trusts the claims on a request: who sent
 /// them (the gateway, over mTLS), who signed them (a known gateway key), whom
 /// they are for (this service) and when (a short, current window).
@@ -30,6 +50,58 @@ pub struct ClaimsVerifier {
     /// This service's SPIFFE ID in canonical string form: the required audience.
     audience: String,
     keys: HashMap<String, [u8; ED25519_PUBLIC_KEY_LEN]>,
+    verified: VerifiedEnvelopes,
+}
+
+/// Envelopes whose signature (by a key of this verifier, which never
+/// changes its keys) verified over exactly these bytes and whose audience is
+/// this service, keyed by `claims entry || 0x00 || signature entry` as
+/// received (base64 text: no entry can hold the separator, so no two pairs
+/// of entries share a key). Only a verified envelope is ever inserted.
+#[derive(Default)]
+struct VerifiedEnvelopes {
+    entries: Mutex<HashMap<Box<[u8]>, VerifiedClaims>>,
+    hits: AtomicU64,
+}
+
+impl VerifiedEnvelopes {
+    fn key(claims_entry: &HeaderValue, signature_entry: &HeaderValue) -> Vec<u8> {
+        let (claims, signature) = (claims_entry.as_bytes(), signature_entry.as_bytes());
+        let mut key = Vec::with_capacity(claims.len() + 1 + signature.len());
+        key.extend_from_slice(claims);
+        key.push(0);
+        key.extend_from_slice(signature);
+        key
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, VerifiedClaims>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<VerifiedClaims> {
+        let found = self.lock().get(key).cloned();
+        if found.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Keeps `claims` under `key` when it is of the reusable kind (no
+    /// request id, no moderation decision: one sealed for a single request
+    /// is never seen again, and would only push reusable ones out).
+    fn insert(&self, key: Vec<u8>, claims: &VerifiedClaims, now: i64) {
+        if !claims.request_id.is_empty() || !claims.moderation_decision_id.is_empty() {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= VERIFIED_ENVELOPES_CAPACITY {
+            entries.retain(|_, kept| kept.expires_at > now);
+            if entries.len() >= VERIFIED_ENVELOPES_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(key.into_boxed_slice(), claims.clone());
+    }
 }
 
 impl ClaimsVerifier {
@@ -41,7 +113,20 @@ impl ClaimsVerifier {
             gateway_id,
             audience: own_id.to_string(),
             keys: keys.into_iter().collect(),
+            verified: VerifiedEnvelopes::default(),
         }
+    }
+
+    /// Requests whose envelope's signature verdict was taken from the
+    /// envelopes already verified (see the module's documentation).
+    pub fn verified_envelope_reuses(&self) -> u64 {
+        self.verified.hits.load(Ordering::Relaxed)
+    }
+
+    /// Envelopes whose signature verdict is kept now (at most
+    /// [`VERIFIED_ENVELOPES_CAPACITY`]).
+    pub fn verified_envelopes(&self) -> usize {
+        self.verified.lock().len()
     }
 
     /// The raw key of a `PUBLIC KEY` PEM block holding an Ed25519
@@ -107,6 +192,27 @@ impl ClaimsVerifier {
             [one] => *one,
             _ => return Err(AuthError::DuplicateSignature),
         };
+        let key = VerifiedEnvelopes::key(claims_entry, signature_entry);
+        let claims = match self.verified.get(&key) {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verified_signature(claims_entry, signature_entry)?;
+                if claims.audience == self.audience {
+                    self.verified.insert(key, &claims, unix_seconds(now)?);
+                }
+                claims
+            }
+        };
+        self.current(claims, now)
+    }
+
+    /// The claims of an envelope whose signature verifies over the claims
+    /// entry's bytes exactly as received, by the key it names.
+    fn verified_signature(
+        &self,
+        claims_entry: &HeaderValue,
+        signature_entry: &HeaderValue,
+    ) -> Result<VerifiedClaims, AuthError> {
         let encoded = METADATA_BASE64
             .decode(claims_entry.as_bytes())
             .map_err(|_| AuthError::MalformedClaims)?;
@@ -128,7 +234,12 @@ impl ClaimsVerifier {
         UnparsedPublicKey::new(&ED25519, public_key)
             .verify(&signing_input(&encoded), &signature)
             .map_err(|_| AuthError::BadSignature)?;
+        Ok(claims)
+    }
 
+    /// The checks of a signed envelope made at every use: the audience,
+    /// then the times against `now`.
+    fn current(&self, claims: VerifiedClaims, now: SystemTime) -> Result<Option<VerifiedClaims>, AuthError> {
         if claims.audience != self.audience {
             return Err(AuthError::WrongAudience {
                 audience: claims.audience,

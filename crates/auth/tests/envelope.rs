@@ -779,3 +779,236 @@ fn the_signature_and_gateway_refusals_have_their_stable_reasons() {
         "not_from_gateway"
     );
 }
+
+/// Claims of an envelope the gateway reuses for every request with the
+/// same claims: no request id, no moderation decision.
+fn reusable_claims(subject: &str) -> VerifiedClaims {
+    VerifiedClaims {
+        subject: subject.to_owned(),
+        request_id: String::new(),
+        moderation_decision_id: String::new(),
+        moderation_input_sha256: Vec::new(),
+        ..input_claims()
+    }
+}
+
+/// `headers` with its claims entry replaced by `text`.
+fn with_claims_text(headers: &HeaderMap, text: &str) -> HeaderMap {
+    let mut changed = headers.clone();
+    changed.insert(CLAIMS_METADATA, HeaderValue::from_str(text).unwrap());
+    changed
+}
+
+#[test]
+fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_every_use() {
+    let keys = keys();
+    let verifier = verifier(&keys);
+    let signed = keys
+        .signer
+        .sign(reusable_claims("user-42@acme"), &backend(), TTL, now())
+        .unwrap();
+    let headers = headers_of(&signed);
+    let first = verifier
+        .verify(Some(&gateway()), &headers, now())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (verifier.verified_envelopes(), verifier.verified_envelope_reuses()),
+        (1, 0)
+    );
+    let again = verifier
+        .verify(Some(&gateway()), &headers, at(10))
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, first, "a reused verdict hands back the same claims");
+    assert_eq!(verifier.verified_envelope_reuses(), 1);
+
+    // One byte changed anywhere is another envelope, verified in full.
+    let claims_text = headers.get(CLAIMS_METADATA).unwrap().to_str().unwrap().to_owned();
+    let mut flipped = claims_text.clone().into_bytes();
+    let last = flipped.len() - 1;
+    flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    let mut tampered_claims = signed.encoded.clone();
+    tampered_claims[3] ^= 0x01;
+    let other_signature = sign_raw(&keys.intruder_pkcs8, &signed.encoded);
+    let padded_text = padded(&signed.encoded);
+    assert_ne!(padded_text, claims_text, "tonic sends binary metadata unpadded");
+    let cases = [
+        Case {
+            name: "claims text with its last character changed",
+            peer: Some(gateway()),
+            headers: with_claims_text(&headers, &flipped),
+            now: now(),
+            expected: Err(AuthError::BadSignature),
+        },
+        Case {
+            name: "claims bytes with one bit flipped, the signature of the original",
+            peer: Some(gateway()),
+            headers: raw_headers(Some(&tampered_claims), Some(&signed.signature), unpadded),
+            now: now(),
+            expected: Err(AuthError::BadSignature),
+        },
+        Case {
+            name: "the same claims with another key's signature",
+            peer: Some(gateway()),
+            headers: raw_headers(Some(&signed.encoded), Some(&other_signature), unpadded),
+            now: now(),
+            expected: Err(AuthError::BadSignature),
+        },
+        Case {
+            name: "the reused envelope from a peer that is not the gateway",
+            peer: Some(other_service()),
+            headers: headers.clone(),
+            now: now(),
+            expected: Err(AuthError::NotFromGateway {
+                peer: other_service(),
+            }),
+        },
+        Case {
+            name: "the reused envelope without a peer identity",
+            peer: None,
+            headers: headers.clone(),
+            now: now(),
+            expected: Err(AuthError::MissingPeerIdentity),
+        },
+        Case {
+            name: "the reused envelope with its claims entry twice",
+            peer: Some(gateway()),
+            headers: {
+                let mut twice = headers.clone();
+                twice.append(CLAIMS_METADATA, HeaderValue::from_str(&claims_text).unwrap());
+                twice
+            },
+            now: now(),
+            expected: Err(AuthError::DuplicateClaims),
+        },
+    ];
+    for case in cases {
+        let reuses = verifier.verified_envelope_reuses();
+        assert_eq!(
+            verifier.verify(case.peer.as_ref(), &case.headers, case.now),
+            case.expected,
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            verifier.verified_envelope_reuses(),
+            reuses,
+            "{}: no reuse",
+            case.name
+        );
+        assert_eq!(verifier.verified_envelopes(), 1, "{}: nothing kept", case.name);
+    }
+
+    // The same bytes, the time checks made again at every use.
+    for (name, when, expected) in [
+        ("at its expiry", at(30), AuthError::Expired),
+        ("long after its expiry", at(3600), AuthError::Expired),
+        (
+            "before it was issued, beyond the skew",
+            at(-6),
+            AuthError::IssuedInFuture,
+        ),
+    ] {
+        let reuses = verifier.verified_envelope_reuses();
+        assert_eq!(
+            verifier.verify(Some(&gateway()), &headers, when),
+            Err(expected),
+            "{name}"
+        );
+        assert_eq!(
+            verifier.verified_envelope_reuses(),
+            reuses + 1,
+            "{name}: the verdict was reused"
+        );
+    }
+
+    // The padded encoding of the same bytes is other bytes: verified in
+    // full, then kept beside the first.
+    let padded_headers = with_claims_text(&headers, &padded_text);
+    let reuses = verifier.verified_envelope_reuses();
+    assert_eq!(
+        verifier
+            .verify(Some(&gateway()), &padded_headers, now())
+            .unwrap()
+            .unwrap(),
+        first
+    );
+    assert_eq!(verifier.verified_envelope_reuses(), reuses);
+    assert_eq!(verifier.verified_envelopes(), 2);
+
+    // Another service's verifier never accepts it, and keeps nothing.
+    let analytics = ClaimsVerifier::new(
+        gateway(),
+        other_service(),
+        vec![(KEY_ID.to_owned(), keys.signer.public_key())],
+    );
+    for _ in 0..2 {
+        assert!(matches!(
+            analytics.verify(Some(&gateway()), &headers, now()),
+            Err(AuthError::WrongAudience { .. })
+        ));
+    }
+    assert_eq!(
+        (
+            analytics.verified_envelopes(),
+            analytics.verified_envelope_reuses()
+        ),
+        (0, 0)
+    );
+}
+
+#[test]
+fn envelopes_sealed_for_one_request_and_refused_ones_are_never_kept() {
+    let keys = keys();
+    let verifier = verifier(&keys);
+    let bad = raw_envelope(&keys.intruder_pkcs8, &reusable_claims("user-1").encode_to_vec());
+    for _ in 0..2 {
+        assert!(verifier.verify(Some(&gateway()), &bad, now()).is_err());
+    }
+    for claims in [
+        input_claims(),
+        VerifiedClaims {
+            moderation_decision_id: String::new(),
+            moderation_input_sha256: Vec::new(),
+            ..input_claims()
+        },
+        VerifiedClaims {
+            request_id: String::new(),
+            ..input_claims()
+        },
+    ] {
+        let headers = headers_of(&keys.signer.sign(claims, &backend(), TTL, now()).unwrap());
+        for _ in 0..2 {
+            verifier
+                .verify(Some(&gateway()), &headers, now())
+                .unwrap()
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        (verifier.verified_envelopes(), verifier.verified_envelope_reuses()),
+        (0, 0)
+    );
+}
+
+#[test]
+fn the_kept_verdicts_are_bounded() {
+    let keys = keys();
+    let verifier = verifier(&keys);
+    let subjects = soma_auth::VERIFIED_ENVELOPES_CAPACITY + 10;
+    for n in 0..subjects {
+        let signed = keys
+            .signer
+            .sign(reusable_claims(&format!("user-{n}")), &backend(), TTL, now())
+            .unwrap();
+        verifier
+            .verify(Some(&gateway()), &headers_of(&signed), now())
+            .unwrap()
+            .unwrap();
+        assert!(verifier.verified_envelopes() <= soma_auth::VERIFIED_ENVELOPES_CAPACITY);
+    }
+    // Full of current envelopes, the set was emptied once and refilled.
+    assert_eq!(verifier.verified_envelopes(), 10);
+}
