@@ -10,7 +10,8 @@
 #      slice functions;
 #   3. one signed export of BENCH_EXPORT_ROWS billing events through the real
 #      service (crates/soma/examples/export_bench.rs): rows/s and peak RSS
-#      growth during the export, against a plain SELECT of the same rows
+#      growth during the export (targets: >= 250,000 rows/s for 1,000,000 rows,
+#      <= 50 MB), against a plain SELECT of the same rows
 #      streamed with sqlx in the same run.
 #
 # Targets are printed, never asserted: exit 0 when the measurements ran.
@@ -74,6 +75,6 @@ printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "durable appends/s, PostgreSQL
 echo "   baseline: pgbench, one single-row INSERT per transaction, same server, same run"
 echo "$proofs" | grep -E "inclusion proof, latest|inclusion verify, latest|consistency proof|consistency verify" | sed 's/^/   /'
 printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "signed export rows/s, $EXPORT_ROWS rows, PostgreSQL" "$raw_rate" "$export_rate" \
-  "$(awk -v a="$export_rate" -v b="$raw_rate" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')" ">= 100000/s"
+  "$(awk -v a="$export_rate" -v b="$raw_rate" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')" ">= 250000/s"
 printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "peak RSS growth during that export, MB" "-" "$export_growth" "-" "<= 50 MB"
 echo "   baseline: SELECT * FROM billing_events WHERE tenant = \$1 ORDER BY occurred_at, ledger_index, sqlx fetch, same rows, same run"

@@ -27,7 +27,13 @@
 //! - **Streaming.** Rows are read in keyset pages ordered by `(time,
 //!   ledger index)`, serialized and sent in chunks of at most
 //!   [`CHUNK_BYTES`] through a bounded channel, so a slow client slows the
-//!   reads down instead of growing a buffer of rows.
+//!   reads down instead of growing a buffer of rows. Three stages overlap:
+//!   the next page is read while the current one is checked (its MAC
+//!   checks split across two threads, one per core) and the previous one
+//!   is serialized straight into the chunk being filled; a fourth, the
+//!   signing thread, hashes each chunk into the signature's first pass and
+//!   the spill file before it goes out. At most three pages and a few
+//!   chunks are held at any time, whatever the export's size.
 //! - **Integrity.** Every row read is checked against its MAC and against
 //!   its ledger leaf (the leaf at the row's index must be the one recomputed
 //!   from the row, both in the process's authenticated view of the ledger
@@ -91,6 +97,13 @@ const PAGE_ROWS: i64 = 4000;
 
 /// Chunks buffered between the reader and the client.
 const CHANNEL_CHUNKS: usize = 4;
+
+/// Chunks buffered between the writer and the signing thread.
+const SIGNING_CHUNKS: usize = 4;
+
+/// Fewest rows a page must have for its checks to be split across two
+/// threads: below it, starting a thread costs more than it saves.
+const SPLIT_CHECK_ROWS: usize = 256;
 
 /// Bytes read per call when the spill file is replayed for the signature.
 const REPLAY_BYTES: usize = 256 * 1024;
@@ -258,18 +271,49 @@ impl From<AnalyticsError> for Abort {
     }
 }
 
-/// Accumulates the document into chunks and sends them; every sent byte
-/// goes into the signature's first pass and into the spill file first.
-struct ChunkWriter<'a> {
-    tx: &'a mpsc::Sender<Result<pb::ExportChunk, Status>>,
+/// Accumulates the document into chunks and hands them to the signing
+/// thread, which hashes each into the signature's first pass and writes it
+/// to the spill file before it sends it to the client: every sent byte is
+/// signed, and the writer serializes the next rows meanwhile.
+struct ChunkWriter {
     pending: Vec<u8>,
-    signing: soma_sign::Ed25519StreamSigner,
-    /// The sent bytes, for the signature's second pass: an unnamed
-    /// temporary file, gone when closed.
-    spill: std::fs::File,
+    /// `None` once the document is finished or abandoned.
+    to_signer: Option<mpsc::Sender<Piece>>,
+    signer: tokio::task::JoinHandle<Result<Option<soma_sign::StreamSignature>, Abort>>,
 }
 
-impl ChunkWriter<'_> {
+/// What the writer hands the signing thread.
+enum Piece {
+    /// The next bytes of the document.
+    Data(Vec<u8>),
+    /// The document is complete: sign it.
+    End,
+}
+
+impl ChunkWriter {
+    /// Starts the signing thread, which forwards every chunk to `tx`.
+    fn start(
+        svc: &AnalyticsService,
+        tx: &mpsc::Sender<Result<pb::ExportChunk, Status>>,
+    ) -> Result<Self, AnalyticsError> {
+        let spill = tempfile::tempfile().map_err(AnalyticsError::ExportSpill)?;
+        let signing = svc.signer.stream_signer();
+        let (to_signer, pieces) = mpsc::channel(SIGNING_CHUNKS);
+        let tx = tx.clone();
+        // Hashing is CPU work and the spill file blocking I/O: its own
+        // thread, off the async workers.
+        let span = tracing::Span::current();
+        let signer = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            sign_and_forward(signing, spill, pieces, &tx)
+        });
+        Ok(Self {
+            pending: Vec::with_capacity(CHUNK_BYTES),
+            to_signer: Some(to_signer),
+            signer,
+        })
+    }
+
     /// Appends `bytes`, first sending what is pending if both would not
     /// fit in one chunk.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Abort> {
@@ -280,22 +324,102 @@ impl ChunkWriter<'_> {
         Ok(())
     }
 
+    /// Appends a row's object (after a comma unless it is the first),
+    /// written in place into the chunk being filled; a row that does not
+    /// fit starts the next chunk, as [`ChunkWriter::write`] would have
+    /// placed it.
+    async fn object<R: Exported>(&mut self, first: bool, row: &R, index: i64) -> Result<(), Abort> {
+        let start = self.pending.len();
+        if !first {
+            self.pending.push(b',');
+        }
+        row.write_object(index, &mut self.pending);
+        if start > 0 && self.pending.len() > CHUNK_BYTES {
+            let rest = self.pending.split_off(start);
+            self.flush().await?;
+            self.pending.extend_from_slice(&rest);
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<(), Abort> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let data = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_BYTES));
-        self.signing.update(&data);
-        // A write of one chunk to the page cache: short enough for the task.
-        self.spill.write_all(&data).map_err(AnalyticsError::ExportSpill)?;
-        self.tx
-            .send(Ok(pb::ExportChunk {
-                data,
-                signature: None,
-            }))
-            .await
-            .map_err(|_| Abort::ClientGone)
+        self.send(Piece::Data(data)).await
     }
+
+    async fn send(&mut self, piece: Piece) -> Result<(), Abort> {
+        let sent = match &self.to_signer {
+            Some(to_signer) => to_signer.send(piece).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The signing thread stopped: the client went away, or the spill
+        // file failed. Its result says which.
+        self.to_signer = None;
+        match (&mut self.signer).await {
+            Ok(Err(abort)) => Err(abort),
+            Ok(Ok(_)) => Err(Abort::ClientGone),
+            Err(e) => Err(Abort::Failed(AnalyticsError::Config(format!(
+                "export signing task: {e}"
+            )))),
+        }
+    }
+
+    /// Sends what is pending, then has the document signed: the
+    /// signature once every chunk has been sent.
+    async fn finish(mut self) -> Result<soma_sign::StreamSignature, Abort> {
+        self.flush().await?;
+        self.send(Piece::End).await?;
+        self.to_signer = None;
+        match (&mut self.signer).await {
+            Ok(Ok(Some(signed))) => Ok(signed),
+            Ok(Ok(None)) => Err(Abort::ClientGone),
+            Ok(Err(abort)) => Err(abort),
+            Err(e) => Err(Abort::Failed(AnalyticsError::Config(format!(
+                "export signing task: {e}"
+            )))),
+        }
+    }
+
+    /// Abandons the document: the signing thread sends what it was given
+    /// and stops without signing, so that an error sent after this follows
+    /// every data chunk.
+    async fn abandon(mut self) {
+        self.to_signer = None;
+        let _ = (&mut self.signer).await;
+    }
+}
+
+/// The signing thread: hashes each piece into the signature's first pass,
+/// writes it to the spill file, then sends it; at [`Piece::End`], replays
+/// the spill file for the second pass and returns the signature. `None`
+/// when the writer stopped before the end: nothing is signed.
+fn sign_and_forward(
+    mut signing: soma_sign::Ed25519StreamSigner,
+    mut spill: std::fs::File,
+    mut pieces: mpsc::Receiver<Piece>,
+    tx: &mpsc::Sender<Result<pb::ExportChunk, Status>>,
+) -> Result<Option<soma_sign::StreamSignature>, Abort> {
+    while let Some(piece) = pieces.blocking_recv() {
+        match piece {
+            Piece::Data(data) => {
+                signing.update(&data);
+                spill.write_all(&data).map_err(AnalyticsError::ExportSpill)?;
+                tx.blocking_send(Ok(pb::ExportChunk {
+                    data,
+                    signature: None,
+                }))
+                .map_err(|_| Abort::ClientGone)?;
+            }
+            Piece::End => return Ok(Some(second_pass(signing, spill)?)),
+        }
+    }
+    Ok(None)
 }
 
 /// A JSON string literal.
@@ -309,32 +433,16 @@ async fn write_export<T: Exported>(
     plan: &Plan,
     tx: &mpsc::Sender<Result<pb::ExportChunk, Status>>,
 ) -> Result<(), Abort> {
-    let mut out = ChunkWriter {
-        tx,
-        pending: Vec::with_capacity(CHUNK_BYTES),
-        signing: svc.signer.stream_signer(),
-        spill: tempfile::tempfile().map_err(AnalyticsError::ExportSpill)?,
+    let mut out = ChunkWriter::start(svc, tx)?;
+    let written = write_document::<T>(svc, plan, &mut out).await;
+    let exported = match written {
+        Ok(exported) => exported,
+        Err(abort) => {
+            out.abandon().await;
+            return Err(abort);
+        }
     };
-    let header = format!(
-        "{{\"kind\":{},\"tenant\":{},\"from\":{},\"to\":{},\"checkpoint\":{{\"origin\":{},\"tree_size\":{},\
-         \"root_hash\":{}}},\"rows\":[",
-        json(plan.kind),
-        json(&plan.tenant),
-        json(&rfc3339_nanos(plan.from)),
-        json(&rfc3339_nanos(plan.to)),
-        json(&plan.origin),
-        plan.checkpoint.tree_size,
-        json(&plan.checkpoint.root.to_base64()),
-    );
-    out.write(header.as_bytes()).await?;
-    let exported = write_rows::<T>(svc, plan, &mut out).await?;
-    out.write(b"]}\n").await?;
-    out.flush().await?;
-
-    let ChunkWriter { signing, spill, .. } = out;
-    let signed = tokio::task::spawn_blocking(move || second_pass(signing, spill))
-        .await
-        .map_err(|e| AnalyticsError::Config(format!("export signing task: {e}")))??;
+    let signed = out.finish().await?;
     tracing::info!(
         kind = plan.kind,
         tenant = %plan.tenant,
@@ -360,6 +468,30 @@ async fn write_export<T: Exported>(
     }))
     .await
     .map_err(|_| Abort::ClientGone)
+}
+
+/// Writes the header, the rows and the end of the document; returns how
+/// many rows it holds.
+async fn write_document<T: Exported>(
+    svc: &AnalyticsService,
+    plan: &Plan,
+    out: &mut ChunkWriter,
+) -> Result<u64, Abort> {
+    let header = format!(
+        "{{\"kind\":{},\"tenant\":{},\"from\":{},\"to\":{},\"checkpoint\":{{\"origin\":{},\"tree_size\":{},\
+         \"root_hash\":{}}},\"rows\":[",
+        json(plan.kind),
+        json(&plan.tenant),
+        json(&rfc3339_nanos(plan.from)),
+        json(&rfc3339_nanos(plan.to)),
+        json(&plan.origin),
+        plan.checkpoint.tree_size,
+        json(&plan.checkpoint.root.to_base64()),
+    );
+    out.write(header.as_bytes()).await?;
+    let exported = write_rows::<T>(svc, plan, out).await?;
+    out.write(b"]}\n").await?;
+    Ok(exported)
 }
 
 /// Reads the spill file back into the signature's second pass, which
@@ -388,58 +520,65 @@ fn second_pass(
 /// Writes the rows of the window, page after page, and returns how many;
 /// then proves that no leaf of the window lacked its row.
 ///
-/// Reading and checking a page runs on other tasks while the previous page
-/// is serialized and sent (the next page is asked for as soon as the keyset
-/// position it starts after is known), so the database, the checks and the
-/// writer overlap instead of taking turns. At most two pages are held: the
-/// one being written and the one being read. Rows are written in order up
-/// to the first one that failed its check; that row's error then ends the
-/// export, so nothing of it or after it is sent, and no signature.
+/// Three pages are in flight at once, each on its own stage: the next page
+/// is read (asked for as soon as the current page's last keyset position
+/// is known, so one page ahead of the checks) while the current one is
+/// checked on blocking threads and the previous, already checked, one is
+/// written. Rows are written in order up to the first one that failed its
+/// check; that row's error then ends the export, so nothing of it or after
+/// it is sent, and no signature. A page read or checked ahead of a failing
+/// one is dropped unwritten.
 async fn write_rows<R: Exported>(
     svc: &AnalyticsService,
     plan: &Plan,
-    out: &mut ChunkWriter<'_>,
+    out: &mut ChunkWriter,
 ) -> Result<u64, Abort> {
     let cut = plan.checkpoint.tree_size;
     let mut seen = Seen::below(cut);
-    let mut next = Some(PageTask::<R>::spawn(svc, plan, None));
+    let mut reading = Some(PageRead::<R>::spawn(svc, plan, None));
+    let mut checked: Option<CheckedPage<R>> = None;
     let mut first = true;
     let mut exported: u64 = 0;
-    let mut object = Vec::with_capacity(1024);
-    while let Some(task) = next.take() {
-        let page = task.join().await?;
-        if page.failed.is_none()
-            && page.full
-            && let Some(after) = page.last
-        {
-            next = Some(PageTask::spawn(svc, plan, Some(after)));
+    loop {
+        let checking = match reading.take() {
+            Some(read) => {
+                let page = read.join().await?;
+                if page.full
+                    && let Some(after) = page.last
+                {
+                    reading = Some(PageRead::spawn(svc, plan, Some(after)));
+                }
+                Some(PageCheck::spawn(svc, cut, page.rows))
+            }
+            None => None,
+        };
+        if let Some(page) = checked.take() {
+            for (row, index) in &page.rows {
+                if !seen.insert(*index) {
+                    return Err(Abort::Failed(AnalyticsError::LedgerLeafMismatch {
+                        index: *index,
+                        detail: format!("a second row of {} claims this index", R::TABLE),
+                    }));
+                }
+                if plan.tool.as_deref().is_some_and(|tool| row.tool() != Some(tool))
+                    || plan
+                        .service
+                        .as_deref()
+                        .is_some_and(|service| service_of(row.recorded_by()) != service)
+                {
+                    continue;
+                }
+                out.object(first, row, to_i64_index(*index)).await?;
+                first = false;
+                exported += 1;
+            }
+            if let Some(e) = page.failed {
+                return Err(Abort::Failed(e));
+            }
         }
-        for (row, index) in &page.rows {
-            if !seen.insert(*index) {
-                return Err(Abort::Failed(AnalyticsError::LedgerLeafMismatch {
-                    index: *index,
-                    detail: format!("a second row of {} claims this index", R::TABLE),
-                }));
-            }
-            if plan.tool.as_deref().is_some_and(|tool| row.tool() != Some(tool))
-                || plan
-                    .service
-                    .as_deref()
-                    .is_some_and(|service| service_of(row.recorded_by()) != service)
-            {
-                continue;
-            }
-            object.clear();
-            if !first {
-                object.push(b',');
-            }
-            first = false;
-            row.write_object(to_i64_index(*index), &mut object);
-            out.write(&object).await?;
-            exported += 1;
-        }
-        if let Some(e) = page.failed {
-            return Err(Abort::Failed(e));
+        match checking {
+            Some(check) => checked = Some(check.join().await?),
+            None => break,
         }
     }
     complete::<R>(svc, plan, seen).await?;
@@ -487,30 +626,33 @@ async fn complete<R: Exported>(
     }
 }
 
-/// A page read and checked, in keyset order.
-struct CheckedPage<R> {
-    /// The rows that passed and are below the cut, with their ledger
-    /// indices, up to the first that failed.
-    rows: Vec<(R, u64)>,
+/// A page as read, in keyset order, not yet checked.
+struct ReadPage<R> {
+    rows: Vec<ExportRow<R>>,
     /// The `(time, ledger index)` of the last row read.
     last: Option<(i64, i64)>,
     /// Whether the page was full, so that more rows may follow.
     full: bool,
+}
+
+/// A page checked, in keyset order.
+struct CheckedPage<R> {
+    /// The rows that passed and are below the cut, with their ledger
+    /// indices, up to the first that failed.
+    rows: Vec<(R, u64)>,
     /// Why the first failing row failed.
     failed: Option<AnalyticsError>,
 }
 
-/// The task reading and checking one page; aborted when dropped (an
-/// export that stops early leaves no read behind).
-struct PageTask<R>(tokio::task::JoinHandle<Result<CheckedPage<R>, AnalyticsError>>);
+/// The task reading one page; aborted when dropped (an export that stops
+/// early leaves no read behind).
+struct PageRead<R>(tokio::task::JoinHandle<Result<ReadPage<R>, AnalyticsError>>);
 
-impl<R: Exported> PageTask<R> {
+impl<R: Exported> PageRead<R> {
     fn spawn(svc: &AnalyticsService, plan: &Plan, after: Option<(i64, i64)>) -> Self {
         let db = svc.db.clone();
-        let keys = std::sync::Arc::clone(&svc.keys);
-        let known = std::sync::Arc::clone(svc.ledger.known());
         let tenant = plan.tenant.clone();
-        let (from, to, cut) = (plan.from, plan.to, plan.checkpoint.tree_size);
+        let (from, to) = (plan.from, plan.to);
         Self(tokio::spawn(
             async move {
                 let page = ExportPage {
@@ -521,43 +663,70 @@ impl<R: Exported> PageTask<R> {
                     limit: PAGE_ROWS,
                 };
                 let rows = tables::export_page::<R>(&db, &page).await?;
-                // The MAC and leaf checks are CPU work: off the async workers.
-                tokio::task::spawn_blocking(move || check_page(&keys, &known, cut, rows))
-                    .await
-                    .map_err(|e| AnalyticsError::Config(format!("export check task: {e}")))
+                let full = i64::try_from(rows.len()).is_ok_and(|n| n >= PAGE_ROWS);
+                let last = rows
+                    .last()
+                    .map(|(row, seal, _)| (row.time(), seal.ledger_index.unwrap_or(-1)));
+                Ok(ReadPage { rows, last, full })
             }
             .instrument(tracing::Span::current()),
         ))
     }
 
-    async fn join(mut self) -> Result<CheckedPage<R>, AnalyticsError> {
+    async fn join(mut self) -> Result<ReadPage<R>, AnalyticsError> {
         (&mut self.0)
             .await
             .map_err(|e| AnalyticsError::Config(format!("export page task: {e}")))?
     }
 }
 
-impl<R> Drop for PageTask<R> {
+impl<R> Drop for PageRead<R> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
+/// The checks of one page, on a blocking thread (MACs and hashes are CPU
+/// work). Once started it runs to its end even if the export stops; its
+/// result is then dropped.
+struct PageCheck<R>(tokio::task::JoinHandle<CheckedPage<R>>);
+
+impl<R: Exported> PageCheck<R> {
+    fn spawn(svc: &AnalyticsService, cut: u64, rows: Vec<ExportRow<R>>) -> Self {
+        let keys = std::sync::Arc::clone(&svc.keys);
+        let known = std::sync::Arc::clone(svc.ledger.known());
+        let span = tracing::Span::current();
+        Self(tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            check_page(&keys, &known, cut, rows)
+        }))
+    }
+
+    async fn join(self) -> Result<CheckedPage<R>, AnalyticsError> {
+        self.0
+            .await
+            .map_err(|e| AnalyticsError::Config(format!("export check task: {e}")))
+    }
+}
+
 /// Checks each row of a page (see [`check_row`]), stopping at the first
 /// that fails; rows past the cut are left out once checked.
+///
+/// A page of at least [`SPLIT_CHECK_ROWS`] rows is checked in two halves
+/// at once, the second on a scoped thread: the checks of one row depend on
+/// no other row, so the halves need no coordination. The result is what
+/// checking the rows one after the other gives: the first half's rows up to
+/// its first failure; only when the first half has none, the second half's
+/// rows up to its own.
 fn check_page<R: Exported>(
     keys: &soma_sign::HmacKeyring,
     known: &std::sync::RwLock<Known>,
     cut: u64,
-    rows: Vec<ExportRow<R>>,
+    mut rows: Vec<ExportRow<R>>,
 ) -> CheckedPage<R> {
-    let full = i64::try_from(rows.len()).is_ok_and(|n| n >= PAGE_ROWS);
-    let last = rows
-        .last()
-        .map(|(row, seal, _)| (row.time(), seal.ledger_index.unwrap_or(-1)));
     // The authenticated leaf hashes of the page, copied under a short read
     // lock: the writer extends the view after every commit.
-    let appended: Vec<Option<soma_ledger::Hash>> = {
+    let mut appended: Vec<Option<soma_ledger::Hash>> = {
         let known = ledger::read(known);
         rows.iter()
             .map(|(_, seal, _)| {
@@ -568,6 +737,43 @@ fn check_page<R: Exported>(
             })
             .collect()
     };
+    if rows.len() < SPLIT_CHECK_ROWS {
+        return check_run(keys, known, cut, rows, appended);
+    }
+    let half = rows.len() / 2;
+    let second_rows = rows.split_off(half);
+    let second_appended = appended.split_off(half);
+    let (mut first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| check_run(keys, known, cut, second_rows, second_appended));
+        let first = check_run(keys, known, cut, rows, appended);
+        (first, second.join())
+    });
+    if first.failed.is_some() {
+        return first;
+    }
+    match second {
+        Ok(second) => {
+            first.rows.extend(second.rows);
+            first.failed = second.failed;
+        }
+        // Only a defect panics here; the rows of the second half are then
+        // unchecked, so the export stops where they begin.
+        Err(_) => {
+            first.failed = Some(AnalyticsError::Config("export check thread panicked".to_owned()));
+        }
+    }
+    first
+}
+
+/// Checks `rows` in order (`appended`: the authenticated leaf hash at each
+/// row's index), stopping at the first that fails.
+fn check_run<R: Exported>(
+    keys: &soma_sign::HmacKeyring,
+    known: &std::sync::RwLock<Known>,
+    cut: u64,
+    rows: Vec<ExportRow<R>>,
+    appended: Vec<Option<soma_ledger::Hash>>,
+) -> CheckedPage<R> {
     let mut checked = Vec::with_capacity(rows.len());
     let mut failed = None;
     let mut scratch = Scratch::default();
@@ -591,8 +797,6 @@ fn check_page<R: Exported>(
     }
     CheckedPage {
         rows: checked,
-        last,
-        full,
         failed,
     }
 }

@@ -379,3 +379,248 @@ async fn a_large_export_streams_in_many_bounded_chunks_across_keyset_pages() {
         db.cleanup().await;
     }
 }
+
+/// Rows per keyset page of the service's export reads (`PAGE_ROWS`).
+const PAGE_ROWS: usize = 4000;
+
+/// `billing_of` for row `i` of a run with one row per millisecond from
+/// `T0`, so that row `i` is the `i`-th exported.
+fn billing_at(i: usize, micros: i64) -> pb::RecordBillingEventRequest {
+    let i64_i = i64::try_from(i).unwrap();
+    billing_of(
+        &format!("p-{i:05}"),
+        "acme",
+        "summarize",
+        micros,
+        ts_nanos(
+            T0 + i64_i / 1000,
+            i32::try_from((i64_i % 1000) * 1_000_000).unwrap(),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_row_tampered_inside_a_page_or_at_a_page_boundary_ends_the_export_right_before_it() {
+    // Three pages: the checks of a page run in two halves, and the next page
+    // is read while one is checked; a failing row in any position must still
+    // end the document right before it.
+    const ROWS: usize = 2 * PAGE_ROWS + 2;
+    for db in soma_store::testing::engines("analytics_export_tamper_positions").await {
+        let env = Env::start(&db.settings, None).await;
+        env.record_billing((0..ROWS).map(|i| billing_at(i, 100)).collect())
+            .await;
+        let request = || env.as_tenant("acme", &["analytics:export"], window("", T0, T0 + WINDOW));
+        let sql = env.sql(&db).await;
+
+        let (sound, _, _) = env
+            .export(Kind::Billing, "/svc/gateway", request())
+            .await
+            .unwrap()
+            .signed();
+        struct Case {
+            name: &'static str,
+            /// Position of the tampered row in the export.
+            row: usize,
+        }
+        let cases = [
+            Case {
+                name: "first row",
+                row: 0,
+            },
+            Case {
+                name: "middle of the first page",
+                row: 1234,
+            },
+            Case {
+                name: "first row of a page's second half",
+                row: PAGE_ROWS / 2,
+            },
+            Case {
+                name: "last row of the first page",
+                row: PAGE_ROWS - 1,
+            },
+            Case {
+                name: "first row of the second page",
+                row: PAGE_ROWS,
+            },
+            Case {
+                name: "last row of the second page's first half",
+                row: PAGE_ROWS + PAGE_ROWS / 2 - 1,
+            },
+            Case {
+                name: "last row of the second page",
+                row: 2 * PAGE_ROWS - 1,
+            },
+            Case {
+                name: "first row of the last page",
+                row: 2 * PAGE_ROWS,
+            },
+            Case {
+                name: "last row",
+                row: ROWS - 1,
+            },
+        ];
+        for case in cases {
+            let victim = format!("p-{:05}", case.row);
+            let update = |micros: i64| {
+                format!("UPDATE billing_events SET amount_micros = {micros} WHERE event_id = '{victim}'")
+            };
+            assert_eq!(exec(&sql, &update(101)).await, 1, "{}", case.name);
+            let collected = env
+                .export(Kind::Billing, "/svc/gateway", request())
+                .await
+                .unwrap();
+            let status = collected.error.clone().expect("the export must fail");
+            assert_eq!(
+                status.code(),
+                Code::DataLoss,
+                "{} {}: {status:?}",
+                db.label,
+                case.name
+            );
+            assert_eq!(grpc_reason(&status), "row_integrity", "{}", case.name);
+            assert!(
+                status.message().contains(&format!("billing_events/{victim}")),
+                "{}: {}",
+                case.name,
+                status.message()
+            );
+            assert!(collected.signature.is_none(), "{}: no signature", case.name);
+            // A prefix of the sound document that ends before the victim:
+            // the whole chunks filled before it (the chunk being filled when
+            // the victim failed is dropped, never sent).
+            let sent = collected.bytes();
+            let victim_at = find(&sound, format!("{{\"amount_micros\":100,\"currency\":\"EUR\",\"duration_micros\":2500,\"event_id\":\"{victim}\"").as_bytes())
+                .unwrap_or_else(|| panic!("{}: the victim is in the sound export", case.name));
+            let end = if case.row == 0 { victim_at } else { victim_at - 1 };
+            assert!(
+                sent.len() <= end && end - sent.len() <= CHUNK_BYTES,
+                "{} {}: {} bytes sent, the victim starts at {end}",
+                db.label,
+                case.name,
+                sent.len()
+            );
+            assert_eq!(sent, sound[..sent.len()], "{} {}", db.label, case.name);
+            assert_eq!(exec(&sql, &update(100)).await, 1, "{}", case.name);
+        }
+        // Restored: the export is again the sound one, byte for byte.
+        let (again, _, _) = env
+            .export(Kind::Billing, "/svc/gateway", request())
+            .await
+            .unwrap()
+            .signed();
+        assert_eq!(again, sound, "{}", db.label);
+
+        sql.close().await;
+        env.svc.stop().await;
+        db.cleanup().await;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test]
+async fn an_export_is_byte_for_byte_the_document_serde_json_writes() {
+    // Varied numbers (zero, powers of ten, above 2^53, near the largest a
+    // count can be) across several pages and many chunks, so that rows
+    // written in place into a chunk and rows moved to the next one are both
+    // compared.
+    const ROWS: usize = PAGE_ROWS + 1500;
+    let numbers = [
+        0,
+        1,
+        9,
+        10,
+        999_999,
+        1_000_000,
+        9_007_199_254_740_993,
+        i64::MAX / 2,
+        i64::MAX,
+    ];
+    for db in soma_store::testing::engines("analytics_export_bytes").await {
+        let env = Env::start(&db.settings, None).await;
+        let events: Vec<_> = (0..ROWS)
+            .map(|i| {
+                let mut event = billing_at(i, numbers[i % numbers.len()]);
+                event.fuel_consumed = u64::try_from(numbers[(i / 3) % numbers.len()]).unwrap();
+                event.duration_micros = u64::try_from(numbers[(i / 7) % numbers.len()]).unwrap();
+                event.peak_memory_bytes = u64::try_from(numbers[(i / 11) % numbers.len()]).unwrap();
+                event.tool_version = format!("{}.{}.{}-rc.{i}+b.{}", i % 3, i % 100, i, i % 17);
+                event.tool = ["summarize", "a", "tool_with.dots-and:colons"][i % 3].to_owned();
+                event
+            })
+            .collect();
+        env.record_billing(events.clone()).await;
+        let collected = env
+            .export(
+                Kind::Billing,
+                "/svc/gateway",
+                env.as_tenant("acme", &["analytics:export"], window("", T0, T0 + WINDOW)),
+            )
+            .await
+            .unwrap();
+        let (bytes, signature, chunks) = collected.signed();
+        assert!(chunks > 20, "{chunks} chunks");
+        let document: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let checkpoint = signature.checkpoint.as_ref().unwrap();
+
+        // The document as serde_json writes it: the header member by
+        // member, each row as a map (members sorted by name).
+        let string = |s: &str| serde_json::Value::from(s).to_string();
+        let mut expected = format!(
+            "{{\"kind\":\"billing_ledger\",\"tenant\":\"acme\",\"from\":{},\"to\":{},\"checkpoint\":{{\"origin\":{},\
+             \"tree_size\":{},\"root_hash\":{}}},\"rows\":[",
+            string("2026-09-21T14:13:20.000000000Z"),
+            string("2026-09-21T15:13:20.000000000Z"),
+            string(&checkpoint.origin),
+            checkpoint.tree_size,
+            string(
+                &soma_ledger::Hash::from_slice(&checkpoint.root_hash)
+                    .unwrap()
+                    .to_base64()
+            ),
+        );
+        let indices: Vec<u64> = document["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["ledger_index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(indices.len(), ROWS, "{}", db.label);
+        for (i, (event, index)) in events.iter().zip(&indices).enumerate() {
+            let at = event.occurred_at.unwrap();
+            let row = serde_json::json!({
+                "amount_micros": event.amount.as_ref().unwrap().micros,
+                "currency": "EUR",
+                "duration_micros": event.duration_micros,
+                "event_id": event.event_id,
+                "fuel_consumed": event.fuel_consumed,
+                "ledger_index": index,
+                "module_sha256": hex(&event.module_sha256),
+                // Rows span seconds 0 to 5 after T0 (14:13:20).
+                "occurred_at": format!("2026-09-21T14:13:{:02}.{:09}Z", 20 + at.seconds - T0, at.nanos),
+                "peak_memory_bytes": event.peak_memory_bytes,
+                "recorded_by": env.ca.id("/svc/tool-registry").to_string(),
+                "run_id": event.run_id,
+                "tenant": "acme",
+                "tool": event.tool,
+                "tool_version": event.tool_version,
+            });
+            if i > 0 {
+                expected.push(',');
+            }
+            expected.push_str(&row.to_string());
+        }
+        expected.push_str("]}\n");
+        assert_eq!(String::from_utf8(bytes).unwrap(), expected, "{}", db.label);
+
+        env.svc.stop().await;
+        db.cleanup().await;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
