@@ -4,8 +4,8 @@
 //! and the Kubernetes CronJob that runs the drill every night validates with
 //! the other manifests (`deploy/validate.sh`, kubernetes-validate --strict,
 //! the kustomize build included), fails validation when it carries an unknown
-//! field, runs a command line `soma` parses, and mounts the repository's
-//! plan. (A due drill run against the Patroni stack and recorded in
+//! field, and runs a command line `soma` parses that takes its plan from the
+//! installed `dr_failover_drill` capsule. (A due drill run against the Patroni stack and recorded in
 //! Analytics: `ha_failover.rs`.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -325,15 +325,8 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 #[test]
-fn the_drill_cronjob_validates_runs_a_real_command_and_mounts_the_repository_plan() {
+fn the_drill_cronjob_validates_and_runs_a_real_command_from_the_installed_plan_capsule() {
     let deploy = repository().join("deploy");
-    // The plan the CronJob mounts is the repository's, byte for byte.
-    assert_eq!(
-        std::fs::read(deploy.join("ops/dr_failover_drill.plan.json")).unwrap(),
-        std::fs::read(repository().join("scripts/ops/dr_failover_drill.plan.json")).unwrap(),
-        "deploy/ops/dr_failover_drill.plan.json differs from scripts/ops/dr_failover_drill.plan.json"
-    );
-
     let output = validate(&deploy);
     let (out, err) = (stdout(&output), stderr(&output));
     assert!(
@@ -371,10 +364,14 @@ fn the_drill_cronjob_validates_runs_a_real_command_and_mounts_the_repository_pla
     assert!(read.status.success(), "{}", stderr(&read));
     let command: Vec<String> = serde_json::from_slice(&read.stdout).unwrap();
     assert_eq!(command[..3], ["soma", "drill", "run"]);
+    // Its plan is the installed capsule, never a file beside it.
     assert!(
         command
             .windows(2)
-            .any(|w| w == ["--plan", "/etc/soma/drill/dr_failover_drill.plan.json"])
+            .any(|w| w == ["--capsule", "dr_failover_drill"])
+            && command.windows(2).any(|w| w == ["--environment", "production"])
+            && !command.iter().any(|a| a == "--plan"),
+        "{command:?}"
     );
     let mut args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     args.push("--help");
