@@ -359,3 +359,107 @@ async fn a_writer_whose_lease_session_is_terminated_commits_nothing_and_catches_
         db.cleanup().await;
     }
 }
+
+/// Backends of the test database of `sql` waiting for a lock.
+async fn lock_waiters(sql: &soma_store::Database) -> i64 {
+    scalar(
+        sql,
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+    )
+    .await
+}
+
+/// Waits until `n` backends of the test database wait for a lock.
+async fn wait_for_lock_waiters(sql: &soma_store::Database, n: i64, what: &str) {
+    let deadline = Instant::now() + SWITCH_BOUND;
+    while lock_waiters(sql).await < n {
+        assert!(Instant::now() < deadline, "{what}: never {n} lock waiters");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The start-up check of an instance that starts while another appends
+/// reads the head, the leaves and the checkpoints in one snapshot. The
+/// interleaving that broke it is forced here: the first instance's append
+/// waits in its `COMMIT` (a deferred trigger on an advisory lock the test
+/// holds), an admin session queues an exclusive lock on `ledger_leaves`
+/// behind it, and the second instance starts: its check reads the head
+/// (the append is not committed), then its read of the leaves queues
+/// behind that lock. The append is let commit, the lock let go, and the
+/// check's read of the leaves runs — with separate reads it saw one leaf
+/// more than the head it had read, took the head for rolled back, refused
+/// every write for good and could not take over when the first went away.
+/// Here it stands by, takes over and appends after both leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_starting_while_the_writer_commits_sees_one_snapshot_and_takes_over() {
+    for db in soma_store::testing::engines("analytics_snapshot").await {
+        if db.label == "sqlite" {
+            // One embedded database, no second writer to race with.
+            eprintln!("--- engine: sqlite: one instance writes; nothing to interleave");
+            db.cleanup().await;
+            continue;
+        }
+        let ca = Ca::new();
+        let keys = AnalyticsKeys::generate();
+        let first = start_analytics(&ca, &db.settings, keys.config(), None).await;
+        let sql = common::database(&db.settings).await;
+        assert_eq!(record(&ca, &first, "before").await.unwrap(), 0);
+
+        // The first's next append waits in its commit.
+        let hold = db.interrupt_commit("ledger_leaves").await.unwrap();
+        let appending = {
+            let mut client = client(&ca, &first, "/svc/tool-registry");
+            tokio::spawn(async move {
+                client
+                    .record_billing_event(billing("during", "acme", 1))
+                    .await
+                    .map(|r| r.into_inner().ledger.unwrap().index)
+            })
+        };
+        wait_for_lock_waiters(&sql, 1, "the append in its commit").await;
+
+        // An exclusive lock on the leaves, queued behind the append.
+        let (release_lock, released) = tokio::sync::oneshot::channel::<()>();
+        let locker = {
+            let pool = sql.as_postgres().unwrap().clone();
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("LOCK TABLE ledger_leaves IN ACCESS EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                released.await.unwrap();
+                tx.rollback().await.unwrap();
+            })
+        };
+        wait_for_lock_waiters(&sql, 2, "the exclusive lock behind the append").await;
+
+        // The second starts: its check reads the head, then waits for the
+        // leaves behind the exclusive lock. Meanwhile the append commits;
+        // then the lock goes, and the check reads on.
+        let (second, ()) = tokio::join!(start_analytics(&ca, &db.settings, keys.config(), None), async {
+            wait_for_lock_waiters(&sql, 3, "the second's check reading the leaves").await;
+            let releasing = tokio::spawn(hold.release());
+            assert_eq!(appending.await.unwrap().unwrap(), 1, "the held append");
+            release_lock.send(()).unwrap();
+            locker.await.unwrap();
+            releasing.await.unwrap();
+        });
+        assert_eq!(scalar(&sql, "SELECT COUNT(*) FROM ledger_leaves").await, 2);
+
+        // It stands by, sound; once the first is gone it takes over and
+        // appends after both leaves.
+        assert_eq!(health(&ca, &second).await, NOT_SERVING);
+        let readyz = http_get(second.admin, "/readyz").await;
+        assert!(readyz.contains("not ready: standby"), "{readyz}");
+        first.stop().await;
+        wait_for_health(&ca, &second, SERVING, "the second after the first stopped").await;
+        assert_eq!(record(&ca, &second, "after").await.unwrap(), 2);
+        ledger_is_whole(&second, &ca, &keys, &sql, 3).await;
+
+        sql.close().await;
+        second.stop().await;
+        db.cleanup().await;
+    }
+}
