@@ -12,6 +12,9 @@
 //!   gets the lease back it has caught up with those appends before its
 //!   next one (its view and latest checkpoint are the stored ones), and the
 //!   ledger stays contiguous, its root recomputing from the stored leaves.
+//! - An instance starting while the writer commits reads its start-up check
+//!   in one snapshot (the interleaving forced with PostgreSQL's locks), and
+//!   takes over when the writer is gone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
