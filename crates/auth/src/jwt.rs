@@ -573,16 +573,28 @@ struct RawHeader<'a> {
     x5c: Option<&'a str>,
 }
 
-/// The names [`RawHeader`] reads, in its field order.
-const HEADER_MEMBERS: [&str; 8] = ["alg", "typ", "kid", "crit", "jku", "x5u", "jwk", "x5c"];
+/// Where the scanner puts each member [`RawHeader`] reads: its field order.
+fn header_slot(name: &str) -> Option<usize> {
+    Some(match name {
+        "alg" => 0,
+        "typ" => 1,
+        "kid" => 2,
+        "crit" => 3,
+        "jku" => 4,
+        "x5u" => 5,
+        "jwk" => 6,
+        "x5c" => 7,
+        _ => return None,
+    })
+}
 
 impl<'a> RawHeader<'a> {
     /// Reads `text` with the scanner, or with serde where the scanner
     /// defers to it: the same answers either way (see the differential
     /// test in this module).
     fn parse(text: &'a str) -> Option<Self> {
-        let mut found = [None; HEADER_MEMBERS.len()];
-        match scan::object(text, &HEADER_MEMBERS, &mut found) {
+        let mut found = [None; 8];
+        match scan::object(text, header_slot, &mut found) {
             Scan::Valid => {
                 let [alg, typ, kid, crit, jku, x5u, jwk, x5c] = found;
                 Some(Self {
@@ -809,22 +821,25 @@ struct RawClaims<'a> {
     operator: Option<&'a str>,
 }
 
-/// The names [`RawClaims`] reads, in its field order.
-const CLAIM_MEMBERS: [&str; 13] = [
-    "iss",
-    "sub",
-    "aud",
-    "exp",
-    "nbf",
-    "iat",
-    "jti",
-    "tenant",
-    "region",
-    "scope",
-    "amr",
-    "auth_time",
-    "operator",
-];
+/// Where the scanner puts each member [`RawClaims`] reads: its field order.
+fn claim_slot(name: &str) -> Option<usize> {
+    Some(match name {
+        "iss" => 0,
+        "sub" => 1,
+        "aud" => 2,
+        "exp" => 3,
+        "nbf" => 4,
+        "iat" => 5,
+        "jti" => 6,
+        "tenant" => 7,
+        "region" => 8,
+        "scope" => 9,
+        "amr" => 10,
+        "auth_time" => 11,
+        "operator" => 12,
+        _ => return None,
+    })
+}
 
 impl<'a> RawClaims<'a> {
     /// A JSON object (not an array: serde would read an array as a struct
@@ -838,8 +853,8 @@ impl<'a> RawClaims<'a> {
         // scanner then reads strings and raw members without checking each.
         let text =
             std::str::from_utf8(payload).map_err(|_| JwtError::Malformed("payload is not a json object"))?;
-        let mut found = [None; CLAIM_MEMBERS.len()];
-        match scan::object(text, &CLAIM_MEMBERS, &mut found) {
+        let mut found = [None; 13];
+        match scan::object(text, claim_slot, &mut found) {
             Scan::Valid => {
                 let [
                     iss,
@@ -1120,8 +1135,8 @@ mod tests {
         assert!(starts_as_object || header.is_none(), "header {text:?}");
         let reference = RawHeader::parse_serde(text).filter(|_| starts_as_object);
         assert_eq!(header.filter(|_| starts_as_object), reference, "header {text:?}");
-        let mut found = [None; CLAIM_MEMBERS.len()];
-        scan::object(text, &CLAIM_MEMBERS, &mut found)
+        let mut found = [None; 13];
+        scan::object(text, claim_slot, &mut found)
     }
 
     #[test]

@@ -38,16 +38,17 @@ enum Stop {
     Unsure,
 }
 
-/// Scans `text` as one JSON object. `names` are the members the caller
-/// reads; `found[i]` receives the raw text of member `names[i]` (without
-/// surrounding whitespace, as `RawValue` holds it). The slots are only
-/// meaningful when [`Scan::Valid`] is returned.
+/// Scans `text` as one JSON object. `slot` maps the name of a member the
+/// caller reads to its index in `found` (`None` for every other name);
+/// `found[i]` receives that member's raw text (without surrounding
+/// whitespace, as `RawValue` holds it). The slots are only meaningful when
+/// [`Scan::Valid`] is returned.
 pub(crate) fn object<'a, const N: usize>(
     text: &'a str,
-    names: &[&str; N],
+    slot: impl Fn(&str) -> Option<usize>,
     found: &mut [Option<&'a str>; N],
 ) -> Scan {
-    match scan_object(text, names, found) {
+    match scan_object(text, slot, found) {
         Ok(()) => Scan::Valid,
         Err(Stop::Invalid) => Scan::Invalid,
         Err(Stop::Unsure) => Scan::Unsure,
@@ -56,7 +57,7 @@ pub(crate) fn object<'a, const N: usize>(
 
 fn scan_object<'a, const N: usize>(
     text: &'a str,
-    names: &[&str; N],
+    slot: impl Fn(&str) -> Option<usize>,
     found: &mut [Option<&'a str>; N],
 ) -> Result<(), Stop> {
     let bytes = text.as_bytes();
@@ -85,17 +86,13 @@ fn scan_object<'a, const N: usize>(
         }
         let start = whitespace(bytes, i + 1);
         let stop = value(bytes, start)?;
-        // Compared inline: the names are a few bytes long, shorter than a
-        // call to memcmp.
-        let slot = names
-            .iter()
-            .position(|n| n.len() == name.len() && n.bytes().zip(name.bytes()).all(|(a, b)| a == b));
-        if let Some(slot) = slot {
-            if found[slot].is_some() {
+        if let Some(at) = slot(name) {
+            let entry = found.get_mut(at).ok_or(Stop::Unsure)?;
+            if entry.is_some() {
                 // A member the verifier reads, named twice.
                 return Err(Stop::Invalid);
             }
-            found[slot] = Some(text.get(start..stop).ok_or(Stop::Unsure)?);
+            *entry = Some(text.get(start..stop).ok_or(Stop::Unsure)?);
         }
         i = whitespace(bytes, stop);
         match bytes.get(i) {
