@@ -1,4 +1,4 @@
-//! Cost of `JwtVerifier::verify`: a valid HS256 token (target: 3 µs or
+//! Cost of `JwtVerifier::verify`: a valid HS256 token (target: 2 µs or
 //! less), a valid EdDSA token against a raw ed25519-dalek verification of
 //! the same signing input (target: 1.1× or less; the raw verification is
 //! measured right before and right after, and compared as their mean), and

@@ -303,6 +303,16 @@ pub(crate) enum KeyKind {
     Public,
 }
 
+impl KeyKind {
+    /// The kind of source that can hold a key of `alg`.
+    pub(crate) fn of(alg: Algorithm) -> Self {
+        match alg {
+            Algorithm::Hs256 => Self::Secret,
+            Algorithm::Rs256 | Algorithm::Es256 | Algorithm::EdDsa => Self::Public,
+        }
+    }
+}
+
 /// Parses a JWK (only for [`KeyKind::Secret`]) or a JWK Set. Unusable
 /// members of a public set are skipped with a warning so one exotic key
 /// does not take down the others; a secret file must be entirely valid.

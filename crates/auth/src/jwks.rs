@@ -79,8 +79,9 @@ impl WatchedFile {
 
     /// Reloads the file if it changed, at most once per second across all
     /// callers: the request path calls this on every token.
-    pub(crate) fn check_due(&self) {
-        let now = monotonic_millis();
+    /// `now` is [`monotonic_millis`], read once by the caller for all its
+    /// files.
+    pub(crate) fn check_due(&self, now: u64) {
         let last = self.last_check_ms.load(Ordering::Relaxed);
         let interval = FILE_CHECK_INTERVAL.as_millis() as u64;
         if now.saturating_sub(last) < interval {
@@ -207,7 +208,9 @@ impl UrlSource {
         self.fetch_and_store().await;
     }
 
-    fn due(&self) -> bool {
+    /// Whether a refetch is allowed now: none attempted yet, or the last
+    /// one at least one refresh interval ago.
+    pub(crate) fn due(&self) -> bool {
         let last = *self.last_attempt.lock().unwrap_or_else(PoisonError::into_inner);
         last.is_none_or(|at| at.elapsed() >= self.interval)
     }
@@ -365,7 +368,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Milliseconds on a process-wide monotonic clock.
-fn monotonic_millis() -> u64 {
+pub(crate) fn monotonic_millis() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     // Saturates after 584 million years of uptime.
     u64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)

@@ -21,8 +21,9 @@
 //! behind a domain separator ([`DOMAIN_SEPARATOR`]); a request without an
 //! envelope yields no claims, never default ones. A token's algorithm is
 //! fixed by the key its `kid` selects, never by the token; `none` is never
-//! accepted; an unknown `kid` refetches a JWKS URL at most once per refresh
-//! interval, and a failing URL keeps the last good key set.
+//! accepted; an unknown `kid` in a token of a public-key algorithm refetches
+//! a JWKS URL at most once per refresh interval (an HS256 token never does:
+//! a key set holds no secrets), and a failing URL keeps the last good key set.
 
 mod envelope;
 mod error;
@@ -31,6 +32,7 @@ mod jwk;
 mod jwks;
 mod jwt;
 mod keys;
+mod scan;
 mod signer;
 mod verifier;
 

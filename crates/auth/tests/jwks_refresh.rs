@@ -440,3 +440,133 @@ async fn an_https_jwks_url_is_trusted_only_through_its_ca_file() {
         .unwrap_err();
     assert!(err.to_string().contains("jwks_ca_file"), "{err}");
 }
+
+/// An issuer with all three sources: an HMAC secret file, a JWKS file and
+/// a JWKS URL, so that a miss of one algorithm's kind can be told apart
+/// from a miss of the other.
+async fn three_source_verifier(
+    dir: &std::path::Path,
+    url: &str,
+    hs: &HsKey,
+    ed: &EdKey,
+) -> (JwtVerifier, std::path::PathBuf, std::path::PathBuf) {
+    let secret_path = write_json(dir, "hs.jwk", &hs.jwk("hs-1"));
+    let jwks_path = write_json(dir, "jwks.json", &json!({"keys": [ed.jwk("ed-file-1")]}));
+    let verifier = JwtVerifier::new(settings(IssuerSettings {
+        algorithms: vec![Algorithm::Hs256, Algorithm::EdDsa],
+        hmac_secret_file: Some(secret_path.clone()),
+        jwks_file: Some(jwks_path.clone()),
+        ..url_issuer(url, REFRESH)
+    }))
+    .await
+    .unwrap();
+    (verifier, secret_path, jwks_path)
+}
+
+fn hs_token(key: &HsKey, kid: &str, now: i64) -> String {
+    let header = json!({"alg": "HS256", "kid": kid}).to_string();
+    mint(&header, &claims(now).to_string(), |i| key.sign(i))
+}
+
+/// A miss re-reads the sources that can hold a key of the token's
+/// algorithm, at once: a public key added to the JWKS file is in service
+/// for the very next token naming it, with no wait and no URL involved.
+#[tokio::test]
+async fn a_new_public_kid_in_the_jwks_file_is_picked_up_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hs, ed, next) = (HsKey::generate(), EdKey::generate(), EdKey::generate());
+    let (_server, url) = Server::start(Served::Json(json!({"keys": [ed.jwk("ed-url-1")]}))).await;
+    let (verifier, _, jwks_path) = three_source_verifier(dir.path(), &url, &hs, &ed).await;
+    verifier
+        .verify(&ed_token(&ed, "ed-file-1", NOW), NOW)
+        .await
+        .unwrap();
+
+    replace_json(
+        &jwks_path,
+        &json!({"keys": [ed.jwk("ed-file-1"), next.jwk("ed-file-2")]}),
+    );
+    let claims = verifier
+        .verify(&ed_token(&next, "ed-file-2", NOW), NOW)
+        .await
+        .unwrap();
+    assert_eq!(claims.key_id, "ed-file-2");
+}
+
+/// An HS256 token with an unknown kid cannot be helped by a public source
+/// (a key's algorithm must be the token's), so it never makes the verifier
+/// fetch the JWKS URL; an EdDSA one does, rate-limited. And the secret file
+/// is still re-read at once: a rotated secret verifies its first token.
+#[tokio::test]
+async fn an_unknown_hmac_kid_fetches_no_url_but_rereads_the_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hs, ed, new) = (HsKey::generate(), EdKey::generate(), HsKey::generate());
+    let (server, url) = Server::start(Served::Json(json!({"keys": [ed.jwk("ed-url-1")]}))).await;
+    let (verifier, secret_path, _) = three_source_verifier(dir.path(), &url, &hs, &ed).await;
+    let at_start = server.requests();
+    assert_eq!(at_start, 1, "the start fetch");
+    // Past the rate limit: a refetch would be allowed now.
+    tokio::time::sleep(REFRESH).await;
+
+    for n in 0..20 {
+        let err = verifier
+            .verify(&hs_token(&hs, &format!("hs-unknown-{n}"), NOW), NOW)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "unknown_kid");
+    }
+    assert_eq!(server.requests(), at_start, "HS256 misses fetched the JWKS URL");
+    assert_eq!(verifier.jwks_fetch_count(), at_start);
+
+    // The same miss with an EdDSA token does fetch (the URL may serve it).
+    let err = verifier
+        .verify(&ed_token(&ed, "ed-unknown", NOW), NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "unknown_kid");
+    assert_eq!(server.requests(), at_start + 1, "an EdDSA miss refetches");
+
+    replace_json(&secret_path, &new.jwk("hs-2"));
+    let claims = verifier.verify(&hs_token(&new, "hs-2", NOW), NOW).await.unwrap();
+    assert_eq!(claims.key_id, "hs-2");
+    assert_eq!(server.requests(), at_start + 1);
+}
+
+/// A key that the URL adds is found by the second pass of a verification
+/// that had to wait for the refetch, and that pass runs every check again:
+/// a bad signature and an expired token under a just-fetched kid are
+/// refused with their own reasons, a good token is accepted.
+#[tokio::test]
+async fn the_pass_after_a_refetch_runs_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hs, ed) = (HsKey::generate(), EdKey::generate());
+    let (second, third) = (EdKey::generate(), EdKey::generate());
+    let (server, url) = Server::start(Served::Json(json!({"keys": [ed.jwk("ed-url-1")]}))).await;
+    let (verifier, _, _) = three_source_verifier(dir.path(), &url, &hs, &ed).await;
+
+    server.set(Served::Json(
+        json!({"keys": [ed.jwk("ed-url-1"), second.jwk("ed-url-2")]}),
+    ));
+    tokio::time::sleep(REFRESH).await;
+    // Signed with another key than the one ed-url-2 names.
+    let forged = ed_token(&ed, "ed-url-2", NOW);
+    assert_eq!(
+        verifier.verify(&forged, NOW).await.unwrap_err().reason(),
+        "bad_signature"
+    );
+    assert_eq!(server.requests(), 2);
+
+    server.set(Served::Json(json!({"keys": [third.jwk("ed-url-3")]})));
+    tokio::time::sleep(REFRESH).await;
+    let expired = ed_token(&third, "ed-url-3", NOW - 3600);
+    assert_eq!(
+        verifier.verify(&expired, NOW).await.unwrap_err().reason(),
+        "expired"
+    );
+    assert_eq!(server.requests(), 3);
+    let claims = verifier
+        .verify(&ed_token(&third, "ed-url-3", NOW), NOW)
+        .await
+        .unwrap();
+    assert_eq!(claims.key_id, "ed-url-3");
+}
