@@ -56,18 +56,22 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The services' policy: up to 10 attempts, pauses of 100 ms doubling
-    /// to at most 2 s, within 12 s. Attempts then start at about 0, 0.1,
-    /// 0.3, 0.7, 1.5, 3.1, 5.1, 7.1, 9.1 and 11.1 s, which rides out a
-    /// Patroni switch (4–6 s for a killed postmaster, 9–10 s for a lost
-    /// node, measured on the HA test stack) while HAProxy refuses or drops
-    /// new connections; the first retry comes at once (100 ms) for the
-    /// common case of one dead pooled connection after a restart.
+    /// The services' policy: up to 6 attempts, pauses of 100 ms doubling
+    /// to at most 1 s, within 3 s. Attempts then start at about 0, 0.1,
+    /// 0.3, 0.7, 1.5 and 2.5 s: the first retry comes at once (100 ms) for
+    /// the common case of one dead pooled connection after a restart or a
+    /// terminated backend, and a longer outage (a Patroni switch takes 4–6 s
+    /// for a killed postmaster) reaches the caller within about 3 s as
+    /// `UNAVAILABLE`, to be sent again, rather than holding every caller's
+    /// request for the whole switch: with a window as long as the switch,
+    /// requests hung until the edge's own deadline (504) under load, and a
+    /// client that waits on each request before sending the next one saw
+    /// the outage — and the recovery — only then.
     pub const DEFAULT: Self = Self {
-        max_attempts: 10,
+        max_attempts: 6,
         first_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(2),
-        window: Duration::from_secs(12),
+        max_backoff: Duration::from_secs(1),
+        window: Duration::from_secs(3),
     };
 }
 
