@@ -202,7 +202,7 @@ pub async fn services(endpoints: &Value, services: &[ServiceKind]) -> Result<Str
 /// How long a request refused by the edge's per-tenant rate limit (429)
 /// is tried again: the drill's own load and checks share the tenant's
 /// budget, and a refusal that says "later" is pacing, not a failure.
-const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const RATE_LIMITED_WAIT: Duration = Duration::from_secs(10);
 
 /// GETs `path` as JSON, retrying what is not a 200 for up to `settle`,
 /// and a 429 of the edge's rate limit for up to [`RATE_LIMITED_WAIT`].
