@@ -25,7 +25,8 @@
 # BENCH_HANDSHAKE_ROUNDS (2), BENCH_SECTIONS ("unary handshake rss real": the
 # sections to run), BENCH_REAL_SECONDS (10, per server and round of section 4),
 # BENCH_PERF_OUT (a file: section 4 records `perf record -g` of the analytics
-# process over the whole generator run into it).
+# process over the whole generator run into it; it adds its own CPU to that
+# process), BENCH_NO_BUILD (1: use the binaries already built).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -61,8 +62,10 @@ if ((${#missing[@]})); then
 fi
 
 # --- build --------------------------------------------------------------------
-log "cargo build --release -p soma --bins --examples"
-cargo build --release -p soma --bins --examples
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    log "cargo build --release -p soma --bins --examples"
+    cargo build --release -p soma --bins --examples
+fi
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 EXAMPLES="$BIN/examples"
 

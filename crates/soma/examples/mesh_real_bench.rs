@@ -38,6 +38,7 @@
 )]
 mod bench;
 
+use std::future::Future;
 use std::io::{BufRead as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -109,9 +110,12 @@ fn main() -> anyhow::Result<()> {
         "--rate, --seconds and --rounds must be greater than zero"
     );
     let ticks_per_second = clock_ticks_per_second()?;
-    let (Some(addr), Some(pid), Some(server_id), Some(svid_dir)) =
-        (args.addr, args.pid, args.server_id.as_deref(), args.svid_dir.as_deref())
-    else {
+    let (Some(addr), Some(pid), Some(server_id), Some(svid_dir)) = (
+        args.addr,
+        args.pid,
+        args.server_id.as_deref(),
+        args.svid_dir.as_deref(),
+    ) else {
         bail!("--addr, --pid, --server-id and --svid-dir are required");
     };
     let server_id = SpiffeId::parse(server_id).context("--server-id")?;
@@ -172,12 +176,18 @@ async fn run(
     let (bare_idle, mesh_idle) = if idle.is_zero() {
         (f64::NAN, f64::NAN)
     } else {
-        progress(&format!("idle: watching both servers for {} s", args.idle_seconds));
+        progress(&format!(
+            "idle: watching both servers for {} s",
+            args.idle_seconds
+        ));
         let (b0, m0) = (bare.process.cpu()?, mesh.cpu()?);
         tokio::time::sleep(idle).await;
         let (b1, m1) = (bare.process.cpu()?, mesh.cpu()?);
         let per_second = |d: Duration| d.as_secs_f64() * 1e6 / idle.as_secs_f64();
-        (per_second(b1.saturating_sub(b0)), per_second(m1.saturating_sub(m0)))
+        (
+            per_second(b1.saturating_sub(b0)),
+            per_second(m1.saturating_sub(m0)),
+        )
     };
 
     let period = Duration::from_secs(1) / args.rate;
@@ -223,7 +233,7 @@ async fn measure<F, Fut>(
 ) -> anyhow::Result<Sample>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let before = server.cpu()?;
     let before_sched = server.sched();
@@ -267,7 +277,9 @@ impl Process {
             pid,
             ticks_per_second,
         };
-        process.cpu().with_context(|| format!("no process {pid} to measure"))?;
+        process
+            .cpu()
+            .with_context(|| format!("no process {pid} to measure"))?;
         Ok(process)
     }
 
@@ -289,7 +301,9 @@ impl Process {
             v.parse().with_context(|| format!("{path}: field {v:?}"))
         };
         let ticks = field(11)? + field(12)?;
-        Ok(Duration::from_nanos(ticks * 1_000_000_000 / self.ticks_per_second))
+        Ok(Duration::from_nanos(
+            ticks * 1_000_000_000 / self.ticks_per_second,
+        ))
     }
 
     /// Time on CPU of the process's live threads from their `schedstat`
@@ -365,9 +379,7 @@ impl BareChild {
 /// multi-thread runtime `soma serve` uses; its address on standard output;
 /// serves until standard input closes.
 fn serve_bare() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -455,7 +467,9 @@ impl Report {
             "== unary grpc.health.v1.Health/Check, open loop at {} calls/s, {} s per server and round, {} rounds",
             args.rate, args.seconds, args.rounds
         );
-        println!("   server CPU = utime+stime of the whole server process (/proc/PID/stat); median of rounds");
+        println!(
+            "   server CPU = utime+stime of the whole server process (/proc/PID/stat); median of rounds"
+        );
         println!("   bare tonic, plaintext (pid {bare_pid})     {bare_cpu:>8.2} µs/call");
         println!("   real soma serve, mTLS (pid {mesh_pid})     {mesh_cpu:>8.2} µs/call");
         println!(
@@ -471,18 +485,34 @@ impl Report {
             "   idle CPU before the rounds               bare {:.0} µs/s, mesh {:.0} µs/s",
             self.bare_idle_us_per_s, self.mesh_idle_us_per_s
         );
-        println!("   latency p50  bare {b50:>8.1} µs  mesh {m50:>8.1} µs  added {:>+7.1} µs  (target <= +{TARGET_ADDED_P50_US} µs)", m50 - b50);
-        println!("   latency p99  bare {b99:>8.1} µs  mesh {m99:>8.1} µs  added {:>+7.1} µs  (target <= +{TARGET_ADDED_P99_US} µs)", m99 - b99);
+        println!(
+            "   latency p50  bare {b50:>8.1} µs  mesh {m50:>8.1} µs  added {:>+7.1} µs  (target <= +{TARGET_ADDED_P50_US} µs)",
+            m50 - b50
+        );
+        println!(
+            "   latency p99  bare {b99:>8.1} µs  mesh {m99:>8.1} µs  added {:>+7.1} µs  (target <= +{TARGET_ADDED_P99_US} µs)",
+            m99 - b99
+        );
         println!();
         println!("result.real_cpu_us_baseline={bare_cpu:.3}");
         println!("result.real_cpu_us_mesh={mesh_cpu:.3}");
         println!("result.real_cpu_ratio={ratio:.4}");
         println!("result.real_cpu_ratio_spread={spread:.4}");
-        println!("result.real_cpu_ratio_rounds={}", ratios.iter().map(|r| format!("{r:.4}")).collect::<Vec<_>>().join(","));
+        println!(
+            "result.real_cpu_ratio_rounds={}",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.4}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         println!("result.real_cpu_ratio_sched={sched_ratio:.4}");
         println!("result.real_cpu_ratio_target={TARGET_CPU_RATIO}");
         println!("result.real_calls_per_round={calls:.0}");
-        println!("result.real_idle_us_per_s_baseline={:.0}", self.bare_idle_us_per_s);
+        println!(
+            "result.real_idle_us_per_s_baseline={:.0}",
+            self.bare_idle_us_per_s
+        );
         println!("result.real_idle_us_per_s_mesh={:.0}", self.mesh_idle_us_per_s);
         println!("result.real_p50_us_baseline={b50:.1}");
         println!("result.real_p99_us_baseline={b99:.1}");
