@@ -14,6 +14,7 @@ use sqlx::{Connection, Executor};
 use tracing::{debug, info, warn};
 
 use crate::error::StoreError;
+use crate::inline::InlineReader;
 use crate::migrations::Migrations;
 use crate::retry::Staleness;
 use crate::settings::{Engine, StoreSettings};
@@ -51,6 +52,8 @@ enum Inner {
         /// The pool's options, reused for the migrator's own connection.
         options: SqliteConnectOptions,
         path: PathBuf,
+        /// Point reads of the same file on the calling thread.
+        inline: Arc<InlineReader>,
     },
     Postgres {
         pool: PgPool,
@@ -157,6 +160,15 @@ impl Database {
         }
     }
 
+    /// Read-only connections to the SQLite file for point reads on the
+    /// calling thread ([`InlineReader`]), when this is a SQLite database.
+    pub fn inline_reader(&self) -> Option<&InlineReader> {
+        match &self.inner {
+            Inner::Sqlite { inline, .. } => Some(inline),
+            Inner::Postgres { .. } => None,
+        }
+    }
+
     /// The PostgreSQL pool, when this is a PostgreSQL database.
     pub fn as_postgres(&self) -> Option<&PgPool> {
         match &self.inner {
@@ -179,7 +191,10 @@ impl Database {
     /// Clones share the pool, so this closes it for all of them.
     pub async fn close(&self) {
         match &self.inner {
-            Inner::Sqlite { pool, .. } => pool.close().await,
+            Inner::Sqlite { pool, inline, .. } => {
+                pool.close().await;
+                inline.close();
+            }
             Inner::Postgres { pool, .. } => pool.close().await,
         }
     }
@@ -249,7 +264,13 @@ async fn connect_sqlite(data_dir: &Path, name: &str) -> Result<Inner, StoreError
         .connect_with(options.clone())
         .await
         .map_err(|source| connect_error(Engine::Sqlite, path.display().to_string(), source))?;
-    Ok(Inner::Sqlite { pool, options, path })
+    let inline = Arc::new(InlineReader::new(&path));
+    Ok(Inner::Sqlite {
+        pool,
+        options,
+        path,
+        inline,
+    })
 }
 
 /// Creates `dir` (and its parents) with mode 0700: it holds every service's

@@ -6,6 +6,9 @@
 //! migrations, one SQL text per engine, and runs its own queries on the pool
 //! ([`Database::as_sqlite`], [`Database::as_postgres`]).
 //!
+//! On SQLite, a few point reads on a request's critical path may run on the
+//! calling thread instead of sqlx's worker thread ([`InlineReader`]).
+//!
 //! A connection that dies under a query (a PostgreSQL failover or restart)
 //! is told apart from every other failure ([`is_connection_lost`]), and
 //! [`retry!`] runs an operation again on a new connection when the
@@ -19,6 +22,7 @@
 
 mod database;
 mod error;
+mod inline;
 mod migrations;
 mod retry;
 mod settings;
@@ -27,6 +31,7 @@ pub mod testing;
 
 pub use database::{Database, ensure_postgres_database, with_database};
 pub use error::StoreError;
+pub use inline::{Inline, InlineReader, InlineRow};
 pub use migrations::{Migration, Migrations};
 pub use retry::{ConnectionLost, RetryPolicy, Retrying, commit, is_connection_lost};
 pub use settings::{Engine, StoreSettings};

@@ -11,7 +11,7 @@
 
 use serde_json::{Value, json};
 use soma_sign::hex::encode as hex;
-use soma_store::{Database, on_pool, retry, retry_on_pool};
+use soma_store::{Database, Inline, on_pool, retry, retry_on_pool};
 use sqlx::Row as _;
 
 use crate::error::RepoError;
@@ -407,6 +407,45 @@ pub(crate) struct ActiveRun {
     /// `None` when there is no such row.
     pub submission: Option<SubmissionRow>,
 }
+
+/// Reads a row of [`Store::active_run`]'s statement: the installation's
+/// columns, then the revision's from [`ACTIVE_RUN_REVISION_AT`], then the
+/// submission's from [`ACTIVE_RUN_SUBMISSION_AT`] (a LEFT JOIN's absent row
+/// is NULL in its first column).
+macro_rules! active_run_of {
+    () => {
+        |row| -> Result<ActiveRun, sqlx::Error> {
+            // (An array's `map` gives each closure its row type.)
+            let [installation] = [row].map(installation_of!(0));
+            let revision_key: Option<String> = row.try_get(ACTIVE_RUN_REVISION_AT)?;
+            let revision = match revision_key {
+                None => None,
+                Some(_) => {
+                    let [revision] = [row].map(revision_of!(ACTIVE_RUN_REVISION_AT));
+                    Some(revision?)
+                }
+            };
+            let submission_key: Option<String> = row.try_get(ACTIVE_RUN_SUBMISSION_AT)?;
+            let submission = match submission_key {
+                None => None,
+                Some(_) => {
+                    let [submission] = [row].map(submission_of!(ACTIVE_RUN_SUBMISSION_AT));
+                    Some(submission?)
+                }
+            };
+            Ok(ActiveRun {
+                installation: installation?,
+                revision,
+                submission,
+            })
+        }
+    };
+}
+
+/// First column of the revision in [`Store::active_run`]'s statement.
+const ACTIVE_RUN_REVISION_AT: usize = 11;
+/// First column of the submission in [`Store::active_run`]'s statement.
+const ACTIVE_RUN_SUBMISSION_AT: usize = ACTIVE_RUN_REVISION_AT + 12;
 
 /// One value bound to a query built at run time.
 #[derive(Clone, Debug)]
@@ -913,42 +952,25 @@ impl Store {
                 prefixed("s", SUBMISSION_COLUMNS),
             )
         });
-        const REVISION_AT: usize = 11;
-        const SUBMISSION_AT: usize = REVISION_AT + 12;
+        // On SQLite, on this thread: a point read by the installations'
+        // unique key, joined by primary keys (see `soma_store::InlineReader`).
+        if let Some(inline) = self.db.inline_reader()
+            && let Inline::Done(run) = inline.read_one(SQL.as_str(), &[tenant, environment, capsule], |row| {
+                row.map(active_run_of!()).transpose()
+            })
+        {
+            return Ok(run?);
+        }
         retry_on_pool!(self.db, "active_run", RepoError, pool => {
-            let rows = sqlx::query(SQL.as_str())
+            sqlx::query(SQL.as_str())
                 .bind(tenant)
                 .bind(environment)
                 .bind(capsule)
                 .fetch_all(pool)
-                .await?;
-            match rows.first() {
-                None => None,
-                Some(row) => {
-                    // (An array's `map` gives each closure its row type.)
-                    let [installation] = [row].map(installation_of!(0));
-                    let installation = installation?;
-                    let revision = match row.try_get::<Option<String>, _>(REVISION_AT)? {
-                        None => None,
-                        Some(_) => {
-                            let [revision] = [row].map(revision_of!(REVISION_AT));
-                            Some(revision?)
-                        }
-                    };
-                    let submission = match row.try_get::<Option<String>, _>(SUBMISSION_AT)? {
-                        None => None,
-                        Some(_) => {
-                            let [submission] = [row].map(submission_of!(SUBMISSION_AT));
-                            Some(submission?)
-                        }
-                    };
-                    Some(ActiveRun {
-                        installation,
-                        revision,
-                        submission,
-                    })
-                }
-            }
+                .await?
+                .first()
+                .map(active_run_of!())
+                .transpose()?
         })
     }
 

@@ -6,7 +6,7 @@
 //! callers ([`crate::seal`]) before anything is trusted.
 
 use serde_json::{Value, json};
-use soma_store::{Database, Engine, on_pool, retry, retry_on_pool};
+use soma_store::{Database, Engine, Inline, on_pool, retry, retry_on_pool};
 use sqlx::Row as _;
 
 use crate::error::RegistryError;
@@ -392,9 +392,20 @@ impl Store {
         tool: &str,
         version: &str,
     ) -> Result<Option<ReleaseRow>, RegistryError> {
-        let sql = format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1 AND version = $2");
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE tool = $1 AND version = $2")
+        });
+        // On SQLite, on this thread: a point read by the primary key (see
+        // `soma_store::InlineReader`).
+        if let Some(inline) = self.db.inline_reader()
+            && let Inline::Done(row) = inline.read_one(SQL.as_str(), &[tool, version], |row| {
+                row.map(release_of!()).transpose()
+            })
+        {
+            return Ok(row?);
+        }
         retry_on_pool!(self.db, "release", RegistryError, pool => {
-            sqlx::query(&sql)
+            sqlx::query(SQL.as_str())
                 .bind(tool)
                 .bind(version)
                 // All rows (at most one), so that the statement ends
