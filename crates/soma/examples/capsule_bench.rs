@@ -57,8 +57,10 @@
 //! the figures of failed calls mean nothing. The headline is the median
 //! over rounds of the per-round ratio of the p50s, edge / execute.
 //!
-//! No tracing subscriber is installed (as in `edge_bench`): log lines cost
-//! their level check only. Nothing here passes or fails on timing: the
+//! No tracing subscriber is installed (as in `edge_bench`) unless
+//! `RUST_LOG` is set (then log lines of those levels go to stderr, to find
+//! why a call failed; the figures of such a run include them): otherwise log
+//! lines cost their level check only. Nothing here passes or fails on timing: the
 //! target is printed next to the measurement.
 //!
 //! The last lines are `result.<key>=<value>`, for `scripts/bench/capsule.sh`.
@@ -154,6 +156,12 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if [args.rate, args.seconds, args.rounds].contains(&0) {
         bail!("--rate, --seconds and --rounds must be greater than zero");
     }

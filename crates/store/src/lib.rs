@@ -33,7 +33,7 @@ pub use database::{Database, ensure_postgres_database, with_database};
 pub use error::StoreError;
 pub use inline::{Inline, InlineReader, InlineRow};
 pub use migrations::{Migration, Migrations};
-pub use retry::{ConnectionLost, RetryPolicy, Retrying, commit, is_connection_lost};
+pub use retry::{ConnectionLost, RetryPolicy, Retrying, commit, is_busy, is_connection_lost};
 pub use settings::{Engine, StoreSettings};
 
 /// Runs `$body` with `$pool` bound to the SQLite or the PostgreSQL pool of

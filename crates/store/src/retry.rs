@@ -151,6 +151,29 @@ pub fn is_connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether `error` is SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED` (any of
+/// their extended codes): the statement waited out the busy timeout for
+/// another connection's lock, or could not take it at all, and had no
+/// effect (a transaction it was part of is rolled back when dropped). An
+/// overload of the one writer a SQLite file has, never a client's mistake
+/// nor a broken database: services answer it `UNAVAILABLE`
+/// `database_busy`, which the caller may send again. PostgreSQL errors are
+/// never this.
+pub fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i64 = 5;
+    const SQLITE_LOCKED: i64 = 6;
+    match error {
+        sqlx::Error::Database(database) => {
+            database.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+                && database
+                    .code()
+                    .and_then(|code| code.parse::<i64>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+        }
+        _ => false,
+    }
+}
+
 /// The SQLSTATEs of [`is_connection_lost`].
 fn is_connection_lost_sqlstate(code: &str) -> bool {
     code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "57P05" | "25006")

@@ -140,6 +140,7 @@ impl RepoError {
             Self::Unauthenticated => "unauthenticated",
             Self::Registry(_) => "registry_unavailable",
             Self::Database(e) if soma_store::is_connection_lost(e) => "database_unavailable",
+            Self::Database(e) if soma_store::is_busy(e) => "database_busy",
             Self::Database(_) | Self::Sign(_) | Self::Config(_) => "internal",
         }
     }
@@ -158,7 +159,9 @@ impl RepoError {
             Self::RowIntegrity { .. } => Code::DataLoss,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Registry(_) => Code::Unavailable,
-            Self::Database(e) if soma_store::is_connection_lost(e) => Code::Unavailable,
+            Self::Database(e) if soma_store::is_connection_lost(e) || soma_store::is_busy(e) => {
+                Code::Unavailable
+            }
             Self::Database(_) | Self::Sign(_) | Self::Config(_) => Code::Internal,
         }
     }
@@ -180,6 +183,9 @@ impl From<RepoError> for tonic::Status {
         } else if err.reason() == "database_unavailable" {
             tracing::warn!(reason = err.reason(), error = ?err, "database unavailable");
             "the database is unavailable; the request may be sent again".to_owned()
+        } else if err.reason() == "database_busy" {
+            tracing::warn!(reason = err.reason(), error = ?err, "database busy");
+            "the database is busy; nothing was written, the request may be sent again".to_owned()
         } else {
             tracing::warn!(reason = err.reason(), "{err}");
             err.to_string()

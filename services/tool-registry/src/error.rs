@@ -97,7 +97,9 @@ pub enum RegistryError {
     /// A database error. One that means the connection was lost (see
     /// [`soma_store::is_connection_lost`]) is answered `UNAVAILABLE`
     /// `database_unavailable`: it was retried where that is safe, and the
-    /// bound ran out.
+    /// bound ran out. SQLite's writer lock held by others for longer than
+    /// the busy timeout ([`soma_store::is_busy`]) is `UNAVAILABLE`
+    /// `database_busy`: the statement had no effect.
     #[error("database")]
     Database(#[from] sqlx::Error),
     /// A signing or MAC error.
@@ -148,6 +150,7 @@ impl RegistryError {
             Self::Unauthenticated => "unauthenticated",
             Self::Busy(_) => "sandbox_busy",
             _ if self.database_unavailable() => "database_unavailable",
+            Self::Database(e) if soma_store::is_busy(e) => "database_busy",
             Self::Database(_) | Self::Sign(_) | Self::Sandbox(_) | Self::Config(_) | Self::Task(_) => {
                 "internal"
             }
@@ -188,6 +191,7 @@ impl RegistryError {
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Busy(_) => Code::ResourceExhausted,
             _ if self.database_unavailable() => Code::Unavailable,
+            Self::Database(e) if soma_store::is_busy(e) => Code::Unavailable,
             Self::Database(_) | Self::Sign(_) | Self::Sandbox(_) | Self::Config(_) | Self::Task(_) => {
                 Code::Internal
             }
@@ -214,6 +218,9 @@ impl From<RegistryError> for tonic::Status {
         } else if err.database_unavailable() {
             tracing::warn!(reason = err.reason(), error = ?err, "database unavailable");
             "the database is unavailable; the request may be sent again".to_owned()
+        } else if err.reason() == "database_busy" {
+            tracing::warn!(reason = err.reason(), error = ?err, "database busy");
+            "the database is busy; nothing was written, the request may be sent again".to_owned()
         } else {
             tracing::warn!(reason = err.reason(), "{err}");
             err.to_string()
