@@ -206,6 +206,7 @@ if [[ $SECTIONS == *" handshake "* ]]; then
             printf "%.1f %.1f %.3f %.1f %.1f %.3f", mr, orate, mr / orate, mcpu, ocpu, ocpu / mcpu }')"
         HS_ROWS+=("$row_line")
         read -r mr orate ratio mcpu ocpu cratio <<<"$row_line"
+        # The server's count includes the client's one handshake before its clock starts.
         echo "round $round: mesh $mr/s ($mc confirmed, $mn with close_notify, $mf failed; the server's /metrics: $ok ok)" \
             "  openssl $orate/s ($oc confirmed, $on with close_notify, $of failed)   ratio ${ratio}x" \
             "  server CPU per handshake: mesh $mcpu us, openssl $ocpu us (openssl/mesh ${cratio}x)"
@@ -393,7 +394,7 @@ if [[ -n ${HS_MESH:-} ]]; then
     echo "   no tickets); both driven by examples/handshake_client (sequential TLS 1.3 handshakes, each counted"
     echo "   once the server answered the client's close_notify); median of $HS_ROUNDS alternating rounds x"
     echo "   ${HS_SECONDS} s of per-round ratios; CPU = utime+stime of each server process over its rounds."
-    echo "   handshake refusals the mesh logged during the s_time runs: $HANDSHAKES_REFUSED."
+    echo "   handshake refusals the mesh logged during the client runs: $HANDSHAKES_REFUSED."
 fi
 if [[ -f "$R" ]]; then
     echo "   real analytics rows: grpc.health.v1.Health/Check on the soma serve analytics child of soma up"
