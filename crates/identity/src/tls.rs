@@ -192,7 +192,13 @@ impl ClientCertVerifier for SvidClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let chain = full_chain(end_entity, intermediates);
-        match validate_svid(&chain, &self.store.bundles(), &self.allowed, now, PeerRole::Client) {
+        match validate_svid(
+            &chain,
+            &self.store.bundles(),
+            &self.allowed,
+            now,
+            PeerRole::Client,
+        ) {
             Ok(id) => {
                 tracing::debug!(peer = %id, "accepted client svid");
                 Ok(ClientCertVerified::assertion())
@@ -258,8 +264,14 @@ impl ServerCertVerifier for SvidServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let chain = full_chain(end_entity, intermediates);
         let local = self.store.trust_domain();
-        let id = validate_svid(&chain, &self.store.bundles(), &self.allowed, now, PeerRole::Server)
-            .map_err(refuse)?;
+        let id = validate_svid(
+            &chain,
+            &self.store.bundles(),
+            &self.allowed,
+            now,
+            PeerRole::Server,
+        )
+        .map_err(refuse)?;
         if !self.expected.matches(&id, local) {
             return Err(refuse(SvidError::UnexpectedPeer { id }));
         }

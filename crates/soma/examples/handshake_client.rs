@@ -75,7 +75,10 @@ fn main() -> anyhow::Result<()> {
     let svid = Svid::from_pem(&read("svid.pem")?, &read("key.pem")?)?;
     let own_id = svid.spiffe_id().clone();
     let mut bundles = BundleSet::new();
-    bundles.insert(Bundle::from_pem(own_id.trust_domain().clone(), &read("bundle.pem")?)?);
+    bundles.insert(Bundle::from_pem(
+        own_id.trust_domain().clone(),
+        &read("bundle.pem")?,
+    )?);
     let store = SvidStore::new(own_id, svid, bundles)?;
     let server_id = SpiffeId::parse(&args.server_id)?;
     let config = soma_identity::client_config(store, ExpectedPeer::Exact(server_id))?;
