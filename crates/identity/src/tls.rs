@@ -75,6 +75,8 @@ impl ExpectedPeer {
 pub fn server_config(store: Arc<SvidStore>) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SvidClientVerifier {
+        // The store's ID, hence its trust domain, is fixed for its life.
+        allowed: AllowedTrustDomains::local(store.trust_domain()),
         store: Arc::clone(&store),
         provider: Arc::clone(&provider),
     });
@@ -100,6 +102,7 @@ pub fn client_config(
 ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SvidServerVerifier {
+        allowed: expected.allowed(store.trust_domain()),
         store: Arc::clone(&store),
         expected,
         provider: Arc::clone(&provider),
@@ -162,6 +165,8 @@ impl ResolvesClientCert for NewestSvid {
 #[derive(Debug)]
 struct SvidClientVerifier {
     store: Arc<SvidStore>,
+    /// The store's own trust domain only.
+    allowed: AllowedTrustDomains,
     provider: Arc<CryptoProvider>,
 }
 
@@ -187,8 +192,13 @@ impl ClientCertVerifier for SvidClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let chain = full_chain(end_entity, intermediates);
-        let allowed = AllowedTrustDomains::local(self.store.trust_domain());
-        match validate_svid(&chain, &self.store.bundles(), &allowed, now, PeerRole::Client) {
+        match validate_svid(
+            &chain,
+            &self.store.bundles(),
+            &self.allowed,
+            now,
+            PeerRole::Client,
+        ) {
             Ok(id) => {
                 tracing::debug!(peer = %id, "accepted client svid");
                 Ok(ClientCertVerified::assertion())
@@ -237,6 +247,8 @@ impl ClientCertVerifier for SvidClientVerifier {
 struct SvidServerVerifier {
     store: Arc<SvidStore>,
     expected: ExpectedPeer,
+    /// The trust domains `expected` allows, made once.
+    allowed: AllowedTrustDomains,
     provider: Arc<CryptoProvider>,
 }
 
@@ -252,9 +264,14 @@ impl ServerCertVerifier for SvidServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let chain = full_chain(end_entity, intermediates);
         let local = self.store.trust_domain();
-        let allowed = self.expected.allowed(local);
-        let id =
-            validate_svid(&chain, &self.store.bundles(), &allowed, now, PeerRole::Server).map_err(refuse)?;
+        let id = validate_svid(
+            &chain,
+            &self.store.bundles(),
+            &self.allowed,
+            now,
+            PeerRole::Server,
+        )
+        .map_err(refuse)?;
         if !self.expected.matches(&id, local) {
             return Err(refuse(SvidError::UnexpectedPeer { id }));
         }

@@ -12,8 +12,19 @@
 //!    extended key usage of the role (checked only when the leaf has EKUs).
 //!
 //! Every failing rule has its own [`SvidError`] variant.
+//!
+//! Rules 1 and 2 depend on the leaf's bytes alone, and a workload meets the
+//! same few peer SVIDs at handshake after handshake: a leaf that passed them
+//! is remembered by its exact DER ([`CHECKED_LEAVES`]), so that the next
+//! handshake with the very same certificate, and [`peer_spiffe_id`] after
+//! it, read the SPIFFE ID without parsing the certificate again. Any other
+//! byte string is parsed and checked in full. Rules 3 to 5 (self-signature,
+//! trust domain, bundle, chain, time, EKU) run at every call.
 
-use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
+
+use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -84,8 +95,63 @@ pub fn validate_svid(
 /// [`validate_svid`] (as it does in a handshake with this crate's configs).
 pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, SvidError> {
     let leaf = certs.first().ok_or(SvidError::EmptyChain)?;
+    // The leaf of a handshake has just been checked by `validate_svid`,
+    // which remembered it: its ID is read back without a second parse.
+    if let Some(id) = CHECKED_LEAVES.get(leaf.as_ref()) {
+        return Ok(id);
+    }
     let x509 = parse(leaf, 0)?;
     leaf_spiffe_id(&x509)
+}
+
+/// How many leaves [`CHECKED_LEAVES`] holds at most; a full memo is emptied
+/// and refilled, so a peer presenting ever new certificates costs a parse
+/// per handshake (as without the memo) and never more memory than this.
+const MAX_CHECKED_LEAVES: usize = 256;
+
+/// Leaves that passed [`check_leaf`], by their exact DER, with the SPIFFE ID
+/// it returned. `check_leaf` reads nothing but those bytes, so for the same
+/// bytes it would return the same ID again: the memo skips only re-parsing.
+/// The key is the whole certificate, not a digest, serial or name: a
+/// certificate that differs in any byte is another key, parsed and checked
+/// in full. Refused leaves are not remembered.
+static CHECKED_LEAVES: LazyLock<LeafMemo> = LazyLock::new(LeafMemo::default);
+
+#[derive(Debug, Default)]
+struct LeafMemo {
+    entries: Mutex<HashMap<Box<[u8]>, SpiffeId>>,
+}
+
+impl LeafMemo {
+    fn get(&self, der: &[u8]) -> Option<SpiffeId> {
+        self.lock().get(der).cloned()
+    }
+
+    fn insert(&self, der: &[u8], id: &SpiffeId) {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_CHECKED_LEAVES {
+            entries.clear();
+        }
+        entries.insert(der.into(), id.clone());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<[u8]>, SpiffeId>> {
+        // Entries are inserted whole: a panic elsewhere cannot leave one
+        // half-written, so a poisoned map is still sound.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// [`check_leaf`] of `leaf`, parsed from its DER unless these exact bytes
+/// passed it before ([`CHECKED_LEAVES`]).
+fn checked_leaf(leaf: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
+    if let Some(id) = CHECKED_LEAVES.get(leaf.as_ref()) {
+        return Ok(id);
+    }
+    let x509 = parse(leaf, 0)?;
+    let id = check_leaf(&x509)?;
+    CHECKED_LEAVES.insert(leaf.as_ref(), &id);
+    Ok(id)
 }
 
 pub(crate) fn validate_chain(
@@ -99,13 +165,12 @@ pub(crate) fn validate_chain(
     for (index, cert) in chain.iter().enumerate().skip(1) {
         parse(cert, index)?;
     }
-    let x509 = parse(leaf, 0)?;
-    let id = check_leaf(&x509)?;
+    let id = checked_leaf(leaf)?;
     let ee = EndEntityCert::try_from(leaf).map_err(|err| SvidError::Malformed {
         index: 0,
         reason: format!("{err:?}"),
     })?;
-    if is_self_signed(&x509, leaf, &ee, now) {
+    if is_self_signed(leaf, &ee, now) {
         return Err(SvidError::SelfSignedLeaf);
     }
 
@@ -226,13 +291,9 @@ fn leaf_spiffe_id(x509: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
 /// A self-issued leaf whose signature verifies with its own key: it vouches
 /// for itself, which the X509-SVID model (leaf issued by a signing authority
 /// of the trust domain) never allows, whatever the bundle holds.
-fn is_self_signed(
-    x509: &X509Certificate<'_>,
-    leaf: &CertificateDer<'_>,
-    ee: &EndEntityCert<'_>,
-    now: UnixTime,
-) -> bool {
-    if x509.subject().as_raw() != x509.issuer().as_raw() {
+fn is_self_signed(leaf: &CertificateDer<'_>, ee: &EndEntityCert<'_>, now: UnixTime) -> bool {
+    // Self-issued: the subject Name is byte for byte the issuer Name.
+    if ee.subject() != ee.issuer() {
         return false;
     }
     let Ok(anchor) = webpki::anchor_from_trusted_cert(leaf) else {
@@ -269,11 +330,16 @@ fn parse<'a>(cert: &'a CertificateDer<'_>, index: usize) -> Result<X509Certifica
     }
 }
 
-/// The signature algorithms of the ring provider, the only provider in use.
-pub(crate) fn algorithms() -> &'static [&'static dyn rustls::pki_types::SignatureVerificationAlgorithm] {
-    rustls::crypto::ring::default_provider()
-        .signature_verification_algorithms
-        .all
+/// The signature algorithms of the ring provider, the only provider in use
+/// (taken from it once: building the provider allocates its suite lists).
+pub(crate) fn algorithms() -> &'static [&'static dyn SignatureVerificationAlgorithm] {
+    static ALGORITHMS: LazyLock<&'static [&'static dyn SignatureVerificationAlgorithm]> =
+        LazyLock::new(|| {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .all
+        });
+    *ALGORITHMS
 }
 
 #[expect(

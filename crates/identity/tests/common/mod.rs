@@ -87,6 +87,21 @@ impl Ca {
         }
     }
 
+    /// Issues a leaf from `spec` with the key and the serial number of
+    /// `like`: a certificate that differs from `like` only where `spec` does.
+    pub fn issue_twin(&self, spec: &LeafSpec, like: &Leaf) -> Leaf {
+        let key = KeyPair::try_from(like.key.serialize_der().as_slice()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(like.cert.as_ref()).unwrap();
+        let mut params = spec.params();
+        params.serial_number = Some(SerialNumber::from_slice(parsed.raw_serial()));
+        let cert = params.signed_by(&key, &self.issuer()).unwrap().der().clone();
+        Leaf {
+            cert,
+            key,
+            chain_tail: Vec::new(),
+        }
+    }
+
     /// Issues a standard SVID for `uri`.
     pub fn svid(&self, uri: &str) -> Leaf {
         self.issue(&LeafSpec::svid(uri))
