@@ -91,7 +91,7 @@ fn each_signature_draws_a_fresh_nonce() {
     }
     // Nor is it the deterministic RFC 8032 nonce of the message.
     let deterministic = signer.sign(&message);
-    assert!(!nonces.contains(&deterministic[..32].to_vec()));
+    assert!(!nonces.contains(&deterministic[..32]));
     verify_ed25519_strict(&public, &message, &deterministic).unwrap();
 }
 

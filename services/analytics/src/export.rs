@@ -31,8 +31,8 @@
 //!   the next page is read while the current one is checked (its MAC
 //!   checks split across two threads, one per core) and the previous one
 //!   is serialized straight into the chunk being filled; a fourth, the
-//!   signing thread, hashes each chunk into the signature's first pass and
-//!   the spill file before it goes out. At most three pages and a few
+//!   signing thread, hashes each chunk into the signature before it goes
+//!   out. At most three pages and a few
 //!   chunks are held at any time, whatever the export's size.
 //! - **Integrity.** Every row read is checked against its MAC and against
 //!   its ledger leaf (the leaf at the row's index must be the one recomputed
