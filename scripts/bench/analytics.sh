@@ -14,9 +14,15 @@
 #      <= 50 MB), against a plain SELECT of the same rows
 #      streamed with sqlx in the same run.
 #
+#      BENCH_EXPORT_ROUNDS rounds alternate the SELECT and the export over the
+#      same seeded rows; the figures are their medians (spread printed), the
+#      memory growth the worst round's.
+#
 # Targets are printed, never asserted: exit 0 when the measurements ran.
 # Environment: DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres),
-# BENCH_SECONDS (10), BENCH_WRITERS (16), BENCH_EXPORT_ROWS (1000000).
+# BENCH_SECONDS (10), BENCH_WRITERS (16), BENCH_EXPORT_ROWS (1000000),
+# BENCH_EXPORT_ROUNDS (3), BENCH_ONLY (all sections; `appends`, `proofs` or
+# `export` runs that one alone, e.g. BENCH_ONLY=export for the export figure).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -24,15 +30,26 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 SECONDS_RUN="${BENCH_SECONDS:-10}"
 WRITERS="${BENCH_WRITERS:-16}"
 EXPORT_ROWS="${BENCH_EXPORT_ROWS:-1000000}"
+EXPORT_ROUNDS="${BENCH_EXPORT_ROUNDS:-3}"
+ONLY="${BENCH_ONLY:-all}"
+case "$ONLY" in all | appends | proofs | export) ;; *) echo "BENCH_ONLY must be appends, proofs or export" >&2; exit 64 ;; esac
+section() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 command -v pgbench >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql-contrib >/dev/null; }
 command -v psql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null; }
 
 echo "### building (release)" >&2
-cargo build --release -p soma --examples >&2
+case "$ONLY" in
+  export) cargo build --release -p soma --example export_bench >&2 ;;
+  appends) cargo build --release -p soma --example ledger_bench >&2 ;;
+  proofs) ;;
+  *) cargo build --release -p soma --examples >&2 ;;
+esac
 # The examples land in CARGO_TARGET_DIR when it is set.
 examples="${CARGO_TARGET_DIR:-target}/release/examples"
 
+pg_tps="-"; ours="-"
+if section appends; then
 echo "### 1. durable appends/s: Analytics vs pgbench single-row INSERT, $WRITERS clients, ${SECONDS_RUN}s each" >&2
 scratch="soma_pgbench_$$"
 psql "$DATABASE_URL" -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE $scratch" >/dev/null
@@ -54,18 +71,26 @@ pg_tps="$(echo "$pg_out" | awk '/^tps = / {print $3; exit}')"
 ours_out="$("$examples/ledger_bench" --writers "$WRITERS" --seconds "$SECONDS_RUN")"
 echo "$ours_out" >&2
 ours="$(echo "$ours_out" | awk -F= '/^result.appends_per_sec=/ {print $2}')"
+fi
 
+proofs=""
+if section proofs; then
 echo "### 2. proofs on a 1,000,000-leaf ledger" >&2
 proofs="$(cargo bench -p soma-ledger --bench proofs 2>/dev/null)"
 echo "$proofs" >&2
+fi
 
-echo "### 3. signed export of $EXPORT_ROWS billing events vs a plain SELECT of the same rows" >&2
-export_out="$("$examples/export_bench" --rows "$EXPORT_ROWS" --writers 256)"
+export_rate="-"; export_growth="-"; raw_rate="-"; export_spread=""
+if section export; then
+echo "### 3. signed export of $EXPORT_ROWS billing events vs a plain SELECT of the same rows, $EXPORT_ROUNDS rounds" >&2
+export_out="$("$examples/export_bench" --rows "$EXPORT_ROWS" --writers 256 --rounds "$EXPORT_ROUNDS")"
 echo "$export_out" >&2
 field() { echo "$export_out" | awk -F= -v k="result.$1" '$1 == k {print $2}'; }
 export_rate="$(field export_rows_per_sec)"
 export_growth="$(field export_rss_growth_mb)"
 raw_rate="$(field raw_rows_per_sec)"
+export_spread="$(field export_rows_per_sec_rounds) / $(field raw_rows_per_sec_rounds) / $(field export_over_raw_rounds)"
+fi
 
 echo
 echo "== SomaStack Analytics benchmark summary ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%M:%SZ))"
@@ -78,3 +103,4 @@ printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "signed export rows/s, $EXPORT
   "$(awk -v a="$export_rate" -v b="$raw_rate" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }')" ">= 250000/s"
 printf '| %-52s | %12s | %12s | %10s | %-22s |\n' "peak RSS growth during that export, MB" "-" "$export_growth" "-" "<= 50 MB"
 echo "   baseline: SELECT * FROM billing_events WHERE tenant = \$1 ORDER BY occurred_at, ledger_index, sqlx fetch, same rows, same run"
+[ -z "$export_spread" ] || echo "   export rounds (export rows/s / raw rows/s / ratio): $export_spread; RSS growth per round: $(field export_rss_growth_mb_rounds) MB"

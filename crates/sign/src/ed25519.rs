@@ -19,6 +19,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 
+use crate::ed25519_hedged::Ed25519HedgedSigner;
 use crate::ed25519_stream::{Ed25519StreamSigner, ExpandedKey, SEED_LEN};
 use crate::error::SignError;
 use crate::key_id::KeyId;
@@ -123,6 +124,17 @@ impl Ed25519Signer {
     /// over the concatenation (see [`Ed25519StreamSigner`]).
     pub fn stream_signer(&self) -> Ed25519StreamSigner {
         Ed25519StreamSigner::new(Arc::clone(&self.expanded))
+    }
+
+    /// Starts a pure Ed25519 signature over a message given in pieces, in
+    /// one pass: the nonce is drawn from fresh randomness instead of the
+    /// message (see [`Ed25519HedgedSigner`]), so the signature verifies as
+    /// any other but differs from [`sign`](Self::sign)'s, and from one call
+    /// to the next.
+    ///
+    /// Errors: [`SignError::Random`] when the system generator fails.
+    pub fn hedged_stream_signer(&self) -> Result<Ed25519HedgedSigner, SignError> {
+        Ed25519HedgedSigner::new(Arc::clone(&self.expanded))
     }
 
     /// Signs the message that `source` hands, in pieces, to the sink it

@@ -52,6 +52,11 @@ impl ExpandedKey {
     pub(crate) fn public(&self) -> [u8; ED25519_PUBLIC_KEY_LEN] {
         self.public
     }
+
+    /// The secret scalar `s` and the nonce prefix.
+    pub(crate) fn secret(&self) -> &ExpandedSecretKey {
+        &self.secret
+    }
 }
 
 /// A pure Ed25519 signature being computed over a streamed message; made

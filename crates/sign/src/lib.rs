@@ -4,7 +4,8 @@
 //! What it does: turns JSON into the one byte string that gets signed
 //! ([`jcs`]), hashes ([`sha256`]), authenticates with rotating shared secrets
 //! ([`HmacKeyring`]), signs with ring ([`Ed25519Signer`]), signs messages
-//! too large to hold in two streamed passes ([`Ed25519StreamSigner`]) and
+//! too large to hold in two streamed passes ([`Ed25519StreamSigner`]) or,
+//! with a hedged random nonce, in one ([`Ed25519HedgedSigner`]), and
 //! verifies Ed25519 signatures strictly ([`verify_ed25519_strict`]). It
 //! wraps typed payloads in DSSE v1 envelopes ([`DsseEnvelope`], signed over
 //! the pre-authentication encoding [`pae`]) and rotates keyrings
@@ -24,6 +25,7 @@
 mod digest;
 mod dsse;
 mod ed25519;
+mod ed25519_hedged;
 mod ed25519_stream;
 mod error;
 pub mod hex;
@@ -38,6 +40,7 @@ pub use ed25519::{
     ED25519_PUBLIC_KEY_LEN, ED25519_SIGNATURE_LEN, Ed25519Signer, ed25519_public_key_from_pem,
     ed25519_public_key_from_spki_der, ed25519_public_key_to_spki_der, verify_ed25519_strict,
 };
+pub use ed25519_hedged::Ed25519HedgedSigner;
 pub use ed25519_stream::{Ed25519StreamSigner, StreamSignature};
 pub use error::SignError;
 pub use hmac::{HMAC_TAG_LEN, HmacKeyring, KeyStatus, MIN_SECRET_LEN};

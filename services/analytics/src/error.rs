@@ -108,9 +108,6 @@ pub enum AnalyticsError {
     /// Configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
-    /// The temporary file that holds an export's bytes for its signature failed.
-    #[error("export spill file")]
-    ExportSpill(#[source] std::io::Error),
     /// A persona regression cannot move from its current state to the one asked for.
     #[error("regression {regression_id} is in state {current}: {current} -> {to} is not allowed")]
     IllegalTransition {
@@ -156,9 +153,7 @@ impl AnalyticsError {
             Self::Unauthenticated => "unauthenticated",
             Self::Database(e) if soma_store::is_connection_lost(e) => "database_unavailable",
             Self::WriterConnectionLost => "database_unavailable",
-            Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) | Self::ExportSpill(_) => {
-                "internal"
-            }
+            Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) => "internal",
         }
     }
 }
@@ -198,8 +193,7 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
-            | AnalyticsError::Config(_)
-            | AnalyticsError::ExportSpill(_) => Code::Internal,
+            | AnalyticsError::Config(_) => Code::Internal,
         };
         let message = if code == Code::Internal {
             // Internal causes are logged here, once; the caller gets a safe message.

@@ -31,8 +31,8 @@
 //!   the next page is read while the current one is checked (its MAC
 //!   checks split across two threads, one per core) and the previous one
 //!   is serialized straight into the chunk being filled; a fourth, the
-//!   signing thread, hashes each chunk into the signature's first pass and
-//!   the spill file before it goes out. At most three pages and a few
+//!   signing thread, hashes each chunk into the signature before it goes
+//!   out. At most three pages and a few
 //!   chunks are held at any time, whatever the export's size.
 //! - **Integrity.** Every row read is checked against its MAC and against
 //!   its ledger leaf (the leaf at the row's index must be the one recomputed
@@ -51,22 +51,21 @@
 //!   to rows already checked, so that a filtered export is proven complete
 //!   too.
 //!
-//! The signature is pure Ed25519 (RFC 8032, no prehash), as any verifier
-//! (`soma verify export`, Python's `cryptography`) checks it. Pure Ed25519
-//! hashes the whole message twice, the second time only once the first is
-//! done, so the sent bytes are hashed as they go (the nonce, and the
-//! `sha256` of the document) and written to an unnamed temporary file,
-//! which is read back once at the end for the second hash
-//! ([`soma_sign::Ed25519StreamSigner`]). Memory stays flat whatever the
-//! export's size; the disk holds one copy of the document until it is
-//! signed.
+//! The signature is pure Ed25519 (RFC 8032 §5.1.7 verifies it, no
+//! prehash), as any verifier (`soma verify export`, ring, Python's
+//! `cryptography`) checks it. Its nonce is hedged: drawn from the key's
+//! secret prefix and fresh system randomness before the first byte
+//! ([`soma_sign::Ed25519HedgedSigner`], whose doc says why that is safe),
+//! not derived from the message, so the sent bytes are hashed once, as they
+//! go (the challenge, and the `sha256` of the document), and nothing of the
+//! document is kept, in memory or on disk, to be hashed again. Two exports
+//! of the same window carry different signatures, each valid.
 //!
 //! Every export kind is the same code over its table's [`Exported`] rows.
 //! A table whose rows may belong to no tenant (audit events: platform-wide
 //! ones have an empty tenant) exports those to a caller without claims who
 //! names no tenant; its document then says `"tenant":""`.
 
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -104,9 +103,6 @@ const SIGNING_CHUNKS: usize = 4;
 /// Fewest rows a page must have for its checks to be split across two
 /// threads: below it, starting a thread costs more than it saves.
 const SPLIT_CHECK_ROWS: usize = 256;
-
-/// Bytes read per call when the spill file is replayed for the signature.
-const REPLAY_BYTES: usize = 256 * 1024;
 
 /// An export RPC of table `T` (`ExportCapsuleRuns`, `ExportBillingLedger`, …).
 pub(crate) async fn export<T: Exported>(
@@ -272,9 +268,9 @@ impl From<AnalyticsError> for Abort {
 }
 
 /// Accumulates the document into chunks and hands them to the signing
-/// thread, which hashes each into the signature's first pass and writes it
-/// to the spill file before it sends it to the client: every sent byte is
-/// signed, and the writer serializes the next rows meanwhile.
+/// thread, which hashes each into the signature before it sends it to the
+/// client: every sent byte is signed, and the writer serializes the next
+/// rows meanwhile.
 struct ChunkWriter {
     pending: Vec<u8>,
     /// `None` once the document is finished or abandoned.
@@ -296,16 +292,16 @@ impl ChunkWriter {
         svc: &AnalyticsService,
         tx: &mpsc::Sender<Result<pb::ExportChunk, Status>>,
     ) -> Result<Self, AnalyticsError> {
-        let spill = tempfile::tempfile().map_err(AnalyticsError::ExportSpill)?;
-        let signing = svc.signer.stream_signer();
+        // The nonce is drawn now: a failing system generator refuses the
+        // export before its first byte.
+        let signing = svc.signer.hedged_stream_signer()?;
         let (to_signer, pieces) = mpsc::channel(SIGNING_CHUNKS);
         let tx = tx.clone();
-        // Hashing is CPU work and the spill file blocking I/O: its own
-        // thread, off the async workers.
+        // Hashing is CPU work: its own thread, off the async workers.
         let span = tracing::Span::current();
         let signer = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            sign_and_forward(signing, spill, pieces, &tx)
+            sign_and_forward(signing, pieces, &tx)
         });
         Ok(Self {
             pending: Vec::with_capacity(CHUNK_BYTES),
@@ -358,8 +354,7 @@ impl ChunkWriter {
         if sent {
             return Ok(());
         }
-        // The signing thread stopped: the client went away, or the spill
-        // file failed. Its result says which.
+        // The signing thread stopped: the client went away.
         self.to_signer = None;
         match (&mut self.signer).await {
             Ok(Err(abort)) => Err(abort),
@@ -395,13 +390,11 @@ impl ChunkWriter {
     }
 }
 
-/// The signing thread: hashes each piece into the signature's first pass,
-/// writes it to the spill file, then sends it; at [`Piece::End`], replays
-/// the spill file for the second pass and returns the signature. `None`
-/// when the writer stopped before the end: nothing is signed.
+/// The signing thread: hashes each piece into the signature, then sends
+/// it; at [`Piece::End`], returns the signature. `None` when the writer
+/// stopped before the end: nothing is signed.
 fn sign_and_forward(
-    mut signing: soma_sign::Ed25519StreamSigner,
-    mut spill: std::fs::File,
+    mut signing: soma_sign::Ed25519HedgedSigner,
     mut pieces: mpsc::Receiver<Piece>,
     tx: &mpsc::Sender<Result<pb::ExportChunk, Status>>,
 ) -> Result<Option<soma_sign::StreamSignature>, Abort> {
@@ -409,14 +402,13 @@ fn sign_and_forward(
         match piece {
             Piece::Data(data) => {
                 signing.update(&data);
-                spill.write_all(&data).map_err(AnalyticsError::ExportSpill)?;
                 tx.blocking_send(Ok(pb::ExportChunk {
                     data,
                     signature: None,
                 }))
                 .map_err(|_| Abort::ClientGone)?;
             }
-            Piece::End => return Ok(Some(second_pass(signing, spill)?)),
+            Piece::End => return Ok(Some(signing.finish())),
         }
     }
     Ok(None)
@@ -492,29 +484,6 @@ async fn write_document<T: Exported>(
     let exported = write_rows::<T>(svc, plan, out).await?;
     out.write(b"]}\n").await?;
     Ok(exported)
-}
-
-/// Reads the spill file back into the signature's second pass, which
-/// signs only if it is byte for byte what was sent.
-fn second_pass(
-    signing: soma_sign::Ed25519StreamSigner,
-    mut spill: std::fs::File,
-) -> Result<soma_sign::StreamSignature, AnalyticsError> {
-    spill
-        .seek(SeekFrom::Start(0))
-        .map_err(AnalyticsError::ExportSpill)?;
-    let mut buf = vec![0u8; REPLAY_BYTES];
-    let signed = signing.finish(|sink| {
-        loop {
-            match spill.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => sink(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    })?;
-    Ok(signed)
 }
 
 /// Writes the rows of the window, page after page, and returns how many;

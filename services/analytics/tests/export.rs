@@ -380,6 +380,55 @@ async fn a_large_export_streams_in_many_bounded_chunks_across_keyset_pages() {
     }
 }
 
+/// The signature's nonce is drawn afresh for every export (one pass over
+/// the document, no replay): the same window exported twice is the same
+/// bytes under two different signatures, each verifying strictly over
+/// exactly those bytes and neither over the other export's bytes changed.
+#[tokio::test]
+async fn each_export_is_signed_with_a_fresh_nonce_and_both_signatures_verify() {
+    for db in soma_store::testing::engines("analytics_export_nonce").await {
+        let env = Env::start(&db.settings, None).await;
+        let events: Vec<_> = (0..300)
+            .map(|i| billing_of(&format!("n-{i:04}"), "acme", "summarize", i, ts(T0 + i / 10)))
+            .collect();
+        env.record_billing(events).await;
+        let key =
+            soma_sign::ed25519_public_key_from_pem(&env.verification_key().await.public_key_pem).unwrap();
+        let mut signed = Vec::new();
+        for _ in 0..2 {
+            let export = env
+                .export(
+                    Kind::Billing,
+                    "/svc/gateway",
+                    env.as_tenant("acme", &["analytics:export"], window("", T0, T0 + WINDOW)),
+                )
+                .await
+                .unwrap();
+            let (bytes, signature, _) = export.signed();
+            assert_eq!(signature.sha256, soma_sign::sha256(&bytes).to_vec());
+            soma_sign::verify_ed25519_strict(&key, &bytes, &signature.signature).unwrap();
+            signed.push((bytes, signature.signature));
+        }
+        let (first, second) = (&signed[0], &signed[1]);
+        assert_eq!(first.0, second.0, "{}: the same window, the same bytes", db.label);
+        assert_ne!(
+            first.1[..32],
+            second.1[..32],
+            "{}: two signatures share the nonce point R",
+            db.label
+        );
+        let mut changed = first.0.clone();
+        let at = changed.len() / 2;
+        changed[at] ^= 1;
+        for (_, signature) in &signed {
+            assert!(soma_sign::verify_ed25519_strict(&key, &changed, signature).is_err());
+        }
+
+        env.svc.stop().await;
+        db.cleanup().await;
+    }
+}
+
 /// Rows per keyset page of the service's export reads (`PAGE_ROWS`).
 const PAGE_ROWS: usize = 4000;
 
