@@ -43,7 +43,10 @@
 # sections to run), BENCH_REAL_SECONDS (10, per server and round of section 4),
 # BENCH_PERF_OUT (a file: section 4 records `perf record -g` of the analytics
 # process over the whole generator run into it; it adds its own CPU to that
-# process), BENCH_NO_BUILD (1: use the binaries already built).
+# process), BENCH_PERF_CALL_GRAPH (how `perf record` unwinds the stacks:
+# `fp` by default, `dwarf` for complete stacks of a build without frame
+# pointers, at a larger profile), BENCH_NO_BUILD (1: use the binaries
+# already built).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -58,6 +61,7 @@ HS_ROUNDS="${BENCH_HANDSHAKE_ROUNDS:-3}"
 SECTIONS=" ${BENCH_SECTIONS:-unary handshake rss real} "
 REAL_SECONDS="${BENCH_REAL_SECONDS:-10}"
 PERF_OUT="${BENCH_PERF_OUT:-}"
+PERF_CALL_GRAPH="${BENCH_PERF_CALL_GRAPH:-fp}"
 RSS_TARGET_MB=30
 HS_TARGET=1.3
 
@@ -314,7 +318,7 @@ if [[ $SECTIONS == *" real "* ]]; then
         --out "$REAL_DIR/operator-bench" --ttl 4h
     PERF_PID=""
     if [[ -n $PERF_OUT ]]; then
-        perf record -F 1999 -g -p "$REAL_PID" -o "$PERF_OUT" >"$WORK/perf.out" 2>&1 &
+        perf record -F 1999 --call-graph "$PERF_CALL_GRAPH" -p "$REAL_PID" -o "$PERF_OUT" >"$WORK/perf.out" 2>&1 &
         PERF_PID=$!
         PIDS_TO_STOP+=("$PERF_PID")
     fi

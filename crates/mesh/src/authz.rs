@@ -33,6 +33,10 @@ pub const REASON_METADATA: &str = "soma-reason";
 /// attribute of each RPC's server span).
 pub const REQUEST_ID_METADATA: &str = "x-request-id";
 
+/// [`REQUEST_ID_METADATA`] as a header name, parsed once rather than on
+/// every call.
+static REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_METADATA);
+
 /// Builds [`Authz`] services. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct AuthzLayer {
@@ -211,12 +215,12 @@ where
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         match self.state.authorize(&req) {
             Ok(caller) => {
-                self.state.metrics.dispatched(req.uri().path());
-                let recorder = self
-                    .state
-                    .metrics
-                    .enabled()
-                    .then(|| Recorder::start(self.state.metrics.clone(), req.uri().path()));
+                let metrics = &self.state.metrics;
+                let recorder = metrics.enabled().then(|| {
+                    let method = metrics.method(req.uri().path());
+                    metrics.dispatched_at(method);
+                    Recorder::start(metrics.clone(), method)
+                });
                 // The RPC's server span, child of the caller's trace context.
                 let span = tracing::info_span!(
                     "grpc.server",
@@ -226,7 +230,7 @@ where
                     rpc.method = req.uri().path(),
                     request_id = req
                         .headers()
-                        .get(REQUEST_ID_METADATA)
+                        .get(&REQUEST_ID_HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or(""),
                 );

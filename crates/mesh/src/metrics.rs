@@ -7,7 +7,6 @@
 //! `unknown`), the gRPC status code (17 values), a refusal reason (a fixed
 //! list). Tenants and request ids are never labels.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -110,6 +109,11 @@ impl HandshakeFailure {
     }
 }
 
+/// A method of [`Metrics`], looked up by its path once per RPC (`None`: a
+/// path outside the service's set, counted as `unknown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MethodId(Option<usize>);
+
 #[derive(Debug, Default)]
 struct MethodCounters {
     dispatched: AtomicU64,
@@ -196,7 +200,9 @@ pub struct Metrics {
 struct Inner {
     /// Whether RPCs are counted and timed at all (see `MeshSettings::metrics`).
     enabled: bool,
-    methods: BTreeMap<String, MethodCounters>,
+    /// The service's methods, sorted by path (looked up by binary search),
+    /// each with its counters.
+    methods: Vec<(String, MethodCounters)>,
     unknown_method: MethodCounters,
     handshakes_ok: AtomicU64,
     handshakes_timed_out: AtomicU64,
@@ -220,10 +226,12 @@ impl Metrics {
     }
 
     fn with<'a>(paths: impl IntoIterator<Item = &'a str>, enabled: bool) -> Self {
-        let methods = paths
+        let mut methods: Vec<(String, MethodCounters)> = paths
             .into_iter()
             .map(|p| (p.to_owned(), MethodCounters::default()))
             .collect();
+        methods.sort_by(|a, b| a.0.cmp(&b.0));
+        methods.dedup_by(|a, b| a.0 == b.0);
         Self {
             inner: Arc::new(Inner {
                 enabled,
@@ -238,8 +246,22 @@ impl Metrics {
         self.inner.enabled
     }
 
-    fn method(&self, path: &str) -> &MethodCounters {
-        self.inner.methods.get(path).unwrap_or(&self.inner.unknown_method)
+    /// The counters of `path`, found once per RPC: what [`Metrics::counters`]
+    /// reads for every later count of the same RPC.
+    pub(crate) fn method(&self, path: &str) -> MethodId {
+        MethodId(
+            self.inner
+                .methods
+                .binary_search_by(|(p, _)| p.as_str().cmp(path))
+                .ok(),
+        )
+    }
+
+    fn counters(&self, method: MethodId) -> &MethodCounters {
+        method
+            .0
+            .and_then(|i| self.inner.methods.get(i))
+            .map_or(&self.inner.unknown_method, |(_, c)| c)
     }
 
     /// Adds `source`'s series to this runtime's `/metrics`.
@@ -253,10 +275,15 @@ impl Metrics {
 
     /// A request passed authorization and was handed to its handler.
     pub fn dispatched(&self, path: &str) {
+        self.dispatched_at(self.method(path));
+    }
+
+    /// [`Metrics::dispatched`] of a method already looked up.
+    pub(crate) fn dispatched_at(&self, method: MethodId) {
         if !self.inner.enabled {
             return;
         }
-        self.method(path).dispatched.fetch_add(1, Ordering::Relaxed);
+        self.counters(method).dispatched.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request was refused before its handler.
@@ -265,37 +292,43 @@ impl Metrics {
             return;
         }
         if let Some(i) = DENY_REASONS.iter().position(|r| *r == reason) {
-            self.method(path).denied[i].fetch_add(1, Ordering::Relaxed);
+            self.counters(self.method(path)).denied[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// An RPC ended with `code` after `elapsed` (from its arrival to the
     /// end of its response).
     pub(crate) fn handled(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+        self.handled_at(self.method(path), code, elapsed);
+    }
+
+    /// [`Metrics::handled`] of a method already looked up.
+    pub(crate) fn handled_at(&self, method: MethodId, code: tonic::Code, elapsed: Duration) {
         if !self.inner.enabled {
             return;
         }
-        let counters = self.method(path);
+        let counters = self.counters(method);
         counters.handled[code_index(code)].fetch_add(1, Ordering::Relaxed);
         counters.latency.observe(elapsed);
     }
 
     /// How many RPCs of a method ended with `code`.
     pub fn handled_count(&self, path: &str, code: tonic::Code) -> u64 {
-        self.method(path).handled[code_index(code)].load(Ordering::Relaxed)
+        self.counters(self.method(path)).handled[code_index(code)].load(Ordering::Relaxed)
     }
 
     /// How many requests of a method reached its handler.
     pub fn dispatched_count(&self, path: &str) -> u64 {
-        self.method(path).dispatched.load(Ordering::Relaxed)
+        self.counters(self.method(path))
+            .dispatched
+            .load(Ordering::Relaxed)
     }
 
     /// How many requests of a method were denied for a reason.
     pub fn denied_count(&self, path: &str, reason: &str) -> u64 {
-        DENY_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| self.method(path).denied[i].load(Ordering::Relaxed))
+        DENY_REASONS.iter().position(|r| *r == reason).map_or(0, |i| {
+            self.counters(self.method(path)).denied[i].load(Ordering::Relaxed)
+        })
     }
 
     /// A handshake failed for `reason` (its `failed` outcome is the sum of
@@ -501,6 +534,59 @@ mod tests {
         ] {
             assert_eq!(Seconds(nanos).to_string(), text);
         }
+    }
+
+    #[test]
+    fn each_method_is_counted_under_its_own_path() {
+        let metrics = Metrics::new(["/p.S/B", "/p.S/A", "/p.S/C", "/p.S/A"]);
+        let (a, b, c) = (
+            metrics.method("/p.S/A"),
+            metrics.method("/p.S/B"),
+            metrics.method("/p.S/C"),
+        );
+        let unknown = metrics.method("/p.S/D");
+        assert_eq!(unknown, metrics.method("/other.S/A"));
+        assert!(a != b && b != c && a != c && a != unknown);
+        metrics.dispatched_at(b);
+        metrics.dispatched_at(b);
+        metrics.dispatched_at(unknown);
+        metrics.handled_at(c, tonic::Code::NotFound, Duration::from_millis(3));
+        metrics.handled_at(a, tonic::Code::Ok, Duration::from_micros(50));
+        assert_eq!(metrics.dispatched_count("/p.S/A"), 0);
+        assert_eq!(metrics.dispatched_count("/p.S/B"), 2);
+        assert_eq!(metrics.dispatched_count("/p.S/C"), 0);
+        assert_eq!(metrics.handled_count("/p.S/C", tonic::Code::NotFound), 1);
+        assert_eq!(metrics.handled_count("/p.S/A", tonic::Code::Ok), 1);
+        assert_eq!(metrics.handled_count("/p.S/B", tonic::Code::Ok), 0);
+        let text = metrics.render();
+        for line in [
+            "soma_rpc_dispatched_total{method=\"/p.S/A\"} 0\n",
+            "soma_rpc_dispatched_total{method=\"/p.S/B\"} 2\n",
+            "soma_rpc_server_handled_total{method=\"/p.S/C\",code=\"NOT_FOUND\"} 1\n",
+            "soma_rpc_server_handling_seconds_bucket{method=\"/p.S/A\",le=\"0.0001\"} 1\n",
+            "soma_rpc_server_handling_seconds_bucket{method=\"/p.S/C\",le=\"0.0025\"} 0\n",
+            "soma_rpc_server_handling_seconds_bucket{method=\"/p.S/C\",le=\"0.005\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+        // The duplicate path is one method, rendered once.
+        assert_eq!(
+            text.matches("soma_rpc_dispatched_total{method=\"/p.S/A\"}")
+                .count(),
+            1
+        );
+        // A path outside the set counts as `unknown`, never as a method.
+        assert_eq!(metrics.dispatched_count("/p.S/D"), 1);
+    }
+
+    #[test]
+    fn disabled_metrics_count_nothing() {
+        let metrics = Metrics::disabled(["/p.S/A"]);
+        let a = metrics.method("/p.S/A");
+        metrics.dispatched_at(a);
+        metrics.handled_at(a, tonic::Code::Ok, Duration::from_micros(5));
+        assert_eq!(metrics.dispatched_count("/p.S/A"), 0);
+        assert_eq!(metrics.handled_count("/p.S/A", tonic::Code::Ok), 0);
     }
 
     #[test]

@@ -14,27 +14,28 @@ use std::time::Instant;
 use http_body::Frame;
 use tonic::body::Body;
 
-use crate::metrics::Metrics;
+use crate::metrics::{MethodId, Metrics};
 
 /// Records one RPC's end, once.
 #[derive(Debug)]
 pub(crate) struct Recorder {
     metrics: Metrics,
-    path: String,
+    /// The RPC's method, looked up when it arrived (the path is not copied).
+    method: MethodId,
     start: Instant,
 }
 
 impl Recorder {
-    pub(crate) fn start(metrics: Metrics, path: &str) -> Self {
+    pub(crate) fn start(metrics: Metrics, method: MethodId) -> Self {
         Self {
             metrics,
-            path: path.to_owned(),
+            method,
             start: Instant::now(),
         }
     }
 
     fn record(self, code: tonic::Code) {
-        self.metrics.handled(&self.path, code, self.start.elapsed());
+        self.metrics.handled_at(self.method, code, self.start.elapsed());
     }
 
     /// Records the response now if its headers carry the status, or hands

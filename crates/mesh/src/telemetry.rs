@@ -55,29 +55,28 @@ impl Telemetry {
             Err(problem) => (None, Some(problem)),
         };
         // `RUST_LOG` filters the logs only: spans at info and above are
-        // traced whatever the log level. Each layer carries its own filter.
-        type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
-        let mut layers: Vec<Boxed> = Vec::new();
-        if let Some(p) = &provider {
-            layers.push(
-                tracing_opentelemetry::layer()
-                    .with_tracer(p.tracer("somastack"))
-                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
-                    .boxed(),
-            );
+        // traced whatever the log level. With traces on, each layer carries
+        // its own filter; with logs only, the one filter is the whole
+        // subscriber's, which lets the same spans and events through and
+        // spares every span the per-layer filter bookkeeping (a lookup of
+        // the span at each enter and exit).
+        match &provider {
+            Some(p) => {
+                type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+                let layers: Vec<Boxed> = vec![
+                    tracing_opentelemetry::layer()
+                        .with_tracer(p.tracer("somastack"))
+                        .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+                        .boxed(),
+                    log_layer(style).with_filter(filter).boxed(),
+                ];
+                tracing_subscriber::registry().with(layers).init();
+            }
+            None => tracing_subscriber::registry()
+                .with(filter)
+                .with(log_layer(style))
+                .init(),
         }
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-        layers.push(match style {
-            LogStyle::Text { ansi } => fmt.with_ansi(ansi).with_filter(filter).boxed(),
-            LogStyle::Json => fmt
-                .json()
-                .with_ansi(false)
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_filter(filter)
-                .boxed(),
-        });
-        tracing_subscriber::registry().with(layers).init();
         if let Some(problem) = problem {
             tracing::error!(error = %problem, "traces are off: the OTLP exporter cannot be built");
         }
@@ -94,6 +93,23 @@ impl Telemetry {
         {
             tracing::warn!(error = %e, "traces not flushed at shutdown");
         }
+    }
+}
+
+/// The layer writing log lines on standard error in `style`.
+fn log_layer<S>(style: LogStyle) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match style {
+        LogStyle::Text { ansi } => fmt.with_ansi(ansi).boxed(),
+        LogStyle::Json => fmt
+            .json()
+            .with_ansi(false)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
     }
 }
 
@@ -127,9 +143,20 @@ fn provider(service_name: &str) -> Result<Option<SdkTracerProvider>, String> {
 /// The trace context an incoming request carries (`traceparent`), as the
 /// parent of the span about to handle it. Empty when there is none or traces
 /// are off.
+///
+/// A request without a `traceparent` header carries no context: the W3C
+/// propagator (the only one installed) is then not asked, which spares every
+/// call that starts no trace the global propagator's lock and its
+/// extraction.
 pub fn extract_trace_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    if !headers.contains_key(&TRACEPARENT) {
+        return opentelemetry::Context::new();
+    }
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
 }
+
+/// The W3C Trace Context header that carries a caller's span.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// Writes `span`'s trace context (`traceparent`) into outgoing `headers`.
 /// Nothing is written when traces are off.
@@ -171,5 +198,34 @@ impl Injector for HeadersMut<'_> {
         ) {
             self.0.insert(name, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_traceparent_is_extracted_and_its_absence_gives_no_parent() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut headers = http::HeaderMap::new();
+        assert!(!extract_trace_context(&headers).span().span_context().is_valid());
+        // Only `tracestate`: the W3C propagator takes nothing from it alone.
+        headers.insert("tracestate", http::HeaderValue::from_static("vendor=value"));
+        assert!(!extract_trace_context(&headers).span().span_context().is_valid());
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let context = extract_trace_context(&headers);
+        let span = context.span();
+        let parent = span.span_context();
+        assert!(parent.is_valid());
+        assert!(parent.is_remote());
+        assert_eq!(parent.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(parent.span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(parent.trace_state().header(), "vendor=value");
     }
 }
