@@ -67,6 +67,12 @@ impl GatewayError {
             Self::CorruptRow(_) => false,
         }
     }
+
+    /// SQLite's writer lock was held by another connection past the busy
+    /// timeout (see [`soma_store::is_busy`]): the statement had no effect.
+    pub fn database_busy(&self) -> bool {
+        matches!(self, Self::Database(e) if soma_store::is_busy(e))
+    }
 }
 
 impl soma_store::ConnectionLost for GatewayError {
@@ -84,7 +90,8 @@ impl From<GatewayError> for Refusal {
     /// once; the caller gets `UNAVAILABLE` and a safe message — with the
     /// reason `database_unavailable` when the database was out of reach
     /// (the change may be sent again: setting a switch to the state it has
-    /// is harmless).
+    /// is harmless), and `database_busy` when SQLite's one writer lock was
+    /// held elsewhere past the busy timeout (nothing was written; the same).
     fn from(e: GatewayError) -> Self {
         tracing::error!(error = %e, "kill switch not stored");
         if e.database_unavailable() {
@@ -92,6 +99,12 @@ impl From<GatewayError> for Refusal {
                 tonic::Code::Unavailable,
                 "database_unavailable",
                 "the kill switch could not be stored: the database is unavailable; the change may be sent again",
+            )
+        } else if e.database_busy() {
+            Self::new(
+                tonic::Code::Unavailable,
+                "database_busy",
+                "the kill switch could not be stored: the database is busy and nothing was written; the change may be sent again",
             )
         } else {
             Self::without_reason(tonic::Code::Unavailable, "the kill switch could not be stored")

@@ -1,0 +1,108 @@
+//! SQLite has one writer lock per file. Held by another connection for
+//! longer than the busy timeout, a kill switch change cannot be stored: the
+//! `Gateway` service (served over real mTLS on 127.0.0.1:0, called by an
+//! operator's SVID) answers `UNAVAILABLE` `database_busy` — naming why, so
+//! that the operator knows the change may be sent again — and nothing is
+//! written; once the lock is gone the same change is stored once. SQLite
+//! only: PostgreSQL has no file lock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use soma_mesh::ServiceKind;
+use soma_proto::v1 as pb;
+use soma_proto::v1::gateway_client::GatewayClient;
+use soma_store::{Database, StoreSettings};
+use soma_testing::{Ca, grpc_reason};
+use sqlx::Connection as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use tonic::Code;
+
+fn change(target: &str) -> pb::SetKillSwitchRequest {
+    pb::SetKillSwitchRequest {
+        scope: pb::KillSwitchScope::Tenant as i32,
+        target: target.to_owned(),
+        engaged: true,
+        reason: format!("incident on {target}"),
+        retry_after_seconds: 30,
+    }
+}
+
+async fn rows(db: &Database, table: &str, target: &str) -> i64 {
+    soma_testing::scalar(
+        db,
+        &format!("SELECT COUNT(*) FROM {table} WHERE target = '{target}'"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_and_nothing_is_written() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let store = StoreSettings {
+        data_dir: data_dir.path().to_owned(),
+        database_url: None,
+    };
+    let db = Database::connect(&store, "gateway").await.unwrap();
+    db.migrate(&soma_gateway::MIGRATIONS).await.unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let mut config = soma_gateway::GatewayConfig::dev(
+        config_dir.path(),
+        &soma_gateway::Region::parse("local").unwrap(),
+        None,
+    )
+    .unwrap();
+    // No poller reading meanwhile: the one statement waiting on the lock
+    // is the change's.
+    config.kill_switch_poll_interval = Duration::from_secs(3600);
+    let ca = Ca::new();
+    let identity = ca.store("/svc/gateway", Duration::from_secs(3600));
+    let settings = soma_testing::settings(ServiceKind::Gateway, &[]);
+    let gateway = soma_gateway::Gateway::build(
+        db.clone(),
+        &settings.limits,
+        config,
+        &identity,
+        &settings.peers,
+        soma_auth::ClaimsSigner::generate("gateway-1").unwrap().0,
+    )
+    .await
+    .unwrap();
+    let running = soma_testing::serve(settings, identity, None, gateway.spec).await;
+    let mut client = GatewayClient::new(soma_testing::channel(
+        ca.store("/operator/alice", Duration::from_secs(3600)),
+        running.addr,
+        &running.id,
+    ));
+
+    // Another connection takes the writer lock and keeps it past the
+    // gateway's busy timeout (5 s).
+    let path = data_dir.path().join("gateway.db");
+    assert!(path.exists(), "the gateway's SQLite file is {}", path.display());
+    let mut locker = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+    let refused = client.set_kill_switch(change("acme")).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), grpc_reason(&refused)),
+        (Code::Unavailable, "database_busy"),
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("may be sent again"), "{refused:?}");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+    assert_eq!(rows(&db, "kill_switches", "acme").await, 0, "no switch written");
+    assert_eq!(
+        rows(&db, "kill_switch_audit", "acme").await,
+        0,
+        "no audit row written"
+    );
+
+    // The lock gone, the same change is stored once.
+    let stored = client.set_kill_switch(change("acme")).await.unwrap().into_inner();
+    assert!(stored.engaged);
+    assert_eq!(rows(&db, "kill_switches", "acme").await, 1);
+    assert_eq!(rows(&db, "kill_switch_audit", "acme").await, 1);
+}
