@@ -10,8 +10,9 @@
 //! reason, `standby`). Only when all pass is the request handed on, with a
 //! [`Caller`] in its extensions.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use soma_auth::ClaimsVerifier;
@@ -23,7 +24,7 @@ use tower::{Layer, Service};
 
 use crate::caller::{Caller, PeerInfo};
 use crate::metrics::Metrics;
-use crate::observe::Recorder;
+use crate::observe::{ObservedBody, Recorder};
 use crate::serving::Serving;
 
 /// Metadata key carrying the machine-readable reason of a refusal.
@@ -192,6 +193,39 @@ impl State {
     }
 }
 
+/// The RPC's server span, child of the caller's trace context when the
+/// request carries one.
+///
+/// With traces exported ([`crate::telemetry::traces_exported`]) the span
+/// carries what OpenTelemetry reads (`otel.name`, `otel.kind`,
+/// `rpc.system`) beside the method and the request id. With logs only, it
+/// carries the two fields a log line needs, the method and the request id
+/// (only when the call has one): the log layer formats every field of every
+/// span when it is created, log event or not, and the three OpenTelemetry
+/// fields are constants or repeat the method.
+fn server_span(req: &http::Request<Body>) -> tracing::Span {
+    let path = req.uri().path();
+    // `None` records nothing: the field is left out rather than empty.
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let span = if crate::telemetry::traces_exported() {
+        tracing::info_span!(
+            "grpc.server",
+            otel.name = path,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = path,
+            request_id,
+        )
+    } else {
+        tracing::info_span!("grpc.server", rpc.method = path, request_id)
+    };
+    crate::set_trace_parent(&span, crate::extract_trace_context(req.headers()));
+    span
+}
+
 fn has_envelope(headers: &http::HeaderMap) -> bool {
     headers.contains_key(soma_auth::CLAIMS_METADATA) || headers.contains_key(soma_auth::SIGNATURE_METADATA)
 }
@@ -199,12 +233,12 @@ fn has_envelope(headers: &http::HeaderMap) -> bool {
 impl<S> Service<http::Request<Body>> for Authz<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S::Future: Unpin + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<ObservedBody>;
     type Error = S::Error;
     type Future = futures::future::Either<
-        futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>,
+        ResponseFuture<S::Future>,
         std::future::Ready<Result<Self::Response, Self::Error>>,
     >;
 
@@ -221,35 +255,17 @@ where
                     metrics.dispatched_at(method);
                     Recorder::start(metrics.clone(), method)
                 });
-                // The RPC's server span, child of the caller's trace context.
-                let span = tracing::info_span!(
-                    "grpc.server",
-                    otel.name = req.uri().path(),
-                    otel.kind = "server",
-                    rpc.system = "grpc",
-                    rpc.method = req.uri().path(),
-                    request_id = req
-                        .headers()
-                        .get(&REQUEST_ID_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or(""),
-                );
-                crate::set_trace_parent(&span, crate::extract_trace_context(req.headers()));
+                let span = server_span(&req);
                 req.extensions_mut().insert(caller);
-                let response = {
+                let inner = {
                     let _entered = span.enter();
                     self.inner.call(req)
                 };
-                futures::future::Either::Left(Box::pin(tracing::Instrument::instrument(
-                    async move {
-                        let response = response.await?;
-                        Ok(match recorder {
-                            Some(recorder) => recorder.observe(response),
-                            None => response,
-                        })
-                    },
+                futures::future::Either::Left(ResponseFuture {
+                    inner,
                     span,
-                )))
+                    recorder,
+                })
             }
             Err(denial) => {
                 let path = req.uri().path();
@@ -273,8 +289,141 @@ where
                 if let Ok(value) = denial.reason.parse() {
                     status.metadata_mut().insert(REASON_METADATA, value);
                 }
-                futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
+                futures::future::Either::Right(std::future::ready(Ok(status
+                    .into_http()
+                    .map(ObservedBody::unobserved))))
             }
         }
+    }
+}
+
+/// The response of an authorized call: the handler's, polled inside the
+/// RPC's server span, its end recorded for the metrics.
+///
+/// A named future rather than a boxed `async` block: the router's future is
+/// `Unpin`, so nothing needs a heap allocation per call to be polled.
+#[derive(Debug)]
+pub struct ResponseFuture<F> {
+    inner: F,
+    span: tracing::Span,
+    recorder: Option<Recorder>,
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>> + Unpin,
+{
+    type Output = Result<http::Response<ObservedBody>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let response = {
+            // Entered at every poll, as `Instrument` would: whatever the
+            // handler logs belongs to its RPC's span.
+            let _entered = this.span.enter();
+            ready!(Pin::new(&mut this.inner).poll(cx))?
+        };
+        Poll::Ready(Ok(match this.recorder.take() {
+            Some(recorder) => recorder.observe(response),
+            None => response.map(ObservedBody::unobserved),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::io::Write as _;
+    use std::sync::Mutex;
+
+    use soma_identity::SpiffeId;
+
+    use super::*;
+
+    /// A log destination the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log line the handler writes for one authorized health check
+    /// carrying `headers`, under a text log subscriber.
+    fn handler_log_line(headers: &[(&'static str, &'static str)]) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let id = SpiffeId::parse("spiffe://somastack.test/operator/alice").unwrap();
+        let mut policies = PolicyTable::default();
+        for p in crate::builtin_policies() {
+            policies.insert(p);
+        }
+        let layer = AuthzLayer::new(
+            id.trust_domain().clone(),
+            policies,
+            None,
+            Metrics::new(["/grpc.health.v1.Health/Check"]),
+            None,
+        );
+        // Boxed: the runtime's router future is `Unpin`, an `async` block is not.
+        let mut authz = layer.layer(tower::service_fn(|_req: http::Request<Body>| {
+            Box::pin(async {
+                tracing::info!("handler ran");
+                Ok::<_, Infallible>(http::Response::new(Body::empty()))
+            })
+        }));
+        let mut req = http::Request::builder()
+            .uri("/grpc.health.v1.Health/Check")
+            .body(Body::empty())
+            .unwrap();
+        for (name, value) in headers {
+            req.headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        req.extensions_mut().insert(Arc::new(PeerInfo {
+            spiffe_id: id,
+            remote_addr: "127.0.0.1:1".parse().unwrap(),
+        }));
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(authz.call(req)).unwrap();
+        });
+        captured.clone().flush().unwrap();
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .find(|l| l.contains("handler ran"))
+            .unwrap_or_else(|| panic!("no handler log line in {text:?}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn a_handler_log_line_carries_the_method_and_the_request_id_of_its_rpc() {
+        let line = handler_log_line(&[(REQUEST_ID_METADATA, "req-7")]);
+        assert!(
+            line.contains(r#"grpc.server{rpc.method="/grpc.health.v1.Health/Check" request_id="req-7"}"#),
+            "{line}"
+        );
+        // Traces are not exported here: the fields only OpenTelemetry
+        // reads are not formatted into every span.
+        assert!(!line.contains("otel."), "{line}");
+        assert!(!line.contains("rpc.system"), "{line}");
+
+        // A call without a request id has no empty request_id field.
+        let line = handler_log_line(&[]);
+        assert!(
+            line.contains(r#"grpc.server{rpc.method="/grpc.health.v1.Health/Check"}"#),
+            "{line}"
+        );
     }
 }

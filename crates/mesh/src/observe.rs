@@ -40,24 +40,40 @@ impl Recorder {
 
     /// Records the response now if its headers carry the status, or hands
     /// the recording to its body otherwise.
-    pub(crate) fn observe(self, response: http::Response<Body>) -> http::Response<Body> {
+    pub(crate) fn observe(self, response: http::Response<Body>) -> http::Response<ObservedBody> {
         if let Some(code) = status_of(response.headers()) {
             self.record(code);
-            return response;
+            return response.map(ObservedBody::unobserved);
         }
-        response.map(|inner| {
-            Body::new(ObservedBody {
-                inner,
-                recorder: Some(self),
-            })
+        response.map(|inner| ObservedBody {
+            inner,
+            recorder: Some(self),
         })
     }
 }
 
-/// A response body that records the status from its trailers.
-struct ObservedBody {
+/// A response body that records the status from its trailers, when it was
+/// handed a [`Recorder`].
+///
+/// It is the runtime's response body type itself rather than boxed into a
+/// `tonic::body::Body`: tonic boxes whatever body the service returns once,
+/// and a box inside that box would cost every response one more allocation
+/// and one more indirection per frame.
+#[derive(Debug)]
+pub struct ObservedBody {
     inner: Body,
     recorder: Option<Recorder>,
+}
+
+impl ObservedBody {
+    /// A body with nothing to record (a refusal, counted when it was made;
+    /// metrics off; a status already read from the headers).
+    pub(crate) fn unobserved(inner: Body) -> Self {
+        Self {
+            inner,
+            recorder: None,
+        }
+    }
 }
 
 impl http_body::Body for ObservedBody {
@@ -112,8 +128,11 @@ impl Drop for ObservedBody {
     }
 }
 
+/// The `grpc-status` header's name, parsed once rather than at every look-up.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The `grpc-status` of a header map, if it has one.
 fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    let value = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     Some(tonic::Code::from(value.parse::<i32>().ok()?))
 }

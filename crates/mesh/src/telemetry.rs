@@ -13,6 +13,8 @@
 //! span; context crosses processes in the W3C `traceparent` header
 //! ([`extract_trace_context`], [`inject_trace_context`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -81,6 +83,7 @@ impl Telemetry {
             tracing::error!(error = %problem, "traces are off: the OTLP exporter cannot be built");
         }
         if provider.is_some() {
+            TRACES_EXPORTED.store(true, Ordering::Relaxed);
             tracing::info!("exporting traces over OTLP");
         }
         Self { provider }
@@ -94,6 +97,16 @@ impl Telemetry {
             tracing::warn!(error = %e, "traces not flushed at shutdown");
         }
     }
+}
+
+/// Whether [`Telemetry::init`] installed the OpenTelemetry layer: set once,
+/// before the process serves anything, and never cleared.
+static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces, i.e. whether spans need the fields
+/// only OpenTelemetry reads (`otel.name`, `otel.kind`, ...).
+pub(crate) fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(Ordering::Relaxed)
 }
 
 /// The layer writing log lines on standard error in `style`.
