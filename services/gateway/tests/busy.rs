@@ -8,13 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+mod common;
 
-use soma_mesh::ServiceKind;
+use common::{Served, serve_gateway};
 use soma_proto::v1 as pb;
-use soma_proto::v1::gateway_client::GatewayClient;
 use soma_store::{Database, StoreSettings};
-use soma_testing::{Ca, grpc_reason};
+use soma_testing::grpc_reason;
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tonic::Code;
@@ -45,36 +44,12 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
         database_url: None,
     };
     let db = Database::connect(&store, "gateway").await.unwrap();
-    db.migrate(&soma_gateway::MIGRATIONS).await.unwrap();
-    let config_dir = tempfile::tempdir().unwrap();
-    let mut config = soma_gateway::GatewayConfig::dev(
-        config_dir.path(),
-        &soma_gateway::Region::parse("local").unwrap(),
-        None,
-    )
-    .unwrap();
-    // No poller reading meanwhile: the one statement waiting on the lock
-    // is the change's.
-    config.kill_switch_poll_interval = Duration::from_secs(3600);
-    let ca = Ca::new();
-    let identity = ca.store("/svc/gateway", Duration::from_secs(3600));
-    let settings = soma_testing::settings(ServiceKind::Gateway, &[]);
-    let gateway = soma_gateway::Gateway::build(
-        db.clone(),
-        &settings.limits,
-        config,
-        &identity,
-        &settings.peers,
-        soma_auth::ClaimsSigner::generate("gateway-1").unwrap().0,
-    )
-    .await
-    .unwrap();
-    let running = soma_testing::serve(settings, identity, None, gateway.spec).await;
-    let mut client = GatewayClient::new(soma_testing::channel(
-        ca.store("/operator/alice", Duration::from_secs(3600)),
-        running.addr,
-        &running.id,
-    ));
+    let Served {
+        running,
+        mut client,
+        poller,
+        ..
+    } = serve_gateway(&db).await;
 
     // Another connection takes the writer lock and keeps it past the
     // gateway's busy timeout (5 s).
@@ -105,4 +80,6 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
     assert!(stored.engaged);
     assert_eq!(rows(&db, "kill_switches", "acme").await, 1);
     assert_eq!(rows(&db, "kill_switch_audit", "acme").await, 1);
+    running.stop().await;
+    poller.abort();
 }

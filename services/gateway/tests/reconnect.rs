@@ -14,14 +14,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
+mod common;
 
+use common::{Served, serve_gateway};
 use soma_gateway::killswitch::KillSwitches;
-use soma_mesh::ServiceKind;
 use soma_proto::v1 as pb;
 use soma_proto::v1::gateway_client::GatewayClient;
 use soma_store::Database;
-use soma_testing::{Ca, grpc_reason};
+use soma_testing::grpc_reason;
 use tonic::transport::Channel;
 
 fn change(target: &str, engaged: bool, reason: &str) -> pb::SetKillSwitchRequest {
@@ -70,36 +70,12 @@ async fn kill_switch_changes_and_reads_survive_their_connections_dying() {
     for engine in soma_store::testing::engines("gateway").await {
         eprintln!("--- engine: {}", engine.label);
         let db = engine.connect().await;
-        db.migrate(&soma_gateway::MIGRATIONS).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = soma_gateway::GatewayConfig::dev(
-            dir.path(),
-            &soma_gateway::Region::parse("local").unwrap(),
-            None,
-        )
-        .unwrap();
-        // No poller re-reading meanwhile: each statement the test cuts is
-        // the one it means to cut.
-        config.kill_switch_poll_interval = Duration::from_secs(3600);
-        let ca = Ca::new();
-        let identity = ca.store("/svc/gateway", Duration::from_secs(3600));
-        let settings = soma_testing::settings(ServiceKind::Gateway, &[]);
-        let gateway = soma_gateway::Gateway::build(
-            db.clone(),
-            &settings.limits,
-            config,
-            &identity,
-            &settings.peers,
-            soma_auth::ClaimsSigner::generate("gateway-1").unwrap().0,
-        )
-        .await
-        .unwrap();
-        let running = soma_testing::serve(settings, identity, None, gateway.spec).await;
-        let client = GatewayClient::new(soma_testing::channel(
-            ca.store("/operator/alice", Duration::from_secs(3600)),
-            running.addr,
-            &running.id,
-        ));
+        let Served {
+            running,
+            client,
+            poller,
+            ..
+        } = serve_gateway(&db).await;
         let first = set(&client, change("acme", true, "first"))
             .await
             .unwrap()
@@ -169,7 +145,7 @@ async fn kill_switch_changes_and_reads_survive_their_connections_dying() {
         }
 
         running.stop().await;
-        gateway.poller.abort();
+        poller.abort();
         db.close().await;
         engine.cleanup().await;
     }
