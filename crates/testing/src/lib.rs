@@ -40,5 +40,5 @@ pub use client::{channel, grpc_reason, health, http_get, reflection_list, reflec
 pub use encoding::pem;
 pub use interop::python;
 pub use running::{Running, restartable_addr, serve, settings};
-pub use sql::{exec, scalar, scalar_text};
+pub use sql::{SqliteWriterLock, exec, scalar, scalar_text};
 pub use stores::{Stores, engine_stores};

@@ -37,3 +37,31 @@ pub async fn scalar_text(db: &Database, sql: &str) -> String {
         _ => unreachable!("a database is either SQLite or PostgreSQL"),
     }
 }
+
+/// SQLite's one writer lock on the file at `path`, taken by a connection of
+/// its own (`BEGIN IMMEDIATE`) and held until [`release`](Self::release):
+/// a service's write then waits out its busy timeout and fails busy.
+#[derive(Debug)]
+pub struct SqliteWriterLock(sqlx::SqliteConnection);
+
+impl SqliteWriterLock {
+    /// Takes the lock; the file must exist.
+    pub async fn hold(path: &std::path::Path) -> Self {
+        use sqlx::Connection as _;
+        assert!(path.exists(), "no SQLite file at {}", path.display());
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+        let mut connection = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        Self(connection)
+    }
+
+    /// Rolls the lock's empty transaction back and closes its connection.
+    pub async fn release(mut self) {
+        use sqlx::Connection as _;
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+        self.0.close().await.unwrap();
+    }
+}

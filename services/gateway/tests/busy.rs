@@ -13,9 +13,7 @@ mod common;
 use common::{Served, serve_gateway};
 use soma_proto::v1 as pb;
 use soma_store::{Database, StoreSettings};
-use soma_testing::grpc_reason;
-use sqlx::Connection as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use soma_testing::{SqliteWriterLock, grpc_reason};
 use tonic::Code;
 
 fn change(target: &str) -> pb::SetKillSwitchRequest {
@@ -53,12 +51,7 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
 
     // Another connection takes the writer lock and keeps it past the
     // gateway's busy timeout (5 s).
-    let path = data_dir.path().join("gateway.db");
-    assert!(path.exists(), "the gateway's SQLite file is {}", path.display());
-    let mut locker = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+    let locker = SqliteWriterLock::hold(&data_dir.path().join("gateway.db")).await;
     let refused = client.set_kill_switch(change("acme")).await.unwrap_err();
     assert_eq!(
         (refused.code(), grpc_reason(&refused)),
@@ -66,8 +59,7 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
         "{refused:?}"
     );
     assert!(refused.message().contains("may be sent again"), "{refused:?}");
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    locker.close().await.unwrap();
+    locker.release().await;
     assert_eq!(rows(&db, "kill_switches", "acme").await, 0, "no switch written");
     assert_eq!(
         rows(&db, "kill_switch_audit", "acme").await,

@@ -12,9 +12,7 @@ mod common;
 use common::{Harness, Publisher, adapter};
 use serde_json::json;
 use soma_store::{StoreSettings, on_pool};
-use soma_testing::grpc_reason;
-use sqlx::Connection as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use soma_testing::{SqliteWriterLock, grpc_reason};
 use tonic::Code;
 
 async fn outbox_rows(h: &Harness) -> i64 {
@@ -45,11 +43,7 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
 
     // Another connection takes the writer lock and keeps it past the
     // service's busy timeout (5 s).
-    let path = data_dir.path().join("tool-registry.db");
-    let mut locker = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
-        .await
-        .unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut locker).await.unwrap();
+    let locker = SqliteWriterLock::hold(&data_dir.path().join("tool-registry.db")).await;
     let refused = h
         .execute("acme", "text-stats", "1.0.0", input.clone())
         .await
@@ -60,8 +54,7 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
         "{refused:?}"
     );
     assert!(refused.message().contains("may be sent again"), "{refused:?}");
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    locker.close().await.unwrap();
+    locker.release().await;
     assert_eq!(outbox_rows(&h).await, before, "nothing was written");
 
     // The lock gone, the same call is served and billed once.
