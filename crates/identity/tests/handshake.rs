@@ -15,6 +15,7 @@ use soma_identity::{
     ExpectedPeer, SpiffeId, SvidError, SvidStore, client_config, log_refused_handshake, peer_spiffe_id,
     server_config,
 };
+use soma_testing::CapturedLog;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -318,32 +319,11 @@ async fn the_client_refuses_a_server_that_is_not_the_expected_peer() {
     assert!(err.contains(&reason), "{err:?} lacks {reason:?}");
 }
 
-/// Captured log output of the current thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn take(&self) -> String {
-        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
-    }
-}
-
 // A current-thread runtime: the server task runs on this thread, under the
 // thread's capturing subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn each_refusal_is_logged_once_with_its_reason() {
-    let captured = Captured::default();
+    let captured = CapturedLog::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)

@@ -9,12 +9,13 @@ mod common;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::{Ca, Leaf, id};
 use soma_identity::{IdentityError, SvidStore, WorkloadIdentity};
+use soma_testing::CapturedLog;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::codegen::{BoxFuture, http};
@@ -144,27 +145,6 @@ async fn serve(
     (format!("unix://{}", path.display()), tx)
 }
 
-/// Log output captured from the current thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
-
 /// Waits (without asserting on time) until `done` holds; gives up after a minute.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..3000 {
@@ -182,7 +162,7 @@ const ID: &str = "spiffe://a.test/workload";
 // this thread's capturing subscriber.
 #[tokio::test(flavor = "current_thread")]
 async fn the_store_follows_workload_api_updates_and_refuses_bad_ones() {
-    let captured = Captured::default();
+    let captured = CapturedLog::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)

@@ -333,32 +333,16 @@ where
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::io::Write as _;
-    use std::sync::Mutex;
 
     use soma_identity::SpiffeId;
+    use soma_testing::CapturedLog;
 
     use super::*;
-
-    /// A log destination the test reads back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The log line the handler writes for one authorized health check
     /// carrying `headers`, under a text log subscriber.
     fn handler_log_line(headers: &[(&'static str, &'static str)]) -> String {
-        let captured = Captured::default();
+        let captured = CapturedLog::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
@@ -399,8 +383,7 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(authz.call(req)).unwrap();
         });
-        captured.clone().flush().unwrap();
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         text.lines()
             .find(|l| l.contains("handler ran"))
             .unwrap_or_else(|| panic!("no handler log line in {text:?}"))
