@@ -114,7 +114,9 @@ pub(crate) fn run(
     limits: RunLimits,
 ) -> Outcome {
     let started = Instant::now();
-    let deadline_ticks = clock.deadline_delta(limits.deadline);
+    // The epoch advances while this guard lives: through the whole run.
+    let running = clock.enter();
+    let deadline_ticks = clock.deadline_delta(&running, limits.deadline);
     let mut measured = Measured::default();
     let result = match admit(engine, config, prepared, input, limits) {
         Ok(()) => execute(

@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -413,77 +412,158 @@ impl fmt::Debug for Prepared {
     }
 }
 
-/// Advances the engine's epoch once per [`EPOCH_TICK`] of wall time.
+/// Advances the engine's epoch once per [`EPOCH_TICK`] of wall time while a run is under way,
+/// and sleeps, without waking, while none is.
 ///
-/// The epoch counts elapsed ticks since the thread started rather than wake-ups, so a late wake-up
-/// on a loaded machine catches up at once instead of stretching every deadline. The thread holds
-/// an `Engine` handle only (never the `Sandbox`), so dropping the last `Sandbox` drops the
-/// sender, the thread sees the channel disconnect within one tick, and `Drop` joins it.
+/// The epoch counts elapsed ticks of wall time rather than wake-ups, so a late wake-up on a loaded
+/// machine catches up at once instead of stretching every deadline. The ticks of an idle period
+/// are not applied one by one when the next run starts: they are counted as skipped
+/// ([`EpochClock`]), under the same lock as the ticks, at the moment the first run registers, so
+/// every deadline is computed against a clock that no longer moves by more than the ticks the
+/// thread applies. The thread holds an `Engine` handle only (never the `Sandbox`), so dropping the
+/// last `Sandbox` stops it (`Drop` sets the stop flag, wakes it and joins it).
 struct Ticker {
-    stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     clock: EpochClock,
 }
 
-/// The epoch as wall time: when the ticker started and how many ticks it
-/// has applied to the engine (the engine's current epoch, since nothing
-/// else increments it).
+/// The epoch as wall time: wall ticks since the ticker started = ticks applied to the engine (the
+/// engine's current epoch, since nothing else increments it) + ticks skipped while no run was
+/// under way.
 #[derive(Clone, Debug)]
 pub(crate) struct EpochClock {
     start: Instant,
     applied: Arc<AtomicU64>,
+    shared: Arc<TickShared>,
+}
+
+#[derive(Debug)]
+struct TickShared {
+    state: Mutex<TickState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct TickState {
+    /// Runs under way ([`EpochClock::enter`] guards alive).
+    active: usize,
+    /// Wall ticks the engine's epoch was not advanced by, because no run was under way. Changes
+    /// only while `active` is 0, so never during a run whose deadline was computed from it.
+    skipped: u64,
+    stop: bool,
 }
 
 impl EpochClock {
-    /// The epoch delta to give a store so that it traps no earlier than
-    /// `deadline` from now: the tick at which `now + deadline` has surely
-    /// passed, plus one (the current tick is partly over), counted from the
-    /// epoch the engine is at — which lags the wall clock when the ticker
-    /// thread was not scheduled, so a delta taken from the engine's epoch
-    /// alone could end a run early when the ticker catches up.
-    pub(crate) fn deadline_delta(&self, deadline: Duration) -> u64 {
+    /// Wall ticks elapsed since the ticker started.
+    fn wall_ticks(&self) -> u64 {
+        let ticks = self.start.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TickState> {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a run: the ticker advances the epoch until the last guard drops. The first run
+    /// after an idle period counts the idle ticks as skipped and wakes the thread.
+    pub(crate) fn enter(&self) -> Running<'_> {
+        let mut state = self.lock();
+        if state.active == 0 {
+            let applied = self.applied.load(Ordering::Acquire);
+            state.skipped = state.skipped.max(self.wall_ticks().saturating_sub(applied));
+            self.shared.wake.notify_one();
+        }
+        state.active += 1;
+        Running { clock: self }
+    }
+
+    /// The epoch delta to give a store so that it traps no earlier than `deadline` from now: the
+    /// wall tick at which `now + deadline` has surely passed, plus one (the current tick is partly
+    /// over), less the skipped ticks, counted from the epoch the engine is at — which lags the wall
+    /// clock when the ticker thread was not scheduled, so a delta taken from the engine's epoch
+    /// alone could end a run early when the ticker catches up. Call it inside [`Self::enter`].
+    pub(crate) fn deadline_delta(&self, _running: &Running<'_>, deadline: Duration) -> u64 {
         let tick = EPOCH_TICK.as_nanos();
         let target = (self.start.elapsed() + deadline).as_nanos().div_ceil(tick) + 1;
+        // The skipped count is read under the lock, and cannot change while `_running` lives.
+        let skipped = u128::from(self.lock().skipped);
         let applied = u128::from(self.applied.load(Ordering::Acquire));
-        u64::try_from(target.saturating_sub(applied).max(1)).unwrap_or(u64::MAX)
+        u64::try_from(target.saturating_sub(skipped + applied).max(1)).unwrap_or(u64::MAX)
+    }
+}
+
+/// A run under way (see [`EpochClock::enter`]).
+pub(crate) struct Running<'a> {
+    clock: &'a EpochClock,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut state = self.clock.lock();
+        state.active = state.active.saturating_sub(1);
     }
 }
 
 impl Ticker {
     fn start(engine: Engine) -> Result<Self, SandboxError> {
-        let (stop, stopped) = mpsc::channel::<()>();
         let clock = EpochClock {
             start: Instant::now(),
             applied: Arc::new(AtomicU64::new(0)),
+            shared: Arc::new(TickShared {
+                state: Mutex::new(TickState::default()),
+                wake: Condvar::new(),
+            }),
         };
-        let (start, applied) = (clock.start, Arc::clone(&clock.applied));
+        let ticking = clock.clone();
         let thread = thread::Builder::new()
             .name("soma-sandbox-epoch".into())
-            .spawn(move || {
-                let mut ticks: u128 = 0;
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
-                    let due = start.elapsed().as_nanos() / EPOCH_TICK.as_nanos();
-                    while ticks < due {
-                        engine.increment_epoch();
-                        ticks += 1;
-                        applied.fetch_add(1, Ordering::Release);
-                    }
-                }
-            })
+            .spawn(move || tick(&engine, &ticking))
             .map_err(|e| SandboxError::Engine(format!("epoch ticker thread: {e}")))?;
         Ok(Self {
-            stop: Some(stop),
             thread: Some(thread),
             clock,
         })
     }
 }
 
+/// The ticker thread: asleep while no run is under way; otherwise, at each tick, brings the
+/// engine's epoch up to the wall ticks elapsed less the skipped ones.
+fn tick(engine: &Engine, clock: &EpochClock) {
+    let mut state = clock.lock();
+    loop {
+        if state.stop {
+            return;
+        }
+        if state.active == 0 {
+            state = clock
+                .shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        state = clock
+            .shared
+            .wake
+            .wait_timeout(state, EPOCH_TICK)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        let due = clock.wall_ticks().saturating_sub(state.skipped);
+        let mut applied = clock.applied.load(Ordering::Acquire);
+        while applied < due {
+            engine.increment_epoch();
+            applied += 1;
+            clock.applied.store(applied, Ordering::Release);
+        }
+    }
+}
+
 impl Drop for Ticker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        self.clock.lock().stop = true;
+        self.clock.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
-            // The thread only loops on the channel; it cannot panic short of an allocation failure.
+            // The thread only loops on the lock; it cannot panic short of an allocation failure.
             let _ = thread.join();
         }
     }

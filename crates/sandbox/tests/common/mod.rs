@@ -63,3 +63,26 @@ pub fn threads_named(prefix: &str) -> usize {
         })
         .count()
 }
+
+/// Context switches (voluntary and not) of the threads of this process whose name starts with
+/// `prefix`, from `/proc/self/task/*/status`: how often they woke.
+pub fn thread_switches(prefix: &str) -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap_or_else(|e| panic!("/proc/self/task: {e}"))
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
