@@ -1,6 +1,8 @@
 //! The epoch ticker sleeps while no run is under way, and a run after an idle period still gets
 //! exactly its deadline. Alone in its binary so no other test's sandbox is counted.
 
+#![allow(clippy::expect_used, reason = "a test: a failed expectation is the failure")]
+
 mod common;
 
 use std::time::{Duration, Instant};

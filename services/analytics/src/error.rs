@@ -93,10 +93,19 @@ pub enum AnalyticsError {
     /// so it is sent again ([`crate::ledger::Ledger::append`]).
     #[error("the ledger writer lost its database connection")]
     WriterConnectionLost,
+    /// SQLite's one writer lock was held by another connection past the
+    /// busy timeout (see [`soma_store::is_busy`]) when the ledger writer
+    /// committed a batch: the batch's transaction was rolled back, nothing
+    /// of it was written, and the append may be sent again. Answered
+    /// `UNAVAILABLE` `database_busy`, as a busy [`Self::Database`] error is.
+    #[error("the database is busy; nothing was written")]
+    WriterBusy,
     /// A database error. One that means the connection was lost (see
     /// [`soma_store::is_connection_lost`]) is answered `UNAVAILABLE`
     /// `database_unavailable`: it was retried where that is safe, and the
-    /// bound ran out.
+    /// bound ran out. One that means SQLite's writer lock was held past the
+    /// busy timeout ([`soma_store::is_busy`]: the statement had no effect)
+    /// is `UNAVAILABLE` `database_busy`.
     #[error("database")]
     Database(#[from] sqlx::Error),
     /// A Merkle ledger error.
@@ -153,6 +162,8 @@ impl AnalyticsError {
             Self::Unauthenticated => "unauthenticated",
             Self::Database(e) if soma_store::is_connection_lost(e) => "database_unavailable",
             Self::WriterConnectionLost => "database_unavailable",
+            Self::Database(e) if soma_store::is_busy(e) => "database_busy",
+            Self::WriterBusy => "database_busy",
             Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) => "internal",
         }
     }
@@ -185,11 +196,14 @@ impl From<AnalyticsError> for tonic::Status {
             | AnalyticsError::LedgerLeafMismatch { .. } => Code::DataLoss,
             AnalyticsError::WriterStopped
             | AnalyticsError::Standby
-            | AnalyticsError::WriterConnectionLost => Code::Unavailable,
+            | AnalyticsError::WriterConnectionLost
+            | AnalyticsError::WriterBusy => Code::Unavailable,
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,
             AnalyticsError::Unauthenticated => Code::Unauthenticated,
-            AnalyticsError::Database(e) if soma_store::is_connection_lost(e) => Code::Unavailable,
+            AnalyticsError::Database(e) if soma_store::is_connection_lost(e) || soma_store::is_busy(e) => {
+                Code::Unavailable
+            }
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
@@ -199,6 +213,9 @@ impl From<AnalyticsError> for tonic::Status {
             // Internal causes are logged here, once; the caller gets a safe message.
             tracing::error!(error = ?err, "analytics internal error");
             "internal error".to_owned()
+        } else if err.reason() == "database_busy" {
+            tracing::warn!(reason = err.reason(), error = ?err, "database busy");
+            "the database is busy; nothing was written, the request may be sent again".to_owned()
         } else if matches!(&err, AnalyticsError::Database(_)) {
             // A lost connection that outlived the retry, where one is safe.
             tracing::warn!(reason = err.reason(), error = ?err, "database unavailable");

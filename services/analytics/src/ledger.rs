@@ -1242,7 +1242,15 @@ impl Committer {
                 // Nothing of the batch was committed (one transaction);
                 // every caller gets the error and may retry.
                 let is_integrity = matches!(e, AnalyticsError::LedgerCorrupt { .. });
-                tracing::error!(error = ?e, size = batch.len(), "ledger batch failed");
+                // SQLite's writer lock held past the busy timeout by another
+                // connection: an overload, not a fault (logged as a warning,
+                // once per batch).
+                let busy = matches!(&e, AnalyticsError::Database(db) if soma_store::is_busy(db));
+                if busy {
+                    tracing::warn!(error = ?e, size = batch.len(), "ledger batch refused: the database is busy");
+                } else {
+                    tracing::error!(error = ?e, size = batch.len(), "ledger batch failed");
+                }
                 if let AnalyticsError::LedgerCorrupt {
                     first_bad_index,
                     reason,
@@ -1268,6 +1276,8 @@ impl Committer {
                         AnalyticsError::Standby
                     } else if lost {
                         AnalyticsError::WriterConnectionLost
+                    } else if busy {
+                        AnalyticsError::WriterBusy
                     } else {
                         AnalyticsError::WriterStopped
                     };
