@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{limits, module, prepare, sandbox};
+use common::{limits, module, prepare, run_infinite_loop, sandbox};
 use soma_sandbox::{RunLimits, Sandbox, SandboxConfig, sha256};
 
 const MIB: u64 = 1024 * 1024;
@@ -237,17 +237,8 @@ fn memory_bomb_reports_the_cap_as_its_peak() {
 #[test]
 fn infinite_loop_with_huge_fuel_stops_at_its_deadline() {
     let sandbox = sandbox();
-    let prepared = prepare(&sandbox, "infinite_loop");
     let deadline = Duration::from_millis(200);
-    let outcome = sandbox.run(
-        &prepared,
-        b"{}",
-        RunLimits {
-            fuel: SandboxConfig::default().max_fuel,
-            deadline,
-            ..limits()
-        },
-    );
+    let outcome = run_infinite_loop(&sandbox, deadline);
     let err = outcome.result.expect_err("an infinite loop cannot finish");
     assert_eq!(err.reason(), "deadline_exceeded", "{err}");
     assert!(err.to_string().contains("200 ms"), "{err}");

@@ -75,6 +75,19 @@ pub fn grpc_reason(status: &tonic::Status) -> &str {
         .unwrap_or_default()
 }
 
+/// Asserts that `status` answers a write that SQLite's writer lock, held by
+/// another connection past the busy timeout, refused: `UNAVAILABLE`
+/// `database_busy`, telling the caller that the request may be sent again.
+#[track_caller]
+pub fn assert_database_busy(status: &tonic::Status) {
+    assert_eq!(
+        (status.code(), grpc_reason(status)),
+        (tonic::Code::Unavailable, "database_busy"),
+        "{status:?}"
+    );
+    assert!(status.message().contains("may be sent again"), "{status:?}");
+}
+
 /// `GET path` from a plaintext HTTP/1.1 listener (the admin listener): the
 /// whole response, status line first.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {

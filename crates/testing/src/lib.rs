@@ -37,7 +37,9 @@ mod stores;
 
 pub use authority::{Ca, TD};
 pub use claims::{claims_request, operator_claims_request, tenant_request};
-pub use client::{channel, grpc_reason, health, http_get, reflection_list, reflection_list_v1alpha};
+pub use client::{
+    assert_database_busy, channel, grpc_reason, health, http_get, reflection_list, reflection_list_v1alpha,
+};
 pub use encoding::pem;
 pub use interop::python;
 pub use log::CapturedLog;

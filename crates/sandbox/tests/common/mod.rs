@@ -52,29 +52,28 @@ pub fn status_bytes(field: &str) -> u64 {
     kib * 1024
 }
 
-/// Threads of this process whose name starts with `prefix` (Linux truncates names to 15 bytes).
-pub fn threads_named(prefix: &str) -> usize {
+/// The `/proc/self/task` directories of this process's threads whose name starts with `prefix`
+/// (Linux truncates names to 15 bytes).
+fn tasks_named(prefix: &str) -> impl Iterator<Item = std::path::PathBuf> + '_ {
     std::fs::read_dir("/proc/self/task")
         .unwrap_or_else(|e| panic!("/proc/self/task: {e}"))
         .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+        .map(|task| task.path())
+        .filter(move |task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim_end().starts_with(prefix))
         })
-        .count()
+}
+
+/// Threads of this process whose name starts with `prefix`.
+pub fn threads_named(prefix: &str) -> usize {
+    tasks_named(prefix).count()
 }
 
 /// Context switches (voluntary and not) of the threads of this process whose name starts with
 /// `prefix`, from `/proc/self/task/*/status`: how often they woke.
 pub fn thread_switches(prefix: &str) -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap_or_else(|e| panic!("/proc/self/task: {e}"))
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+    tasks_named(prefix)
+        .filter_map(|task| std::fs::read_to_string(task.join("status")).ok())
         .flat_map(|status| {
             status
                 .lines()
@@ -85,4 +84,19 @@ pub fn thread_switches(prefix: &str) -> u64 {
                 .collect::<Vec<_>>()
         })
         .sum()
+}
+
+/// The repository's `infinite_loop` adapter run with all the fuel there is and `deadline`: only
+/// the deadline can stop it.
+pub fn run_infinite_loop(sandbox: &Sandbox, deadline: Duration) -> soma_sandbox::Outcome {
+    let prepared = prepare(sandbox, "infinite_loop");
+    sandbox.run(
+        &prepared,
+        b"{}",
+        RunLimits {
+            fuel: SandboxConfig::default().max_fuel,
+            deadline,
+            ..limits()
+        },
+    )
 }
