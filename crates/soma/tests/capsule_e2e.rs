@@ -646,10 +646,7 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     let clean = sweep(0);
     assert!(clean.trim_end().ends_with("rows checked, 0 failed"), "{clean}");
     let db = soma_store::Database::connect(
-        &soma_store::StoreSettings {
-            data_dir: data.join("db"),
-            database_url: None,
-        },
+        &soma_store::StoreSettings::sqlite(data.join("db")),
         "capsule-repo",
     )
     .await

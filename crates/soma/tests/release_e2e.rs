@@ -691,10 +691,7 @@ async fn bad_input(edge: &str, token: &str, data: &Path, work: &Path) {
 
 async fn release_count(data: &Path) -> i64 {
     let db = soma_store::Database::connect(
-        &soma_store::StoreSettings {
-            data_dir: data.join("db"),
-            database_url: None,
-        },
+        &soma_store::StoreSettings::sqlite(data.join("db")),
         "tool-registry",
     )
     .await

@@ -226,10 +226,7 @@ async fn verify_store_refuses_unusable_input_and_creates_nothing() {
     // A database the service never migrated: the sweep cannot run, and no
     // migration is applied behind the operator's back.
     std::fs::create_dir_all(dir.path().join("db")).unwrap();
-    let settings = StoreSettings {
-        data_dir: dir.path().join("db"),
-        database_url: None,
-    };
+    let settings = StoreSettings::sqlite(dir.path().join("db"));
     Database::connect(&settings, "analytics")
         .await
         .unwrap()

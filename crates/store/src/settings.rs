@@ -16,6 +16,14 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
+    /// SQLite files in `data_dir` (the embedded default).
+    pub fn sqlite(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: None,
+        }
+    }
+
     /// The engine these settings select.
     pub fn engine(&self) -> Engine {
         match self.database_url {

@@ -19,10 +19,7 @@ use soma_testing::{Ca, SqliteWriterLock, assert_database_busy, scalar};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_and_nothing_is_written() {
     let data_dir = tempfile::tempdir().unwrap();
-    let store = StoreSettings {
-        data_dir: data_dir.path().to_owned(),
-        database_url: None,
-    };
+    let store = StoreSettings::sqlite(data_dir.path());
     let ca = Ca::new();
     let svc = start_analytics(&ca, &store, analytics_config(), None).await;
     let mut registry = client(&ca, &svc, "/svc/tool-registry");

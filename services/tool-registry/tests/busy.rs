@@ -24,10 +24,7 @@ async fn outbox_rows(h: &Harness) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_and_nothing_is_written() {
     let data_dir = tempfile::tempdir().unwrap();
-    let store = StoreSettings {
-        data_dir: data_dir.path().to_owned(),
-        database_url: None,
-    };
+    let store = StoreSettings::sqlite(data_dir.path());
     let h = Harness::start(&store).await;
     let publisher = Publisher::generate("acme-tools");
     h.register(&publisher).await;
