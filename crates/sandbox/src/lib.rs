@@ -36,7 +36,8 @@
 //! # Limits and reasons
 //!
 //! Fuel counts wasm operations (`fuel_exhausted`); the deadline is enforced by epoch interruption
-//! with a 1 ms tick, rounded up to whole ticks (`deadline_exceeded`); memory growth above
+//! with a 1 ms tick, rounded up to whole ticks (`deadline_exceeded`; the ticker thread ticks only
+//! while a call is under way and sleeps otherwise); memory growth above
 //! `limits.memory_bytes` is denied and reported as `memory_limit_exceeded` even when the guest
 //! then traps. Every failure carries a stable [`SandboxError::reason`].
 
