@@ -115,8 +115,8 @@ pub(crate) fn run(
 ) -> Outcome {
     let started = Instant::now();
     // The epoch advances while this guard lives: through the whole run.
-    let running = clock.enter();
-    let deadline_ticks = clock.deadline_delta(&running, limits.deadline);
+    let running = clock.enter(limits.deadline);
+    let deadline_ticks = running.deadline_ticks;
     let mut measured = Measured::default();
     let result = match admit(engine, config, prepared, input, limits) {
         Ok(()) => execute(

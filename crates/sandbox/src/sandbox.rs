@@ -433,7 +433,6 @@ struct Ticker {
 #[derive(Clone, Debug)]
 pub(crate) struct EpochClock {
     start: Instant,
-    applied: Arc<AtomicU64>,
     shared: Arc<TickShared>,
 }
 
@@ -447,6 +446,8 @@ struct TickShared {
 struct TickState {
     /// Runs under way ([`EpochClock::enter`] guards alive).
     active: usize,
+    /// Ticks applied to the engine: its current epoch.
+    applied: u64,
     /// Wall ticks the engine's epoch was not advanced by, because no run was under way. Changes
     /// only while `active` is 0, so never during a run whose deadline was computed from it.
     skipped: u64,
@@ -464,37 +465,39 @@ impl EpochClock {
         self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a run: the ticker advances the epoch until the last guard drops. The first run
-    /// after an idle period counts the idle ticks as skipped and wakes the thread.
-    pub(crate) fn enter(&self) -> Running<'_> {
+    /// Registers a run, and returns with it the epoch delta to give its store so that it traps no
+    /// earlier than `deadline` from now. The ticker advances the epoch until the last guard drops;
+    /// the first run after an idle period counts the idle ticks as skipped and wakes the thread.
+    ///
+    /// The delta: the wall tick at which `now + deadline` has surely passed, plus one (the current
+    /// tick is partly over), less the skipped ticks, counted from the epoch the engine is at —
+    /// which lags the wall clock when the ticker thread was not scheduled, so a delta taken from
+    /// the engine's epoch alone could end a run early when the ticker catches up. Both counts are
+    /// read under the lock that registers the run; neither the skipped count nor the mapping
+    /// changes while the run is under way.
+    pub(crate) fn enter(&self, deadline: Duration) -> Running<'_> {
         let mut state = self.lock();
         if state.active == 0 {
-            let applied = self.applied.load(Ordering::Acquire);
-            state.skipped = state.skipped.max(self.wall_ticks().saturating_sub(applied));
+            state.skipped = state.skipped.max(self.wall_ticks().saturating_sub(state.applied));
             self.shared.wake.notify_one();
         }
         state.active += 1;
-        Running { clock: self }
-    }
-
-    /// The epoch delta to give a store so that it traps no earlier than `deadline` from now: the
-    /// wall tick at which `now + deadline` has surely passed, plus one (the current tick is partly
-    /// over), less the skipped ticks, counted from the epoch the engine is at — which lags the wall
-    /// clock when the ticker thread was not scheduled, so a delta taken from the engine's epoch
-    /// alone could end a run early when the ticker catches up. Call it inside [`Self::enter`].
-    pub(crate) fn deadline_delta(&self, _running: &Running<'_>, deadline: Duration) -> u64 {
         let tick = EPOCH_TICK.as_nanos();
         let target = (self.start.elapsed() + deadline).as_nanos().div_ceil(tick) + 1;
-        // The skipped count is read under the lock, and cannot change while `_running` lives.
-        let skipped = u128::from(self.lock().skipped);
-        let applied = u128::from(self.applied.load(Ordering::Acquire));
-        u64::try_from(target.saturating_sub(skipped + applied).max(1)).unwrap_or(u64::MAX)
+        let counted = u128::from(state.skipped) + u128::from(state.applied);
+        let deadline_ticks = u64::try_from(target.saturating_sub(counted).max(1)).unwrap_or(u64::MAX);
+        Running {
+            clock: self,
+            deadline_ticks,
+        }
     }
 }
 
 /// A run under way (see [`EpochClock::enter`]).
 pub(crate) struct Running<'a> {
     clock: &'a EpochClock,
+    /// The epoch delta of the run's deadline.
+    pub(crate) deadline_ticks: u64,
 }
 
 impl Drop for Running<'_> {
@@ -508,7 +511,6 @@ impl Ticker {
     fn start(engine: Engine) -> Result<Self, SandboxError> {
         let clock = EpochClock {
             start: Instant::now(),
-            applied: Arc::new(AtomicU64::new(0)),
             shared: Arc::new(TickShared {
                 state: Mutex::new(TickState::default()),
                 wake: Condvar::new(),
@@ -549,11 +551,9 @@ fn tick(engine: &Engine, clock: &EpochClock) {
             .unwrap_or_else(PoisonError::into_inner)
             .0;
         let due = clock.wall_ticks().saturating_sub(state.skipped);
-        let mut applied = clock.applied.load(Ordering::Acquire);
-        while applied < due {
+        while state.applied < due {
             engine.increment_epoch();
-            applied += 1;
-            clock.applied.store(applied, Ordering::Release);
+            state.applied += 1;
         }
     }
 }
