@@ -162,9 +162,22 @@ impl AnalyticsError {
             Self::Unauthenticated => "unauthenticated",
             Self::Database(e) if soma_store::is_connection_lost(e) => "database_unavailable",
             Self::WriterConnectionLost => "database_unavailable",
-            Self::Database(e) if soma_store::is_busy(e) => "database_busy",
+            Self::Database(_) if self.database_busy() => "database_busy",
             Self::WriterBusy => "database_busy",
             Self::Database(_) | Self::Ledger(_) | Self::Sign(_) | Self::Config(_) => "internal",
+        }
+    }
+}
+
+impl AnalyticsError {
+    /// Whether SQLite's writer lock, held by another connection past the
+    /// busy timeout, refused the write ([`soma_store::is_busy`]): nothing
+    /// was written, and the request may be sent again.
+    pub(crate) fn database_busy(&self) -> bool {
+        match self {
+            Self::Database(e) => soma_store::is_busy(e),
+            Self::WriterBusy => true,
+            _ => false,
         }
     }
 }
@@ -201,9 +214,8 @@ impl From<AnalyticsError> for tonic::Status {
             AnalyticsError::IllegalTransition { .. } => Code::FailedPrecondition,
             AnalyticsError::StaleRegression { .. } => Code::Aborted,
             AnalyticsError::Unauthenticated => Code::Unauthenticated,
-            AnalyticsError::Database(e) if soma_store::is_connection_lost(e) || soma_store::is_busy(e) => {
-                Code::Unavailable
-            }
+            AnalyticsError::Database(e) if soma_store::is_connection_lost(e) => Code::Unavailable,
+            AnalyticsError::Database(_) if err.database_busy() => Code::Unavailable,
             AnalyticsError::Database(_)
             | AnalyticsError::Ledger(_)
             | AnalyticsError::Sign(_)
@@ -213,7 +225,7 @@ impl From<AnalyticsError> for tonic::Status {
             // Internal causes are logged here, once; the caller gets a safe message.
             tracing::error!(error = ?err, "analytics internal error");
             "internal error".to_owned()
-        } else if err.reason() == "database_busy" {
+        } else if err.database_busy() {
             tracing::warn!(reason = err.reason(), error = ?err, "database busy");
             "the database is busy; nothing was written, the request may be sent again".to_owned()
         } else if matches!(&err, AnalyticsError::Database(_)) {

@@ -1245,7 +1245,7 @@ impl Committer {
                 // SQLite's writer lock held past the busy timeout by another
                 // connection: an overload, not a fault (logged as a warning,
                 // once per batch).
-                let busy = matches!(&e, AnalyticsError::Database(db) if soma_store::is_busy(db));
+                let busy = e.database_busy();
                 if busy {
                     tracing::warn!(error = ?e, size = batch.len(), "ledger batch refused: the database is busy");
                 } else {

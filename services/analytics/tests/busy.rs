@@ -16,6 +16,14 @@ use soma_proto::v1 as pb;
 use soma_store::StoreSettings;
 use soma_testing::{Ca, SqliteWriterLock, assert_database_busy, scalar};
 
+async fn billing_rows(db: &soma_store::Database, event_id: &str) -> i64 {
+    scalar(
+        db,
+        &format!("SELECT COUNT(*) FROM billing_events WHERE event_id = '{event_id}'"),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_and_nothing_is_written() {
     let data_dir = tempfile::tempdir().unwrap();
@@ -44,17 +52,7 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
     locker.release().await;
 
     // Nothing of it was written: no row, no leaf, the checkpoint unmoved.
-    let rows = |id: &'static str| {
-        let db = &db;
-        async move {
-            scalar(
-                db,
-                &format!("SELECT COUNT(*) FROM billing_events WHERE event_id = '{id}'"),
-            )
-            .await
-        }
-    };
-    assert_eq!(rows("bill-1").await, 0, "no billing row written");
+    assert_eq!(billing_rows(&db, "bill-1").await, 0, "no billing row written");
     assert_eq!(leaf_hashes(&db).await.len(), 1, "no leaf written");
     let checkpoint = operator
         .ledger_checkpoint(pb::LedgerCheckpointRequest {})
@@ -77,7 +75,7 @@ async fn a_writer_lock_held_past_the_busy_timeout_is_unavailable_database_busy_a
         .unwrap()
         .into_inner();
     assert_eq!(next.ledger.unwrap().index, 2);
-    assert_eq!(rows("bill-1").await, 1);
+    assert_eq!(billing_rows(&db, "bill-1").await, 1);
     assert_eq!(leaf_hashes(&db).await.len(), 3);
     let checkpoint = operator
         .ledger_checkpoint(pb::LedgerCheckpointRequest {})
