@@ -74,14 +74,7 @@ async fn serve(dir: &Path) -> anyhow::Result<()> {
     let store = SvidStore::new(server_id, svid, bundles)?;
 
     let settings = MeshSettings::load(kind, None, |_| None)?;
-    let db = Database::connect(
-        &StoreSettings {
-            data_dir: dir.join("db"),
-            database_url: None,
-        },
-        kind.name(),
-    )
-    .await?;
+    let db = Database::connect(&StoreSettings::sqlite(dir.join("db")), kind.name()).await?;
     db.migrate(&soma_gateway::MIGRATIONS).await?;
     let spec = gateway::gateway_spec(db, &settings, &store, &dir.join("db")).await?;
     let app = Application::build(settings, store, None, spec).await?;

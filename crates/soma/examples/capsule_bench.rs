@@ -280,14 +280,7 @@ fn main() -> anyhow::Result<()> {
 
 /// A SQLite database for `kind` under `dir`.
 async fn connect(dir: &Path, kind: ServiceKind) -> anyhow::Result<Database> {
-    Ok(Database::connect(
-        &StoreSettings {
-            data_dir: dir.to_owned(),
-            database_url: None,
-        },
-        kind.name(),
-    )
-    .await?)
+    Ok(Database::connect(&StoreSettings::sqlite(dir.to_owned()), kind.name()).await?)
 }
 
 /// Serves `spec` through the mesh runtime until stopped.

@@ -306,14 +306,7 @@ fn main() -> anyhow::Result<()> {
 
 /// A SQLite database for `kind` under `dir`.
 async fn connect(dir: &Path, kind: ServiceKind) -> anyhow::Result<Database> {
-    Ok(Database::connect(
-        &StoreSettings {
-            data_dir: dir.to_owned(),
-            database_url: None,
-        },
-        kind.name(),
-    )
-    .await?)
+    Ok(Database::connect(&StoreSettings::sqlite(dir.to_owned()), kind.name()).await?)
 }
 
 /// Fresh Analytics keys: a row keyring and the checkpoint signing key.

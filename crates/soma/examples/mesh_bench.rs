@@ -124,14 +124,7 @@ fn main() -> anyhow::Result<()> {
     let mesh = ServerThread::spawn("bench-mesh", move |stop| async move {
         let kind = ServiceKind::Gateway;
         let settings = MeshSettings::load(kind, None, |_| None)?;
-        let db = Database::connect(
-            &StoreSettings {
-                data_dir: db_dir,
-                database_url: None,
-            },
-            kind.name(),
-        )
-        .await?;
+        let db = Database::connect(&StoreSettings::sqlite(db_dir), kind.name()).await?;
         db.migrate(&soma_gateway::MIGRATIONS).await?;
         let spec = gateway::gateway_spec(db, &settings, &server_store, &db_dir_for_gateway).await?;
         let app = Application::build(settings, server_store, None, spec).await?;

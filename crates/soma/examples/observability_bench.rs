@@ -99,14 +99,7 @@ fn main() -> anyhow::Result<()> {
             let settings = MeshSettings::load(kind, None, |name| {
                 (name == "SOMA_METRICS").then(|| metrics.to_owned())
             })?;
-            let db = Database::connect(
-                &StoreSettings {
-                    data_dir: db_dir.clone(),
-                    database_url: None,
-                },
-                kind.name(),
-            )
-            .await?;
+            let db = Database::connect(&StoreSettings::sqlite(db_dir.clone()), kind.name()).await?;
             db.migrate(&soma_gateway::MIGRATIONS).await?;
             let spec = gateway::gateway_spec(db, &settings, &store, &db_dir).await?;
             let app = Application::build(settings, store, None, spec).await?;

@@ -352,14 +352,7 @@ fn start_registry(
     let server = ServerThread::spawn(name, move |stop| async move {
         let kind = ServiceKind::ToolRegistry;
         let settings = MeshSettings::load(kind, None, |_| None)?;
-        let db = Database::connect(
-            &StoreSettings {
-                data_dir,
-                database_url: None,
-            },
-            kind.name(),
-        )
-        .await?;
+        let db = Database::connect(&StoreSettings::sqlite(data_dir), kind.name()).await?;
         db.migrate(&soma_tool_registry::MIGRATIONS).await?;
         let (keys, _) = HmacKeyring::generate("registry-1")?;
         let config = RegistryConfig {
@@ -430,14 +423,7 @@ fn start_analytics(
     ServerThread::spawn(name, move |stop| async move {
         let kind = ServiceKind::Analytics;
         let settings = MeshSettings::load(kind, None, |_| None)?;
-        let db = Database::connect(
-            &StoreSettings {
-                data_dir,
-                database_url: None,
-            },
-            kind.name(),
-        )
-        .await?;
+        let db = Database::connect(&StoreSettings::sqlite(data_dir), kind.name()).await?;
         db.migrate(&soma_analytics::MIGRATIONS).await?;
         let spec = soma_analytics::spec(db, &settings.limits, config).await?;
         let app = Application::build(settings, store, verifier, spec).await?;
@@ -1477,10 +1463,7 @@ fn execution_number(id: &str) -> anyhow::Result<u128> {
 /// execution numbers.
 async fn analytics_billing_ids(data_dir: &Path) -> anyhow::Result<HashSet<u128>> {
     let db = Database::connect(
-        &StoreSettings {
-            data_dir: data_dir.to_owned(),
-            database_url: None,
-        },
+        &StoreSettings::sqlite(data_dir.to_owned()),
         ServiceKind::Analytics.name(),
     )
     .await?;

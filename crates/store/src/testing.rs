@@ -133,10 +133,7 @@ impl TestDb {
     fn sqlite(name: &str) -> Self {
         let data_dir = fresh_dir();
         Self {
-            settings: StoreSettings {
-                data_dir: data_dir.path().join("data"),
-                database_url: None,
-            },
+            settings: StoreSettings::sqlite(data_dir.path().join("data")),
             label: "sqlite",
             name: name.to_owned(),
             data_dir,
