@@ -88,6 +88,8 @@ pub(crate) struct AtomicCounters {
 
 struct Cache {
     entries: HashMap<[u8; 32], CacheEntry>,
+    /// Compilations under way, by digest.
+    compiling: HashMap<[u8; 32], Arc<Flight>>,
     /// Logical clock for least-recently-used replacement.
     clock: u64,
 }
@@ -95,6 +97,60 @@ struct Cache {
 struct CacheEntry {
     prepared: Prepared,
     last_used: u64,
+}
+
+/// One compilation under way; threads that miss on its digest meanwhile wait for its outcome.
+#[derive(Default)]
+struct Flight {
+    /// `None` while compiling; then `Ok` (compiled, and cached unless the leader's own entry
+    /// point failed to resolve) or the compiler's error, which every waiter reports too.
+    outcome: Mutex<Option<Result<(), String>>>,
+    done: Condvar,
+}
+
+impl Flight {
+    fn wait(&self) -> Result<(), String> {
+        let mut outcome = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcome) = outcome.as_ref() {
+                return outcome.clone();
+            }
+            outcome = self.done.wait(outcome).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The thread compiling a digest. Dropped on every way out of `prepare` (success, error, panic):
+/// the flight leaves the cache's table first, then its waiters are told the outcome, so none
+/// waits forever and none finds the same flight again.
+struct Leading<'a> {
+    sandbox: &'a Sandbox,
+    digest: [u8; 32],
+    flight: Arc<Flight>,
+    /// What the waiters are told; `None` (the leader stopped before compiling finished) tells
+    /// them the compilation did not finish.
+    outcome: Option<Result<(), String>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        {
+            let mut cache = self.sandbox.lock_cache();
+            if cache
+                .compiling
+                .get(&self.digest)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                cache.compiling.remove(&self.digest);
+            }
+        }
+        let outcome = self
+            .outcome
+            .take()
+            .unwrap_or_else(|| Err("the compilation did not finish".to_owned()));
+        *self.flight.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        self.flight.done.notify_all();
+    }
 }
 
 impl Sandbox {
@@ -156,6 +212,7 @@ impl Sandbox {
                 engine,
                 cache: Mutex::new(Cache {
                     entries: HashMap::new(),
+                    compiling: HashMap::new(),
                     clock: 0,
                 }),
                 counters: AtomicCounters::default(),
@@ -232,11 +289,40 @@ impl Sandbox {
         }
 
         let info = self.inner.config.inspect(module, entrypoint)?;
-        // Compiling happens outside the cache lock: two threads missing on the same digest at
-        // once may both compile; the first to insert wins and the other's work is dropped.
+        // Compiling happens outside the cache lock, and once per digest: a miss on a digest
+        // another thread is compiling waits for that compilation (the bytes are the same: their
+        // digest was checked) and then takes the cache's answer, instead of compiling them again.
+        let leading = {
+            let mut cache = self.lock_cache();
+            match cache.compiling.get(&module_sha256) {
+                Some(flight) => Err(Arc::clone(flight)),
+                None => {
+                    let flight = Arc::new(Flight::default());
+                    cache.compiling.insert(module_sha256, Arc::clone(&flight));
+                    Ok(Leading {
+                        sandbox: self,
+                        digest: module_sha256,
+                        flight,
+                        outcome: None,
+                    })
+                }
+            }
+        };
+        let mut leading = match leading {
+            Ok(leading) => leading,
+            Err(flight) => {
+                flight.wait().map_err(SandboxError::CompileFailed)?;
+                // Compiled and cached by the leader: answered from the cache (or, if it was
+                // evicted or replaced meanwhile, prepared as any miss is).
+                return self.prepare(module_sha256, module, entrypoint);
+            }
+        };
         let started = Instant::now();
-        let compiled = Module::new(&self.inner.engine, module)
-            .map_err(|e| SandboxError::CompileFailed(format!("{e:#}")))?;
+        let compiled = Module::new(&self.inner.engine, module).map_err(|e| {
+            let message = format!("{e:#}");
+            leading.outcome = Some(Err(message.clone()));
+            SandboxError::CompileFailed(message)
+        })?;
         self.inner.counters.compiled.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             digest = %hex(&module_sha256),
@@ -244,6 +330,9 @@ impl Sandbox {
             compile_ms = started.elapsed().as_millis() as u64,
             "compiled module"
         );
+        // Waiters re-read the cache once this returns (the guard tells them when dropped): what
+        // is inserted below is what they find.
+        leading.outcome = Some(Ok(()));
         let prepared = self.build(
             module_sha256,
             compiled,

@@ -1,9 +1,10 @@
-//! Digest checks, the compiled-module cache, eviction and the counters.
+//! Digest checks, the compiled-module cache (one compilation per digest, however many threads
+//! miss on it at once), eviction and the counters.
 
 mod common;
 
 use common::{limits, module, prepare, sandbox};
-use soma_sandbox::{ADAPTER_ENTRYPOINT, Counters, Sandbox, SandboxConfig, sha256};
+use soma_sandbox::{ADAPTER_ENTRYPOINT, Counters, Prepared, Sandbox, SandboxConfig, sha256};
 
 #[test]
 fn a_wrong_digest_is_refused_without_compiling() {
@@ -198,4 +199,82 @@ fn an_invalid_configuration_is_refused() {
         let err = Sandbox::new(config).expect_err(name);
         assert_eq!(err.reason(), "invalid_config", "{name}: {err}");
     }
+}
+
+/// The `echo` adapter with `functions` more functions of arithmetic beside it: valid, importless,
+/// adapter-shaped, and long enough to compile that threads missing on it at once all miss.
+fn slow_to_compile(functions: usize) -> Vec<u8> {
+    let echo = include_str!("../adapters/echo.wat").trim_end();
+    let mut text = echo
+        .strip_suffix(')')
+        .unwrap_or_else(|| panic!("echo.wat ends its module with a parenthesis"))
+        .to_owned();
+    for f in 0..functions {
+        text.push_str(&format!(
+            "\n  (func $filler{f} (param $x i64) (result i64) (local $i i32)\n    (loop $again\n"
+        ));
+        for k in 0..24 {
+            text.push_str(&format!(
+                "      (local.set $x (i64.xor (i64.mul (local.get $x) (i64.const {})) (i64.rotl (local.get $x) (i64.const {}))))\n",
+                2 * (f * 31 + k) + 1,
+                k % 63 + 1,
+            ));
+        }
+        text.push_str(
+            "      (local.set $i (i32.add (local.get $i) (i32.const 1)))\n      (br_if $again (i32.lt_u (local.get $i) (i32.const 8))))\n    (local.get $x))",
+        );
+    }
+    text.push(')');
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("the generated module parses: {e}"))
+}
+
+/// Threads that miss on one digest at once compile it once: one compiles, the others wait for it
+/// and are answered from the cache, with handles that share its revocation. (Before, each thread
+/// that missed compiled the same bytes again and all but one result were thrown away.)
+#[test]
+fn concurrent_misses_on_one_digest_compile_it_once() {
+    const THREADS: usize = 4;
+    let sandbox = sandbox();
+    let bytes = slow_to_compile(300);
+    let digest = sha256(&bytes);
+    let barrier = std::sync::Barrier::new(THREADS);
+    let started = std::time::Instant::now();
+    let handles: Vec<Prepared> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    sandbox
+                        .prepare(digest, &bytes, ADAPTER_ENTRYPOINT)
+                        .expect("prepare")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a preparing thread panicked"))
+            .collect()
+    });
+    let counters = sandbox.counters();
+    assert_eq!(
+        (counters.compiled, counters.cache_hits),
+        (1, THREADS as u64 - 1),
+        "one compilation, every other miss answered from the cache ({:?} for {} bytes)",
+        started.elapsed(),
+        bytes.len()
+    );
+    assert_eq!(sandbox.cached_modules(), 1);
+    // Every handle runs the module ...
+    for prepared in &handles {
+        let outcome = sandbox.run(prepared, b"{\"a\":1}", limits());
+        assert_eq!(outcome.result.as_deref().expect("the module runs"), b"{\"a\":1}");
+    }
+    // ... and evicting it revokes them all: they are the cache entry's.
+    sandbox.evict(&digest);
+    assert!(handles.iter().all(Prepared::is_evicted));
+    // A later miss compiles afresh, once.
+    sandbox
+        .prepare(digest, &bytes, ADAPTER_ENTRYPOINT)
+        .expect("prepare after eviction");
+    assert_eq!(sandbox.counters().compiled, 2);
 }
