@@ -345,6 +345,58 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
     }
 }
 
+/// An HTTP/1.1 `GET /openapi.json` whose head carries `fields` header
+/// fields (`host` and `fields - 1` more), on a connection of its own;
+/// the status and the body of the answer.
+async fn get_with_fields(addr: SocketAddr, fields: usize) -> (u16, Vec<u8>) {
+    let mut head = String::from("GET /openapi.json HTTP/1.1\r\nhost: edge\r\n");
+    for i in 1..fields {
+        head.push_str(&format!("x-f{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = Transport::Plain.connect(addr).await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    read_response(&mut stream).await
+}
+
+/// An HTTP/1.1 head with more header fields than `max_headers` is refused
+/// by the edge, 431 `too_many_headers` with its JSON error, before any
+/// token is looked at; one with exactly `max_headers` is served. (Before,
+/// the HTTP parser refused it with a bare 431 and no reason.) Only a head
+/// beyond the setting's ceiling (1,000 fields) is still the parser's to
+/// refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_head_with_too_many_fields_is_refused_with_its_reason() {
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(&Transport::Plain, stores.of(ServiceKind::Gateway), |c| {
+            c.connections.max_headers = 8;
+        })
+        .await;
+        assert_eq!(get_with_fields(edge.addr, 8).await.0, 200);
+        for fields in [9, 40, 1000] {
+            let (status, body) = get_with_fields(edge.addr, fields).await;
+            let error: serde_json::Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("{fields} fields: not a JSON error ({e}): {body:?}"));
+            assert_eq!(
+                (status, error["reason"].as_str()),
+                (431, Some("too_many_headers")),
+                "{fields} fields: {error}"
+            );
+            assert!(
+                error["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("more than 8 header fields"),
+                "{error}"
+            );
+        }
+        // Beyond the ceiling the parser refuses the head itself.
+        assert_eq!(get_with_fields(edge.addr, 1001).await.0, 431);
+        edge.stop().await;
+        stores.cleanup().await;
+    }
+}
+
 /// An HTTP/2 (prior knowledge) connection and its driver task.
 async fn h2_connect(
     addr: SocketAddr,

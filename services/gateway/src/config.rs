@@ -173,8 +173,9 @@ pub struct EdgeConnections {
     pub max_connections: usize,
     /// Open connections one peer IP address holds at once.
     pub max_connections_per_client: usize,
-    /// Header fields in one HTTP/1.1 request head (HTTP/2 is bounded by
-    /// `limits.max_header_bytes` instead).
+    /// Header fields in one HTTP/1.1 request head: beyond it, 431
+    /// `too_many_headers` (HTTP/2 is bounded by `limits.max_header_bytes`
+    /// instead).
     pub max_headers: usize,
 }
 

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tonic::codec::Streaming;
 
 use crate::admission::{Admission, AdmissionRequest};
-use crate::config::EdgeLimits;
+use crate::config::{EdgeConnections, EdgeLimits};
 use crate::context::{REQUEST_ID_HEADER, RequestContext, RequestId};
 use crate::edge_metrics::{self, EdgeMetrics};
 use crate::forward::{Backends, BytesCodec};
@@ -62,6 +62,9 @@ pub struct EdgeState {
     backends: Backends,
     local: GatewayService,
     limits: EdgeLimits,
+    /// Header fields one HTTP/1.1 request head may carry
+    /// (`connections.max_headers`).
+    max_headers: usize,
     cors_origins: Vec<String>,
     openapi: Bytes,
     metrics: EdgeMetrics,
@@ -84,10 +87,19 @@ impl EdgeState {
             backends,
             local,
             limits,
+            max_headers: EdgeConnections::default().max_headers,
             cors_origins,
             openapi,
             metrics: EdgeMetrics::default(),
         }
+    }
+
+    /// Sets the header fields one HTTP/1.1 request head may carry
+    /// (`connections.max_headers`; its default otherwise).
+    #[must_use]
+    pub fn with_max_headers(mut self, max_headers: usize) -> Self {
+        self.max_headers = max_headers;
+        self
     }
 
     /// The edge's request counters (shared with the running edge).
@@ -186,7 +198,20 @@ async fn serve(
     route_label: &mut String,
 ) -> Result<Response, Refusal> {
     let limits = state.limits;
-    // 1. Header size, before anything reads them.
+    // 1. Header count (HTTP/1.1; an HTTP/2 header list is bounded by its
+    // size) and size, before anything reads them. The HTTP/1.1 parser
+    // takes up to `listener::HEAD_FIELDS_PARSED` fields so that the count
+    // is refused here, with its reason, rather than by the parser.
+    if request.version() <= http::Version::HTTP_11 && request.headers().len() > state.max_headers {
+        return Err(Refusal::bad_request(
+            "too_many_headers",
+            format!(
+                "the request head has more than {} header fields",
+                state.max_headers
+            ),
+        )
+        .with_http_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+    }
     let header_bytes: usize = request
         .headers()
         .iter()

@@ -436,13 +436,20 @@ impl Listener {
     }
 }
 
+/// Header fields the HTTP/1.1 parser takes from one request head: the
+/// ceiling of `connections.max_headers`. The edge refuses a head with more
+/// than the configured count itself (431 `too_many_headers`, with its JSON
+/// error and log line); only a head beyond this many fields is refused by
+/// the parser (431 without a body), as one beyond hyper's read buffer is.
+pub const HEAD_FIELDS_PARSED: usize = crate::config::MAX_HEADERS;
+
 /// The HTTP/1.1 + HTTP/2 connection builder with the protocol limits.
 fn builder(settings: &EdgeConnections, max_header_bytes: usize) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .keep_alive(true)
-        .max_headers(settings.max_headers)
+        .max_headers(HEAD_FIELDS_PARSED.max(settings.max_headers))
         // The watchdog keeps the head deadline (hyper's own timer would also
         // cut idle keep-alive connections at the head timeout, and without
         // telling us why).

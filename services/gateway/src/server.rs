@@ -122,7 +122,8 @@ impl Gateway {
                     config.limits,
                     config.cors_allowed_origins.clone(),
                     bytes::Bytes::from(document.to_string()),
-                );
+                )
+                .with_max_headers(connections.max_headers);
                 Some(EdgeServer {
                     listener,
                     local_addr,
