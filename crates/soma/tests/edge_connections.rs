@@ -345,6 +345,132 @@ async fn an_idle_http1_keep_alive_connection_is_closed_after_the_idle_timeout() 
     }
 }
 
+/// The next of several pipelined HTTP/1.1 responses with a
+/// `content-length` body: `buffered` holds what was read past the previous
+/// one. The status and the body's length.
+async fn next_pipelined_response<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    buffered: &mut Vec<u8>,
+) -> (u16, usize) {
+    let mut buf = [0u8; 8192];
+    let fill = |buffered: &mut Vec<u8>, n: usize, buf: &[u8]| {
+        assert!(n > 0, "closed inside a pipelined response");
+        buffered.extend_from_slice(&buf[..n]);
+    };
+    let head_end = loop {
+        if let Some(i) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        fill(buffered, n, &buf);
+    };
+    let head = String::from_utf8_lossy(&buffered[..head_end]).into_owned();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    while buffered.len() < head_end + length {
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        fill(buffered, n, &buf);
+    }
+    buffered.drain(..head_end + length);
+    (status, length)
+}
+
+/// `GET /openapi.json` sent `n` times at once on one HTTP/1.1 connection.
+fn pipelined_openapi(n: usize) -> Vec<u8> {
+    b"GET /openapi.json HTTP/1.1\r\nhost: edge\r\n\r\n".repeat(n)
+}
+
+/// A peer that stops reading is closed `send_timeout` after the socket
+/// refused the edge's first byte, counted as `send_timeout`, instead of
+/// holding its responses forever (nothing closed it before: a request in
+/// progress is not idleness); a peer that reads with pauses shorter than
+/// `send_timeout` is served every response however long that takes, since
+/// every write that makes progress resets the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_closed_after_the_send_timeout_and_one_that_reads_is_served() {
+    const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+    for stores in soma_testing::engine_stores(&[ServiceKind::Gateway]).await {
+        let (edge, _ca) = edge_with(&Transport::Plain, stores.of(ServiceKind::Gateway), |c| {
+            c.connections.send_timeout = SEND_TIMEOUT;
+        })
+        .await;
+        let document = {
+            let mut stream = Transport::Plain.connect(edge.addr).await;
+            stream.write_all(&pipelined_openapi(1)).await.unwrap();
+            read_response(&mut stream).await.1.len()
+        };
+        // Answers worth 32 MiB, far beyond both sockets' buffers.
+        let answers = (32 << 20) / document + 1;
+
+        // The peer asks for all of them and reads nothing.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut silent = socket.connect(edge.addr).await.unwrap();
+        silent.write_all(&pipelined_openapi(answers)).await.unwrap();
+        let asked = Instant::now();
+        while edge.connections.snapshot().closed(CloseReason::SendTimeout) == 0 {
+            assert!(
+                asked.elapsed() < BOUND,
+                "a peer reading nothing is still connected {BOUND:?} later: {:?}",
+                edge.connections.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let closed_after = asked.elapsed();
+        println!("a peer reading nothing was closed {closed_after:?} after its requests");
+        assert!(closed_after >= SEND_TIMEOUT.mul_f64(0.9), "{closed_after:?}");
+        // What it reads now ends: the connection is gone.
+        let (_, got) = until_closed(&mut silent, Instant::now(), BOUND).await;
+        assert!(got.len() < answers * document, "it got every answer");
+
+        // A peer that reads, pausing 300 ms after every fourth answer: 3 s
+        // of pauses in all, with answers worth more than the edge's socket
+        // buffer can hold (so its writes are refused during the pauses), and
+        // every answer served.
+        let answers = (8 << 20) / document + 1;
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut reader = socket.connect(edge.addr).await.unwrap();
+        reader.write_all(&pipelined_openapi(answers)).await.unwrap();
+        let reading = Instant::now();
+        let mut buffered = Vec::new();
+        for i in 0..answers {
+            if i % (answers / 10).max(1) == 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let answer = next_pipelined_response(&mut reader, &mut buffered).await;
+            assert_eq!(answer, (200, document));
+        }
+        assert!(buffered.is_empty());
+        println!(
+            "a reader pausing between answers was served for {:?}",
+            reading.elapsed()
+        );
+        let stats = edge.connections.snapshot();
+        assert_eq!(stats.closed(CloseReason::SendTimeout), 1, "{stats:?}");
+        assert_eq!(
+            get_openapi(&mut reader).await,
+            200,
+            "the reader's connection is still served"
+        );
+        edge.stop().await;
+        stores.cleanup().await;
+    }
+}
+
 /// An HTTP/1.1 `GET /openapi.json` whose head carries `fields` header
 /// fields (`host` and `fields - 1` more), on a connection of its own;
 /// the status and the body of the answer.

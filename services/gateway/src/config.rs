@@ -166,6 +166,12 @@ pub struct EdgeConnections {
     /// A connection with no request in progress (HTTP/1.1 keep-alive between
     /// requests, HTTP/2 with no open stream) is closed after this.
     pub idle_timeout: Duration,
+    /// A connection whose peer takes nothing of what the edge writes (the
+    /// socket refuses every byte) for this long is closed: nginx's
+    /// `send_timeout`, counted between two writes that made progress, so a
+    /// slow reader keeps its connection and one that stopped reading does
+    /// not hold a response, its backend call and its buffers forever.
+    pub send_timeout: Duration,
     /// Concurrent streams on one HTTP/2 connection (SETTINGS).
     pub max_concurrent_streams: u32,
     /// Open connections the edge holds at once; a connection beyond it is
@@ -185,6 +191,7 @@ impl Default for EdgeConnections {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_concurrent_streams: 100,
             max_connections: 10_000,
             max_connections_per_client: 1024,
@@ -223,6 +230,7 @@ impl EdgeConnections {
                 MAX_READ_TIMEOUT,
             ),
             ("connections.idle_timeout", self.idle_timeout, MAX_IDLE_TIMEOUT),
+            ("connections.send_timeout", self.send_timeout, MAX_READ_TIMEOUT),
         ];
         for (key, value, max) in timeouts {
             if value < MIN_CONNECTION_TIMEOUT || value > max {
@@ -337,6 +345,7 @@ struct FileConnections {
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    send_timeout: Option<String>,
     max_concurrent_streams: Option<u32>,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
@@ -456,6 +465,7 @@ impl GatewayConfig {
                 d.body_read_timeout,
             )?,
             idle_timeout: duration("connections.idle_timeout", c.idle_timeout, d.idle_timeout)?,
+            send_timeout: duration("connections.send_timeout", c.send_timeout, d.send_timeout)?,
             max_concurrent_streams: c.max_concurrent_streams.unwrap_or(d.max_concurrent_streams),
             max_connections: c.max_connections.unwrap_or(d.max_connections),
             max_connections_per_client: c
@@ -749,10 +759,16 @@ mod tests {
         assert_eq!(load("").unwrap().connections, EdgeConnections::default());
         let d = EdgeConnections::default();
         assert_eq!(
-            (d.header_read_timeout, d.body_read_timeout, d.idle_timeout),
+            (
+                d.header_read_timeout,
+                d.body_read_timeout,
+                d.idle_timeout,
+                d.send_timeout
+            ),
             (
                 Duration::from_secs(10),
                 Duration::from_secs(30),
+                Duration::from_secs(60),
                 Duration::from_secs(60)
             )
         );
@@ -767,7 +783,7 @@ mod tests {
         );
         let tuned = load(
             "[connections]\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"2s 500ms\"\n\
-             idle_timeout = \"5m\"\nmax_concurrent_streams = 8\nmax_connections = 8\n\
+             idle_timeout = \"5m\"\nsend_timeout = \"20s\"\nmax_concurrent_streams = 8\nmax_connections = 8\n\
              max_connections_per_client = 8\nmax_headers = 16",
         )
         .unwrap()
@@ -778,6 +794,7 @@ mod tests {
                 header_read_timeout: Duration::from_secs(1),
                 body_read_timeout: Duration::from_millis(2500),
                 idle_timeout: Duration::from_secs(300),
+                send_timeout: Duration::from_secs(20),
                 max_concurrent_streams: 8,
                 max_connections: 8,
                 max_connections_per_client: 8,
@@ -835,6 +852,16 @@ mod tests {
                 name: "idle timeout of a week",
                 input: "idle_timeout = \"7days\"",
                 key: "connections.idle_timeout",
+            },
+            Case {
+                name: "zero send timeout",
+                input: "send_timeout = \"0s\"",
+                key: "connections.send_timeout",
+            },
+            Case {
+                name: "send timeout of two hours",
+                input: "send_timeout = \"2h\"",
+                key: "connections.send_timeout",
             },
             Case {
                 name: "zero streams",

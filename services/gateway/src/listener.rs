@@ -17,7 +17,11 @@
 //!    ([`DeadlineBody`]), and a connection with no request in progress is
 //!    closed after `idle_timeout` (HTTP/1.1 between requests; HTTP/2 with no
 //!    open stream — hyper has no HTTP/2 idle timeout, so open streams are
-//!    counted here). Each closure is counted by reason.
+//!    counted here), and a connection whose peer takes nothing the edge
+//!    writes is closed after `send_timeout` (counted from the first write
+//!    the socket refused; any write that makes progress resets it, so a
+//!    slow reader is served and a peer that stopped reading is not kept).
+//!    Each closure is counted by reason.
 //! 4. **Protocol limits** hyper enforces: HTTP/1.1 header count, HTTP/2
 //!    concurrent streams and header list size, HTTP/2 PING liveness.
 //! 5. **Graceful shutdown**: on the stop signal the loop stops accepting,
@@ -113,11 +117,18 @@ pub enum CloseReason {
     BodyTimeout,
     /// No request was in progress for `idle_timeout`.
     IdleTimeout,
+    /// The peer took nothing the edge wrote for `send_timeout`.
+    SendTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in metric order.
-    pub const ALL: [Self; 3] = [Self::HeaderTimeout, Self::BodyTimeout, Self::IdleTimeout];
+    pub const ALL: [Self; 4] = [
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::IdleTimeout,
+        Self::SendTimeout,
+    ];
 
     /// The machine-readable reason (metric label, log field).
     pub fn as_str(self) -> &'static str {
@@ -125,6 +136,7 @@ impl CloseReason {
             Self::HeaderTimeout => "header_timeout",
             Self::BodyTimeout => "body_timeout",
             Self::IdleTimeout => "idle_timeout",
+            Self::SendTimeout => "send_timeout",
         }
     }
 
@@ -523,10 +535,12 @@ impl ConnectionTask {
             let mut wake = None;
             match verdict {
                 Verdict::Wait(at) => wake = at,
-                Verdict::Expired(CloseReason::HeaderTimeout) => {
+                Verdict::Expired(reason @ (CloseReason::HeaderTimeout | CloseReason::SendTimeout)) => {
                     // A head that never completes gets no reply: the peer
                     // is not reading one (nginx and Envoy close likewise).
-                    self.metrics.closed(CloseReason::HeaderTimeout, peer);
+                    // A peer that takes no bytes cannot take a graceful
+                    // close either: the connection is dropped at once.
+                    self.metrics.closed(reason, peer);
                     return;
                 }
                 Verdict::Expired(reason) => {
@@ -605,6 +619,10 @@ struct Shared {
     /// the IO layer can note the first byte of it with one atomic load per
     /// read in the common case.
     awaiting_first_byte: AtomicBool,
+    /// Set while the socket refuses what the edge writes (`State::
+    /// write_blocked_since` holds since when), so that a write that goes
+    /// through costs one atomic load in the common case.
+    write_blocked: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -616,6 +634,9 @@ struct State {
     idle_since: Instant,
     head_started: Option<Instant>,
     close_after_response: bool,
+    /// The first write the socket refused since the last that made
+    /// progress: `send_timeout` runs from here.
+    write_blocked_since: Option<Instant>,
 }
 
 impl Shared {
@@ -633,14 +654,36 @@ impl Shared {
                 idle_since: now,
                 head_started: None,
                 close_after_response: false,
+                write_blocked_since: None,
             }),
             changed: Notify::new(),
             awaiting_first_byte: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
         }
     }
 
     fn verdict(&self, now: Instant) -> Verdict {
         let s = lock(&self.state);
+        // A peer that takes nothing is closed whatever else is under way (a
+        // response it does not read is what it holds); otherwise its
+        // deadline is one more to wake for.
+        let send_deadline = s
+            .write_blocked_since
+            .map(|since| since + self.settings.send_timeout);
+        if send_deadline.is_some_and(|deadline| now >= deadline) {
+            return Verdict::Expired(CloseReason::SendTimeout);
+        }
+        match self.read_verdict(&s, now) {
+            Verdict::Wait(at) => Verdict::Wait(match (at, send_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }),
+            other => other,
+        }
+    }
+
+    /// The verdict of the read side's deadlines (head, body, idleness).
+    fn read_verdict(&self, s: &State, now: Instant) -> Verdict {
         if s.close_after_response && !s.http2 {
             return Verdict::CloseAfterResponse;
         }
@@ -711,6 +754,35 @@ impl Shared {
         }
     }
 
+    /// A write the socket refused (`Pending`): the send clock starts, if
+    /// it is not running already.
+    fn write_refused(&self) {
+        if !self.write_blocked.swap(true, Ordering::Relaxed) {
+            lock(&self.state).write_blocked_since = Some(Instant::now());
+            self.changed.notify_one();
+        }
+    }
+
+    /// A write that made progress: the send clock stops.
+    fn write_progressed(&self) {
+        if self.write_blocked.swap(false, Ordering::Relaxed) {
+            lock(&self.state).write_blocked_since = None;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Notes what a write (or flush) of the socket came to.
+    fn wrote<T>(&self, polled: &Poll<std::io::Result<T>>) {
+        match polled {
+            Poll::Pending => self.write_refused(),
+            Poll::Ready(_) => {
+                if self.write_blocked.load(Ordering::Relaxed) {
+                    self.write_progressed();
+                }
+            }
+        }
+    }
+
     fn body_timed_out(&self) {
         self.metrics.closed(CloseReason::BodyTimeout, self.peer);
         lock(&self.state).close_after_response = true;
@@ -758,11 +830,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.shared.wrote(&polled);
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.shared.wrote(&polled);
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -774,7 +850,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.shared.wrote(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
