@@ -22,8 +22,10 @@
 //!    the socket refused; any write that makes progress resets it, so a
 //!    slow reader is served and a peer that stopped reading is not kept).
 //!    Each closure is counted by reason.
-//! 4. **Protocol limits** hyper enforces: HTTP/1.1 header count, HTTP/2
-//!    concurrent streams and header list size, HTTP/2 PING liveness.
+//! 4. **Protocol limits** hyper enforces: HTTP/1.1 header count up to
+//!    1,000 fields, the ceiling of `max_headers` (the edge refuses a count above
+//!    `max_headers` itself, with its reason), HTTP/2 concurrent streams and
+//!    header list size, HTTP/2 PING liveness.
 //! 5. **Graceful shutdown**: on the stop signal the loop stops accepting,
 //!    every connection is asked to finish (HTTP/1.1 closes after the
 //!    response in flight, HTTP/2 sends GOAWAY), and [`Listener::serve`]
@@ -453,7 +455,8 @@ impl Listener {
 /// than the configured count itself (431 `too_many_headers`, with its JSON
 /// error and log line); only a head beyond this many fields is refused by
 /// the parser (431 without a body), as one beyond hyper's read buffer is.
-pub const HEAD_FIELDS_PARSED: usize = crate::config::MAX_HEADERS;
+/// `max_headers` is validated at load to be at most this.
+const HEAD_FIELDS_PARSED: usize = crate::config::MAX_HEADERS;
 
 /// The HTTP/1.1 + HTTP/2 connection builder with the protocol limits.
 fn builder(settings: &EdgeConnections, max_header_bytes: usize) -> Builder<TokioExecutor> {
@@ -461,7 +464,7 @@ fn builder(settings: &EdgeConnections, max_header_bytes: usize) -> Builder<Tokio
     builder
         .http1()
         .keep_alive(true)
-        .max_headers(HEAD_FIELDS_PARSED.max(settings.max_headers))
+        .max_headers(HEAD_FIELDS_PARSED)
         // The watchdog keeps the head deadline (hyper's own timer would also
         // cut idle keep-alive connections at the head timeout, and without
         // telling us why).
