@@ -48,4 +48,4 @@ pub use jwt::{
 };
 pub use signer::ClaimsSigner;
 pub use soma_proto::v1::VerifiedClaims;
-pub use verifier::{ClaimsVerifier, VERIFIED_ENVELOPES_CAPACITY};
+pub use verifier::{ClaimsVerifier, EnvelopeCounts, VERIFIED_ENVELOPES_CAPACITY};

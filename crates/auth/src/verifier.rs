@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use base64::engine::Engine as _;
@@ -51,6 +51,35 @@ pub struct ClaimsVerifier {
     audience: String,
     keys: HashMap<String, [u8; ED25519_PUBLIC_KEY_LEN]>,
     verified: VerifiedEnvelopes,
+    counts: EnvelopeCounts,
+}
+
+/// How a verifier's envelopes were checked, shared with whoever reports
+/// them (a service's `/metrics`): counters only, never claims or keys.
+#[derive(Clone, Debug, Default)]
+pub struct EnvelopeCounts(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Signatures checked in full (the Ed25519 verification ran).
+    signature_checks: AtomicU64,
+    /// Envelopes whose signature verdict was taken from those verified.
+    reuses: AtomicU64,
+}
+
+impl EnvelopeCounts {
+    /// Envelopes whose signature was verified in full (whatever the
+    /// outcome): one per envelope sealed for a single request, one per
+    /// reusable envelope the first time it is seen.
+    pub fn signature_checks(&self) -> u64 {
+        self.0.signature_checks.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose envelope's signature verdict was taken from the
+    /// envelopes already verified.
+    pub fn reuses(&self) -> u64 {
+        self.0.reuses.load(Ordering::Relaxed)
+    }
 }
 
 /// Envelopes whose signature (by a key of this verifier, which never
@@ -61,7 +90,6 @@ pub struct ClaimsVerifier {
 #[derive(Default)]
 struct VerifiedEnvelopes {
     entries: Mutex<HashMap<Box<[u8]>, VerifiedClaims>>,
-    hits: AtomicU64,
 }
 
 impl VerifiedEnvelopes {
@@ -79,11 +107,7 @@ impl VerifiedEnvelopes {
     }
 
     fn get(&self, key: &[u8]) -> Option<VerifiedClaims> {
-        let found = self.lock().get(key).cloned();
-        if found.is_some() {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        found
+        self.lock().get(key).cloned()
     }
 
     /// Keeps `claims` under `key` when it is of the reusable kind (no
@@ -114,13 +138,19 @@ impl ClaimsVerifier {
             audience: own_id.to_string(),
             keys: keys.into_iter().collect(),
             verified: VerifiedEnvelopes::default(),
+            counts: EnvelopeCounts::default(),
         }
     }
 
     /// Requests whose envelope's signature verdict was taken from the
     /// envelopes already verified (see the module's documentation).
     pub fn verified_envelope_reuses(&self) -> u64 {
-        self.verified.hits.load(Ordering::Relaxed)
+        self.counts.reuses()
+    }
+
+    /// This verifier's counters, as a handle that outlives a borrow of it.
+    pub fn counts(&self) -> EnvelopeCounts {
+        self.counts.clone()
     }
 
     /// Envelopes whose signature verdict is kept now (at most
@@ -194,7 +224,10 @@ impl ClaimsVerifier {
         };
         let key = VerifiedEnvelopes::key(claims_entry, signature_entry);
         let claims = match self.verified.get(&key) {
-            Some(claims) => claims,
+            Some(claims) => {
+                self.counts.0.reuses.fetch_add(1, Ordering::Relaxed);
+                claims
+            }
             None => {
                 let claims = self.verified_signature(claims_entry, signature_entry)?;
                 if claims.audience == self.audience {
@@ -231,6 +264,7 @@ impl ClaimsVerifier {
             .ok_or_else(|| AuthError::UnknownKey {
                 key_id: claims.key_id.chars().take(MAX_REPORTED_KEY_ID).collect(),
             })?;
+        self.counts.0.signature_checks.fetch_add(1, Ordering::Relaxed);
         UnparsedPublicKey::new(&ED25519, public_key)
             .verify(&signing_input(&encoded), &signature)
             .map_err(|_| AuthError::BadSignature)?;

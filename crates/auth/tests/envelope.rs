@@ -822,6 +822,10 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
         .unwrap();
     assert_eq!(again, first, "a reused verdict hands back the same claims");
     assert_eq!(verifier.verified_envelope_reuses(), 1);
+    // The handle a service's `/metrics` reads: one signature verified in
+    // full, one verdict reused.
+    let counts = verifier.counts();
+    assert_eq!((counts.signature_checks(), counts.reuses()), (1, 1));
 
     // One byte changed anywhere is another envelope, verified in full.
     let claims_text = headers.get(CLAIMS_METADATA).unwrap().to_str().unwrap().to_owned();

@@ -444,6 +444,33 @@ impl Metrics {
     }
 }
 
+/// How the claims envelopes on requests were checked, for `/metrics`: a
+/// signature verified in full, or a verdict reused for an envelope already
+/// verified (the reusable kind, sealed per claims and audience).
+#[derive(Debug)]
+pub(crate) struct EnvelopeMetrics {
+    pub(crate) counts: soma_auth::EnvelopeCounts,
+}
+
+impl MetricsSource for EnvelopeMetrics {
+    fn render(&self, out: &mut String) {
+        out.push_str(
+            "# HELP soma_claims_envelopes_total Claims envelopes on requests by how their signature was checked (verified in full, or the verdict reused for the same bytes).\n",
+        );
+        out.push_str("# TYPE soma_claims_envelopes_total counter\n");
+        let _ = writeln!(
+            out,
+            "soma_claims_envelopes_total{{check=\"signature\"}} {}",
+            self.counts.signature_checks()
+        );
+        let _ = writeln!(
+            out,
+            "soma_claims_envelopes_total{{check=\"reused\"}} {}",
+            self.counts.reuses()
+        );
+    }
+}
+
 /// The workload's own identity, for `/metrics`: when its SVID expires, and
 /// how its rotations went.
 #[derive(Debug)]

@@ -124,6 +124,11 @@ impl Application {
         metrics.register(Arc::new(crate::metrics::IdentityMetrics {
             store: Arc::clone(&identity),
         }));
+        if let Some(verifier) = &claims {
+            metrics.register(Arc::new(crate::metrics::EnvelopeMetrics {
+                counts: verifier.counts(),
+            }));
+        }
         for source in spec.metrics {
             metrics.register(source);
         }

@@ -42,7 +42,10 @@
 //!   release's row read and its module compared with the pinned one, then
 //!   the run's record written for Analytics in the transaction of the
 //!   step's billing event, which the registry's outbox delivers), each over
-//!   mTLS with an envelope sealed for that backend;
+//!   mTLS with an envelope sealed for that backend (the step's for its
+//!   request alone, with the moderation decision bound to its message; the
+//!   resolution's, an unmoderated method, the reusable one of the caller's
+//!   claims);
 //! - execute (the baseline): `ExecuteTool` of `text-stats` 1.0.0 with the
 //!   same input over one mTLS HTTP/2 connection to the same ToolRegistry,
 //!   as `/svc/gateway`, each call with a freshly signed claims envelope of

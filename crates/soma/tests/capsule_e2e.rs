@@ -47,6 +47,33 @@ fn export_parts(body: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (data, signature.expect("a signed export"))
 }
 
+/// How `service`'s claims verifier has checked envelopes so far, from its
+/// `/metrics` (the admin listener `soma up` wrote to `endpoints.json`):
+/// (signatures verified in full, verdicts reused).
+async fn envelope_checks(data: &Path, service: &str) -> (u64, u64) {
+    let endpoints: Value =
+        serde_json::from_slice(&std::fs::read(data.join("endpoints.json")).unwrap()).unwrap();
+    let admin = endpoints["admin"][service].as_str().unwrap();
+    let r = common::edge::send(
+        &common::edge::client(),
+        "GET",
+        &format!("http://{admin}/metrics"),
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    let count = |check: &str| {
+        let series = format!("soma_claims_envelopes_total{{check=\"{check}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("{service}: no {series} in /metrics"))
+    };
+    (count("signature"), count("reused"))
+}
+
 struct Edge {
     url: String,
     http: hyper_util::client::legacy::Client<
@@ -535,6 +562,54 @@ async fn a_capsule_goes_from_attested_submission_to_a_recorded_run_through_the_e
     let run_id = run["runId"].as_str().unwrap().to_owned();
     let decision = run["moderationDecisionId"].as_str().unwrap().to_owned();
     assert!(decision.starts_with("mod_"), "{run}");
+
+    // The two backend calls of a run and their envelopes: the step
+    // (`ExecuteCapsuleStep`, a moderated method) gets an envelope sealed for
+    // its request alone, carrying the decision, so the ToolRegistry verifies
+    // each one in full; the resolution (`ResolveCapsuleRun`, not moderated)
+    // gets the reusable envelope of the caller's claims, which CapsuleRepo
+    // verified once and recognizes by its bytes at the next run.
+    let (repo_before, registry_before) = (
+        envelope_checks(&data, "capsule-repo").await,
+        envelope_checks(&data, "tool-registry").await,
+    );
+    for text in ["five six", "seven"] {
+        let r = edge
+            .run(
+                &runner,
+                json!({"environment": "production", "input": {"text": text}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert!(
+            r.json()["moderationDecisionId"]
+                .as_str()
+                .unwrap()
+                .starts_with("mod_"),
+            "{}",
+            r.json()
+        );
+    }
+    let (repo_after, registry_after) = (
+        envelope_checks(&data, "capsule-repo").await,
+        envelope_checks(&data, "tool-registry").await,
+    );
+    // Two resolutions; at most one new reusable envelope between them (the
+    // gateway seals a fresh one every half lifetime), so at least one verdict
+    // is reused. Sealed per request, both would be verified in full: (2, 0).
+    let repo = (repo_after.0 - repo_before.0, repo_after.1 - repo_before.1);
+    assert!(
+        repo.0 + repo.1 == 2 && repo.1 >= 1,
+        "CapsuleRepo: (signatures verified, verdicts reused) over two runs: {repo:?}"
+    );
+    assert_eq!(
+        (
+            registry_after.0 - registry_before.0,
+            registry_after.1 - registry_before.1
+        ),
+        (2, 0),
+        "ToolRegistry: (signatures verified, verdicts reused) over two runs"
+    );
 
     // Input the capsule's schema refuses: 400 naming the field; nothing runs.
     let r = edge

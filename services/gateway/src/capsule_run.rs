@@ -20,10 +20,15 @@
 //! id and the output.
 //!
 //! Every backend call carries the gateway's claims envelope sealed for that
-//! backend alone. A moderated request's envelope names the decision and the
+//! backend alone. A call of a moderated method (`ExecuteCapsuleStep`: its
+//! policy in the proto says `moderate`) carries the decision and the
 //! digest of the exact message it travels with: the gateway derives each
 //! step's message from the moderated input, and vouches for the derived
-//! message under the same decision.
+//! message under the same decision. `ResolveCapsuleRun` is not a moderated
+//! method (it runs nothing and records nothing of the input): its call
+//! carries no decision, so its envelope is the reusable one the gateway
+//! seals per claims and audience, which CapsuleRepo verifies once and then
+//! recognizes by its exact bytes.
 //!
 //! What a refusal becomes: a capsule that is not installed for the tenant
 //! is 404 (`capsule_not_installed`); an input the schema refuses is 400
@@ -108,12 +113,35 @@ enum Ended {
 #[derive(Clone, Debug)]
 pub struct CapsuleRunner {
     backends: Backends,
+    /// Whether each backend call's method is moderated (its policy in the
+    /// proto says `moderate`): only such a call carries the run's
+    /// moderation decision, bound to its message.
+    moderated: MethodsModerated,
+}
+
+/// The `moderate` flag of the policies of the run's two backend methods.
+#[derive(Clone, Copy, Debug)]
+struct MethodsModerated {
+    resolve: bool,
+    step: bool,
 }
 
 impl CapsuleRunner {
-    /// A runner over the gateway's backends.
-    pub fn new(backends: Backends) -> Self {
-        Self { backends }
+    /// A runner over the gateway's backends; the backend methods' policies
+    /// are read from the descriptor set.
+    pub fn new(backends: Backends) -> Result<Self, soma_proto::PolicyError> {
+        let policies = soma_proto::PolicyTable::for_services(&[
+            "somastack.v1.CapsuleRepo",
+            "somastack.v1.ToolRegistry",
+        ])?;
+        let moderated = |path: &str| policies.get(path).is_some_and(|p| p.moderate);
+        Ok(Self {
+            backends,
+            moderated: MethodsModerated {
+                resolve: moderated(RESOLVE_PATH),
+                step: moderated(EXECUTE_STEP_PATH),
+            },
+        })
     }
 
     /// Runs `request` for the admitted `context`.
@@ -147,7 +175,13 @@ impl CapsuleRunner {
             environment: request.environment.clone(),
             input: request.input.clone(),
         };
-        let sealed = self.sealed(context, "somastack.v1.ResolveCapsuleRunRequest", &resolve, repo)?;
+        let sealed = self.sealed(
+            context,
+            "somastack.v1.ResolveCapsuleRunRequest",
+            &resolve,
+            repo,
+            self.moderated.resolve,
+        )?;
         let resolved: pb::ResolvedCapsuleRun = unary(repo, RESOLVE_PATH, sealed, &resolve)
             .await
             .map_err(|status| revoked_is_conflict(Refusal::from_status(&status)))?;
@@ -225,6 +259,7 @@ impl CapsuleRunner {
                 "somastack.v1.ExecuteCapsuleStepRequest",
                 &execute,
                 registry,
+                self.moderated.step,
             ) {
                 Ok(sealed) => sealed,
                 Err(refusal) => return Ok((Ended::Refused(refusal), last_tool)),
@@ -268,17 +303,29 @@ impl CapsuleRunner {
 
     /// The metadata of a call of `message` (whose proto3 JSON type is
     /// `type_name`) to `backend`: the claims sealed for it, with the
-    /// moderation decision bound to this message's digest.
+    /// moderation decision bound to this message's digest when the method
+    /// is `moderated`. A method whose policy does not moderate is not given
+    /// the decision (it neither needs nor checks one): its envelope is the
+    /// reusable kind the gateway seals per claims and audience, as for any
+    /// unmoderated call through the edge.
     fn sealed<M: prost::Message>(
         &self,
         context: &RequestContext,
         type_name: &str,
         message: &M,
         backend: &Backend,
+        moderated: bool,
     ) -> Result<tonic::metadata::MetadataMap, Refusal> {
         let derived;
         let context = match &context.moderation {
             None => context,
+            Some(_) if !moderated => {
+                derived = RequestContext {
+                    moderation: None,
+                    ..context.clone()
+                };
+                &derived
+            }
             Some(moderated) => {
                 let json = crate::transcode::message_to_json(type_name, message).map_err(|e| {
                     Refusal::without_reason(Code::Internal, format!("{type_name} not encodable: {e}"))

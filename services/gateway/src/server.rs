@@ -80,7 +80,8 @@ impl Gateway {
             limits.max_recv_message_bytes,
             config.backend_timeout,
         )?;
-        let service = GatewayService::new(admission.clone(), methods, CapsuleRunner::new(backends.clone()));
+        let runner = CapsuleRunner::new(backends.clone()).map_err(|e| BuildError::Routes(e.to_string()))?;
+        let service = GatewayService::new(admission.clone(), methods, runner);
 
         let server = GatewayServer::new(service.clone())
             .max_decoding_message_size(limits.max_recv_message_bytes)

@@ -92,7 +92,7 @@ async fn run_capsule_binding_on(db: &Database) {
     let service = GatewayService::new(
         admission,
         Vec::new(),
-        soma_gateway::capsule_run::CapsuleRunner::new(backends),
+        soma_gateway::capsule_run::CapsuleRunner::new(backends).unwrap(),
     );
 
     let card = run("c1", "card 4111 1111 1111 1111");
