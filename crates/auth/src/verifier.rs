@@ -142,13 +142,9 @@ impl ClaimsVerifier {
         }
     }
 
-    /// Requests whose envelope's signature verdict was taken from the
-    /// envelopes already verified (see the module's documentation).
-    pub fn verified_envelope_reuses(&self) -> u64 {
-        self.counts.reuses()
-    }
-
-    /// This verifier's counters, as a handle that outlives a borrow of it.
+    /// This verifier's counters (signatures verified in full, verdicts
+    /// reused: see the module's documentation), as a handle that outlives a
+    /// borrow of it.
     pub fn counts(&self) -> EnvelopeCounts {
         self.counts.clone()
     }

@@ -813,7 +813,7 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
         .unwrap()
         .unwrap();
     assert_eq!(
-        (verifier.verified_envelopes(), verifier.verified_envelope_reuses()),
+        (verifier.verified_envelopes(), verifier.counts().reuses()),
         (1, 0)
     );
     let again = verifier
@@ -821,7 +821,7 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
         .unwrap()
         .unwrap();
     assert_eq!(again, first, "a reused verdict hands back the same claims");
-    assert_eq!(verifier.verified_envelope_reuses(), 1);
+    assert_eq!(verifier.counts().reuses(), 1);
     // The handle a service's `/metrics` reads: one signature verified in
     // full, one verdict reused.
     let counts = verifier.counts();
@@ -889,19 +889,14 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
         },
     ];
     for case in cases {
-        let reuses = verifier.verified_envelope_reuses();
+        let reuses = verifier.counts().reuses();
         assert_eq!(
             verifier.verify(case.peer.as_ref(), &case.headers, case.now),
             case.expected,
             "{}",
             case.name
         );
-        assert_eq!(
-            verifier.verified_envelope_reuses(),
-            reuses,
-            "{}: no reuse",
-            case.name
-        );
+        assert_eq!(verifier.counts().reuses(), reuses, "{}: no reuse", case.name);
         assert_eq!(verifier.verified_envelopes(), 1, "{}: nothing kept", case.name);
     }
 
@@ -915,14 +910,14 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
             AuthError::IssuedInFuture,
         ),
     ] {
-        let reuses = verifier.verified_envelope_reuses();
+        let reuses = verifier.counts().reuses();
         assert_eq!(
             verifier.verify(Some(&gateway()), &headers, when),
             Err(expected),
             "{name}"
         );
         assert_eq!(
-            verifier.verified_envelope_reuses(),
+            verifier.counts().reuses(),
             reuses + 1,
             "{name}: the verdict was reused"
         );
@@ -931,7 +926,7 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
     // The padded encoding of the same bytes is other bytes: verified in
     // full, then kept beside the first.
     let padded_headers = with_claims_text(&headers, &padded_text);
-    let reuses = verifier.verified_envelope_reuses();
+    let reuses = verifier.counts().reuses();
     assert_eq!(
         verifier
             .verify(Some(&gateway()), &padded_headers, now())
@@ -939,7 +934,7 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
             .unwrap(),
         first
     );
-    assert_eq!(verifier.verified_envelope_reuses(), reuses);
+    assert_eq!(verifier.counts().reuses(), reuses);
     assert_eq!(verifier.verified_envelopes(), 2);
 
     // Another service's verifier never accepts it, and keeps nothing.
@@ -955,10 +950,7 @@ fn a_verified_envelope_is_reused_only_for_the_same_bytes_and_still_checked_at_ev
         ));
     }
     assert_eq!(
-        (
-            analytics.verified_envelopes(),
-            analytics.verified_envelope_reuses()
-        ),
+        (analytics.verified_envelopes(), analytics.counts().reuses()),
         (0, 0)
     );
 }
@@ -992,7 +984,7 @@ fn envelopes_sealed_for_one_request_and_refused_ones_are_never_kept() {
         }
     }
     assert_eq!(
-        (verifier.verified_envelopes(), verifier.verified_envelope_reuses()),
+        (verifier.verified_envelopes(), verifier.counts().reuses()),
         (0, 0)
     );
 }
