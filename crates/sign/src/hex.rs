@@ -4,12 +4,12 @@
 /// Encodes `bytes` as lowercase hex.
 pub fn encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    let mut out = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]);
     }
-    out
+    // Every byte pushed is one of `DIGITS`: ASCII, so valid UTF-8.
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// Decodes exactly 64 lowercase hex digits into 32 bytes; anything else
@@ -43,6 +43,8 @@ mod tests {
         let bytes: Vec<u8> = (0..32).map(|i| i * 8 + 1).collect();
         let text = encode(&bytes);
         assert_eq!(&text[..8], "01091119");
+        assert_eq!(encode(&[0x00, 0x0f, 0xf0, 0xff, 0xa5]), "000ff0ffa5");
+        assert_eq!(encode(&[]), "");
         assert_eq!(decode_32(&text).unwrap().to_vec(), bytes);
         assert!(decode_32(&text.to_uppercase()).is_none());
         assert!(decode_32(&text[..62]).is_none());

@@ -129,7 +129,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Sig
             }
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
             // RFC 8785 §3.2.3: compare names as arrays of UTF-16 code units.
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            members.sort_by(|a, b| member_order(a.0, b.0));
             out.push(b'{');
             for (i, (key, item)) in members.into_iter().enumerate() {
                 if i > 0 {
@@ -147,26 +147,48 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Sig
 
 fn write_string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    for &b in s.as_bytes() {
-        // Bytes of multi-byte UTF-8 sequences are ≥ 0x80 and pass through unchanged.
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
+    // Runs of bytes that need no escape are copied whole (multi-byte UTF-8
+    // sequences are all ≥ 0x80 and pass through unchanged); the few that do
+    // end a run.
+    let mut run = 0;
+    let mut control = *b"\\u0000";
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
             0x00..=0x1f => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0x0f)]);
+                control[4] = HEX[usize::from(b >> 4)];
+                control[5] = HEX[usize::from(b & 0x0f)];
+                &control
             }
-            _ => out.push(b),
-        }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        out.extend_from_slice(escaped);
+        run = i + 1;
     }
+    out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// RFC 8785 §3.2.3's order of member names: their UTF-16 code units
+/// compared as unsigned integers. Two ASCII names compare as their bytes
+/// (each byte is its code unit); only names with other characters need the
+/// UTF-16 walk.
+fn member_order(a: &str, b: &str) -> std::cmp::Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        a.as_bytes().cmp(b.as_bytes())
+    } else {
+        a.encode_utf16().cmp(b.encode_utf16())
+    }
 }
 
 /// A recursive-descent parser over text already known to be valid UTF-8.
@@ -438,6 +460,107 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 8785 §3.2.2.2 spelled out one byte at a time: the definition the
+    /// run-copying writer must agree with.
+    fn escaped_one_byte_at_a_time(s: &str) -> Vec<u8> {
+        let mut out = vec![b'"'];
+        for &b in s.as_bytes() {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x00..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                _ => out.push(b),
+            }
+        }
+        out.push(b'"');
+        out
+    }
+
+    #[test]
+    fn strings_are_escaped_as_the_byte_by_byte_definition_wherever_the_escapes_fall() {
+        let mut cases: Vec<String> = (0u8..=0x7f).map(|b| char::from(b).to_string()).collect();
+        for c in [
+            '\u{80}',
+            '\u{7ff}',
+            '\u{800}',
+            '\u{e000}',
+            '\u{ffff}',
+            '\u{10000}',
+            '\u{10ffff}',
+        ] {
+            cases.push(c.to_string());
+        }
+        cases.extend(
+            [
+                "",
+                "plain ascii with no escape at all",
+                "\"leading quote",
+                "trailing backslash\\",
+                "\u{1}\u{1f}\u{8}\u{c}\n\r\t\"\\",
+                "mid\ndle\tand€uro\u{0}end",
+                "€\u{1d11e}\"\u{7f}é\u{1b}",
+                "0123456789abcdef0123456789abcdef",
+            ]
+            .map(str::to_owned),
+        );
+        // A long run between escapes, as a hex-encoded column is.
+        cases.push(format!("{}\n{}\"", "ab".repeat(4096), "€".repeat(300)));
+        for case in &cases {
+            let mut out = b"prefix".to_vec();
+            write_string(case, &mut out);
+            assert_eq!(
+                &out[b"prefix".len()..],
+                escaped_one_byte_at_a_time(case).as_slice(),
+                "{case:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn member_names_sort_by_utf16_code_units_with_or_without_the_ascii_shortcut() {
+        let names = [
+            "",
+            "a",
+            "ab",
+            "b",
+            "B",
+            "_",
+            "~",
+            "\u{7f}",
+            "\u{80}",
+            "é",
+            "€",
+            "\u{e000}",
+            "\u{ffff}",
+            "\u{10000}",
+            "\u{1d11e}",
+            "a\u{10000}",
+            "a\u{ffff}",
+            "aa",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(
+                    member_order(a, b),
+                    a.encode_utf16().cmp(b.encode_utf16()),
+                    "{a:?} vs {b:?}"
+                );
+            }
+        }
+        // The case where UTF-16 and code-point order differ: a surrogate
+        // pair (U+10000) sorts before U+E000 and U+FFFF.
+        let v: Value = serde_json::from_str(r#"{"\uffff":1,"\ud800\udc00":2,"\ue000":3,"z":4}"#).unwrap();
+        assert_eq!(
+            String::from_utf8(canonicalize(&v).unwrap()).unwrap(),
+            "{\"z\":4,\"\u{10000}\":2,\"\u{e000}\":3,\"\u{ffff}\":1}"
+        );
+    }
 
     /// RFC 8785 Appendix B: IEEE-754 bit patterns and their canonical text.
     #[test]
