@@ -109,7 +109,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Sig
             let f = n.as_f64().ok_or(SignError::NonFiniteNumber)?;
             out.extend_from_slice(format_number(f)?.as_bytes());
         }
-        Value::String(s) => write_string(s, out),
+        Value::String(s) => push_string(out, s),
         Value::Array(items) => {
             if depth >= MAX_DEPTH {
                 return Err(SignError::NestingTooDeep { limit: MAX_DEPTH });
@@ -135,7 +135,7 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Sig
                 if i > 0 {
                     out.push(b',');
                 }
-                write_string(key, out);
+                push_string(out, key);
                 out.push(b':');
                 write_value(item, out, depth + 1)?;
             }
@@ -145,14 +145,29 @@ fn write_value(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Sig
     Ok(())
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
+/// Appends `s` as a JSON string with RFC 8785 §3.2.2.2's minimal escapes
+/// (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other controls as lowercase
+/// `\u00xx`, everything else literal UTF-8), which is also how serde_json
+/// writes strings: the writer of canonical strings for callers that build
+/// canonical JSON without a `Value`.
+pub fn push_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    // Runs of bytes that need no escape are copied whole (multi-byte UTF-8
-    // sequences are all ≥ 0x80 and pass through unchanged); the few that do
-    // end a run.
+    // Almost every string canonicalized (ids, names, hex-encoded columns)
+    // has nothing to escape: one pass over all of it (no early exit, so it
+    // compiles to wide compares), then one copy.
+    let plain = !bytes.iter().fold(false, |escape, &b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    // Otherwise the runs between the bytes that need an escape are copied
+    // whole (multi-byte UTF-8 sequences are all >= 0x80: literal).
     let mut run = 0;
     let mut control = *b"\\u0000";
     for (i, &b) in bytes.iter().enumerate() {
@@ -513,7 +528,7 @@ mod tests {
         cases.push(format!("{}\n{}\"", "ab".repeat(4096), "€".repeat(300)));
         for case in &cases {
             let mut out = b"prefix".to_vec();
-            write_string(case, &mut out);
+            push_string(&mut out, case);
             assert_eq!(
                 &out[b"prefix".len()..],
                 escaped_one_byte_at_a_time(case).as_slice(),

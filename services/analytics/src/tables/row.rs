@@ -300,53 +300,9 @@ impl Seal {
     }
 }
 
-/// Appends `s` as a JSON string with RFC 8785 §3.2.2.2's minimal escapes
-/// (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, other controls as lowercase
-/// `\u00xx`, everything else literal UTF-8), which is also how serde_json
-/// writes strings.
-pub(crate) fn push_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    // Almost every string exported or MACed (ids, names, SPIFFE IDs) has
-    // nothing to escape: one pass over all of it (no early exit, so it
-    // compiles to wide compares), then one copy.
-    let plain = !bytes.iter().fold(false, |escape, &b| {
-        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0x0f)]);
-                start = i + 1;
-                continue;
-            }
-            // Bytes of multi-byte UTF-8 sequences are >= 0x80: literal.
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
+/// Strings are written as RFC 8785 writes them (the one writer, in
+/// `soma_sign`).
+pub(crate) use soma_sign::jcs::push_string;
 
 /// Appends the decimal digits of `n` (a leading `-` when negative).
 pub(crate) fn push_i64(out: &mut Vec<u8>, n: i64) {
