@@ -198,7 +198,7 @@ pub fn push_string(out: &mut Vec<u8>, s: &str) {
 /// compared as unsigned integers. Two ASCII names compare as their bytes
 /// (each byte is its code unit); only names with other characters need the
 /// UTF-16 walk.
-fn member_order(a: &str, b: &str) -> std::cmp::Ordering {
+pub fn member_order(a: &str, b: &str) -> std::cmp::Ordering {
     if a.is_ascii() && b.is_ascii() {
         a.as_bytes().cmp(b.as_bytes())
     } else {

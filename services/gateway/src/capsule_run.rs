@@ -175,13 +175,9 @@ impl CapsuleRunner {
             environment: request.environment.clone(),
             input: request.input.clone(),
         };
-        let sealed = self.sealed(
-            context,
-            "somastack.v1.ResolveCapsuleRunRequest",
-            &resolve,
-            repo,
-            self.moderated.resolve,
-        )?;
+        let sealed = self.sealed(context, repo, self.moderated.resolve, || {
+            generic_digest("somastack.v1.ResolveCapsuleRunRequest", &resolve)
+        })?;
         let resolved: pb::ResolvedCapsuleRun = unary(repo, RESOLVE_PATH, sealed, &resolve)
             .await
             .map_err(|status| revoked_is_conflict(Refusal::from_status(&status)))?;
@@ -254,13 +250,14 @@ impl CapsuleRunner {
                     last_step: index + 1 == resolved.steps.len(),
                 }),
             };
-            let sealed = match self.sealed(
-                context,
-                "somastack.v1.ExecuteCapsuleStepRequest",
-                &execute,
-                registry,
-                self.moderated.step,
-            ) {
+            let sealed = match self.sealed(context, registry, self.moderated.step, || {
+                crate::step_digest::step_digest(&execute).map_err(|_| {
+                    Refusal::without_reason(
+                        Code::Internal,
+                        "somastack.v1.ExecuteCapsuleStepRequest has no canonical form",
+                    )
+                })
+            }) {
                 Ok(sealed) => sealed,
                 Err(refusal) => return Ok((Ended::Refused(refusal), last_tool)),
             };
@@ -301,20 +298,19 @@ impl CapsuleRunner {
         })
     }
 
-    /// The metadata of a call of `message` (whose proto3 JSON type is
-    /// `type_name`) to `backend`: the claims sealed for it, with the
-    /// moderation decision bound to this message's digest when the method
-    /// is `moderated`. A method whose policy does not moderate is not given
+    /// The metadata of a call to `backend`: the claims sealed for it, with
+    /// the moderation decision bound to the digest of the call's message
+    /// (`digest`: SHA-256 of its canonical proto3 JSON) when the method is
+    /// `moderated`. A method whose policy does not moderate is not given
     /// the decision (it neither needs nor checks one): its envelope is the
     /// reusable kind the gateway seals per claims and audience, as for any
     /// unmoderated call through the edge.
-    fn sealed<M: prost::Message>(
+    fn sealed(
         &self,
         context: &RequestContext,
-        type_name: &str,
-        message: &M,
         backend: &Backend,
         moderated: bool,
+        digest: impl FnOnce() -> Result<[u8; 32], Refusal>,
     ) -> Result<tonic::metadata::MetadataMap, Refusal> {
         let derived;
         let context = match &context.moderation {
@@ -327,15 +323,9 @@ impl CapsuleRunner {
                 &derived
             }
             Some(moderated) => {
-                let json = crate::transcode::message_to_json(type_name, message).map_err(|e| {
-                    Refusal::without_reason(Code::Internal, format!("{type_name} not encodable: {e}"))
-                })?;
-                let digest = crate::moderation::input_digest(&json).ok_or_else(|| {
-                    Refusal::without_reason(Code::Internal, format!("{type_name} has no canonical form"))
-                })?;
                 derived = RequestContext {
                     moderation: Some(Moderated {
-                        input_sha256: digest,
+                        input_sha256: digest()?,
                         ..moderated.clone()
                     }),
                     ..context.clone()
@@ -488,6 +478,16 @@ fn failure_output(refusal: &Refusal) -> prost_types::Struct {
         }
     }
     prost_types::Struct { fields }
+}
+
+/// The moderation digest of `message` (whose proto3 JSON type is
+/// `type_name`) by the generic route: its proto3 JSON through the
+/// descriptor set, canonicalized.
+fn generic_digest<M: prost::Message>(type_name: &str, message: &M) -> Result<[u8; 32], Refusal> {
+    let json = crate::transcode::message_to_json(type_name, message)
+        .map_err(|e| Refusal::without_reason(Code::Internal, format!("{type_name} not encodable: {e}")))?;
+    crate::moderation::input_digest(&json)
+        .ok_or_else(|| Refusal::without_reason(Code::Internal, format!("{type_name} has no canonical form")))
 }
 
 fn timestamp(time: SystemTime) -> prost_types::Timestamp {

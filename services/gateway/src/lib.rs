@@ -43,6 +43,7 @@ pub mod relay;
 pub mod routes;
 mod server;
 pub mod service;
+mod step_digest;
 pub mod transcode;
 
 pub use admission::{Admission, AdmissionRequest};
