@@ -222,12 +222,7 @@ impl<'a> Object<'a> {
 /// escape.
 fn push_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
-    let start = out.len();
-    out.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
-    let written = base64::engine::general_purpose::STANDARD
-        .encode_slice(bytes, &mut out[start..])
-        .unwrap_or(0);
-    out.truncate(start + written);
+    out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(bytes).as_bytes());
     out.push(b'"');
 }
 
