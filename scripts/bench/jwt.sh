@@ -57,4 +57,5 @@ for name in alg_none bad_signature expired unknown_kid; do
 done
 echo
 echo "   hostile ratios are against the valid HS256 verify (a refusal should cost no more than an acceptance);"
-echo "   unknown_kid includes the stat of the key file that a miss triggers (rotation pickup)."
+echo "   unknown_kid: a miss asks the key file's directory watch (one read of an empty inotify queue); the file is"
+echo "   looked at only after its directory changed (rotation pickup), which it does not here."

@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::dirwatch::DirWatch;
 use crate::error::JwtConfigError;
 use crate::jwk::{KeyKind, KeyList, parse_key_source};
 
@@ -38,6 +39,10 @@ pub(crate) struct WatchedFile {
     /// Milliseconds since [`monotonic_millis`]'s origin of the last stat;
     /// an atomic so that exactly one request per second pays for it.
     last_check_ms: AtomicU64,
+    /// Whether the file's directory changed since a miss last asked.
+    watch: DirWatch,
+    /// Stats of key files since start, shared by the verifier's files.
+    stats: Arc<AtomicU64>,
 }
 
 /// What identifies a version of a file without reading it. The inode makes
@@ -52,11 +57,17 @@ struct FileStamp {
 impl WatchedFile {
     /// Reads and parses the file once; at start a missing or invalid file is
     /// a configuration error.
-    pub(crate) fn load(path: &Path, kind: KeyKind) -> Result<Self, JwtConfigError> {
+    /// `stats` counts every stat of the file from then on.
+    pub(crate) fn load(path: &Path, kind: KeyKind, stats: Arc<AtomicU64>) -> Result<Self, JwtConfigError> {
         let read_err = |source| JwtConfigError::ReadFile {
             path: path.to_owned(),
             source,
         };
+        // Watched before it is read: a change between the two is an event.
+        let (watch, unwatched) = DirWatch::on_directory_of(path);
+        if let Some(why) = unwatched {
+            tracing::info!(path = %path.display(), reason = %why, "key file without a directory watch: every unknown kid checks it");
+        }
         let stamp = FileStamp::of(&fs::metadata(path).map_err(read_err)?);
         let bytes = fs::read(path).map_err(read_err)?;
         let keys = parse_key_source(&bytes, kind).map_err(|reason| JwtConfigError::InvalidKeyFile {
@@ -69,6 +80,8 @@ impl WatchedFile {
             keys: RwLock::new(Arc::new(keys)),
             stamp: Mutex::new(Some(stamp)),
             last_check_ms: AtomicU64::new(monotonic_millis()),
+            watch,
+            stats,
         })
     }
 
@@ -98,16 +111,32 @@ impl WatchedFile {
         }
     }
 
-    /// Reloads the file now if it changed: a token named a kid that no key
-    /// has, which is what a rotation looks like from the request side. A
-    /// stat costs about a microsecond, so an unknown-kid flood does not turn
-    /// into file reads: the file is read only when its stamp changed.
-    pub(crate) fn check_now(&self) {
+    /// Reloads the file if it changed since the last look, called on a
+    /// miss: a token named a kid that no key has, which is what a rotation
+    /// looks like from the request side, and what a flood of made-up kids
+    /// looks like too. The directory watch ([`DirWatch`]) answers first:
+    /// when nothing in the file's directory changed since a miss last asked,
+    /// the file is not checked at all; after a change it is checked once.
+    pub(crate) fn check_on_miss(&self) {
+        // Under the stamp's lock: a concurrent miss waits for the reload an
+        // event started, instead of finding the events consumed and the
+        // keys not yet replaced.
+        let mut stamp = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.watch.changed() {
+            return;
+        }
         self.last_check_ms.store(monotonic_millis(), Ordering::Relaxed);
-        self.reload_if_changed();
+        self.reload_locked(&mut stamp);
     }
 
     fn reload_if_changed(&self) {
+        let mut stamp = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        self.reload_locked(&mut stamp);
+    }
+
+    /// Stats the file and, when its stamp is not `current`, reads it.
+    fn reload_locked(&self, current: &mut Option<FileStamp>) {
+        self.stats.fetch_add(1, Ordering::Relaxed);
         let stamp = match fs::metadata(&self.path) {
             Ok(meta) => FileStamp::of(&meta),
             Err(err) => {
@@ -115,7 +144,6 @@ impl WatchedFile {
                 return;
             }
         };
-        let mut current = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
         if current.as_ref() == Some(&stamp) {
             return;
         }

@@ -164,6 +164,8 @@ struct Inner {
     /// [`JwtSettings::max_lifetime`] in seconds.
     max_lifetime: i64,
     fetch_count: Arc<AtomicU64>,
+    /// Stats of the key files (see [`JwtVerifier::key_file_check_count`]).
+    key_file_checks: Arc<AtomicU64>,
 }
 
 /// One issuer's policy and key sources.
@@ -226,17 +228,18 @@ impl JwtVerifier {
     pub async fn new(settings: JwtSettings) -> Result<Self, JwtConfigError> {
         settings.validate()?;
         let fetch_count = Arc::new(AtomicU64::new(0));
+        let key_file_checks = Arc::new(AtomicU64::new(0));
         let mut issuers = Vec::with_capacity(settings.issuers.len());
         for s in settings.issuers {
             let secret_file = s
                 .hmac_secret_file
                 .as_deref()
-                .map(|p| WatchedFile::load(p, KeyKind::Secret))
+                .map(|p| WatchedFile::load(p, KeyKind::Secret, Arc::clone(&key_file_checks)))
                 .transpose()?;
             let jwks_file = s
                 .jwks_file
                 .as_deref()
-                .map(|p| WatchedFile::load(p, KeyKind::Public))
+                .map(|p| WatchedFile::load(p, KeyKind::Public, Arc::clone(&key_file_checks)))
                 .transpose()?;
             let jwks_url = match &s.jwks_url {
                 Some(url) => {
@@ -272,6 +275,7 @@ impl JwtVerifier {
                 max_token_bytes: settings.max_token_bytes,
                 max_lifetime,
                 fetch_count,
+                key_file_checks,
             }),
         })
     }
@@ -360,6 +364,13 @@ impl JwtVerifier {
     pub fn jwks_fetch_count(&self) -> u64 {
         self.inner.fetch_count.load(Ordering::Relaxed)
     }
+
+    /// Checks (`stat`s) of the key files since start: once per second at
+    /// most on the request path, and on an unknown kid only after the
+    /// file's directory changed.
+    pub fn key_file_check_count(&self) -> u64 {
+        self.inner.key_file_checks.load(Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -372,6 +383,7 @@ impl fmt::Debug for JwtVerifier {
             .field("max_token_bytes", &self.inner.max_token_bytes)
             .field("max_lifetime", &self.inner.max_lifetime)
             .field("jwks_fetch_count", &self.jwks_fetch_count())
+            .field("key_file_check_count", &self.key_file_check_count())
             .finish()
     }
 }
@@ -434,7 +446,7 @@ impl IssuerState {
             if let Some(file) = file
                 && file_kind == kind
             {
-                file.check_now();
+                file.check_on_miss();
             }
         }
         // A refetch that is not due would return at once: decided here, so

@@ -25,6 +25,7 @@
 //! a JWKS URL at most once per refresh interval (an HS256 token never does:
 //! a key set holds no secrets), and a failing URL keeps the last good key set.
 
+mod dirwatch;
 mod envelope;
 mod error;
 mod jose;

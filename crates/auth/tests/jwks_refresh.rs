@@ -349,6 +349,127 @@ async fn hmac_secret_rotation_is_a_file_change() {
     assert_eq!(err.reason(), "bad_signature");
 }
 
+/// A flood of made-up kids costs no look at the key file: an unknown kid
+/// checks the file only after its directory changed (the watch answers
+/// without a stat otherwise), so a hostile token stays cheaper than a valid
+/// one. A rotation is still seen by the very first token naming the new
+/// key, whether the file was renamed over, rewritten in place or reached
+/// through a link swapped in its directory (as Kubernetes volumes do); and
+/// after each change one look suffices, however many misses follow.
+#[tokio::test]
+async fn unknown_kids_look_at_the_key_file_only_after_its_directory_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    // The Kubernetes layout: `hs.jwk -> ..data/hs.jwk`, `..data -> v1`.
+    let (v1, v2, v3) = (HsKey::generate(), HsKey::generate(), HsKey::generate());
+    std::fs::create_dir(dir.path().join("v1")).unwrap();
+    write_json(&dir.path().join("v1"), "hs.jwk", &v1.jwk("hs-v1"));
+    std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
+    let path = dir.path().join("hs.jwk");
+    std::os::unix::fs::symlink("..data/hs.jwk", &path).unwrap();
+    let verifier = JwtVerifier::new(settings(IssuerSettings {
+        issuer: ISSUER.to_owned(),
+        audiences: vec![AUDIENCE.to_owned()],
+        algorithms: vec![Algorithm::Hs256],
+        hmac_secret_file: Some(path.clone()),
+        ..IssuerSettings::default()
+    }))
+    .await
+    .unwrap();
+    let hs_token = |key: &HsKey, kid: &str| {
+        mint(
+            &json!({"alg": "HS256", "kid": kid}).to_string(),
+            &claims(NOW).to_string(),
+            |i| key.sign(i),
+        )
+    };
+    let unknown: Vec<String> = (0..500).map(|n| hs_token(&v1, &format!("made-up-{n}"))).collect();
+    verifier.verify(&hs_token(&v1, "hs-v1"), NOW).await.unwrap();
+    flood(&verifier, &unknown).await;
+
+    // Rotations of three kinds, each seen by the first token naming the new
+    // key, each followed by a flood that looks at the file at most once
+    // more (the first miss after the change, if the rotation's token did
+    // not already).
+    /// How a rotation is made, and the key and kid it puts in service.
+    struct Rotation<'a> {
+        how: &'static str,
+        key: &'a HsKey,
+        kid: &'static str,
+        rotate: Box<dyn Fn() + 'a>,
+    }
+    let rotations = [
+        Rotation {
+            how: "a link in the directory swapped",
+            key: &v2,
+            kid: "hs-v2",
+            rotate: Box::new(|| {
+                let v2_dir = dir.path().join("v2");
+                std::fs::create_dir(&v2_dir).unwrap();
+                write_json(&v2_dir, "hs.jwk", &v2.jwk("hs-v2"));
+                std::os::unix::fs::symlink("v2", dir.path().join("..data_tmp")).unwrap();
+                std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+            }),
+        },
+        Rotation {
+            how: "the file renamed over",
+            key: &v3,
+            kid: "hs-v3",
+            rotate: Box::new(|| replace_json(&path, &v3.jwk("hs-v3"))),
+        },
+        Rotation {
+            how: "the file rewritten in place, with another length",
+            key: &v1,
+            kid: "hs-v1-again",
+            rotate: Box::new(|| {
+                std::fs::write(&path, serde_json::to_vec_pretty(&v1.jwk("hs-v1-again")).unwrap()).unwrap();
+            }),
+        },
+    ];
+    for Rotation {
+        how,
+        key,
+        kid,
+        rotate,
+    } in rotations
+    {
+        rotate();
+        let before = verifier.key_file_check_count();
+        let claims = verifier
+            .verify(&hs_token(key, kid), NOW)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{how}: the first token of the new key was refused: {}",
+                    e.reason()
+                )
+            });
+        assert_eq!(claims.key_id, kid, "{how}");
+        assert!(
+            verifier.key_file_check_count() > before,
+            "{how}: the file was not looked at"
+        );
+        flood(&verifier, &unknown).await;
+    }
+}
+
+/// Verifies every token of `unknown` (each an unknown kid) and checks that
+/// the file was looked at no more than the periodic check allows: once per
+/// second the flood lasted, and once.
+async fn flood(verifier: &JwtVerifier, unknown: &[String]) {
+    let (before, started) = (verifier.key_file_check_count(), Instant::now());
+    for token in unknown {
+        let err = verifier.verify(token, NOW).await.unwrap_err();
+        assert_eq!(err.reason(), "unknown_kid");
+    }
+    let looks = verifier.key_file_check_count() - before;
+    let allowed = 1 + started.elapsed().as_secs();
+    assert!(
+        looks <= allowed,
+        "{looks} looks at the key file for {} misses",
+        unknown.len()
+    );
+}
+
 /// Serves `app` over HTTPS with a certificate for `localhost`; returns the
 /// URL of `/jwks.json` and the certificate's PEM.
 async fn start_https(app: Router) -> (String, String) {
