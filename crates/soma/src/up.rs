@@ -214,13 +214,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    // Held until `soma up` returns: everything below (first-start keys,
+    // the authority, the services' files) belongs to this one instance.
+    let _data_dir_lock = lock_data_dir(&data_dir)?;
     let socket = data_dir.join("workload.sock");
-    if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-        bail!(
-            "another `soma up` is serving {} (its Workload API socket answers)",
-            data_dir.display()
-        );
-    }
 
     let authority = Arc::new(
         Authority::open_or_create_with(&data_dir, &trust_domain, AuthorityOptions { ca_ttl: args.ca_ttl })
@@ -848,6 +845,57 @@ pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// The file whose lock says which `soma up` owns a data dir.
+pub(crate) const DATA_DIR_LOCK: &str = "soma-up.lock";
+
+/// Takes the data dir for this `soma up`: an exclusive lock on
+/// `DIR/soma-up.lock` (`flock`), held as long as the returned file is open
+/// and released by the kernel when the process ends however it ends, so
+/// no stale lock outlives its holder. A second `soma up` on the same data
+/// dir is refused before it touches anything there, even when both start
+/// at the same instant on an empty one (each would otherwise create its
+/// own keys and authority, and one would keep files the other replaced).
+/// The holder's pid is written into the file, for the operator.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join(DATA_DIR_LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            bail!(
+                "another `soma up` is running on {} (it holds {}{})",
+                data_dir.display(),
+                path.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(", pid {holder}")
+                }
+            );
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(std::io::Error::from(e)).context(format!("locking {}", path.display()))
+            );
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {

@@ -324,3 +324,100 @@ print(jwt.encode(claims, key, algorithm="HS256", headers={"kid": jwk["kid"]}))
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["subject"], "py@demo");
 }
+
+/// `soma up` with its stderr captured, for a refusal's reason.
+fn soma_up_capturing_stderr(data_dir: &Path) -> Child {
+    common::soma_up_command(data_dir)
+        .args(["--region", "eu-west-1"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to exit (within [`HANG_GUARD`]): its status and stderr.
+async fn refused(child: Child) -> (std::process::ExitStatus, String) {
+    let output = tokio::time::timeout(HANG_GUARD, child.wait_with_output())
+        .await
+        .expect("the second soma up did not exit")
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One data dir, one `soma up`: a second one is refused before it touches
+/// anything there (exit 1, the reason naming the lock and its holder's
+/// pid), both when two start at the same instant on an empty data dir
+/// (before the lock, each created its own keys and authority there, and
+/// one kept files the other had replaced) and when one is already
+/// serving; the one that runs keeps serving with the keys it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_is_served_by_one_soma_up_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut a = soma_up_capturing_stderr(&data);
+    let mut b = soma_up_capturing_stderr(&data);
+    // Whichever loses exits; the other goes on serving.
+    let (loser, winner) = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            if a.try_wait().unwrap().is_some() {
+                return (a, b);
+            }
+            if b.try_wait().unwrap().is_some() {
+                return (b, a);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("neither of two soma up on one empty data dir exited");
+    let winner_pid = winner.id().unwrap();
+    let (status, stderr) = refused(loser).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lock = data.canonicalize().unwrap().join("soma-up.lock");
+    assert!(
+        stderr.contains("another `soma up` is running on") && stderr.contains(&lock.display().to_string()),
+        "{stderr}"
+    );
+    common::cli::wait_for_edge(&data).await;
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        winner_pid.to_string(),
+        "the lock names its holder"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&lock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let keys = [
+        "secrets/analytics-signing.key",
+        "secrets/gateway-claims.key",
+        "secrets/analytics-row-keys.json",
+    ];
+    let kept: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| std::fs::read(data.join(k)).unwrap())
+        .collect();
+
+    // One more, while the first serves: refused at once, nothing replaced.
+    let (status, stderr) = refused(soma_up_capturing_stderr(&data)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("pid {winner_pid}")), "{stderr}");
+    for (key, before) in keys.iter().zip(&kept) {
+        assert_eq!(&std::fs::read(data.join(key)).unwrap(), before, "{key} replaced");
+    }
+    common::cli::wait_for_edge(&data).await;
+    stop(winner).await;
+
+    // The lock ends with its holder: the data dir starts again (the
+    // stopped one's endpoints file removed, so that only the new edge
+    // answers the wait).
+    std::fs::remove_file(data.join("endpoints.json")).unwrap();
+    let again = soma_up(&data);
+    common::cli::wait_for_edge(&data).await;
+    stop(again).await;
+}
