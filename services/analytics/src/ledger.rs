@@ -701,6 +701,8 @@ async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>, asked:
     let mut check = tokio::time::interval(lease::CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut committed_since_check = false;
+    // The size of the last batch committed.
+    let mut previous = 0;
     loop {
         let standing_by = committer.lease.as_ref().is_some_and(|l| !l.is_held());
         let first = if standing_by {
@@ -733,16 +735,51 @@ async fn writer(mut committer: Committer, mut rx: mpsc::Receiver<Append>, asked:
             }
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
+        take_queued(&mut rx, &mut batch);
+        // Group commit: the callers of the last batch, answered a moment
+        // ago, are likely appending again. When far fewer than them are
+        // queued, wait a little for the rest instead of paying a whole
+        // commit (a WAL flush) for a straggler while they queue behind it.
+        // Blocking sleeps: this thread runs nothing but the writer, and the
+        // timer's millisecond wheel is too coarse for this.
+        let mut waited = std::time::Duration::ZERO;
+        while awaits_cohort(batch.len(), previous) && waited < COHORT_WAIT {
+            std::thread::sleep(COHORT_STEP);
+            waited += COHORT_STEP;
+            take_queued(&mut rx, &mut batch);
         }
+        previous = batch.len();
         let outcome = committer.commit(&batch).await;
         committed_since_check |= outcome.is_ok();
         committer.answer(batch, outcome).await;
     }
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`] appends.
+fn take_queued(rx: &mut mpsc::Receiver<Append>, batch: &mut Vec<Append>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Longest wait of a batch for the callers of the previous one (see
+/// [`awaits_cohort`]): a fraction of a commit's WAL flush and round trip.
+const COHORT_WAIT: std::time::Duration = std::time::Duration::from_micros(150);
+
+/// How often the queue is looked at during that wait.
+const COHORT_STEP: std::time::Duration = std::time::Duration::from_micros(25);
+
+/// Whether a batch of `batch` appends waits for more, the last batch
+/// having had `previous`: while it holds fewer than half as many. Under a
+/// steady load of concurrent writers this turns the convoy of a full batch
+/// followed by a batch of one straggler (each costing a whole commit) into
+/// batches of even halves; a lone writer (batches of one) and a steady
+/// load never wait.
+fn awaits_cohort(batch: usize, previous: usize) -> bool {
+    batch.saturating_mul(2) < previous
 }
 
 impl Committer {
@@ -1452,5 +1489,90 @@ impl<'a> LeafColumns<'a> {
             .bind(self.time)
             .bind(self.mac)
             .bind(key_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_BATCH, awaits_cohort};
+
+    #[test]
+    fn a_batch_waits_only_while_it_holds_fewer_than_half_of_the_last() {
+        struct Case {
+            name: &'static str,
+            batch: usize,
+            previous: usize,
+            waits: bool,
+        }
+        let cases = [
+            Case {
+                name: "the first batch",
+                batch: 1,
+                previous: 0,
+                waits: false,
+            },
+            Case {
+                name: "a lone writer",
+                batch: 1,
+                previous: 1,
+                waits: false,
+            },
+            Case {
+                name: "two writers, one back",
+                batch: 1,
+                previous: 2,
+                waits: false,
+            },
+            Case {
+                name: "a straggler before fifteen",
+                batch: 1,
+                previous: 15,
+                waits: true,
+            },
+            Case {
+                name: "seven of sixteen",
+                batch: 7,
+                previous: 16,
+                waits: true,
+            },
+            Case {
+                name: "half of sixteen",
+                batch: 8,
+                previous: 16,
+                waits: false,
+            },
+            Case {
+                name: "a steady load",
+                batch: 9,
+                previous: 8,
+                waits: false,
+            },
+            Case {
+                name: "more than before",
+                batch: 16,
+                previous: 8,
+                waits: false,
+            },
+            Case {
+                name: "a full batch",
+                batch: MAX_BATCH,
+                previous: MAX_BATCH,
+                waits: false,
+            },
+            Case {
+                name: "no overflow",
+                batch: usize::MAX,
+                previous: usize::MAX,
+                waits: false,
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                awaits_cohort(case.batch, case.previous),
+                case.waits,
+                "{}",
+                case.name
+            );
+        }
     }
 }
