@@ -199,7 +199,7 @@ mod tests {
                 std::os::unix::fs::symlink("keys.json", dir.path().join("link")).unwrap();
             }),
             ("a file removed beside it", &|| {
-                std::fs::remove_file(dir.path().join("link")).unwrap()
+                std::fs::remove_file(dir.path().join("link")).unwrap();
             }),
         ];
         for (what, change) in changes {
