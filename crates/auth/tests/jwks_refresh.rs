@@ -296,22 +296,8 @@ async fn hmac_secret_rotation_is_a_file_change() {
     let old = HsKey::generate();
     let new = HsKey::generate();
     let path = write_json(dir.path(), "hs.jwk", &old.jwk("hs-2024-01"));
-    let verifier = JwtVerifier::new(settings(IssuerSettings {
-        issuer: ISSUER.to_owned(),
-        audiences: vec![AUDIENCE.to_owned()],
-        algorithms: vec![Algorithm::Hs256],
-        hmac_secret_file: Some(path.clone()),
-        ..IssuerSettings::default()
-    }))
-    .await
-    .unwrap();
-    let hs_token = |key: &HsKey, kid: &str| {
-        mint(
-            &json!({"alg": "HS256", "kid": kid}).to_string(),
-            &claims(NOW).to_string(),
-            |i| key.sign(i),
-        )
-    };
+    let verifier = secret_file_verifier(&path).await;
+    let hs_token = |key: &HsKey, kid: &str| hs_token(key, kid, NOW);
     let old_token = hs_token(&old, "hs-2024-01");
     verifier.verify(&old_token, NOW).await.unwrap();
 
@@ -366,22 +352,8 @@ async fn unknown_kids_look_at_the_key_file_only_after_its_directory_changed() {
     std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
     let path = dir.path().join("hs.jwk");
     std::os::unix::fs::symlink("..data/hs.jwk", &path).unwrap();
-    let verifier = JwtVerifier::new(settings(IssuerSettings {
-        issuer: ISSUER.to_owned(),
-        audiences: vec![AUDIENCE.to_owned()],
-        algorithms: vec![Algorithm::Hs256],
-        hmac_secret_file: Some(path.clone()),
-        ..IssuerSettings::default()
-    }))
-    .await
-    .unwrap();
-    let hs_token = |key: &HsKey, kid: &str| {
-        mint(
-            &json!({"alg": "HS256", "kid": kid}).to_string(),
-            &claims(NOW).to_string(),
-            |i| key.sign(i),
-        )
-    };
+    let verifier = secret_file_verifier(&path).await;
+    let hs_token = |key: &HsKey, kid: &str| hs_token(key, kid, NOW);
     let unknown: Vec<String> = (0..500).map(|n| hs_token(&v1, &format!("made-up-{n}"))).collect();
     verifier.verify(&hs_token(&v1, "hs-v1"), NOW).await.unwrap();
     flood(&verifier, &unknown).await;
@@ -450,6 +422,20 @@ async fn unknown_kids_look_at_the_key_file_only_after_its_directory_changed() {
         );
         flood(&verifier, &unknown).await;
     }
+}
+
+/// A verifier of HS256 tokens whose only key source is the secret file at
+/// `path`.
+async fn secret_file_verifier(path: &std::path::Path) -> JwtVerifier {
+    JwtVerifier::new(settings(IssuerSettings {
+        issuer: ISSUER.to_owned(),
+        audiences: vec![AUDIENCE.to_owned()],
+        algorithms: vec![Algorithm::Hs256],
+        hmac_secret_file: Some(path.to_owned()),
+        ..IssuerSettings::default()
+    }))
+    .await
+    .unwrap()
 }
 
 /// Verifies every token of `unknown` (each an unknown kid) and checks that

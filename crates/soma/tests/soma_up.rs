@@ -35,11 +35,17 @@ const SERVICES: [(&str, &str, &str); 4] = [
 ];
 
 fn soma_up(data_dir: &Path) -> Child {
+    soma_up_with(data_dir, Stdio::piped(), Stdio::inherit())
+}
+
+/// `soma up` in region `eu-west-1`, logging warnings, its output where
+/// the caller wants it.
+fn soma_up_with(data_dir: &Path, stdout: Stdio, stderr: Stdio) -> Child {
     common::soma_up_command(data_dir)
         .args(["--region", "eu-west-1"])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }
@@ -327,13 +333,7 @@ print(jwt.encode(claims, key, algorithm="HS256", headers={"kid": jwk["kid"]}))
 
 /// `soma up` with its stderr captured, for a refusal's reason.
 fn soma_up_capturing_stderr(data_dir: &Path) -> Child {
-    common::soma_up_command(data_dir)
-        .args(["--region", "eu-west-1"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    soma_up_with(data_dir, Stdio::null(), Stdio::piped())
 }
 
 /// Waits for `child` to exit (within [`HANG_GUARD`]): its status and stderr.
