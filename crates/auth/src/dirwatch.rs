@@ -32,8 +32,8 @@ pub(crate) struct DirWatch {
 
 impl DirWatch {
     /// Watches the directory holding `file` (as the path names it, not
-    /// resolved further). `Err` says why no watch could be set: misses then
-    /// always report a possible change.
+    /// resolved further). The reason comes back beside it when no watch
+    /// could be set: that one then reports a possible change every time.
     pub(crate) fn on_directory_of(file: &Path) -> (Self, Option<String>) {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
