@@ -375,6 +375,11 @@ async fn a_data_dir_is_served_by_one_soma_up_at_a_time() {
     .await
     .expect("neither of two soma up on one empty data dir exited");
     let winner_pid = winner.id().unwrap();
+    // The winner's stderr is drained, so that its warnings never fill the
+    // pipe and stall it while the test goes on.
+    let mut winner = winner;
+    let mut winner_stderr = winner.stderr.take().unwrap();
+    tokio::spawn(async move { tokio::io::copy(&mut winner_stderr, &mut tokio::io::sink()).await });
     let (status, stderr) = refused(loser).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     let lock = data.canonicalize().unwrap().join("soma-up.lock");
