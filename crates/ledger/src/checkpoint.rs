@@ -211,15 +211,26 @@ impl CheckpointSigner {
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
         let body = checkpoint.to_body();
         let signature = self.key_pair.sign(body.as_bytes());
-        let mut payload = Vec::with_capacity(KEY_ID_LEN + ED25519_SIGNATURE_LEN);
-        payload.extend_from_slice(&self.key_id);
-        payload.extend_from_slice(signature.as_ref());
-        format!(
-            "{body}\n{SIGNATURE_PREFIX}{} {}\n",
-            self.name,
-            STANDARD.encode(payload)
-        )
+        signed_note(&self.name, self.key_id, &body, signature.as_ref())
     }
+
+    /// The complete signed note for `checkpoint` carrying `signature`, a
+    /// pure Ed25519 signature over exactly `checkpoint.to_body()` made
+    /// elsewhere with this signer's key: for a signer whose nonce was drawn
+    /// ahead of time (RFC 8032 verification never asks how the nonce was
+    /// chosen). A signature of another key or body gives a note that no
+    /// verifier of this key accepts; nothing here checks it.
+    pub fn note(&self, checkpoint: &Checkpoint, signature: &[u8; ED25519_SIGNATURE_LEN]) -> String {
+        signed_note(&self.name, self.key_id, &checkpoint.to_body(), signature)
+    }
+}
+
+/// A signed note: `body`, a blank line, one signature line of key `name`.
+fn signed_note(name: &str, key_id: [u8; KEY_ID_LEN], body: &str, signature: &[u8]) -> String {
+    let mut payload = Vec::with_capacity(KEY_ID_LEN + ED25519_SIGNATURE_LEN);
+    payload.extend_from_slice(&key_id);
+    payload.extend_from_slice(signature);
+    format!("{body}\n{SIGNATURE_PREFIX}{name} {}\n", STANDARD.encode(payload))
 }
 
 impl fmt::Debug for CheckpointSigner {

@@ -91,6 +91,32 @@ fn note_format_matches_an_independent_construction() {
 }
 
 #[test]
+fn a_note_carries_a_signature_made_elsewhere_with_the_key() {
+    let pkcs8 = new_pkcs8();
+    let signer = CheckpointSigner::from_pkcs8_der(ORIGIN, &pkcs8).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).unwrap();
+    let checkpoint = Checkpoint::new(ORIGIN, 42, sample_root()).unwrap();
+    let signature: [u8; 64] = pair
+        .sign(checkpoint.to_body().as_bytes())
+        .as_ref()
+        .try_into()
+        .unwrap();
+    let note = signer.note(&checkpoint, &signature);
+    assert_eq!(note, signer.sign(&checkpoint));
+    assert_eq!(signer.verifier().verify(&note).unwrap(), checkpoint);
+
+    // A signature over another body (another size) is carried as given,
+    // and no verifier accepts the note.
+    let other = Checkpoint::new(ORIGIN, 43, sample_root()).unwrap();
+    let wrong: [u8; 64] = pair.sign(other.to_body().as_bytes()).as_ref().try_into().unwrap();
+    let err = signer
+        .verifier()
+        .verify(&signer.note(&checkpoint, &wrong))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::BadSignature { .. }), "{err:?}");
+}
+
+#[test]
 fn pem_keys_load() {
     let pkcs8 = new_pkcs8();
     let encoded = STANDARD.encode(&pkcs8);

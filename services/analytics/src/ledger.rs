@@ -43,12 +43,13 @@ mod lease;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::task::Poll;
 
 pub(crate) use known::{Gap, Known, Owner, Seen};
 
 use soma_ledger::{Checkpoint, CheckpointSigner, CompactTree, Hash};
 use soma_mesh::Serving;
-use soma_sign::HmacKeyring;
+use soma_sign::{Ed25519HedgedSigner, Ed25519Signer, HmacKeyring};
 use soma_store::{ConnectionLost as _, Database, on_pool, retry_on_pool};
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
@@ -164,7 +165,15 @@ impl Ledger {
         keys: Arc<HmacKeyring>,
         signer: CheckpointSigner,
         signer_key_id: String,
+        nonce_key: Arc<Ed25519Signer>,
     ) -> Result<Self, AnalyticsError> {
+        // Checkpoint signatures whose nonce was drawn ahead are made with
+        // `nonce_key`: it must be the checkpoint key.
+        if nonce_key.public_key() != signer.public_key() {
+            return Err(AnalyticsError::Config(
+                "the key given for checkpoint nonces is not the checkpoint signing key".to_owned(),
+            ));
+        }
         let health = integrity::verify(&db).await?;
         // On PostgreSQL only the lease's holder writes, re-seals included
         // (see `Committer::take_over`).
@@ -226,6 +235,8 @@ impl Ledger {
             keys: Arc::clone(&keys),
             signer: Arc::clone(&signer),
             signer_key_id: signer_key_id.clone(),
+            nonce_key,
+            next_signature: None,
             health: Arc::clone(&health),
             known: Arc::clone(&known),
             last_checkpoint: Arc::clone(&last_checkpoint),
@@ -644,6 +655,12 @@ struct Committer {
     keys: Arc<HmacKeyring>,
     signer: Arc<CheckpointSigner>,
     signer_key_id: String,
+    /// The checkpoint key, for signatures whose nonce is drawn ahead.
+    nonce_key: Arc<Ed25519Signer>,
+    /// The next fast-path checkpoint's signature, its nonce drawn (and
+    /// `R = r·B` computed) while the previous statement was in flight;
+    /// taken by the one checkpoint it signs.
+    next_signature: Option<Ed25519HedgedSigner>,
     health: Arc<RwLock<Health>>,
     known: Arc<std::sync::RwLock<Known>>,
     /// Moved after each commit that signed a checkpoint.
@@ -995,9 +1012,7 @@ impl Committer {
             return Ok(None);
         };
         let root = tree.root();
-        let note = self
-            .signer
-            .sign(&Checkpoint::new(self.signer.name(), tree.size(), root)?);
+        let note = self.sign_checkpoint(&Checkpoint::new(self.signer.name(), tree.size(), root)?);
         let mut connection = self.session()?;
         let signed_at = now_nanos();
         let query = sqlx::query(tables::bulk_statement())
@@ -1010,7 +1025,22 @@ impl Committer {
         let query = tables::bind_arrays(leaves.bind(query, self.keys.primary().as_str()), arrays)
             .bind(note)
             .bind(self.signer_key_id.as_str());
-        let outcome = query.fetch_one(&mut connection).await;
+        let outcome = {
+            let fetch = query.fetch_one(&mut connection);
+            tokio::pin!(fetch);
+            // The first poll sends the statement. While PostgreSQL executes
+            // and flushes it, the writer draws the next checkpoint's nonce:
+            // most of a signature's cost, off the path every append waits on.
+            match std::future::poll_fn(|cx| Poll::Ready(fetch.as_mut().poll(cx))).await {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => {
+                    if self.next_signature.is_none() {
+                        self.next_signature = self.nonce_key.hedged_stream_signer().ok();
+                    }
+                    fetch.await
+                }
+            }
+        };
         let outcome = match outcome {
             Ok(row) if row.int("moved")? == 1 => Ok(Some(Committed {
                 results,
@@ -1034,6 +1064,20 @@ impl Committer {
         };
         self.hand_back(connection, outcome.is_ok()).await;
         outcome
+    }
+
+    /// The signed note of `checkpoint`: signed with the nonce drawn while
+    /// the last statement was in flight when there is one (taken: a nonce
+    /// signs one message), else as RFC 8032 does, deterministically. A
+    /// failing system generator left none; either signature verifies alike.
+    fn sign_checkpoint(&mut self, checkpoint: &Checkpoint) -> String {
+        match self.next_signature.take() {
+            Some(mut signing) => {
+                signing.update(checkpoint.to_body().as_bytes());
+                self.signer.note(checkpoint, &signing.finish().signature)
+            }
+            None => self.signer.sign(checkpoint),
+        }
     }
 
     /// The lease's holding session (PostgreSQL), opened on the writer's

@@ -56,17 +56,18 @@ pub async fn spec(
 ) -> Result<ServiceSpec, AnalyticsError> {
     let signer = CheckpointSigner::from_pkcs8_pem(config.ledger_origin.clone(), &config.signing_key_pem)?;
     let keys = Arc::new(config.row_keys);
+    let export_signer = Arc::new(soma_sign::Ed25519Signer::from_pkcs8_pem(
+        soma_sign::KeyId::new(config.signing_key_id.clone())?,
+        &config.signing_key_pem,
+    )?);
     let ledger = Ledger::open(
         db.clone(),
         Arc::clone(&keys),
         signer,
         config.signing_key_id.clone(),
+        Arc::clone(&export_signer),
     )
     .await?;
-    let export_signer = soma_sign::Ed25519Signer::from_pkcs8_pem(
-        soma_sign::KeyId::new(config.signing_key_id.clone())?,
-        &config.signing_key_pem,
-    )?;
     // Delivers pending webhook notifications, including those left by an
     // earlier run; it ends when the service is dropped.
     let webhooks = Arc::new(soma_mesh::OutboxMetrics::new(crate::webhook::LABEL));
@@ -87,7 +88,7 @@ pub async fn spec(
         db: db.clone(),
         ledger: ledger.clone(),
         keys,
-        signer: Arc::new(export_signer),
+        signer: export_signer,
         max_export_span: config.max_export_span,
         drills: config.drills,
         anomaly: config.anomaly,

@@ -400,10 +400,71 @@ async fn sixteen_concurrent_writers_get_contiguous_unique_indices() {
         let note = verifier.verify(&latest.note).unwrap();
         assert_eq!(note.tree_size(), 16_000);
         assert_eq!(soma_ledger::root(&leaves), *note.root());
+
+        // Every checkpoint the batches signed verifies as the one stored at
+        // its size, and no two share a nonce (on PostgreSQL each batch's
+        // nonce was drawn while the previous statement was in flight).
+        let notes = checkpoint_notes(&sql).await;
+        assert!(notes.len() > 1, "{}: {} checkpoints", db.label, notes.len());
+        let mut nonces = std::collections::HashSet::new();
+        let mut tree = soma_ledger::CompactTree::new();
+        let mut leaf = leaves.iter();
+        for (size, text) in &notes {
+            let checkpoint = verifier.verify(text).unwrap();
+            assert_eq!(checkpoint.tree_size(), u64::try_from(*size).unwrap());
+            while tree.size() < checkpoint.tree_size() {
+                tree.append(*leaf.next().unwrap()).unwrap();
+            }
+            assert_eq!(
+                *checkpoint.root(),
+                tree.root(),
+                "{}: checkpoint at {size}",
+                db.label
+            );
+            assert!(
+                nonces.insert(signature_nonce(text)),
+                "{}: the checkpoint at {size} reuses a nonce",
+                db.label
+            );
+        }
         sql.close().await;
         svc.stop().await;
         db.cleanup().await;
     }
+}
+
+/// Every stored checkpoint: (tree size, signed note).
+async fn checkpoint_notes(sql: &soma_store::Database) -> Vec<(i64, String)> {
+    use sqlx::Row as _;
+    let query = "SELECT tree_size, note FROM ledger_checkpoints ORDER BY tree_size";
+    let rows: Vec<(i64, String)> = match (sql.as_sqlite(), sql.as_postgres()) {
+        (Some(p), _) => sqlx::query(query)
+            .fetch_all(p)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+        (None, Some(p)) => sqlx::query(query)
+            .fetch_all(p)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect(),
+        _ => unreachable!(),
+    };
+    rows
+}
+
+/// The key id and `R` (the nonce's commitment) of a note's one signature,
+/// as they are written: the signature line's base64 payload is key id (4
+/// bytes) ‖ R (32) ‖ S (32), and its first 48 characters encode exactly
+/// the first 36 bytes.
+fn signature_nonce(note: &str) -> String {
+    let line = note.lines().last().unwrap();
+    let payload = line.rsplit(' ').next().unwrap();
+    payload[..48].to_owned()
 }
 
 /// Two Analytics replicas on one SQLite database, each with its own ledger
