@@ -1008,14 +1008,14 @@ impl Committer {
             leaves.push(*index, append, leaf_mac);
             writes.push(append.entry.write(seal));
         }
-        let Some(arrays) = tables::bulk_arrays(&writes) else {
+        let Some((present, arrays)) = tables::bulk_arrays(&writes) else {
             return Ok(None);
         };
         let root = tree.root();
         let note = self.sign_checkpoint(&Checkpoint::new(self.signer.name(), tree.size(), root)?);
         let mut connection = self.session()?;
         let signed_at = now_nanos();
-        let query = sqlx::query(tables::bulk_statement())
+        let query = sqlx::query(tables::bulk_statement(present))
             .bind(to_i64(tree.size())?)
             .bind(root.as_bytes().to_vec())
             .bind(frontier_bytes(&tree))

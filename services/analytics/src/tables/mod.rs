@@ -798,21 +798,47 @@ mod tests {
             installation_revision: Some(2),
             moderation_decision_id: Some("mod_1".to_owned()),
         };
-        let writes = [Write::of(&bill, &at_0), Write::of(&run, &at_1)];
-        let arrays = bulk_arrays(&writes).expect("billing and capsule runs are bulk tables");
-        // $1..$14 (head and leaves), one array per bulk column, then the
-        // checkpoint's note and key id.
-        let highest = bulk_statement()
-            .split('$')
-            .skip(1)
-            .filter_map(|p| {
-                p.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .max();
-        assert_eq!(highest, Some(14 + arrays.len() + 2));
+        let highest = |sql: &str| {
+            sql.split('$')
+                .skip(1)
+                .filter_map(|p| {
+                    p.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .max()
+        };
+        let both_writes = [Write::of(&bill, &at_0), Write::of(&run, &at_1)];
+        let (both, both_arrays) =
+            bulk_arrays(&both_writes).expect("billing and capsule runs are bulk tables");
+        let bill_writes = [Write::of(&bill, &at_0)];
+        let (bills, bill_arrays) = bulk_arrays(&bill_writes).unwrap();
+        let run_writes = [Write::of(&run, &at_1), Write::of(&run, &at_0)];
+        let (runs, run_arrays) = bulk_arrays(&run_writes).unwrap();
+        assert_eq!(both_arrays.len(), bill_arrays.len() + run_arrays.len());
+        for (tables, arrays, inserts, leaves_out) in [
+            (
+                both,
+                &both_arrays,
+                ["billing_events", "capsule_runs"].as_slice(),
+                [].as_slice(),
+            ),
+            (bills, &bill_arrays, &["billing_events"], &["capsule_runs"]),
+            (runs, &run_arrays, &["capsule_runs"], &["billing_events"]),
+        ] {
+            let sql = bulk_statement(tables);
+            // $1..$14 (head and leaves), one array per column of the
+            // batch's tables, then the checkpoint's note and key id.
+            assert_eq!(highest(sql), Some(14 + arrays.len() + 2), "{sql}");
+            for table in inserts {
+                assert!(sql.contains(&format!("INSERT INTO {table} (")), "{table}: {sql}");
+            }
+            // A table without rows in the batch is not in its statement.
+            for table in leaves_out {
+                assert!(!sql.contains(table), "{table}: {sql}");
+            }
+        }
         // A row of a table that is not bulk sends the batch to the locked path.
         let delivery = Delivery {
             delivery_id: "d".to_owned(),
