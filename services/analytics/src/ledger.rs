@@ -19,7 +19,10 @@
 //!   declare themselves bulk, while this writer knows the stored head):
 //!   one statement, guarded by that head, that writes nothing when another
 //!   process moved it or when an event id is already stored, in which case
-//!   the locked path decides.
+//!   the locked path decides. Its checkpoint is signed with a hedged nonce
+//!   drawn (and `R = r·B` computed) while the previous statement was in
+//!   flight ([`soma_sign::Ed25519HedgedSigner`]); the locked path signs as
+//!   RFC 8032 does. Both are pure Ed25519 signatures, verified alike.
 //!
 //! On PostgreSQL the writer commits only while it holds the ledger writer's
 //! lease ([`lease`]): an advisory lock held by the very session it commits
