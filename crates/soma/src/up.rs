@@ -904,9 +904,113 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
+/// Replaces `path` with `bytes` so that a reader, and the file system
+/// after a crash, finds either the old content or the new one whole, never
+/// a part or an empty file: the bytes go to a temporary file of this call
+/// alone in the same directory (named after the target, this process and a
+/// counter, so that concurrent writers of one path never write into each
+/// other's), are flushed to disk, the file is renamed over `path`, and the
+/// directory is flushed so that the rename itself survives a crash. Keys
+/// and configurations written here are what a restart reads back.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
-    Ok(())
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file to write", path.display()))?;
+    // A bare file name lives in the working directory.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = dir.join(tmp_name);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+        });
+    if let Err(e) = written {
+        // Nothing of this call is left behind; `path` is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| {
+            format!(
+                "flushing the directory {} after writing {}",
+                dir.display(),
+                path.display()
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_atomically;
+
+    /// Writers of one path at once each replace it whole: the file always
+    /// holds one writer's complete bytes, and nothing else is left in the
+    /// directory. With one temporary name per path, two writers wrote into
+    /// the same file and one's rename found it gone.
+    #[test]
+    fn concurrent_writers_of_one_path_each_replace_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        std::thread::scope(|scope| {
+            for writer in 0..8u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for round in 0..25u8 {
+                        let fill = writer.wrapping_mul(31).wrapping_add(round);
+                        write_atomically(path, &vec![fill; 64 * 1024]).unwrap();
+                        let now = std::fs::read(path).unwrap();
+                        assert_eq!(now.len(), 64 * 1024);
+                        assert!(now.iter().all(|b| *b == now[0]), "a mix of two writes");
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("keys.json")]);
+    }
+
+    /// A write that cannot happen leaves the old file and no temporary one.
+    #[test]
+    fn a_failed_write_leaves_the_old_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        write_atomically(&path, b"old").unwrap();
+        // A directory in the way of the rename.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("inner")).unwrap();
+        let err = write_atomically(&blocked, b"new").unwrap_err();
+        assert!(format!("{err:#}").contains("renaming"), "{err:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["blocked", "config.toml"]);
+    }
 }
