@@ -437,24 +437,13 @@ async fn sixteen_concurrent_writers_get_contiguous_unique_indices() {
 async fn checkpoint_notes(sql: &soma_store::Database) -> Vec<(i64, String)> {
     use sqlx::Row as _;
     let query = "SELECT tree_size, note FROM ledger_checkpoints ORDER BY tree_size";
-    let rows: Vec<(i64, String)> = match (sql.as_sqlite(), sql.as_postgres()) {
-        (Some(p), _) => sqlx::query(query)
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect(),
-        (None, Some(p)) => sqlx::query(query)
-            .fetch_all(p)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect(),
-        _ => unreachable!(),
-    };
-    rows
+    soma_store::on_pool!(sql, pool => sqlx::query(query)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// The key id and `R` (the nonce's commitment) of a note's one signature,
