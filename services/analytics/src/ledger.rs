@@ -1038,7 +1038,13 @@ impl Committer {
                 Poll::Ready(outcome) => outcome,
                 Poll::Pending => {
                     if self.next_signature.is_none() {
-                        self.next_signature = self.nonce_key.hedged_stream_signer().ok();
+                        match self.nonce_key.hedged_stream_signer() {
+                            Ok(signing) => self.next_signature = Some(signing),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "drawing a checkpoint nonce failed: the next checkpoint is signed as RFC 8032 does"
+                            ),
+                        }
                     }
                     fetch.await
                 }
